@@ -1,0 +1,1 @@
+"""fsapp: everything a user touches (registry, engine, offline store, API, SDK, CLI)."""

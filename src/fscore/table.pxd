@@ -1,0 +1,43 @@
+# The contract of the online table's C layer (see table.pyx for the rules and
+# layout.py for the byte layout shared with readers in other processes).
+from libc.stdint cimport int64_t, uint64_t, uint8_t, int32_t
+
+cdef extern from "seqlock.h" nogil:
+    void fs_seq_write_begin(int64_t *seq) noexcept
+    void fs_seq_write_end(int64_t *seq) noexcept
+    int64_t fs_seq_read_begin(const int64_t *seq) noexcept
+    int fs_seq_read_retry(const int64_t *seq, int64_t start) noexcept
+    int64_t fs_atomic_load_i64(const int64_t *p) noexcept
+    void fs_atomic_store_i64(int64_t *p, int64_t v) noexcept
+
+cdef uint64_t hash_key(const uint8_t *key, Py_ssize_t kw8) noexcept nogil
+
+
+cdef class Table:
+    cdef readonly object schema
+    cdef readonly object layout
+    cdef readonly object path
+    cdef readonly bint readonly
+    cdef object _arr            # numpy uint8 view of the whole buffer
+    cdef object _mmap
+    cdef object _inode
+    cdef uint8_t *base
+    cdef int64_t *hdr
+    cdef uint64_t *index
+    cdef uint8_t *rows
+    cdef Py_ssize_t capacity_, nslots, mask, stride, kw, kw8, ncols, null_off
+    cdef int64_t ttl
+    cdef int32_t[::1] free_rows
+    cdef Py_ssize_t nfree
+    cdef Py_ssize_t[::1] col_off
+    cdef Py_ssize_t[::1] col_width
+    cdef uint8_t[::1] col_kind
+
+    cdef int _encode_one(self, object key, uint8_t *dst) except -1
+
+    cdef void _bind(self, object arr, bint readonly) except *
+    cdef Py_ssize_t _find(self, const uint8_t *key, uint64_t h, Py_ssize_t *slot_out) noexcept nogil
+    cdef Py_ssize_t _probe_read(self, const uint8_t *key, uint64_t h) noexcept nogil
+    cdef void _unlink(self, Py_ssize_t slot, Py_ssize_t row) noexcept nogil
+    cdef int _insert_index(self, const uint8_t *key, uint64_t h, Py_ssize_t row) noexcept nogil
+    cdef Py_ssize_t _expire_nogil(self, int64_t now) noexcept nogil

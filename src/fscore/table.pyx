@@ -1,0 +1,783 @@
+# cython: language_level=3
+"""Online table: a TTL hash table over one flat buffer (numpy or a shared file).
+
+One writer, many readers. The buffer layout is in `fscore.layout`; readers in
+other processes map the same file read-only (`Table.open_reader(path)`) and
+use a per-row seqlock, so they never see a torn row and never block the writer.
+
+Rules (the pure-Python twin `fscore.table_ref.RefTable` follows the same):
+- put: a row whose event_ts < now - ttl is not stored (stale on arrival);
+  a row replaces the stored one for its key when (event_ts, created_ts) >= the
+  stored pair, else it is ignored.
+- get: PRESENT when stored and event_ts >= now - ttl (ttl 0 = no limit);
+  OUTSIDE_MAX_AGE when stored but older; NOT_FOUND otherwise. Values are
+  returned only for PRESENT rows.
+- bounded memory: when a new key arrives and every row is used, first the
+  expired rows are removed; if there were none, the max(1, capacity // 64)
+  oldest rows by (event_ts, encoded key) are evicted. Evictions are counted.
+- time is always passed in (`now`, int64 microseconds); nothing reads a clock.
+"""
+import mmap
+import os
+
+import numpy as np
+cimport numpy as cnp
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.ref cimport Py_INCREF
+from libc.stdint cimport int64_t, uint64_t, uint8_t, int32_t, uint16_t, INT64_MIN
+from libc.string cimport memcpy, memcmp, memset
+
+from fscore import _batch
+from fscore.errors import KeyEncodingError, ReadOnlyError, SchemaError
+from fscore import layout as _layout
+from fscore.layout import Layout, read_header
+from fscore.schema import Schema
+
+cnp.import_array()
+
+cdef enum:
+    ST_NOT_FOUND = 0
+    ST_PRESENT = 1
+    ST_OUTSIDE_MAX_AGE = 2
+
+NOT_FOUND = ST_NOT_FOUND
+PRESENT = ST_PRESENT
+OUTSIDE_MAX_AGE = ST_OUTSIDE_MAX_AGE
+
+cdef enum:
+    EMPTY = 0          # index slot never used
+    TOMBSTONE = 1      # index slot of a deleted key (probes continue past it)
+
+# C mirrors of fscore.layout's offsets (checked against it at import below)
+cdef enum:
+    H_GLOBAL_SEQ = 8
+    H_COUNT = 9
+    H_TOMBSTONES = 10
+    H_EVICT_CAPACITY = 11
+    H_EVICT_EXPIRED = 12
+    H_STALE_ON_ARRIVAL = 13
+    H_PUTS = 14
+    H_WRITER_PID = 15
+    H_COMPACTIONS = 16
+    ROW_ETS = 8
+    ROW_CTS = 16
+    ROW_STATE = 24
+    ROW_KEY = 32
+
+for _name, _value in {"H_GLOBAL_SEQ": H_GLOBAL_SEQ, "H_COUNT": H_COUNT, "H_TOMBSTONES": H_TOMBSTONES,
+                      "H_EVICT_CAPACITY": H_EVICT_CAPACITY, "H_EVICT_EXPIRED": H_EVICT_EXPIRED,
+                      "H_STALE_ON_ARRIVAL": H_STALE_ON_ARRIVAL, "H_PUTS": H_PUTS, "H_WRITER_PID": H_WRITER_PID,
+                      "H_COMPACTIONS": H_COMPACTIONS, "ROW_ETS": ROW_ETS, "ROW_CTS": ROW_CTS,
+                      "ROW_STATE": ROW_STATE, "ROW_KEY": ROW_KEY}.items():
+    if getattr(_layout, _name) != _value:
+        raise ImportError(f"fscore.table was built against another layout ({_name}); rebuild the extension")
+
+cdef enum:
+    K_INT64, K_FLOAT64, K_BOOL, K_STRING, K_VECTOR
+
+_KIND_CODES = {"int64": K_INT64, "float64": K_FLOAT64, "bool": K_BOOL, "string": K_STRING, "vector": K_VECTOR}
+
+
+class BatchResult:
+    """Arrays for a batch lookup: status (uint8), event_ts, created_ts, values, nulls."""
+
+    __slots__ = ("status", "event_ts", "created_ts", "values", "nulls")
+
+    def __init__(self, status, event_ts, created_ts, values, nulls):
+        self.status = status
+        self.event_ts = event_ts
+        self.created_ts = created_ts
+        self.values = values
+        self.nulls = nulls
+
+    def __len__(self):
+        return len(self.status)
+
+
+cdef inline uint64_t _mix(uint64_t h) noexcept nogil:
+    # murmur3 fmix64: full avalanche, so the low bits index and the high bits tag
+    h ^= h >> 33
+    h *= 0xff51afd7ed558ccdULL
+    h ^= h >> 33
+    h *= 0xc4ceb9fe1a85ec53ULL
+    h ^= h >> 33
+    return h
+
+
+cdef uint64_t hash_key(const uint8_t *key, Py_ssize_t kw8) noexcept nogil:
+    cdef uint64_t h = 0x9E3779B97F4A7C15ULL ^ <uint64_t>kw8
+    cdef uint64_t w
+    cdef Py_ssize_t i
+    for i in range(0, kw8, 8):
+        memcpy(&w, key + i, 8)
+        h = _mix(h ^ w)
+    return h
+
+
+cdef inline int64_t _load_be64(const uint8_t *p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8):
+        v = (v << 8) | p[i]
+    return <int64_t>v
+
+
+cdef inline void _store_be64(uint8_t *p, uint64_t v) noexcept nogil:
+    cdef int i
+    for i in range(7, -1, -1):
+        p[i] = v & 0xff
+        v >>= 8
+
+
+cdef int _encode_string(object s, uint8_t *dst, Py_ssize_t size, object name, str role) except -1:
+    """Writes a 2-byte big-endian length, the UTF-8 bytes and zero padding."""
+    cdef Py_ssize_t n
+    cdef const char *utf8
+    if not isinstance(s, str):
+        raise (KeyEncodingError if role == "key" else SchemaError)(
+            f"{role} column {name!r} is string; got {type(s).__name__} {s!r}")
+    utf8 = PyUnicode_AsUTF8AndSize(s, &n)
+    if n > size:
+        raise (KeyEncodingError if role == "key" else SchemaError)(
+            f"{role} column {name!r}: {n} UTF-8 bytes is over its size {size}")
+    dst[0] = (n >> 8) & 0xff
+    dst[1] = n & 0xff
+    memcpy(dst + 2, utf8, n)
+    memset(dst + 2 + n, 0, size - n)
+    return 0
+
+
+cdef class Table:
+    """TTL hash table of fixed capacity; see the module docstring for the rules."""
+
+    def __init__(self, schema, capacity=None, max_bytes=None, ttl_us=0, path=None):
+        if not isinstance(schema, Schema):
+            raise SchemaError("schema must be an fscore.schema.Schema")
+        if capacity is None:
+            lay = Layout.for_max_bytes(schema, int(max_bytes)) if max_bytes else Layout(schema, 1 << 16)
+        else:
+            lay = Layout(schema, int(capacity))
+        if ttl_us < 0:
+            raise SchemaError(f"ttl_us must be >= 0 (0 = no limit), got {ttl_us}")
+        arr = self._allocate(lay.nbytes, path)
+        h = lay.header(ttl_us)
+        arr[:lay.rows_offset] = 0
+        arr[:h.size] = h
+        self._bind(arr, False)
+        self.free_rows = np.arange(self.capacity_ - 1, -1, -1, dtype=np.int32)
+        self.nfree = self.capacity_
+        self.hdr[H_WRITER_PID] = os.getpid()
+
+    def _allocate(self, Py_ssize_t nbytes, path):
+        self.path = path
+        if path is None:
+            return np.zeros(nbytes, dtype=np.uint8)
+        # A new file at a temporary name, renamed into place: readers mapping the
+        # old file keep a consistent (if stale) view and notice the new inode.
+        tmp = f"{path}.tmp.{os.getpid()}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, nbytes)
+            self._mmap = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        self._inode = os.stat(path).st_ino
+        return np.frombuffer(self._mmap, dtype=np.uint8)
+
+    cdef void _bind(self, object arr, bint readonly) except *:
+        cdef const uint8_t[::1] view = arr
+        lay, ttl = read_header(arr)
+        self._arr = arr
+        self.layout = lay
+        self.schema = lay.schema
+        self.readonly = readonly
+        self.base = <uint8_t *>&view[0]
+        self.hdr = <int64_t *>self.base
+        cdef Py_ssize_t index_offset = lay.index_offset, rows_offset = lay.rows_offset
+        self.index = <uint64_t *>(self.base + index_offset)
+        self.rows = self.base + rows_offset
+        self.capacity_ = lay.capacity
+        self.nslots = lay.nslots
+        self.mask = lay.nslots - 1
+        self.stride = lay.stride
+        self.kw = lay.key_width
+        self.kw8 = lay.key_stride
+        self.ncols = len(lay.schema.columns)
+        self.null_off = lay.null_offset
+        self.ttl = ttl
+        self.col_off = np.array(lay.col_offsets or [0], dtype=np.intp)
+        self.col_width = np.array([f.width() for f in lay.schema.columns] or [0], dtype=np.intp)
+        self.col_kind = np.array([_KIND_CODES[f.kind] for f in lay.schema.columns] or [0], dtype=np.uint8)
+
+    @classmethod
+    def open_reader(cls, path):
+        """Maps a table file written by another process, read-only."""
+        cdef Table t = cls.__new__(cls)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            t._inode = os.fstat(fd).st_ino
+            t._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        t.path = path
+        t._bind(np.frombuffer(t._mmap, dtype=np.uint8), True)
+        return t
+
+    @classmethod
+    def from_snapshot(cls, buf, path=None):
+        """A writable table holding a copy of `snapshot()` (checkpoint restore)."""
+        cdef Table t = cls.__new__(cls)
+        src = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
+        lay, _ = read_header(src)
+        if src.size != lay.nbytes:
+            raise SchemaError(f"snapshot is {src.size} bytes; its header says {lay.nbytes}")
+        arr = t._allocate(lay.nbytes, path)
+        arr[:] = src
+        t._bind(arr, False)
+        t.hdr[H_GLOBAL_SEQ] &= ~1
+        t.hdr[H_WRITER_PID] = os.getpid()
+        t._rebuild_free_list()
+        return t
+
+    def _rebuild_free_list(self):
+        rows = self._rows_matrix()
+        live = rows[:, ROW_STATE] == 1
+        seq = np.ascontiguousarray(rows[:, 0:8]).view(np.int64)[:, 0]
+        if (seq & 1).any():  # a copy taken mid-write cannot be trusted row by row
+            raise SchemaError("snapshot holds a row that was being written; take snapshots from the writer thread")
+        free = np.nonzero(~live)[0][::-1].astype(np.int32)
+        self.free_rows = np.empty(self.capacity_, dtype=np.int32)
+        self.free_rows[:free.size] = free
+        self.nfree = free.size
+        if int(live.sum()) != self.hdr[H_COUNT]:
+            raise SchemaError("snapshot row count disagrees with its live rows (corrupt snapshot)")
+
+    def _rows_matrix(self):
+        lay = self.layout
+        return self._arr[lay.rows_offset:lay.rows_offset + lay.stride * lay.capacity].reshape(lay.capacity, lay.stride)
+
+    # ---- properties -------------------------------------------------------
+
+    @property
+    def capacity(self):
+        return self.capacity_
+
+    @property
+    def ttl_us(self):
+        return self.ttl
+
+    @property
+    def nbytes(self):
+        return self.layout.nbytes
+
+    def __len__(self):
+        return fs_atomic_load_i64(&self.hdr[H_COUNT])
+
+    def stats(self):
+        """Counters, readable from any process mapping the table."""
+        return {"rows": fs_atomic_load_i64(&self.hdr[H_COUNT]), "capacity": self.capacity_,
+                "evicted_capacity": self.hdr[H_EVICT_CAPACITY], "evicted_expired": self.hdr[H_EVICT_EXPIRED],
+                "stale_on_arrival": self.hdr[H_STALE_ON_ARRIVAL], "puts": self.hdr[H_PUTS],
+                "tombstones": self.hdr[H_TOMBSTONES], "compactions": self.hdr[H_COMPACTIONS],
+                "nbytes": self.layout.nbytes}
+
+    def reader_is_stale(self):
+        """True when the file at `path` was replaced (a restarted writer): reopen."""
+        if self.path is None:
+            return False
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except FileNotFoundError:
+            return True
+
+    def snapshot(self):
+        """A consistent copy of the whole buffer (call from the writer thread)."""
+        return np.array(self._arr, copy=True)
+
+    def flush(self):
+        if self._mmap is not None and not self.readonly:
+            self._mmap.flush()
+
+    def close(self):
+        self._arr = None
+        self.base = NULL
+        if self._mmap is not None:
+            m, self._mmap = self._mmap, None
+            try:
+                m.close()
+            except BufferError:  # a result array still views the map; the GC will unmap it
+                pass
+
+    # ---- keys ---------------------------------------------------------------
+
+    def _encode_keys(self, keys):
+        """Encoded keys as an (n, kw8) uint8 array (see fscore.schema)."""
+        cdef Py_ssize_t n, i, off = 0, c
+        cdef uint8_t[:, ::1] out
+        cdef const int64_t[::1] ints
+        cdef uint8_t *dst
+        if self.base == NULL:
+            raise ValueError("table is closed")
+        cols, n = _batch.key_columns(self.schema, keys)
+        if len(cols) == 1 and self.kw == 8 and self.schema.keys[0].kind == "int64":
+            # PERF: vectorised sign-flip + byteswap (benches/bench_table.py, get_batch)
+            enc = (cols[0].view(np.uint64) ^ np.uint64(1 << 63)).byteswap()
+            return enc.view(np.uint8).reshape(n, 8)
+        arr = np.zeros((n, self.kw8), dtype=np.uint8)
+        out = arr
+        for c, f in enumerate(self.schema.keys):
+            if f.kind == "int64":
+                ints = cols[c]
+                for i in range(n):
+                    _store_be64(&out[i, off], <uint64_t>ints[i] ^ 0x8000000000000000ULL)
+                off += 8
+            else:
+                col = cols[c]
+                for i in range(n):
+                    _encode_string(col[i], &out[i, off], f.size, f.name, "key")
+                off += 2 + f.size
+        return arr
+
+    cdef int _encode_one(self, object key, uint8_t *dst) except -1:
+        """Encodes a single key (scalar or tuple) into dst (kw8 bytes)."""
+        cdef Py_ssize_t off = 0
+        memset(dst, 0, self.kw8)
+        fields = self.schema.keys
+        if len(fields) == 1 and not isinstance(key, tuple):
+            key = (key,)
+        if not isinstance(key, tuple) or len(key) != len(fields):
+            raise KeyEncodingError(f"key {key!r} must have {len(fields)} part(s): {', '.join(self.schema.key_names)}")
+        for f, v in zip(fields, key):
+            if f.kind == "int64":
+                if isinstance(v, (bool, float, str, bytes)) or v is None:
+                    raise KeyEncodingError(f"key column {f.name!r} is int64; got {type(v).__name__} {v!r}")
+                try:
+                    _store_be64(dst + off, <uint64_t>(<int64_t>v) ^ 0x8000000000000000ULL)
+                except OverflowError:
+                    raise KeyEncodingError(f"key column {f.name!r}: {v} does not fit in int64") from None
+                off += 8
+            else:
+                _encode_string(v, dst + off, f.size, f.name, "key")
+                off += 2 + f.size
+        return 0
+
+    # ---- probing ------------------------------------------------------------
+
+    cdef Py_ssize_t _find(self, const uint8_t *key, uint64_t h, Py_ssize_t *slot_out) noexcept nogil:
+        """Writer-side probe: the row of key or -1; slot_out = its index slot, or
+        the slot an insert should use (first tombstone, else the empty one)."""
+        cdef Py_ssize_t s = <Py_ssize_t>(h & <uint64_t>self.mask), first_free = -1, j, row
+        cdef uint64_t e, tag = h >> 32
+        for j in range(self.nslots):
+            e = self.index[s]
+            if e == EMPTY:
+                slot_out[0] = first_free if first_free >= 0 else s
+                return -1
+            if e == TOMBSTONE:
+                if first_free < 0:
+                    first_free = s
+            elif (e >> 32) == tag:
+                row = <Py_ssize_t>(e & 0xffffffffULL) - 2
+                if memcmp(self.rows + row * self.stride + ROW_KEY, key, self.kw8) == 0:
+                    slot_out[0] = s
+                    return row
+            s = (s + 1) & self.mask
+        slot_out[0] = first_free
+        return -1
+
+    cdef Py_ssize_t _probe_read(self, const uint8_t *key, uint64_t h) noexcept nogil:
+        """Reader-side probe (any process): a row index whose key matched when
+        seen, or -1. The caller copies the row under its seqlock and re-checks."""
+        cdef Py_ssize_t s = <Py_ssize_t>(h & <uint64_t>self.mask), j, row
+        cdef uint64_t e, tag = h >> 32
+        for j in range(self.nslots):
+            e = <uint64_t>fs_atomic_load_i64(<int64_t *>&self.index[s])
+            if e == EMPTY:
+                return -1
+            if e != TOMBSTONE and (e >> 32) == tag:
+                row = <Py_ssize_t>(e & 0xffffffffULL) - 2
+                if row < self.capacity_ and memcmp(self.rows + row * self.stride + ROW_KEY, key, self.kw8) == 0:
+                    return row
+            s = (s + 1) & self.mask
+        return -1
+
+    cdef int _insert_index(self, const uint8_t *key, uint64_t h, Py_ssize_t row) noexcept nogil:
+        cdef Py_ssize_t slot
+        self._find(key, h, &slot)
+        if self.index[slot] == TOMBSTONE:
+            self.hdr[H_TOMBSTONES] -= 1
+        fs_atomic_store_i64(<int64_t *>&self.index[slot], <int64_t>(((h >> 32) << 32) | <uint64_t>(row + 2)))
+        return 0
+
+    cdef void _unlink(self, Py_ssize_t slot, Py_ssize_t row) noexcept nogil:
+        """Removes a live row: tombstone first (new readers skip it), then the
+        row state under its seqlock (readers already on it retry and miss)."""
+        cdef uint8_t *p = self.rows + row * self.stride
+        fs_atomic_store_i64(<int64_t *>&self.index[slot], TOMBSTONE)
+        fs_seq_write_begin(<int64_t *>p)
+        p[ROW_STATE] = 0
+        fs_seq_write_end(<int64_t *>p)
+        self.free_rows[self.nfree] = <int32_t>row
+        self.nfree += 1
+        self.hdr[H_TOMBSTONES] += 1
+        fs_atomic_store_i64(&self.hdr[H_COUNT], self.hdr[H_COUNT] - 1)
+
+    def _maybe_compact(self):
+        """Rebuilds the index when tombstones would lengthen probes too much.
+        Readers wait (global seqlock) for the few milliseconds this takes."""
+        cdef Py_ssize_t r
+        cdef uint8_t *p
+        if self.hdr[H_TOMBSTONES] * 4 < self.nslots:
+            return
+        with nogil:
+            fs_seq_write_begin(&self.hdr[H_GLOBAL_SEQ])
+            memset(self.index, 0, self.nslots * 8)
+            self.hdr[H_TOMBSTONES] = 0
+            for r in range(self.capacity_):
+                p = self.rows + r * self.stride
+                if p[ROW_STATE] == 1:
+                    self._insert_index(p + ROW_KEY, hash_key(p + ROW_KEY, self.kw8), r)
+            self.hdr[H_COMPACTIONS] += 1
+            fs_seq_write_end(&self.hdr[H_GLOBAL_SEQ])
+
+    def _check_writable(self):
+        if self.readonly:
+            raise ReadOnlyError("this table handle is a read-only reader; write through the engine (the single writer)")
+        if self.base == NULL:
+            raise ValueError("table is closed")
+
+    # ---- writes -------------------------------------------------------------
+
+    def put_batch(self, keys, values=None, event_ts=None, created_ts=None, *, now, nulls=None):
+        """Upserts rows; returns how many were written (see the module rules)."""
+        cdef Py_ssize_t n, i, c, row, slot, ncols = self.ncols, stride = self.stride
+        cdef int64_t tnow = now, e, ce, cutoff
+        cdef uint64_t h
+        cdef uint8_t *p
+        cdef const uint8_t *k
+        cdef Py_ssize_t written = 0, stale = 0
+        cdef bint need_room
+        self._check_writable()
+        enc = self._encode_keys(keys)
+        n = enc.shape[0]
+        ets_a, cts_a = _batch.timestamps(event_ts, created_ts, n)
+        vals, masks = _batch.value_columns(self.schema, values, n, nulls)
+        cdef const uint8_t[:, ::1] kmat = enc if n else np.zeros((1, self.kw8), dtype=np.uint8)
+        cdef const int64_t[::1] ets = ets_a
+        cdef const int64_t[::1] cts = cts_a
+        # Every column as fixed-width bytes per row: numeric arrays already are;
+        # strings are encoded here (under the GIL) into a (n, 2 + size) matrix.
+        srcs = []
+        for f, a, m in zip(self.schema.columns, vals, masks):
+            if f.kind == "string":
+                buf = np.zeros((max(n, 1), 2 + f.size), dtype=np.uint8)
+                self._encode_string_column(a, m, buf, f)
+                a = buf
+            srcs.append((np.ascontiguousarray(a).reshape(-1).view(np.uint8) if n else np.zeros(1, np.uint8),
+                         np.ascontiguousarray(m).view(np.uint8) if n else np.zeros(1, np.uint8)))
+        src_ptrs = np.array([s[0].ctypes.data for s in srcs] or [0], dtype=np.intp)
+        null_ptrs = np.array([s[1].ctypes.data for s in srcs] or [0], dtype=np.intp)
+        cdef const Py_ssize_t[::1] sp = src_ptrs
+        cdef const Py_ssize_t[::1] np_ = null_ptrs
+        cdef const Py_ssize_t[::1] off = self.col_off
+        cdef const Py_ssize_t[::1] width = self.col_width
+        cutoff = tnow - self.ttl if self.ttl > 0 else INT64_MIN
+        i = 0
+        while i < n:
+            need_room = False
+            with nogil:
+                while i < n:
+                    k = &kmat[i, 0]
+                    e = ets[i]
+                    ce = cts[i]
+                    if e < cutoff:
+                        stale += 1
+                        i += 1
+                        continue
+                    h = hash_key(k, self.kw8)
+                    row = self._find(k, h, &slot)
+                    if row >= 0:
+                        p = self.rows + row * stride
+                        if e < (<int64_t *>(p + ROW_ETS))[0] or (
+                                e == (<int64_t *>(p + ROW_ETS))[0] and ce < (<int64_t *>(p + ROW_CTS))[0]):
+                            i += 1
+                            continue
+                    else:
+                        if self.nfree == 0:
+                            need_room = True
+                            break
+                        self.nfree -= 1
+                        row = self.free_rows[self.nfree]
+                        p = self.rows + row * stride
+                    fs_seq_write_begin(<int64_t *>p)
+                    (<int64_t *>(p + ROW_ETS))[0] = e
+                    (<int64_t *>(p + ROW_CTS))[0] = ce
+                    if p[ROW_STATE] == 0:
+                        memcpy(p + ROW_KEY, k, self.kw8)
+                        p[ROW_STATE] = 1
+                    for c in range(ncols):
+                        p[self.null_off + c] = (<const uint8_t *>np_[c])[i]
+                        if width[c] == 8:
+                            memcpy(p + off[c], <const uint8_t *>sp[c] + i * 8, 8)
+                        else:
+                            memcpy(p + off[c], <const uint8_t *>sp[c] + i * width[c], width[c])
+                    fs_seq_write_end(<int64_t *>p)
+                    if self.index[slot] == EMPTY or self.index[slot] == TOMBSTONE:
+                        # publish the new row only once it is complete
+                        if self.index[slot] == TOMBSTONE:
+                            self.hdr[H_TOMBSTONES] -= 1
+                        fs_atomic_store_i64(<int64_t *>&self.index[slot],
+                                            <int64_t>(((h >> 32) << 32) | <uint64_t>(row + 2)))
+                        fs_atomic_store_i64(&self.hdr[H_COUNT], self.hdr[H_COUNT] + 1)
+                    written += 1
+                    i += 1
+            if need_room:
+                self._make_room(tnow)
+        self.hdr[H_PUTS] += written
+        self.hdr[H_STALE_ON_ARRIVAL] += stale
+        return written
+
+    def _encode_string_column(self, a, m, buf, f):
+        cdef uint8_t[:, ::1] out = buf
+        cdef const uint8_t[::1] mask = np.ascontiguousarray(m).view(np.uint8)
+        cdef Py_ssize_t i
+        for i in range(a.shape[0]):
+            if not mask[i]:
+                _encode_string(a[i], &out[i, 0], f.size, f.name, "value")
+
+    def _make_room(self, int64_t now):
+        """Frees rows for a new key: expired rows first, else the oldest."""
+        cdef Py_ssize_t k, j, row, slot
+        cdef const uint8_t[:, ::1] rm
+        if self.ttl > 0 and self.expire(now) > 0:
+            return
+        k = max(1, self.capacity_ // 64)
+        rows = self._rows_matrix()
+        live = np.nonzero(rows[:, ROW_STATE] == 1)[0]
+        ets = np.ascontiguousarray(rows[live, ROW_ETS:ROW_ETS + 8]).view(np.int64)[:, 0]
+        keys = np.ascontiguousarray(rows[live, ROW_KEY:ROW_KEY + self.kw]).view(f"S{self.kw}")[:, 0]
+        victims = live[np.lexsort((keys, ets))[:k]]
+        rm = rows
+        for row in victims:
+            if self._find(&rm[row, ROW_KEY], hash_key(&rm[row, ROW_KEY], self.kw8), &slot) == row:
+                self._unlink(slot, row)
+        self.hdr[H_EVICT_CAPACITY] += len(victims)
+        self._maybe_compact()
+
+    cdef Py_ssize_t _expire_nogil(self, int64_t now) noexcept nogil:
+        cdef Py_ssize_t r, slot, gone = 0
+        cdef uint8_t *p
+        cdef int64_t cutoff = now - self.ttl
+        for r in range(self.capacity_):
+            p = self.rows + r * self.stride
+            if p[ROW_STATE] == 1 and (<int64_t *>(p + ROW_ETS))[0] < cutoff:
+                if self._find(p + ROW_KEY, hash_key(p + ROW_KEY, self.kw8), &slot) == r:
+                    self._unlink(slot, r)
+                    gone += 1
+        return gone
+
+    def expire(self, now):
+        """Removes every row with event_ts < now - ttl; returns how many."""
+        cdef Py_ssize_t gone
+        cdef int64_t tnow = now
+        self._check_writable()
+        if self.ttl <= 0:
+            return 0
+        with nogil:
+            gone = self._expire_nogil(tnow)
+        self.hdr[H_EVICT_EXPIRED] += gone
+        self._maybe_compact()
+        return gone
+
+    def delete_batch(self, keys):
+        """Deletes the given keys; returns how many were present."""
+        cdef Py_ssize_t n, i, row, slot, gone = 0
+        cdef uint64_t h
+        self._check_writable()
+        enc = self._encode_keys(keys)
+        n = enc.shape[0]
+        if n == 0:
+            return 0
+        cdef const uint8_t[:, ::1] kmat = enc
+        with nogil:
+            for i in range(n):
+                h = hash_key(&kmat[i, 0], self.kw8)
+                row = self._find(&kmat[i, 0], h, &slot)
+                if row >= 0:
+                    self._unlink(slot, row)
+                    gone += 1
+        self._maybe_compact()
+        return gone
+
+    def delete(self, key):
+        """Deletes one key; True if it was present."""
+        return self.delete_batch(_single_key_batch(self.schema, key)) == 1
+
+    # ---- reads --------------------------------------------------------------
+
+    def get_batch(self, keys, now):
+        """Looks up a batch of keys as of `now`; returns a BatchResult."""
+        cdef Py_ssize_t n, i, c, row, ncols = self.ncols, stride = self.stride
+        cdef int64_t tnow = now, s, g, e, cutoff
+        cdef uint8_t *p
+        cdef uint8_t st
+        if self.base == NULL:
+            raise ValueError("table is closed")
+        enc = self._encode_keys(keys)
+        n = enc.shape[0]
+        status_a = np.zeros(n, dtype=np.uint8)
+        ets_a = np.zeros(n, dtype=np.int64)
+        cts_a = np.zeros(n, dtype=np.int64)
+        values, nulls = _batch.output_arrays(self.schema, n)
+        if n == 0:
+            return BatchResult(status_a, ets_a, cts_a, values, nulls)
+        outs = []
+        for f in self.schema.columns:
+            if f.kind == "string":
+                outs.append(np.zeros((n, 2 + f.size), dtype=np.uint8))
+            else:
+                outs.append(values[f.name])
+        out_ptrs = np.array([o.ctypes.data for o in outs] or [0], dtype=np.intp)
+        null_ptrs = np.array([nulls[f.name].ctypes.data for f in self.schema.columns] or [0], dtype=np.intp)
+        cdef const Py_ssize_t[::1] op = out_ptrs
+        cdef const Py_ssize_t[::1] nlp = null_ptrs
+        cdef const Py_ssize_t[::1] off = self.col_off
+        cdef const Py_ssize_t[::1] width = self.col_width
+        cdef const uint8_t[:, ::1] kmat = enc
+        cdef uint8_t[::1] status = status_a
+        cdef int64_t[::1] ets = ets_a
+        cdef int64_t[::1] cts = cts_a
+        cutoff = tnow - self.ttl if self.ttl > 0 else INT64_MIN
+        with nogil:
+            for i in range(n):
+                while True:
+                    g = fs_seq_read_begin(&self.hdr[H_GLOBAL_SEQ])
+                    row = self._probe_read(&kmat[i, 0], hash_key(&kmat[i, 0], self.kw8))
+                    st = ST_NOT_FOUND
+                    if row >= 0:
+                        p = self.rows + row * stride
+                        while True:
+                            s = fs_seq_read_begin(<int64_t *>p)
+                            st = ST_NOT_FOUND
+                            if p[ROW_STATE] == 1 and memcmp(p + ROW_KEY, &kmat[i, 0], self.kw8) == 0:
+                                e = (<int64_t *>(p + ROW_ETS))[0]
+                                ets[i] = e
+                                cts[i] = (<int64_t *>(p + ROW_CTS))[0]
+                                if e < cutoff:
+                                    st = ST_OUTSIDE_MAX_AGE
+                                else:
+                                    st = ST_PRESENT
+                                    for c in range(ncols):
+                                        (<uint8_t *>nlp[c])[i] = p[self.null_off + c]
+                                        memcpy(<uint8_t *>op[c] + i * width[c], p + off[c], width[c])
+                            if not fs_seq_read_retry(<int64_t *>p, s):
+                                break
+                    if not fs_seq_read_retry(&self.hdr[H_GLOBAL_SEQ], g):
+                        break
+                status[i] = st
+                if st != ST_PRESENT:
+                    ets[i] = ets[i] if st == ST_OUTSIDE_MAX_AGE else 0
+                    cts[i] = cts[i] if st == ST_OUTSIDE_MAX_AGE else 0
+                    for c in range(ncols):
+                        (<uint8_t *>nlp[c])[i] = 1
+                        memset(<uint8_t *>op[c] + i * width[c], 0, width[c])
+        for f, o in zip(self.schema.columns, outs):
+            if f.kind == "string":
+                values[f.name] = _decode_strings(o, nulls[f.name])
+        return BatchResult(status_a, ets_a, cts_a, values, nulls)
+
+    def get(self, key, now):
+        """One key as of `now`: a tuple of column values (None for nulls), or
+        None when the key is absent or outside max age."""
+        cdef uint8_t kstack[256]
+        cdef uint8_t rstack[1024]
+        cdef uint8_t *kp = kstack
+        cdef uint8_t *rb = rstack
+        cdef Py_ssize_t row, c
+        cdef int64_t s, g, cutoff, tnow = now
+        cdef uint8_t *p
+        cdef object kheap = None, rheap = None
+        if self.base == NULL:
+            raise ValueError("table is closed")
+        if self.kw8 > 256:
+            kheap = np.zeros(self.kw8, dtype=np.uint8)
+            kp = <uint8_t *><Py_ssize_t>kheap.ctypes.data
+        if self.stride > 1024:
+            rheap = np.zeros(self.stride, dtype=np.uint8)
+            rb = <uint8_t *><Py_ssize_t>rheap.ctypes.data
+        self._encode_one(key, kp)
+        cutoff = tnow - self.ttl if self.ttl > 0 else INT64_MIN
+        with nogil:
+            while True:
+                g = fs_seq_read_begin(&self.hdr[H_GLOBAL_SEQ])
+                row = self._probe_read(kp, hash_key(kp, self.kw8))
+                if row >= 0:
+                    p = self.rows + row * self.stride
+                    while True:
+                        s = fs_seq_read_begin(<int64_t *>p)
+                        memcpy(rb, p, self.stride)
+                        if not fs_seq_read_retry(<int64_t *>p, s):
+                            break
+                if not fs_seq_read_retry(&self.hdr[H_GLOBAL_SEQ], g):
+                    break
+        if row < 0 or rb[ROW_STATE] != 1 or memcmp(rb + ROW_KEY, kp, self.kw8) != 0:
+            return None
+        if (<int64_t *>(rb + ROW_ETS))[0] < cutoff:
+            return None
+        out = PyTuple_New(self.ncols)
+        for c in range(self.ncols):
+            if rb[self.null_off + c]:
+                v = None
+            else:
+                v = _decode_value(self.col_kind[c], rb + self.col_off[c], self.col_width[c])
+            Py_INCREF(v)
+            PyTuple_SET_ITEM(out, c, v)
+        return out
+
+
+cdef object _decode_value(uint8_t kind, const uint8_t *p, Py_ssize_t width):
+    cdef Py_ssize_t n, i
+    cdef double d
+    cdef int64_t v
+    cdef float x
+    if kind == K_INT64:
+        memcpy(&v, p, 8)
+        return v
+    if kind == K_FLOAT64:
+        memcpy(&d, p, 8)
+        return d
+    if kind == K_BOOL:
+        return p[0] != 0
+    if kind == K_STRING:
+        n = (p[0] << 8) | p[1]
+        return (<const char *>p + 2)[:n].decode("utf-8")
+    out = []
+    for i in range(width // 4):
+        memcpy(&x, p + 4 * i, 4)
+        out.append(x)
+    return tuple(out)
+
+
+def _decode_strings(o, null):
+    cdef const uint8_t[:, ::1] m = o
+    cdef Py_ssize_t i, n, nrows = o.shape[0]
+    out = np.full(nrows, None, dtype=object)
+    for i in range(nrows):
+        if not null[i]:
+            n = (m[i, 0] << 8) | m[i, 1]
+            out[i] = (<const char *>&m[i, 2])[:n].decode("utf-8")
+    return out
+
+
+def _single_key_batch(schema, key):
+    if len(schema.keys) == 1:
+        if isinstance(key, tuple):
+            key = key[0] if len(key) == 1 else key
+        f = schema.keys[0]
+        return np.array([key], dtype=np.int64 if f.kind == "int64" else object)
+    if not isinstance(key, tuple) or len(key) != len(schema.keys):
+        raise KeyEncodingError(f"key {key!r} must have {len(schema.keys)} parts: {', '.join(schema.key_names)}")
+    return {f.name: np.array([v], dtype=np.int64 if f.kind == "int64" else object) for f, v in zip(schema.keys, key)}

@@ -1,0 +1,106 @@
+# The contract of fscore.window: the state layout and the kernels over it.
+#
+# State of a view = one int64 numpy matrix `cells` of shape (n_slots * ring, width):
+# each row is one cell (a hop bucket, the lifetime bucket, or one session) and
+# every field is one 8-byte Word. Keeping a cell in one contiguous row means an
+# event touches one or two cache lines, and serialising or copying a key's
+# state is a plain slice of rows. Field offsets are described by Layout.
+
+from libc.stdint cimport int64_t, uint64_t, uint8_t
+
+ctypedef union Word:
+    int64_t i
+    double f
+
+# Offsets of the fields every cell has.
+cdef enum:
+    W_BUCKET = 0      # hop bucket id = floor(ts / hop); EMPTY when the cell is unused
+    W_COUNT = 1       # count(*): events, nulls included
+    W_FIRST_TS = 2    # min ts of the cell's events (session start; exactness checks)
+    W_LAST_TS = 3     # max ts of the cell's events (session end; exactness checks, TTL)
+    W_COMMON = 4
+
+# Per input column: word offset of each partial field, -1 when no aggregation
+# of the view needs it. `n` (non-null count) is always present.
+ctypedef struct ColLayout:
+    Py_ssize_t n
+    Py_ssize_t sum
+    Py_ssize_t wmean        # Welford running mean (for var/stddev)
+    Py_ssize_t m2           # Welford sum of squared deviations
+    Py_ssize_t vmin
+    Py_ssize_t vmax
+    Py_ssize_t first_ts
+    Py_ssize_t first_val
+    Py_ssize_t last_ts
+    Py_ssize_t last_val
+    Py_ssize_t hll          # 2^p one-byte registers, packed into words
+    Py_ssize_t hll_row      # row of this column in the hash matrix, or -1
+    Py_ssize_t lastk        # [count][k ts, newest first][k values]
+    Py_ssize_t lastk_k
+
+ctypedef struct Layout:
+    Py_ssize_t width        # words per cell
+    Py_ssize_t ncols
+    int hll_p
+    ColLayout* cols
+
+# Output kinds (finalisation of a merged cell into one aggregation's value).
+cdef enum OutKind:
+    O_COUNT_STAR, O_COUNT, O_SUM, O_MEAN, O_MIN, O_MAX, O_FIRST, O_LAST,
+    O_VAR_SAMP, O_VAR_POP, O_STD_SAMP, O_STD_POP, O_HLL, O_LAST_K
+
+ctypedef struct OutSpec:
+    int kind
+    Py_ssize_t col          # input column index, -1 for count(*)
+    Py_ssize_t row          # first row in the float (or int) output matrix
+    Py_ssize_t k            # last_k width
+
+# Cell kernels: add / merge / finalise over state passed by pointer.
+cdef void cell_reset(Word* c, const Layout* L) noexcept nogil
+cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssize_t xstride,
+                   const uint64_t* h, Py_ssize_t hstride) noexcept nogil
+cdef void cell_merge(Word* dst, const Word* src, const Layout* L) noexcept nogil
+cdef void cell_finalize(const Word* c, const Layout* L, const OutSpec* outs, Py_ssize_t nout,
+                        double* of, int64_t* oi, Py_ssize_t nq, Py_ssize_t q) noexcept nogil
+cdef uint64_t hash_double(double x) noexcept nogil
+cdef uint64_t hash_int64(int64_t x) noexcept nogil
+
+# Session kernels (cells of one key kept sorted by start time).
+cdef int session_insert(Word* cells, Py_ssize_t ring, int64_t* nsess, int64_t* evicted_last_ts,
+                        const Word* span, int64_t gap, const Layout* L) noexcept nogil
+
+
+cdef class WindowView:
+    cdef readonly object spec
+    cdef readonly tuple aggs
+    cdef readonly tuple columns
+    cdef readonly int64_t allowed_lateness
+    cdef readonly int hll_p
+    cdef readonly int max_sessions
+    cdef readonly Py_ssize_t n_slots
+    cdef readonly Py_ssize_t ring_len
+    # Per-stream watermark: max ts of every applied event (EMPTY before any).
+    cdef readonly int64_t watermark
+    cdef readonly int64_t late_count
+
+    cdef int kind
+    cdef int64_t hop
+    cdef int64_t nbuckets
+    cdef int64_t gap
+    cdef Layout layout
+    cdef OutSpec* outs
+    cdef Py_ssize_t nout
+    cdef Py_ssize_t n_float_out
+    cdef Py_ssize_t n_int_out
+    cdef object out_meta          # list of (name, kind, row, k, is_int)
+    cdef object hll_cols          # column indices that feed approx_count_distinct
+
+    cdef object cells             # int64 (n_slots * ring_len, width)
+    cdef object key_last_ts       # int64 (n_slots,): max applied ts per key, EMPTY if none
+    cdef object evicted_last_ts   # int64 (n_slots,): sessions: end of newest dropped session
+    cdef object nsess             # int64 (n_slots,): sessions: open cells per key
+    cdef object template          # int64 (width,): a reset cell
+    cdef object scratch           # int64 (2, width): query / event accumulators
+
+    cdef int _apply(self, const int64_t[::1] slots, const int64_t[::1] ts, const double[:, ::1] x,
+                    const uint64_t[:, ::1] h, uint8_t[::1] late) except -1

@@ -1,0 +1,342 @@
+# Cell kernels of fscore.window (included by window.pyx; contract in window.pxd).
+#
+# A cell is the partial aggregate of one hop bucket / session / lifetime. The
+# kernels follow pandas' window triplet minus `remove`: buckets are never
+# subtracted from, only built (add) and combined (merge), so no aggregation
+# needs an inverse and nothing drifts numerically. Every kernel here is
+# arithmetic on memory it is handed: noexcept nogil.
+
+from libc.math cimport isnan, sqrt, ldexp, log, floor, INFINITY, NAN
+from libc.string cimport memcpy, memmove, memset
+from libc.stdint cimport INT64_MIN, INT64_MAX
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    static inline int fs_clz64(uint64_t x) { return x ? __builtin_clzll(x) : 64; }
+    """
+    int fs_clz64(uint64_t x) noexcept nogil
+
+# last_k merge keeps its scratch on the stack; window_spec.MAX_LAST_K matches.
+cdef enum:
+    LASTK_MAX = 256
+
+
+cdef inline int64_t floor_div(int64_t a, int64_t b) noexcept nogil:
+    # C division truncates toward zero; windows align toward -inf (epoch aligned
+    # also before 1970).
+    cdef int64_t q = a / b
+    if a % b < 0:
+        q -= 1
+    return q
+
+
+cdef inline int64_t floor_mod(int64_t a, int64_t b) noexcept nogil:
+    cdef int64_t r = a % b
+    if r < 0:
+        r += b
+    return r
+
+
+cdef uint64_t hash_int64(int64_t x) noexcept nogil:
+    # splitmix64 finaliser: a bijection with full avalanche, so HLL sees
+    # uniform bits even for sequential ids. Same in window_spec.splitmix64.
+    cdef uint64_t z = <uint64_t>x + <uint64_t>0x9E3779B97F4A7C15ULL
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+cdef uint64_t hash_double(double x) noexcept nogil:
+    # Integral values hash as the int64 they equal, so an id column read as
+    # float64 counts the same as its int64 original (and -0.0 == 0).
+    cdef Word w
+    if x >= -9223372036854775808.0 and x < 9223372036854775808.0 and x == floor(x):
+        return hash_int64(<int64_t>x)
+    w.f = x
+    return hash_int64(w.i)
+
+
+cdef inline void hll_add(uint8_t* regs, int p, uint64_t h) noexcept nogil:
+    cdef uint64_t idx = h >> (64 - p)
+    cdef uint64_t w = h << p
+    cdef uint8_t rank = <uint8_t>(fs_clz64(w) + 1 if w else 64 - p + 1)
+    if rank > regs[idx]:
+        regs[idx] = rank
+
+
+cdef inline int64_t hll_estimate(const uint8_t* regs, int p) noexcept nogil:
+    # Flajolet et al. with linear counting for small cardinalities; a 64-bit
+    # hash needs no large-range correction. Summed in register order, exactly
+    # like window_ref.hll_estimate_registers, so oracle tests compare equal.
+    cdef Py_ssize_t j, m = (<Py_ssize_t>1) << p
+    cdef double z = 0.0, e, alpha, md = <double>m
+    cdef Py_ssize_t zeros = 0
+    cdef bint any_set = False
+    for j in range(m):
+        z += ldexp(1.0, -regs[j])
+        if regs[j] == 0:
+            zeros += 1
+        else:
+            any_set = True
+    if not any_set:
+        return 0
+    if m == 16:
+        alpha = 0.673
+    elif m == 32:
+        alpha = 0.697
+    elif m == 64:
+        alpha = 0.709
+    else:
+        alpha = 0.7213 / (1.0 + 1.079 / md)
+    e = alpha * md * md / z
+    if e <= 2.5 * md and zeros:
+        e = md * log(md / <double>zeros)
+    return <int64_t>floor(e + 0.5)
+
+
+cdef inline void lastk_insert(Word* b, Py_ssize_t k, int64_t ts, double v) noexcept nogil:
+    # b = [count][k ts][k values], newest first. At equal ts the newcomer is
+    # the later arrival, so it goes before the entries it ties with.
+    cdef Py_ssize_t cnt = b[0].i, p = 0, j, end
+    cdef Word* bts = b + 1
+    cdef Word* bv = b + 1 + k
+    while p < cnt and bts[p].i > ts:
+        p += 1
+    if p >= k:
+        return
+    end = cnt if cnt < k else k - 1
+    j = end
+    while j > p:
+        bts[j] = bts[j - 1]
+        bv[j] = bv[j - 1]
+        j -= 1
+    bts[p].i = ts
+    bv[p].f = v
+    if cnt < k:
+        b[0].i = cnt + 1
+
+
+cdef inline void lastk_merge(Word* d, const Word* s, Py_ssize_t k) noexcept nogil:
+    # s holds the later arrivals: it wins ties on ts.
+    cdef int64_t tts[LASTK_MAX]
+    cdef double tvs[LASTK_MAX]
+    cdef Py_ssize_t nd = d[0].i, ns = s[0].i, i = 0, j = 0, o = 0
+    while o < k and (i < nd or j < ns):
+        if j < ns and (i >= nd or s[1 + j].i >= d[1 + i].i):
+            tts[o] = s[1 + j].i
+            tvs[o] = s[1 + k + j].f
+            j += 1
+        else:
+            tts[o] = d[1 + i].i
+            tvs[o] = d[1 + k + i].f
+            i += 1
+        o += 1
+    for i in range(o):
+        d[1 + i].i = tts[i]
+        d[1 + k + i].f = tvs[i]
+    d[0].i = o
+
+
+cdef void cell_reset(Word* c, const Layout* L) noexcept nogil:
+    # Identity of every merge: zero counts/sums/registers, +inf/-inf extremes,
+    # first/last at the far ends of time.
+    cdef Py_ssize_t j
+    cdef const ColLayout* cl
+    memset(c, 0, L.width * sizeof(Word))
+    c[W_BUCKET].i = INT64_MIN
+    c[W_FIRST_TS].i = INT64_MAX
+    c[W_LAST_TS].i = INT64_MIN
+    for j in range(L.ncols):
+        cl = &L.cols[j]
+        if cl.vmin >= 0:
+            c[cl.vmin].f = INFINITY
+        if cl.vmax >= 0:
+            c[cl.vmax].f = -INFINITY
+        if cl.first_ts >= 0:
+            c[cl.first_ts].i = INT64_MAX
+            c[cl.first_val].f = NAN
+        if cl.last_ts >= 0:
+            c[cl.last_ts].i = INT64_MIN
+            c[cl.last_val].f = NAN
+
+
+cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssize_t xstride,
+                   const uint64_t* h, Py_ssize_t hstride) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef int64_t n
+    cdef double v, d
+    cdef const ColLayout* cl
+    c[W_COUNT].i += 1
+    if ts < c[W_FIRST_TS].i:
+        c[W_FIRST_TS].i = ts
+    if ts > c[W_LAST_TS].i:
+        c[W_LAST_TS].i = ts
+    for j in range(L.ncols):
+        v = x[j * xstride]
+        if isnan(v):       # null: only count(*) above sees it
+            continue
+        cl = &L.cols[j]
+        n = c[cl.n].i + 1
+        c[cl.n].i = n
+        if cl.sum >= 0:
+            c[cl.sum].f += v
+        if cl.wmean >= 0:  # Welford: stable where sum-of-squares cancels
+            d = v - c[cl.wmean].f
+            c[cl.wmean].f += d / <double>n
+            c[cl.m2].f += d * (v - c[cl.wmean].f)
+        if cl.vmin >= 0 and v < c[cl.vmin].f:
+            c[cl.vmin].f = v
+        if cl.vmax >= 0 and v > c[cl.vmax].f:
+            c[cl.vmax].f = v
+        if cl.first_ts >= 0 and ts < c[cl.first_ts].i:     # tie: earlier arrival stays first
+            c[cl.first_ts].i = ts
+            c[cl.first_val].f = v
+        if cl.last_ts >= 0 and ts >= c[cl.last_ts].i:      # tie: later arrival becomes last
+            c[cl.last_ts].i = ts
+            c[cl.last_val].f = v
+        if cl.hll >= 0:
+            hll_add(<uint8_t*>&c[cl.hll], L.hll_p, h[cl.hll_row * hstride])
+        if cl.lastk >= 0:
+            lastk_insert(&c[cl.lastk], cl.lastk_k, ts, v)
+
+
+cdef void cell_merge(Word* dst, const Word* src, const Layout* L) noexcept nogil:
+    # dst ⊕ src, src taken as the later arrivals (it wins `last` ties, loses
+    # `first` ties). Cells of distinct buckets/sessions never tie on ts.
+    cdef Py_ssize_t j, r, m
+    cdef int64_t na, nb, n
+    cdef double delta
+    cdef const ColLayout* cl
+    cdef uint8_t* rd
+    cdef const uint8_t* rs
+    dst[W_COUNT].i += src[W_COUNT].i
+    if src[W_FIRST_TS].i < dst[W_FIRST_TS].i:
+        dst[W_FIRST_TS].i = src[W_FIRST_TS].i
+    if src[W_LAST_TS].i > dst[W_LAST_TS].i:
+        dst[W_LAST_TS].i = src[W_LAST_TS].i
+    for j in range(L.ncols):
+        cl = &L.cols[j]
+        nb = src[cl.n].i
+        if nb == 0:
+            continue
+        na = dst[cl.n].i
+        n = na + nb
+        dst[cl.n].i = n
+        if cl.sum >= 0:
+            dst[cl.sum].f += src[cl.sum].f
+        if cl.wmean >= 0:
+            if na == 0:
+                dst[cl.wmean].f = src[cl.wmean].f
+                dst[cl.m2].f = src[cl.m2].f
+            else:          # Chan et al. pairwise update
+                delta = src[cl.wmean].f - dst[cl.wmean].f
+                dst[cl.wmean].f += delta * (<double>nb / <double>n)
+                dst[cl.m2].f += src[cl.m2].f + delta * delta * (<double>na * (<double>nb / <double>n))
+        if cl.vmin >= 0 and src[cl.vmin].f < dst[cl.vmin].f:
+            dst[cl.vmin].f = src[cl.vmin].f
+        if cl.vmax >= 0 and src[cl.vmax].f > dst[cl.vmax].f:
+            dst[cl.vmax].f = src[cl.vmax].f
+        if cl.first_ts >= 0 and src[cl.first_ts].i < dst[cl.first_ts].i:
+            dst[cl.first_ts].i = src[cl.first_ts].i
+            dst[cl.first_val].f = src[cl.first_val].f
+        if cl.last_ts >= 0 and src[cl.last_ts].i >= dst[cl.last_ts].i:
+            dst[cl.last_ts].i = src[cl.last_ts].i
+            dst[cl.last_val].f = src[cl.last_val].f
+        if cl.hll >= 0:
+            rd = <uint8_t*>&dst[cl.hll]
+            rs = <const uint8_t*>&src[cl.hll]
+            m = (<Py_ssize_t>1) << L.hll_p
+            for r in range(m):
+                if rs[r] > rd[r]:
+                    rd[r] = rs[r]
+        if cl.lastk >= 0:
+            lastk_merge(&dst[cl.lastk], &src[cl.lastk], cl.lastk_k)
+
+
+cdef void cell_finalize(const Word* c, const Layout* L, const OutSpec* outs, Py_ssize_t nout,
+                        double* of, int64_t* oi, Py_ssize_t nq, Py_ssize_t q) noexcept nogil:
+    # Outputs are (rows, nq) matrices: one row per aggregation (k rows for last_k).
+    cdef Py_ssize_t o, j, cnt
+    cdef int64_t n
+    cdef double m2
+    cdef const OutSpec* sp
+    cdef const ColLayout* cl
+    for o in range(nout):
+        sp = &outs[o]
+        if sp.kind == O_COUNT_STAR:
+            oi[sp.row * nq + q] = c[W_COUNT].i
+            continue
+        cl = &L.cols[sp.col]
+        n = c[cl.n].i
+        if sp.kind == O_COUNT:
+            oi[sp.row * nq + q] = n
+        elif sp.kind == O_HLL:
+            oi[sp.row * nq + q] = hll_estimate(<const uint8_t*>&c[cl.hll], L.hll_p) if n else 0
+        elif sp.kind == O_LAST_K:
+            cnt = c[cl.lastk].i
+            for j in range(sp.k):
+                of[(sp.row + j) * nq + q] = c[cl.lastk + 1 + cl.lastk_k + j].f if j < cnt else NAN
+        elif n == 0:
+            of[sp.row * nq + q] = NAN
+        elif sp.kind == O_SUM:
+            of[sp.row * nq + q] = c[cl.sum].f
+        elif sp.kind == O_MEAN:
+            of[sp.row * nq + q] = c[cl.sum].f / <double>n
+        elif sp.kind == O_MIN:
+            of[sp.row * nq + q] = c[cl.vmin].f
+        elif sp.kind == O_MAX:
+            of[sp.row * nq + q] = c[cl.vmax].f
+        elif sp.kind == O_FIRST:
+            of[sp.row * nq + q] = c[cl.first_val].f
+        elif sp.kind == O_LAST:
+            of[sp.row * nq + q] = c[cl.last_val].f
+        else:
+            m2 = c[cl.m2].f if c[cl.m2].f > 0.0 else 0.0
+            if sp.kind == O_VAR_POP or sp.kind == O_STD_POP:
+                m2 = m2 / <double>n
+            elif n > 1:
+                m2 = m2 / <double>(n - 1)
+            else:
+                m2 = NAN
+            if sp.kind == O_STD_SAMP or sp.kind == O_STD_POP:
+                m2 = sqrt(m2)
+            of[sp.row * nq + q] = m2
+
+
+cdef int session_insert(Word* cells, Py_ssize_t ring, int64_t* nsess, int64_t* evicted_last_ts,
+                        const Word* span, int64_t gap, const Layout* L) noexcept nogil:
+    # Insert a partial cell spanning [first_ts, last_ts] (one event, or a whole
+    # session when merging states) into a key's sessions, kept sorted by start.
+    # Returns 0 when applied, 1 when the bounded state cannot hold it (late).
+    cdef Py_ssize_t W = L.width, m = nsess[0], a = 0, b, j
+    cdef int64_t f = span[W_FIRST_TS].i, l = span[W_LAST_TS].i
+    if evicted_last_ts[0] != INT64_MIN and f - evicted_last_ts[0] < gap:
+        return 1        # it would join (or precede) a session already dropped
+    while a < m and f - cells[a * W + W_LAST_TS].i >= gap:
+        a += 1
+    b = a
+    while b < m and cells[b * W + W_FIRST_TS].i - l < gap:
+        b += 1
+    if a == b:          # a new session at position a
+        if m == ring:
+            if a == 0:
+                return 1    # it would be the oldest: no room, and dropping a newer one is wrong
+            if cells[W_LAST_TS].i > evicted_last_ts[0]:
+                evicted_last_ts[0] = cells[W_LAST_TS].i
+            memmove(cells, cells + W, (m - 1) * W * sizeof(Word))
+            m -= 1
+            a -= 1
+        memmove(cells + (a + 1) * W, cells + a * W, (m - a) * W * sizeof(Word))
+        memcpy(cells + a * W, span, W * sizeof(Word))
+        nsess[0] = m + 1
+        return 0
+    # It joins sessions a..b-1 (bridging them if more than one): fold them
+    # into cell a in time order, the new span last as the latest arrival.
+    for j in range(a + 1, b):
+        cell_merge(cells + a * W, cells + j * W, L)
+    cell_merge(cells + a * W, span, L)
+    if b - a > 1:
+        memmove(cells + (a + 1) * W, cells + b * W, (m - b) * W * sizeof(Word))
+        nsess[0] = m - (b - a - 1)
+    return 0
