@@ -49,4 +49,8 @@ ONLY = [n for n in os.environ.get("FSCORE_ONLY", "").split(",") if n]
 if ONLY:
     extensions = [e for e in extensions if e.name.split(".")[-1] in ONLY]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=directives, quiet=True))
+setup(
+    ext_modules=cythonize(extensions, compiler_directives=directives, quiet=True, nthreads=2),
+    # two cores on our machines: compile the extensions side by side
+    options={"build_ext": {"parallel": 2}},
+)

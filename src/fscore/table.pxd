@@ -9,6 +9,7 @@ cdef extern from "seqlock.h" nogil:
     int fs_seq_read_retry(const int64_t *seq, int64_t start) noexcept
     int64_t fs_atomic_load_i64(const int64_t *p) noexcept
     void fs_atomic_store_i64(int64_t *p, int64_t v) noexcept
+    void fs_prefetch(const void *p) noexcept
 
 cdef uint64_t hash_key(const uint8_t *key, Py_ssize_t kw8) noexcept nogil
 

@@ -74,6 +74,11 @@ for _name, _value in {"H_GLOBAL_SEQ": H_GLOBAL_SEQ, "H_COUNT": H_COUNT, "H_TOMBS
         raise ImportError(f"fscore.table was built against another layout ({_name}); rebuild the extension")
 
 cdef enum:
+    LOOKUP_CHUNK = 64  # keys whose cache misses a batch lookup overlaps
+
+_NUMPY_TYPES = {"int64": np.int64, "float64": np.float64, "bool": np.bool_, "vector": np.float32}
+
+cdef enum:
     K_INT64, K_FLOAT64, K_BOOL, K_STRING, K_VECTOR
 
 _KIND_CODES = {"int64": K_INT64, "float64": K_FLOAT64, "bool": K_BOOL, "string": K_STRING, "vector": K_VECTOR}
@@ -109,10 +114,22 @@ cdef uint64_t hash_key(const uint8_t *key, Py_ssize_t kw8) noexcept nogil:
     cdef uint64_t h = 0x9E3779B97F4A7C15ULL ^ <uint64_t>kw8
     cdef uint64_t w
     cdef Py_ssize_t i
+    if kw8 == 8:  # PERF: the common single-int64 key, one mix, no loop
+        memcpy(&w, key, 8)
+        return _mix(h ^ w)
     for i in range(0, kw8, 8):
         memcpy(&w, key + i, 8)
         h = _mix(h ^ w)
     return h
+
+
+cdef inline bint _key_eq(const uint8_t *a, const uint8_t *b, Py_ssize_t kw8) noexcept nogil:
+    cdef uint64_t x, y
+    if kw8 == 8:  # PERF: one 8-byte compare instead of a memcmp call
+        memcpy(&x, a, 8)
+        memcpy(&y, b, 8)
+        return x == y
+    return memcmp(a, b, kw8) == 0
 
 
 cdef inline int64_t _load_be64(const uint8_t *p) noexcept nogil:
@@ -249,8 +266,9 @@ cdef class Table:
         if (seq & 1).any():  # a copy taken mid-write cannot be trusted row by row
             raise SchemaError("snapshot holds a row that was being written; take snapshots from the writer thread")
         free = np.nonzero(~live)[0][::-1].astype(np.int32)
-        self.free_rows = np.empty(self.capacity_, dtype=np.int32)
-        self.free_rows[:free.size] = free
+        stack = np.empty(self.capacity_, dtype=np.int32)
+        stack[:free.size] = free
+        self.free_rows = stack
         self.nfree = free.size
         if int(live.sum()) != self.hdr[H_COUNT]:
             raise SchemaError("snapshot row count disagrees with its live rows (corrupt snapshot)")
@@ -381,7 +399,7 @@ cdef class Table:
                     first_free = s
             elif (e >> 32) == tag:
                 row = <Py_ssize_t>(e & 0xffffffffULL) - 2
-                if memcmp(self.rows + row * self.stride + ROW_KEY, key, self.kw8) == 0:
+                if _key_eq(self.rows + row * self.stride + ROW_KEY, key, self.kw8):
                     slot_out[0] = s
                     return row
             s = (s + 1) & self.mask
@@ -399,7 +417,7 @@ cdef class Table:
                 return -1
             if e != TOMBSTONE and (e >> 32) == tag:
                 row = <Py_ssize_t>(e & 0xffffffffULL) - 2
-                if row < self.capacity_ and memcmp(self.rows + row * self.stride + ROW_KEY, key, self.kw8) == 0:
+                if row < self.capacity_ and _key_eq(self.rows + row * self.stride + ROW_KEY, key, self.kw8):
                     return row
             s = (s + 1) & self.mask
         return -1
@@ -426,12 +444,15 @@ cdef class Table:
         fs_atomic_store_i64(&self.hdr[H_COUNT], self.hdr[H_COUNT] - 1)
 
     def _maybe_compact(self):
-        """Rebuilds the index when tombstones would lengthen probes too much.
-        Readers wait (global seqlock) for the few milliseconds this takes."""
+        if self.hdr[H_TOMBSTONES] * 4 >= self.nslots:
+            self.compact()
+
+    def compact(self):
+        """Rebuilds the index without tombstones (done automatically when they
+        would lengthen probes). Readers wait on the global seqlock meanwhile."""
         cdef Py_ssize_t r
         cdef uint8_t *p
-        if self.hdr[H_TOMBSTONES] * 4 < self.nslots:
-            return
+        self._check_writable()
         with nogil:
             fs_seq_write_begin(&self.hdr[H_GLOBAL_SEQ])
             memset(self.index, 0, self.nslots * 8)
@@ -478,8 +499,8 @@ cdef class Table:
                 a = buf
             srcs.append((np.ascontiguousarray(a).reshape(-1).view(np.uint8) if n else np.zeros(1, np.uint8),
                          np.ascontiguousarray(m).view(np.uint8) if n else np.zeros(1, np.uint8)))
-        src_ptrs = np.array([s[0].ctypes.data for s in srcs] or [0], dtype=np.intp)
-        null_ptrs = np.array([s[1].ctypes.data for s in srcs] or [0], dtype=np.intp)
+        src_ptrs = _addresses([s[0] for s in srcs])
+        null_ptrs = _addresses([s[1] for s in srcs])
         cdef const Py_ssize_t[::1] sp = src_ptrs
         cdef const Py_ssize_t[::1] np_ = null_ptrs
         cdef const Py_ssize_t[::1] off = self.col_off
@@ -520,7 +541,9 @@ cdef class Table:
                         p[ROW_STATE] = 1
                     for c in range(ncols):
                         p[self.null_off + c] = (<const uint8_t *>np_[c])[i]
-                        if width[c] == 8:
+                        if p[self.null_off + c]:
+                            memset(p + off[c], 0, width[c])  # a null stores no value
+                        elif width[c] == 8:
                             memcpy(p + off[c], <const uint8_t *>sp[c] + i * 8, 8)
                         else:
                             memcpy(p + off[c], <const uint8_t *>sp[c] + i * width[c], width[c])
@@ -620,28 +643,33 @@ cdef class Table:
 
     def get_batch(self, keys, now):
         """Looks up a batch of keys as of `now`; returns a BatchResult."""
-        cdef Py_ssize_t n, i, c, row, ncols = self.ncols, stride = self.stride
+        cdef Py_ssize_t n, i, j, m, c, row, ncols = self.ncols, stride = self.stride
         cdef int64_t tnow = now, s, g, e, cutoff
         cdef uint8_t *p
         cdef uint8_t st
+        cdef uint64_t hs[LOOKUP_CHUNK]
+        cdef uint64_t slot_e
         if self.base == NULL:
             raise ValueError("table is closed")
         enc = self._encode_keys(keys)
         n = enc.shape[0]
-        status_a = np.zeros(n, dtype=np.uint8)
-        ets_a = np.zeros(n, dtype=np.int64)
-        cts_a = np.zeros(n, dtype=np.int64)
-        values, nulls = _batch.output_arrays(self.schema, n)
         if n == 0:
-            return BatchResult(status_a, ets_a, cts_a, values, nulls)
-        outs = []
+            values, nulls = _batch.output_arrays(self.schema, 0)
+            return BatchResult(np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), values, nulls)
+        # np.empty: the loop below writes every position of every output
+        status_a = np.empty(n, dtype=np.uint8)
+        ets_a = np.empty(n, dtype=np.int64)
+        cts_a = np.empty(n, dtype=np.int64)
+        values, nulls, outs = {}, {}, []
         for f in self.schema.columns:
+            nulls[f.name] = np.empty(n, dtype=np.bool_)
             if f.kind == "string":
-                outs.append(np.zeros((n, 2 + f.size), dtype=np.uint8))
+                outs.append(np.empty((n, 2 + f.size), dtype=np.uint8))
             else:
+                values[f.name] = np.empty((n, f.size) if f.kind == "vector" else n, dtype=_NUMPY_TYPES[f.kind])
                 outs.append(values[f.name])
-        out_ptrs = np.array([o.ctypes.data for o in outs] or [0], dtype=np.intp)
-        null_ptrs = np.array([nulls[f.name].ctypes.data for f in self.schema.columns] or [0], dtype=np.intp)
+        out_ptrs = _addresses(outs)
+        null_ptrs = _addresses([nulls[f.name] for f in self.schema.columns])
         cdef const Py_ssize_t[::1] op = out_ptrs
         cdef const Py_ssize_t[::1] nlp = null_ptrs
         cdef const Py_ssize_t[::1] off = self.col_off
@@ -653,9 +681,20 @@ cdef class Table:
         cutoff = tnow - self.ttl if self.ttl > 0 else INT64_MIN
         with nogil:
             for i in range(n):
+                if i % LOOKUP_CHUNK == 0:
+                    # PERF: overlap the cache misses of a chunk of keys (index slot,
+                    # then row) before probing them one by one (benches/bench_table.py)
+                    m = min(LOOKUP_CHUNK, n - i)
+                    for j in range(m):
+                        hs[j] = hash_key(&kmat[i + j, 0], self.kw8)
+                        fs_prefetch(&self.index[hs[j] & <uint64_t>self.mask])
+                    for j in range(m):
+                        slot_e = self.index[hs[j] & <uint64_t>self.mask]
+                        if slot_e > TOMBSTONE and <Py_ssize_t>(slot_e & 0xffffffffULL) - 2 < self.capacity_:
+                            fs_prefetch(self.rows + (<Py_ssize_t>(slot_e & 0xffffffffULL) - 2) * stride)
                 while True:
                     g = fs_seq_read_begin(&self.hdr[H_GLOBAL_SEQ])
-                    row = self._probe_read(&kmat[i, 0], hash_key(&kmat[i, 0], self.kw8))
+                    row = self._probe_read(&kmat[i, 0], hs[i % LOOKUP_CHUNK])
                     st = ST_NOT_FOUND
                     if row >= 0:
                         p = self.rows + row * stride
@@ -704,10 +743,10 @@ cdef class Table:
             raise ValueError("table is closed")
         if self.kw8 > 256:
             kheap = np.zeros(self.kw8, dtype=np.uint8)
-            kp = <uint8_t *><Py_ssize_t>kheap.ctypes.data
+            kp = <uint8_t *>cnp.PyArray_DATA(kheap)
         if self.stride > 1024:
             rheap = np.zeros(self.stride, dtype=np.uint8)
-            rb = <uint8_t *><Py_ssize_t>rheap.ctypes.data
+            rb = <uint8_t *>cnp.PyArray_DATA(rheap)
         self._encode_one(key, kp)
         cutoff = tnow - self.ttl if self.ttl > 0 else INT64_MIN
         with nogil:
@@ -723,7 +762,7 @@ cdef class Table:
                             break
                 if not fs_seq_read_retry(&self.hdr[H_GLOBAL_SEQ], g):
                     break
-        if row < 0 or rb[ROW_STATE] != 1 or memcmp(rb + ROW_KEY, kp, self.kw8) != 0:
+        if row < 0 or rb[ROW_STATE] != 1 or not _key_eq(rb + ROW_KEY, kp, self.kw8):
             return None
         if (<int64_t *>(rb + ROW_ETS))[0] < cutoff:
             return None
@@ -759,6 +798,19 @@ cdef object _decode_value(uint8_t kind, const uint8_t *p, Py_ssize_t width):
         memcpy(&x, p + 4 * i, 4)
         out.append(x)
     return tuple(out)
+
+
+cdef object _addresses(list arrays):
+    """Data addresses of contiguous arrays, for the nogil loops (the caller
+    keeps the arrays alive). PERF: ndarray.ctypes costs microseconds each."""
+    cdef Py_ssize_t i, n = len(arrays)
+    out = np.zeros(max(n, 1), dtype=np.intp)
+    cdef Py_ssize_t[::1] o = out
+    cdef cnp.ndarray a
+    for i in range(n):
+        a = arrays[i]
+        o[i] = <Py_ssize_t>cnp.PyArray_DATA(a)
+    return out
 
 
 def _decode_strings(o, null):

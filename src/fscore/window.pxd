@@ -96,11 +96,13 @@ cdef class WindowView:
     cdef object hll_cols          # column indices that feed approx_count_distinct
 
     cdef object cells             # int64 (n_slots * ring_len, width)
-    cdef object key_last_ts       # int64 (n_slots,): max applied ts per key, EMPTY if none
     cdef object evicted_last_ts   # int64 (n_slots,): sessions: end of newest dropped session
     cdef object nsess             # int64 (n_slots,): sessions: open cells per key
     cdef object template          # int64 (width,): a reset cell
     cdef object scratch           # int64 (2, width): query / event accumulators
 
+    cdef _build_layout(self)
+    cdef int _query(self, const int64_t[::1] slots, const int64_t[::1] tq, double[:, ::1] of,
+                    int64_t[:, ::1] oi, uint8_t[::1] exact) except -1
     cdef int _apply(self, const int64_t[::1] slots, const int64_t[::1] ts, const double[:, ::1] x,
                     const uint64_t[:, ::1] h, uint8_t[::1] late) except -1

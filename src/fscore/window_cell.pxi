@@ -17,9 +17,16 @@ cdef extern from *:
     """
     int fs_clz64(uint64_t x) noexcept nogil
 
+cdef extern from *:
+    """
+    #define fs_prefetch_w(p) __builtin_prefetch((const void*)(p), 1, 3)
+    """
+    void prefetch_w "fs_prefetch_w"(const void* p) noexcept nogil
+
 # last_k merge keeps its scratch on the stack; window_spec.MAX_LAST_K matches.
 cdef enum:
     LASTK_MAX = 256
+    PREFETCH_AHEAD = 16     # events; ~ memory latency / per-event work
 
 
 cdef inline int64_t floor_div(int64_t a, int64_t b) noexcept nogil:

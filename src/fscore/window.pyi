@@ -1,0 +1,48 @@
+# Python face of fscore.window (the Cython module). C types in comments.
+from typing import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from fscore.window_spec import (
+    Agg as Agg, WindowSpec as WindowSpec, continuous as continuous, lifetime as lifetime,
+    session as session, sliding as sliding, tumbling as tumbling,
+)
+
+EMPTY: int  # INT64_MIN: "no bucket / no event" marker in state arrays
+
+class WindowView:
+    spec: WindowSpec
+    aggs: tuple[Agg, ...]
+    columns: tuple[str, ...]       # input columns, in layout order
+    allowed_lateness: int          # int64 µs
+    hll_p: int                     # int: HyperLogLog precision, 2**hll_p registers
+    max_sessions: int              # int: session cells per key
+    n_slots: int                   # Py_ssize_t
+    ring_len: int                  # Py_ssize_t: cells per key
+    watermark: int                 # int64: max applied ts (EMPTY before any event)
+    late_count: int                # int64: events reported late so far
+    width: int                     # words (8 bytes) per cell
+    bytes_per_slot: int
+
+    def __init__(self, spec: WindowSpec, aggs: Sequence[Agg | str], n_slots: int = 0,
+                 allowed_lateness: int | str = 0, hll_p: int = 8, max_sessions: int = 4) -> None: ...
+    def grow(self, n_slots: int) -> None: ...
+    def reset_slots(self, slots: npt.ArrayLike) -> None: ...
+    def idle_slots(self, now: int, ttl: int | str) -> npt.NDArray[np.int64]: ...
+    def update(self, slots: npt.ArrayLike, ts: npt.ArrayLike,
+               columns: Mapping[str, npt.ArrayLike] | None = None) -> npt.NDArray[np.bool_]:
+        """Apply a batch in order; returns the late mask (late events are not applied)."""
+    def value_as_of(self, slots: npt.ArrayLike, t: int | npt.ArrayLike
+                    ) -> tuple[dict[str, np.ndarray], npt.NDArray[np.bool_]]:
+        """(values by aggregation name, exact mask)."""
+    def key_last_ts(self) -> npt.NDArray[np.int64]: ...
+    def meta(self) -> dict: ...
+    def to_bytes(self) -> bytes: ...
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview) -> "WindowView": ...
+    def export_slots(self, slots: npt.ArrayLike) -> dict[str, np.ndarray]: ...
+    def import_slots(self, slots: npt.ArrayLike, state: Mapping[str, np.ndarray]) -> None: ...
+    def merge_from(self, other: "WindowView") -> int: ...
+
+def hash_array(values: npt.ArrayLike) -> npt.NDArray[np.uint64]: ...

@@ -1,0 +1,122 @@
+"""Random operation sequences on the Cython table and its pure-Python twin
+must give identical answers (hypothesis RuleBasedStateMachine)."""
+import os
+
+import numpy as np
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from fscore.schema import Schema
+from fscore.table import Table
+from fscore.table_ref import RefTable
+
+COLUMNS = [("x", "float64"), ("n", "int64"), ("b", "bool"), ("s", "string", 5), ("v", "vector", 2)]
+INT_KEYS = st.integers(-3, 12) | st.sampled_from([-(2**63), 2**63 - 1])
+STR_KEYS = st.sampled_from(["", "a", "b", "ab", "é", "zzzz"])
+floats = st.floats(allow_nan=False, width=64)
+small_strings = st.text(alphabet="abcé", max_size=2)
+
+
+def _compare_results(a, b, schema):
+    assert a.status.tolist() == b.status.tolist()
+    assert a.event_ts.tolist() == b.event_ts.tolist()
+    assert a.created_ts.tolist() == b.created_ts.tolist()
+    for f in schema.columns:
+        assert a.nulls[f.name].tolist() == b.nulls[f.name].tolist(), f.name
+        assert a.values[f.name].tolist() == b.values[f.name].tolist(), f.name
+
+
+class TableMachine(RuleBasedStateMachine):
+    schema = None
+    key_strategy = None
+
+    @initialize(capacity=st.integers(1, 12), ttl=st.sampled_from([0, 0, 5, 50]))
+    def create(self, capacity, ttl):
+        self.fast = Table(self.schema, capacity=capacity, ttl_us=ttl)
+        self.ref = RefTable(self.schema, capacity=capacity, ttl_us=ttl)
+        self.now = 100
+
+    def keys_array(self, keys):
+        if len(self.schema.keys) == 1:
+            return np.array(keys, dtype=np.int64)
+        return {"k": np.array([k[0] for k in keys], dtype=np.int64),
+                "ks": np.array([k[1] for k in keys], dtype=object)}
+
+    @rule(data=st.data(), n=st.integers(0, 6))
+    def put(self, data, n):
+        keys = data.draw(st.lists(self.key_strategy, min_size=n, max_size=n))
+        ets = data.draw(st.lists(st.integers(self.now - 60, self.now + 5), min_size=n, max_size=n))
+        cts = data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))
+        present = data.draw(st.sets(st.sampled_from([c[0] for c in COLUMNS])))
+        values = {}
+        if "x" in present:
+            values["x"] = np.array(data.draw(st.lists(floats, min_size=n, max_size=n)), dtype=np.float64)
+        if "n" in present:
+            values["n"] = np.array(data.draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=n, max_size=n)),
+                                   dtype=np.int64)
+        if "b" in present:
+            values["b"] = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=np.bool_)
+        if "s" in present:
+            values["s"] = np.array(data.draw(st.lists(st.none() | small_strings, min_size=n, max_size=n)), dtype=object)
+        if "v" in present:
+            values["v"] = np.array(data.draw(st.lists(st.lists(st.floats(-1e6, 1e6, width=32), min_size=2, max_size=2),
+                                                      min_size=n, max_size=n)), dtype=np.float32).reshape(n, 2)
+        nulls = {"x": np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)}
+        args = (self.keys_array(keys), values, np.array(ets, dtype=np.int64), np.array(cts, dtype=np.int64))
+        a = self.fast.put_batch(*args, now=self.now, nulls=nulls)
+        b = self.ref.put_batch(*args, now=self.now, nulls=nulls)
+        assert a == b
+
+    @rule(dt=st.integers(0, 30))
+    def advance_clock(self, dt):
+        self.now += dt
+
+    @rule(data=st.data())
+    def get_batch(self, data):
+        keys = data.draw(st.lists(self.key_strategy, max_size=8))
+        _compare_results(self.fast.get_batch(self.keys_array(keys), now=self.now),
+                         self.ref.get_batch(self.keys_array(keys), now=self.now), self.schema)
+
+    @rule(data=st.data())
+    def get_one(self, data):
+        key = data.draw(self.key_strategy)
+        assert self.fast.get(key, now=self.now) == self.ref.get(key, now=self.now)
+
+    @rule(data=st.data())
+    def delete(self, data):
+        keys = data.draw(st.lists(self.key_strategy, max_size=4))
+        assert self.fast.delete_batch(self.keys_array(keys)) == self.ref.delete_batch(self.keys_array(keys))
+
+    @rule()
+    def expire(self):
+        assert self.fast.expire(self.now) == self.ref.expire(self.now)
+
+    @rule()
+    def snapshot_and_restore(self):
+        self.fast = Table.from_snapshot(self.fast.snapshot())
+
+    @invariant()
+    def same_size_and_counters(self):
+        if not hasattr(self, "fast"):
+            return
+        assert len(self.fast) == len(self.ref)
+        a, b = self.fast.stats(), self.ref.stats()
+        for k in ("evicted_capacity", "evicted_expired", "stale_on_arrival"):
+            assert a[k] == b[k], k
+
+
+class IntKeyTable(TableMachine):
+    schema = Schema([("k", "int64")], COLUMNS)
+    key_strategy = INT_KEYS
+
+
+class CompositeKeyTable(TableMachine):
+    schema = Schema([("k", "int64"), ("ks", "string", 8)], COLUMNS)
+    key_strategy = st.tuples(st.integers(0, 3), STR_KEYS)
+
+
+MACHINE_SETTINGS = settings(max_examples=int(os.environ.get("FSTORE_MACHINE_EXAMPLES", "40")), stateful_step_count=25)
+TestIntKeyTable = IntKeyTable.TestCase
+TestIntKeyTable.settings = MACHINE_SETTINGS
+TestCompositeKeyTable = CompositeKeyTable.TestCase
+TestCompositeKeyTable.settings = MACHINE_SETTINGS

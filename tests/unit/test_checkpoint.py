@@ -1,0 +1,79 @@
+"""Checkpoint files: round trip, atomic replacement, torn files skipped."""
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from fscore.checkpoint import (list_checkpoints, load_checkpoint, load_latest_checkpoint, write_checkpoint)
+from fscore.errors import CheckpointError
+
+
+def test_blobs_and_meta_round_trip(tmp_path):
+    table = np.arange(1000, dtype=np.uint8)
+    emb = np.arange(12, dtype=np.float32).reshape(3, 4)
+    write_checkpoint(tmp_path, 42, {"table": table, "raw": b"hello", "emb": emb},
+                     {"offsets": {"clicks/0": 1017, "clicks/1": 88}})
+    lsn, blobs, meta = load_latest_checkpoint(tmp_path)
+    assert lsn == 42 and meta == {"offsets": {"clicks/0": 1017, "clicks/1": 88}}
+    assert blobs["raw"] == b"hello"
+    np.testing.assert_array_equal(blobs["table"], table)
+    np.testing.assert_array_equal(blobs["emb"], emb)
+    assert blobs["emb"].dtype == np.float32 and blobs["table"].ctypes.data % 64 == blobs["emb"].ctypes.data % 64
+
+
+def test_no_checkpoint_loads_as_none(tmp_path):
+    assert load_latest_checkpoint(tmp_path) is None
+    assert load_latest_checkpoint(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("damage", ["truncate_end", "truncate_middle", "flip_byte", "empty"])
+def test_torn_checkpoint_is_ignored_and_the_previous_one_used(tmp_path, damage):
+    write_checkpoint(tmp_path, 10, {"t": np.zeros(5000, np.uint8)}, {"n": 1})
+    path = write_checkpoint(tmp_path, 20, {"t": np.ones(5000, np.uint8)}, {"n": 2})
+    size = os.path.getsize(path)
+    if damage == "truncate_end":
+        os.truncate(path, size - 1)
+    elif damage == "truncate_middle":
+        os.truncate(path, size // 2)
+    elif damage == "empty":
+        os.truncate(path, 0)
+    else:
+        with open(path, "r+b") as f:
+            f.seek(size // 2)
+            b = f.read(1)
+            f.seek(size // 2)
+            f.write(bytes([b[0] ^ 0x10]))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+    lsn, blobs, meta = load_latest_checkpoint(tmp_path)
+    assert (lsn, meta) == (10, {"n": 1}) and not blobs["t"].any()
+
+
+def test_stray_temp_file_from_a_crash_is_ignored(tmp_path):
+    write_checkpoint(tmp_path, 10, {"t": b"good"}, {})
+    with open(tmp_path / "checkpoint-00000000000000000020.ckpt.tmp-999999-0", "wb") as f:
+        f.write(b"FSCKPT\x00\x01 half written")
+    assert load_latest_checkpoint(tmp_path).lsn == 10
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    for lsn in (1, 2, 3, 4):
+        write_checkpoint(tmp_path, lsn, {"t": b"x"}, {}, keep=2)
+    assert [lsn for lsn, _ in list_checkpoints(tmp_path)] == [3, 4]
+
+
+def test_checkpoint_is_written_from_a_background_thread_on_a_copy(tmp_path):
+    live = np.zeros(1 << 20, np.uint8)
+    copy = live.copy()
+    t = threading.Thread(target=write_checkpoint, args=(tmp_path, 7, {"t": copy}, {}))
+    t.start()
+    live[:] = 1  # the writer keeps going meanwhile
+    t.join()
+    assert not load_latest_checkpoint(tmp_path).blobs["t"].any()
+
+
+def test_unserialisable_meta_is_refused_before_writing(tmp_path):
+    with pytest.raises(CheckpointError, match="JSON"):
+        write_checkpoint(tmp_path, 1, {}, {"bad": object()})
+    assert list_checkpoints(tmp_path) == []

@@ -1,0 +1,197 @@
+"""Behaviour of the online table, run against the Cython table and its
+pure-Python twin alike (one test body, two implementations)."""
+import numpy as np
+import pytest
+
+from fscore.errors import KeyEncodingError, ReadOnlyError, SchemaError
+from fscore.schema import Schema
+from fscore.table import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT, Table
+from fscore.table_ref import RefTable
+
+SCHEMA = Schema([("user_id", "int64")],
+                [("amount", "float64"), ("n", "int64"), ("ok", "bool"), ("name", "string", 8), ("emb", "vector", 3)])
+
+
+@pytest.fixture(params=[RefTable, Table], ids=["ref", "cython"])
+def impl(request):
+    return request.param
+
+
+def rows(keys, base=0.0):
+    n = len(keys)
+    return {"amount": np.arange(n) + base, "n": np.arange(n) * 10, "ok": np.arange(n) % 2 == 0,
+            "name": np.array([f"k{k}" for k in keys], dtype=object),
+            "emb": np.arange(n * 3, dtype=np.float32).reshape(n, 3)}
+
+
+def test_put_then_get_returns_every_column_type(impl):
+    t = impl(SCHEMA, capacity=16)
+    keys = np.array([5, -7, 2**62])
+    assert t.put_batch(keys, rows([5, -7, 9]), np.array([1, 2, 3]), now=10) == 3
+    r = t.get_batch(np.array([-7, 5, 99, 2**62]), now=10)
+    assert r.status.tolist() == [PRESENT, PRESENT, NOT_FOUND, PRESENT]
+    assert r.values["amount"].tolist() == [1.0, 0.0, 0.0, 2.0]
+    assert r.values["n"].tolist() == [10, 0, 0, 20]
+    assert r.values["name"].tolist() == ["k-7", "k5", None, "k9"]
+    assert r.values["emb"][0].tolist() == [3.0, 4.0, 5.0]
+    assert r.nulls["amount"].tolist() == [False, False, True, False]
+    assert r.event_ts.tolist() == [2, 1, 0, 3]
+    assert t.get(-7, now=10) == (1.0, 10, False, "k-7", (3.0, 4.0, 5.0))
+    assert t.get(99, now=10) is None
+    assert len(t) == 3
+
+
+def test_newer_event_wins_and_older_update_is_ignored(impl):
+    t = impl(SCHEMA, capacity=8)
+    t.put_batch(np.array([1]), {"n": np.array([1])}, np.array([100]), now=0)
+    assert t.put_batch(np.array([1]), {"n": np.array([2])}, np.array([50]), now=0) == 0
+    assert t.get(1, now=0)[1] == 1
+    # equal event time: the larger created timestamp wins (Feast's rule)
+    t.put_batch(np.array([1]), {"n": np.array([3])}, np.array([100]), created_ts=np.array([200]), now=0)
+    t.put_batch(np.array([1]), {"n": np.array([4])}, np.array([100]), created_ts=np.array([150]), now=0)
+    assert t.get(1, now=0)[1] == 3
+
+
+def test_row_outside_ttl_is_never_present_and_is_reclaimed(impl):
+    t = impl(SCHEMA, capacity=8, ttl_us=100)
+    t.put_batch(np.array([1, 2]), {"n": np.array([1, 2])}, np.array([1000, 1050]), now=1060)
+    r = t.get_batch(np.array([1, 2]), now=1100)  # 1000 >= 1100 - 100: still inside
+    assert r.status.tolist() == [PRESENT, PRESENT]
+    r = t.get_batch(np.array([1, 2]), now=1101)
+    assert r.status.tolist() == [OUTSIDE_MAX_AGE, PRESENT]
+    assert r.nulls["n"].tolist() == [True, False] and r.values["n"][0] == 0
+    assert t.get(1, now=1101) is None
+    assert t.expire(1101) == 1
+    assert t.get_batch(np.array([1]), now=1101).status.tolist() == [NOT_FOUND]
+    assert t.stats()["evicted_expired"] == 1
+
+
+def test_row_already_outside_ttl_on_arrival_is_not_stored(impl):
+    t = impl(SCHEMA, capacity=8, ttl_us=10)
+    assert t.put_batch(np.array([1]), {}, np.array([5]), now=100) == 0
+    assert len(t) == 0 and t.stats()["stale_on_arrival"] == 1
+
+
+def test_full_table_evicts_expired_rows_first(impl):
+    t = impl(SCHEMA, capacity=4, ttl_us=100)
+    t.put_batch(np.arange(4), {}, np.array([10, 560, 20, 600]), now=100)
+    t.put_batch(np.array([9]), {}, np.array([650]), now=650)  # 10 and 20 are expired at 650
+    assert sorted(t.get_batch(np.arange(10), now=650).status.nonzero()[0].tolist()) == [1, 3, 9]
+    assert t.stats()["evicted_expired"] == 2 and t.stats()["evicted_capacity"] == 0
+
+
+def test_full_table_evicts_the_oldest_row_by_event_time(impl):
+    t = impl(SCHEMA, capacity=4)
+    t.put_batch(np.array([1, 2, 3, 4]), {}, np.array([40, 10, 30, 20]), now=0)
+    t.put_batch(np.array([5]), {}, np.array([50]), now=0)
+    present = t.get_batch(np.array([1, 2, 3, 4, 5]), now=0).status.tolist()
+    assert present == [PRESENT, NOT_FOUND, PRESENT, PRESENT, PRESENT]
+    assert t.stats()["evicted_capacity"] == 1 and len(t) == 4
+
+
+def test_delete_and_reinsert(impl):
+    t = impl(SCHEMA, capacity=4)
+    t.put_batch(np.array([1, 2]), {}, np.array([1, 1]), now=0)
+    assert t.delete(1) is True and t.delete(1) is False
+    assert t.delete_batch(np.array([2, 3])) == 1
+    assert len(t) == 0
+    t.put_batch(np.array([1]), {"n": np.array([7])}, np.array([2]), now=0)
+    assert t.get(1, now=0)[1] == 7
+
+
+def test_many_deletes_keep_lookups_correct(impl):
+    t = impl(SCHEMA, capacity=256)
+    for round_ in range(20):
+        keys = np.arange(round_ * 50, round_ * 50 + 50)
+        t.put_batch(keys, {"n": keys}, np.full(50, round_), now=0)
+        t.delete_batch(keys[:45])
+    r = t.get_batch(np.arange(1000), now=0)
+    expect = {k for r_ in range(20) for k in range(r_ * 50 + 45, r_ * 50 + 50)}
+    assert set(np.nonzero(r.status == PRESENT)[0].tolist()) == expect
+    assert (r.values["n"][r.status == PRESENT] == np.nonzero(r.status == PRESENT)[0]).all()
+
+
+def test_composite_and_string_keys(impl):
+    s = Schema([("user", "string", 16), ("merchant", "int64")], [("x", "float64")])
+    t = impl(s, capacity=8)
+    keys = {"user": np.array(["ann", "bob", "ann"], dtype=object), "merchant": np.array([1, 1, 2])}
+    t.put_batch(keys, {"x": np.array([1.0, 2.0, 3.0])}, np.array([1, 1, 1]), now=0)
+    r = t.get_batch({"user": np.array(["ann", "ann", "bob", "bob"], dtype=object),
+                     "merchant": np.array([2, 1, 1, 2])}, now=0)
+    assert r.values["x"].tolist() == [3.0, 1.0, 2.0, 0.0]
+    assert t.get(("bob", 1), now=0) == (2.0,)
+
+
+def test_nulls_are_kept_per_column(impl):
+    t = impl(SCHEMA, capacity=4)
+    t.put_batch(np.array([1, 2]), {"amount": np.array([1.0, 2.0]), "name": np.array([None, "x"], dtype=object)},
+                np.array([1, 1]), now=0, nulls={"amount": np.array([True, False])})
+    r = t.get_batch(np.array([1, 2]), now=0)
+    assert r.nulls["amount"].tolist() == [True, False]
+    assert r.nulls["name"].tolist() == [True, False]
+    assert r.nulls["n"].tolist() == [True, True]  # column not given: null
+    assert t.get(1, now=0) == (None, None, None, None, None)
+
+
+@pytest.mark.parametrize("bad, exc, words", [
+    (lambda t: t.put_batch(np.array([1.5]), {}, np.array([1]), now=0), KeyEncodingError, "int64"),
+    (lambda t: t.put_batch(np.array([1]), {"nope": np.array([1])}, np.array([1]), now=0), SchemaError, "unknown column"),
+    (lambda t: t.put_batch(np.array([1]), {"n": np.array([1.5])}, np.array([1]), now=0), SchemaError, "int64"),
+    (lambda t: t.put_batch(np.array([1]), {"name": np.array(["x" * 9], dtype=object)}, np.array([1]), now=0),
+     SchemaError, "over its size"),
+    (lambda t: t.put_batch(np.array([1]), {"emb": np.ones((1, 2))}, np.array([1]), now=0), SchemaError, "shape"),
+    (lambda t: t.put_batch(np.array([1, 2]), {"n": np.array([1])}, np.array([1, 2]), now=0), SchemaError, "rows"),
+    (lambda t: t.put_batch(np.array([1]), {}, np.array([1.0]), now=0), SchemaError, "event_ts"),
+    (lambda t: t.get(("a", "b"), now=0), KeyEncodingError, "part"),
+    (lambda t: t.get("x", now=0), KeyEncodingError, "int64"),
+])
+def test_bad_input_is_refused_with_a_message_that_says_what_to_fix(impl, bad, exc, words):
+    t = impl(SCHEMA, capacity=4)
+    with pytest.raises(exc, match=words):
+        bad(t)
+    assert len(t) == 0
+
+
+def test_string_key_longer_than_its_size_is_refused(impl):
+    t = impl(Schema([("k", "string", 4)], []), capacity=4)
+    with pytest.raises(KeyEncodingError, match="over its size"):
+        t.put_batch(np.array(["abcde"], dtype=object), {}, np.array([1]), now=0)
+
+
+def test_max_bytes_bounds_the_buffer():
+    t = Table(SCHEMA, max_bytes=1 << 20)
+    assert t.nbytes <= 1 << 20 and t.capacity > 1000
+    assert RefTable(SCHEMA, max_bytes=1 << 20).capacity == t.capacity
+
+
+def test_snapshot_restores_an_equal_table():
+    t = Table(SCHEMA, capacity=32, ttl_us=1000)
+    keys = np.arange(20)
+    t.put_batch(keys, rows(list(keys)), np.arange(20) + 100, now=200)
+    t.delete_batch(keys[:5])
+    u = Table.from_snapshot(t.snapshot())
+    a, b = t.get_batch(keys, now=300), u.get_batch(keys, now=300)
+    assert (a.status == b.status).all() and (a.values["amount"] == b.values["amount"]).all()
+    assert len(u) == 15
+    u.put_batch(np.arange(100, 117), {}, np.full(17, 250), now=300)  # free list rebuilt: fills to capacity
+    assert len(u) == 32
+
+
+def test_shared_file_reader_sees_writes_and_cannot_write(tmp_path):
+    path = str(tmp_path / "t.fst")
+    w = Table(SCHEMA, capacity=16, path=path)
+    r = Table.open_reader(path)
+    w.put_batch(np.array([3]), {"n": np.array([33])}, np.array([1]), now=0)
+    assert r.get(3, now=0)[1] == 33 and len(r) == 1
+    with pytest.raises(ReadOnlyError, match="read-only"):
+        r.put_batch(np.array([4]), {}, np.array([1]), now=0)
+    assert not r.reader_is_stale()
+    Table(SCHEMA, capacity=16, path=path)  # a restarted writer replaces the file
+    assert r.reader_is_stale()
+
+
+def test_foreign_file_is_refused(tmp_path):
+    p = tmp_path / "junk"
+    p.write_bytes(b"x" * 10000)
+    with pytest.raises(SchemaError, match="not an fstore table"):
+        Table.open_reader(str(p))

@@ -1,0 +1,295 @@
+"""Window kernels: the worked examples of docs/semantics.md, run against the
+compiled view and the pure-Python oracle (one test body, both implementations),
+plus the compiled view's own surface (state, sizing, errors)."""
+import math
+
+import numpy as np
+import pytest
+
+import fscore.window
+from fscore.errors import SchemaError, WindowSpecError, WindowStateError
+from fscore.window import EMPTY, WindowView, hash_array
+from fscore.window_ref import IncrementalRefView, RefView
+from fscore.window_spec import (
+    HOUR, MINUTE, Agg, continuous, duration, hash_value, lifetime, session, sliding, tumbling,
+)
+
+NAN = float("nan")
+
+
+@pytest.fixture(params=[RefView, WindowView], ids=["ref", "cy"])
+def View(request):
+    return request.param
+
+
+def values(view, slot, t):
+    out, exact = view.value_as_of([slot], t)
+    assert exact[0], "the worked examples are all inside the exact horizon"
+    return {k: (v[0].tolist() if v.ndim == 2 else v[0].item()) for k, v in out.items()}
+
+
+def feed(view, rows, column="x"):
+    slots, ts, xs = zip(*rows) if rows else ((), (), ())
+    return view.update(np.array(slots, np.int64), np.array(ts, np.int64),
+                       {column: np.array(xs, np.float64)} if view.columns else None)
+
+
+def test_compiled_module_is_loaded():
+    assert fscore.window.__file__.endswith(".so"), fscore.window.__file__
+
+
+# ---- window edges (semantics.md §Windows) ------------------------------------
+
+def test_event_exactly_at_query_time_is_not_seen(View):
+    v = View(lifetime(), ["count(*)", "sum(x)"], 1)
+    feed(v, [(0, 100, 1.0)])
+    assert values(v, 0, 200) == {"count_star": 1, "sum_x": 1.0}
+    feed(v, [(0, 200, 2.0)])
+    out, exact = v.value_as_of([0], 200)
+    if View is RefView:
+        assert out["count_star"][0] == 1
+    else:
+        # One lifetime cell cannot be split at t: the kernel says so rather
+        # than guess (semantics.md §Exactness); the offline store answers it.
+        assert not exact[0]
+    assert values(v, 0, 201) == {"count_star": 2, "sum_x": 3.0}
+
+
+def test_event_on_the_hop_boundary_belongs_to_the_next_hop(View):
+    v = View(sliding(30, 10), ["count(*)"], 1)
+    feed(v, [(0, 29, 1), (0, 30, 1)])
+    assert values(v, 0, 30)["count_star"] == 1      # [0, 30)
+    assert values(v, 0, 40)["count_star"] == 2      # [10, 40)
+
+
+def test_sliding_query_on_hop_boundary_closes_the_hop(View):
+    # sliding(30, 10): as of t, events in [align(t,10) - 30, align(t,10)).
+    v = View(sliding(30, 10), ["count(*)"], 1)
+    feed(v, [(0, 5, 1), (0, 10, 1), (0, 29, 1), (0, 30, 1)])
+    assert values(v, 0, 30)["count_star"] == 3      # [0, 30): 5, 10, 29
+    assert values(v, 0, 39)["count_star"] == 3      # still [0, 30)
+    assert values(v, 0, 40)["count_star"] == 3      # [10, 40): 10, 29, 30
+    assert values(v, 0, 31)["count_star"] == 3
+
+
+def test_tumbling_is_the_last_closed_window(View):
+    v = View(tumbling(20), ["count(*)"], 1, allowed_lateness=40)   # keeps [0, 20) retained
+    feed(v, [(0, 0, 1), (0, 19, 1), (0, 20, 1), (0, 39, 1), (0, 40, 1)])
+    assert values(v, 0, 20)["count_star"] == 2      # [0, 20)
+    assert values(v, 0, 39)["count_star"] == 2      # [0, 20) until 40
+    assert values(v, 0, 40)["count_star"] == 2      # [20, 40)
+    assert values(v, 0, 41)["count_star"] == 2
+
+
+def test_continuous_is_fresh_to_t_with_tail_rounded_to_hop(View):
+    # continuous(30, 10) as of 37: [align(7, 10), 37) = [0, 37).
+    v = View(continuous(30, 10), ["count(*)"], 1)
+    feed(v, [(0, 0, 1), (0, 9, 1), (0, 12, 1), (0, 36, 1)])
+    assert values(v, 0, 37)["count_star"] == 4
+    assert values(v, 0, 36)["count_star"] == 3      # the event at 36 is not before 36
+    # as of 40: [10, 40): the tail bucket [0, 10) has left the window.
+    assert values(v, 0, 40)["count_star"] == 2
+
+
+def test_session_is_the_most_recent_run_with_gaps_below_gap(View):
+    v = View(session(10), ["count(*)", "first(x)", "last(x)"], 1, allowed_lateness=50)
+    feed(v, [(0, 0, 1.0), (0, 9, 2.0), (0, 19, 3.0), (0, 30, 4.0)])
+    # 0, 9, 19 are one session (gaps 9, 10? no: 19 - 9 = 10 is not < 10).
+    assert values(v, 0, 20) == {"count_star": 1, "first_x": 3.0, "last_x": 3.0}
+    assert values(v, 0, 19) == {"count_star": 2, "first_x": 1.0, "last_x": 2.0}
+    assert values(v, 0, 31)["count_star"] == 1
+    # A late event at 25 bridges 19 and 30 (gaps 6 and 5): one session 19..30.
+    assert not feed(v, [(0, 25, 5.0)]).any()
+    assert values(v, 0, 31) == {"count_star": 3, "first_x": 3.0, "last_x": 4.0}
+    # ... and one at 14 bridges 9 and 19: everything is one session.
+    feed(v, [(0, 14, 6.0)])
+    assert values(v, 0, 31) == {"count_star": 6, "first_x": 1.0, "last_x": 4.0}
+
+
+def test_lifetime_sees_everything_before_t(View):
+    v = View(lifetime(), ["count(*)", "min(x)", "max(x)"], 2)
+    feed(v, [(0, -5, 3.0), (1, 0, 1.0), (0, 10**12, -2.0)])
+    assert values(v, 0, 10**12 + 1) == {"count_star": 2, "min_x": -2.0, "max_x": 3.0}
+    assert values(v, 1, 10**12 + 1) == {"count_star": 1, "min_x": 1.0, "max_x": 1.0}
+
+
+def test_negative_times_align_toward_minus_infinity(View):
+    v = View(tumbling(10), ["count(*)"], 1)
+    feed(v, [(0, -11, 1), (0, -10, 1), (0, -1, 1)])
+    assert values(v, 0, 0)["count_star"] == 2       # [-10, 0)
+    assert values(v, 0, -1)["count_star"] == 1      # [-20, -10)
+
+
+# ---- aggregations (semantics.md §Aggregations) --------------------------------
+
+def test_empty_window_counts_zero_and_the_rest_is_null(View):
+    v = View(sliding(30, 10), ["count(*)", "count(x)", "sum(x)", "mean(x)", "min(x)", "first(x)",
+                                "var_samp(x)", "approx_count_distinct(x)", "last_k(x, 2)"], 1)
+    out = values(v, 0, 1000)
+    assert out["count_star"] == out["count_x"] == out["approx_count_distinct_x"] == 0
+    for k in ("sum_x", "mean_x", "min_x", "first_x", "var_samp_x"):
+        assert math.isnan(out[k]), k
+    assert all(math.isnan(x) for x in out["last_k_x"])
+
+
+def test_nulls_are_ignored_except_by_count_star(View):
+    v = View(lifetime(), ["count(*)", "count(x)", "sum(x)", "mean(x)", "last(x)"], 1)
+    feed(v, [(0, 1, 2.0), (0, 2, NAN), (0, 3, 4.0), (0, 4, NAN)])
+    assert values(v, 0, 10) == {"count_star": 4, "count_x": 2, "sum_x": 6.0, "mean_x": 3.0,
+                                "last_x": 4.0}
+
+
+def test_first_and_last_break_equal_times_by_arrival(View):
+    v = View(lifetime(), ["first(x)", "last(x)", "last_k(x, 3)"], 1, allowed_lateness=10)
+    feed(v, [(0, 5, 1.0), (0, 5, 2.0), (0, 3, 9.0), (0, 3, 8.0), (0, 5, 3.0)])
+    # first: smallest ts, the earliest arrival among ties; last: the latest.
+    assert values(v, 0, 10) == {"first_x": 9.0, "last_x": 3.0, "last_k_x": [3.0, 2.0, 1.0]}
+
+
+def test_var_and_stddev_sample_and_population(View):
+    v = View(lifetime(), ["var_samp(x)", "var_pop(x)", "stddev_samp(x)", "stddev_pop(x)"], 1)
+    feed(v, [(0, i, x) for i, x in enumerate([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0])])
+    out = values(v, 0, 100)
+    assert out["var_pop_x"] == pytest.approx(4.0)
+    assert out["stddev_pop_x"] == pytest.approx(2.0)
+    assert out["var_samp_x"] == pytest.approx(32 / 7)
+    assert out["stddev_samp_x"] == pytest.approx(math.sqrt(32 / 7))
+    one = View(lifetime(), ["var_samp(x)", "var_pop(x)"], 1)
+    feed(one, [(0, 0, 3.0)])
+    out = values(one, 0, 1)
+    assert math.isnan(out["var_samp_x"]) and out["var_pop_x"] == 0.0
+
+
+def test_variance_is_stable_on_a_large_offset():
+    # The naive E[x^2] - E[x]^2 loses every digit here; Welford/Chan keeps them.
+    v = WindowView(sliding(40, 10), ["var_pop(x)"], 1)
+    xs = 1e9 + np.array([4.0, 7.0, 13.0, 16.0] * 10)
+    v.update(np.zeros(40, np.int64), np.arange(40), {"x": xs})
+    assert v.value_as_of([0], 40)[0]["var_pop_x"][0] == pytest.approx(22.5, rel=1e-9)
+
+
+def test_approx_count_distinct_hashes_ints_and_integral_floats_alike():
+    ints = np.array([0, 1, -1, 2**40, -(2**62)], np.int64)
+    np.testing.assert_array_equal(hash_array(ints), hash_array(ints.astype(np.float64)))
+    assert [int(h) for h in hash_array(np.array([0.5, -0.0, 1e300]))] == \
+        [hash_value(0.5), hash_value(0), hash_value(1e300)]
+    v = WindowView(lifetime(), ["approx_count_distinct(id)"], 1, hll_p=12)
+    v.update(np.zeros(6, np.int64), np.arange(6), {"id": np.array([1, 2, 2, 3, 3, 3])})
+    assert v.value_as_of([0], 10)[0]["approx_count_distinct_id"][0] == 3
+
+
+def test_several_aggregations_share_one_ring():
+    v = WindowView(sliding(HOUR, 5 * MINUTE), ["count(*)", "sum(amount)", "mean(amount)"], 10)
+    assert v.ring_len == 13 and v.width == 6     # bucket, count, ts range; n, sum
+    assert v.bytes_per_slot == 13 * 6 * 8
+
+
+# ---- lateness (semantics.md §Lateness) ----------------------------------------
+
+def test_late_events_are_handed_back_and_not_applied(View):
+    v = View(sliding(30, 10), ["count(*)"], 2, allowed_lateness=10)
+    late = feed(v, [(0, 100, 1), (1, 95, 1), (1, 90, 1), (0, 89, 1), (1, 120, 1), (0, 109, 1)])
+    # watermark is per stream: 100, then 120; an event is late when ts < wm - 10.
+    assert late.tolist() == [False, False, False, True, False, True]
+    assert v.late_count == 2
+    assert values(v, 1, 110)["count_star"] == 2
+
+
+def test_session_state_is_bounded_and_older_events_become_late(View):
+    v = View(session(5), ["count(*)"], 1, allowed_lateness=1000, max_sessions=2)
+    late = feed(v, [(0, 0, 1), (0, 100, 1), (0, 200, 1),   # third session drops the first
+                    (0, 3, 1),      # would join the dropped session: late
+                    (0, 50, 1),     # a new session older than both kept ones, no room: late
+                    ])
+    assert late.tolist() == [False, False, False, True, True]
+    assert values(v, 0, 201)["count_star"] == 1
+
+
+# ---- state: sizing, TTL, serialisation (compiled view) -----------------------
+
+def test_ring_length_bounds_memory_per_key():
+    assert WindowView(sliding(HOUR, 5 * MINUTE), ["count(*)"], allowed_lateness=7 * MINUTE).ring_len == 12 + 2 + 1
+    assert WindowView(tumbling(HOUR), ["count(*)"]).ring_len == 2
+    assert WindowView(lifetime(), ["count(*)"], allowed_lateness=HOUR).ring_len == 1
+    assert WindowView(session(MINUTE), ["count(*)"], max_sessions=3).ring_len == 3
+
+
+def test_grow_reset_and_idle_slots():
+    v = WindowView(tumbling(10), ["count(*)", "sum(x)"], 2)
+    v.update([0, 1], [5, 50], {"x": [1.0, 2.0]})
+    v.grow(5)
+    assert v.n_slots == 5
+    assert v.key_last_ts().tolist() == [5, 50, EMPTY, EMPTY, EMPTY]
+    v.update([4], [55], {"x": [3.0]})
+    assert v.idle_slots(now=60, ttl=10).tolist() == [0]
+    v.reset_slots(v.idle_slots(now=60, ttl=10))
+    assert v.value_as_of([0, 1, 4], 60)[0]["count_star"].tolist() == [0, 1, 1]
+    with pytest.raises(IndexError):
+        v.update([5], [1], {"x": [1.0]})
+
+
+def test_to_bytes_rejects_damage_and_mismatch():
+    v = WindowView(sliding(30, 10), ["count(*)", "sum(x)"], 3)
+    v.update([0, 1, 2], [1, 2, 3], {"x": [1.0, 2.0, 3.0]})
+    blob = v.to_bytes()
+    assert WindowView.from_bytes(blob).to_bytes() == blob
+    with pytest.raises(WindowStateError):
+        WindowView.from_bytes(blob[:-8])
+    with pytest.raises(WindowStateError):
+        WindowView.from_bytes(b"XXXX" + blob[4:])
+    other = WindowView(sliding(30, 10), ["count(*)"], 3)
+    with pytest.raises(WindowStateError):
+        other.merge_from(v)
+    with pytest.raises(WindowStateError):
+        other.import_slots([0], v.export_slots([0]))
+
+
+def test_value_as_of_behind_the_horizon_is_flagged_not_exact():
+    v = WindowView(sliding(20, 10), ["count(*)"], 1)       # ring of 3 buckets
+    v.update([0] * 6, [0, 10, 20, 30, 40, 50], None)
+    out, exact = v.value_as_of([0, 0, 0], [20, 50, 60])
+    assert exact.tolist() == [False, True, True]
+    assert out["count_star"][1:].tolist() == [2, 2]
+
+
+def test_bad_definitions_raise_window_spec_error():
+    for bad in (lambda: sliding(25, 10), lambda: tumbling(0), lambda: session(0),
+                lambda: Agg("median", "x"), lambda: Agg("sum"), lambda: Agg("last_k", "x"),
+                lambda: Agg.parse("sum(x"), lambda: duration("5 parsecs"),
+                lambda: WindowView(lifetime(), ["sum(x)", "sum(x)"]),
+                lambda: WindowView(lifetime(), ["count(*)"], allowed_lateness=-1),
+                lambda: WindowView(lifetime(), ["count(*)"], hll_p=3)):
+        with pytest.raises(WindowSpecError):
+            bad()
+    assert issubclass(WindowSpecError, ValueError)
+
+
+def test_update_checks_columns_and_lengths():
+    v = WindowView(lifetime(), ["sum(x)"], 1)
+    with pytest.raises(SchemaError):
+        v.update([0], [1], {})
+    with pytest.raises(SchemaError):
+        v.update([0, 0], [1], {"x": [1.0, 2.0]})
+    with pytest.raises(SchemaError):
+        v.update([0], [1], {"x": ["a"]})
+
+
+def test_duration_strings():
+    assert sliding("1h", "5m") == sliding(HOUR, 5 * MINUTE)
+    assert Agg.parse("last_k(amount, 5) as recent") == Agg("last_k", "amount", "recent", 5)
+    assert Agg.parse("count(*)").name == "count_star"
+
+
+def test_incremental_python_peer_agrees_with_the_kernel(rng):
+    spec, aggs = sliding(60, 10), ["count(*)", "sum(x)", "mean(x)", "min(x)", "max(x)"]
+    slots = rng.integers(0, 20, 2000)
+    ts = np.sort(rng.integers(0, 1000, 2000))
+    x = rng.normal(size=2000)
+    cy, py = WindowView(spec, aggs, 20), IncrementalRefView(spec, aggs, 20)
+    cy.update(slots, ts, {"x": x})
+    py.update(slots, ts, {"x": x})
+    got = cy.value_as_of(np.arange(20), 1000)[0]
+    for s in range(20):
+        want = py.value_one(s, 1000)
+        for k in want:
+            assert got[k][s] == pytest.approx(want[k], nan_ok=True), k
