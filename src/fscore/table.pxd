@@ -33,6 +33,7 @@ cdef class Table:
     cdef Py_ssize_t[::1] col_off
     cdef Py_ssize_t[::1] col_width
     cdef uint8_t[::1] col_kind
+    cdef bint int_key
 
     cdef int _encode_one(self, object key, uint8_t *dst) except -1
 

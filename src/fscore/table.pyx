@@ -77,6 +77,22 @@ cdef enum:
     LOOKUP_CHUNK = 64  # keys whose cache misses a batch lookup overlaps
 
 _NUMPY_TYPES = {"int64": np.int64, "float64": np.float64, "bool": np.bool_, "vector": np.float32}
+_NPY_TYPES = {"int64": cnp.NPY_INT64, "float64": cnp.NPY_FLOAT64, "bool": cnp.NPY_BOOL}
+_ONE_KEY = np.zeros((1, 8), dtype=np.uint8)
+_NO_INTS = np.zeros(1, dtype=np.int64)
+
+
+cdef inline object _empty(Py_ssize_t n, int typenum):
+    cdef cnp.npy_intp dims[1]
+    dims[0] = n
+    return cnp.PyArray_EMPTY(1, dims, typenum, 0)
+
+
+cdef inline object _empty2(Py_ssize_t n, Py_ssize_t m, int typenum):
+    cdef cnp.npy_intp dims[2]
+    dims[0] = n
+    dims[1] = m
+    return cnp.PyArray_EMPTY(2, dims, typenum, 0)
 
 cdef enum:
     K_INT64, K_FLOAT64, K_BOOL, K_STRING, K_VECTOR
@@ -140,11 +156,22 @@ cdef inline int64_t _load_be64(const uint8_t *p) noexcept nogil:
     return <int64_t>v
 
 
+cdef extern from *:
+    """
+    static inline unsigned long long fs_to_be64(unsigned long long v) {
+    #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        return __builtin_bswap64(v);
+    #else
+        return v;
+    #endif
+    }
+    """
+    uint64_t fs_to_be64(uint64_t v) noexcept nogil
+
+
 cdef inline void _store_be64(uint8_t *p, uint64_t v) noexcept nogil:
-    cdef int i
-    for i in range(7, -1, -1):
-        p[i] = v & 0xff
-        v >>= 8
+    v = fs_to_be64(v)
+    memcpy(p, &v, 8)
 
 
 cdef int _encode_string(object s, uint8_t *dst, Py_ssize_t size, object name, str role) except -1:
@@ -226,6 +253,7 @@ cdef class Table:
         self.ttl = ttl
         self.col_off = np.array(lay.col_offsets or [0], dtype=np.intp)
         self.col_width = np.array([f.width() for f in lay.schema.columns] or [0], dtype=np.intp)
+        self.int_key = len(lay.schema.keys) == 1 and lay.schema.keys[0].kind == "int64"
         self.col_kind = np.array([_KIND_CODES[f.kind] for f in lay.schema.columns] or [0], dtype=np.uint8)
 
     @classmethod
@@ -646,27 +674,46 @@ cdef class Table:
         cdef Py_ssize_t n, i, j, m, c, row, ncols = self.ncols, stride = self.stride
         cdef int64_t tnow = now, s, g, e, cutoff
         cdef uint8_t *p
+        cdef const uint8_t *kp
         cdef uint8_t st
         cdef uint64_t hs[LOOKUP_CHUNK]
+        cdef uint8_t kloc[LOOKUP_CHUNK * 8]
         cdef uint64_t slot_e
+        cdef bint fast_int = False
+        cdef const int64_t[::1] ints = _NO_INTS
+        cdef const uint8_t[:, ::1] kmat = _ONE_KEY
         if self.base == NULL:
             raise ValueError("table is closed")
-        enc = self._encode_keys(keys)
-        n = enc.shape[0]
+        if (self.int_key and type(keys) is np.ndarray and (<cnp.ndarray>keys).ndim == 1
+                and cnp.PyArray_TYPE(keys) == cnp.NPY_INT64 and cnp.PyArray_IS_C_CONTIGUOUS(keys)):
+            # PERF: a plain int64 array is encoded inside the loop, saving the
+            # numpy passes of _encode_keys (benches/bench_table.py, get_batch)
+            fast_int = True
+            n = keys.shape[0]
+            if n:
+                ints = keys
+        else:
+            enc = self._encode_keys(keys)
+            n = enc.shape[0]
+            if n:
+                kmat = enc
         if n == 0:
             values, nulls = _batch.output_arrays(self.schema, 0)
             return BatchResult(np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), values, nulls)
-        # np.empty: the loop below writes every position of every output
-        status_a = np.empty(n, dtype=np.uint8)
-        ets_a = np.empty(n, dtype=np.int64)
-        cts_a = np.empty(n, dtype=np.int64)
+        # empty, not zeros: the loop below writes every position of every output
+        status_a = _empty(n, cnp.NPY_UINT8)
+        ets_a = _empty(n, cnp.NPY_INT64)
+        cts_a = _empty(n, cnp.NPY_INT64)
         values, nulls, outs = {}, {}, []
         for f in self.schema.columns:
-            nulls[f.name] = np.empty(n, dtype=np.bool_)
+            nulls[f.name] = _empty(n, cnp.NPY_BOOL)
             if f.kind == "string":
-                outs.append(np.empty((n, 2 + f.size), dtype=np.uint8))
+                outs.append(_empty2(n, 2 + f.size, cnp.NPY_UINT8))
+            elif f.kind == "vector":
+                values[f.name] = _empty2(n, f.size, cnp.NPY_FLOAT32)
+                outs.append(values[f.name])
             else:
-                values[f.name] = np.empty((n, f.size) if f.kind == "vector" else n, dtype=_NUMPY_TYPES[f.kind])
+                values[f.name] = _empty(n, _NPY_TYPES[f.kind])
                 outs.append(values[f.name])
         out_ptrs = _addresses(outs)
         null_ptrs = _addresses([nulls[f.name] for f in self.schema.columns])
@@ -674,7 +721,6 @@ cdef class Table:
         cdef const Py_ssize_t[::1] nlp = null_ptrs
         cdef const Py_ssize_t[::1] off = self.col_off
         cdef const Py_ssize_t[::1] width = self.col_width
-        cdef const uint8_t[:, ::1] kmat = enc
         cdef uint8_t[::1] status = status_a
         cdef int64_t[::1] ets = ets_a
         cdef int64_t[::1] cts = cts_a
@@ -686,22 +732,27 @@ cdef class Table:
                     # then row) before probing them one by one (benches/bench_table.py)
                     m = min(LOOKUP_CHUNK, n - i)
                     for j in range(m):
-                        hs[j] = hash_key(&kmat[i + j, 0], self.kw8)
+                        if fast_int:
+                            _store_be64(&kloc[j * 8], <uint64_t>ints[i + j] ^ 0x8000000000000000ULL)
+                            hs[j] = hash_key(&kloc[j * 8], 8)
+                        else:
+                            hs[j] = hash_key(&kmat[i + j, 0], self.kw8)
                         fs_prefetch(&self.index[hs[j] & <uint64_t>self.mask])
                     for j in range(m):
                         slot_e = self.index[hs[j] & <uint64_t>self.mask]
                         if slot_e > TOMBSTONE and <Py_ssize_t>(slot_e & 0xffffffffULL) - 2 < self.capacity_:
                             fs_prefetch(self.rows + (<Py_ssize_t>(slot_e & 0xffffffffULL) - 2) * stride)
+                kp = &kloc[(i % LOOKUP_CHUNK) * 8] if fast_int else &kmat[i, 0]
                 while True:
                     g = fs_seq_read_begin(&self.hdr[H_GLOBAL_SEQ])
-                    row = self._probe_read(&kmat[i, 0], hs[i % LOOKUP_CHUNK])
+                    row = self._probe_read(kp, hs[i % LOOKUP_CHUNK])
                     st = ST_NOT_FOUND
                     if row >= 0:
                         p = self.rows + row * stride
                         while True:
                             s = fs_seq_read_begin(<int64_t *>p)
                             st = ST_NOT_FOUND
-                            if p[ROW_STATE] == 1 and memcmp(p + ROW_KEY, &kmat[i, 0], self.kw8) == 0:
+                            if p[ROW_STATE] == 1 and _key_eq(p + ROW_KEY, kp, self.kw8):
                                 e = (<int64_t *>(p + ROW_ETS))[0]
                                 ets[i] = e
                                 cts[i] = (<int64_t *>(p + ROW_CTS))[0]
@@ -711,7 +762,13 @@ cdef class Table:
                                     st = ST_PRESENT
                                     for c in range(ncols):
                                         (<uint8_t *>nlp[c])[i] = p[self.null_off + c]
-                                        memcpy(<uint8_t *>op[c] + i * width[c], p + off[c], width[c])
+                                        # PERF: constant sizes compile to single moves, not memcpy calls
+                                        if width[c] == 8:
+                                            memcpy(<uint8_t *>op[c] + i * 8, p + off[c], 8)
+                                        elif width[c] == 1:
+                                            (<uint8_t *>op[c])[i] = p[off[c]]
+                                        else:
+                                            memcpy(<uint8_t *>op[c] + i * width[c], p + off[c], width[c])
                             if not fs_seq_read_retry(<int64_t *>p, s):
                                 break
                     if not fs_seq_read_retry(&self.hdr[H_GLOBAL_SEQ], g):

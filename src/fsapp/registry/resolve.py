@@ -1,0 +1,293 @@
+"""Bind a set of definitions to each other and check them, asking DuckDB.
+
+Every source and stream becomes an empty DuckDB table with its declared
+columns; each row-level expression and filter is then checked with
+`DESCRIBE SELECT ...` against that table. So DuckDB, which evaluates these
+expressions online (Arrow batches) and offline (Parquet), is also the judge of
+what is valid, and its canonical type names are what we store.
+
+All problems are collected before raising, so one run lists everything to fix,
+and nothing is written unless the whole set is valid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import duckdb
+
+from fsapp.registry.dsl import tokenize
+from fsapp.registry.errors import DefinitionError
+from fsapp.registry.model import (
+    ANY_TYPE_AGGS, KIND_ORDER, Entity, FeatureService, FeatureView, FileSource, Stream, is_numeric_type,
+    kind_label, online_kind,
+)
+
+# A hidden column in every probe table: selecting it beside an expression makes
+# DuckDB reject aggregate functions (GROUP BY error), which are not row-level.
+_GUARD = "__fstore_row_guard"
+_TIME_COLUMN_TYPES = ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE", "BIGINT", "TIMESTAMP_MS", "TIMESTAMP_NS",
+                      "TIMESTAMP_S")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A checked definition plus what was derived from it (DuckDB types, keys,
+    feature types): the content of one registry entry, before versioning."""
+
+    kind: str
+    name: str
+    definition: object
+    resolved: dict
+
+    def spec(self) -> dict:
+        return {"definition": self.definition.to_dict(), "resolved": self.resolved}
+
+
+def _qi(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _duck_message(e: Exception) -> str:
+    """DuckDB's first line (and its 'Candidate bindings' hint), without the
+    echo of our probe query, which would only confuse."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(("LINE", "^"))]
+    keep = [lines[0]] + [ln for ln in lines[1:2] if ln.startswith(("Candidate", "Did you mean"))]
+    return " ".join(keep).replace("Referenced column", "column")
+
+
+class _Checker:
+    def __init__(self, origins: dict[str, str]):
+        self.origins = origins
+        self.problems: list[str] = []
+        self.con = duckdb.connect(":memory:")
+        self.tables: dict[str, dict[str, str]] = {}  # source/stream name -> {column: DuckDB type}
+
+    def fail(self, kind: str, name: str, message: str) -> None:
+        where = self.origins.get(name)
+        self.problems.append(f"{where + ': ' if where else ''}{kind_label(kind)} {name}: {message}")
+
+    # ---- sources and streams ----
+    def table(self, obj) -> dict | None:
+        cols = ", ".join(f"{_qi(c.name)} {c.type}" for c in obj.columns)
+        try:
+            self.con.execute(f"CREATE TABLE {_qi(obj.name)} ({cols}, {_qi(_GUARD)} BIGINT)")
+        except duckdb.Error as e:
+            self.fail(obj.KIND, obj.name, f"bad column type: {_duck_message(e)}")
+            return None
+        types = {r[0]: r[1] for r in self.con.execute(f"DESCRIBE {_qi(obj.name)}").fetchall() if r[0] != _GUARD}
+        self.tables[obj.name] = types
+        for what, col in (("timestamp", obj.timestamp), ("created_timestamp", getattr(obj, "created_timestamp", None))):
+            if col is None:
+                continue
+            if col not in types:
+                self.fail(obj.KIND, obj.name, f"{what} column {col!r} is not one of its columns ({', '.join(types)})")
+            elif types[col] not in _TIME_COLUMN_TYPES:
+                self.fail(obj.KIND, obj.name, f"{what} column {col!r} has type {types[col]}; "
+                                              f"use TIMESTAMP (or BIGINT µs since the epoch)")
+        return {"columns": [[n, t] for n, t in types.items()]}
+
+    def stream_links(self, obj: Stream, by_name: dict) -> None:
+        if obj.batch_source is None:
+            return
+        src = by_name.get(obj.batch_source)
+        if not isinstance(src, FileSource):
+            self.fail("stream", obj.name, f"batch_source {obj.batch_source!r} is not a defined SOURCE")
+            return
+        mine, theirs = self.tables.get(obj.name, {}), self.tables.get(src.name, {})
+        for col, typ in mine.items():
+            if col not in theirs:
+                self.fail("stream", obj.name, f"batch_source {src.name} lacks column {col!r}")
+            elif theirs[col] != typ:
+                self.fail("stream", obj.name, f"column {col!r} is {typ} but {theirs[col]} in batch_source {src.name}")
+
+    def entity(self, obj: Entity) -> dict:
+        keys = []
+        for c in obj.join_keys:
+            try:
+                typ = self.con.execute(f"SELECT typeof(CAST(NULL AS {c.type}))").fetchone()[0]
+            except duckdb.Error as e:
+                self.fail("entity", obj.name, f"join key {c.name}: bad type: {_duck_message(e)}")
+                continue
+            if online_kind(typ) not in (("int64", 0), ("string", 0)) or typ in ("DATE",) or "TIME" in typ:
+                self.fail("entity", obj.name, f"join key {c.name} has type {typ}; keys are integers or VARCHAR")
+            keys.append([c.name, typ])
+        return {"join_keys": keys}
+
+    # ---- feature views ----
+    def describe(self, view: FeatureView, source: str, expr: str, what: str) -> str | None:
+        """DuckDB type of `expr` over one row of `source`, or None (problem logged)."""
+        if any(t.is_kw("OVER") for t in tokenize(expr)):
+            self.fail("feature_view", view.name, f"{what}: window functions (OVER) are not row-level; "
+                                                 f"write windowed features as fn(col) OVER sliding(...) in the view")
+            return None
+        try:
+            rows = self.con.execute(f"DESCRIBE SELECT {_qi(_GUARD)}, ({expr}) AS __v FROM {_qi(source)}").fetchall()
+        except duckdb.Error as e:
+            msg = _duck_message(e)
+            if _GUARD in msg:
+                msg = "aggregate functions are not allowed in a row-level expression; " \
+                      "use fn(col) OVER <window> for aggregations"
+            self.fail("feature_view", view.name, f"{what} {expr!r}: {msg}")
+            return None
+        return rows[1][1]
+
+    def view(self, view: FeatureView, by_name: dict) -> tuple[FeatureView, dict] | None:
+        problems_before = len(self.problems)
+        src = by_name.get(view.source)
+        if not isinstance(src, (Stream, FileSource)):
+            have = sorted(n for n, o in by_name.items() if isinstance(o, (Stream, FileSource)))
+            self.fail("feature_view", view.name, f"FROM {view.source}: no stream or source of that name "
+                                                 f"(defined: {', '.join(have) or 'none'})")
+            return None
+        if view.is_aggregated and not isinstance(src, Stream):
+            self.fail("feature_view", view.name, f"aggregations read a STREAM, but {view.source} is a batch SOURCE; "
+                                                 f"use a stream (give it batch_source = '{view.source}' to backfill)")
+            return None
+        cols = self.tables.get(src.name)
+        if cols is None:
+            return None  # the source's own problem is already reported
+        entities = self.view_entities(view, by_name, cols)
+        if entities is None:
+            return None
+        keys, ok = [], True
+        for ent in entities:
+            for c in ent.join_keys:
+                if c.name not in cols:
+                    self.fail("feature_view", view.name, f"entity {ent.name}'s join key {c.name!r} is not a column "
+                                                         f"of {src.name} ({', '.join(cols)})")
+                    ok = False
+                elif online_kind(cols[c.name]) != online_kind(c.type):
+                    self.fail("feature_view", view.name, f"type mismatch: join key {c.name} is {c.type} in entity "
+                                                         f"{ent.name} but {cols[c.name]} in {src.name}")
+                    ok = False
+                elif c.name not in [k for k, _ in keys]:
+                    keys.append([c.name, c.type])
+        key_names = {k for k, _ in keys}
+        features = [p for p in view.features if not (p.name in key_names and p.expr == p.name)]
+        if view.is_aggregated and features:
+            self.fail("feature_view", view.name, f"{', '.join(p.name for p in features)}: an aggregated view selects "
+                                                 f"its entity key(s) and aggregations (fn(col) OVER window) only")
+            return None
+        out = []
+        for p in features:
+            typ = self.describe(view, src.name, p.expr, f"feature {p.name}")
+            if typ is not None:
+                out.append(self.feature_type(view, p.name, typ))
+        for a in view.aggregations:
+            out.append(self.aggregation_type(view, src.name, a))
+        if view.filter is not None:
+            typ = self.describe(view, src.name, view.filter, "filter")
+            if typ is not None and typ != "BOOLEAN":
+                self.fail("feature_view", view.name, f"filter {view.filter!r} is {typ}, not BOOLEAN")
+        clash = sorted(key_names & {f[0] for f in out if f})
+        if clash:
+            self.fail("feature_view", view.name, f"feature name(s) {', '.join(clash)} clash with the entity key")
+        if not ok or len(self.problems) > problems_before:
+            return None
+        bound = replace(view, entities=tuple(e.name for e in entities), features=tuple(features))
+        return bound, {"keys": keys, "timestamp": src.timestamp, "source_kind": src.KIND,
+                       "features": out}
+
+    def view_entities(self, view: FeatureView, by_name: dict, cols: dict) -> list[Entity] | None:
+        if view.entities:
+            missing = [e for e in view.entities if not isinstance(by_name.get(e), Entity)]
+            if missing:
+                have = sorted(n for n, o in by_name.items() if isinstance(o, Entity))
+                self.fail("feature_view", view.name, f"unknown entity {', '.join(missing)} "
+                                                     f"(defined: {', '.join(have) or 'none'}); CREATE ENTITY it first")
+                return None
+            return [by_name[e] for e in view.entities]
+        # Infer: every entity whose join keys are all selected as bare columns.
+        bare = {p.name for p in view.features if p.expr == p.name}
+        found = [o for o in by_name.values() if isinstance(o, Entity) and {c.name for c in o.join_keys} <= bare]
+        if not found:
+            have = ", ".join(f"{o.name}({', '.join(c.name for c in o.join_keys)})"
+                             for o in by_name.values() if isinstance(o, Entity))
+            self.fail("feature_view", view.name, "unknown entity: the SELECT lists no entity's join key "
+                                                 f"(entities: {have or 'none defined'}); select the key column or "
+                                                 "add WITH (entities = '...')")
+            return None
+        return sorted(found, key=lambda e: [p.name for p in view.features].index(e.join_keys[0].name))
+
+    def feature_type(self, view: FeatureView, name: str, typ: str) -> list | None:
+        if view.online and online_kind(typ) is None:
+            self.fail("feature_view", view.name, f"feature {name} has type {typ}, which the online store cannot "
+                                                 f"hold; cast it (e.g. ::VARCHAR, ::FLOAT[8]) or set online = FALSE")
+            return None
+        return [name, typ]
+
+    def aggregation_type(self, view: FeatureView, source: str, a) -> list | None:
+        if a.column is None:
+            return [a.name, "BIGINT"]
+        typ = self.describe(view, source, a.column, f"{a.function}({a.column}) AS {a.name}:")
+        if typ is None:
+            return None
+        if a.function not in ANY_TYPE_AGGS and not is_numeric_type(typ):
+            self.fail("feature_view", view.name, f"{a.function}({a.column}) AS {a.name}: {a.function} needs a "
+                                                 f"numeric column, but {a.column} is {typ} (count, first, last and "
+                                                 f"approx_count_distinct take any type)")
+            return None
+        if a.function in ("count", "approx_count_distinct"):
+            out = "BIGINT"
+        elif a.function in ("first", "last"):
+            out = typ
+        elif a.function == "last_k":
+            out = f"DOUBLE[{a.k}]"
+        else:
+            out = "DOUBLE"
+        return self.feature_type(view, a.name, out)
+
+    def service_refs(self, svc: FeatureService, views: dict[str, dict], by_name: dict) -> None:
+        """Unpinned refs must name a feature of a view in this set; pinned ones
+        are checked against the registry's history by the planner."""
+        for ref in svc.features:
+            if ref.version is not None:
+                continue
+            res = views.get(ref.view)
+            if res is None and isinstance(by_name.get(ref.view), FeatureView):
+                continue  # the view itself failed; its problem is already listed
+            if res is None:
+                self.fail("feature_service", svc.name, f"{ref}: no feature view {ref.view!r} "
+                                                       f"(views: {', '.join(sorted(views)) or 'none'})")
+            elif ref.feature != "*" and ref.feature not in [f[0] for f in res["features"]]:
+                names = ", ".join(f[0] for f in res["features"])
+                self.fail("feature_service", svc.name, f"{ref}: view {ref.view} has no feature {ref.feature!r} "
+                                                       f"(it has: {names})")
+
+
+def resolve(definitions, origins: dict[str, str] | None = None) -> dict[str, Resolved]:
+    """Check a complete set of definitions; return {name: Resolved} in
+    dependency order, or raise DefinitionError listing every problem.
+    `origins` maps a name to where it was defined ("features.sql:12")."""
+    chk = _Checker(origins or {})
+    by_name: dict[str, object] = {}
+    for obj in definitions:
+        prev = by_name.get(obj.name)
+        if prev is not None and prev != obj:
+            chk.fail(obj.KIND, obj.name, f"duplicate name: also defined as a {kind_label(prev.KIND)}; "
+                                         f"names are unique across entities, sources, streams, views and services")
+        by_name.setdefault(obj.name, obj)
+    ordered = sorted(by_name.values(), key=lambda o: KIND_ORDER.index(o.KIND))
+    out: dict[str, Resolved] = {}
+    try:
+        for obj in ordered:
+            if isinstance(obj, Entity):
+                out[obj.name] = Resolved(obj.KIND, obj.name, obj, chk.entity(obj))
+            elif isinstance(obj, (FileSource, Stream)):
+                res = chk.table(obj)
+                if isinstance(obj, Stream):
+                    chk.stream_links(obj, by_name)
+                if res is not None:
+                    out[obj.name] = Resolved(obj.KIND, obj.name, obj, res)
+            elif isinstance(obj, FeatureView):
+                bound = chk.view(obj, by_name)
+                if bound is not None:
+                    out[obj.name] = Resolved(obj.KIND, obj.name, bound[0], bound[1])
+            elif isinstance(obj, FeatureService):
+                chk.service_refs(obj, {n: r.resolved for n, r in out.items() if r.kind == "feature_view"}, by_name)
+                out[obj.name] = Resolved(obj.KIND, obj.name, obj, {})
+    finally:
+        chk.con.close()
+    if chk.problems:
+        raise DefinitionError(chk.problems)
+    return out
