@@ -2,9 +2,13 @@
 
     fstore demo            show the durable online store working end to end
     fstore demo --rows N   with N rows (default 200,000)
+    fstore init DIR        create a feature repo with example definitions
+    fstore plan / apply    diff / register the repo's definitions
+    fstore lineage NAME    what a feature is made of and what uses it
+    fstore registry ...    list, describe or show the history of definitions
 
-More commands (init, apply, plan, serve, push, get, materialize) arrive with the
-registry and serving runtime; `fstore --help` lists what this build has.
+More commands (serve, push, get, materialize) arrive with the serving runtime;
+`fstore --help` lists what this build has.
 Exit codes: 0 success, 1 a check failed, 2 bad usage.
 """
 from __future__ import annotations
@@ -34,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--readers", type=int, default=2, help="reader processes (default 2)")
     d.add_argument("--keep", metavar="DIR", default=None, help="write into DIR and keep it, instead of a temp dir")
     d.set_defaults(func=_demo)
+    from fsapp.registry.cli import add_commands
+
+    add_commands(sub)
     return p
 
 

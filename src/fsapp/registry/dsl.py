@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fscore.window_spec import WINDOW_KINDS, continuous, lifetime, session, sliding, tumbling
+from fscore.window_spec import AGG_KINDS, WINDOW_KINDS, continuous, lifetime, session, sliding, tumbling
 
 from fsapp.registry.errors import DefinitionError, DslSyntaxError
 from fsapp.registry.model import (
-    Aggregation, Entity, FeatureRef, FeatureService, FeatureView, FileSource, Projection, Stream,
+    AGG_ALIASES, Aggregation, Entity, FeatureRef, FeatureService, FeatureView, FileSource, Projection, Stream,
 )
 
 _TOKEN_RE = re.compile(r"""
@@ -398,6 +398,10 @@ class Parser:
             cur.append(t)
         args.append(cur)
         fn = first.text
+        if AGG_ALIASES.get(fn.lower(), fn.lower()) not in AGG_KINDS:
+            raise DslSyntaxError(f"unknown aggregation {fn!r} before OVER; use one of {', '.join(AGG_KINDS)} "
+                                 f"(SQL window functions like OVER (PARTITION BY ...) are not supported)",
+                                 first.line, first.col, self.source)
         k = 0
         if fn.lower() == "last_k":
             if len(args) != 2 or len(args[1]) != 1 or args[1][0].kind != "number":
@@ -416,7 +420,7 @@ class Parser:
             if column is not None and not re.fullmatch(r"[A-Za-z_]\w*", column):
                 raise DslSyntaxError(f"aggregation over expression {column!r} needs a name: add AS <name>",
                                      first.line, first.col, self.source)
-            alias = f"{fn.lower()}_{column or 'star'}"
+            alias = f"{AGG_ALIASES.get(fn.lower(), fn.lower())}_{column or 'star'}"
         return Aggregation(alias, fn, column, window, k)
 
     def window(self):

@@ -105,6 +105,9 @@ class Column:
         check_name(self.name, "column")
         object.__setattr__(self, "type", canonical_type(self.type))
 
+    def to_dict(self) -> dict:
+        return {"name": self.name, "type": self.type}
+
 
 def columns_of(items, what: str) -> tuple[Column, ...]:
     """Columns from Column objects, (name, type) pairs or a {name: type} dict."""

@@ -40,8 +40,10 @@ def aggregation_sql(a: Aggregation) -> str:
     return f"{a.function}({arg}) OVER {window_sql(a.window)} AS {a.name}"
 
 
-def to_sql(obj) -> str:
-    """One CREATE statement (no trailing ';')."""
+def to_sql(obj, keys=()) -> str:
+    """One CREATE statement (no trailing ';'). `keys`: join key columns to
+    list first in a feature view's SELECT (resolve strips them, so the
+    statement means the same with or without them)."""
     desc = quote(obj.description) if getattr(obj, "description", "") else None
     if isinstance(obj, Entity):
         return f"CREATE ENTITY {obj.name} {_columns(obj.join_keys)}{_options([('description', desc)])}"
@@ -60,7 +62,7 @@ def to_sql(obj) -> str:
         opts = [("ttl", quote(format_duration(obj.ttl)) if obj.ttl else None),
                 ("entities", quote(", ".join(obj.entities)) if obj.entities else None),
                 ("online", None if obj.online else "FALSE"), ("description", desc)]
-        items = [p.expr if p.expr == p.name else f"{p.expr} AS {p.name}" for p in obj.features]
+        items = list(keys) + [p.expr if p.expr == p.name else f"{p.expr} AS {p.name}" for p in obj.features]
         items += [aggregation_sql(a) for a in obj.aggregations]
         where = f"\nWHERE {obj.filter}" if obj.filter else ""
         sep = ",\n       "

@@ -52,7 +52,8 @@ def _duck_message(e: Exception) -> str:
     echo of our probe query, which would only confuse."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(("LINE", "^"))]
     keep = [lines[0]] + [ln for ln in lines[1:2] if ln.startswith(("Candidate", "Did you mean"))]
-    return " ".join(keep).replace("Referenced column", "column")
+    text = " ".join(keep).replace("Referenced column", "column")
+    return text.split(": ", 1)[1] if text.split(":", 1)[0].endswith(" Error") else text
 
 
 class _Checker:
@@ -127,7 +128,7 @@ class _Checker:
             if _GUARD in msg:
                 msg = "aggregate functions are not allowed in a row-level expression; " \
                       "use fn(col) OVER <window> for aggregations"
-            self.fail("feature_view", view.name, f"{what} {expr!r}: {msg}")
+            self.fail("feature_view", view.name, f"{what}: {msg}")
             return None
         return rows[1][1]
 
@@ -170,13 +171,13 @@ class _Checker:
             return None
         out = []
         for p in features:
-            typ = self.describe(view, src.name, p.expr, f"feature {p.name}")
+            typ = self.describe(view, src.name, p.expr, f"feature {p.name} = {p.expr}")
             if typ is not None:
                 out.append(self.feature_type(view, p.name, typ))
         for a in view.aggregations:
             out.append(self.aggregation_type(view, src.name, a))
         if view.filter is not None:
-            typ = self.describe(view, src.name, view.filter, "filter")
+            typ = self.describe(view, src.name, view.filter, f"filter {view.filter}")
             if typ is not None and typ != "BOOLEAN":
                 self.fail("feature_view", view.name, f"filter {view.filter!r} is {typ}, not BOOLEAN")
         clash = sorted(key_names & {f[0] for f in out if f})
@@ -219,7 +220,7 @@ class _Checker:
     def aggregation_type(self, view: FeatureView, source: str, a) -> list | None:
         if a.column is None:
             return [a.name, "BIGINT"]
-        typ = self.describe(view, source, a.column, f"{a.function}({a.column}) AS {a.name}:")
+        typ = self.describe(view, source, a.column, f"{a.function}({a.column}) AS {a.name}")
         if typ is None:
             return None
         if a.function not in ANY_TYPE_AGGS and not is_numeric_type(typ):
@@ -248,7 +249,7 @@ class _Checker:
                 continue  # the view itself failed; its problem is already listed
             if res is None:
                 self.fail("feature_service", svc.name, f"{ref}: no feature view {ref.view!r} "
-                                                       f"(views: {', '.join(sorted(views)) or 'none'})")
+                                                       f"(views: {', '.join(sorted(n for n, o in by_name.items() if isinstance(o, FeatureView))) or 'none'})")
             elif ref.feature != "*" and ref.feature not in [f[0] for f in res["features"]]:
                 names = ", ".join(f[0] for f in res["features"])
                 self.fail("feature_service", svc.name, f"{ref}: view {ref.view} has no feature {ref.feature!r} "

@@ -1,0 +1,171 @@
+"""`get_historical_features`: point-in-time-correct training sets.
+
+The entity_df (pandas, Arrow, or a Parquet path/glob) is loaded into DuckDB
+with a row number, so the output keeps the input's row order; the SQL itself
+is `pit.training_set_sql`. The result is lazy: `to_parquet` streams DuckDB's
+output to disk without building it in Python; `to_arrow` / `to_df` fetch it.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fsapp.errors import EntityDataFrameError, FeatureNameCollision, SourceError, UnknownFeatureError
+from fsapp.offline import pit
+from fsapp.offline.store import OfflineStore, sql_string, time_us_sql
+from fsapp.offline.views import ViewDef, quote_ident
+
+DEFAULT_TIMESTAMP = "event_timestamp"
+_ids = itertools.count()
+
+
+class HistoricalResult:
+    """A training set: the entity_df's columns then the features, in input row
+    order, null where a view has no value."""
+
+    def __init__(self, cursor, sql: str, keepalive=()):
+        self._cur, self.sql, self._keepalive = cursor, sql, keepalive
+        self._table: pa.Table | None = None
+
+    def to_arrow(self) -> pa.Table:
+        if self._table is None:
+            self._table = self._cur.sql(self.sql).to_arrow_table()
+        return self._table
+
+    def to_df(self):
+        return self.to_arrow().to_pandas()
+
+    def to_batches(self, rows: int = 1 << 17):
+        """Record batches of the result, computed once and streamed (for
+        results larger than memory)."""
+        return self._cur.sql(self.sql).to_arrow_reader(rows)
+
+    def to_parquet(self, path: str) -> str:
+        if self._table is not None:
+            pq.write_table(self._table, path)
+        else:
+            self._cur.execute(f"COPY ({self.sql}) TO {sql_string(path)} (FORMAT parquet)")
+        return path
+
+    def __len__(self) -> int:
+        return self.to_arrow().num_rows
+
+
+def _resolve(store: OfflineStore, features) -> list[tuple[ViewDef, list[str]]]:
+    """[(view narrowed to the wanted features, feature names)] from
+    'view:feature' / 'view:*' strings or ViewDef objects, view order kept."""
+    if isinstance(features, (str, ViewDef)):
+        features = [features]
+    wanted: dict[str, list[str]] = {}
+    views: dict[str, ViewDef] = {}
+    for f in features:
+        if isinstance(f, ViewDef):
+            views[f.name] = f
+            wanted.setdefault(f.name, []).extend(n for n in f.feature_names if n not in wanted.get(f.name, []))
+            continue
+        if not isinstance(f, str) or ":" not in f:
+            raise UnknownFeatureError(f"bad feature reference {f!r}: write 'view:feature' or 'view:*'")
+        vname, fname = f.split(":", 1)
+        v = views.get(vname) or store.view(vname)
+        views[vname] = v
+        names = v.feature_names if fname == "*" else [fname]
+        for n in names:
+            if n not in v.feature_names:
+                raise UnknownFeatureError(f"view {vname} has no feature {n!r}; it has {', '.join(v.feature_names)}")
+            if n not in wanted.setdefault(vname, []):
+                wanted[vname].append(n)
+    out = []
+    for vname, names in wanted.items():
+        v = views[vname]
+        narrowed = ViewDef(v.name, v.source, v.keys, tuple(f for f in v.features if f[0] in names),
+                           tuple(a for a in v.aggregations if a.name in names), v.ttl, v.filter, v.hll_p,
+                           v.allowed_lateness, v.key_kinds)
+        out.append((narrowed, narrowed.feature_names))
+    if not out:
+        raise UnknownFeatureError("no features requested")
+    return out
+
+
+def load_entities(cur, entity_df, timestamp_column: str, name: str) -> tuple[list[str], object]:
+    """Creates temp table `name` = the entity rows + `__row` + `__t` (µs);
+    returns (the entity columns in order, objects to keep alive)."""
+    keep = None
+    if isinstance(entity_df, (str, os.PathLike)):
+        path = os.fspath(entity_df)
+        if not path.lower().endswith(".parquet") and not os.path.isdir(path) and "*" not in path:
+            raise EntityDataFrameError(f"entity_df path {path!r}: give a Parquet file (or glob)")
+        raw = f"read_parquet({sql_string(path)}, filename = '__fs_file', file_row_number = true)"
+        try:
+            cols = [r[0] for r in cur.execute(f"DESCRIBE SELECT * FROM {raw}").fetchall()]
+        except duckdb.Error as e:
+            raise EntityDataFrameError(f"cannot read entity_df {path!r}: {e}") from None
+        cols = [c for c in cols if c not in ("__fs_file", "file_row_number")]
+        row = "row_number() OVER (ORDER BY __fs_file, file_row_number) - 1"
+    else:
+        if isinstance(entity_df, pa.Table):
+            table = entity_df
+        elif isinstance(entity_df, pa.RecordBatch):
+            table = pa.Table.from_batches([entity_df])
+        elif hasattr(entity_df, "columns") and hasattr(entity_df, "iloc"):
+            table = pa.Table.from_pandas(entity_df, preserve_index=False)
+        else:
+            raise EntityDataFrameError(f"entity_df must be a pandas DataFrame, an Arrow table or a Parquet path, "
+                                       f"not {type(entity_df).__name__}")
+        cols = list(table.column_names)
+        table = table.append_column("__fs_rowid", pa.array(range(table.num_rows), pa.int64()))
+        raw = f"{name}_in"
+        cur.register(raw, table)
+        keep = table
+        row = "__fs_rowid"
+    reserved = [c for c in cols if c in ("__row", "__t", "__fs_rowid")]
+    if reserved:
+        raise EntityDataFrameError(f"entity_df columns {reserved} are reserved; rename them")
+    if timestamp_column not in cols:
+        raise EntityDataFrameError(f"entity_df has no timestamp column {timestamp_column!r} (columns: "
+                                   f"{', '.join(cols)}); add it or pass timestamp_column=")
+    types = dict(cur.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {raw})").fetchall())
+    try:
+        t = time_us_sql(quote_ident(timestamp_column), types[timestamp_column],
+                        f"entity_df column {timestamp_column!r}")
+    except SourceError as e:
+        raise EntityDataFrameError(str(e)) from None
+    sel = ", ".join(quote_ident(c) for c in cols)
+    cur.execute(f"CREATE TEMP TABLE {name} AS SELECT {sel}, {row} AS __row, {t} AS __t FROM {raw}")
+    return cols, keep
+
+
+def get_historical_features(store: OfflineStore, entity_df, features, *,
+                            timestamp_column: str = DEFAULT_TIMESTAMP,
+                            full_feature_names: bool = False) -> HistoricalResult:
+    """Point-in-time feature values for each row of `entity_df`.
+
+    `features`: 'view:feature' / 'view:*' strings naming views added to the
+    store, or ViewDef objects (all their features). Plain views: the latest row
+    with ts <= t within the view's ttl (ties: larger created timestamp, then
+    later arrival). Aggregated views: the window as of t (events with ts < t)
+    per docs/semantics.md. Output columns are named `feature`, or
+    `view__feature` with `full_feature_names=True`."""
+    store.log.flush()  # a training set sees every event ingested so far
+    selected = _resolve(store, features)
+    cur = store.cursor()
+    name = f"__fs_q{next(_ids)}"
+    cols, keep = load_entities(cur, entity_df, timestamp_column, name)
+    parts, seen = [], {c: "the entity_df" for c in cols}
+    for view, names in selected:
+        missing = [k for k in view.keys if k not in cols]
+        if missing:
+            raise EntityDataFrameError(f"entity_df lacks the key column(s) {missing} of view {view.name} "
+                                       f"(it has {', '.join(cols)})")
+        outs = [f"{view.name}__{n}" if full_feature_names else n for n in names]
+        for o in outs:
+            if o in seen:
+                raise FeatureNameCollision(f"output column {o!r} of view {view.name} clashes with {seen[o]}; "
+                                           f"pass full_feature_names=True or rename it")
+            seen[o] = f"view {view.name}"
+        parts.append(pit.ViewQuery(view, store.source(view.source, view), outs))
+    sql = pit.training_set_sql(name, cols, parts)
+    return HistoricalResult(cur, sql, keep)

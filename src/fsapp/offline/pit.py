@@ -1,0 +1,330 @@
+"""Every point-in-time SQL statement of fstore, in one place (DuckDB).
+
+The rules are docs/semantics.md's (windows, ties, nulls, HyperLogLog) and
+Feast's for plain views; docs/offline.md explains how each maps to SQL. The
+functions here only *build* SQL over two relations:
+
+- the source, normalised by `source_sql` to: the view's key columns, `__ts`
+  (event time, µs), `__created` (µs), `__seq` (ingestion order), then one
+  `__f<i>` per plain feature or one `__c<i>` (DOUBLE, NaN -> NULL) per
+  aggregated input column;
+- the queries `q`: `__row` (output order), the key columns, `__t` (µs).
+
+Each view becomes CTEs producing `(__row, <features>)`; `select_sql` joins
+them back onto `q`. DuckDB streams Parquet and spills joins to disk, so none
+of this needs the inputs in memory.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fscore.window import hash_array
+from fscore.window_spec import Agg, WindowSpec
+
+from fsapp.offline.views import SourceDef, ViewDef, quote_ident
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+INT64_MAX = (1 << 63) - 1
+HLL_UDF = "__fs_hll_pack"
+
+
+def column_sql(expr: str) -> str:
+    """A bare column name quoted, any other text kept as a (parenthesised)
+    DuckDB expression (the registry stores expressions)."""
+    return quote_ident(expr) if _IDENT.match(expr) else f"({expr})"
+
+
+def align_sql(x: str, h: int) -> str:
+    """floor(x / h) * h. DuckDB's % truncates toward zero, so shift the
+    remainder into [0, h) first: align(-1, 10) = -10 as the engine does."""
+    return f"({x} - ((({x}) % {h}) + {h}) % {h})"
+
+
+def _keys(view: ViewDef, alias: str = "") -> str:
+    p = f"{alias}." if alias else ""
+    return ", ".join(p + quote_ident(k) for k in view.keys)
+
+
+def _key_eq(view: ViewDef, a: str, b: str) -> str:
+    return " AND ".join(f"{a}.{quote_ident(k)} = {b}.{quote_ident(k)}" for k in view.keys)
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclass
+class SourceColumns:
+    """Names the normalised source gives each input of a view."""
+
+    features: dict[str, str] = field(default_factory=dict)  # feature name -> __f<i>
+    agg_inputs: dict[str, str] = field(default_factory=dict)  # agg column expr -> __c<i>
+
+
+def source_sql(view: ViewDef, src: SourceDef, before: str | None = None) -> tuple[str, SourceColumns]:
+    """SELECT normalising `src` for `view`. Aggregation inputs become DOUBLE with
+    NaN as NULL because the engine reads every column as float64 and treats NaN
+    as null (semantics.md §3). `before` optionally bounds `__ts` (a SQL
+    expression) so Parquet row groups past it are skipped."""
+    names = SourceColumns()
+    cols = [_keys(view),
+            f"CAST(({src.ts_expr}) AS BIGINT) AS __ts",
+            f"CAST(({src.created_expr}) AS BIGINT) AS __created",
+            f"CAST(({src.seq_expr}) AS BIGINT) AS __seq"]
+    for i, (name, expr) in enumerate(view.features):
+        names.features[name] = f"__f{i}"
+        cols.append(f"{column_sql(expr)} AS __f{i}")
+    for wa in view.aggregations:
+        c = wa.agg.column
+        if c is not None and c not in names.agg_inputs:
+            alias = f"__c{len(names.agg_inputs)}"
+            names.agg_inputs[c] = alias
+            x = f"CAST({column_sql(c)} AS DOUBLE)"
+            cols.append(f"CASE WHEN isnan({x}) THEN NULL ELSE {x} END AS {alias}")
+    where = []
+    if view.filter:
+        where.append(f"({view.filter})")
+    if before is not None:
+        where.append(f"CAST(({src.ts_expr}) AS BIGINT) < {before}")
+    sql = f"SELECT {', '.join(cols)} FROM {src.relation} AS __src"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql, names
+
+
+# ---------------------------------------------------------------- plain views
+
+
+def plain_view_ctes(view: ViewDef, src_cte: str, names: SourceColumns, q: str, tag: str,
+                    apply_ttl: bool = True) -> tuple[list[str], str, list[tuple[str, str]]]:
+    """Feast's rule: per query row, the source row of the same key with the
+    largest (ts, created, seq) among those with ts <= t; null when it is older
+    than t - ttl (ttl 0: no limit).
+
+    One ASOF join does it: ordering rows by the struct (ts, created, seq) and
+    probing with (t, +inf, +inf) picks the latest ts <= t and, among equal ts,
+    the largest created then the later arrival — the same row the online
+    table keeps (its put replaces on (event_ts, created_ts) >=). No sort-based
+    dedupe of the (possibly huge) source is needed.
+
+    Returns (ctes, name of the CTE holding __row + features, [(feature, column)])."""
+    feats = [(n, names.features[n]) for n, _ in view.features]
+    fcols = ", ".join(c for _, c in feats)
+    cte_src = (f"{tag}_s AS (SELECT {_keys(view)}, __ts, "
+               f"__created, {{'ts': __ts, 'cr': __created, 'sq': __seq}} AS __o, {fcols} FROM {src_cte})")
+    cte_q = (f"{tag}_q AS (SELECT __row, {_keys(view)}, __t, "
+             f"{{'ts': __t, 'cr': {INT64_MAX}::BIGINT, 'sq': {INT64_MAX}::BIGINT}} AS __o FROM {q})")
+    stale = f"s.__ts < q.__t - {view.ttl}" if view.ttl and apply_ttl else "false"
+    outs = ", ".join(f"CASE WHEN {stale} THEN NULL ELSE s.{c} END AS {c}" for _, c in feats)
+    cte = (f"{tag} AS (SELECT q.__row, s.__ts AS __ts, s.__created AS __created, {outs} "
+           f"FROM {tag}_q q ASOF LEFT JOIN {tag}_s s ON {_key_eq(view, 'q', 's')} AND q.__o >= s.__o)")
+    return [cte_src, cte_q, cte], tag, feats
+
+
+# ---------------------------------------------------------------- aggregated views
+
+
+def bounds_ctes(view: ViewDef, spec: WindowSpec, src_cte: str, q: str, tag: str) -> list[str]:
+    """`{tag}_b(__row, keys, lo, hi)`: the event-time range [lo, hi) each query
+    row's window covers (semantics.md §2). NULL lo = empty window."""
+    k = _keys(view)
+    if spec.kind == "session":
+        # A session starts at an event whose gap to the previous one is >= gap;
+        # the running max of those starts is each event's session start. As of
+        # t the value is over the session of the last event before t, cut at t
+        # (cutting at t only shortens the last session, never splits one).
+        return [
+            f"{tag}_d AS (SELECT DISTINCT {k}, __ts FROM {src_cte})",
+            f"{tag}_g AS (SELECT {k}, __ts, lag(__ts) OVER (PARTITION BY {k} ORDER BY __ts) AS __prev FROM {tag}_d)",
+            f"{tag}_ss AS (SELECT {k}, __ts, max(CASE WHEN __prev IS NULL OR __ts - __prev >= {spec.gap} "
+            f"THEN __ts END) OVER (PARTITION BY {k} ORDER BY __ts ROWS BETWEEN UNBOUNDED PRECEDING "
+            f"AND CURRENT ROW) AS __start FROM {tag}_g)",
+            f"{tag}_b AS (SELECT q.__row, {_keys(view, 'q')}, s.__start AS lo, q.__t AS hi FROM {q} q "
+            f"ASOF LEFT JOIN {tag}_ss s ON {_key_eq(view, 'q', 's')} AND q.__t > s.__ts)",
+        ]
+    t = "__t"
+    if spec.kind == "tumbling":
+        hi = align_sql(t, spec.size)
+        lo = f"{hi} - {spec.size}"
+    elif spec.kind == "sliding":
+        hi = align_sql(t, spec.hop)
+        lo = f"{hi} - {spec.size}"
+    elif spec.kind == "continuous":
+        lo, hi = align_sql(f"({t} - {spec.size})", spec.hop), t
+    else:  # lifetime
+        lo, hi = str(-(1 << 63)), t
+    return [f"{tag}_b AS (SELECT __row, {k}, {lo} AS lo, {hi} AS hi FROM {q})"]
+
+
+def _agg_sql(a: Agg, c: str | None) -> str:
+    """One aggregation over the joined rows `s` (semantics.md §3). `s.__ord`
+    orders events by (ts, seq) — arrival order breaks ts ties."""
+    x = f"s.{c}" if c else None
+    nn = f"FILTER (WHERE {x} IS NOT NULL)" if x else ""
+    k = a.kind
+    if k == "count":
+        return "count(s.__ts)" if x is None else f"count({x})"
+    if k == "sum":
+        return f"sum({x})"
+    if k == "mean":
+        return f"sum({x}) / nullif(count({x}), 0)"
+    if k in ("min", "max", "var_samp", "var_pop", "stddev_samp", "stddev_pop"):
+        return f"{k}({x})"
+    if k == "first":
+        return f"arg_min({x}, s.__ord) {nn}"
+    if k == "last":
+        return f"arg_max({x}, s.__ord) {nn}"
+    if k == "last_k":
+        # Newest first, padded with NaN to k like the engine's (n, k) output.
+        return (f"list_resize(coalesce(arg_max({x}, s.__ord, {a.k}) {nn}, []::DOUBLE[]), "
+                f"{a.k}, 'NaN'::DOUBLE)")
+    raise ValueError(f"no SQL for aggregation {k}")  # approx_count_distinct is hll_ctes' job
+
+
+def _hll_estimate_sql(h: str, p: int) -> str:
+    """The engine's estimator (window_cell.pxi hll_estimate) from the number of
+    set registers `{h}.__nz` and `{h}.__z = Σ 2^-rank` over them.
+
+    Constants are computed in Python and inlined as exact doubles (DuckDB would
+    read 0.7213 as a DECIMAL). The engine sums 2^-reg in register order and SQL
+    in any order; every partial sum is exact (a multiple of 2^-max_rank below
+    2^p) unless some rank exceeds 53 - p, i.e. p + rank > 53 — a chance of
+    2^-(53-p) per value, so the sums agree bit for bit in practice."""
+    m = float(1 << p)
+    alpha = {16: 0.673, 32: 0.697, 64: 0.709}.get(1 << p, 0.7213 / (1.0 + 1.079 / m))
+    am2 = alpha * m * m
+    zeros = f"({int(m)} - {h}.__nz)"
+    e = f"({am2!r}::DOUBLE / ({h}.__z + {zeros}::DOUBLE))"
+    est = (f"CASE WHEN {e} <= {2.5 * m!r}::DOUBLE AND {zeros} > 0 "
+           f"THEN {m!r}::DOUBLE * ln({m!r}::DOUBLE / {zeros}::DOUBLE) ELSE {e} END")
+    return f"CASE WHEN {h}.__nz IS NULL THEN 0 ELSE CAST(floor({est} + 0.5) AS BIGINT) END"
+
+
+def window_view_ctes(view: ViewDef, src_cte: str, names: SourceColumns, q: str, tag: str
+                     ) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """CTEs for every window group of `view`; returns (ctes, [(feature, cte,
+    column)]). Per group: bounds, one range join + GROUP BY for the ordinary
+    aggregations, and per approx_count_distinct a register-max aggregation."""
+    ctes, outs = [], []
+    needs_ord = any(wa.agg.kind in ("first", "last", "last_k") for wa in view.aggregations)
+    src = src_cte
+    if needs_ord:
+        # (ts, seq) packed in one HUGEINT so arg_min/arg_max compare one value.
+        ctes.append(f"{tag}_o AS (SELECT *, CAST(__ts AS HUGEINT) * 18446744073709551616 + __seq AS __ord "
+                    f"FROM {src_cte})")
+        src = f"{tag}_o"
+    for gi, (spec, aggs) in enumerate(view.window_groups()):
+        g = f"{tag}_w{gi}"
+        ctes += bounds_ctes(view, spec, src_cte, q, g)
+        join = f"{src} s ON {_key_eq(view, 'b', 's')} AND s.__ts >= b.lo AND s.__ts < b.hi"
+        plain = [a for a in aggs if a.kind != "approx_count_distinct"]
+        if plain:
+            sel = ", ".join(f"{_agg_sql(a, names.agg_inputs.get(a.column))} AS {quote_ident(a.name)}"
+                            for a in plain)
+            ctes.append(f"{g} AS (SELECT b.__row, {sel} FROM {g}_b b LEFT JOIN {join} GROUP BY b.__row)")
+            outs += [(a.name, g, quote_ident(a.name)) for a in plain]
+        for hi, a in enumerate(a for a in aggs if a.kind == "approx_count_distinct"):
+            c = names.agg_inputs[a.column]
+            h = f"{g}_h{hi}"
+            ctes.append(f"{h}_p AS (SELECT b.__row, {HLL_UDF}(s.{c}, {view.hll_p}) AS __pk "
+                        f"FROM {g}_b b JOIN {join} WHERE s.{c} IS NOT NULL)")
+            ctes.append(f"{h}_r AS (SELECT __row, max(__pk & 255) AS __rank FROM {h}_p GROUP BY __row, __pk >> 8)")
+            ctes.append(f"{h} AS (SELECT __row, count(*) AS __nz, sum(pow(2.0, -__rank)) AS __z "
+                        f"FROM {h}_r GROUP BY __row)")
+            outs.append((a.name, h, f"__hll:{view.hll_p}"))
+    return ctes, outs
+
+
+# ---------------------------------------------------------------- one statement
+
+
+@dataclass
+class ViewQuery:
+    """A view, its source and the features wanted from it, with their output
+    column names (`out_names[i]` for `view.feature_names[i]`)."""
+
+    view: ViewDef
+    source: SourceDef
+    out_names: list[str]
+
+
+def training_set_sql(q: str, passthrough: list[str], parts: list[ViewQuery], plain_ttl: bool = True,
+                     before: str | None = None, extra: list[str] = (), order: bool = True) -> str:
+    """One SELECT: `passthrough` columns of `q` then every requested feature,
+    in `__row` order, null where a view has no value."""
+    ctes, sel, joins = [], [f"q.{quote_ident(c)}" for c in passthrough] + list(extra), []
+    for i, part in enumerate(parts):
+        tag = f"__v{i}"
+        src, names = source_sql(part.view, part.source, before)
+        ctes.append(f"{tag}_src AS ({src})")
+        if part.view.is_aggregated:
+            vctes, outs = window_view_ctes(part.view, f"{tag}_src", names, q, tag)
+            ctes += vctes
+            by_name = {feat: (cte, col) for feat, cte, col in outs}
+            for feat, out in zip(part.view.feature_names, part.out_names):
+                cte, col = by_name[feat]
+                if col.startswith("__hll:"):
+                    sel.append(f"{_hll_estimate_sql(cte, int(col[6:]))} AS {quote_ident(out)}")
+                else:
+                    sel.append(f"{_fill_empty(part.view, feat, f'{cte}.{col}')} AS {quote_ident(out)}")
+            for cte in dict.fromkeys(cte for _, cte, _ in outs):
+                joins.append(f"LEFT JOIN {cte} ON {cte}.__row = q.__row")
+        else:
+            vctes, cte, feats = plain_view_ctes(part.view, f"{tag}_src", names, q, tag, plain_ttl)
+            ctes += vctes
+            sel += [f"{cte}.{c} AS {quote_ident(out)}" for (_, c), out in zip(feats, part.out_names)]
+            joins.append(f"LEFT JOIN {cte} ON {cte}.__row = q.__row")
+    sql = f"WITH {', '.join(ctes)} SELECT {', '.join(sel)} FROM {q} q {' '.join(joins)}"
+    return sql + (" ORDER BY q.__row" if order else "")
+
+
+def _fill_empty(view: ViewDef, feat: str, col: str) -> str:
+    # Every query row is in its group's CTE (LEFT JOIN from the bounds), so
+    # counts are already 0 there; this is a guard for views whose key is NULL.
+    kind = next(wa.agg.kind for wa in view.aggregations if wa.name == feat)
+    return f"coalesce({col}, 0)" if kind == "count" else col
+
+
+# ---------------------------------------------------------------- HLL hashing UDF
+
+
+def _bit_length_u64(w: np.ndarray) -> np.ndarray:
+    """Bit length of uint64 values, exactly: each 32-bit half is exact in a
+    double, and frexp's exponent of an integer is its bit length."""
+    hi = (w >> np.uint64(32)).astype(np.float64)
+    lo = (w & np.uint64(0xFFFFFFFF)).astype(np.float64)
+    return np.where(hi > 0, 32 + np.frexp(hi)[1], np.frexp(lo)[1]).astype(np.int64)
+
+
+def hll_pack(values: np.ndarray, p: int) -> np.ndarray:
+    """register * 256 + rank for each value, with the engine's hash
+    (`fscore.window.hash_array`) and its register/rank rule."""
+    h = hash_array(np.ascontiguousarray(values, dtype=np.float64))
+    reg = (h >> np.uint64(64 - p)).astype(np.int64)
+    w = h << np.uint64(p)
+    rank = np.where(w == 0, 64 - p + 1, 64 - _bit_length_u64(w) + 1)
+    return reg * 256 + rank
+
+
+def _hll_udf(values: pa.Array, p: pa.Array) -> pa.Array:
+    x = pc.fill_null(values, 0.0).to_numpy(zero_copy_only=False)
+    return pa.array(hll_pack(x, int(p[0].as_py())), type=pa.int64())
+
+
+def register_udfs(con) -> None:
+    """The SQL above calls `__fs_hll_pack(DOUBLE, INTEGER) -> BIGINT`: register
+    it on each DuckDB connection that runs it."""
+    import duckdb
+    try:
+        con.create_function(HLL_UDF, _hll_udf, [duckdb.sqltype("DOUBLE"), duckdb.sqltype("INTEGER")],
+                            duckdb.sqltype("BIGINT"), type="arrow", side_effects=False)
+    except duckdb.CatalogException:
+        pass  # already registered on this connection
+
+
+__all__ = ["SourceDef", "ViewQuery", "align_sql", "column_sql", "hll_pack", "register_udfs",
+           "source_sql", "training_set_sql"]

@@ -1,0 +1,164 @@
+"""`OfflineStore`: the event log, registered batch sources, the views the
+offline store knows, and the DuckDB connection that runs `pit.py`'s SQL."""
+from __future__ import annotations
+
+import os
+import threading
+
+import duckdb
+
+from fsapp.errors import SourceError, UnknownFeatureError
+from fsapp.offline import pit
+from fsapp.offline.eventlog import CREATED_TS, EVENT_TS, SEQ, EventLog
+from fsapp.offline.views import SourceDef, ViewDef, quote_ident
+
+_INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "HUGEINT"}
+
+
+def sql_string(s: str) -> str:
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def time_us_sql(col: str, sql_type: str, what: str) -> str:
+    """SQL turning a column of `sql_type` into int64 µs since the epoch UTC."""
+    t = sql_type.upper()
+    if t in _INT_TYPES:
+        return f"CAST({col} AS BIGINT)"
+    if t.startswith("TIMESTAMP") or t == "DATE":
+        return f"epoch_us({col})" if t != "DATE" else f"epoch_us(CAST({col} AS TIMESTAMP))"
+    if t == "VARCHAR":
+        return f"epoch_us(CAST({col} AS TIMESTAMPTZ))"
+    raise SourceError(f"{what} has type {sql_type}; use int64 µs since the epoch or a timestamp")
+
+
+class OfflineStore:
+    """Offline side of one fstore repo, rooted at `root`.
+
+    - `log`: the Parquet event log of every stream (`<root>/events/...`).
+    - `register_source(name, path, ...)`: a Parquet/CSV batch source.
+    - `add_view(ViewDef)`: views that `get_historical_features` and
+      `materialize` can name.
+    DuckDB runs in-process; spills go to `<root>/tmp`. One connection per
+    store, one cursor per call, so calls from several threads are safe."""
+
+    def __init__(self, root: str, *, views=(), memory_limit: str | None = None, threads: int | None = None,
+                 flush_rows: int = 100_000):
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, exist_ok=True)
+        self.log = EventLog(os.path.join(self.root, "events"), flush_rows=flush_rows)
+        self.views: dict[str, ViewDef] = {}
+        self._sources: dict[str, SourceDef] = {}
+        self._lock = threading.Lock()
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute(f"SET temp_directory = {sql_string(os.path.join(self.root, 'tmp'))}")
+        if memory_limit:
+            self.con.execute(f"SET memory_limit = {sql_string(memory_limit)}")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        for v in views:
+            self.add_view(v)
+
+    # ---- definitions
+
+    def add_view(self, view: ViewDef) -> None:
+        self.views[view.name] = view
+
+    def view(self, name: str) -> ViewDef:
+        try:
+            return self.views[name]
+        except KeyError:
+            known = ", ".join(sorted(self.views)) or "none"
+            raise UnknownFeatureError(f"unknown feature view {name!r}; known views: {known}") from None
+
+    def register_source(self, name: str, path: str, *, timestamp: str, created_timestamp: str | None = None,
+                        format: str | None = None) -> SourceDef:
+        """A batch source read from Parquet or CSV file(s) (`path` may be a
+        glob). Equal-timestamp ties without a created column are broken by the
+        row's position within its file."""
+        fmt = (format or ("csv" if str(path).lower().endswith((".csv", ".csv.gz")) else "parquet")).lower()
+        if fmt == "parquet":
+            rel = f"read_parquet({sql_string(path)}, union_by_name = true, file_row_number = true)"
+            seq = "file_row_number"
+        elif fmt == "csv":
+            rel = f"read_csv({sql_string(path)}, header = true)"
+            seq = "0"
+        else:
+            raise SourceError(f"source {name}: format {format!r} is not parquet or csv")
+        try:
+            types = dict((r[0], r[1]) for r in self.con.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall())
+        except duckdb.Error as e:
+            raise SourceError(f"source {name}: cannot read {path!r}: {e}") from None
+        for col in (timestamp, created_timestamp):
+            if col is not None and col not in types:
+                raise SourceError(f"source {name}: column {col!r} not in {path!r} (columns: {', '.join(types)})")
+        ts = time_us_sql(quote_ident(timestamp), types[timestamp], f"source {name}: column {timestamp!r}")
+        cr = "0" if created_timestamp is None else time_us_sql(
+            quote_ident(created_timestamp), types[created_timestamp], f"source {name}: column {created_timestamp!r}")
+        src = SourceDef(name, rel, ts, cr, seq, tuple(c for c in types if c != "file_row_number"))
+        self._sources[name] = src
+        return src
+
+    def source(self, name: str, view: ViewDef | None = None) -> SourceDef:
+        """A registered batch source, else the event-log stream of that name."""
+        if name in self._sources:
+            return self._sources[name]
+        files = self.log.files(name)
+        if files:
+            rel = f"read_parquet({sql_string(self.log.glob(name))}, union_by_name = true, hive_partitioning = false)"
+            return SourceDef(name, rel, quote_ident(EVENT_TS), quote_ident(CREATED_TS), quote_ident(SEQ))
+        if view is None:
+            raise SourceError(f"no batch source or stream with events named {name!r}")
+        return self._empty_source(name, view)
+
+    def _empty_source(self, name: str, view: ViewDef) -> SourceDef:
+        # A stream with no events yet: an empty relation with the columns the
+        # view reads, so queries return nulls (counts 0) instead of failing.
+        cols = {k: "NULL" for k in view.keys}
+        for _, expr in view.features:
+            cols.setdefault(expr.strip('"'), "NULL::DOUBLE")
+        for wa in view.aggregations:
+            if wa.agg.column:
+                cols.setdefault(wa.agg.column, "NULL::DOUBLE")
+        bad = [c for c in cols if not pit._IDENT.match(c)]
+        if bad:
+            raise SourceError(f"stream {name!r} has no events yet and view {view.name} computes expressions "
+                              f"{bad} over it; push events first")
+        sel = ", ".join(f"{v} AS {quote_ident(c)}" for c, v in cols.items())
+        rel = f"(SELECT {sel}, 0::BIGINT AS {EVENT_TS}, 0::BIGINT AS {CREATED_TS}, 0::BIGINT AS {SEQ} WHERE false)"
+        return SourceDef(name, rel, quote_ident(EVENT_TS), quote_ident(CREATED_TS), quote_ident(SEQ))
+
+    # ---- connections
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A fresh cursor (its own registrations and temp tables) with the UDFs
+        the point-in-time SQL calls."""
+        with self._lock:
+            cur = self.con.cursor()
+        cur.execute("SET TimeZone = 'UTC'")
+        pit.register_udfs(cur)
+        return cur
+
+    # ---- the user-facing calls (kept here so a FeatureStore façade is thin)
+
+    def get_historical_features(self, entity_df, features, **kw):
+        from fsapp.offline.historical import get_historical_features
+        return get_historical_features(self, entity_df, features, **kw)
+
+    def materialize(self, views, start, end, writer, **kw):
+        from fsapp.offline.materialize import materialize
+        return materialize(self, views, start, end, writer, **kw)
+
+    def materialize_incremental(self, views, end, writer, **kw):
+        from fsapp.offline.materialize import materialize_incremental
+        return materialize_incremental(self, views, end, writer, **kw)
+
+    def close(self) -> None:
+        self.log.close()
+        self.con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,131 @@
+"""What the offline store needs to know about a feature view and its source,
+as plain frozen dataclasses.
+
+The registry (`fsapp.registry.model.FeatureView`) is the user-facing model;
+`from_registry` below adapts it. Keeping the offline core on these small
+inputs means the point-in-time SQL can be tested without a registry.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from fscore.window_spec import Agg, WindowSpec, check_view_params, duration
+
+from fsapp.errors import SourceError
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def quote_ident(name: str) -> str:
+    """A DuckDB identifier, quoted so any column name is safe in SQL."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class WindowedAgg:
+    """One aggregated feature: an aggregation over a window. `agg.column` is a
+    source column name or a DuckDB scalar expression over the source row."""
+
+    agg: Agg
+    window: WindowSpec
+
+    @property
+    def name(self) -> str:
+        return self.agg.name
+
+
+@dataclass(frozen=True)
+class ViewDef:
+    """A feature view as the offline store sees it.
+
+    Plain views (`features`, no `aggregations`) serve the latest row within
+    `ttl` (Feast's rule); aggregated views serve windows (docs/semantics.md).
+    `features` maps output name -> DuckDB expression over a source row.
+    """
+
+    name: str
+    source: str
+    keys: tuple[str, ...]
+    features: tuple[tuple[str, str], ...] = ()
+    aggregations: tuple[WindowedAgg, ...] = ()
+    ttl: int = 0
+    filter: str | None = None
+    hll_p: int = 8
+    allowed_lateness: int = 0
+    key_kinds: tuple[str, ...] = field(default=())  # fscore.schema kinds, for the online table
+
+    def __post_init__(self):
+        object.__setattr__(self, "keys", tuple(self.keys))
+        object.__setattr__(self, "features", tuple(
+            (f, quote_ident(f)) if isinstance(f, str) else (str(f[0]), str(f[1])) for f in self.features))
+        object.__setattr__(self, "aggregations", tuple(self.aggregations))
+        object.__setattr__(self, "ttl", duration(self.ttl))
+        object.__setattr__(self, "allowed_lateness", duration(self.allowed_lateness))
+        if not self.keys:
+            raise SourceError(f"view {self.name}: needs at least one entity key column")
+        if bool(self.features) == bool(self.aggregations):
+            raise SourceError(f"view {self.name}: give either plain features or aggregations (not both, not neither)")
+        check_view_params(self.allowed_lateness, self.hll_p, 1)
+        names = self.feature_names
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise SourceError(f"view {self.name}: duplicate feature names {dup}")
+
+    @classmethod
+    def plain(cls, name: str, source: str, keys, features, ttl=0, filter: str | None = None,
+              key_kinds=()) -> "ViewDef":
+        return cls(name, source, tuple(keys), tuple(features), (), ttl, filter, key_kinds=tuple(key_kinds))
+
+    @classmethod
+    def windowed(cls, name: str, source: str, keys, window: WindowSpec, aggs, hll_p: int = 8,
+                 allowed_lateness=0, filter: str | None = None, key_kinds=()) -> "ViewDef":
+        """One window for every aggregation, like a `fscore.window.WindowView`."""
+        parsed = tuple(a if isinstance(a, Agg) else Agg.parse(a) for a in aggs)
+        return cls(name, source, tuple(keys), (), tuple(WindowedAgg(a, window) for a in parsed),
+                   0, filter, hll_p, allowed_lateness, tuple(key_kinds))
+
+    @property
+    def is_aggregated(self) -> bool:
+        return bool(self.aggregations)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [n for n, _ in self.features] + [a.name for a in self.aggregations]
+
+    def window_groups(self) -> list[tuple[WindowSpec, list[Agg]]]:
+        """Aggregations grouped by window (one range join per window), in
+        first-seen order so output columns keep the definition order."""
+        groups: dict[WindowSpec, list[Agg]] = {}
+        for wa in self.aggregations:
+            groups.setdefault(wa.window, []).append(wa.agg)
+        return list(groups.items())
+
+
+@dataclass(frozen=True)
+class SourceDef:
+    """Where a view's rows come from: a DuckDB relation (SQL text) and the SQL
+    expressions giving, per row, the event time, created time and ingestion
+    sequence number as int64 µs / int64."""
+
+    name: str
+    relation: str
+    ts_expr: str
+    created_expr: str = "0"
+    seq_expr: str = "0"
+    columns: tuple[str, ...] = ()
+
+
+def from_registry(fv, source, entities=()) -> ViewDef:
+    """Adapter from the registry's `FeatureView` (and its resolved stream or
+    source) to a `ViewDef`. `entities` are the registry `Entity` objects the
+    view joins on (their join keys become the view's keys)."""
+    keys, kinds = [], []
+    for e in entities:
+        for c in e.join_keys:
+            keys.append(c.name)
+            kinds.append("string" if c.type == "VARCHAR" else "int64")
+    features = tuple((p.name, p.expr) for p in fv.features)
+    aggs = tuple(WindowedAgg(Agg(a.function, a.column, a.name, a.k), a.window) for a in fv.aggregations)
+    return ViewDef(fv.name, fv.source, tuple(keys), features, aggs, fv.ttl, fv.filter,
+                   allowed_lateness=getattr(source, "allowed_lateness", 0), key_kinds=tuple(kinds))

@@ -1,0 +1,152 @@
+"""Read side of the registry, for the engine, the offline store and the API:
+look up feature views (any version), resolve feature references and services,
+and derive what the engine needs (online schema, window groups, the DuckDB
+projection of a batch)."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from fscore.schema import Schema
+from fscore.window_spec import Agg, WindowSpec
+
+from fsapp.registry.errors import NotFoundError
+from fsapp.registry.model import FeatureRef, FeatureView, online_kind
+from fsapp.registry.store import Entry, RegistryStore, Snapshot
+
+
+def _qi(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class FeatureViewInfo:
+    """One version of a feature view, with its resolved keys and feature types."""
+
+    entry: Entry
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def version(self) -> int:
+        return self.entry.version
+
+    @property
+    def definition(self) -> FeatureView:
+        return self.entry.definition
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        return [tuple(k) for k in self.entry.resolved["keys"]]
+
+    @property
+    def features(self) -> list[tuple[str, str]]:
+        return [tuple(f) for f in self.entry.resolved["features"]]
+
+    @property
+    def timestamp(self) -> str:
+        return self.entry.resolved["timestamp"]
+
+    def online_schema(self) -> Schema:
+        """The fscore table schema holding this view's latest values."""
+        keys = [(n, online_kind(t)[0]) for n, t in self.keys]
+        cols = []
+        for n, t in self.features:
+            kind, size = online_kind(t)
+            cols.append((n, kind, size) if size else (n, kind))
+        return Schema(keys, cols)
+
+    def input_columns(self) -> dict[str, str]:
+        """alias → DuckDB expression for each distinct aggregation input; a
+        bare column keeps its name, an expression gets `__in<i>`."""
+        out: dict[str, str] = {}
+        for a in self.definition.aggregations:
+            if a.column is None or a.column in out.values():
+                continue
+            alias = a.column if re.fullmatch(r"[A-Za-z_]\w*", a.column) else f"__in{len(out)}"
+            out[alias] = a.column
+        return out
+
+    def window_groups(self) -> list[tuple[WindowSpec, tuple[Agg, ...]]]:
+        """Aggregations grouped by window, as fscore.window.WindowView takes
+        them (one WindowView per group); Agg columns name `input_columns()`."""
+        alias_of = {expr: alias for alias, expr in self.input_columns().items()}
+        groups: dict[WindowSpec, list[Agg]] = {}
+        for a in self.definition.aggregations:
+            col = None if a.column is None else alias_of[a.column]
+            groups.setdefault(a.window, []).append(Agg(a.function, col, a.name, a.k))
+        return [(w, tuple(aggs)) for w, aggs in groups.items()]
+
+    def projection_sql(self, relation: str) -> str:
+        """DuckDB SQL that turns raw rows of `relation` into what this view
+        consumes: keys, the event timestamp, then plain features or
+        aggregation inputs, after the row filter."""
+        items = [_qi(k) for k, _ in self.keys] + [_qi(self.timestamp)]
+        d = self.definition
+        if d.is_aggregated:
+            items += [f"({expr}) AS {_qi(alias)}" for alias, expr in self.input_columns().items()
+                      if alias not in {k for k, _ in self.keys} | {self.timestamp}]
+        else:
+            items += [f"({p.expr}) AS {_qi(p.name)}" for p in d.features]
+        where = f" WHERE ({d.filter})" if d.filter else ""
+        return f"SELECT {', '.join(items)} FROM {relation}{where}"
+
+
+class Registry:
+    """Read-only access to a registry file; safe in every gunicorn worker."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.store = RegistryStore(path)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def snapshot(self) -> Snapshot:
+        return self.store.snapshot()
+
+    def get(self, name: str, version: int | None = None) -> Entry:
+        return self.store.get(name, version)
+
+    def list(self, kind: str | None = None) -> list[Entry]:
+        snap = self.snapshot()
+        return [e for e in snap.entries.values() if kind is None or e.kind == kind]
+
+    def feature_view(self, name: str, version: int | None = None) -> FeatureViewInfo:
+        entry = self.get(name, version)
+        if entry.kind != "feature_view":
+            raise NotFoundError(f"{name} is a {entry.kind}, not a feature view")
+        return FeatureViewInfo(entry)
+
+    def resolve_features(self, features=None, feature_service: str | None = None
+                         ) -> list[tuple[FeatureViewInfo, str]]:
+        """(view version, feature name) for each requested feature, in order:
+        `features` as 'view:feature' / 'view@vN:feature' / 'view:*', or a
+        service's pinned list."""
+        if feature_service is not None:
+            svc = self.get(feature_service)
+            if svc.kind != "feature_service":
+                raise NotFoundError(f"{feature_service} is a {svc.kind}, not a feature service")
+            features = svc.resolved["features"]
+        out, views = [], {}
+        for text in features or ():
+            ref = text if isinstance(text, FeatureRef) else FeatureRef.parse(text)
+            key = (ref.view, ref.version)
+            if key not in views:
+                views[key] = self.feature_view(ref.view, ref.version)
+            info = views[key]
+            names = [n for n, _ in info.features]
+            if ref.feature == "*":
+                out += [(info, n) for n in names]
+            elif ref.feature in names:
+                out.append((info, ref.feature))
+            else:
+                raise NotFoundError(f"{ref}: {info.name} v{info.version} has no feature {ref.feature!r} "
+                                    f"(it has: {', '.join(names)})")
+        return out
+
+    def lineage(self, name: str) -> dict:
+        from fsapp.registry.lineage import lineage
+        return lineage(self.store, name)

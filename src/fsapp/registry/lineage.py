@@ -1,0 +1,182 @@
+"""Lineage: topic/file → source → stream → feature view (version) → feature →
+feature service, built from the live registry (plus the older view versions
+that services still pin).
+
+`lineage(store, name)` returns a JSON-ready graph of everything upstream and
+downstream of one node, for the REST layer; `render_lineage` prints it as the
+tree `fstore lineage NAME` shows.
+"""
+from __future__ import annotations
+
+import re
+
+from fsapp.registry.errors import NotFoundError
+from fsapp.registry.model import FeatureRef
+from fsapp.registry.store import Entry, RegistryStore
+
+_LABELS = {"topic": "kafka topic", "file": "files", "source": "source", "stream": "stream", "entity": "entity",
+           "feature_view": "feature view", "feature": "feature", "feature_service": "feature service"}
+
+
+class _Graph:
+    def __init__(self):
+        self.nodes: dict[str, dict] = {}
+        self.edges: set[tuple[str, str]] = set()
+
+    def node(self, node_id: str, kind: str, name: str, version: int | None = None, **extra) -> str:
+        self.nodes.setdefault(node_id, {"id": node_id, "kind": kind, "name": name, "version": version, **extra})
+        return node_id
+
+    def edge(self, a: str, b: str) -> None:
+        self.edges.add((a, b))
+
+
+def _obj_id(e: Entry) -> str:
+    return f"{e.kind}:{e.name}@v{e.version}"
+
+
+def build_graph(store: RegistryStore) -> tuple[_Graph, dict[str, Entry]]:
+    snap = store.snapshot()
+    g = _Graph()
+    live = snap.entries
+    views: dict[tuple[str, int], Entry] = {}
+
+    def add_object(e: Entry) -> str:
+        return g.node(_obj_id(e), e.kind, e.name, e.version, live=live.get(e.name) == e)
+
+    def add_view(e: Entry) -> str:
+        vid = add_object(e)
+        d = e.spec["definition"]
+        src = live.get(d["source"])
+        if src is not None:
+            g.edge(add_object(src), vid)
+        for ent in d["entities"]:
+            if ent in live:
+                g.edge(add_object(live[ent]), vid)
+        for fname, ftype in e.resolved["features"]:
+            fid = g.node(f"feature:{e.name}@v{e.version}:{fname}", "feature", f"{e.name}:{fname}", e.version,
+                         type=ftype)
+            g.edge(vid, fid)
+        views[(e.name, e.version)] = e
+        return vid
+
+    for e in live.values():
+        if e.kind in ("source", "stream"):
+            oid = add_object(e)
+            d = e.spec["definition"]
+            if d.get("path"):
+                g.edge(g.node(f"file:{d['path']}", "file", d["path"], format=d.get("format")), oid)
+            if d.get("topic"):
+                g.edge(g.node(f"topic:{d['topic']}", "topic", d["topic"]), oid)
+            if d.get("batch_source") and d["batch_source"] in live:
+                g.edge(add_object(live[d["batch_source"]]), oid)
+        elif e.kind == "entity":
+            add_object(e)
+        elif e.kind == "feature_view":
+            add_view(e)
+    for e in live.values():
+        if e.kind != "feature_service":
+            continue
+        sid = add_object(e)
+        for text in e.resolved["features"]:
+            ref = FeatureRef.parse(text)
+            if (ref.view, ref.version) not in views:
+                try:
+                    add_view(store.get(ref.view, ref.version))
+                except NotFoundError:
+                    continue
+            g.edge(f"feature:{ref.view}@v{ref.version}:{ref.feature}", sid)
+    return g, live
+
+
+def _find_root(g: _Graph, live: dict[str, Entry], name: str) -> str:
+    m = re.fullmatch(r"([A-Za-z_]\w*)(?:@v(\d+))?(?::([A-Za-z_]\w*))?", name.strip())
+    if not m:
+        if name in g.nodes:
+            return name
+        raise NotFoundError(f"cannot read {name!r}: give a name, name@vN, view:feature or view@vN:feature")
+    obj, version, feature = m.group(1), m.group(2), m.group(3)
+    if version is None:
+        if obj not in live:
+            raise NotFoundError(f"the registry has no live definition named {obj!r}")
+        version = live[obj].version
+    version = int(version)
+    if feature:
+        node_id = f"feature:{obj}@v{version}:{feature}"
+    else:
+        node_id = next((n for n in g.nodes if re.fullmatch(rf"[a-z_]+:{re.escape(obj)}@v{version}", n)), "")
+    if node_id not in g.nodes:
+        raise NotFoundError(f"no lineage for {name!r}: not in the live registry (or no such feature/version)")
+    return node_id
+
+
+def lineage(store: RegistryStore, name: str) -> dict:
+    """{"root": id, "nodes": [...], "edges": [[from, to], ...]}: the node for
+    `name` (name, name@vN, view:feature, view@vN:feature) with everything it
+    is made of and everything made from it."""
+    g, live = build_graph(store)
+    root = _find_root(g, live, name)
+    keep = {root}
+    for forward in (True, False):
+        frontier = [root]
+        while frontier:
+            cur = frontier.pop()
+            for a, b in g.edges:
+                nxt = b if forward and a == cur else a if not forward and b == cur else None
+                if nxt is not None and nxt not in keep:
+                    keep.add(nxt)
+                    frontier.append(nxt)
+    edges = sorted((a, b) for a, b in g.edges if a in keep and b in keep)
+    upstream = _reach(root, edges, forward=False)
+    nodes = [dict(g.nodes[n], upstream=n in upstream) for n in sorted(keep)]
+    return {"root": root, "nodes": nodes, "edges": [list(e) for e in edges]}
+
+
+def _reach(root: str, edges, forward: bool) -> set[str]:
+    seen, frontier = set(), [root]
+    while frontier:
+        cur = frontier.pop()
+        for a, b in edges:
+            nxt = b if forward and a == cur else a if not forward and b == cur else None
+            if nxt and nxt not in seen:
+                seen.add(nxt)
+                frontier.append(nxt)
+    return seen
+
+
+def _label(n: dict) -> str:
+    text = f"{_LABELS.get(n['kind'], n['kind'])} {n['name']}"
+    if n["kind"] == "feature":
+        text += f" (v{n['version']}, {n['type']})"
+    elif n["version"] is not None:
+        text += f" v{n['version']}" + ("" if n.get("live", True) else " (old version)")
+    return text
+
+
+def render_lineage(graph: dict) -> str:
+    """The queried node, then what it is made of (walking up) and what uses
+    it (walking down), as trees; a node met twice is printed once in full."""
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    up: dict[str, list[str]] = {}
+    down: dict[str, list[str]] = {}
+    for a, b in graph["edges"]:
+        down.setdefault(a, []).append(b)
+        up.setdefault(b, []).append(a)
+    root = graph["root"]
+    lines = [_label(nodes[root])]
+
+    def walk(links, node_id: str, prefix: str, seen: set) -> None:
+        kids = sorted(links.get(node_id, []))
+        for i, kid in enumerate(kids):
+            last = i == len(kids) - 1
+            again = kid in seen and links.get(kid)
+            lines.append(prefix + ("└── " if last else "├── ") + _label(nodes[kid]) + (" (see above)" if again else ""))
+            if not again:
+                seen.add(kid)
+                walk(links, kid, prefix + ("    " if last else "│   "), seen)
+
+    for title, links in (("made of:", up), ("used by:", down)):
+        if links.get(root):
+            lines.append(title)
+            walk(links, root, "  ", set())
+    return "\n".join(lines)

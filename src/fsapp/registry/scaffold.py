@@ -1,0 +1,122 @@
+"""`fstore init DIR`: a realistic starter repo (card-fraud features) that
+plans and applies as it is, showing both the SQL DSL and the Python API."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fsapp.registry.errors import RepoError
+
+FSTORE_YAML = """\
+# fstore repository configuration (a YAML subset: key: value, nesting by indentation).
+project: {project}
+# Registry (SQLite, WAL mode) and data directory, relative to this file.
+registry: data/registry.db
+data_dir: data
+online:
+  port: 9094
+"""
+
+FEATURES_SQL = """\
+-- Card transactions: who pays, where, how much. Definitions are DuckDB SQL;
+-- see docs/dsl.md for the grammar.
+
+CREATE ENTITY card_user (user_id BIGINT) WITH (description = 'A card holder');
+
+CREATE ENTITY merchant (merchant_id VARCHAR) WITH (description = 'A shop accepting card payments');
+
+-- Past transactions as Parquet files, used to backfill the stream's windows.
+CREATE SOURCE transactions_history (
+    user_id BIGINT, merchant_id VARCHAR, amount DOUBLE, currency VARCHAR,
+    country VARCHAR, is_online BOOLEAN, ts TIMESTAMP
+) WITH (path = 'data/transactions/*.parquet', format = 'parquet', timestamp = 'ts');
+
+-- Live transactions from Kafka (and POST /api/v1/push); events up to 5 minutes
+-- late still count online.
+CREATE STREAM transactions (
+    user_id BIGINT, merchant_id VARCHAR, amount DOUBLE, currency VARCHAR,
+    country VARCHAR, is_online BOOLEAN, ts TIMESTAMP
+) WITH (topic = 'card-transactions', timestamp = 'ts', allowed_lateness = '5m',
+        batch_source = 'transactions_history',
+        description = 'One row per authorised card payment');
+
+-- Per-user spending patterns over several window shapes.
+CREATE FEATURE VIEW user_txn AS
+SELECT user_id,
+       count(*) OVER sliding('1h', '5m') AS txn_count_1h,
+       sum(amount) OVER continuous('24h', '1h') AS amount_24h,
+       mean(amount) OVER tumbling('1d') AS avg_amount_1d,
+       max(amount) OVER sliding('7d', '1h') AS max_amount_7d,
+       stddev_samp(amount) OVER sliding('7d', '1h') AS amount_stddev_7d,
+       approx_count_distinct(merchant_id) OVER sliding('1d', '1h') AS distinct_merchants_1d,
+       sum(is_online::INTEGER) OVER sliding('1d', '1h') AS online_txn_count_1d,
+       count(*) OVER session('30m') AS session_txn_count,
+       last_k(amount, 5) OVER lifetime() AS last_5_amounts
+FROM transactions
+WHERE amount > 0;
+
+-- Per-merchant volume: a sudden spike is a fraud signal too.
+CREATE FEATURE VIEW merchant_txn AS
+SELECT merchant_id,
+       count(*) OVER sliding('1h', '5m') AS txn_count_1h,
+       sum(amount) OVER tumbling('1d') AS volume_1d,
+       approx_count_distinct(user_id) OVER sliding('1d', '1h') AS distinct_users_1d,
+       sum(CASE WHEN country <> 'US' THEN 1 ELSE 0 END) OVER sliding('1d', '1h') AS foreign_txn_count_1d
+FROM transactions
+WHERE amount > 0;
+"""
+
+PROFILES_PY = '''\
+"""User profiles (a plain feature view over Parquet files) and the fraud
+model's feature service, written with the Python API."""
+from fsapp.registry.python_api import (
+    Bool, FeatureService, FeatureView, Field, FileSource, Int64, String, UnixTimestamp,
+)
+
+user_profiles = FileSource(
+    name="user_profiles",
+    path="data/user_profiles.parquet",
+    schema=[Field("user_id", Int64), Field("age", Int64), Field("country", String),
+            Field("segment", String), Field("is_verified", Bool), Field("updated_at", UnixTimestamp)],
+    timestamp_field="updated_at",
+)
+
+user_profile = FeatureView(
+    name="user_profile",
+    source=user_profiles,
+    entities=["card_user"],
+    features=["age", "country", "lower(segment) AS segment", "is_verified"],
+    ttl="30d",
+    description="Slowly changing facts about a card holder",
+)
+
+fraud_v1 = FeatureService(
+    name="fraud_v1",
+    features=[
+        "user_txn:txn_count_1h", "user_txn:amount_24h", "user_txn:distinct_merchants_1d",
+        "user_txn:last_5_amounts", "merchant_txn:txn_count_1h", "merchant_txn:foreign_txn_count_1d",
+        user_profile[["age", "country", "is_verified"]],
+    ],
+    description="Features of the card fraud model",
+)
+'''
+
+
+def init_repo(path: str | Path, project: str | None = None) -> list[Path]:
+    """Create the starter repo in `path` (created if missing); refuses to
+    overwrite an existing fstore.yaml. Returns the files written."""
+    root = Path(path)
+    if (root / "fstore.yaml").exists():
+        raise RepoError(f"{root} already has an fstore.yaml; init only creates new repos")
+    project = project or root.resolve().name.replace("-", "_") or "features"
+    files = {"fstore.yaml": FSTORE_YAML.format(project=project), "features.sql": FEATURES_SQL,
+             "profiles.py": PROFILES_PY, "data/.gitignore": "*\n!.gitignore\n"}
+    for rel in files:
+        if (root / rel).exists():
+            raise RepoError(f"{root / rel} already exists; init only creates new repos")
+    written = []
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+        written.append(p)
+    return written

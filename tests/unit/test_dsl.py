@@ -1,0 +1,127 @@
+"""The SQL DSL: every statement kind parses to the model, and a parse error
+names its line and column and what was expected."""
+import pytest
+
+from fscore.window_spec import continuous, lifetime, session, sliding, tumbling
+from fsapp.registry.dsl import canonical_expr, parse
+from fsapp.registry.errors import DefinitionError, DslSyntaxError
+from fsapp.registry.model import (
+    Aggregation, Column, Entity, FeatureRef, FeatureService, FeatureView, FileSource, Projection, Stream,
+)
+from fsapp.registry.render import script_sql
+
+
+def one(text):
+    [obj] = parse(text)
+    return obj
+
+
+def test_entity_with_description():
+    e = one("CREATE ENTITY user (user_id BIGINT) WITH (description = 'a card holder')")
+    assert e == Entity("user", [Column("user_id", "BIGINT")], "a card holder")
+
+
+def test_stream_options_and_type_aliases():
+    s = one("CREATE STREAM transactions (user_id INT8, merchant STRING, amount DOUBLE PRECISION, ts TIMESTAMP) "
+            "WITH (topic = 'txns', timestamp = 'ts', allowed_lateness = '5m')")
+    assert s == Stream("transactions", [("user_id", "BIGINT"), ("merchant", "VARCHAR"), ("amount", "DOUBLE"),
+                                        ("ts", "TIMESTAMP")], "ts", topic="txns", allowed_lateness=300_000_000)
+
+
+def test_push_only_stream_has_no_topic():
+    assert one("create stream s (a BIGINT, ts TIMESTAMP) with (timestamp = 'ts')").topic is None
+
+
+def test_file_source_format_inferred_from_path():
+    src = one("CREATE SOURCE hist (a BIGINT, v FLOAT[4], ts TIMESTAMP) WITH (path = 'data/h.csv', timestamp = 'ts')")
+    assert src == FileSource("hist", [("a", "BIGINT"), ("v", "FLOAT[4]"), ("ts", "TIMESTAMP")], "ts", "data/h.csv",
+                             "csv")
+
+
+def test_aggregated_view_from_the_issue():
+    v = one("CREATE FEATURE VIEW user_txn AS SELECT user_id, count(*) OVER sliding('1h', '5m') AS txn_count_1h, "
+            "sum(amount) OVER continuous('24h', '1h') AS amount_24h FROM transactions WHERE amount > 0")
+    assert v == FeatureView("user_txn", "transactions", features=(Projection("user_id", "user_id"),),
+                            aggregations=(Aggregation("txn_count_1h", "count", None, sliding("1h", "5m")),
+                                          Aggregation("amount_24h", "sum", "amount", continuous("24h", "1h"))),
+                            filter="amount > 0")
+
+
+def test_every_window_kind_expression_inputs_and_default_names():
+    v = one("""CREATE FEATURE VIEW v AS SELECT user_id,
+        avg(amount) OVER tumbling('1d'),
+        last_k(amount * 2, 3) OVER lifetime() AS lk,
+        count(*) OVER session('30m') AS n,
+        max(amount) OVER lifetime
+    FROM t""")
+    assert [(a.name, a.function, a.column, a.window, a.k) for a in v.aggregations] == [
+        ("mean_amount", "mean", "amount", tumbling("1d"), 0), ("lk", "last_k", "amount * 2", lifetime(), 3),
+        ("n", "count", None, session("30m"), 0), ("max_amount", "max", "amount", lifetime(), 0)]
+
+
+def test_plain_view_options_before_as_or_at_the_end():
+    a = one("CREATE FEATURE VIEW p WITH (ttl = '1d') AS SELECT user_id, lower( segment ) AS seg FROM profiles")
+    b = one("CREATE FEATURE VIEW p AS SELECT user_id, lower(segment) AS seg FROM profiles WITH (ttl = '1d')")
+    assert a == b and a.ttl == 86_400_000_000 and a.features[1] == Projection("seg", "lower(segment)")
+
+
+def test_feature_service_refs():
+    s = one("CREATE FEATURE SERVICE fraud_v1 AS (user_txn:txn_count_1h, user_txn@v2:amount_24h, profile, p:*)")
+    assert s == FeatureService("fraud_v1", (FeatureRef("user_txn", "txn_count_1h"),
+                                            FeatureRef("user_txn", "amount_24h", 2),
+                                            FeatureRef("profile", "*"), FeatureRef("p", "*")))
+
+
+def test_script_with_comments_and_semicolons_round_trips():
+    text = """-- entities
+    CREATE ENTITY user (user_id BIGINT); /* a block
+    comment */ CREATE STREAM t (user_id BIGINT, amount DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');;
+    CREATE FEATURE VIEW v AS SELECT user_id, sum(amount) OVER sliding('1h', '5m') AS s FROM t WHERE amount > 0;
+    """
+    objs = parse(text)
+    assert len(objs) == 3 and parse(script_sql(objs)) == objs
+
+
+@pytest.mark.parametrize("text, line, col, expected", [
+    ("CREATE ENTITY user (user_id)", 1, 28, "expected a type for column user_id"),
+    ("CREATE FEATURE\n  VEIW x", 2, 3, "expected VIEW or SERVICE"),
+    ("CREATE TABLE x", 1, 8, "expected ENTITY, STREAM, SOURCE"),
+    ("CREATE STREAM s (a BIGINT)", 1, 27, "expected WITH"),
+    ("CREATE STREAM s (a BIGINT) WITH (topic = 't')", 1, 28, "needs option timestamp"),
+    ("CREATE STREAM s (a BIGINT) WITH (tpoic = 't')", 1, 34, "unknown option 'tpoic'"),
+    ("CREATE FEATURE VIEW v AS SELECT a + 1 FROM s", 1, 33, "needs a name: add AS"),
+    ("CREATE FEATURE VIEW v AS SELECT u,\n  sum(a) OVER sliding('1h', '7m') AS x FROM s", 2, 15,
+     "the hop must divide the size"),
+    ("CREATE FEATURE VIEW v AS SELECT u, sum(a) OVER hopping('1h') AS x FROM s", 1, 48, "unknown window 'hopping'"),
+    ("CREATE FEATURE VIEW v AS SELECT u, sum(a) OVER sliding('1h') AS x FROM s", 1, 48, "sliding takes 2"),
+    ("CREATE FEATURE VIEW v AS SELECT u FROM s WHERE (a > 1", 1, 48, "unclosed '('"),
+    ("CREATE FEATURE VIEW v AS SELECT u FROM", 1, 39, "expected the source or stream name after FROM (an identifier), found end of input"),
+    ("CREATE FEATURE SERVICE s AS (v@2:x)", 1, 32, "a version like v2"),
+    ("CREATE ENTITY a (x BIGINT) CREATE ENTITY b (y BIGINT)", 1, 28, "expected ';'"),
+    ("CREATE ENTITY a (x BIGINT) WITH (description = 'oops)", 1, 48, "unterminated quoted text"),
+])
+def test_parse_errors_give_line_column_and_expectation(text, line, col, expected):
+    with pytest.raises(DslSyntaxError) as ei:
+        parse(text, "defs.sql")
+    e = ei.value
+    assert (e.line, e.column) == (line, col), str(e)
+    assert expected in str(e) and str(e).startswith(f"defs.sql:{line}:{col}:")
+
+
+def test_model_errors_carry_the_statement_position():
+    with pytest.raises(DefinitionError, match=r"defs.sql:2:1: .*duplicate feature name"):
+        parse("CREATE ENTITY u (a BIGINT);\nCREATE FEATURE VIEW v AS SELECT u, a AS x, b AS x FROM s", "defs.sql")
+    with pytest.raises(DefinitionError, match="last_k needs 1 <= k"):
+        parse("CREATE FEATURE VIEW v AS SELECT u, last_k(a, 0) OVER lifetime() AS x FROM s")
+    with pytest.raises(DslSyntaxError, match="unknown aggregation .median."):
+        parse("CREATE FEATURE VIEW v AS SELECT u, median(a) OVER lifetime() AS x FROM s")
+
+
+def test_canonical_expr_spacing_and_rejects_a_second_statement():
+    assert canonical_expr("sum( a+b )") == canonical_expr("sum(a + b)") == "sum(a + b)"
+    assert canonical_expr("CAST(x AS INT)::VARCHAR") == "CAST(x AS INT)::VARCHAR"
+    assert canonical_expr("v[ 1 ] .field") == "v[1].field"
+    with pytest.raises(DefinitionError, match="';' is not allowed"):
+        canonical_expr("1; DROP TABLE t")
+    with pytest.raises(DefinitionError, match="unclosed"):
+        canonical_expr("lower(x")
