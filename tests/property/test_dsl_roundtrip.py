@@ -50,9 +50,9 @@ def views(draw):
         if not aggs:
             aggs = (Aggregation("n", "count", None, lifetime()),)
     else:
-        feats, aggs = keys + tuple(Projection(n, draw(st.sampled_from([n, *exprs.example_values()])))
-                                   if False else Projection(n, draw(st.one_of(st.just(n), exprs)))
-                                   for n in feature_names if n != "user_id"), ()
+        feats = keys + tuple(Projection(n, draw(st.one_of(st.just(n), exprs)))
+                             for n in feature_names if n != "user_id")
+        aggs = ()
         feats = feats or (Projection("x", "x"),)
     return FeatureView(draw(names), draw(names), entities=tuple(draw(st.lists(names, max_size=2, unique=True))),
                        features=feats, aggregations=aggs, filter=draw(st.none() | exprs),

@@ -214,7 +214,7 @@ def window_view_ctes(view: ViewDef, src_cte: str, names: SourceColumns, q: str, 
     src = src_cte
     if needs_ord:
         # (ts, seq) packed in one HUGEINT so arg_min/arg_max compare one value.
-        ctes.append(f"{tag}_o AS (SELECT *, CAST(__ts AS HUGEINT) * 18446744073709551616 + __seq AS __ord "
+        ctes.append(f"{tag}_o AS (SELECT *, CAST(__ts AS HUGEINT) * 18446744073709551616 - __seq AS __ord "
                     f"FROM {src_cte})")
         src = f"{tag}_o"
     for gi, (spec, aggs) in enumerate(view.window_groups()):
