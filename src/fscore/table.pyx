@@ -432,18 +432,7 @@ cdef class Table:
         cdef const uint8_t[:, ::1] kmat = enc if n else np.zeros((1, self.kw8), dtype=np.uint8)
         cdef const int64_t[::1] ets = ets_a
         cdef const int64_t[::1] cts = cts_a
-        # Every column as fixed-width bytes per row: numeric arrays already are;
-        # strings are encoded here (under the GIL) into a (n, 2 + size) matrix.
-        srcs = []
-        for f, a, m in zip(self.schema.columns, vals, masks):
-            if f.kind == "string":
-                buf = np.zeros((max(n, 1), 2 + f.size), dtype=np.uint8)
-                self._encode_string_column(a, m, buf, f)
-                a = buf
-            srcs.append((np.ascontiguousarray(a).reshape(-1).view(np.uint8) if n else np.zeros(1, np.uint8),
-                         np.ascontiguousarray(m).view(np.uint8) if n else np.zeros(1, np.uint8)))
-        src_ptrs = _addresses([s[0] for s in srcs])
-        null_ptrs = _addresses([s[1] for s in srcs])
+        srcs, src_ptrs, null_ptrs = self._value_sources(vals, masks, n)
         cdef const Py_ssize_t[::1] sp = src_ptrs
         cdef const Py_ssize_t[::1] np_ = null_ptrs
         cdef const Py_ssize_t[::1] off = self.col_off
@@ -505,6 +494,151 @@ cdef class Table:
         self.hdr[H_PUTS] += written
         self.hdr[H_STALE_ON_ARRIVAL] += stale
         return written
+
+    def _value_sources(self, vals, masks, Py_ssize_t n):
+        """Every column as fixed-width bytes per row (numeric arrays already
+        are; strings are encoded here, under the GIL, into (n, 2 + size)
+        matrices), plus the addresses the nogil loops read. The first item
+        keeps the arrays alive."""
+        srcs = []
+        for f, a, m in zip(self.schema.columns, vals, masks):
+            if f.kind == "string":
+                buf = np.zeros((max(n, 1), 2 + f.size), dtype=np.uint8)
+                self._encode_string_column(a, m, buf, f)
+                a = buf
+            srcs.append((np.ascontiguousarray(a).reshape(-1).view(np.uint8) if n else np.zeros(1, np.uint8),
+                         np.ascontiguousarray(m).view(np.uint8) if n else np.zeros(1, np.uint8)))
+        return srcs, _addresses([x[0] for x in srcs]), _addresses([x[1] for x in srcs])
+
+    # ---- row ids (for the engine's per-key window state) ---------------------
+
+    def slots_for(self, keys, *, now):
+        """Row ids of the given keys, inserting missing keys as rows with every
+        value null and event_ts = created_ts = now (so eviction takes them
+        last). Returns (rows int64[n], created bool[n]); a created row's id may
+        have belonged to an evicted key, so per-row state kept elsewhere must
+        be reset. Capacity must exceed the distinct new keys of one call."""
+        cdef Py_ssize_t n, i, c, row, slot
+        cdef int64_t tnow = now
+        cdef uint64_t h
+        cdef uint8_t *p
+        cdef bint need_room
+        self._check_writable()
+        enc = self._encode_keys(keys)
+        n = enc.shape[0]
+        rows_a = np.full(n, -1, dtype=np.int64)
+        created_a = np.zeros(n, dtype=np.bool_)
+        if n == 0:
+            return rows_a, created_a
+        cdef const uint8_t[:, ::1] kmat = enc
+        cdef int64_t[::1] rows = rows_a
+        cdef uint8_t[::1] created = created_a.view(np.uint8)
+        i = 0
+        while i < n:
+            need_room = False
+            with nogil:
+                while i < n:
+                    h = hash_key(&kmat[i, 0], self.kw8)
+                    row = self._find(&kmat[i, 0], h, &slot)
+                    if row < 0:
+                        if self.nfree == 0:
+                            need_room = True
+                            break
+                        self.nfree -= 1
+                        row = self.free_rows[self.nfree]
+                        p = self.rows + row * self.stride
+                        fs_seq_write_begin(<int64_t *>p)
+                        (<int64_t *>(p + ROW_ETS))[0] = tnow
+                        (<int64_t *>(p + ROW_CTS))[0] = tnow
+                        memcpy(p + ROW_KEY, &kmat[i, 0], self.kw8)
+                        p[ROW_STATE] = 1
+                        for c in range(self.ncols):
+                            p[self.null_off + c] = 1
+                            memset(p + self.col_off[c], 0, self.col_width[c])
+                        fs_seq_write_end(<int64_t *>p)
+                        if self.index[slot] == TOMBSTONE:
+                            self.hdr[H_TOMBSTONES] -= 1
+                        fs_atomic_store_i64(<int64_t *>&self.index[slot],
+                                            <int64_t>(((h >> 32) << 32) | <uint64_t>(row + 2)))
+                        fs_atomic_store_i64(&self.hdr[H_COUNT], self.hdr[H_COUNT] + 1)
+                        created[i] = 1
+                    rows[i] = row
+                    i += 1
+            if need_room:
+                self._make_room(tnow)
+        if (rows_a < 0).any() or len(set(rows_a[created_a].tolist())) != int(created_a.sum()):
+            raise SchemaError(f"capacity {self.capacity_} is too small for one batch of "
+                              f"{int(created_a.sum())} new keys; raise the table's capacity")
+        return rows_a, created_a
+
+    def put_rows(self, rows, values=None, event_ts=None, created_ts=None, *, nulls=None):
+        """Overwrites the values and timestamps of live rows by id (from
+        slots_for), whatever their current timestamps: the engine's computed
+        window values. Returns how many rows were written."""
+        cdef Py_ssize_t n, i, c, row, ncols = self.ncols
+        cdef uint8_t *p
+        self._check_writable()
+        rows_a = np.ascontiguousarray(rows, dtype=np.int64)
+        n = rows_a.shape[0]
+        if n == 0:
+            return 0
+        if rows_a.min() < 0 or rows_a.max() >= self.capacity_:
+            raise SchemaError(f"row ids must be in 0..{self.capacity_ - 1}")
+        state = self._rows_matrix()[rows_a, ROW_STATE]
+        if not state.all():
+            raise SchemaError("put_rows on a row that is not live; get its id from slots_for first")
+        ets_a, cts_a = _batch.timestamps(event_ts, created_ts, n)
+        vals, masks = _batch.value_columns(self.schema, values, n, nulls)
+        srcs, src_ptrs, null_ptrs = self._value_sources(vals, masks, n)
+        cdef const int64_t[::1] rid = rows_a
+        cdef const int64_t[::1] ets = ets_a
+        cdef const int64_t[::1] cts = cts_a
+        cdef const Py_ssize_t[::1] sp = src_ptrs
+        cdef const Py_ssize_t[::1] np_ = null_ptrs
+        with nogil:
+            for i in range(n):
+                p = self.rows + rid[i] * self.stride
+                fs_seq_write_begin(<int64_t *>p)
+                (<int64_t *>(p + ROW_ETS))[0] = ets[i]
+                (<int64_t *>(p + ROW_CTS))[0] = cts[i]
+                for c in range(ncols):
+                    p[self.null_off + c] = (<const uint8_t *>np_[c])[i]
+                    if p[self.null_off + c]:
+                        memset(p + self.col_off[c], 0, self.col_width[c])
+                    else:
+                        memcpy(p + self.col_off[c], <const uint8_t *>sp[c] + i * self.col_width[c],
+                               self.col_width[c])
+                fs_seq_write_end(<int64_t *>p)
+        self.hdr[H_PUTS] += n
+        return n
+
+    def delete_rows(self, rows):
+        """Deletes live rows by id; returns how many were live."""
+        cdef Py_ssize_t n, i, row, slot, gone = 0
+        cdef uint8_t *p
+        self._check_writable()
+        rows_a = np.ascontiguousarray(rows, dtype=np.int64)
+        n = rows_a.shape[0]
+        if n and (rows_a.min() < 0 or rows_a.max() >= self.capacity_):
+            raise SchemaError(f"row ids must be in 0..{self.capacity_ - 1}")
+        cdef const int64_t[::1] rid = rows_a if n else np.zeros(1, np.int64)
+        with nogil:
+            for i in range(n):
+                p = self.rows + rid[i] * self.stride
+                if p[ROW_STATE] == 1 and self._find(p + ROW_KEY, hash_key(p + ROW_KEY, self.kw8), &slot) == rid[i]:
+                    self._unlink(slot, rid[i])
+                    gone += 1
+        self._maybe_compact()
+        return gone
+
+    def row_keys(self, rows):
+        """The keys of rows by id (None for a free row), decoded."""
+        mat = self._rows_matrix()
+        out = []
+        for r in np.asarray(rows, dtype=np.int64).tolist():
+            row = mat[r]
+            out.append(self.schema.decode_key(bytes(row[ROW_KEY:ROW_KEY + self.kw])) if row[ROW_STATE] == 1 else None)
+        return out
 
     def _encode_string_column(self, a, m, buf, f):
         cdef uint8_t[:, ::1] out = buf

@@ -28,9 +28,13 @@ any bad record in the last segment as its end (for logs that survived a power
 loss which persisted a later page of the final write but not an earlier one).
 
 Durability: `append` returns once its record is durable under the fsync
-policy. With `fsync="always"` appenders share writes and fsyncs (group commit):
-the first thread to find no leader writes and fsyncs everything encoded so
-far, without the GIL; the others wait and are woken when it covers their LSN.
+policy. With `fsync="always"` appenders share writes and fsyncs (group commit,
+in C: c/groupcommit.h). Encoding, waiting and I/O run without the GIL; the
+first waiter that finds its record unwritten writes everything encoded so far,
+and a waiter whose written record no started fsync covers starts one through
+an fd of its own, even while another fsync is still in flight (the kernel
+merges concurrent flushes). A record is acknowledged only once an fsync that
+started after its write returned success while the log was not poisoned.
 An fsync or write error poisons the log: that append and every later one raise
 `WalFsyncError`/`WalError`, because after a failed fsync the kernel may have
 dropped the dirty pages, and retrying would acknowledge data that is gone.
@@ -42,9 +46,10 @@ import threading
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.errno cimport EINTR, errno
+from libc.errno cimport EINTR, EIO, errno
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 from fscore.errors import WalCorruption, WalError, WalFsyncError
 from fscore.walread import (HEADER_BYTES, MAX_PAYLOAD, RecoveryPolicy, SegmentScan, check_scan_end, crc32c,
@@ -54,29 +59,13 @@ __all__ = ["Wal", "RecoveryPolicy", "read_log", "list_segments", "segment_name",
            "decode_record", "HEADER_BYTES", "MAX_PAYLOAD", "DEFAULT_SEGMENT_BYTES"]
 
 cdef extern from "<unistd.h>" nogil:
-    ssize_t pwrite(int fd, const void *buf, size_t n, int64_t off)
     int fdatasync(int fd)
 
 DEFAULT_SEGMENT_BYTES = 64 << 20
+DEFAULT_MAX_SYNCERS = 4
+DEFAULT_COMMIT_DELAY_US = 0
 cdef int POLICY_ALWAYS = 0, POLICY_INTERVAL = 1, POLICY_NEVER = 2
 _POLICIES = {"always": POLICY_ALWAYS, "interval": POLICY_INTERVAL, "never": POLICY_NEVER}
-
-
-# -------------------------------------------------------------------- writing
-
-cdef int _write_all(int fd, const uint8_t *p, size_t n, int64_t off) noexcept nogil:
-    """pwrite until done; returns 0 or an errno."""
-    cdef ssize_t w
-    while n > 0:
-        w = pwrite(fd, p, n, off)
-        if w < 0:
-            if errno == EINTR:
-                continue
-            return errno
-        p += w
-        n -= <size_t>w
-        off += w
-    return 0
 
 
 cdef int _fdatasync(int fd) noexcept nogil:
@@ -85,6 +74,20 @@ cdef int _fdatasync(int fd) noexcept nogil:
         if errno != EINTR:
             return errno
     return 0
+
+
+cdef int _py_sync(void *ctx, int fd) noexcept with gil:
+    """The C engine's fsync hook when a Python fsync_fn was injected."""
+    cdef Wal wal = <Wal>ctx
+    try:
+        wal._fsync_fn(fd)
+        return 0
+    except OSError as e:
+        wal._fsync_exc = e
+        return e.errno or EIO
+    except BaseException as e:
+        wal._fsync_exc = e
+        return EIO
 
 
 class _FsyncFailed(Exception):
@@ -99,26 +102,33 @@ cdef class Wal:
     good record. `start_lsn` is the first LSN of an empty log (a store that
     restores a checkpoint of LSN c over an empty directory passes c + 1).
     `fsync_fn(fd)` replaces fdatasync (tests inject failures and count calls).
+    `max_syncers` bounds the fsyncs in flight at once (1 = no overlap), each
+    through its own fd; `commit_delay_us` makes a would-be syncer that finds
+    another fsync in flight wait that long for more records to join it.
     """
 
     def __cinit__(self):
         self._fd = -1
-        self._bufs[0] = self._bufs[1] = NULL
-        self._caps[0] = self._caps[1] = 0
-        self._lens[0] = self._lens[1] = 0
-        self._cur = 0
+        self._gc = NULL
+        self._gc_ready = False
         self._closed = True
 
     def __dealloc__(self):
-        free(self._bufs[0])
-        free(self._bufs[1])
-        if self._fd >= 0:
+        if self._gc != NULL:
+            if self._gc_ready:
+                if not self._closed:
+                    fs_gc_abandon(self._gc)  # like a crash: only what was synced is durable
+                fs_gc_destroy(self._gc)
+            free(self._gc)
+            self._gc = NULL
+        elif self._fd >= 0:
             os.close(self._fd)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
 
     def __init__(self, dir, fsync="always", *, interval_ms=10, segment_bytes=DEFAULT_SEGMENT_BYTES,
-                 preallocate=True, recovery=RecoveryPolicy.TOLERATE_TAIL, start_lsn=1, fsync_fn=None):
+                 preallocate=True, recovery=RecoveryPolicy.TOLERATE_TAIL, start_lsn=1, fsync_fn=None,
+                 max_syncers=DEFAULT_MAX_SYNCERS, commit_delay_us=DEFAULT_COMMIT_DELAY_US):
         if fsync not in _POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(_POLICIES)}, got {fsync!r}")
         if not isinstance(recovery, RecoveryPolicy):
@@ -129,37 +139,55 @@ cdef class Wal:
             raise ValueError(f"start_lsn must be >= 1 (LSN 0 means 'nothing'), got {start_lsn}")
         if interval_ms <= 0:
             raise ValueError(f"interval_ms must be positive, got {interval_ms}")
+        if not 1 <= max_syncers <= FS_GC_MAX_SYNCERS:
+            raise ValueError(f"max_syncers must be 1..{FS_GC_MAX_SYNCERS}, got {max_syncers}")
+        if not 0 <= commit_delay_us <= 100_000:
+            raise ValueError(f"commit_delay_us must be 0..100000, got {commit_delay_us}")
         self.dir = os.fspath(dir)
         self.fsync_policy = fsync
         self.recovery = recovery
+        self.max_syncers = max_syncers
+        self.commit_delay_us = commit_delay_us
         self._policy = _POLICIES[fsync]
         self._interval_s = interval_ms / 1000.0
         self._segment_bytes = segment_bytes
         self._preallocate = preallocate
         self._fsync_fn = fsync_fn
-        self._cond = threading.Condition(threading.Lock())
-        self._poison = None
-        self._leader_active = False
+        self._close_lock = threading.Lock()
         os.makedirs(self.dir, exist_ok=True)
         self._lock_fd = _lock_directory(self.dir)
         self._closed = False
         try:
             self._open_tail(start_lsn)
+            self._start_engine()
         except BaseException:
             self._closed = True
             raise
-        self._written_lsn = self._durable_lsn = self._next_lsn - 1
         self._stop = threading.Event()
         self._ticker = None
         if self._policy == POLICY_INTERVAL:
             self._ticker = threading.Thread(target=self._tick, name=f"wal-fsync:{self.dir}", daemon=True)
             self._ticker.start()
 
-    # ---- recovery of the tail and segment files (leader or __init__ only)
+    def _start_engine(self):
+        self._gc = <fs_gc *>malloc(sizeof(fs_gc))
+        if self._gc == NULL:
+            raise MemoryError("WAL group-commit state")
+        memset(self._gc, 0, sizeof(fs_gc))
+        cdef bytes d = os.fsencode(self.dir)
+        cdef int err = fs_gc_init(self._gc, d, self._fd, self._seg_first, self._seg_used, self._segment_bytes,
+                                  self._preallocate, self._next_lsn, self.max_syncers, self.commit_delay_us,
+                                  _py_sync if self._fsync_fn is not None else NULL, <void *>self)
+        if err:
+            fs_gc_destroy(self._gc)
+            raise OSError(err, f"open WAL segment fds in {self.dir}: {os.strerror(err)}")
+        self._gc_ready = True
+        self._fd = -1  # owned by the engine now
+
+    # ---- recovery of the tail and the first segment (__init__ only)
 
     def _open_tail(self, start_lsn):
         segments = list_segments(self.dir)
-        self._segment_firsts = [first for first, _ in segments]
         if not segments:
             self._next_lsn = start_lsn
             self._create_segment(start_lsn)
@@ -185,6 +213,7 @@ cdef class Wal:
         # PERF: a preallocated segment turns each append's fsync into a data-only
         # fdatasync (no size change to journal); ~25% fewer µs per fsync on ext4
         # (benches/bench_wal.py). Unsupported filesystems just grow the file.
+        # (c/groupcommit.c does the same for the segments it rolls to.)
         if self._preallocate and self._seg_used < self._segment_bytes:
             try:
                 os.posix_fallocate(self._fd, 0, self._segment_bytes)
@@ -197,19 +226,9 @@ cdef class Wal:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._seg_first = first
         self._seg_used = 0
-        self._segment_firsts.append(first)
         self._extend()
         self._sync_fd(self._fd)
         self._sync_dir()
-
-    def _roll(self, uint64_t first):
-        # The finished segment is cut to its records and made durable before
-        # the next one exists, so only the last segment can ever be torn.
-        os.ftruncate(self._fd, self._seg_used)
-        self._sync_fd(self._fd)
-        os.close(self._fd)
-        self._fd = -1
-        self._create_segment(first)
 
     def _sync_fd(self, int fd):
         cdef int err
@@ -231,166 +250,121 @@ cdef class Wal:
         finally:
             os.close(fd)
 
-    cdef int _write_at(self, const uint8_t *p, size_t n) except -1:
-        cdef int err
-        with nogil:
-            err = _write_all(self._fd, p, n, <int64_t>self._seg_used)
-        if err:
-            raise OSError(err, f"write to WAL segment {segment_name(self._seg_first)} in {self.dir}: {os.strerror(err)}")
-        self._seg_used += n
-        return 0
+    # ---- group commit (c/groupcommit.c)
 
-    cdef int _write_batch(self, const uint8_t *buf, size_t n) except -1:
-        """Writes whole records, rolling to a new segment at a record boundary
-        when the current one would pass segment_bytes (a record larger than a
-        segment gets one of its own)."""
-        cdef size_t pos = 0, left, room, cut
-        while pos < n:
-            left = n - pos
-            if self._seg_used + left <= self._segment_bytes:
-                self._write_at(buf + pos, left)
-                return 0
-            room = self._segment_bytes - self._seg_used if self._segment_bytes > self._seg_used else 0
-            cut = fs_records_fitting(buf + pos, left, room)
-            if cut == 0 and self._seg_used == 0:
-                cut = fs_records_fitting(buf + pos, left, FS_REC_HEADER + _payload_length(buf + pos))
-            if cut:
-                self._write_at(buf + pos, cut)
-                pos += cut
-            if pos < n:
-                self._roll(fs_record_lsn(buf + pos))
-        return 0
-
-    # ---- group commit
-
-    cdef int _reserve(self, size_t extra) except -1:
-        cdef size_t need = self._lens[self._cur] + extra, cap = self._caps[self._cur]
-        cdef uint8_t *p
-        if need <= cap:
+    cdef int _check(self, int rc) except -1:
+        """Turns an engine return code into the exception it stands for."""
+        if rc == FS_GC_OK:
             return 0
-        cap = max(need, 2 * cap, <size_t>65536)
-        p = <uint8_t *>realloc(self._bufs[self._cur], cap)
-        if p == NULL:
-            raise MemoryError(f"WAL append buffer of {cap} bytes")
-        self._bufs[self._cur] = p
-        self._caps[self._cur] = cap
-        return 0
+        if rc == FS_GC_ECLOSED:
+            raise WalError(f"WAL in {self.dir} is closed")
+        if rc == FS_GC_ENOMEM:
+            raise MemoryError("WAL append buffer")
+        if rc == FS_GC_EINVAL:
+            raise ValueError("record type must be 1..255 and payload within the limit")
+        self._raise_poisoned()
+        return -1
 
-    cdef int _encode(self, int rtype, object payload) except -1:
-        """Encodes one record with the next LSN into the current buffer (cond held)."""
-        cdef Py_buffer view
-        cdef const void *data
-        cdef Py_ssize_t n
-        cdef bint is_bytes = type(payload) is bytes
-        if is_bytes:  # PERF: skips the buffer protocol for the common case
-            data = PyBytes_AS_STRING(payload)
-            n = PyBytes_GET_SIZE(payload)
-        else:
-            PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
-            data = view.buf
-            n = view.len
-        try:
-            check_record(rtype, n)
-            self._reserve(FS_REC_HEADER + <size_t>n)
-            self._lens[self._cur] += fs_record_encode(self._bufs[self._cur] + self._lens[self._cur],
-                                                      <uint8_t>rtype, self._next_lsn, data, <size_t>n)
-            self._next_lsn += 1
-        finally:
-            if not is_bytes:
-                PyBuffer_Release(&view)
-        return 0
-
-    def _lead(self, bint sync):
-        """Writes (and if `sync`, fsyncs) every record encoded so far. Called
-        with the condition held and no leader; drops it for the I/O."""
-        cdef int w = self._cur
-        cdef size_t n = self._lens[w]
-        cdef uint64_t upto = self._next_lsn - 1
-        sync = sync and self._durable_lsn < upto
-        self._leader_active = True
-        self._cur = 1 - w
-        self._lens[self._cur] = 0
-        failure = None
-        self._cond.release()
-        try:
-            if n:
-                self._write_batch(self._bufs[w], n)
-            if sync:
-                self._sync_fd(self._fd)
-        except BaseException as e:
-            failure = e
-        finally:
-            self._cond.acquire()
-        self._leader_active = False
-        self._lens[w] = 0
-        if failure is None:
-            self._written_lsn = upto
-            if sync:
-                self._durable_lsn = upto
-        else:
-            cause = failure.__cause__ if isinstance(failure, _FsyncFailed) else failure
-            kind = WalFsyncError if isinstance(failure, _FsyncFailed) else WalError
-            self._poison = (kind, f"WAL in {self.dir} is poisoned: {'fsync' if kind is WalFsyncError else 'write'} "
-                                  f"failed ({cause}) with LSNs after {self._durable_lsn} not durable. Nothing "
-                                  f"more is acknowledged; close it and reopen the store to recover.", cause)
-        self._cond.notify_all()
-
-    def _wait(self, uint64_t lsn, bint durable):
-        """Returns once `lsn` is durable (or written, for durable=False),
-        leading the write when no one else is (cond held)."""
-        while True:
-            if (self._durable_lsn if durable else self._written_lsn) >= lsn:
-                return
-            self._raise_if_poisoned()
-            if self._leader_active:
-                self._cond.wait()
-            else:
-                self._lead(durable)
-
-    def _raise_if_poisoned(self):
-        if self._poison is not None:
-            kind, message, cause = self._poison
-            raise kind(message) from cause
+    def _raise_poisoned(self):
+        cdef fs_gc *gc = self._gc
+        fsync_kind = gc.poison == FS_GC_EPOISON_FSYNC
+        kind = WalFsyncError if fsync_kind else WalError
+        cause = self._fsync_exc if fsync_kind and self._fsync_exc is not None else \
+            OSError(gc.poison_errno, os.strerror(gc.poison_errno))
+        what = (<bytes>gc.poison_what).decode() if gc.poison_what != NULL else "I/O"
+        raise kind(f"WAL in {self.dir} is poisoned: {what} failed ({cause}) with LSNs after {gc.poison_durable} "
+                   f"not durable. Nothing more is acknowledged; close it and reopen the store to recover.") from cause
 
     def _check_writable(self):
         if self._closed:
             raise WalError(f"WAL in {self.dir} is closed")
-        self._raise_if_poisoned()
+        if self._gc.poison:
+            self._raise_poisoned()
 
     def append(self, int rtype, payload) -> int:
         """Appends one record and returns its LSN once durable under the fsync
         policy (fsynced for "always"; handed to the OS otherwise)."""
+        cdef Py_buffer view
+        cdef const void *data
+        cdef size_t n
+        cdef uint8_t t
         cdef uint64_t lsn = 0
-        with self._cond:
-            self._check_writable()
-            self._encode(rtype, payload)
-            lsn = self._next_lsn - 1
-            self._wait(lsn, self._policy == POLICY_ALWAYS)
+        cdef int rc
+        cdef int durable = self._policy == POLICY_ALWAYS
+        cdef bint is_bytes = type(payload) is bytes
+        self._check_writable()
+        if is_bytes:  # PERF: skips the buffer protocol for the common case
+            data = PyBytes_AS_STRING(payload)
+            n = <size_t>PyBytes_GET_SIZE(payload)
+        else:
+            PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+            data = view.buf
+            n = <size_t>view.len
+        try:
+            check_record(rtype, <Py_ssize_t>n)
+            t = <uint8_t>rtype
+            with nogil:
+                rc = fs_gc_append(self._gc, 1, &t, &data, &n, durable, &lsn)
+        finally:
+            if not is_bytes:
+                PyBuffer_Release(&view)
+        self._check(rc)
         return lsn
 
     def append_many(self, records) -> range:
         """Appends (type, payload) pairs as one group; returns their LSNs (a
         range) once all are durable. All or nothing: a bad record appends none."""
-        cdef size_t saved_len
-        cdef uint64_t saved_lsn
-        with self._cond:
-            self._check_writable()
-            saved_len, saved_lsn = self._lens[self._cur], self._next_lsn
-            try:
-                for rtype, payload in records:
-                    self._encode(rtype, payload)
-            except BaseException:
-                self._lens[self._cur], self._next_lsn = saved_len, saved_lsn
-                raise
-            if self._next_lsn > saved_lsn:
-                self._wait(self._next_lsn - 1, self._policy == POLICY_ALWAYS)
-            return range(saved_lsn, self._next_lsn)
+        cdef list items = []
+        cdef Py_ssize_t i, count
+        cdef uint8_t *types = NULL
+        cdef const void **ptrs = NULL
+        cdef size_t *lens = NULL
+        cdef uint64_t first = 0
+        cdef int rc
+        cdef int durable = self._policy == POLICY_ALWAYS
+        self._check_writable()
+        for rtype, payload in records:
+            mv = memoryview(payload).cast("B") if type(payload) is not bytes else payload
+            check_record(rtype, len(mv))
+            items.append((rtype, mv))
+        count = len(items)
+        if count == 0:
+            return range(self._next_lsn_now(), self._next_lsn_now())
+        types = <uint8_t *>malloc(count)
+        ptrs = <const void **>malloc(count * sizeof(void *))
+        lens = <size_t *>malloc(count * sizeof(size_t))
+        views = []
+        try:
+            if types == NULL or ptrs == NULL or lens == NULL:
+                raise MemoryError()
+            for i in range(count):
+                rtype, payload = items[i]
+                types[i] = <uint8_t>rtype
+                if type(payload) is bytes:
+                    ptrs[i] = PyBytes_AS_STRING(payload)
+                    lens[i] = <size_t>PyBytes_GET_SIZE(payload)
+                else:
+                    ptrs[i] = _memoryview_ptr(payload)
+                    lens[i] = <size_t>len(payload)
+            with nogil:
+                rc = fs_gc_append(self._gc, <size_t>count, types, ptrs, lens, durable, &first)
+        finally:
+            free(types)
+            free(ptrs)
+            free(lens)
+        self._check(rc)
+        return range(first, first + count)
+
+    def _next_lsn_now(self):
+        return self._stats()[0] + 1
 
     def sync(self):
         """Writes and fsyncs everything appended so far, whatever the policy."""
-        with self._cond:
-            self._check_writable()
-            self._wait(self._next_lsn - 1, True)
+        cdef int rc
+        self._check_writable()
+        with nogil:
+            rc = fs_gc_sync(self._gc)
+        self._check(rc)
 
     def _tick(self):
         while not self._stop.wait(self._interval_s):
@@ -399,19 +373,28 @@ cdef class Wal:
             except WalError:
                 return  # closed, or poisoned: appenders see the poison
 
+    def _stats(self):
+        cdef uint64_t out[8]
+        fs_gc_stats(self._gc, out)
+        return [out[i] for i in range(8)]
+
+    def stats(self) -> dict:
+        """Counters of the group commit: fsyncs issued, records they made
+        durable, batch writes, most fsyncs seen in flight at once, rolls."""
+        s = self._stats()
+        return {"last_lsn": s[0], "written_lsn": s[1], "durable_lsn": s[2], "fsyncs": s[3],
+                "synced_records": s[4], "writes": s[5], "max_overlap": s[6], "rolls": s[7]}
+
     # ---- maintenance
 
     def truncate_before(self, uint64_t lsn) -> int:
         """Deletes segments whose records all have LSN <= `lsn` (covered by a
-        durable checkpoint); never the current segment. Returns how many."""
-        with self._cond:
-            firsts = list(self._segment_firsts)
+        durable checkpoint); never the current (newest) segment. Returns how many."""
+        firsts = [f for f, _ in list_segments(self.dir)]
         doomed = [firsts[i] for i in range(len(firsts) - 1) if firsts[i + 1] <= lsn + 1]
         for first in doomed:
             os.unlink(os.path.join(self.dir, segment_name(first)))
         if doomed:
-            with self._cond:
-                self._segment_firsts = [f for f in self._segment_firsts if f not in doomed]
             try:
                 self._sync_dir()
             except _FsyncFailed as e:
@@ -420,35 +403,26 @@ cdef class Wal:
 
     def segments(self) -> list:
         """Paths of the segment files, oldest first."""
-        with self._cond:
-            return [os.path.join(self.dir, segment_name(f)) for f in self._segment_firsts]
+        return [p for _, p in list_segments(self.dir)]
 
     def close(self):
         """Flushes, fsyncs, trims the preallocated tail and releases the
         directory. A poisoned log is closed without flushing."""
-        if self._closed:
-            return
-        if self._ticker is not None:
-            self._stop.set()
-            self._ticker.join()
-        with self._cond:
-            try:
-                if self._poison is None:
-                    self._wait(self._next_lsn - 1, True)
-            finally:
-                while self._leader_active:
-                    self._cond.wait()
-                self._closed = True
-                try:
-                    if self._poison is None and self._fd >= 0:
-                        os.ftruncate(self._fd, self._seg_used)
-                        self._sync_fd(self._fd)
-                finally:
-                    if self._fd >= 0:
-                        os.close(self._fd)
-                        self._fd = -1
-                    os.close(self._lock_fd)
-                    self._lock_fd = None
+        cdef int rc, was_poisoned
+        with self._close_lock:
+            if self._closed:
+                return
+            if self._ticker is not None:
+                self._stop.set()
+                self._ticker.join()
+            was_poisoned = self._gc.poison
+            with nogil:
+                rc = fs_gc_close(self._gc)
+            self._closed = True
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            if not was_poisoned:
+                self._check(rc)
 
     def __enter__(self):
         return self
@@ -459,24 +433,27 @@ cdef class Wal:
     @property
     def last_lsn(self) -> int:
         """LSN of the last record appended (0 if none ever was)."""
-        return self._next_lsn - 1
+        return self._stats()[0]
 
     @property
     def durable_lsn(self) -> int:
         """Every record with LSN <= this is known to be fsynced."""
-        return self._durable_lsn
+        return self._stats()[2]
 
     @property
     def poisoned(self) -> bool:
-        return self._poison is not None
+        return self._gc.poison != 0
 
     @property
     def closed(self) -> bool:
         return self._closed
 
 
-cdef inline uint32_t _payload_length(const uint8_t *rec) noexcept nogil:
-    return rec[4] | (<uint32_t>rec[5] << 8) | (<uint32_t>rec[6] << 16) | (<uint32_t>rec[7] << 24)
+cdef const void *_memoryview_ptr(object mv) except NULL:
+    cdef const unsigned char[::1] v = mv
+    if v.shape[0] == 0:
+        return <const void *>b""
+    return &v[0]
 
 
 def _lock_directory(str path):

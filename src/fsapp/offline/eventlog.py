@@ -68,6 +68,17 @@ def timestamps_us(col: pa.ChunkedArray | pa.Array, what: str) -> np.ndarray:
     raise SourceError(f"{what} must be int64 µs or a timestamp, not {t}")
 
 
+def _nan_as_null(table: pa.Table) -> pa.Table:
+    """NaN is null everywhere in fstore (semantics.md §3); storing it as a
+    Parquet null makes every reader (and min/max statistics) agree."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_floating(f.type):
+            col = table.column(i)
+            if pc.any(pc.is_nan(col)).as_py():
+                table = table.set_column(i, f, pc.if_else(pc.is_nan(col), pa.scalar(None, f.type), col))
+    return table
+
+
 class EventLog:
     """Buffers appended events per stream and flushes them to Parquet.
 
@@ -130,7 +141,7 @@ class EventLog:
 
         `seq` lets a caller that already numbered the events (the engine,
         replaying its WAL) keep its numbers; they must continue the log's."""
-        table = to_arrow(rows)
+        table = _nan_as_null(to_arrow(rows))
         if timestamp not in table.column_names:
             raise SourceError(f"stream {stream}: rows lack the timestamp column {timestamp!r} "
                               f"(columns: {', '.join(table.column_names)})")

@@ -214,7 +214,7 @@ def window_view_ctes(view: ViewDef, src_cte: str, names: SourceColumns, q: str, 
     src = src_cte
     if needs_ord:
         # (ts, seq) packed in one HUGEINT so arg_min/arg_max compare one value.
-        ctes.append(f"{tag}_o AS (SELECT *, CAST(__ts AS HUGEINT) * 18446744073709551616 - __seq AS __ord "
+        ctes.append(f"{tag}_o AS (SELECT *, CAST(__ts AS HUGEINT) * 18446744073709551616 + __seq AS __ord "
                     f"FROM {src_cte})")
         src = f"{tag}_o"
     for gi, (spec, aggs) in enumerate(view.window_groups()):
@@ -253,10 +253,13 @@ class ViewQuery:
 
 
 def training_set_sql(q: str, passthrough: list[str], parts: list[ViewQuery], plain_ttl: bool = True,
-                     before: str | None = None, extra: list[str] = (), order: bool = True) -> str:
+                     before: str | None = None, extra: list[str] = (), order: bool = True,
+                     pre_ctes: list[str] = ()) -> str:
     """One SELECT: `passthrough` columns of `q` then every requested feature,
-    in `__row` order, null where a view has no value."""
-    ctes, sel, joins = [], [f"q.{quote_ident(c)}" for c in passthrough] + list(extra), []
+    in `__row` order, null where a view has no value. `extra` are further
+    select expressions (the first view's CTE is `__v0`), `pre_ctes` CTEs that
+    may define `q`."""
+    ctes, sel, joins = list(pre_ctes), [f"q.{quote_ident(c)}" for c in passthrough] + list(extra), []
     for i, part in enumerate(parts):
         tag = f"__v{i}"
         src, names = source_sql(part.view, part.source, before)
@@ -287,6 +290,50 @@ def _fill_empty(view: ViewDef, feat: str, col: str) -> str:
     # counts are already 0 there; this is a guard for views whose key is NULL.
     kind = next(wa.agg.kind for wa in view.aggregations if wa.name == feat)
     return f"coalesce({col}, 0)" if kind == "count" else col
+
+
+# ---------------------------------------------------------------- materialize
+
+
+def materialize_lower_bound(view: ViewDef, start: int, end: int) -> int:
+    """Keys to refresh as of `end`: those with an event in [start, end) — they
+    may have changed — and, for bounded windows, those with an event inside
+    the window as of `end` (their value is non-empty; a key outside it gets its
+    now-empty window written only if it had events since `start`)."""
+    lo = start
+    for spec, _ in (view.window_groups() if view.is_aggregated else []):
+        if spec.kind == "tumbling":
+            lo = min(lo, (end // spec.size) * spec.size - spec.size)
+        elif spec.kind == "sliding":
+            lo = min(lo, (end // spec.hop) * spec.hop - spec.size)
+        elif spec.kind == "continuous":
+            lo = min(lo, ((end - spec.size) // spec.hop) * spec.hop)
+    return lo
+
+
+def materialize_sql(view: ViewDef, src: SourceDef, start: int, end: int, now: int) -> str:
+    """The online values as of `end` of every key that `materialize_lower_bound`
+    selects: key columns, `__event_ts`, `__created_ts`, then the features.
+
+    Plain views: the latest row with ts < end (as of end, like the windows)
+    and its own timestamps; the online table applies the TTL when read.
+    Aggregated views: the windows as of `end`, stamped with the key's latest
+    event time (so TTL idling works) and `now` as created time (so the healed
+    value replaces the engine's one at equal event time)."""
+    lo = materialize_lower_bound(view, start, end)
+    src_sql, _ = source_sql(view, src, before=str(end))
+    k = _keys(view)
+    pre = [f"__m_k AS (SELECT {k}, max(__ts) AS __last FROM ({src_sql}) WHERE {' AND '.join(f'{quote_ident(c)} IS NOT NULL' for c in view.keys)} "
+           f"GROUP BY {k} HAVING max(__ts) >= {lo})",
+           f"__m_q AS (SELECT row_number() OVER () - 1 AS __row, {k}, __last, "
+           f"{end - 1 if not view.is_aggregated else end}::BIGINT AS __t FROM __m_k)"]
+    if view.is_aggregated:
+        extra = ["q.__last AS __event_ts", f"{now}::BIGINT AS __created_ts"]
+    else:
+        extra = ["__v0.__ts AS __event_ts", "__v0.__created AS __created_ts"]
+    part = ViewQuery(view, src, list(view.feature_names))
+    return training_set_sql("__m_q", list(view.keys), [part], plain_ttl=False, before=str(end), extra=extra,
+                            order=False, pre_ctes=pre)
 
 
 # ---------------------------------------------------------------- HLL hashing UDF

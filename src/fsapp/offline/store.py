@@ -136,6 +136,11 @@ class OfflineStore:
         with self._lock:
             cur = self.con.cursor()
         cur.execute("SET TimeZone = 'UTC'")
+        # DuckDB folds isnan(x) to false from Parquet min/max statistics, which
+        # Parquet writers compute without NaN (checked with duckdb 2.0.1): NaN
+        # would then count as a value. The event log writes NaN as null, but
+        # batch sources may hold NaN, so turn that optimizer off.
+        cur.execute("SET disabled_optimizers = 'statistics_propagation'")
         pit.register_udfs(cur)
         return cur
 

@@ -104,6 +104,12 @@ class Registry:
     def close(self) -> None:
         self.store.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def snapshot(self) -> Snapshot:
         return self.store.snapshot()
 

@@ -1,0 +1,158 @@
+"""`materialize` / `materialize_incremental`: compute the values as of `end`
+from the offline log and write them to the online store.
+
+This is also how late events heal: the engine does not apply an event older
+than its allowed lateness, but it does write it to the event log, so the next
+materialize computes the window with it and overwrites the online value
+(written with created_ts = `now`, which wins the table's tie-break).
+
+The writer is anything with `DurableTable.put_batch(keys, values, event_ts,
+created_ts, *, now, nulls)` — a `fscore.durable.DurableTable` (whose schema
+`online_schema(view)` gives) or the engine's forwarding client.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from fscore.schema import Schema
+
+from fsapp.errors import SourceError
+from fsapp.offline import pit
+from fsapp.offline.store import OfflineStore
+from fsapp.offline.views import ViewDef
+
+STATE_FILE = "materialized.json"
+
+
+def online_schema(view: ViewDef, key_kinds=None, feature_kinds: dict | None = None) -> Schema:
+    """The online table schema of a view: its keys (`key_kinds`, default the
+    view's, else int64) and one column per feature. Counts and distinct counts
+    are int64, other aggregations float64, last_k a float32 vector of k (the
+    table's vector type); plain features default to float64 unless
+    `feature_kinds` says otherwise."""
+    kinds = list(key_kinds or view.key_kinds or ["int64"] * len(view.keys))
+    keys = [(k, kind) for k, kind in zip(view.keys, kinds)]
+    cols = []
+    for name, _ in view.features:
+        cols.append((name, (feature_kinds or {}).get(name, "float64")))
+    for wa in view.aggregations:
+        a = wa.agg
+        if a.kind in ("count", "approx_count_distinct"):
+            cols.append((a.name, "int64"))
+        elif a.kind == "last_k":
+            cols.append((a.name, "vector", a.k))
+        else:
+            cols.append((a.name, "float64"))
+    return Schema(keys=keys, columns=cols)
+
+
+def _column(schema_field, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(values, null mask) in the form `put_batch` takes for this field."""
+    nulls = arr.is_null().to_numpy(zero_copy_only=False)
+    kind = schema_field.kind
+    if kind == "vector":
+        vals = np.array([v if v is not None else [np.nan] * schema_field.size for v in arr.to_pylist()],
+                        dtype=np.float64).reshape(len(arr), schema_field.size)
+        return vals, nulls
+    if kind == "string":
+        return np.array(arr.to_pylist(), dtype=object), nulls
+    if kind == "bool":
+        return arr.fill_null(False).to_numpy(zero_copy_only=False).astype(bool), nulls
+    fill = 0 if kind == "int64" else np.nan
+    vals = arr.fill_null(fill).to_numpy(zero_copy_only=False)
+    return vals.astype(np.int64 if kind == "int64" else np.float64), nulls
+
+
+def materialize_view(store: OfflineStore, view: ViewDef, start: int, end: int, writer, *, now: int,
+                     batch_rows: int = 1 << 16) -> int:
+    """Writes one view's values as of `end`; returns the number of rows."""
+    schema = getattr(writer, "schema", None) or online_schema(view)
+    cur = store.cursor()
+    sql = pit.materialize_sql(view, store.source(view.source, view), int(start), int(end), int(now))
+    written = 0
+    for batch in cur.sql(sql).to_arrow_reader(batch_rows):
+        if batch.num_rows == 0:
+            continue
+        keys = {f.name: _column(f, batch.column(f.name))[0] for f in schema.keys}
+        values, nulls = {}, {}
+        for f in schema.columns:
+            if f.name in batch.schema.names:
+                values[f.name], nulls[f.name] = _column(f, batch.column(f.name))
+        writer.put_batch(keys if len(keys) > 1 else next(iter(keys.values())), values,
+                         batch.column("__event_ts").to_numpy(zero_copy_only=False).astype(np.int64),
+                         batch.column("__created_ts").to_numpy(zero_copy_only=False).astype(np.int64),
+                         now=int(now), nulls=nulls)
+        written += batch.num_rows
+    cur.close()
+    return written
+
+
+def _writer_for(writer, view: ViewDef):
+    if isinstance(writer, dict):
+        try:
+            return writer[view.name]
+        except KeyError:
+            raise SourceError(f"no writer for view {view.name}; pass a dict view name -> writer "
+                              f"with every view") from None
+    return writer(view) if callable(writer) and not hasattr(writer, "put_batch") else writer
+
+
+def _views(store: OfflineStore, views) -> list[ViewDef]:
+    if views is None:
+        return list(store.views.values())
+    if isinstance(views, (str, ViewDef)):
+        views = [views]
+    return [v if isinstance(v, ViewDef) else store.view(v) for v in views]
+
+
+def materialize(store: OfflineStore, views, start: int, end: int, writer, *, now: int | None = None) -> dict:
+    """Values as of `end` (events with ts < end) of every key with events in
+    [start, end) — plus, for bounded windows, every key whose window as of
+    `end` is non-empty — written through `writer` (one writer, a dict view
+    name -> writer, or a function view -> writer). `now` (µs) stamps
+    aggregated rows' created time; default `end`. Returns rows per view."""
+    store.log.flush()
+    now = int(end if now is None else now)
+    out = {}
+    for view in _views(store, views):
+        out[view.name] = materialize_view(store, view, start, end, _writer_for(writer, view), now=now)
+        _save_state(store, view.name, int(end))
+    return out
+
+
+def materialize_incremental(store: OfflineStore, views, end: int, writer, *, now: int | None = None) -> dict:
+    """`materialize` from each view's last materialized `end` (the start of
+    time on the first run) to `end`."""
+    state = _load_state(store)
+    out = {}
+    for view in _views(store, views):
+        start = state.get(view.name, -(1 << 62))
+        out.update(materialize(store, [view], start, end, writer, now=now))
+    return out
+
+
+def _state_path(store: OfflineStore) -> str:
+    return os.path.join(store.root, STATE_FILE)
+
+
+def _load_state(store: OfflineStore) -> dict:
+    try:
+        with open(_state_path(store)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def _save_state(store: OfflineStore, view: str, end: int) -> None:
+    # Written to a temp file and renamed: a crash leaves the old state, and the
+    # next incremental run simply recomputes (materialize is idempotent).
+    state = _load_state(store)
+    state[view] = max(end, state.get(view, end))
+    tmp = _state_path(store) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, _state_path(store))
