@@ -47,8 +47,10 @@ def _run_threads(n_threads: int, seconds: float, body) -> float:
     return sum(counts) / (time.perf_counter() - t0)
 
 
-def wal_appends_per_s(dir: str, fsync: str, n_threads: int, seconds: float, count_fsyncs=None) -> float:
-    wal = Wal(os.path.join(dir, f"wal-{fsync}-{n_threads}"), fsync, fsync_fn=count_fsyncs)
+def wal_appends_per_s(dir: str, fsync: str, n_threads: int, seconds: float, stats=None, **kw) -> float:
+    """ops/s; `stats` (a dict) receives the WAL's group-commit counters."""
+    tag = "-".join(f"{k}{v}" for k, v in sorted(kw.items()))
+    wal = Wal(os.path.join(dir, f"wal-{fsync}-{n_threads}-{tag}"), fsync, **kw)
 
     def body(stop):
         n = 0
@@ -60,6 +62,8 @@ def wal_appends_per_s(dir: str, fsync: str, n_threads: int, seconds: float, coun
     try:
         return _run_threads(n_threads, seconds, body)
     finally:
+        if stats is not None:
+            stats.update(wal.stats())
         wal.close()
 
 

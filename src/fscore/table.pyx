@@ -631,6 +631,10 @@ cdef class Table:
         self._maybe_compact()
         return gone
 
+    def live_rows(self):
+        """Row ids of every live row (int64, ascending)."""
+        return np.nonzero(self._rows_matrix()[:, ROW_STATE] == 1)[0].astype(np.int64)
+
     def row_keys(self, rows):
         """The keys of rows by id (None for a free row), decoded."""
         mat = self._rows_matrix()

@@ -62,8 +62,8 @@ cdef extern from "<unistd.h>" nogil:
     int fdatasync(int fd)
 
 DEFAULT_SEGMENT_BYTES = 64 << 20
-DEFAULT_MAX_SYNCERS = 4
-DEFAULT_COMMIT_DELAY_US = 0
+DEFAULT_MAX_SYNCERS = 2
+DEFAULT_COMMIT_DELAY_US = 100
 cdef int POLICY_ALWAYS = 0, POLICY_INTERVAL = 1, POLICY_NEVER = 2
 _POLICIES = {"always": POLICY_ALWAYS, "interval": POLICY_INTERVAL, "never": POLICY_NEVER}
 
@@ -175,9 +175,12 @@ cdef class Wal:
             raise MemoryError("WAL group-commit state")
         memset(self._gc, 0, sizeof(fs_gc))
         cdef bytes d = os.fsencode(self.dir)
+        cdef fs_gc_sync_fn hook = NULL
+        if self._fsync_fn is not None:
+            hook = _py_sync
         cdef int err = fs_gc_init(self._gc, d, self._fd, self._seg_first, self._seg_used, self._segment_bytes,
                                   self._preallocate, self._next_lsn, self.max_syncers, self.commit_delay_us,
-                                  _py_sync if self._fsync_fn is not None else NULL, <void *>self)
+                                  hook, <void *>self)
         if err:
             fs_gc_destroy(self._gc)
             raise OSError(err, f"open WAL segment fds in {self.dir}: {os.strerror(err)}")

@@ -236,3 +236,15 @@ def test_stream_without_events_gives_nulls(store):
 def test_unknown_batch_source_path(store, tmp_path):
     with pytest.raises(SourceError, match="cannot read"):
         store.register_source("x", str(tmp_path / "missing.parquet"), timestamp="ts")
+
+
+def test_registry_feature_view_adapter(store):
+    from fsapp.offline import from_registry
+    from fsapp.registry.model import Aggregation, Entity, FeatureView, Stream
+    fv = FeatureView("user_txn", "ev", ("user",), aggregations=(
+        Aggregation("n", "count", None, lifetime()), Aggregation("s", "sum", "x", tumbling(10))))
+    stream = Stream("ev", (("k", "BIGINT"), ("x", "DOUBLE"), ("ts", "BIGINT")), "ts", allowed_lateness=5)
+    view = from_registry(fv, stream, [Entity("user", (("k", "BIGINT"),))])
+    store.log.append("ev", {"k": [0, 0, 0], "ts": [1, 12, 15], "x": [1.0, 2.0, 3.0]}, timestamp="ts", created_ts=0)
+    df = store.get_historical_features(pd.DataFrame({"k": [0], "event_timestamp": [20]}), [view]).to_df()
+    assert df["n"].tolist() == [3] and df["s"].tolist() == [5.0]

@@ -345,3 +345,168 @@ def test_bad_arguments_say_what_to_fix(tmp_path):
         Wal(tmp_path, segment_bytes=10)
     with pytest.raises(TypeError, match="RecoveryPolicy"):
         Wal(tmp_path, recovery="absolute")
+
+
+# ---- overlapping fsyncs (max_syncers > 1): each syncer has its own fd; any
+# failure poisons before anything later is acknowledged.
+
+class OverlapThenFail:
+    """Once armed: the first fsync waits until a second one is in flight, then
+    fails with EIO; the second then returns success, as a second fsync through
+    one fd can after the first consumed the error (fsyncgate)."""
+
+    def __init__(self):
+        self.armed = False
+        self.fds = []
+        self.second_started = threading.Event()
+        self.first_failed = threading.Event()
+
+    def __call__(self, fd):
+        if not self.armed:
+            return
+        self.fds.append(fd)
+        if len(self.fds) == 1:
+            assert self.second_started.wait(10), "no second fsync overlapped the first"
+            self.first_failed.set()
+            raise OSError(5, "Input/output error")
+        self.second_started.set()
+        assert self.first_failed.wait(10)
+
+
+def test_fsync_failure_during_overlapping_syncs_fails_every_unacknowledged_commit(tmp_path):
+    fsync = OverlapThenFail()
+    w = Wal(tmp_path, fsync_fn=fsync, max_syncers=2)
+    assert w.append(1, b"before") == 1 and w.durable_lsn == 1  # unarmed: the no-op "succeeds"
+    fsync.armed = True
+    results = {}
+
+    def appender(name):
+        try:
+            results[name] = w.append(1, name.encode())
+        except WalFsyncError as e:
+            results[name] = e
+
+    a = threading.Thread(target=appender, args=("a",))
+    a.start()
+    while not fsync.fds:  # a's fsync is in flight
+        time.sleep(0.001)
+    b = threading.Thread(target=appender, args=("b",))
+    b.start()
+    a.join(10)
+    b.join(10)
+    assert len(fsync.fds) == 2 and fsync.fds[0] != fsync.fds[1], "overlapping fsyncs must use distinct fds"
+    # b's fsync started after a's record was written and "succeeded", but a's
+    # failed first: neither is acknowledged.
+    assert isinstance(results["a"], WalFsyncError) and isinstance(results["b"], WalFsyncError)
+    assert "poisoned" in str(results["b"])
+    assert w.poisoned and w.durable_lsn == 1
+    with pytest.raises(WalFsyncError):
+        w.append(1, b"later")
+    with pytest.raises(WalFsyncError):
+        w.sync()
+    w.close()
+
+
+def test_success_that_returns_before_an_overlapping_failure_stays_acknowledged(tmp_path):
+    """The mirror case: the later fsync succeeds first (it waited on every page
+    the earlier one had in flight, so it covers them); then the earlier fails.
+    What was acknowledged stays; the failure still poisons the log."""
+    order = []
+    second_done = threading.Event()
+
+    def fsync(fd):
+        if not armed:
+            return
+        order.append(fd)
+        if len(order) == 1:
+            assert second_done.wait(10)
+            raise OSError(5, "Input/output error")
+        second_done.set()
+
+    armed = False
+    w = Wal(tmp_path, fsync_fn=fsync, max_syncers=2)
+    armed = True
+    out = {}
+    a = threading.Thread(target=lambda: out.setdefault("a", _try(w.append, 1, b"a")))
+    a.start()
+    while not order:
+        time.sleep(0.001)
+    assert w.append(1, b"b") == 2  # b's fsync covered LSN 1 and 2 and returned first
+    a.join(10)
+    assert out["a"] == 1 or isinstance(out["a"], WalFsyncError)  # acked by b's fsync unless it lost the race
+    assert w.durable_lsn == 2 and w.poisoned
+    with pytest.raises(WalFsyncError):
+        w.append(1, b"c")
+    w.close()
+    assert records(tmp_path)[:2] == [(1, b"a"), (2, b"b")]
+
+
+def _try(f, *args):
+    try:
+        return f(*args)
+    except WalFsyncError as e:
+        return e
+
+
+def test_overlapping_syncs_acknowledge_in_lsn_order_with_distinct_fds(tmp_path):
+    import random
+    rng = random.Random(7)
+    in_flight, overlaps, lock = set(), [], threading.Lock()
+
+    def jittery_fsync(fd):  # later fsyncs often finish before earlier ones
+        with lock:
+            assert fd not in in_flight, "one fd used by two fsyncs at once"
+            in_flight.add(fd)
+            overlaps.append(len(in_flight))
+        try:
+            os.fdatasync(fd)
+            time.sleep(rng.random() * 0.003)
+        finally:
+            with lock:
+                in_flight.discard(fd)
+
+    w = Wal(tmp_path, fsync_fn=jittery_fsync, max_syncers=4, segment_bytes=4096)
+    acked = []
+
+    def appender(t):
+        for i in range(40):
+            lsn = w.append(1, f"{t}:{i}".encode() * 4)
+            # Acknowledged in LSN order: when LSN n returns, every LSN <= n is durable.
+            assert w.durable_lsn >= lsn
+            acked.append(lsn)
+
+    threads = [threading.Thread(target=appender, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = w.stats()
+    w.close()
+    assert sorted(acked) == list(range(1, 321))
+    assert max(overlaps) > 1 and stats["max_overlap"] > 1, "fsyncs never overlapped"
+    assert [lsn for lsn, _ in records(tmp_path)] == list(range(1, 321))
+    assert len(list_segments(tmp_path)) > 2  # rolled while syncs overlapped
+
+
+def test_real_fdatasync_with_overlap_and_commit_delay_reads_back(tmp_path):
+    w = Wal(tmp_path, max_syncers=4, commit_delay_us=50, segment_bytes=4096)
+    got = []
+
+    def appender(t):
+        for i in range(30):
+            got.append((w.append(1, f"{t}:{i}".encode()), f"{t}:{i}".encode()))
+
+    threads = [threading.Thread(target=appender, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    w.close()
+    assert sorted(got) == records(tmp_path)
+
+
+def test_bad_group_commit_arguments(tmp_path):
+    with pytest.raises(ValueError, match="max_syncers"):
+        Wal(tmp_path, max_syncers=0)
+    with pytest.raises(ValueError, match="commit_delay_us"):
+        Wal(tmp_path, commit_delay_us=-1)

@@ -32,7 +32,6 @@ from fsapp.errors import SourceError
 EVENT_TS, CREATED_TS, SEQ = "_fs_event_ts", "_fs_created_ts", "_fs_seq"
 META_COLUMNS = (EVENT_TS, CREATED_TS, SEQ)
 _US_PER_DAY = 86_400_000_000
-_PART = re.compile(r"part-(\d{20})\.parquet\Z")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 

@@ -83,7 +83,7 @@ def _resolve(store: OfflineStore, features) -> list[tuple[ViewDef, list[str]]]:
         v = views[vname]
         narrowed = ViewDef(v.name, v.source, v.keys, tuple(f for f in v.features if f[0] in names),
                            tuple(a for a in v.aggregations if a.name in names), v.ttl, v.filter, v.hll_p,
-                           v.allowed_lateness, v.key_kinds)
+                           v.allowed_lateness, v.key_kinds, v.string_inputs)
         out.append((narrowed, narrowed.feature_names))
     if not out:
         raise UnknownFeatureError("no features requested")

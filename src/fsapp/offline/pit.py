@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fscore.window import hash_array
+from fscore.window_spec import string_ids
 from fscore.window_spec import Agg, WindowSpec
 
 from fsapp.offline.views import SourceDef, ViewDef, quote_ident
@@ -31,6 +32,7 @@ from fsapp.offline.views import SourceDef, ViewDef, quote_ident
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 INT64_MAX = (1 << 63) - 1
 HLL_UDF = "__fs_hll_pack"
+STRING_ID_UDF = "__fs_string_id"
 
 
 def column_sql(expr: str) -> str:
@@ -83,7 +85,8 @@ def source_sql(view: ViewDef, src: SourceDef, before: str | None = None) -> tupl
         if c is not None and c not in names.agg_inputs:
             alias = f"__c{len(names.agg_inputs)}"
             names.agg_inputs[c] = alias
-            x = f"CAST({column_sql(c)} AS DOUBLE)"
+            x = (f"{STRING_ID_UDF}({column_sql(c)})" if c in view.string_inputs
+                 else f"CAST({column_sql(c)} AS DOUBLE)")
             cols.append(f"CASE WHEN isnan({x}) THEN NULL ELSE {x} END AS {alias}")
     where = []
     if view.filter:
@@ -362,6 +365,10 @@ def _hll_udf(values: pa.Array, p: pa.Array) -> pa.Array:
     return pa.array(hll_pack(x, int(p[0].as_py())), type=pa.int64())
 
 
+def _string_id_udf(values: pa.Array) -> pa.Array:
+    return pa.array(string_ids(values.to_pylist()), type=pa.float64())
+
+
 def register_udfs(con) -> None:
     """The SQL above calls `__fs_hll_pack(DOUBLE, INTEGER) -> BIGINT`: register
     it on each DuckDB connection that runs it."""
@@ -371,6 +378,11 @@ def register_udfs(con) -> None:
                             duckdb.sqltype("BIGINT"), type="arrow", side_effects=False)
     except duckdb.CatalogException:
         pass  # already registered on this connection
+    try:
+        con.create_function(STRING_ID_UDF, _string_id_udf, [duckdb.sqltype("VARCHAR")],
+                            duckdb.sqltype("DOUBLE"), type="arrow", side_effects=False)
+    except duckdb.CatalogException:
+        pass
 
 
 __all__ = ["SourceDef", "ViewQuery", "align_sql", "column_sql", "hll_pack", "register_udfs",

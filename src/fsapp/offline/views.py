@@ -7,14 +7,12 @@ inputs means the point-in-time SQL can be tested without a registry.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from fscore.window_spec import Agg, WindowSpec, check_view_params, duration
 
 from fsapp.errors import SourceError
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def quote_ident(name: str) -> str:
@@ -54,6 +52,8 @@ class ViewDef:
     hll_p: int = 8
     allowed_lateness: int = 0
     key_kinds: tuple[str, ...] = field(default=())  # fscore.schema kinds, for the online table
+    # aggregation inputs that are text: read as fscore.window_spec.string_id
+    string_inputs: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
         object.__setattr__(self, "keys", tuple(self.keys))
@@ -127,5 +127,8 @@ def from_registry(fv, source, entities=()) -> ViewDef:
             kinds.append("string" if c.type == "VARCHAR" else "int64")
     features = tuple((p.name, p.expr) for p in fv.features)
     aggs = tuple(WindowedAgg(Agg(a.function, a.column, a.name, a.k), a.window) for a in fv.aggregations)
+    text_cols = {c.name for c in getattr(source, "columns", ()) if c.type == "VARCHAR"}
+    strings = tuple(sorted({a.column for a in fv.aggregations if a.column in text_cols}))
     return ViewDef(fv.name, fv.source, tuple(keys), features, aggs, fv.ttl, fv.filter,
-                   allowed_lateness=getattr(source, "allowed_lateness", 0), key_kinds=tuple(kinds))
+                   allowed_lateness=getattr(source, "allowed_lateness", 0), key_kinds=tuple(kinds),
+                   string_inputs=strings)

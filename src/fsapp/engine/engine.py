@@ -1,0 +1,259 @@
+"""The engine: the single writer.
+
+push(stream, rows) → normalise to the stream's types (DuckDB casts) → log the
+batch in the WAL (durable under the fsync policy) → mark late events (beyond
+the stream's allowed lateness, against the stream's running max event time)
+→ for each feature view of the stream: DuckDB projection + filter → online
+table (plain) or windows → online table (aggregated).
+
+Recovery = the last checkpoint (tables, window states, watermarks, source
+offsets) + replay of the logged batches after it, with the `now` each batch
+was applied at, so replay reproduces the same state. Checkpoints copy the
+tables (readers are never blocked) and let the WAL drop older segments.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from fscore.checkpoint import load_latest_checkpoint, oldest_retained_lsn, write_checkpoint
+from fscore.table import Table
+from fscore.wal import Wal, read_log
+from fscore.window import WindowView
+
+from fsapp.engine.errors import UnknownStreamError
+from fsapp.engine.ingest import BatchNormaliser
+from fsapp.engine.online import online_response
+from fsapp.engine.runtime import ViewRuntime, table_file
+from fsapp.offline.store import OfflineStore
+from fsapp.offline.views import from_registry
+from fsapp.registry.catalog import Registry
+
+REC_PUSH = 1
+INT64_MIN = np.iinfo(np.int64).min
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class PushResult:
+    accepted: int
+    late: int
+    lsn: int
+
+    def to_dict(self) -> dict:
+        return {"accepted": self.accepted, "late": self.late, "lsn": self.lsn}
+
+
+def _encode_push(stream: str, now: int, seq: int, table: pa.Table, offsets: dict | None) -> bytes:
+    head = json.dumps({"stream": stream, "now": now, "seq": seq, "offsets": offsets or {}}).encode()
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return struct.pack("<I", len(head)) + head + sink.getvalue()
+
+
+def _decode_push(payload) -> tuple[dict, pa.Table]:
+    mv = memoryview(payload)
+    (n,) = struct.unpack_from("<I", mv, 0)
+    head = json.loads(bytes(mv[4:4 + n]))
+    return head, pa.ipc.open_stream(pa.py_buffer(mv[4 + n:])).read_all()
+
+
+class Engine:
+    """The single writer of the online tables. Thread-safe: one lock orders
+    pushes, ticks and checkpoints (the WAL's order is the apply order)."""
+
+    def __init__(self, data_dir: str, registry_path: str, *, fsync: str = "always", capacity: int = 100_000,
+                 clock=now_us, keep_checkpoints: int = 2):
+        self.data_dir = os.path.abspath(data_dir)
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.registry = Registry(registry_path)
+        self.capacity = capacity
+        self.clock = clock
+        self.keep = keep_checkpoints
+        self.lock = threading.RLock()
+        self.con = duckdb.connect()
+        self.watermarks: dict[str, int] = {}
+        self.offsets: dict = {}
+        self.late_total = 0
+        self.runtimes: dict[tuple[str, int], ViewRuntime] = {}
+        self.streams: dict = {}
+        self.normalisers: dict[str, BatchNormaliser] = {}
+        # every accepted event, late ones included, goes to the offline log
+        self.offline = OfflineStore(os.path.join(self.data_dir, "offline"))
+        self.ckpt_dir = os.path.join(self.data_dir, "checkpoints")
+        self.wal_dir = os.path.join(self.data_dir, "wal")
+        ckpt = load_latest_checkpoint(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
+        self._load_definitions(ckpt)
+        self.checkpoint_lsn = ckpt.lsn if ckpt else 0
+        self.replayed = 0
+        for lsn, rtype, payload in read_log(self.wal_dir, after_lsn=self.checkpoint_lsn) \
+                if os.path.isdir(self.wal_dir) else ():
+            if rtype == REC_PUSH:
+                head, table = _decode_push(payload)
+                if head["stream"] in self.streams:
+                    self._apply(head["stream"], table, head["now"], head["offsets"])
+                    if head["seq"] >= self.offline.log.next_seq(head["stream"]):
+                        # not yet in a flushed Parquet file: log it again, same numbers
+                        self._log_offline(head["stream"], table, head["now"], head["seq"])
+                self.replayed += 1
+        self.wal = Wal(self.wal_dir, fsync=fsync, start_lsn=self.checkpoint_lsn + 1)
+        self.applied_lsn = self.wal.last_lsn
+
+    # ---- definitions
+
+    def _load_definitions(self, ckpt) -> None:
+        snap = self.registry.snapshot()
+        self.streams = {e.name: e.definition for e in snap.of_kind("stream")}
+        wanted = {(e.name, e.version) for e in snap.of_kind("feature_view")}
+        for svc in snap.of_kind("feature_service"):  # services pin view versions
+            for ref in svc.resolved["features"]:
+                view, _, rest = ref.partition("@v")
+                wanted.add((view, int(rest.split(":")[0])) if rest else (view, snap.get(view).version))
+        saved = {(r["name"], r["version"]): r for r in (ckpt.meta.get("runtimes", []) if ckpt else [])}
+        if ckpt:
+            self.watermarks = {k: int(v) for k, v in ckpt.meta.get("watermarks", {}).items()}
+            self.offsets = ckpt.meta.get("offsets", {})
+        for name, version in sorted(wanted):
+            if (name, version) in self.runtimes:
+                continue
+            info = self.registry.feature_view(name, version)
+            source = info.definition.source
+            if source not in self.streams:
+                continue  # a view over a batch file source is materialized, not streamed
+            table = windows = None
+            if (name, version) in saved:
+                key = f"{name}@v{version}"
+                table = Table.from_snapshot(ckpt.blobs[f"{key}/table"], path=table_file(self.data_dir, name, version))
+                windows = [WindowView.from_bytes(ckpt.blobs[f"{key}/window{i}"])
+                           for i in range(saved[(name, version)]["windows"])]
+            self.runtimes[(name, version)] = ViewRuntime(info, self.streams[source], self.data_dir, self.capacity,
+                                                         table=table, windows=windows)
+            if snap.get(name) is not None and snap.get(name).version == version:  # offline: latest versions
+                entities = [self.registry.get(e).definition for e in info.definition.entities]
+                self.offline.add_view(from_registry(info.definition, self.streams[source], entities))
+        self.normalisers = {name: BatchNormaliser(s, self.con) for name, s in self.streams.items()}
+
+    def reload(self) -> None:
+        """Starts runtimes for definitions applied since (new views start empty;
+        materialize backfills them from the offline log)."""
+        with self.lock:
+            self._load_definitions(None)
+
+    # ---- writes
+
+    def push(self, stream: str, rows, *, now: int | None = None, offsets: dict | None = None) -> PushResult:
+        """Logs, then applies a batch; returns once it is durable."""
+        if stream not in self.streams:
+            raise UnknownStreamError(f"no stream {stream!r}; streams are: {', '.join(sorted(self.streams)) or 'none'}")
+        table, _ = self.normalisers[stream].normalise(rows)
+        with self.lock:
+            now = self.clock() if now is None else now
+            if table.num_rows == 0:
+                return PushResult(0, 0, self.applied_lsn)
+            seq = self.offline.log.next_seq(stream)
+            lsn = self.wal.append(REC_PUSH, _encode_push(stream, now, seq, table, offsets))
+            late = self._apply(stream, table, now, offsets)
+            self._log_offline(stream, table, now, seq)
+            self.applied_lsn = lsn
+            return PushResult(table.num_rows - late, late, lsn)
+
+    def _apply(self, stream: str, table: pa.Table, now: int, offsets: dict | None) -> int:
+        s = self.streams[stream]
+        ts = np.asarray(table.column(s.timestamp).cast(pa.int64()).to_numpy(), dtype=np.int64)
+        wm = self.watermarks.get(stream, INT64_MIN)
+        running = np.maximum.accumulate(np.concatenate([[wm], ts]))[:-1]
+        late = ts < np.where(running == INT64_MIN, INT64_MIN, running - s.allowed_lateness)
+        self.watermarks[stream] = int(max(wm, ts.max()))
+        nlate = int(late.sum())
+        self.late_total += nlate
+        on_time = table.filter(pa.array(~late)) if nlate else table
+        if on_time.num_rows:
+            self.con.register("__batch", on_time)
+            try:
+                for rt in self.runtimes.values():
+                    if rt.stream.name == stream:
+                        rt.apply(rt.project(self.con), now)
+            finally:
+                self.con.unregister("__batch")
+        if offsets:
+            self.offsets.update(offsets)
+        return nlate
+
+    def _log_offline(self, stream: str, table: pa.Table, now: int, seq: int) -> None:
+        self.offline.log.append(stream, table, timestamp=self.streams[stream].timestamp, created_ts=now, seq=seq)
+
+    def get_historical_features(self, entity_df, features, **kw):
+        """Point-in-time training set from the offline log (see fsapp.offline)."""
+        self.offline.log.flush()
+        return self.offline.get_historical_features(entity_df, features, **kw)
+
+    def tick(self, now: int | None = None) -> int:
+        """Time-driven updates: window values at hop boundaries, TTL eviction."""
+        with self.lock:
+            now = self.clock() if now is None else now
+            return sum(rt.tick(now) for rt in self.runtimes.values())
+
+    # ---- reads
+
+    def table_of(self, info) -> Table:
+        try:
+            return self.runtimes[(info.name, info.version)].table
+        except KeyError:
+            from fsapp.registry.errors import NotFoundError
+            raise NotFoundError(f"feature view {info.name} v{info.version} is not served online "
+                                f"(it reads a batch source, or was not applied)") from None
+
+    def get_online_features(self, features=None, feature_service=None, entities=None, *, now: int | None = None,
+                            full_feature_names: bool = False) -> dict:
+        resolved = self.registry.resolve_features(features, feature_service)
+        with self.lock:
+            return online_response(resolved, self.table_of, entities, self.clock() if now is None else now,
+                                   full_feature_names)
+
+    # ---- checkpoints and lifecycle
+
+    def checkpoint(self) -> int:
+        with self.lock:
+            lsn = self.applied_lsn
+            blobs, runtimes = {}, []
+            for (name, version), rt in self.runtimes.items():
+                blobs[f"{name}@v{version}/table"] = rt.table.snapshot()
+                for i, w in enumerate(rt.windows):
+                    blobs[f"{name}@v{version}/window{i}"] = w.to_bytes()
+                runtimes.append({"name": name, "version": version, "windows": len(rt.windows)})
+            meta = {"watermarks": dict(self.watermarks), "offsets": dict(self.offsets), "runtimes": runtimes}
+            self.offline.log.flush()  # the checkpoint lets the WAL go: its events must be in Parquet first
+            self.wal.sync()
+        write_checkpoint(self.ckpt_dir, lsn, blobs, meta, keep=self.keep)
+        oldest = oldest_retained_lsn(self.ckpt_dir)
+        if oldest is not None:
+            self.wal.truncate_before(oldest)
+        self.checkpoint_lsn = lsn
+        return lsn
+
+    def stats(self) -> dict:
+        return {"applied_lsn": self.applied_lsn, "checkpoint_lsn": self.checkpoint_lsn, "late_events": self.late_total,
+                "views": {f"{n}@v{v}": rt.table.stats() for (n, v), rt in self.runtimes.items()}}
+
+    def close(self) -> None:
+        with self.lock:
+            self.offline.log.flush()
+            self.offline.close()
+            self.wal.close()
+            for rt in self.runtimes.values():
+                rt.table.close()
+            self.con.close()
+            self.registry.close()
