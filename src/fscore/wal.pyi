@@ -22,14 +22,19 @@ def read_log(dir: str, after_lsn: int = 0,
 class Wal:
     dir: str
     fsync_policy: str  # "always" | "interval" | "never"
+    max_syncers: int
+    commit_delay_us: int
     recovery: RecoveryPolicy
     def __init__(self, dir: str, fsync: str = "always", *, interval_ms: float = 10,
                  segment_bytes: int = ..., preallocate: bool = True,
                  recovery: RecoveryPolicy = RecoveryPolicy.TOLERATE_TAIL, start_lsn: int = 1,
-                 fsync_fn: Callable[[int], None] | None = None) -> None: ...
+                 fsync_fn: Callable[[int], None] | None = None,  # called with the syncing fd
+                 max_syncers: int = 2,  # 1..16 fsyncs in flight at once, each on its own fd
+                 commit_delay_us: int = 100) -> None: ...  # 0..100000
     def append(self, rtype: int, payload: bytes) -> int: ...  # LSN (uint64), durable per policy
     def append_many(self, records: Iterable[tuple[int, bytes]]) -> range: ...
     def sync(self) -> None: ...
+    def stats(self) -> dict[str, int]: ...  # fsyncs, synced_records, writes, max_overlap, rolls, LSN marks
     def truncate_before(self, lsn: int) -> int: ...
     def segments(self) -> list[str]: ...
     def close(self) -> None: ...

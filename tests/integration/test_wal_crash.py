@@ -142,10 +142,10 @@ def test_kill9_loses_no_acknowledged_write_many_cycles(tmp_path, crash_seed):
     kill_loop(str(tmp_path / "store"), cycles=400, seed=crash_seed, max_delay=0.3)
 
 
-def wal_child(path, wfd, n_threads, cycle):
+def wal_child(path, wfd, n_threads, cycle, **wal_kw):
     """Several threads append concurrently (group commit) and report acks."""
     try:
-        w = Wal(path, segment_bytes=16384)
+        w = Wal(path, segment_bytes=16384, **wal_kw)
 
         def appender(t):
             for i in range(10**9):
@@ -164,7 +164,9 @@ def wal_child(path, wfd, n_threads, cycle):
     os._exit(1)
 
 
-def test_kill9_during_group_commit_loses_no_acknowledged_record(tmp_path, seed):
+@pytest.mark.parametrize("wal_kw", [{}, {"max_syncers": 1}, {"max_syncers": 8, "commit_delay_us": 50}],
+                         ids=["default", "serial", "overlap8"])
+def test_kill9_during_group_commit_loses_no_acknowledged_record(tmp_path, seed, wal_kw):
     rng = random.Random(seed)
     path = str(tmp_path / "wal")
     sent, acked = set(), set()
@@ -173,7 +175,7 @@ def test_kill9_during_group_commit_loses_no_acknowledged_record(tmp_path, seed):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
             os.close(r)
-            wal_child(path, w, 4, cycle)
+            wal_child(path, w, 4, cycle, **wal_kw)
         os.close(w)
         out = []
         reader = threading.Thread(target=lambda: out.append(read_all(r)))

@@ -1,0 +1,135 @@
+"""The engine process of `fstore serve`: the single writer, serving the
+workers' writes (and reads that need the engine: `as_of` in the past,
+training sets) over a Unix socket, ticking windows at hop boundaries and
+checkpointing periodically. SIGTERM: stop accepting, final checkpoint, close.
+
+    python -m fsapp.serve.engine_server --repo DIR --socket PATH
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import socketserver
+import sys
+import threading
+import time
+
+import pyarrow as pa
+
+from fsapp.engine import Engine
+from fsapp.serve.protocol import error_header, recv_frame, send_frame
+
+
+def _arrow_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+class EngineService:
+    """Dispatches protocol operations to the engine."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def handle(self, op: str, args: dict, body: bytes):
+        e = self.engine
+        if op == "ping":
+            return {"pid": os.getpid(), "applied_lsn": e.applied_lsn}, b""
+        if op == "push":
+            rows = pa.ipc.open_stream(pa.py_buffer(body)).read_all() if body else args.get("rows")
+            return e.push(args["stream"], rows, offsets=args.get("offsets")).to_dict(), b""
+        if op == "online":
+            return e.get_online_features(args.get("features"), args.get("feature_service"), args.get("entities"),
+                                         now=args.get("now"),
+                                         full_feature_names=bool(args.get("full_feature_names"))), b""
+        if op == "historical":
+            import pandas as pd
+            df = pd.DataFrame(args["entities"])
+            table = e.get_historical_features(df, args["features"]).to_arrow()
+            return {"rows": table.num_rows}, _arrow_bytes(table)
+        if op == "reload":
+            e.reload()
+            return {"views": sorted(f"{n}@v{v}" for n, v in e.runtimes)}, b""
+        if op == "checkpoint":
+            return {"lsn": e.checkpoint()}, b""
+        if op == "stats":
+            return e.stats(), b""
+        raise ValueError(f"unknown engine operation {op!r}")
+
+
+def make_server(service: EngineService, socket_path: str) -> socketserver.ThreadingUnixStreamServer:
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            while True:
+                try:
+                    header, body = recv_frame(self.request)
+                except (ConnectionError, OSError, ValueError):
+                    return  # the worker went away
+                try:
+                    result, data = service.handle(header.get("op"), header.get("args") or {}, body)
+                    reply = {"ok": True, "result": result}
+                except Exception as exc:  # every error goes back to the worker, typed
+                    reply, data = error_header(exc), b""
+                try:
+                    send_frame(self.request, reply, data)
+                except OSError:
+                    return
+
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)
+    server = socketserver.ThreadingUnixStreamServer(socket_path, Handler)
+    server.daemon_threads = True
+    return server
+
+
+def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int = 100_000,
+        tick_s: float = 0.2, checkpoint_s: float = 60.0) -> int:
+    from fsapp.registry.repo import Repo
+
+    repo = Repo(repo_dir)
+    engine = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync=fsync, capacity=capacity)
+    server = make_server(EngineService(engine), socket_path)
+    stop = threading.Event()
+
+    def on_term(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    t.start()
+    print(f"engine ready pid={os.getpid()} socket={socket_path} replayed={engine.replayed}", flush=True)
+    last_ckpt = time.monotonic()
+    try:
+        while not stop.wait(tick_s):
+            engine.tick()
+            if time.monotonic() - last_ckpt >= checkpoint_s:
+                engine.checkpoint()
+                last_ckpt = time.monotonic()
+    finally:
+        server.shutdown()
+        server.server_close()
+        engine.checkpoint()
+        engine.close()
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="fsapp.serve.engine_server")
+    ap.add_argument("--repo", required=True)
+    ap.add_argument("--socket", required=True)
+    ap.add_argument("--fsync", default="always", choices=["always", "interval", "never"])
+    ap.add_argument("--capacity", type=int, default=100_000)
+    ap.add_argument("--checkpoint-seconds", type=float, default=60.0)
+    a = ap.parse_args(argv)
+    return run(a.repo, a.socket, fsync=a.fsync, capacity=a.capacity, checkpoint_s=a.checkpoint_seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

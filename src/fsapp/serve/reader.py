@@ -1,0 +1,68 @@
+"""Online reads in a gunicorn worker: the engine's table files mapped
+read-only (no copy per worker), feature references resolved through the
+registry with a short cache. A table whose file was replaced (a restarted
+engine) is reopened."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from fscore.table import Table
+
+from fsapp.engine.online import online_response
+from fsapp.engine.runtime import table_file
+from fsapp.registry.catalog import Registry
+from fsapp.registry.errors import NotFoundError
+
+RESOLVE_CACHE_S = 1.0  # a registry apply becomes visible to reads within this
+STALE_CHECK_S = 0.5
+
+
+class OnlineReader:
+    def __init__(self, data_dir: str, registry_path: str):
+        self.data_dir = data_dir
+        self.registry = Registry(registry_path)
+        self._tables: dict[tuple[str, int], tuple[Table, float]] = {}
+        self._resolved: dict = {}
+        self._lock = threading.Lock()
+
+    def _table(self, info) -> Table:
+        key = (info.name, info.version)
+        now = time.monotonic()
+        hit = self._tables.get(key)
+        if hit is not None:
+            table, checked = hit
+            if now - checked < STALE_CHECK_S:
+                return table
+            if not table.reader_is_stale():
+                self._tables[key] = (table, now)
+                return table
+        path = table_file(self.data_dir, info.name, info.version)
+        if not os.path.exists(path):
+            raise NotFoundError(f"feature view {info.name} v{info.version} is not served online yet "
+                                "(the engine has not started it: apply, then wait for the engine to reload)")
+        table = Table.open_reader(path)
+        with self._lock:
+            self._tables[key] = (table, now)
+        return table
+
+    def resolve(self, features, feature_service):
+        key = (tuple(features or ()), feature_service)
+        hit = self._resolved.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] < RESOLVE_CACHE_S:
+            return hit[0]
+        resolved = self.registry.resolve_features(features, feature_service)
+        self._resolved[key] = (resolved, now)
+        return resolved
+
+    def get_online_features(self, features=None, feature_service=None, entities=None, *, now: int,
+                            full_feature_names: bool = False) -> dict:
+        return online_response(self.resolve(features, feature_service), self._table, entities, now,
+                               full_feature_names)
+
+    def close(self) -> None:
+        for t, _ in self._tables.values():
+            t.close()
+        self.registry.close()

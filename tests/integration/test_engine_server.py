@@ -1,0 +1,86 @@
+"""The engine process and its socket protocol: a worker-side client pushes,
+a worker-side reader sees the rows in shared memory, errors come back typed,
+and a killed engine restarts with every acknowledged push."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fsapp.engine.errors import BatchError, UnknownStreamError
+from fsapp.registry.repo import Repo
+from fsapp.registry.scaffold import init_repo
+from fsapp.serve.protocol import EngineClient, EngineUnavailable
+from fsapp.serve.reader import OnlineReader
+from fsapp.serve.supervisor import _wait_for_socket, socket_path_for
+
+
+@pytest.fixture
+def repo(tmp_path):
+    init_repo(tmp_path / "repo")
+    r = Repo(tmp_path / "repo")
+    r.apply()
+    return r
+
+
+def start_engine(repo):
+    sock = socket_path_for(repo)
+    proc = subprocess.Popen([sys.executable, "-m", "fsapp.serve.engine_server", "--repo", str(repo.root),
+                             "--socket", sock, "--fsync", "always"])
+    _wait_for_socket(sock, proc, 60)
+    return proc, sock
+
+
+def row(user, ts, amount=10.0):
+    return {"user_id": user, "merchant_id": "m1", "amount": amount, "currency": "EUR", "country": "DE",
+            "is_online": True, "ts": ts}
+
+
+def test_push_through_the_socket_is_read_from_shared_memory(repo):
+    proc, sock = start_engine(repo)
+    try:
+        client = EngineClient(sock)
+        t = time.time_ns() // 1000
+        res, _ = client.call("push", stream="transactions", rows=[row(1, t - 3_600_000_000), row(1, t - 60_000_000)])
+        assert res["accepted"] == 2 and res["lsn"] >= 1
+        reader = OnlineReader(str(repo.data_dir / "engine"), str(repo.registry_path))
+        out = reader.get_online_features(["user_txn:last_5_amounts"], entities={"user_id": [1, 2]},
+                                         now=time.time_ns() // 1000)
+        assert out["results"][1]["statuses"] == ["PRESENT", "NOT_FOUND"]
+        assert out["results"][1]["values"][0][:2] == [10.0, 10.0]
+        with pytest.raises(UnknownStreamError):
+            client.call("push", stream="nope", rows=[{"a": 1}])
+        with pytest.raises(BatchError, match="timestamp"):
+            client.call("push", stream="transactions", rows=[{"user_id": 1}])
+        reader.close()
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    assert not os.path.exists(sock)
+
+
+def test_killed_engine_restarts_with_every_acknowledged_push(repo):
+    proc, sock = start_engine(repo)
+    client = EngineClient(sock)  # closed in the finally below
+    t = time.time_ns() // 1000
+    acked = 0
+    for i in range(30):
+        client.call("push", stream="transactions", rows=[row(7, t - 1_000_000 * (30 - i), amount=1.0)])
+        acked += 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with pytest.raises(EngineUnavailable):
+        client.call("ping")
+    proc, sock = start_engine(repo)
+    try:
+        out, _ = client.call("online", features=["user_txn:last_5_amounts"], entities={"user_id": [7]})
+        assert out["results"][1]["values"][0] == [1.0] * 5
+        stats, _ = client.call("stats")
+        assert stats["applied_lsn"] == acked
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
