@@ -27,6 +27,7 @@ SCHEMA = Schema([("user_id", "int64")],
                 [("txn_count_1h", "int64"), ("amount_sum_24h", "float64"), ("is_premium", "bool"),
                  ("country", "string", 8), ("embedding", "vector", 4)])
 HOUR_US = 3_600_000_000
+CRASH_ROWS = 50_000
 COUNTRIES = np.array(["US", "DE", "FR", "BR", "IN", "JP"], dtype=object)
 
 
@@ -67,12 +68,13 @@ def _crashing_writer(dir, start, conn):
     store = DurableTable.open(dir, SCHEMA, capacity=1, ttl_us=HOUR_US)  # settings come from store.json
     rng = np.random.default_rng(start)
     k = start
-    while True:
+    while k < start + CRASH_ROWS:  # bounded: every acknowledged row must still fit the table
         keys = np.arange(k, k + 100, dtype=np.int64)
         vals, ts = _batch(rng, keys, time.time_ns() // 1000)
         store.put_batch(keys, vals, ts, now=time.time_ns() // 1000)
         conn.send(k + 100)  # acknowledged: durable before put_batch returned
         k += 100
+    time.sleep(3600)  # wait for the SIGKILL
 
 
 def _pct(xs, q):
@@ -139,8 +141,10 @@ def run_demo(rows: int = 200_000, readers: int = 2, keep: str | None = None, out
         w = ctx.Process(target=_crashing_writer, args=(store_dir, rows + 1_000_000, child))
         w.start()
         acked = rows + 1_000_000
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline:
+        # kill it mid-stream: at a random point between 10% and 90% of its rows
+        kill_at = acked + int(rng.integers(CRASH_ROWS // 10, CRASH_ROWS * 9 // 10))
+        deadline = time.monotonic() + 60
+        while acked < kill_at and time.monotonic() < deadline:
             if parent.poll(0.05):
                 acked = parent.recv()
         os.kill(w.pid, signal.SIGKILL)

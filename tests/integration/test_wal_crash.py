@@ -138,6 +138,7 @@ def test_kill9_loses_no_acknowledged_write(tmp_path, crash_seed):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_kill9_loses_no_acknowledged_write_many_cycles(tmp_path, crash_seed):
     kill_loop(str(tmp_path / "store"), cycles=400, seed=crash_seed, max_delay=0.3)
 

@@ -1,0 +1,99 @@
+"""`create_app(backend, ...)`: the Falcon WSGI app of the REST API.
+
+Dependencies come in (the backend, the keys, the limits); nothing here opens
+a store, so the same app runs over an in-process engine or over a gunicorn
+worker's shared-memory reader.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import falcon
+
+from fsapp.api import errors, resources as r
+from fsapp.api.auth import ApiKeys
+from fsapp.api.metrics import HttpMetrics
+from fsapp.api.openapi import openapi_document
+
+DEFAULT_MAX_BODY_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    json_max_rows: int = 10_000
+
+
+class Guard:
+    """Runs after routing and before the responder, so it knows the resource's
+    scope and refuses oversized bodies before a byte of them is read."""
+
+    def __init__(self, keys: ApiKeys | None, limits: Limits):
+        self.keys, self.limits = keys, limits
+
+    def process_resource(self, req, resp, resource, params):
+        if resource is None:
+            return
+        scope = getattr(resource, "scope", None)
+        if self.keys is not None and scope is not None:
+            self.keys.check(req, scope)
+        length = req.content_length  # an invalid header is a 400 from Falcon
+        if length is not None and length > self.limits.max_body_bytes:
+            raise errors.too_large(self.limits.max_body_bytes, length)
+
+
+class Timing:
+    """Latency and status counts per route template (not per URL: names in
+    paths would make one series per definition)."""
+
+    def __init__(self, http: HttpMetrics):
+        self.http = http
+
+    def process_request(self, req, resp):
+        req.context.started = time.perf_counter()
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        started = getattr(req.context, "started", None)
+        if started is not None:
+            route = req.uri_template or "unmatched"
+            self.http.observe(req.method, route, resp.status_code, started)
+
+
+def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               json_max_rows: int = 10_000, http_metrics: HttpMetrics | None = None) -> falcon.App:
+    """The API over `backend` (see fsapp.api.backend.Backend).
+
+    api_keys: {token: scopes} (scopes: "read", "write", "admin", as a set or a
+    comma-separated string); None leaves the API open. max_body_bytes: larger
+    requests get 413. http_metrics: pass one to share the registry (e.g. to
+    merge it with other workers'); default a new per-process registry."""
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be positive")
+    limits = Limits(max_body_bytes, json_max_rows)
+    http = http_metrics or HttpMetrics()
+    keys = ApiKeys(api_keys) if api_keys else None
+    app = falcon.App(middleware=[Timing(http), Guard(keys, limits)])
+    # we read bodies ourselves (bounded, with our own errors)
+    app.req_options.auto_parse_form_urlencoded = False
+    app.resp_options.default_media_type = falcon.MEDIA_JSON
+    errors.install(app)
+
+    routes = {
+        "/api/v1/features/online": r.OnlineFeatures(backend, limits),
+        "/api/v1/features/historical": r.HistoricalFeatures(backend, limits),
+        "/api/v1/push": r.Push(backend, limits),
+        "/api/v1/materialize": r.Materialize(backend, limits),
+        "/api/v1/registry/{kind}": r.RegistryList(backend, limits),
+        "/api/v1/registry/{kind}/{name}": r.RegistryItem(backend, limits),
+        "/api/v1/lineage/{name}": r.Lineage(backend, limits),
+        "/get-online-features": r.FeastOnlineFeatures(backend, limits),
+        "/push": r.FeastPush(backend, limits),
+        "/health": r.Health(backend, limits),
+        "/ready": r.Ready(backend, limits),
+        "/metrics": r.Metrics(backend, limits, http),
+        "/api/v1/openapi.json": r.OpenApi(backend, limits, openapi_document(max_body_bytes)),
+    }
+    for path, resource in routes.items():
+        app.add_route(path, resource)
+    return app

@@ -1,0 +1,175 @@
+"""What the REST API needs from a store, and `EngineBackend`: that protocol
+over an in-process `Engine` (embedded use, tests, a single-process server).
+
+The serving runtime provides another implementation for gunicorn workers
+(reads from shared memory, writes forwarded to the engine process); the
+resources only ever see this protocol. Arguments arrive validated in shape
+(the resources check JSON types); the backend raises domain errors for
+everything that depends on the definitions, and `fsapp.api.errors` maps
+them to statuses.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import duckdb
+import pyarrow as pa
+
+from fsapp.api.metrics import MetricsRegistry
+from fsapp.errors import EntityDataFrameError
+from fsapp.registry.errors import NotFoundError
+
+_CALLER_DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.OutOfRangeException,
+                       duckdb.TypeMismatchException)
+KINDS = ("entity", "source", "stream", "feature_view", "feature_service")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    def online(self, features: list[str] | None, feature_service: str | None, entities: dict[str, list],
+               as_of: int | None, full_feature_names: bool) -> dict:
+        """Feast-shaped column-major response; `as_of` µs UTC (None: now)."""
+
+    def push(self, stream: str, rows) -> dict:
+        """{"accepted", "late", "lsn"} once durable. `rows`: list of dicts,
+        dict of lists or an Arrow table."""
+
+    def historical(self, entities: pa.Table, features: list[str], full_feature_names: bool) -> pa.Table:
+        """Point-in-time rows; `entities` has an `event_timestamp` column."""
+
+    def materialize(self, start: int, end: int, views: list[str] | None) -> dict:
+        """{"views": {name: rows written}, "start", "end"} once durable."""
+
+    def registry_list(self, kind: str) -> list[dict]: ...
+
+    def registry_get(self, kind: str, name: str, version: int | None) -> dict: ...
+
+    def lineage(self, name: str) -> dict: ...
+
+    def health(self) -> dict: ...
+
+    def ready(self) -> tuple[bool, str]:
+        """(ready, reason when not)."""
+
+    def metrics_text(self) -> str:
+        """Store-side metrics (ingest, late events, evictions, freshness) in
+        Prometheus text format."""
+
+
+class EngineBackend:
+    """The protocol over one in-process `fsapp.engine.Engine`."""
+
+    def __init__(self, engine, clock=None):
+        self.engine = engine
+        self.clock = clock or engine.clock
+        self.metrics = MetricsRegistry()
+        m = self.metrics
+        self.ingested = m.counter("fstore_ingest_rows_total", "Events accepted by push, by stream", ("stream",))
+        self.late = m.counter("fstore_late_events_total",
+                              "Events beyond the allowed lateness (logged offline, not applied online)", ("stream",))
+        self.materialized = m.counter("fstore_materialized_rows_total", "Rows written by materialize", ("view",))
+        self.evictions = m.counter("fstore_online_evictions_total",
+                                 "Keys evicted from an online table since it was created", ("view", "reason"))
+        self.rows = m.gauge("fstore_online_rows", "Live keys in an online table", ("view",))
+        self.lag = m.gauge("fstore_freshness_lag_seconds",
+                           "Wall-clock now minus the newest event time seen on the stream", ("stream",))
+        self.lsn = m.gauge("fstore_wal_applied_lsn", "Last WAL record applied", ())
+
+    # ---- reads
+
+    def online(self, features, feature_service, entities, as_of, full_feature_names):
+        return self.engine.get_online_features(features, feature_service, entities, now=as_of,
+                                               full_feature_names=full_feature_names)
+
+    def historical(self, entities, features, full_feature_names):
+        try:
+            return self.engine.get_historical_features(entities, features,
+                                                       full_feature_names=full_feature_names).to_arrow()
+        except _CALLER_DATA_ERRORS as e:
+            # DuckDB fails lazily, e.g. when an entity key's values cannot be
+            # cast to the view's key type: that is the caller's data. Other
+            # DuckDB errors (binder, catalog) are ours and stay 500s.
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EntityDataFrameError(f"the entity rows cannot be joined with the features: {first}; give each "
+                                       "key column the type of the entity's key") from None
+
+    # ---- writes
+
+    def push(self, stream, rows):
+        res = self.engine.push(stream, rows)
+        with self.metrics.lock:
+            self.ingested.inc(res.accepted, stream=stream)
+            self.late.inc(res.late, stream=stream)
+        return res.to_dict()
+
+    def materialize(self, start, end, views):
+        eng = self.engine
+        if start >= end:
+            from fsapp.engine.errors import BatchError
+            raise BatchError(f"materialize needs start < end (got start={start}, end={end})")
+        # Only the engine writes online tables: hold its lock for the whole
+        # run, then checkpoint so the written values survive a restart (they
+        # are not WAL records) before the call is acknowledged.
+        with eng.lock:
+            names = views if views is not None else sorted(eng.offline.views)
+            for name in names:
+                eng.offline.view(name)  # unknown names fail before anything is written
+            tables = {}
+            for (name, version), rt in eng.runtimes.items():
+                entry = eng.registry.snapshot().get(name)
+                if entry is not None and entry.version == version:
+                    tables[name] = rt.table
+            missing = [n for n in names if n not in tables]
+            if missing:
+                raise NotFoundError(f"feature view(s) {', '.join(missing)} have no online table in this engine "
+                                    "(only views over streams are served online)")
+            written = eng.offline.materialize(names, start, end, {n: tables[n] for n in names}, now=self.clock())
+            eng.checkpoint()
+        with self.metrics.lock:
+            for name, n in written.items():
+                self.materialized.inc(n, view=name)
+        return {"views": written, "start": start, "end": end}
+
+    # ---- registry
+
+    def registry_list(self, kind):
+        return [e.to_dict() for e in sorted(self.engine.registry.list(kind), key=lambda e: e.name)]
+
+    def registry_get(self, kind, name, version):
+        entry = self.engine.registry.get(name, version)
+        if entry.kind != kind:
+            raise NotFoundError(f"{name} is a {entry.kind}, not a {kind}; ask /api/v1/registry/{entry.kind}/{name}")
+        return entry.to_dict()
+
+    def lineage(self, name):
+        return self.engine.registry.lineage(name)
+
+    # ---- operations
+
+    def health(self):
+        eng = self.engine
+        return {"status": "ok", "applied_lsn": eng.applied_lsn, "checkpoint_lsn": eng.checkpoint_lsn,
+                "late_events": eng.late_total, "views": len(eng.runtimes), "streams": sorted(eng.streams)}
+
+    def ready(self):
+        wal = self.engine.wal
+        if wal.closed:
+            return False, "the write-ahead log is closed (the engine is shutting down)"
+        if wal.poisoned:
+            return False, "an fsync failed: the write-ahead log refuses writes until the engine restarts"
+        return True, ""
+
+    def metrics_text(self):
+        eng = self.engine
+        now = self.clock()
+        with self.metrics.lock:
+            for (name, version), rt in eng.runtimes.items():
+                s = rt.table.stats()
+                view = f"{name}@v{version}"
+                self.evictions.set(s["evicted_capacity"], view=view, reason="capacity")
+                self.evictions.set(s["evicted_expired"], view=view, reason="expired")
+                self.rows.set(s["rows"], view=view)
+            for stream, wm in eng.watermarks.items():
+                self.lag.set(max(0.0, (now - wm) / 1e6), stream=stream)
+            self.lsn.set(eng.applied_lsn)
+        return self.metrics.render()

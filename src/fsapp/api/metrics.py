@@ -1,0 +1,202 @@
+"""Prometheus metrics of one process, in the text exposition format 0.0.4.
+
+A `MetricsRegistry` holds counters, gauges and histograms keyed by label
+values. It is per process (gunicorn workers do not share memory), so it can
+be turned into a JSON-able `snapshot()` and snapshots can be `merge`d: the
+serving runtime can collect the workers' snapshots and expose their sum.
+Counters and histograms add; gauges keep the most recent value.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+# Request latency buckets (seconds): fine below 10 ms, where the target is.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+def _escape(v: str) -> str:
+    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: tuple[str, ...], values: tuple, extra: str = "") -> str:
+    items = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
+    if extra:
+        items.append(extra)
+    return "{" + ",".join(items) + "}" if items else ""
+
+
+def _num(x: float) -> str:
+    if isinstance(x, float):
+        if math.isinf(x):
+            return "+Inf" if x > 0 else "-Inf"
+        if math.isnan(x):
+            return "NaN"
+        return repr(x)
+    return str(x)
+
+
+class _Metric:
+    kind = ""
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()):
+        self.name, self.help, self.label_names = name, help, tuple(labels)
+        self.values: dict[tuple, object] = {}
+
+    def _key(self, labels: dict | None) -> tuple:
+        labels = labels or {}
+        if set(labels) != set(self.label_names):
+            raise ValueError(f"metric {self.name} takes labels {self.label_names}, got {sorted(labels)}")
+        return tuple(str(labels[n]) for n in self.label_names)
+
+    def header(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+
+
+class Counter(_Metric):
+    kind = "counter"
+
+    def inc(self, amount: float = 1, **labels) -> None:
+        k = self._key(labels)
+        self.values[k] = self.values.get(k, 0) + amount
+
+    def set(self, value: float, **labels) -> None:
+        """For a counter kept elsewhere (e.g. a table's eviction count),
+        copied in at scrape time."""
+        self.values[self._key(labels)] = value
+
+    def render(self) -> list[str]:
+        return [f"{self.name}{_labels(self.label_names, k)} {_num(v)}" for k, v in sorted(self.values.items())]
+
+
+class Gauge(_Metric):
+    kind = "gauge"
+
+    def set(self, value: float, **labels) -> None:
+        self.values[self._key(labels)] = value
+
+    render = Counter.render
+
+
+class Histogram(_Metric):
+    kind = "histogram"
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...] = (), buckets=LATENCY_BUCKETS):
+        super().__init__(name, help, labels)
+        self.buckets = tuple(sorted(buckets))
+
+    def observe(self, value: float, **labels) -> None:
+        k = self._key(labels)
+        state = self.values.get(k)
+        if state is None:
+            state = self.values[k] = {"counts": [0] * (len(self.buckets) + 1), "sum": 0.0}
+        i = next((i for i, b in enumerate(self.buckets) if value <= b), len(self.buckets))
+        state["counts"][i] += 1
+        state["sum"] += value
+
+    def render(self) -> list[str]:
+        out = []
+        for k, state in sorted(self.values.items()):
+            running = 0
+            for bound, n in zip(self.buckets + (math.inf,), state["counts"]):
+                running += n
+                le = 'le="' + _num(float(bound)) + '"'
+                out.append(f"{self.name}_bucket{_labels(self.label_names, k, le)} {running}")
+            out.append(f"{self.name}_sum{_labels(self.label_names, k)} {_num(state['sum'])}")
+            out.append(f"{self.name}_count{_labels(self.label_names, k)} {running}")
+        return out
+
+
+class MetricsRegistry:
+    def __init__(self):
+        self.metrics: dict[str, _Metric] = {}
+        self.lock = threading.Lock()  # gthread workers observe from several threads
+
+    def _add(self, metric: _Metric) -> _Metric:
+        existing = self.metrics.get(metric.name)
+        if existing is not None:
+            if type(existing) is not type(metric) or existing.label_names != metric.label_names:
+                raise ValueError(f"metric {metric.name} is already registered with another type or labels")
+            return existing
+        self.metrics[metric.name] = metric
+        return metric
+
+    def counter(self, name: str, help: str, labels=()) -> Counter:
+        return self._add(Counter(name, help, labels))
+
+    def gauge(self, name: str, help: str, labels=()) -> Gauge:
+        return self._add(Gauge(name, help, labels))
+
+    def histogram(self, name: str, help: str, labels=(), buckets=LATENCY_BUCKETS) -> Histogram:
+        return self._add(Histogram(name, help, labels, buckets))
+
+    def render(self) -> str:
+        with self.lock:
+            lines = []
+            for m in self.metrics.values():
+                lines += m.header() + m.render()
+        return "\n".join(lines) + "\n" if lines else ""
+
+    # ---- sharing across processes
+
+    def snapshot(self) -> dict:
+        """JSON-able state: {name: {kind, help, labels, buckets?, values: [[label values, value]]}}."""
+        with self.lock:
+            out = {}
+            for m in self.metrics.values():
+                d = {"kind": m.kind, "help": m.help, "labels": list(m.label_names),
+                     "values": [[list(k), v if m.kind != "histogram" else {"counts": list(v["counts"]),
+                                                                             "sum": v["sum"]}]
+                                for k, v in m.values.items()]}
+                if isinstance(m, Histogram):
+                    d["buckets"] = list(m.buckets)
+                out[m.name] = d
+            return out
+
+    def merge(self, snapshot: dict) -> "MetricsRegistry":
+        """Adds another process's snapshot into this registry."""
+        with self.lock:
+            for name, d in snapshot.items():
+                kind, labels = d["kind"], tuple(d["labels"])
+                if kind == "histogram":
+                    m = self._add(Histogram(name, d["help"], labels, d["buckets"]))
+                    if list(m.buckets) != list(d["buckets"]):
+                        raise ValueError(f"histogram {name}: buckets differ between processes")
+                else:
+                    m = self._add((Counter if kind == "counter" else Gauge)(name, d["help"], labels))
+                for key, v in d["values"]:
+                    key = tuple(key)
+                    if kind == "counter":
+                        m.values[key] = m.values.get(key, 0) + v
+                    elif kind == "gauge":
+                        m.values[key] = v
+                    else:
+                        state = m.values.setdefault(key, {"counts": [0] * len(v["counts"]), "sum": 0.0})
+                        state["counts"] = [a + b for a, b in zip(state["counts"], v["counts"])]
+                        state["sum"] += v["sum"]
+        return self
+
+
+def merge_snapshots(snapshots) -> MetricsRegistry:
+    reg = MetricsRegistry()
+    for s in snapshots:
+        reg.merge(s)
+    return reg
+
+
+class HttpMetrics:
+    """The API's own metrics: latency per route and request counts by status."""
+
+    def __init__(self, registry: MetricsRegistry | None = None):
+        self.registry = registry or MetricsRegistry()
+        self.latency = self.registry.histogram("fstore_http_request_duration_seconds",
+                                               "Time to answer a request, by route", ("method", "route"))
+        self.requests = self.registry.counter("fstore_http_requests_total",
+                                              "Requests answered, by route and status", ("method", "route", "status"))
+
+    def observe(self, method: str, route: str, status: int, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        with self.registry.lock:
+            self.latency.observe(elapsed, method=method, route=route)
+            self.requests.inc(method=method, route=route, status=status)

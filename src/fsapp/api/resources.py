@@ -1,0 +1,303 @@
+"""The resources: small classes, one per route. Each checks the shape of its
+request (fsapp.api.requests), calls the backend, and writes the response.
+`scope` names the API-key scope a resource needs (None: open)."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import io
+import json
+import math
+
+import falcon
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fsapp.api import errors
+from fsapp.api import requests as rq
+from fsapp.api.backend import KINDS
+from fsapp.engine.online import iso
+
+# plural and dashed spellings in URLs map to the registry's kinds
+KIND_ALIASES = {**{k: k for k in KINDS}, **{k + "s": k for k in KINDS}, "entities": "entity",
+                **{k.replace("_", "-"): k for k in KINDS}, **{k.replace("_", "-") + "s": k for k in KINDS}}
+START_OF_TIME = -(1 << 62)
+
+
+def _clean(v):
+    """A Python value as strict JSON (no NaN/Infinity, no datetimes)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (dt.datetime, dt.date, dt.time)):
+        return v.isoformat()
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    if isinstance(v, bytes):
+        return base64.b64encode(v).decode()
+    if isinstance(v, dt.timedelta):
+        return v.total_seconds()
+    return v
+
+
+def send_json(resp: falcon.Response, doc, status=falcon.HTTP_200) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    try:
+        resp.text = json.dumps(doc, allow_nan=False, separators=(",", ":"))
+    except (ValueError, TypeError):  # rare: non-finite floats or exotic types; clean them up
+        resp.text = json.dumps(_clean(doc), allow_nan=False, separators=(",", ":"), default=str)
+
+
+class _Resource:
+    scope: str | None = "read"
+
+    def __init__(self, backend, limits):
+        self.backend = backend
+        self.limits = limits
+
+
+# ---- online features
+
+def _online_args(doc: dict, native: bool):
+    if native:
+        rq.only_fields(doc, {"features", "feature_service", "entities", "as_of", "full_feature_names"},
+                       "online features request")
+    features = rq.string_list(doc, "features", required=False)
+    service = rq.string(doc, "feature_service", required=False)
+    if (features is None) == (service is None):
+        raise errors.schema_mismatch("give exactly one of 'features' (e.g. [\"user_txn:txn_count_1h\"]) "
+                                     "or 'feature_service' (e.g. \"fraud_v1\")")
+    entities = rq.columns(doc.get("entities"), "entities")
+    as_of = rq.time_us(doc["as_of"], "as_of") if native and doc.get("as_of") is not None else None
+    return features, service, entities, as_of, rq.boolean(doc, "full_feature_names")
+
+
+class OnlineFeatures(_Resource):
+    """POST /api/v1/features/online"""
+    native = True
+
+    def on_post(self, req, resp):
+        doc = rq.json_body(req, self.limits.max_body_bytes)
+        send_json(resp, self.backend.online(*_online_args(doc, self.native)))
+
+
+class FeastOnlineFeatures(OnlineFeatures):
+    """POST /get-online-features: Feast's request; extra Feast fields ignored."""
+    native = False
+
+
+# ---- historical features
+
+def _entity_table(entities: dict) -> pa.Table:
+    if "event_timestamp" not in entities:
+        raise errors.schema_mismatch("'entities' needs an 'event_timestamp' column: the time as of which each "
+                                     "row's features are computed (ISO-8601 or epoch)")
+    cols = {}
+    for name, vals in entities.items():
+        if name == "event_timestamp":
+            us = [rq.time_us(v, f"entities.event_timestamp[{i}]") for i, v in enumerate(vals)]
+            cols[name] = pa.array(us, pa.timestamp("us", tz="UTC"))
+            continue
+        try:
+            cols[name] = pa.array(vals)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            raise errors.schema_mismatch(f"entities column {name!r} mixes value types; give every value of a key "
+                                         "the key's type") from None
+    return pa.table(cols)
+
+
+def table_to_columns(table: pa.Table) -> dict[str, list]:
+    out = {}
+    for name, col in zip(table.column_names, table.columns):
+        if pa.types.is_timestamp(col.type):
+            us = pc.cast(col, pa.timestamp("us", tz=col.type.tz), safe=False).cast(pa.int64())
+            out[name] = [None if v is None else iso(v) for v in us.to_pylist()]
+        else:
+            out[name] = _clean(col.to_pylist())
+    return out
+
+
+class HistoricalFeatures(_Resource):
+    """POST /api/v1/features/historical"""
+
+    def on_post(self, req, resp):
+        doc = rq.json_body(req, self.limits.max_body_bytes)
+        rq.only_fields(doc, {"entities", "features", "full_feature_names"}, "historical features request")
+        features = rq.string_list(doc, "features")
+        if not features:
+            raise errors.schema_mismatch("'features' is empty; name at least one, e.g. [\"user_txn:*\"]")
+        entities = _entity_table(rq.columns(doc.get("entities"), "entities"))
+        # negotiate before the (possibly long) query runs
+        fmt = self._format(req)
+        table = self.backend.historical(entities, features, rq.boolean(doc, "full_feature_names"))
+        if fmt == rq.JSON:
+            if table.num_rows > self.limits.json_max_rows:
+                raise errors.not_acceptable(
+                    f"the result has {table.num_rows} rows; JSON answers are limited to {self.limits.json_max_rows}. "
+                    f"Send 'Accept: {rq.ARROW_STREAM}' or 'Accept: {rq.PARQUET_TYPES[0]}'")
+            send_json(resp, {"num_rows": table.num_rows, "columns": table_to_columns(table)})
+            return
+        sink = io.BytesIO()
+        if fmt == rq.ARROW_STREAM:
+            with pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table)
+        else:
+            pq.write_table(table, sink)
+        resp.content_type = fmt
+        resp.data = sink.getvalue()
+
+    @staticmethod
+    def _format(req) -> str:
+        offered = [rq.JSON, rq.ARROW_STREAM, *rq.PARQUET_TYPES]
+        accept = (req.accept or "").strip()
+        if not accept or accept == "*/*":
+            return rq.JSON
+        best = req.client_prefers(offered)
+        if best is None:
+            raise errors.not_acceptable(f"Accept {accept!r} matches none of: {', '.join(offered)}")
+        return best
+
+
+# ---- writes
+
+class Push(_Resource):
+    """POST /api/v1/push: JSON rows or columns, or an Arrow IPC stream body."""
+    scope = "write"
+
+    def on_post(self, req, resp):
+        media = rq.require_media(req, (rq.JSON, rq.ARROW_STREAM))
+        body = rq.read_body(req, self.limits.max_body_bytes)
+        if media == rq.ARROW_STREAM:
+            stream = req.get_param("stream")
+            if not stream:
+                raise errors.schema_mismatch("an Arrow body needs the stream in the query: POST /api/v1/push?stream=NAME")
+            try:
+                table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as e:
+                raise errors.malformed(f"the body is not an Arrow IPC stream: {e}") from None
+            send_json(resp, self.backend.push(stream, table))
+            return
+        doc = rq.parse_json(body)
+        rq.only_fields(doc, {"stream", "rows", "columns"}, "push request")
+        stream = rq.string(doc, "stream")
+        if ("rows" in doc) == ("columns" in doc):
+            raise errors.schema_mismatch("give exactly one of 'rows' (an array of objects) or 'columns' "
+                                         "(an object of arrays)")
+        data = rq.rows(doc["rows"], "rows") if "rows" in doc else rq.columns(doc["columns"], "columns")
+        send_json(resp, self.backend.push(stream, data))
+
+
+class FeastPush(_Resource):
+    """POST /push: Feast's PushFeaturesRequest onto the stream of that name."""
+    scope = "write"
+
+    def on_post(self, req, resp):
+        doc = rq.json_body(req, self.limits.max_body_bytes)
+        stream = rq.string(doc, "push_source_name")
+        to = doc.get("to", "online")
+        if to not in ("online", "online_and_offline", "offline"):
+            raise errors.schema_mismatch("'to' must be \"online\", \"offline\" or \"online_and_offline\"")
+        if to == "offline":
+            # The engine logs every pushed event offline AND applies it online
+            # (the stream is the one source of both); an offline-only write
+            # would silently also change online values.
+            raise errors.schema_mismatch("fstore writes every pushed event to both the online and the offline "
+                                         "store; send \"to\": \"online_and_offline\" (or \"online\")")
+        send_json(resp, self.backend.push(stream, rq.columns(doc.get("df"), "df")))
+
+
+class Materialize(_Resource):
+    """POST /api/v1/materialize"""
+    scope = "write"
+
+    def on_post(self, req, resp):
+        doc = rq.json_body(req, self.limits.max_body_bytes)
+        rq.only_fields(doc, {"start", "end", "views"}, "materialize request")
+        if "end" not in doc:
+            raise errors.schema_mismatch("'end' is required: values are computed as of this time (ISO-8601 or epoch)")
+        start = rq.time_us(doc["start"], "start") if doc.get("start") is not None else START_OF_TIME
+        end = rq.time_us(doc["end"], "end")
+        if start >= end:
+            raise errors.schema_mismatch("'start' must be before 'end'")
+        views = rq.string_list(doc, "views", required=False)
+        send_json(resp, self.backend.materialize(start, end, views))
+
+
+# ---- registry and lineage
+
+def _kind(kind: str) -> str:
+    try:
+        return KIND_ALIASES[kind]
+    except KeyError:
+        raise errors.not_found(f"no registry kind {kind!r}; the kinds are {', '.join(KINDS)}") from None
+
+
+class RegistryList(_Resource):
+    """GET /api/v1/registry/{kind}"""
+
+    def on_get(self, req, resp, kind):
+        kind = _kind(kind)
+        send_json(resp, {"kind": kind, "items": self.backend.registry_list(kind)})
+
+
+class RegistryItem(_Resource):
+    """GET /api/v1/registry/{kind}/{name}[?version=N]"""
+
+    def on_get(self, req, resp, kind, name):
+        send_json(resp, self.backend.registry_get(_kind(kind), name, rq.int_param(req, "version")))
+
+
+class Lineage(_Resource):
+    """GET /api/v1/lineage/{name}"""
+
+    def on_get(self, req, resp, name):
+        send_json(resp, self.backend.lineage(name))
+
+
+# ---- operations (open: probes and scrapers carry no keys)
+
+class Health(_Resource):
+    scope = None
+
+    def on_get(self, req, resp):
+        send_json(resp, self.backend.health())
+
+
+class Ready(_Resource):
+    scope = None
+
+    def on_get(self, req, resp):
+        ok, reason = self.backend.ready()
+        if not ok:
+            raise falcon.HTTPServiceUnavailable(title="Not ready", description=reason)
+        send_json(resp, {"ready": True})
+
+
+class Metrics(_Resource):
+    scope = None
+
+    def __init__(self, backend, limits, http_metrics):
+        super().__init__(backend, limits)
+        self.http = http_metrics
+
+    def on_get(self, req, resp):
+        resp.content_type = "text/plain; version=0.0.4; charset=utf-8"
+        resp.text = self.http.registry.render() + self.backend.metrics_text()
+
+
+class OpenApi(_Resource):
+    scope = None
+
+    def __init__(self, backend, limits, document: dict):
+        super().__init__(backend, limits)
+        self.text = json.dumps(document)
+
+    def on_get(self, req, resp):
+        resp.content_type = falcon.MEDIA_JSON
+        resp.text = self.text

@@ -1,0 +1,342 @@
+"""The REST API over a real engine (temp starter repo, fake clock), through
+falcon.testing.TestClient: reads, writes, formats, auth, limits and the
+error statuses."""
+import io
+import re
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from falcon import testing
+
+from fscore.errors import WalFsyncError
+from fscore.wal import Wal
+
+from fsapp.api import EngineBackend, create_app
+from fsapp.api.metrics import MetricsRegistry, merge_snapshots
+from fsapp.engine import Engine
+from fsapp.registry.repo import Repo
+from fsapp.registry.scaffold import init_repo
+
+H = 3_600_000_000
+T0 = 1_764_000_000_000_000 // H * H
+NOW = T0 + 2 * H
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+def txn(user, ts_us, amount=5.0, merchant="m1"):
+    return {"user_id": user, "merchant_id": merchant, "amount": amount, "currency": "EUR", "country": "DE",
+            "is_online": True, "ts": ts_us}
+
+
+@pytest.fixture
+def repo(tmp_path):
+    init_repo(tmp_path / "repo")
+    r = Repo(tmp_path / "repo")
+    r.apply()
+    return r
+
+
+@pytest.fixture
+def engine(repo):
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", clock=lambda: NOW)
+    yield eng
+    eng.close()
+
+
+def client(engine, **kw):
+    return testing.TestClient(create_app(EngineBackend(engine), **kw))
+
+
+@pytest.fixture
+def api(engine):
+    return client(engine)
+
+
+def push(api, rows, stream="transactions"):
+    res = api.simulate_post("/api/v1/push", json={"stream": stream, "rows": rows})
+    assert res.status_code == 200, res.text
+    return res.json
+
+
+def assert_error(res, status):
+    assert res.status_code == status, res.text
+    body = res.json
+    assert set(body) == {"title", "description"} and body["description"], body
+    return body
+
+
+# ---- reads and writes
+
+def test_push_then_read_back_column_major_with_statuses(api):
+    out = push(api, [txn(1, T0 + 60_000_000), txn(1, T0 + 120_000_000, amount=7.0), txn(2, T0 + H)])
+    assert out == {"accepted": 3, "late": 0, "lsn": out["lsn"]} and out["lsn"] >= 1
+    req = {"features": ["user_txn:txn_count_1h", "user_txn:amount_stddev_7d", "user_txn:last_5_amounts"],
+           "entities": {"user_id": [1, 2, 99]}}
+    res = api.simulate_post("/api/v1/features/online", json=req)
+    assert res.status_code == 200, res.text
+    body = res.json
+    assert body["metadata"]["feature_names"] == ["user_id", "txn_count_1h", "amount_stddev_7d", "last_5_amounts"]
+    keys, count, stddev, last5 = body["results"]
+    assert keys["values"] == [1, 2, 99]
+    assert count["statuses"] == ["PRESENT", "PRESENT", "NOT_FOUND"]
+    # as of NOW = T0+2h the closed 1h window [T0+1h, T0+2h) holds only user 2's event
+    assert count["values"][:2] == [0, 1]
+    # one event: the sample stddev is stored as null
+    assert stddev["statuses"][1] == "NULL_VALUE" and stddev["values"][1] is None
+    assert last5["values"][0][:2] == [7.0, 5.0]  # most recent first
+    assert all(len(r["event_timestamps"]) == 3 for r in body["results"])
+    # Feast's endpoint: same request shape, same answer; full names on request
+    feast = api.simulate_post("/get-online-features", json={**req, "full_feature_names": True,
+                                                           "allow_registry_cache": True})
+    assert feast.status_code == 200
+    assert feast.json["metadata"]["feature_names"][1] == "user_txn__txn_count_1h"
+    assert feast.json["results"] == body["results"]
+
+
+def test_as_of_reads_the_served_value_at_that_time(api):
+    push(api, [txn(1, T0 + 60_000_000)])
+    req = {"features": ["user_txn:txn_count_1h"], "entities": {"user_id": [1]}}
+    for as_of in ("2025-11-24T18:00:00Z", (T0 + 2 * H) // 1_000_000, T0 + 2 * H):
+        res = api.simulate_post("/api/v1/features/online", json={**req, "as_of": as_of})
+        assert res.status_code == 200, res.text
+
+
+def test_feast_push_columns_and_arrow_push_reach_the_same_stream(api):
+    df = {k: [v] for k, v in txn(3, T0 + H + 1).items()}
+    res = api.simulate_post("/push", json={"push_source_name": "transactions", "df": df, "to": "online"})
+    assert res.status_code == 200 and res.json["accepted"] == 1
+    res = api.simulate_post("/api/v1/push", json={"stream": "transactions", "columns": df})
+    assert res.status_code == 200 and res.json["accepted"] == 1
+    sink = io.BytesIO()
+    table = pa.table(df)
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    res = api.simulate_post("/api/v1/push", params={"stream": "transactions"}, body=sink.getvalue(),
+                            headers={"Content-Type": ARROW})
+    assert res.status_code == 200 and res.json["accepted"] == 1
+    read = api.simulate_post("/get-online-features", json={"features": ["user_txn:txn_count_1h"],
+                                                           "entities": {"user_id": [3]}})
+    assert read.json["results"][1]["values"] == [3]
+    assert_error(api.simulate_post("/push", json={"push_source_name": "transactions", "df": df, "to": "offline"}),
+                 422)
+
+
+def test_historical_in_json_arrow_and_parquet_agree(api):
+    push(api, [txn(1, T0 + 60_000_000), txn(1, T0 + 120_000_000), txn(2, T0 + H)])
+    req = {"features": ["user_txn:txn_count_1h", "user_txn:amount_24h"],
+           "entities": {"user_id": [1, 2, 1], "event_timestamp": ["2025-11-24T17:00:00Z", T0 + 2 * H, T0]}}
+    res = api.simulate_post("/api/v1/features/historical", json=req)
+    assert res.status_code == 200, res.text
+    cols = res.json["columns"]
+    assert res.json["num_rows"] == 3 and cols["txn_count_1h"] == [2, 1, 0]
+    res = api.simulate_post("/api/v1/features/historical", json=req, headers={"Accept": ARROW})
+    assert res.headers["content-type"] == ARROW
+    arrow = pa.ipc.open_stream(res.content).read_all()
+    res = api.simulate_post("/api/v1/features/historical", json=req, headers={"Accept": "application/x-parquet"})
+    assert res.headers["content-type"] == "application/x-parquet"
+    parquet = pq.read_table(io.BytesIO(res.content))
+    assert arrow.column("txn_count_1h").to_pylist() == parquet.column("txn_count_1h").to_pylist() == [2, 1, 0]
+    assert arrow.column("amount_24h").to_pylist() == cols["amount_24h"]
+    assert_error(api.simulate_post("/api/v1/features/historical", json=req, headers={"Accept": "image/png"}), 406)
+    bad_key = {**req, "entities": {"user_id": ["x"], "event_timestamp": [T0]}}
+    assert "user_id" in assert_error(api.simulate_post("/api/v1/features/historical", json=bad_key), 422)["description"]
+
+
+def test_json_results_over_the_row_limit_ask_for_arrow(engine):
+    api = client(engine, json_max_rows=2)
+    push(api, [txn(1, T0)])
+    req = {"features": ["user_txn:txn_count_1h"], "entities": {"user_id": [1, 2, 3], "event_timestamp": [T0] * 3}}
+    assert "Accept" in assert_error(api.simulate_post("/api/v1/features/historical", json=req), 406)["description"]
+    assert api.simulate_post("/api/v1/features/historical", json=req, headers={"Accept": ARROW}).status_code == 200
+
+
+def test_materialize_writes_the_online_tables(api, engine):
+    push(api, [txn(5, T0 + 60_000_000)])
+    res = api.simulate_post("/api/v1/materialize", json={"start": T0, "end": T0 + H, "views": ["user_txn"]})
+    assert res.status_code == 200, res.text
+    assert res.json["views"] == {"user_txn": 1} and engine.checkpoint_lsn == engine.applied_lsn
+    assert_error(api.simulate_post("/api/v1/materialize", json={"end": T0, "views": ["nope"]}), 404)
+    assert_error(api.simulate_post("/api/v1/materialize", json={"start": T0, "end": T0}), 422)
+
+
+def test_registry_and_lineage_reads(api):
+    res = api.simulate_get("/api/v1/registry/feature_views")
+    assert res.status_code == 200
+    assert [e["name"] for e in res.json["items"]] == ["merchant_txn", "user_profile", "user_txn"]
+    res = api.simulate_get("/api/v1/registry/feature-view/user_txn", params={"version": "1"})
+    assert res.status_code == 200 and res.json["version"] == 1 and res.json["kind"] == "feature_view"
+    assert api.simulate_get("/api/v1/registry/stream/transactions").json["name"] == "transactions"
+    assert_error(api.simulate_get("/api/v1/registry/stream/user_txn"), 404)
+    assert_error(api.simulate_get("/api/v1/registry/gadgets"), 404)
+    assert_error(api.simulate_get("/api/v1/registry/feature_view/user_txn", params={"version": "9"}), 404)
+    assert_error(api.simulate_get("/api/v1/registry/feature_view/user_txn", params={"version": "x"}), 400)
+    res = api.simulate_get("/api/v1/lineage/user_txn:txn_count_1h")
+    assert res.status_code == 200 and res.json["root"] == "feature:user_txn@v1:txn_count_1h"
+    assert any(n["name"] == "transactions" and n["upstream"] for n in res.json["nodes"])
+    assert_error(api.simulate_get("/api/v1/lineage/nothing"), 404)
+
+
+# ---- security and limits
+
+def test_api_keys_and_scopes(engine):
+    api = client(engine, api_keys={"r": "read", "w": {"write"}, "a": "admin"})
+    read = {"features": ["user_txn:txn_count_1h"], "entities": {"user_id": [1]}}
+    write = {"stream": "transactions", "rows": [txn(1, T0)]}
+    bearer = lambda t: {"Authorization": f"Bearer {t}"}
+    res = assert_error(api.simulate_post("/api/v1/features/online", json=read), 401)
+    assert "Bearer" in res["description"]
+    assert_error(api.simulate_post("/api/v1/features/online", json=read, headers=bearer("nope")), 401)
+    assert_error(api.simulate_post("/api/v1/features/online", json=read, headers={"Authorization": "Basic r"}), 401)
+    assert api.simulate_post("/api/v1/features/online", json=read, headers=bearer("r")).status_code == 200
+    assert_error(api.simulate_post("/api/v1/push", json=write, headers=bearer("r")), 403)
+    assert_error(api.simulate_post("/api/v1/materialize", json={"end": T0}, headers=bearer("r")), 403)
+    assert_error(api.simulate_get("/api/v1/registry/stream", headers=bearer("w")), 403)
+    assert api.simulate_post("/api/v1/push", json=write, headers=bearer("w")).status_code == 200
+    assert api.simulate_post("/push", json={"push_source_name": "transactions",
+                                            "df": {k: [v] for k, v in txn(1, T0).items()}},
+                             headers=bearer("a")).status_code == 200
+    assert api.simulate_get("/api/v1/registry/stream", headers=bearer("a")).status_code == 200
+    for open_path in ("/health", "/ready", "/metrics", "/api/v1/openapi.json"):
+        assert api.simulate_get(open_path).status_code == 200
+    with pytest.raises(ValueError, match="scopes"):
+        create_app(EngineBackend(engine), api_keys={"k": "superuser"})
+
+
+class ExplodingInput:
+    def read(self, *a):
+        raise AssertionError("the body was read")
+
+    readline = readlines = read
+
+    def __iter__(self):
+        return self
+
+
+def test_oversized_body_gets_413_before_it_is_read(engine):
+    api = client(engine, max_body_bytes=1000)
+    res = api.simulate_post("/api/v1/push", headers={"Content-Type": "application/json", "Content-Length": "5000"},
+                            extras={"wsgi.input": ExplodingInput()})
+    assert "1000" in assert_error(res, 413)["description"]
+    # without a Content-Length (chunked), the read itself stops at the limit
+    big = b'{"stream": "transactions", "rows": [' + b" " * 5000 + b"]}"
+    res = api.simulate_post("/api/v1/push", headers={"Content-Type": "application/json",
+                                                     "Transfer-Encoding": "chunked"},
+                            extras={"wsgi.input": io.BytesIO(big)})
+    assert_error(res, 413)
+    small = b'{"stream": "transactions", "rows": []}'
+    res = api.simulate_post("/api/v1/push", headers={"Content-Type": "application/json",
+                                                     "Transfer-Encoding": "chunked"},
+                            extras={"wsgi.input": io.BytesIO(small)})
+    assert res.status_code in (200, 422), res.text  # read in full; the empty batch is the engine's call
+
+
+def test_bad_input_statuses(api):
+    on = "/api/v1/features/online"
+    assert_error(api.simulate_post(on, body="features=x", headers={"Content-Type": "text/plain"}), 415)
+    assert_error(api.simulate_post("/api/v1/push", body="{}", headers={"Content-Type": "text/csv"}), 415)
+    assert_error(api.simulate_post(on, body='{"features": [', headers={"Content-Type": "application/json"}), 400)
+    assert_error(api.simulate_post(on, body=b"\xff\xfe", headers={"Content-Type": "application/json"}), 400)
+    assert_error(api.simulate_post("/api/v1/push", params={"stream": "transactions"}, body=b"not arrow",
+                                   headers={"Content-Type": ARROW}), 400)
+    assert_error(api.simulate_post(on, json={"features": ["user_txn:nope"], "entities": {"user_id": [1]}}), 404)
+    assert_error(api.simulate_post(on, json={"features": ["ghost:x"], "entities": {"user_id": [1]}}), 404)
+    assert_error(api.simulate_post("/api/v1/push", json={"stream": "ghost", "rows": [{"a": 1}]}), 404)
+    assert_error(api.simulate_post(on, json=[1, 2]), 422)
+    assert_error(api.simulate_post(on, json={"entities": {"user_id": [1]}}), 422)
+    assert_error(api.simulate_post(on, json={"features": ["user_txn:txn_count_1h"],
+                                             "entities": {"user_id": ["one"]}}), 422)
+    assert_error(api.simulate_post(on, json={"features": ["user_txn:txn_count_1h"],
+                                             "entities": {"user_id": [2 ** 70]}}), 422)
+    assert_error(api.simulate_post(on, json={"features": ["user_txn:txn_count_1h"], "entities": {"user_id": [1]},
+                                             "as_of": "yesterday"}), 422)
+    assert "rows" in assert_error(api.simulate_post("/api/v1/push", json={"stream": "transactions", "row": []}),
+                                  422)["description"]
+    assert "amount" in assert_error(api.simulate_post("/api/v1/push", json={
+        "stream": "transactions", "rows": [{**txn(1, T0), "amount": "lots"}]}), 422)["description"]
+    assert_error(api.simulate_post("/api/v1/features/historical", json={
+        "features": ["user_txn:txn_count_1h"], "entities": {"user_id": [1]}}), 422)
+
+
+def test_store_that_cannot_persist_answers_503(api, engine):
+    def failing_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    engine.wal.close()
+    engine.wal = Wal(engine.wal_dir, fsync="always", start_lsn=engine.applied_lsn + 1, fsync_fn=failing_fsync)
+    res = api.simulate_post("/api/v1/push", json={"stream": "transactions", "rows": [txn(1, T0)]})
+    assert "retry" in assert_error(res, 503)["description"]
+    assert_error(api.simulate_get("/ready"), 503)
+    assert api.simulate_get("/health").status_code == 200  # alive, just not ready
+
+
+def test_wal_fsync_error_from_any_backend_maps_to_503(engine):
+    class Failing(EngineBackend):
+        def push(self, stream, rows):
+            raise WalFsyncError("fsync failed on wal/00000001.log")
+
+    api = testing.TestClient(create_app(Failing(engine)))
+    assert_error(api.simulate_post("/push", json={"push_source_name": "transactions", "df": {"ts": [1]}}), 503)
+
+
+# ---- operations
+
+_SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '
+                     r'(-?[0-9.e+-]+|\+Inf|-Inf|NaN)$')
+
+
+def parse_prometheus(text: str) -> dict:
+    samples, types = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            types[name] = kind
+        elif line.startswith("# HELP ") or not line:
+            continue
+        else:
+            assert _SAMPLE.match(line), line
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return {"types": types, "samples": samples}
+
+
+def test_metrics_text_parses_and_counts(api):
+    push(api, [txn(1, T0), txn(1, T0 - 3 * H)])  # the second is late
+    api.simulate_post("/api/v1/features/online", json={"features": ["user_txn:nope"], "entities": {"user_id": [1]}})
+    m = parse_prometheus(api.simulate_get("/metrics").text)
+    assert m["types"]["fstore_http_request_duration_seconds"] == "histogram"
+    s = m["samples"]
+    assert s['fstore_http_requests_total{method="POST",route="/api/v1/features/online",status="404"}'] == 1
+    assert s['fstore_ingest_rows_total{stream="transactions"}'] == 1
+    assert s['fstore_late_events_total{stream="transactions"}'] == 1
+    assert s['fstore_freshness_lag_seconds{stream="transactions"}'] == (NOW - T0) / 1e6
+    assert 'fstore_online_evictions_total{view="user_txn@v1",reason="capacity"}' in s
+    buckets = [v for k, v in s.items() if k.startswith("fstore_http_request_duration_seconds_bucket{method=\"POST\","
+                                                       "route=\"/api/v1/push\"")]
+    assert buckets == sorted(buckets) and buckets[-1] == 1
+
+
+def test_metrics_snapshots_merge_across_processes():
+    def worker(n):
+        reg = MetricsRegistry()
+        reg.counter("c_total", "c", ("route",)).inc(n, route="/x")
+        reg.histogram("h", "h").observe(0.002)
+        reg.gauge("g", "g").set(n)
+        return reg.snapshot()
+
+    merged = parse_prometheus(merge_snapshots([worker(1), worker(2)]).render())["samples"]
+    assert merged['c_total{route="/x"}'] == 3 and merged["h_count"] == 2 and merged["g"] == 2
+
+
+def test_openapi_describes_every_route(api):
+    doc = api.simulate_get("/api/v1/openapi.json").json
+    assert doc["openapi"].startswith("3.")
+    routes = {"/api/v1/features/online", "/api/v1/features/historical", "/api/v1/push", "/api/v1/materialize",
+              "/api/v1/registry/{kind}", "/api/v1/registry/{kind}/{name}", "/api/v1/lineage/{name}",
+              "/get-online-features", "/push", "/health", "/ready", "/metrics", "/api/v1/openapi.json"}
+    assert set(doc["paths"]) == routes
+    for path, ops in doc["paths"].items():
+        for op in ops.values():
+            assert "200" in op["responses"], path
+            for ref in re.findall(r'"\$ref": "#/components/schemas/(\w+)"', str(op).replace("'", '"')):
+                assert ref in doc["components"]["schemas"]
