@@ -53,6 +53,30 @@ any_json = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                         | st.dictionaries(names, inner, max_size=4), max_leaves=12)
 
 
+# Values that fit the starter repo's keys and stream columns, so that a
+# share of the generated requests gets past validation into the engine.
+fitting = (st.integers(1, 6) | st.sampled_from(["m1", "m2", "EUR", "DE"]) | st.booleans()
+           | st.integers(T0, T0 + 2 * H) | st.sampled_from(["2025-11-24T17:00:00Z", "2025-11-24 16:30:00"])
+           | st.floats(-10, 100))
+TXN_COLUMNS = ["user_id", "merchant_id", "amount", "currency", "country", "is_online", "ts"]
+
+
+@st.composite
+def equal_columns(draw, scalar):
+    """An object of same-length arrays (sometimes of the stream's columns)."""
+    n = draw(st.integers(0, 4))
+    keys = draw(st.lists(st.sampled_from(VOCAB) | names, max_size=4, unique=True)
+                | st.sampled_from([TXN_COLUMNS, ["user_id", "event_timestamp"], ["user_id"],
+                                   ["user_id", "merchant_id", "event_timestamp"]]))
+    return {k: draw(st.lists(scalar, min_size=n, max_size=n)) for k in keys}
+
+
+txn_row = st.fixed_dictionaries({"user_id": st.integers(1, 6), "ts": st.integers(T0, T0 + 2 * H)},
+                                optional={"merchant_id": st.sampled_from(["m1", "m2"]) | json_scalars,
+                                          "amount": st.floats(-5, 50) | json_scalars,
+                                          "currency": st.just("EUR"), "is_online": st.booleans()})
+
+
 def strategy(schema: dict, doc: dict):
     if "$ref" in schema:
         return strategy(doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]], doc)
@@ -70,10 +94,15 @@ def strategy(schema: dict, doc: dict):
         extra = schema.get("additionalProperties")
         if isinstance(extra, dict):
             free = st.dictionaries(names, strategy(extra, doc), max_size=4)
+            if extra.get("type") == "array":  # columns
+                free = free | equal_columns(fitting | json_scalars)
+            elif "oneOf" in extra:  # a row of scalars
+                free = free | txn_row
             return fixed | free if props else free
         return fixed
     if kind == "array":
-        return st.lists(strategy(schema.get("items", {}), doc), max_size=5)
+        items = strategy(schema.get("items", {}), doc)
+        return st.lists(items, max_size=5) | st.lists(items, min_size=1, max_size=1)
     if kind == "string":
         if schema.get("format") == "date-time":
             return st.datetimes().map(lambda d: d.isoformat() + "Z") | names
@@ -86,6 +115,37 @@ def strategy(schema: dict, doc: dict):
     if kind == "boolean":
         return st.booleans()
     return any_json
+
+
+FEATURES = st.lists(st.sampled_from(["user_txn:txn_count_1h", "user_txn:*", "merchant_txn:volume_1d",
+                                     "user_txn:last_5_amounts", "user_profile:age"]), min_size=1, max_size=3)
+
+
+@st.composite
+def keyed(draw, time_column=False):
+    n = draw(st.integers(0, 4))
+    cols = {"user_id": draw(st.lists(st.integers(1, 8) | fitting, min_size=n, max_size=n))}
+    if draw(st.booleans()):
+        cols["merchant_id"] = draw(st.lists(st.sampled_from(["m1", "m2"]) | fitting, min_size=n, max_size=n))
+    if time_column:
+        cols["event_timestamp"] = draw(st.lists(fitting, min_size=n, max_size=n))
+    return cols
+
+
+# Requests close to valid, per endpoint: the schema alone rarely satisfies
+# cross-field rules (exactly one of features / feature_service).
+NEAR_VALID = {
+    "/api/v1/features/online": st.fixed_dictionaries(
+        {"features": FEATURES, "entities": keyed()}, optional={"as_of": fitting, "full_feature_names": st.booleans()}),
+    "/get-online-features": st.fixed_dictionaries({"feature_service": st.just("fraud_v1"), "entities": keyed()})
+    | st.fixed_dictionaries({"features": FEATURES, "entities": keyed()}),
+    "/api/v1/features/historical": st.fixed_dictionaries({"features": FEATURES, "entities": keyed(True)}),
+    "/api/v1/push": st.fixed_dictionaries({"stream": st.just("transactions"), "rows": st.lists(txn_row, max_size=4)}),
+    "/push": st.fixed_dictionaries({"push_source_name": st.just("transactions"),
+                                    "df": equal_columns(fitting)}),
+    "/api/v1/materialize": st.fixed_dictionaries({"end": fitting}, optional={"start": fitting,
+                                                                            "views": st.lists(names, max_size=2)}),
+}
 
 
 def request_schema(doc, path):
@@ -105,11 +165,14 @@ def check(res):
         assert body["title"] and body["description"], body
 
 
+# An `amount` beyond float32 range overflows in the last_k vector column
+# (stored as inf): an engine-level choice reported separately, not an API 500.
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 @pytest.mark.parametrize("path", POSTS)
 @given(data=st.data())
 def test_generated_json_bodies_get_no_500(api, path, data):
     client, doc = api
-    body = data.draw(strategy(request_schema(doc, path), doc) | any_json, label="body")
+    body = data.draw(strategy(request_schema(doc, path), doc) | NEAR_VALID[path] | any_json, label="body")
     check(client.simulate_post(path, body=json.dumps(body), headers={"Content-Type": "application/json"}))
 
 
