@@ -631,6 +631,11 @@ cdef class Table:
         self._maybe_compact()
         return gone
 
+    def check_keys(self, keys):
+        """Raises KeyEncodingError for keys this table cannot hold (wrong type,
+        string over its size); inserts nothing."""
+        self._encode_keys(keys)
+
     def live_rows(self):
         """Row ids of every live row (int64, ascending)."""
         return np.nonzero(self._rows_matrix()[:, ROW_STATE] == 1)[0].astype(np.int64)

@@ -154,3 +154,34 @@ def test_online_equals_offline_through_the_engine(repo, rng):
     got = np.array([np.nan if v is None else v for v in m_online["results"][2]["values"]], dtype=float)
     assert np.allclose(got, m_hist["volume_1d"].to_numpy(dtype=float), equal_nan=True)
     eng.close()
+
+
+def test_a_row_without_a_key_is_refused_before_anything_is_logged(repo):
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
+    good = {"merchant_id": "m", "amount": 1.0, "currency": "EUR", "country": "DE", "is_online": True,
+            "ts": T0 + 1}
+    with pytest.raises(BatchError, match="merchant_id"):
+        eng.push("transactions", [{"user_id": 1, **good}, {"user_id": 2, **{**good, "merchant_id": None}}],
+                 now=T0 + 2)
+    assert eng.applied_lsn == 0
+    out = eng.get_online_features(["user_txn:last_5_amounts"], entities={"user_id": [1]}, now=T0 + 2)
+    assert out["results"][1]["statuses"] == ["NOT_FOUND"]  # user_txn was not half-applied either
+    eng.close()
+
+
+def test_training_set_before_any_event_is_empty_not_an_error(repo):
+    import pandas as pd
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
+    df = eng.get_historical_features(pd.DataFrame({"user_id": [1], "event_timestamp": [T0]}),
+                                     ["user_txn:txn_count_1h", "user_txn:amount_24h"]).to_df()
+    assert df["txn_count_1h"].tolist() == [0] and df["amount_24h"].isna().all()
+    eng.close()
+
+
+def test_plain_view_over_a_file_source_has_an_online_table(repo):
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
+    out = eng.get_online_features(feature_service="fraud_v1", entities={"user_id": [1], "merchant_id": ["m1"]},
+                                  now=T0)
+    assert "age" in out["metadata"]["feature_names"]
+    assert out["results"][out["metadata"]["feature_names"].index("age")]["statuses"] == ["NOT_FOUND"]
+    eng.close()

@@ -6,6 +6,7 @@ worker's shared-memory reader.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -54,6 +55,8 @@ class Timing:
         req.context.started = time.perf_counter()
 
     def process_response(self, req, resp, resource, req_succeeded):
+        # which worker answered: lets clients and tests see the load spread
+        resp.set_header("X-Fstore-Worker", str(os.getpid()))
         started = getattr(req.context, "started", None)
         if started is not None:
             route = req.uri_template or "unmatched"

@@ -17,6 +17,7 @@ import logging
 
 import falcon
 
+from fsapp.serve.protocol import EngineUnavailable
 from fscore.errors import (CheckpointError, KeyEncodingError, SchemaError, WalError, WindowSpecError,
                            WindowStateError)
 
@@ -85,6 +86,8 @@ _STATUS_OF = [
     (WalError, falcon.HTTP_503, "Store cannot persist"),
     (CheckpointError, falcon.HTTP_503, "Store cannot persist"),
     (WindowStateError, falcon.HTTP_503, "Store state unusable"),
+    # the engine process is restarting (fstore serve): the write was not taken
+    (EngineUnavailable, falcon.HTTP_503, "Engine unavailable"),
 ]
 
 

@@ -30,7 +30,7 @@ from fscore.table import Table
 from fscore.wal import Wal, read_log
 from fscore.window import WindowView
 
-from fsapp.engine.errors import UnknownStreamError
+from fsapp.engine.errors import BatchError, UnknownStreamError
 from fsapp.engine.ingest import BatchNormaliser
 from fsapp.engine.online import online_response
 from fsapp.engine.runtime import ViewRuntime, table_file
@@ -131,20 +131,24 @@ class Engine:
                 continue
             info = self.registry.feature_view(name, version)
             source = info.definition.source
-            if source not in self.streams:
-                continue  # a view over a batch file source is materialized, not streamed
+            if source not in self.streams and info.definition.is_aggregated:
+                continue  # windows over a batch file source are computed offline only
             table = windows = None
             if (name, version) in saved:
                 key = f"{name}@v{version}"
                 table = Table.from_snapshot(ckpt.blobs[f"{key}/table"], path=table_file(self.data_dir, name, version))
                 windows = [WindowView.from_bytes(ckpt.blobs[f"{key}/window{i}"])
                            for i in range(saved[(name, version)]["windows"])]
-            self.runtimes[(name, version)] = ViewRuntime(info, self.streams[source], self.data_dir, self.capacity,
-                                                         table=table, windows=windows)
+            # a plain view over a file source gets an online table that materialize fills
+            self.runtimes[(name, version)] = ViewRuntime(info, self.streams.get(source), self.data_dir,
+                                                         self.capacity, table=table, windows=windows)
             if snap.get(name) is not None and snap.get(name).version == version:  # offline: latest versions
                 entities = [self.registry.get(e).definition for e in info.definition.entities]
-                self.offline.add_view(from_registry(info.definition, self.streams[source], entities))
+                src = self.streams.get(source) or self.registry.get(source).definition
+                self.offline.add_view(from_registry(info.definition, src, entities))
         self.normalisers = {name: BatchNormaliser(s, self.con) for name, s in self.streams.items()}
+        for name, s in self.streams.items():
+            self.offline.declare_stream(name, [(c.name, c.type) for c in s.columns])
 
     def reload(self) -> None:
         """Starts runtimes for definitions applied since (new views start empty;
@@ -163,6 +167,7 @@ class Engine:
             now = self.clock() if now is None else now
             if table.num_rows == 0:
                 return PushResult(0, 0, self.applied_lsn)
+            self._check_keys(stream, table)  # refuse before logging: nothing is half-applied
             seq = self.offline.log.next_seq(stream)
             lsn = self.wal.append(REC_PUSH, _encode_push(stream, now, seq, table, offsets))
             late = self._apply(stream, table, now, offsets)
@@ -184,13 +189,31 @@ class Engine:
             self.con.register("__batch", on_time)
             try:
                 for rt in self.runtimes.values():
-                    if rt.stream.name == stream:
+                    if rt.stream is not None and rt.stream.name == stream:
                         rt.apply(rt.project(self.con), now)
             finally:
                 self.con.unregister("__batch")
         if offsets:
             self.offsets.update(offsets)
         return nlate
+
+    def _check_keys(self, stream: str, table: pa.Table) -> None:
+        """Every view of the stream must be able to key every row it keeps:
+        no null key, no key too long for its column."""
+        self.con.register("__batch", table)
+        try:
+            for rt in self.runtimes.values():
+                if rt.stream is None or rt.stream.name != stream:
+                    continue
+                projected = rt.project(self.con)
+                for k in rt.key_names:
+                    col = projected.column(k)
+                    if col.null_count:
+                        raise BatchError(f"feature view {rt.name} is keyed by {k!r}, which is null in "
+                                         f"{col.null_count} row(s); give every row its {k}")
+                rt.table.check_keys(rt.keys_of(projected))
+        finally:
+            self.con.unregister("__batch")
 
     def _log_offline(self, stream: str, table: pa.Table, now: int, seq: int) -> None:
         self.offline.log.append(stream, table, timestamp=self.streams[stream].timestamp, created_ts=now, seq=seq)

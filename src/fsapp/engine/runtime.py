@@ -41,7 +41,8 @@ def column_for_table(arr: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray
     """(values, nulls) for a table column of `kind` from a kernel or Arrow
     result: NaN means null for floats; a vector is null only when all NaN."""
     if kind == "vector":
-        a = np.asarray(arr, dtype=np.float32)
+        with np.errstate(over="ignore"):  # vectors are float32: beyond ±3.4e38 reads as ±inf
+            a = np.asarray(arr, dtype=np.float32)
         return a, np.isnan(a).all(axis=1) if a.size else np.zeros(len(a), dtype=bool)
     if kind == "string":
         a = np.asarray(arr, dtype=object)

@@ -48,6 +48,7 @@ class OfflineStore:
         self.log = EventLog(os.path.join(self.root, "events"), flush_rows=flush_rows)
         self.views: dict[str, ViewDef] = {}
         self._sources: dict[str, SourceDef] = {}
+        self._stream_columns: dict[str, list[tuple[str, str]]] = {}
         self._lock = threading.Lock()
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
@@ -111,9 +112,20 @@ class OfflineStore:
             raise SourceError(f"no batch source or stream with events named {name!r}")
         return self._empty_source(name, view)
 
+    def declare_stream(self, name: str, columns: list[tuple[str, str]]) -> None:
+        """The stream's declared (column, DuckDB type) pairs: before its first
+        event, queries over it read a typed empty relation with all of them."""
+        self._stream_columns[name] = list(columns)
+
     def _empty_source(self, name: str, view: ViewDef) -> SourceDef:
         # A stream with no events yet: an empty relation with the columns the
         # view reads, so queries return nulls (counts 0) instead of failing.
+        declared = self._stream_columns.get(name)
+        if declared:
+            sel = ", ".join(f"CAST(NULL AS {t}) AS {quote_ident(c)}" for c, t in declared)
+            rel = (f"(SELECT {sel}, 0::BIGINT AS {EVENT_TS}, 0::BIGINT AS {CREATED_TS}, 0::BIGINT AS {SEQ} "
+                   f"WHERE false)")
+            return SourceDef(name, rel, quote_ident(EVENT_TS), quote_ident(CREATED_TS), quote_ident(SEQ))
         cols = {k: "NULL" for k in view.keys}
         for _, expr in view.features:
             cols.setdefault(expr.strip('"'), "NULL::DOUBLE")

@@ -32,11 +32,31 @@ def _arrow_bytes(table: pa.Table) -> bytes:
 class EngineService:
     """Dispatches protocol operations to the engine."""
 
+    # Backend methods a worker forwards (fsapp.api.backend.Backend): the
+    # engine side of everything a worker cannot do from shared memory.
+    FORWARDED = ("online", "push", "historical", "materialize", "health", "ready", "metrics_text")
+
     def __init__(self, engine: Engine):
+        from fsapp.api.backend import EngineBackend
+
         self.engine = engine
+        self.backend = EngineBackend(engine)
 
     def handle(self, op: str, args: dict, body: bytes):
         e = self.engine
+        if op == "backend":
+            method = args.get("method")
+            if method not in self.FORWARDED:
+                raise ValueError(f"unknown backend method {method!r}")
+            kwargs = dict(args.get("kwargs") or {})
+            if method == "push" and body:
+                kwargs["rows"] = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+            if method == "historical":
+                kwargs["entities"] = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+                table = self.backend.historical(**kwargs)
+                return {"rows": table.num_rows}, _arrow_bytes(table)
+            result = getattr(self.backend, method)(**kwargs)
+            return (list(result) if isinstance(result, tuple) else result), b""
         if op == "ping":
             return {"pid": os.getpid(), "applied_lsn": e.applied_lsn}, b""
         if op == "push":

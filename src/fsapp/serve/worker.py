@@ -1,0 +1,88 @@
+"""The backend of a gunicorn worker (fsapp.api.backend.Backend): online reads
+straight from the engine's shared-memory tables, registry reads from the
+registry file, everything else forwarded to the engine process."""
+from __future__ import annotations
+
+import io
+import time
+
+import pyarrow as pa
+
+from fsapp.registry.catalog import Registry
+from fsapp.registry.errors import NotFoundError
+from fsapp.serve.protocol import EngineClient
+from fsapp.serve.reader import OnlineReader
+
+
+def _arrow_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+class WorkerBackend:
+    def __init__(self, data_dir: str, registry_path: str, socket_path: str, clock=None):
+        self.reader = OnlineReader(data_dir, registry_path)
+        self.registry = Registry(registry_path)
+        self.client = EngineClient(socket_path)
+        self.clock = clock or (lambda: time.time_ns() // 1000)
+
+    def _forward(self, method: str, body: bytes = b"", **kwargs):
+        return self.client.call("backend", body, method=method, kwargs=kwargs)
+
+    # ---- reads
+
+    def online(self, features, feature_service, entities, as_of, full_feature_names):
+        if as_of is None:  # the common case: no engine round trip
+            return self.reader.get_online_features(features, feature_service, entities, now=self.clock(),
+                                                   full_feature_names=full_feature_names)
+        result, _ = self._forward("online", features=features, feature_service=feature_service, entities=entities,
+                                  as_of=as_of, full_feature_names=full_feature_names)
+        return result
+
+    def historical(self, entities: pa.Table, features, full_feature_names):
+        _, data = self._forward("historical", _arrow_bytes(entities), features=features,
+                                full_feature_names=full_feature_names)
+        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+    # ---- writes
+
+    def push(self, stream, rows):
+        if isinstance(rows, pa.Table):
+            result, _ = self._forward("push", _arrow_bytes(rows), stream=stream)
+        else:
+            result, _ = self._forward("push", stream=stream, rows=rows)
+        return result
+
+    def materialize(self, start, end, views):
+        result, _ = self._forward("materialize", start=start, end=end, views=views)
+        return result
+
+    # ---- registry (read-only; safe in every worker)
+
+    def registry_list(self, kind):
+        return [e.to_dict() for e in sorted(self.registry.list(kind), key=lambda e: e.name)]
+
+    def registry_get(self, kind, name, version):
+        entry = self.registry.get(name, version)
+        if entry.kind != kind:
+            raise NotFoundError(f"{name} is a {entry.kind}, not a {kind}; ask /api/v1/registry/{entry.kind}/{name}")
+        return entry.to_dict()
+
+    def lineage(self, name):
+        return self.registry.lineage(name)
+
+    # ---- operations
+
+    def health(self):
+        result, _ = self._forward("health")
+        return result
+
+    def ready(self):
+        ok, reason = self._forward("ready")[0]
+        return bool(ok), reason
+
+    def metrics_text(self):
+        result, _ = self._forward("metrics_text")
+        return result

@@ -1,0 +1,31 @@
+"""gunicorn entry point of `fstore serve` (`fsapp.serve.wsgi:application`).
+Configured by the supervisor through FSTORE_REPO and FSTORE_ENGINE_SOCKET;
+FSTORE_API_KEYS (optional) is `token=scope[,scope];token=...`."""
+from __future__ import annotations
+
+import os
+
+from fsapp.api.app import create_app
+from fsapp.registry.repo import Repo
+from fsapp.serve.worker import WorkerBackend
+
+
+def parse_api_keys(text: str) -> dict | None:
+    if not text.strip():
+        return None
+    keys = {}
+    for item in text.split(";"):
+        token, _, scopes = item.strip().partition("=")
+        if not token or not scopes:
+            raise ValueError("FSTORE_API_KEYS must look like 'token1=read;token2=read,write'")
+        keys[token] = scopes
+    return keys
+
+
+def build_application():
+    repo = Repo(os.environ["FSTORE_REPO"])
+    backend = WorkerBackend(str(repo.data_dir / "engine"), str(repo.registry_path), os.environ["FSTORE_ENGINE_SOCKET"])
+    return create_app(backend, api_keys=parse_api_keys(os.environ.get("FSTORE_API_KEYS", "")))
+
+
+application = build_application() if "FSTORE_REPO" in os.environ else None
