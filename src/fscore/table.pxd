@@ -22,6 +22,7 @@ cdef class Table:
     cdef object _arr            # numpy uint8 view of the whole buffer
     cdef object _mmap
     cdef object _inode
+    cdef object _tmp_path
     cdef uint8_t *base
     cdef int64_t *hdr
     cdef uint64_t *index

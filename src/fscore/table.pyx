@@ -110,7 +110,7 @@ include "table_codec.pxi"
 cdef class Table:
     """TTL hash table of fixed capacity; see the module docstring for the rules."""
 
-    def __init__(self, schema, capacity=None, max_bytes=None, ttl_us=0, path=None):
+    def __init__(self, schema, capacity=None, max_bytes=None, ttl_us=0, path=None, publish=True):
         if not isinstance(schema, Schema):
             raise SchemaError("schema must be an fscore.schema.Schema")
         if capacity is None:
@@ -119,7 +119,7 @@ cdef class Table:
             lay = Layout(schema, int(capacity))
         if ttl_us < 0:
             raise SchemaError(f"ttl_us must be >= 0 (0 = no limit), got {ttl_us}")
-        arr = self._allocate(lay.nbytes, path)
+        arr = self._allocate(lay.nbytes, path, publish)
         h = lay.header(ttl_us)
         arr[:lay.rows_offset] = 0
         arr[:h.size] = h
@@ -128,7 +128,7 @@ cdef class Table:
         self.nfree = self.capacity_
         self.hdr[H_WRITER_PID] = os.getpid()
 
-    def _allocate(self, Py_ssize_t nbytes, path):
+    def _allocate(self, Py_ssize_t nbytes, path, bint publish=True):
         self.path = path
         if path is None:
             return np.zeros(nbytes, dtype=np.uint8)
@@ -141,9 +141,20 @@ cdef class Table:
             self._mmap = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-        self._inode = os.stat(path).st_ino
+        self._tmp_path = tmp
+        if publish:
+            self.publish()
         return np.frombuffer(self._mmap, dtype=np.uint8)
+
+    def publish(self):
+        """Renames a table created with publish=False into place at `path`:
+        readers switch to it only now (e.g. after recovery has replayed the
+        WAL into it), never seeing it half-built."""
+        if self._tmp_path is None:
+            return
+        os.replace(self._tmp_path, self.path)
+        self._tmp_path = None
+        self._inode = os.stat(self.path).st_ino
 
     cdef void _bind(self, object arr, bint readonly) except *:
         cdef const uint8_t[::1] view = arr
@@ -187,14 +198,14 @@ cdef class Table:
         return t
 
     @classmethod
-    def from_snapshot(cls, buf, path=None):
+    def from_snapshot(cls, buf, path=None, publish=True):
         """A writable table holding a copy of `snapshot()` (checkpoint restore)."""
         cdef Table t = cls.__new__(cls)
         src = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
         lay, _ = read_header(src)
         if src.size != lay.nbytes:
             raise SchemaError(f"snapshot is {src.size} bytes; its header says {lay.nbytes}")
-        arr = t._allocate(lay.nbytes, path)
+        arr = t._allocate(lay.nbytes, path, publish)
         arr[:] = src
         t._bind(arr, False)
         t.hdr[H_GLOBAL_SEQ] &= ~1

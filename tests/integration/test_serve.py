@@ -144,7 +144,7 @@ def test_engine_killed_during_pushes_loses_no_acknowledged_event(served):
     deadline = time.monotonic() + 10
     while True:
         out, _ = read_totals(base, [9])
-        n = out["results"][1]["values"][0]
+        n = out["results"][1]["values"][0] or 0
         if n >= acked or time.monotonic() > deadline:
             break
         time.sleep(0.2)

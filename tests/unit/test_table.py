@@ -195,3 +195,16 @@ def test_foreign_file_is_refused(tmp_path):
     p.write_bytes(b"x" * 10000)
     with pytest.raises(SchemaError, match="not an fstore table"):
         Table.open_reader(str(p))
+
+
+def test_an_unpublished_table_is_invisible_to_readers_until_published(tmp_path):
+    path = str(tmp_path / "t.fst")
+    old = Table(SCHEMA, capacity=4, path=path)
+    old.put_batch(np.array([1]), {"n": np.array([1])}, np.array([1]), now=0)
+    new = Table(SCHEMA, capacity=4, path=path, publish=False)  # e.g. being recovered
+    reader = Table.open_reader(path)
+    assert reader.get(1, now=0)[1] == 1 and not reader.reader_is_stale()
+    new.put_batch(np.array([1]), {"n": np.array([2])}, np.array([2]), now=0)
+    new.publish()
+    assert reader.reader_is_stale()
+    assert Table.open_reader(path).get(1, now=0)[1] == 2

@@ -110,6 +110,7 @@ class Engine:
                         self._log_offline(head["stream"], table, head["now"], head["seq"])
                 self.replayed += 1
         self.wal = Wal(self.wal_dir, fsync=fsync, start_lsn=self.checkpoint_lsn + 1)
+        self._publish_tables()  # readers switch to the recovered tables only now
         self.applied_lsn = self.wal.last_lsn
 
     # ---- definitions
@@ -136,7 +137,8 @@ class Engine:
             table = windows = None
             if (name, version) in saved:
                 key = f"{name}@v{version}"
-                table = Table.from_snapshot(ckpt.blobs[f"{key}/table"], path=table_file(self.data_dir, name, version))
+                table = Table.from_snapshot(ckpt.blobs[f"{key}/table"], path=table_file(self.data_dir, name, version),
+                                            publish=False)
                 windows = [WindowView.from_bytes(ckpt.blobs[f"{key}/window{i}"])
                            for i in range(saved[(name, version)]["windows"])]
             # a plain view over a file source gets an online table that materialize fills
@@ -150,11 +152,16 @@ class Engine:
         for name, s in self.streams.items():
             self.offline.declare_stream(name, [(c.name, c.type) for c in s.columns])
 
+    def _publish_tables(self) -> None:
+        for rt in self.runtimes.values():
+            rt.table.publish()
+
     def reload(self) -> None:
         """Starts runtimes for definitions applied since (new views start empty;
         materialize backfills them from the offline log)."""
         with self.lock:
             self._load_definitions(None)
+            self._publish_tables()
 
     # ---- writes
 

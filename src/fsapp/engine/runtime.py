@@ -104,7 +104,9 @@ class ViewRuntime:
         path = table_file(data_dir, self.name, self.version)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if table is None:
-            table = Table(self.schema, capacity=capacity, ttl_us=0 if self.aggregated else self.ttl, path=path)
+            # published (renamed into place for readers) by the engine once recovery is done
+            table = Table(self.schema, capacity=capacity, ttl_us=0 if self.aggregated else self.ttl, path=path,
+                          publish=False)
         self.table = table
         self.groups: list[tuple[WindowSpec, list[str]]] = []
         self.windows: list[WindowView] = []
