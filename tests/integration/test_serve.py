@@ -151,3 +151,26 @@ def test_engine_killed_during_pushes_loses_no_acknowledged_event(served):
     assert acked > 0
     assert acked <= n <= sent, f"acknowledged {acked}, counted {n}, sent {sent}"
     assert out["results"][2]["values"][0] == n  # each event counted once (amount 1.0 each)
+
+
+def test_metrics_sum_every_worker(served):
+    base, proc, _ = served
+    workers = set()
+    for _ in range(40):
+        with urllib.request.urlopen(base + "/health", timeout=10) as r:
+            workers.add(r.headers.get("X-Fstore-Worker"))
+    assert len(workers) == 2
+    time.sleep(1.1)  # each worker dumps its counters at most once a second
+    for _ in range(2):  # a request after the pause makes both dump (whichever answers the scrape)
+        urllib.request.urlopen(base + "/health", timeout=10).read()
+    text = ""
+    for _ in range(10):
+        text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+        total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("fstore_http_requests_total{") and 'route="/health"' in line)
+        if total >= 40:
+            break
+        urllib.request.urlopen(base + "/health", timeout=10).read()
+        time.sleep(1.1)
+    assert total >= 40, text
+    assert "fstore_wal_applied_lsn" in text  # engine-side metrics come along

@@ -195,6 +195,10 @@ class HttpMetrics:
         self.requests = self.registry.counter("fstore_http_requests_total",
                                               "Requests answered, by route and status", ("method", "route", "status"))
 
+    def render(self) -> str:
+        """Prometheus text of these metrics (a shared subclass merges workers)."""
+        return self.registry.render()
+
     def observe(self, method: str, route: str, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started
         with self.registry.lock:

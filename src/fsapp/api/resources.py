@@ -288,7 +288,7 @@ class Metrics(_Resource):
 
     def on_get(self, req, resp):
         resp.content_type = "text/plain; version=0.0.4; charset=utf-8"
-        resp.text = self.http.registry.render() + self.backend.metrics_text()
+        resp.text = self.http.render() + self.backend.metrics_text()
 
 
 class OpenApi(_Resource):

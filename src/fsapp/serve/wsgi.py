@@ -7,6 +7,7 @@ import os
 
 from fsapp.api.app import create_app
 from fsapp.registry.repo import Repo
+from fsapp.serve.shared_metrics import SharedHttpMetrics
 from fsapp.serve.worker import WorkerBackend
 
 
@@ -25,7 +26,8 @@ def parse_api_keys(text: str) -> dict | None:
 def build_application():
     repo = Repo(os.environ["FSTORE_REPO"])
     backend = WorkerBackend(str(repo.data_dir / "engine"), str(repo.registry_path), os.environ["FSTORE_ENGINE_SOCKET"])
-    return create_app(backend, api_keys=parse_api_keys(os.environ.get("FSTORE_API_KEYS", "")))
+    return create_app(backend, api_keys=parse_api_keys(os.environ.get("FSTORE_API_KEYS", "")),
+                      http_metrics=SharedHttpMetrics(str(repo.data_dir / "metrics")))
 
 
 application = build_application() if "FSTORE_REPO" in os.environ else None
