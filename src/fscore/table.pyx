@@ -642,6 +642,21 @@ cdef class Table:
         self._maybe_compact()
         return gone
 
+    def find_rows(self, keys):
+        """Row ids of the keys (-1 where absent); inserts nothing."""
+        cdef Py_ssize_t n, i, slot
+        enc = self._encode_keys(keys)
+        n = enc.shape[0]
+        out = np.full(n, -1, dtype=np.int64)
+        if n == 0:
+            return out
+        cdef const uint8_t[:, ::1] kmat = enc
+        cdef int64_t[::1] o = out
+        with nogil:
+            for i in range(n):
+                o[i] = self._probe_read(&kmat[i, 0], hash_key(&kmat[i, 0], self.kw8))
+        return out
+
     def check_keys(self, keys):
         """Raises KeyEncodingError for keys this table cannot hold (wrong type,
         string over its size); inserts nothing."""

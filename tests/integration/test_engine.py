@@ -185,3 +185,26 @@ def test_plain_view_over_a_file_source_has_an_online_table(repo):
     assert "age" in out["metadata"]["feature_names"]
     assert out["results"][out["metadata"]["feature_names"].index("age")]["statuses"] == ["NOT_FOUND"]
     eng.close()
+
+
+def test_online_as_of_a_past_time_equals_the_training_set_at_that_time(repo, rng):
+    import pandas as pd
+    from fsapp.engine.errors import AsOfOutsideHorizon
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
+    eng.push("transactions", events(rng, 300, T0, users=4), now=T0 + 2 * H)
+    feats = ["user_txn:txn_count_1h", "user_txn:amount_24h", "user_txn:session_txn_count"]
+    users = [1, 2, 3, 4, 5]
+    for t in (T0 + 2 * H, T0 + 2 * H + 5 * M, T0 + 3 * H):  # at and after the last event: retained
+        online = eng.get_online_features(feats, entities={"user_id": users}, as_of=t)
+        hist = eng.get_historical_features(pd.DataFrame({"user_id": users, "event_timestamp": [t] * 5}),
+                                           feats).to_df()
+        for res, name in zip(online["results"][1:], online["metadata"]["feature_names"][1:]):
+            got = np.array([np.nan if v is None else v for v in res["values"]], dtype=float)
+            want = hist[name].to_numpy(dtype=float)
+            if "count" in name:
+                got = np.nan_to_num(got)
+                want = np.nan_to_num(want)
+            assert np.allclose(got, want, equal_nan=True), (t, name, got, want)
+    with pytest.raises(AsOfOutsideHorizon, match="historical"):
+        eng.get_online_features(["user_txn:txn_count_1h"], entities={"user_id": users}, as_of=T0 - 30 * 24 * H)
+    eng.close()

@@ -78,7 +78,7 @@ class EngineBackend:
     # ---- reads
 
     def online(self, features, feature_service, entities, as_of, full_feature_names):
-        return self.engine.get_online_features(features, feature_service, entities, now=as_of,
+        return self.engine.get_online_features(features, feature_service, entities, as_of=as_of,
                                                full_feature_names=full_feature_names)
 
     def historical(self, entities, features, full_feature_names):

@@ -21,7 +21,7 @@ from fsapp.serve.protocol import EngineUnavailable
 from fscore.errors import (CheckpointError, KeyEncodingError, SchemaError, WalError, WindowSpecError,
                            WindowStateError)
 
-from fsapp.engine.errors import BatchError, UnknownStreamError, UnsupportedOnlineError
+from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, UnknownStreamError, UnsupportedOnlineError
 from fsapp.errors import EntityDataFrameError, FeatureNameCollision, SourceError, UnknownFeatureError
 from fsapp.registry.errors import NotFoundError, RegistryError
 
@@ -73,6 +73,7 @@ _STATUS_OF = [
     (UnknownStreamError, falcon.HTTP_404, "Unknown stream"),
     (UnknownFeatureError, falcon.HTTP_404, "Unknown feature"),
     # 422: well-formed requests that do not fit the definitions
+    (AsOfOutsideHorizon, falcon.HTTP_422, "as_of outside the online horizon"),
     (BatchError, falcon.HTTP_422, "Batch does not match the stream"),
     (EntityDataFrameError, falcon.HTTP_422, "Entities do not match the features"),
     (FeatureNameCollision, falcon.HTTP_422, "Feature name collision"),

@@ -30,7 +30,9 @@ from fscore.table import Table
 from fscore.wal import Wal, read_log
 from fscore.window import WindowView
 
-from fsapp.engine.errors import BatchError, UnknownStreamError
+from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, UnknownStreamError
+from fsapp.engine.runtime import column_for_table
+from fscore.table import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT
 from fsapp.engine.ingest import BatchNormaliser
 from fsapp.engine.online import online_response
 from fsapp.engine.runtime import ViewRuntime, table_file
@@ -247,11 +249,55 @@ class Engine:
                                 f"(it reads a batch source, or was not applied)") from None
 
     def get_online_features(self, features=None, feature_service=None, entities=None, *, now: int | None = None,
-                            full_feature_names: bool = False) -> dict:
+                            as_of: int | None = None, full_feature_names: bool = False) -> dict:
+        """Online values. By default the stored values (as of the engine's last
+        update) with TTL judged at `now`; with `as_of`, the values as of that
+        time recomputed from the retained window state (see `_read_as_of`)."""
         resolved = self.registry.resolve_features(features, feature_service)
         with self.lock:
+            if as_of is not None:
+                return online_response(resolved, self.table_of, entities, as_of, full_feature_names,
+                                       lookup=self._read_as_of)
             return online_response(resolved, self.table_of, entities, self.clock() if now is None else now,
                                    full_feature_names)
+
+    def _read_as_of(self, info, table: Table, keys, t: int):
+        """Values as of `t` (events with ts < t for windows; the latest row with
+        ts <= t for plain views). Online state keeps only a horizon: a key
+        whose value as of `t` is no longer derivable raises AsOfOutsideHorizon
+        rather than answering with another time's value."""
+        rt = self.runtimes[(info.name, info.version)]
+        r = table.get_batch(keys, t)
+        if not rt.aggregated:
+            newer = (r.status == PRESENT) & (r.event_ts > t)
+            if newer.any():
+                raise AsOfOutsideHorizon(
+                    f"feature view {info.name}: the online store keeps only the latest row per key, which is newer "
+                    f"than as_of for {int(newer.sum())} key(s); ask /api/v1/features/historical for that time")
+            return r
+        rows = table.find_rows(keys)
+        found = rows >= 0
+        status = np.where(found, PRESENT, NOT_FOUND).astype(np.uint8)
+        kinds = {f.name: f.kind for f in rt.schema.columns}
+        last_ts = np.full(rows.size, INT64_MIN, dtype=np.int64)
+        for (spec, names), w in zip(rt.groups, rt.windows):
+            vals, exact = w.value_as_of(np.where(found, rows, 0), t)
+            if (found & ~exact).any():
+                raise AsOfOutsideHorizon(
+                    f"feature view {info.name}: as_of is before what the online window state retains for "
+                    f"{int((found & ~exact).sum())} key(s); ask /api/v1/features/historical for that time")
+            for name in names:
+                v, null = column_for_table(vals[name], kinds[name])
+                r.values[name] = v
+                r.nulls[name] = null | ~found
+            last_ts = np.maximum(last_ts, np.where(found, w.key_last_ts()[np.where(found, rows, 0)], INT64_MIN))
+        if rt.ttl:
+            status = np.where(found & (last_ts < t - rt.ttl), OUTSIDE_MAX_AGE, status).astype(np.uint8)
+        for name in r.nulls:
+            r.nulls[name] = r.nulls[name] | (status != PRESENT)
+        r.status = status
+        r.event_ts = np.where(found, last_ts, 0)
+        return r
 
     # ---- checkpoints and lifecycle
 

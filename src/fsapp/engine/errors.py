@@ -15,5 +15,9 @@ class BatchError(EngineError, ValueError):
     columns, values that do not convert, null keys or timestamps."""
 
 
+class AsOfOutsideHorizon(EngineError, ValueError):
+    """An online read `as_of` a time the online state no longer covers."""
+
+
 class UnsupportedOnlineError(EngineError, ValueError):
     """A definition the online engine cannot run (it stays offline-only)."""

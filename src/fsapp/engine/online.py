@@ -74,9 +74,12 @@ def _jsonable(a) -> list:
     return a.tolist()
 
 
-def online_response(resolved, table_of, entities, now: int, full_feature_names: bool = False) -> dict:
+def online_response(resolved, table_of, entities, now: int, full_feature_names: bool = False,
+                    lookup=None) -> dict:
     """`resolved`: [(FeatureViewInfo, feature name)] from the registry;
-    `table_of(info)`: the fscore Table holding that view version."""
+    `table_of(info)`: the fscore Table holding that view version;
+    `lookup(info, table, keys, now)`: how to read it (default: the table's
+    stored values, `table.get_batch(keys, now)`)."""
     ent, n = entity_columns(entities)
     names = list(ent)
     results = [{"values": list(ent[k]), "statuses": ["PRESENT"] * n, "event_timestamps": [iso(0)] * n}
@@ -87,7 +90,8 @@ def online_response(resolved, table_of, entities, now: int, full_feature_names: 
     lookups = {}
     for key, (info, feats) in by_view.items():
         table = table_of(info)
-        lookups[key] = table.get_batch(_keys_for(table.schema, ent, info.name), now)
+        keys = _keys_for(table.schema, ent, info.name)
+        lookups[key] = lookup(info, table, keys, now) if lookup else table.get_batch(keys, now)
     for info, feat in resolved:
         r = lookups[(info.name, info.version)]
         status = np.where(r.status == PRESENT, np.where(r.nulls[feat], 3, 1), r.status)

@@ -1,0 +1,268 @@
+"""`Client`: the SDK's calls over HTTP against `fstore serve`, using the
+native `/api/v1/...` endpoints. Standard library only (http.client).
+
+    client = Client("http://127.0.0.1:9094", api_key=None)
+    client.push("transactions", rows)
+    client.get_online_features(features=["user_txn:txn_count_1h"], entity_rows=[{"user_id": 1}]).to_dict()
+
+Errors come back as the exception class the server raised (see
+`fsapp.sdk.errors`), with the server's message.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import io
+import json
+import threading
+import urllib.parse
+
+import numpy as np
+import pyarrow as pa
+
+from fsapp.registry.errors import NotFoundError
+from fsapp.sdk.convert import entity_columns, entity_table, iso, service_refs, to_us
+from fsapp.sdk.errors import ServiceUnavailable, error_from_response
+from fsapp.sdk.results import OnlineResponse, TrainingSet
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+KINDS = ("feature_view", "feature_service", "stream", "entity", "source")
+DEFAULT_BATCH_ROWS = 20_000  # rows per push request: well under the server's 16 MiB body limit
+
+
+def _json_default(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, dt.datetime):
+        return iso(to_us(v))
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    if hasattr(v, "to_pydatetime"):  # pandas Timestamp
+        return iso(to_us(v))
+    raise TypeError(f"{type(v).__name__} is not JSON serialisable; push numbers, text, booleans or times")
+
+
+def _arrow_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+class Client:
+    """The fstore REST API at `url` (default port 9094). Thread-safe: each
+    thread keeps its own connection. `api_key` is sent as a Bearer token."""
+
+    def __init__(self, url: str = "http://127.0.0.1:9094", api_key: str | None = None, *, timeout: float = 60.0):
+        parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url {url!r}: give http://HOST:PORT, e.g. http://127.0.0.1:9094")
+        self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        self._scheme, self._host = parts.scheme, parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 9094)
+        self._prefix = parts.path.rstrip("/")
+        self.api_key, self.timeout = api_key, timeout
+        self._local = threading.local()
+
+    # ---- transport
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            conn = self._local.conn = cls(self._host, self._port, timeout=self.timeout)
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def request(self, method: str, path: str, body: bytes | None = None, *, content_type: str | None = None,
+                accept: str = "application/json", idempotent: bool = True) -> tuple[bytes, str]:
+        """One request; (body, content type) of a 2xx answer, else the mapped
+        exception. A reused keep-alive connection the server already closed is
+        retried once, but only for requests that are safe to repeat."""
+        headers = {"Accept": accept}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        for attempt in (0, 1):
+            reused = getattr(self._local, "conn", None) is not None
+            conn = self._conn()
+            try:
+                conn.request(method, self._prefix + path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
+                self._drop()
+                if reused and idempotent and attempt == 0:
+                    continue
+                raise self._unreachable(e) from None
+            except (OSError, http.client.HTTPException) as e:
+                self._drop()
+                raise self._unreachable(e) from None
+            if resp.will_close:
+                self._drop()
+            if resp.status >= 400:
+                raise error_from_response(resp.status, data, self.url + path)
+            return data, resp.getheader("Content-Type", "")
+        raise AssertionError("unreachable")
+
+    def _unreachable(self, e: Exception) -> ServiceUnavailable:
+        exc = ServiceUnavailable(f"no answer from {self.url} ({type(e).__name__}: {e}); is `fstore serve` running "
+                                 f"there? Start it with `fstore serve --repo DIR --port {self._port}`")
+        exc.status = None
+        return exc
+
+    def _json(self, method: str, path: str, doc=None, *, idempotent: bool = True):
+        body = None if doc is None else json.dumps(doc, default=_json_default, allow_nan=False).encode()
+        data, _ = self.request(method, path, body, idempotent=idempotent)
+        return json.loads(data)
+
+    def close(self) -> None:
+        self._drop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- writes
+
+    def push(self, stream: str, rows, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> dict:
+        """Appends events to `stream` (list of dicts, dict of lists, pandas
+        DataFrame or Arrow table); returns `{"accepted", "late", "lsn"}` once
+        the server has made them durable. Large inputs go in several requests
+        of `batch_rows` (each durable when acknowledged)."""
+        total = {"accepted": 0, "late": 0, "lsn": None}
+        for part in self._push_parts(stream, rows, batch_rows):
+            res = part()
+            total["accepted"] += res["accepted"]
+            total["late"] += res["late"]
+            total["lsn"] = res["lsn"]
+        return total
+
+    def _push_parts(self, stream, rows, batch_rows):
+        q = urllib.parse.quote(stream, safe="")
+        if hasattr(rows, "columns") and hasattr(rows, "iloc"):  # pandas → Arrow (keeps dtypes, no JSON)
+            rows = pa.Table.from_pandas(rows, preserve_index=False)
+        if isinstance(rows, pa.RecordBatch):
+            rows = pa.Table.from_batches([rows])
+        if isinstance(rows, pa.Table):
+            for off in range(0, max(rows.num_rows, 1), batch_rows):
+                body = _arrow_bytes(rows.slice(off, batch_rows))
+                yield lambda body=body: self._post_push(f"/api/v1/push?stream={q}", body, ARROW_STREAM)
+        elif isinstance(rows, dict):
+            n = max((len(v) for v in rows.values()), default=0)
+            for off in range(0, max(n, 1), batch_rows):
+                doc = {"stream": stream, "columns": {k: list(v[off:off + batch_rows]) for k, v in rows.items()}}
+                yield lambda doc=doc: self._json("POST", "/api/v1/push", doc, idempotent=False)
+        elif isinstance(rows, (list, tuple)):
+            for off in range(0, max(len(rows), 1), batch_rows):
+                doc = {"stream": stream, "rows": list(rows[off:off + batch_rows])}
+                yield lambda doc=doc: self._json("POST", "/api/v1/push", doc, idempotent=False)
+        else:
+            from fsapp.engine.errors import BatchError
+            raise BatchError(f"cannot push rows of type {type(rows).__name__}: give a list of dicts, a dict of "
+                             "lists, a pandas DataFrame or an Arrow table")
+
+    def _post_push(self, path, body, content_type):
+        data, _ = self.request("POST", path, body, content_type=content_type, idempotent=False)
+        return json.loads(data)
+
+    def materialize(self, start, end, views: list[str] | None = None) -> dict:
+        """Recomputes online values as of `end` from the offline log for keys
+        with events in [start, end); `start` None: from the beginning."""
+        doc = {"end": iso(to_us(end, "end"))}
+        if start is not None:
+            doc["start"] = iso(to_us(start, "start"))
+        if views is not None:
+            doc["views"] = list(views)
+        return self._json("POST", "/api/v1/materialize", doc, idempotent=False)
+
+    # ---- reads
+
+    def get_online_features(self, features: list[str] | None = None, entity_rows=None, *,
+                            feature_service: str | None = None, full_feature_names: bool = False,
+                            as_of=None) -> OnlineResponse:
+        """Same call as `FeatureStore.get_online_features`."""
+        if (features is None) == (feature_service is None):
+            raise ValueError("give exactly one of features=[\"view:feature\", ...] or feature_service=\"name\"")
+        entities = entity_columns(entity_rows)
+        doc = {"entities": entities, "full_feature_names": bool(full_feature_names)}
+        if features is not None:
+            doc["features"] = list(features)
+        else:
+            doc["feature_service"] = feature_service
+        if as_of is not None:
+            doc["as_of"] = iso(to_us(as_of, "as_of"))
+        return OnlineResponse(self._json("POST", "/api/v1/features/online", doc), len(entities))
+
+    def get_historical_features(self, entity_df, features: list[str] | None = None, *,
+                                feature_service: str | None = None, full_feature_names: bool = False) -> TrainingSet:
+        """Same call as `FeatureStore.get_historical_features`; the answer
+        travels as Arrow IPC, so types (timestamps, vectors) survive."""
+        if (features is None) == (feature_service is None):
+            raise ValueError("give exactly one of features=[\"view:feature\", ...] or feature_service=\"name\"")
+        if feature_service is not None:
+            entry = self.describe(feature_service)
+            if entry["kind"] != "feature_service":
+                raise NotFoundError(f"{feature_service} is a {entry['kind']}, not a feature service")
+            features = service_refs(entry["resolved"]["features"], lambda v: self.describe(v)["version"])
+        table = entity_table(entity_df)
+        cols = {}
+        for name, col in zip(table.column_names, table.columns):
+            if pa.types.is_timestamp(col.type):
+                us = col.cast(pa.timestamp("us", tz=col.type.tz)).cast(pa.int64()).to_pylist()
+                cols[name] = [None if v is None else iso(v) for v in us]
+            else:
+                cols[name] = col.to_pylist()
+        doc = {"entities": cols, "features": list(features), "full_feature_names": bool(full_feature_names)}
+        body = json.dumps(doc, default=_json_default, allow_nan=False).encode()
+        data, _ = self.request("POST", "/api/v1/features/historical", body, accept=ARROW_STREAM)
+        return TrainingSet(pa.ipc.open_stream(pa.py_buffer(data)).read_all())
+
+    # ---- registry
+
+    def _list(self, kind: str) -> list[dict]:
+        return self._json("GET", f"/api/v1/registry/{kind}")["items"]
+
+    def list_entities(self) -> list[dict]:
+        return self._list("entity")
+
+    def list_streams(self) -> list[dict]:
+        return self._list("stream")
+
+    def list_sources(self) -> list[dict]:
+        return self._list("source")
+
+    def list_feature_views(self) -> list[dict]:
+        return self._list("feature_view")
+
+    def list_feature_services(self) -> list[dict]:
+        return self._list("feature_service")
+
+    def describe(self, name: str) -> dict:
+        """One registered definition (`name` or `name@vN`), whatever its kind."""
+        base, _, ver = name.partition("@v")
+        query = f"?version={int(ver)}" if ver.isdigit() else ""
+        q = urllib.parse.quote(base, safe="")
+        for kind in KINDS:  # the endpoint is per kind; names are unique across kinds
+            try:
+                return self._json("GET", f"/api/v1/registry/{kind}/{q}{query}")
+            except NotFoundError as e:
+                if f"{base} is a " not in str(e):  # unknown name (or version), not another kind
+                    raise
+        raise NotFoundError(f"no definition named {name!r}")
+
+    def lineage(self, name: str) -> dict:
+        return self._json("GET", f"/api/v1/lineage/{urllib.parse.quote(name, safe='')}")
+
+    def health(self) -> dict:
+        return self._json("GET", "/health")

@@ -1,0 +1,276 @@
+"""`fstore push | get | historical | materialize`: the SDK from the shell
+(wired into fsapp.cli). Each runs against a server (`--url`) or embedded on
+a repo (`--repo`). Exit codes: 0 ok, 1 the operation failed (message on
+stderr says what to do), 2 bad usage (argparse)."""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import sys
+
+import pyarrow as pa
+
+from fscore.errors import FStoreError
+
+_RAW = argparse.RawDescriptionHelpFormatter
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
+           ".pq": "parquet"}
+
+
+def _store(args):
+    """A Client for --url, else the embedded FeatureStore of --repo."""
+    if args.url:
+        from fsapp.sdk.client import Client
+        return Client(args.url, api_key=args.api_key or os.environ.get("FSTORE_API_KEY"))
+    from fsapp.sdk.embedded import FeatureStore
+    return FeatureStore(args.repo)
+
+
+def _close(store) -> None:
+    store.close()
+
+
+def _format_of(path: str, given: str | None) -> str:
+    if given:
+        return given
+    if path == "-":
+        return "jsonl"
+    ext = os.path.splitext(path.lower().removesuffix(".gz"))[1]
+    if ext not in FORMATS:
+        raise ValueError(f"cannot tell the format of {path!r} from its extension; pass --format jsonl|csv|parquet")
+    return FORMATS[ext]
+
+
+def _count_lines(path: str) -> int:
+    n = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            n += chunk.count(b"\n")
+    return n
+
+
+def read_batches(path: str, fmt: str, batch_rows: int):
+    """(batches of rows, total rows or None). JSON lines give lists of dicts,
+    CSV and Parquet give Arrow tables (types kept; the stream casts them)."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+        pf = pq.ParquetFile(sys.stdin.buffer.read() and None or io.BytesIO(sys.stdin.buffer.read())) \
+            if path == "-" else pq.ParquetFile(path)
+        return (pa.Table.from_batches([b]) for b in pf.iter_batches(batch_size=batch_rows)), pf.metadata.num_rows
+    if fmt == "csv":
+        import pyarrow.csv as pcsv
+        src = sys.stdin.buffer if path == "-" else path
+        total = None if path == "-" else max(0, _count_lines(path) - 1)
+        reader = pcsv.open_csv(src, read_options=pcsv.ReadOptions(block_size=1 << 22))
+
+        def csv_batches():
+            for b in reader:
+                for off in range(0, b.num_rows, batch_rows):
+                    yield pa.Table.from_batches([b.slice(off, batch_rows)])
+        return csv_batches(), total
+    if fmt == "jsonl":
+        total = None if path == "-" else _count_lines(path)
+
+        def json_batches():
+            f = sys.stdin if path == "-" else open(path, encoding="utf-8")
+            try:
+                batch = []
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as e:
+                        raise ValueError(f"{path}:{lineno}: not a JSON object ({e}); each line must be one event "
+                                         "like {\"user_id\": 1, \"ts\": \"2026-11-27T10:00:00Z\"}") from None
+                    if not isinstance(row, dict):
+                        raise ValueError(f"{path}:{lineno}: each line must be a JSON object, not {type(row).__name__}")
+                    batch.append(row)
+                    if len(batch) >= batch_rows:
+                        yield batch
+                        batch = []
+                if batch:
+                    yield batch
+            finally:
+                if f is not sys.stdin:
+                    f.close()
+        return json_batches(), total
+    raise ValueError(f"unknown format {fmt!r}; use jsonl, csv or parquet")
+
+
+def _batch_len(b) -> int:
+    return b.num_rows if isinstance(b, pa.Table) else len(b)
+
+
+def cmd_push(args) -> int:
+    from fsapp.sdk.progress import Progress
+    fmt = _format_of(args.file, args.format)
+    if args.file != "-" and not os.path.isfile(args.file):
+        raise FileNotFoundError(f"{args.file}: no such file; give a JSON lines, CSV or Parquet file, or - for stdin")
+    batches, total = read_batches(args.file, fmt, args.batch_rows)
+    store = _store(args)
+    bar = Progress(f"push {args.stream}", total)
+    accepted = late = 0
+    try:
+        for b in batches:
+            res = store.push(args.stream, b)
+            accepted += res["accepted"]
+            late += res["late"]
+            bar.update(_batch_len(b), extra=f"late {late:,}" if late else "")
+    finally:
+        bar.close()
+        _close(store)
+    print(json.dumps({"stream": args.stream, "accepted": accepted, "late": late}))
+    return 0
+
+
+_INT = re.compile(r"^-?\d+$")
+
+
+def parse_entities(specs: list[str]) -> dict[str, list]:
+    """["user_id=1,2,3", "merchant_id:str=007,m2"] → {"user_id": [1, 2, 3], ...}.
+    Values that look like integers are integers unless the key says `:str`."""
+    out = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not key or not values:
+            raise ValueError(f"--entity {spec!r}: write KEY=V1,V2 (e.g. --entity user_id=1,2,3)")
+        name, _, typ = key.partition(":")
+        if typ not in ("", "str", "int"):
+            raise ValueError(f"--entity {spec!r}: the type after ':' is str or int")
+        vals = [v.strip() for v in values.split(",")]
+        if typ == "int" or (typ == "" and all(_INT.match(v) for v in vals)):
+            try:
+                out[name] = [int(v) for v in vals]
+            except ValueError:
+                raise ValueError(f"--entity {spec!r}: {name}:int takes integers") from None
+        else:
+            out[name] = vals
+    lengths = {k: len(v) for k, v in out.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"--entity lists have different lengths {lengths}; give one value per row for every key")
+    return out
+
+
+def _table_text(columns: dict[str, list]) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        if isinstance(v, list):
+            return "[" + ", ".join(cell(x) for x in v) + "]"
+        return "-" if v is None else str(v)
+    names = list(columns)
+    rows = [[cell(v) for v in vals] for vals in zip(*columns.values())]
+    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_get(args) -> int:
+    if bool(args.features) == bool(args.feature_service):
+        raise _Usage("give feature references (user_txn:txn_count_1h ...) or --feature-service NAME, not both")
+    entities = parse_entities(args.entity)
+    store = _store(args)
+    try:
+        resp = store.get_online_features(features=args.features or None, feature_service=args.feature_service,
+                                         entity_rows=entities, full_feature_names=args.full_feature_names,
+                                         as_of=args.as_of)
+    finally:
+        _close(store)
+    if args.json:
+        print(json.dumps(resp.raw if args.raw else resp.to_dict()))
+    else:
+        print(_table_text(resp.to_dict()))
+    return 0
+
+
+def cmd_historical(args) -> int:
+    if bool(args.features) == bool(args.feature_service):
+        raise _Usage("give --features view:feature,... or --feature-service NAME")
+    fmt = _format_of(args.entities, args.format)
+    batches, _ = read_batches(args.entities, fmt, 1 << 20)
+    parts = [b if isinstance(b, pa.Table) else pa.Table.from_pylist(b) for b in batches]
+    if not parts:
+        raise ValueError(f"{args.entities}: no entity rows")
+    entity_df = pa.concat_tables(parts, promote_options="default")
+    store = _store(args)
+    print(f"building a training set for {entity_df.num_rows:,} entity rows ...", file=sys.stderr, flush=True)
+    try:
+        features = [f.strip() for f in args.features.split(",")] if args.features else None
+        table = store.get_historical_features(entity_df, features, feature_service=args.feature_service,
+                                              full_feature_names=args.full_feature_names).to_arrow()
+    finally:
+        _close(store)
+    out = args.output
+    if out == "-" or out.lower().endswith(".csv"):
+        import pyarrow.csv as pcsv
+        table = _csv_safe(table)
+        if out == "-":
+            pcsv.write_csv(table, sys.stdout.buffer)
+        else:
+            pcsv.write_csv(table, out)
+    else:
+        import pyarrow.parquet as pq
+        pq.write_table(table, out)
+    if out != "-":
+        print(f"wrote {table.num_rows:,} rows x {table.num_columns} columns to {out}", file=sys.stderr)
+    return 0
+
+
+def _csv_safe(table: pa.Table) -> pa.Table:
+    # CSV has no lists: write last_k / vector features as JSON text
+    for i, f in enumerate(table.schema):
+        if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type):
+            table = table.set_column(i, f.name, pa.array([None if v is None else json.dumps(v)
+                                                          for v in table.column(i).to_pylist()], pa.string()))
+    return table
+
+
+def cmd_materialize(args) -> int:
+    from fsapp.sdk.convert import to_us
+    from fsapp.sdk.progress import Progress
+    start = None if args.start in ("-", "beginning") else to_us(args.start, "START")
+    end = to_us(args.end, "END")
+    if start is not None and start >= end:
+        raise ValueError("START must be before END (e.g. fstore materialize -7d now)")
+    store = _store(args)
+    try:
+        views = [v.strip() for v in args.views.split(",")] if args.views else \
+            [v["name"] for v in store.list_feature_views() if v.get("definition", {}).get("online", True)]
+        bar = Progress("materialize", len(views), unit="views")
+        written = {}
+        try:
+            for v in views:
+                res = store.materialize(start, end, views=[v])
+                written.update(res["views"])
+                bar.update(1, extra=f"{v}: {res['views'].get(v, 0):,} keys")
+        finally:
+            bar.close()
+    finally:
+        _close(store)
+    print(json.dumps({"views": written}))
+    return 0
+
+
+class _Usage(Exception):
+    """Arguments that parse but do not make sense together: exit 2."""
+
+
+def _guard(fn):
+    def run(args) -> int:
+        try:
+            return fn(args)
+        except _Usage as e:
+            print(f"fstore {args.command}: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except (FStoreError, OSError, ValueError, LookupError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    return run

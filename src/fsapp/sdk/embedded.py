@@ -1,0 +1,226 @@
+"""`FeatureStore`: the engine in-process over a repo (notebooks, tests, jobs).
+
+    store = FeatureStore("my_repo")
+    store.apply()
+    store.push("transactions", rows)
+    store.get_online_features(features=["user_txn:txn_count_1h"], entity_rows=[{"user_id": 1}]).to_dict()
+
+It opens the same engine state `fstore serve` uses (`<data_dir>/engine`), so
+a repo filled here can be served later, and the other way round, but never
+both at once: the engine is the single writer, and opening it while a server
+runs on the repo is refused.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+from fsapp.registry.errors import NotFoundError, RepoError
+from fsapp.registry.repo import Repo
+from fsapp.sdk.convert import entity_columns, entity_table, service_refs, to_us
+from fsapp.sdk.results import OnlineResponse
+
+KINDS = ("entity", "source", "stream", "feature_view", "feature_service")
+START_OF_TIME = -(1 << 62)
+
+
+def _server_running(repo: Repo) -> str | None:
+    """The engine socket of a live `fstore serve` on this repo, if any."""
+    from fsapp.serve.supervisor import socket_path_for
+
+    path = socket_path_for(repo)
+    if not os.path.exists(path):
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            s.connect(path)
+        return path
+    except OSError:
+        return None  # a stale socket file left by a killed server
+
+
+class FeatureStore:
+    """The engine of the repo at `repo_path`, in this process.
+
+    fsync: WAL policy ("always": a push returns once durable; "interval" /
+    "never" trade that for speed). capacity: online rows per feature view.
+    The engine opens on first use (after `apply()` on a new repo)."""
+
+    def __init__(self, repo_path: str | os.PathLike = ".", *, fsync: str = "always", capacity: int = 100_000,
+                 clock=None):
+        self.repo = Repo(repo_path)
+        self.fsync, self.capacity, self.clock = fsync, capacity, clock
+        self._engine = None
+        self._backend = None
+
+    # ---- lifecycle
+
+    @property
+    def engine(self):
+        """The in-process `fsapp.engine.Engine` (opened on first use)."""
+        if self._engine is None:
+            if not self.repo.registry_path.exists():
+                raise RepoError(f"{self.repo.root} has no registry yet; call store.apply() (or run "
+                                f"`fstore apply --repo {self.repo.root}`) first")
+            sock = _server_running(self.repo)
+            if sock:
+                raise RepoError(f"`fstore serve` is running on {self.repo.root} (engine socket {sock}); it is the "
+                                "only writer of this repo's store: use fsapp.Client(url) to talk to it, or stop it")
+            from fsapp.api.backend import EngineBackend
+            from fsapp.engine import Engine
+
+            kw = {"clock": self.clock} if self.clock else {}
+            self._engine = Engine(str(self.repo.data_dir / "engine"), str(self.repo.registry_path), fsync=self.fsync,
+                                  capacity=self.capacity, **kw)
+            self._register_file_sources()
+            self._backend = EngineBackend(self._engine)
+        return self._engine
+
+    def _register_file_sources(self) -> None:
+        # Views over batch files (a profile table) read them by path, relative
+        # to the repo root; a file that does not exist yet reads as empty.
+        from fsapp.errors import SourceError
+
+        eng = self._engine
+        for entry in eng.registry.list("source"):
+            d = entry.definition
+            path = d.path if os.path.isabs(d.path) else str(self.repo.root / d.path)
+            try:
+                eng.offline.register_source(d.name, path, timestamp=d.timestamp,
+                                            created_timestamp=d.created_timestamp, format=d.format)
+            except SourceError:
+                continue
+
+    def close(self) -> None:
+        """Flushes the offline log, closes the WAL and the tables."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = self._backend = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- definitions
+
+    def plan(self):
+        """What `apply()` would change (a `fsapp.registry.Plan`; `.render()`)."""
+        return self.repo.plan()
+
+    def apply(self, allow_incompatible: bool = False):
+        """Registers the repo's definitions (atomically) and starts the engine's
+        runtimes for new ones. Returns the plan that was applied."""
+        plan, apply_id = self.repo.apply(allow_incompatible=allow_incompatible)
+        if apply_id is not None and self._engine is not None:
+            self._engine.reload()
+            self._register_file_sources()
+        return plan
+
+    # ---- writes
+
+    def push(self, stream: str, rows) -> dict:
+        """Appends events (list of dicts, dict of lists, pandas DataFrame or
+        Arrow table) to `stream`; returns `{"accepted", "late", "lsn"}` once
+        they are durable under the fsync policy."""
+        return self.engine.push(stream, rows).to_dict()
+
+    def materialize(self, start, end, views: list[str] | None = None) -> dict:
+        """Recomputes online values as of `end` from the offline log for keys
+        with events in [start, end) (heals late events, backfills new views).
+        `start` None: from the beginning. Returns `{"views": {name: rows}, ...}`."""
+        self.engine
+        s = START_OF_TIME if start is None else to_us(start, "start")
+        return self._backend.materialize(s, to_us(end, "end"), list(views) if views is not None else None)
+
+    # ---- reads
+
+    def get_online_features(self, features: list[str] | None = None, entity_rows=None, *,
+                            feature_service: str | None = None, full_feature_names: bool = False,
+                            as_of=None) -> OnlineResponse:
+        """Latest values for each entity row. `features`: "view:feature"
+        refs (or "view:*"), or `feature_service=`. `entity_rows`: list of
+        dicts or dict of lists. `as_of`: read the value served at that time."""
+        if (features is None) == (feature_service is None):
+            raise ValueError("give exactly one of features=[\"view:feature\", ...] or feature_service=\"name\"")
+        eng = self.engine
+        entities = entity_columns(entity_rows)
+        if as_of is None:
+            eng.tick()  # sliding/tumbling values move at hop boundaries, as in the server's ticker
+        raw = eng.get_online_features(features, feature_service, entities,
+                                      now=None if as_of is None else to_us(as_of, "as_of"),
+                                      full_feature_names=full_feature_names)
+        return OnlineResponse(raw, len(entities))
+
+    def get_historical_features(self, entity_df, features: list[str] | None = None, *,
+                                feature_service: str | None = None, full_feature_names: bool = False):
+        """Point-in-time-correct training set: for each row of `entity_df`
+        (keys + `event_timestamp`; pandas, Arrow, dict of lists or list of
+        dicts), each feature's value as of that time. `.to_df()` / `.to_arrow()`
+        / `.to_parquet(path)`."""
+        if (features is None) == (feature_service is None):
+            raise ValueError("give exactly one of features=[\"view:feature\", ...] or feature_service=\"name\"")
+        eng = self.engine
+        if feature_service is not None:
+            features = self._service_features(feature_service)
+        if not isinstance(entity_df, (str, os.PathLike)):
+            entity_df = entity_table(entity_df)
+        return eng.get_historical_features(entity_df, list(features), full_feature_names=full_feature_names)
+
+    def _service_features(self, name: str) -> list[str]:
+        entry = self.engine.registry.get(name)
+        if entry.kind != "feature_service":
+            raise NotFoundError(f"{name} is a {entry.kind}, not a feature service")
+        return service_refs(entry.resolved["features"], lambda view: self.engine.registry.get(view).version)
+
+    # ---- registry
+
+    def _list(self, kind: str) -> list[dict]:
+        from fsapp.registry.catalog import Registry
+
+        if self._engine is None and not self.repo.registry_path.exists():
+            return []
+        if self._engine is not None:
+            entries = self._engine.registry.list(kind)
+        else:  # reading the registry needs no engine (and works while a server runs)
+            with Registry(self.repo.registry_path) as reg:
+                entries = reg.list(kind)
+        return [e.to_dict() for e in sorted(entries, key=lambda e: e.name)]
+
+    def list_entities(self) -> list[dict]:
+        return self._list("entity")
+
+    def list_streams(self) -> list[dict]:
+        return self._list("stream")
+
+    def list_sources(self) -> list[dict]:
+        return self._list("source")
+
+    def list_feature_views(self) -> list[dict]:
+        return self._list("feature_view")
+
+    def list_feature_services(self) -> list[dict]:
+        return self._list("feature_service")
+
+    def describe(self, name: str) -> dict:
+        """One registered definition (`name` or `name@vN`) as a dict: kind,
+        version, definition, resolved keys and types."""
+        from fsapp.registry.catalog import Registry
+
+        base, _, ver = name.partition("@v")
+        with Registry(self.repo.registry_path) as reg:
+            return reg.get(base, int(ver) if ver.isdigit() else None).to_dict()
+
+    def lineage(self, name: str) -> dict:
+        """What `name` (view, view:feature, stream, service...) is made of and
+        what uses it: `{"root", "nodes", "edges"}`."""
+        from fsapp.registry.catalog import Registry
+
+        with Registry(self.repo.registry_path) as reg:
+            return reg.lineage(name)
+
+    def health(self) -> dict:
+        self.engine
+        return self._backend.health()
