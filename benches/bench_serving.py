@@ -179,20 +179,37 @@ def measure(target: Target, n: int, rate: float, duration: float):
     return res
 
 
-def sustained(res) -> bool:
-    return (res.errors == 0 and res.unsent == 0 and res.p99 < P99_LIMIT_MS
+LOOSE_P99_MS = 100.0
+
+
+def sustained(res, limit_ms: float = P99_LIMIT_MS) -> bool:
+    return (res.errors == 0 and res.unsent == 0 and res.p99 < limit_ms
             and res.achieved >= 0.95 * res.rate)
 
 
-def ramp(target: Target, n: int, steps: list[int], step_s: float) -> float:
-    best = 0.0
+def ramp(target: Target, n: int, steps: list[int], step_s: float) -> tuple[float, float]:
+    """Rates in increasing order; a failed step is retried once (the machine
+    is shared and noisy). Returns (highest rate with p99 < 10 ms, highest
+    rate served at all: >= 95% of the offered rate, no errors, p99 < 100 ms)."""
+    strict = loose = 0.0
+    strict_done = False
     for rate in steps:
         res = measure(target, n, rate, max(step_s, 20.0 / rate))
-        if not sustained(res):
+        if not sustained(res, LOOSE_P99_MS) or (not strict_done and not sustained(res)):
+            again = measure(target, n, rate, max(step_s, 20.0 / rate))
+            if again.p99 < res.p99:
+                res = again
+        if not strict_done:
+            if sustained(res):
+                strict = rate
+            else:
+                strict_done = True
+        if not sustained(res, LOOSE_P99_MS):
             break
-        best = rate
-    log(f"{target.name} {n}x50: highest rate with p99 < {P99_LIMIT_MS} ms = {best:.0f}/s")
-    return best
+        loose = rate
+    log(f"{target.name} {n}x50: highest rate with p99 < {P99_LIMIT_MS:.0f} ms = {strict:.0f}/s; "
+        f"served (p99 < {LOOSE_P99_MS:.0f} ms) up to {loose:.0f}/s")
+    return strict, loose
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -260,7 +277,7 @@ def freshness(port: int, rounds: int) -> tuple[list[float], list[float], int, in
 def run(quick: bool) -> list[Row]:
     fixed_rates = [200] if quick else [200, 1000]
     fixed_s = 1.5 if quick else 4.0
-    steps, step_s = (RAMP_QUICK, 1.0) if quick else (RAMP, 2.5)
+    steps, step_s = (RAMP_QUICK, 1.0) if quick else (RAMP, 2.0)
     work = Path(tempfile.mkdtemp(prefix="fstore-bench-serving-"))
     log(f"work dir {work}; {os.cpu_count()} CPUs shared by the load generator and the servers; "
         f"loadavg {os.getloadavg()[0]:.2f}")
@@ -337,9 +354,10 @@ def run(quick: bool) -> list[Row]:
                                     target=">= 10x lower" if name == "p99" else ""))
         for n in (1, 100):
             for peer, label in (("floor", "floor (Falcon, fixed body)"), ("feast", feast_label)):
-                rows.append(Row("serving", f"HTTP {shape[n]} max rate with p99 < 10 ms", best[("fstore", n)], label,
-                                best.get((peer, n), math.nan), "req/s", better="higher",
-                                target=">= 10x Feast" if peer == "feast" else ""))
+                for i, what in ((0, "max rate with p99 < 10 ms"), (1, "max rate served (p99 < 100 ms)")):
+                    rows.append(Row("serving", f"HTTP {shape[n]} {what}", best[("fstore", n)][i], label,
+                                    best[(peer, n)][i] if (peer, n) in best else math.nan, "req/s", better="higher",
+                                    target=">= 10x Feast" if peer == "feast" and i == 0 else ""))
         for rate in fixed_rates:
             rows.append(Row("serving", f"HTTP 100x50 p99 vs 1x50 p99 @{rate}/s", fixed[("fstore", 100, rate)].p99,
                             "ours 1x50", fixed[("fstore", 1, rate)].p99, "ms", target="<= 2x (ratio >= 0.5)"))
@@ -363,7 +381,8 @@ def run(quick: bool) -> list[Row]:
         # freshness
         ack, vis, stale, missed = freshness(fs_port, 30 if quick else 200)
         log(f"freshness: {len(vis)} rounds seen by another worker, {stale} stale reads there, {missed} missed")
-        for xs, what in ((vis, "push ack -> visible in another worker"), (ack, "push ack latency, fsync=always")):
+        for xs, what in ((vis, f"push ack -> read by another worker shows it ({stale} stale reads)"),
+                         (ack, "push (1 row) ack latency, fsync=always")):
             for q, name in ((0.5, "p50"), (0.99, "p99")):
                 rows.append(Row("serving", f"{what} {name}", pct(xs, q), "-", math.nan, "ms"))
         log(f"loadavg at the end {os.getloadavg()[0]:.2f}")

@@ -1,15 +1,17 @@
 """The `fstore` command line.
 
-    fstore demo            show the durable online store working end to end
-    fstore demo --rows N   with N rows (default 200,000)
+    fstore demo            the whole product on a temporary repo, in under a minute
     fstore init DIR        create a feature repo with example definitions
     fstore plan / apply    diff / register the repo's definitions
     fstore lineage NAME    what a feature is made of and what uses it
     fstore registry ...    list, describe or show the history of definitions
     fstore serve           run the engine and the REST API (gunicorn) on port 9094
+    fstore push STREAM F   push events (JSON lines, CSV, Parquet; - for stdin)
+    fstore get REFS -e K=V read online features
+    fstore historical F    build a point-in-time training set from an entity file
+    fstore materialize S E recompute online values from the offline log
 
-More commands (push, get, materialize from the shell) arrive with the SDK;
-`fstore --help` lists what this build has.
+`fstore COMMAND --help` shows each command's options and an example.
 Exit codes: 0 success, 1 a check failed, 2 bad usage.
 """
 from __future__ import annotations
@@ -21,7 +23,8 @@ import sys
 def _demo(args) -> int:
     from fsapp.demo import run_demo
 
-    return run_demo(rows=args.rows, readers=args.readers, keep=args.keep, out=sys.stdout)
+    return run_demo(events=args.events, keep=args.keep, workers=args.workers, crash=not args.no_crash,
+                    out=sys.stdout)
 
 
 def _serve(args) -> int:
@@ -44,19 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     d = sub.add_parser(
-        "demo", help="run the store-core demo on a temporary directory",
+        "demo", help="run the whole product on a temporary repo (under a minute)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Writes feature rows durably (WAL, fsync=always) into a shared-memory online table, reads\n"
-                    "them from separate reader processes, checkpoints, kills a writer with SIGKILL mid-stream\n"
-                    "and shows that recovery keeps every acknowledged row. Leaves no process or file behind.",
-        epilog="example:\n  fstore demo --rows 50000 --readers 2")
-    d.add_argument("--rows", type=int, default=200_000, help="rows to write (default 200000)")
-    d.add_argument("--readers", type=int, default=2, help="reader processes (default 2)")
-    d.add_argument("--keep", metavar="DIR", default=None, help="write into DIR and keep it, instead of a temp dir")
+        description="Creates a card-fraud feature repo, generates a realistic transaction stream (skewed users and\n"
+                    "merchants, out-of-order and late events), starts `fstore serve` on a free local port, pushes\n"
+                    "the events over HTTP with fsapp.Client, shows one user's features changing, kills the engine\n"
+                    "with SIGKILL and shows the restarted engine lost nothing, builds a point-in-time training set,\n"
+                    "prints serving latency percentiles, and shuts down. Leaves no process or file behind.",
+        epilog="example:\n  fstore demo\n  fstore demo --events 5000 --keep /tmp/fraud_demo   # keep the repo to explore")
+    d.add_argument("--events", type=int, default=20_000, help="transactions to generate (default 20000)")
+    d.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    d.add_argument("--keep", metavar="DIR", default=None, help="create the repo in DIR and keep it (must not exist)")
+    d.add_argument("--no-crash", action="store_true", help="skip the engine kill -9 / recovery step")
     d.set_defaults(func=_demo)
     from fsapp.registry.cli import add_commands
+    from fsapp.sdk.commands import add_commands as add_sdk_commands
 
     add_commands(sub)
+    add_sdk_commands(sub)
     sv = sub.add_parser(
         "serve", help="run the engine and the REST API",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -82,8 +90,10 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if getattr(args, "rows", 1) < 1 or getattr(args, "readers", 1) < 0:
-        parser.error("--rows must be >= 1 and --readers >= 0")
+    if args.command == "demo" and (args.events < 100 or args.workers < 1):
+        parser.error("--events must be >= 100 and --workers >= 1")
+    if getattr(args, "batch_rows", 1) < 1:
+        parser.error("--batch-rows must be >= 1")
     return args.func(args)
 
 

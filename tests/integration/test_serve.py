@@ -160,17 +160,17 @@ def test_metrics_sum_every_worker(served):
         with urllib.request.urlopen(base + "/health", timeout=10) as r:
             workers.add(r.headers.get("X-Fstore-Worker"))
     assert len(workers) == 2
-    time.sleep(1.1)  # each worker dumps its counters at most once a second
-    for _ in range(2):  # a request after the pause makes both dump (whichever answers the scrape)
-        urllib.request.urlopen(base + "/health", timeout=10).read()
-    text = ""
-    for _ in range(10):
+    # each worker writes its counters at most once a second, after a request:
+    # keep requests coming (they reach both workers) until a scrape sums them
+    text, total, deadline = "", 0.0, time.monotonic() + 40
+    while time.monotonic() < deadline:
+        time.sleep(1.1)
+        for _ in range(4):
+            urllib.request.urlopen(base + "/health", timeout=10).read()
         text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
         total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                     if line.startswith("fstore_http_requests_total{") and 'route="/health"' in line)
         if total >= 40:
             break
-        urllib.request.urlopen(base + "/health", timeout=10).read()
-        time.sleep(1.1)
     assert total >= 40, text
     assert "fstore_wal_applied_lsn" in text  # engine-side metrics come along

@@ -1,20 +1,17 @@
-"""The README's Python example runs verbatim, so it cannot go stale."""
+"""The README's quickstart commands stay exactly as CI runs them, and its
+Python blocks compile (tests/integration/test_readme_tour.py runs them)."""
 import pathlib
 import re
-import subprocess
-import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_readme_python_example_runs(tmp_path):
+def test_readme_python_blocks_compile():
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert blocks, "README has no python example"
-    for code in blocks:
-        res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stderr
-    assert "(3, 9.5, 'DE')" in res.stdout
+    for i, code in enumerate(blocks):
+        compile(code, f"README.md python block {i}", "exec")
 
 
 def test_readme_names_the_two_quickstart_commands():

@@ -74,6 +74,16 @@ class EngineBackend:
         self.lag = m.gauge("fstore_freshness_lag_seconds",
                            "Wall-clock now minus the newest event time seen on the stream", ("stream",))
         self.lsn = m.gauge("fstore_wal_applied_lsn", "Last WAL record applied", ())
+        self.kafka_consumed = m.counter("fstore_kafka_consumed_total", "Kafka messages consumed (ingested or "
+                                        "dead-lettered)", ("topic",))
+        self.kafka_ingested = m.counter("fstore_kafka_ingested_rows_total", "Kafka messages pushed as rows",
+                                        ("topic",))
+        self.kafka_dead = m.counter("fstore_kafka_dead_letters_total",
+                                    "Malformed Kafka messages sent to the dead-letter topic or file", ("topic", "kind"))
+        self.kafka_lag = m.gauge("fstore_kafka_lag_messages",
+                                 "High watermark minus the engine's offset, per partition", ("topic", "partition"))
+        self.kafka_errors = m.counter("fstore_kafka_errors_total",
+                                      "Kafka batches retried after an error (broker, WAL, dead-letter sink)", ())
 
     # ---- reads
 
@@ -110,6 +120,7 @@ class EngineBackend:
         # Only the engine writes online tables: hold its lock for the whole
         # run, then checkpoint so the written values survive a restart (they
         # are not WAL records) before the call is acknowledged.
+        eng.register_file_sources()  # a profile file may have appeared since the engine started
         with eng.lock:
             names = views if views is not None else sorted(eng.offline.views)
             for name in names:
@@ -172,4 +183,18 @@ class EngineBackend:
             for stream, wm in eng.watermarks.items():
                 self.lag.set(max(0.0, (now - wm) / 1e6), stream=stream)
             self.lsn.set(eng.applied_lsn)
+            source = eng.sources.get("kafka")
+            if source is not None:
+                k = source.stats()
+                for topic, n in k["consumed"].items():
+                    self.kafka_consumed.set(n, topic=topic)
+                for topic, n in k["ingested"].items():
+                    self.kafka_ingested.set(n, topic=topic)
+                for key, n in k["dead_lettered_by_kind"].items():
+                    topic, _, kind = key.rpartition(":")
+                    self.kafka_dead.set(n, topic=topic, kind=kind)
+                for key, n in k["lag"].items():
+                    topic, _, partition = key.rpartition("/")
+                    self.kafka_lag.set(n, topic=topic, partition=partition)
+                self.kafka_errors.set(k["errors"])
         return self.metrics.render()

@@ -41,6 +41,9 @@ from fsapp.offline.views import from_registry
 from fsapp.registry.catalog import Registry
 
 REC_PUSH = 1
+# Source offsets consumed without producing rows (dead-lettered messages):
+# logged so that recovery does not read them again. Payload: JSON {"offsets"}.
+REC_OFFSETS = 2
 INT64_MIN = np.iinfo(np.int64).min
 
 
@@ -78,19 +81,26 @@ class Engine:
     pushes, ticks and checkpoints (the WAL's order is the apply order)."""
 
     def __init__(self, data_dir: str, registry_path: str, *, fsync: str = "always", capacity: int = 100_000,
-                 clock=now_us, keep_checkpoints: int = 2):
+                 clock=now_us, keep_checkpoints: int = 2, repo_root: str | None = None):
         self.data_dir = os.path.abspath(data_dir)
+        # batch file sources' relative paths are relative to the repo root
+        self.repo_root = os.path.abspath(repo_root) if repo_root else os.getcwd()
         os.makedirs(self.data_dir, exist_ok=True)
         self.registry = Registry(registry_path)
         self.capacity = capacity
         self.clock = clock
         self.keep = keep_checkpoints
         self.lock = threading.RLock()
+        # one checkpoint at a time (the run loop and a Kafka revoke may both ask)
+        self._checkpoint_lock = threading.Lock()
         self.con = duckdb.connect()
         self.watermarks: dict[str, int] = {}
         self.offsets: dict = {}
         self.late_total = 0
         self.runtimes: dict[tuple[str, int], ViewRuntime] = {}
+        # ingest sources running against this engine (e.g. "kafka"): each has
+        # .stats() -> dict, reported by stats() and /metrics
+        self.sources: dict = {}
         self.streams: dict = {}
         self.normalisers: dict[str, BatchNormaliser] = {}
         # every accepted event, late ones included, goes to the offline log
@@ -99,6 +109,7 @@ class Engine:
         self.wal_dir = os.path.join(self.data_dir, "wal")
         ckpt = load_latest_checkpoint(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
         self._load_definitions(ckpt)
+        self.register_file_sources()
         self.checkpoint_lsn = ckpt.lsn if ckpt else 0
         self.replayed = 0
         for lsn, rtype, payload in read_log(self.wal_dir, after_lsn=self.checkpoint_lsn) \
@@ -110,6 +121,9 @@ class Engine:
                     if head["seq"] >= self.offline.log.next_seq(head["stream"]):
                         # not yet in a flushed Parquet file: log it again, same numbers
                         self._log_offline(head["stream"], table, head["now"], head["seq"])
+                self.replayed += 1
+            elif rtype == REC_OFFSETS:
+                self.offsets.update(json.loads(bytes(payload))["offsets"])
                 self.replayed += 1
         self.wal = Wal(self.wal_dir, fsync=fsync, start_lsn=self.checkpoint_lsn + 1)
         self._publish_tables()  # readers switch to the recovered tables only now
@@ -164,6 +178,7 @@ class Engine:
         with self.lock:
             self._load_definitions(None)
             self._publish_tables()
+        self.register_file_sources()
 
     # ---- writes
 
@@ -176,59 +191,114 @@ class Engine:
             now = self.clock() if now is None else now
             if table.num_rows == 0:
                 return PushResult(0, 0, self.applied_lsn)
-            self._check_keys(stream, table)  # refuse before logging: nothing is half-applied
+            late, _ = self._late_mask(stream, table)
+            # PERF: each view's DuckDB projection runs once per push, for the
+            # key checks and then the apply (a query costs milliseconds)
+            projected = self._project(stream, table.filter(pa.array(~late)) if late.any() else table)
+            self._check_projected(projected)  # refuse before logging: nothing is half-applied
             seq = self.offline.log.next_seq(stream)
             lsn = self.wal.append(REC_PUSH, _encode_push(stream, now, seq, table, offsets))
-            late = self._apply(stream, table, now, offsets)
+            late = self._apply(stream, table, now, offsets, projected)
             self._log_offline(stream, table, now, seq)
             self.applied_lsn = lsn
             return PushResult(table.num_rows - late, late, lsn)
 
-    def _apply(self, stream: str, table: pa.Table, now: int, offsets: dict | None) -> int:
+    def validate(self, stream: str, rows) -> None:
+        """Raises what push would raise for these rows' content (BatchError,
+        KeyEncodingError), without logging or applying anything. Lets a
+        source find the bad rows of a refused batch."""
+        if stream not in self.streams:
+            raise UnknownStreamError(f"no stream {stream!r}; streams are: {', '.join(sorted(self.streams)) or 'none'}")
+        table, _ = self.normalisers[stream].normalise(rows)
+        if table.num_rows:
+            with self.lock:
+                self._check_keys(stream, table)
+
+    def advance_offsets(self, offsets: dict) -> int:
+        """Records source offsets consumed without rows (e.g. dead-lettered
+        messages) durably, so a restart does not consume them again. Returns
+        the record's LSN."""
+        if not offsets:
+            return self.applied_lsn
+        with self.lock:
+            lsn = self.wal.append(REC_OFFSETS, json.dumps({"offsets": offsets}).encode())
+            self.offsets.update(offsets)
+            self.applied_lsn = lsn
+            return lsn
+
+    def _late_mask(self, stream: str, table: pa.Table) -> tuple[np.ndarray, int]:
+        """Events older than the stream's running max event time minus its
+        allowed lateness (in arrival order), and the new watermark."""
         s = self.streams[stream]
         ts = np.asarray(table.column(s.timestamp).cast(pa.int64()).to_numpy(), dtype=np.int64)
         wm = self.watermarks.get(stream, INT64_MIN)
         running = np.maximum.accumulate(np.concatenate([[wm], ts]))[:-1]
         late = ts < np.where(running == INT64_MIN, INT64_MIN, running - s.allowed_lateness)
-        self.watermarks[stream] = int(max(wm, ts.max()))
+        return late, int(max(wm, ts.max())) if ts.size else wm
+
+    def _project(self, stream: str, table: pa.Table) -> dict:
+        """Each view's DuckDB projection (filter, keys, inputs) of the batch."""
+        if table.num_rows == 0:
+            return {}
+        out = {}
+        self.con.register("__batch", table)
+        try:
+            for key, rt in self.runtimes.items():
+                if rt.stream is not None and rt.stream.name == stream:
+                    out[key] = rt.project(self.con)
+        finally:
+            self.con.unregister("__batch")
+        return out
+
+    def _check_projected(self, projected: dict) -> None:
+        """Every view must be able to key every row it keeps: no null key, no
+        key too long for its column."""
+        for key, p in projected.items():
+            rt = self.runtimes[key]
+            for k in rt.key_names:
+                col = p.column(k)
+                if col.null_count:
+                    raise BatchError(f"feature view {rt.name} is keyed by {k!r}, which is null in "
+                                     f"{col.null_count} row(s); give every row its {k}")
+            rt.table.check_keys(rt.keys_of(p))
+
+    def _apply(self, stream: str, table: pa.Table, now: int, offsets: dict | None, projected=None) -> int:
+        late, wm = self._late_mask(stream, table)
+        self.watermarks[stream] = wm
         nlate = int(late.sum())
         self.late_total += nlate
-        on_time = table.filter(pa.array(~late)) if nlate else table
-        if on_time.num_rows:
-            self.con.register("__batch", on_time)
-            try:
-                for rt in self.runtimes.values():
-                    if rt.stream is not None and rt.stream.name == stream:
-                        rt.apply(rt.project(self.con), now)
-            finally:
-                self.con.unregister("__batch")
+        if projected is None:  # replay: project now
+            projected = self._project(stream, table.filter(pa.array(~late)) if nlate else table)
+        for key, p in projected.items():
+            self.runtimes[key].apply(p, now)
         if offsets:
             self.offsets.update(offsets)
         return nlate
 
     def _check_keys(self, stream: str, table: pa.Table) -> None:
-        """Every view of the stream must be able to key every row it keeps:
-        no null key, no key too long for its column."""
-        self.con.register("__batch", table)
-        try:
-            for rt in self.runtimes.values():
-                if rt.stream is None or rt.stream.name != stream:
-                    continue
-                projected = rt.project(self.con)
-                for k in rt.key_names:
-                    col = projected.column(k)
-                    if col.null_count:
-                        raise BatchError(f"feature view {rt.name} is keyed by {k!r}, which is null in "
-                                         f"{col.null_count} row(s); give every row its {k}")
-                rt.table.check_keys(rt.keys_of(projected))
-        finally:
-            self.con.unregister("__batch")
+        self._check_projected(self._project(stream, table))
 
     def _log_offline(self, stream: str, table: pa.Table, now: int, seq: int) -> None:
         self.offline.log.append(stream, table, timestamp=self.streams[stream].timestamp, created_ts=now, seq=seq)
 
+    def register_file_sources(self) -> None:
+        """Registers the registry's Parquet/CSV sources with the offline store
+        (again: a file may appear after the engine started). A file that does
+        not exist yet is skipped and reads as empty."""
+        from fsapp.errors import SourceError
+
+        for entry in self.registry.list("source"):
+            d = entry.definition
+            path = d.path if os.path.isabs(d.path) else os.path.join(self.repo_root, d.path)
+            try:
+                self.offline.register_source(d.name, path, timestamp=d.timestamp,
+                                             created_timestamp=d.created_timestamp, format=d.format)
+            except SourceError:
+                continue
+
     def get_historical_features(self, entity_df, features, **kw):
         """Point-in-time training set from the offline log (see fsapp.offline)."""
+        self.register_file_sources()
         self.offline.log.flush()
         return self.offline.get_historical_features(entity_df, features, **kw)
 
@@ -302,6 +372,10 @@ class Engine:
     # ---- checkpoints and lifecycle
 
     def checkpoint(self) -> int:
+        with self._checkpoint_lock:
+            return self._checkpoint()
+
+    def _checkpoint(self) -> int:
         with self.lock:
             lsn = self.applied_lsn
             blobs, runtimes = {}, []
@@ -321,8 +395,12 @@ class Engine:
         return lsn
 
     def stats(self) -> dict:
-        return {"applied_lsn": self.applied_lsn, "checkpoint_lsn": self.checkpoint_lsn, "late_events": self.late_total,
-                "views": {f"{n}@v{v}": rt.table.stats() for (n, v), rt in self.runtimes.items()}}
+        out = {"applied_lsn": self.applied_lsn, "checkpoint_lsn": self.checkpoint_lsn, "late_events": self.late_total,
+               "offsets": dict(self.offsets),
+               "views": {f"{n}@v{v}": rt.table.stats() for (n, v), rt in self.runtimes.items()}}
+        for name, source in self.sources.items():
+            out[name] = source.stats()
+        return out
 
     def close(self) -> None:
         with self.lock:

@@ -57,8 +57,8 @@ def read_batches(path: str, fmt: str, batch_rows: int):
     CSV and Parquet give Arrow tables (types kept; the stream casts them)."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
-        pf = pq.ParquetFile(sys.stdin.buffer.read() and None or io.BytesIO(sys.stdin.buffer.read())) \
-            if path == "-" else pq.ParquetFile(path)
+        # Parquet needs random access: stdin is read into memory first
+        pf = pq.ParquetFile(io.BytesIO(sys.stdin.buffer.read()) if path == "-" else path)
         return (pa.Table.from_batches([b]) for b in pf.iter_batches(batch_size=batch_rows)), pf.metadata.num_rows
     if fmt == "csv":
         import pyarrow.csv as pcsv
@@ -236,7 +236,7 @@ def cmd_materialize(args) -> int:
     start = None if args.start in ("-", "beginning") else to_us(args.start, "START")
     end = to_us(args.end, "END")
     if start is not None and start >= end:
-        raise ValueError("START must be before END (e.g. fstore materialize -7d now)")
+        raise ValueError("START must be before END (e.g. fstore materialize now-7d now)")
     store = _store(args)
     try:
         views = [v.strip() for v in args.views.split(",")] if args.views else \
@@ -274,3 +274,73 @@ def _guard(fn):
             print(f"error: {e}", file=sys.stderr)
             return 1
     return run
+
+
+def _target(p) -> None:
+    p.add_argument("--url", help="push to / read from a running `fstore serve` (e.g. http://127.0.0.1:9094); "
+                                 "default: embedded, on --repo")
+    p.add_argument("-r", "--repo", default=".", help="repo directory when not using --url (default: .)")
+    p.add_argument("--api-key", help="API key for --url (default: $FSTORE_API_KEY)")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("push", help="push events from a file or stdin (JSON lines, CSV, Parquet)", formatter_class=_RAW,
+                       description="Appends events to STREAM: each batch is durable when acknowledged. Events beyond\n"
+                                   "the stream's allowed lateness are logged offline and counted as late.",
+                       epilog="examples:\n  fstore push transactions events.jsonl --repo fraud_repo\n"
+                              "  fstore push transactions history.parquet --url http://127.0.0.1:9094\n"
+                              "  cat events.csv | fstore push transactions - --format csv")
+    p.add_argument("stream", help="stream name (see `fstore registry list`)")
+    p.add_argument("file", nargs="?", default="-", help="file to read, or - for stdin (default)")
+    p.add_argument("--format", choices=["jsonl", "csv", "parquet"], help="input format (default: from the extension; "
+                                                                         "stdin: jsonl)")
+    p.add_argument("--batch-rows", type=int, default=10_000, help="rows per push (default 10000)")
+    _target(p)
+    p.set_defaults(func=_guard(cmd_push))
+
+    p = sub.add_parser("get", help="read online features for entities", formatter_class=_RAW,
+                       description="Prints the latest feature values for each entity row (a table, or --json in\n"
+                                   "Feast's to_dict() shape). Missing values print as '-'.",
+                       epilog="examples:\n  fstore get user_txn:txn_count_1h user_txn:amount_24h --entity user_id=1,2,3\n"
+                              "  fstore get --feature-service fraud_v1 --full-feature-names \\\n"
+                              "      --entity user_id=1,2 --entity merchant_id:str=m1,m2 --url http://127.0.0.1:9094")
+    p.add_argument("features", nargs="*", help="feature references view:feature (or view:*)")
+    p.add_argument("--feature-service", help="read a feature service's features instead")
+    p.add_argument("-e", "--entity", action="append", required=True, metavar="KEY=V1,V2",
+                   help="entity key values, one per row; repeat for composite keys; KEY:str= keeps digits as text")
+    p.add_argument("--full-feature-names", action="store_true", help="name columns view__feature")
+    p.add_argument("--as-of", help="read the values served at this time (ISO-8601, epoch, 'now-10m')")
+    p.add_argument("--json", action="store_true", help="print JSON ({column: [values]})")
+    p.add_argument("--raw", action="store_true", help="with --json: the full response with statuses and timestamps")
+    _target(p)
+    p.set_defaults(func=_guard(cmd_get))
+
+    p = sub.add_parser("historical", help="build a point-in-time training set from an entity file", formatter_class=_RAW,
+                       description="Reads entity rows (keys + event_timestamp, plus any label columns) from a\n"
+                                   "Parquet, CSV or JSON lines file and writes each row with its features as of\n"
+                                   "event_timestamp (point-in-time correct) to Parquet or CSV.",
+                       epilog="example:\n  fstore historical labels.csv --feature-service fraud_v1 --full-feature-names "
+                              "-o train.parquet\n  fstore historical labels.parquet --features user_txn:txn_count_1h "
+                              "-o - > train.csv")
+    p.add_argument("entities", help="entity file (.parquet, .csv, .jsonl) or - for JSON lines on stdin")
+    p.add_argument("--features", help="comma-separated view:feature references")
+    p.add_argument("--feature-service", help="a feature service's features instead")
+    p.add_argument("-o", "--output", required=True, help="output .parquet or .csv file, or - for CSV on stdout")
+    p.add_argument("--format", choices=["jsonl", "csv", "parquet"], help="entity file format (default: extension)")
+    p.add_argument("--full-feature-names", action="store_true", help="name columns view__feature")
+    _target(p)
+    p.set_defaults(func=_guard(cmd_historical))
+
+    p = sub.add_parser("materialize", help="recompute online values from the offline log", formatter_class=_RAW,
+                       description="For keys with events in [START, END), computes each view's value as of END\n"
+                                   "from the offline event log and writes it online (heals late events, backfills\n"
+                                   "views applied after their events arrived). Times: ISO-8601, epoch, 'now',\n"
+                                   "relative like now-7d; START '-' means from the beginning.",
+                       epilog="examples:\n  fstore materialize now-7d now --repo fraud_repo\n"
+                              "  fstore materialize 2026-11-01 2026-11-27T00:00:00Z --views user_txn "
+                              "--url http://127.0.0.1:9094")
+    p.add_argument("start", help="start of the event range (inclusive), or - for the beginning")
+    p.add_argument("end", help="end of the range (exclusive): values are computed as of this time")
+    p.add_argument("--views", help="comma-separated feature views (default: every online view)")
+    _target(p)
+    p.set_defaults(func=_guard(cmd_materialize))

@@ -14,7 +14,7 @@ from fsapp.engine.errors import BatchError
 from fsapp.errors import EntityDataFrameError, UnknownFeatureError
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_RELATIVE = re.compile(r"^([+-])\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d|w)$")
+_RELATIVE = re.compile(r"^(?:now)?\s*([+-])\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d|w)$", re.I)
 _UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000,
             "w": 604_800_000_000}
 
@@ -25,7 +25,7 @@ def now_us() -> int:
 
 def to_us(value, name: str = "time", *, now: int | None = None) -> int:
     """µs since the epoch UTC from a datetime (naive = UTC), a pandas
-    Timestamp, ISO-8601 text, 'now', a relative '-2h' / '+30m', or an epoch
+    Timestamp, ISO-8601 text, 'now', a relative 'now-2h' / '-2h' / '+30m', or an epoch
     number whose magnitude gives the unit (|x| < 1e11 s, < 1e14 ms, else µs),
     the same rule the REST API applies."""
     if isinstance(value, bool) or value is None:
@@ -62,7 +62,7 @@ def to_us(value, name: str = "time", *, now: int | None = None) -> int:
             return to_us(float(text), name)
         except ValueError:
             raise ValueError(f"{name}: {value!r} is not a time; write ISO-8601 (2026-11-27T10:00:00Z), an epoch "
-                             "number, 'now' or a relative time like '-2h'") from None
+                             "number, 'now' or a relative time like 'now-2h'") from None
     raise ValueError(f"{name} must be a time (datetime, ISO-8601 text or epoch number), not {type(value).__name__}")
 
 
@@ -131,7 +131,11 @@ def entity_table(entity_df, timestamp_column: str = "event_timestamp") -> pa.Tab
                                    f"{', '.join(table.column_names)}): add the time as of which each row's features "
                                    "are computed")
     col = table.column(timestamp_column)
-    if not pa.types.is_timestamp(col.type):
+    if pa.types.is_timestamp(col.type) and col.type.unit != "us":
+        # CSV and pandas give ns; the point-in-time SQL works in µs
+        us = col.cast(pa.timestamp("us", tz=col.type.tz or "UTC"), safe=False)
+        table = table.set_column(table.column_names.index(timestamp_column), timestamp_column, us)
+    elif not pa.types.is_timestamp(col.type):
         us = pa.array([to_us(v, timestamp_column) for v in col.to_pylist()], pa.timestamp("us", tz="UTC"))
         table = table.set_column(table.column_names.index(timestamp_column), timestamp_column, us)
     return table

@@ -72,25 +72,9 @@ class FeatureStore:
 
             kw = {"clock": self.clock} if self.clock else {}
             self._engine = Engine(str(self.repo.data_dir / "engine"), str(self.repo.registry_path), fsync=self.fsync,
-                                  capacity=self.capacity, **kw)
-            self._register_file_sources()
+                                  capacity=self.capacity, repo_root=str(self.repo.root), **kw)
             self._backend = EngineBackend(self._engine)
         return self._engine
-
-    def _register_file_sources(self) -> None:
-        # Views over batch files (a profile table) read them by path, relative
-        # to the repo root; a file that does not exist yet reads as empty.
-        from fsapp.errors import SourceError
-
-        eng = self._engine
-        for entry in eng.registry.list("source"):
-            d = entry.definition
-            path = d.path if os.path.isabs(d.path) else str(self.repo.root / d.path)
-            try:
-                eng.offline.register_source(d.name, path, timestamp=d.timestamp,
-                                            created_timestamp=d.created_timestamp, format=d.format)
-            except SourceError:
-                continue
 
     def close(self) -> None:
         """Flushes the offline log, closes the WAL and the tables."""
@@ -116,7 +100,6 @@ class FeatureStore:
         plan, apply_id = self.repo.apply(allow_incompatible=allow_incompatible)
         if apply_id is not None and self._engine is not None:
             self._engine.reload()
-            self._register_file_sources()
         return plan
 
     # ---- writes

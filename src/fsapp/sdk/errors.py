@@ -60,6 +60,10 @@ TITLE_TO_CLASS: dict[str, type[Exception]] = {
     "Store cannot persist": WalError,
     "Store state unusable": WindowStateError,
 }
+# added with the engine's as_of horizon check (the map must follow fsapp.api.errors)
+_as_of = getattr(__import__("fsapp.engine.errors", fromlist=["x"]), "AsOfOutsideHorizon", None)
+if _as_of is not None:
+    TITLE_TO_CLASS["as_of outside the online horizon"] = _as_of
 # checkpoint failures share WalError's title; both are OSErrors, like here
 _ = CheckpointError
 

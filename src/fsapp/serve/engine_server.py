@@ -19,6 +19,7 @@ import time
 import pyarrow as pa
 
 from fsapp.engine import Engine
+from fsapp.engine.kafka_config import KafkaConfig
 from fsapp.serve.protocol import error_header, recv_frame, send_frame
 
 
@@ -111,8 +112,14 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
     from fsapp.registry.repo import Repo
 
     repo = Repo(repo_dir)
-    engine = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync=fsync, capacity=capacity)
+    kafka_config = KafkaConfig.from_repo(repo)  # a bad kafka section fails before recovery starts
+    engine = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync=fsync, capacity=capacity,
+                    repo_root=str(repo.root))
     server = make_server(EngineService(engine), socket_path)
+    ingest = None
+    if kafka_config is not None:
+        from fsapp.engine.kafka import KafkaIngest
+        ingest = KafkaIngest(engine, kafka_config).start()
     stop = threading.Event()
 
     def on_term(signum, frame):
@@ -122,15 +129,27 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
     signal.signal(signal.SIGINT, on_term)
     t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     t.start()
-    print(f"engine ready pid={os.getpid()} socket={socket_path} replayed={engine.replayed}", flush=True)
+    print(f"engine ready pid={os.getpid()} socket={socket_path} replayed={engine.replayed}"
+          + (f" kafka={','.join(sorted(ingest.topics)) or '-'}" if ingest else ""), flush=True)
     last_ckpt = time.monotonic()
+    applied = engine.registry.snapshot().apply_id
+    last_registry_check = time.monotonic()
     try:
         while not stop.wait(tick_s):
             engine.tick()
+            if time.monotonic() - last_registry_check >= 1.0:  # `fstore apply` while serving
+                last_registry_check = time.monotonic()
+                current = engine.registry.snapshot().apply_id
+                if current != applied:
+                    engine.reload()
+                    applied = current
+                    print(f"engine reloaded definitions (apply {current})", flush=True)
             if time.monotonic() - last_ckpt >= checkpoint_s:
                 engine.checkpoint()
                 last_ckpt = time.monotonic()
     finally:
+        if ingest is not None:
+            ingest.stop()  # its last batch and offsets go into the final checkpoint below
         server.shutdown()
         server.server_close()
         engine.checkpoint()

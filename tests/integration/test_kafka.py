@@ -1,0 +1,185 @@
+"""Kafka ingestion against a real broker (tansu): JSON events reach the online
+tables; malformed messages go to the dead-letter topic with their reason and
+ingestion goes on; offsets come back from the engine's WAL and checkpoints,
+not from Kafka's committed offsets."""
+import json
+import time
+
+import pytest
+
+from fsapp.engine import Engine
+from fsapp.engine.kafka import KafkaIngest
+from fsapp.engine.kafka_config import KafkaConfig
+from fsapp.registry.errors import RepoError
+from fsapp.registry.repo import Repo
+
+DEFS = """
+CREATE ENTITY account (account_id BIGINT);
+CREATE STREAM payments (account_id BIGINT, amount DOUBLE, ts TIMESTAMP)
+    WITH (topic = '{topic}', timestamp = 'ts', allowed_lateness = '1h');
+CREATE FEATURE VIEW account_totals AS
+SELECT account_id,
+       count(*) OVER lifetime() AS n_payments,
+       sum(amount) OVER lifetime() AS total
+FROM payments;
+"""
+
+
+def make_repo(tmp_path, topic, bootstrap, extra=""):
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "fstore.yaml").write_text(f"project: kafkatest\nkafka:\n  bootstrap_servers: {bootstrap}\n"
+                                      f"  batch_size: 200\n  poll_timeout_ms: 50\n{extra}")
+    (root / "defs.sql").write_text(DEFS.format(topic=topic))
+    repo = Repo(root)
+    repo.apply()
+    return repo
+
+
+def open_engine(repo):
+    return Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
+
+
+def drain(ingest, until, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while not until():
+        assert time.monotonic() < deadline, f"not caught up: {ingest.stats()}"
+        ingest.poll_once()
+
+
+def totals(engine, accounts):
+    out = engine.get_online_features(["account_totals:n_payments", "account_totals:total"],
+                                     entities={"account_id": accounts})
+    return out["results"][1]["values"], out["results"][2]["values"]
+
+
+def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(kafka_broker, tmp_path):
+    topic = "payments-dlq-test"
+    kafka_broker.create_topic(topic, partitions=2)
+    repo = make_repo(tmp_path, topic, kafka_broker.bootstrap)
+    t = time.time_ns() // 1000 - 60_000_000
+    p = kafka_broker.producer()
+    good = [{"account_id": i % 3, "amount": 1.5, "ts": t + i} for i in range(30)]
+    for i, ev in enumerate(good[:20]):
+        p.produce(topic, json.dumps(ev).encode(), partition=i % 2)
+    bad = [b"{not json", b"[1, 2]", json.dumps({"amount": 2.0, "ts": t}).encode(),  # no key
+           json.dumps({"account_id": 1, "amount": "lots", "ts": t}).encode(),
+           json.dumps({"account_id": 1, "amount": 1.0, "ts": "yesterday"}).encode()]
+    for b in bad:
+        p.produce(topic, b, partition=0)
+    for i, ev in enumerate(good[20:]):
+        # no ts field: the Kafka message timestamp is the event time; unknown fields are ignored
+        p.produce(topic, json.dumps({"account_id": ev["account_id"], "amount": 1.5, "note": "x"}).encode(),
+                  partition=i % 2)
+    p.flush(10)
+
+    engine = open_engine(repo)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    ingest._subscribe()
+    try:
+        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 35)
+        counts, sums = totals(engine, [0, 1, 2, 3])
+        assert counts == [10, 10, 10, None]
+        assert sums == [15.0, 15.0, 15.0, None]
+        stats = engine.stats()["kafka"]
+        assert stats["dead_lettered"] == {topic: 5} and stats["ingested"] == {topic: 30}
+        assert stats["dead_lettered_by_kind"] == {f"{topic}:json": 1, f"{topic}:not_object": 1,
+                                                  f"{topic}:schema": 3}
+        assert engine.offsets == {f"{topic}/0": 20, f"{topic}/1": 15}
+        from fsapp.api.backend import EngineBackend
+        text = EngineBackend(engine).metrics_text()
+        assert f'fstore_kafka_dead_letters_total{{topic="{topic}",kind="schema"}} 3' in text
+        assert f'fstore_kafka_consumed_total{{topic="{topic}"}} 35' in text
+    finally:
+        ingest.stop()
+    letters = kafka_broker.read_all(f"{topic}.dlq")
+    assert sorted(m.value() for m in letters) == sorted(bad)
+    for m in letters:
+        h = dict(m.headers())
+        assert h["fstore.source.topic"] == topic.encode() and h["fstore.source.partition"] == b"0"
+        assert int(h["fstore.source.offset"]) >= 10 and h["fstore.reason"]
+    reasons = {m.value(): dict(m.headers())["fstore.reason"].decode() for m in letters}
+    assert "account_id" in reasons[bad[2]] and "not JSON" in reasons[bad[0]]
+    engine.close()
+
+    # restart: offsets (including a batch made only of dead letters) come from the WAL
+    p.produce(topic, b"garbage", partition=1)
+    p.flush(10)
+    engine = open_engine(repo)
+    assert engine.offsets == {f"{topic}/0": 20, f"{topic}/1": 15}
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    ingest._subscribe()
+    try:
+        drain(ingest, lambda: engine.offsets.get(f"{topic}/1") == 16)
+        assert ingest.counts["consumed"] == {topic: 1}  # nothing read twice
+        assert totals(engine, [0, 1, 2])[0] == [10, 10, 10]
+    finally:
+        ingest.stop()
+        engine.close()
+    engine = open_engine(repo)
+    assert engine.offsets[f"{topic}/1"] == 16  # the offsets-only WAL record replays
+    engine.close()
+
+
+def test_group_mode_resumes_from_the_engine_offsets_not_the_committed_ones(kafka_broker, tmp_path):
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = "payments-group-test"
+    kafka_broker.create_topic(topic, partitions=2)
+    repo = make_repo(tmp_path, topic, kafka_broker.bootstrap,
+                     "  assign: group\n  group_id: g-resume\n  session.timeout.ms: 6000\n"
+                     "  dead_letter_file: data/dead.jsonl\n")
+    t = time.time_ns() // 1000 - 60_000_000
+    p = kafka_broker.producer()
+    for i in range(40):
+        p.produce(topic, json.dumps({"account_id": 7, "amount": 1.0, "ts": t + i}).encode(), partition=i % 2)
+    p.produce(topic, b"oops", partition=0)
+    p.flush(10)
+    engine = open_engine(repo)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    ingest._subscribe()
+    try:
+        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 41, timeout_s=40)
+    finally:
+        ingest.stop()  # leaves the group: the revoke checkpoints and commits
+    assert totals(engine, [7])[0] == [40]
+    assert engine.checkpoint_lsn == engine.applied_lsn
+    dead = [json.loads(line) for line in (repo.root / "data" / "dead.jsonl").read_text().splitlines()]
+    assert [(d["value"], d["kind"], d["offset"]) for d in dead] == [("oops", "json", 20)]
+    engine.close()
+
+    # Kafka's committed offsets disagree with the engine (rewound to 0, as after
+    # a lost commit): the engine's own offsets win, nothing is counted twice
+    c = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": "g-resume"})
+    c.commit(offsets=[TopicPartition(topic, 0, 0), TopicPartition(topic, 1, 0)], asynchronous=False)
+    c.close()
+    for i in range(10):
+        p.produce(topic, json.dumps({"account_id": 7, "amount": 1.0, "ts": t + 100 + i}).encode(), partition=i % 2)
+    p.flush(10)
+    engine = open_engine(repo)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    ingest._subscribe()
+    try:
+        drain(ingest, lambda: totals(engine, [7])[0] == [50], timeout_s=40)
+        for _ in range(5):
+            ingest.poll_once()
+        assert totals(engine, [7])[0] == [50]
+        assert ingest.counts["consumed"] == {topic: 10}
+    finally:
+        ingest.stop()
+        engine.close()
+
+
+def test_config_errors_say_what_to_fix(tmp_path):
+    repo = make_repo(tmp_path, "t", "127.0.0.1:1", "  assign: some\n")
+    with pytest.raises(RepoError, match="assign"):
+        KafkaConfig.from_repo(repo)
+    (repo.root / "fstore.yaml").write_text("project: p\nkafka:\n  bootstrap_servers: x:1\n  enable.auto.commit: true\n")
+    with pytest.raises(RepoError, match="set by fstore"):
+        KafkaConfig.from_repo(Repo(repo.root))
+    (repo.root / "fstore.yaml").write_text("project: p\nkafka:\n  bootstrap_servers: x:1\n  batchsize: 3\n")
+    with pytest.raises(RepoError, match="unknown setting 'batchsize'"):
+        KafkaConfig.from_repo(Repo(repo.root))
+    (repo.root / "fstore.yaml").write_text("project: p\nkafka:\n  bootstrap_servers: x:1\n  security.protocol: SSL\n")
+    cfg = KafkaConfig.from_repo(Repo(repo.root))
+    assert cfg.client_properties()["security.protocol"] == "SSL" and cfg.group_id == "fstore-p"
