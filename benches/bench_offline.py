@@ -164,6 +164,9 @@ def run(quick: bool) -> list[Row]:
             label = f"backfill {kind} {s['events']:,} ev x {s['queries']:,} q"
             rows.append(Row(label, "seconds", ours["seconds"], "engine replay", peer["seconds"], "s"))
             rows.append(Row(label, "peak RSS", ours["peak_rss_mb"], "engine replay", peer["peak_rss_mb"], "MB"))
+    if os.environ.get("FSTORE_BENCH_FEAST", "1") != "0":
+        from benches.feast_oracle import bench_rows
+        rows.extend(bench_rows(quick))
     return rows
 
 

@@ -155,11 +155,12 @@ def test_engine_killed_during_pushes_loses_no_acknowledged_event(served):
 
 def test_metrics_sum_every_worker(served):
     base, proc, _ = served
-    workers = set()
-    for _ in range(40):
+    workers, sent = set(), 0
+    while len(workers) < 2 and sent < 400:  # the kernel hands connections to whichever worker accepts first
         with urllib.request.urlopen(base + "/health", timeout=10) as r:
             workers.add(r.headers.get("X-Fstore-Worker"))
-    assert len(workers) == 2
+        sent += 1
+    assert len(workers) == 2 and sent >= 1
     # each worker writes its counters at most once a second, after a request:
     # keep requests coming (they reach both workers) until a scrape sums them
     text, total, deadline = "", 0.0, time.monotonic() + 40
@@ -170,7 +171,7 @@ def test_metrics_sum_every_worker(served):
         text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
         total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                     if line.startswith("fstore_http_requests_total{") and 'route="/health"' in line)
-        if total >= 40:
+        if total >= sent:
             break
-    assert total >= 40, text
+    assert total >= sent, text
     assert "fstore_wal_applied_lsn" in text  # engine-side metrics come along

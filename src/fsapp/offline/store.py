@@ -24,6 +24,10 @@ def time_us_sql(col: str, sql_type: str, what: str) -> str:
     t = sql_type.upper()
     if t in _INT_TYPES:
         return f"CAST({col} AS BIGINT)"
+    if t.startswith("TIMESTAMPTZ_NS") or (t.startswith("TIMESTAMP_NS") and "TIME ZONE" in t):
+        # DuckDB has no epoch_us(TIMESTAMPTZ_NS) (pandas' datetime64[ns, UTC],
+        # e.g. Feast's driver_stats): floor the nanoseconds to µs.
+        return f"((epoch_ns({col}) - ((epoch_ns({col}) % 1000 + 1000) % 1000)) // 1000)"
     if t.startswith("TIMESTAMP") or t == "DATE":
         return f"epoch_us({col})" if t != "DATE" else f"epoch_us(CAST({col} AS TIMESTAMP))"
     if t == "VARCHAR":
