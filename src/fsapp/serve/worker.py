@@ -22,7 +22,8 @@ def _arrow_bytes(table: pa.Table) -> bytes:
 
 
 class WorkerBackend:
-    def __init__(self, data_dir: str, registry_path: str, socket_path: str, clock=None):
+    def __init__(self, data_dir: str, registry_path: str, socket_path: str, clock=None, feature_logger=None):
+        self.feature_logger = feature_logger
         self.reader = OnlineReader(data_dir, registry_path)
         self.registry = Registry(registry_path)
         self.client = EngineClient(socket_path)
@@ -35,10 +36,14 @@ class WorkerBackend:
 
     def online(self, features, feature_service, entities, as_of, full_feature_names):
         if as_of is None:  # the common case: no engine round trip
-            return self.reader.get_online_features(features, feature_service, entities, now=self.clock(),
-                                                   full_feature_names=full_feature_names)
-        result, _ = self._forward("online", features=features, feature_service=feature_service, entities=entities,
-                                  as_of=as_of, full_feature_names=full_feature_names)
+            result = self.reader.get_online_features(features, feature_service, entities, now=self.clock(),
+                                                     full_feature_names=full_feature_names)
+        else:
+            result, _ = self._forward("online", features=features, feature_service=feature_service,
+                                      entities=entities, as_of=as_of, full_feature_names=full_feature_names)
+        if self.feature_logger is not None and self.feature_logger.wants(feature_service):
+            n_keys = len(entities) if isinstance(entities, dict) else len(entities[0]) if entities else 0
+            self.feature_logger.log(feature_service, result, n_keys)
         return result
 
     def historical(self, entities: pa.Table, features, full_feature_names):

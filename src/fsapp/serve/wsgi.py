@@ -7,6 +7,7 @@ import os
 
 from fsapp.api.app import create_app
 from fsapp.registry.repo import Repo
+from fsapp.serve.feature_log import FeatureLogConfig, FeatureLogger
 from fsapp.serve.shared_metrics import SharedHttpMetrics
 from fsapp.serve.worker import WorkerBackend
 
@@ -25,7 +26,10 @@ def parse_api_keys(text: str) -> dict | None:
 
 def build_application():
     repo = Repo(os.environ["FSTORE_REPO"])
-    backend = WorkerBackend(str(repo.data_dir / "engine"), str(repo.registry_path), os.environ["FSTORE_ENGINE_SOCKET"])
+    log_cfg = FeatureLogConfig.from_repo(repo)
+    logger = FeatureLogger(log_cfg, (repo.config.get("kafka") or {}).get("bootstrap_servers")) if log_cfg else None
+    backend = WorkerBackend(str(repo.data_dir / "engine"), str(repo.registry_path), os.environ["FSTORE_ENGINE_SOCKET"],
+                            feature_logger=logger)
     return create_app(backend, api_keys=parse_api_keys(os.environ.get("FSTORE_API_KEYS", "")),
                       http_metrics=SharedHttpMetrics(str(repo.data_dir / "metrics")))
 
