@@ -62,7 +62,9 @@ def views(draw):
 columns = st.lists(st.tuples(names, types), min_size=1, max_size=5, unique_by=lambda c: c[0])
 entities = st.builds(Entity, names, columns, texts)
 streams = st.builds(Stream, names, columns, names, st.none() | names.map(lambda n: n + ".topic"),
-                    st.integers(0, 10**10), st.sampled_from(["json", "arrow"]), st.none() | names, texts)
+                    st.integers(0, 10**10), st.sampled_from(["json", "arrow"]), st.none() | names, texts) | \
+    st.builds(Stream, names, columns, names, names.map(lambda n: n + ".topic"), st.integers(0, 10**10),
+              st.just("avro"), st.none() | names, texts, names.map(lambda n: f"schemas/{n}.avsc"))
 sources = st.builds(FileSource, names, columns, names, names.map(lambda n: f"data/{n}/*.parquet"),
                     st.sampled_from(["parquet", "csv"]), st.none() | names, texts)
 refs = st.builds(FeatureRef, names, st.just("*") | names, st.none() | st.integers(1, 99))
@@ -97,7 +99,8 @@ def test_python_api_builds_the_sql_model(view):
 def test_python_stream_equals_sql_stream(stream):
     py = api.Stream(name=stream.name, schema=[api.Field(c.name, c.type) for c in stream.columns],
                     timestamp_field=stream.timestamp, topic=stream.topic, allowed_lateness=stream.allowed_lateness,
-                    format=stream.format, batch_source=stream.batch_source, description=stream.description)
+                    format=stream.format, batch_source=stream.batch_source, description=stream.description,
+                    avro_schema=stream.avro_schema)
     assert py.model == stream == parse(to_sql(stream))[0]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import threading
 import time
 
@@ -28,6 +29,7 @@ from confluent_kafka import (OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer
                              TopicPartition)
 
 from fscore.errors import KeyEncodingError
+from fsapp.engine.avro import AvroDecoder, AvroError
 from fsapp.engine.errors import BatchError
 from fsapp.engine.kafka_config import DeadLetter, DeadLetterFile, DeadLetterTopic, KafkaConfig
 from fsapp.registry.errors import RepoError
@@ -62,6 +64,31 @@ def _epoch_us(v, field: str) -> int:
     return int(round(v * scale)) if isinstance(v, float) else v * scale
 
 
+class AvroStreamDecoder:
+    """Avro message values (the stream's .avsc schema) → rows; the same
+    field rules as JSON (undeclared fields ignored, Kafka timestamp fallback)."""
+
+    def __init__(self, stream, config):
+        path = stream.avro_schema
+        if not os.path.isabs(path):
+            path = os.path.join(config.repo_root, path)
+        self.json = StreamDecoder(stream)
+        self.avro = AvroDecoder(path, config.avro_framing)
+
+    def row(self, msg) -> dict:
+        value = msg.value()
+        if value is None:
+            raise Malformed("empty", "the message has no value (a tombstone); send an Avro record")
+        try:
+            obj = self.avro.decode(value)
+        except AvroError as e:
+            raise Malformed("avro", f"the value does not decode with {self.avro.path}: {e}") from None
+        return self.json._with_time(msg, obj)
+
+    def table(self, rows: list[dict]) -> pa.Table:
+        return self.json.table(rows)
+
+
 class StreamDecoder:
     """JSON message values → rows of one stream. Fields the stream does not
     declare are ignored (producers may add fields); a missing timestamp
@@ -82,6 +109,18 @@ class StreamDecoder:
             raise Malformed("json", f"the value is not JSON: {e}") from None
         if not isinstance(obj, dict):
             raise Malformed("not_object", f"the value is a JSON {type(obj).__name__}; send one object per event")
+        row = {k: obj[k] for k in self.names if k in obj}
+        t = row.get(self.ts)
+        if t is None:
+            kind, ms = msg.timestamp()
+            if kind == TIMESTAMP_NOT_AVAILABLE:
+                raise Malformed("schema", f"no {self.ts!r} field and no Kafka timestamp; every event needs a time")
+            row[self.ts] = ms * 1000
+        else:
+            row[self.ts] = _epoch_us(t, self.ts)
+        return row
+
+    def _with_time(self, msg, obj: dict) -> dict:
         row = {k: obj[k] for k in self.names if k in obj}
         t = row.get(self.ts)
         if t is None:
@@ -124,11 +163,12 @@ class KafkaIngest:
                 if s.topic in self.topics:
                     raise RepoError(f"streams {self.topics[s.topic]} and {name} both read topic {s.topic!r}; "
                                     "give each topic one stream (offsets are kept per topic partition)")
-                if s.format != "json":
-                    raise RepoError(f"stream {name}: format {s.format!r} is not consumed from Kafka yet "
-                                    "(only json; see docs/kafka.md)")
+                if s.format not in ("json", "avro"):
+                    raise RepoError(f"stream {name}: format {s.format!r} is not consumed from Kafka "
+                                    "(json or avro; see docs/kafka.md)")
                 self.topics[s.topic] = name
-        self.decoders = {t: StreamDecoder(engine.streams[s]) for t, s in self.topics.items()}
+        self.decoders = {t: (AvroStreamDecoder(engine.streams[s], config) if engine.streams[s].format == "avro"
+                             else StreamDecoder(engine.streams[s])) for t, s in self.topics.items()}
         self.dead_letters = dead_letters or (DeadLetterFile(config.dead_letter_file) if config.dead_letter_file
                                              else DeadLetterTopic(config))
         self.consumer = Consumer({

@@ -24,7 +24,7 @@ from fsapp.registry.errors import RepoError
 
 ASSIGN_MODES = ("all", "group")
 _KEYS = ("bootstrap_servers", "group_id", "assign", "batch_size", "poll_timeout_ms", "dead_letter_topic",
-         "dead_letter_file", "properties", "metadata_refresh_s")
+         "dead_letter_file", "properties", "metadata_refresh_s", "avro_framing")
 # set by fstore itself: the engine's offsets are the truth, not Kafka's
 _RESERVED = ("enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers")
 
@@ -39,6 +39,8 @@ class KafkaConfig:
     dead_letter_topic: str | None = None
     dead_letter_file: str | None = None
     metadata_refresh_s: float = 10.0
+    avro_framing: str = "confluent"  # or "raw": bare Avro bodies without the 5-byte header
+    repo_root: str = "."  # Avro schema files are relative to it
     properties: dict = field(default_factory=dict)
 
     @classmethod
@@ -72,6 +74,10 @@ class KafkaConfig:
                   assign=str(section.get("assign") or "all"),
                   dead_letter_topic=section.get("dead_letter_topic"),
                   properties={k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in props.items()})
+        cfg.avro_framing = str(section.get("avro_framing") or "confluent")
+        if cfg.avro_framing not in ("confluent", "raw"):
+            raise RepoError(f"{where}.avro_framing: {cfg.avro_framing!r} is not 'confluent' or 'raw'")
+        cfg.repo_root = str(repo.root)
         if cfg.assign not in ASSIGN_MODES:
             raise RepoError(f"{where}.assign: {cfg.assign!r} is not one of {', '.join(ASSIGN_MODES)}")
         for name, lo in (("batch_size", 1), ("poll_timeout_ms", 1), ("metadata_refresh_s", 0.1)):

@@ -104,7 +104,7 @@ def canonical_expr(text: str, what: str = "expression") -> str:
     return render_tokens(toks)
 
 
-STREAM_OPTIONS = ("topic", "timestamp", "allowed_lateness", "format", "batch_source", "description")
+STREAM_OPTIONS = ("topic", "timestamp", "allowed_lateness", "format", "batch_source", "description", "avro_schema")
 SOURCE_OPTIONS = ("path", "format", "timestamp", "created_timestamp", "description")
 VIEW_OPTIONS = ("ttl", "entities", "online", "description")
 NAMED_OPTIONS = ("description",)
@@ -294,7 +294,8 @@ class Parser:
         ts = self.required(opts, "timestamp", f"stream {name}", "timestamp = 'ts'", with_tok)
         return Stream(name, cols, ts, topic=opts.get("topic"),
                       allowed_lateness=opts.get("allowed_lateness") or 0, format=opts.get("format") or "json",
-                      batch_source=opts.get("batch_source"), description=opts.get("description") or "")
+                      batch_source=opts.get("batch_source"), description=opts.get("description") or "",
+                      avro_schema=opts.get("avro_schema"))
 
     def file_source(self) -> FileSource:
         name = self.name("a source name")

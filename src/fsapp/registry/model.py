@@ -39,7 +39,7 @@ INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT"
 FLOAT_TYPES = frozenset({"FLOAT", "DOUBLE"})
 TIME_TYPES = frozenset({"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE", "TIMESTAMP_MS", "TIMESTAMP_NS",
                         "TIMESTAMP_S"})
-STREAM_FORMATS = ("json", "arrow")
+STREAM_FORMATS = ("json", "arrow", "avro")
 FILE_FORMATS = ("parquet", "csv")
 
 
@@ -173,6 +173,7 @@ class Stream(Definition):
     format: str = "json"
     batch_source: str | None = None
     description: str = ""
+    avro_schema: str | None = None  # .avsc path (relative to the repo) for format = 'avro'
 
     def __post_init__(self):
         check_name(self.name, "stream")
@@ -183,6 +184,9 @@ class Stream(Definition):
             raise DefinitionError(f"stream {self.name}: format {self.format!r} is not one of {', '.join(STREAM_FORMATS)}")
         if self.topic is not None and not self.topic:
             raise DefinitionError(f"stream {self.name}: topic must be non-empty (omit it for a push-only stream)")
+        if (self.format == "avro") != bool(self.avro_schema):
+            raise DefinitionError(f"stream {self.name}: format 'avro' and avro_schema go together, e.g. "
+                                  "WITH (format = 'avro', avro_schema = 'schemas/events.avsc')")
 
 
 @dataclass(frozen=True)

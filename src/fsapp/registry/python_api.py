@@ -96,9 +96,11 @@ class Stream(_Def):
     PushSource / KafkaSource)."""
 
     def __init__(self, name: str, schema, timestamp_field: str, topic: str | None = None,
-                 allowed_lateness=0, format: str = "json", batch_source=None, description: str = ""):
+                 allowed_lateness=0, format: str = "json", batch_source=None, description: str = "",
+                 avro_schema: str | None = None):
         self.model = m.Stream(name, _columns(schema), timestamp_field, topic, _duration(allowed_lateness), format,
-                              None if batch_source is None else _name(batch_source, "batch_source"), description)
+                              None if batch_source is None else _name(batch_source, "batch_source"), description,
+                              avro_schema)
 
 
 class FileSource(_Def):

@@ -51,7 +51,8 @@ def to_sql(obj, keys=()) -> str:
         opts = [("topic", obj.topic and quote(obj.topic)), ("timestamp", quote(obj.timestamp)),
                 ("allowed_lateness", quote(format_duration(obj.allowed_lateness)) if obj.allowed_lateness else None),
                 ("format", quote(obj.format) if obj.format != "json" else None),
-                ("batch_source", obj.batch_source and quote(obj.batch_source)), ("description", desc)]
+                ("batch_source", obj.batch_source and quote(obj.batch_source)), ("description", desc),
+                ("avro_schema", obj.avro_schema and quote(obj.avro_schema))]
         return f"CREATE STREAM {obj.name} {_columns(obj.columns)}{_options(opts)}"
     if isinstance(obj, FileSource):
         opts = [("path", quote(obj.path)), ("format", quote(obj.format)), ("timestamp", quote(obj.timestamp)),
