@@ -340,3 +340,19 @@ def test_openapi_describes_every_route(api):
             assert "200" in op["responses"], path
             for ref in re.findall(r'"\$ref": "#/components/schemas/(\w+)"', str(op).replace("'", '"')):
                 assert ref in doc["components"]["schemas"]
+
+
+def test_online_response_encoding_equals_plain_json():
+    import json
+
+    from fsapp.api.resources import dumps_online
+    stamps = ["2026-11-27T10:00:00.000000Z", "1970-01-01T00:00:00.000000Z"]
+    statuses = ["PRESENT", "NOT_FOUND"]
+    doc = {"metadata": {"feature_names": ["user_id", "a", "b", "é"]},
+           "results": [{"values": [1, 2], "statuses": ["PRESENT"] * 2, "event_timestamps": stamps},
+                       {"values": [1.5, None], "statuses": statuses, "event_timestamps": stamps},
+                       {"values": [[1.0, None], None], "statuses": statuses, "event_timestamps": stamps},
+                       {"values": ["x\"y", None], "statuses": statuses, "event_timestamps": stamps}]}
+    text = dumps_online(doc)
+    assert json.loads(text) == doc
+    assert text == json.dumps(doc, separators=(",", ":"))
