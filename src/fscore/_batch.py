@@ -16,6 +16,22 @@ def _as_1d(name: str, arr, role: str) -> np.ndarray:
     return a
 
 
+class BatchResult:
+    """Arrays for a batch lookup: status (uint8), event_ts, created_ts, values, nulls."""
+
+    __slots__ = ("status", "event_ts", "created_ts", "values", "nulls")
+
+    def __init__(self, status, event_ts, created_ts, values, nulls):
+        self.status = status
+        self.event_ts = event_ts
+        self.created_ts = created_ts
+        self.values = values
+        self.nulls = nulls
+
+    def __len__(self):
+        return len(self.status)
+
+
 def key_columns(schema: Schema, keys) -> tuple[list[np.ndarray], int]:
     """Keys as one array per key column: int64 arrays and object arrays of str.
 

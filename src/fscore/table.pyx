@@ -29,6 +29,7 @@ from libc.stdint cimport int64_t, uint64_t, uint8_t, int32_t, uint16_t, INT64_MI
 from libc.string cimport memcpy, memcmp, memset
 
 from fscore import _batch
+from fscore._batch import BatchResult
 from fscore.errors import KeyEncodingError, ReadOnlyError, SchemaError
 from fscore import layout as _layout
 from fscore.layout import Layout, read_header
@@ -86,22 +87,6 @@ cdef enum:
     K_INT64, K_FLOAT64, K_BOOL, K_STRING, K_VECTOR
 
 _KIND_CODES = {"int64": K_INT64, "float64": K_FLOAT64, "bool": K_BOOL, "string": K_STRING, "vector": K_VECTOR}
-
-
-class BatchResult:
-    """Arrays for a batch lookup: status (uint8), event_ts, created_ts, values, nulls."""
-
-    __slots__ = ("status", "event_ts", "created_ts", "values", "nulls")
-
-    def __init__(self, status, event_ts, created_ts, values, nulls):
-        self.status = status
-        self.event_ts = event_ts
-        self.created_ts = created_ts
-        self.values = values
-        self.nulls = nulls
-
-    def __len__(self):
-        return len(self.status)
 
 
 include "table_codec.pxi"

@@ -20,26 +20,11 @@ from __future__ import annotations
 import numpy as np
 
 from fscore import _batch
+from fscore._batch import BatchResult  # noqa: F401  (re-exported)
 from fscore.layout import Layout
 from fscore.schema import Schema
 
 NOT_FOUND, PRESENT, OUTSIDE_MAX_AGE = 0, 1, 2
-
-
-class BatchResult:
-    """Arrays for a batch lookup: status (uint8), event_ts, created_ts, values, nulls."""
-
-    __slots__ = ("status", "event_ts", "created_ts", "values", "nulls")
-
-    def __init__(self, status, event_ts, created_ts, values, nulls):
-        self.status = status
-        self.event_ts = event_ts
-        self.created_ts = created_ts
-        self.values = values
-        self.nulls = nulls
-
-    def __len__(self):
-        return len(self.status)
 
 
 class RefTable:

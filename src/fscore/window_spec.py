@@ -14,6 +14,8 @@ import re
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 from fscore.errors import WindowSpecError
 
 US = 1
@@ -201,9 +203,8 @@ def string_id(s: str) -> int:
     return int.from_bytes(digest, "little") & ((1 << STRING_ID_BITS) - 1)
 
 
-def string_ids(values) -> "np.ndarray":
+def string_ids(values) -> np.ndarray:
     """string_id of each value as float64, NaN for None (null)."""
-    import numpy as np
     return np.array([math.nan if v is None else float(string_id(v)) for v in values], dtype=np.float64)
 
 

@@ -8,6 +8,7 @@ milliseconds, otherwise microseconds. Inside, times are int64 µs UTC.
 from __future__ import annotations
 
 import datetime as dt
+import io
 
 import duckdb
 import numpy as np
@@ -22,6 +23,14 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 def _qi(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def arrow_ipc_bytes(table: pa.Table) -> bytes:
+    """An Arrow table as one IPC stream (what pushes and training sets travel as)."""
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
 
 
 def to_arrow(rows) -> pa.Table:

@@ -284,7 +284,6 @@ class Parser:
         return Entity(name, cols, description=opts.get("description") or "")
 
     def stream(self) -> Stream:
-        at = self.tok
         name = self.name("a stream name")
         cols = self.column_defs()
         with_tok = self.tok

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import http.client
-import io
 import json
 import threading
 import urllib.parse
@@ -20,6 +19,7 @@ import urllib.parse
 import numpy as np
 import pyarrow as pa
 
+from fsapp.engine.ingest import arrow_ipc_bytes
 from fsapp.registry.errors import NotFoundError
 from fsapp.sdk.convert import entity_columns, entity_table, iso, service_refs, to_us
 from fsapp.sdk.errors import ServiceUnavailable, error_from_response
@@ -42,13 +42,6 @@ def _json_default(v):
     if hasattr(v, "to_pydatetime"):  # pandas Timestamp
         return iso(to_us(v))
     raise TypeError(f"{type(v).__name__} is not JSON serialisable; push numbers, text, booleans or times")
-
-
-def _arrow_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue()
 
 
 class Client:
@@ -156,7 +149,7 @@ class Client:
             rows = pa.Table.from_batches([rows])
         if isinstance(rows, pa.Table):
             for off in range(0, max(rows.num_rows, 1), batch_rows):
-                body = _arrow_bytes(rows.slice(off, batch_rows))
+                body = arrow_ipc_bytes(rows.slice(off, batch_rows))
                 yield lambda body=body: self._post_push(f"/api/v1/push?stream={q}", body, ARROW_STREAM)
         elif isinstance(rows, dict):
             n = max((len(v) for v in rows.values()), default=0)

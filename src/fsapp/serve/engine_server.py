@@ -8,7 +8,6 @@ checkpointing periodically. SIGTERM: stop accepting, final checkpoint, close.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import signal
 import socketserver
@@ -18,16 +17,10 @@ import time
 
 import pyarrow as pa
 
+from fsapp.engine.ingest import arrow_ipc_bytes
 from fsapp.engine import Engine
 from fsapp.engine.kafka_config import KafkaConfig
 from fsapp.serve.protocol import error_header, recv_frame, send_frame
-
-
-def _arrow_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue()
 
 
 class EngineService:
@@ -55,7 +48,7 @@ class EngineService:
             if method == "historical":
                 kwargs["entities"] = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
                 table = self.backend.historical(**kwargs)
-                return {"rows": table.num_rows}, _arrow_bytes(table)
+                return {"rows": table.num_rows}, arrow_ipc_bytes(table)
             result = getattr(self.backend, method)(**kwargs)
             return (list(result) if isinstance(result, tuple) else result), b""
         if op == "ping":
@@ -71,7 +64,7 @@ class EngineService:
             import pandas as pd
             df = pd.DataFrame(args["entities"])
             table = e.get_historical_features(df, args["features"]).to_arrow()
-            return {"rows": table.num_rows}, _arrow_bytes(table)
+            return {"rows": table.num_rows}, arrow_ipc_bytes(table)
         if op == "reload":
             e.reload()
             return {"views": sorted(f"{n}@v{v}" for n, v in e.runtimes)}, b""

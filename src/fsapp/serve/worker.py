@@ -3,22 +3,15 @@ straight from the engine's shared-memory tables, registry reads from the
 registry file, everything else forwarded to the engine process."""
 from __future__ import annotations
 
-import io
 import time
 
 import pyarrow as pa
 
+from fsapp.engine.ingest import arrow_ipc_bytes
 from fsapp.registry.catalog import Registry
 from fsapp.registry.errors import NotFoundError
 from fsapp.serve.protocol import EngineClient
 from fsapp.serve.reader import OnlineReader
-
-
-def _arrow_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue()
 
 
 class WorkerBackend:
@@ -47,7 +40,7 @@ class WorkerBackend:
         return result
 
     def historical(self, entities: pa.Table, features, full_feature_names):
-        _, data = self._forward("historical", _arrow_bytes(entities), features=features,
+        _, data = self._forward("historical", arrow_ipc_bytes(entities), features=features,
                                 full_feature_names=full_feature_names)
         return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
@@ -55,7 +48,7 @@ class WorkerBackend:
 
     def push(self, stream, rows):
         if isinstance(rows, pa.Table):
-            result, _ = self._forward("push", _arrow_bytes(rows), stream=stream)
+            result, _ = self._forward("push", arrow_ipc_bytes(rows), stream=stream)
         else:
             result, _ = self._forward("push", stream=stream, rows=rows)
         return result
