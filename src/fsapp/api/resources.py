@@ -115,7 +115,12 @@ class OnlineFeatures(_Resource):
 
     def on_post(self, req, resp):
         doc = rq.json_body(req, self.limits.max_body_bytes)
-        send_json(resp, self.backend.online(*_online_args(doc, self.native)))
+        args = _online_args(doc, self.native)
+        send_json(resp, self.backend.online(*args))
+        logger = getattr(self.backend, "feature_logger", None)
+        if logger is not None and logger.wants(args[1]):
+            # the response as already encoded: logging adds no second encoding
+            logger.log_encoded(args[1], len(args[2]), resp.text)
 
 
 class FeastOnlineFeatures(OnlineFeatures):

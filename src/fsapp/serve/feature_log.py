@@ -6,15 +6,21 @@ training set can be rebuilt from exactly what it was served.
       services: fraud_v1, churn_v2   # feature services to log
       path: data/feature_log         # Parquet (default), relative to the repo
       topic: fstore-feature-log      # instead: Kafka (needs kafka.bootstrap_servers)
-      flush_rows: 10000              # rows per Parquet file at most
+      flush_rows: 10000              # responses per Parquet file at most
       flush_seconds: 1.0
 
-One logged row per entity row of a response:
-    request_id, feature_service, logged_at (µs UTC), <entity key columns>,
-    <features> (values; full names view__feature), <feature>__status
-Parquet files go to <path>/service=<name>/part-<pid>-<n>.parquet. Logging
-never blocks a request: rows go through a bounded queue to a background
-thread; when the queue is full they are dropped and counted (`dropped`).
+What is logged is the response exactly as it was sent (its JSON text), with
+a request id, the feature service, the time (µs UTC) and the number of entity
+key columns: one Parquet row / Kafka message per response. `explode` and
+`load_feature_log` turn that into one row per entity row:
+    request_id, feature_service, logged_at, <entity key columns>,
+    <features> (values), <feature>__status
+PERF: the request thread only queues the text it already encoded, and the
+writer thread appends four scalars per response, so logging costs a few
+microseconds of GIL time per response (parsing happens when the log is read).
+Parquet files go to <path>/service=<name>/part-<pid>-<n>.parquet. When the
+bounded queue is full, responses are dropped and counted (`dropped`), never
+blocking serving.
 """
 from __future__ import annotations
 
@@ -67,9 +73,9 @@ class FeatureLogConfig:
         return cls(services, path, topic, section.get("flush_rows", 10_000), section.get("flush_seconds", 1.0))
 
 
-def response_rows(request_id: str, service: str, logged_at: int, response: dict, n_keys: int) -> dict:
-    """Column-major rows (one per entity row) from a Feast-shaped response
-    whose first `n_keys` results are the entity key columns."""
+def explode(request_id: str, service: str, logged_at: int, n_keys: int, response: dict) -> dict:
+    """One logged response → column-major rows, one per entity row (its first
+    `n_keys` results are the entity key columns)."""
     names = response["metadata"]["feature_names"]
     results = response["results"]
     n = len(results[0]["values"]) if results else 0
@@ -100,63 +106,52 @@ class FeatureLogger:
     def wants(self, service: str | None) -> bool:
         return service is not None and service in self.config.services
 
-    def log(self, service: str, response: dict, n_keys: int) -> str:
-        """Queues a response; returns its request id. Never blocks."""
+    def log_encoded(self, service: str, n_keys: int, text: str) -> str:
+        """Queues a response's JSON text; returns its request id. Never blocks."""
         request_id = uuid.uuid4().hex
         try:
-            self._queue.put_nowait((request_id, service, time.time_ns() // 1000, response, n_keys))
+            self._queue.put_nowait((request_id, service, time.time_ns() // 1000, n_keys, text))
         except queue.Full:
             self.dropped += 1
         return request_id
 
     def _run(self) -> None:
-        # PERF: rows are appended to plain Python column lists and turned into
-        # one Arrow table per flush; building a table per response cost more
-        # GIL time than the request it logged (measured in-process)
         pending: dict[str, dict[str, list]] = {}
-        rows = 0
+        count = 0
         last = time.monotonic()
         while not self._stop.is_set() or not self._queue.empty():
-            # PERF: wake every 50 ms and drain what queued meanwhile: a wake-up
-            # per response hands the GIL back and forth with the request thread
+            # wake every 50 ms and drain what queued meanwhile: a wake-up per
+            # response would hand the GIL back and forth with the request thread
             self._stop.wait(0.05)
-            items = []
             while True:
                 try:
-                    items.append(self._queue.get_nowait())
+                    request_id, service, at, n_keys, text = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            for request_id, service, at, response, n_keys in items:
-                cols = response_rows(request_id, service, at, response, n_keys)
                 if self._producer is not None:
-                    self._produce(cols)
+                    record = (f'{{"request_id":"{request_id}","feature_service":{json.dumps(service)},'
+                              f'"logged_at":{at},"n_keys":{n_keys},"response":{text}}}')
+                    self._producer.produce(self.config.topic, record.encode(), key=request_id.encode())
                 else:
-                    acc = pending.get(service)
-                    if acc is not None and acc.keys() != cols.keys():  # the service changed: new file
-                        self._write({service: acc})
-                        acc = None
-                    if acc is None:  # copies: a response's lists are shared between its features
-                        pending[service] = {k: list(v) for k, v in cols.items()}
-                    else:
-                        for name, values in cols.items():
-                            acc[name].extend(values)
-                    rows += len(cols["request_id"])
+                    acc = pending.setdefault(service, {"request_id": [], "feature_service": [], "logged_at": [],
+                                                       "n_keys": [], "response": []})
+                    acc["request_id"].append(request_id)
+                    acc["feature_service"].append(service)
+                    acc["logged_at"].append(at)
+                    acc["n_keys"].append(n_keys)
+                    acc["response"].append(text)
+                    count += 1
                 self.logged += 1
-            if pending and (rows >= self.config.flush_rows or time.monotonic() - last >= self.config.flush_seconds
+            if self._producer is not None:
+                self._producer.poll(0)
+            if pending and (count >= self.config.flush_rows or time.monotonic() - last >= self.config.flush_seconds
                             or self._stop.is_set()):
                 self._write(pending)
-                pending, rows, last = {}, 0, time.monotonic()
+                pending, count, last = {}, 0, time.monotonic()
         if pending:
             self._write(pending)
         if self._producer is not None:
             self._producer.flush(10)
-
-    def _produce(self, cols: dict) -> None:
-        n = len(cols["request_id"])
-        for i in range(n):
-            self._producer.produce(self.config.topic, json.dumps({k: v[i] for k, v in cols.items()}).encode(),
-                                   key=cols["request_id"][i].encode())
-        self._producer.poll(0)
 
     def _write(self, pending: dict) -> None:
         for service, cols in pending.items():
@@ -174,13 +169,20 @@ class FeatureLogger:
         self._thread.join(timeout)
 
 
+def explode_record(record: dict) -> dict:
+    """A logged record (a Parquet row or a Kafka message, parsed) → rows."""
+    return explode(record["request_id"], record["feature_service"], record["logged_at"], record["n_keys"],
+                   json.loads(record["response"]) if isinstance(record["response"], str) else record["response"])
+
+
 def load_feature_log(path: str, service: str):
-    """The logged rows of one service as a pandas DataFrame (one row per
-    entity row served), ready to join with labels on the entity keys and time."""
+    """The logged responses of one service as a pandas DataFrame, one row per
+    entity row served, ready to join with labels on the entity keys and time."""
     import pandas as pd
     d = os.path.join(path, f"service={service}")
     files = sorted(f for f in os.listdir(d) if f.endswith(".parquet")) if os.path.isdir(d) else []
-    if not files:
-        return pd.DataFrame()
-    return pa.concat_tables([pq.read_table(os.path.join(d, f)) for f in files],
-                            promote_options="permissive").to_pandas()
+    frames = []
+    for f in files:
+        for record in pq.read_table(os.path.join(d, f)).to_pylist():
+            frames.append(pd.DataFrame(explode_record(record)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -34,10 +34,7 @@ class WorkerBackend:
         else:
             result, _ = self._forward("online", features=features, feature_service=feature_service,
                                       entities=entities, as_of=as_of, full_feature_names=full_feature_names)
-        if self.feature_logger is not None and self.feature_logger.wants(feature_service):
-            n_keys = len(entities) if isinstance(entities, dict) else len(entities[0]) if entities else 0
-            self.feature_logger.log(feature_service, result, n_keys)
-        return result
+        return result  # the API logs the encoded response (fsapp.serve.feature_log)
 
     def historical(self, entities: pa.Table, features, full_feature_names):
         _, data = self._forward("historical", arrow_ipc_bytes(entities), features=features,
