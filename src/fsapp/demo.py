@@ -31,6 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fscore.proc import pid_alive
+
 MIN_US = 60_000_000
 HOUR_US = 60 * MIN_US
 LATENESS_US = 5 * MIN_US  # the starter repo's transactions stream: allowed_lateness = '5m'
@@ -89,21 +91,6 @@ def write_profiles(path, users: int, now: int, rng) -> None:
 def pct(xs, q) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1e3 if xs else float("nan")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped by its parent) is not running
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class Server:

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fscore.errors import CheckpointError
+from fscore.proc import pid_alive
 from fscore.walread import crc32c
 
 MAGIC = b"FSCKPT\x00\x01"
@@ -163,18 +164,8 @@ def _prune(dir, keep: int) -> None:
         # (and our own failed writes remove theirs).
         if _TMP_RE.match(name):
             pid = name.rsplit(".tmp-", 1)[1].split("-")[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 _unlink_quietly(os.path.join(dir, name))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def load_checkpoint(path: str) -> Checkpoint:

@@ -1,6 +1,7 @@
 """Checkpoint files: round trip, atomic replacement, torn files skipped."""
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -77,3 +78,18 @@ def test_unserialisable_meta_is_refused_before_writing(tmp_path):
     with pytest.raises(CheckpointError, match="JSON"):
         write_checkpoint(tmp_path, 1, {}, {"bad": object()})
     assert list_checkpoints(tmp_path) == []
+
+
+def test_pid_alive_tells_running_exited_and_zombie_processes():
+    import subprocess
+    import sys
+
+    from fscore.proc import pid_alive
+    assert pid_alive(os.getpid())
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while pid_alive(p.pid) and time.monotonic() < deadline:  # exits, stays a zombie until reaped
+        time.sleep(0.02)
+    assert not pid_alive(p.pid)
+    p.wait()
+    assert not pid_alive(p.pid)

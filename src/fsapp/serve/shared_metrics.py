@@ -12,19 +12,11 @@ import json
 import os
 import time
 
+from fscore.proc import pid_alive
+
 from fsapp.api.metrics import HttpMetrics, merge_snapshots
 
 DUMP_EVERY_S = 1.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SharedHttpMetrics(HttpMetrics):
@@ -58,7 +50,7 @@ class SharedHttpMetrics(HttpMetrics):
                 pid = int(os.path.basename(path)[len("worker-"):-len(".json")])
             except ValueError:
                 continue
-            if not _alive(pid):
+            if not pid_alive(pid):
                 continue
             try:
                 with open(path) as f:
