@@ -56,6 +56,18 @@ class Backend(Protocol):
         Prometheus text format."""
 
 
+def registry_list(registry, kind: str) -> list[dict]:
+    """Registry reads as the API answers them (shared by every backend)."""
+    return [e.to_dict() for e in sorted(registry.list(kind), key=lambda e: e.name)]
+
+
+def registry_get(registry, kind: str, name: str, version: int | None) -> dict:
+    entry = registry.get(name, version)
+    if entry.kind != kind:
+        raise NotFoundError(f"{name} is a {entry.kind}, not a {kind}; ask /api/v1/registry/{entry.kind}/{name}")
+    return entry.to_dict()
+
+
 class EngineBackend:
     """The protocol over one in-process `fsapp.engine.Engine`."""
 
@@ -144,13 +156,10 @@ class EngineBackend:
     # ---- registry
 
     def registry_list(self, kind):
-        return [e.to_dict() for e in sorted(self.engine.registry.list(kind), key=lambda e: e.name)]
+        return registry_list(self.engine.registry, kind)
 
     def registry_get(self, kind, name, version):
-        entry = self.engine.registry.get(name, version)
-        if entry.kind != kind:
-            raise NotFoundError(f"{name} is a {entry.kind}, not a {kind}; ask /api/v1/registry/{entry.kind}/{name}")
-        return entry.to_dict()
+        return registry_get(self.engine.registry, kind, name, version)
 
     def lineage(self, name):
         return self.engine.registry.lineage(name)

@@ -109,18 +109,11 @@ class StreamDecoder:
             raise Malformed("json", f"the value is not JSON: {e}") from None
         if not isinstance(obj, dict):
             raise Malformed("not_object", f"the value is a JSON {type(obj).__name__}; send one object per event")
-        row = {k: obj[k] for k in self.names if k in obj}
-        t = row.get(self.ts)
-        if t is None:
-            kind, ms = msg.timestamp()
-            if kind == TIMESTAMP_NOT_AVAILABLE:
-                raise Malformed("schema", f"no {self.ts!r} field and no Kafka timestamp; every event needs a time")
-            row[self.ts] = ms * 1000
-        else:
-            row[self.ts] = _epoch_us(t, self.ts)
-        return row
+        return self._with_time(msg, obj)
 
     def _with_time(self, msg, obj: dict) -> dict:
+        """The stream's fields of a decoded value; the Kafka timestamp when
+        the value has no event time (shared by the JSON and Avro decoders)."""
         row = {k: obj[k] for k in self.names if k in obj}
         t = row.get(self.ts)
         if t is None:

@@ -15,11 +15,10 @@ import datetime as dt
 
 import numpy as np
 
-from fscore.table import OUTSIDE_MAX_AGE, PRESENT
+from fscore.table import PRESENT
 
 from fsapp.engine.errors import BatchError
 
-_STATUS = {PRESENT: "PRESENT", OUTSIDE_MAX_AGE: "OUTSIDE_MAX_AGE"}
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 

@@ -21,7 +21,9 @@ import pyarrow as pa
 
 from fsapp.engine.ingest import arrow_ipc_bytes
 from fsapp.registry.errors import NotFoundError
-from fsapp.sdk.convert import entity_columns, entity_table, iso, service_refs, to_us
+from fsapp.engine.online import iso
+from fsapp.sdk.convert import entity_columns, entity_table, service_refs, to_us
+from fsapp.sdk.listing import RegistryListing
 from fsapp.sdk.errors import ServiceUnavailable, error_from_response
 from fsapp.sdk.results import OnlineResponse, TrainingSet
 
@@ -44,7 +46,7 @@ def _json_default(v):
     raise TypeError(f"{type(v).__name__} is not JSON serialisable; push numbers, text, booleans or times")
 
 
-class Client:
+class Client(RegistryListing):
     """The fstore REST API at `url` (default port 9094). Thread-safe: each
     thread keeps its own connection. `api_key` is sent as a Bearer token."""
 
@@ -225,21 +227,6 @@ class Client:
 
     def _list(self, kind: str) -> list[dict]:
         return self._json("GET", f"/api/v1/registry/{kind}")["items"]
-
-    def list_entities(self) -> list[dict]:
-        return self._list("entity")
-
-    def list_streams(self) -> list[dict]:
-        return self._list("stream")
-
-    def list_sources(self) -> list[dict]:
-        return self._list("source")
-
-    def list_feature_views(self) -> list[dict]:
-        return self._list("feature_view")
-
-    def list_feature_services(self) -> list[dict]:
-        return self._list("feature_service")
 
     def describe(self, name: str) -> dict:
         """One registered definition (`name` or `name@vN`), whatever its kind."""

@@ -66,10 +66,6 @@ def to_us(value, name: str = "time", *, now: int | None = None) -> int:
     raise ValueError(f"{name} must be a time (datetime, ISO-8601 text or epoch number), not {type(value).__name__}")
 
 
-def iso(us: int) -> str:
-    return (_EPOCH + dt.timedelta(microseconds=int(us))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _plain(v):
     """numpy scalars → Python (the online path checks `isinstance(v, int)`)."""
     return v.item() if isinstance(v, np.generic) else v

@@ -18,6 +18,7 @@ import socket
 from fsapp.registry.errors import NotFoundError, RepoError
 from fsapp.registry.repo import Repo
 from fsapp.sdk.convert import entity_columns, entity_table, service_refs, to_us
+from fsapp.sdk.listing import RegistryListing
 from fsapp.sdk.results import OnlineResponse
 
 KINDS = ("entity", "source", "stream", "feature_view", "feature_service")
@@ -40,7 +41,7 @@ def _server_running(repo: Repo) -> str | None:
         return None  # a stale socket file left by a killed server
 
 
-class FeatureStore:
+class FeatureStore(RegistryListing):
     """The engine of the repo at `repo_path`, in this process.
 
     fsync: WAL policy ("always": a push returns once durable; "interval" /
@@ -171,21 +172,6 @@ class FeatureStore:
             with Registry(self.repo.registry_path) as reg:
                 entries = reg.list(kind)
         return [e.to_dict() for e in sorted(entries, key=lambda e: e.name)]
-
-    def list_entities(self) -> list[dict]:
-        return self._list("entity")
-
-    def list_streams(self) -> list[dict]:
-        return self._list("stream")
-
-    def list_sources(self) -> list[dict]:
-        return self._list("source")
-
-    def list_feature_views(self) -> list[dict]:
-        return self._list("feature_view")
-
-    def list_feature_services(self) -> list[dict]:
-        return self._list("feature_service")
 
     def describe(self, name: str) -> dict:
         """One registered definition (`name` or `name@vN`) as a dict: kind,

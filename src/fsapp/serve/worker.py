@@ -7,9 +7,9 @@ import time
 
 import pyarrow as pa
 
+from fsapp.api.backend import registry_get, registry_list
 from fsapp.engine.ingest import arrow_ipc_bytes
 from fsapp.registry.catalog import Registry
-from fsapp.registry.errors import NotFoundError
 from fsapp.serve.protocol import EngineClient
 from fsapp.serve.reader import OnlineReader
 
@@ -57,13 +57,10 @@ class WorkerBackend:
     # ---- registry (read-only; safe in every worker)
 
     def registry_list(self, kind):
-        return [e.to_dict() for e in sorted(self.registry.list(kind), key=lambda e: e.name)]
+        return registry_list(self.registry, kind)
 
     def registry_get(self, kind, name, version):
-        entry = self.registry.get(name, version)
-        if entry.kind != kind:
-            raise NotFoundError(f"{name} is a {entry.kind}, not a {kind}; ask /api/v1/registry/{entry.kind}/{name}")
-        return entry.to_dict()
+        return registry_get(self.registry, kind, name, version)
 
     def lineage(self, name):
         return self.registry.lineage(name)
