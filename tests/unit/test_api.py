@@ -342,17 +342,24 @@ def test_openapi_describes_every_route(api):
                 assert ref in doc["components"]["schemas"]
 
 
-def test_online_response_encoding_equals_plain_json():
+def test_online_json_is_the_plain_json_of_the_response(engine):
+    """The API's bytes (fscore.jsonenc) are json.dumps of the dict the SDK
+    returns: windowed, text and vector features, nulls, found, not found and
+    too-old rows, with and without full names."""
     import json
 
-    from fsapp.api.resources import dumps_online
-    stamps = ["2026-11-27T10:00:00.000000Z", "1970-01-01T00:00:00.000000Z"]
-    statuses = ["PRESENT", "NOT_FOUND"]
-    doc = {"metadata": {"feature_names": ["user_id", "a", "b", "é"]},
-           "results": [{"values": [1, 2], "statuses": ["PRESENT"] * 2, "event_timestamps": stamps},
-                       {"values": [1.5, None], "statuses": statuses, "event_timestamps": stamps},
-                       {"values": [[1.0, None], None], "statuses": statuses, "event_timestamps": stamps},
-                       {"values": ["x\"y", None], "statuses": statuses, "event_timestamps": stamps}]}
-    text = dumps_online(doc)
-    assert json.loads(text) == doc
-    assert text == json.dumps(doc, separators=(",", ":"))
+    engine.push("transactions", [txn(1, T0 + 60, amount=12.5), txn(2, T0 + 120, amount=0.1, merchant='m"2'),
+                                 txn(1, T0 - 40 * H, amount=7.0)])
+    user = ["txn_count_1h", "amount_24h", "avg_amount_1d", "max_amount_7d", "amount_stddev_7d",
+            "distinct_merchants_1d", "online_txn_count_1d", "session_txn_count", "last_5_amounts"]
+    merchant = ["txn_count_1h", "volume_1d", "distinct_users_1d", "foreign_txn_count_1d"]
+    features = [f"user_txn:{f}" for f in user] + [f"merchant_txn:{f}" for f in merchant]
+    entities = {"user_id": [1, 2, 3], "merchant_id": ["m1", 'm"2', "x"]}
+    for now in (NOW, NOW + 400 * H):
+        for kw in (dict(features=features, full_feature_names=True), dict(feature_service="fraud_v1"),
+                   dict(features=features[3:9], full_feature_names=False)):
+            text = engine.get_online_json(entities=entities, now=now, **kw)
+            doc = engine.get_online_features(entities=entities, now=now, **kw)
+            assert text == json.dumps(doc, separators=(",", ":")).encode()
+    statuses = {s for r in json.loads(text)["results"] for s in r["statuses"]}
+    assert statuses >= {"PRESENT", "NOT_FOUND"}

@@ -50,13 +50,16 @@ class Timing:
 
     def __init__(self, http: HttpMetrics):
         self.http = http
+        self.pid = None
 
     def process_request(self, req, resp):
         req.context.started = time.perf_counter()
 
     def process_response(self, req, resp, resource, req_succeeded):
         # which worker answered: lets clients and tests see the load spread
-        resp.set_header("X-Fstore-Worker", str(os.getpid()))
+        if self.pid is None:  # set after gunicorn forks the worker
+            self.pid = str(os.getpid())
+        resp.set_header("X-Fstore-Worker", self.pid)
         started = getattr(req.context, "started", None)
         if started is not None:
             route = req.uri_template or "unmatched"

@@ -27,8 +27,9 @@ KINDS = ("entity", "source", "stream", "feature_view", "feature_service")
 @runtime_checkable
 class Backend(Protocol):
     def online(self, features: list[str] | None, feature_service: str | None, entities: dict[str, list],
-               as_of: int | None, full_feature_names: bool) -> dict:
-        """Feast-shaped column-major response; `as_of` µs UTC (None: now)."""
+               as_of: int | None, full_feature_names: bool) -> bytes:
+        """The JSON text of the Feast-shaped column-major response
+        (fsapp.engine.online); `as_of` µs UTC (None: now)."""
 
     def push(self, stream: str, rows) -> dict:
         """{"accepted", "late", "lsn"} once durable. `rows`: list of dicts,
@@ -100,8 +101,8 @@ class EngineBackend:
     # ---- reads
 
     def online(self, features, feature_service, entities, as_of, full_feature_names):
-        return self.engine.get_online_features(features, feature_service, entities, as_of=as_of,
-                                               full_feature_names=full_feature_names)
+        return self.engine.get_online_json(features, feature_service, entities, as_of=as_of,
+                                           full_feature_names=full_feature_names)
 
     def historical(self, entities, features, full_feature_names):
         try:

@@ -8,6 +8,7 @@ Counters and histograms add; gauges keep the most recent value.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -42,13 +43,14 @@ class _Metric:
 
     def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()):
         self.name, self.help, self.label_names = name, help, tuple(labels)
+        self._label_set = frozenset(self.label_names)
         self.values: dict[tuple, object] = {}
 
     def _key(self, labels: dict | None) -> tuple:
         labels = labels or {}
-        if set(labels) != set(self.label_names):
+        if labels.keys() != self._label_set:
             raise ValueError(f"metric {self.name} takes labels {self.label_names}, got {sorted(labels)}")
-        return tuple(str(labels[n]) for n in self.label_names)
+        return tuple([str(labels[n]) for n in self.label_names])
 
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
@@ -91,7 +93,7 @@ class Histogram(_Metric):
         state = self.values.get(k)
         if state is None:
             state = self.values[k] = {"counts": [0] * (len(self.buckets) + 1), "sum": 0.0}
-        i = next((i for i, b in enumerate(self.buckets) if value <= b), len(self.buckets))
+        i = bisect.bisect_left(self.buckets, value)  # the first bucket with value <= bound
         state["counts"][i] += 1
         state["sum"] += value
 

@@ -49,38 +49,14 @@ def _compact(x) -> str:
     return json.dumps(x, allow_nan=False, separators=(",", ":"))
 
 
-def dumps_online(doc: dict) -> str:
-    """JSON of a Feast-shaped online response, encoding each shared list once.
-    PERF: every feature of a view shares one `event_timestamps` list (and
-    usually one `statuses` list); a plain json.dumps encodes them once per
-    feature, more than half of a 100x50 body (benches/bench_serving.py)."""
-    cache: dict[int, str] = {}
-
-    def shared(lst) -> str:
-        text = cache.get(id(lst))
-        if text is None:
-            text = cache[id(lst)] = _compact(lst)
-        return text
-
-    parts = ['{"metadata":', _compact(doc["metadata"]), ',"results":[']
-    for i, r in enumerate(doc["results"]):
-        parts += [',' if i else '', '{"values":', _compact(r["values"]), ',"statuses":', shared(r["statuses"]),
-                  ',"event_timestamps":', shared(r["event_timestamps"]), '}']
-    parts.append("]}")
-    return "".join(parts)
-
-
-def _is_online_response(doc) -> bool:
-    return (isinstance(doc, dict) and doc.keys() == {"metadata", "results"} and isinstance(doc["results"], list)
-            and all(isinstance(r, dict) and r.keys() == {"values", "statuses", "event_timestamps"}
-                    for r in doc["results"]))
-
-
 def send_json(resp: falcon.Response, doc, status=falcon.HTTP_200) -> None:
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
+    if isinstance(doc, bytes):  # already encoded (online features: fsapp.engine.online.online_json)
+        resp.data = doc
+        return
     try:
-        resp.text = dumps_online(doc) if _is_online_response(doc) else _compact(doc)
+        resp.text = _compact(doc)
     except (ValueError, TypeError):  # rare: non-finite floats or exotic types; clean them up
         resp.text = json.dumps(_clean(doc), allow_nan=False, separators=(",", ":"), default=str)
 
@@ -120,7 +96,7 @@ class OnlineFeatures(_Resource):
         logger = getattr(self.backend, "feature_logger", None)
         if logger is not None and logger.wants(args[1]):
             # the response as already encoded: logging adds no second encoding
-            logger.log_encoded(args[1], len(args[2]), resp.text)
+            logger.log_encoded(args[1], len(args[2]), resp.data.decode("ascii"))
 
 
 class FeastOnlineFeatures(OnlineFeatures):

@@ -34,7 +34,7 @@ from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, UnknownStreamErr
 from fsapp.engine.runtime import column_for_table
 from fscore.table import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT
 from fsapp.engine.ingest import BatchNormaliser
-from fsapp.engine.online import online_response
+from fsapp.engine.online import online_json, online_response
 from fsapp.engine.runtime import ViewRuntime, table_file
 from fsapp.offline.store import OfflineStore
 from fsapp.offline.views import from_registry
@@ -323,13 +323,20 @@ class Engine:
         """Online values. By default the stored values (as of the engine's last
         update) with TTL judged at `now`; with `as_of`, the values as of that
         time recomputed from the retained window state (see `_read_as_of`)."""
+        return self._online(online_response, features, feature_service, entities, now, as_of, full_feature_names)
+
+    def get_online_json(self, features=None, feature_service=None, entities=None, *, now: int | None = None,
+                        as_of: int | None = None, full_feature_names: bool = False) -> bytes:
+        """`get_online_features` as its JSON text (what the API sends)."""
+        return self._online(online_json, features, feature_service, entities, now, as_of, full_feature_names)
+
+    def _online(self, build, features, feature_service, entities, now, as_of, full_feature_names):
         resolved = self.registry.resolve_features(features, feature_service)
         with self.lock:
             if as_of is not None:
-                return online_response(resolved, self.table_of, entities, as_of, full_feature_names,
-                                       lookup=self._read_as_of)
-            return online_response(resolved, self.table_of, entities, self.clock() if now is None else now,
-                                   full_feature_names)
+                return build(resolved, self.table_of, entities, as_of, full_feature_names, lookup=self._read_as_of)
+            return build(resolved, self.table_of, entities, self.clock() if now is None else now,
+                         full_feature_names)
 
     def _read_as_of(self, info, table: Table, keys, t: int):
         """Values as of `t` (events with ts < t for windows; the latest row with

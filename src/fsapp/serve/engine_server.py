@@ -50,6 +50,8 @@ class EngineService:
                 table = self.backend.historical(**kwargs)
                 return {"rows": table.num_rows}, arrow_ipc_bytes(table)
             result = getattr(self.backend, method)(**kwargs)
+            if isinstance(result, bytes):  # encoded JSON (online): sent as the body
+                return None, result
             return (list(result) if isinstance(result, tuple) else result), b""
         if op == "ping":
             return {"pid": os.getpid(), "applied_lsn": e.applied_lsn}, b""

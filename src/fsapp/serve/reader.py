@@ -10,7 +10,7 @@ import time
 
 from fscore.table import Table
 
-from fsapp.engine.online import online_response
+from fsapp.engine.online import OnlinePlan, online_json, online_response
 from fsapp.engine.runtime import table_file
 from fsapp.registry.catalog import Registry
 from fsapp.registry.errors import NotFoundError
@@ -60,7 +60,7 @@ class OnlineReader:
                 sig.append(None)
         return tuple(sig)
 
-    def resolve(self, features, feature_service):
+    def resolve(self, features, feature_service) -> OnlinePlan:
         # PERF: resolving costs a few SQLite queries (~2 ms); reuse it until the
         # registry file changes (benches/bench_serving.py p99)
         key = (tuple(features or ()), feature_service)
@@ -72,14 +72,19 @@ class OnlineReader:
         if hit is not None and hit[2] == sig:
             self._resolved[key] = (hit[0], now, sig)
             return hit[0]
-        resolved = self.registry.resolve_features(features, feature_service)
+        resolved = OnlinePlan(self.registry.resolve_features(features, feature_service))
         self._resolved[key] = (resolved, now, sig)
         return resolved
 
     def get_online_features(self, features=None, feature_service=None, entities=None, *, now: int,
                             full_feature_names: bool = False) -> dict:
-        return online_response(self.resolve(features, feature_service), self._table, entities, now,
+        return online_response(self.resolve(features, feature_service).resolved, self._table, entities, now,
                                full_feature_names)
+
+    def get_online_json(self, features=None, feature_service=None, entities=None, *, now: int,
+                        full_feature_names: bool = False) -> bytes:
+        """`get_online_features` as its JSON text (what the API sends)."""
+        return online_json(self.resolve(features, feature_service), self._table, entities, now, full_feature_names)
 
     def close(self) -> None:
         for t, _ in self._tables.values():

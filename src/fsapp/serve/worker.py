@@ -29,12 +29,12 @@ class WorkerBackend:
 
     def online(self, features, feature_service, entities, as_of, full_feature_names):
         if as_of is None:  # the common case: no engine round trip
-            result = self.reader.get_online_features(features, feature_service, entities, now=self.clock(),
-                                                     full_feature_names=full_feature_names)
-        else:
-            result, _ = self._forward("online", features=features, feature_service=feature_service,
-                                      entities=entities, as_of=as_of, full_feature_names=full_feature_names)
-        return result  # the API logs the encoded response (fsapp.serve.feature_log)
+            return self.reader.get_online_json(features, feature_service, entities, now=self.clock(),
+                                               full_feature_names=full_feature_names)
+        # values as of another time are recomputed from the engine's window state
+        _, text = self._forward("online", features=features, feature_service=feature_service,
+                                entities=entities, as_of=as_of, full_feature_names=full_feature_names)
+        return text
 
     def historical(self, entities: pa.Table, features, full_feature_names):
         _, data = self._forward("historical", arrow_ipc_bytes(entities), features=features,

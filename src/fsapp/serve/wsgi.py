@@ -3,6 +3,7 @@ Configured by the supervisor through FSTORE_REPO and FSTORE_ENGINE_SOCKET;
 FSTORE_API_KEYS (optional) is `token=scope[,scope];token=...`."""
 from __future__ import annotations
 
+import gc
 import os
 
 from fsapp.api.app import create_app
@@ -35,3 +36,9 @@ def build_application():
 
 
 application = build_application() if "FSTORE_REPO" in os.environ else None
+if application is not None:
+    # PERF: the modules and registry loaded above are never garbage: keep the
+    # collector from walking them on every full collection while serving
+    # (benches/bench_serving.py, worker CPU per request)
+    gc.collect()
+    gc.freeze()

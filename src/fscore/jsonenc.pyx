@@ -1,0 +1,449 @@
+# cython: language_level=3
+"""JSON text of a batch lookup's columns, in Feast's column-major online
+response shape: one object per feature
+
+    {"values":[...],"statuses":["PRESENT",...],"event_timestamps":["2026-11-27T10:00:00.000000Z",...]}
+
+written straight from the numpy arrays of a `BatchResult` in one call per
+feature view. PERF: building Python lists per feature and per cell and then
+encoding them with `json` was ~95% of a 1 entity x 50 feature request
+(benches/bench_serving.py).
+
+The text is byte-for-byte what `json.dumps(..., separators=(",", ":"))`
+(ensure_ascii, allow_nan=False) gives for the same values, with the rules of
+the pure-Python twin `fscore.jsonenc_ref` (the test oracle):
+- a value is null where the row's null flag is set or a float is NaN or
+  infinite (inside a vector: that element is null);
+- a row's status is its lookup status (NOT_FOUND, PRESENT, OUTSIDE_MAX_AGE),
+  except NULL_VALUE for a PRESENT row whose null flag is set;
+- event timestamps are UTC ISO-8601 with microseconds and a `Z`.
+"""
+import json
+
+import numpy as np
+cimport numpy as cnp
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from cpython.object cimport PyObject
+from libc.stdint cimport int64_t, uint64_t, uint8_t
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, strlen
+from libc.math cimport isfinite
+
+cnp.import_array()
+
+cdef extern from "shortfloat.h":
+    int fs_shortfloat(double x, char* out) noexcept nogil
+    int FS_SHORTFLOAT_MAX
+
+cdef extern from "Python.h":
+    char* PyOS_double_to_string(double val, char format_code, int precision, int flags, int *ptype) except NULL
+    void PyMem_Free(void *p)
+    int Py_DTSF_ADD_DOT_0
+
+# the status codes of fscore.table (ST_NOT_FOUND = 0, ST_PRESENT = 1, ST_OUTSIDE_MAX_AGE = 2) and NULL_VALUE
+STATUS_NAMES = ("NOT_FOUND", "PRESENT", "OUTSIDE_MAX_AGE", "NULL_VALUE")
+cdef const char* _STATUS_JSON[4]
+_STATUS_JSON[0] = b'"NOT_FOUND"'
+_STATUS_JSON[1] = b'"PRESENT"'
+_STATUS_JSON[2] = b'"OUTSIDE_MAX_AGE"'
+_STATUS_JSON[3] = b'"NULL_VALUE"'
+cdef enum:
+    ST_PRESENT = 1
+    ST_NULL_VALUE = 3
+
+cdef object _encode_string = json.encoder.encode_basestring_ascii
+
+
+cdef struct Buf:
+    char* data
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int _reserve(Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t cap
+    cdef char* p
+    if b.n + extra <= b.cap:
+        return 0
+    cap = max(b.cap * 2, b.n + extra, 256)
+    p = <char*>realloc(b.data, cap)
+    if p == NULL:
+        raise MemoryError()
+    b.data = p
+    b.cap = cap
+    return 0
+
+
+cdef inline int _put(Buf* b, const char* s, Py_ssize_t n) except -1:
+    _reserve(b, n)
+    memcpy(b.data + b.n, s, n)
+    b.n += n
+    return 0
+
+
+cdef inline int _puts(Buf* b, const char* s) except -1:
+    return _put(b, s, strlen(s))
+
+
+cdef int _put_double(Buf* b, double x) except -1:
+    """Python's repr(float): the shortest text that reads back as x."""
+    cdef char* s
+    cdef int n
+    if not isfinite(x):
+        return _put(b, b"null", 4)
+    _reserve(b, FS_SHORTFLOAT_MAX)
+    n = fs_shortfloat(x, b.data + b.n)
+    if n >= 0:
+        b.n += n
+        return 0
+    s = PyOS_double_to_string(x, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+    try:
+        _puts(b, s)
+    finally:
+        PyMem_Free(s)
+    return 0
+
+
+cdef int _put_int(Buf* b, int64_t x) except -1:
+    cdef char digits[24]
+    cdef int nd = 0, i
+    cdef uint64_t u = <uint64_t>x
+    if x < 0:
+        u = (~u) + 1  # |x|, also for INT64_MIN
+    while True:
+        digits[nd] = <char>(48 + u % 10)
+        nd += 1
+        u //= 10
+        if u == 0:
+            break
+    _reserve(b, nd + 1)
+    if x < 0:
+        b.data[b.n] = 45  # '-'
+        b.n += 1
+    for i in range(nd - 1, -1, -1):
+        b.data[b.n] = digits[i]
+        b.n += 1
+    return 0
+
+
+cdef inline void _put_digits(char* p, int64_t v, int width) noexcept:
+    """v (>= 0) as exactly `width` decimal digits, zero-padded."""
+    cdef int i
+    for i in range(width - 1, -1, -1):
+        p[i] = <char>(48 + v % 10)
+        v //= 10
+
+
+cdef int _put_str(Buf* b, object s) except -1:
+    cdef Py_ssize_t n
+    cdef const char* p
+    if not isinstance(s, str):
+        raise TypeError(f"string column holds {type(s).__name__}, not str")
+    text = _encode_string(s)  # ASCII with the quotes, as json.dumps writes it
+    p = PyUnicode_AsUTF8AndSize(text, &n)
+    return _put(b, p, n)
+
+
+cdef inline int64_t _floordiv(int64_t a, int64_t b) noexcept:
+    cdef int64_t q = a // b
+    if (a % b != 0) and ((a < 0) != (b < 0)):
+        q -= 1
+    return q
+
+
+cdef int _put_iso(Buf* b, int64_t us) except -1:
+    """`np.datetime_as_string(us as datetime64[us], unit="us") + "Z"`, quoted."""
+    cdef int64_t days = _floordiv(us, 86400000000)
+    cdef int64_t rem = us - days * 86400000000
+    cdef int64_t secs = rem // 1000000, micros = rem % 1000000
+    # civil date from days since 1970-01-01 (H. Hinnant's algorithm)
+    cdef int64_t z = days + 719468
+    cdef int64_t era = _floordiv(z, 146097)
+    cdef int64_t doe = z - era * 146097
+    cdef int64_t yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    cdef int64_t y = yoe + era * 400
+    cdef int64_t doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    cdef int64_t mp = (5 * doy + 2) // 153
+    cdef int64_t d = doy - (153 * mp + 2) // 5 + 1
+    cdef int64_t m = mp + 3 if mp < 10 else mp - 9
+    if m <= 2:
+        y += 1
+    if y < 1 or y > 9999:  # numpy's own spelling outside four-digit years
+        text = np.datetime_as_string(np.array([us], dtype="datetime64[us]"), unit="us")[0]
+        return _put_str(b, text + "Z")
+    # "YYYY-MM-DDTHH:MM:SS.ffffffZ" with the quotes: 29 bytes
+    _reserve(b, 29)
+    cdef char* p = b.data + b.n
+    memcpy(p, b'"0000-00-00T00:00:00.000000Z"', 29)
+    _put_digits(p + 1, y, 4)
+    _put_digits(p + 6, m, 2)
+    _put_digits(p + 9, d, 2)
+    _put_digits(p + 12, secs // 3600, 2)
+    _put_digits(p + 15, (secs // 60) % 60, 2)
+    _put_digits(p + 18, secs % 60, 2)
+    _put_digits(p + 21, micros, 6)
+    b.n += 29
+    return 0
+
+
+cdef inline cnp.ndarray _contiguous(object a, int typenum):
+    """`a` itself when it already is a C-contiguous array of numpy type
+    `typenum` (-1: any; the usual case: fresh lookup arrays), else a
+    contiguous copy."""
+    if (isinstance(a, cnp.ndarray) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and (typenum < 0 or cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum)):
+        return <cnp.ndarray>a
+    return np.ascontiguousarray(a, dtype=None if typenum < 0 else cnp.PyArray_DescrFromType(typenum))
+
+
+# a column to write: row i's value at data + i * stride, its null flag at
+# null + i * null_stride
+cdef enum:
+    C_INT64, C_FLOAT64, C_BOOL, C_VECTOR, C_STR_OBJECT, C_STR_BYTES
+
+KINDS = {"int64": C_INT64, "float64": C_FLOAT64, "bool": C_BOOL, "vector": C_VECTOR, "string": C_STR_BYTES}
+
+cdef struct Col:
+    int kind
+    const uint8_t* data
+    Py_ssize_t stride
+    Py_ssize_t width     # vector: floats per value; string bytes: the most UTF-8 bytes
+    const uint8_t* null
+    Py_ssize_t null_stride
+    PyObject* objects    # C_STR_OBJECT: the object array
+
+
+cdef int _put_column(Buf* b, Col* c, Py_ssize_t n) except -1:
+    cdef Py_ssize_t i, j, L
+    cdef int k
+    cdef const uint8_t* v
+    cdef double x
+    cdef float f
+    cdef int64_t q
+    _put(b, b"[", 1)
+    if c.kind == C_FLOAT64:
+        # PERF: room for every value up front, then no checks per value
+        # unless one needs the general fallback (benches/bench_serving.py)
+        _reserve(b, n * (FS_SHORTFLOAT_MAX + 1))
+    for i in range(n):
+        if i:
+            _put(b, b",", 1)
+        if c.null[i * c.null_stride]:
+            _put(b, b"null", 4)
+            continue
+        v = c.data + i * c.stride
+        if c.kind == C_FLOAT64:
+            memcpy(&x, v, 8)
+            if not isfinite(x):
+                _put(b, b"null", 4)
+                continue
+            k = fs_shortfloat(x, b.data + b.n)
+            if k >= 0:
+                b.n += k
+            else:
+                _put_double(b, x)
+                _reserve(b, (n - i) * (FS_SHORTFLOAT_MAX + 1))
+        elif c.kind == C_INT64:
+            memcpy(&q, v, 8)
+            _put_int(b, q)
+        elif c.kind == C_BOOL:
+            if v[0]:
+                _put(b, b"true", 4)
+            else:
+                _put(b, b"false", 5)
+        elif c.kind == C_VECTOR:
+            _put(b, b"[", 1)
+            for j in range(c.width):
+                if j:
+                    _put(b, b",", 1)
+                memcpy(&f, v + 4 * j, 4)
+                _put_double(b, f)
+            _put(b, b"]", 1)
+        elif c.kind == C_STR_BYTES:
+            L = (v[0] << 8) | v[1]
+            if L > c.width:
+                raise ValueError(f"a stored string says {L} bytes; its column holds at most {c.width}")
+            _put_str(b, (<const char*>v + 2)[:L].decode("utf-8"))
+        else:
+            item = (<object>c.objects)[i]
+            if item is None:
+                _put(b, b"null", 4)
+            else:
+                _put_str(b, item)
+    _put(b, b"]", 1)
+    return 0
+
+
+cdef int _array_col(Col* c, cnp.ndarray a, cnp.ndarray null, Py_ssize_t n) except -1:
+    """A column of `feature_results`: an array (contiguous) and its null flags."""
+    cdef int typenum = cnp.PyArray_TYPE(a)
+    if a.ndim == 0 or a.shape[0] != n:
+        raise ValueError(f"a column has {a.shape[0] if a.ndim else 0} rows, the lookup has {n}")
+    c.data = <const uint8_t*>cnp.PyArray_DATA(a)
+    c.null = <const uint8_t*>cnp.PyArray_DATA(null)
+    c.null_stride = 1
+    c.width = 0
+    c.objects = NULL
+    if a.ndim == 2:
+        if typenum != cnp.NPY_FLOAT32:
+            raise TypeError(f"vector columns are float32, got {a.dtype}")
+        c.kind = C_VECTOR
+        c.width = a.shape[1]
+        c.stride = 4 * c.width
+    elif a.ndim != 1:
+        raise TypeError(f"cannot encode a {a.ndim}-d column as JSON")
+    elif typenum == cnp.NPY_FLOAT64:
+        c.kind, c.stride = C_FLOAT64, 8
+    elif typenum == cnp.NPY_INT64:
+        c.kind, c.stride = C_INT64, 8
+    elif typenum == cnp.NPY_BOOL:
+        c.kind, c.stride = C_BOOL, 1
+    elif typenum == cnp.NPY_OBJECT:
+        c.kind, c.stride = C_STR_OBJECT, 0
+        c.objects = <PyObject*>a
+    else:
+        raise TypeError(f"cannot encode a {a.dtype} column as JSON")
+    return 0
+
+
+cdef int _put_statuses(Buf* b, const uint8_t* status, Col* c, Py_ssize_t n) except -1:
+    """The rows' statuses; with a column `c`, NULL_VALUE for its null PRESENT rows."""
+    cdef Py_ssize_t i
+    cdef uint8_t s
+    _put(b, b"[", 1)
+    for i in range(n):
+        if i:
+            _put(b, b",", 1)
+        s = status[i]
+        if c != NULL and s == ST_PRESENT and c.null[i * c.null_stride]:
+            s = ST_NULL_VALUE
+        _puts(b, _STATUS_JSON[s])
+    _put(b, b"]", 1)
+    return 0
+
+
+cdef class _Results:
+    """The parts every feature of one lookup shares, then one object per feature."""
+    cdef Buf b
+    cdef const uint8_t* st
+    cdef Py_ssize_t n
+    cdef bytes stamps, base
+
+    def __cinit__(self):
+        self.b.data = NULL
+        self.b.n = self.b.cap = 0
+
+    def __dealloc__(self):
+        free(self.b.data)
+
+    cdef int start(self, cnp.ndarray st_a, cnp.ndarray ts_a) except -1:
+        cdef Py_ssize_t i
+        cdef const int64_t* ts = <const int64_t*>cnp.PyArray_DATA(ts_a)
+        self.n = st_a.shape[0] if st_a.ndim == 1 else -1
+        if self.n < 0 or ts_a.ndim != 1 or ts_a.shape[0] != self.n:
+            raise ValueError("status and event_ts must be 1-d arrays of the same length")
+        self.st = <const uint8_t*>cnp.PyArray_DATA(st_a)
+        for i in range(self.n):
+            if self.st[i] > 2:
+                raise ValueError(f"unknown lookup status {self.st[i]}")
+        # `,"event_timestamps":[...]}` and the statuses of a feature without nulls
+        self.b.n = 0
+        _puts(&self.b, b',"event_timestamps":[')
+        for i in range(self.n):
+            if i:
+                _put(&self.b, b",", 1)
+            _put_iso(&self.b, ts[i])
+        _put(&self.b, b"]}", 2)
+        self.stamps = PyBytes_FromStringAndSize(self.b.data, self.b.n)
+        self.b.n = 0
+        _put_statuses(&self.b, self.st, NULL, self.n)
+        self.base = PyBytes_FromStringAndSize(self.b.data, self.b.n)
+        return 0
+
+    cdef bytes feature(self, Col* c):
+        cdef Py_ssize_t i
+        cdef bint null_present = False
+        self.b.n = 0
+        _put(&self.b, b'{"values":', 10)
+        _put_column(&self.b, c, self.n)
+        _put(&self.b, b',"statuses":', 12)
+        for i in range(self.n):
+            if self.st[i] == ST_PRESENT and c.null[i * c.null_stride]:
+                null_present = True
+                break
+        if null_present:
+            _put_statuses(&self.b, self.st, c, self.n)
+        else:
+            _put(&self.b, <const char*>self.base, len(self.base))
+        _put(&self.b, <const char*>self.stamps, len(self.stamps))
+        return PyBytes_FromStringAndSize(self.b.data, self.b.n)
+
+
+def feature_results(list values not None, list nulls not None, status, event_ts) -> list:
+    """One view's lookup (a `BatchResult`'s arrays) → one JSON object (bytes)
+    per feature.
+
+    `values[k]` / `nulls[k]`: feature k's value array (int64, float64, bool,
+    object of str, or float32 n x size for vectors) and its null flags (bool);
+    `status` (uint8) and `event_ts` (int64 µs): the rows' lookup status and
+    event time, shared by every feature of the view."""
+    cdef _Results r = _Results()
+    cdef Col c
+    cdef cnp.ndarray a, null
+    if len(values) != len(nulls):
+        raise ValueError(f"{len(values)} value columns but {len(nulls)} null columns")
+    r.start(_contiguous(status, cnp.NPY_UINT8), _contiguous(event_ts, cnp.NPY_INT64))
+    out = []
+    for k in range(len(values)):
+        null = _contiguous(nulls[k], cnp.NPY_BOOL)
+        if null.ndim != 1 or null.shape[0] != r.n:
+            raise ValueError(f"feature {k} has {null.size} null flags, the lookup has {r.n} rows")
+        a = _contiguous(values[k], -1)
+        _array_col(&c, a, null, r.n)
+        out.append(r.feature(&c))
+    return out
+
+
+def row_results(rows, status, event_ts, columns) -> list:
+    """The same as `feature_results`, from `Table.get_rows` row images:
+    `rows` uint8 (n, stride); `columns` int64 (k, 4): for each feature its
+    kind (`KINDS`), offset, width in bytes and null flag offset within a row
+    (see `column_specs`)."""
+    cdef _Results r = _Results()
+    cdef Col c
+    cdef cnp.ndarray rows_a = _contiguous(rows, cnp.NPY_UINT8)
+    cdef cnp.ndarray spec = _contiguous(columns, cnp.NPY_INT64)
+    cdef const int64_t* sp
+    cdef Py_ssize_t k, stride, kind, off, width, noff
+    r.start(_contiguous(status, cnp.NPY_UINT8), _contiguous(event_ts, cnp.NPY_INT64))
+    if rows_a.ndim != 2 or rows_a.shape[0] != r.n:
+        raise ValueError(f"rows must be an (n, stride) uint8 array with n = {r.n}")
+    if spec.ndim != 2 or spec.shape[1] != 4:
+        raise ValueError("columns must be a (k, 4) int64 array: kind, offset, width, null offset")
+    stride = rows_a.shape[1]
+    sp = <const int64_t*>cnp.PyArray_DATA(spec)
+    out = []
+    for k in range(spec.shape[0]):
+        kind, off, width, noff = sp[4 * k], sp[4 * k + 1], sp[4 * k + 2], sp[4 * k + 3]
+        if (kind not in (C_INT64, C_FLOAT64, C_BOOL, C_VECTOR, C_STR_BYTES) or off < 0 or noff < 0
+                or off + width > stride or noff >= stride
+                or width != {C_INT64: 8, C_FLOAT64: 8, C_BOOL: 1}.get(kind, width)
+                or (kind == C_STR_BYTES and width < 2) or (kind == C_VECTOR and width % 4)):
+            raise ValueError(f"column {k} ({kind}, {off}, {width}, {noff}) does not fit a {stride}-byte row")
+        c.kind = <int>kind
+        c.data = <const uint8_t*>cnp.PyArray_DATA(rows_a) + off
+        c.stride = stride
+        c.width = width // 4 if kind == C_VECTOR else width - 2
+        c.null = <const uint8_t*>cnp.PyArray_DATA(rows_a) + noff
+        c.null_stride = stride
+        c.objects = NULL
+        out.append(r.feature(&c))
+    return out
+
+
+def column_specs(layout, names) -> np.ndarray:
+    """`row_results`' column array for the features `names`, from
+    `Table.column_layout()`."""
+    where = {name: (KINDS[kind], off, width, noff) for name, kind, off, width, noff in layout}
+    return np.array([where[n] for n in names], dtype=np.int64).reshape(len(names), 4)
