@@ -10,7 +10,8 @@ rows as a Parquet FileSource, applied and materialized). Requests are Feast's
 shape, `POST /get-online-features` with 1 entity x 50 features and 100
 entities x 50 features.
 
-Also: in-process lookup (no HTTP, `OnlineReader.get_online_features`, against
+Also: in-process lookup (no HTTP; `OnlineReader.get_online_json`, the bytes the
+API sends, and `get_online_features`, the same as Python objects, against
 Feast's in-process `FeatureStore.get_online_features().to_dict()`), and
 freshness (push through one worker -> visible in a read served by another).
 
@@ -218,21 +219,24 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
 
 
-def inprocess_ours(root: Path, iters: int) -> dict[int, list[int]]:
+def inprocess_ours(root: Path, iters: int) -> dict[tuple[str, int], list[int]]:
+    """ns per call of a worker's read: the JSON bytes the API sends, and the
+    same answer as Python objects (what Feast's to_dict() gives)."""
     from fsapp.serve.reader import OnlineReader
     reader = OnlineReader(str(root / "data" / "engine"), str(root / "data" / "registry.db"))
     out = {}
     try:
-        for n, k in ((1, iters), (100, max(20, iters // 10))):
-            ent = {"user_id": list(range(n))}
-            for _ in range(5):
-                reader.get_online_features(FEATURES, None, ent, now=time.time_ns() // 1000)
-            ts = []
-            for _ in range(k):
-                t = time.perf_counter_ns()
-                reader.get_online_features(FEATURES, None, ent, now=time.time_ns() // 1000)
-                ts.append(time.perf_counter_ns() - t)
-            out[n] = ts
+        for what, call in (("json", reader.get_online_json), ("dict", reader.get_online_features)):
+            for n, k in ((1, iters), (100, max(20, iters // 10))):
+                ent = {"user_id": list(range(n))}
+                for _ in range(5):
+                    call(FEATURES, None, ent, now=time.time_ns() // 1000)
+                ts = []
+                for _ in range(k):
+                    t = time.perf_counter_ns()
+                    call(FEATURES, None, ent, now=time.time_ns() // 1000)
+                    ts.append(time.perf_counter_ns() - t)
+                out[(what, n)] = ts
     finally:
         reader.close()
     return out
@@ -371,11 +375,12 @@ def run(quick: bool) -> list[Row]:
             except feast_peer.FeastUnavailable as e:
                 why = str(e)[:150]
         label = "Feast FeatureStore.get_online_features().to_dict()" if theirs else f"Feast (skipped: {why})"
-        for n in (1, 100):
-            for q, name in ((0.5, "p50"), (0.99, "p99")):
-                rows.append(Row("serving", f"in-process lookup {shape[n]} {name} (OnlineReader)",
-                                pct(mine[n], q) / 1e3, label,
-                                pct(theirs[n], q) / 1e3 if theirs else math.nan, "us"))
+        for what, how in (("json", "JSON bytes as served"), ("dict", "Python objects")):
+            for n in (1, 100):
+                for q, name in ((0.5, "p50"), (0.99, "p99")):
+                    rows.append(Row("serving", f"in-process lookup {shape[n]} {name} (OnlineReader, {how})",
+                                    pct(mine[(what, n)], q) / 1e3, label,
+                                    pct(theirs[n], q) / 1e3 if theirs else math.nan, "us"))
 
         # freshness
         ack, vis, stale, missed = freshness(fs_port, 30 if quick else 200)

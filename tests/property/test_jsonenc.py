@@ -39,6 +39,8 @@ def encode_one(x: float) -> str:
 @example(2.0**48 + 0.5)
 @example(0.30000000000000004)
 @example(5e-324)
+@example(3957582610818.84375)
+@example(13963348918246.6875)
 def test_floats_are_written_as_python_repr(x):
     value, text = encode_one(x)
     if math.isfinite(x):
@@ -132,7 +134,9 @@ def test_row_images_encode_like_the_batch_arrays(rows, extra_keys, now):
     keys = np.array([r[0] for r in rows] + extra_keys, dtype=object)
     names = ["i", "f", "b", "s", "v"]
     status, event_ts, images = t.get_rows(keys, now)
-    got = jsonenc.row_results(images, status, event_ts, jsonenc.column_specs(t.column_layout(), names))
+    specs = jsonenc.column_specs(t.column_layout(), names)
+    got = jsonenc.row_results(images, status, event_ts, specs)
+    assert jsonenc.row_results(images, status, event_ts, specs, joined=True) == b",".join(got)
     r = t.get_batch(keys, now)
     assert (status == r.status).all() and (event_ts == r.event_ts).all()
     assert got == jsonenc.feature_results([r.values[c] for c in names], [r.nulls[c] for c in names], r.status,

@@ -342,24 +342,41 @@ def test_openapi_describes_every_route(api):
                 assert ref in doc["components"]["schemas"]
 
 
-def test_online_json_is_the_plain_json_of_the_response(engine):
-    """The API's bytes (fscore.jsonenc) are json.dumps of the dict the SDK
-    returns: windowed, text and vector features, nulls, found, not found and
-    too-old rows, with and without full names."""
+def test_online_json_equals_an_oracle_built_from_get_batch(engine):
+    """The API's bytes (row images through fscore.jsonenc) parse to what the
+    lookup arrays give through the pure-Python encoder (fscore.jsonenc_ref):
+    windowed, text and vector features, nulls, found, not found and too-old
+    rows, features of two views interleaved, with and without full names."""
     import json
+
+    import numpy as np
+
+    from fscore import jsonenc_ref
 
     engine.push("transactions", [txn(1, T0 + 60, amount=12.5), txn(2, T0 + 120, amount=0.1, merchant='m"2'),
                                  txn(1, T0 - 40 * H, amount=7.0)])
     user = ["txn_count_1h", "amount_24h", "avg_amount_1d", "max_amount_7d", "amount_stddev_7d",
             "distinct_merchants_1d", "online_txn_count_1d", "session_txn_count", "last_5_amounts"]
     merchant = ["txn_count_1h", "volume_1d", "distinct_users_1d", "foreign_txn_count_1d"]
-    features = [f"user_txn:{f}" for f in user] + [f"merchant_txn:{f}" for f in merchant]
+    features = [f"user_txn:{f}" for f in user[:4]] + [f"merchant_txn:{f}" for f in merchant] + \
+        [f"user_txn:{f}" for f in user[4:]]
     entities = {"user_id": [1, 2, 3], "merchant_id": ["m1", 'm"2', "x"]}
+    keys = {"user_txn": np.array(entities["user_id"]), "merchant_txn": np.array(entities["merchant_id"], dtype=object)}
     for now in (NOW, NOW + 400 * H):
-        for kw in (dict(features=features, full_feature_names=True), dict(feature_service="fraud_v1"),
-                   dict(features=features[3:9], full_feature_names=False)):
-            text = engine.get_online_json(entities=entities, now=now, **kw)
-            doc = engine.get_online_features(entities=entities, now=now, **kw)
-            assert text == json.dumps(doc, separators=(",", ":")).encode()
-    statuses = {s for r in json.loads(text)["results"] for s in r["statuses"]}
+        for full in (True, False):
+            got = json.loads(engine.get_online_json(features, entities=entities, now=now, full_feature_names=full))
+            want_names, want_results = list(entities), []
+            for k in entities:
+                want_results.append({"values": entities[k], "statuses": ["PRESENT"] * 3,
+                                     "event_timestamps": ["1970-01-01T00:00:00.000000Z"] * 3})
+            for ref in features:
+                view, feat = ref.split(":")
+                info = engine.registry.feature_view(view)
+                r = engine.table_of(info).get_batch(keys[view], now)
+                want_results.append(json.loads(jsonenc_ref.feature_results([r.values[feat]], [r.nulls[feat]],
+                                                                            r.status, r.event_ts)[0]))
+                want_names.append(f"{view}__{feat}" if full else feat)
+            assert got == {"metadata": {"feature_names": want_names}, "results": want_results}
+            assert engine.get_online_features(features, entities=entities, now=now, full_feature_names=full) == got
+    statuses = {s for r in got["results"] for s in r["statuses"]}
     assert statuses >= {"PRESENT", "NOT_FOUND"}

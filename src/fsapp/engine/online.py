@@ -17,7 +17,6 @@ import json
 import numpy as np
 
 from fscore import jsonenc
-from fscore.table import PRESENT
 
 from fsapp.engine.errors import BatchError
 
@@ -71,47 +70,8 @@ def _keys_for(view_schema, entities: dict, view_name: str):
     return cols[0] if len(cols) == 1 else dict(zip(view_schema.key_names, cols))
 
 
-_STATUS_NAMES = np.array(["NOT_FOUND", "PRESENT", "OUTSIDE_MAX_AGE", "NULL_VALUE"], dtype=object)
 _EPOCH_ISO = "1970-01-01T00:00:00.000000Z"
 _EPOCH_JSON = f'"{_EPOCH_ISO}"'
-
-
-def iso_array(us: np.ndarray) -> list[str]:
-    """Vectorised `iso`: one numpy pass instead of a strftime per cell.
-    PERF: per-cell strftime was ~90% of a 100x50 response (benches/bench_serving.py)."""
-    text = np.datetime_as_string(np.asarray(us, dtype=np.int64).astype("datetime64[us]"), unit="us")
-    return [t + "Z" for t in text.tolist()]
-
-
-def _values(a: np.ndarray, null: np.ndarray, any_null: bool) -> list:
-    """JSON-ready values: None where null (or NaN), lists for vectors."""
-    out = a.tolist()
-    if a.ndim == 2:  # vectors: NaN inside a vector is null too
-        if np.isnan(a).any():
-            out = [[None if x != x else x for x in row] for row in out]
-    elif a.dtype.kind == "f":
-        nan = np.isnan(a)
-        if nan.any():
-            null = null | nan
-            any_null = True
-    if any_null:
-        for i in np.flatnonzero(null).tolist():
-            out[i] = None
-    return out
-
-
-def _lookups(resolved, table_of, entities, now: int, lookup):
-    """Entity columns, their count, and one table lookup per view version."""
-    ent, n = entity_columns(entities)
-    by_view: dict = {}
-    for info, feat in resolved:
-        by_view.setdefault((info.name, info.version), (info, []))[1].append(feat)
-    lookups = {}
-    for key, (info, feats) in by_view.items():
-        table = table_of(info)
-        keys = _keys_for(table.schema, ent, info.name)
-        lookups[key] = (lookup(info, table, keys, now) if lookup else table.get_batch(keys, now), feats)
-    return ent, n, lookups
 
 
 def _feature_name(info, feat: str, full_feature_names: bool) -> str:
@@ -120,33 +80,12 @@ def _feature_name(info, feat: str, full_feature_names: bool) -> str:
 
 def online_response(resolved, table_of, entities, now: int, full_feature_names: bool = False,
                     lookup=None) -> dict:
-    """`resolved`: [(FeatureViewInfo, feature name)] from the registry;
-    `table_of(info)`: the fscore Table holding that view version;
-    `lookup(info, table, keys, now)`: how to read it (default: the table's
-    stored values, `table.get_batch(keys, now)`)."""
-    ent, n, found = _lookups(resolved, table_of, entities, now, lookup)
-    names = list(ent)
-    epoch = [_EPOCH_ISO] * n
-    results = [{"values": list(ent[k]), "statuses": ["PRESENT"] * n, "event_timestamps": epoch} for k in names]
-    lookups = {}
-    for key, (r, _) in found.items():
-        # every feature of a view shares its rows' timestamps and base status
-        present = r.status == PRESENT
-        lookups[key] = (r, iso_array(r.event_ts), present, _STATUS_NAMES[r.status].tolist())
-    for info, feat in resolved:
-        r, stamps, present, base_statuses = lookups[(info.name, info.version)]
-        null = r.nulls[feat]
-        null_present = null & present
-        # PERF: most features have no null among present rows: share the view's
-        # status list instead of building one per feature (benches/bench_serving.py)
-        if null_present.any():
-            statuses = _STATUS_NAMES[np.where(null_present, 3, r.status)].tolist()
-        else:
-            statuses = base_statuses
-        names.append(_feature_name(info, feat, full_feature_names))
-        results.append({"values": _values(r.values[feat], null, bool(null.any())), "statuses": statuses,
-                        "event_timestamps": stamps})
-    return {"metadata": {"feature_names": names}, "results": results}
+    """`resolved`: [(FeatureViewInfo, feature name)] from the registry (or
+    an `OnlinePlan`); `table_of(info)`: the fscore Table holding that view
+    version; `lookup(info, table, keys, now)`: how to read it (default: the
+    table's stored values). The response as Python objects: the API's JSON
+    text (`online_json`) parsed, so both always say the same."""
+    return json.loads(online_json(resolved, table_of, entities, now, full_feature_names, lookup))
 
 
 class OnlinePlan:
@@ -198,7 +137,7 @@ def online_json(plan, table_of, entities, now: int, full_feature_names: bool = F
         keys = _keys_for(table.schema, ent, info.name)
         if lookup is None:
             status, event_ts, rows = table.get_rows(keys, now)
-            encoded.append(jsonenc.row_results(rows, status, event_ts, plan.specs(key, table)))
+            encoded.append(jsonenc.row_results(rows, status, event_ts, plan.specs(key, table), plan.one_view))
         else:
             r = lookup(info, table, keys, now)
             encoded.append(jsonenc.feature_results([r.values[f] for f in feats], [r.nulls[f] for f in feats],
@@ -209,10 +148,12 @@ def online_json(plan, table_of, entities, now: int, full_feature_names: bool = F
     tail = f',"statuses":[{present}],"event_timestamps":[{epoch}]}}'
     keys = ",".join(f'{{"values":{_dumps(list(v))}{tail}' for v in ent.values()).encode()
     names = plan.names[bool(full_feature_names)]
-    features = b",".join(encoded[0] if plan.one_view else [encoded[v][j] for v, j in plan.order])
+    if plan.one_view and lookup is None:
+        features = encoded[0]  # already joined by row_results
+    else:
+        features = b",".join(encoded[0] if plan.one_view else [encoded[v][j] for v, j in plan.order])
     return b"".join((b'{"metadata":{"feature_names":[', _dumps(list(ent))[1:-1].encode(), b"," if names else b"",
                      names, b']},"results":[', keys, b"," if features else b"", features, b"]}"))
 
 
-def _dumps(x) -> str:
-    return json.dumps(x, allow_nan=False, separators=(",", ":"))
+_dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
