@@ -323,12 +323,17 @@ cdef int _put_statuses(Buf* b, const uint8_t* status, Col* c, Py_ssize_t n) exce
     return 0
 
 
+def _ISO_TEXT(bytes quoted):
+    return quoted[1:len(quoted) - 1].decode("ascii")
+
+
 cdef class _Results:
     """The parts every feature of one lookup shares, then one object per feature."""
     cdef Buf b
     cdef const uint8_t* st
     cdef Py_ssize_t n
     cdef bytes stamps, base
+    cdef list stamps_list, base_list
 
     def __cinit__(self):
         self.b.data = NULL
@@ -366,6 +371,63 @@ cdef class _Results:
         self.feature_into(c, &self.b)
         return PyBytes_FromStringAndSize(self.b.data, self.b.n)
 
+    cdef dict feature_object(self, Col* c):
+        """The feature's result as Python objects: what json.loads gives for
+        `feature`, but the view's timestamp list (and status list, when the
+        feature has no null among PRESENT rows) is one shared list."""
+        cdef Py_ssize_t i, j
+        cdef const uint8_t* v
+        cdef double x
+        cdef float f
+        cdef int64_t q
+        cdef Py_ssize_t L
+        cdef bint null_present = False
+        if self.stamps_list is None:
+            self.stamps_list = [_ISO_TEXT(t) for t in self.stamps.split(b"[", 1)[1].rsplit(b"]", 1)[0].split(b",")] \
+                if self.n else []
+            self.base_list = [STATUS_NAMES[self.st[i]] for i in range(self.n)]
+        values = [None] * self.n
+        for i in range(self.n):
+            if c.null[i * c.null_stride]:
+                continue
+            v = c.data + i * c.stride
+            if c.kind == C_FLOAT64:
+                memcpy(&x, v, 8)
+                if isfinite(x):
+                    values[i] = x
+            elif c.kind == C_INT64:
+                memcpy(&q, v, 8)
+                values[i] = q
+            elif c.kind == C_BOOL:
+                values[i] = v[0] != 0
+            elif c.kind == C_VECTOR:
+                vec = [None] * c.width
+                for j in range(c.width):
+                    memcpy(&f, v + 4 * j, 4)
+                    if isfinite(f):
+                        vec[j] = <double>f
+                values[i] = vec
+            elif c.kind == C_STR_BYTES:
+                L = (v[0] << 8) | v[1]
+                if L > c.width:
+                    raise ValueError(f"a stored string says {L} bytes; its column holds at most {c.width}")
+                values[i] = (<const char*>v + 2)[:L].decode("utf-8")
+            else:
+                item = (<object>c.objects)[i]
+                if item is not None and not isinstance(item, str):
+                    raise TypeError(f"string column holds {type(item).__name__}, not str")
+                values[i] = item
+        for i in range(self.n):
+            if self.st[i] == ST_PRESENT and c.null[i * c.null_stride]:
+                null_present = True
+                break
+        if null_present:
+            statuses = [STATUS_NAMES[ST_NULL_VALUE if self.st[i] == ST_PRESENT and c.null[i * c.null_stride]
+                                     else self.st[i]] for i in range(self.n)]
+        else:
+            statuses = self.base_list
+        return {"values": values, "statuses": statuses, "event_timestamps": self.stamps_list}
+
     cdef int feature_into(self, Col* c, Buf* b) except -1:
         """Appends the feature's object to `b`."""
         cdef Py_ssize_t i
@@ -385,14 +447,15 @@ cdef class _Results:
         return 0
 
 
-def feature_results(list values not None, list nulls not None, status, event_ts) -> list:
+def feature_results(list values not None, list nulls not None, status, event_ts, bint objects=False) -> list:
     """One view's lookup (a `BatchResult`'s arrays) → one JSON object (bytes)
     per feature.
 
     `values[k]` / `nulls[k]`: feature k's value array (int64, float64, bool,
     object of str, or float32 n x size for vectors) and its null flags (bool);
     `status` (uint8) and `event_ts` (int64 µs): the rows' lookup status and
-    event time, shared by every feature of the view."""
+    event time, shared by every feature of the view. `objects`: Python
+    objects (dicts) instead of JSON text, as `json.loads` would give them."""
     cdef _Results r = _Results()
     cdef Col c
     cdef cnp.ndarray a, null
@@ -406,7 +469,7 @@ def feature_results(list values not None, list nulls not None, status, event_ts)
             raise ValueError(f"feature {k} has {null.size} null flags, the lookup has {r.n} rows")
         a = _contiguous(values[k], -1)
         _array_col(&c, a, null, r.n)
-        out.append(r.feature(&c))
+        out.append(r.feature_object(&c) if objects else r.feature(&c))
     return out
 
 
@@ -425,13 +488,14 @@ cdef bint _column_fits(Py_ssize_t kind, Py_ssize_t off, Py_ssize_t width, Py_ssi
     return False
 
 
-def row_results(rows, status, event_ts, columns, bint joined=False):
+def row_results(rows, status, event_ts, columns, bint joined=False, bint objects=False):
     """The same as `feature_results`, from `Table.get_rows` row images:
     `rows` uint8 (n, stride); `columns` int64 (k, 4): for each feature its
     kind (`KINDS`), offset, width in bytes and null flag offset within a row
     (see `column_specs`). `joined`: one bytes object, the features' objects
     separated by commas, instead of a list (PERF: no object per feature when
-    the response takes them in this order)."""
+    the response takes them in this order). `objects`: a list of Python
+    objects (dicts) instead, as `json.loads` would give them."""
     cdef _Results r = _Results()
     cdef Col c
     cdef cnp.ndarray rows_a = _contiguous(rows, cnp.NPY_UINT8)
@@ -447,7 +511,7 @@ def row_results(rows, status, event_ts, columns, bint joined=False):
         raise ValueError("columns must be a (k, 4) int64 array: kind, offset, width, null offset")
     stride = rows_a.shape[1]
     sp = <const int64_t*>cnp.PyArray_DATA(spec)
-    if joined:  # PERF: one allocation for the whole answer, not a doubling series of copies
+    if joined and not objects:  # PERF: one allocation for the whole answer, not a doubling series of copies
         _reserve(all_, spec.shape[0] * (len(r.stamps) + len(r.base) + 32 + r.n * 24))
     out = []
     for k in range(spec.shape[0]):
@@ -461,13 +525,15 @@ def row_results(rows, status, event_ts, columns, bint joined=False):
         c.null = <const uint8_t*>cnp.PyArray_DATA(rows_a) + noff
         c.null_stride = stride
         c.objects = NULL
-        if joined:
+        if objects:
+            out.append(r.feature_object(&c))
+        elif joined:
             if k:
                 _put(all_, b",", 1)
             r.feature_into(&c, all_)
         else:
             out.append(r.feature(&c))
-    if joined:
+    if joined and not objects:
         return PyBytes_FromStringAndSize(all_.data, all_.n)
     return out
 

@@ -89,8 +89,7 @@ def test_results_equal_the_reference(lookup):
     values, nulls, status, ts = lookup
     got = jsonenc.feature_results(values, nulls, status, ts)
     assert got == jsonenc_ref.feature_results(values, nulls, status, ts)
-    for text in got:
-        json.loads(text)  # strict JSON
+    assert jsonenc.feature_results(values, nulls, status, ts, objects=True) == [json.loads(t) for t in got]
 
 
 def test_timestamps_outside_four_digit_years_use_numpy_spelling():
@@ -137,6 +136,7 @@ def test_row_images_encode_like_the_batch_arrays(rows, extra_keys, now):
     specs = jsonenc.column_specs(t.column_layout(), names)
     got = jsonenc.row_results(images, status, event_ts, specs)
     assert jsonenc.row_results(images, status, event_ts, specs, joined=True) == b",".join(got)
+    assert jsonenc.row_results(images, status, event_ts, specs, objects=True) == [json.loads(t) for t in got]
     r = t.get_batch(keys, now)
     assert (status == r.status).all() and (event_ts == r.event_ts).all()
     assert got == jsonenc.feature_results([r.values[c] for c in names], [r.nulls[c] for c in names], r.status,

@@ -78,16 +78,6 @@ def _feature_name(info, feat: str, full_feature_names: bool) -> str:
     return f"{info.name}__{feat}" if full_feature_names else feat
 
 
-def online_response(resolved, table_of, entities, now: int, full_feature_names: bool = False,
-                    lookup=None) -> dict:
-    """`resolved`: [(FeatureViewInfo, feature name)] from the registry (or
-    an `OnlinePlan`); `table_of(info)`: the fscore Table holding that view
-    version; `lookup(info, table, keys, now)`: how to read it (default: the
-    table's stored values). The response as Python objects: the API's JSON
-    text (`online_json`) parsed, so both always say the same."""
-    return json.loads(online_json(resolved, table_of, entities, now, full_feature_names, lookup))
-
-
 class OnlinePlan:
     """A resolved feature list made ready for repeated reads: the views to
     look up with their features, the response's feature names as JSON, and
@@ -105,8 +95,8 @@ class OnlinePlan:
         # where each requested feature's result is: (view number, feature number)
         self.order = [(index[(i.name, i.version)], position[((i.name, i.version), f)]) for i, f in self.resolved]
         self.one_view = self.order == [(0, j) for j in range(len(self.order))]
-        self.names = {full: ",".join(_dumps(_feature_name(i, f, full)) for i, f in self.resolved).encode()
-                      for full in (False, True)}
+        self.feature_names = {full: [_feature_name(i, f, full) for i, f in self.resolved] for full in (False, True)}
+        self.names = {full: ",".join(map(_dumps, names)).encode() for full, names in self.feature_names.items()}
         self._specs: dict = {}
 
     def specs(self, key, table) -> np.ndarray:
@@ -120,28 +110,55 @@ class OnlinePlan:
         return spec
 
 
-def online_json(plan, table_of, entities, now: int, full_feature_names: bool = False, lookup=None) -> bytes:
-    """The JSON text of `online_response(...)` (the same bytes as
-    `json.dumps(online_response(...), separators=(",", ":"))`), written
-    straight from the table's rows (or `lookup`'s arrays) by `fscore.jsonenc`.
-    `plan`: an `OnlinePlan`, or the resolved list to make one from.
-    PERF: building the response as Python lists and encoding it with `json`
-    cost ~1.4 ms of a 1x50 request and ~3 ms of a 100x50 one; per-column
-    result arrays another ~60 µs of a 1x50 one (benches/bench_serving.py)."""
-    if not isinstance(plan, OnlinePlan):
-        plan = OnlinePlan(plan)
+def _read(plan, table_of, entities, now: int, lookup, objects: bool):
+    """Entity columns, their count, and per view what `fscore.jsonenc`
+    rendered of its lookup: JSON objects (bytes; one joined bytes for a
+    plan of one view read from row images) or Python dicts (`objects`)."""
     ent, n = entity_columns(entities)
-    encoded = []
+    out = []
     for key, info, feats in plan.views:
         table = table_of(info)
         keys = _keys_for(table.schema, ent, info.name)
         if lookup is None:
             status, event_ts, rows = table.get_rows(keys, now)
-            encoded.append(jsonenc.row_results(rows, status, event_ts, plan.specs(key, table), plan.one_view))
+            out.append(jsonenc.row_results(rows, status, event_ts, plan.specs(key, table),
+                                           joined=plan.one_view and not objects, objects=objects))
         else:
             r = lookup(info, table, keys, now)
-            encoded.append(jsonenc.feature_results([r.values[f] for f in feats], [r.nulls[f] for f in feats],
-                                                   r.status, r.event_ts))
+            out.append(jsonenc.feature_results([r.values[f] for f in feats], [r.nulls[f] for f in feats],
+                                               r.status, r.event_ts, objects=objects))
+    return ent, n, out
+
+
+def _plan(plan) -> OnlinePlan:
+    return plan if isinstance(plan, OnlinePlan) else OnlinePlan(plan)
+
+
+def online_response(plan, table_of, entities, now: int, full_feature_names: bool = False, lookup=None) -> dict:
+    """The online answer as Python objects. `plan`: an `OnlinePlan`, or the
+    resolved [(FeatureViewInfo, feature name)] to make one from;
+    `table_of(info)`: the fscore Table holding that view version;
+    `lookup(info, table, keys, now)`: how to read it (default: the table's
+    stored values). Equal to `json.loads(online_json(...))` (tested); each
+    view's timestamp list is shared by its features."""
+    plan = _plan(plan)
+    ent, n, views = _read(plan, table_of, entities, now, lookup, True)
+    epoch = [_EPOCH_ISO] * n
+    results = [{"values": list(v), "statuses": ["PRESENT"] * n, "event_timestamps": epoch} for v in ent.values()]
+    results += [views[v][j] for v, j in plan.order]
+    return {"metadata": {"feature_names": list(ent) + plan.feature_names[bool(full_feature_names)]},
+            "results": results}
+
+
+def online_json(plan, table_of, entities, now: int, full_feature_names: bool = False, lookup=None) -> bytes:
+    """The JSON text of `online_response(...)` (the same bytes as
+    `json.dumps(online_response(...), separators=(",", ":"))`), written
+    straight from the table's rows (or `lookup`'s arrays) by `fscore.jsonenc`.
+    PERF: building the response as Python lists and encoding it with `json`
+    cost ~1.4 ms of a 1x50 request and ~3 ms of a 100x50 one; per-column
+    result arrays another ~60 µs of a 1x50 one (benches/bench_serving.py)."""
+    plan = _plan(plan)
+    ent, n, encoded = _read(plan, table_of, entities, now, lookup, False)
     # the entity key columns: their values, PRESENT, the epoch
     present = ",".join(['"PRESENT"'] * n)
     epoch = ",".join([_EPOCH_JSON] * n)

@@ -78,7 +78,7 @@ class OnlineReader:
 
     def get_online_features(self, features=None, feature_service=None, entities=None, *, now: int,
                             full_feature_names: bool = False) -> dict:
-        return online_response(self.resolve(features, feature_service).resolved, self._table, entities, now,
+        return online_response(self.resolve(features, feature_service), self._table, entities, now,
                                full_feature_names)
 
     def get_online_json(self, features=None, feature_service=None, entities=None, *, now: int,
