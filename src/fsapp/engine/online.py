@@ -94,7 +94,7 @@ class OnlinePlan:
         position = {(key, f): j for key, _, feats in self.views for j, f in enumerate(feats)}
         # where each requested feature's result is: (view number, feature number)
         self.order = [(index[(i.name, i.version)], position[((i.name, i.version), f)]) for i, f in self.resolved]
-        self.one_view = self.order == [(0, j) for j in range(len(self.order))]
+        self.one_view = len(self.views) == 1 and self.order == [(0, j) for j in range(len(self.order))]
         self.feature_names = {full: [_feature_name(i, f, full) for i, f in self.resolved] for full in (False, True)}
         self.names = {full: ",".join(map(_dumps, names)).encode() for full, names in self.feature_names.items()}
         self._specs: dict = {}
@@ -168,7 +168,7 @@ def online_json(plan, table_of, entities, now: int, full_feature_names: bool = F
     if plan.one_view and lookup is None:
         features = encoded[0]  # already joined by row_results
     else:
-        features = b",".join(encoded[0] if plan.one_view else [encoded[v][j] for v, j in plan.order])
+        features = b",".join([encoded[v][j] for v, j in plan.order])
     return b"".join((b'{"metadata":{"feature_names":[', _dumps(list(ent))[1:-1].encode(), b"," if names else b"",
                      names, b']},"results":[', keys, b"," if features else b"", features, b"]}"))
 
