@@ -561,7 +561,9 @@ cdef class Table:
                     rows[i] = row
                     i += 1
             if need_room:
-                self._make_room(tnow)
+                # rows this batch already returned stay: the caller holds their ids
+                if self._make_room(tnow, rows_a[:i]) == 0:
+                    break  # every row is this batch's: reported below
         if (rows_a < 0).any() or len(set(rows_a[created_a].tolist())) != int(created_a.sum()):
             raise SchemaError(f"capacity {self.capacity_} is too small for one batch of "
                               f"{int(created_a.sum())} new keys; raise the table's capacity")
@@ -668,15 +670,21 @@ cdef class Table:
             if not mask[i]:
                 _encode_string(a[i], &out[i, 0], f.size, f.name, "value")
 
-    def _make_room(self, int64_t now):
-        """Frees rows for a new key: expired rows first, else the oldest."""
+    def _make_room(self, int64_t now, protect=None):
+        """Frees rows for a new key: expired rows first, else the oldest;
+        never a row in `protect` (ids a slots_for batch already returned)."""
         cdef Py_ssize_t k, j, row, slot
         cdef const uint8_t[:, ::1] rm
-        if self.ttl > 0 and self.expire(now) > 0:
-            return
+        cdef Py_ssize_t gone
+        if self.ttl > 0:
+            gone = self.expire(now)
+            if gone > 0:
+                return gone
         k = max(1, self.capacity_ // 64)
         rows = self._rows_matrix()
         live = np.nonzero(rows[:, ROW_STATE] == 1)[0]
+        if protect is not None and len(protect):
+            live = np.setdiff1d(live, protect, assume_unique=False)
         ets = np.ascontiguousarray(rows[live, ROW_ETS:ROW_ETS + 8]).view(np.int64)[:, 0]
         keys = np.ascontiguousarray(rows[live, ROW_KEY:ROW_KEY + self.kw]).view(f"S{self.kw}")[:, 0]
         victims = live[np.lexsort((keys, ets))[:k]]
@@ -686,6 +694,7 @@ cdef class Table:
                 self._unlink(slot, row)
         self.hdr[H_EVICT_CAPACITY] += len(victims)
         self._maybe_compact()
+        return len(victims)
 
     cdef Py_ssize_t _expire_nogil(self, int64_t now) noexcept nogil:
         cdef Py_ssize_t r, slot, gone = 0

@@ -241,13 +241,16 @@ class Engine:
         if table.num_rows == 0:
             return {}
         out = {}
-        self.con.register("__batch", table)
+        views = [(key, rt) for key, rt in self.runtimes.items() if rt.stream is not None and rt.stream.name == stream]
+        query = any(rt.bare is None for _, rt in views)
+        if query:
+            self.con.register("__batch", table)
         try:
-            for key, rt in self.runtimes.items():
-                if rt.stream is not None and rt.stream.name == stream:
-                    out[key] = rt.project(self.con)
+            for key, rt in views:
+                out[key] = rt.project(self.con, table)
         finally:
-            self.con.unregister("__batch")
+            if query:
+                self.con.unregister("__batch")
         return out
 
     def _check_projected(self, projected: dict) -> None:

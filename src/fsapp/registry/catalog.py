@@ -70,6 +70,34 @@ class FeatureViewInfo:
             out[alias] = a.column
         return out
 
+    def bare_projection(self, stream_columns: list[str]) -> list[tuple[str, str]] | None:
+        """`projection_sql` as (stream column, output name) pairs when it is
+        only bare column references and there is no row filter, so a batch
+        can be projected without a query; None otherwise. Names resolve as
+        DuckDB resolves them: case-insensitively, or exactly when quoted."""
+        d = self.definition
+        if d.filter:
+            return None
+        lower = {c.lower(): c for c in stream_columns}
+
+        def column(expr: str) -> str | None:
+            expr = expr.strip()
+            if re.fullmatch(r'"[^"]+"', expr):
+                return expr[1:-1] if expr[1:-1] in stream_columns else None
+            return lower.get(expr.lower()) if re.fullmatch(r"[A-Za-z_]\w*", expr) else None
+
+        items = [(k, k) for k, _ in self.keys] + [(self.timestamp, self.timestamp)]
+        if d.is_aggregated:
+            items += [(expr, alias) for alias, expr in self.input_columns().items()
+                      if alias not in {k for k, _ in self.keys} | {self.timestamp}]
+        else:
+            items += [(p.expr, p.name) for p in d.features]
+        out = [(column(expr), name) for expr, name in items]
+        names = [name for _, name in out]
+        if any(src is None for src, _ in out) or len(set(names)) != len(names):
+            return None
+        return out
+
     def window_groups(self) -> list[tuple[WindowSpec, tuple[Agg, ...]]]:
         """Aggregations grouped by window, as fscore.window.WindowView takes
         them (one WindowView per group); Agg columns name `input_columns()`."""
