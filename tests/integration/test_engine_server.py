@@ -84,3 +84,41 @@ def test_killed_engine_restarts_with_every_acknowledged_push(repo):
         client.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+
+
+def test_worker_backend_reads_json_from_memory_and_as_of_from_the_engine(repo):
+    """A gunicorn worker's backend answers online reads with the API's JSON
+    bytes: from shared memory for now, forwarded to the engine (which
+    recomputes from window state) for `as_of`; both parse to what the
+    engine's own dict answer says."""
+    import json
+
+    from fsapp.serve.worker import WorkerBackend
+
+    proc, sock = start_engine(repo)
+    backend = None
+    try:
+        t = time.time_ns() // 1000
+        client = EngineClient(sock)
+        client.call("push", stream="transactions", rows=[row(3, t - 120_000_000, 4.0), row(3, t - 60_000_000, 6.0)])
+        client.close()
+        backend = WorkerBackend(str(repo.data_dir / "engine"), str(repo.registry_path), sock)
+        feats = ["user_txn:last_5_amounts", "user_txn:amount_24h"]
+        now_text = backend.online(feats, None, {"user_id": [3, 4]}, None, False)
+        assert isinstance(now_text, bytes)
+        now = json.loads(now_text)
+        assert now["results"][1]["values"] == [[6.0, 4.0, None, None, None], None]  # newest first
+        assert now["results"][1]["statuses"] == ["PRESENT", "NOT_FOUND"]
+        # as of a time after the last event (older times may be past the retained window state)
+        past_text = backend.online(feats, None, {"user_id": [3]}, t - 30_000_000, True)
+        assert isinstance(past_text, bytes)
+        past = json.loads(past_text)
+        assert past["metadata"]["feature_names"] == ["user_id", "user_txn__last_5_amounts", "user_txn__amount_24h"]
+        assert past["results"][1]["values"] == [[6.0, 4.0, None, None, None]]
+        assert past["results"][2]["values"] == [10.0]
+    finally:
+        if backend is not None:
+            backend.reader.close()
+            backend.client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
