@@ -380,3 +380,24 @@ def test_online_json_equals_an_oracle_built_from_get_batch(engine):
             assert engine.get_online_features(features, entities=entities, now=now, full_feature_names=full) == got
     statuses = {s for r in got["results"] for s in r["statuses"]}
     assert statuses >= {"PRESENT", "NOT_FOUND"}
+
+
+def test_http_metrics_count_every_request_of_a_series():
+    """The per-series shortcut after a series' first request counts the same
+    as the labelled path: buckets, sum, count and status counter."""
+    import time
+
+    from fsapp.api.metrics import HttpMetrics
+    m = HttpMetrics()
+    t = time.perf_counter()
+    for _ in range(3):
+        m.observe("POST", "/get-online-features", 200, t)
+    m.observe("POST", "/get-online-features", 404, t)
+    m.observe("GET", "/health", 200, t)
+    text = m.render()
+    assert 'fstore_http_request_duration_seconds_count{method="POST",route="/get-online-features"} 4' in text
+    assert 'fstore_http_requests_total{method="POST",route="/get-online-features",status="200"} 3' in text
+    assert 'fstore_http_requests_total{method="POST",route="/get-online-features",status="404"} 1' in text
+    assert 'fstore_http_request_duration_seconds_bucket{method="GET",route="/health",le="+Inf"} 1' in text
+    snap = m.registry.snapshot()
+    assert MetricsRegistry().merge(snap).render() == m.registry.render()

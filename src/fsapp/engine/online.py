@@ -160,9 +160,7 @@ def online_json(plan, table_of, entities, now: int, full_feature_names: bool = F
     plan = _plan(plan)
     ent, n, encoded = _read(plan, table_of, entities, now, lookup, False)
     # the entity key columns: their values, PRESENT, the epoch
-    present = ",".join(['"PRESENT"'] * n)
-    epoch = ",".join([_EPOCH_JSON] * n)
-    tail = f',"statuses":[{present}],"event_timestamps":[{epoch}]}}'
+    tail = _key_tail(n)
     keys = ",".join(f'{{"values":{_dumps(list(v))}{tail}' for v in ent.values()).encode()
     names = plan.names[bool(full_feature_names)]
     if plan.one_view and lookup is None:
@@ -171,6 +169,22 @@ def online_json(plan, table_of, entities, now: int, full_feature_names: bool = F
         features = b",".join([encoded[v][j] for v, j in plan.order])
     return b"".join((b'{"metadata":{"feature_names":[', _dumps(list(ent))[1:-1].encode(), b"," if names else b"",
                      names, b']},"results":[', keys, b"," if features else b"", features, b"]}"))
+
+
+_KEY_TAILS: dict[int, str] = {}
+
+
+def _key_tail(n: int) -> str:
+    """`,"statuses":["PRESENT",...],"event_timestamps":[epoch,...]}` of an
+    entity key column of n rows (cached for the usual small n)."""
+    tail = _KEY_TAILS.get(n)
+    if tail is None:
+        present = ",".join(['"PRESENT"'] * n)
+        epoch = ",".join([_EPOCH_JSON] * n)
+        tail = f',"statuses":[{present}],"event_timestamps":[{epoch}]}}'
+        if n <= 256 and len(_KEY_TAILS) < 64:
+            _KEY_TAILS[n] = tail
+    return tail
 
 
 _dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
