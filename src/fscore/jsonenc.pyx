@@ -26,7 +26,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint64_t, uint8_t
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport realloc, free
 from libc.string cimport memcpy, strlen
 from libc.math cimport isfinite
 
@@ -215,16 +215,14 @@ cdef struct Col:
 
 
 cdef int _put_column(Buf* b, Col* c, Py_ssize_t n) except -1:
-    cdef Py_ssize_t i, j, L
-    cdef int k
+    cdef Py_ssize_t i, j
     cdef const uint8_t* v
     cdef double x
     cdef float f
     cdef int64_t q
     _put(b, b"[", 1)
     if c.kind == C_FLOAT64:
-        # PERF: room for every value up front, then no checks per value
-        # unless one needs the general fallback (benches/bench_serving.py)
+        # PERF: room for every value up front: one allocation, not a doubling series
         _reserve(b, n * (FS_SHORTFLOAT_MAX + 1))
     for i in range(n):
         if i:
@@ -235,15 +233,7 @@ cdef int _put_column(Buf* b, Col* c, Py_ssize_t n) except -1:
         v = c.data + i * c.stride
         if c.kind == C_FLOAT64:
             memcpy(&x, v, 8)
-            if not isfinite(x):
-                _put(b, b"null", 4)
-                continue
-            k = fs_shortfloat(x, b.data + b.n)
-            if k >= 0:
-                b.n += k
-            else:
-                _put_double(b, x)
-                _reserve(b, (n - i) * (FS_SHORTFLOAT_MAX + 1))
+            _put_double(b, x)
         elif c.kind == C_INT64:
             memcpy(&q, v, 8)
             _put_int(b, q)
@@ -261,10 +251,7 @@ cdef int _put_column(Buf* b, Col* c, Py_ssize_t n) except -1:
                 _put_double(b, f)
             _put(b, b"]", 1)
         elif c.kind == C_STR_BYTES:
-            L = (v[0] << 8) | v[1]
-            if L > c.width:
-                raise ValueError(f"a stored string says {L} bytes; its column holds at most {c.width}")
-            _put_str(b, (<const char*>v + 2)[:L].decode("utf-8"))
+            _put_str(b, _stored_str(c, v))
         else:
             item = (<object>c.objects)[i]
             if item is None:
@@ -273,6 +260,14 @@ cdef int _put_column(Buf* b, Col* c, Py_ssize_t n) except -1:
                 _put_str(b, item)
     _put(b, b"]", 1)
     return 0
+
+
+cdef str _stored_str(Col* c, const uint8_t* v):
+    """A string as a table row stores it: 2-byte big-endian length, UTF-8."""
+    cdef Py_ssize_t L = (v[0] << 8) | v[1]
+    if L > c.width:
+        raise ValueError(f"a stored string says {L} bytes; its column holds at most {c.width}")
+    return (<const char*>v + 2)[:L].decode("utf-8")
 
 
 cdef int _array_col(Col* c, cnp.ndarray a, cnp.ndarray null, Py_ssize_t n) except -1:
@@ -323,10 +318,6 @@ cdef int _put_statuses(Buf* b, const uint8_t* status, Col* c, Py_ssize_t n) exce
     return 0
 
 
-def _ISO_TEXT(bytes quoted):
-    return quoted[1:len(quoted) - 1].decode("ascii")
-
-
 cdef class _Results:
     """The parts every feature of one lookup shares, then one object per feature."""
     cdef Buf b
@@ -342,8 +333,9 @@ cdef class _Results:
     def __dealloc__(self):
         free(self.b.data)
 
-    cdef int start(self, cnp.ndarray st_a, cnp.ndarray ts_a) except -1:
-        cdef Py_ssize_t i
+    cdef int start(self, cnp.ndarray st_a, cnp.ndarray ts_a, bint objects) except -1:
+        """The shared parts; with `objects`, also as Python lists."""
+        cdef Py_ssize_t i, at
         cdef const int64_t* ts = <const int64_t*>cnp.PyArray_DATA(ts_a)
         self.n = st_a.shape[0] if st_a.ndim == 1 else -1
         if self.n < 0 or ts_a.ndim != 1 or ts_a.shape[0] != self.n:
@@ -355,16 +347,31 @@ cdef class _Results:
         # `,"event_timestamps":[...]}` and the statuses of a feature without nulls
         self.b.n = 0
         _puts(&self.b, b',"event_timestamps":[')
+        if objects:
+            self.stamps_list = []
+            self.base_list = [STATUS_NAMES[self.st[i]] for i in range(self.n)]
         for i in range(self.n):
             if i:
                 _put(&self.b, b",", 1)
+            at = self.b.n
             _put_iso(&self.b, ts[i])
+            if objects:  # the text between the quotes
+                self.stamps_list.append(self.b.data[at + 1:self.b.n - 1].decode("ascii"))
         _put(&self.b, b"]}", 2)
         self.stamps = PyBytes_FromStringAndSize(self.b.data, self.b.n)
         self.b.n = 0
         _put_statuses(&self.b, self.st, NULL, self.n)
         self.base = PyBytes_FromStringAndSize(self.b.data, self.b.n)
         return 0
+
+    cdef bint null_present(self, Col* c) noexcept:
+        """Whether the feature has a null among PRESENT rows (then its
+        statuses say NULL_VALUE there instead of sharing the view's)."""
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            if self.st[i] == ST_PRESENT and c.null[i * c.null_stride]:
+                return True
+        return False
 
     cdef bytes feature(self, Col* c):
         self.b.n = 0
@@ -380,12 +387,6 @@ cdef class _Results:
         cdef double x
         cdef float f
         cdef int64_t q
-        cdef Py_ssize_t L
-        cdef bint null_present = False
-        if self.stamps_list is None:
-            self.stamps_list = [_ISO_TEXT(t) for t in self.stamps.split(b"[", 1)[1].rsplit(b"]", 1)[0].split(b",")] \
-                if self.n else []
-            self.base_list = [STATUS_NAMES[self.st[i]] for i in range(self.n)]
         values = [None] * self.n
         for i in range(self.n):
             if c.null[i * c.null_stride]:
@@ -408,20 +409,13 @@ cdef class _Results:
                         vec[j] = <double>f
                 values[i] = vec
             elif c.kind == C_STR_BYTES:
-                L = (v[0] << 8) | v[1]
-                if L > c.width:
-                    raise ValueError(f"a stored string says {L} bytes; its column holds at most {c.width}")
-                values[i] = (<const char*>v + 2)[:L].decode("utf-8")
+                values[i] = _stored_str(c, v)
             else:
                 item = (<object>c.objects)[i]
                 if item is not None and not isinstance(item, str):
                     raise TypeError(f"string column holds {type(item).__name__}, not str")
                 values[i] = item
-        for i in range(self.n):
-            if self.st[i] == ST_PRESENT and c.null[i * c.null_stride]:
-                null_present = True
-                break
-        if null_present:
+        if self.null_present(c):
             statuses = [STATUS_NAMES[ST_NULL_VALUE if self.st[i] == ST_PRESENT and c.null[i * c.null_stride]
                                      else self.st[i]] for i in range(self.n)]
         else:
@@ -430,16 +424,10 @@ cdef class _Results:
 
     cdef int feature_into(self, Col* c, Buf* b) except -1:
         """Appends the feature's object to `b`."""
-        cdef Py_ssize_t i
-        cdef bint null_present = False
         _put(b, b'{"values":', 10)
         _put_column(b, c, self.n)
         _put(b, b',"statuses":', 12)
-        for i in range(self.n):
-            if self.st[i] == ST_PRESENT and c.null[i * c.null_stride]:
-                null_present = True
-                break
-        if null_present:
+        if self.null_present(c):
             _put_statuses(b, self.st, c, self.n)
         else:
             _put(b, <const char*>self.base, len(self.base))
@@ -461,7 +449,7 @@ def feature_results(list values not None, list nulls not None, status, event_ts,
     cdef cnp.ndarray a, null
     if len(values) != len(nulls):
         raise ValueError(f"{len(values)} value columns but {len(nulls)} null columns")
-    r.start(_contiguous(status, cnp.NPY_UINT8), _contiguous(event_ts, cnp.NPY_INT64))
+    r.start(_contiguous(status, cnp.NPY_UINT8), _contiguous(event_ts, cnp.NPY_INT64), objects)
     out = []
     for k in range(len(values)):
         null = _contiguous(nulls[k], cnp.NPY_BOOL)
@@ -504,7 +492,7 @@ def row_results(rows, status, event_ts, columns, bint joined=False, bint objects
     cdef Py_ssize_t k, stride, kind, off, width, noff
     cdef _Results all_holder = _Results()  # owns the joined buffer
     cdef Buf* all_ = &all_holder.b
-    r.start(_contiguous(status, cnp.NPY_UINT8), _contiguous(event_ts, cnp.NPY_INT64))
+    r.start(_contiguous(status, cnp.NPY_UINT8), _contiguous(event_ts, cnp.NPY_INT64), objects)
     if rows_a.ndim != 2 or rows_a.shape[0] != r.n:
         raise ValueError(f"rows must be an (n, stride) uint8 array with n = {r.n}")
     if spec.ndim != 2 or spec.shape[1] != 4:
