@@ -112,21 +112,24 @@ class OnlinePlan:
 
 def _read(plan, table_of, entities, now: int, lookup, objects: bool):
     """Entity columns, their count, and per view what `fscore.jsonenc`
-    rendered of its lookup: JSON objects (bytes; one joined bytes for a
-    plan of one view read from row images) or Python dicts (`objects`)."""
+    rendered of its lookup: a list of JSON objects (bytes) or Python dicts
+    (`objects`), one per feature; for JSON in a plan of one view, the
+    features' objects already joined in order (one bytes)."""
     ent, n = entity_columns(entities)
+    joined = plan.one_view and not objects
     out = []
     for key, info, feats in plan.views:
         table = table_of(info)
         keys = _keys_for(table.schema, ent, info.name)
         if lookup is None:
             status, event_ts, rows = table.get_rows(keys, now)
-            out.append(jsonenc.row_results(rows, status, event_ts, plan.specs(key, table),
-                                           joined=plan.one_view and not objects, objects=objects))
+            out.append(jsonenc.row_results(rows, status, event_ts, plan.specs(key, table), joined=joined,
+                                           objects=objects))
         else:
             r = lookup(info, table, keys, now)
-            out.append(jsonenc.feature_results([r.values[f] for f in feats], [r.nulls[f] for f in feats],
-                                               r.status, r.event_ts, objects=objects))
+            parts = jsonenc.feature_results([r.values[f] for f in feats], [r.nulls[f] for f in feats],
+                                            r.status, r.event_ts, objects=objects)
+            out.append(b",".join(parts) if joined else parts)
     return ent, n, out
 
 
@@ -163,10 +166,7 @@ def online_json(plan, table_of, entities, now: int, full_feature_names: bool = F
     tail = _key_tail(n)
     keys = ",".join(f'{{"values":{_dumps(list(v))}{tail}' for v in ent.values()).encode()
     names = plan.names[bool(full_feature_names)]
-    if plan.one_view and lookup is None:
-        features = encoded[0]  # already joined by row_results
-    else:
-        features = b",".join([encoded[v][j] for v, j in plan.order])
+    features = encoded[0] if plan.one_view else b",".join([encoded[v][j] for v, j in plan.order])
     return b"".join((b'{"metadata":{"feature_names":[', _dumps(list(ent))[1:-1].encode(), b"," if names else b"",
                      names, b']},"results":[', keys, b"," if features else b"", features, b"]}"))
 

@@ -86,13 +86,8 @@ class FeatureViewInfo:
                 return expr[1:-1] if expr[1:-1] in stream_columns else None
             return lower.get(expr.lower()) if re.fullmatch(r"[A-Za-z_]\w*", expr) else None
 
-        items = [(k, k) for k, _ in self.keys] + [(self.timestamp, self.timestamp)]
-        if d.is_aggregated:
-            items += [(expr, alias) for alias, expr in self.input_columns().items()
-                      if alias not in {k for k, _ in self.keys} | {self.timestamp}]
-        else:
-            items += [(p.expr, p.name) for p in d.features]
-        out = [(column(expr), name) for expr, name in items]
+        # keys and the timestamp are quoted identifiers in the SQL: exact names
+        out = [(column(_qi(name) if expr is None else expr), name) for expr, name in self._projection()]
         names = [name for _, name in out]
         if any(src is None for src, _ in out) or len(set(names)) != len(names):
             return None
@@ -112,15 +107,23 @@ class FeatureViewInfo:
         """DuckDB SQL that turns raw rows of `relation` into what this view
         consumes: keys, the event timestamp, then plain features or
         aggregation inputs, after the row filter."""
-        items = [_qi(k) for k, _ in self.keys] + [_qi(self.timestamp)]
+        items = [_qi(name) if expr is None else f"({expr}) AS {_qi(name)}" for expr, name in self._projection()]
         d = self.definition
-        if d.is_aggregated:
-            items += [f"({expr}) AS {_qi(alias)}" for alias, expr in self.input_columns().items()
-                      if alias not in {k for k, _ in self.keys} | {self.timestamp}]
-        else:
-            items += [f"({p.expr}) AS {_qi(p.name)}" for p in d.features]
         where = f" WHERE ({d.filter})" if d.filter else ""
         return f"SELECT {', '.join(items)} FROM {relation}{where}"
+
+    def _projection(self) -> list[tuple[str | None, str]]:
+        """What the projection selects, in order: (None, column) for the keys
+        and the event timestamp, then (DuckDB expression, output name) for
+        the plain features or the aggregation inputs."""
+        items: list[tuple[str | None, str]] = [(None, k) for k, _ in self.keys] + [(None, self.timestamp)]
+        d = self.definition
+        if d.is_aggregated:
+            items += [(expr, alias) for alias, expr in self.input_columns().items()
+                      if alias not in {k for k, _ in self.keys} | {self.timestamp}]
+        else:
+            items += [(p.expr, p.name) for p in d.features]
+        return items
 
 
 class Registry:
