@@ -46,6 +46,10 @@ class _Metric:
         self._label_set = frozenset(self.label_names)
         self.values: dict[tuple, object] = {}
 
+    def key(self, **labels) -> tuple:
+        """A series' key, its labels checked: for the `*_key` updates."""
+        return self._key(labels)
+
     def _key(self, labels: dict | None) -> tuple:
         labels = labels or {}
         if labels.keys() != self._label_set:
@@ -60,7 +64,10 @@ class Counter(_Metric):
     kind = "counter"
 
     def inc(self, amount: float = 1, **labels) -> None:
-        k = self._key(labels)
+        self.inc_key(self._key(labels), amount)
+
+    def inc_key(self, k: tuple, amount: float = 1) -> None:
+        """`inc` for a series' key from `key(...)` (checked once, reused)."""
         self.values[k] = self.values.get(k, 0) + amount
 
     def set(self, value: float, **labels) -> None:
@@ -89,7 +96,10 @@ class Histogram(_Metric):
         self.buckets = tuple(sorted(buckets))
 
     def observe(self, value: float, **labels) -> None:
-        k = self._key(labels)
+        self.observe_key(self._key(labels), value)
+
+    def observe_key(self, k: tuple, value: float) -> None:
+        """`observe` for a series' key from `key(...)` (checked once, reused)."""
         state = self.values.get(k)
         if state is None:
             state = self.values[k] = {"counts": [0] * (len(self.buckets) + 1), "sum": 0.0}
@@ -196,7 +206,7 @@ class HttpMetrics:
                                                "Time to answer a request, by route", ("method", "route"))
         self.requests = self.registry.counter("fstore_http_requests_total",
                                               "Requests answered, by route and status", ("method", "route", "status"))
-        self._fast: dict[tuple, tuple] = {}
+        self._keys: dict[tuple, tuple] = {}  # (method, route, status) -> series keys
 
     def render(self) -> str:
         """Prometheus text of these metrics (a shared subclass merges workers)."""
@@ -204,19 +214,13 @@ class HttpMetrics:
 
     def observe(self, method: str, route: str, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started
-        # PERF: after a series' first request, update its histogram state and
-        # counter directly (the label checks were ~10% of a 1x50 request's
-        # Python; benches/bench_serving.py)
-        fast = self._fast.get((method, route, status))
+        # PERF: a series' label keys are checked once, then reused (the label
+        # checks were ~10% of a 1x50 request's Python; benches/bench_serving.py)
+        keys = self._keys.get((method, route, status))
+        if keys is None:
+            keys = self._keys[(method, route, status)] = (
+                self.latency.key(method=method, route=route),
+                self.requests.key(method=method, route=route, status=status))
         with self.registry.lock:
-            if fast is None:
-                self.latency.observe(elapsed, method=method, route=route)
-                self.requests.inc(method=method, route=route, status=status)
-                self._fast[(method, route, status)] = (self.latency.values[self.latency._key(
-                    {"method": method, "route": route})], self.requests._key(
-                    {"method": method, "route": route, "status": status}))
-                return
-            state, counter_key = fast
-            state["counts"][bisect.bisect_left(self.latency.buckets, elapsed)] += 1
-            state["sum"] += elapsed
-            self.requests.values[counter_key] += 1
+            self.latency.observe_key(keys[0], elapsed)
+            self.requests.inc_key(keys[1])
