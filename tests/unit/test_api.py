@@ -316,6 +316,30 @@ def test_metrics_text_parses_and_counts(api):
     assert buckets == sorted(buckets) and buckets[-1] == 1
 
 
+def test_bookkeeping_waits_until_the_response_is_sent(engine, tmp_path):
+    """Under `fstore serve` the API's metrics (and the workers' metrics
+    snapshot) are recorded when the server closes the response, after it has
+    written the body (fsapp.serve.wsgi.AfterResponse): nothing before."""
+    import json as _json
+    from fsapp.api.metrics import HttpMetrics
+    from fsapp.serve.wsgi import AfterResponse
+    http = HttpMetrics()
+    hooked = []
+    app = AfterResponse(create_app(EngineBackend(engine), http_metrics=http), lambda: hooked.append(1))
+    body = _json.dumps({"features": ["user_txn:txn_count_1h"], "entities": {"user_id": [1]}}).encode()
+    env = testing.create_environ(method="POST", path="/get-online-features", body=body,
+                                 headers={"Content-Type": "application/json"})
+    started = []
+    result = app(env, lambda status, headers, exc_info=None: started.append(status))
+    assert started == ["200 OK"] and http.requests.values == {} and hooked == []
+    assert _json.loads(b"".join(result))["metadata"]["feature_names"] == ["user_id", "txn_count_1h"]
+    assert http.requests.values == {}
+    result.close()
+    assert http.requests.values == {("POST", "/get-online-features", "200"): 1} and hooked == [1]
+    (count,) = [v["counts"] for v in http.latency.values.values()]
+    assert sum(count) == 1
+
+
 def test_metrics_snapshots_merge_across_processes():
     def worker(n):
         reg = MetricsRegistry()

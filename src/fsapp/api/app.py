@@ -14,6 +14,7 @@ import falcon
 
 from fsapp.api import errors, resources as r
 from fsapp.api.auth import ApiKeys
+from fsapp.api.deferred import after_response
 from fsapp.api.metrics import HttpMetrics
 from fsapp.api.openapi import openapi_document
 
@@ -63,7 +64,8 @@ class Timing:
         started = getattr(req.context, "started", None)
         if started is not None:
             route = req.uri_template or "unmatched"
-            self.http.observe(req.method, route, resp.status_code, started)
+            after_response(req.env, self.http.observe, req.method, route, resp.status_code, started,
+                           time.perf_counter())
 
 
 def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,

@@ -212,8 +212,10 @@ class HttpMetrics:
         """Prometheus text of these metrics (a shared subclass merges workers)."""
         return self.registry.render()
 
-    def observe(self, method: str, route: str, status: int, started: float) -> None:
-        elapsed = time.perf_counter() - started
+    def observe(self, method: str, route: str, status: int, started: float, ended: float | None = None) -> None:
+        """One answered request, timed from `started` to `ended` (now when
+        None; both `time.perf_counter()`)."""
+        elapsed = (time.perf_counter() if ended is None else ended) - started
         # PERF: a series' label keys are checked once, then reused (the label
         # checks were ~10% of a 1x50 request's Python; benches/bench_serving.py)
         keys = self._keys.get((method, route, status))

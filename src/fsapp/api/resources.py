@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from fsapp.api import errors
 from fsapp.api import requests as rq
+from fsapp.api.deferred import after_response
 from fsapp.api.backend import KINDS
 from fsapp.engine.online import iso
 
@@ -96,7 +97,11 @@ class OnlineFeatures(_Resource):
         logger = getattr(self.backend, "feature_logger", None)
         if logger is not None and logger.wants(args[1]):
             # the response as already encoded: logging adds no second encoding
-            logger.log_encoded(args[1], len(args[2]), resp.data.decode("ascii"))
+            after_response(req.env, _log_response, logger, args[1], len(args[2]), resp.data)
+
+
+def _log_response(logger, service: str, n_keys: int, data: bytes) -> None:
+    logger.log_encoded(service, n_keys, data.decode("ascii"))
 
 
 class FeastOnlineFeatures(OnlineFeatures):

@@ -7,6 +7,7 @@ import gc
 import os
 
 from fsapp.api.app import create_app
+from fsapp.api.deferred import AFTER_RESPONSE
 from fsapp.registry.repo import Repo
 from fsapp.serve.feature_log import FeatureLogConfig, FeatureLogger
 from fsapp.serve.shared_metrics import SharedHttpMetrics
@@ -25,14 +26,51 @@ def parse_api_keys(text: str) -> dict | None:
     return keys
 
 
+class AfterResponse:
+    """WSGI wrapper: the request's deferred tasks (fsapp.api.deferred), then
+    `hook()`, run after each response has been written (the server calls
+    the body's `close()` once it has sent it), so bookkeeping (metrics, the
+    feature log, the metrics snapshot) never delays an answer."""
+
+    def __init__(self, app, hook):
+        self.app, self.hook = app, hook
+
+    def __call__(self, environ, start_response):
+        tasks = environ[AFTER_RESPONSE] = []
+        return _Closing(self.app(environ, start_response), tasks, self.hook)
+
+
+class _Closing:
+    __slots__ = ("body", "tasks", "hook")
+
+    def __init__(self, body, tasks, hook):
+        self.body, self.tasks, self.hook = body, tasks, hook
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self):
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            try:
+                for fn, args in self.tasks:
+                    fn(*args)
+            finally:
+                self.hook()
+
+
 def build_application():
     repo = Repo(os.environ["FSTORE_REPO"])
     log_cfg = FeatureLogConfig.from_repo(repo)
     logger = FeatureLogger(log_cfg, (repo.config.get("kafka") or {}).get("bootstrap_servers")) if log_cfg else None
     backend = WorkerBackend(str(repo.data_dir / "engine"), str(repo.registry_path), os.environ["FSTORE_ENGINE_SOCKET"],
                             feature_logger=logger)
-    return create_app(backend, api_keys=parse_api_keys(os.environ.get("FSTORE_API_KEYS", "")),
-                      http_metrics=SharedHttpMetrics(str(repo.data_dir / "metrics")))
+    metrics = SharedHttpMetrics(str(repo.data_dir / "metrics"))
+    app = create_app(backend, api_keys=parse_api_keys(os.environ.get("FSTORE_API_KEYS", "")), http_metrics=metrics)
+    return AfterResponse(app, metrics.upkeep)
 
 
 application = build_application() if "FSTORE_REPO" in os.environ else None
