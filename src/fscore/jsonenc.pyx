@@ -25,10 +25,13 @@ cimport numpy as cnp
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.object cimport PyObject
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.stdint cimport int64_t, uint64_t, uint8_t
 from libc.stdlib cimport realloc, free
 from libc.string cimport memcpy, strlen
 from libc.math cimport isfinite
+
+from fscore.table cimport Table
 
 cnp.import_array()
 
@@ -325,6 +328,7 @@ cdef class _Results:
     cdef Py_ssize_t n
     cdef bytes stamps, base
     cdef list stamps_list, base_list
+    cdef object st_owner  # the status array `st` points into
 
     def __cinit__(self):
         self.b.data = NULL
@@ -334,13 +338,19 @@ cdef class _Results:
         free(self.b.data)
 
     cdef int start(self, cnp.ndarray st_a, cnp.ndarray ts_a, bint objects) except -1:
-        """The shared parts; with `objects`, also as Python lists."""
-        cdef Py_ssize_t i, at
-        cdef const int64_t* ts = <const int64_t*>cnp.PyArray_DATA(ts_a)
-        self.n = st_a.shape[0] if st_a.ndim == 1 else -1
-        if self.n < 0 or ts_a.ndim != 1 or ts_a.shape[0] != self.n:
+        """The shared parts of a lookup's status and event_ts arrays."""
+        if st_a.ndim != 1 or ts_a.ndim != 1 or ts_a.shape[0] != st_a.shape[0]:
             raise ValueError("status and event_ts must be 1-d arrays of the same length")
-        self.st = <const uint8_t*>cnp.PyArray_DATA(st_a)
+        self.st_owner = st_a
+        return self.start_ptr(<const uint8_t*>cnp.PyArray_DATA(st_a), <const int64_t*>cnp.PyArray_DATA(ts_a),
+                              st_a.shape[0], objects)
+
+    cdef int start_ptr(self, const uint8_t* st, const int64_t* ts, Py_ssize_t n, bint objects) except -1:
+        """The shared parts; with `objects`, also as Python lists. `st` and
+        `ts` must outlive this object's use."""
+        cdef Py_ssize_t i, at
+        self.n = n
+        self.st = st
         for i in range(self.n):
             if self.st[i] > 2:
                 raise ValueError(f"unknown lookup status {self.st[i]}")
@@ -485,19 +495,50 @@ def row_results(rows, status, event_ts, columns, bint joined=False, bint objects
     the response takes them in this order). `objects`: a list of Python
     objects (dicts) instead, as `json.loads` would give them."""
     cdef _Results r = _Results()
-    cdef Col c
     cdef cnp.ndarray rows_a = _contiguous(rows, cnp.NPY_UINT8)
-    cdef cnp.ndarray spec = _contiguous(columns, cnp.NPY_INT64)
-    cdef const int64_t* sp
-    cdef Py_ssize_t k, stride, kind, off, width, noff
-    cdef _Results all_holder = _Results()  # owns the joined buffer
-    cdef Buf* all_ = &all_holder.b
     r.start(_contiguous(status, cnp.NPY_UINT8), _contiguous(event_ts, cnp.NPY_INT64), objects)
     if rows_a.ndim != 2 or rows_a.shape[0] != r.n:
         raise ValueError(f"rows must be an (n, stride) uint8 array with n = {r.n}")
+    return _rows_out(r, <const uint8_t*>cnp.PyArray_DATA(rows_a), rows_a.shape[1], columns, joined, objects)
+
+
+def table_results(Table table not None, keys, int64_t now, columns, bint joined=False):
+    """`row_results(*table.get_rows(keys, now), columns, joined=joined)`
+    (JSON), without the arrays: the rows are read into one C buffer and
+    written out from there. PERF: the arrays (keys, status, event times,
+    rows) were most of a 1x50 request's lookup under load, when every numpy
+    allocation path is out of cache (benches/bench_serving.py). `keys`: what
+    `Table.get_rows` takes; for a table keyed by one int64 column, a list of
+    ints is read as is."""
+    cdef _Results r = _Results()
+    cdef Py_ssize_t n, stride = table.stride
+    cdef uint8_t* mem
+    if not (table.int_key and type(keys) is list):
+        keys = table._key_source(keys)  # n rows, whatever form the keys came in
+    n = len(keys)
+    mem = <uint8_t*>PyMem_Malloc(n * (9 + stride) + 1)
+    if mem == NULL:
+        raise MemoryError()
+    try:
+        # event times first: 8-byte aligned
+        table.rows_into(keys, n, now, mem + 8 * n, <int64_t*>mem, mem + 9 * n)
+        r.start_ptr(mem + 8 * n, <const int64_t*>mem, n, False)
+        return _rows_out(r, mem + 9 * n, stride, columns, joined, False)
+    finally:
+        PyMem_Free(mem)
+
+
+cdef object _rows_out(_Results r, const uint8_t* rows, Py_ssize_t stride, columns, bint joined, bint objects):
+    """Each feature of `columns` from the row images at `rows` (r.n rows of
+    `stride` bytes), as `row_results` returns them."""
+    cdef Col c
+    cdef cnp.ndarray spec = _contiguous(columns, cnp.NPY_INT64)
+    cdef const int64_t* sp
+    cdef Py_ssize_t k, kind, off, width, noff
+    cdef _Results all_holder = _Results()  # owns the joined buffer
+    cdef Buf* all_ = &all_holder.b
     if spec.ndim != 2 or spec.shape[1] != 4:
         raise ValueError("columns must be a (k, 4) int64 array: kind, offset, width, null offset")
-    stride = rows_a.shape[1]
     sp = <const int64_t*>cnp.PyArray_DATA(spec)
     if joined and not objects:  # PERF: one allocation for the whole answer, not a doubling series of copies
         _reserve(all_, spec.shape[0] * (len(r.stamps) + len(r.base) + 32 + r.n * 24))
@@ -507,10 +548,10 @@ def row_results(rows, status, event_ts, columns, bint joined=False, bint objects
         if not _column_fits(kind, off, width, noff, stride):
             raise ValueError(f"column {k} ({kind}, {off}, {width}, {noff}) does not fit a {stride}-byte row")
         c.kind = <int>kind
-        c.data = <const uint8_t*>cnp.PyArray_DATA(rows_a) + off
+        c.data = rows + off
         c.stride = stride
         c.width = width // 4 if kind == C_VECTOR else width - 2
-        c.null = <const uint8_t*>cnp.PyArray_DATA(rows_a) + noff
+        c.null = rows + noff
         c.null_stride = stride
         c.objects = NULL
         if objects:

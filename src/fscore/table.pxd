@@ -37,6 +37,10 @@ cdef class Table:
     cdef bint int_key
 
     cdef int _encode_one(self, object key, uint8_t *dst) except -1
+    cdef int rows_into(self, object keys, Py_ssize_t n, int64_t now, uint8_t *status, int64_t *ets,
+                       uint8_t *rows) except -1
+    cdef int _read(self, object keys, Py_ssize_t n, int64_t tnow, uint8_t *status, int64_t *ets, int64_t *cts,
+                   uint8_t *rows_out, const Py_ssize_t *op, const Py_ssize_t *nlp) except -1
 
     cdef void _bind(self, object arr, bint readonly) except *
     cdef Py_ssize_t _find(self, const uint8_t *key, uint64_t h, Py_ssize_t *slot_out) noexcept nogil

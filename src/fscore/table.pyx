@@ -25,6 +25,7 @@ cimport numpy as cnp
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.ref cimport Py_INCREF
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.stdint cimport int64_t, uint64_t, uint8_t, int32_t, uint16_t, INT64_MIN
 from libc.string cimport memcpy, memcmp, memset
 
@@ -79,8 +80,27 @@ cdef enum:
 
 _NUMPY_TYPES = {"int64": np.int64, "float64": np.float64, "bool": np.bool_, "vector": np.float32}
 _NPY_TYPES = {"int64": cnp.NPY_INT64, "float64": cnp.NPY_FLOAT64, "bool": cnp.NPY_BOOL}
-_ONE_KEY = np.zeros((1, 8), dtype=np.uint8)
-_NO_INTS = np.zeros(1, dtype=np.int64)
+
+
+cdef int64_t *_int_keys(list keys, Py_ssize_t n) except? NULL:
+    """A list of plain ints in int64 range as a PyMem buffer (the caller
+    frees it); NULL when any item is not one (the caller then encodes the
+    list the general way, with its errors)."""
+    cdef Py_ssize_t i
+    cdef int64_t *out
+    for i in range(n):
+        if type(keys[i]) is not int:
+            return NULL
+    out = <int64_t *>PyMem_Malloc(n * 8 if n else 8)
+    if out == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            out[i] = keys[i]
+    except OverflowError:
+        PyMem_Free(out)
+        return NULL
+    return out
 
 
 cdef enum:
@@ -773,47 +793,30 @@ cdef class Table:
         return out
 
     def _lookup(self, keys, now, bint whole_rows):
-        cdef Py_ssize_t n, i, j, m, c, row, ncols = self.ncols, stride = self.stride
-        cdef int64_t tnow = now, s, g, e, cutoff
-        cdef uint8_t *p
-        cdef const uint8_t *kp
-        cdef uint8_t st
-        cdef uint64_t hs[LOOKUP_CHUNK]
-        cdef uint8_t kloc[LOOKUP_CHUNK * 8]
-        cdef uint64_t slot_e
-        cdef bint fast_int = False
-        cdef const int64_t[::1] ints = _NO_INTS
-        cdef const uint8_t[:, ::1] kmat = _ONE_KEY
+        cdef Py_ssize_t n, stride = self.stride
         if self.base == NULL:
             raise ValueError("table is closed")
-        if (self.int_key and type(keys) is np.ndarray and (<cnp.ndarray>keys).ndim == 1
-                and cnp.PyArray_TYPE(keys) == cnp.NPY_INT64 and cnp.PyArray_IS_C_CONTIGUOUS(keys)):
-            # PERF: a plain int64 array is encoded inside the loop, saving the
-            # numpy passes of _encode_keys (benches/bench_table.py, get_batch)
-            fast_int = True
-            n = keys.shape[0]
-            if n:
-                ints = keys
+        if self.int_key and type(keys) is list:
+            n = len(keys)
         else:
-            enc = self._encode_keys(keys)
-            n = enc.shape[0]
-            if n:
-                kmat = enc
+            keys = self._key_source(keys)
+            n = keys.shape[0]
         if n == 0:
             if whole_rows:
                 return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros((0, stride), np.uint8)
             values, nulls = _batch.output_arrays(self.schema, 0)
             return BatchResult(np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), values, nulls)
-        # empty, not zeros: the loop below writes every position of every output
+        # empty, not zeros: _read writes every position of every output
         status_a = _empty(n, cnp.NPY_UINT8)
         ets_a = _empty(n, cnp.NPY_INT64)
-        cts_a = _empty(n, cnp.NPY_INT64)
-        values, nulls, outs = {}, {}, []
-        cdef uint8_t *rows_out = NULL
         if whole_rows:
             rows_a = _empty2(n, stride, cnp.NPY_UINT8)
-            rows_out = <uint8_t *>cnp.PyArray_DATA(rows_a)
-        for f in (() if whole_rows else self.schema.columns):
+            self._read(keys, n, now, <uint8_t *>cnp.PyArray_DATA(status_a), <int64_t *>cnp.PyArray_DATA(ets_a),
+                       NULL, <uint8_t *>cnp.PyArray_DATA(rows_a), NULL, NULL)
+            return status_a, ets_a, rows_a
+        cts_a = _empty(n, cnp.NPY_INT64)
+        values, nulls, outs = {}, {}, []
+        for f in self.schema.columns:
             nulls[f.name] = _empty(n, cnp.NPY_BOOL)
             if f.kind == "string":
                 outs.append(_empty2(n, 2 + f.size, cnp.NPY_UINT8))
@@ -824,14 +827,80 @@ cdef class Table:
                 values[f.name] = _empty(n, _NPY_TYPES[f.kind])
                 outs.append(values[f.name])
         out_ptrs = _addresses(outs)
-        null_ptrs = _addresses([nulls[f.name] for f in self.schema.columns] if not whole_rows else [])
+        null_ptrs = _addresses([nulls[f.name] for f in self.schema.columns])
         cdef const Py_ssize_t[::1] op = out_ptrs
         cdef const Py_ssize_t[::1] nlp = null_ptrs
-        cdef const Py_ssize_t[::1] off = self.col_off
-        cdef const Py_ssize_t[::1] width = self.col_width
-        cdef uint8_t[::1] status = status_a
-        cdef int64_t[::1] ets = ets_a
-        cdef int64_t[::1] cts = cts_a
+        self._read(keys, n, now, <uint8_t *>cnp.PyArray_DATA(status_a), <int64_t *>cnp.PyArray_DATA(ets_a),
+                   <int64_t *>cnp.PyArray_DATA(cts_a), NULL, &op[0] if self.ncols else NULL,
+                   &nlp[0] if self.ncols else NULL)
+        for f, o in zip(self.schema.columns, outs):
+            if f.kind == "string":
+                values[f.name] = _decode_strings(o, nulls[f.name])
+        return BatchResult(status_a, ets_a, cts_a, values, nulls)
+
+    def _key_source(self, keys):
+        """What `_read` takes for a key batch that is not a list: a plain
+        int64 array as is (PERF: encoded inside the loop, saving the numpy
+        passes of _encode_keys; benches/bench_table.py, get_batch), anything
+        else encoded to an (n, kw8) uint8 array."""
+        if (self.int_key and type(keys) is np.ndarray and (<cnp.ndarray>keys).ndim == 1
+                and cnp.PyArray_TYPE(keys) == cnp.NPY_INT64 and cnp.PyArray_IS_C_CONTIGUOUS(keys)):
+            return keys
+        return self._encode_keys(keys)
+
+    cdef int rows_into(self, object keys, Py_ssize_t n, int64_t now, uint8_t *status, int64_t *ets,
+                       uint8_t *rows) except -1:
+        """`get_rows` into the caller's buffers (n, n and n * stride bytes),
+        for C callers (fscore.jsonenc.table_results) that need no arrays.
+        `keys`: n keys as a list of ints (a table keyed by one int64 column)
+        or as `_key_source(...)` gives them."""
+        if self.base == NULL:
+            raise ValueError("table is closed")
+        if not (self.int_key and type(keys) is list):
+            if not (type(keys) is np.ndarray and (
+                    (keys.ndim == 1 and self.int_key and keys.dtype == np.int64)
+                    or (keys.ndim == 2 and keys.dtype == np.uint8 and keys.shape[1] == self.kw8))
+                    and (<cnp.ndarray>keys).flags.c_contiguous):
+                raise TypeError("rows_into takes a list of int keys or what _key_source returns")
+        if len(keys) != n:
+            raise ValueError(f"{len(keys)} keys for {n} rows")
+        if n:
+            self._read(keys, n, now, status, ets, NULL, rows, NULL, NULL)
+        return 0
+
+    cdef int _read(self, object keys, Py_ssize_t n, int64_t tnow, uint8_t *status, int64_t *ets, int64_t *cts,
+                   uint8_t *rows_out, const Py_ssize_t *op, const Py_ssize_t *nlp) except -1:
+        """The lookup loop. `keys`: for a table keyed by one int64 column, a
+        list of n keys (PERF: plain ints are read straight from it, no array;
+        benches/bench_serving.py); else what `_key_source` gives: an int64
+        array or an encoded (n, kw8) uint8 array.
+        Writes status/ets (and cts unless NULL) for every row, and either the
+        whole row images (`rows_out`) or each column (`op`/`nlp`: one output
+        and one null-flag address per column)."""
+        cdef Py_ssize_t i, j, m, c, row, ncols = self.ncols, stride = self.stride, kw8 = self.kw8
+        cdef int64_t s, g, e, ce, cutoff
+        cdef uint8_t *p
+        cdef const uint8_t *kp
+        cdef uint8_t st
+        cdef uint64_t hs[LOOKUP_CHUNK]
+        cdef uint8_t kloc[LOOKUP_CHUNK * 8]
+        cdef uint64_t slot_e
+        cdef const int64_t *ints = NULL
+        cdef const uint8_t *kmat = NULL
+        cdef int64_t *owned = NULL
+        cdef const Py_ssize_t *off = &self.col_off[0] if ncols else NULL
+        cdef const Py_ssize_t *width = &self.col_width[0] if ncols else NULL
+        if type(keys) is list:
+            owned = _int_keys(keys, n) if self.int_key else NULL
+            if owned != NULL:
+                ints = owned
+            else:
+                keys = self._encode_keys(keys)
+        if ints == NULL:
+            if (<cnp.ndarray>keys).ndim == 1:
+                ints = <const int64_t *>cnp.PyArray_DATA(keys)
+            else:
+                kmat = <const uint8_t *>cnp.PyArray_DATA(keys)
         cutoff = tnow - self.ttl if self.ttl > 0 else INT64_MIN
         with nogil:
             for i in range(n):
@@ -840,17 +909,18 @@ cdef class Table:
                     # then row) before probing them one by one (benches/bench_table.py)
                     m = min(LOOKUP_CHUNK, n - i)
                     for j in range(m):
-                        if fast_int:
+                        if ints != NULL:
                             _store_be64(&kloc[j * 8], <uint64_t>ints[i + j] ^ 0x8000000000000000ULL)
                             hs[j] = hash_key(&kloc[j * 8], 8)
                         else:
-                            hs[j] = hash_key(&kmat[i + j, 0], self.kw8)
+                            hs[j] = hash_key(kmat + (i + j) * kw8, kw8)
                         fs_prefetch(&self.index[hs[j] & <uint64_t>self.mask])
                     for j in range(m):
                         slot_e = self.index[hs[j] & <uint64_t>self.mask]
                         if slot_e > TOMBSTONE and <Py_ssize_t>(slot_e & 0xffffffffULL) - 2 < self.capacity_:
                             fs_prefetch(self.rows + (<Py_ssize_t>(slot_e & 0xffffffffULL) - 2) * stride)
-                kp = &kloc[(i % LOOKUP_CHUNK) * 8] if fast_int else &kmat[i, 0]
+                kp = &kloc[(i % LOOKUP_CHUNK) * 8] if ints != NULL else kmat + i * kw8
+                e = ce = 0
                 while True:
                     g = fs_seq_read_begin(&self.hdr[H_GLOBAL_SEQ])
                     row = self._probe_read(kp, hs[i % LOOKUP_CHUNK])
@@ -860,10 +930,9 @@ cdef class Table:
                         while True:
                             s = fs_seq_read_begin(<int64_t *>p)
                             st = ST_NOT_FOUND
-                            if p[ROW_STATE] == 1 and _key_eq(p + ROW_KEY, kp, self.kw8):
+                            if p[ROW_STATE] == 1 and _key_eq(p + ROW_KEY, kp, kw8):
                                 e = (<int64_t *>(p + ROW_ETS))[0]
-                                ets[i] = e
-                                cts[i] = (<int64_t *>(p + ROW_CTS))[0]
+                                ce = (<int64_t *>(p + ROW_CTS))[0]
                                 if e < cutoff:
                                     st = ST_OUTSIDE_MAX_AGE
                                 elif rows_out != NULL:
@@ -885,9 +954,12 @@ cdef class Table:
                     if not fs_seq_read_retry(&self.hdr[H_GLOBAL_SEQ], g):
                         break
                 status[i] = st
+                if st == ST_NOT_FOUND:
+                    e = ce = 0
+                ets[i] = e
+                if cts != NULL:
+                    cts[i] = ce
                 if st != ST_PRESENT:
-                    ets[i] = ets[i] if st == ST_OUTSIDE_MAX_AGE else 0
-                    cts[i] = cts[i] if st == ST_OUTSIDE_MAX_AGE else 0
                     if rows_out != NULL:
                         memset(rows_out + i * stride, 0, stride)
                         memset(rows_out + i * stride + self.null_off, 1, ncols)
@@ -895,12 +967,8 @@ cdef class Table:
                         for c in range(ncols):
                             (<uint8_t *>nlp[c])[i] = 1
                             memset(<uint8_t *>op[c] + i * width[c], 0, width[c])
-        if whole_rows:
-            return status_a, ets_a, rows_a
-        for f, o in zip(self.schema.columns, outs):
-            if f.kind == "string":
-                values[f.name] = _decode_strings(o, nulls[f.name])
-        return BatchResult(status_a, ets_a, cts_a, values, nulls)
+        PyMem_Free(owned)
+        return 0
 
     def get(self, key, now):
         """One key as of `now`: a tuple of column values (None for nulls), or

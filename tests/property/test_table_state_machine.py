@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from fscore import jsonenc
 from fscore.schema import Schema
 from fscore.table import Table
 from fscore.table_ref import RefTable
@@ -76,6 +77,25 @@ class TableMachine(RuleBasedStateMachine):
         keys = data.draw(st.lists(self.key_strategy, max_size=8))
         _compare_results(self.fast.get_batch(self.keys_array(keys), now=self.now),
                          self.ref.get_batch(self.keys_array(keys), now=self.now), self.schema)
+
+    @rule(data=st.data())
+    def get_rows_and_json(self, data):
+        """Row images and their JSON (fscore.jsonenc.table_results, read
+        straight into C buffers) agree with get_batch for the same keys,
+        given as an array or, for one int64 key, as a plain list."""
+        keys = data.draw(st.lists(self.key_strategy, max_size=8))
+        arr = self.keys_array(keys)
+        forms = [arr] + ([list(keys)] if len(self.schema.keys) == 1 else [])
+        expected = self.ref.get_batch(arr, now=self.now)
+        specs = jsonenc.column_specs(self.fast.column_layout(), [c[0] for c in COLUMNS])
+        status, ets, rows = self.fast.get_rows(arr, now=self.now)
+        assert status.tolist() == expected.status.tolist() and ets.tolist() == expected.event_ts.tolist()
+        want = jsonenc.row_results(rows, status, ets, specs, joined=True)
+        for form in forms:
+            _compare_results(self.fast.get_batch(form, now=self.now), expected, self.schema)
+            again = self.fast.get_rows(form, now=self.now)
+            assert all((x == y).all() for x, y in zip(again, (status, ets, rows)))
+            assert jsonenc.table_results(self.fast, form, self.now, specs, joined=True) == want
 
     @rule(data=st.data())
     def get_one(self, data):

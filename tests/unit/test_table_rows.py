@@ -1,5 +1,8 @@
 """Row-id operations the engine uses to keep per-key window state beside the
-online table: slots_for (lookup-or-insert), put_rows, delete_rows."""
+online table: slots_for (lookup-or-insert), put_rows, delete_rows; and how
+row reads take their keys."""
+import re
+
 import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
@@ -75,3 +78,21 @@ def test_live_keys_always_have_distinct_rows(keys, capacity):
     live = {k: r for k, r in seen.items() if t.get(k, now=10**9) is not None}
     assert len(set(live.values())) == len(live)
     assert t.row_keys(list(live.values())) == list(live.keys())
+
+
+@pytest.mark.parametrize("keys", [[1, 1.5], [1, "x"], [2**63], [None], [True]])
+def test_a_list_of_keys_that_are_not_int64_is_refused_like_an_array(keys):
+    """get_rows / get_batch / table_results read a list of plain ints
+    without an array; anything else in the list takes the array path and
+    gets its error."""
+    from fscore import jsonenc
+    from fscore.errors import KeyEncodingError
+    t = Table(SCHEMA, capacity=8)
+    specs = jsonenc.column_specs(t.column_layout(), ["x"])
+    with pytest.raises(KeyEncodingError) as as_array:
+        t.get_rows(np.array(keys), 0)
+    for read in (lambda: t.get_rows(keys, 0), lambda: t.get_batch(keys, 0),
+                 lambda: jsonenc.table_results(t, keys, 0, specs)):
+        with pytest.raises(KeyEncodingError, match=str(as_array.value).replace("(", r"\(")):
+            read()
+    assert t.get_rows([2**63 - 1, -2**63], 0)[0].tolist() == [NOT_FOUND, NOT_FOUND]

@@ -49,6 +49,10 @@ def entity_columns(entities) -> tuple[dict[str, list], int]:
 
 
 def _keys_for(view_schema, entities: dict, view_name: str):
+    """The view's keys from the entity columns, checked, as `Table.get_rows`
+    takes them: for one int64 key column its list of ints itself (PERF: no
+    array; fscore.jsonenc.table_results reads the list; benches/bench_serving.py),
+    else an int64 or object array per key column."""
     cols = []
     for f in view_schema.keys:
         if f.name not in entities:
@@ -59,17 +63,19 @@ def _keys_for(view_schema, entities: dict, view_name: str):
         if f.kind == "int64":
             if not types <= {int}:  # bool is not int here: type(True) is bool
                 raise BatchError(f"entity key {f.name!r} takes integers")
-            try:
-                cols.append(np.array(vals, dtype=np.int64))
-            except OverflowError:
-                raise BatchError(f"entity key {f.name!r} takes 64-bit integers") from None
+            if vals and not (_INT64_MIN <= min(vals) and max(vals) <= _INT64_MAX):
+                raise BatchError(f"entity key {f.name!r} takes 64-bit integers")
+            cols.append(list(vals))
         else:
             if not types <= {str}:
                 raise BatchError(f"entity key {f.name!r} takes strings")
             cols.append(np.array(vals, dtype=object))
-    return cols[0] if len(cols) == 1 else dict(zip(view_schema.key_names, cols))
+    if len(cols) == 1:
+        return cols[0]
+    return {name: np.array(c, dtype=np.int64) if isinstance(c, list) else c for name, c in zip(view_schema.key_names, cols)}
 
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _EPOCH_ISO = "1970-01-01T00:00:00.000000Z"
 _EPOCH_JSON = f'"{_EPOCH_ISO}"'
 
@@ -121,11 +127,14 @@ def _read(plan, table_of, entities, now: int, lookup, objects: bool):
     for key, info, feats in plan.views:
         table = table_of(info)
         keys = _keys_for(table.schema, ent, info.name)
-        if lookup is None:
+        if lookup is None and not objects:
+            out.append(jsonenc.table_results(table, keys, now, plan.specs(key, table), joined=joined))
+        elif lookup is None:
             status, event_ts, rows = table.get_rows(keys, now)
-            out.append(jsonenc.row_results(rows, status, event_ts, plan.specs(key, table), joined=joined,
-                                           objects=objects))
+            out.append(jsonenc.row_results(rows, status, event_ts, plan.specs(key, table), objects=True))
         else:
+            if isinstance(keys, list):
+                keys = np.array(keys, dtype=np.int64)
             r = lookup(info, table, keys, now)
             parts = jsonenc.feature_results([r.values[f] for f in feats], [r.nulls[f] for f in feats],
                                             r.status, r.event_ts, objects=objects)
@@ -164,11 +173,34 @@ def online_json(plan, table_of, entities, now: int, full_feature_names: bool = F
     ent, n, encoded = _read(plan, table_of, entities, now, lookup, False)
     # the entity key columns: their values, PRESENT, the epoch
     tail = _key_tail(n)
-    keys = ",".join(f'{{"values":{_dumps(list(v))}{tail}' for v in ent.values()).encode()
+    keys = ",".join([f'{{"values":{_scalars_json(v)}{tail}' for v in ent.values()]).encode()
     names = plan.names[bool(full_feature_names)]
     features = encoded[0] if plan.one_view else b",".join([encoded[v][j] for v, j in plan.order])
-    return b"".join((b'{"metadata":{"feature_names":[', _dumps(list(ent))[1:-1].encode(), b"," if names else b"",
+    return b"".join((b'{"metadata":{"feature_names":[', _entity_names(tuple(ent)), b"," if names else b"",
                      names, b']},"results":[', keys, b"," if features else b"", features, b"]}"))
+
+
+def _scalars_json(vals) -> str:
+    """A list of entity values as JSON; ints (the usual keys) without the
+    encoder: str() of an int is its JSON. PERF: the encoder's setup was a
+    visible part of a 1x50 request under load (benches/bench_serving.py)."""
+    if set(map(type, vals)) <= {int}:
+        return "[" + ",".join(map(str, vals)) + "]"
+    return _dumps(list(vals))
+
+
+_ENTITY_NAMES: dict[tuple, bytes] = {}
+
+
+def _entity_names(names: tuple) -> bytes:
+    """The entity key names as the start of `feature_names` (cached: a
+    service is asked with the same few key sets)."""
+    text = _ENTITY_NAMES.get(names)
+    if text is None:
+        text = _dumps(list(names))[1:-1].encode()
+        if len(_ENTITY_NAMES) < 256:
+            _ENTITY_NAMES[names] = text
+    return text
 
 
 _KEY_TAILS: dict[int, str] = {}
