@@ -66,6 +66,24 @@ class Result:
         s = sorted(self.send_lag)
         return s[min(len(s) - 1, int(q * len(s)))] * 1e3
 
+    @classmethod
+    def pooled(cls, parts: list["Result"]) -> "Result":
+        """Several runs at one rate as one: their samples together (the
+        percentiles of all of them, not an average of percentiles)."""
+        out = cls(rate=parts[0].rate, duration=sum(p.duration for p in parts))
+        for p in parts:
+            if p.rate != out.rate:
+                raise ValueError("pooled runs must have the same rate")
+            out.sent += p.sent
+            out.ok += p.ok
+            out.errors += p.errors
+            out.unsent += p.unsent
+            out.latencies += p.latencies
+            out.send_lag += p.send_lag
+            out.wall += p.wall
+            out.first_error = out.first_error or p.first_error
+        return out
+
     def summary(self) -> str:
         return (f"rate {self.rate:>6.0f}/s sent {self.sent} ok {self.ok} err {self.errors} unsent {self.unsent} "
                 f"p50 {self.p50:.2f} p99 {self.p99:.2f} p99.9 {self.p999:.2f} ms; "
