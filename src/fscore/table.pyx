@@ -321,6 +321,16 @@ cdef class Table:
     cdef int _encode_one(self, object key, uint8_t *dst) except -1:
         """Encodes a single key (scalar or tuple) into dst (kw8 bytes)."""
         cdef Py_ssize_t off = 0
+        cdef int64_t v64
+        if self.int_key and type(key) is int:
+            # PERF: the common single int key without the tuple, zip and
+            # checks of the general path (benches/bench_table.py, single get)
+            try:
+                v64 = key
+            except OverflowError:
+                raise KeyEncodingError(f"key column {self.schema.keys[0].name!r}: {key} does not fit in int64") from None
+            _store_be64(dst, <uint64_t>v64 ^ 0x8000000000000000ULL)
+            return 0
         memset(dst, 0, self.kw8)
         fields = self.schema.keys
         if len(fields) == 1 and not isinstance(key, tuple):

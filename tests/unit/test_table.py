@@ -144,6 +144,8 @@ def test_nulls_are_kept_per_column(impl):
     (lambda t: t.put_batch(np.array([1]), {}, np.array([1.0]), now=0), SchemaError, "event_ts"),
     (lambda t: t.get(("a", "b"), now=0), KeyEncodingError, "part"),
     (lambda t: t.get("x", now=0), KeyEncodingError, "int64"),
+    (lambda t: t.get(2**63, now=0), KeyEncodingError, "does not fit in int64"),
+    (lambda t: t.get(True, now=0), KeyEncodingError, "got bool"),
 ])
 def test_bad_input_is_refused_with_a_message_that_says_what_to_fix(impl, bad, exc, words):
     t = impl(SCHEMA, capacity=4)
