@@ -503,8 +503,9 @@ def row_results(rows, status, event_ts, columns, bint joined=False, bint objects
 
 
 def table_results(Table table not None, keys, int64_t now, columns, bint joined=False):
-    """`row_results(*table.get_rows(keys, now), columns, joined=joined)`
-    (JSON), without the arrays: the rows are read into one C buffer and
+    """`row_results(rows, status, event_ts, columns, joined=joined)` of
+    `status, event_ts, rows = table.get_rows(keys, now)` (JSON), without
+    the arrays: the rows are read into one C buffer and
     written out from there. PERF: the arrays (keys, status, event times,
     rows) were most of a 1x50 request's lookup under load, when every numpy
     allocation path is out of cache (benches/bench_serving.py). `keys`: what
@@ -513,8 +514,7 @@ def table_results(Table table not None, keys, int64_t now, columns, bint joined=
     cdef _Results r = _Results()
     cdef Py_ssize_t n, stride = table.stride
     cdef uint8_t* mem
-    if not (table.int_key and type(keys) is list):
-        keys = table._key_source(keys)  # n rows, whatever form the keys came in
+    keys = table._key_source(keys)  # n rows, whatever form the keys came in
     n = len(keys)
     mem = <uint8_t*>PyMem_Malloc(n * (9 + stride) + 1)
     if mem == NULL:

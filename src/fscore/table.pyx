@@ -806,11 +806,8 @@ cdef class Table:
         cdef Py_ssize_t n, stride = self.stride
         if self.base == NULL:
             raise ValueError("table is closed")
-        if self.int_key and type(keys) is list:
-            n = len(keys)
-        else:
-            keys = self._key_source(keys)
-            n = keys.shape[0]
+        keys = self._key_source(keys)
+        n = len(keys)
         if n == 0:
             if whole_rows:
                 return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros((0, stride), np.uint8)
@@ -849,12 +846,15 @@ cdef class Table:
         return BatchResult(status_a, ets_a, cts_a, values, nulls)
 
     def _key_source(self, keys):
-        """What `_read` takes for a key batch that is not a list: a plain
-        int64 array as is (PERF: encoded inside the loop, saving the numpy
-        passes of _encode_keys; benches/bench_table.py, get_batch), anything
-        else encoded to an (n, kw8) uint8 array."""
-        if (self.int_key and type(keys) is np.ndarray and (<cnp.ndarray>keys).ndim == 1
-                and cnp.PyArray_TYPE(keys) == cnp.NPY_INT64 and cnp.PyArray_IS_C_CONTIGUOUS(keys)):
+        """A key batch as `_read` takes it, `len()` of it the row count. For
+        a table keyed by one int64 column, a list as is (PERF: plain ints are
+        read straight from it, no array; benches/bench_serving.py) and a
+        plain int64 array as is (PERF: encoded inside the loop, saving the
+        numpy passes of _encode_keys; benches/bench_table.py, get_batch);
+        anything else encoded to an (n, kw8) uint8 array."""
+        if self.int_key and (type(keys) is list or (
+                type(keys) is np.ndarray and (<cnp.ndarray>keys).ndim == 1
+                and cnp.PyArray_TYPE(keys) == cnp.NPY_INT64 and cnp.PyArray_IS_C_CONTIGUOUS(keys))):
             return keys
         return self._encode_keys(keys)
 
@@ -862,8 +862,7 @@ cdef class Table:
                        uint8_t *rows) except -1:
         """`get_rows` into the caller's buffers (n, n and n * stride bytes),
         for C callers (fscore.jsonenc.table_results) that need no arrays.
-        `keys`: n keys as a list of ints (a table keyed by one int64 column)
-        or as `_key_source(...)` gives them."""
+        `keys`: n keys as `_key_source(...)` gives them."""
         if self.base == NULL:
             raise ValueError("table is closed")
         if not (self.int_key and type(keys) is list):
@@ -880,10 +879,8 @@ cdef class Table:
 
     cdef int _read(self, object keys, Py_ssize_t n, int64_t tnow, uint8_t *status, int64_t *ets, int64_t *cts,
                    uint8_t *rows_out, const Py_ssize_t *op, const Py_ssize_t *nlp) except -1:
-        """The lookup loop. `keys`: for a table keyed by one int64 column, a
-        list of n keys (PERF: plain ints are read straight from it, no array;
-        benches/bench_serving.py); else what `_key_source` gives: an int64
-        array or an encoded (n, kw8) uint8 array.
+        """The lookup loop over n keys as `_key_source` gives them (a list
+        whose items are not all int64 ints is encoded here, with its errors).
         Writes status/ets (and cts unless NULL) for every row, and either the
         whole row images (`rows_out`) or each column (`op`/`nlp`: one output
         and one null-flag address per column)."""

@@ -50,9 +50,9 @@ def entity_columns(entities) -> tuple[dict[str, list], int]:
 
 def _keys_for(view_schema, entities: dict, view_name: str):
     """The view's keys from the entity columns, checked, as `Table.get_rows`
-    takes them: for one int64 key column its list of ints itself (PERF: no
-    array; fscore.jsonenc.table_results reads the list; benches/bench_serving.py),
-    else an int64 or object array per key column."""
+    takes them: an int64 key column as its list of ints itself (PERF: no
+    array; the table reads the list; benches/bench_serving.py), a string
+    column as an object array; a dict of them for composite keys."""
     cols = []
     for f in view_schema.keys:
         if f.name not in entities:
@@ -65,14 +65,12 @@ def _keys_for(view_schema, entities: dict, view_name: str):
                 raise BatchError(f"entity key {f.name!r} takes integers")
             if vals and not (_INT64_MIN <= min(vals) and max(vals) <= _INT64_MAX):
                 raise BatchError(f"entity key {f.name!r} takes 64-bit integers")
-            cols.append(list(vals))
+            cols.append(list(vals))  # a list, also when the request gave a tuple
         else:
             if not types <= {str}:
                 raise BatchError(f"entity key {f.name!r} takes strings")
             cols.append(np.array(vals, dtype=object))
-    if len(cols) == 1:
-        return cols[0]
-    return {name: np.array(c, dtype=np.int64) if isinstance(c, list) else c for name, c in zip(view_schema.key_names, cols)}
+    return cols[0] if len(cols) == 1 else dict(zip(view_schema.key_names, cols))
 
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -133,8 +131,6 @@ def _read(plan, table_of, entities, now: int, lookup, objects: bool):
             status, event_ts, rows = table.get_rows(keys, now)
             out.append(jsonenc.row_results(rows, status, event_ts, plan.specs(key, table), objects=True))
         else:
-            if isinstance(keys, list):
-                keys = np.array(keys, dtype=np.int64)
             r = lookup(info, table, keys, now)
             parts = jsonenc.feature_results([r.values[f] for f in feats], [r.nulls[f] for f in feats],
                                             r.status, r.event_ts, objects=objects)

@@ -4,9 +4,10 @@ Each worker keeps its own registry (no cross-process locking on the request
 path) and, at most once a second, writes a snapshot to
 `<dir>/worker-<pid>.json` (temp file + rename) in `upkeep()`, which the WSGI
 entry (fsapp.serve.wsgi) calls once a response has been sent: writing it
-costs ~1 ms, and inside a request it would land on ~1% of requests, the p99. `/metrics` on any worker
-writes its own snapshot, then merges the snapshots of the workers still
-alive, so a scrape sees the whole server whichever worker answers it."""
+costs ~1 ms, and inside a request it would land on ~1% of requests, the
+p99. `/metrics` on any worker writes its own snapshot, then merges the
+snapshots of the workers still alive, so a scrape sees the whole server
+whichever worker answers it."""
 from __future__ import annotations
 
 import glob
