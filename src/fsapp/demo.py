@@ -262,16 +262,20 @@ def run_demo(events: int = 20_000, keep: str | None = None, workers: int = 2, cr
                   "amount": amounts.tolist(),
                   "is_fraud": ((amounts > 150) & (rng.random(len(rows)) < 0.3)).astype(int).tolist()}
         t0 = time.monotonic()
-        train = client.get_historical_features(labels, feature_service="fraud_v1", full_feature_names=True).to_df()
-        say(f"6. point-in-time training set over HTTP (Arrow): {len(train)} labelled transactions x "
-            f"{train.shape[1]} columns in {time.monotonic() - t0:.2f}s; user 1 at five times (features use only "
+        # Arrow all the way: `pip install .` brings no pandas (TrainingSet.to_df() would need it)
+        train = client.get_historical_features(labels, feature_service="fraud_v1", full_feature_names=True).to_arrow()
+        say(f"6. point-in-time training set over HTTP (Arrow): {train.num_rows} labelled transactions x "
+            f"{train.num_columns} columns in {time.monotonic() - t0:.2f}s; user 1 at five times (features use only "
             "events strictly before each label):")
         cols = ["event_timestamp", "is_fraud", "user_txn__txn_count_1h", "user_txn__amount_24h",
                 "merchant_txn__txn_count_1h", "user_profile__age"]
-        view = train.head(5)[cols].copy()
-        view["event_timestamp"] = view["event_timestamp"].dt.strftime("%H:%M:%S")
-        view.columns = ["time", "label", "txn_count_1h", "amount_24h", "merchant_txn_1h", "age"]
-        say("   " + view.to_string(index=False, float_format=lambda x: f"{x:,.2f}").replace("\n", "\n   "))
+        head = train.slice(0, 5).select(cols).to_pydict()
+        grid = [["time", "label", "txn_count_1h", "amount_24h", "merchant_txn_1h", "age"]]
+        grid += [[t.strftime("%H:%M:%S")] + [_fmt(head[c][i]) for c in cols[1:]]
+                 for i, t in enumerate(head["event_timestamp"])]
+        widths = [max(len(row[j]) for row in grid) for j in range(len(cols))]
+        for row in grid:
+            say("   " + "  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
 
         # ---- 7. latency from the client
         hot = zipf_keys(rng, 400, 5_000, 0.8).tolist()
@@ -288,7 +292,7 @@ def run_demo(events: int = 20_000, keep: str | None = None, workers: int = 2, cr
             client.get_online_features(feature_service="fraud_v1", full_feature_names=True,
                                        entity_rows={"user_id": users, "merchant_id": ["m0001"] * 100})
             batch_lat.append(time.perf_counter() - t)
-        say(f"7. serving latency from the client (HTTP on loopback, fraud_v1 = {len(train.columns) - 5} features "
+        say(f"7. serving latency from the client (HTTP on loopback, fraud_v1 = {train.num_columns - 5} features "
             "from 3 views):")
         say(f"   1 entity    p50 {pct(single, .5):5.2f} ms  p90 {pct(single, .9):5.2f} ms  p99 {pct(single, .99):5.2f} ms"
             f"  ({len(single)} requests)")

@@ -45,9 +45,7 @@ class OnlineResponse:
         return {n: list(r["statuses"]) for n, r in zip(self.feature_names, self.raw["results"])}
 
     def to_df(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.to_dict())
+        return _pandas().DataFrame(self.to_dict())
 
     def __repr__(self) -> str:
         n = len(self.raw["results"][0]["values"]) if self.raw["results"] else 0
@@ -64,6 +62,7 @@ class TrainingSet:
         return self._table
 
     def to_df(self):
+        _pandas()
         return self._table.to_pandas()
 
     def to_parquet(self, path: str) -> str:
@@ -72,3 +71,13 @@ class TrainingSet:
 
     def __len__(self) -> int:
         return self._table.num_rows
+
+
+def _pandas():
+    """pandas, which fstore does not install: `to_df()` is for those who have it."""
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError("to_df() needs pandas, which fstore does not install: `pip install pandas`, "
+                          "or use to_dict() (online answers) / to_arrow() (training sets)") from None
+    return pandas
