@@ -8,6 +8,11 @@ import numpy as np
 from fscore.errors import KeyEncodingError, SchemaError
 from fscore.schema import Schema
 
+# value kinds held as an (n, size) matrix per column: vector (float32
+# elements, NaN = a null element), vector64 (float64 elements, the same) and
+# list (float64; up to `size` items, NaN marks the unused tail: last_k)
+VECTOR_DTYPES = {"vector": np.float32, "vector64": np.float64, "list": np.float64}
+
 
 def _as_1d(name: str, arr, role: str) -> np.ndarray:
     a = np.asarray(arr) if not isinstance(arr, np.ndarray) else arr
@@ -98,10 +103,11 @@ def value_columns(schema: Schema, values, n: int, nulls=None) -> tuple[list[np.n
         if a.shape[:1] != (n,):
             raise SchemaError(f"column {f.name!r} has {a.shape[0] if a.ndim else 0} rows, expected {n}")
         mask = np.zeros(n, dtype=np.bool_)
-        if f.kind == "vector":
+        if f.kind in VECTOR_DTYPES:
             if a.ndim != 2 or a.shape[1] != f.size or a.dtype.kind not in "iuf":
-                raise SchemaError(f"vector column {f.name!r} needs a numeric array of shape ({n}, {f.size}), got {a.dtype} {a.shape}")
-            a = np.ascontiguousarray(a, dtype=np.float32)
+                raise SchemaError(f"{f.kind} column {f.name!r} needs a numeric array of shape ({n}, {f.size}), "
+                                  f"got {a.dtype} {a.shape}")
+            a = np.ascontiguousarray(a, dtype=VECTOR_DTYPES[f.kind])
         elif a.ndim != 1:
             raise SchemaError(f"column {f.name!r} must be one-dimensional, got shape {a.shape}")
         elif f.kind == "int64":
@@ -135,8 +141,8 @@ def value_columns(schema: Schema, values, n: int, nulls=None) -> tuple[list[np.n
 def _empty(f, n: int) -> np.ndarray:
     if f.kind == "string":
         return np.full(n, None, dtype=object)
-    if f.kind == "vector":
-        return np.zeros((n, f.size), dtype=np.float32)
+    if f.kind in VECTOR_DTYPES:
+        return np.zeros((n, f.size), dtype=VECTOR_DTYPES[f.kind])
     return np.zeros(n, dtype={"int64": np.int64, "float64": np.float64, "bool": np.bool_}[f.kind])
 
 

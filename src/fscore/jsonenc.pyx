@@ -13,7 +13,10 @@ The text is byte-for-byte what `json.dumps(..., separators=(",", ":"))`
 (ensure_ascii, allow_nan=False) gives for the same values, with the rules of
 the pure-Python twin `fscore.jsonenc_ref` (the test oracle):
 - a value is null where the row's null flag is set or a float is NaN or
-  infinite (inside a vector: that element is null);
+  infinite (inside a vector: that element is null; a list (last_k) holds its
+  items up to the first NaN, the unused tail);
+- a count column (`COUNT`: count, approx_count_distinct) reads 0 where the
+  row has no value (a key with no events: its windows are empty);
 - a row's status is its lookup status (NOT_FOUND, PRESENT, OUTSIDE_MAX_AGE),
   except NULL_VALUE for a PRESENT row whose null flag is set;
 - event timestamps are UTC ISO-8601 with microseconds and a `Z`.
@@ -203,15 +206,18 @@ cdef inline cnp.ndarray _contiguous(object a, int typenum):
 # a column to write: row i's value at data + i * stride, its null flag at
 # null + i * null_stride
 cdef enum:
-    C_INT64, C_FLOAT64, C_BOOL, C_VECTOR, C_STR_OBJECT, C_STR_BYTES
+    C_INT64, C_FLOAT64, C_BOOL, C_VECTOR, C_STR_OBJECT, C_STR_BYTES, C_VECTOR64, C_LIST, C_COUNT
 
-KINDS = {"int64": C_INT64, "float64": C_FLOAT64, "bool": C_BOOL, "vector": C_VECTOR, "string": C_STR_BYTES}
+KINDS = {"int64": C_INT64, "float64": C_FLOAT64, "bool": C_BOOL, "vector": C_VECTOR, "string": C_STR_BYTES,
+         "vector64": C_VECTOR64, "list": C_LIST}
+# an int64 column whose missing values read 0 (counts of empty windows)
+COUNT = C_COUNT
 
 cdef struct Col:
     int kind
     const uint8_t* data
     Py_ssize_t stride
-    Py_ssize_t width     # vector: floats per value; string bytes: the most UTF-8 bytes
+    Py_ssize_t width     # vector, vector64, list: items per value; string bytes: the most UTF-8 bytes
     const uint8_t* null
     Py_ssize_t null_stride
     PyObject* objects    # C_STR_OBJECT: the object array
@@ -231,13 +237,16 @@ cdef int _put_column(Buf* b, Col* c, Py_ssize_t n) except -1:
         if i:
             _put(b, b",", 1)
         if c.null[i * c.null_stride]:
-            _put(b, b"null", 4)
+            if c.kind == C_COUNT:
+                _put(b, b"0", 1)
+            else:
+                _put(b, b"null", 4)
             continue
         v = c.data + i * c.stride
         if c.kind == C_FLOAT64:
             memcpy(&x, v, 8)
             _put_double(b, x)
-        elif c.kind == C_INT64:
+        elif c.kind == C_INT64 or c.kind == C_COUNT:
             memcpy(&q, v, 8)
             _put_int(b, q)
         elif c.kind == C_BOOL:
@@ -245,6 +254,16 @@ cdef int _put_column(Buf* b, Col* c, Py_ssize_t n) except -1:
                 _put(b, b"true", 4)
             else:
                 _put(b, b"false", 5)
+        elif c.kind == C_VECTOR64 or c.kind == C_LIST:
+            _put(b, b"[", 1)
+            for j in range(c.width):
+                memcpy(&x, v + 8 * j, 8)
+                if c.kind == C_LIST and x != x:
+                    break
+                if j:
+                    _put(b, b",", 1)
+                _put_double(b, x)
+            _put(b, b"]", 1)
         elif c.kind == C_VECTOR:
             _put(b, b"[", 1)
             for j in range(c.width):
@@ -273,8 +292,10 @@ cdef str _stored_str(Col* c, const uint8_t* v):
     return (<const char*>v + 2)[:L].decode("utf-8")
 
 
-cdef int _array_col(Col* c, cnp.ndarray a, cnp.ndarray null, Py_ssize_t n) except -1:
-    """A column of `feature_results`: an array (contiguous) and its null flags."""
+cdef int _array_col(Col* c, cnp.ndarray a, cnp.ndarray null, Py_ssize_t n, int kind) except -1:
+    """A column of `feature_results`: an array (contiguous) and its null
+    flags; `kind` a KINDS code (or COUNT) where the array alone is ambiguous
+    (a float64 matrix is a vector64 or a list), else -1."""
     cdef int typenum = cnp.PyArray_TYPE(a)
     if a.ndim == 0 or a.shape[0] != n:
         raise ValueError(f"a column has {a.shape[0] if a.ndim else 0} rows, the lookup has {n}")
@@ -284,17 +305,21 @@ cdef int _array_col(Col* c, cnp.ndarray a, cnp.ndarray null, Py_ssize_t n) excep
     c.width = 0
     c.objects = NULL
     if a.ndim == 2:
-        if typenum != cnp.NPY_FLOAT32:
-            raise TypeError(f"vector columns are float32, got {a.dtype}")
-        c.kind = C_VECTOR
+        if typenum == cnp.NPY_FLOAT32:
+            c.kind = C_VECTOR
+            c.stride = 4 * a.shape[1]
+        elif typenum == cnp.NPY_FLOAT64:
+            c.kind = C_VECTOR64 if kind == C_VECTOR64 else C_LIST
+            c.stride = 8 * a.shape[1]
+        else:
+            raise TypeError(f"vector and list columns are float32 or float64, got {a.dtype}")
         c.width = a.shape[1]
-        c.stride = 4 * c.width
     elif a.ndim != 1:
         raise TypeError(f"cannot encode a {a.ndim}-d column as JSON")
     elif typenum == cnp.NPY_FLOAT64:
         c.kind, c.stride = C_FLOAT64, 8
     elif typenum == cnp.NPY_INT64:
-        c.kind, c.stride = C_INT64, 8
+        c.kind, c.stride = (C_COUNT if kind == C_COUNT else C_INT64), 8
     elif typenum == cnp.NPY_BOOL:
         c.kind, c.stride = C_BOOL, 1
     elif typenum == cnp.NPY_OBJECT:
@@ -400,17 +425,27 @@ cdef class _Results:
         values = [None] * self.n
         for i in range(self.n):
             if c.null[i * c.null_stride]:
+                if c.kind == C_COUNT:
+                    values[i] = 0
                 continue
             v = c.data + i * c.stride
             if c.kind == C_FLOAT64:
                 memcpy(&x, v, 8)
                 if isfinite(x):
                     values[i] = x
-            elif c.kind == C_INT64:
+            elif c.kind == C_INT64 or c.kind == C_COUNT:
                 memcpy(&q, v, 8)
                 values[i] = q
             elif c.kind == C_BOOL:
                 values[i] = v[0] != 0
+            elif c.kind == C_VECTOR64 or c.kind == C_LIST:
+                vec = []
+                for j in range(c.width):
+                    memcpy(&x, v + 8 * j, 8)
+                    if c.kind == C_LIST and x != x:
+                        break
+                    vec.append(x if isfinite(x) else None)
+                values[i] = vec
             elif c.kind == C_VECTOR:
                 vec = [None] * c.width
                 for j in range(c.width):
@@ -445,12 +480,15 @@ cdef class _Results:
         return 0
 
 
-def feature_results(list values not None, list nulls not None, status, event_ts, bint objects=False) -> list:
+def feature_results(list values not None, list nulls not None, status, event_ts, bint objects=False,
+                    kinds=None) -> list:
     """One view's lookup (a `BatchResult`'s arrays) → one JSON object (bytes)
     per feature.
 
     `values[k]` / `nulls[k]`: feature k's value array (int64, float64, bool,
-    object of str, or float32 n x size for vectors) and its null flags (bool);
+    object of str, float32 n x size for vectors, float64 n x size for lists
+    (vector64 where `kinds` says so)) and its null flags (bool); `kinds`:
+    optional, per feature a KINDS code or COUNT (counts read 0 where null);
     `status` (uint8) and `event_ts` (int64 µs): the rows' lookup status and
     event time, shared by every feature of the view. `objects`: Python
     objects (dicts) instead of JSON text, as `json.loads` would give them."""
@@ -466,7 +504,7 @@ def feature_results(list values not None, list nulls not None, status, event_ts,
         if null.ndim != 1 or null.shape[0] != r.n:
             raise ValueError(f"feature {k} has {null.size} null flags, the lookup has {r.n} rows")
         a = _contiguous(values[k], -1)
-        _array_col(&c, a, null, r.n)
+        _array_col(&c, a, null, r.n, -1 if kinds is None else kinds[k])
         out.append(r.feature_object(&c) if objects else r.feature(&c))
     return out
 
@@ -475,7 +513,7 @@ cdef bint _column_fits(Py_ssize_t kind, Py_ssize_t off, Py_ssize_t width, Py_ssi
                        Py_ssize_t stride) noexcept:
     if off < 0 or noff < 0 or off + width > stride or noff >= stride:
         return False
-    if kind == C_INT64 or kind == C_FLOAT64:
+    if kind == C_INT64 or kind == C_FLOAT64 or kind == C_COUNT:
         return width == 8
     if kind == C_BOOL:
         return width == 1
@@ -483,6 +521,8 @@ cdef bint _column_fits(Py_ssize_t kind, Py_ssize_t off, Py_ssize_t width, Py_ssi
         return width >= 2
     if kind == C_VECTOR:
         return width > 0 and width % 4 == 0
+    if kind == C_VECTOR64 or kind == C_LIST:
+        return width > 0 and width % 8 == 0
     return False
 
 
@@ -550,7 +590,8 @@ cdef object _rows_out(_Results r, const uint8_t* rows, Py_ssize_t stride, column
         c.kind = <int>kind
         c.data = rows + off
         c.stride = stride
-        c.width = width // 4 if kind == C_VECTOR else width - 2
+        c.width = (width // 4 if kind == C_VECTOR else width // 8 if kind == C_VECTOR64 or kind == C_LIST
+                   else width - 2)
         c.null = rows + noff
         c.null_stride = stride
         c.objects = NULL
@@ -567,8 +608,10 @@ cdef object _rows_out(_Results r, const uint8_t* rows, Py_ssize_t stride, column
     return out
 
 
-def column_specs(layout, names) -> np.ndarray:
+def column_specs(layout, names, counts=()) -> np.ndarray:
     """`row_results`' column array for the features `names`, from
-    `Table.column_layout()`."""
-    where = {name: (KINDS[kind], off, width, noff) for name, kind, off, width, noff in layout}
+    `Table.column_layout()`; the features in `counts` (int64 columns) read 0
+    where a row has no value."""
+    where = {name: (C_COUNT if name in counts else KINDS[kind], off, width, noff)
+             for name, kind, off, width, noff in layout}
     return np.array([where[n] for n in names], dtype=np.int64).reshape(len(names), 4)

@@ -35,6 +35,9 @@ H_MAGIC, H_VERSION, H_CAPACITY, H_NSLOTS, H_STRIDE, H_KEY_WIDTH, H_TTL = range(7
 H_SCHEMA_LEN, H_GLOBAL_SEQ, H_COUNT, H_TOMBSTONES = 7, 8, 9, 10
 H_EVICT_CAPACITY, H_EVICT_EXPIRED, H_STALE_ON_ARRIVAL, H_PUTS, H_WRITER_PID = 11, 12, 13, 14, 15
 H_COMPACTIONS = 16
+# set (to 1) by the writer once it has moved the table to a new, larger file:
+# a reader that sees it reopens the path (fscore.table.Table.grow)
+H_RETIRED = 17
 
 ROW_SEQ, ROW_ETS, ROW_CTS, ROW_STATE, ROW_KEY = 0, 8, 16, 24, 32
 
@@ -44,7 +47,7 @@ def _align(x: int, a: int) -> int:
 
 
 def _natural_alignment(kind: str) -> int:
-    return {"int64": 8, "float64": 8, "bool": 1, "string": 2, "vector": 4}[kind]
+    return {"int64": 8, "float64": 8, "bool": 1, "string": 2, "vector": 4, "vector64": 8, "list": 8}[kind]
 
 
 class Layout:

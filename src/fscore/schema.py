@@ -1,7 +1,8 @@
 """Table schemas and the stable entity-key encoding.
 
 A table has key columns (int64 or string) and value columns (int64, float64,
-bool, string, vector). Every row also carries an event timestamp and a created
+bool, string, vector (float32 x size), vector64 (float64 x size), list (up to
+size float64 items; NaN marks the unused tail)). Every row also carries an event timestamp and a created
 timestamp (int64 microseconds since the epoch, UTC).
 
 Key encoding (stable; the online table, the WAL and checkpoints depend on it)
@@ -27,7 +28,7 @@ from typing import NamedTuple
 from fscore.errors import KeyEncodingError, SchemaError
 
 KEY_KINDS = ("int64", "string")
-VALUE_KINDS = ("int64", "float64", "bool", "string", "vector")
+VALUE_KINDS = ("int64", "float64", "bool", "string", "vector", "vector64", "list")
 DEFAULT_STRING_BYTES = 64
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -35,7 +36,7 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 class Field(NamedTuple):
     name: str
     kind: str
-    size: int = 0  # max UTF-8 bytes for string, dimension for vector
+    size: int = 0  # max UTF-8 bytes for string, dimension for vector/vector64, most items for list
 
     def width(self) -> int:
         """Bytes this field takes in a key (keys) or a row (values)."""
@@ -45,7 +46,9 @@ class Field(NamedTuple):
             return 1
         if self.kind == "string":
             return 2 + self.size
-        return 4 * self.size  # float32 vector
+        if self.kind == "vector":
+            return 4 * self.size  # float32 elements
+        return 8 * self.size  # vector64, list: float64 elements
 
 
 def _field(spec, allowed: tuple[str, ...], role: str) -> Field:
@@ -64,9 +67,9 @@ def _field(spec, allowed: tuple[str, ...], role: str) -> Field:
         size = size or DEFAULT_STRING_BYTES
         if not isinstance(size, int) or not 1 <= size <= 65535:
             raise SchemaError(f"string column {name!r}: size must be 1..65535 bytes, got {size!r}")
-    elif kind == "vector":
+    elif kind in ("vector", "vector64", "list"):
         if not isinstance(size, int) or size < 1:
-            raise SchemaError(f"vector column {name!r}: give its dimension as the third item, e.g. ('emb', 'vector', 16)")
+            raise SchemaError(f"{kind} column {name!r}: give its size as the third item, e.g. ('emb', '{kind}', 16)")
     else:
         size = 0
     return Field(name, kind, size)

@@ -27,7 +27,7 @@ cdef class Table:
     cdef int64_t *hdr
     cdef uint64_t *index
     cdef uint8_t *rows
-    cdef Py_ssize_t capacity_, nslots, mask, stride, kw, kw8, ncols, null_off
+    cdef Py_ssize_t capacity_, max_capacity_, nslots, mask, stride, kw, kw8, ncols, null_off
     cdef int64_t ttl
     cdef int32_t[::1] free_rows
     cdef Py_ssize_t nfree

@@ -62,6 +62,7 @@ cdef enum:
     H_PUTS = 14
     H_WRITER_PID = 15
     H_COMPACTIONS = 16
+    H_RETIRED = 17
     ROW_ETS = 8
     ROW_CTS = 16
     ROW_STATE = 24
@@ -70,7 +71,7 @@ cdef enum:
 for _name, _value in {"H_GLOBAL_SEQ": H_GLOBAL_SEQ, "H_COUNT": H_COUNT, "H_TOMBSTONES": H_TOMBSTONES,
                       "H_EVICT_CAPACITY": H_EVICT_CAPACITY, "H_EVICT_EXPIRED": H_EVICT_EXPIRED,
                       "H_STALE_ON_ARRIVAL": H_STALE_ON_ARRIVAL, "H_PUTS": H_PUTS, "H_WRITER_PID": H_WRITER_PID,
-                      "H_COMPACTIONS": H_COMPACTIONS, "ROW_ETS": ROW_ETS, "ROW_CTS": ROW_CTS,
+                      "H_COMPACTIONS": H_COMPACTIONS, "H_RETIRED": H_RETIRED, "ROW_ETS": ROW_ETS, "ROW_CTS": ROW_CTS,
                       "ROW_STATE": ROW_STATE, "ROW_KEY": ROW_KEY}.items():
     if getattr(_layout, _name) != _value:
         raise ImportError(f"fscore.table was built against another layout ({_name}); rebuild the extension")
@@ -78,7 +79,8 @@ for _name, _value in {"H_GLOBAL_SEQ": H_GLOBAL_SEQ, "H_COUNT": H_COUNT, "H_TOMBS
 cdef enum:
     LOOKUP_CHUNK = 64  # keys whose cache misses a batch lookup overlaps
 
-_NUMPY_TYPES = {"int64": np.int64, "float64": np.float64, "bool": np.bool_, "vector": np.float32}
+_NUMPY_TYPES = {"int64": np.int64, "float64": np.float64, "bool": np.bool_, "vector": np.float32,
+                "vector64": np.float64, "list": np.float64}
 _NPY_TYPES = {"int64": cnp.NPY_INT64, "float64": cnp.NPY_FLOAT64, "bool": cnp.NPY_BOOL}
 
 
@@ -104,18 +106,24 @@ cdef int64_t *_int_keys(list keys, Py_ssize_t n) except? NULL:
 
 
 cdef enum:
-    K_INT64, K_FLOAT64, K_BOOL, K_STRING, K_VECTOR
+    K_INT64, K_FLOAT64, K_BOOL, K_STRING, K_VECTOR, K_VECTOR64, K_LIST
 
-_KIND_CODES = {"int64": K_INT64, "float64": K_FLOAT64, "bool": K_BOOL, "string": K_STRING, "vector": K_VECTOR}
+_KIND_CODES = {"int64": K_INT64, "float64": K_FLOAT64, "bool": K_BOOL, "string": K_STRING, "vector": K_VECTOR,
+               "vector64": K_VECTOR64, "list": K_LIST}
+_MATRIX_NPY = {"vector": cnp.NPY_FLOAT32, "vector64": cnp.NPY_FLOAT64, "list": cnp.NPY_FLOAT64}
 
 
 include "table_codec.pxi"
 
 
-cdef class Table:
-    """TTL hash table of fixed capacity; see the module docstring for the rules."""
+_tmp_counter = 0  # unique temporary file names within a process (a growing table writes several)
 
-    def __init__(self, schema, capacity=None, max_bytes=None, ttl_us=0, path=None, publish=True):
+
+cdef class Table:
+    """TTL hash table; see the module docstring for the rules."""
+
+    def __init__(self, schema, capacity=None, max_bytes=None, ttl_us=0, path=None, publish=True,
+                 max_capacity=None):
         if not isinstance(schema, Schema):
             raise SchemaError("schema must be an fscore.schema.Schema")
         if capacity is None:
@@ -132,6 +140,91 @@ cdef class Table:
         self.free_rows = np.arange(self.capacity_ - 1, -1, -1, dtype=np.int32)
         self.nfree = self.capacity_
         self.hdr[H_WRITER_PID] = os.getpid()
+        self.set_max_capacity(max_capacity)
+
+    def set_max_capacity(self, max_capacity):
+        """Lets the table grow (`grow`, doubling) up to `max_capacity` rows
+        before it evicts; None keeps it at its current capacity (evicting
+        when full: the memory bound of a fixed table)."""
+        cap = self.capacity_ if max_capacity is None else int(max_capacity)
+        if cap < 1:
+            raise SchemaError(f"max_capacity must be at least 1 row, got {max_capacity}")
+        self.max_capacity_ = max(cap, self.capacity_)
+
+    @property
+    def max_capacity(self):
+        return self.max_capacity_
+
+    def _room_or_grow(self, int64_t now, protect=None):
+        """A full table makes room for a new key: it grows (doubling, up to
+        max_capacity) while it may, else evicts (`_make_room`)."""
+        if self.capacity_ < self.max_capacity_:
+            self.grow(min(self.max_capacity_, max(2 * self.capacity_, 16)))
+            return self.nfree
+        return self._make_room(now, protect)
+
+    def grow(self, Py_ssize_t new_capacity):
+        """Moves the table into a new buffer of `new_capacity` rows. Row ids
+        are kept (state kept elsewhere by row id stays valid); the index is
+        rebuilt. A file-backed table writes a new file and renames it into
+        place, then marks the old buffer retired: readers in other processes
+        keep reading the old mapping (consistent, no torn row) until they see
+        the mark and reopen the path (`retired`)."""
+        cdef Py_ssize_t r, old_cap = self.capacity_
+        cdef uint8_t *p
+        cdef int64_t *old_hdr
+        self._check_writable()
+        if new_capacity <= old_cap:
+            return
+        lay = Layout(self.schema, new_capacity)
+        old_lay, old_arr, old_mmap, old_tmp = self.layout, self._arr, self._mmap, self._tmp_path
+        was_published = old_tmp is None
+        arr = self._allocate(lay.nbytes, self.path, False)
+        h = lay.header(self.ttl)
+        arr[:lay.rows_offset] = 0
+        arr[:h.size] = h
+        # counters carry over (words H_GLOBAL_SEQ .. H_COMPACTIONS); the new index has no tombstones
+        words = arr[:8 * (H_RETIRED + 1)].view(np.int64)
+        words[H_GLOBAL_SEQ:H_COMPACTIONS + 1] = old_arr[:8 * (H_RETIRED + 1)].view(np.int64)[H_GLOBAL_SEQ:H_COMPACTIONS + 1]
+        words[H_TOMBSTONES] = 0
+        words[H_RETIRED] = 0
+        n_old = old_lay.stride * old_cap
+        arr[lay.rows_offset:lay.rows_offset + n_old] = old_arr[old_lay.rows_offset:old_lay.rows_offset + n_old]
+        arr[lay.rows_offset + n_old:] = 0
+        old_free = np.asarray(self.free_rows[:self.nfree]).copy()
+        self._bind(arr, False)
+        with nogil:
+            for r in range(old_cap):
+                p = self.rows + r * self.stride
+                if p[ROW_STATE] == 1:
+                    self._insert_index(p + ROW_KEY, hash_key(p + ROW_KEY, self.kw8), r)
+        # the old free rows are taken first, then the new ones, lowest id first
+        stack = np.empty(new_capacity, dtype=np.int32)
+        added = np.arange(new_capacity - 1, old_cap - 1, -1, dtype=np.int32)
+        stack[:added.size] = added
+        stack[added.size:added.size + old_free.size] = old_free
+        self.free_rows = stack
+        self.nfree = added.size + old_free.size
+        if was_published:
+            self.publish()
+        old_hdr = <int64_t *>cnp.PyArray_DATA(old_arr)
+        fs_atomic_store_i64(&old_hdr[H_RETIRED], 1)
+        old_arr = None
+        if old_mmap is not None:
+            try:
+                old_mmap.close()
+            except BufferError:  # a result array still views it; the GC unmaps it
+                pass
+        if old_tmp is not None:  # an unpublished table's old file: nobody maps it
+            try:
+                os.unlink(old_tmp)
+            except FileNotFoundError:
+                pass
+
+    def retired(self):
+        """True once the writer moved this table to a new buffer (it grew):
+        a reader must reopen the path. One atomic load: check it per read."""
+        return self.base != NULL and fs_atomic_load_i64(&self.hdr[H_RETIRED]) != 0
 
     def _allocate(self, Py_ssize_t nbytes, path, bint publish=True):
         self.path = path
@@ -139,7 +232,9 @@ cdef class Table:
             return np.zeros(nbytes, dtype=np.uint8)
         # A new file at a temporary name, renamed into place: readers mapping the
         # old file keep a consistent (if stale) view and notice the new inode.
-        tmp = f"{path}.tmp.{os.getpid()}"
+        global _tmp_counter
+        _tmp_counter += 1
+        tmp = f"{path}.tmp.{os.getpid()}.{_tmp_counter}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(fd, nbytes)
@@ -203,7 +298,7 @@ cdef class Table:
         return t
 
     @classmethod
-    def from_snapshot(cls, buf, path=None, publish=True):
+    def from_snapshot(cls, buf, path=None, publish=True, max_capacity=None):
         """A writable table holding a copy of `snapshot()` (checkpoint restore)."""
         cdef Table t = cls.__new__(cls)
         src = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
@@ -216,6 +311,7 @@ cdef class Table:
         t.hdr[H_GLOBAL_SEQ] &= ~1
         t.hdr[H_WRITER_PID] = os.getpid()
         t._rebuild_free_list()
+        t.set_max_capacity(max_capacity)
         return t
 
     def _rebuild_free_list(self):
@@ -263,6 +359,8 @@ cdef class Table:
 
     def reader_is_stale(self):
         """True when the file at `path` was replaced (a restarted writer): reopen."""
+        if self.retired():
+            return True
         if self.path is None:
             return False
         try:
@@ -516,7 +614,7 @@ cdef class Table:
                     written += 1
                     i += 1
             if need_room:
-                self._make_room(tnow)
+                self._room_or_grow(tnow)
         self.hdr[H_PUTS] += written
         self.hdr[H_STALE_ON_ARRIVAL] += stale
         return written
@@ -592,7 +690,7 @@ cdef class Table:
                     i += 1
             if need_room:
                 # rows this batch already returned stay: the caller holds their ids
-                if self._make_room(tnow, rows_a[:i]) == 0:
+                if self._room_or_grow(tnow, rows_a[:i]) == 0:
                     break  # every row is this batch's: reported below
         if (rows_a < 0).any() or len(set(rows_a[created_a].tolist())) != int(created_a.sum()):
             raise SchemaError(f"capacity {self.capacity_} is too small for one batch of "
@@ -827,8 +925,8 @@ cdef class Table:
             nulls[f.name] = _empty(n, cnp.NPY_BOOL)
             if f.kind == "string":
                 outs.append(_empty2(n, 2 + f.size, cnp.NPY_UINT8))
-            elif f.kind == "vector":
-                values[f.name] = _empty2(n, f.size, cnp.NPY_FLOAT32)
+            elif f.kind in _MATRIX_NPY:
+                values[f.name] = _empty2(n, f.size, _MATRIX_NPY[f.kind])
                 outs.append(values[f.name])
             else:
                 values[f.name] = _empty(n, _NPY_TYPES[f.kind])

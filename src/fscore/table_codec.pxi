@@ -108,9 +108,16 @@ cdef object _decode_value(uint8_t kind, const uint8_t *p, Py_ssize_t width):
         n = (p[0] << 8) | p[1]
         return (<const char *>p + 2)[:n].decode("utf-8")
     out = []
-    for i in range(width // 4):
-        memcpy(&x, p + 4 * i, 4)
-        out.append(x)
+    if kind == K_VECTOR:
+        for i in range(width // 4):
+            memcpy(&x, p + 4 * i, 4)
+            out.append(x)
+        return tuple(out)
+    for i in range(width // 8):  # vector64, list (whose unused tail is NaN)
+        memcpy(&d, p + 8 * i, 8)
+        if kind == K_LIST and d != d:
+            break
+        out.append(d)
     return tuple(out)
 
 

@@ -11,9 +11,11 @@ Rules (identical in the Cython table):
 - get: PRESENT when stored and event_ts >= now - ttl (ttl 0 = no limit);
   OUTSIDE_MAX_AGE when stored but older; NOT_FOUND otherwise. Values are only
   returned for PRESENT rows.
-- when a new key arrives and the table holds `capacity` rows: first every
-  expired row is removed; if none was, the `max(1, capacity // 64)` oldest
-  rows by (event_ts, encoded key) are evicted.
+- when a new key arrives and the table holds `capacity` rows: it grows
+  (capacity doubles, at least to 16, at most to `max_capacity`) while
+  capacity < max_capacity; else first every expired row is removed; if none
+  was, the `max(1, capacity // 64)` oldest rows by (event_ts, encoded key)
+  are evicted.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ NOT_FOUND, PRESENT, OUTSIDE_MAX_AGE = 0, 1, 2
 
 class RefTable:
     def __init__(self, schema: Schema, capacity: int | None = None, max_bytes: int | None = None,
-                 ttl_us: int = 0, path=None):
+                 ttl_us: int = 0, path=None, max_capacity: int | None = None):
         if capacity is None:
             lay = Layout.for_max_bytes(schema, max_bytes) if max_bytes else Layout(schema, 1 << 16)
         else:
@@ -41,6 +43,13 @@ class RefTable:
         self.evicted_capacity = 0
         self.evicted_expired = 0
         self.stale_on_arrival = 0
+        self.set_max_capacity(max_capacity)
+
+    def set_max_capacity(self, max_capacity: int | None) -> None:
+        self.max_capacity = max(self.capacity, self.capacity if max_capacity is None else int(max_capacity))
+
+    def grow(self, capacity: int) -> None:
+        self.capacity = max(self.capacity, int(capacity))
 
     def __len__(self):
         return len(self.rows)
@@ -60,8 +69,10 @@ class RefTable:
                 null = bool(m[i])
                 if f.kind == "string":
                     v = None if null else (_batch.check_string(f, a[i]), a[i])[1]
-                elif f.kind == "vector":
+                elif f.kind in ("vector", "vector64"):
                     v = tuple(float(x) for x in a[i]) if not null else None
+                elif f.kind == "list":
+                    v = tuple(float(x) for x in a[i] if x == x) if not null else None
                 else:
                     v = None if null else a[i].item()
                 row_vals.append(v)
@@ -76,7 +87,10 @@ class RefTable:
                     continue
             else:
                 if len(self.rows) >= self.capacity:
-                    self._make_room(now)
+                    if self.capacity < self.max_capacity:
+                        self.grow(min(self.max_capacity, max(2 * self.capacity, 16)))
+                    else:
+                        self._make_room(now)
             self.rows[key] = (e, c, tuple(row_vals), tuple(row_nulls))
             written += 1
         return written
@@ -117,7 +131,12 @@ class RefTable:
             status[i] = PRESENT
             for f, v, null in zip(self.schema.columns, row[2], row[3]):
                 nulls[f.name][i] = null
-                if not null:
+                if null:
+                    continue
+                if f.kind == "list":  # the unused tail reads back as NaN
+                    values[f.name][i] = np.nan
+                    values[f.name][i][:len(v)] = v
+                else:
                     values[f.name][i] = v
         return BatchResult(status, ets, cts, values, nulls)
 

@@ -62,10 +62,10 @@ def lookups(draw):
     status = np.array(draw(st.lists(st.sampled_from([NOT_FOUND, PRESENT, OUTSIDE_MAX_AGE]), min_size=n, max_size=n)),
                       dtype=np.uint8)
     ts = np.array(draw(st.lists(st.integers(US_MIN, US_MAX), min_size=n, max_size=n)), dtype=np.int64)
-    values, nulls = [], []
+    values, nulls, kinds = [], [], []
     for _ in range(draw(st.integers(0, 4))):
-        kind = draw(st.sampled_from(["int64", "float64", "bool", "string", "vector"]))
-        if kind == "int64":
+        kind = draw(st.sampled_from(["int64", "float64", "bool", "string", "vector", "vector64", "list", "count"]))
+        if kind in ("int64", "count"):
             a = np.array(draw(st.lists(st.integers(-2**63, 2**63 - 1), min_size=n, max_size=n)), dtype=np.int64)
         elif kind == "float64":
             a = np.array(draw(st.lists(st.one_of(doubles, short_decimals), min_size=n, max_size=n)), dtype=np.float64)
@@ -78,18 +78,28 @@ def lookups(draw):
             size = draw(st.integers(1, 3))
             a = np.array(draw(st.lists(st.floats(width=32), min_size=n * size, max_size=n * size)),
                          dtype=np.float32).reshape(n, size)
+        if kind in ("vector64", "list"):
+            size = draw(st.integers(1, 3))
+            rows = draw(st.lists(st.lists(st.one_of(doubles, short_decimals), max_size=size), min_size=n, max_size=n))
+            a = np.array([r + [np.nan] * (size - len(r)) for r in rows], dtype=np.float64).reshape(n, size)
         values.append(a)
+        kinds.append(kind)
         nulls.append(np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool))
-    return values, nulls, status, ts
+    return values, nulls, status, ts, kinds
+
+
+CODES = {"vector64": jsonenc.KINDS["vector64"], "count": jsonenc.COUNT}
 
 
 @settings(max_examples=400)
 @given(lookups())
 def test_results_equal_the_reference(lookup):
-    values, nulls, status, ts = lookup
-    got = jsonenc.feature_results(values, nulls, status, ts)
-    assert got == jsonenc_ref.feature_results(values, nulls, status, ts)
-    assert jsonenc.feature_results(values, nulls, status, ts, objects=True) == [json.loads(t) for t in got]
+    values, nulls, status, ts, kinds = lookup
+    ref_kinds = [k if k in CODES else None for k in kinds]
+    codes = [CODES.get(k, -1) for k in kinds]
+    got = jsonenc.feature_results(values, nulls, status, ts, kinds=codes)
+    assert got == jsonenc_ref.feature_results(values, nulls, status, ts, kinds=ref_kinds)
+    assert jsonenc.feature_results(values, nulls, status, ts, objects=True, kinds=codes) == [json.loads(t) for t in got]
 
 
 def test_timestamps_outside_four_digit_years_use_numpy_spelling():
@@ -110,28 +120,32 @@ def test_bad_input_is_refused():
 
 
 ALL_KINDS = Schema([("k", "string", 12)],
-                   [("i", "int64"), ("f", "float64"), ("b", "bool"), ("s", "string", 16), ("v", "vector", 3)])
+                   [("i", "int64"), ("f", "float64"), ("b", "bool"), ("s", "string", 16), ("v", "vector", 3),
+                    ("w", "vector64", 2), ("l", "list", 3)])
 KEYS = st.text(alphabet="abcé", max_size=4)
 
 
 @settings(max_examples=150)
 @given(st.lists(st.tuples(KEYS, st.integers(-2**63, 2**63 - 1), st.one_of(doubles, short_decimals),
                           st.booleans(), st.text(max_size=3), st.lists(st.floats(width=32), min_size=3, max_size=3),
-                          st.integers(0, 31), st.integers(0, 2000)), max_size=12),
+                          st.lists(doubles, min_size=2, max_size=2), st.lists(doubles.filter(lambda x: x == x), max_size=3),
+                          st.integers(0, 127), st.integers(0, 2000)), max_size=12),
        st.lists(KEYS, max_size=8), st.integers(0, 2500))
 def test_row_images_encode_like_the_batch_arrays(rows, extra_keys, now):
     """Table.get_rows + row_results == Table.get_batch + feature_results:
     the row layout (offsets, null flags, string and vector encodings) is
     read the same way as the table decodes it."""
     t = Table(ALL_KINDS, capacity=64, ttl_us=1000)
-    for key, i, f, b, s, v, null_bits, ts in rows:
-        nulls = {c: np.array([bool(null_bits >> j & 1)]) for j, c in enumerate("ifbsv")}
+    for key, i, f, b, s, v, w, lst, null_bits, ts in rows:
+        nulls = {c: np.array([bool(null_bits >> j & 1)]) for j, c in enumerate("ifbsvwl")}
         t.put_batch(np.array([key], dtype=object),
                     {"i": np.array([i]), "f": np.array([f]), "b": np.array([b]),
-                     "s": np.array([s], dtype=object), "v": np.array([v], dtype=np.float32)},
+                     "s": np.array([s], dtype=object), "v": np.array([v], dtype=np.float32),
+                     "w": np.array([w], dtype=np.float64),
+                     "l": np.array([lst + [np.nan] * (3 - len(lst))], dtype=np.float64)},
                     np.array([ts]), now=ts, nulls=nulls)
     keys = np.array([r[0] for r in rows] + extra_keys, dtype=object)
-    names = ["i", "f", "b", "s", "v"]
+    names = ["i", "f", "b", "s", "v", "w", "l"]
     status, event_ts, images = t.get_rows(keys, now)
     specs = jsonenc.column_specs(t.column_layout(), names)
     got = jsonenc.row_results(images, status, event_ts, specs)
@@ -139,8 +153,12 @@ def test_row_images_encode_like_the_batch_arrays(rows, extra_keys, now):
     assert jsonenc.row_results(images, status, event_ts, specs, objects=True) == [json.loads(t) for t in got]
     r = t.get_batch(keys, now)
     assert (status == r.status).all() and (event_ts == r.event_ts).all()
+    kinds = [jsonenc.KINDS[k] for k in ("int64", "float64", "bool", "string", "vector", "vector64", "list")]
     assert got == jsonenc.feature_results([r.values[c] for c in names], [r.nulls[c] for c in names], r.status,
-                                          r.event_ts)
+                                          r.event_ts, kinds=kinds)
+    # a count column reads 0 where the row has no value (a key with no events)
+    counts = jsonenc.row_results(images, status, event_ts, jsonenc.column_specs(t.column_layout(), ["i"], {"i"}))
+    assert json.loads(counts[0])["values"] == [0 if x is None else x for x in json.loads(got[0])["values"]]
 
 
 def test_row_columns_that_do_not_fit_are_refused():
