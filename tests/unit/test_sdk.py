@@ -92,6 +92,29 @@ def test_materialize_fills_the_profile_view_from_its_file(store):
     assert d == {"user_id": [1], "age": [33], "segment": ["gold"]}
 
 
+def test_cli_materialize_on_a_fresh_repo_and_a_missing_source(tmp_path, capsys):
+    # `fstore init` ships the profile data its definitions name, so the first
+    # materialize works; without the file, the view is skipped with a reason
+    # and the other views are still materialized (exit 1: not everything ran)
+    from fsapp.registry.scaffold import STARTER_USERS
+    repo = str(tmp_path / "repo")
+    init_repo(repo)
+    assert main(["apply", "-r", repo]) == 0
+    capsys.readouterr()
+    assert main(["materialize", "now-7d", "now", "--repo", repo]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {"views": {"merchant_txn": 0, "user_profile": STARTER_USERS, "user_txn": 0},
+                                   "skipped": {}}, out.err
+    assert main(["get", "user_profile:age", "-e", "user_id=1", "--repo", repo, "--json"]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out)["age"][0], int)
+    (tmp_path / "repo" / "data" / "user_profiles.parquet").unlink()
+    assert main(["materialize", "now-7d", "now", "--repo", repo]) == 1
+    out = capsys.readouterr()
+    doc = json.loads(out.out)
+    assert doc["views"] == {"merchant_txn": 0, "user_txn": 0} and list(doc["skipped"]) == ["user_profile"]
+    assert "skipped user_profile: " in out.err
+
+
 def test_error_mapping_covers_every_api_title():
     from fsapp.api.errors import _STATUS_OF
     for exc, status, title in _STATUS_OF:

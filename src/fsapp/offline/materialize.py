@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -26,6 +27,8 @@ from fsapp.offline.store import OfflineStore
 from fsapp.offline.views import ViewDef
 
 STATE_FILE = "materialized.json"
+_DATA_ERRORS = (SourceError, duckdb.BinderException, duckdb.IOException, duckdb.ConversionException,
+                duckdb.InvalidInputException, duckdb.OutOfRangeException, duckdb.TypeMismatchException)
 
 
 def online_schema(view: ViewDef, key_kinds=None, feature_kinds: dict | None = None) -> Schema:
@@ -71,10 +74,17 @@ def materialize_view(store: OfflineStore, view: ViewDef, start: int, end: int, w
                      batch_rows: int = 1 << 16) -> int:
     """Writes one view's values as of `end`; returns the number of rows."""
     schema = getattr(writer, "schema", None) or online_schema(view)
-    cur = store.cursor()
     sql = pit.materialize_sql(view, store.source(view.source, view), int(start), int(end), int(now))
+    cur = store.cursor()
+    try:
+        return _write_batches(cur.sql(sql).to_arrow_reader(batch_rows), schema, writer, now)
+    finally:
+        cur.close()
+
+
+def _write_batches(reader, schema, writer, now: int) -> int:
     written = 0
-    for batch in cur.sql(sql).to_arrow_reader(batch_rows):
+    for batch in reader:
         if batch.num_rows == 0:
             continue
         keys = {f.name: _column(f, batch.column(f.name))[0] for f in schema.keys}
@@ -87,7 +97,6 @@ def materialize_view(store: OfflineStore, view: ViewDef, start: int, end: int, w
                          batch.column("__created_ts").to_numpy(zero_copy_only=False).astype(np.int64),
                          now=int(now), nulls=nulls)
         written += batch.num_rows
-    cur.close()
     return written
 
 
@@ -109,29 +118,62 @@ def _views(store: OfflineStore, views) -> list[ViewDef]:
     return [v if isinstance(v, ViewDef) else store.view(v) for v in views]
 
 
-def materialize(store: OfflineStore, views, start: int, end: int, writer, *, now: int | None = None) -> dict:
+class Materialized(dict):
+    """What `materialize` returns: rows written per view (a plain dict, as
+    before) plus `skipped`, view name -> why it was not materialized (its
+    batch source cannot be read, the rows cannot be computed). A skipped view
+    keeps its online values and its incremental state."""
+
+    def __init__(self, written=(), skipped=None):
+        super().__init__(written)
+        self.skipped: dict[str, str] = dict(skipped or {})
+
+
+def materialize(store: OfflineStore, views, start: int, end: int, writer, *, now: int | None = None) -> Materialized:
     """Values as of `end` (events with ts < end) of every key with events in
     [start, end) — plus, for bounded windows, every key whose window as of
     `end` is non-empty — written through `writer` (one writer, a dict view
     name -> writer, or a function view -> writer). `now` (µs) stamps
-    aggregated rows' created time; default `end`. Returns rows per view."""
+    aggregated rows' created time; default `end`. Returns rows per view; a
+    view that cannot be computed does not stop the others: it is left out of
+    the rows and listed with the reason in the result's `skipped`."""
     store.log.flush()
     now = int(end if now is None else now)
-    out = {}
+    out = Materialized()
     for view in _views(store, views):
-        out[view.name] = materialize_view(store, view, start, end, _writer_for(writer, view), now=now)
+        why = store.source_problem(view.source)
+        if why is not None:
+            out.skipped[view.name] = why
+            continue
+        view_writer = _writer_for(writer, view)
+        try:
+            out[view.name] = materialize_view(store, view, start, end, view_writer, now=now)
+        except _DATA_ERRORS as e:
+            # one view's data (a source that cannot be read, a column a file
+            # lacks, a value that does not cast) must not stop the others; a
+            # writer's failure (the online store) still does
+            out.skipped[view.name] = _first_line(e)
+            continue
         _save_state(store, view.name, int(end))
     return out
 
 
-def materialize_incremental(store: OfflineStore, views, end: int, writer, *, now: int | None = None) -> dict:
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def materialize_incremental(store: OfflineStore, views, end: int, writer, *,
+                            now: int | None = None) -> Materialized:
     """`materialize` from each view's last materialized `end` (the start of
     time on the first run) to `end`."""
     state = _load_state(store)
-    out = {}
+    out = Materialized()
     for view in _views(store, views):
         start = state.get(view.name, -(1 << 62))
-        out.update(materialize(store, [view], start, end, writer, now=now))
+        res = materialize(store, [view], start, end, writer, now=now)
+        out.update(res)
+        out.skipped.update(res.skipped)
     return out
 
 

@@ -13,17 +13,26 @@ from fsapp.offline.eventlog import CREATED_TS, EVENT_TS, SEQ, EventLog
 from fsapp.offline.views import SourceDef, ViewDef, quote_ident
 
 _INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "HUGEINT"}
+_FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
 
 
 def sql_string(s: str) -> str:
     return "'" + str(s).replace("'", "''") + "'"
 
 
-def time_us_sql(col: str, sql_type: str, what: str) -> str:
-    """SQL turning a column of `sql_type` into int64 µs since the epoch UTC."""
+def time_us_sql(col: str, sql_type: str, what: str, *, float_epochs: bool = False) -> str:
+    """SQL turning a column of `sql_type` into int64 µs since the epoch UTC.
+    Integers are µs. With `float_epochs` (batch source files, often written
+    from `time.time()`), floats are epoch numbers whose magnitude gives the
+    unit (|x| < 1e11 seconds, < 1e14 ms, else µs), the rule of pushes and the
+    REST API; otherwise (an entity_df) they are refused as ambiguous."""
     t = sql_type.upper()
     if t in _INT_TYPES:
         return f"CAST({col} AS BIGINT)"
+    if t in _FLOAT_TYPES and float_epochs:
+        x = f"CAST({col} AS DOUBLE)"
+        return (f"CAST(round(CASE WHEN abs({x}) < 1e11 THEN {x} * 1e6 WHEN abs({x}) < 1e14 THEN {x} * 1e3 "
+                f"ELSE {x} END) AS BIGINT)")
     if t.startswith("TIMESTAMPTZ_NS") or (t.startswith("TIMESTAMP_NS") and "TIME ZONE" in t):
         # DuckDB has no epoch_us(TIMESTAMPTZ_NS) (pandas' datetime64[ns, UTC],
         # e.g. Feast's driver_stats): floor the nanoseconds to µs.
@@ -32,7 +41,8 @@ def time_us_sql(col: str, sql_type: str, what: str) -> str:
         return f"epoch_us({col})" if t != "DATE" else f"epoch_us(CAST({col} AS TIMESTAMP))"
     if t == "VARCHAR":
         return f"epoch_us(CAST({col} AS TIMESTAMPTZ))"
-    raise SourceError(f"{what} has type {sql_type}; use int64 µs since the epoch or a timestamp")
+    raise SourceError(f"{what} has type {sql_type}; use a timestamp or int64 µs since the epoch"
+                      + (" or a float epoch" if float_epochs else ""))
 
 
 class OfflineStore:
@@ -52,6 +62,7 @@ class OfflineStore:
         self.log = EventLog(os.path.join(self.root, "events"), flush_rows=flush_rows)
         self.views: dict[str, ViewDef] = {}
         self._sources: dict[str, SourceDef] = {}
+        self._unreadable: dict[str, str] = {}  # batch source -> why its last registration failed
         self._stream_columns: dict[str, list[tuple[str, str]]] = {}
         self._lock = threading.Lock()
         self.con = duckdb.connect()
@@ -80,7 +91,19 @@ class OfflineStore:
                         format: str | None = None) -> SourceDef:
         """A batch source read from Parquet or CSV file(s) (`path` may be a
         glob). Equal-timestamp ties without a created column are broken by the
-        row's position within its file."""
+        row's position within its file. A source that cannot be read raises
+        SourceError and is remembered as such (`source_problem`) until a later
+        registration succeeds."""
+        try:
+            src = self._register_source(name, path, timestamp, created_timestamp, format)
+        except SourceError as e:
+            self._sources.pop(name, None)  # reads follow the latest registration
+            self._unreadable[name] = str(e)
+            raise
+        self._unreadable.pop(name, None)
+        return src
+
+    def _register_source(self, name, path, timestamp, created_timestamp, format) -> SourceDef:
         fmt = (format or ("csv" if str(path).lower().endswith((".csv", ".csv.gz")) else "parquet")).lower()
         if fmt == "parquet":
             rel = f"read_parquet({sql_string(path)}, union_by_name = true, file_row_number = true)"
@@ -93,16 +116,24 @@ class OfflineStore:
         try:
             types = dict((r[0], r[1]) for r in self.con.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall())
         except duckdb.Error as e:
-            raise SourceError(f"source {name}: cannot read {path!r}: {e}") from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # not DuckDB's SQL echo
+            raise SourceError(f"source {name}: cannot read {path!r}: {first}") from None
         for col in (timestamp, created_timestamp):
             if col is not None and col not in types:
                 raise SourceError(f"source {name}: column {col!r} not in {path!r} (columns: {', '.join(types)})")
-        ts = time_us_sql(quote_ident(timestamp), types[timestamp], f"source {name}: column {timestamp!r}")
+        ts = time_us_sql(quote_ident(timestamp), types[timestamp], f"source {name}: column {timestamp!r}",
+                         float_epochs=True)
         cr = "0" if created_timestamp is None else time_us_sql(
-            quote_ident(created_timestamp), types[created_timestamp], f"source {name}: column {created_timestamp!r}")
+            quote_ident(created_timestamp), types[created_timestamp], f"source {name}: column {created_timestamp!r}",
+            float_epochs=True)
         src = SourceDef(name, rel, ts, cr, seq, tuple(c for c in types if c != "file_row_number"))
         self._sources[name] = src
         return src
+
+    def source_problem(self, name: str) -> str | None:
+        """Why batch source `name` cannot be read (its last `register_source`
+        failed: a missing file, a bad timestamp column), or None."""
+        return self._unreadable.get(name)
 
     def source(self, name: str, view: ViewDef | None = None) -> SourceDef:
         """A registered batch source, else the event-log stream of that name."""
@@ -137,6 +168,8 @@ class OfflineStore:
             if wa.agg.column:
                 cols.setdefault(wa.agg.column, "NULL::DOUBLE")
         bad = [c for c in cols if not pit._IDENT.match(c)]
+        if bad and name in self._unreadable:
+            raise SourceError(f"view {view.name} reads {self._unreadable[name]}")
         if bad:
             raise SourceError(f"stream {name!r} has no events yet and view {view.name} computes expressions "
                               f"{bad} over it; push events first")

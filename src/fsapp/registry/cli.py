@@ -106,7 +106,8 @@ def add_commands(sub) -> None:
     repo_help = "repo directory holding fstore.yaml (default: current directory)"
     p = sub.add_parser("init", help="create a feature repo with example definitions", formatter_class=_RAW,
                        description="Creates DIR with fstore.yaml and example card-fraud definitions\n"
-                                   "(features.sql in the SQL DSL, profiles.py with the Python API).",
+                                   "(features.sql in the SQL DSL, profiles.py with the Python API) and the\n"
+                                   "profile data they name (data/user_profiles.parquet).",
                        epilog="example:\n  fstore init fraud_repo && cd fraud_repo && fstore apply")
     p.add_argument("dir", help="directory to create (may exist, must not hold an fstore.yaml)")
     p.add_argument("--project", help="project name (default: the directory name)")

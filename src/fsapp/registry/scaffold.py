@@ -1,7 +1,10 @@
 """`fstore init DIR`: a realistic starter repo (card-fraud features) that
-plans and applies as it is, showing both the SQL DSL and the Python API."""
+plans and applies as it is, showing both the SQL DSL and the Python API, with
+the data its batch source names (`data/user_profiles.parquet`), so every
+command works on it as created."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from fsapp.registry.errors import RepoError
@@ -101,16 +104,50 @@ fraud_v1 = FeatureService(
 '''
 
 
+PROFILES_PARQUET = "data/user_profiles.parquet"
+STARTER_USERS = 1_000
+_DAY_US = 86_400_000_000
+
+
+def write_user_profiles(path: str | Path, users: int = STARTER_USERS, now: int | None = None, seed: int = 19) -> Path:
+    """The `user_profiles` source's Parquet file: one row per card holder
+    1..users (age, country, segment, is_verified), each last updated within
+    the 5 days before `now` (µs; default the wall clock): `fstore materialize
+    now-7d now` loads them all, and the view's 30-day TTL keeps them readable
+    for more than three weeks."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    now = time.time_ns() // 1000 if now is None else int(now)
+    rng = np.random.default_rng(seed)
+    countries = np.array(["US", "DE", "FR", "GB", "BR", "IN"], dtype=object)
+    segments = np.array(["Retail", "Premium", "Business"], dtype=object)  # the view lowercases them
+    table = pa.table({
+        "user_id": np.arange(1, users + 1, dtype=np.int64),
+        "age": np.clip(np.round(rng.normal(41, 13, users)), 18, 90).astype(np.int64),
+        "country": countries[rng.choice(len(countries), users, p=[.5, .12, .1, .1, .1, .08])],
+        "segment": segments[rng.choice(len(segments), users, p=[.7, .2, .1])],
+        "is_verified": rng.random(users) < 0.85,
+        "updated_at": pa.array(now - rng.integers(3_600_000_000, 5 * _DAY_US, users), pa.timestamp("us")),
+    })
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, str(path))
+    return path
+
+
 def init_repo(path: str | Path, project: str | None = None) -> list[Path]:
-    """Create the starter repo in `path` (created if missing); refuses to
-    overwrite an existing fstore.yaml. Returns the files written."""
+    """Create the starter repo in `path` (created if missing), with its
+    profile data; refuses to overwrite an existing fstore.yaml. Returns the
+    files written."""
     root = Path(path)
     if (root / "fstore.yaml").exists():
         raise RepoError(f"{root} already has an fstore.yaml; init only creates new repos")
     project = project or root.resolve().name.replace("-", "_") or "features"
     files = {"fstore.yaml": FSTORE_YAML.format(project=project), "features.sql": FEATURES_SQL,
              "profiles.py": PROFILES_PY, "data/.gitignore": "*\n!.gitignore\n"}
-    for rel in files:
+    for rel in [*files, PROFILES_PARQUET]:
         if (root / rel).exists():
             raise RepoError(f"{root / rel} already exists; init only creates new repos")
     written = []
@@ -119,4 +156,5 @@ def init_repo(path: str | Path, project: str | None = None) -> list[Path]:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text, encoding="utf-8")
         written.append(p)
+    written.append(write_user_profiles(root / PROFILES_PARQUET))
     return written

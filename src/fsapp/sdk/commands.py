@@ -231,6 +231,11 @@ def _csv_safe(table: pa.Table) -> pa.Table:
 
 
 def cmd_materialize(args) -> int:
+    """Materializes view by view: a view that cannot be (its source file is
+    missing, a column cannot be read) is reported and skipped, and the others
+    still run. Prints `{"views": {name: keys}, "skipped": {name: why}}`;
+    exit 1 when a view was skipped."""
+    from fsapp.errors import SourceError
     from fsapp.sdk.convert import to_us
     from fsapp.sdk.progress import Progress
     start = None if args.start in ("-", "beginning") else to_us(args.start, "START")
@@ -238,22 +243,32 @@ def cmd_materialize(args) -> int:
     if start is not None and start >= end:
         raise ValueError("START must be before END (e.g. fstore materialize now-7d now)")
     store = _store(args)
+    written, skipped = {}, {}
     try:
         views = [v.strip() for v in args.views.split(",")] if args.views else \
             [v["name"] for v in store.list_feature_views() if v.get("definition", {}).get("online", True)]
         bar = Progress("materialize", len(views), unit="views")
-        written = {}
         try:
             for v in views:
-                res = store.materialize(start, end, views=[v])
+                try:
+                    res = store.materialize(start, end, views=[v])
+                except SourceError as e:  # a server that reports a source problem as an error
+                    skipped[v] = str(e)
+                    bar.update(1, extra=f"{v}: skipped")
+                    continue
                 written.update(res["views"])
-                bar.update(1, extra=f"{v}: {res['views'].get(v, 0):,} keys")
+                skipped.update(res.get("skipped") or {})
+                if v not in res["views"] and v not in skipped:
+                    skipped[v] = "not materialized (the store did not say why)"
+                bar.update(1, extra=f"{v}: skipped" if v in skipped else f"{v}: {res['views'][v]:,} keys")
         finally:
             bar.close()
     finally:
         _close(store)
-    print(json.dumps({"views": written}))
-    return 0
+    for v, why in skipped.items():
+        print(f"skipped {v}: {why}", file=sys.stderr)
+    print(json.dumps({"views": written, "skipped": skipped}))
+    return 1 if skipped else 0
 
 
 class _Usage(Exception):
@@ -335,7 +350,9 @@ def add_commands(sub) -> None:
                        description="For keys with events in [START, END), computes each view's value as of END\n"
                                    "from the offline event log and writes it online (heals late events, backfills\n"
                                    "views applied after their events arrived). Times: ISO-8601, epoch, 'now',\n"
-                                   "relative like now-7d; START '-' means from the beginning.",
+                                   "relative like now-7d; START '-' means from the beginning. A view that cannot\n"
+                                   "be computed (e.g. its source file is missing) is skipped with the reason, the\n"
+                                   "others still run, and the exit code is 1.",
                        epilog="examples:\n  fstore materialize now-7d now --repo fraud_repo\n"
                               "  fstore materialize 2026-11-01 2026-11-27T00:00:00Z --views user_txn "
                               "--url http://127.0.0.1:9094")
