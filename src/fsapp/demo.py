@@ -268,7 +268,7 @@ def run_demo(events: int = 20_000, keep: str | None = None, workers: int = 2, cr
             f"{train.num_columns} columns in {time.monotonic() - t0:.2f}s; user 1 at five times (features use only "
             "events strictly before each label):")
         cols = ["event_timestamp", "is_fraud", "user_txn__txn_count_1h", "user_txn__amount_24h",
-                "merchant_txn__txn_count_1h", "user_profile__age"]
+                "merchant_txn__merchant_txn_count_1h", "user_profile__age"]
         head = train.slice(0, 5).select(cols).to_pydict()
         grid = [["time", "label", "txn_count_1h", "amount_24h", "merchant_txn_1h", "age"]]
         grid += [[t.strftime("%H:%M:%S")] + [_fmt(head[c][i]) for c in cols[1:]]

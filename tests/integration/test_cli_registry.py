@@ -72,7 +72,7 @@ def test_errors_exit_1_with_a_message(repo, tmp_path):
     sql.write_text(sql.read_text().replace("sum(amount) OVER tumbling('1d')", "sum(merchant_id) OVER tumbling('1d')"))
     res = fstore("apply", "-r", str(repo))
     assert res.returncode == 1
-    assert "features.sql:39: feature view merchant_txn: sum(merchant_id) AS volume_1d: sum needs a numeric" \
+    assert "features.sql:40: feature view merchant_txn: sum(merchant_id) AS volume_1d: sum needs a numeric" \
         in res.stderr
     assert not (repo / "data" / "registry.db").exists()
     sql.write_text("CREATE FEATURE VIEW v AS SELECT\n  FROM x")

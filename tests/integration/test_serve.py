@@ -60,6 +60,19 @@ def test_push_through_one_worker_is_read_from_every_worker(served):
         assert out["metadata"]["feature_names"] == ["account_id", "n_payments", "total"]
         assert out["results"][1]["values"] == [2, None] and out["results"][2]["values"][0] == 6.5
         assert out["results"][1]["statuses"] == ["PRESENT", "NOT_FOUND"]
+    # an output name given twice is refused by the workers' reader as by the
+    # engine (422), never answered with the column listed twice
+    twice = {"features": ["account_totals:total", "account_totals:total"], "entities": {"account_id": [1]}}
+    for path in ("/get-online-features", "/api/v1/features/online"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            post(base + path, twice)
+        assert e.value.code == 422 and "requested twice" in json.loads(e.value.read())["description"]
+    from fsapp import Client
+    from fsapp.errors import FeatureNameCollision
+    client = Client(base)
+    with pytest.raises(FeatureNameCollision, match="requested twice"):
+        client.get_online_features(twice["features"], entity_rows=twice["entities"])
+    client.close()
     # bad input is a 4xx with a JSON message, never a 500
     for body, status in (({"stream": "nope", "rows": [{"a": 1}]}, 404),
                          ({"stream": "payments", "rows": [{"account_id": "x", "ts": now}]}, 422)):

@@ -381,7 +381,7 @@ def test_online_json_equals_an_oracle_built_from_get_batch(engine):
                                  txn(1, T0 - 40 * H, amount=7.0)])
     user = ["txn_count_1h", "amount_24h", "avg_amount_1d", "max_amount_7d", "amount_stddev_7d",
             "distinct_merchants_1d", "online_txn_count_1d", "session_txn_count", "last_5_amounts"]
-    merchant = ["txn_count_1h", "volume_1d", "distinct_users_1d", "foreign_txn_count_1d"]
+    merchant = ["merchant_txn_count_1h", "volume_1d", "distinct_users_1d", "foreign_txn_count_1d"]
     features = [f"user_txn:{f}" for f in user[:4]] + [f"merchant_txn:{f}" for f in merchant] + \
         [f"user_txn:{f}" for f in user[4:]]
     entities = {"user_id": [1, 2, 3], "merchant_id": ["m1", 'm"2', "x"]}

@@ -45,12 +45,17 @@ def test_push_then_online_and_historical(store):
     labels = {"user_id": [1, 1], "event_timestamp": [now - dt.timedelta(minutes=30), now]}
     t = store.get_historical_features(labels, features=["user_txn:amount_24h"])
     assert t.to_arrow().column("amount_24h").to_pylist() == [86.0, 135.0]  # point in time
-    # a feature service whose names collide across views needs full names (Feast's rule)
-    with pytest.raises(FeatureNameCollision, match="full_feature_names"):
-        store.get_online_features(feature_service="fraud_v1", entity_rows=[{"user_id": 1, "merchant_id": "m7"}])
+    # an output name given twice is refused (tests/unit/test_feature_names.py:
+    # every surface); the starter service reads with short names or full ones
+    with pytest.raises(FeatureNameCollision, match="requested twice"):
+        store.get_online_features(features=["user_txn:txn_count_1h", "user_txn:txn_count_1h"],
+                                  entity_rows=[{"user_id": 1}])
+    short = store.get_online_features(feature_service="fraud_v1",
+                                      entity_rows=[{"user_id": 1, "merchant_id": "m7"}]).to_dict()
     full = store.get_online_features(feature_service="fraud_v1", full_feature_names=True,
                                      entity_rows=[{"user_id": 1, "merchant_id": "m7"}]).to_dict()
-    assert full["merchant_txn__txn_count_1h"] == full["user_txn__txn_count_1h"]
+    assert full["merchant_txn__merchant_txn_count_1h"] == short["merchant_txn_count_1h"]
+    assert full["user_txn__txn_count_1h"] == short["txn_count_1h"]
     labels["merchant_id"] = ["m7", "m7"]
     df = store.get_historical_features(labels, feature_service="fraud_v1", full_feature_names=True).to_df()
     assert df["user_txn__amount_24h"].tolist() == [86.0, 135.0]

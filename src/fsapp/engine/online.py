@@ -19,6 +19,7 @@ import numpy as np
 from fscore import jsonenc
 
 from fsapp.engine.errors import BatchError
+from fsapp.registry.catalog import FeatureNameCheck
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -101,6 +102,7 @@ class OnlinePlan:
         self.one_view = len(self.views) == 1 and self.order == [(0, j) for j in range(len(self.order))]
         self.feature_names = {full: [_feature_name(i, f, full) for i, f in self.resolved] for full in (False, True)}
         self.names = {full: ",".join(map(_dumps, names)).encode() for full, names in self.feature_names.items()}
+        self.check_names = FeatureNameCheck(self.resolved)  # a name clash is refused, never answered twice
         self._specs: dict = {}
 
     def specs(self, key, table) -> np.ndarray:
@@ -150,6 +152,7 @@ def online_response(plan, table_of, entities, now: int, full_feature_names: bool
     stored values). Equal to `json.loads(online_json(...))` (tested); each
     view's timestamp list is shared by its features."""
     plan = _plan(plan)
+    plan.check_names(full_feature_names)
     ent, n, views = _read(plan, table_of, entities, now, lookup, True)
     epoch = [_EPOCH_ISO] * n
     results = [{"values": list(v), "statuses": ["PRESENT"] * n, "event_timestamps": epoch} for v in ent.values()]
@@ -166,6 +169,7 @@ def online_json(plan, table_of, entities, now: int, full_feature_names: bool = F
     cost ~1.4 ms of a 1x50 request and ~3 ms of a 100x50 one; per-column
     result arrays another ~60 µs of a 1x50 one (benches/bench_serving.py)."""
     plan = _plan(plan)
+    plan.check_names(full_feature_names)
     ent, n, encoded = _read(plan, table_of, entities, now, lookup, False)
     # the entity key columns: their values, PRESENT, the epoch
     tail = _key_tail(n)

@@ -14,10 +14,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fsapp.errors import EntityDataFrameError, FeatureNameCollision, SourceError, UnknownFeatureError
+from fsapp.errors import EntityDataFrameError, SourceError, UnknownFeatureError
 from fsapp.offline import pit
 from fsapp.offline.store import OfflineStore, sql_string, time_us_sql
 from fsapp.offline.views import ViewDef, quote_ident
+from fsapp.registry.catalog import check_feature_names, output_name
 
 DEFAULT_TIMESTAMP = "event_timestamp"
 _ids = itertools.count()
@@ -55,16 +56,20 @@ class HistoricalResult:
         return self.to_arrow().num_rows
 
 
-def _resolve(store: OfflineStore, features) -> list[tuple[ViewDef, list[str]]]:
+def _resolve(store: OfflineStore, features) -> tuple[list[tuple[ViewDef, list[str]]], list[tuple[ViewDef, str]]]:
     """[(view narrowed to the wanted features, feature names)] from
-    'view:feature' / 'view:*' strings or ViewDef objects, view order kept."""
+    'view:feature' / 'view:*' strings or ViewDef objects, view order kept;
+    and every requested (view, feature) in request order, repeats included
+    (what the output-name rule judges)."""
     if isinstance(features, (str, ViewDef)):
         features = [features]
     wanted: dict[str, list[str]] = {}
     views: dict[str, ViewDef] = {}
+    requested: list[tuple[ViewDef, str]] = []
     for f in features:
         if isinstance(f, ViewDef):
             views[f.name] = f
+            requested += [(f, n) for n in f.feature_names]
             wanted.setdefault(f.name, []).extend(n for n in f.feature_names if n not in wanted.get(f.name, []))
             continue
         if not isinstance(f, str) or ":" not in f:
@@ -76,6 +81,7 @@ def _resolve(store: OfflineStore, features) -> list[tuple[ViewDef, list[str]]]:
         for n in names:
             if n not in v.feature_names:
                 raise UnknownFeatureError(f"view {vname} has no feature {n!r}; it has {', '.join(v.feature_names)}")
+            requested.append((v, n))
             if n not in wanted.setdefault(vname, []):
                 wanted[vname].append(n)
     out = []
@@ -87,7 +93,7 @@ def _resolve(store: OfflineStore, features) -> list[tuple[ViewDef, list[str]]]:
         out.append((narrowed, narrowed.feature_names))
     if not out:
         raise UnknownFeatureError("no features requested")
-    return out
+    return out, requested
 
 
 def load_entities(cur, entity_df, timestamp_column: str, name: str) -> tuple[list[str], object]:
@@ -150,22 +156,18 @@ def get_historical_features(store: OfflineStore, entity_df, features, *,
     per docs/semantics.md. Output columns are named `feature`, or
     `view__feature` with `full_feature_names=True`."""
     store.log.flush()  # a training set sees every event ingested so far
-    selected = _resolve(store, features)
+    selected, requested = _resolve(store, features)
     cur = store.cursor()
     name = f"__fs_q{next(_ids)}"
     cols, keep = load_entities(cur, entity_df, timestamp_column, name)
-    parts, seen = [], {c: "the entity_df" for c in cols}
+    check_feature_names(requested, full_feature_names, taken=cols)
+    parts = []
     for view, names in selected:
         missing = [k for k in view.keys if k not in cols]
         if missing:
             raise EntityDataFrameError(f"entity_df lacks the key column(s) {missing} of view {view.name} "
                                        f"(it has {', '.join(cols)})")
-        outs = [f"{view.name}__{n}" if full_feature_names else n for n in names]
-        for o in outs:
-            if o in seen:
-                raise FeatureNameCollision(f"output column {o!r} of view {view.name} clashes with {seen[o]}; "
-                                           f"pass full_feature_names=True or rename it")
-            seen[o] = f"view {view.name}"
+        outs = [output_name(view.name, n, full_feature_names) for n in names]
         parts.append(pit.ViewQuery(view, store.source(view.source, view), outs))
     sql = pit.training_set_sql(name, cols, parts)
     return HistoricalResult(cur, sql, keep)

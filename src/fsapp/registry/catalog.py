@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from fscore.schema import Schema
 from fscore.window_spec import Agg, WindowSpec
 
+from fsapp.errors import FeatureNameCollision
 from fsapp.registry.errors import NotFoundError
 from fsapp.registry.model import FeatureRef, FeatureView, online_kind
 from fsapp.registry.store import Entry, RegistryStore, Snapshot
@@ -51,11 +52,14 @@ class FeatureViewInfo:
         return self.entry.resolved["timestamp"]
 
     def online_schema(self) -> Schema:
-        """The fscore table schema holding this view's latest values."""
+        """The fscore table schema holding this view's latest values. A
+        last_k feature is a `list` of up to k float64 items (only the values
+        there are, newest first), whatever its registered DOUBLE[k] type."""
         keys = [(n, online_kind(t)[0]) for n, t in self.keys]
+        last_k = {a.name: a.k for a in self.definition.aggregations if a.function == "last_k"}
         cols = []
         for n, t in self.features:
-            kind, size = online_kind(t)
+            kind, size = ("list", last_k[n]) if n in last_k else online_kind(t)
             cols.append((n, kind, size) if size else (n, kind))
         return Schema(keys, cols)
 
@@ -103,11 +107,14 @@ class FeatureViewInfo:
             groups.setdefault(a.window, []).append(Agg(a.function, col, a.name, a.k))
         return [(w, tuple(aggs)) for w, aggs in groups.items()]
 
-    def projection_sql(self, relation: str) -> str:
+    def projection_sql(self, relation: str, row_column: str | None = None) -> str:
         """DuckDB SQL that turns raw rows of `relation` into what this view
         consumes: keys, the event timestamp, then plain features or
-        aggregation inputs, after the row filter."""
+        aggregation inputs, after the row filter; `row_column` (a column of
+        `relation`) first when given, so each output row names its input row."""
         items = [_qi(name) if expr is None else f"({expr}) AS {_qi(name)}" for expr, name in self._projection()]
+        if row_column is not None:
+            items.insert(0, _qi(row_column))
         d = self.definition
         where = f" WHERE ({d.filter})" if d.filter else ""
         return f"SELECT {', '.join(items)} FROM {relation}{where}"
@@ -124,6 +131,66 @@ class FeatureViewInfo:
         else:
             items += [(p.expr, p.name) for p in d.features]
         return items
+
+
+def output_name(view_name: str, feature: str, full_feature_names: bool) -> str:
+    """A feature's column in every answer: `feature`, or `view__feature`
+    with full_feature_names (Feast's names)."""
+    return f"{view_name}__{feature}" if full_feature_names else feature
+
+
+def check_feature_names(resolved, full_feature_names: bool, taken=()) -> None:
+    """The one rule every read follows (embedded and client online reads,
+    REST and Feast's endpoint, training sets): each requested feature gets an
+    output column of its own. `resolved`: [(view, feature)] in request order,
+    `view` anything with `.name` (a `FeatureViewInfo`, an offline `ViewDef`)
+    and maybe `.version`; `taken`: columns the answer already has (entity
+    keys, an entity_df's columns). Raises FeatureNameCollision saying what to
+    change: pass full_feature_names, request one version, or list a feature
+    once."""
+    taken = set(taken)
+    owner: dict[str, tuple] = {}
+    for view, feature in resolved:
+        name = output_name(view.name, feature, full_feature_names)
+        if name in taken:
+            hint = "" if full_feature_names else "; pass full_feature_names=True to get view__feature names"
+            raise FeatureNameCollision(f"feature {view.name}:{feature} would be output as {name!r}, which is "
+                                       f"already an entity column{hint}")
+        this = (view.name, getattr(view, "version", None), feature)
+        prev = owner.setdefault(name, this)
+        if prev is this:
+            continue
+        if prev == this:
+            raise FeatureNameCollision(f"{view.name}:{feature} is requested twice; list each feature once")
+        if prev[0] == view.name:
+            raise FeatureNameCollision(f"{view.name}@v{prev[1]}:{feature} and {view.name}@v{this[1]}:{feature} "
+                                       f"would both be output as {name!r}; request one version of {view.name}")
+        raise FeatureNameCollision(f"feature name {name!r} comes from both {prev[0]}:{feature} and "
+                                   f"{view.name}:{feature}; pass full_feature_names=True to get view__feature "
+                                   f"names ({prev[0]}__{feature}, {view.name}__{feature})")
+
+
+class FeatureNameCheck:
+    """`check_feature_names` for a resolved list judged once for both values
+    of full_feature_names (an online plan is reused across many reads); the
+    views' entity keys, the answer's first columns, are taken names.
+    PERF: a read then costs a dict lookup, not a pass over its features."""
+
+    def __init__(self, resolved):
+        resolved = list(resolved)
+        keys = dict.fromkeys(k for info, _ in resolved for k, _ in getattr(info, "keys", ()))
+        self._problem = {}
+        for full in (False, True):
+            try:
+                check_feature_names(resolved, full, keys)
+                self._problem[full] = None
+            except FeatureNameCollision as e:
+                self._problem[full] = str(e)
+
+    def __call__(self, full_feature_names: bool) -> None:
+        problem = self._problem[bool(full_feature_names)]
+        if problem is not None:
+            raise FeatureNameCollision(problem)
 
 
 class Registry:

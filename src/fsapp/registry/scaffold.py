@@ -57,10 +57,11 @@ SELECT user_id,
 FROM transactions
 WHERE amount > 0;
 
--- Per-merchant volume: a sudden spike is a fraud signal too.
+-- Per-merchant volume: a sudden spike is a fraud signal too. Feature names are
+-- unique across the repo, so a service can read both views with short names.
 CREATE FEATURE VIEW merchant_txn AS
 SELECT merchant_id,
-       count(*) OVER sliding('1h', '5m') AS txn_count_1h,
+       count(*) OVER sliding('1h', '5m') AS merchant_txn_count_1h,
        sum(amount) OVER tumbling('1d') AS volume_1d,
        approx_count_distinct(user_id) OVER sliding('1d', '1h') AS distinct_users_1d,
        sum(CASE WHEN country <> 'US' THEN 1 ELSE 0 END) OVER sliding('1d', '1h') AS foreign_txn_count_1d
@@ -96,7 +97,7 @@ fraud_v1 = FeatureService(
     name="fraud_v1",
     features=[
         "user_txn:txn_count_1h", "user_txn:amount_24h", "user_txn:distinct_merchants_1d",
-        "user_txn:last_5_amounts", "merchant_txn:txn_count_1h", "merchant_txn:foreign_txn_count_1d",
+        "user_txn:last_5_amounts", "merchant_txn:merchant_txn_count_1h", "merchant_txn:foreign_txn_count_1d",
         user_profile[["age", "country", "is_verified"]],
     ],
     description="Features of the card fraud model",

@@ -15,12 +15,8 @@ class OnlineResponse:
     def __init__(self, raw: dict, n_keys: int):
         self.raw = raw
         self.n_keys = n_keys  # how many leading results are the entity keys
-        names = raw["metadata"]["feature_names"]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            from fsapp.errors import FeatureNameCollision
-            raise FeatureNameCollision(f"feature name(s) {', '.join(dup)} come from more than one view; pass "
-                                       "full_feature_names=True to get view__feature names")
+        # names are unique: the read that made `raw` refused a clash
+        # (fsapp.registry.catalog.check_feature_names, on every surface)
 
     @property
     def feature_names(self) -> list[str]:
