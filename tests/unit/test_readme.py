@@ -20,3 +20,12 @@ def test_readme_names_the_two_quickstart_commands():
     assert "pip install -e '.[test]' && pytest -q" in text
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pip install -e '.[test]' && pytest -q" in ci
+
+
+def test_readme_tour_needs_nothing_the_first_command_does_not_install():
+    # `pip install . && fstore demo` brings no pandas: the tour's code calls no
+    # .to_df() (comments may mention it); test_readme_tour.py runs it without pandas
+    text = (ROOT / "README.md").read_text()
+    for code in re.findall(r"```python\n(.*?)```", text, re.S):
+        for line in code.splitlines():
+            assert ".to_df()" not in line.split("#", 1)[0], line
