@@ -11,7 +11,8 @@
     fstore historical F    build a point-in-time training set from an entity file
     fstore materialize S E recompute online values from the offline log
 
-`fstore COMMAND --help` shows each command's options and an example.
+`fstore COMMAND --help` shows each command's options and an example;
+`fstore --version` the version. `python -m fsapp ...` is the same command.
 Exit codes: 0 success, 1 a check failed, 2 bad usage.
 """
 from __future__ import annotations
@@ -42,9 +43,21 @@ def _serve(args) -> int:
         return 1
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("fstore")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fstore", description="fstore: a stream-native feature store on one machine",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"fstore {version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     d = sub.add_parser(
         "demo", help="run the whole product on a temporary repo (under a minute)",
