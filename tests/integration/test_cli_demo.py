@@ -28,6 +28,14 @@ def test_demo_passes_and_cleans_up():
     assert "processes left: 0" in out
     assert re.search(r"1 entity +p50 +[\d.]+ ms", out)
     assert "demo passed" in out
+    # what it prints follows the documented rules: the engine's late count is
+    # the one the lateness rule predicts, and the sliding count is explained
+    # by its window and equals the generated events in it
+    late = re.search(r"late (\d+) \(logged offline, not applied online; the rule predicted (\d+)\)", out)
+    assert late and late.group(1) == late.group(2), out
+    count = re.search(r"txn_count_1h as of [\d:]+ is (\d+), and (\d+) of its on-time events", out)
+    assert count and count.group(1) == count.group(2), out
+    assert "closed 5-min hops only" in out and "newest event" in out
     root = out.split("fstore demo in ", 1)[1].split()[0]
     assert not os.path.exists(root)
 
