@@ -221,6 +221,57 @@ cdef class Table:
             except FileNotFoundError:
                 pass
 
+    def with_schema(self, schema, path=None, publish=True):
+        """A copy of this table under another schema with the same key columns
+        (a newer fstore changed a column's kind): same rows at the same row
+        ids, timestamps and counters; value columns matched by name, vectors
+        converted between float32 and float64 (a `list` keeps its NaN tail),
+        other kind changes and new columns null."""
+        cdef Table new
+        cdef Py_ssize_t r
+        cdef uint8_t *p
+        if schema.keys != self.schema.keys:
+            raise SchemaError("with_schema keeps the key columns; rebuild the table to change them")
+        new = Table(schema, capacity=self.capacity_, ttl_us=self.ttl, path=path, publish=publish,
+                    max_capacity=self.max_capacity_)
+        old_m, new_m = self._rows_matrix(), new._rows_matrix()
+        live = self.live_rows()
+        head = ROW_KEY + self.kw8
+        new_m[live, :head] = old_m[live, :head]
+        new_m[live, 0:8] = 0  # seqlock words start even
+        old_cols = {f.name: (c, f) for c, f in enumerate(self.schema.columns)}
+        for c, f in enumerate(schema.columns):
+            src = old_cols.get(f.name)
+            noff, off, w = new.null_off + c, new.col_off[c], new.col_width[c]
+            new_m[live, noff] = 1
+            if src is None:
+                continue
+            oc, of = src
+            ooff, ow = self.col_off[oc], self.col_width[oc]
+            if of.kind == f.kind and ow == w:
+                new_m[live, off:off + w] = old_m[live, ooff:ooff + w]
+            elif f.kind in _MATRIX_NPY and of.kind in _MATRIX_NPY:
+                odt = np.float32 if of.kind == "vector" else np.float64
+                ndt = np.float32 if f.kind == "vector" else np.float64
+                vals = np.ascontiguousarray(old_m[live, ooff:ooff + ow]).view(odt).astype(ndt)
+                k = min(vals.shape[1], f.size)
+                out = np.full((live.size, f.size), np.nan, dtype=ndt)
+                out[:, :k] = vals[:, :k]
+                new_m[live, off:off + w] = out.view(np.uint8)
+            else:
+                continue
+            new_m[live, noff] = old_m[live, self.null_off + oc]
+        new.hdr[H_COUNT] = live.size
+        for word in (H_EVICT_CAPACITY, H_EVICT_EXPIRED, H_STALE_ON_ARRIVAL, H_PUTS, H_COMPACTIONS):
+            new.hdr[word] = self.hdr[word]
+        with nogil:
+            for r in range(new.capacity_):
+                p = new.rows + r * new.stride
+                if p[ROW_STATE] == 1:
+                    new._insert_index(p + ROW_KEY, hash_key(p + ROW_KEY, new.kw8), r)
+        new._rebuild_free_list()
+        return new
+
     def retired(self):
         """True once the writer moved this table to a new buffer (it grew):
         a reader must reopen the path. One atomic load: check it per read."""

@@ -18,6 +18,7 @@ cdef extern from "groupcommit.h" nogil:
                    fs_gc_sync_fn sync_fn, void *sync_ctx) noexcept
     int fs_gc_append(fs_gc *gc, size_t n, const uint8_t *types, const void *const *payloads, const size_t *lens,
                      int durable, uint64_t *first_lsn) noexcept
+    int fs_gc_wait(fs_gc *gc, uint64_t lsn, int durable) noexcept
     int fs_gc_sync(fs_gc *gc) noexcept
     int fs_gc_close(fs_gc *gc) noexcept
     void fs_gc_abandon(fs_gc *gc) noexcept

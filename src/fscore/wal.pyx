@@ -284,16 +284,19 @@ cdef class Wal:
         if self._gc.poison:
             self._raise_poisoned()
 
-    def append(self, int rtype, payload) -> int:
+    def append(self, int rtype, payload, bint wait=True) -> int:
         """Appends one record and returns its LSN once durable under the fsync
-        policy (fsynced for "always"; handed to the OS otherwise)."""
+        policy (fsynced for "always"; handed to the OS otherwise). With
+        `wait=False` it returns the LSN at once, the record only encoded:
+        call `wait(lsn)` before acknowledging it (appenders that wait
+        together share writes and fsyncs)."""
         cdef Py_buffer view
         cdef const void *data
         cdef size_t n
         cdef uint8_t t
         cdef uint64_t lsn = 0
         cdef int rc
-        cdef int durable = self._policy == POLICY_ALWAYS
+        cdef int durable = (self._policy == POLICY_ALWAYS) if wait else -1
         cdef bint is_bytes = type(payload) is bytes
         self._check_writable()
         if is_bytes:  # PERF: skips the buffer protocol for the common case
@@ -357,6 +360,17 @@ cdef class Wal:
             free(lens)
         self._check(rc)
         return range(first, first + count)
+
+    def wait(self, uint64_t lsn):
+        """Returns once record `lsn` (appended with wait=False) is durable
+        under the fsync policy; raises as `append` would."""
+        cdef int rc
+        cdef int durable = self._policy == POLICY_ALWAYS
+        with nogil:
+            rc = fs_gc_wait(self._gc, lsn, durable)
+        if rc == FS_GC_EINVAL:
+            raise ValueError(f"LSN {lsn} was never appended to this log")
+        self._check(rc)
 
     def _next_lsn_now(self):
         return self._stats()[0] + 1
@@ -442,6 +456,14 @@ cdef class Wal:
     def durable_lsn(self) -> int:
         """Every record with LSN <= this is known to be fsynced."""
         return self._stats()[2]
+
+    @property
+    def acknowledged_lsn(self) -> int:
+        """Every record <= this is as durable as the fsync policy promises
+        (fsynced for "always", written to the OS otherwise): what `wait`
+        waits for."""
+        s = self._stats()
+        return s[2] if self._policy == POLICY_ALWAYS else s[1]
 
     @property
     def poisoned(self) -> bool:

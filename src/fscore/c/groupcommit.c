@@ -364,8 +364,20 @@ int fs_gc_append(fs_gc *gc, size_t n, const uint8_t *types, const void *const *p
         gc->len[c] += fs_record_encode(gc->buf[c] + gc->len[c], types[i], gc->next_lsn, payloads[i], lens[i]);
         gc->next_lsn++;
     }
-    rc = n ? wait_for(gc, gc->next_lsn - 1, durable) : FS_GC_OK;
+    rc = n && durable >= 0 ? wait_for(gc, gc->next_lsn - 1, durable) : FS_GC_OK;
 out:
+    pthread_mutex_unlock(&gc->mu);
+    return rc;
+}
+
+int fs_gc_wait(fs_gc *gc, uint64_t lsn, int durable) {
+    pthread_mutex_lock(&gc->mu);
+    int rc;
+    if (lsn >= gc->next_lsn) rc = FS_GC_EINVAL;  /* never appended */
+    else if ((durable ? gc->durable_lsn : gc->written_lsn) >= lsn) rc = FS_GC_OK;
+    else if (gc->poison) rc = gc->poison;
+    else if (gc->closed) rc = FS_GC_ECLOSED;
+    else rc = wait_for(gc, lsn, durable);
     pthread_mutex_unlock(&gc->mu);
     return rc;
 }

@@ -94,11 +94,17 @@ int fs_gc_init(fs_gc *gc, const char *dir, int wfd, uint64_t seg_first, size_t s
                fs_gc_sync_fn sync_fn, void *sync_ctx);
 
 /* Encodes n records (types[i], payloads[i], lens[i]) with consecutive LSNs and
- * waits until they are durable (durable=1) or written to the OS (durable=0).
+ * waits until they are durable (durable=1) or written to the OS (durable=0),
+ * or returns at once (durable=-1: the caller waits later with fs_gc_wait).
  * The caller has validated types (1..255) and sizes. *first_lsn receives the
  * first LSN. Returns FS_GC_OK or a negative FS_GC_E* code. Call without the GIL. */
 int fs_gc_append(fs_gc *gc, size_t n, const uint8_t *types, const void *const *payloads, const size_t *lens,
                  int durable, uint64_t *first_lsn);
+
+/* Waits until the record `lsn` (appended earlier) is durable (durable=1) or
+ * written to the OS (durable=0), doing the write or an fsync itself when
+ * nobody else is. Returns FS_GC_OK or an error code. Call without the GIL. */
+int fs_gc_wait(fs_gc *gc, uint64_t lsn, int durable);
 
 /* Waits until everything appended so far is durable. Returns FS_GC_OK or an error code. */
 int fs_gc_sync(fs_gc *gc);
