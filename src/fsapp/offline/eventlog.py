@@ -152,7 +152,7 @@ class EventLog:
         created = np.broadcast_to(np.asarray(created_ts, dtype=np.int64), (n,))
         with self._lock:
             first = self.next_seq(stream) if seq is None else int(seq)
-            if first != self.next_seq(stream):
+            if first < self.next_seq(stream):  # a gap is fine (a batch refused after numbering), going back is not
                 raise SourceError(f"stream {stream}: events must continue at seq {self.next_seq(stream)}, "
                                   f"got {first}")
             table = (table.append_column(EVENT_TS, pa.array(ts, pa.int64()))

@@ -34,8 +34,8 @@ _DATA_ERRORS = (SourceError, duckdb.BinderException, duckdb.IOException, duckdb.
 def online_schema(view: ViewDef, key_kinds=None, feature_kinds: dict | None = None) -> Schema:
     """The online table schema of a view: its keys (`key_kinds`, default the
     view's, else int64) and one column per feature. Counts and distinct counts
-    are int64, other aggregations float64, last_k a float32 vector of k (the
-    table's vector type); plain features default to float64 unless
+    are int64, other aggregations float64, last_k a list of up to k float64
+    items (the table's list type); plain features default to float64 unless
     `feature_kinds` says otherwise."""
     kinds = list(key_kinds or view.key_kinds or ["int64"] * len(view.keys))
     keys = [(k, kind) for k, kind in zip(view.keys, kinds)]
@@ -47,7 +47,7 @@ def online_schema(view: ViewDef, key_kinds=None, feature_kinds: dict | None = No
         if a.kind in ("count", "approx_count_distinct"):
             cols.append((a.name, "int64"))
         elif a.kind == "last_k":
-            cols.append((a.name, "vector", a.k))
+            cols.append((a.name, "list", a.k))
         else:
             cols.append((a.name, "float64"))
     return Schema(keys=keys, columns=cols)
@@ -57,9 +57,11 @@ def _column(schema_field, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(values, null mask) in the form `put_batch` takes for this field."""
     nulls = arr.is_null().to_numpy(zero_copy_only=False)
     kind = schema_field.kind
-    if kind == "vector":
-        vals = np.array([v if v is not None else [np.nan] * schema_field.size for v in arr.to_pylist()],
-                        dtype=np.float64).reshape(len(arr), schema_field.size)
+    if kind in ("vector", "vector64", "list"):
+        # a list (last_k) holds its items then NaN; a vector's null element is NaN too
+        size = schema_field.size
+        rows = [[np.nan if x is None else x for x in (v or [])][:size] for v in arr.to_pylist()]
+        vals = np.array([r + [np.nan] * (size - len(r)) for r in rows], dtype=np.float64).reshape(len(arr), size)
         return vals, nulls
     if kind == "string":
         return np.array(arr.to_pylist(), dtype=object), nulls

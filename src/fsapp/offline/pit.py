@@ -182,9 +182,8 @@ def _agg_sql(a: Agg, c: str | None) -> str:
     if k == "last":
         return f"arg_max({x}, s.__ord) {nn}"
     if k == "last_k":
-        # Newest first, padded with NaN to k like the engine's (n, k) output.
-        return (f"list_resize(coalesce(arg_max({x}, s.__ord, {a.k}) {nn}, []::DOUBLE[]), "
-                f"{a.k}, 'NaN'::DOUBLE)")
+        # The newest (up to) k values, newest first; null when the window has none.
+        return f"arg_max({x}, s.__ord, {a.k}) {nn}"
     raise ValueError(f"no SQL for aggregation {k}")  # approx_count_distinct is hll_ctes' job
 
 

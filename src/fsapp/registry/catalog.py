@@ -52,11 +52,14 @@ class FeatureViewInfo:
         return self.entry.resolved["timestamp"]
 
     def online_schema(self) -> Schema:
-        """The fscore table schema holding this view's latest values."""
+        """The fscore table schema holding this view's latest values. A
+        last_k feature is a `list` of up to k float64 items (only the values
+        there are, newest first), whatever its registered DOUBLE[k] type."""
         keys = [(n, online_kind(t)[0]) for n, t in self.keys]
+        last_k = {a.name: a.k for a in self.definition.aggregations if a.function == "last_k"}
         cols = []
         for n, t in self.features:
-            kind, size = online_kind(t)
+            kind, size = ("list", last_k[n]) if n in last_k else online_kind(t)
             cols.append((n, kind, size) if size else (n, kind))
         return Schema(keys, cols)
 
@@ -104,11 +107,14 @@ class FeatureViewInfo:
             groups.setdefault(a.window, []).append(Agg(a.function, col, a.name, a.k))
         return [(w, tuple(aggs)) for w, aggs in groups.items()]
 
-    def projection_sql(self, relation: str) -> str:
+    def projection_sql(self, relation: str, row_column: str | None = None) -> str:
         """DuckDB SQL that turns raw rows of `relation` into what this view
         consumes: keys, the event timestamp, then plain features or
-        aggregation inputs, after the row filter."""
+        aggregation inputs, after the row filter; `row_column` (a column of
+        `relation`) first when given, so each output row names its input row."""
         items = [_qi(name) if expr is None else f"({expr}) AS {_qi(name)}" for expr, name in self._projection()]
+        if row_column is not None:
+            items.insert(0, _qi(row_column))
         d = self.definition
         where = f" WHERE ({d.filter})" if d.filter else ""
         return f"SELECT {', '.join(items)} FROM {relation}{where}"

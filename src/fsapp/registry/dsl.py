@@ -14,7 +14,8 @@ from fscore.window_spec import AGG_KINDS, WINDOW_KINDS, continuous, lifetime, se
 
 from fsapp.registry.errors import DefinitionError, DslSyntaxError
 from fsapp.registry.model import (
-    AGG_ALIASES, Aggregation, Entity, FeatureRef, FeatureService, FeatureView, FileSource, Projection, Stream,
+    AGG_ALIASES, DEFAULT_MAX_FUTURE, Aggregation, Entity, FeatureRef, FeatureService, FeatureView, FileSource,
+    Projection, Stream,
 )
 
 _TOKEN_RE = re.compile(r"""
@@ -104,7 +105,8 @@ def canonical_expr(text: str, what: str = "expression") -> str:
     return render_tokens(toks)
 
 
-STREAM_OPTIONS = ("topic", "timestamp", "allowed_lateness", "format", "batch_source", "description", "avro_schema")
+STREAM_OPTIONS = ("topic", "timestamp", "allowed_lateness", "format", "batch_source", "description", "avro_schema",
+                  "max_future")
 SOURCE_OPTIONS = ("path", "format", "timestamp", "created_timestamp", "description")
 VIEW_OPTIONS = ("ttl", "entities", "online", "description")
 NAMED_OPTIONS = ("description",)
@@ -294,7 +296,7 @@ class Parser:
         return Stream(name, cols, ts, topic=opts.get("topic"),
                       allowed_lateness=opts.get("allowed_lateness") or 0, format=opts.get("format") or "json",
                       batch_source=opts.get("batch_source"), description=opts.get("description") or "",
-                      avro_schema=opts.get("avro_schema"))
+                      avro_schema=opts.get("avro_schema"), max_future=opts.get("max_future") or DEFAULT_MAX_FUTURE)
 
     def file_source(self) -> FileSource:
         name = self.name("a source name")

@@ -40,6 +40,8 @@ FLOAT_TYPES = frozenset({"FLOAT", "DOUBLE"})
 TIME_TYPES = frozenset({"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE", "TIMESTAMP_MS", "TIMESTAMP_NS",
                         "TIMESTAMP_S"})
 STREAM_FORMATS = ("json", "arrow", "avro")
+DEFAULT_MAX_FUTURE = 3600 * 1_000_000  # events more than this ahead of the engine clock are refused
+RESERVED_PREFIXES = ("_fs_", "__fs")  # the engine's and the offline log's own columns
 FILE_FORMATS = ("parquet", "csv")
 
 
@@ -66,8 +68,8 @@ def online_kind(t: str) -> tuple[str, int] | None:
     if t == "VARCHAR":
         return ("string", 0)
     m = re.fullmatch(r"(FLOAT|DOUBLE)\[(\d+)\]", t)
-    if m and int(m.group(2)) > 0:
-        return ("vector", int(m.group(2)))
+    if m and int(m.group(2)) > 0:  # float32 or float64 elements, as declared
+        return ("vector" if m.group(1) == "FLOAT" else "vector64", int(m.group(2)))
     return None
 
 
@@ -174,12 +176,21 @@ class Stream(Definition):
     batch_source: str | None = None
     description: str = ""
     avro_schema: str | None = None  # .avsc path (relative to the repo) for format = 'avro'
+    max_future: int = DEFAULT_MAX_FUTURE
 
     def __post_init__(self):
         check_name(self.name, "stream")
         object.__setattr__(self, "columns", columns_of(self.columns, f"stream {self.name}"))
+        reserved = [c.name for c in self.columns if c.name.lower().startswith(RESERVED_PREFIXES)]
+        if reserved:
+            raise DefinitionError(f"stream {self.name}: column name(s) {', '.join(reserved)} start with a prefix "
+                                  f"fstore reserves ({', '.join(RESERVED_PREFIXES)}); rename them")
         object.__setattr__(self, "allowed_lateness",
                            _duration(self.allowed_lateness, f"stream {self.name}: allowed_lateness"))
+        object.__setattr__(self, "max_future", _duration(self.max_future, f"stream {self.name}: max_future"))
+        if self.max_future <= 0:
+            raise DefinitionError(f"stream {self.name}: max_future must be > 0 (how far ahead of the engine "
+                                  "clock an event may be), e.g. '1h'")
         if self.format not in STREAM_FORMATS:
             raise DefinitionError(f"stream {self.name}: format {self.format!r} is not one of {', '.join(STREAM_FORMATS)}")
         if self.topic is not None and not self.topic:
@@ -187,6 +198,12 @@ class Stream(Definition):
         if (self.format == "avro") != bool(self.avro_schema):
             raise DefinitionError(f"stream {self.name}: format 'avro' and avro_schema go together, e.g. "
                                   "WITH (format = 'avro', avro_schema = 'schemas/events.avsc')")
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if out["max_future"] == DEFAULT_MAX_FUTURE:  # stored as before unless set: no new version of old streams
+            del out["max_future"]
+        return out
 
 
 @dataclass(frozen=True)

@@ -97,10 +97,10 @@ class Stream(_Def):
 
     def __init__(self, name: str, schema, timestamp_field: str, topic: str | None = None,
                  allowed_lateness=0, format: str = "json", batch_source=None, description: str = "",
-                 avro_schema: str | None = None):
+                 avro_schema: str | None = None, max_future="1h"):
         self.model = m.Stream(name, _columns(schema), timestamp_field, topic, _duration(allowed_lateness), format,
                               None if batch_source is None else _name(batch_source, "batch_source"), description,
-                              avro_schema)
+                              avro_schema, _duration(max_future))
 
 
 class FileSource(_Def):

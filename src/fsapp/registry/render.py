@@ -6,7 +6,7 @@ from __future__ import annotations
 from fscore.window_spec import WindowSpec
 
 from fsapp.registry.model import (
-    Aggregation, Entity, FeatureService, FeatureView, FileSource, Stream, format_duration,
+    DEFAULT_MAX_FUTURE, Aggregation, Entity, FeatureService, FeatureView, FileSource, Stream, format_duration,
 )
 
 
@@ -52,7 +52,9 @@ def to_sql(obj, keys=()) -> str:
                 ("allowed_lateness", quote(format_duration(obj.allowed_lateness)) if obj.allowed_lateness else None),
                 ("format", quote(obj.format) if obj.format != "json" else None),
                 ("batch_source", obj.batch_source and quote(obj.batch_source)), ("description", desc),
-                ("avro_schema", obj.avro_schema and quote(obj.avro_schema))]
+                ("avro_schema", obj.avro_schema and quote(obj.avro_schema)),
+                ("max_future", quote(format_duration(obj.max_future)) if obj.max_future != DEFAULT_MAX_FUTURE
+                 else None)]
         return f"CREATE STREAM {obj.name} {_columns(obj.columns)}{_options(opts)}"
     if isinstance(obj, FileSource):
         opts = [("path", quote(obj.path)), ("format", quote(obj.format)), ("timestamp", quote(obj.timestamp)),

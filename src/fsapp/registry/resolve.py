@@ -228,6 +228,13 @@ class _Checker:
                                                  f"numeric column, but {a.column} is {typ} (count, first, last and "
                                                  f"approx_count_distinct take any type)")
             return None
+        if a.function in ("first", "last") and view.online and not is_numeric_type(typ):
+            # the window kernels keep float64 partials; text would need a dictionary they do not have yet
+            self.fail("feature_view", view.name, f"{a.function}({a.column}) AS {a.name}: {a.function} of a "
+                                                 f"{typ} column is not computed online; aggregate a numeric column, "
+                                                 f"use count or approx_count_distinct, or set online = FALSE to "
+                                                 f"compute it in training sets only")
+            return None
         if a.function in ("count", "approx_count_distinct"):
             out = "BIGINT"
         elif a.function in ("first", "last"):
