@@ -34,8 +34,11 @@ def _serve(args) -> int:
     if args.workers < 1 or not 0 < args.port < 65536:
         print("fstore serve: --workers must be >= 1 and --port 1..65535", file=sys.stderr)
         return 2
+    if (args.max_keys is not None and args.max_keys < 1) or (args.capacity is not None and args.capacity < 1):
+        print("fstore serve: --capacity and --max-keys must be >= 1", file=sys.stderr)
+        return 2
     svc = Service(args.repo, host=args.host, port=args.port, workers=args.workers, fsync=args.fsync,
-                  capacity=args.capacity, checkpoint_s=args.checkpoint_seconds)
+                  capacity=args.capacity, max_keys=args.max_keys, checkpoint_s=args.checkpoint_seconds)
     try:
         return svc.run()
     except RuntimeError as e:
@@ -91,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     sv.add_argument("--fsync", default="always", choices=["always", "interval", "never"],
                     help="WAL fsync policy: pushes are acknowledged once durable under it (default always)")
-    sv.add_argument("--capacity", type=int, default=100_000, help="online rows per feature view (default 100000)")
+    sv.add_argument("--capacity", type=int, default=None,
+                    help="online rows each feature view starts with (default 4096; tables grow as keys arrive)")
+    sv.add_argument("--max-keys", type=int, default=None,
+                    help="the most keys each feature view keeps online (default: no bound); beyond it the oldest "
+                         "keys are evicted, counted in /metrics and logged")
     sv.add_argument("--checkpoint-seconds", type=float, default=60.0, help="checkpoint period (default 60)")
     sv.set_defaults(func=_serve)
     return p

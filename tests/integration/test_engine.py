@@ -110,7 +110,7 @@ def test_bad_pushes_say_what_to_fix(repo):
         eng.push("transactions", [{"user_id": 1, "ts": 1, "colour": "red"}])
     with pytest.raises(BatchError, match="timestamp"):
         eng.push("transactions", [{"user_id": 1, "amount": 2.0}])
-    with pytest.raises(BatchError, match="does not fit"):
+    with pytest.raises(BatchError, match="takes integers, not text"):
         eng.push("transactions", [{"user_id": "x", "ts": "2026-11-27T10:00:00Z"}])
     with pytest.raises(BatchError, match="ISO-8601"):
         eng.push("transactions", [{"user_id": 1, "ts": "yesterday"}])

@@ -58,7 +58,7 @@ def test_push_through_one_worker_is_read_from_every_worker(served):
     assert len(seen) == 2, "the reads never reached the second worker"
     for out in seen.values():
         assert out["metadata"]["feature_names"] == ["account_id", "n_payments", "total"]
-        assert out["results"][1]["values"] == [2, None] and out["results"][2]["values"][0] == 6.5
+        assert out["results"][1]["values"] == [2, 0] and out["results"][2]["values"][0] == 6.5
         assert out["results"][1]["statuses"] == ["PRESENT", "NOT_FOUND"]
     # an output name given twice is refused by the workers' reader as by the
     # engine (422), never answered with the column listed twice

@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 from fsapp.engine import Engine
 from fsapp.engine.errors import BatchError
 from fsapp.engine.ingest import BatchNormaliser
+from fsapp.engine.runtime import ROW
 from fsapp.registry.catalog import Registry
 from fsapp.registry.repo import Repo
 from fsapp.registry.scaffold import init_repo
@@ -97,6 +98,7 @@ def test_views_read_the_same_with_and_without_the_query(repo, tmp_path):
         eng.push("s", batch[:1])  # learns the cast's schema
         eng.push("s", batch[1:])
         table, _ = eng.normalisers["s"].normalise(batch)
+        table = table.append_column(ROW, pa.array(range(table.num_rows), pa.int64()))
         eng.con.register("__batch", table)
         try:
             for rt in eng.runtimes.values():

@@ -31,15 +31,17 @@ class Backend(Protocol):
         """The JSON text of the Feast-shaped column-major response
         (fsapp.engine.online); `as_of` µs UTC (None: now)."""
 
-    def push(self, stream: str, rows) -> dict:
+    def push(self, stream: str, rows, idempotency_key: str | None = None) -> dict:
         """{"accepted", "late", "lsn"} once durable. `rows`: list of dicts,
-        dict of lists or an Arrow table."""
+        dict of lists or an Arrow table. A retry with the same
+        `idempotency_key` returns the first answer and applies nothing."""
 
     def historical(self, entities: pa.Table, features: list[str], full_feature_names: bool) -> pa.Table:
         """Point-in-time rows; `entities` has an `event_timestamp` column."""
 
     def materialize(self, start: int, end: int, views: list[str] | None) -> dict:
-        """{"views": {name: rows written}, "start", "end"} once durable."""
+        """{"views": {name: keys written}, "skipped": {name: why}, "start",
+        "end"} once durable."""
 
     def registry_list(self, kind: str) -> list[dict]: ...
 
@@ -118,41 +120,19 @@ class EngineBackend:
 
     # ---- writes
 
-    def push(self, stream, rows):
-        res = self.engine.push(stream, rows)
+    def push(self, stream, rows, idempotency_key=None):
+        res = self.engine.push(stream, rows, idempotency_key=idempotency_key)
         with self.metrics.lock:
             self.ingested.inc(res.accepted, stream=stream)
             self.late.inc(res.late, stream=stream)
         return res.to_dict()
 
     def materialize(self, start, end, views):
-        eng = self.engine
-        if start >= end:
-            from fsapp.engine.errors import BatchError
-            raise BatchError(f"materialize needs start < end (got start={start}, end={end})")
-        # Only the engine writes online tables: hold its lock for the whole
-        # run, then checkpoint so the written values survive a restart (they
-        # are not WAL records) before the call is acknowledged.
-        eng.register_file_sources()  # a profile file may have appeared since the engine started
-        with eng.lock:
-            names = views if views is not None else sorted(eng.offline.views)
-            for name in names:
-                eng.offline.view(name)  # unknown names fail before anything is written
-            tables = {}
-            for (name, version), rt in eng.runtimes.items():
-                entry = eng.registry.snapshot().get(name)
-                if entry is not None and entry.version == version:
-                    tables[name] = rt.table
-            missing = [n for n in names if n not in tables]
-            if missing:
-                raise NotFoundError(f"feature view(s) {', '.join(missing)} have no online table in this engine "
-                                    "(only views over streams are served online)")
-            written = eng.offline.materialize(names, start, end, {n: tables[n] for n in names}, now=self.clock())
-            eng.checkpoint()
+        out = self.engine.materialize(start, end, views, now=self.clock())
         with self.metrics.lock:
-            for name, n in written.items():
+            for name, n in out["views"].items():
                 self.materialized.inc(n, view=name)
-        return {"views": written, "start": start, "end": end}
+        return out
 
     # ---- registry
 

@@ -17,11 +17,11 @@ import logging
 
 import falcon
 
-from fsapp.serve.protocol import EngineUnavailable
 from fscore.errors import (CheckpointError, KeyEncodingError, SchemaError, WalError, WindowSpecError,
                            WindowStateError)
 
-from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, UnknownStreamError, UnsupportedOnlineError
+from fsapp.engine.errors import (AsOfOutsideHorizon, BatchError, EngineUnavailable, OutcomeUnknown, UnknownStreamError,
+                                 UnsupportedOnlineError)
 from fsapp.errors import EntityDataFrameError, FeatureNameCollision, SourceError, UnknownFeatureError
 from fsapp.registry.errors import NotFoundError, RegistryError
 
@@ -87,7 +87,8 @@ _STATUS_OF = [
     (WalError, falcon.HTTP_503, "Store cannot persist"),
     (CheckpointError, falcon.HTTP_503, "Store cannot persist"),
     (WindowStateError, falcon.HTTP_503, "Store state unusable"),
-    # the engine process is restarting (fstore serve): the write was not taken
+    # the engine process is restarting (fstore serve): the request was not delivered
+    (OutcomeUnknown, falcon.HTTP_503, "Outcome unknown"),
     (EngineUnavailable, falcon.HTTP_503, "Engine unavailable"),
 ]
 
@@ -95,13 +96,27 @@ _STATUS_OF = [
 def _handler(status: str, title: str):
     def handle(req, resp, ex, params):
         if status == falcon.HTTP_503:
-            # an operator must look at the disk; say so in the log, not only to the client
-            log.error("store cannot persist: %s", ex)
-            raise falcon.HTTPServiceUnavailable(
-                title=title, description=f"{ex}. The write was not acknowledged; retry once the store is "
-                                         "healthy (see GET /ready).", retry_after=5)
+            raise falcon.HTTPServiceUnavailable(title=title, description=_unavailable(req, ex), retry_after=5)
         raise falcon.HTTPError(status, title=title, description=str(ex))
     return handle
+
+
+def _unavailable(req, ex) -> str:
+    """What a 503 tells the client, and the operator's log line. The engine
+    not reached: nothing happened. Otherwise a write may or may not have
+    been applied: say so, and how to retry safely."""
+    if isinstance(ex, EngineUnavailable) and not isinstance(ex, OutcomeUnknown):
+        log.warning("engine unavailable: %s", ex)
+        return f"{ex}."
+    if isinstance(ex, OutcomeUnknown):
+        log.warning("engine did not answer: %s", ex)
+        return f"{ex}."
+    # an operator must look at the disk; say so in the log, not only to the client
+    log.error("store cannot persist: %s", ex)
+    write = req.method == "POST" and req.path.rstrip("/").endswith(("push", "materialize"))
+    tail = (" Outcome unknown: retry with the same Idempotency-Key once the store is healthy (GET /ready)."
+            if write else " Retry once the store is healthy (GET /ready).")
+    return f"{ex}.{tail}"
 
 
 def _unexpected(req, resp, ex, params):

@@ -16,6 +16,9 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet")
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# times the API takes: years 0001..9999 (what ISO-8601 and every reader can spell), in µs
+TIME_MIN_US = -62135596800 * 1_000_000
+TIME_MAX_US = 253402300799999999
 _CHUNK = 1 << 16
 
 
@@ -96,7 +99,31 @@ def parse_json(body: bytes) -> dict:
         raise errors.malformed("the JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise errors.schema_mismatch(f"the body must be a JSON object, not {_kind(doc)}")
+    if b"\\u" in body and _lone_surrogate(doc):
+        raise errors.malformed("the body holds a \\u escape of a lone surrogate (e.g. \\ud800), which is not "
+                               "Unicode text; send valid UTF-16 pairs or plain UTF-8")
     return doc
+
+
+def _lone_surrogate(doc) -> bool:
+    """Whether any key or string in the document holds a lone surrogate (JSON
+    allows the escape; no Unicode text holds one). Only walked when the body
+    has a \\u escape at all."""
+    stack = [doc]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if not v.isascii():
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 def json_body(req: falcon.Request, limit: int) -> dict:
@@ -213,8 +240,10 @@ def time_us(v, name: str) -> int:
         mag = abs(v)
         us = v * 1_000_000 if mag < 1e11 else v * 1_000 if mag < 1e14 else v
         us = int(round(us))
-        if not INT64_MIN < us <= INT64_MAX:
-            raise errors.schema_mismatch(f"{name!r} is out of range")
+        if not TIME_MIN_US <= us <= TIME_MAX_US:
+            raise errors.schema_mismatch(f"{name!r} = {v!r} is outside years 0001..9999 (read as "
+                                         f"{'seconds' if mag < 1e11 else 'milliseconds' if mag < 1e14 else 'µs'} "
+                                         "since the epoch by its magnitude)")
         return us
     if isinstance(v, str):
         try:

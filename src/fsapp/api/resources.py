@@ -183,11 +183,18 @@ class HistoricalFeatures(_Resource):
 
 # ---- writes
 
+def _idempotency_key(req) -> str | None:
+    """The `Idempotency-Key` header: a retry with the same key returns the
+    first answer and applies nothing (the engine checks its form)."""
+    return req.get_header("Idempotency-Key")
+
+
 class Push(_Resource):
     """POST /api/v1/push: JSON rows or columns, or an Arrow IPC stream body."""
     scope = "write"
 
     def on_post(self, req, resp):
+        key = _idempotency_key(req)
         media = rq.require_media(req, (rq.JSON, rq.ARROW_STREAM))
         body = rq.read_body(req, self.limits.max_body_bytes)
         if media == rq.ARROW_STREAM:
@@ -198,7 +205,7 @@ class Push(_Resource):
                 table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as e:
                 raise errors.malformed(f"the body is not an Arrow IPC stream: {e}") from None
-            send_json(resp, self.backend.push(stream, table))
+            send_json(resp, self.backend.push(stream, table, key))
             return
         doc = rq.parse_json(body)
         rq.only_fields(doc, {"stream", "rows", "columns"}, "push request")
@@ -207,7 +214,7 @@ class Push(_Resource):
             raise errors.schema_mismatch("give exactly one of 'rows' (an array of objects) or 'columns' "
                                          "(an object of arrays)")
         data = rq.rows(doc["rows"], "rows") if "rows" in doc else rq.columns(doc["columns"], "columns")
-        send_json(resp, self.backend.push(stream, data))
+        send_json(resp, self.backend.push(stream, data, key))
 
 
 class FeastPush(_Resource):
@@ -226,7 +233,7 @@ class FeastPush(_Resource):
             # would silently also change online values.
             raise errors.schema_mismatch("fstore writes every pushed event to both the online and the offline "
                                          "store; send \"to\": \"online_and_offline\" (or \"online\")")
-        send_json(resp, self.backend.push(stream, rq.columns(doc.get("df"), "df")))
+        send_json(resp, self.backend.push(stream, rq.columns(doc.get("df"), "df"), _idempotency_key(req)))
 
 
 class Materialize(_Resource):

@@ -1,54 +1,75 @@
 """The engine: the single writer.
 
-push(stream, rows) → normalise to the stream's types (DuckDB casts) → log the
-batch in the WAL (durable under the fsync policy) → mark late events (beyond
-the stream's allowed lateness, against the stream's running max event time)
-→ for each feature view of the stream: DuckDB projection + filter → online
-table (plain) or windows → online table (aggregated).
+A push goes through three steps (docs/wal.md, "The engine's pushes"):
+
+1. **prepare** (no lock, the caller's thread): normalise the rows to the
+   stream's declared types, project them for every view of the stream
+   (DuckDB, a cursor per thread) and convert everything the views keep.
+   Everything that can refuse a batch happens here or in step 2, before
+   the batch is logged: a refused batch changes nothing.
+2. **log** (under the lock): take the engine clock, refuse events too far
+   ahead of it, reserve offline sequence numbers, append the batch to the
+   WAL without waiting, and queue it.
+3. **commit**: wait until the record is durable under the fsync policy
+   (concurrent pushes share writes and fsyncs), then apply queued batches in
+   LSN order (under the lock): late events (beyond the stream's allowed
+   lateness) are marked against the stream's watermark, the others go to the
+   views, and every event goes to the offline log. A batch is visible to
+   readers only once it is durable.
+
+Applying a logged batch cannot fail by design; if it ever does, the record is
+tombstoned (REC_ABORT), the engine's state is rebuilt from the last
+checkpoint and the log (which skips it), and the caller gets the error.
 
 Recovery = the last checkpoint (tables, window states, watermarks, source
-offsets) + replay of the logged batches after it, with the `now` each batch
-was applied at, so replay reproduces the same state. Checkpoints copy the
-tables (readers are never blocked) and let the WAL drop older segments.
+offsets, idempotency keys) + replay of the logged batches after it, with the
+`now` each was applied at, so replay reproduces the same state. A record that
+cannot be replayed is set aside in `quarantine/` with a log line, never a
+reason to refuse to start. Checkpoints copy the tables (readers are never
+blocked) and let the WAL drop older segments.
 """
 from __future__ import annotations
 
-import io
-import json
+import datetime as dt
+import logging
 import os
-import struct
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
 from fscore.checkpoint import load_latest_checkpoint, oldest_retained_lsn, write_checkpoint
-from fscore.table import Table
+from fscore.table import PRESENT, Table
 from fscore.wal import Wal, read_log
 from fscore.window import WindowView
 
-from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, UnknownStreamError
-from fsapp.engine.runtime import column_for_table
-from fscore.table import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT
+from fsapp.engine import records
+from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, EngineError, UnknownStreamError
+from fsapp.engine.idempotency import MAX_KEY_LENGTH, IdempotencyWindow
 from fsapp.engine.ingest import BatchNormaliser
 from fsapp.engine.online import online_json, online_response
-from fsapp.engine.runtime import ViewRuntime, table_file
+from fsapp.engine.runtime import ROW, ViewBatch, ViewRuntime, table_file
 from fsapp.offline.store import OfflineStore
 from fsapp.offline.views import from_registry
 from fsapp.registry.catalog import Registry
 
-REC_PUSH = 1
-# Source offsets consumed without producing rows (dead-lettered messages):
-# logged so that recovery does not read them again. Payload: JSON {"offsets"}.
-REC_OFFSETS = 2
+log = logging.getLogger("fsapp.engine")
+
+REC_PUSH, REC_OFFSETS, REC_ABORT = records.REC_PUSH, records.REC_OFFSETS, records.REC_ABORT
 INT64_MIN = np.iinfo(np.int64).min
+DEFAULT_CAPACITY = 4096  # rows each online table starts with; tables grow as keys arrive
 
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _iso(us: int) -> str:
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(us))).isoformat()
 
 
 @dataclass
@@ -61,73 +82,135 @@ class PushResult:
         return {"accepted": self.accepted, "late": self.late, "lsn": self.lsn}
 
 
-def _encode_push(stream: str, now: int, seq: int, table: pa.Table, offsets: dict | None) -> bytes:
-    head = json.dumps({"stream": stream, "now": now, "seq": seq, "offsets": offsets or {}}).encode()
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return struct.pack("<I", len(head)) + head + sink.getvalue()
+@dataclass
+class PreparedPush:
+    """A batch checked and converted for every view of its stream (step 1)."""
+
+    stream: str
+    table: pa.Table                 # normalised to the stream's declared types: what the WAL holds
+    ts: np.ndarray                  # event times, µs
+    views: dict = field(default_factory=dict)  # (view, version) -> ViewBatch
 
 
-def _decode_push(payload) -> tuple[dict, pa.Table]:
-    mv = memoryview(payload)
-    (n,) = struct.unpack_from("<I", mv, 0)
-    head = json.loads(bytes(mv[4:4 + n]))
-    return head, pa.ipc.open_stream(pa.py_buffer(mv[4 + n:])).read_all()
+@dataclass
+class _Queued:
+    """A logged record waiting to be applied (step 3)."""
+
+    lsn: int
+    rtype: int
+    now: int = 0
+    seq: int = 0
+    prepared: PreparedPush | None = None
+    offsets: dict | None = None
+    key: str | None = None
+    result: PushResult | None = None
+    error: BaseException | None = None
+    done: bool = False
 
 
 class Engine:
-    """The single writer of the online tables. Thread-safe: one lock orders
-    pushes, ticks and checkpoints (the WAL's order is the apply order)."""
+    """The single writer of the online tables. Thread-safe: pushes prepare
+    concurrently, are logged and applied in one order under `lock`."""
 
-    def __init__(self, data_dir: str, registry_path: str, *, fsync: str = "always", capacity: int = 100_000,
-                 clock=now_us, keep_checkpoints: int = 2, repo_root: str | None = None):
+    def __init__(self, data_dir: str, registry_path: str, *, fsync: str = "always",
+                 capacity: int = DEFAULT_CAPACITY, max_keys: int | None = None, clock=now_us,
+                 keep_checkpoints: int = 2, repo_root: str | None = None):
         self.data_dir = os.path.abspath(data_dir)
         # batch file sources' relative paths are relative to the repo root
         self.repo_root = os.path.abspath(repo_root) if repo_root else os.getcwd()
         os.makedirs(self.data_dir, exist_ok=True)
         self.registry = Registry(registry_path)
-        self.capacity = capacity
+        if max_keys is not None and max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, got {max_keys}")
+        self.capacity = max(1, min(capacity, max_keys or capacity))
+        self.max_keys = max_keys
         self.clock = clock
+        self.fsync = fsync
         self.keep = keep_checkpoints
         self.lock = threading.RLock()
-        # one checkpoint at a time (the run loop and a Kafka revoke may both ask)
+        # one checkpoint at a time (the run loop, materialize and a Kafka revoke may all ask);
+        # lock order: _checkpoint_lock, then lock
         self._checkpoint_lock = threading.Lock()
+        self._applied = threading.Condition(self.lock)
         self.con = duckdb.connect()
-        self.watermarks: dict[str, int] = {}
-        self.offsets: dict = {}
-        self.late_total = 0
-        self.runtimes: dict[tuple[str, int], ViewRuntime] = {}
+        self._local = threading.local()
+        self._cursors: list = []
         # ingest sources running against this engine (e.g. "kafka"): each has
         # .stats() -> dict, reported by stats() and /metrics
         self.sources: dict = {}
-        self.streams: dict = {}
-        self.normalisers: dict[str, BatchNormaliser] = {}
         # every accepted event, late ones included, goes to the offline log
         self.offline = OfflineStore(os.path.join(self.data_dir, "offline"))
         self.ckpt_dir = os.path.join(self.data_dir, "checkpoints")
         self.wal_dir = os.path.join(self.data_dir, "wal")
-        ckpt = load_latest_checkpoint(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
-        self._load_definitions(ckpt)
-        self.register_file_sources()
-        self.checkpoint_lsn = ckpt.lsn if ckpt else 0
-        self.replayed = 0
-        for lsn, rtype, payload in read_log(self.wal_dir, after_lsn=self.checkpoint_lsn) \
-                if os.path.isdir(self.wal_dir) else ():
-            if rtype == REC_PUSH:
-                head, table = _decode_push(payload)
-                if head["stream"] in self.streams:
-                    self._apply(head["stream"], table, head["now"], head["offsets"])
-                    if head["seq"] >= self.offline.log.next_seq(head["stream"]):
-                        # not yet in a flushed Parquet file: log it again, same numbers
-                        self._log_offline(head["stream"], table, head["now"], head["seq"])
-                self.replayed += 1
-            elif rtype == REC_OFFSETS:
-                self.offsets.update(json.loads(bytes(payload))["offsets"])
-                self.replayed += 1
-        self.wal = Wal(self.wal_dir, fsync=fsync, start_lsn=self.checkpoint_lsn + 1)
+        self.quarantine_dir = os.path.join(self.data_dir, "quarantine")
+        self.wal = None
+        self.queue: deque[_Queued] = deque()
+        self._inflight: dict[str, _Queued] = {}  # idempotency key -> its push, logged but not yet applied
+        self.evictions_logged: dict = {}
+        self._recover()
+        self.wal = Wal(self.wal_dir, fsync=fsync, start_lsn=self.applied_lsn + 1)
         self._publish_tables()  # readers switch to the recovered tables only now
-        self.applied_lsn = self.wal.last_lsn
+        self.register_file_sources()
+
+    # ---- recovery
+
+    def _recover(self, waiting: dict | None = None) -> None:
+        """State = the last checkpoint + the WAL after it (see the module
+        docstring). Used at open and to rebuild after a failed apply;
+        `waiting`: LSN -> queued push whose answer the replay gives."""
+        ckpt = load_latest_checkpoint(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
+        self.watermarks: dict[str, int] = {}
+        self.offsets: dict = {}
+        self.late_total = 0
+        self.replayed = self.quarantined = 0
+        self.runtimes: dict[tuple[str, int], ViewRuntime] = {}
+        self.streams: dict = {}
+        self.normalisers: dict[str, BatchNormaliser] = {}
+        meta = ckpt.meta if ckpt else {}
+        self.idempotency = IdempotencyWindow.from_list(meta.get("idempotency"))
+        self.late_total = int(meta.get("late_events", 0))
+        self._load_definitions(ckpt)
+        self.checkpoint_lsn = self.applied_lsn = ckpt.lsn if ckpt else 0
+        self._next_seq = {s: self.offline.log.next_seq(s) for s in self.streams}
+        entries = list(read_log(self.wal_dir, after_lsn=self.checkpoint_lsn)) if os.path.isdir(self.wal_dir) else []
+        aborted = {records.decode_abort(p) for _, t, p in entries if t == REC_ABORT}
+        for lsn, rtype, payload in entries:
+            self.applied_lsn = lsn
+            if rtype == REC_ABORT or lsn in aborted:
+                continue
+            try:
+                q = self._replay(lsn, rtype, payload)
+                self.replayed += 1
+                if waiting and lsn in waiting and q is not None:
+                    waiting[lsn].result = q.result
+            except Exception as e:  # noqa: BLE001 - recovery never stops on one record
+                self._quarantine(lsn, payload, e)
+
+    def _replay(self, lsn: int, rtype: int, payload) -> _Queued | None:
+        if rtype == REC_OFFSETS:
+            self.offsets.update(records.decode_offsets(payload))
+            return None
+        if rtype != REC_PUSH:
+            raise EngineError(f"unknown WAL record type {rtype}")
+        head, table = records.decode_push(payload)
+        stream = head["stream"]
+        if stream not in self.streams:
+            return None  # the stream was dropped from the registry since
+        prepared = self._prepare_table(stream, table, self.cursor())
+        q = _Queued(lsn, REC_PUSH, head["now"], head["seq"], prepared, head.get("offsets") or {}, head.get("key"))
+        # events already in a flushed (or still buffered) offline file keep their place there
+        self._apply_push(q, log_offline=head["seq"] >= self.offline.log.next_seq(stream))
+        self._next_seq[stream] = max(self._next_seq.get(stream, 0), head["seq"] + table.num_rows)
+        return q
+
+    def _quarantine(self, lsn: int, payload, exc: BaseException) -> None:
+        os.makedirs(self.quarantine_dir, exist_ok=True)
+        path = os.path.join(self.quarantine_dir, f"{lsn:020d}.rec")
+        with open(path, "wb") as f:
+            f.write(bytes(payload))
+        self.quarantined += 1
+        log.error("recovery: WAL record %d could not be replayed (%s: %s); it is set aside in %s and recovery "
+                  "goes on", lsn, type(exc).__name__, exc, path)
 
     # ---- definitions
 
@@ -148,23 +231,33 @@ class Engine:
                 continue
             info = self.registry.feature_view(name, version)
             source = info.definition.source
-            if source not in self.streams and info.definition.is_aggregated:
-                continue  # windows over a batch file source are computed offline only
-            table = windows = None
+            latest = snap.get(name) is not None and snap.get(name).version == version
+            if latest:  # the offline store serves the latest version of every view
+                entities = [self.registry.get(e).definition for e in info.definition.entities]
+                src = self.streams.get(source) or self.registry.get(source).definition
+                self.offline.add_view(from_registry(info.definition, src, entities))
+            if not info.definition.online or (source not in self.streams and info.definition.is_aggregated):
+                continue  # training sets only (online = FALSE; windows over a batch file source)
+            table = windows = meta = None
             if (name, version) in saved:
                 key = f"{name}@v{version}"
                 table = Table.from_snapshot(ckpt.blobs[f"{key}/table"], path=table_file(self.data_dir, name, version),
                                             publish=False)
                 windows = [WindowView.from_bytes(ckpt.blobs[f"{key}/window{i}"])
                            for i in range(saved[(name, version)]["windows"])]
+                meta = saved[(name, version)]
+                if table.schema != info.online_schema():  # a newer fstore changed a column's kind
+                    old, table = table, table.with_schema(info.online_schema(), path=old.path, publish=False)
+                    old.close()
             # a plain view over a file source gets an online table that materialize fills
             self.runtimes[(name, version)] = ViewRuntime(info, self.streams.get(source), self.data_dir,
-                                                         self.capacity, table=table, windows=windows)
-            if snap.get(name) is not None and snap.get(name).version == version:  # offline: latest versions
-                entities = [self.registry.get(e).definition for e in info.definition.entities]
-                src = self.streams.get(source) or self.registry.get(source).definition
-                self.offline.add_view(from_registry(info.definition, src, entities))
-        self.normalisers = {name: BatchNormaliser(s, self.con) for name, s in self.streams.items()}
+                                                         self.capacity, table=table, windows=windows,
+                                                         max_keys=self.max_keys, meta=meta)
+        keys = {}
+        for rt in self.runtimes.values():
+            if rt.stream is not None:
+                keys.setdefault(rt.stream.name, set()).update(rt.key_names)
+        self.normalisers = {name: BatchNormaliser(s, self.con, keys.get(name, ())) for name, s in self.streams.items()}
         for name, s in self.streams.items():
             self.offline.declare_stream(name, [(c.name, c.type) for c in s.columns])
 
@@ -177,42 +270,127 @@ class Engine:
         materialize backfills them from the offline log)."""
         with self.lock:
             self._load_definitions(None)
+            for s in self.streams:
+                self._next_seq.setdefault(s, self.offline.log.next_seq(s))
             self._publish_tables()
         self.register_file_sources()
 
-    # ---- writes
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """This thread's DuckDB connection (a connection serves one query at a time)."""
+        cur = getattr(self._local, "cur", None)
+        if cur is None:
+            cur = self._local.cur = self.con.cursor()
+            self._cursors.append(cur)
+        return cur
 
-    def push(self, stream: str, rows, *, now: int | None = None, offsets: dict | None = None) -> PushResult:
-        """Logs, then applies a batch; returns once it is durable."""
+    # ---- writes: prepare
+
+    def prepare(self, stream: str, rows) -> PreparedPush:
+        """Step 1 of a push: normalise, project and convert `rows` for every
+        view of `stream`, raising what the push would raise for their
+        content (BatchError, KeyEncodingError, UnknownStreamError). No state
+        changes; thread-safe."""
         if stream not in self.streams:
             raise UnknownStreamError(f"no stream {stream!r}; streams are: {', '.join(sorted(self.streams)) or 'none'}")
-        table, _ = self.normalisers[stream].normalise(rows)
-        with self.lock:
-            now = self.clock() if now is None else now
-            if table.num_rows == 0:
-                return PushResult(0, 0, self.applied_lsn)
-            late, _ = self._late_mask(stream, table)
-            # PERF: each view's DuckDB projection runs once per push, for the
-            # key checks and then the apply (a query costs milliseconds)
-            projected = self._project(stream, table.filter(pa.array(~late)) if late.any() else table)
-            self._check_projected(projected)  # refuse before logging: nothing is half-applied
-            seq = self.offline.log.next_seq(stream)
-            lsn = self.wal.append(REC_PUSH, _encode_push(stream, now, seq, table, offsets))
-            late = self._apply(stream, table, now, offsets, projected)
-            self._log_offline(stream, table, now, seq)
-            self.applied_lsn = lsn
-            return PushResult(table.num_rows - late, late, lsn)
+        cur = self.cursor()
+        table, _ = self.normalisers[stream].normalise(rows, cur)
+        return self._prepare_table(stream, table, cur)
+
+    def _prepare_table(self, stream: str, table: pa.Table, cur) -> PreparedPush:
+        s = self.streams[stream]
+        ts = (np.asarray(table.column(s.timestamp).cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+              if table.num_rows else np.zeros(0, np.int64))
+        prepared = PreparedPush(stream, table, ts)
+        views = [(key, rt) for key, rt in self.runtimes.items() if rt.stream is not None and rt.stream.name == stream]
+        if not table.num_rows or not views:
+            return prepared
+        batch = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        query = any(rt.bare is None for _, rt in views)
+        if query:
+            cur.register("__batch", batch)
+        try:
+            for key, rt in views:
+                vb = rt.prepare(cur, batch)
+                if self.max_keys is not None and rt.aggregated:
+                    n = rt.distinct_keys(vb)
+                    if n > self.max_keys:
+                        raise BatchError(f"this batch has {n} distinct keys for feature view {rt.name}, more than "
+                                         f"the online store holds (max_keys {self.max_keys}); split the batch or "
+                                         "raise max_keys")
+                prepared.views[key] = vb
+        finally:
+            if query:
+                cur.unregister("__batch")
+        return prepared
 
     def validate(self, stream: str, rows) -> None:
-        """Raises what push would raise for these rows' content (BatchError,
-        KeyEncodingError), without logging or applying anything. Lets a
-        source find the bad rows of a refused batch."""
-        if stream not in self.streams:
-            raise UnknownStreamError(f"no stream {stream!r}; streams are: {', '.join(sorted(self.streams)) or 'none'}")
-        table, _ = self.normalisers[stream].normalise(rows)
-        if table.num_rows:
-            with self.lock:
-                self._check_keys(stream, table)
+        """Raises what push would raise for these rows (their content, and
+        events too far ahead of the engine clock), logging and applying
+        nothing. Lets a source find the bad rows of a refused batch."""
+        prepared = self.prepare(stream, rows)
+        self._check_future(prepared, self.clock())
+
+    def _check_future(self, p: PreparedPush, now: int) -> None:
+        bound = self.streams[p.stream].max_future
+        ahead = np.flatnonzero(p.ts > now + bound)
+        if ahead.size:
+            rows = ahead[:5].tolist()
+            err = BatchError(f"stream {p.stream}: {ahead.size} event(s) (row(s) {rows}{'...' if ahead.size > 5 else ''})"
+                             f" are more than max_future ({bound // 1_000_000} s) ahead of the engine clock "
+                             f"({_iso(now)}), e.g. {_iso(p.ts[ahead[0]])}; send event times in µs/ms/s since the "
+                             "epoch or ISO-8601, or raise the stream's max_future")
+            err.rows = ahead.tolist()
+            raise err
+
+    # ---- writes: log and commit
+
+    def push(self, stream: str, rows, *, now: int | None = None, offsets: dict | None = None,
+             idempotency_key: str | None = None) -> PushResult:
+        """Prepares, logs, then applies a batch; returns once it is durable
+        under the fsync policy. A retry with an `idempotency_key` seen before
+        returns the first answer and applies nothing."""
+        key = _check_key(idempotency_key)
+        if key is not None:
+            first = self._answer_for(key)
+            if first is not None:
+                return first
+        prepared = self.prepare(stream, rows)
+        with self.lock:
+            if key is not None:
+                first = self._answer_for(key)
+                if first is not None:
+                    return first
+            now = self.clock() if now is None else now
+            self._check_future(prepared, now)
+            n = prepared.table.num_rows
+            if n == 0 and not offsets:
+                return PushResult(0, 0, self.applied_lsn)
+            seq = self._next_seq.get(stream, 0)
+            lsn = self.wal.append(REC_PUSH, records.encode_push(stream, now, seq, prepared.table, offsets, key),
+                                  wait=False)
+            self._next_seq[stream] = seq + n
+            q = _Queued(lsn, REC_PUSH, now, seq, prepared, offsets, key)
+            self.queue.append(q)
+            if key is not None:
+                self._inflight[key] = q
+        return self._commit(q)
+
+    def _answer_for(self, key: str) -> PushResult | None:
+        """The first answer to a push with this idempotency key: known, or in
+        flight (then wait for it); None for a new key."""
+        with self.lock:
+            while True:
+                known = self.idempotency.get(key)
+                if known is not None:
+                    return PushResult(known["accepted"], known["late"], known["lsn"])
+                q = self._inflight.get(key)
+                if q is None:
+                    return None
+                if q.done:
+                    if q.error is not None:
+                        return None  # the first attempt failed: this one is a new push
+                    return q.result
+                self._applied.wait(1.0)
 
     def advance_offsets(self, offsets: dict) -> int:
         """Records source offsets consumed without rows (e.g. dead-lettered
@@ -221,68 +399,205 @@ class Engine:
         if not offsets:
             return self.applied_lsn
         with self.lock:
-            lsn = self.wal.append(REC_OFFSETS, json.dumps({"offsets": offsets}).encode())
-            self.offsets.update(offsets)
-            self.applied_lsn = lsn
-            return lsn
+            lsn = self.wal.append(REC_OFFSETS, records.encode_offsets(offsets), wait=False)
+            q = _Queued(lsn, REC_OFFSETS, offsets=dict(offsets))
+            self.queue.append(q)
+        self._commit(q)
+        return lsn
 
-    def _late_mask(self, stream: str, table: pa.Table) -> tuple[np.ndarray, int]:
+    def _commit(self, q: _Queued) -> PushResult | None:
+        """Step 3: waits until `q` is durable, applies the queue in LSN order
+        up to the durable point (whoever gets the lock first applies for the
+        others too), and returns q's answer or raises its error."""
+        try:
+            self.wal.wait(q.lsn)
+        except BaseException as e:
+            # not acknowledged; the log refuses further writes (poisoned) or is closed
+            with self.lock:
+                self._fail_queue(e)
+            raise
+        with self.lock:
+            self._drain()
+            while not q.done:  # an earlier record is still waiting for its fsync
+                self._applied.wait(0.05)
+                self._drain()
+        if q.error is not None:
+            raise q.error
+        return q.result
+
+    def _drain(self) -> None:
+        """Under the lock: applies queued records that are durable, in order."""
+        durable = self.wal.acknowledged_lsn
+        while self.queue and self.queue[0].lsn <= durable:
+            q = self.queue.popleft()
+            try:
+                if q.rtype == REC_OFFSETS:
+                    self.offsets.update(q.offsets)
+                else:
+                    self._apply_push(q)
+                self.applied_lsn = q.lsn
+            except Exception as e:  # noqa: BLE001 - a logged record failed to apply: a bug; see _abort
+                self._abort(q, e)
+                return
+            finally:
+                q.done = True
+                if q.key is not None:
+                    self._inflight.pop(q.key, None)
+                self._applied.notify_all()
+
+    def _apply_push(self, q: _Queued, log_offline: bool = True) -> None:
+        p = q.prepared
+        stream = p.stream
+        late, wm = self._late_mask(stream, p.ts)
+        nlate = int(late.sum())
+        keep = ~late
+        for key, vb in p.views.items():
+            rt = self.runtimes.get(key)
+            if rt is not None:
+                rt.apply(vb.take(keep) if nlate else vb, q.now)
+                self._note_evictions(rt)
+        if p.table.num_rows:
+            self.watermarks[stream] = wm
+            if log_offline:
+                self.offline.log.append(stream, p.table, timestamp=self.streams[stream].timestamp,
+                                        created_ts=q.now, seq=q.seq)
+        self.late_total += nlate
+        if q.offsets:
+            self.offsets.update(q.offsets)
+        q.result = PushResult(p.table.num_rows - nlate, nlate, q.lsn)
+        if q.key is not None:
+            self.idempotency.put(q.key, q.now, q.result.to_dict())
+
+    def _abort(self, q: _Queued, exc: Exception) -> None:
+        """A logged record failed to apply. Tombstone it, rebuild the state
+        from the checkpoint and the log (which now skips it), and fail the
+        push; records queued after it are applied by the rebuild."""
+        log.exception("engine: WAL record %d could not be applied; it is aborted (REC_ABORT) and the state rebuilt",
+                      q.lsn)
+        q.error = EngineError(f"the batch could not be applied ({type(exc).__name__}: {exc}); nothing of it was "
+                              "applied. This is a bug in fstore: please report it with the server log")
+        try:
+            self.wal.append(REC_ABORT, records.encode_abort(q.lsn, f"{type(exc).__name__}: {exc}"))
+            self.wal.sync()
+            pending = {other.lsn: other for other in self.queue}
+            self.queue.clear()
+            for rt in self.runtimes.values():
+                rt.table.close()
+            self._recover(waiting=pending)  # replays the records queued after it, answering them
+            self._publish_tables()
+            for other in pending.values():
+                other.done = True
+                if other.result is None and other.rtype == REC_PUSH:
+                    other.error = EngineError("the batch was logged but could not be replayed; see the server log")
+                if other.key is not None:
+                    self._inflight.pop(other.key, None)
+        except Exception as e:  # noqa: BLE001
+            log.exception("engine: rebuilding after an aborted record failed")
+            q.error = EngineError(f"{q.error}; rebuilding the engine state also failed ({e}): restart the engine")
+
+    def _fail_queue(self, exc: BaseException) -> None:
+        for q in self.queue:
+            q.error = exc
+            q.done = True
+            if q.key is not None:
+                self._inflight.pop(q.key, None)
+        self.queue.clear()
+        self._applied.notify_all()
+
+    def _late_mask(self, stream: str, ts: np.ndarray) -> tuple[np.ndarray, int]:
         """Events older than the stream's running max event time minus its
         allowed lateness (in arrival order), and the new watermark."""
         s = self.streams[stream]
-        ts = np.asarray(table.column(s.timestamp).cast(pa.int64()).to_numpy(), dtype=np.int64)
         wm = self.watermarks.get(stream, INT64_MIN)
+        if ts.size == 0:
+            return np.zeros(0, dtype=bool), wm
         running = np.maximum.accumulate(np.concatenate([[wm], ts]))[:-1]
         late = ts < np.where(running == INT64_MIN, INT64_MIN, running - s.allowed_lateness)
-        return late, int(max(wm, ts.max())) if ts.size else wm
+        return late, int(max(wm, ts.max()))
 
-    def _project(self, stream: str, table: pa.Table) -> dict:
-        """Each view's DuckDB projection (filter, keys, inputs) of the batch."""
-        if table.num_rows == 0:
-            return {}
-        out = {}
-        views = [(key, rt) for key, rt in self.runtimes.items() if rt.stream is not None and rt.stream.name == stream]
-        query = any(rt.bare is None for _, rt in views)
-        if query:
-            self.con.register("__batch", table)
+    def _note_evictions(self, rt: ViewRuntime) -> None:
+        """A table at max_keys evicts keys: say so in the log (once per 1,000
+        evictions per view); /metrics counts every one."""
+        n = rt.table.stats()["evicted_capacity"]
+        last = self.evictions_logged.get((rt.name, rt.version), 0)
+        if n - last >= 1000 or (n and not last):
+            self.evictions_logged[(rt.name, rt.version)] = n
+            log.warning("engine: feature view %s@v%d is at max_keys (%s): %d key(s) evicted so far (the oldest "
+                        "by event time); an evicted key reads NOT_FOUND and starts over if it comes back",
+                        rt.name, rt.version, self.max_keys, n)
+
+    # ---- materialize
+
+    def materialize(self, start: int, end: int, views: list[str] | None = None, *, now: int | None = None) -> dict:
+        """Recomputes online values from the offline log, durably (a
+        checkpoint follows). Views the engine computes from a stream rebuild
+        the window state of every key with events in [start, end) from all of
+        its logged events (late ones included), so healed values stay healed;
+        other views (plain, or over a batch file) get their values as of `end`.
+        Returns {"views": {name: keys written}, "skipped": {name: why}, ...}."""
+        from fsapp.offline.materialize import materialize as offline_materialize
+        from fsapp.registry.errors import NotFoundError
+
+        if start >= end:
+            raise BatchError(f"materialize needs start < end (got start={start}, end={end})")
+        self.register_file_sources()  # a profile file may have appeared since the engine started
+        with self.lock:
+            now = self.clock() if now is None else now
+            snap = self.registry.snapshot()
+            names = views if views is not None else sorted(self.offline.views)
+            for name in names:
+                self.offline.view(name)  # unknown names fail before anything is written
+            latest = {n: rt for (n, v), rt in self.runtimes.items()
+                      if snap.get(n) is not None and snap.get(n).version == v}
+            missing = [n for n in names if n not in latest]
+            if missing:
+                raise NotFoundError(f"feature view(s) {', '.join(missing)} have no online table in this engine "
+                                    "(only views over streams are served online)")
+            written, skipped = {}, {}
+            self.offline.log.flush()
+            plain = []
+            for name in names:
+                rt = latest[name]
+                if rt.aggregated and rt.stream is not None:
+                    written[name] = self._rebuild_from_log(rt, start, end, now)
+                else:
+                    plain.append(name)
+            if plain:
+                report = offline_materialize(self.offline, plain, start, end,
+                                             {n: latest[n].table for n in plain}, now=now)
+                skipped.update(getattr(report, "skipped", {}) or {})
+                written.update({n: c for n, c in dict(report).items()})
+        self.checkpoint()  # the rewritten state is not in the WAL: make it durable before answering
+        return {"views": written, "skipped": skipped, "start": start, "end": end}
+
+    def _rebuild_from_log(self, rt: ViewRuntime, start: int, end: int, now: int) -> int:
+        stream = rt.stream.name
+        glob = self.offline.log.glob(stream)
+        if not self.offline.log.files(stream):
+            return 0
+        cur = self.cursor()
+        s = rt.stream
+        cols = ", ".join(_qi(c.name) for c in s.columns)
+        keys = ", ".join(_qi(k) for k in rt.key_names)
+        ev = f"read_parquet({_sql_str(glob)}, union_by_name = true)"
+        touched = (f"SELECT DISTINCT {keys} FROM {ev} WHERE _fs_event_ts >= {int(start)} "
+                   f"AND _fs_event_ts < {int(end)}")
+        sql = (f"SELECT {cols} FROM {ev} e SEMI JOIN ({touched}) k USING ({keys}) "
+               f"ORDER BY _fs_event_ts, _fs_seq")
+        events = cur.sql(sql).to_arrow_table()
+        if events.num_rows == 0:
+            return 0
+        batch = events.append_column(ROW, pa.array(np.arange(events.num_rows, dtype=np.int64)))
+        if rt.bare is None:
+            cur.register("__batch", batch)
         try:
-            for key, rt in views:
-                out[key] = rt.project(self.con, table)
+            vb = rt.prepare(cur, batch)
         finally:
-            if query:
-                self.con.unregister("__batch")
-        return out
+            if rt.bare is None:
+                cur.unregister("__batch")
+        return rt.rebuild(vb, now)
 
-    def _check_projected(self, projected: dict) -> None:
-        """Every view must be able to key every row it keeps: no null key, no
-        key too long for its column."""
-        for key, p in projected.items():
-            rt = self.runtimes[key]
-            for k in rt.key_names:
-                col = p.column(k)
-                if col.null_count:
-                    raise BatchError(f"feature view {rt.name} is keyed by {k!r}, which is null in "
-                                     f"{col.null_count} row(s); give every row its {k}")
-            rt.table.check_keys(rt.keys_of(p))
-
-    def _apply(self, stream: str, table: pa.Table, now: int, offsets: dict | None, projected=None) -> int:
-        late, wm = self._late_mask(stream, table)
-        self.watermarks[stream] = wm
-        nlate = int(late.sum())
-        self.late_total += nlate
-        if projected is None:  # replay: project now
-            projected = self._project(stream, table.filter(pa.array(~late)) if nlate else table)
-        for key, p in projected.items():
-            self.runtimes[key].apply(p, now)
-        if offsets:
-            self.offsets.update(offsets)
-        return nlate
-
-    def _check_keys(self, stream: str, table: pa.Table) -> None:
-        self._check_projected(self._project(stream, table))
-
-    def _log_offline(self, stream: str, table: pa.Table, now: int, seq: int) -> None:
-        self.offline.log.append(stream, table, timestamp=self.streams[stream].timestamp, created_ts=now, seq=seq)
+    # ---- offline
 
     def register_file_sources(self) -> None:
         """Registers the registry's Parquet/CSV sources with the offline store
@@ -302,14 +617,25 @@ class Engine:
     def get_historical_features(self, entity_df, features, **kw):
         """Point-in-time training set from the offline log (see fsapp.offline)."""
         self.register_file_sources()
-        self.offline.log.flush()
+        with self.lock:
+            self.offline.log.flush()
         return self.offline.get_historical_features(entity_df, features, **kw)
 
+    # ---- time
+
     def tick(self, now: int | None = None) -> int:
-        """Time-driven updates: window values at hop boundaries, TTL eviction."""
+        """Time-driven updates: window values at hop boundaries and when
+        events ahead of the clock become visible; expired plain rows."""
         with self.lock:
             now = self.clock() if now is None else now
             return sum(rt.tick(now) for rt in self.runtimes.values())
+
+    def next_change(self, now: int | None = None) -> int | None:
+        """When `tick` next has work (µs), for a ticker that sleeps until then."""
+        with self.lock:
+            now = self.clock() if now is None else now
+            times = [t for t in (rt.next_change(now) for rt in self.runtimes.values()) if t is not None]
+            return min(times) if times else None
 
     # ---- reads
 
@@ -325,7 +651,7 @@ class Engine:
                             as_of: int | None = None, full_feature_names: bool = False) -> dict:
         """Online values. By default the stored values (as of the engine's last
         update) with TTL judged at `now`; with `as_of`, the values as of that
-        time recomputed from the retained window state (see `_read_as_of`)."""
+        time recomputed from the retained state (see `_read_as_of`)."""
         return self._online(online_response, features, feature_service, entities, now, as_of, full_feature_names)
 
     def get_online_json(self, features=None, feature_service=None, entities=None, *, now: int | None = None,
@@ -347,36 +673,24 @@ class Engine:
         whose value as of `t` is no longer derivable raises AsOfOutsideHorizon
         rather than answering with another time's value."""
         rt = self.runtimes[(info.name, info.version)]
-        r = table.get_batch(keys, t)
-        if not rt.aggregated:
-            newer = (r.status == PRESENT) & (r.event_ts > t)
-            if newer.any():
-                raise AsOfOutsideHorizon(
-                    f"feature view {info.name}: the online store keeps only the latest row per key, which is newer "
-                    f"than as_of for {int(newer.sum())} key(s); ask /api/v1/features/historical for that time")
+        if rt.aggregated:
+            values, nulls, status, event_ts = rt.read_as_of(keys, t)
+            r = table.get_batch(keys, t)  # the result shape; its arrays are replaced
+            r.values, r.nulls, r.status, r.event_ts = values, nulls, status, event_ts
             return r
-        rows = table.find_rows(keys)
-        found = rows >= 0
-        status = np.where(found, PRESENT, NOT_FOUND).astype(np.uint8)
-        kinds = {f.name: f.kind for f in rt.schema.columns}
-        last_ts = np.full(rows.size, INT64_MIN, dtype=np.int64)
-        for (spec, names), w in zip(rt.groups, rt.windows):
-            vals, exact = w.value_as_of(np.where(found, rows, 0), t)
-            if (found & ~exact).any():
-                raise AsOfOutsideHorizon(
-                    f"feature view {info.name}: as_of is before what the online window state retains for "
-                    f"{int((found & ~exact).sum())} key(s); ask /api/v1/features/historical for that time")
-            for name in names:
-                v, null = column_for_table(vals[name], kinds[name])
-                r.values[name] = v
-                r.nulls[name] = null | ~found
-            last_ts = np.maximum(last_ts, np.where(found, w.key_last_ts()[np.where(found, rows, 0)], INT64_MIN))
-        if rt.ttl:
-            status = np.where(found & (last_ts < t - rt.ttl), OUTSIDE_MAX_AGE, status).astype(np.uint8)
-        for name in r.nulls:
-            r.nulls[name] = r.nulls[name] | (status != PRESENT)
-        r.status = status
-        r.event_ts = np.where(found, last_ts, 0)
+        r = table.get_batch(keys, t)
+        newer = (r.status == PRESENT) & (r.event_ts > t)
+        if newer.any():
+            raise AsOfOutsideHorizon(
+                f"feature view {info.name}: the online store keeps only the latest row per key, which is newer "
+                f"than as_of for {int(newer.sum())} key(s); ask /api/v1/features/historical for that time")
+        stats = table.stats()
+        gone = r.status != PRESENT
+        if gone.any() and (stats["evicted_expired"] or stats["evicted_capacity"]) and t < self.clock():
+            # a row dropped since (TTL expiry, max_keys) may have been the answer as of t
+            raise AsOfOutsideHorizon(
+                f"feature view {info.name}: rows the online store has dropped since (TTL or max_keys) may have "
+                f"been the value as of that time for {int(gone.sum())} key(s); ask /api/v1/features/historical")
         return r
 
     # ---- checkpoints and lifecycle
@@ -393,8 +707,10 @@ class Engine:
                 blobs[f"{name}@v{version}/table"] = rt.table.snapshot()
                 for i, w in enumerate(rt.windows):
                     blobs[f"{name}@v{version}/window{i}"] = w.to_bytes()
-                runtimes.append({"name": name, "version": version, "windows": len(rt.windows)})
-            meta = {"watermarks": dict(self.watermarks), "offsets": dict(self.offsets), "runtimes": runtimes}
+                runtimes.append({"name": name, "version": version, "windows": len(rt.windows),
+                                 **rt.checkpoint_meta()})
+            meta = {"watermarks": dict(self.watermarks), "offsets": dict(self.offsets), "runtimes": runtimes,
+                    "idempotency": self.idempotency.to_list(), "late_events": self.late_total}
             self.offline.log.flush()  # the checkpoint lets the WAL go: its events must be in Parquet first
             self.wal.sync()
         write_checkpoint(self.ckpt_dir, lsn, blobs, meta, keep=self.keep)
@@ -406,7 +722,7 @@ class Engine:
 
     def stats(self) -> dict:
         out = {"applied_lsn": self.applied_lsn, "checkpoint_lsn": self.checkpoint_lsn, "late_events": self.late_total,
-               "offsets": dict(self.offsets),
+               "offsets": dict(self.offsets), "quarantined": self.quarantined,
                "views": {f"{n}@v{v}": rt.table.stats() for (n, v), rt in self.runtimes.items()}}
         for name, source in self.sources.items():
             out[name] = source.stats()
@@ -416,8 +732,30 @@ class Engine:
         with self.lock:
             self.offline.log.flush()
             self.offline.close()
-            self.wal.close()
+            if self.wal is not None:
+                self.wal.close()
             for rt in self.runtimes.values():
                 rt.table.close()
+            for cur in self._cursors:
+                try:
+                    cur.close()
+                except duckdb.Error:
+                    pass
             self.con.close()
             self.registry.close()
+
+
+def _check_key(key) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise BatchError(f"an idempotency key is 1..{MAX_KEY_LENGTH} printable characters, e.g. a UUID")
+    return key
+
+
+def _qi(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"

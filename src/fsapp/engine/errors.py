@@ -21,3 +21,14 @@ class AsOfOutsideHorizon(EngineError, ValueError):
 
 class UnsupportedOnlineError(EngineError, ValueError):
     """A definition the online engine cannot run (it stays offline-only)."""
+
+
+class EngineUnavailable(EngineError, ConnectionError):
+    """The engine could not be reached (starting, restarting or gone): the
+    request was not delivered, so nothing of it happened."""
+
+
+class OutcomeUnknown(EngineUnavailable):
+    """The engine was reached but did not answer (it died or timed out): a
+    write may or may not have been applied. Retrying with the same
+    idempotency key is safe."""

@@ -35,40 +35,69 @@ def arrow_ipc_bytes(table: pa.Table) -> bytes:
 
 def to_arrow(rows) -> pa.Table:
     """Rows as given → an Arrow table (no type checks yet)."""
+    return read_rows(rows)[0]
+
+
+def read_rows(rows) -> tuple[pa.Table, dict[str, set]]:
+    """Rows as given → (an Arrow table, the columns whose values mixed Python
+    types: name → the type names). A mixed column is read as text (DuckDB's
+    cast then reads it), so the caller can refuse it where text would change
+    its meaning (an entity key: `"1020"` is not the key 1020)."""
     if isinstance(rows, pa.Table):
-        return rows
+        return rows, {}
     if isinstance(rows, pa.RecordBatch):
-        return pa.Table.from_batches([rows])
-    if hasattr(rows, "to_dict") and hasattr(rows, "columns") and hasattr(rows, "dtypes"):  # pandas
-        return pa.Table.from_pandas(rows, preserve_index=False)
-    if isinstance(rows, dict):
-        lengths = {k: len(v) for k, v in rows.items() if hasattr(v, "__len__") and not isinstance(v, (str, bytes))}
-        if len(lengths) != len(rows):
-            raise BatchError("columns must be lists of values, e.g. {\"user_id\": [1, 2], \"amount\": [9.5, 3.0]}")
-        if len(set(lengths.values())) > 1:
-            raise BatchError(f"columns have different lengths: {lengths}")
-        try:
-            return pa.table({k: pa.array(list(v) if not isinstance(v, np.ndarray) else v) for k, v in rows.items()})
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise BatchError(f"could not read the columns: {e}") from None
-    if isinstance(rows, (list, tuple)):
-        if not all(isinstance(r, dict) for r in rows):
-            raise BatchError("rows must be objects, e.g. [{\"user_id\": 1, \"amount\": 9.5, \"ts\": \"2026-11-27T10:00:00Z\"}]")
-        names: list[str] = []
-        for r in rows:
-            for k in r:
-                if k not in names:
-                    names.append(k)
-        cols = {}
-        for k in names:
-            vals = [r.get(k) for r in rows]
+        return pa.Table.from_batches([rows]), {}
+    mixed: dict[str, set] = {}
+    try:
+        if hasattr(rows, "to_dict") and hasattr(rows, "columns") and hasattr(rows, "dtypes"):  # pandas
             try:
-                cols[k] = pa.array(vals)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                cols[k] = pa.array([None if v is None else str(v) for v in vals])  # DuckDB casts or explains
-        return pa.table(cols) if cols else pa.table({})
+                return pa.Table.from_pandas(rows, preserve_index=False), {}
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+                raise BatchError(f"could not read the DataFrame: {e}") from None
+        if isinstance(rows, dict):
+            lengths = {k: len(v) for k, v in rows.items() if hasattr(v, "__len__") and not isinstance(v, (str, bytes))}
+            if len(lengths) != len(rows):
+                raise BatchError("columns must be lists of values, e.g. {\"user_id\": [1, 2], \"amount\": [9.5, 3.0]}")
+            if len(set(lengths.values())) > 1:
+                raise BatchError(f"columns have different lengths: {lengths}")
+            return pa.table({_name(k): _column(k, v, mixed) for k, v in rows.items()}), mixed
+        if isinstance(rows, (list, tuple)):
+            if not all(isinstance(r, dict) for r in rows):
+                raise BatchError("rows must be objects, e.g. [{\"user_id\": 1, \"amount\": 9.5, \"ts\": \"2026-11-27T10:00:00Z\"}]")
+            names: dict = {}
+            for r in rows:
+                for k in r:
+                    names.setdefault(k, None)
+            cols = {_name(k): _column(k, [r.get(k) for r in rows], mixed) for k in names}
+            return (pa.table(cols) if cols else pa.table({})), mixed
+    except UnicodeEncodeError as e:
+        raise BatchError(f"text in the batch is not valid Unicode ({e.reason}: {e.object[e.start:e.end]!r}); "
+                         "send UTF-8 text without lone surrogates") from None
     raise BatchError(f"cannot read rows of type {type(rows).__name__}: give a list of objects, "
                      "a dict of lists, a pandas DataFrame or an Arrow table")
+
+
+def _name(k) -> str:
+    if not isinstance(k, str):
+        raise BatchError(f"column names are text; got {type(k).__name__} {k!r}")
+    return k
+
+
+def _column(name: str, vals, mixed: dict) -> pa.Array:
+    if isinstance(vals, np.ndarray):
+        try:
+            return pa.array(vals)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+            raise BatchError(f"column {name!r} cannot be read: {e}") from None
+    vals = list(vals)
+    try:
+        return pa.array(vals)
+    except OverflowError:
+        raise BatchError(f"column {name!r} holds an integer outside the 64-bit range") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # mixed types: read as text, so DuckDB casts it or explains why not
+        mixed[name] = {type(v).__name__ for v in vals if v is not None}
+        return pa.array([None if v is None else str(v) for v in vals])
 
 
 def timestamps_us(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
@@ -105,31 +134,53 @@ def timestamps_us(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
 
 
 class BatchNormaliser:
-    """Casts pushed batches to a stream's declared types with DuckDB, so the
-    rules (and the error messages) are DuckDB's casts."""
+    """Casts pushed batches to a stream's declared types.
 
-    def __init__(self, stream: Stream, con: duckdb.DuckDBPyConnection):
+    The input rules (docs/api.md, "What a push accepts"): an entity key
+    column takes exactly its type (integers, or integral numbers, for an
+    integer key; text for a text key), so a value never silently becomes
+    another entity; an integer column takes integers (or integral numbers,
+    or integer text); a numeric column takes numbers or numeric text
+    (DuckDB's cast) but never a boolean or a non-finite value; a boolean
+    column takes booleans or their text. NaN from Arrow or pandas floats is
+    null (semantics.md §3). Everything else is DuckDB's cast, with its
+    message when it refuses."""
+
+    def __init__(self, stream: Stream, con: duckdb.DuckDBPyConnection, keys=()):
         self.stream = stream
         self.con = con
         self.names = [c.name for c in stream.columns]
+        self.types = {c.name: c.type for c in stream.columns}
+        self.keys = frozenset(keys)  # columns that are some view's entity key
         self._schema: pa.Schema | None = None  # what the DuckDB cast returns, learnt from the first batch
 
-    def normalise(self, rows) -> tuple[pa.Table, np.ndarray]:
-        """(table with declared types, event times in µs)."""
-        table = to_arrow(rows)
+    def normalise(self, rows, con: duckdb.DuckDBPyConnection | None = None) -> tuple[pa.Table, np.ndarray]:
+        """(table with declared types, event times in µs). `con`: the DuckDB
+        connection (cursor) of the calling thread, default the normaliser's."""
+        table, mixed = read_rows(rows)
         s = self.stream
         unknown = [c for c in table.column_names if c not in self.names]
         if unknown:
-            raise BatchError(f"stream {s.name} has no column(s) {', '.join(unknown)}; "
+            raise BatchError(f"stream {s.name} has no column(s) {', '.join(map(repr, unknown))}; "
                              f"its columns are {', '.join(self.names)}")
+        dup = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
+        if dup:
+            raise BatchError(f"stream {s.name}: column(s) {', '.join(dup)} appear more than once")
         if s.timestamp not in table.column_names:
             raise BatchError(f"stream {s.name}: every event needs its timestamp column {s.timestamp!r}")
         if table.num_rows == 0:
             return table, np.zeros(0, dtype=np.int64)
+        for name, col in zip(table.column_names, table.columns):
+            if name != s.timestamp:
+                _check_input(s.name, name, self.types[name], col, mixed.get(name), name in self.keys)
         ts = timestamps_us(table.column(s.timestamp), s.timestamp)
-        fast = self._as_declared(table, ts)
-        if fast is not None:
-            return fast, ts
+        out = self._as_declared(table, ts)
+        if out is None:
+            out = self._cast(table, ts, con or self.con)
+        return _finite_or_null(s.name, out, table), ts
+
+    def _cast(self, table: pa.Table, ts: np.ndarray, con) -> pa.Table:
+        s = self.stream
         table = table.set_column(table.column_names.index(s.timestamp), s.timestamp, pa.array(ts, pa.int64()))
         items = []
         for c in s.columns:
@@ -140,17 +191,17 @@ class BatchNormaliser:
             else:
                 items.append(f"CAST(NULL AS {c.type}) AS {_qi(c.name)}")
         try:
-            self.con.register("__push", table)
-            out = self.con.sql(f"SELECT {', '.join(items)} FROM __push").to_arrow_table()
+            con.register("__push", table)
+            out = con.sql(f"SELECT {', '.join(items)} FROM __push").to_arrow_table()
         except duckdb.Error as e:
             raise BatchError(f"stream {s.name}: a value does not fit its column type: {_first_line(e)}") from None
         finally:
             try:
-                self.con.unregister("__push")
+                con.unregister("__push")
             except duckdb.Error:
                 pass
         self._schema = out.schema
-        return out, ts
+        return out
 
     def _as_declared(self, table: pa.Table, ts: np.ndarray) -> pa.Table | None:
         """The batch as the DuckDB cast would return it, without the query,
@@ -188,3 +239,94 @@ _TS_US, _INT64, _FLOAT64 = pa.timestamp("us"), pa.int64(), pa.float64()
 
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0]
+
+
+_INTEGER_TEXT = r"^\s*[+-]?[0-9]+\s*$"
+
+
+def _kind_of(sql_type: str) -> str:
+    from fsapp.registry.model import FLOAT_TYPES, INTEGER_TYPES
+    if sql_type in INTEGER_TYPES:
+        return "int"
+    if sql_type in FLOAT_TYPES or sql_type.startswith("DECIMAL"):
+        return "float"
+    if sql_type == "BOOLEAN":
+        return "bool"
+    if sql_type == "VARCHAR":
+        return "text"
+    return "other"
+
+
+def _first_row(mask) -> int:
+    return int(np.flatnonzero(np.asarray(mask, dtype=bool))[0])
+
+
+def _check_input(stream: str, name: str, sql_type: str, col: pa.ChunkedArray, mixed: set | None, key: bool) -> None:
+    """Refuses values whose cast would change their meaning (see BatchNormaliser)."""
+    kind, t = _kind_of(sql_type), col.type
+    where = f"stream {stream}: {'entity key' if key else 'column'} {name!r} ({sql_type})"
+    if pa.types.is_null(t):
+        return
+    if mixed:
+        if key or "bool" in mixed and kind in ("int", "float") or mixed & {"int", "float"} and kind == "bool":
+            raise BatchError(f"{where} mixes value types ({', '.join(sorted(mixed))}); send every value as "
+                             f"{_wanted(kind)}")
+        t = pa.string()
+    is_text = pa.types.is_string(t) or pa.types.is_large_string(t)
+    if key and kind == "text" and not is_text:
+        raise BatchError(f"{where} takes text; got {t} values (send e.g. \"m7\", not 7)")
+    if kind == "int":
+        if pa.types.is_floating(t):
+            x = col.to_numpy(zero_copy_only=False)
+            bad = ~np.isnan(x) & ((x != np.floor(x)) | ~np.isfinite(x) | (np.abs(x) >= 2.0 ** 63))
+            if bad.any():
+                i = _first_row(bad)
+                raise BatchError(f"{where} takes integers; row {i} holds {float(x[i])!r}")
+        elif is_text:
+            if key:
+                v = col.drop_null()[0].as_py() if col.null_count < len(col) else None
+                raise BatchError(f"{where} takes integers, not text (got {v!r}); send the number itself")
+            ok = pc.match_substring_regex(col, _INTEGER_TEXT)
+            bad = pc.invert(pc.fill_null(ok, True))
+            if pc.any(bad).as_py():
+                i = _first_row(bad)
+                raise BatchError(f"{where} takes integers; row {i} holds {col[i].as_py()!r}")
+        elif not pa.types.is_integer(t):
+            raise BatchError(f"{where} takes integers; got {t} values")
+    elif kind == "float":
+        if pa.types.is_boolean(t) or key and not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+            raise BatchError(f"{where} takes numbers; got {t} values (true/false are not numbers)")
+    elif kind == "bool":
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+            raise BatchError(f"{where} takes true or false; got {t} values")
+    elif key and kind != "text":
+        raise BatchError(f"{where}: entity keys are integers or text")
+
+
+def _wanted(kind: str) -> str:
+    return {"int": "an integer", "float": "a number", "bool": "true or false", "text": "text"}.get(kind, "one type")
+
+
+def _finite_or_null(stream: str, out: pa.Table, raw: pa.Table) -> pa.Table:
+    """Float columns: NaN is null (semantics.md §3); an infinite value, or a
+    NaN spelled as text ("NaN"), is refused: JSON cannot carry it and no
+    reader would see it."""
+    for i, f in enumerate(out.schema):
+        if not pa.types.is_floating(f.type):
+            continue
+        col = out.column(i)
+        if col.null_count == len(col):
+            continue
+        inf = pc.fill_null(pc.is_inf(col), False)
+        nan = pc.fill_null(pc.is_nan(col), False)
+        src = raw.column(f.name).type if f.name in raw.column_names else pa.null()
+        from_text = pa.types.is_string(src) or pa.types.is_large_string(src)
+        bad = pc.or_(inf, nan) if from_text else inf
+        if pc.any(bad).as_py():
+            j = _first_row(bad)
+            shown = raw.column(f.name)[j].as_py()
+            raise BatchError(f"stream {stream}: column {f.name!r}, row {j} holds {shown!r}, which is not a finite "
+                             "number; send a finite number, or null for no value")
+        if pc.any(nan).as_py():
+            out = out.set_column(i, f, pc.if_else(nan, pa.scalar(None, f.type), col))
+    return out

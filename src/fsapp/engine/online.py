@@ -79,6 +79,13 @@ _EPOCH_ISO = "1970-01-01T00:00:00.000000Z"
 _EPOCH_JSON = f'"{_EPOCH_ISO}"'
 
 
+def count_features(info) -> frozenset:
+    """The view's count and approx_count_distinct features: they read 0, not
+    null, for a key with no events (an empty window counts 0)."""
+    return frozenset(a.name for a in info.definition.aggregations
+                     if a.function in ("count", "approx_count_distinct"))
+
+
 def _feature_name(info, feat: str, full_feature_names: bool) -> str:
     return f"{info.name}__{feat}" if full_feature_names else feat
 
@@ -111,9 +118,14 @@ class OnlinePlan:
         k = (key, table.layout.stride)
         spec = self._specs.get(k)
         if spec is None:
-            feats = next(f for kk, _, f in self.views if kk == key)
-            spec = self._specs[k] = jsonenc.column_specs(table.column_layout(), feats)
+            info, feats = next((i, f) for kk, i, f in self.views if kk == key)
+            spec = self._specs[k] = jsonenc.column_specs(table.column_layout(), feats, count_features(info))
         return spec
+
+    def kinds(self, key, table) -> list:
+        """`fscore.jsonenc.feature_results`' kinds of `key`'s features (for
+        reads that compute arrays: `as_of`)."""
+        return [int(c) for c in self.specs(key, table)[:, 0]]
 
 
 def _read(plan, table_of, entities, now: int, lookup, objects: bool):
@@ -135,7 +147,7 @@ def _read(plan, table_of, entities, now: int, lookup, objects: bool):
         else:
             r = lookup(info, table, keys, now)
             parts = jsonenc.feature_results([r.values[f] for f in feats], [r.nulls[f] for f in feats],
-                                            r.status, r.event_ts, objects=objects)
+                                            r.status, r.event_ts, objects=objects, kinds=plan.kinds(key, table))
             out.append(b",".join(parts) if joined else parts)
     return ent, n, out
 

@@ -3,28 +3,40 @@
 A plain view writes its projected rows into its online table (latest row per
 key wins, by event time, then created time). An aggregated view keeps one
 `fscore.window.WindowView` per window of its aggregations; the per-key window
-state is indexed by the key's row id in the online table (`Table.slots_for`),
-so the table's capacity bounds both, and after every batch (and at every hop
-boundary, see `tick`) it writes the values as of `now` into the table.
+state is indexed by the key's row id in the online table (`Table.slots_for`;
+tables grow keeping row ids), and after every batch, at every hop boundary of
+each of its windows, and when an event that was ahead of the clock becomes
+visible (see `tick`), it writes the values as of `now` into the table.
 Workers then serve both kinds with the same table lookup.
+
+A batch goes through two steps: `prepare` (everything that can refuse it:
+projection, key encodings, value conversions; runs before the batch is
+logged) and `apply` (state changes only; a logged batch always applies).
 """
 from __future__ import annotations
 
+import heapq
 import os
+from dataclasses import dataclass
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from fscore.table import Table
-from fscore.window import WindowView
+from fscore.errors import KeyEncodingError
+from fscore.table import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT, Table
+from fscore.window import EMPTY, WindowView
 from fscore.window_spec import WindowSpec, string_ids
 
-from fsapp.engine.errors import UnsupportedOnlineError
+from fsapp.engine.errors import AsOfOutsideHorizon, BatchError
+from fsapp.engine.online import count_features
 from fsapp.registry.catalog import FeatureViewInfo
 from fsapp.registry.model import Stream
 
 INT64_MIN = np.iinfo(np.int64).min
+ROW = "_fs_row"  # the batch row a projected row came from (stream columns may not start with _fs_)
+# windows whose value changes when an event's time is passed (not only at hop boundaries)
+_EVENT_TIMED = ("continuous", "lifetime", "session")
 
 
 def table_file(data_dir: str, name: str, version: int) -> str:
@@ -38,15 +50,11 @@ def _key_array(col: pa.ChunkedArray, kind: str) -> np.ndarray:
 
 
 def column_for_table(arr: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """(values, nulls) for a table column of `kind` from a kernel or Arrow
-    result: NaN means null for floats; a vector is null only when all NaN."""
-    if kind == "vector":
-        with np.errstate(over="ignore"):  # vectors are float32: beyond ±3.4e38 reads as ±inf
-            a = np.asarray(arr, dtype=np.float32)
+    """(values, nulls) for a table column of `kind` from a kernel result:
+    NaN means null for floats; a list (last_k) is null when it has no item."""
+    if kind == "list":
+        a = np.asarray(arr, dtype=np.float64)
         return a, np.isnan(a).all(axis=1) if a.size else np.zeros(len(a), dtype=bool)
-    if kind == "string":
-        a = np.asarray(arr, dtype=object)
-        return a, np.array([v is None for v in a], dtype=bool)
     a = np.asarray(arr)
     nulls = np.isnan(a) if a.dtype.kind == "f" else np.zeros(len(a), dtype=bool)
     if kind == "float64":
@@ -56,161 +64,359 @@ def column_for_table(arr: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray
     return np.where(nulls, 0, a).astype(bool), nulls
 
 
-def _arrow_column(col: pa.ChunkedArray, kind: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _arrow_column(col: pa.ChunkedArray, field, view: str) -> tuple[np.ndarray, np.ndarray]:
+    """A plain feature's projected values as the table takes them; refuses
+    what the table cannot hold (before the batch is logged)."""
+    kind, size = field.kind, field.size
     nulls = np.asarray(col.is_null(), dtype=bool)
     if kind == "string":
-        return np.asarray(col.to_pylist(), dtype=object), nulls
-    if kind == "vector":
+        vals = np.asarray(col.to_pylist(), dtype=object)
+        for i, v in enumerate(vals):
+            if v is not None and len(v.encode("utf-8")) > size:
+                raise BatchError(f"feature view {view}: {field.name} of row {i} is {len(v.encode('utf-8'))} UTF-8 "
+                                 f"bytes; the online store holds at most {size}")
+        return vals, nulls
+    if kind in ("vector", "vector64"):
         rows = col.to_pylist()
-        out = np.full((len(rows), size), np.nan, dtype=np.float32)
+        out = np.full((len(rows), size), np.nan, dtype=np.float32 if kind == "vector" else np.float64)
         for i, v in enumerate(rows):
             if v is not None:
                 if len(v) != size:
-                    from fsapp.engine.errors import BatchError
-                    raise BatchError(f"vector of {len(v)} values where {size} are declared")
-                out[i] = v
+                    raise BatchError(f"feature view {view}: {field.name} of row {i} has {len(v)} values where "
+                                     f"{size} are declared")
+                out[i] = [np.nan if x is None else x for x in v]
         return out, nulls
     if kind == "int64" and pa.types.is_timestamp(col.type):
         col = col.cast(pa.int64())
     # PERF: most columns have no null: no filled copy (benches/bench_serving.py push latency)
     filled = col.fill_null(False if kind == "bool" else 0) if col.null_count else col
     dtype = {"int64": np.int64, "float64": np.float64, "bool": np.bool_}[kind]
-    return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=dtype), nulls
+    vals = np.asarray(filled.to_numpy(zero_copy_only=False), dtype=dtype)
+    if kind == "float64":
+        nulls = nulls | ~np.isfinite(vals)  # NaN is null; an expression's inf is served as null too
+    return vals, nulls
 
 
 def _input_column(col: pa.ChunkedArray) -> np.ndarray:
     """An aggregation input as the kernels read it: float64, NaN for null;
-    text as its fscore.window_spec.string_id (count, approx_count_distinct)."""
+    text as its fscore.window_spec.string_id (count, approx_count_distinct).
+    Integers convert to the nearest double, as DuckDB's CAST(x AS DOUBLE)
+    offline does (an id above 2^53 loses its last bits alike on both sides)."""
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         return string_ids(col.to_pylist())
     if pa.types.is_boolean(col.type):
         col = col.cast(pa.int8())
     if pa.types.is_timestamp(col.type):
         col = col.cast(pa.int64())
-    return np.asarray(col.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if pa.types.is_null(col.type):
+        return np.full(len(col), np.nan)
+    return np.asarray(col.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy(zero_copy_only=False),
+                      dtype=np.float64)
+
+
+@dataclass
+class ViewBatch:
+    """One view's share of a prepared batch: its projected rows (the view's
+    filter applied), with the batch row each came from."""
+
+    rows: np.ndarray        # int64: batch row of each projected row
+    keys: object            # what the table takes: an array, or a dict of arrays
+    ts: np.ndarray          # int64 µs
+    columns: dict           # plain: feature -> (values, nulls); aggregated: input -> float64 (NaN null)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, keep_batch_rows: np.ndarray) -> "ViewBatch":
+        """The rows whose batch row is kept (`keep_batch_rows`: bool per batch row)."""
+        sel = keep_batch_rows[self.rows]
+        if sel.all():
+            return self
+        keys = ({k: v[sel] for k, v in self.keys.items()} if isinstance(self.keys, dict) else self.keys[sel])
+        cols = {k: ((v[0][sel], v[1][sel]) if isinstance(v, tuple) else v[sel]) for k, v in self.columns.items()}
+        return ViewBatch(self.rows[sel], keys, self.ts[sel], cols)
 
 
 class ViewRuntime:
-    def __init__(self, info: FeatureViewInfo, stream: Stream, data_dir: str, capacity: int,
-                 table: Table | None = None, windows: list[WindowView] | None = None):
+    def __init__(self, info: FeatureViewInfo, stream: Stream | None, data_dir: str, capacity: int,
+                 table: Table | None = None, windows: list[WindowView] | None = None,
+                 max_keys: int | None = None, meta: dict | None = None):
         self.info = info
         self.name, self.version = info.name, info.version
         self.stream = stream
         self.schema = info.online_schema()
+        self.kinds = {f.name: f.kind for f in self.schema.columns}
+        self.fields = {f.name: f for f in self.schema.columns}
         self.key_names = [k for k, _ in info.keys]
         self.key_kinds = [f.kind for f in self.schema.keys]
-        self.sql = info.projection_sql("__batch")
+        self.sql = info.projection_sql("__batch", row_column=ROW)
         # PERF: a projection of bare columns needs no DuckDB query (~5 ms a
         # query with this DuckDB build; benches/bench_serving.py push latency)
         self.bare = info.bare_projection([c.name for c in stream.columns]) if stream is not None else None
         self.aggregated = info.definition.is_aggregated
         self.ttl = info.definition.ttl
+        self.counts = count_features(info)
         path = table_file(data_dir, self.name, self.version)
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        max_capacity = max_keys if max_keys is not None else (1 << 31) - 1
         if table is None:
             # published (renamed into place for readers) by the engine once recovery is done
-            table = Table(self.schema, capacity=capacity, ttl_us=0 if self.aggregated else self.ttl, path=path,
-                          publish=False)
+            table = Table(self.schema, capacity=min(capacity, max_capacity), ttl_us=self.ttl, path=path,
+                          publish=False, max_capacity=max_capacity)
+        else:
+            table.set_max_capacity(max(max_capacity, table.capacity) if max_keys is None else max_capacity)
         self.table = table
         self.groups: list[tuple[WindowSpec, list[str]]] = []
         self.windows: list[WindowView] = []
         if self.aggregated:
-            kinds = {f.name: f.kind for f in self.schema.columns}
             for i, (spec, aggs) in enumerate(info.window_groups()):
-                for a in aggs:
-                    if kinds[a.name] == "string":
-                        raise UnsupportedOnlineError(
-                            f"feature view {self.name}: {a.function} of a text column ({a.name}) is not computed "
-                            "online yet; use count/approx_count_distinct, or a numeric column")
                 self.groups.append((spec, [a.name for a in aggs]))
                 self.windows.append(windows[i] if windows else
                                     WindowView(spec, list(aggs), 0, allowed_lateness=stream.allowed_lateness,
                                                max_sessions=max(4, stream.allowed_lateness // max(spec.gap, 1) + 2)
                                                if spec.kind == "session" else 4))
-        self.min_hop = min((_hop(spec) for spec, _ in self.groups), default=0)
-        self.epoch = None  # align(now, min_hop) of the last full recompute
+        self.hops = [_hop(spec) for spec, _ in self.groups]
+        self.event_timed = any(spec.kind in _EVENT_TIMED for spec, _ in self.groups)
+        self.epochs = None  # per window group: align(now, hop) of the last full recompute
+        # newest applied event time per row (TTL, freshness); derived from the windows after a restore
+        self.last_ts = np.full(self.table.capacity, INT64_MIN, dtype=np.int64)
+        if windows:
+            n = min(self.table.capacity, min(w.n_slots for w in windows))
+            for w in windows:
+                self.last_ts[:n] = np.maximum(self.last_ts[:n], w.key_last_ts()[:n])
+        # (event ts, row) of applied events that were ahead of the clock: the
+        # row's value changes when the clock passes them (event-timed windows)
+        self.pending: list[tuple[int, int]] = [tuple(p) for p in (meta or {}).get("pending", [])]
+        heapq.heapify(self.pending)
 
     # ---- ingest
 
     def project(self, con: duckdb.DuckDBPyConnection, batch: pa.Table) -> pa.Table:
-        """The view's inputs from a normalised batch (registered as `__batch`
-        in `con` unless the projection is bare columns)."""
+        """The view's inputs from a normalised batch that carries the `_fs_row`
+        column (registered as `__batch` in `con` unless the projection is
+        bare columns), with `_fs_row` first."""
         if self.bare is not None:
-            return batch.select([src for src, _ in self.bare]).rename_columns([name for _, name in self.bare])
+            return batch.select([ROW] + [src for src, _ in self.bare]).rename_columns(
+                [ROW] + [name for _, name in self.bare])
         return con.sql(self.sql).to_arrow_table()
 
     def keys_of(self, projected: pa.Table):
         cols = [_key_array(projected.column(n), k) for n, k in zip(self.key_names, self.key_kinds)]
         return cols[0] if len(cols) == 1 else dict(zip(self.key_names, cols))
 
-    def apply(self, projected: pa.Table, now: int) -> int:
-        """Applies one projected batch (events in arrival order, none late)."""
-        n = projected.num_rows
+    def prepare(self, con, batch: pa.Table) -> ViewBatch:
+        """Projects and converts a batch (with `_fs_row`); raises BatchError /
+        KeyEncodingError for anything this view cannot take. No state changes."""
+        try:
+            p = self.project(con, batch)
+        except duckdb.Error as e:
+            raise BatchError(f"feature view {self.name}: its SELECT fails on this batch: "
+                             f"{str(e).strip().splitlines()[0]}") from None
+        for k in self.key_names:
+            col = p.column(k)
+            if col.null_count:
+                raise BatchError(f"feature view {self.name} is keyed by {k!r}, which is null in "
+                                 f"{col.null_count} row(s); give every row its {k}")
+        keys = self.keys_of(p)
+        self.table.check_keys(keys)
+        rows = np.asarray(p.column(ROW).to_numpy(zero_copy_only=False), dtype=np.int64)
+        ts = np.asarray(p.column(self.info.timestamp).cast(pa.int64()).to_numpy(zero_copy_only=False),
+                        dtype=np.int64)
+        if self.aggregated:
+            cols = {c: _input_column(p.column(c)) for c in self.info.input_columns()}
+        else:
+            cols = {f.name: _arrow_column(p.column(f.name), f, self.name) for f in self.schema.columns}
+        return ViewBatch(rows, keys, ts, cols)
+
+    def distinct_keys(self, vb: ViewBatch) -> int:
+        if isinstance(vb.keys, dict):
+            return len(set(zip(*[v.tolist() for v in vb.keys.values()])))
+        return len(np.unique(vb.keys)) if vb.keys.dtype != object else len(set(vb.keys.tolist()))
+
+    def apply(self, vb: ViewBatch, now: int) -> int:
+        """Applies one prepared batch (events in arrival order, none late)."""
+        n = len(vb)
         if n == 0:
             return 0
-        keys = self.keys_of(projected)
-        ts = np.asarray(projected.column(self.info.timestamp).cast(pa.int64()).to_numpy(), dtype=np.int64)
         if not self.aggregated:
-            values, nulls = {}, {}
-            for f in self.schema.columns:
-                values[f.name], nulls[f.name] = _arrow_column(projected.column(f.name), f.kind, f.size)
-            created = np.full(n, now, dtype=np.int64)
-            return self.table.put_batch(keys, values, ts, created, now=now, nulls=nulls)
-        rows, fresh = self.table.slots_for(keys, now=now)
-        high = int(rows.max()) + 1
-        inputs = {c: _input_column(projected.column(c)) for c in self.info.input_columns()}
+            values = {k: v[0] for k, v in vb.columns.items()}
+            nulls = {k: v[1] for k, v in vb.columns.items()}
+            return self.table.put_batch(vb.keys, values, vb.ts, np.full(n, now, dtype=np.int64), now=now,
+                                        nulls=nulls)
+        rows, fresh = self.table.slots_for(vb.keys, now=now)
+        self._fit(int(rows.max()) + 1)
+        if fresh.any():
+            self.reset_rows(rows[fresh])
+        for w in self.windows:
+            w.update(rows, vb.ts, {c: vb.columns[c] for c in w.columns})
+        np.maximum.at(self.last_ts, rows, vb.ts)
+        if self.event_timed:
+            ahead = np.flatnonzero(vb.ts >= now)
+            for i in ahead.tolist():
+                heapq.heappush(self.pending, (int(vb.ts[i]), int(rows[i])))
+        self.write_values(np.unique(rows), now)
+        return n
+
+    def _fit(self, high: int) -> None:
+        """Window state and last_ts cover row ids below `high` (tables grow)."""
         for w in self.windows:
             if w.n_slots < high:
                 w.grow(max(high, 2 * w.n_slots))
-            if fresh.any():
-                w.reset_slots(rows[fresh])
-            w.update(rows, ts, {c: inputs[c] for c in w.columns})
-        self.write_values(np.unique(rows), now)
-        return n
+        if self.last_ts.size < max(high, self.table.capacity):
+            grown = np.full(max(high, self.table.capacity), INT64_MIN, dtype=np.int64)
+            grown[:self.last_ts.size] = self.last_ts
+            self.last_ts = grown
+
+    def reset_rows(self, rows: np.ndarray) -> None:
+        """Forgets everything about these rows (a new key, or a key rebuilt)."""
+        for w in self.windows:
+            w.reset_slots(rows)
+        self.last_ts[rows] = INT64_MIN
 
     def write_values(self, rows: np.ndarray, now: int) -> None:
         """Writes the window values as of `now` of these rows into the table."""
         if rows.size == 0:
             return
         values, nulls = {}, {}
-        kinds = {f.name: f.kind for f in self.schema.columns}
-        last_ts = np.full(rows.size, INT64_MIN, dtype=np.int64)
         for (spec, names), w in zip(self.groups, self.windows):
             vals, _exact = w.value_as_of(rows, now)
             for name in names:
-                values[name], nulls[name] = column_for_table(vals[name], kinds[name])
-            last_ts = np.maximum(last_ts, w.key_last_ts()[rows])
-        # event_ts of a computed row: the key's last event (what TTL and
-        # freshness are measured against)
-        self.table.put_rows(rows, values, np.where(last_ts == INT64_MIN, now, last_ts),
+                values[name], nulls[name] = column_for_table(vals[name], self.kinds[name])
+        # event_ts of a computed row: the key's newest event (what TTL and freshness are measured against)
+        last = self.last_ts[rows]
+        self.table.put_rows(rows, values, np.where(last == INT64_MIN, now, last),
                             np.full(rows.size, now, dtype=np.int64), nulls=nulls)
 
     def tick(self, now: int) -> int:
-        """Recomputes every key when `now` crossed a hop boundary (sliding and
-        tumbling values change only there; continuous tails move there), and
-        evicts keys idle for longer than the view's TTL. Returns keys written."""
+        """Time-driven updates; returns the rows written. Aggregated views
+        recompute every key when `now` crosses a hop boundary of any of their
+        windows (sliding and tumbling values change only there; continuous
+        tails move there), and the keys whose events were ahead of the clock
+        once the clock passes them (continuous, session and lifetime values
+        change then). Plain views with a TTL drop expired rows (they read
+        OUTSIDE_MAX_AGE already; this frees their memory)."""
         if not self.aggregated:
             if self.ttl:
                 self.table.expire(now)
             return 0
-        if self.ttl:
-            idle = np.unique(np.concatenate([w.idle_slots(now, self.ttl) for w in self.windows]))
-            if idle.size:
-                self.table.delete_rows(idle)
-                for w in self.windows:
-                    w.reset_slots(idle)
-        epoch = now // self.min_hop if self.min_hop else 0
-        if epoch == self.epoch:
+        epochs = tuple(now // h if h else 0 for h in self.hops)
+        if epochs != self.epochs:
+            self.epochs = epochs
+            rows = self.table.live_rows()
+            self.write_values(rows, now)
+            return int(rows.size)
+        due = []
+        while self.pending and self.pending[0][0] < now:
+            due.append(heapq.heappop(self.pending)[1])
+        if not due:
             return 0
-        self.epoch = epoch
-        rows = self.table.live_rows()
+        rows = np.unique(np.array(due, dtype=np.int64))
+        rows = rows[np.isin(rows, self.table.live_rows())]
         self.write_values(rows, now)
         return int(rows.size)
 
+    def next_change(self, now: int) -> int | None:
+        """The earliest time after `now` at which `tick` has work: the next hop
+        boundary of a window, or the next pending event time (+1 µs)."""
+        if not self.aggregated:
+            return None
+        times = [(now // h + 1) * h for h in self.hops if h]
+        if self.pending:
+            times.append(self.pending[0][0] + 1)
+        return min(times) if times else None
+
+    def rebuild(self, vb: ViewBatch, now: int) -> int:
+        """Replaces the window state of the keys in `vb` by the state its
+        events give (materialize: the offline log's events, late ones
+        included, in (ts, seq) order), then writes their values as of `now`.
+        Returns how many keys were rebuilt."""
+        if len(vb) == 0:
+            return 0
+        rows, _ = self.table.slots_for(vb.keys, now=now)
+        self._fit(int(rows.max()) + 1)
+        distinct, dense = np.unique(rows, return_inverse=True)
+        self.reset_rows(distinct)
+        for w in self.windows:
+            # a fresh view fed in time order never finds an event late: older
+            # buckets fall out of the ring exactly as they would have online
+            tmp = WindowView(w.spec, list(w.aggs), distinct.size, allowed_lateness=w.allowed_lateness,
+                             hll_p=w.hll_p, max_sessions=w.max_sessions)
+            tmp.update(dense.astype(np.int64), vb.ts, {c: vb.columns[c] for c in w.columns})
+            w.import_slots(distinct, tmp.export_slots(np.arange(distinct.size)))
+        np.maximum.at(self.last_ts, rows, vb.ts)
+        if self.event_timed:
+            for i in np.flatnonzero(vb.ts >= now).tolist():
+                heapq.heappush(self.pending, (int(vb.ts[i]), int(rows[i])))
+        self.write_values(distinct, now)
+        return int(distinct.size)
+
+    # ---- reads
+
+    def read_as_of(self, keys, t: int):
+        """Values as of `t` recomputed from the retained window state:
+        (values, nulls, status, event_ts). Raises AsOfOutsideHorizon where the
+        state cannot answer exactly (see docs/semantics.md §6)."""
+        rows = self.table.find_rows(keys)
+        found = rows >= 0
+        safe = np.where(found, rows, 0)
+        n = rows.size
+        status = np.where(found, PRESENT, NOT_FOUND).astype(np.uint8)
+        values, nulls = {}, {}
+        for (spec, names), w in zip(self.groups, self.windows):
+            vals, exact = w.value_as_of(safe, t)
+            if (found & ~exact).any():
+                raise AsOfOutsideHorizon(
+                    f"feature view {self.name}: as_of is before what the online window state retains for "
+                    f"{int((found & ~exact).sum())} key(s); ask /api/v1/features/historical for that time")
+            for name in names:
+                values[name], nulls[name] = column_for_table(vals[name], self.kinds[name])
+        newest = self.newest_before(safe, t)
+        present = found & (newest != INT64_MIN)
+        if self.ttl:
+            status = np.where(present & (newest < t - self.ttl), OUTSIDE_MAX_AGE, status).astype(np.uint8)
+        for name in values:
+            gone = status != PRESENT
+            if name in self.counts:  # an empty (or expired) window counts 0
+                values[name] = np.where(gone, 0, values[name])
+                nulls[name] = np.zeros(n, dtype=bool)
+            else:
+                nulls[name] = nulls[name] | gone
+        return values, nulls, status, np.where(found & (newest != INT64_MIN), newest, 0)
+
+    def newest_before(self, rows: np.ndarray, t: int) -> np.ndarray:
+        """The key's newest applied event with ts < t, per row (INT64_MIN for
+        none), from the window cells; raises AsOfOutsideHorizon where a TTL
+        decision would need an event time that a cell does not pin down."""
+        newest = np.full(rows.size, INT64_MIN, dtype=np.int64)
+        if rows.size == 0:
+            return newest
+        unknown = np.zeros(rows.size, dtype=bool)
+        for w in self.windows:
+            st = w.export_slots(rows)
+            cells = st["cells"]  # (n, ring, width): bucket, count, first_ts, last_ts, ...
+            live = (cells[:, :, 0] != EMPTY) & (cells[:, :, 1] > 0)
+            if w.spec.kind == "session":
+                live &= np.arange(cells.shape[1])[None, :] < st["nsess"][:, None]
+            first, last = cells[:, :, 2], cells[:, :, 3]
+            before = live & (last < t)
+            newest = np.maximum(newest, np.where(before, last, INT64_MIN).max(axis=1))
+            straddle = live & (first < t) & (last >= t)
+            lower = np.where(straddle, first, INT64_MIN).max(axis=1)
+            newest = np.maximum(newest, lower)
+            unknown |= straddle.any(axis=1)
+        if self.ttl and (unknown & (newest < t - self.ttl)).any():
+            raise AsOfOutsideHorizon(f"feature view {self.name}: whether a key is within its TTL as of that time "
+                                     "is not retained online; ask /api/v1/features/historical for that time")
+        return newest
+
+    def checkpoint_meta(self) -> dict:
+        return {"pending": [list(p) for p in self.pending]}
+
 
 def _hop(spec: WindowSpec) -> int:
+    """How often a window's value moves with time alone (0: only with events)."""
     if spec.kind == "sliding" or spec.kind == "continuous":
         return spec.hop
     if spec.kind == "tumbling":
         return spec.size
-    return 60_000_000  # session/lifetime: values change with events only; a minute keeps TTL checks cheap
+    return 0

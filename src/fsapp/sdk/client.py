@@ -14,10 +14,14 @@ import datetime as dt
 import http.client
 import json
 import threading
+import time
 import urllib.parse
+import uuid
 
 import numpy as np
 import pyarrow as pa
+
+from fscore.errors import WalError
 
 from fsapp.engine.ingest import arrow_ipc_bytes
 from fsapp.registry.errors import NotFoundError
@@ -30,6 +34,7 @@ from fsapp.sdk.results import OnlineResponse, TrainingSet
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 KINDS = ("feature_view", "feature_service", "stream", "entity", "source")
 DEFAULT_BATCH_ROWS = 20_000  # rows per push request: well under the server's 16 MiB body limit
+PUSH_RETRIES = 5  # a push whose outcome is unknown is retried (same idempotency key): 0.2 s, 0.4 s, ... 3.2 s
 
 
 def _json_default(v):
@@ -77,11 +82,12 @@ class Client(RegistryListing):
             self._local.conn = None
 
     def request(self, method: str, path: str, body: bytes | None = None, *, content_type: str | None = None,
-                accept: str = "application/json", idempotent: bool = True) -> tuple[bytes, str]:
+                accept: str = "application/json", idempotent: bool = True,
+                headers: dict | None = None) -> tuple[bytes, str]:
         """One request; (body, content type) of a 2xx answer, else the mapped
         exception. A reused keep-alive connection the server already closed is
         retried once, but only for requests that are safe to repeat."""
-        headers = {"Accept": accept}
+        headers = {"Accept": accept, **(headers or {})}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
         if self.api_key:
@@ -130,14 +136,22 @@ class Client(RegistryListing):
 
     # ---- writes
 
-    def push(self, stream: str, rows, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> dict:
+    def push(self, stream: str, rows, *, batch_rows: int = DEFAULT_BATCH_ROWS, idempotency_key: str | None = None,
+             retries: int = PUSH_RETRIES) -> dict:
         """Appends events to `stream` (list of dicts, dict of lists, pandas
         DataFrame or Arrow table); returns `{"accepted", "late", "lsn"}` once
         the server has made them durable. Large inputs go in several requests
-        of `batch_rows` (each durable when acknowledged)."""
+        of `batch_rows` (each durable when acknowledged).
+
+        Each request carries an idempotency key (`idempotency_key`, with
+        `:<part>` after it for the parts of a large input; a new UUID by
+        default), and one whose outcome is unknown (no answer, a timeout, a
+        503) is retried with the same key up to `retries` times with backoff:
+        the server applies it at most once."""
         total = {"accepted": 0, "late": 0, "lsn": None}
-        for part in self._push_parts(stream, rows, batch_rows):
-            res = part()
+        for i, part in enumerate(self._push_parts(stream, rows, batch_rows)):
+            key = (idempotency_key if i == 0 else f"{idempotency_key}:{i}") if idempotency_key else str(uuid.uuid4())
+            res = self._retrying(lambda: part({"Idempotency-Key": key}), retries)
             total["accepted"] += res["accepted"]
             total["late"] += res["late"]
             total["lsn"] = res["lsn"]
@@ -152,24 +166,47 @@ class Client(RegistryListing):
         if isinstance(rows, pa.Table):
             for off in range(0, max(rows.num_rows, 1), batch_rows):
                 body = arrow_ipc_bytes(rows.slice(off, batch_rows))
-                yield lambda body=body: self._post_push(f"/api/v1/push?stream={q}", body, ARROW_STREAM)
+                yield lambda h, body=body: self._post_push(f"/api/v1/push?stream={q}", body, ARROW_STREAM, h)
         elif isinstance(rows, dict):
             n = max((len(v) for v in rows.values()), default=0)
             for off in range(0, max(n, 1), batch_rows):
                 doc = {"stream": stream, "columns": {k: list(v[off:off + batch_rows]) for k, v in rows.items()}}
-                yield lambda doc=doc: self._json("POST", "/api/v1/push", doc, idempotent=False)
+                yield lambda h, doc=doc: self._post_push("/api/v1/push", self._encode(doc), "application/json", h)
         elif isinstance(rows, (list, tuple)):
             for off in range(0, max(len(rows), 1), batch_rows):
                 doc = {"stream": stream, "rows": list(rows[off:off + batch_rows])}
-                yield lambda doc=doc: self._json("POST", "/api/v1/push", doc, idempotent=False)
+                yield lambda h, doc=doc: self._post_push("/api/v1/push", self._encode(doc), "application/json", h)
         else:
             from fsapp.engine.errors import BatchError
             raise BatchError(f"cannot push rows of type {type(rows).__name__}: give a list of dicts, a dict of "
                              "lists, a pandas DataFrame or an Arrow table")
 
-    def _post_push(self, path, body, content_type):
-        data, _ = self.request("POST", path, body, content_type=content_type, idempotent=False)
+    def _post_push(self, path, body, content_type, headers):
+        data, _ = self.request("POST", path, body, content_type=content_type, idempotent=False, headers=headers)
         return json.loads(data)
+
+    @staticmethod
+    def _encode(doc) -> bytes:
+        return json.dumps(doc, default=_json_default, allow_nan=False).encode()
+
+    @staticmethod
+    def _retrying(call, retries: int):
+        """`call()`, again after an unknown outcome (no answer, or a 503)."""
+        delay = 0.2
+        for attempt in range(retries + 1):
+            try:
+                return call()
+            except ServiceUnavailable as e:
+                if attempt == retries:
+                    raise
+                last = e
+            except WalError as e:  # 503 "Store cannot persist": maybe it recovers (a restarted engine)
+                if attempt == retries or getattr(e, "status", None) != 503:
+                    raise
+                last = e
+            time.sleep(delay)
+            delay *= 2
+        raise last  # pragma: no cover
 
     def materialize(self, start, end, views: list[str] | None = None) -> dict:
         """Recomputes online values as of `end` from the offline log for keys

@@ -45,13 +45,16 @@ class FeatureStore(RegistryListing):
     """The engine of the repo at `repo_path`, in this process.
 
     fsync: WAL policy ("always": a push returns once durable; "interval" /
-    "never" trade that for speed). capacity: online rows per feature view.
-    The engine opens on first use (after `apply()` on a new repo)."""
+    "never" trade that for speed). capacity: online rows each feature view
+    starts with (tables grow as keys arrive); max_keys: the most keys each
+    view keeps online (None: no bound; at the bound the oldest keys are
+    evicted, counted in metrics). The engine opens on first use (after
+    `apply()` on a new repo)."""
 
-    def __init__(self, repo_path: str | os.PathLike = ".", *, fsync: str = "always", capacity: int = 100_000,
-                 clock=None):
+    def __init__(self, repo_path: str | os.PathLike = ".", *, fsync: str = "always", capacity: int | None = None,
+                 max_keys: int | None = None, clock=None):
         self.repo = Repo(repo_path)
-        self.fsync, self.capacity, self.clock = fsync, capacity, clock
+        self.fsync, self.capacity, self.max_keys, self.clock = fsync, capacity, max_keys, clock
         self._engine = None
         self._backend = None
 
@@ -72,8 +75,10 @@ class FeatureStore(RegistryListing):
             from fsapp.engine import Engine
 
             kw = {"clock": self.clock} if self.clock else {}
+            if self.capacity is not None:
+                kw["capacity"] = self.capacity
             self._engine = Engine(str(self.repo.data_dir / "engine"), str(self.repo.registry_path), fsync=self.fsync,
-                                  capacity=self.capacity, repo_root=str(self.repo.root), **kw)
+                                  max_keys=self.max_keys, repo_root=str(self.repo.root), **kw)
             self._backend = EngineBackend(self._engine)
         return self._engine
 
@@ -105,16 +110,21 @@ class FeatureStore(RegistryListing):
 
     # ---- writes
 
-    def push(self, stream: str, rows) -> dict:
+    def push(self, stream: str, rows, *, idempotency_key: str | None = None) -> dict:
         """Appends events (list of dicts, dict of lists, pandas DataFrame or
         Arrow table) to `stream`; returns `{"accepted", "late", "lsn"}` once
-        they are durable under the fsync policy."""
-        return self.engine.push(stream, rows).to_dict()
+        they are durable under the fsync policy. A push refused (an error)
+        changed nothing. `idempotency_key`: a retry with the same key returns
+        the first answer and applies nothing."""
+        return self.engine.push(stream, rows, idempotency_key=idempotency_key).to_dict()
 
     def materialize(self, start, end, views: list[str] | None = None) -> dict:
         """Recomputes online values as of `end` from the offline log for keys
         with events in [start, end) (heals late events, backfills new views).
-        `start` None: from the beginning. Returns `{"views": {name: rows}, ...}`."""
+        `start` None: from the beginning. Returns `{"views": {name: rows},
+        "skipped": {name: why}, ...}`. For a view the engine computes from a
+        stream, the window state of those keys is rebuilt from every logged
+        event (late ones included), so the healed values last."""
         self.engine
         s = START_OF_TIME if start is None else to_us(start, "start")
         return self._backend.materialize(s, to_us(end, "end"), list(views) if views is not None else None)
@@ -132,9 +142,9 @@ class FeatureStore(RegistryListing):
         eng = self.engine
         entities = entity_columns(entity_rows)
         if as_of is None:
-            eng.tick()  # sliding/tumbling values move at hop boundaries, as in the server's ticker
+            eng.tick()  # window values move at hop boundaries, as in the server's ticker
         raw = eng.get_online_features(features, feature_service, entities,
-                                      now=None if as_of is None else to_us(as_of, "as_of"),
+                                      as_of=None if as_of is None else to_us(as_of, "as_of"),
                                       full_feature_names=full_feature_names)
         return OnlineResponse(raw, len(entities))
 

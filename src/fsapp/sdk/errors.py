@@ -34,8 +34,9 @@ class AuthError(ClientError, PermissionError):
 
 
 class ServiceUnavailable(ClientError, ConnectionError):
-    """No answer (connection refused, timeout) or a 503: the write, if any,
-    was not acknowledged."""
+    """No answer (connection refused, timeout) or a 503: a write, if any, was
+    not acknowledged; its outcome may be unknown (`Client.push` retries with
+    the same idempotency key, which the server applies at most once)."""
 
 
 class ServerError(ClientError, RuntimeError):
@@ -59,6 +60,8 @@ TITLE_TO_CLASS: dict[str, type[Exception]] = {
     "Bad definition or reference": RegistryError,
     "Store cannot persist": WalError,
     "Store state unusable": WindowStateError,
+    "Engine unavailable": ServiceUnavailable,
+    "Outcome unknown": ServiceUnavailable,
 }
 # added with the engine's as_of horizon check (the map must follow fsapp.api.errors)
 _as_of = getattr(__import__("fsapp.engine.errors", fromlist=["x"]), "AsOfOutsideHorizon", None)

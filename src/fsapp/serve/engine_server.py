@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from fsapp.engine.ingest import arrow_ipc_bytes
 from fsapp.engine import Engine
+from fsapp.engine.engine import DEFAULT_CAPACITY
 from fsapp.engine.kafka_config import KafkaConfig
 from fsapp.serve.protocol import error_header, recv_frame, send_frame
 
@@ -57,15 +58,14 @@ class EngineService:
             return {"pid": os.getpid(), "applied_lsn": e.applied_lsn}, b""
         if op == "push":
             rows = pa.ipc.open_stream(pa.py_buffer(body)).read_all() if body else args.get("rows")
-            return e.push(args["stream"], rows, offsets=args.get("offsets")).to_dict(), b""
+            return e.push(args["stream"], rows, offsets=args.get("offsets"),
+                          idempotency_key=args.get("idempotency_key")).to_dict(), b""
         if op == "online":
             return e.get_online_features(args.get("features"), args.get("feature_service"), args.get("entities"),
                                          now=args.get("now"),
                                          full_feature_names=bool(args.get("full_feature_names"))), b""
         if op == "historical":
-            import pandas as pd
-            df = pd.DataFrame(args["entities"])
-            table = e.get_historical_features(df, args["features"]).to_arrow()
+            table = e.get_historical_features(pa.table(args["entities"]), args["features"]).to_arrow()
             return {"rows": table.num_rows}, arrow_ipc_bytes(table)
         if op == "reload":
             e.reload()
@@ -102,13 +102,15 @@ def make_server(service: EngineService, socket_path: str) -> socketserver.Thread
     return server
 
 
-def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int = 100_000,
+def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int = DEFAULT_CAPACITY,
+        max_keys: int | None = None,
         tick_s: float = 0.2, checkpoint_s: float = 60.0) -> int:
     from fsapp.registry.repo import Repo
 
     repo = Repo(repo_dir)
     kafka_config = KafkaConfig.from_repo(repo)  # a bad kafka section fails before recovery starts
     engine = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync=fsync, capacity=capacity,
+                    max_keys=max_keys,
                     repo_root=str(repo.root))
     server = make_server(EngineService(engine), socket_path)
     ingest = None
@@ -130,7 +132,7 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
     applied = engine.registry.snapshot().apply_id
     last_registry_check = time.monotonic()
     try:
-        while not stop.wait(tick_s):
+        while not stop.wait(_until_next_tick(engine, tick_s)):
             engine.tick()
             if time.monotonic() - last_registry_check >= 1.0:  # `fstore apply` while serving
                 last_registry_check = time.monotonic()
@@ -154,15 +156,28 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
     return 0
 
 
+def _until_next_tick(engine: Engine, tick_s: float) -> float:
+    """Seconds to sleep: until the next hop boundary or pending event time of
+    any view (so a window's value moves within a millisecond of it), at most
+    `tick_s` (registry checks, checkpoints, Kafka bookkeeping)."""
+    now = engine.clock()
+    due = engine.next_change(now)
+    if due is None:
+        return tick_s
+    return min(tick_s, max(0.0, (due - now) / 1e6 + 0.0005))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="fsapp.serve.engine_server")
     ap.add_argument("--repo", required=True)
     ap.add_argument("--socket", required=True)
     ap.add_argument("--fsync", default="always", choices=["always", "interval", "never"])
-    ap.add_argument("--capacity", type=int, default=100_000)
+    ap.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY)
+    ap.add_argument("--max-keys", type=int, default=None)
     ap.add_argument("--checkpoint-seconds", type=float, default=60.0)
     a = ap.parse_args(argv)
-    return run(a.repo, a.socket, fsync=a.fsync, capacity=a.capacity, checkpoint_s=a.checkpoint_seconds)
+    return run(a.repo, a.socket, fsync=a.fsync, capacity=a.capacity, max_keys=a.max_keys,
+               checkpoint_s=a.checkpoint_seconds)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from fscore import errors as core_errors
 
 from fsapp import errors as app_errors
 from fsapp.engine import errors as engine_errors
+from fsapp.engine.errors import EngineUnavailable, OutcomeUnknown
 from fsapp.registry import errors as registry_errors
 
 _U32 = struct.Struct("<I")
@@ -36,10 +37,7 @@ def _error_classes() -> dict[str, type]:
 
 
 ERRORS = _error_classes()
-
-
-class EngineUnavailable(core_errors.FStoreError, ConnectionError):
-    """The engine process is not reachable (starting, restarting or gone)."""
+__all__ = ["EngineClient", "EngineUnavailable", "OutcomeUnknown", "send_frame", "recv_frame"]
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -85,9 +83,15 @@ def raise_error(header: dict) -> None:
 
 
 class EngineClient:
-    """A worker's connection to the engine; one socket per thread."""
+    """A worker's connection to the engine; one socket per thread.
 
-    def __init__(self, path: str, timeout: float = 30.0):
+    `timeout` stays below gunicorn's worker timeout (30 s), so a slow engine
+    gives the client a JSON 503 "outcome unknown" rather than a killed
+    worker. A request that may not be repeated blindly is sent once: if the
+    connection breaks after it was sent, OutcomeUnknown says so (pushes carry
+    an idempotency key, which makes their retry safe)."""
+
+    def __init__(self, path: str, timeout: float = 20.0):
         self.path = path
         self.timeout = timeout
         self._local = threading.local()
@@ -101,22 +105,32 @@ class EngineClient:
                 s.connect(self.path)
             except OSError as e:
                 s.close()
-                raise EngineUnavailable(f"the engine is not reachable at {self.path} ({e}); "
-                                        "it may be restarting: retry shortly") from None
+                raise EngineUnavailable(f"the engine is not reachable ({e.strerror or e}); it may be restarting: "
+                                        "nothing was applied, retry shortly") from None
             self._local.sock = s
         return s
 
-    def call(self, op: str, body: bytes = b"", **args) -> tuple[dict, bytes]:
-        for attempt in (0, 1):  # one reconnect: the engine may have restarted since
+    def call(self, op: str, body: bytes = b"", *, repeatable: bool = True, **args) -> tuple[dict, bytes]:
+        """One request. A cached connection the engine closed (it restarted)
+        is retried once on a new one when the request is `repeatable` (a
+        read, or a write carrying an idempotency key)."""
+        for attempt in (0, 1):
             s = self._sock()
+            sent = False
             try:
                 send_frame(s, {"op": op, "args": args}, body)
+                sent = True
                 header, data = recv_frame(s)
                 break
             except (ConnectionError, OSError) as e:
                 self.close()
-                if attempt:
-                    raise EngineUnavailable(f"lost the engine connection during {op} ({e}); retry shortly") from None
+                timed_out = isinstance(e, TimeoutError)
+                if attempt or timed_out or (sent and not repeatable):
+                    if not sent:
+                        raise EngineUnavailable(f"lost the engine connection before sending {op}; nothing was "
+                                                "applied, retry shortly") from None
+                    raise OutcomeUnknown(f"the engine did not answer {op} ({'timed out' if timed_out else e}); "
+                                         "outcome unknown: retry with the same Idempotency-Key") from None
         if not header.get("ok"):
             raise_error(header)
         return header.get("result"), data

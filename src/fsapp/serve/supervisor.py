@@ -54,10 +54,11 @@ def _wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float)
 
 class Service:
     def __init__(self, repo_dir: str, *, host: str = "127.0.0.1", port: int = 9094, workers: int = 2,
-                 fsync: str = "always", capacity: int = 100_000, checkpoint_s: float = 60.0, log=sys.stderr):
+                 fsync: str = "always", capacity: int | None = None, max_keys: int | None = None,
+                 checkpoint_s: float = 60.0, log=sys.stderr):
         self.repo = Repo(repo_dir)
         self.host, self.port, self.workers = host, port, workers
-        self.fsync, self.capacity, self.checkpoint_s = fsync, capacity, checkpoint_s
+        self.fsync, self.capacity, self.max_keys, self.checkpoint_s = fsync, capacity, max_keys, checkpoint_s
         self.socket = socket_path_for(self.repo)
         self.log = log
         self.engine: subprocess.Popen | None = None
@@ -70,8 +71,9 @@ class Service:
     def start_engine(self) -> None:
         self.engine = subprocess.Popen(
             [sys.executable, "-m", "fsapp.serve.engine_server", "--repo", str(self.repo.root),
-             "--socket", self.socket, "--fsync", self.fsync, "--capacity", str(self.capacity),
-             "--checkpoint-seconds", str(self.checkpoint_s)])
+             "--socket", self.socket, "--fsync", self.fsync, "--checkpoint-seconds", str(self.checkpoint_s)]
+            + (["--capacity", str(self.capacity)] if self.capacity else [])
+            + (["--max-keys", str(self.max_keys)] if self.max_keys else []))
         _wait_for_socket(self.socket, self.engine, 120)
         self._say(f"engine pid {self.engine.pid} ready on {self.socket}")
 
@@ -84,6 +86,8 @@ class Service:
         self.gunicorn = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", str(self.workers), "--bind", f"{self.host}:{self.port}",
              "--max-requests", "0", "--graceful-timeout", "10", "--log-level", "warning",
+             # above the engine socket's timeout (20 s): a slow engine is a JSON 503, not a killed worker
+             "--timeout", "30",
              "fsapp.serve.wsgi:application"], env=env)
         _wait_for_port(self.host, self.port, self.gunicorn, 60)
         self._say(f"gunicorn pid {self.gunicorn.pid} with {self.workers} workers on http://{self.host}:{self.port}")

@@ -4,6 +4,7 @@ registry file, everything else forwarded to the engine process."""
 from __future__ import annotations
 
 import time
+import uuid
 
 import pyarrow as pa
 
@@ -43,11 +44,14 @@ class WorkerBackend:
 
     # ---- writes
 
-    def push(self, stream, rows):
+    def push(self, stream, rows, idempotency_key=None):
+        # a key of our own when the client sent none: the socket may be retried
+        # (an engine restart), and a retry must not apply the batch twice
+        key = idempotency_key or f"fstore-worker-{uuid.uuid4()}"
         if isinstance(rows, pa.Table):
-            result, _ = self._forward("push", arrow_ipc_bytes(rows), stream=stream)
+            result, _ = self._forward("push", arrow_ipc_bytes(rows), stream=stream, idempotency_key=key)
         else:
-            result, _ = self._forward("push", stream=stream, rows=rows)
+            result, _ = self._forward("push", stream=stream, rows=rows, idempotency_key=key)
         return result
 
     def materialize(self, start, end, views):

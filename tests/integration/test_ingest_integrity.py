@@ -1,0 +1,295 @@
+"""Ingest integrity (issue 13): a push is validated before it is logged,
+applied all-or-nothing, durable when acknowledged, and safe to retry; a repo
+always restarts. Each test is one of the issue's repros or its class."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fscore.errors import KeyEncodingError
+
+from fsapp import FeatureStore
+from fsapp.engine import Engine
+from fsapp.engine.errors import BatchError, EngineError
+from fsapp.engine.runtime import ViewRuntime
+from fsapp.registry.repo import Repo
+from fsapp.registry.scaffold import init_repo
+
+S = 1_000_000
+NOW = (int(time.time()) // 3600) * 3600 * S  # an hour boundary: the sliding('1h','5m') count is stable
+
+
+@pytest.fixture
+def repo(tmp_path):
+    init_repo(tmp_path / "repo")
+    r = Repo(tmp_path / "repo")
+    r.apply()
+    return r
+
+
+def engine(repo, **kw):
+    kw.setdefault("fsync", "never")
+    kw.setdefault("clock", lambda: NOW)
+    return Engine(str(repo.data_dir / "engine"), str(repo.registry_path), repo_root=str(repo.root), **kw)
+
+
+def txn(user, ts_s=-600, amount=1.0, **kw):
+    row = {"user_id": user, "merchant_id": "m1", "amount": amount, "currency": "USD", "country": "US",
+           "is_online": True, "ts": NOW + ts_s * S}
+    row.update(kw)
+    return row
+
+
+def amounts(eng, users):
+    out = eng.get_online_features(["user_txn:amount_24h"], entities={"user_id": list(users)}, now=NOW)
+    return out["results"][1]["values"]
+
+
+def test_a_bigint_key_above_2_53_is_accepted_and_the_repo_restarts(repo):
+    """Repro 1: the key went through a float cast after logging (500, then a
+    log that could not be replayed)."""
+    big = 9007199254740993
+    eng = engine(repo)
+    assert eng.push("transactions", [txn(big, amount=5.0)]).accepted == 1
+    assert eng.push("transactions", [txn(big, amount=2.0)]).accepted == 1
+    assert amounts(eng, [big, big - 1]) == [7.0, None]
+    eng.close()
+    again = engine(repo)  # replays the log (no checkpoint): must start
+    assert again.replayed == 2 and again.quarantined == 0
+    assert amounts(again, [big, big - 1]) == [7.0, None]
+    again.close()
+
+
+def test_tables_grow_past_their_first_capacity_and_keep_every_key(repo):
+    """Repros 2 to 4: a batch with more new keys than the table held (and
+    more live keys than capacity over time) evicted live keys, failed after
+    logging, crash-looped at the next tick, or served another key's window
+    state. Tables now grow; every key keeps its own value."""
+    eng = engine(repo, capacity=16)
+    eng.push("transactions", [txn(u, amount=u + 1.0) for u in range(3)])
+    eng.push("transactions", [txn(u, amount=u + 1.0) for u in range(100, 1101)])
+    eng.push("transactions", [txn(u, amount=1.0) for u in range(2000, 5000)])
+    eng.push("transactions", [txn(u, ts_s=-300, amount=3.0) for u in range(2000, 5000, 7)])
+    eng.tick(NOW + 3600 * S)  # every key is rewritten at the next hop boundary: no slot out of range
+    users = [0, 1, 2, 100, 1100, 2000, 2001, 4999]
+    assert amounts(eng, users) == [1.0, 2.0, 3.0, 101.0, 1101.0, 4.0, 1.0, 1.0]
+    table = eng.runtimes[("user_txn", 1)].table
+    assert table.capacity >= 4004 and table.stats()["evicted_capacity"] == 0
+    eng.close()
+    again = engine(repo)
+    assert amounts(again, users) == [1.0, 2.0, 3.0, 101.0, 1101.0, 4.0, 1.0, 1.0]
+    again.close()
+
+
+def test_with_max_keys_a_batch_over_the_bound_is_refused_and_changes_nothing(repo):
+    eng = engine(repo, max_keys=1000)
+    eng.push("transactions", [txn(u, amount=5.0) for u in range(3)])
+    lsn = eng.applied_lsn
+    with pytest.raises(BatchError, match="1001 distinct keys.*max_keys 1000"):
+        eng.push("transactions", [txn(u) for u in range(100, 1101)])
+    assert eng.applied_lsn == lsn and eng.wal.last_lsn == lsn
+    assert amounts(eng, [0, 1, 2]) == [5.0, 5.0, 5.0]
+    eng.close()
+    again = engine(repo, max_keys=1000)
+    assert amounts(again, [0, 1, 2]) == [5.0, 5.0, 5.0]
+    again.close()
+
+
+def test_an_evicted_key_reads_not_found_and_a_reused_row_never_serves_its_state(repo):
+    """Repro 4's class under a memory bound: keys beyond max_keys evict the
+    oldest; the evicted key reads NOT_FOUND (counts 0, others null), is
+    counted, and the key that takes its row sees only its own events."""
+    eng = engine(repo, max_keys=64)
+    eng.push("transactions", [txn(u, ts_s=-3000, amount=100.0) for u in range(64)])
+    eng.push("transactions", [txn(u, ts_s=-60, amount=1.0) for u in range(1000, 1032)])
+    table = eng.runtimes[("user_txn", 1)].table
+    evicted = table.stats()["evicted_capacity"]
+    assert evicted > 0
+    out = eng.get_online_features(["user_txn:amount_24h", "user_txn:txn_count_1h"],
+                                  entities={"user_id": [0, 1000, 1031]}, now=NOW)
+    assert out["results"][1]["values"] == [None, 1.0, 1.0]  # never 101.0: no state of the evicted key
+    assert out["results"][1]["statuses"][0] == "NOT_FOUND"
+    assert out["results"][2]["values"][0] == 0  # an unknown key counts 0
+    eng.close()
+
+
+def test_concurrent_pushes_all_succeed_and_share_fsyncs(repo):
+    """Repro 5: concurrent pushes (values as strings) failed with "connection
+    is busy" (422) or 500. Each thread has its own DuckDB cursor, and pushes
+    wait for durability together."""
+    eng = engine(repo, fsync="always")
+    errors, done = [], []
+
+    def pusher(k):
+        try:
+            for i in range(25):
+                done.append(eng.push("transactions", [{"user_id": k, "merchant_id": "m1", "amount": "1.5",
+                                                       "currency": "USD", "country": "US", "is_online": "true",
+                                                       "ts": NOW - 600 * S}]))
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=pusher, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:3]
+    assert len(done) == 200 and sorted(r.lsn for r in done) == list(range(1, 201))
+    assert amounts(eng, range(8)) == [37.5] * 8
+    stats = eng.wal.stats()
+    assert stats["fsyncs"] < 200, stats  # group commit: concurrent pushes share fsyncs
+    eng.close()
+
+
+def test_events_too_far_ahead_are_refused_and_never_move_the_watermark(repo):
+    """Repro 6: one push a year ahead made every later real-time event late,
+    surviving restarts. Events more than the stream's max_future (1 h by
+    default) ahead of the engine clock are refused, naming the rows."""
+    eng = engine(repo)
+    for ts in (NOW + 366 * 86400 * S, (NOW + 2 * 3600 * S) // 1000):  # µs; and ms, read by magnitude
+        with pytest.raises(BatchError, match=r"row\(s\) \[1\].*max_future") as e:
+            eng.push("transactions", [txn(1), {**txn(1), "ts": ts}])
+        assert e.value.rows == [1]
+    assert eng.applied_lsn == 0 and eng.watermarks == {}
+    assert eng.push("transactions", [txn(2)]).late == 0  # real-time events are not late
+    assert eng.push("transactions", [txn(1, ts_s=3000)]).accepted == 1  # 50 minutes ahead: within the bound
+    eng.close()
+
+
+@pytest.mark.parametrize("row, match", [
+    (txn(3003.7), "takes integers; row 0 holds 3003.7"),
+    (txn("1020"), "takes integers, not text"),
+    (txn(True), "takes integers"),
+    ([txn(1), txn("1")], "mixes value types"),
+    (txn(1, currency=840), None),  # a value column: a number for text is its text
+    (txn(1, merchant_id=7), "takes text"),  # an entity key (of merchant_txn): never
+    (txn(1, amount=True), "takes numbers"),
+    (txn(1, amount="NaN"), "not a finite number"),
+    (txn(1, amount="inf"), "not a finite number"),
+    (txn(1, amount="1e400"), "not a finite number"),
+    (txn(1, is_online=1), "takes true or false"),
+    (txn(1, merchant_id="\ud800"), "not valid Unicode"),
+    ({**txn(1), "\ud800": 1}, "not valid Unicode"),
+    (txn(2**64), "outside the 64-bit range"),
+])
+def test_keys_take_exact_types_and_values_cast_only_by_the_documented_rules(repo, row, match):
+    """Repro 7 and 9: a fractional key was counted under another key, text
+    became a key, true became 1.0, "NaN" was stored as a PRESENT null, and
+    lone surrogates gave 500s. Each is refused before logging."""
+    eng = engine(repo)
+    rows = row if isinstance(row, list) else [row]
+    if match is None:
+        assert eng.push("transactions", rows).accepted == len(rows)
+    else:
+        with pytest.raises((BatchError, KeyEncodingError), match=match):
+            eng.push("transactions", rows)
+        assert eng.applied_lsn == 0 and eng.wal.last_lsn == 0
+    eng.close()
+
+
+def test_integral_numbers_are_integer_keys_and_nan_floats_are_null(repo, tmp_path):
+    import pyarrow as pa
+    eng = engine(repo)
+    assert eng.push("transactions", [txn(5.0, amount=2.0)]).accepted == 1
+    assert amounts(eng, [5]) == [2.0]
+    eng.close()
+    root = tmp_path / "plain"
+    root.mkdir()
+    (root / "fstore.yaml").write_text("project: p\n")
+    (root / "defs.sql").write_text("CREATE ENTITY e (k BIGINT);\n"
+                                   "CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');\n"
+                                   "CREATE FEATURE VIEW p AS SELECT k, x FROM ev;\n")
+    plain = Repo(root)
+    plain.apply()
+    eng = engine(plain)
+    assert eng.push("ev", pa.table({"k": [6, 7], "x": [float("nan"), 1.5], "ts": [NOW - 60 * S] * 2})).accepted == 2
+    out = eng.get_online_features(["p:x"], entities={"k": [6, 7]}, now=NOW)
+    assert out["results"][1]["values"] == [None, 1.5]
+    assert out["results"][1]["statuses"] == ["NULL_VALUE", "PRESENT"]  # stored, and null: not a PRESENT null
+    eng.close()
+
+
+def test_a_retry_with_the_same_idempotency_key_applies_nothing(repo):
+    """Repro 8's fix: a push carries a key; its retry (in this process, after
+    a crash and replay, after a checkpoint) returns the first answer."""
+    eng = engine(repo)
+    first = eng.push("transactions", [txn(1, amount=4.0)], idempotency_key="push-1")
+    again = eng.push("transactions", [txn(1, amount=4.0)], idempotency_key="push-1")
+    assert again == first and eng.applied_lsn == first.lsn
+    assert amounts(eng, [1]) == [4.0]
+    eng.wal.close()  # a crash: no final checkpoint
+    eng = engine(repo)
+    assert eng.push("transactions", [txn(1, amount=4.0)], idempotency_key="push-1") == first
+    eng.checkpoint()
+    eng.close()
+    eng = engine(repo)
+    assert eng.push("transactions", [txn(1, amount=4.0)], idempotency_key="push-1") == first
+    assert eng.push("transactions", [txn(1, amount=4.0)], idempotency_key="push-2").lsn == first.lsn + 1
+    assert amounts(eng, [1]) == [8.0]
+    with pytest.raises(BatchError, match="idempotency key"):
+        eng.push("transactions", [txn(1)], idempotency_key="")
+    eng.close()
+
+
+def test_a_record_that_fails_to_apply_is_aborted_and_the_repo_restarts(repo, monkeypatch):
+    """The safety net: if applying a logged batch ever fails, the record is
+    tombstoned, the state rebuilt, the caller told; the next pushes work
+    and a restart skips it."""
+    eng = engine(repo)
+    eng.push("transactions", [txn(1, amount=1.0)])
+    real = ViewRuntime.apply
+
+    def broken(self, vb, now):
+        if self.name == "merchant_txn" and 50.0 in vb.columns["amount"]:
+            raise RuntimeError("injected")
+        return real(self, vb, now)
+
+    monkeypatch.setattr(ViewRuntime, "apply", broken)
+    with pytest.raises(EngineError, match="nothing of it was applied"):
+        eng.push("transactions", [txn(1, amount=50.0)])
+    monkeypatch.setattr(ViewRuntime, "apply", real)
+    assert amounts(eng, [1]) == [1.0]  # user_txn had applied it before the failure: rebuilt without it
+    eng.push("transactions", [txn(1, amount=2.0)])
+    assert amounts(eng, [1]) == [3.0]
+    eng.close()
+    again = engine(repo)
+    assert amounts(again, [1]) == [3.0] and again.quarantined == 0
+    import pyarrow as pa
+    labels = pa.table({"user_id": [1], "event_timestamp": pa.array([NOW], pa.timestamp("us", tz="UTC"))})
+    hist = again.get_historical_features(labels, ["user_txn:amount_24h"]).to_arrow()
+    assert hist.column("amount_24h").to_pylist() == [3.0]  # the aborted batch is not in the offline log either
+    again.close()
+
+
+def test_a_record_that_cannot_be_replayed_is_set_aside_and_recovery_goes_on(repo, monkeypatch):
+    eng = engine(repo)
+    eng.push("transactions", [txn(1, amount=1.0)])
+    eng.push("transactions", [txn(2, amount=2.0)])
+    eng.wal.close()
+    real = Engine._prepare_table
+    calls = []
+
+    def flaky(self, stream, table, cur):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("injected replay failure")
+        return real(self, stream, table, cur)
+
+    monkeypatch.setattr(Engine, "_prepare_table", flaky)
+    again = engine(repo)
+    monkeypatch.setattr(Engine, "_prepare_table", real)
+    assert again.quarantined == 1 and again.replayed == 1
+    assert (repo.data_dir / "engine" / "quarantine" / f"{1:020d}.rec").exists()
+    assert amounts(again, [1, 2]) == [None, 2.0]
+    again.close()
+
+
+def test_the_sdk_reads_as_of_through_the_engine_and_says_when_outside_the_horizon(repo):
+    store = FeatureStore(repo.root, fsync="never", clock=lambda: NOW)
+    store.push("transactions", [txn(1, ts_s=-7200, amount=3.0)])
+    got = store.get_online_features(features=["user_txn:txn_count_1h"], entity_rows=[{"user_id": 1}],
+                                    as_of=(NOW - 5400 * S) / 1e6).to_dict()
+    assert got["txn_count_1h"] == [1]  # the hop window [t - 1h, t) aligned to 5 min holds the event
+    store.close()
