@@ -117,7 +117,8 @@ def test_cli_materialize_on_a_fresh_repo_and_a_missing_source(tmp_path, capsys):
     out = capsys.readouterr()
     doc = json.loads(out.out)
     assert doc["views"] == {"merchant_txn": 0, "user_txn": 0} and list(doc["skipped"]) == ["user_profile"]
-    assert "skipped user_profile: " in out.err
+    assert "source user_profiles: cannot read" in doc["skipped"]["user_profile"]  # the store's reason, passed on
+    assert "skipped user_profile: source user_profiles: cannot read" in out.err
 
 
 def test_error_mapping_covers_every_api_title():
