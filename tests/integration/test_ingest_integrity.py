@@ -173,6 +173,8 @@ def test_events_too_far_ahead_are_refused_and_never_move_the_watermark(repo):
     (txn(1, merchant_id="\ud800"), "not valid Unicode"),
     ({**txn(1), "\ud800": 1}, "not valid Unicode"),
     (txn(2**64), "outside the 64-bit range"),
+    (txn(1, ts=1e300), "is not a time"),
+    (txn(1, ts=-(2**62)), "outside years 0001..9999"),
 ])
 def test_keys_take_exact_types_and_values_cast_only_by_the_documented_rules(repo, row, match):
     """Repro 7 and 9: a fractional key was counted under another key, text

@@ -428,3 +428,69 @@ def test_http_metrics_count_every_request_of_a_series():
     assert 'fstore_http_request_duration_seconds_bucket{method="GET",route="/health",le="+Inf"} 1' in text
     snap = m.registry.snapshot()
     assert MetricsRegistry().merge(snap).render() == m.registry.render()
+
+
+# ---- issue 13: the bad-input battery (each answers 4xx JSON, never 500)
+
+SURROGATE = '"\\ud800"'  # the JSON escape of a lone surrogate
+
+
+def _raw(api, path, text):
+    return api.simulate_post(path, body=text.encode(), headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("path, text", [
+    ("/api/v1/push", '{"stream": "transactions", "rows": [{"user_id": 1, "merchant_id": ' + SURROGATE
+     + ', "ts": 1764000000}]}'),
+    ("/api/v1/push", '{"stream": "transactions", "rows": [{' + SURROGATE + ': 1, "ts": 1764000000}]}'),
+    ("/api/v1/push", '{"stream": ' + SURROGATE + ', "rows": []}'),
+    ("/push", '{"push_source_name": "transactions", "df": {"user_id": [1], "merchant_id": [' + SURROGATE
+     + '], "ts": [1764000000]}}'),
+    ("/api/v1/features/online", '{"feature_service": ' + SURROGATE + ', "entities": {"user_id": [1]}}'),
+    ("/api/v1/features/online", '{"features": ["merchant_txn:volume_1d"], "entities": {"merchant_id": ['
+     + SURROGATE + ']}}'),
+    ("/get-online-features", '{"features": ["merchant_txn:volume_1d"], "entities": {"merchant_id": ['
+     + SURROGATE + ']}}'),
+    ("/api/v1/features/historical", '{"features": ["merchant_txn:volume_1d"], "entities": {"merchant_id": ['
+     + SURROGATE + '], "event_timestamp": [1764000000]}}'),
+])
+def test_lone_surrogates_anywhere_are_400(api, path, text):
+    res = _raw(api, path, text)
+    assert res.status_code == 400, res.text
+    assert "surrogate" in res.json["description"]
+
+
+@pytest.mark.parametrize("ts", [-1e18, 9e18, -(2**63), "10000-01-01T00:00:00"])
+def test_historical_times_out_of_range_are_422(api, ts):
+    res = api.simulate_post("/api/v1/features/historical",
+                            json={"features": ["user_txn:amount_24h"],
+                                  "entities": {"user_id": [1], "event_timestamp": [ts]}})
+    assert res.status_code == 422, res.text
+    assert "event_timestamp" in res.json["description"]
+
+
+@pytest.mark.parametrize("row, status", [
+    ({"user_id": 3003.7}, 422), ({"user_id": "1020"}, 422), ({"user_id": True}, 422),
+    ({"user_id": 1, "amount": True}, 422), ({"user_id": 1, "amount": "NaN"}, 422),
+    ({"user_id": 1, "ts": 1.7e18}, 422),  # a year ahead, read as µs: beyond max_future
+    ({"user_id": 1, "amount": "1.5"}, 200),
+])
+def test_push_values_follow_the_input_rules(api, engine, row, status):
+    res = api.simulate_post("/api/v1/push", json={"stream": "transactions", "rows": [{**txn(1, NOW - H), **row}]})
+    assert res.status_code == status, res.text
+    if status != 200:
+        assert engine.applied_lsn == 0 and set(res.json) == {"title", "description"}
+
+
+def test_idempotency_key_header_makes_a_retry_return_the_first_answer(api, engine):
+    body = {"stream": "transactions", "rows": [txn(1, NOW - H, amount=2.0)]}
+    first = api.simulate_post("/api/v1/push", json=body, headers={"Idempotency-Key": "k-1"})
+    again = api.simulate_post("/api/v1/push", json=body, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == again.status_code == 200 and first.json == again.json
+    feast = {"push_source_name": "transactions", "df": {k: [v] for k, v in txn(1, NOW - H, amount=2.0).items()}}
+    f1 = api.simulate_post("/push", json=feast, headers={"Idempotency-Key": "k-2"})
+    f2 = api.simulate_post("/push", json=feast, headers={"Idempotency-Key": "k-2"})
+    assert f1.json == f2.json and f1.json["lsn"] == first.json["lsn"] + 1
+    assert engine.applied_lsn == 2
+    bad = api.simulate_post("/api/v1/push", json=body, headers={"Idempotency-Key": "x" * 300})
+    assert bad.status_code == 422 and "idempotency key" in bad.json["description"]

@@ -69,7 +69,10 @@ def now_us() -> int:
 
 
 def _iso(us: int) -> str:
-    return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(us))).isoformat()
+    try:
+        return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(us))).isoformat()
+    except OverflowError:
+        return f"{int(us)} µs since the epoch"
 
 
 @dataclass

@@ -114,6 +114,10 @@ def timestamps_us(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
         return np.asarray(pc.cast(col, pa.timestamp("us")).cast(pa.int64()), dtype=np.int64)
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         x = np.asarray(col, dtype=np.float64) if pa.types.is_floating(t) else np.asarray(col, dtype=np.int64)
+        if x.dtype.kind == "f" and not (np.isfinite(x) & (np.abs(x) < 9e18)).all():
+            i = _first_row(~(np.isfinite(x) & (np.abs(x) < 9e18)))
+            raise BatchError(f"timestamp column {name!r}, row {i}: {x[i]!r} is not a time; send ISO-8601 text or "
+                             "an epoch number")
         mag = np.abs(x)
         scale = np.where(mag < 1e11, 1_000_000, np.where(mag < 1e14, 1_000, 1))
         return np.asarray(np.round(x * scale) if x.dtype.kind == "f" else x * scale, dtype=np.int64)
@@ -131,6 +135,18 @@ def timestamps_us(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
             out[i] = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
         return out
     raise BatchError(f"timestamp column {name!r} has type {t}; use ISO-8601 strings or epoch numbers")
+
+
+# event times a stream takes: years 0001..9999 (what ISO-8601, Parquet readers and Python spell), in µs
+TIME_MIN_US, TIME_MAX_US = -62135596800 * 1_000_000, 253402300799999999
+
+
+def check_time_range(ts: np.ndarray, name: str) -> None:
+    bad = (ts < TIME_MIN_US) | (ts > TIME_MAX_US)
+    if bad.any():
+        i = _first_row(bad)
+        raise BatchError(f"timestamp column {name!r}, row {i}: {int(ts[i])} µs is outside years 0001..9999 "
+                         "(epoch numbers are read as seconds below 1e11, milliseconds below 1e14, else µs)")
 
 
 class BatchNormaliser:
@@ -174,6 +190,7 @@ class BatchNormaliser:
             if name != s.timestamp:
                 _check_input(s.name, name, self.types[name], col, mixed.get(name), name in self.keys)
         ts = timestamps_us(table.column(s.timestamp), s.timestamp)
+        check_time_range(ts, s.timestamp)
         out = self._as_declared(table, ts)
         if out is None:
             out = self._cast(table, ts, con or self.con)
