@@ -441,6 +441,21 @@ cdef class Wal:
             if not was_poisoned:
                 self._check(rc)
 
+    def abandon(self):
+        """What a crash (kill -9) leaves: closes every fd without writing what
+        is still only encoded, and releases the directory. For crash tests."""
+        with self._close_lock:
+            if self._closed:
+                return
+            if self._ticker is not None:
+                self._stop.set()
+                self._ticker.join()
+            with nogil:
+                fs_gc_abandon(self._gc)
+            self._closed = True
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def __enter__(self):
         return self
 

@@ -132,6 +132,25 @@ def aggregate(aggs, events, hll_p: int) -> dict:
     return out
 
 
+def values_as_of(spec: WindowSpec, aggs, events, t: int, hll_p: int = 8) -> dict:
+    """The documented rules stated directly, for one key: each aggregation's
+    value as of `t` over `events` = [(ts, seq, row)] (every applied event of
+    the key, any order; `seq` orders equal times). Nulls are NaN (last_k:
+    its items, then NaN)."""
+    return aggregate(normalise_aggs(aggs), window_events(spec, events, t), hll_p)
+
+
+def window_events(spec: WindowSpec, events, t: int) -> list:
+    """The events [(ts, seq, row)] a window as of `t` covers, in (ts, seq) order."""
+    ev = sorted(events, key=lambda e: (e[0], e[1]))
+    if spec.kind == "session":
+        ev = [e for e in ev if e[0] < t]
+        runs = split_sessions([e[0] for e in ev], spec.gap)
+        return ev[runs[-1][0]:] if runs else []
+    lo, hi = window_bounds(spec, t)
+    return [e for e in ev if lo <= e[0] < hi]
+
+
 def _isnull(v) -> bool:
     return isinstance(v, float) and v != v
 
@@ -233,13 +252,7 @@ class RefView:
         return out, np.ones(len(rows), dtype=bool)
 
     def window_events(self, s: int, t: int) -> list:
-        ev = sorted(self.events[s], key=lambda e: (e[0], e[1]))
-        if self.spec.kind == "session":
-            ev = [e for e in ev if e[0] < t]
-            runs = split_sessions([e[0] for e in ev], self.spec.gap)
-            return ev[runs[-1][0]:] if runs else []
-        lo, hi = window_bounds(self.spec, t)
-        return [e for e in ev if lo <= e[0] < hi]
+        return window_events(self.spec, self.events[s], t)
 
     def value_one(self, s: int, t: int) -> dict:
         return aggregate(self.aggs, self.window_events(s, t), self.hll_p)

@@ -562,7 +562,10 @@ class Engine:
             for name in names:
                 rt = latest[name]
                 if rt.aggregated and rt.stream is not None:
-                    written[name] = self._rebuild_from_log(rt, start, end, now)
+                    try:
+                        written[name] = self._rebuild_from_log(rt, start, end, now)
+                    except duckdb.Error as e:  # the offline log cannot be read: say so, go on with the others
+                        skipped[name] = f"its offline event log cannot be read: {str(e).strip().splitlines()[0]}"
                 else:
                     plain.append(name)
             if plain:

@@ -9,13 +9,20 @@ each of its windows, and when an event that was ahead of the clock becomes
 visible (see `tick`), it writes the values as of `now` into the table.
 Workers then serve both kinds with the same table lookup.
 
+Events ahead of the engine clock (ts >= now, within the stream's max_future)
+are held outside the window state and applied once the clock passes them: in
+the state they would share a cell (lifetime, a session, a continuous head)
+with past events, so no value as of now could be read exactly, and a bucket
+far ahead could take a ring slot the current window still needs. Releasing
+them before any later event is applied keeps arrival order, so replaying the
+log (each record at its own `now`) releases them at the same point.
+
 A batch goes through two steps: `prepare` (everything that can refuse it:
 projection, key encodings, value conversions; runs before the batch is
 logged) and `apply` (state changes only; a logged batch always applies).
 """
 from __future__ import annotations
 
-import heapq
 import os
 from dataclasses import dataclass
 
@@ -35,8 +42,6 @@ from fsapp.registry.model import Stream
 
 INT64_MIN = np.iinfo(np.int64).min
 ROW = "_fs_row"  # the batch row a projected row came from (stream columns may not start with _fs_)
-# windows whose value changes when an event's time is passed (not only at hop boundaries)
-_EVENT_TIMED = ("continuous", "lifetime", "session")
 
 
 def table_file(data_dir: str, name: str, version: int) -> str:
@@ -176,7 +181,6 @@ class ViewRuntime:
                                                max_sessions=max(4, stream.allowed_lateness // max(spec.gap, 1) + 2)
                                                if spec.kind == "session" else 4))
         self.hops = [_hop(spec) for spec, _ in self.groups]
-        self.event_timed = any(spec.kind in _EVENT_TIMED for spec, _ in self.groups)
         self.epochs = None  # per window group: align(now, hop) of the last full recompute
         # newest applied event time per row (TTL, freshness); derived from the windows after a restore
         self.last_ts = np.full(self.table.capacity, INT64_MIN, dtype=np.int64)
@@ -184,10 +188,12 @@ class ViewRuntime:
             n = min(self.table.capacity, min(w.n_slots for w in windows))
             for w in windows:
                 self.last_ts[:n] = np.maximum(self.last_ts[:n], w.key_last_ts()[:n])
-        # (event ts, row) of applied events that were ahead of the clock: the
-        # row's value changes when the clock passes them (event-timed windows)
-        self.pending: list[tuple[int, int]] = [tuple(p) for p in (meta or {}).get("pending", [])]
-        heapq.heapify(self.pending)
+        # events ahead of the clock, in arrival order, held until it passes them
+        held = (meta or {}).get("held") or {}
+        self.held_rows = np.asarray(held.get("rows", []), dtype=np.int64)
+        self.held_ts = np.asarray(held.get("ts", []), dtype=np.int64)
+        self.held_cols = {c: np.asarray(held.get("cols", {}).get(c, []), dtype=np.float64)
+                          for c in (self.info.input_columns() if self.aggregated else ())}
 
     # ---- ingest
 
@@ -234,28 +240,58 @@ class ViewRuntime:
         return len(np.unique(vb.keys)) if vb.keys.dtype != object else len(set(vb.keys.tolist()))
 
     def apply(self, vb: ViewBatch, now: int) -> int:
-        """Applies one prepared batch (events in arrival order, none late)."""
+        """Applies one prepared batch (events in arrival order, none late);
+        events ahead of `now` are held (see the module docstring)."""
         n = len(vb)
-        if n == 0:
-            return 0
         if not self.aggregated:
+            if n == 0:
+                return 0
             values = {k: v[0] for k, v in vb.columns.items()}
             nulls = {k: v[1] for k, v in vb.columns.items()}
             return self.table.put_batch(vb.keys, values, vb.ts, np.full(n, now, dtype=np.int64), now=now,
                                         nulls=nulls)
+        released = self._release(now)
+        if n == 0:
+            self.write_values(released, now)
+            return 0
         rows, fresh = self.table.slots_for(vb.keys, now=now)
         self._fit(int(rows.max()) + 1)
         if fresh.any():
             self.reset_rows(rows[fresh])
-        for w in self.windows:
-            w.update(rows, vb.ts, {c: vb.columns[c] for c in w.columns})
-        np.maximum.at(self.last_ts, rows, vb.ts)
-        if self.event_timed:
-            ahead = np.flatnonzero(vb.ts >= now)
-            for i in ahead.tolist():
-                heapq.heappush(self.pending, (int(vb.ts[i]), int(rows[i])))
-        self.write_values(np.unique(rows), now)
+        self._update(rows, vb.ts, vb.columns, now)
+        self.write_values(np.union1d(released, rows), now)
         return n
+
+    def _update(self, rows: np.ndarray, ts: np.ndarray, columns: dict, now: int) -> None:
+        """Events into the window state, those at or after `now` held instead."""
+        ahead = ts >= now
+        if ahead.any():
+            self.held_rows = np.concatenate([self.held_rows, rows[ahead]])
+            self.held_ts = np.concatenate([self.held_ts, ts[ahead]])
+            for c in self.held_cols:
+                self.held_cols[c] = np.concatenate([self.held_cols[c], columns[c][ahead]])
+            keep = ~ahead
+            rows, ts, columns = rows[keep], ts[keep], {c: v[keep] for c, v in columns.items()}
+        if rows.size:
+            for w in self.windows:
+                w.update(rows, ts, {c: columns[c] for c in w.columns})
+            np.maximum.at(self.last_ts, rows, ts)
+
+    def _release(self, now: int) -> np.ndarray:
+        """Applies held events the clock has passed (ts < now), in arrival
+        order; returns the rows they touched."""
+        if not self.held_ts.size:
+            return np.zeros(0, dtype=np.int64)
+        due = self.held_ts < now
+        if not due.any():
+            return np.zeros(0, dtype=np.int64)
+        rows, ts = self.held_rows[due], self.held_ts[due]
+        cols = {c: v[due] for c, v in self.held_cols.items()}
+        keep = ~due
+        self.held_rows, self.held_ts = self.held_rows[keep], self.held_ts[keep]
+        self.held_cols = {c: v[keep] for c, v in self.held_cols.items()}
+        self._update(rows, ts, cols, now)
+        return np.unique(rows)
 
     def _fit(self, high: int) -> None:
         """Window state and last_ts cover row ids below `high` (tables grow)."""
@@ -272,6 +308,10 @@ class ViewRuntime:
         for w in self.windows:
             w.reset_slots(rows)
         self.last_ts[rows] = INT64_MIN
+        if self.held_rows.size:
+            keep = ~np.isin(self.held_rows, rows)
+            self.held_rows, self.held_ts = self.held_rows[keep], self.held_ts[keep]
+            self.held_cols = {c: v[keep] for c, v in self.held_cols.items()}
 
     def write_values(self, rows: np.ndarray, now: int) -> None:
         """Writes the window values as of `now` of these rows into the table."""
@@ -299,30 +339,22 @@ class ViewRuntime:
             if self.ttl:
                 self.table.expire(now)
             return 0
+        released = self._release(now)
         epochs = tuple(now // h if h else 0 for h in self.hops)
         if epochs != self.epochs:
             self.epochs = epochs
-            rows = self.table.live_rows()
-            self.write_values(rows, now)
-            return int(rows.size)
-        due = []
-        while self.pending and self.pending[0][0] < now:
-            due.append(heapq.heappop(self.pending)[1])
-        if not due:
-            return 0
-        rows = np.unique(np.array(due, dtype=np.int64))
-        rows = rows[np.isin(rows, self.table.live_rows())]
-        self.write_values(rows, now)
-        return int(rows.size)
+            released = self.table.live_rows()
+        self.write_values(released, now)
+        return int(released.size)
 
     def next_change(self, now: int) -> int | None:
         """The earliest time after `now` at which `tick` has work: the next hop
-        boundary of a window, or the next pending event time (+1 µs)."""
+        boundary of a window, or just after the next held event's time."""
         if not self.aggregated:
             return None
         times = [(now // h + 1) * h for h in self.hops if h]
-        if self.pending:
-            times.append(self.pending[0][0] + 1)
+        if self.held_ts.size:
+            times.append(int(self.held_ts.min()) + 1)
         return min(times) if times else None
 
     def rebuild(self, vb: ViewBatch, now: int) -> int:
@@ -335,19 +367,20 @@ class ViewRuntime:
         rows, _ = self.table.slots_for(vb.keys, now=now)
         self._fit(int(rows.max()) + 1)
         distinct, dense = np.unique(rows, return_inverse=True)
-        self.reset_rows(distinct)
+        self.reset_rows(distinct)  # drops their held events too: the log has them
+        released = self._release(now)  # other keys' held events keep their place before these
+        past = vb.ts < now
         for w in self.windows:
             # a fresh view fed in time order never finds an event late: older
             # buckets fall out of the ring exactly as they would have online
             tmp = WindowView(w.spec, list(w.aggs), distinct.size, allowed_lateness=w.allowed_lateness,
                              hll_p=w.hll_p, max_sessions=w.max_sessions)
-            tmp.update(dense.astype(np.int64), vb.ts, {c: vb.columns[c] for c in w.columns})
+            tmp.update(dense[past].astype(np.int64), vb.ts[past], {c: vb.columns[c][past] for c in w.columns})
             w.import_slots(distinct, tmp.export_slots(np.arange(distinct.size)))
-        np.maximum.at(self.last_ts, rows, vb.ts)
-        if self.event_timed:
-            for i in np.flatnonzero(vb.ts >= now).tolist():
-                heapq.heappush(self.pending, (int(vb.ts[i]), int(rows[i])))
-        self.write_values(distinct, now)
+        np.maximum.at(self.last_ts, rows[past], vb.ts[past])
+        if not past.all():
+            self._update(rows[~past], vb.ts[~past], {c: v[~past] for c, v in vb.columns.items()}, now)
+        self.write_values(np.union1d(distinct, released), now)
         return int(distinct.size)
 
     # ---- reads
@@ -359,6 +392,10 @@ class ViewRuntime:
         rows = self.table.find_rows(keys)
         found = rows >= 0
         safe = np.where(found, rows, 0)
+        self._fit(1)  # row 0 may be read for a key that is not there (its values are masked below)
+        if self.held_before(rows[found], t):
+            raise AsOfOutsideHorizon(f"feature view {self.name}: as_of is ahead of the engine clock, past events "
+                                     "it has not applied yet; ask again once the clock has passed that time")
         n = rows.size
         status = np.where(found, PRESENT, NOT_FOUND).astype(np.uint8)
         values, nulls = {}, {}
@@ -410,7 +447,15 @@ class ViewRuntime:
         return newest
 
     def checkpoint_meta(self) -> dict:
-        return {"pending": [list(p) for p in self.pending]}
+        if not self.held_ts.size:
+            return {}
+        return {"held": {"rows": self.held_rows.tolist(), "ts": self.held_ts.tolist(),
+                         "cols": {c: v.tolist() for c, v in self.held_cols.items()}}}
+
+    def held_before(self, rows: np.ndarray, t: int) -> bool:
+        """Whether an event of these rows with ts < t is still held (the window
+        state cannot answer as of t for them yet)."""
+        return bool(self.held_ts.size and (np.isin(self.held_rows, rows) & (self.held_ts < t)).any())
 
 
 def _hop(spec: WindowSpec) -> int:

@@ -64,7 +64,16 @@ class SourceColumns:
     """Names the normalised source gives each input of a view."""
 
     features: dict[str, str] = field(default_factory=dict)  # feature name -> __f<i>
-    agg_inputs: dict[str, str] = field(default_factory=dict)  # agg column expr -> __c<i>
+    agg_inputs: dict[tuple[str, bool], str] = field(default_factory=dict)  # (agg column expr, raw) -> __c<i>
+
+    def input_of(self, view: ViewDef, a: Agg) -> str | None:
+        return None if a.column is None else self.agg_inputs[(a.column, _raw_input(view, a))]
+
+
+def _raw_input(view: ViewDef, a: Agg) -> bool:
+    """first/last/last_k of a text column read the text itself; every other
+    aggregation of text reads its string id (count, approx_count_distinct)."""
+    return a.column in view.string_inputs and a.kind in ("first", "last", "last_k")
 
 
 def source_sql(view: ViewDef, src: SourceDef, before: str | None = None) -> tuple[str, SourceColumns]:
@@ -81,10 +90,13 @@ def source_sql(view: ViewDef, src: SourceDef, before: str | None = None) -> tupl
         names.features[name] = f"__f{i}"
         cols.append(f"{column_sql(expr)} AS __f{i}")
     for wa in view.aggregations:
-        c = wa.agg.column
-        if c is not None and c not in names.agg_inputs:
+        c, raw = wa.agg.column, _raw_input(view, wa.agg)
+        if c is not None and (c, raw) not in names.agg_inputs:
             alias = f"__c{len(names.agg_inputs)}"
-            names.agg_inputs[c] = alias
+            names.agg_inputs[(c, raw)] = alias
+            if raw:
+                cols.append(f"{column_sql(c)} AS {alias}")
+                continue
             x = (f"{STRING_ID_UDF}({column_sql(c)})" if c in view.string_inputs
                  else f"CAST({column_sql(c)} AS DOUBLE)")
             cols.append(f"CASE WHEN isnan({x}) THEN NULL ELSE {x} END AS {alias}")
@@ -225,12 +237,12 @@ def window_view_ctes(view: ViewDef, src_cte: str, names: SourceColumns, q: str, 
         join = f"{src} s ON {_key_eq(view, 'b', 's')} AND s.__ts >= b.lo AND s.__ts < b.hi"
         plain = [a for a in aggs if a.kind != "approx_count_distinct"]
         if plain:
-            sel = ", ".join(f"{_agg_sql(a, names.agg_inputs.get(a.column))} AS {quote_ident(a.name)}"
+            sel = ", ".join(f"{_agg_sql(a, names.input_of(view, a))} AS {quote_ident(a.name)}"
                             for a in plain)
             ctes.append(f"{g} AS (SELECT b.__row, {sel} FROM {g}_b b LEFT JOIN {join} GROUP BY b.__row)")
             outs += [(a.name, g, quote_ident(a.name)) for a in plain]
         for hi, a in enumerate(a for a in aggs if a.kind == "approx_count_distinct"):
-            c = names.agg_inputs[a.column]
+            c = names.input_of(view, a)
             h = f"{g}_h{hi}"
             ctes.append(f"{h}_p AS (SELECT b.__row, {HLL_UDF}(s.{c}, {view.hll_p}) AS __pk "
                         f"FROM {g}_b b JOIN {join} WHERE s.{c} IS NOT NULL)")
