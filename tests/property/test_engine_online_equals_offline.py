@@ -17,6 +17,7 @@ unknown key counting 0.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import uuid
@@ -210,6 +211,9 @@ def test_online_values_follow_the_rules_at_every_time(repo, views, tmp_path_fact
                 except AsOfOutsideHorizon:
                     continue  # the online state may not retain that time; it must not answer wrongly
                 check(views, got, applied, t, f"as_of {step[2] / S}s at {step[1] / S}s")
+                # what HTTP sends for the same read (the JSON writer over the as_of arrays)
+                text = json.loads(eng.get_online_json(FEATURES, entities={"k": KEYS}, as_of=t))
+                assert text == eng.get_online_features(FEATURES, entities={"k": KEYS}, as_of=t)
             else:
                 clock[0] = B + step[1]
                 eng.materialize(-(1 << 62), clock[0] + 1)
@@ -329,4 +333,29 @@ def test_string_first_last_is_refused_at_plan_time_not_at_engine_open(tmp_path):
     eng.push("ev", [{"k": 1, "m": "shop-1", "ts": 1_700_000_000}])
     labels = pa.table({"k": [1], "event_timestamp": pa.array([1_700_000_001 * S], pa.timestamp("us", tz="UTC"))})
     assert eng.get_historical_features(labels, ["v:last_m"]).to_arrow().column("last_m").to_pylist() == ["shop-1"]
+    eng.close()
+
+
+def test_plain_as_of_refuses_a_time_whose_row_ttl_has_dropped(tmp_path):
+    """Repro 7: through the engine's as_of, a plain-view row already removed
+    by TTL eviction read NOT_FOUND for an earlier as_of, where the row was the
+    answer; it is refused as outside the online horizon instead."""
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "fstore.yaml").write_text("project: r\n")
+    (root / "defs.sql").write_text("CREATE ENTITY e (k BIGINT);\n"
+                                   "CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');\n"
+                                   "CREATE FEATURE VIEW p WITH (ttl = '60s') AS SELECT k, x FROM ev;\n")
+    r = Repo(root)
+    r.apply()
+    clock = [B + 10 * S]
+    eng = Engine(str(root / "data" / "engine"), str(r.registry_path), fsync="never", clock=lambda: clock[0])
+    eng.push("ev", [{"k": 1, "x": 2.0, "ts": (B + 5 * S) // S}])
+    assert eng.get_online_features(["p:x"], entities={"k": [1]}, as_of=B + 30 * S)["results"][1]["values"] == [2.0]
+    clock[0] = B + 200 * S
+    eng.tick()  # the row is past its TTL: dropped
+    with pytest.raises(AsOfOutsideHorizon, match="dropped"):
+        eng.get_online_features(["p:x"], entities={"k": [1]}, as_of=B + 30 * S)
+    out = eng.get_online_features(["p:x"], entities={"k": [1]})
+    assert out["results"][1]["statuses"] == ["NOT_FOUND"]  # at now it is simply gone
     eng.close()
