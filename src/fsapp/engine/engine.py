@@ -52,7 +52,7 @@ from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, EngineError, Unk
 from fsapp.engine.idempotency import MAX_KEY_LENGTH, IdempotencyWindow
 from fsapp.engine.ingest import BatchNormaliser
 from fsapp.engine.online import online_json, online_response
-from fsapp.engine.runtime import ROW, ViewBatch, ViewRuntime, table_file
+from fsapp.engine.runtime import ROW, ViewBatch, ViewRuntime, project_views, table_file
 from fsapp.offline.store import OfflineStore
 from fsapp.offline.views import from_registry
 from fsapp.registry.catalog import Registry
@@ -308,22 +308,29 @@ class Engine:
         if not table.num_rows or not views:
             return prepared
         batch = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
-        query = any(rt.bare is None for _, rt in views)
-        if query:
+        queried = [rt for _, rt in views if rt.bare is None]
+        projected = {}
+        if queried:
             cur.register("__batch", batch)
-        try:
-            for key, rt in views:
-                vb = rt.prepare(cur, batch)
-                if self.max_keys is not None and rt.aggregated:
-                    n = rt.distinct_keys(vb)
-                    if n > self.max_keys:
-                        raise BatchError(f"this batch has {n} distinct keys for feature view {rt.name}, more than "
-                                         f"the online store holds (max_keys {self.max_keys}); split the batch or "
-                                         "raise max_keys")
-                prepared.views[key] = vb
-        finally:
-            if query:
+            try:
+                projected = project_views(cur, queried)
+            except duckdb.Error as e:
+                # say which view: run them one by one (rare: the batch is refused anyway)
+                for rt in queried:
+                    rt.prepare(cur, batch)
+                raise BatchError(f"stream {stream}: a view's SELECT fails on this batch: "
+                                 f"{str(e).strip().splitlines()[0]}") from None
+            finally:
                 cur.unregister("__batch")
+        for key, rt in views:
+            vb = rt.prepare(cur, batch, projected.get(rt))
+            if self.max_keys is not None and rt.aggregated:
+                n = rt.distinct_keys(vb)
+                if n > self.max_keys:
+                    raise BatchError(f"this batch has {n} distinct keys for feature view {rt.name}, more than "
+                                     f"the online store holds (max_keys {self.max_keys}); split the batch or "
+                                     "raise max_keys")
+            prepared.views[key] = vb
         return prepared
 
     def validate(self, stream: str, rows) -> None:

@@ -119,6 +119,11 @@ class FeatureViewInfo:
         where = f" WHERE ({d.filter})" if d.filter else ""
         return f"SELECT {', '.join(items)} FROM {relation}{where}"
 
+    def projection_items(self) -> tuple[list[tuple[str | None, str]], str | None]:
+        """(what the projection selects: (None, stream column) or (DuckDB
+        expression, output name), in order; the row filter or None)."""
+        return self._projection(), self.definition.filter
+
     def _projection(self) -> list[tuple[str | None, str]]:
         """What the projection selects, in order: (None, column) for the keys
         and the event timestamp, then (DuckDB expression, output name) for

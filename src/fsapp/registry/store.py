@@ -15,6 +15,8 @@ Tables
 """
 from __future__ import annotations
 
+import functools
+
 import getpass
 import json
 import os
@@ -57,8 +59,10 @@ class Entry:
     apply_id: int = 0
     applied_at: str = ""
 
-    @property
+    @functools.cached_property
     def definition(self):
+        # PERF: parsed once per entry (definitions are frozen); the engine reads
+        # a view's definition on every push (benches/bench_push.py)
         return from_dict(self.kind, self.spec["definition"])
 
     @property
