@@ -359,3 +359,44 @@ def test_plain_as_of_refuses_a_time_whose_row_ttl_has_dropped(tmp_path):
     out = eng.get_online_features(["p:x"], entities={"k": [1]})
     assert out["results"][1]["statuses"] == ["NOT_FOUND"]  # at now it is simply gone
     eng.close()
+
+
+def test_an_aggregated_views_ttl_is_the_same_rule_online_and_offline(tmp_path):
+    """semantics.md §4: with a TTL, a key whose newest event before t is older
+    than t - ttl reads OUTSIDE_MAX_AGE (counts 0, others null) online; the
+    training set gives the same values; the state is kept for a later event."""
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "fstore.yaml").write_text("project: r\n")
+    (root / "defs.sql").write_text(
+        "CREATE ENTITY e (k BIGINT);\n"
+        "CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');\n"
+        "CREATE FEATURE VIEW t WITH (ttl = '30s') AS SELECT k, count(*) OVER lifetime() AS n, "
+        "sum(x) OVER lifetime() AS total FROM ev;\n")
+    r = Repo(root)
+    r.apply()
+    clock = [B + 21 * S]
+    eng = Engine(str(root / "data" / "engine"), str(r.registry_path), fsync="never", clock=lambda: clock[0])
+    eng.push("ev", [{"k": 1, "x": 1.0, "ts": (B + 10 * S) / S}, {"k": 1, "x": 2.0, "ts": (B + 20 * S) / S}])
+
+    def offline(t):
+        labels = pa.table({"k": [1], "event_timestamp": pa.array([t], pa.timestamp("us", tz="UTC"))})
+        row = eng.get_historical_features(labels, ["t:n", "t:total"]).to_arrow().to_pylist()[0]
+        return row["n"], row["total"]
+
+    def online(**kw):
+        out = eng.get_online_features(["t:n", "t:total"], entities={"k": [1]}, **kw)
+        return (out["results"][1]["values"][0], out["results"][2]["values"][0]), out["results"][1]["statuses"][0]
+
+    for t, want, status in ((45, (2, 3.0), "PRESENT"), (50, (2, 3.0), "PRESENT"), (51, (0, None), "OUTSIDE_MAX_AGE")):
+        clock[0] = B + t * S
+        eng.tick()
+        assert online() == (want, status), t
+        assert offline(B + t * S) == want, t
+    eng.push("ev", [{"k": 1, "x": 4.0, "ts": (B + 60 * S) / S}])
+    clock[0] = B + 61 * S
+    eng.tick()
+    assert online() == ((3, 7.0), "PRESENT") and offline(B + 61 * S) == (3, 7.0)
+    with pytest.raises(AsOfOutsideHorizon):  # one lifetime cell holds events before and after 51 s
+        online(as_of=B + 51 * S)
+    eng.close()

@@ -272,7 +272,8 @@ def training_set_sql(q: str, passthrough: list[str], parts: list[ViewQuery], pla
     """One SELECT: `passthrough` columns of `q` then every requested feature,
     in `__row` order, null where a view has no value. `extra` are further
     select expressions (the first view's CTE is `__v0`), `pre_ctes` CTEs that
-    may define `q`."""
+    may define `q`. `plain_ttl` False leaves the TTL out (materialize: the
+    online table judges it when read)."""
     ctes, sel, joins = list(pre_ctes), [f"q.{quote_ident(c)}" for c in passthrough] + list(extra), []
     for i, part in enumerate(parts):
         tag = f"__v{i}"
@@ -282,12 +283,24 @@ def training_set_sql(q: str, passthrough: list[str], parts: list[ViewQuery], pla
             vctes, outs = window_view_ctes(part.view, f"{tag}_src", names, q, tag)
             ctes += vctes
             by_name = {feat: (cte, col) for feat, cte, col in outs}
+            expired = None
+            if part.view.ttl and plain_ttl:
+                # semantics.md §4: a key whose newest event before t is older than t - ttl reads
+                # as empty windows (counts 0, others null)
+                ctes += aggregated_ttl_ctes(part.view, f"{tag}_src", q, tag)
+                joins.append(f"LEFT JOIN {tag}_last ON {tag}_last.__row = q.__row")
+                expired = f"{tag}_last.__last < q.__t - {part.view.ttl}"
             for feat, out in zip(part.view.feature_names, part.out_names):
                 cte, col = by_name[feat]
                 if col.startswith("__hll:"):
-                    sel.append(f"{_hll_estimate_sql(cte, int(col[6:]))} AS {quote_ident(out)}")
+                    value = _hll_estimate_sql(cte, int(col[6:]))
                 else:
-                    sel.append(f"{_fill_empty(part.view, feat, f'{cte}.{col}')} AS {quote_ident(out)}")
+                    value = _fill_empty(part.view, feat, f"{cte}.{col}")
+                if expired is not None:
+                    kind = next(wa.agg.kind for wa in part.view.aggregations if wa.name == feat)
+                    empty = "0" if kind in ("count", "approx_count_distinct") else "NULL"
+                    value = f"CASE WHEN {expired} THEN {empty} ELSE {value} END"
+                sel.append(f"{value} AS {quote_ident(out)}")
             for cte in dict.fromkeys(cte for _, cte, _ in outs):
                 joins.append(f"LEFT JOIN {cte} ON {cte}.__row = q.__row")
         else:
@@ -297,6 +310,13 @@ def training_set_sql(q: str, passthrough: list[str], parts: list[ViewQuery], pla
             joins.append(f"LEFT JOIN {cte} ON {cte}.__row = q.__row")
     sql = f"WITH {', '.join(ctes)} SELECT {', '.join(sel)} FROM {q} q {' '.join(joins)}"
     return sql + (" ORDER BY q.__row" if order else "")
+
+
+def aggregated_ttl_ctes(view: ViewDef, src_cte: str, q: str, tag: str) -> list[str]:
+    """`{tag}_last(__row, __last)`: each query row's key's newest event before t."""
+    return [f"{tag}_lk AS (SELECT {_keys(view)}, __ts FROM {src_cte})",
+            f"{tag}_last AS (SELECT q.__row, s.__ts AS __last FROM {q} q ASOF LEFT JOIN {tag}_lk s "
+            f"ON {_key_eq(view, 'q', 's')} AND q.__t > s.__ts)"]
 
 
 def _fill_empty(view: ViewDef, feat: str, col: str) -> str:
