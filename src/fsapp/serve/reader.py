@@ -34,7 +34,9 @@ class OnlineReader:
         hit = self._tables.get(key)
         if hit is not None:
             table, checked = hit
-            if now - checked < STALE_CHECK_S:
+            # a grown table is marked retired at once (one atomic load); a
+            # replaced file (a restarted engine) is checked by path now and then
+            if now - checked < STALE_CHECK_S and not table.retired():
                 return table
             if not table.reader_is_stale():
                 self._tables[key] = (table, now)
