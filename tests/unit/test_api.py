@@ -494,3 +494,43 @@ def test_idempotency_key_header_makes_a_retry_return_the_first_answer(api, engin
     assert engine.applied_lsn == 2
     bad = api.simulate_post("/api/v1/push", json=body, headers={"Idempotency-Key": "x" * 300})
     assert bad.status_code == 422 and "idempotency key" in bad.json["description"]
+
+
+def test_an_engine_that_does_not_answer_is_a_json_503_outcome_unknown(tmp_path):
+    """Issue 13, repro 8: a push stuck past gunicorn's 30 s timeout answered an
+    HTML 500 and was applied later. The engine socket times out first (20 s in
+    fstore serve; 0.3 s here) and the worker answers JSON 503 saying the
+    outcome is unknown and how to retry; a connection refused before sending
+    says nothing was applied."""
+    import socket
+    import threading
+
+    from fsapp.engine.errors import EngineUnavailable, OutcomeUnknown
+    from fsapp.serve.protocol import EngineClient
+
+    path = str(tmp_path / "slow.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    held = []
+    threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+    client = EngineClient(path, timeout=0.3)
+    with pytest.raises(OutcomeUnknown, match="outcome unknown: retry with the same Idempotency-Key"):
+        client.call("backend", method="push", kwargs={"stream": "s", "rows": [], "idempotency_key": "k"})
+    server.close()
+    for conn, _ in held:
+        conn.close()
+    with pytest.raises(EngineUnavailable, match="nothing was applied") as e:
+        EngineClient(str(tmp_path / "absent.sock")).call("ping")
+    assert not isinstance(e.value, OutcomeUnknown)
+
+    class Stuck:
+        def push(self, stream, rows, idempotency_key=None):
+            raise OutcomeUnknown("the engine did not answer push (timed out); outcome unknown: retry with the "
+                                 "same Idempotency-Key")
+
+    res = testing.TestClient(create_app(Stuck())).simulate_post(
+        "/api/v1/push", json={"stream": "s", "rows": [{"a": 1}]})
+    assert res.status_code == 503 and res.headers["content-type"].startswith("application/json")
+    assert res.json["title"] == "Outcome unknown" and "Idempotency-Key" in res.json["description"]
+    assert "/" not in res.json["description"].split("(")[0]  # no socket path in the answer
