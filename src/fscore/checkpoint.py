@@ -168,6 +168,24 @@ def _prune(dir, keep: int) -> None:
                 _unlink_quietly(os.path.join(dir, name))
 
 
+READ_CHUNK = 1 << 30  # bytes per read: Linux returns at most ~2 GiB from one read(2)
+
+
+def read_whole(f, buf) -> int:
+    """Fills `buf` from `f` with as many reads as it takes (a read may return
+    fewer bytes than asked: Linux caps one read(2) at 0x7ffff000 bytes, so a
+    checkpoint over 2 GiB was never loaded). Returns the bytes read (less than
+    len(buf) only at end of file)."""
+    mv = memoryview(buf).cast("B")
+    pos = 0
+    while pos < len(mv):
+        n = f.readinto(mv[pos:pos + READ_CHUNK])
+        if not n:
+            break
+        pos += n
+    return pos
+
+
 def load_checkpoint(path: str) -> Checkpoint:
     """Reads and verifies one checkpoint file; CheckpointError if it is torn,
     damaged, or not a checkpoint."""
@@ -175,7 +193,7 @@ def load_checkpoint(path: str) -> Checkpoint:
         size = os.path.getsize(path)
         buf = bytearray(size)
         with open(path, "rb", buffering=0) as f:
-            got = f.readinto(buf)
+            got = read_whole(f, buf)
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
     if got != size or size < len(MAGIC) + 4 + FOOTER.size or buf[:len(MAGIC)] != MAGIC:
