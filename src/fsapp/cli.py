@@ -37,11 +37,13 @@ def _serve(args) -> int:
     if (args.max_keys is not None and args.max_keys < 1) or (args.capacity is not None and args.capacity < 1):
         print("fstore serve: --capacity and --max-keys must be >= 1", file=sys.stderr)
         return 2
-    svc = Service(args.repo, host=args.host, port=args.port, workers=args.workers, fsync=args.fsync,
-                  capacity=args.capacity, max_keys=args.max_keys, checkpoint_s=args.checkpoint_seconds)
+    from fsapp.registry.errors import RegistryError
+
     try:
+        svc = Service(args.repo, host=args.host, port=args.port, workers=args.workers, fsync=args.fsync,
+                      capacity=args.capacity, max_keys=args.max_keys, checkpoint_s=args.checkpoint_seconds)
         return svc.run()
-    except RuntimeError as e:
+    except (RuntimeError, RegistryError) as e:  # one line a person can act on, no traceback
         print(f"fstore serve: {e}", file=sys.stderr)
         return 1
 

@@ -150,6 +150,7 @@ class Engine:
         self.queue: deque[_Queued] = deque()
         self._inflight: dict[str, _Queued] = {}  # idempotency key -> its push, logged but not yet applied
         self.evictions_logged: dict = {}
+        _remove_stale_table_files(os.path.join(self.data_dir, "online"))
         self._recover()
         self.wal = Wal(self.wal_dir, fsync=fsync, start_lsn=self.applied_lsn + 1)
         self._publish_tables()  # readers switch to the recovered tables only now
@@ -756,6 +757,24 @@ class Engine:
                     pass
             self.con.close()
             self.registry.close()
+
+
+def _remove_stale_table_files(online_dir: str) -> None:
+    """Tables a dead engine wrote under a temporary name and never renamed
+    into place (killed during recovery or growth): a crash loop must not fill
+    the disk with them. Only a dead process's: a live one may be writing."""
+    from fscore.proc import pid_alive
+
+    if not os.path.isdir(online_dir):
+        return
+    for name in os.listdir(online_dir):
+        if ".fst.tmp." in name:
+            pid = name.split(".fst.tmp.", 1)[1].split(".")[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+                try:
+                    os.unlink(os.path.join(online_dir, name))
+                except FileNotFoundError:
+                    pass
 
 
 def _check_key(key) -> str | None:

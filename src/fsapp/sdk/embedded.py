@@ -13,7 +13,6 @@ runs on the repo is refused.
 from __future__ import annotations
 
 import os
-import socket
 
 from fsapp.registry.errors import NotFoundError, RepoError
 from fsapp.registry.repo import Repo
@@ -23,22 +22,6 @@ from fsapp.sdk.results import OnlineResponse
 
 KINDS = ("entity", "source", "stream", "feature_view", "feature_service")
 START_OF_TIME = -(1 << 62)
-
-
-def _server_running(repo: Repo) -> str | None:
-    """The engine socket of a live `fstore serve` on this repo, if any."""
-    from fsapp.serve.supervisor import socket_path_for
-
-    path = socket_path_for(repo)
-    if not os.path.exists(path):
-        return None
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(0.5)
-            s.connect(path)
-        return path
-    except OSError:
-        return None  # a stale socket file left by a killed server
 
 
 class FeatureStore(RegistryListing):
@@ -67,18 +50,24 @@ class FeatureStore(RegistryListing):
             if not self.repo.registry_path.exists():
                 raise RepoError(f"{self.repo.root} has no registry yet; call store.apply() (or run "
                                 f"`fstore apply --repo {self.repo.root}`) first")
-            sock = _server_running(self.repo)
-            if sock:
-                raise RepoError(f"`fstore serve` is running on {self.repo.root} (engine socket {sock}); it is the "
-                                "only writer of this repo's store: use fsapp.Client(url) to talk to it, or stop it")
             from fsapp.api.backend import EngineBackend
             from fsapp.engine import Engine
+            from fsapp.repo_lock import RepoBusy, RepoLock
+
+            try:  # one writer per repo: a server, or another store, refuses us in one line
+                self._lock = RepoLock(self.repo.data_dir, "embedded").acquire()
+            except RepoBusy as e:
+                raise RepoBusy(f"{self.repo.root}: {e}") from None
 
             kw = {"clock": self.clock} if self.clock else {}
             if self.capacity is not None:
                 kw["capacity"] = self.capacity
-            self._engine = Engine(str(self.repo.data_dir / "engine"), str(self.repo.registry_path), fsync=self.fsync,
-                                  max_keys=self.max_keys, repo_root=str(self.repo.root), **kw)
+            try:
+                self._engine = Engine(str(self.repo.data_dir / "engine"), str(self.repo.registry_path),
+                                      fsync=self.fsync, max_keys=self.max_keys, repo_root=str(self.repo.root), **kw)
+            except BaseException:
+                self._lock.release()
+                raise
             self._backend = EngineBackend(self._engine)
         return self._engine
 
@@ -87,6 +76,7 @@ class FeatureStore(RegistryListing):
         if self._engine is not None:
             self._engine.close()
             self._engine = self._backend = None
+            self._lock.release()
 
     def __enter__(self):
         return self

@@ -1,6 +1,10 @@
-"""`fstore serve`: starts the engine process and gunicorn, restarts a crashed
-engine (it recovers from checkpoint + WAL), and shuts both down cleanly on
-SIGTERM/SIGINT (gunicorn first, then the engine's final checkpoint)."""
+"""`fstore serve`: takes the repo's writer lock, starts the engine process and
+gunicorn, restarts the engine whenever it exits (it recovers from checkpoint +
+WAL) with a backoff and a log line per restart, never giving up, and shuts both
+down cleanly on SIGTERM/SIGINT (gunicorn first, then the engine's final
+checkpoint). While the engine is down the workers keep serving reads from the
+tables it last published; writes answer 503 saying whether anything happened.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -24,18 +28,44 @@ def socket_path_for(repo: Repo) -> str:
     return os.path.join(tempfile.gettempdir(), f"fstore-{digest}.sock")
 
 
-def _wait_for_socket(path: str, proc: subprocess.Popen, timeout: float) -> None:
+class EngineStartFailed(RuntimeError):
+    """The engine process exited (or did not answer) while starting."""
+
+
+def _engine_answers(path: str, pid: int) -> bool:
+    """Whether the engine process `pid` answers on its socket (a ping that
+    returns its own pid: never another server's socket, never a stale file)."""
+    from fsapp.serve.protocol import EngineClient
+
+    client = EngineClient(path, timeout=2.0)
+    try:
+        got, _ = client.call("ping")
+        return got.get("pid") == pid
+    except (OSError, ConnectionError, ValueError):
+        return False
+    finally:
+        client.close()
+
+
+def _wait_for_engine(path: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the engine exited with code {proc.returncode} while starting; see its log above")
+            raise EngineStartFailed(f"the engine exited with code {proc.returncode} while starting")
+        if os.path.exists(path) and _engine_answers(path, proc.pid):
+            return
+        time.sleep(0.05)
+    raise EngineStartFailed(f"the engine did not answer within {timeout:.0f}s")
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.connect(path)
-                return
+            s.bind((host, port))
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"the engine did not open {path} within {timeout:.0f}s")
+            return True
+    return False
 
 
 def _wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float) -> None:
@@ -62,6 +92,8 @@ class Service:
         self.socket = socket_path_for(self.repo)
         self.log = log
         self.engine: subprocess.Popen | None = None
+        self.engine_started_at = 0.0
+        self._backoff = 0.0
         self.gunicorn: subprocess.Popen | None = None
         self.engine_restarts = 0
 
@@ -69,12 +101,21 @@ class Service:
         print(f"fstore serve: {msg}", file=self.log, flush=True)
 
     def start_engine(self) -> None:
+        """Starts the engine and waits until it answers (EngineStartFailed if it
+        exits first: the caller retries with a backoff)."""
         self.engine = subprocess.Popen(
             [sys.executable, "-m", "fsapp.serve.engine_server", "--repo", str(self.repo.root),
              "--socket", self.socket, "--fsync", self.fsync, "--checkpoint-seconds", str(self.checkpoint_s)]
             + (["--capacity", str(self.capacity)] if self.capacity else [])
             + (["--max-keys", str(self.max_keys)] if self.max_keys else []))
-        _wait_for_socket(self.socket, self.engine, 120)
+        try:
+            _wait_for_engine(self.socket, self.engine, 300)
+        except EngineStartFailed:
+            if self.engine.poll() is None:
+                self.engine.kill()
+                self.engine.wait()
+            raise
+        self.engine_started_at = time.monotonic()
         self._say(f"engine pid {self.engine.pid} ready on {self.socket}")
 
     def start_gunicorn(self) -> None:
@@ -93,6 +134,14 @@ class Service:
         self._say(f"gunicorn pid {self.gunicorn.pid} with {self.workers} workers on http://{self.host}:{self.port}")
 
     def run(self) -> int:
+        """Serves until a signal. Returns 0 on a clean stop; 1 when it cannot
+        start at all (the repo is served already, the port is taken) or
+        gunicorn exits."""
+        from fsapp.repo_lock import RepoBusy, RepoLock
+
+        if not self.repo.registry_path.exists():
+            raise RuntimeError(f"{self.repo.root} has no registry yet: run `fstore apply --repo {self.repo.root}` "
+                               "first")
         stop = {"sig": None}
 
         def on_signal(signum, frame):
@@ -101,22 +150,57 @@ class Service:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         try:
-            self.start_engine()
-            self.start_gunicorn()
+            self.lock = RepoLock(self.repo.data_dir, "serve", host=self.host, port=self.port).acquire()
+        except RepoBusy as e:
+            raise RuntimeError(f"{self.repo.root}: {e}") from None
+        try:
+            if port_in_use(self.host, self.port):
+                raise RuntimeError(f"port {self.port} on {self.host} is in use by another program; stop it or "
+                                   f"choose another port (--port, or online: port: in fstore.yaml)")
+            self._start_engine_retrying(stop, restart=False)
+            if stop["sig"] is None:
+                self.start_gunicorn()
             while stop["sig"] is None:
                 time.sleep(0.1)
                 if self.gunicorn.poll() is not None:
                     self._say(f"gunicorn exited with code {self.gunicorn.returncode}; shutting down")
                     return 1
                 if self.engine.poll() is not None:
-                    self.engine_restarts += 1
-                    self._say(f"engine exited with code {self.engine.returncode}; restarting "
-                              f"(recovery from checkpoint + WAL), restart #{self.engine_restarts}")
-                    self.start_engine()
+                    up = time.monotonic() - self.engine_started_at
+                    self._say(f"engine exited with code {self.engine.returncode} after {up:.0f} s; reads are "
+                              "served from the last published tables meanwhile")
+                    # a crash loop backs off; an engine that ran a while restarts at once
+                    self._backoff = 0.0 if up >= 60 else min(30.0, max(0.5, 2 * self._backoff))
+                    self._pause(stop, self._backoff)
+                    self._start_engine_retrying(stop, restart=True)
             self._say(f"signal {stop['sig']}: stopping")
             return 0
         finally:
             self.shutdown()
+            self.lock.release()
+
+    def _start_engine_retrying(self, stop, restart: bool) -> None:
+        """Starts the engine, again and again until it answers (backoff 0.5 s
+        doubling to 30 s), a log line each time; returns early on a signal."""
+        delay = 0.5
+        while stop["sig"] is None:
+            if restart:
+                self.engine_restarts += 1
+                self._say(f"engine restart #{self.engine_restarts} (recovery from checkpoint + WAL)")
+            try:
+                self.start_engine()
+                return
+            except EngineStartFailed as e:
+                self._say(f"{e}; starting it again in {delay:.1f} s")
+                self._pause(stop, delay)
+                delay = min(30.0, delay * 2)
+                restart = True
+
+    @staticmethod
+    def _pause(stop, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while stop["sig"] is None and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def shutdown(self) -> None:
         for proc, name, grace in ((self.gunicorn, "gunicorn", 15), (self.engine, "engine", 60)):

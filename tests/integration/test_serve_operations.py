@@ -1,0 +1,181 @@
+"""Operating `fstore serve` (issue 14): one server per repo, a supervisor that
+never gives up, and one clear line (not a traceback or gunicorn's HTML) for
+what a person can fix."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+
+DEFS = """
+CREATE ENTITY account (account_id BIGINT);
+CREATE STREAM payments (account_id BIGINT, amount DOUBLE, ts TIMESTAMP)
+    WITH (timestamp = 'ts', allowed_lateness = '1h');
+CREATE FEATURE VIEW account_totals AS
+SELECT account_id, count(*) OVER lifetime() AS n_payments FROM payments;
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url, body, timeout=30):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def serve(args, **kw):
+    return subprocess.run([sys.executable, "-m", "fsapp.cli", "serve", *args], capture_output=True, text=True,
+                          timeout=60, **kw)
+
+
+def test_a_second_server_on_a_served_repo_refuses_in_one_line(serve_repo, tmp_path):
+    """Repro 2: a second `fstore serve` connected to the first's socket, said
+    "engine ready", then crash-looped its own engine, leaving temporary table
+    files. It now refuses at once, naming the running server; an embedded
+    FeatureStore refuses the same way."""
+    from fsapp import FeatureStore
+    from fsapp.repo_lock import RepoBusy
+
+    base, proc, log = serve_repo(DEFS)
+    root = tmp_path / "repo"
+    t0 = time.monotonic()
+    res = serve(["--repo", str(root), "--port", str(free_port())])
+    assert res.returncode == 1 and time.monotonic() - t0 < 30
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    port = base.rsplit(":", 1)[1]
+    assert f"pid {proc.pid}" in lines[0] and f":{port}" in lines[0] and "ready" not in res.stdout + res.stderr
+    assert not [p for p in (root / "data" / "engine" / "online").iterdir() if ".tmp." in p.name]
+    with pytest.raises(RepoBusy, match=f"fstore serve. \\(pid {proc.pid}, http://127.0.0.1:{port}\\)"):
+        FeatureStore(root).get_online_features(features=["account_totals:n_payments"], entity_rows=[{"account_id": 1}])
+    post(base + "/api/v1/push", {"stream": "payments", "rows": [{"account_id": 1, "amount": 1.0, "ts": time.time()}]})
+
+
+def test_stale_temporary_table_files_of_a_dead_engine_are_removed_at_start(tmp_path):
+    from fsapp import FeatureStore
+    from fsapp.registry.repo import Repo
+
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "fstore.yaml").write_text("project: r\n")
+    (root / "defs.sql").write_text(DEFS)
+    Repo(root).apply()
+    online = root / "data" / "engine" / "online"
+    online.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = online / f"account_totals@v1.fst.tmp.{dead}.3"
+    stale.write_bytes(b"x" * 1000)
+    mine = online / f"account_totals@v1.fst.tmp.{os.getpid()}.99"  # a live process's: left alone
+    mine.write_bytes(b"y")
+    with FeatureStore(root, fsync="never") as store:
+        store.health()
+    assert not stale.exists() and mine.exists()
+
+
+def _children(pid: int, needle: str) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if ppid == pid and needle in cmd:
+            out.append(int(d))
+    return out
+
+
+def test_an_engine_killed_while_it_recovers_is_restarted_and_reads_go_on(serve_repo):
+    """Repro 3: kill -9 of the engine during its recovery made `fstore serve`
+    exit and take gunicorn down. The supervisor now restarts it with a
+    backoff, a line per restart; while it is down the workers answer reads
+    (200, from the last published tables) and writes 503."""
+    base, proc, log = serve_repo(DEFS)
+    now = time.time()
+    for i in range(40):  # a log to replay: recovery takes a moment
+        post(base + "/api/v1/push", {"stream": "payments",
+                                     "rows": [{"account_id": 7, "amount": 1.0, "ts": now - 100 + i}] * 50})
+    first = _children(proc.pid, "engine_server")
+    assert len(first) == 1
+    os.kill(first[0], signal.SIGKILL)
+    killed_in_recovery = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and killed_in_recovery < 2:
+        for pid in _children(proc.pid, "engine_server"):
+            if pid not in first:
+                os.kill(pid, signal.SIGKILL)  # while it recovers: it has not said ready
+                first.append(pid)
+                killed_in_recovery += 1
+        # meanwhile: reads are served, writes are refused with a 503 that says what happened
+        body = {"features": ["account_totals:n_payments"], "entities": {"account_id": [7]}}
+        assert post(base + "/get-online-features", body)["results"][1]["values"] == [2000]
+        try:
+            post(base + "/api/v1/push", {"stream": "payments", "rows": [{"account_id": 8, "amount": 1.0,
+                                                                         "ts": time.time()}]}, timeout=30)
+        except urllib.error.HTTPError as e:
+            assert e.code == 503 and json.loads(e.read())["title"] in ("Engine unavailable", "Outcome unknown")
+        time.sleep(0.02)
+    assert killed_in_recovery == 2
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the supervisor keeps at it until an engine is ready
+        log.flush()
+        log.seek(0)
+        text = log.read()
+        if text.count("ready on") >= 2 and proc.poll() is None:
+            try:
+                health = json.loads(urllib.request.urlopen(base + "/health", timeout=5).read())
+                if health["status"] == "ok":
+                    break
+            except urllib.error.HTTPError:
+                pass
+        time.sleep(0.2)
+    assert proc.poll() is None, "fstore serve exited"
+    assert re.search(r"engine restart #3", text), text
+    body = {"features": ["account_totals:n_payments"], "entities": {"account_id": [7]}}
+    assert post(base + "/get-online-features", body)["results"][1]["values"] == [2000]
+
+
+def test_serve_says_in_one_line_what_to_fix(tmp_path):
+    """Repro 7: outside a repo or before apply `fstore serve` printed a
+    traceback; a taken port announced "listening" and exited 1 five seconds
+    later after gunicorn's own logs."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = serve(["--repo", str(empty)])
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "fstore init" in res.stderr
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "fstore.yaml").write_text("project: p\n")
+    (repo / "defs.sql").write_text(DEFS)
+    res = serve(["--repo", str(repo)])
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "fstore apply" in res.stderr
+    from fsapp.registry.repo import Repo
+    Repo(repo).apply()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        t0 = time.monotonic()
+        res = serve(["--repo", str(repo), "--port", str(port)])
+    assert res.returncode == 1 and time.monotonic() - t0 < 20
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert f"port {port}" in res.stderr and "in use" in res.stderr and "ready" not in res.stderr + res.stdout
