@@ -179,3 +179,86 @@ def test_serve_says_in_one_line_what_to_fix(tmp_path):
     assert res.returncode == 1 and time.monotonic() - t0 < 20
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert f"port {port}" in res.stderr and "in use" in res.stderr and "ready" not in res.stderr + res.stdout
+
+
+def test_a_full_disk_fails_checkpoints_without_stopping_the_engine(tmp_path):
+    """Repro 4: on a full disk a failed checkpoint killed the engine, which
+    crash-restarted every checkpoint period while writes were acknowledged in
+    between, and /ready said nothing. Now the failure is logged, counted,
+    retried and reported by /ready (503 with the reason); writes go on in the
+    (preallocated) WAL; once there is room the next checkpoint succeeds."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk case is covered by the unit tests")
+    proc = None
+    try:
+        root = mnt / "repo"
+        root.mkdir()
+        (root / "fstore.yaml").write_text("project: full\n")
+        (root / "defs.sql").write_text(DEFS)
+        from fsapp.registry.repo import Repo
+        Repo(root).apply()
+        port = free_port()
+        log = open(tmp_path / "serve.log", "w+")
+        proc = subprocess.Popen([sys.executable, "-m", "fsapp.cli", "serve", "--repo", str(root), "--port", str(port),
+                                 "--workers", "1", "--checkpoint-seconds", "1"], stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/ready", timeout=2).read()
+                break
+            except (urllib.error.URLError, OSError):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.2)
+
+        def push(n):
+            return post(base + "/api/v1/push", {"stream": "payments",
+                                                "rows": [{"account_id": 1, "amount": 1.0, "ts": time.time()}] * n})
+
+        push(10)
+        filler = mnt / "filler"
+        with open(filler, "wb") as f:  # fill the disk to the last page
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+            except OSError:
+                pass
+        for _ in range(20):  # acknowledged while checkpoints fail (the WAL segment is preallocated)
+            assert push(5)["accepted"] == 5
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(base + "/ready", timeout=5)
+            except urllib.error.HTTPError as e:
+                desc = json.loads(e.read())["description"]
+                assert e.code == 503 and "checkpoint failed" in desc and "free disk space" in desc
+                break
+            assert time.monotonic() < deadline, "/ready never reported the failed checkpoint"
+            time.sleep(0.3)
+        filler.unlink()
+        deadline = time.monotonic() + 20
+        while True:  # the next checkpoint succeeds: ready again
+            try:
+                urllib.request.urlopen(base + "/ready", timeout=5).read()
+                break
+            except urllib.error.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+        log.seek(0)
+        text = log.read()
+        assert "checkpoint failed" in text and "restart #" not in text, text[-2000:]
+        body = {"features": ["account_totals:n_payments"], "entities": {"account_id": [1]}}
+        assert post(base + "/get-online-features", body)["results"][1]["values"] == [110]
+        metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        assert re.search(r"fstore_checkpoint_failures_total\S* [1-9]", metrics), metrics[-800:]
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        if proc is not None:
+            log.close()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

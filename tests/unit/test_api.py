@@ -534,3 +534,25 @@ def test_an_engine_that_does_not_answer_is_a_json_503_outcome_unknown(tmp_path):
     assert res.status_code == 503 and res.headers["content-type"].startswith("application/json")
     assert res.json["title"] == "Outcome unknown" and "Idempotency-Key" in res.json["description"]
     assert "/" not in res.json["description"].split("(")[0]  # no socket path in the answer
+
+
+def test_a_failed_checkpoint_is_counted_and_shown_by_ready_until_one_succeeds(api, engine, monkeypatch):
+    """Issue 14, repro 4 without a tmpfs: the failure is remembered, /ready is
+    503 with the reason, writes go on, and the next good checkpoint clears it."""
+    from fsapp.engine import engine as engine_mod
+    from fsapp.serve.engine_server import _checkpoint
+
+    real = engine_mod.write_checkpoint
+    monkeypatch.setattr(engine_mod, "write_checkpoint",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    due = _checkpoint(engine, 60.0)  # the engine server's loop: never raises, retries sooner
+    assert engine.checkpoint_failures == 1 and "No space left" in engine.checkpoint_error
+    import time as _time
+    assert due - _time.monotonic() <= 10.5
+    res = api.simulate_get("/ready")
+    assert res.status_code == 503 and "checkpoint failed" in res.json["description"]
+    assert push(api, [txn(1, NOW - H)])["accepted"] == 1  # still acknowledged (in the WAL)
+    assert "fstore_checkpoint_failures_total 1" in api.simulate_get("/metrics").text
+    monkeypatch.setattr(engine_mod, "write_checkpoint", real)
+    engine.checkpoint()
+    assert api.simulate_get("/ready").status_code == 200 and engine.checkpoint_error is None

@@ -64,3 +64,38 @@ def test_errors_name_the_fix(tmp_path):
         log.append("../x", {"ts": [1]}, timestamp="ts", created_ts=0)
     with pytest.raises(SourceError, match="int64 µs or a timestamp"):
         log.append("s", {"ts": [1.5]}, timestamp="ts", created_ts=0)
+
+
+def test_a_failed_flush_keeps_every_event_buffered_and_writes_no_day_twice(tmp_path, monkeypatch):
+    """Issue 14, repro 4's class: a flush that failed half-way (a full disk
+    while writing the second day's file) had dropped the buffer, and the
+    first day was written; a later flush lost or repeated events. Now all of
+    a stream's days are written, or none."""
+    import pyarrow.parquet as pq_mod
+    from fsapp.offline import eventlog
+
+    log = EventLog(str(tmp_path))
+    log.append("clicks", {"u": [1, 2, 3], "ts": [0, DAY + 5, 7]}, timestamp="ts", created_ts=1)
+    real, calls = pq_mod.write_table, []
+
+    def full_disk(table, path, **kw):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(table, path, **kw)
+
+    monkeypatch.setattr(eventlog.pq, "write_table", full_disk)
+    with pytest.raises(OSError):
+        log.flush()
+    assert log.files("clicks") == [] and not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    log.append("clicks", {"u": [4], "ts": [9]}, timestamp="ts", created_ts=2)
+    assert log.flush() == 4
+    seqs = sorted(s for f in log.files("clicks") for s in pq.read_table(f).column(SEQ).to_pylist())
+    assert seqs == [0, 1, 2, 3]
+    # an automatic flush inside append that fails does not fail the append
+    small = EventLog(str(tmp_path / "small"), flush_rows=2)
+    calls.clear()
+    monkeypatch.setattr(eventlog.pq, "write_table", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "full")))
+    assert small.append("c", {"u": [1, 2, 3], "ts": [0, 1, 2]}, timestamp="ts", created_ts=1) == (0, 3)
+    monkeypatch.setattr(eventlog.pq, "write_table", real)
+    assert small.flush() == 3

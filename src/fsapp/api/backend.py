@@ -99,6 +99,8 @@ class EngineBackend:
                                  "High watermark minus the engine's offset, per partition", ("topic", "partition"))
         self.kafka_errors = m.counter("fstore_kafka_errors_total",
                                       "Kafka batches retried after an error (broker, WAL, dead-letter sink)", ())
+        self.checkpoint_failures = m.counter("fstore_checkpoint_failures_total",
+                                             "Checkpoints that failed (e.g. a full disk); the next one retries", ())
 
     # ---- reads
 
@@ -153,11 +155,16 @@ class EngineBackend:
                 "late_events": eng.late_total, "views": len(eng.runtimes), "streams": sorted(eng.streams)}
 
     def ready(self):
-        wal = self.engine.wal
+        eng = self.engine
+        wal = eng.wal
         if wal.closed:
             return False, "the write-ahead log is closed (the engine is shutting down)"
         if wal.poisoned:
             return False, "an fsync failed: the write-ahead log refuses writes until the engine restarts"
+        if eng.checkpoint_error:
+            return False, (f"the last checkpoint failed ({eng.checkpoint_error}); writes are still logged and "
+                           "acknowledged, but the log grows until a checkpoint succeeds: free disk space in "
+                           f"{eng.data_dir}")
         return True, ""
 
     def metrics_text(self):
@@ -173,6 +180,7 @@ class EngineBackend:
             for stream, wm in eng.watermarks.items():
                 self.lag.set(max(0.0, (now - wm) / 1e6), stream=stream)
             self.lsn.set(eng.applied_lsn)
+            self.checkpoint_failures.set(eng.checkpoint_failures)
             source = eng.sources.get("kafka")
             if source is not None:
                 k = source.stats()

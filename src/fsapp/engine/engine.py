@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 from fscore.checkpoint import load_latest_checkpoint, oldest_retained_lsn, write_checkpoint
+from fscore.errors import CheckpointError
 from fscore.table import PRESENT, Table
 from fscore.wal import Wal, read_log
 from fscore.window import WindowView
@@ -148,6 +149,8 @@ class Engine:
         self.quarantine_dir = os.path.join(self.data_dir, "quarantine")
         self.wal = None
         self.queue: deque[_Queued] = deque()
+        self.checkpoint_error: str | None = None  # why the last checkpoint failed (None: it did not)
+        self.checkpoint_failures = 0
         self._inflight: dict[str, _Queued] = {}  # idempotency key -> its push, logged but not yet applied
         self.evictions_logged: dict = {}
         _remove_stale_table_files(os.path.join(self.data_dir, "online"))
@@ -710,8 +713,19 @@ class Engine:
     # ---- checkpoints and lifecycle
 
     def checkpoint(self) -> int:
+        """Writes a checkpoint; returns its LSN. A failure (a full disk) raises
+        and is remembered (`checkpoint_error`, `checkpoint_failures`, /ready):
+        nothing is lost — the WAL keeps everything since the last good one —
+        and the next checkpoint tries again."""
         with self._checkpoint_lock:
-            return self._checkpoint()
+            try:
+                lsn = self._checkpoint()
+            except (OSError, CheckpointError) as e:  # WalError and CheckpointError are OSErrors
+                self.checkpoint_failures += 1
+                self.checkpoint_error = f"{type(e).__name__}: {e}"
+                raise
+            self.checkpoint_error = None
+            return lsn
 
     def _checkpoint(self) -> int:
         with self.lock:
@@ -737,6 +751,7 @@ class Engine:
     def stats(self) -> dict:
         out = {"applied_lsn": self.applied_lsn, "checkpoint_lsn": self.checkpoint_lsn, "late_events": self.late_total,
                "offsets": dict(self.offsets), "quarantined": self.quarantined,
+               "checkpoint_failures": self.checkpoint_failures, "checkpoint_error": self.checkpoint_error,
                "views": {f"{n}@v{v}": rt.table.stats() for (n, v), rt in self.runtimes.items()}}
         for name, source in self.sources.items():
             out[name] = source.stats()
@@ -744,8 +759,11 @@ class Engine:
 
     def close(self) -> None:
         with self.lock:
-            self.offline.log.flush()
-            self.offline.close()
+            try:
+                self.offline.log.flush()
+                self.offline.close()
+            except OSError as e:  # a full disk: the WAL still holds these events; replay logs them again
+                log.error("engine: flushing the offline log on close failed (%s); the WAL keeps its events", e)
             if self.wal is not None:
                 self.wal.close()
             for rt in self.runtimes.values():

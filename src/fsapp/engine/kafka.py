@@ -203,7 +203,10 @@ class KafkaIngest:
         # another member takes these partitions over from our offsets: make
         # the state durable in a checkpoint and tell the group where we are
         if parts:
-            self.engine.checkpoint()
+            try:
+                self.engine.checkpoint()
+            except OSError as e:  # a full disk: the WAL holds the state; the group's offsets are still ours
+                log.error("kafka: checkpoint on revoke failed (%s); committing offsets anyway", e)
             self._commit(asynchronous=False)
         consumer.unassign()
         self.assigned = set()

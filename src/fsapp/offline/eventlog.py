@@ -18,6 +18,7 @@ Any Parquet engine can read the layout (`date=` is Hive-style).
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import threading
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 from fsapp.errors import SourceError
 
 EVENT_TS, CREATED_TS, SEQ = "_fs_event_ts", "_fs_created_ts", "_fs_seq"
+log = logging.getLogger("fsapp.offline")
 META_COLUMNS = (EVENT_TS, CREATED_TS, SEQ)
 _US_PER_DAY = 86_400_000_000
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -162,7 +164,13 @@ class EventLog:
             self._buffered[stream] = self._buffered.get(stream, 0) + n
             self._next_seq[stream] = first + n
             if self._buffered[stream] >= self.flush_rows:
-                self._flush_locked(stream)
+                try:
+                    self._flush_locked(stream)
+                except (OSError, pa.ArrowException) as e:
+                    # the events stay buffered (and in the engine's WAL): the next flush or
+                    # checkpoint writes them; an append that took them must not fail for it
+                    log.warning("offline log: writing %s's buffered events failed (%s); they stay buffered",
+                                stream, e)
         return first, n
 
     def flush(self, stream: str | None = None) -> int:
@@ -172,37 +180,63 @@ class EventLog:
             return sum(self._flush_locked(s) for s in names)
 
     def _flush_locked(self, stream: str) -> int:
-        tables = self._buffers.pop(stream, [])
-        self._buffered.pop(stream, None)
+        """All of the stream's buffered events, or none: every day's file is
+        written under a temporary name first and renamed only once all are
+        written. A failed write (a full disk) leaves the buffer as it was, so
+        a later flush writes the same events once (never a hole in the log,
+        never a day twice)."""
+        tables = self._buffers.get(stream, [])
         if not tables:
             return 0
         table = pa.concat_tables(tables, promote_options="default")
         day = np.floor_divide(table.column(EVENT_TS).to_numpy(), _US_PER_DAY)
         seqs = table.column(SEQ).to_numpy()
-        for d in np.unique(day):
-            idx = np.flatnonzero(day == d)
-            part = table.take(pa.array(idx))
-            date = np.datetime64(int(d), "D").astype(str)
-            self._write(os.path.join(self.stream_dir(stream), f"date={date}"),
-                        f"part-{int(seqs[idx[0]]):020d}.parquet", part)
+        written = []
+        try:
+            for d in np.unique(day):
+                idx = np.flatnonzero(day == d)
+                part = table.take(pa.array(idx))
+                date = np.datetime64(int(d), "D").astype(str)
+                directory = os.path.join(self.stream_dir(stream), f"date={date}")
+                written.append(self._write_tmp(directory, f"part-{int(seqs[idx[0]]):020d}.parquet", part))
+        except BaseException:
+            for directory, tmp, _ in written:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+            raise
+        for directory, tmp, final in written:
+            os.replace(tmp, final)
+            if self.fsync:
+                fd = os.open(directory, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        self._buffers.pop(stream, None)
+        self._buffered.pop(stream, None)
         return table.num_rows
 
-    def _write(self, directory: str, name: str, table: pa.Table) -> None:
+    def _write_tmp(self, directory: str, name: str, table: pa.Table) -> tuple[str, str, str]:
+        """Writes `table` to a temporary file in `directory`; returns
+        (directory, temporary path, final path)."""
         os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, f".{name}.tmp")
-        # Row groups of ~1M rows keep the min/max statistics useful for
-        # skipping by _fs_event_ts without making tiny groups.
-        pq.write_table(table, tmp, row_group_size=1 << 20, compression="zstd")
-        if self.fsync:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(directory, name))
-        if self.fsync:
-            fd = os.open(directory, os.O_RDONLY)
+        try:
+            # Row groups of ~1M rows keep the min/max statistics useful for
+            # skipping by _fs_event_ts without making tiny groups.
+            pq.write_table(table, tmp, row_group_size=1 << 20, compression="zstd")
+            if self.fsync:
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+        except BaseException:
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        return directory, tmp, os.path.join(directory, name)
 
     def close(self) -> None:
         self.flush()

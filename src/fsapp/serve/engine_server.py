@@ -128,7 +128,7 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
     t.start()
     print(f"engine ready pid={os.getpid()} socket={socket_path} replayed={engine.replayed}"
           + (f" kafka={','.join(sorted(ingest.topics)) or '-'}" if ingest else ""), flush=True)
-    last_ckpt = time.monotonic()
+    next_ckpt = time.monotonic() + checkpoint_s
     applied = engine.registry.snapshot().apply_id
     last_registry_check = time.monotonic()
     try:
@@ -141,19 +141,31 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
                     engine.reload()
                     applied = current
                     print(f"engine reloaded definitions (apply {current})", flush=True)
-            if time.monotonic() - last_ckpt >= checkpoint_s:
-                engine.checkpoint()
-                last_ckpt = time.monotonic()
+            if time.monotonic() >= next_ckpt:
+                next_ckpt = _checkpoint(engine, checkpoint_s)
     finally:
         if ingest is not None:
             ingest.stop()  # its last batch and offsets go into the final checkpoint below
         server.shutdown()
         server.server_close()
-        engine.checkpoint()
+        _checkpoint(engine, checkpoint_s)  # if it fails, the WAL still holds everything: recovery replays it
         engine.close()
         if os.path.exists(socket_path):
             os.unlink(socket_path)
     return 0
+
+
+def _checkpoint(engine: Engine, checkpoint_s: float) -> float:
+    """A checkpoint that never stops the engine: a failure (a full disk) is
+    logged, counted, shown by /ready, and retried sooner than the period.
+    Returns when the next one is due (monotonic seconds)."""
+    try:
+        engine.checkpoint()
+        return time.monotonic() + checkpoint_s
+    except Exception as e:  # noqa: BLE001 - whatever it is, the engine keeps serving
+        print(f"engine: checkpoint failed ({type(e).__name__}: {e}); writes go on in the WAL, retrying in "
+              f"{min(checkpoint_s, 10.0):.0f} s (failure #{engine.checkpoint_failures})", file=sys.stderr, flush=True)
+        return time.monotonic() + min(checkpoint_s, 10.0)
 
 
 def _until_next_tick(engine: Engine, tick_s: float) -> float:
