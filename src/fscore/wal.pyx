@@ -41,6 +41,7 @@ dropped the dirty pages, and retrying would acknowledge data that is gone.
 """
 import errno as _errno
 import fcntl
+import logging
 import os
 import threading
 
@@ -54,6 +55,8 @@ from libc.string cimport memset
 from fscore.errors import WalCorruption, WalError, WalFsyncError
 from fscore.walread import (HEADER_BYTES, MAX_PAYLOAD, RecoveryPolicy, SegmentScan, check_scan_end, crc32c,
                             decode_record, encode_record, list_segments, read_file, read_log, segment_name)
+
+_log = logging.getLogger("fscore.wal")
 
 __all__ = ["Wal", "RecoveryPolicy", "read_log", "list_segments", "segment_name", "crc32c", "encode_record",
            "decode_record", "HEADER_BYTES", "MAX_PAYLOAD", "DEFAULT_SEGMENT_BYTES"]
@@ -207,6 +210,8 @@ cdef class Wal:
         if torn:
             # Cut the torn bytes, re-extend with zeros, and make that durable
             # before new records land after it.
+            _log.warning("WAL %s: the record at byte offset %d (after LSN %d) is torn or damaged and nothing "
+                         "valid follows it: dropped as the tail a crash leaves", path, scan.end, scan.last_lsn)
             os.ftruncate(self._fd, scan.end)
         self._extend()
         if torn:

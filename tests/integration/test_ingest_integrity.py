@@ -295,3 +295,129 @@ def test_the_sdk_reads_as_of_through_the_engine_and_says_when_outside_the_horizo
                                     as_of=(NOW - 5400 * S) / 1e6).to_dict()
     assert got["txn_count_1h"] == [1]  # the hop window [t - 1h, t) aligned to 5 min holds the event
     store.close()
+
+
+# ---- issue 14, repro 5: damaged data directories refuse to start, naming what is wrong
+
+
+def _filled(repo, n=7, checkpoint_after=None):
+    from fscore.wal import DEFAULT_SEGMENT_BYTES  # noqa: F401 (the engine's default is used)
+    eng = engine(repo)
+    for i in range(n):
+        eng.push("transactions", [txn(1, amount=1.0)])
+        if checkpoint_after is not None and i == checkpoint_after:
+            eng.checkpoint()
+    eng.close()
+    return repo.data_dir / "engine"
+
+
+def _segments(data):
+    return sorted((data / "wal").glob("*.wal"))
+
+
+def _small_segments(repo):
+    """An engine whose WAL rolls a segment every 4 KiB (a few pushes)."""
+    from fscore.wal import Wal
+    eng = engine(repo)
+    eng.wal.close()
+    eng.wal = Wal(eng.wal_dir, fsync="never", segment_bytes=1 << 12, start_lsn=eng.applied_lsn + 1)
+    return eng
+
+
+def test_a_deleted_segment_after_a_checkpoint_refuses_to_start(repo):
+    from fscore.errors import WalCorruption
+    eng = _small_segments(repo)
+    for i in range(30):
+        eng.push("transactions", [txn(2, amount=1.0)])
+        if i == 3:
+            eng.checkpoint()
+    eng.close()
+    segs = _segments(repo.data_dir / "engine")
+    assert len(segs) >= 3
+    segs[-2].unlink()  # a segment in the middle, after the checkpoint
+    with pytest.raises(WalCorruption, match="missing"):
+        engine(repo)
+
+
+def test_a_checkpoint_without_any_log_after_it_refuses_to_start(repo):
+    from fscore.errors import WalCorruption
+    data = _filled(repo, checkpoint_after=2)
+    for p in _segments(data):
+        p.unlink()
+    with pytest.raises(WalCorruption, match="holds no segment.*move .* aside"):
+        engine(repo)
+
+
+def test_no_checkpoint_and_a_deleted_or_emptied_log_refuses_when_the_store_held_data(repo):
+    """A deleted WAL with no checkpoint silently started an empty store."""
+    from fscore.errors import WalCorruption
+    data = _filled(repo)
+    for p in _segments(data):
+        p.write_bytes(b"")  # emptied
+    with pytest.raises(WalCorruption, match="held data .*online tables written.*log was deleted or emptied"):
+        engine(repo)
+    for p in _segments(data):
+        p.unlink()  # deleted
+    with pytest.raises(WalCorruption, match="log was deleted or emptied"):
+        engine(repo)
+
+
+def test_a_log_that_does_not_start_at_one_without_a_checkpoint_refuses(repo):
+    from fscore.errors import WalCorruption
+    eng = _small_segments(repo)
+    for _ in range(30):
+        eng.push("transactions", [txn(1)])
+    eng.close()
+    data = repo.data_dir / "engine"
+    segs = _segments(data)
+    assert len(segs) >= 2 and not list((data / "checkpoints").glob("*.ckpt"))
+    segs[0].unlink()  # the log now starts after LSN 1, and no checkpoint covers the start
+    with pytest.raises(WalCorruption, match=r"records 1\.\.\d+ are missing"):
+        engine(repo)
+
+
+def test_a_bit_flip_in_the_last_record_is_a_torn_tail_and_is_logged(repo, caplog):
+    data = _filled(repo, n=3)
+    seg = _segments(data)[-1]
+    raw = bytearray(seg.read_bytes())
+    end = len(raw.rstrip(b"\0"))
+    raw[end - 3] ^= 0x40  # inside the last record's payload
+    seg.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING", logger="fscore.wal"):
+        eng = engine(repo)
+    assert eng.applied_lsn == 2 and amounts(eng, [1]) == [2.0]
+    assert any("torn or damaged" in r.message and "byte offset" in r.message for r in caplog.records)
+    eng.close()
+
+
+def test_materialize_checkpoints_and_pushes_run_together_without_deadlock(repo):
+    """Issue 14, repro 9: materialize held the engine lock and then took the
+    checkpoint lock, while the periodic checkpoint (and a Kafka revoke) took
+    them the other way round: one meeting hung the engine for good. One lock
+    order now; this runs them side by side."""
+    eng = engine(repo)
+    eng.push("transactions", [txn(u) for u in range(20)])
+    stop, errors, done = threading.Event(), [], {"push": 0, "materialize": 0, "checkpoint": 0}
+
+    def loop(name, fn):
+        try:
+            while not stop.is_set():
+                fn()
+                done[name] += 1
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append((name, e))
+
+    threads = [threading.Thread(target=loop, args=("push", lambda: eng.push("transactions", [txn(1)]))),
+               threading.Thread(target=loop, args=("materialize", lambda: eng.materialize(-(1 << 62), NOW))),
+               threading.Thread(target=loop, args=("checkpoint", eng.checkpoint)),
+               threading.Thread(target=loop, args=("checkpoint", eng.checkpoint))]  # a Kafka revoke's checkpoint
+    for t in threads:
+        t.start()
+    time.sleep(3.0)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "deadlock: a thread is still waiting"
+    assert not errors, errors[:3]
+    assert all(n > 0 for n in done.values()), done
+    eng.close()

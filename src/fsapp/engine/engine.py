@@ -43,9 +43,9 @@ import numpy as np
 import pyarrow as pa
 
 from fscore.checkpoint import load_latest_checkpoint, oldest_retained_lsn, write_checkpoint
-from fscore.errors import CheckpointError
+from fscore.errors import CheckpointError, WalCorruption
 from fscore.table import PRESENT, Table
-from fscore.wal import Wal, read_log
+from fscore.wal import Wal, list_segments, read_log
 from fscore.window import WindowView
 
 from fsapp.engine import records
@@ -179,6 +179,7 @@ class Engine:
         self._load_definitions(ckpt)
         self.checkpoint_lsn = self.applied_lsn = ckpt.lsn if ckpt else 0
         self._next_seq = {s: self.offline.log.next_seq(s) for s in self.streams}
+        self._check_log_is_whole(ckpt)
         entries = list(read_log(self.wal_dir, after_lsn=self.checkpoint_lsn)) if os.path.isdir(self.wal_dir) else []
         aborted = {records.decode_abort(p) for _, t, p in entries if t == REC_ABORT}
         for lsn, rtype, payload in entries:
@@ -192,6 +193,50 @@ class Engine:
                     waiting[lsn].result = q.result
             except Exception as e:  # noqa: BLE001 - recovery never stops on one record
                 self._quarantine(lsn, payload, e)
+
+    def _check_log_is_whole(self, ckpt) -> None:
+        """Refuses to start on a damaged data directory instead of silently
+        serving less: a log that does not start where the checkpoint (or, with
+        none, LSN 1) needs it, a checkpoint with no log after it at all, or no
+        checkpoint and no log although the store held data. (A gap between
+        segments, and mid-log corruption, `read_log` refuses itself.)"""
+        segs = list_segments(self.wal_dir)
+        fix = (f"Restore {self.wal_dir} (and {self.ckpt_dir}) from a backup; or, to start over with an empty "
+               f"online store, move {self.data_dir} aside (the offline log in it keeps every event).")
+        if ckpt is None and segs and segs[0][0] != 1:
+            raise WalCorruption(f"no checkpoint in {self.ckpt_dir}, and the oldest WAL segment {segs[0][1]} "
+                                f"starts at LSN {segs[0][0]}: records 1..{segs[0][0] - 1} are missing "
+                                f"(checkpoints or segments were deleted). {fix}", segs[0][1], 0)
+        if ckpt is not None and ckpt.lsn > 0 and not segs:
+            raise WalCorruption(f"checkpoint {ckpt.lsn} is in {self.ckpt_dir} but {self.wal_dir} holds no segment: "
+                                f"the log after it (at least the segment holding LSN {ckpt.lsn}) was deleted. "
+                                f"{fix}", self.wal_dir, 0)
+        if ckpt is None and not any(True for _ in (read_log(self.wal_dir) if segs else ())):
+            held = self._held_data()
+            if held:
+                raise WalCorruption(f"{self.wal_dir} holds no record and there is no checkpoint, but this store "
+                                    f"held data ({held}): the write-ahead log was deleted or emptied. {fix}",
+                                    self.wal_dir, 0)
+
+    def _held_data(self) -> str:
+        """What says this data directory held data before (empty: nothing)."""
+        parts = []
+        files = sum(len(self.offline.log.files(s)) for s in self.offline.log.streams())
+        if files:
+            parts.append(f"{files} offline log file(s)")
+        online = os.path.join(self.data_dir, "online")
+        rows = 0
+        for name in (os.listdir(online) if os.path.isdir(online) else ()):
+            if name.endswith(".fst"):
+                try:
+                    t = Table.open_reader(os.path.join(online, name))
+                    rows += t.stats()["puts"]
+                    t.close()
+                except (OSError, ValueError):
+                    continue
+        if rows:
+            parts.append(f"online tables written {rows} time(s)")
+        return ", ".join(parts)
 
     def _replay(self, lsn: int, rtype: int, payload) -> _Queued | None:
         if rtype == REC_OFFSETS:
