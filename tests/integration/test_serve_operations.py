@@ -262,3 +262,32 @@ def test_a_full_disk_fails_checkpoints_without_stopping_the_engine(tmp_path):
         if proc is not None:
             log.close()
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_gunicorn_level_errors_are_json_too(serve_repo):
+    """Repro 7: a bad Content-Length, an over-long request line (414) and
+    other errors gunicorn answers itself came back as its HTML page."""
+    base, proc, log = serve_repo(DEFS)
+    host, port = base.split("//")[1].split(":")
+
+    def raw(request: bytes) -> tuple[int, str, dict]:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(request)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ")[1])
+        ctype = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                     if line.lower().startswith(b"content-type:"))
+        return status, ctype, json.loads(body)
+
+    status, ctype, doc = raw(b"GET /health?x=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 414 and ctype == "application/json" and "JSON body" in doc["description"]
+    status, ctype, doc = raw(b"POST /api/v1/push HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+    assert status == 400 and ctype == "application/json" and set(doc) == {"title", "description"}
+    status, ctype, doc = raw(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"b" * 9000 + b"\r\n\r\n")
+    assert status in (400, 431) and ctype == "application/json"

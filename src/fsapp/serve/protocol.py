@@ -110,12 +110,15 @@ class EngineClient:
             self._local.sock = s
         return s
 
-    def call(self, op: str, body: bytes = b"", *, repeatable: bool = True, **args) -> tuple[dict, bytes]:
+    def call(self, op: str, body: bytes = b"", *, repeatable: bool = True, timeout: float | None = None,
+             **args) -> tuple[dict, bytes]:
         """One request. A cached connection the engine closed (it restarted)
         is retried once on a new one when the request is `repeatable` (a
-        read, or a write carrying an idempotency key)."""
+        read, or a write carrying an idempotency key). `timeout`: this call's,
+        default the client's."""
         for attempt in (0, 1):
             s = self._sock()
+            s.settimeout(self.timeout if timeout is None else timeout)
             sent = False
             try:
                 send_frame(s, {"op": op, "args": args}, body)

@@ -127,8 +127,9 @@ class Service:
         self.gunicorn = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", str(self.workers), "--bind", f"{self.host}:{self.port}",
              "--max-requests", "0", "--graceful-timeout", "10", "--log-level", "warning",
-             # above the engine socket's timeout (20 s): a slow engine is a JSON 503, not a killed worker
-             "--timeout", "30",
+             # above the engine socket's timeouts (20 s; 600 s for training sets and materialize): a slow
+             # engine is a JSON 503, not a killed worker
+             "--timeout", "660", "--worker-class", "fsapp.serve.gworker.JsonErrorSyncWorker",
              "fsapp.serve.wsgi:application"], env=env)
         _wait_for_port(self.host, self.port, self.gunicorn, 60)
         self._say(f"gunicorn pid {self.gunicorn.pid} with {self.workers} workers on http://{self.host}:{self.port}")

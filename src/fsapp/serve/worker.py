@@ -14,6 +14,8 @@ from fsapp.registry.catalog import Registry
 from fsapp.serve.protocol import EngineClient
 from fsapp.serve.reader import OnlineReader
 
+LONG_TIMEOUT_S = 600.0  # under gunicorn's --timeout (660 s, fsapp.serve.supervisor)
+
 
 class WorkerBackend:
     def __init__(self, data_dir: str, registry_path: str, socket_path: str, clock=None, feature_logger=None):
@@ -24,7 +26,9 @@ class WorkerBackend:
         self.clock = clock or (lambda: time.time_ns() // 1000)
 
     def _forward(self, method: str, body: bytes = b"", **kwargs):
-        return self.client.call("backend", body, method=method, kwargs=kwargs)
+        # training sets and materialize may run for minutes; everything else answers in milliseconds
+        timeout = LONG_TIMEOUT_S if method in ("historical", "materialize") else None
+        return self.client.call("backend", body, method=method, kwargs=kwargs, timeout=timeout)
 
     # ---- reads
 
