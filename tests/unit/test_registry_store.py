@@ -9,7 +9,6 @@ from fsapp.registry import (
     IncompatibleChange, NotFoundError, Registry, RegistryConflict, Repo, init_repo, lineage, render_lineage,
 )
 from fsapp.registry.errors import DefinitionError
-from fsapp.registry.yaml_lite import load as load_yaml
 
 DEFS = """
 CREATE ENTITY user (user_id BIGINT);
@@ -205,12 +204,3 @@ def test_init_repo_applies_as_is(tmp_path):
         assert {(i.name, f) for i, f in fraud} >= {("user_txn", "txn_count_1h"), ("user_profile", "age")}
         kinds = {w.kind for w, _ in reg.feature_view("user_txn").window_groups()}
         assert kinds == {"sliding", "continuous", "tumbling", "session", "lifetime"}
-
-
-def test_yaml_subset():
-    cfg = load_yaml("# c\nproject: p  # x\nonline:\n  port: 9094\n  hosts:\n    - a\n    - 'b # c'\nflag: yes\n"
-                    "tags: [a, 2]\n")
-    assert cfg == {"project": "p", "online": {"port": 9094, "hosts": ["a", "b # c"]}, "flag": True,
-                   "tags": ["a", 2]}
-    with pytest.raises(ValueError, match="fstore.yaml:2: indentation"):
-        load_yaml("a: 1\n   b: 2")

@@ -50,9 +50,11 @@ class KafkaConfig:
         section = repo.config.get("kafka")
         if not section:
             return None
-        where = f"{repo.root / 'fstore.yaml'}: kafka"
+        def at(*keys: str) -> str:  # "<fstore.yaml> line N: kafka", N the line of the setting
+            return f"{repo.config_where('kafka', *keys)}: kafka"
+
         if not isinstance(section, dict):
-            raise RepoError(f"{where}: expected a mapping (bootstrap_servers: ..., group_id: ...)")
+            raise RepoError(f"{at()}: expected a mapping (bootstrap_servers: ..., group_id: ...)")
         if not section.get("bootstrap_servers"):
             return None
         props = {}
@@ -60,15 +62,16 @@ class KafkaConfig:
             if "." in key:
                 props[key] = value
             elif key not in _KEYS:
-                raise RepoError(f"{where}: unknown setting {key!r}; settings are {', '.join(_KEYS)}, "
+                raise RepoError(f"{at(key)}: unknown setting {key!r}; settings are {', '.join(_KEYS)}, "
                                 "or a librdkafka property (a name with a dot, e.g. security.protocol)")
         extra = section.get("properties") or {}
         if not isinstance(extra, dict):
-            raise RepoError(f"{where}.properties: expected a mapping of librdkafka properties")
+            raise RepoError(f"{at('properties')}.properties: expected a mapping of librdkafka properties")
         props.update(extra)
         for key in props:
             if key in _RESERVED:
-                raise RepoError(f"{where}: {key} is set by fstore (offsets are kept by the engine); remove it")
+                place = at(key) if key in section else at("properties", key)
+                raise RepoError(f"{place}: {key} is set by fstore (offsets are kept by the engine); remove it")
         cfg = cls(bootstrap_servers=str(section["bootstrap_servers"]),
                   group_id=str(section.get("group_id") or f"fstore-{repo.project}"),
                   assign=str(section.get("assign") or "all"),
@@ -76,19 +79,19 @@ class KafkaConfig:
                   properties={k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in props.items()})
         cfg.avro_framing = str(section.get("avro_framing") or "confluent")
         if cfg.avro_framing not in ("confluent", "raw"):
-            raise RepoError(f"{where}.avro_framing: {cfg.avro_framing!r} is not 'confluent' or 'raw'")
+            raise RepoError(f"{at('avro_framing')}.avro_framing: {cfg.avro_framing!r} is not 'confluent' or 'raw'")
         cfg.repo_root = str(repo.root)
         if cfg.assign not in ASSIGN_MODES:
-            raise RepoError(f"{where}.assign: {cfg.assign!r} is not one of {', '.join(ASSIGN_MODES)}")
+            raise RepoError(f"{at('assign')}.assign: {cfg.assign!r} is not one of {', '.join(ASSIGN_MODES)}")
         for name, lo in (("batch_size", 1), ("poll_timeout_ms", 1), ("metadata_refresh_s", 0.1)):
             if section.get(name) is not None:
                 value = section[name]
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
-                    raise RepoError(f"{where}.{name}: expected a number >= {lo}, got {value!r}")
+                    raise RepoError(f"{at(name)}.{name}: expected a number >= {lo}, got {value!r}")
                 setattr(cfg, name, type(getattr(cfg, name))(value))
         if section.get("dead_letter_file"):
             if cfg.dead_letter_topic:
-                raise RepoError(f"{where}: set dead_letter_topic or dead_letter_file, not both")
+                raise RepoError(f"{at('dead_letter_file')}: set dead_letter_topic or dead_letter_file, not both")
             cfg.dead_letter_file = str(repo.root / str(section["dead_letter_file"]))
         return cfg
 

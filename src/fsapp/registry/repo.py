@@ -3,11 +3,20 @@
 under the data directory, hidden directories and files starting with '_'.
 
 `Repo(path).plan()` diffs it against the registry; `.apply()` writes it
-atomically (everything or nothing)."""
+atomically (everything or nothing).
+
+`fstore.yaml` is full YAML (PyYAML's safe loader: anchors, merge keys, block
+strings) with two additions that keep mistakes loud: a key written twice in
+one mapping is refused (YAML would keep the last one silently), and every
+mapping remembers the line of each of its keys, so whoever checks a section
+names the line (`Repo.config_where("online", "port")` -> ".../fstore.yaml
+line 4")."""
 from __future__ import annotations
 
 import runpy
 from pathlib import Path
+
+import yaml
 
 from fsapp.registry import python_api
 from fsapp.registry.dsl import parse_with_lines
@@ -16,10 +25,71 @@ from fsapp.registry.model import Definition
 from fsapp.registry.plan import Plan, make_plan
 from fsapp.registry.resolve import Resolved, resolve
 from fsapp.registry.store import RegistryStore, Snapshot
-from fsapp.registry.yaml_lite import load as load_yaml
 
 CONFIG_NAME = "fstore.yaml"
 DEFAULTS = {"registry": "data/registry.db", "data_dir": "data"}
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class ConfigSection(dict):
+    """A mapping read from fstore.yaml: a plain dict that also knows the line
+    of its first key (`line`) and of each key (`lines`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.line = 1
+        self.lines: dict = {}
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, building ConfigSections."""
+
+
+def _construct_section(loader: _ConfigLoader, node: yaml.MappingNode):
+    section = ConfigSection()
+    section.line = node.start_mark.line + 1
+    yield section  # first, so that anchors referring back to it resolve
+    own = [key_node for key_node, _ in node.value if key_node.tag != _MERGE_TAG]
+    section.update(loader.construct_mapping(node))  # resolves `<<:` merges into node.value
+    seen = set()
+    for key_node in own:
+        key = loader.construct_object(key_node)
+        if not isinstance(key, str):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key_node.value!r} reads as {type(key).__name__} {key!r}, not as a name: "
+                f"quote it ('{key_node.value}')", key_node.start_mark)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"{key!r} is set twice in this mapping",
+                                                    key_node.start_mark)
+        seen.add(key)
+    for key_node, _ in node.value:  # merged keys first, then own ones: the line of the value kept
+        section.lines[loader.construct_object(key_node)] = key_node.start_mark.line + 1
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:map", _construct_section)
+
+
+def load_config(text: str, source: str = CONFIG_NAME) -> ConfigSection:
+    """The settings in `text` (YAML whose top level is a mapping). Errors are
+    RepoError "SOURCE line N: what is wrong"."""
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{source} line {mark.line + 1}" if mark is not None else source
+        what = "; ".join(str(x) for x in (e.context, e.problem) if x) or type(e).__name__
+        if "'\\t'" in what:
+            what += " (indent with spaces, not tabs)"
+        raise RepoError(f"{where}: {what}") from None
+    except yaml.reader.ReaderError as e:  # a control character in the text
+        line = text[:e.position].count("\n") + 1
+        raise RepoError(f"{source} line {line}: character #x{e.character:04x} is not allowed in YAML text") from None
+    if data is None:
+        return ConfigSection()
+    if not isinstance(data, ConfigSection):
+        raise RepoError(f"{source} line 1: expected settings as 'key: value' lines (project: NAME, ...), "
+                        f"not a {type(data).__name__}")
+    return data
 
 
 class Repo:
@@ -28,10 +98,27 @@ class Repo:
         cfg_path = self.root / CONFIG_NAME
         if not cfg_path.is_file():
             raise RepoError(f"{self.root} is not an fstore repo (no {CONFIG_NAME}); create one with `fstore init DIR`")
-        cfg = load_yaml(cfg_path.read_text(encoding="utf-8"), str(cfg_path))
-        self.config = {**DEFAULTS, **cfg}
+        self.config_path = cfg_path
+        try:
+            text = cfg_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise RepoError(f"{cfg_path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        self._settings = load_config(text, str(cfg_path))
+        self.config = {**DEFAULTS, **self._settings}
         if not isinstance(self.config.get("project"), str) or not self.config["project"]:
-            raise RepoError(f"{cfg_path}: set 'project: <name>'")
+            raise RepoError(f"{self.config_where('project')}: set 'project: <name>'")
+
+    def config_where(self, *keys: str) -> str:
+        """Where a setting is: ".../fstore.yaml line N" for the deepest of
+        `keys` (a section, then a key in it, ...) that is written; the file
+        alone when none is."""
+        section, line = self._settings, None
+        for key in keys:
+            if not isinstance(section, ConfigSection) or key not in section:
+                break
+            line = section.lines.get(key, line)
+            section = section[key]
+        return f"{self.config_path} line {line}" if line else str(self.config_path)
 
     @property
     def project(self) -> str:

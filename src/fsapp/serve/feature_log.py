@@ -53,7 +53,10 @@ class FeatureLogConfig:
         section = repo.config.get("feature_logging")
         if not section:
             return None
-        where = f"{repo.root / 'fstore.yaml'}: feature_logging"
+        def at(*keys: str) -> str:  # "<fstore.yaml> line N: feature_logging", N the line of the setting
+            return f"{repo.config_where('feature_logging', *keys)}: feature_logging"
+
+        where = at()
         if not isinstance(section, dict):
             raise RepoError(f"{where}: expected a mapping (services: ..., path: ...)")
         unknown = sorted(set(section) - {"services", "path", "topic", "flush_rows", "flush_seconds"})
@@ -63,13 +66,13 @@ class FeatureLogConfig:
         if isinstance(services, str):
             services = [s.strip() for s in services.split(",") if s.strip()]
         if not services:
-            raise RepoError(f"{where}: name the feature services to log, e.g. services: fraud_v1")
+            raise RepoError(f"{at('services')}: name the feature services to log, e.g. services: fraud_v1")
         path = str(section.get("path") or "data/feature_log")
         if not os.path.isabs(path):
             path = str(repo.root / path)
         topic = section.get("topic")
         if topic and not (repo.config.get("kafka") or {}).get("bootstrap_servers"):
-            raise RepoError(f"{where}: topic needs kafka.bootstrap_servers; or drop topic to log to Parquet")
+            raise RepoError(f"{at('topic')}: topic needs kafka.bootstrap_servers; or drop topic to log to Parquet")
         return cls(services, path, topic, section.get("flush_rows", 10_000), section.get("flush_seconds", 1.0))
 
 

@@ -1,0 +1,77 @@
+"""fstore.yaml: full YAML through PyYAML's safe loader, with every mistake
+named by its line, and the sections the engine and the workers read (kafka,
+feature_logging) naming the line of a wrong setting."""
+import pytest
+
+from fsapp.engine.kafka_config import KafkaConfig
+from fsapp.registry.errors import RepoError
+from fsapp.registry.repo import Repo, load_config
+from fsapp.serve.feature_log import FeatureLogConfig
+
+
+def repo_with(tmp_path, text: str) -> Repo:
+    (tmp_path / "fstore.yaml").write_text(text, encoding="utf-8")
+    return Repo(tmp_path)
+
+
+# ---- the YAML
+
+def test_double_quoted_text_keeps_its_unicode():
+    """Issue 14, repro 6: the old YAML subset sent double-quoted strings
+    through unicode_escape, turning "café" into 'cafÃ©'."""
+    cfg = load_config('project: "café"\nnote: "tab\\there \\u00e9"\nsingle: \'l\'\'été\'\n')
+    assert cfg == {"project": "café", "note": "tab\there é", "single": "l'été"}
+
+
+def test_full_yaml_anchors_merges_and_block_strings():
+    cfg = load_config("project: p\n"
+                      "defaults: &defaults\n  port: 9099\n  workers: 4\n"
+                      "online:\n  <<: *defaults\n  workers: 3\n"
+                      "description: |\n  two\n  lines\n"
+                      "folded: >-\n  one\n  line\n"
+                      "tags: [a, 2]\nflag: yes\n")
+    assert cfg["online"] == {"port": 9099, "workers": 3}
+    assert cfg["description"] == "two\nlines\n" and cfg["folded"] == "one line"
+    assert cfg["tags"] == ["a", 2] and cfg["flag"] is True
+    # the line of each key, a merged one where it was written
+    assert cfg["online"].lines == {"port": 3, "workers": 7} and cfg.lines["online"] == 5
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: 1\n   b: 2\n", "fstore.yaml line 2: mapping values are not allowed here"),
+    ("project: p\nonline:\n  port: 1\n  port: 2\n", "fstore.yaml line 4: 'port' is set twice"),
+    ("project: p\nproject: q\n", "fstore.yaml line 2: 'project' is set twice"),
+    ("project: p\nonline:\n\tport: 1\n", "fstore.yaml line 3: .*indent with spaces, not tabs"),
+    ("project: p\non: 1\n", "fstore.yaml line 2: the key 'on' reads as bool True, not as a name: quote it"),
+    ("- a\n- b\n", "fstore.yaml line 1: expected settings as 'key: value' lines"),
+    ("project: p\ntags: [a, b\n", "fstore.yaml line 3: .*expected ',' or ']'"),
+    ("project: p\n---\nproject: q\n", "fstore.yaml line 2: expected a single document"),
+    ("project: p\nx: \x07\n", "fstore.yaml line 2: character #x0007 is not allowed"),
+])
+def test_yaml_mistakes_name_their_line(text, message):
+    with pytest.raises(RepoError, match=message):
+        load_config(text, "fstore.yaml")
+
+
+def test_repo_errors_name_the_file_and_line(tmp_path):
+    with pytest.raises(RepoError, match=r"fstore.yaml line 2: set 'project: <name>'"):
+        repo_with(tmp_path, "registry: r.db\nproject: [a]\n")
+    with pytest.raises(RepoError, match=r"fstore.yaml line 1: mapping values"):
+        repo_with(tmp_path, "project: p: q\n")
+    (tmp_path / "fstore.yaml").write_bytes(b"project: caf\xe9\n")
+    with pytest.raises(RepoError, match="not UTF-8"):
+        Repo(tmp_path)
+    assert repo_with(tmp_path, "# only comments\nproject: p\n").config["data_dir"] == "data"
+
+
+def test_kafka_and_feature_logging_errors_name_the_line(tmp_path):
+    repo = repo_with(tmp_path, "project: p\nkafka:\n  bootstrap_servers: x:1\n  batchsize: 3\n")
+    with pytest.raises(RepoError, match=r"fstore.yaml line 4: kafka: unknown setting 'batchsize'"):
+        KafkaConfig.from_repo(repo)
+    repo = repo_with(tmp_path, "project: p\nkafka:\n  bootstrap_servers: x:1\n  properties:\n"
+                               "    enable.auto.commit: true\n")
+    with pytest.raises(RepoError, match=r"fstore.yaml line 5: kafka: enable.auto.commit is set by fstore"):
+        KafkaConfig.from_repo(repo)
+    repo = repo_with(tmp_path, "project: p\nfeature_logging:\n  path: x\n  topic: t\n  services: s\n")
+    with pytest.raises(RepoError, match=r"fstore.yaml line 4: feature_logging: topic needs"):
+        FeatureLogConfig.from_repo(repo)
