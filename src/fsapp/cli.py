@@ -5,7 +5,7 @@
     fstore plan / apply    diff / register the repo's definitions
     fstore lineage NAME    what a feature is made of and what uses it
     fstore registry ...    list, describe or show the history of definitions
-    fstore serve           run the engine and the REST API (gunicorn) on port 9094
+    fstore serve           run the engine and the REST API (gunicorn; port 9094 or online.port)
     fstore push STREAM F   push events (JSON lines, CSV, Parquet; - for stdin)
     fstore get REFS -e K=V read online features
     fstore historical F    build a point-in-time training set from an entity file
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Callable, NamedTuple
 
 
 def _demo(args) -> int:
@@ -28,20 +30,138 @@ def _demo(args) -> int:
                     out=sys.stdout)
 
 
+# ---- fstore serve: each option is a flag and a key of fstore.yaml; the flag wins, then the file, then the default
+
+def _integer(lo: int, hi: int | None = None):
+    def check(v):
+        ok = isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
+        return None if ok else (f"an integer {lo}..{hi}" if hi else f"an integer >= {lo}")
+    return check
+
+
+def _positive_number(v):
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and v != float("inf")
+    return None if ok else "a number > 0"
+
+
+def _text(v):
+    return None if isinstance(v, str) and v.strip() else "a non-empty text"
+
+
+def _one_of(*choices):
+    def check(v):
+        return None if v in choices else "one of " + ", ".join(choices)
+    return check
+
+
+class ServeOption(NamedTuple):
+    flag: str
+    key: str  # in fstore.yaml, section.name
+    type: type
+    metavar: str
+    default: object
+    check: Callable  # value -> None when fine, else what it must be
+    help: str
+
+
+# `fstore serve --help` and docs/api.md ("Running fstore serve") show this table
+SERVE_OPTIONS = (
+    ServeOption("--host", "online.host", str, "HOST", "127.0.0.1", _text, "address to bind"),
+    ServeOption("--port", "online.port", int, "PORT", 9094, _integer(1, 65535), "HTTP port"),
+    ServeOption("--workers", "online.workers", int, "N", 2, _integer(1), "gunicorn workers"),
+    ServeOption("--fsync", "online.fsync", str, "{always,interval,never}", "always",
+                _one_of("always", "interval", "never"),
+                "WAL fsync policy: pushes are acknowledged once durable under it"),
+    ServeOption("--capacity", "online.capacity", int, "ROWS", None, _integer(1),
+                "online rows each feature view starts with (default 4096; tables grow as keys arrive)"),
+    ServeOption("--max-keys", "online.max_keys", int, "N", None, _integer(1),
+                "the most keys each feature view keeps online (default: no bound); beyond it the oldest keys are "
+                "evicted, counted in /metrics and logged"),
+    ServeOption("--checkpoint-seconds", "online.checkpoint_seconds", float, "S", 60.0, _positive_number,
+                "checkpoint period"),
+    ServeOption("--api-keys-file", "auth.api_keys_file", str, "PATH", None, _text,
+                "API keys, one 'TOKEN SCOPE[,SCOPE]' a line (scopes read, write, admin; # comments); without "
+                "one the API is open"),
+)
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
+class _BadFlag(ValueError):
+    pass
+
+
+def serve_settings(args, repo) -> dict:
+    """{option: value} for `fstore serve`: each flag given, else its key in
+    the repo's fstore.yaml, else the default. A bad flag raises _BadFlag, a
+    bad file setting RepoError naming its line; `api_keys_file` is an absolute
+    path (a flag's is relative to the current directory, the file's to the repo)."""
+    from fsapp.registry.errors import RepoError
+
+    online = repo.config.get("online")
+    if online is not None and not isinstance(online, dict):
+        raise RepoError(f"{repo.config_where('online')}: online: expected a mapping of settings (port: 9094, ...)")
+    online = online or {}
+    known = [o.key.split(".", 1)[1] for o in SERVE_OPTIONS if o.key.startswith("online.")]
+    for key in online:
+        if key not in known:
+            raise RepoError(f"{repo.config_where('online', key)}: online.{key} is not a setting; the settings are "
+                            + ", ".join(known))
+    out = {}
+    for opt in SERVE_OPTIONS:
+        name, (section, key) = _dest(opt.flag), opt.key.split(".")
+        value = getattr(args, name)
+        if value is not None:
+            expected = opt.check(value)
+            if expected:
+                raise _BadFlag(f"{opt.flag} must be {expected}, got {value!r}")
+            if name == "api_keys_file":
+                value = str(Path(value).resolve())
+        elif opt.key == "auth.api_keys_file":
+            path = repo.api_keys_file  # checks the auth section (never inline keys)
+            value = str(path) if path is not None else None
+        elif section == "online" and online.get(key) is not None:
+            value = online[key]
+            expected = opt.check(value)
+            if expected:
+                raise RepoError(f"{repo.config_where(section, key)}: {opt.key} must be {expected}, got {value!r}")
+        else:
+            value = opt.default
+        out[name] = value
+    return out
+
+
 def _serve(args) -> int:
+    import os
+
+    from fsapp.api.auth import server_api_keys
+    from fsapp.registry.errors import RegistryError
+    from fsapp.registry.repo import Repo
     from fsapp.serve.supervisor import Service
 
-    if args.workers < 1 or not 0 < args.port < 65536:
-        print("fstore serve: --workers must be >= 1 and --port 1..65535", file=sys.stderr)
-        return 2
-    if (args.max_keys is not None and args.max_keys < 1) or (args.capacity is not None and args.capacity < 1):
-        print("fstore serve: --capacity and --max-keys must be >= 1", file=sys.stderr)
-        return 2
-    from fsapp.registry.errors import RegistryError
-
     try:
-        svc = Service(args.repo, host=args.host, port=args.port, workers=args.workers, fsync=args.fsync,
-                      capacity=args.capacity, max_keys=args.max_keys, checkpoint_s=args.checkpoint_seconds)
+        repo = Repo(args.repo)
+        opts = serve_settings(args, repo)
+        keys_file = opts.pop("api_keys_file")
+        keys = server_api_keys(keys_file, os.environ.get("FSTORE_API_KEYS", ""))  # checked here, once, in one line
+    except _BadFlag as e:
+        print(f"fstore serve: {e}", file=sys.stderr)
+        return 2
+    except (RegistryError, ValueError) as e:
+        print(f"fstore serve: {e}", file=sys.stderr)
+        return 1
+    # the workers read the keys file the supervisor's environment names (gunicorn inherits it)
+    if keys_file:
+        os.environ["FSTORE_API_KEYS_FILE"] = keys_file
+        print(f"fstore serve: {len(keys)} API key(s) from {keys_file}", file=sys.stderr, flush=True)
+    else:
+        os.environ.pop("FSTORE_API_KEYS_FILE", None)
+    try:
+        svc = Service(str(repo.root), host=opts["host"], port=opts["port"], workers=opts["workers"],
+                      fsync=opts["fsync"], capacity=opts["capacity"], max_keys=opts["max_keys"],
+                      checkpoint_s=opts["checkpoint_seconds"])
         return svc.run()
     except (RuntimeError, RegistryError) as e:  # one line a person can act on, no traceback
         print(f"fstore serve: {e}", file=sys.stderr)
@@ -89,19 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Starts the engine (the single writer: push -> windows -> online tables, WAL, checkpoints)\n"
                     "and gunicorn with N Falcon workers that read the online tables from shared memory.\n"
                     "A crashed engine is restarted and recovers; SIGTERM stops both cleanly.",
-        epilog="example:\n  fstore init shop && fstore apply --repo shop && fstore serve --repo shop --workers 2")
+        epilog="Each option can be set in the repo's fstore.yaml instead (key in parentheses; a flag wins):\n"
+               "  online:\n    port: 9099\n    workers: 4\n  auth:\n    api_keys_file: secrets/api_keys.txt\n"
+               "example:\n  fstore init shop && fstore apply --repo shop && fstore serve --repo shop --workers 2")
     sv.add_argument("--repo", default=".", help="feature repo directory (default: .)")
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    sv.add_argument("--port", type=int, default=9094, help="HTTP port (default 9094)")
-    sv.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    sv.add_argument("--fsync", default="always", choices=["always", "interval", "never"],
-                    help="WAL fsync policy: pushes are acknowledged once durable under it (default always)")
-    sv.add_argument("--capacity", type=int, default=None,
-                    help="online rows each feature view starts with (default 4096; tables grow as keys arrive)")
-    sv.add_argument("--max-keys", type=int, default=None,
-                    help="the most keys each feature view keeps online (default: no bound); beyond it the oldest "
-                         "keys are evicted, counted in /metrics and logged")
-    sv.add_argument("--checkpoint-seconds", type=float, default=60.0, help="checkpoint period (default 60)")
+    for opt in SERVE_OPTIONS:
+        shown = "" if opt.default is None else f"; default {opt.default}"
+        sv.add_argument(opt.flag, type=opt.type, default=None, metavar=opt.metavar,
+                        help=f"{opt.help} (fstore.yaml: {opt.key}{shown})")
     sv.set_defaults(func=_serve)
     return p
 

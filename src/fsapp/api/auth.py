@@ -5,10 +5,18 @@ comma-separated string). `admin` grants every scope; `read` and `write` are
 independent, so an ingest job's key need not be able to read features.
 Tokens are kept as SHA-256 digests and looked up by digest, so comparing a
 presented token does not leak its prefix through timing.
+
+`fstore serve` reads them from a keys file (`load_api_keys_file`): one key a
+line, the token, then its scopes separated by commas; `#` starts a comment:
+
+    # ingest job
+    3f9c0d7e1b2a  write
+    9a41e5c07d33  read,write
 """
 from __future__ import annotations
 
 import hashlib
+import re
 
 import falcon
 
@@ -26,6 +34,67 @@ def _scopes(value) -> frozenset[str]:
     if unknown or not scopes:
         raise ValueError(f"API key scopes must be among {', '.join(SCOPES)}; got {sorted(scopes)}")
     return scopes
+
+
+class KeysFileError(ValueError):
+    """A keys file that cannot be used; the message names the file and line."""
+
+
+def load_api_keys_file(path) -> dict[str, frozenset[str]]:
+    """{token: scopes} from a keys file (format above). A file that cannot be
+    read, a malformed line, a token listed twice or a file with no key raise
+    KeysFileError "PATH line N: what is wrong" (an empty file would
+    otherwise leave the API open)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise KeysFileError(f"{path}: cannot read the API keys file: {reason}") from None
+    keys: dict[str, frozenset[str]] = {}
+    for no, line in enumerate(text.splitlines(), 1):
+        body = line.split("#", 1)[0].strip()
+        if not body:
+            continue
+        parts = body.split(None, 1)
+        if len(parts) != 2 or not re.fullmatch(r"[\w.,\s-]+", parts[1]):
+            raise KeysFileError(f"{path} line {no}: expected 'TOKEN SCOPE[,SCOPE]' (scopes: {', '.join(SCOPES)})")
+        token, scopes = parts
+        if token in keys:
+            raise KeysFileError(f"{path} line {no}: this token is listed twice")
+        try:
+            keys[token] = _scopes(scopes)
+        except ValueError as e:
+            raise KeysFileError(f"{path} line {no}: {e}") from None
+    if not keys:
+        raise KeysFileError(f"{path}: no API keys in the file; add lines 'TOKEN SCOPE[,SCOPE]' "
+                            "(an empty keys file would leave the API open)")
+    return keys
+
+
+def parse_api_keys_env(text: str) -> dict | None:
+    """The older FSTORE_API_KEYS variable, `token=scope[,scope];token=...`
+    (kept working; a keys file is the documented way)."""
+    if not text.strip():
+        return None
+    keys = {}
+    for item in text.split(";"):
+        token, _, scopes = item.strip().partition("=")
+        if not token or not scopes:
+            raise ValueError("FSTORE_API_KEYS must look like 'token1=read;token2=read,write'")
+        keys[token] = _scopes(scopes)
+    return keys
+
+
+def server_api_keys(keys_file, env_keys: str = "") -> dict | None:
+    """The keys a server enforces: the keys file's, or the FSTORE_API_KEYS
+    variable's (`env_keys`); None when neither is set (an open API). Both at
+    once is refused: which one holds is not obvious to whoever reads only one."""
+    from_env = parse_api_keys_env(env_keys)
+    if keys_file and from_env:
+        raise ValueError(f"API keys are set twice: in {keys_file} and in the FSTORE_API_KEYS variable; "
+                         "keep the keys file and unset FSTORE_API_KEYS")
+    return load_api_keys_file(keys_file) if keys_file else from_env
 
 
 class ApiKeys:

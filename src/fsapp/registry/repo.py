@@ -132,6 +132,30 @@ class Repo:
     def data_dir(self) -> Path:
         return self.root / str(self.config["data_dir"])
 
+    @property
+    def api_keys_file(self) -> Path | None:
+        """`auth: api_keys_file: PATH` (relative to the repo), or None. The
+        keys themselves are never in fstore.yaml, a file that is committed
+        and shared: they live in that keys file (fsapp.api.auth's format)."""
+        auth = self.config.get("auth")
+        if auth is None:
+            return None
+        inline = ("API keys are never written in fstore.yaml (it gets committed and shared): put them in a keys "
+                  "file, one 'TOKEN SCOPE[,SCOPE]' a line, and name it with auth: api_keys_file: PATH")
+        if not isinstance(auth, dict):
+            raise RepoError(f"{self.config_where('auth')}: auth: expected 'api_keys_file: PATH'; {inline}")
+        for key in auth:
+            if key != "api_keys_file":
+                raise RepoError(f"{self.config_where('auth', key)}: auth.{key}: the one auth setting is "
+                                f"api_keys_file; {inline}")
+        path = auth.get("api_keys_file")
+        if path is None:
+            return None
+        if not isinstance(path, str) or not path.strip():
+            raise RepoError(f"{self.config_where('auth', 'api_keys_file')}: auth.api_keys_file: expected a file "
+                            f"path; {inline}")
+        return self.root / path
+
     def definition_files(self) -> list[Path]:
         skip = self.data_dir.resolve()
         out = []

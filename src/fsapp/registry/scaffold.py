@@ -10,13 +10,19 @@ from pathlib import Path
 from fsapp.registry.errors import RepoError
 
 FSTORE_YAML = """\
-# fstore repository configuration (a YAML subset: key: value, nesting by indentation).
+# fstore repository configuration (YAML).
 project: {project}
 # Registry (SQLite, WAL mode) and data directory, relative to this file.
 registry: data/registry.db
 data_dir: data
+# `fstore serve` (each setting is also a flag, which wins; see `fstore serve --help`).
 online:
   port: 9094
+  workers: 2
+  fsync: always            # always | interval | never
+# API keys live in a file, never here: one 'TOKEN SCOPE[,SCOPE]' a line (read, write, admin).
+# auth:
+#   api_keys_file: secrets/api_keys.txt
 """
 
 FEATURES_SQL = """\

@@ -1,29 +1,20 @@
 """gunicorn entry point of `fstore serve` (`fsapp.serve.wsgi:application`).
-Configured by the supervisor through FSTORE_REPO and FSTORE_ENGINE_SOCKET;
-FSTORE_API_KEYS (optional) is `token=scope[,scope];token=...`."""
+Configured by the supervisor's environment: FSTORE_REPO, FSTORE_ENGINE_SOCKET
+and, when `fstore serve` has API keys, FSTORE_API_KEYS_FILE (`--api-keys-file` or the repo's
+`auth.api_keys_file`; a worker started without it reads the repo's). The older
+FSTORE_API_KEYS (`token=scope[,scope];token=...`) still works."""
 from __future__ import annotations
 
 import gc
 import os
 
 from fsapp.api.app import create_app
+from fsapp.api.auth import server_api_keys
 from fsapp.api.deferred import AFTER_RESPONSE
 from fsapp.registry.repo import Repo
 from fsapp.serve.feature_log import FeatureLogConfig, FeatureLogger
 from fsapp.serve.shared_metrics import SharedHttpMetrics
 from fsapp.serve.worker import WorkerBackend
-
-
-def parse_api_keys(text: str) -> dict | None:
-    if not text.strip():
-        return None
-    keys = {}
-    for item in text.split(";"):
-        token, _, scopes = item.strip().partition("=")
-        if not token or not scopes:
-            raise ValueError("FSTORE_API_KEYS must look like 'token1=read;token2=read,write'")
-        keys[token] = scopes
-    return keys
 
 
 class AfterResponse:
@@ -62,6 +53,12 @@ class _Closing:
                 self.hook()
 
 
+def api_keys_for(repo: Repo, environ=os.environ) -> dict | None:
+    """The keys this server enforces (fsapp.api.auth.server_api_keys)."""
+    keys_file = environ.get("FSTORE_API_KEYS_FILE") or repo.api_keys_file
+    return server_api_keys(keys_file, environ.get("FSTORE_API_KEYS", ""))
+
+
 def build_application():
     repo = Repo(os.environ["FSTORE_REPO"])
     log_cfg = FeatureLogConfig.from_repo(repo)
@@ -69,7 +66,7 @@ def build_application():
     backend = WorkerBackend(str(repo.data_dir / "engine"), str(repo.registry_path), os.environ["FSTORE_ENGINE_SOCKET"],
                             feature_logger=logger)
     metrics = SharedHttpMetrics(str(repo.data_dir / "metrics"))
-    app = create_app(backend, api_keys=parse_api_keys(os.environ.get("FSTORE_API_KEYS", "")), http_metrics=metrics)
+    app = create_app(backend, api_keys=api_keys_for(repo), http_metrics=metrics)
     return AfterResponse(app, metrics.upkeep)
 
 
