@@ -88,8 +88,8 @@ def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(ka
         assert engine.offsets == {f"{topic}/0": 20, f"{topic}/1": 15}
         from fsapp.api.backend import EngineBackend
         text = EngineBackend(engine).metrics_text()
-        assert f'fstore_kafka_dead_letters_total{{topic="{topic}",kind="schema"}} 3' in text
-        assert f'fstore_kafka_consumed_total{{topic="{topic}"}} 35' in text
+        assert f'fstore_kafka_dead_letters_total{{kind="schema",topic="{topic}"}} 3.0' in text
+        assert f'fstore_kafka_consumed_total{{topic="{topic}"}} 35.0' in text
     finally:
         ingest.stop()
     letters = kafka_broker.read_all(f"{topic}.dlq")

@@ -13,7 +13,7 @@ from fscore.errors import WalFsyncError
 from fscore.wal import Wal
 
 from fsapp.api import EngineBackend, create_app
-from fsapp.api.metrics import MetricsRegistry, merge_snapshots
+from fsapp.api.metrics import MetricsRegistry
 from fsapp.engine import Engine
 from fsapp.registry.repo import Repo
 from fsapp.registry.scaffold import init_repo
@@ -310,16 +310,16 @@ def test_metrics_text_parses_and_counts(api):
     assert s['fstore_ingest_rows_total{stream="transactions"}'] == 1
     assert s['fstore_late_events_total{stream="transactions"}'] == 1
     assert s['fstore_freshness_lag_seconds{stream="transactions"}'] == (NOW - T0) / 1e6
-    assert 'fstore_online_evictions_total{view="user_txn@v1",reason="capacity"}' in s
-    buckets = [v for k, v in s.items() if k.startswith("fstore_http_request_duration_seconds_bucket{method=\"POST\","
-                                                       "route=\"/api/v1/push\"")]
+    assert 'fstore_online_evictions_total{reason="capacity",view="user_txn@v1"}' in s
+    buckets = [v for k, v in s.items() if k.startswith("fstore_http_request_duration_seconds_bucket{")
+               and 'method="POST",route="/api/v1/push"' in k]
     assert buckets == sorted(buckets) and buckets[-1] == 1
 
 
 def test_bookkeeping_waits_until_the_response_is_sent(engine, tmp_path):
-    """Under `fstore serve` the API's metrics (and the workers' metrics
-    snapshot) are recorded when the server closes the response, after it has
-    written the body (fsapp.serve.wsgi.AfterResponse): nothing before."""
+    """Under `fstore serve` the API's metrics are recorded when the server
+    closes the response, after it has written the body
+    (fsapp.serve.wsgi.AfterResponse): nothing before."""
     import json as _json
     from fsapp.api.metrics import HttpMetrics
     from fsapp.serve.wsgi import AfterResponse
@@ -331,25 +331,117 @@ def test_bookkeeping_waits_until_the_response_is_sent(engine, tmp_path):
                                  headers={"Content-Type": "application/json"})
     started = []
     result = app(env, lambda status, headers, exc_info=None: started.append(status))
-    assert started == ["200 OK"] and http.requests.values == {} and hooked == []
+    counted = lambda: {k: v for k, v in parse_prometheus(http.render())["samples"].items()
+                       if k.startswith(("fstore_http_requests_total", "fstore_http_request_duration_seconds_count"))}
+    assert started == ["200 OK"] and counted() == {} and hooked == []
     assert _json.loads(b"".join(result))["metadata"]["feature_names"] == ["user_id", "txn_count_1h"]
-    assert http.requests.values == {}
+    assert counted() == {}
     result.close()
-    assert http.requests.values == {("POST", "/get-online-features", "200"): 1} and hooked == [1]
-    (count,) = [v["counts"] for v in http.latency.values.values()]
-    assert sum(count) == 1
+    assert counted() == {
+        'fstore_http_requests_total{method="POST",route="/get-online-features",status="200"}': 1,
+        'fstore_http_request_duration_seconds_count{method="POST",route="/get-online-features"}': 1}
+    assert hooked == [1]
 
 
-def test_metrics_snapshots_merge_across_processes():
-    def worker(n):
-        reg = MetricsRegistry()
-        reg.counter("c_total", "c", ("route",)).inc(n, route="/x")
-        reg.histogram("h", "h").observe(0.002)
-        reg.gauge("g", "g").set(n)
-        return reg.snapshot()
+def test_store_metrics_registry_renders_counters_and_gauges():
+    """The engine-side registry (counters kept elsewhere and copied in at
+    scrape time, gauges) renders through prometheus_client: types, labels
+    escaped, a counter's set and inc."""
+    reg = MetricsRegistry()
+    c = reg.counter("fstore_x_total", "x", ("view", "reason"))
+    c.set(5, view='v"1', reason="capacity")
+    c.inc(2, view='v"1', reason="capacity")
+    reg.gauge("fstore_g", "g").set(1.5)
+    assert reg.counter("fstore_x_total", "x", ("view", "reason")) is c
+    with pytest.raises(ValueError, match="another type"):
+        reg.gauge("fstore_x_total", "x")
+    with pytest.raises(ValueError, match="takes labels"):
+        c.inc(1, view="v")
+    m = parse_prometheus(reg.render())
+    assert m["types"] == {"fstore_x_total": "counter", "fstore_g": "gauge"}
+    assert m["samples"] == {'fstore_x_total{reason="capacity",view="v\\"1"}': 7, "fstore_g": 1.5}
 
-    merged = parse_prometheus(merge_snapshots([worker(1), worker(2)]).render())["samples"]
-    assert merged['c_total{route="/x"}'] == 3 and merged["h_count"] == 2 and merged["g"] == 2
+
+_WORKER = """
+import sys, time
+from fsapp.api.metrics import HttpMetrics
+m = HttpMetrics()
+for _ in range(int(sys.argv[1])):
+    m.observe("GET", "/health", 200, time.perf_counter() - 0.002)
+m.observe("POST", "/push", 503, time.perf_counter())
+"""
+
+
+def test_http_metrics_sum_every_worker_process(tmp_path):
+    """prometheus_client's multiprocess mode, as gunicorn workers run it:
+    each process writes its own files in PROMETHEUS_MULTIPROC_DIR; the sum
+    counts the processes that have exited too (a counter never goes back)."""
+    import os
+    import subprocess
+    import sys
+
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(directory))
+    for n in (3, 4):
+        subprocess.run([sys.executable, "-c", _WORKER, str(n)], env=env, check=True, timeout=60)
+    render = ("from fsapp.serve.shared_metrics import SharedHttpMetrics; import sys; "
+              "sys.stdout.write(SharedHttpMetrics(sys.argv[1]).render())")
+    text = subprocess.run([sys.executable, "-c", render, str(directory)], env=env, check=True, timeout=60,
+                          capture_output=True, text=True).stdout
+    m = parse_prometheus(text)
+    s = m["samples"]
+    assert m["types"]["fstore_http_request_duration_seconds"] == "histogram"
+    assert m["types"]["fstore_http_requests_total"] == "counter"
+    assert s['fstore_http_requests_total{method="GET",route="/health",status="200"}'] == 7
+    assert s['fstore_http_requests_total{method="POST",route="/push",status="503"}'] == 2
+    assert s['fstore_http_request_duration_seconds_count{method="GET",route="/health"}'] == 7
+    assert s['fstore_http_request_duration_seconds_bucket{le="0.001",method="GET",route="/health"}'] == 0
+    assert s['fstore_http_request_duration_seconds_bucket{le="+Inf",method="GET",route="/health"}'] == 7
+    # a worker without the directory set up is refused, not silently uncounted
+    bad = subprocess.run([sys.executable, "-c", render, str(tmp_path / "elsewhere")], env=env, timeout=60,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "PROMETHEUS_MULTIPROC_DIR must name" in bad.stderr
+
+
+_STARTING_WORKER = """
+import errno, os, sys
+if sys.argv[2] == "full":
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    os.posix_fallocate = full
+from fsapp.serve.shared_metrics import SharedHttpMetrics
+m = SharedHttpMetrics(sys.argv[1])
+m.observe("GET", "/health", 200, 0.0)
+sys.stdout.write(str(os.getpid()) + "\\n" + m.render())
+"""
+
+
+def test_a_worker_allocates_its_metrics_files_at_start_and_a_full_disk_turns_its_counting_off(tmp_path):
+    """prometheus_client's files are sparse mmaps, and a write to a page a full
+    disk cannot allocate is a SIGBUS (a dead worker): a worker allocates them
+    when it starts; when it cannot, it serves without counting."""
+    import os
+    import subprocess
+    import sys
+
+    from fsapp.serve.shared_metrics import PREALLOCATE_BYTES
+
+    directory = tmp_path / "metrics"
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(directory))
+    run = lambda mode: subprocess.run([sys.executable, "-c", _STARTING_WORKER, str(directory), mode], env=env,
+                                      check=True, timeout=60, capture_output=True, text=True)
+    ok = run("ok")
+    pid = ok.stdout.split("\n", 1)[0]
+    for kind in ("counter", "histogram"):
+        st = os.stat(directory / f"{kind}_{pid}.db")
+        assert st.st_size == PREALLOCATE_BYTES and st.st_blocks * 512 >= PREALLOCATE_BYTES
+    full = run("full")
+    pid_full, text = full.stdout.split("\n", 1)
+    assert "no room for its HTTP metrics" in full.stderr and "No space left" in full.stderr
+    assert not list(directory.glob(f"*_{pid_full}.db"))
+    assert parse_prometheus(text)["samples"][
+        'fstore_http_requests_total{method="GET",route="/health",status="200"}'] == 1  # the first worker's
 
 
 def test_openapi_describes_every_route(api):
@@ -421,13 +513,11 @@ def test_http_metrics_count_every_request_of_a_series():
         m.observe("POST", "/get-online-features", 200, t)
     m.observe("POST", "/get-online-features", 404, t)
     m.observe("GET", "/health", 200, t)
-    text = m.render()
-    assert 'fstore_http_request_duration_seconds_count{method="POST",route="/get-online-features"} 4' in text
-    assert 'fstore_http_requests_total{method="POST",route="/get-online-features",status="200"} 3' in text
-    assert 'fstore_http_requests_total{method="POST",route="/get-online-features",status="404"} 1' in text
-    assert 'fstore_http_request_duration_seconds_bucket{method="GET",route="/health",le="+Inf"} 1' in text
-    snap = m.registry.snapshot()
-    assert MetricsRegistry().merge(snap).render() == m.registry.render()
+    s = parse_prometheus(m.render())["samples"]
+    assert s['fstore_http_request_duration_seconds_count{method="POST",route="/get-online-features"}'] == 4
+    assert s['fstore_http_requests_total{method="POST",route="/get-online-features",status="200"}'] == 3
+    assert s['fstore_http_requests_total{method="POST",route="/get-online-features",status="404"}'] == 1
+    assert s['fstore_http_request_duration_seconds_bucket{le="+Inf",method="GET",route="/health"}'] == 1
 
 
 # ---- issue 13: the bad-input battery (each answers 4xx JSON, never 500)

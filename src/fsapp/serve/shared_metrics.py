@@ -1,63 +1,84 @@
-"""HTTP metrics summed over every gunicorn worker.
+"""HTTP metrics summed over every gunicorn worker: prometheus_client's
+multiprocess mode, the gunicorn convention.
 
-Each worker keeps its own registry (no cross-process locking on the request
-path) and, at most once a second, writes a snapshot to
-`<dir>/worker-<pid>.json` (temp file + rename) in `upkeep()`, which the WSGI
-entry (fsapp.serve.wsgi) calls once a response has been sent: writing it
-costs ~1 ms, and inside a request it would land on ~1% of requests, the
-p99. `/metrics` on any worker writes its own snapshot, then merges the
-snapshots of the workers still alive, so a scrape sees the whole server
-whichever worker answers it."""
+The supervisor empties `<data_dir>/metrics` and names it in the workers'
+PROMETHEUS_MULTIPROC_DIR, which prometheus_client reads when it is imported:
+each worker then keeps its values in its own mmap'ed files there (no lock
+between processes, no file write beyond a few bytes per observation; the
+observation itself runs after the response, fsapp.api.deferred), and
+`/metrics` on any worker sums the files of every worker the server has had,
+so a scrape sees the whole server whichever worker answers it, and a
+counter never goes back when a worker is replaced. There are no gauges
+among these metrics, so no dead worker's value needs marking
+(`prometheus_client.multiprocess.mark_process_dead`).
+
+prometheus_client's files are sparse mmaps: writing to a page the disk
+cannot allocate (a full disk) is a SIGBUS, which would kill the worker
+right after a response. So each worker allocates its files' blocks when it
+starts (PREALLOCATE_BYTES, far more than our series need); when the disk is
+full already, that worker counts nothing, says so once, and serves on."""
 from __future__ import annotations
 
-import glob
-import json
+import errno
 import os
-import time
+import sys
 
-from fscore.proc import pid_alive
+from prometheus_client import CollectorRegistry, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
-from fsapp.api.metrics import HttpMetrics, merge_snapshots
+from fsapp.api.metrics import HttpMetrics
 
-DUMP_EVERY_S = 1.0
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Per file (a counter and a histogram file per worker): ~6,000 series of our
+# label sets; the routes are templates and the statuses few, so ~30 method x
+# route pairs (17 series each) and their statuses fill a few percent of it.
+PREALLOCATE_BYTES = 1 << 20
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class SharedHttpMetrics(HttpMetrics):
     def __init__(self, directory: str):
-        super().__init__()
-        self.directory = directory
+        named = os.environ.get(MULTIPROC_ENV)
+        if (not named or os.path.realpath(named) != os.path.realpath(directory)
+                or values.ValueClass is values.MutexValue):
+            raise RuntimeError(f"{MULTIPROC_ENV} must name {directory} before prometheus_client is imported "
+                               f"(fstore serve sets it for its workers); it is {named!r}")
         os.makedirs(directory, exist_ok=True)
-        self._last_dump = 0.0
-
-    def _path(self, pid: int) -> str:
-        return os.path.join(self.directory, f"worker-{pid}.json")
-
-    def dump(self) -> None:
-        pid = os.getpid()
-        tmp = self._path(pid) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.registry.snapshot(), f)
-        os.replace(tmp, self._path(pid))
-        self._last_dump = time.monotonic()
-
-    def upkeep(self) -> None:
-        """Write the snapshot if the last one is older than DUMP_EVERY_S."""
-        if time.monotonic() - self._last_dump >= DUMP_EVERY_S:
-            self.dump()
+        self.directory = directory
+        super().__init__()
+        try:
+            _preallocate(directory, os.getpid())
+        except OSError as e:
+            if e.errno not in _FULL:
+                raise
+            self.observe = _count_nothing
+            print(f"fstore worker {os.getpid()}: no room for its HTTP metrics in {directory} ({e.strerror}): this "
+                  "worker does not count requests until it restarts", file=sys.stderr, flush=True)
 
     def render(self) -> str:
-        self.dump()
-        snapshots = []
-        for path in glob.glob(os.path.join(self.directory, "worker-*.json")):
-            try:
-                pid = int(os.path.basename(path)[len("worker-"):-len(".json")])
-            except ValueError:
-                continue
-            if not pid_alive(pid):
-                continue
-            try:
-                with open(path) as f:
-                    snapshots.append(json.load(f))
-            except (OSError, ValueError):
-                continue  # a worker mid-write: its next dump will count
-        return merge_snapshots(snapshots).render()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.directory)
+        return generate_latest(registry).decode()
+
+
+def _preallocate(directory: str, pid: int) -> None:
+    """Allocates the blocks of this process's prometheus_client files (the
+    names its MmapedDict uses; it then maps them at their full size). A file
+    it could not allocate is removed: an empty one would break the sum."""
+    for kind in ("counter", "histogram"):
+        path = os.path.join(directory, f"{kind}_{pid}.db")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < PREALLOCATE_BYTES:
+                os.posix_fallocate(fd, 0, PREALLOCATE_BYTES)  # glibc writes zeros where the filesystem cannot
+        except OSError as e:
+            os.unlink(path)
+            if e.errno in _FULL:
+                raise
+            # any other refusal: prometheus_client makes its own (sparse) file
+        finally:
+            os.close(fd)
+
+
+def _count_nothing(*args, **kwargs) -> None:
+    pass

@@ -121,7 +121,8 @@ class Service:
     def start_gunicorn(self) -> None:
         import shutil
         shutil.rmtree(self.repo.data_dir / "metrics", ignore_errors=True)  # counters start with the server
-        env = dict(os.environ, FSTORE_REPO=str(self.repo.root.resolve()), FSTORE_ENGINE_SOCKET=self.socket)
+        env = dict(os.environ, FSTORE_REPO=str(self.repo.root.resolve()), FSTORE_ENGINE_SOCKET=self.socket,
+                   PROMETHEUS_MULTIPROC_DIR=str(self.repo.data_dir / "metrics"))  # fsapp.serve.shared_metrics
         # --max-requests 0: never recycle workers (a recycle costs a pause);
         # the app is built per worker after fork (no --preload): each maps the tables itself
         self.gunicorn = subprocess.Popen(

@@ -1,6 +1,7 @@
 """gunicorn entry point of `fstore serve` (`fsapp.serve.wsgi:application`).
-Configured by the supervisor's environment: FSTORE_REPO, FSTORE_ENGINE_SOCKET
-and, when `fstore serve` has API keys, FSTORE_API_KEYS_FILE (`--api-keys-file` or the repo's
+Configured by the supervisor's environment: FSTORE_REPO, FSTORE_ENGINE_SOCKET,
+PROMETHEUS_MULTIPROC_DIR (fsapp.serve.shared_metrics) and, when `fstore serve`
+has API keys, FSTORE_API_KEYS_FILE (`--api-keys-file` or the repo's
 `auth.api_keys_file`; a worker started without it reads the repo's). The older
 FSTORE_API_KEYS (`token=scope[,scope];token=...`) still works."""
 from __future__ import annotations
@@ -19,12 +20,12 @@ from fsapp.serve.worker import WorkerBackend
 
 class AfterResponse:
     """WSGI wrapper: the request's deferred tasks (fsapp.api.deferred), then
-    `hook()`, run after each response has been written (the server calls
-    the body's `close()` once it has sent it), so bookkeeping (metrics, the
-    feature log, the metrics snapshot) never delays an answer."""
+    `hook()` if given, run after each response has been written (the server
+    calls the body's `close()` once it has sent it), so bookkeeping (metrics,
+    the feature log) never delays an answer."""
 
-    def __init__(self, app, hook):
-        self.app, self.hook = app, hook
+    def __init__(self, app, hook=None):
+        self.app, self.hook = app, hook or _nothing
 
     def __call__(self, environ, start_response):
         tasks = environ[AFTER_RESPONSE] = []
@@ -53,6 +54,10 @@ class _Closing:
                 self.hook()
 
 
+def _nothing() -> None:
+    pass
+
+
 def api_keys_for(repo: Repo, environ=os.environ) -> dict | None:
     """The keys this server enforces (fsapp.api.auth.server_api_keys)."""
     keys_file = environ.get("FSTORE_API_KEYS_FILE") or repo.api_keys_file
@@ -67,7 +72,7 @@ def build_application():
                             feature_logger=logger)
     metrics = SharedHttpMetrics(str(repo.data_dir / "metrics"))
     app = create_app(backend, api_keys=api_keys_for(repo), http_metrics=metrics)
-    return AfterResponse(app, metrics.upkeep)
+    return AfterResponse(app)
 
 
 application = build_application() if "FSTORE_REPO" in os.environ else None
