@@ -78,6 +78,8 @@ def test_keys_file_format(tmp_path):
                     "k-root admin\n")
     assert load_api_keys_file(path) == {"k-ingest": {"write"}, "k-model": {"read"}, "k-ops": {"read", "write"},
                                         "k-root": {"admin"}}
+    path.write_bytes("\ufeffk1 read\r\nk2 write\r\n".encode())  # as a Windows editor saves it
+    assert load_api_keys_file(path) == {"k1": {"read"}, "k2": {"write"}}
 
 
 @pytest.mark.parametrize("text, message", [

@@ -46,7 +46,7 @@ def load_api_keys_file(path) -> dict[str, frozenset[str]]:
     KeysFileError "PATH line N: what is wrong" (an empty file would
     otherwise leave the API open)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: an editor's byte-order mark is not part of a token
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
