@@ -14,7 +14,7 @@ from fsapp.registry.repo import Repo
 from fsapp.registry.scaffold import init_repo
 from fsapp.serve.protocol import EngineClient, EngineUnavailable
 from fsapp.serve.reader import OnlineReader
-from fsapp.serve.supervisor import _wait_for_socket, socket_path_for
+from fsapp.serve.supervisor import _wait_for_engine, socket_path_for
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def start_engine(repo):
     sock = socket_path_for(repo)
     proc = subprocess.Popen([sys.executable, "-m", "fsapp.serve.engine_server", "--repo", str(repo.root),
                              "--socket", sock, "--fsync", "always"])
-    _wait_for_socket(sock, proc, 60)
+    _wait_for_engine(sock, proc, 60)
     return proc, sock
 
 

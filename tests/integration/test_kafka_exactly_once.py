@@ -12,7 +12,7 @@ import time
 
 from fsapp.registry.repo import Repo
 from fsapp.serve.protocol import EngineClient
-from fsapp.serve.supervisor import _wait_for_socket, socket_path_for
+from fsapp.serve.supervisor import _wait_for_engine, socket_path_for
 
 DEFS = """
 CREATE ENTITY account (account_id BIGINT);
@@ -60,7 +60,7 @@ def test_kill9_at_random_points_neither_loses_nor_double_counts(kafka_broker, tm
         proc = subprocess.Popen([sys.executable, "-m", "fsapp.serve.engine_server", "--repo", str(root),
                                  "--socket", sock, "--fsync", "always", "--checkpoint-seconds", "0.5"],
                                 stdout=log, stderr=subprocess.STDOUT)
-        _wait_for_socket(sock, proc, 60)
+        _wait_for_engine(sock, proc, 60)
         return proc
 
     sizes = collections.Counter()
