@@ -1,12 +1,18 @@
 # The contract of fscore.window: the state layout and the kernels over it.
 #
-# State of a view = one int64 numpy matrix `cells` of shape (n_slots * ring, width):
-# each row is one cell (a hop bucket, the lifetime bucket, or one session) and
-# every field is one 8-byte Word. Keeping a cell in one contiguous row means an
-# event touches one or two cache lines, and serialising or copying a key's
-# state is a plain slice of rows. Field offsets are described by Layout.
+# A cell is one partial aggregate (a hop bucket, the lifetime bucket, or one
+# session): one row of W int64 words (Word), every field one word. Field
+# offsets are described by Layout.
+#
+# Sparse state: a key owns a *run* of cells in one shared pool (int64 matrix
+# `pool` of shape (pool_cap, W)): `run_at[s]` its first cell, `run_len[s]`
+# the cells in use, `run_cap[s]` the run's size. A key holds only the cells it
+# has events in — buckets in ascending order (sessions: by start) — so a key
+# with one event costs one cell per window, not a whole ring. A run grows by
+# doubling up to `ring_len` (the most cells a key can need; semantics.md §5)
+# when a new cell does not fit; freed runs go to a free list per size.
 
-from libc.stdint cimport int64_t, uint64_t, uint8_t
+from libc.stdint cimport int64_t, int32_t, uint64_t, uint8_t
 
 ctypedef union Word:
     int64_t i
@@ -69,6 +75,10 @@ cdef uint64_t hash_int64(int64_t x) noexcept nogil
 cdef int session_insert(Word* cells, Py_ssize_t ring, int64_t* nsess, int64_t* evicted_last_ts,
                         const Word* span, int64_t gap, const Layout* L) noexcept nogil
 
+# Size classes of runs: capacities 1, 2, 4, ... below ring_len, then ring_len.
+cdef enum:
+    MAX_CLASSES = 64
+
 
 cdef class WindowView:
     cdef readonly object spec
@@ -95,14 +105,34 @@ cdef class WindowView:
     cdef object out_meta          # list of (name, kind, row, k, is_int)
     cdef object hll_cols          # column indices that feed approx_count_distinct
 
-    cdef object cells             # int64 (n_slots * ring_len, width)
-    cdef object evicted_last_ts   # int64 (n_slots,): sessions: end of newest dropped session
-    cdef object nsess             # int64 (n_slots,): sessions: open cells per key
+    cdef object pool              # int64 (pool_cap, width): every key's cells
+    cdef Py_ssize_t pool_top      # cells [0, pool_top) have been handed out
+    cdef Py_ssize_t pool_cap
+    cdef int64_t* P               # the pool's data (refreshed when it grows)
+    cdef int64_t* at_p            # the per-slot arrays' data (refreshed when they grow)
+    cdef int64_t* len_p
+    cdef int64_t* cap_p
+    cdef int64_t* floor_p
+    cdef int64_t* tmpl_p          # the template's data
+    cdef object run_at            # int64 (n_slots,): first cell of the key's run, -1 for none
+    cdef object run_len           # int64 (n_slots,): cells in use
+    cdef object run_cap           # int64 (n_slots,): cells in the run
+    cdef object floor_            # int64 (n_slots,): bucketed: the newest bucket dropped from the key
+                                  # (EMPTY: none); sessions: end of the newest dropped session
+    cdef int n_classes
+    cdef int64_t class_cap[MAX_CLASSES]
+    cdef int64_t free_head[MAX_CLASSES]   # a free run's first word links to the next (-1: none)
     cdef object template          # int64 (width,): a reset cell
     cdef object scratch           # int64 (2, width): query / event accumulators
 
     cdef _build_layout(self)
+    cdef int _class_of(self, int64_t cap) noexcept nogil
+    cdef int64_t _alloc(self, int64_t cap) noexcept nogil
+    cdef void _free(self, int64_t at, int64_t cap) noexcept nogil
+    cdef int _room(self, Py_ssize_t s, int64_t need) noexcept nogil
+    cdef int _to_ring(self, Py_ssize_t s) noexcept nogil
     cdef int _query(self, const int64_t[::1] slots, const int64_t[::1] tq, double[:, ::1] of,
                     int64_t[:, ::1] oi, uint8_t[::1] exact) except -1
-    cdef int _apply(self, const int64_t[::1] slots, const int64_t[::1] ts, const double[:, ::1] x,
-                    const uint64_t[:, ::1] h, uint8_t[::1] late) except -1
+    cdef Py_ssize_t _apply(self, Py_ssize_t start, const int64_t[::1] slots, const int64_t[::1] ts,
+                           const double[:, ::1] x, const uint64_t[:, ::1] h, uint8_t[::1] late) except -2
+    cdef int _insert_cell(self, Py_ssize_t s, const Word* src) noexcept nogil

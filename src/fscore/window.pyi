@@ -19,11 +19,13 @@ class WindowView:
     hll_p: int                     # int: HyperLogLog precision, 2**hll_p registers
     max_sessions: int              # int: session cells per key
     n_slots: int                   # Py_ssize_t
-    ring_len: int                  # Py_ssize_t: cells per key
+    ring_len: int                  # Py_ssize_t: the most cells a key holds (a key holds only its cells with events)
     watermark: int                 # int64: max applied ts (EMPTY before any event)
     late_count: int                # int64: events reported late so far
     width: int                     # words (8 bytes) per cell
-    bytes_per_slot: int
+    bytes_per_slot: int            # the most a key can hold: ring_len cells
+    nbytes: int                    # the view's memory: its cell pool and per-key arrays
+    cells_in_use: int              # cells the keys hold
 
     def __init__(self, spec: WindowSpec, aggs: Sequence[Agg | str], n_slots: int = 0,
                  allowed_lateness: int | str = 0, hll_p: int = 8, max_sessions: int = 4) -> None: ...
@@ -37,11 +39,15 @@ class WindowView:
                     ) -> tuple[dict[str, np.ndarray], npt.NDArray[np.bool_]]:
         """(values by aggregation name, exact mask)."""
     def key_last_ts(self) -> npt.NDArray[np.int64]: ...
+    def newest_before(self, slots: npt.ArrayLike, t: int
+                      ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """(newest applied event before t per slot as far as the cells tell, whether a cell spans t)."""
     def meta(self) -> dict: ...
     def to_bytes(self) -> bytes: ...
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> "WindowView": ...
-    def export_slots(self, slots: npt.ArrayLike) -> dict[str, np.ndarray]: ...
+    def export_slots(self, slots: npt.ArrayLike) -> dict[str, np.ndarray]:
+        """{"lens": cells per slot, "floor": per slot, "cells": (sum(lens), width) int64}."""
     def import_slots(self, slots: npt.ArrayLike, state: Mapping[str, np.ndarray]) -> None: ...
     def merge_from(self, other: "WindowView") -> int: ...
 

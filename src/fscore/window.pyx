@@ -1,9 +1,17 @@
 """Streaming window aggregation kernels: `WindowView`.
 
-One view = one window shape + several aggregations sharing one ring of
-per-hop partial aggregates per key. Keys are dense slot ids 0..n_slots-1 given
-by the caller (the online table maps entity keys to slots). The rules are in
-docs/semantics.md; `fscore.window_ref.RefView` is their executable twin.
+One view = one window shape + several aggregations sharing per-key partial
+aggregates (cells: one per hop bucket, session, or the lifetime). Keys are
+dense slot ids 0..n_slots-1 given by the caller (the online table maps entity
+keys to slots). The rules are in docs/semantics.md; `fscore.window_ref.RefView`
+is their executable twin.
+
+State is sparse (window.pxd): a key holds only the cells it has events in, in
+a run of one shared pool, so memory follows the data — a key with one event
+costs one cell per window. A bucketed key whose run reaches the ring the
+window needs (ring_len cells) turns into that ring: cell = bucket mod
+ring_len, as a dense layout would hold it (len = RING), so a busy key updates
+in O(1) and never holds more.
 
 A WindowView is single-writer and not thread-safe: update/value_as_of share
 scratch buffers (the engine is the single writer; readers read copies).
@@ -46,8 +54,12 @@ cdef dict _NEEDS = {
 _FIELDS = ("n", "sum", "wmean", "m2", "vmin", "vmax", "first_ts", "first_val",
            "last_ts", "last_val")
 _MAGIC = b"FSWV"
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3  # 3: sparse runs; 2 (dense rings) is still read
 EMPTY = INT64_MIN
+
+
+cdef enum:
+    RING = -1   # run_len of a key held as a full ring (bucketed windows)
 
 
 cdef inline bint include_partial(Word* acc, const Word* c, int64_t b, int64_t t,
@@ -63,12 +75,14 @@ cdef inline bint include_partial(Word* acc, const Word* c, int64_t b, int64_t t,
     return c[W_FIRST_TS].i >= t
 
 
+
 cdef class WindowView:
     """Window aggregation state for `n_slots` keys; see window.pyi."""
 
     def __cinit__(self, *args, **kwargs):
         self.layout.cols = NULL
         self.outs = NULL
+        self.P = NULL
 
     def __dealloc__(self):
         free(self.layout.cols)
@@ -94,10 +108,11 @@ cdef class WindowView:
         self.watermark = EMPTY
         self.late_count = 0
         self._build_layout()
+        self._init_classes()
+        self._set_pool(np.empty((16, self.layout.width), dtype=np.int64), 0)
         self.n_slots = 0
-        self.cells = np.empty((0, self.layout.width), dtype=np.int64)
-        self.evicted_last_ts = np.empty(0, dtype=np.int64)
-        self.nsess = np.empty(0, dtype=np.int64)
+        self._set_slots(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
+                        np.empty(0, np.int64))
         self.grow(n_slots)
 
     cdef _build_layout(self):
@@ -167,7 +182,110 @@ cdef class WindowView:
         self.template = np.empty(self.layout.width, dtype=np.int64)
         cdef int64_t[::1] tv = self.template
         cell_reset(<Word*>&tv[0], &self.layout)
+        self.tmpl_p = &tv[0]
         self.scratch = np.empty((2, self.layout.width), dtype=np.int64)
+
+    # ---- the pool of runs -----------------------------------------------------
+
+    def _init_classes(self):
+        cdef int64_t c = 1
+        cdef int k = 0
+        while c < self.ring_len:
+            self.class_cap[k] = c
+            self.free_head[k] = -1
+            c *= 2
+            k += 1
+        self.class_cap[k] = self.ring_len
+        self.free_head[k] = -1
+        self.n_classes = k + 1
+
+    cdef int _class_of(self, int64_t cap) noexcept nogil:
+        cdef int k = 0
+        while k < self.n_classes - 1 and self.class_cap[k] < cap:
+            k += 1
+        return k
+
+    cdef int64_t _alloc(self, int64_t cap) noexcept nogil:
+        """A run of exactly `cap` cells (a class size): a free one, or new
+        cells from the top of the pool; -1 when the pool is full (the caller
+        grows it, with the GIL, and retries)."""
+        cdef int k = self._class_of(cap)
+        cdef int64_t at = self.free_head[k]
+        if at >= 0:
+            self.free_head[k] = self.P[at * self.layout.width]
+            return at
+        if self.pool_top + cap > self.pool_cap:
+            return -1
+        at = self.pool_top
+        self.pool_top += cap
+        return at
+
+    cdef void _free(self, int64_t at, int64_t cap) noexcept nogil:
+        cdef int k = self._class_of(cap)
+        self.P[at * self.layout.width] = self.free_head[k]
+        self.free_head[k] = at
+
+    cdef int _room(self, Py_ssize_t s, int64_t need) noexcept nogil:
+        """Makes slot s's run hold at least `need` cells (need <= ring_len),
+        moving it to a bigger class; -1 when the pool is full."""
+        cdef int64_t cap = self.cap_p[s], at2, W = self.layout.width
+        cdef int k
+        if cap >= need:
+            return 0
+        k = self._class_of(need)
+        at2 = self._alloc(self.class_cap[k])
+        if at2 < 0:
+            return -1
+        if self.len_p[s]:
+            memcpy(self.P + at2 * W, self.P + self.at_p[s] * W, self.len_p[s] * W * sizeof(int64_t))
+        if cap:
+            self._free(self.at_p[s], cap)
+        self.at_p[s] = at2
+        self.cap_p[s] = self.class_cap[k]
+        return 0
+
+    cdef int _to_ring(self, Py_ssize_t s) noexcept nogil:
+        """Turns slot s's sorted run into a full ring (cell = bucket mod
+        ring_len, the others empty); -1 when the pool is full."""
+        cdef int64_t R = self.ring_len, W = self.layout.width, m = self.len_p[s], at2, j, b
+        cdef int64_t* src
+        at2 = self._alloc(R)
+        if at2 < 0:
+            return -1
+        for j in range(R):
+            memcpy(self.P + (at2 + j) * W, self.tmpl_p, W * sizeof(int64_t))
+        src = self.P + self.at_p[s] * W
+        for j in range(m):
+            b = src[j * W + W_BUCKET]
+            memcpy(self.P + (at2 + floor_mod(b, R)) * W, src + j * W, W * sizeof(int64_t))
+        if self.cap_p[s]:
+            self._free(self.at_p[s], self.cap_p[s])
+        self.at_p[s] = at2
+        self.cap_p[s] = R
+        self.len_p[s] = RING
+        return 0
+
+    def _set_pool(self, pool, Py_ssize_t top):
+        cdef int64_t[:, ::1] pv = pool
+        self.pool = pool
+        self.pool_cap = pool.shape[0]
+        self.pool_top = top
+        self.P = &pv[0, 0] if pool.shape[0] else NULL
+
+    def _grow_pool(self, Py_ssize_t extra):
+        """Room for at least `extra` more cells past the top (doubling)."""
+        cdef Py_ssize_t cap = max(2 * self.pool_cap, self.pool_top + extra, 16)
+        pool = np.empty((cap, self.layout.width), dtype=np.int64)
+        pool[:self.pool_top] = self.pool[:self.pool_top]
+        self._set_pool(pool, self.pool_top)
+
+    def _set_slots(self, at, ln, cap, floor):
+        cdef int64_t[::1] a = at, l = ln, c = cap, f = floor
+        self.run_at, self.run_len, self.run_cap, self.floor_ = at, ln, cap, floor
+        self.at_p = &a[0] if at.shape[0] else NULL
+        self.len_p = &l[0] if ln.shape[0] else NULL
+        self.cap_p = &c[0] if cap.shape[0] else NULL
+        self.floor_p = &f[0] if floor.shape[0] else NULL
 
     # ---- sizing, eviction ---------------------------------------------------
 
@@ -178,7 +296,19 @@ cdef class WindowView:
 
     @property
     def bytes_per_slot(self):
+        """The most a key can hold: a full ring of cells."""
         return self.ring_len * self.layout.width * 8
+
+    @property
+    def nbytes(self):
+        """Bytes this view holds: its pool (cells handed out or free) and its per-key arrays."""
+        return self.pool_cap * self.layout.width * 8 + 4 * 8 * self.n_slots
+
+    @property
+    def cells_in_use(self):
+        """Cells the keys hold (a key in ring mode: its whole ring)."""
+        ln = np.asarray(self.run_len)
+        return int(np.where(ln == RING, self.ring_len, ln).sum())
 
     def grow(self, Py_ssize_t n_slots):
         """Make room for slots up to n_slots - 1 (never shrinks); new slots are empty."""
@@ -186,22 +316,26 @@ cdef class WindowView:
             raise ValueError(f"n_slots must be >= 0, got {n_slots}")
         if n_slots <= self.n_slots:
             return
-        old = self.n_slots
-        cells = np.empty((n_slots * self.ring_len, self.layout.width), dtype=np.int64)
-        cells[: old * self.ring_len] = self.cells
-        cells[old * self.ring_len:] = self.template
-        self.cells = cells
-        self.evicted_last_ts = np.concatenate(
-            [self.evicted_last_ts, np.full(n_slots - old, EMPTY, np.int64)])
-        self.nsess = np.concatenate([self.nsess, np.zeros(n_slots - old, np.int64)])
+        more = n_slots - self.n_slots
+        self._set_slots(np.concatenate([self.run_at, np.full(more, -1, np.int64)]),
+                        np.concatenate([self.run_len, np.zeros(more, np.int64)]),
+                        np.concatenate([self.run_cap, np.zeros(more, np.int64)]),
+                        np.concatenate([self.floor_, np.full(more, EMPTY, np.int64)]))
         self.n_slots = n_slots
 
     def reset_slots(self, slots):
         """Forget everything about these keys (eviction, or slot reuse)."""
         s = self._check_slots(slots)
-        self.cells.reshape(self.n_slots, self.ring_len, self.layout.width)[s] = self.template
-        self.evicted_last_ts[s] = EMPTY
-        self.nsess[s] = 0
+        cdef const int64_t[::1] sv = s
+        cdef Py_ssize_t i, k
+        for i in range(sv.shape[0]):
+            k = sv[i]
+            if self.cap_p[k]:
+                self._free(self.at_p[k], self.cap_p[k])
+            self.at_p[k] = -1
+            self.cap_p[k] = 0
+            self.len_p[k] = 0
+            self.floor_p[k] = EMPTY
 
     def idle_slots(self, int64_t now, ttl):
         """Slots whose newest applied event is older than now - ttl (event time)."""
@@ -209,14 +343,45 @@ cdef class WindowView:
         return np.flatnonzero((klt != EMPTY) & (klt < now - duration(ttl))).astype(np.int64)
 
     def key_last_ts(self):
-        """Newest applied event time per slot (EMPTY if none), derived from the
-        cells: the ingest loop then touches one cache line per event, and TTL
-        sweeps, which are rare, pay the scan instead."""
-        last = self.cells.reshape(self.n_slots, self.ring_len, self.layout.width)[:, :, W_LAST_TS]
-        if self.kind == K_SESSION:
-            live = np.arange(self.ring_len)[None, :] < self.nsess[:, None]
-            last = np.where(live, last, EMPTY)
-        return last.max(axis=1, initial=EMPTY)
+        """Newest applied event time per slot (EMPTY if none), from its cells."""
+        out = np.full(self.n_slots, EMPTY, dtype=np.int64)
+        cdef int64_t[::1] o = out
+        cdef Py_ssize_t s, j, W = self.layout.width
+        cdef int64_t* c
+        with nogil:
+            for s in range(self.n_slots):
+                c = self.P + self.at_p[s] * W
+                for j in range(self.ring_len if self.len_p[s] == RING else self.len_p[s]):
+                    if c[j * W + W_COUNT] and c[j * W + W_LAST_TS] > o[s]:
+                        o[s] = c[j * W + W_LAST_TS]
+        return out
+
+    def newest_before(self, slots, int64_t t):
+        """Per slot: the newest applied event with ts < t as far as the cells
+        tell (EMPTY for none), and whether a cell spans t, so that an event
+        of it before t may be newer than that (the value is then a lower bound)."""
+        s = self._check_slots(slots)
+        cdef const int64_t[::1] sv = s
+        cdef Py_ssize_t n = sv.shape[0], q, j, W = self.layout.width
+        newest = np.full(n, EMPTY, dtype=np.int64)
+        unknown = np.zeros(n, dtype=np.uint8)
+        cdef int64_t[::1] nw = newest
+        cdef uint8_t[::1] uk = unknown
+        cdef int64_t* c
+        with nogil:
+            for q in range(n):
+                c = self.P + self.at_p[sv[q]] * W
+                for j in range(self.ring_len if self.len_p[sv[q]] == RING else self.len_p[sv[q]]):
+                    if c[j * W + W_COUNT] == 0 or c[j * W + W_BUCKET] == INT64_MIN:
+                        continue
+                    if c[j * W + W_LAST_TS] < t:
+                        if c[j * W + W_LAST_TS] > nw[q]:
+                            nw[q] = c[j * W + W_LAST_TS]
+                    elif c[j * W + W_FIRST_TS] < t:
+                        uk[q] = 1
+                        if c[j * W + W_FIRST_TS] > nw[q]:
+                            nw[q] = c[j * W + W_FIRST_TS]
+        return newest, unknown.view(np.bool_)
 
     def _check_slots(self, slots):
         s = np.ascontiguousarray(slots, dtype=np.int64)
@@ -233,13 +398,15 @@ cdef class WindowView:
         (not applied; route them to the offline log for healing)."""
         s = self._check_slots(slots)
         t = np.ascontiguousarray(ts, dtype=np.int64)
-        cdef Py_ssize_t n = len(t), j
+        cdef Py_ssize_t n = len(t), i = 0
         if t.ndim != 1 or len(s) != n:
             raise SchemaError(f"slots and ts must be 1-d of equal length, got {len(s)} and {t.shape}")
         x, h = self._columns_matrix(columns or {}, n)
         late = np.zeros(n, dtype=np.uint8)
-        if n:
-            self._apply(s, t, x, h, late)
+        while i < n:
+            i = self._apply(i, s, t, x, h, late)
+            if i < n:  # the pool is full: grow it (a new run is at most ring_len cells) and go on
+                self._grow_pool(self.ring_len)
         return late.view(np.bool_)
 
     def _columns_matrix(self, columns, Py_ssize_t n):
@@ -265,77 +432,185 @@ cdef class WindowView:
             h[r] = hash_array(raw[j])
         return x, h
 
-    cdef int _apply(self, const int64_t[::1] slots, const int64_t[::1] ts, const double[:, ::1] x,
-                    const uint64_t[:, ::1] h, uint8_t[::1] late) except -1:
-        cdef Py_ssize_t n = ts.shape[0], i, R = self.ring_len, W = self.layout.width
+    cdef Py_ssize_t _apply(self, Py_ssize_t start, const int64_t[::1] slots, const int64_t[::1] ts,
+                           const double[:, ::1] x, const uint64_t[:, ::1] h, uint8_t[::1] late) except -2:
+        """Applies events start.. in order; returns n, or the index of the
+        event that found the pool full (nothing of it applied)."""
+        cdef Py_ssize_t n = ts.shape[0], i, j, k, pos, R = self.ring_len, W = self.layout.width
         cdef Py_ssize_t xs = x.shape[1], hs = h.shape[1]
-        cdef int64_t[:, ::1] cm = self.cells
-        cdef int64_t[::1] ev = self.evicted_last_ts, ns = self.nsess
         cdef int64_t[:, ::1] sc = self.scratch
         cdef int64_t[::1] tv = self.template
-        cdef Word* base = <Word*>&cm[0, 0]
         cdef Word* tmpl = <Word*>&tv[0]
         cdef Word* span = <Word*>&sc[1, 0]
-        cdef Word* c
+        cdef Word* cells
         cdef const Layout* L = &self.layout
         cdef int kind = self.kind
         cdef int64_t wm = self.watermark, lateness = self.allowed_lateness, hop = self.hop
-        cdef int64_t gap = self.gap, t, b, nlate = 0, s
-        # PERF: keys are random, so each event's cell is a cache miss. Pass 1
-        # computes every event's bucket and cell row (independent divisions that
-        # pipeline); pass 2 prefetches the row PREFETCH_AHEAD events ahead.
-        # bench_window, 100k keys, 2M events: 8.9M ev/s without the prefetch,
-        # 15M ev/s with it (one core, same machine and run).
-        buf = np.empty((2, n), dtype=np.int64)
-        cdef int64_t[:, ::1] rb = buf
-        cdef int64_t* rows = &rb[0, 0]
-        cdef int64_t* bks = &rb[1, 0]
+        cdef int64_t gap = self.gap, t, b, top, horizon, nlate = 0, s, m, nsess
+        cdef Py_ssize_t stopped = n
         with nogil:
-            if kind == K_SESSION:
-                for i in range(n):
-                    t = ts[i]
-                    s = slots[i]
-                    if wm != INT64_MIN and t < wm - lateness:
-                        late[i] = 1
-                        nlate += 1
-                        continue
+            for i in range(start, n):
+                if i + PREFETCH_AHEAD < n and self.at_p[slots[i + PREFETCH_AHEAD]] >= 0:
+                    prefetch_w(self.P + self.at_p[slots[i + PREFETCH_AHEAD]] * W)
+                t = ts[i]
+                s = slots[i]
+                if wm != INT64_MIN and t < wm - lateness:
+                    late[i] = 1
+                    nlate += 1
+                    continue
+                m = self.len_p[s]
+                if kind == K_SESSION:
+                    if m < R and m + 1 > self.cap_p[s] and self._room(s, m + 1) < 0:
+                        stopped = i
+                        break
                     memcpy(span, tmpl, W * sizeof(Word))
                     cell_add(span, L, t, &x[0, i], xs, &h[0, i], hs)
-                    if session_insert(base + s * R * W, R, &ns[s], &ev[s], span, gap, L):
+                    nsess = m
+                    if session_insert(<Word*>(self.P + self.at_p[s] * W), R, &nsess, &self.floor_p[s], span, gap, L):
                         late[i] = 1
                         nlate += 1
-                    elif t > wm:
-                        wm = t
-            else:
-                for i in range(n):
-                    b = 0 if kind == K_LIFETIME else floor_div(ts[i], hop)
-                    bks[i] = b
-                    rows[i] = slots[i] * R + floor_mod(b, R)
-                for i in range(n):
-                    if i + PREFETCH_AHEAD < n:
-                        prefetch_w(base + rows[i + PREFETCH_AHEAD] * W)
-                    t = ts[i]
-                    if wm != INT64_MIN and t < wm - lateness:
-                        late[i] = 1
-                        nlate += 1
-                        continue
-                    b = bks[i]
-                    c = base + rows[i] * W
-                    if c[W_BUCKET].i != b:
-                        if c[W_BUCKET].i > b:
-                            # Holds a newer bucket: cannot happen while the ring
-                            # is sized by ring_len (semantics.md §State); kept so a
-                            # mis-sized restore degrades to "late", not to corruption.
+                    else:
+                        self.len_p[s] = nsess
+                        if t > wm:
+                            wm = t
+                    continue
+                b = 0 if kind == K_LIFETIME else floor_div(t, hop)
+                if m == RING:
+                    cells = <Word*>(self.P + self.at_p[s] * W) + floor_mod(b, R) * W
+                    if cells[W_BUCKET].i != b:
+                        if cells[W_BUCKET].i > b:  # holds a newer bucket: b is beyond the ring
                             late[i] = 1
                             nlate += 1
                             continue
-                        memcpy(c, tmpl, W * sizeof(Word))
-                        c[W_BUCKET].i = b
-                    cell_add(c, L, t, &x[0, i], xs, &h[0, i], hs)
+                        if cells[W_BUCKET].i != INT64_MIN and cells[W_COUNT].i and \
+                                cells[W_BUCKET].i > self.floor_p[s]:
+                            self.floor_p[s] = cells[W_BUCKET].i
+                        memcpy(cells, tmpl, W * sizeof(Word))
+                        cells[W_BUCKET].i = b
+                    cell_add(cells, L, t, &x[0, i], xs, &h[0, i], hs)
                     if t > wm:
                         wm = t
+                    continue
+                cells = <Word*>(self.P + self.at_p[s] * W) if m else NULL
+                j = m - 1
+                while j >= 0 and cells[j * W + W_BUCKET].i > b:
+                    j -= 1
+                if j >= 0 and cells[j * W + W_BUCKET].i == b:
+                    cell_add(cells + j * W, L, t, &x[0, i], xs, &h[0, i], hs)
+                    if t > wm:
+                        wm = t
+                    continue
+                if m:
+                    # a new bucket: the key keeps the last R buckets (semantics.md §5)
+                    top = cells[(m - 1) * W + W_BUCKET].i
+                    if b > top:
+                        top = b
+                    horizon = top - R + 1
+                    if b < horizon:
+                        late[i] = 1
+                        nlate += 1
+                        continue
+                    k = 0
+                    while k < m and cells[k * W + W_BUCKET].i < horizon:
+                        if cells[k * W + W_BUCKET].i > self.floor_p[s]:
+                            self.floor_p[s] = cells[k * W + W_BUCKET].i
+                        k += 1
+                    if k:
+                        memmove(cells, cells + k * W, (m - k) * W * sizeof(Word))
+                        m -= k
+                        j -= k
+                        self.len_p[s] = m
+                if m + 1 > self.cap_p[s]:
+                    if kind != K_LIFETIME and self.class_cap[self._class_of(m + 1)] == R:
+                        # the key needs its whole ring: hold it as one from now on
+                        if self._to_ring(s) < 0:
+                            stopped = i
+                            break
+                        cells = <Word*>(self.P + self.at_p[s] * W) + floor_mod(b, R) * W
+                        memcpy(cells, tmpl, W * sizeof(Word))
+                        cells[W_BUCKET].i = b
+                        cell_add(cells, L, t, &x[0, i], xs, &h[0, i], hs)
+                        if t > wm:
+                            wm = t
+                        continue
+                    if self._room(s, m + 1) < 0:
+                        stopped = i
+                        break
+                cells = <Word*>(self.P + self.at_p[s] * W)
+                pos = j + 1
+                memmove(cells + (pos + 1) * W, cells + pos * W, (m - pos) * W * sizeof(Word))
+                memcpy(cells + pos * W, tmpl, W * sizeof(Word))
+                cells[pos * W + W_BUCKET].i = b
+                cell_add(cells + pos * W, L, t, &x[0, i], xs, &h[0, i], hs)
+                self.len_p[s] = m + 1
+                if t > wm:
+                    wm = t
         self.watermark = wm
         self.late_count += nlate
+        return stopped
+
+    cdef int _insert_cell(self, Py_ssize_t s, const Word* src) noexcept nogil:
+        """Folds a whole cell (another view's) into slot s: merged into the
+        cell of its bucket (session: the sessions it meets), or inserted.
+        Returns 0, 1 when the state cannot hold it (older than the key's
+        ring / a dropped session), or -1 when the pool is full."""
+        cdef Py_ssize_t R = self.ring_len, W = self.layout.width, j, k, pos
+        cdef int64_t m = self.len_p[s], b = src[W_BUCKET].i, top, horizon, nsess
+        cdef Word* cells
+        if m == RING:
+            cells = <Word*>(self.P + self.at_p[s] * W) + floor_mod(b, R) * W
+            if cells[W_BUCKET].i == b:
+                cell_merge(cells, src, &self.layout)
+            elif cells[W_BUCKET].i < b:
+                if cells[W_BUCKET].i != INT64_MIN and cells[W_COUNT].i and cells[W_BUCKET].i > self.floor_p[s]:
+                    self.floor_p[s] = cells[W_BUCKET].i
+                memcpy(cells, src, W * sizeof(Word))
+            else:
+                if b > self.floor_p[s]:
+                    self.floor_p[s] = b
+                return 1
+            return 0
+        if self.kind == K_SESSION:
+            if m < R and m + 1 > self.cap_p[s] and self._room(s, m + 1) < 0:
+                return -1
+            nsess = m
+            k = session_insert(<Word*>(self.P + self.at_p[s] * W), R, &nsess, &self.floor_p[s], src, self.gap,
+                               &self.layout)
+            self.len_p[s] = nsess
+            return k
+        cells = <Word*>(self.P + self.at_p[s] * W) if m else NULL
+        j = m - 1
+        while j >= 0 and cells[j * W + W_BUCKET].i > b:
+            j -= 1
+        if j >= 0 and cells[j * W + W_BUCKET].i == b:
+            cell_merge(cells + j * W, src, &self.layout)
+            return 0
+        if m and self.kind != K_LIFETIME:
+            top = cells[(m - 1) * W + W_BUCKET].i
+            if b > top:
+                top = b
+            horizon = top - R + 1
+            if b < horizon or b <= self.floor_p[s]:
+                if b > self.floor_p[s]:  # its events are not held: answers that need them are not exact
+                    self.floor_p[s] = b
+                return 1
+            k = 0
+            while k < m and cells[k * W + W_BUCKET].i < horizon:
+                if cells[k * W + W_BUCKET].i > self.floor_p[s]:
+                    self.floor_p[s] = cells[k * W + W_BUCKET].i
+                k += 1
+            if k:
+                memmove(cells, cells + k * W, (m - k) * W * sizeof(Word))
+                m -= k
+                j -= k
+                self.len_p[s] = m
+        if m + 1 > self.cap_p[s] and self._room(s, m + 1) < 0:
+            return -1
+        cells = <Word*>(self.P + self.at_p[s] * W)
+        pos = j + 1
+        memmove(cells + (pos + 1) * W, cells + pos * W, (m - pos) * W * sizeof(Word))
+        memcpy(cells + pos * W, src, W * sizeof(Word))
+        self.len_p[s] = m + 1
         return 0
 
     # ---- query --------------------------------------------------------------
@@ -370,49 +645,61 @@ cdef class WindowView:
 
     cdef int _query(self, const int64_t[::1] slots, const int64_t[::1] tq, double[:, ::1] of,
                     int64_t[:, ::1] oi, uint8_t[::1] exact) except -1:
-        cdef Py_ssize_t nq = tq.shape[0], q, R = self.ring_len, W = self.layout.width, j
-        cdef int64_t[:, ::1] cm = self.cells
-        cdef int64_t[::1] ev = self.evicted_last_ts, ns = self.nsess
+        cdef Py_ssize_t nq = tq.shape[0], q, W = self.layout.width, j, m
         cdef int64_t[:, ::1] sc = self.scratch
         cdef int64_t[::1] tv = self.template
-        cdef Word* base = <Word*>&cm[0, 0]
         cdef Word* tmpl = <Word*>&tv[0]
         cdef Word* acc = <Word*>&sc[0, 0]
         cdef Word* key
         cdef Word* c
         cdef const Layout* L = &self.layout
         cdef int kind = self.kind
-        cdef int64_t hop = self.hop, nb = self.nbuckets, t, b, hi, s
+        cdef int64_t hop = self.hop, nb = self.nbuckets, t, b, hi, lo, s
         with nogil:
             for q in range(nq):
                 t = tq[q]
                 s = slots[q]
-                key = base + s * R * W
+                m = self.len_p[s]
+                key = <Word*>(self.P + self.at_p[s] * W) if m != 0 else NULL
                 memcpy(acc, tmpl, W * sizeof(Word))
                 if kind == K_SESSION:
                     # The most recent session that started before t.
-                    j = ns[s] - 1
+                    j = m - 1
                     while j >= 0 and key[j * W + W_FIRST_TS].i >= t:
                         j -= 1
                     if j >= 0:
                         cell_merge(acc, key + j * W, L)
                         exact[q] = key[j * W + W_LAST_TS].i < t
                     else:
-                        exact[q] = ev[s] == INT64_MIN
+                        exact[q] = self.floor_p[s] == INT64_MIN
                 elif kind == K_LIFETIME:
-                    exact[q] = include_partial(acc, key, 0, t, L)
-                else:
+                    exact[q] = 1 if m == 0 else include_partial(acc, key, 0, t, L)
+                elif m == RING:
                     hi = floor_div(t, hop)
-                    for b in range(hi - nb, hi):
-                        c = key + floor_mod(b, R) * W
+                    lo = hi - nb
+                    exact[q] = not (self.floor_p[s] != INT64_MIN and self.floor_p[s] >= lo)
+                    # (an overwritten bucket raised the floor: the floor alone says what is lost)
+                    for b in range(lo, hi):
+                        c = key + floor_mod(b, self.ring_len) * W
                         if c[W_BUCKET].i == b:
                             cell_merge(acc, c, L)
-                        elif c[W_BUCKET].i > b:
-                            exact[q] = 0    # overwritten: t is behind the retained horizon
                     if kind == K_CONTINUOUS and t != hi * hop:
-                        c = key + floor_mod(hi, R) * W
-                        if c[W_BUCKET].i > hi or not include_partial(acc, c, hi, t, L):
+                        c = key + floor_mod(hi, self.ring_len) * W
+                        if c[W_BUCKET].i == hi and not include_partial(acc, c, hi, t, L):
                             exact[q] = 0
+                else:
+                    hi = floor_div(t, hop)
+                    lo = hi - nb
+                    # a bucket the window needs was dropped from the key: not exact
+                    exact[q] = not (self.floor_p[s] != INT64_MIN and self.floor_p[s] >= lo)
+                    for j in range(m):
+                        c = key + j * W
+                        b = c[W_BUCKET].i
+                        if b >= lo and b < hi:
+                            cell_merge(acc, c, L)
+                        elif b == hi and kind == K_CONTINUOUS and t != hi * hop:
+                            if not include_partial(acc, c, hi, t, L):
+                                exact[q] = 0
                 cell_finalize(acc, L, self.outs, self.nout, &of[0, 0], &oi[0, 0], nq, q)
         return 0
 
@@ -425,32 +712,82 @@ cdef class WindowView:
                 "max_sessions": self.max_sessions, "width": self.layout.width,
                 "ring_len": self.ring_len}
 
+    def _gather(self, slots):
+        """(lens, floors, cells) of these slots: their cells with events, in
+        bucket order (sessions: by start), one slot after the other."""
+        s = self._check_slots(slots)
+        cdef const int64_t[::1] sv = s
+        cdef Py_ssize_t q, o = 0, W = self.layout.width, m, j, k, R = self.ring_len
+        cdef int64_t* c
+        cdef int64_t key_b
+        lens = np.zeros(len(s), dtype=np.int64)
+        cdef int64_t[::1] lv = lens
+        for q in range(sv.shape[0]):
+            m = self.len_p[sv[q]]
+            if m == RING:
+                c = self.P + self.at_p[sv[q]] * W
+                for j in range(R):
+                    if c[j * W + W_BUCKET] != INT64_MIN and c[j * W + W_COUNT]:
+                        lv[q] += 1
+            else:
+                lv[q] = m
+        cells = np.empty((int(lens.sum()), W), dtype=np.int64)
+        cdef int64_t[:, ::1] cv = cells if cells.shape[0] else np.zeros((1, W), np.int64)
+        order = np.empty(R, dtype=np.int64)
+        cdef int64_t[::1] ov = order
+        for q in range(sv.shape[0]):
+            m = self.len_p[sv[q]]
+            c = self.P + self.at_p[sv[q]] * W
+            if m == RING:
+                k = 0
+                for j in range(R):  # the ring's cells with events, by bucket (insertion sort: R is small)
+                    if c[j * W + W_BUCKET] != INT64_MIN and c[j * W + W_COUNT]:
+                        key_b = c[j * W + W_BUCKET]
+                        m = k
+                        while m > 0 and c[ov[m - 1] * W + W_BUCKET] > key_b:
+                            ov[m] = ov[m - 1]
+                            m -= 1
+                        ov[m] = j
+                        k += 1
+                for j in range(k):
+                    memcpy(&cv[o + j, 0], c + ov[j] * W, W * sizeof(int64_t))
+                o += k
+            elif m:
+                memcpy(&cv[o, 0], c, m * W * sizeof(int64_t))
+                o += m
+        return lens, np.asarray(self.floor_)[s].copy(), cells
+
     def to_bytes(self):
         """Whole-view snapshot: b'FSWV' u32 version u32 header-len, JSON header,
-        then cells, evicted_last_ts, nsess as little-endian int64."""
+        then each slot's cell count, each slot's floor, and the cells in use,
+        as little-endian int64 (only the cells the keys hold: a snapshot is as
+        big as the live state)."""
+        lens, floors, cells = self._gather(np.arange(self.n_slots))
         header = json.dumps(self.meta() | {"n_slots": self.n_slots, "watermark": self.watermark,
-                                           "late_count": self.late_count}).encode()
+                                           "late_count": self.late_count, "cells": int(lens.sum())}).encode()
         parts = [_MAGIC, struct.pack("<II", _FORMAT_VERSION, len(header)), header]
-        for a in (self.cells, self.evicted_last_ts, self.nsess):
+        for a in (lens, floors, cells):
             parts.append(a.astype("<i8", copy=False).tobytes())
         return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, data):
-        """Rebuild a view from `to_bytes()` output."""
+        """Rebuild a view from `to_bytes()` output (this version's, or the
+        dense rings of version 2)."""
         mv = memoryview(data)
         if bytes(mv[:4]) != _MAGIC or len(mv) < 12:
             raise WindowStateError("not a window view snapshot (bad magic)")
         version, hlen = struct.unpack("<II", mv[4:12])
-        if version != _FORMAT_VERSION:
+        if version not in (2, _FORMAT_VERSION):
             raise WindowStateError(f"window snapshot version {version}, expected {_FORMAT_VERSION}")
         meta = json.loads(bytes(mv[12:12 + hlen]))
         cdef WindowView view = cls(spec_from_dict(meta["spec"]), [Agg(**a) for a in meta["aggs"]], meta["n_slots"],
                    meta["allowed_lateness"], meta["hll_p"], meta["max_sessions"])
         view._check_meta(meta)
-        n, off = meta["n_slots"], 12 + hlen
+        n, off, W = meta["n_slots"], 12 + hlen, view.width
+        counts = (n * view.ring_len * W, n, n) if version == 2 else (n, n, meta["cells"] * W)
         arrays = []
-        for count in (n * view.ring_len * view.width, n, n):
+        for count in counts:
             end = off + 8 * count
             if end > len(mv):
                 raise WindowStateError("window snapshot is truncated")
@@ -458,10 +795,39 @@ cdef class WindowView:
             off = end
         if off != len(mv):
             raise WindowStateError(f"window snapshot has {len(mv) - off} trailing bytes")
-        view.cells = arrays[0].reshape(n * view.ring_len, view.width)
-        view.evicted_last_ts, view.nsess = arrays[1], arrays[2]
+        if version == 2:
+            lens, floors, cells = _from_dense(view, arrays[0].reshape(n, view.ring_len, W), arrays[1], arrays[2])
+        else:
+            lens, floors, cells = arrays[0], arrays[1], arrays[2].reshape(-1, W)
+        view._load(np.arange(n, dtype=np.int64), lens, floors, cells)
         view.watermark, view.late_count = meta["watermark"], meta["late_count"]
         return view
+
+    def _load(self, slots, lens, floors, cells):
+        """Gives each slot its cells (lens[i] of `cells`, in order) and floor."""
+        cdef const int64_t[::1] sv = slots
+        cdef const int64_t[::1] lv = np.ascontiguousarray(lens, dtype=np.int64)
+        cdef const int64_t[::1] fv = np.ascontiguousarray(floors, dtype=np.int64)
+        cells = np.ascontiguousarray(cells, dtype=np.int64)
+        cdef const int64_t[:, ::1] cv = cells if cells.shape[0] else np.zeros((1, self.layout.width), np.int64)
+        cdef Py_ssize_t q, o = 0, W = self.layout.width, m, k
+        self.reset_slots(slots)
+        total = int(np.asarray(lens).sum())
+        if self.pool_top + 2 * total > self.pool_cap:
+            self._grow_pool(2 * total + self.ring_len)
+        for q in range(sv.shape[0]):
+            k = sv[q]
+            m = lv[q]
+            if m > self.ring_len:
+                raise WindowStateError(f"slot {k} holds {m} cells; this view keeps at most {self.ring_len}")
+            if m:
+                if self._room(k, m) < 0:
+                    self._grow_pool(self.ring_len)
+                    self._room(k, m)
+                memcpy(self.P + self.at_p[k] * W, &cv[o, 0], m * W * sizeof(int64_t))
+                o += m
+            self.len_p[k] = m
+            self.floor_p[k] = fv[q]
 
     def _check_meta(self, meta):
         mine = self.meta()
@@ -470,22 +836,21 @@ cdef class WindowView:
             raise WindowStateError(f"window state does not match this view in {diff}")
 
     def export_slots(self, slots):
-        """Copy of these keys' state (for the online table / WAL / migration)."""
-        s = self._check_slots(slots)
-        return {"cells": self.cells.reshape(self.n_slots, self.ring_len, self.layout.width)[s],
-                "evicted_last_ts": self.evicted_last_ts[s],
-                "nsess": self.nsess[s]}
+        """Copy of these keys' state: {"lens", "floor", "cells"} (each key's
+        cells in use, one after the other), for import_slots of an equal view."""
+        lens, floors, cells = self._gather(slots)
+        return {"lens": lens, "floor": floors, "cells": cells}
 
     def import_slots(self, slots, state):
         """Overwrite these keys' state with `export_slots` output of an equal view."""
         s = self._check_slots(slots)
+        lens = np.asarray(state["lens"], dtype=np.int64)
         cells = np.asarray(state["cells"], dtype=np.int64)
-        if cells.shape != (len(s), self.ring_len, self.layout.width):
-            raise WindowStateError(
-                f"cells shape {cells.shape} != {(len(s), self.ring_len, self.layout.width)}")
-        self.cells.reshape(self.n_slots, self.ring_len, self.layout.width)[s] = cells
-        self.evicted_last_ts[s] = np.asarray(state["evicted_last_ts"], dtype=np.int64)
-        self.nsess[s] = np.asarray(state["nsess"], dtype=np.int64)
+        if lens.shape != (len(s),) or cells.ndim != 2 or cells.shape[1] != self.layout.width \
+                or cells.shape[0] != int(lens.sum()):
+            raise WindowStateError(f"state of {len(lens)} keys with {cells.shape} cells does not fit "
+                                   f"{len(s)} slots of width {self.layout.width}")
+        self._load(s, lens, state["floor"], cells)
         klt = self.key_last_ts()[s]
         if len(klt) and klt.max() > self.watermark:
             self.watermark = int(klt.max())
@@ -493,43 +858,59 @@ cdef class WindowView:
     def merge_from(self, WindowView other):
         """Fold another view's state (same definition, e.g. a shard or a
         backfill) into this one, slot by slot. Returns how many of its cells
-        could not be held (older than this ring / dropped sessions)."""
+        could not be held (older than this key's ring / dropped sessions)."""
         self._check_meta(other.meta())
         if other.n_slots > self.n_slots:
             self.grow(other.n_slots)
-        cdef Py_ssize_t R = self.ring_len, W = self.layout.width, s, r
-        cdef int64_t[:, ::1] cm = self.cells, om = other.cells
-        cdef int64_t[::1] ev = self.evicted_last_ts, ns = self.nsess, ons = other.nsess
-        cdef Word* c
-        cdef const Word* o
+        cdef Py_ssize_t W = self.layout.width, s, r, m
         cdef int64_t dropped = 0
-        cdef bint sessions = self.kind == K_SESSION
-        if other.n_slots == 0:
-            return 0
-        with nogil:
-            for s in range(other.n_slots):
-                if sessions:
-                    for r in range(ons[s]):
-                        o = <const Word*>&om[s * R + r, 0]
-                        dropped += session_insert(<Word*>&cm[s * R, 0], R, &ns[s], &ev[s],
-                                                  o, self.gap, &self.layout)
-                    continue
-                for r in range(R):
-                    o = <const Word*>&om[s * R + r, 0]
-                    c = <Word*>&cm[s * R + r, 0]
-                    if o[W_BUCKET].i == INT64_MIN:
+        cdef int rc
+        cdef const int64_t* src
+        for s in range(other.n_slots):
+            m = other.ring_len if other.len_p[s] == RING else other.len_p[s]
+            r = 0
+            while r < m:
+                src = other.P + other.at_p[s] * W + r * W
+                if self.kind == K_SESSION or (src[W_BUCKET] != INT64_MIN and src[W_COUNT]):
+                    rc = self._insert_cell(s, <const Word*>src)
+                    if rc < 0:
+                        self._grow_pool(self.ring_len)
                         continue
-                    if c[W_BUCKET].i == o[W_BUCKET].i:
-                        cell_merge(c, o, &self.layout)
-                    elif c[W_BUCKET].i < o[W_BUCKET].i:
-                        memcpy(c, o, W * sizeof(Word))
-                    else:
-                        dropped += 1
-        n = other.n_slots
-        if sessions:
-            np.maximum(self.evicted_last_ts[:n], other.evicted_last_ts, out=self.evicted_last_ts[:n])
+                    dropped += rc
+                r += 1
+            if other.floor_p[s] > self.floor_p[s]:  # what the other had dropped, the merge lacks too
+                self.floor_p[s] = other.floor_p[s]
         self.watermark = max(self.watermark, other.watermark)
         return dropped
+
+
+def _from_dense(WindowView view, cells, evicted, nsess):
+    """A version-2 snapshot's dense rings as runs: each key's cells with
+    events, in bucket order, and the buckets its ring no longer held as the
+    floor (sessions: the first nsess cells and their eviction mark)."""
+    n, R, W = cells.shape
+    lens = np.zeros(n, dtype=np.int64)
+    floors = np.full(n, EMPTY, dtype=np.int64)
+    out = []
+    for s in range(n):
+        ring = cells[s]
+        if view.kind == K_SESSION:
+            keep = ring[:int(nsess[s])]
+            floors[s] = evicted[s]
+        else:
+            used = ring[(ring[:, 0] != EMPTY) & (ring[:, 1] > 0)]
+            used = used[np.argsort(used[:, 0], kind="stable")]
+            if view.kind == K_LIFETIME or not len(used):
+                keep = used[:1] if view.kind == K_LIFETIME else used
+            else:
+                horizon = used[-1, 0] - R + 1
+                gone = used[used[:, 0] < horizon]
+                if len(gone):
+                    floors[s] = gone[-1, 0]
+                keep = used[used[:, 0] >= horizon]
+        lens[s] = len(keep)
+        out.append(keep)
+    return lens, floors, np.concatenate(out) if out else np.zeros((0, W), np.int64)
 
 
 def hash_array(values):

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from fscore.errors import KeyEncodingError
 from fscore.table import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT, Table
-from fscore.window import EMPTY, WindowView
+from fscore.window import WindowView
 from fscore.window_spec import WindowSpec, string_ids
 
 from fsapp.engine.errors import AsOfOutsideHorizon, BatchError
@@ -429,22 +429,11 @@ class ViewRuntime:
         none), from the window cells; raises AsOfOutsideHorizon where a TTL
         decision would need an event time that a cell does not pin down."""
         newest = np.full(rows.size, INT64_MIN, dtype=np.int64)
-        if rows.size == 0:
-            return newest
         unknown = np.zeros(rows.size, dtype=bool)
         for w in self.windows:
-            st = w.export_slots(rows)
-            cells = st["cells"]  # (n, ring, width): bucket, count, first_ts, last_ts, ...
-            live = (cells[:, :, 0] != EMPTY) & (cells[:, :, 1] > 0)
-            if w.spec.kind == "session":
-                live &= np.arange(cells.shape[1])[None, :] < st["nsess"][:, None]
-            first, last = cells[:, :, 2], cells[:, :, 3]
-            before = live & (last < t)
-            newest = np.maximum(newest, np.where(before, last, INT64_MIN).max(axis=1))
-            straddle = live & (first < t) & (last >= t)
-            lower = np.where(straddle, first, INT64_MIN).max(axis=1)
-            newest = np.maximum(newest, lower)
-            unknown |= straddle.any(axis=1)
+            got, spans = w.newest_before(rows, t)
+            newest = np.maximum(newest, got)
+            unknown |= spans
         if self.ttl and (unknown & (newest < t - self.ttl)).any():
             raise AsOfOutsideHorizon(f"feature view {self.name}: whether a key is within its TTL as of that time "
                                      "is not retained online; ask /api/v1/features/historical for that time")
