@@ -291,3 +291,23 @@ def test_gunicorn_level_errors_are_json_too(serve_repo):
     assert status == 400 and ctype == "application/json" and set(doc) == {"title", "description"}
     status, ctype, doc = raw(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"b" * 9000 + b"\r\n\r\n")
     assert status in (400, 431) and ctype == "application/json"
+
+
+def test_a_damaged_data_directory_stops_serve_with_what_to_do(serve_repo, tmp_path):
+    """Repro 5 against real `fstore serve`: with the log after the checkpoint
+    deleted, the engine refuses to start naming the files and the fix, and
+    the supervisor stops in a line instead of restarting it forever."""
+    base, proc, log = serve_repo(DEFS)
+    post(base + "/api/v1/push", {"stream": "payments", "rows": [{"account_id": 1, "amount": 1.0,
+                                                                 "ts": time.time()}]})
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    root = tmp_path / "repo"
+    for seg in (root / "data" / "engine" / "wal").glob("*.wal"):
+        seg.unlink()
+    t0 = time.monotonic()
+    res = serve(["--repo", str(root), "--port", str(free_port())])
+    assert res.returncode == 1 and time.monotonic() - t0 < 60
+    assert "holds no segment" in res.stderr and "move" in res.stderr and "aside" in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("fstore serve: the engine refuses to start")
+    assert "Traceback" not in res.stderr

@@ -102,16 +102,26 @@ def make_server(service: EngineService, socket_path: str) -> socketserver.Thread
     return server
 
 
+EXIT_REFUSED = 3  # the engine cannot start on this repo as it is (damaged data, bad definitions): do not restart
+
+
 def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int = DEFAULT_CAPACITY,
         max_keys: int | None = None,
         tick_s: float = 0.2, checkpoint_s: float = 60.0) -> int:
     from fsapp.registry.repo import Repo
 
-    repo = Repo(repo_dir)
-    kafka_config = KafkaConfig.from_repo(repo)  # a bad kafka section fails before recovery starts
-    engine = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync=fsync, capacity=capacity,
-                    max_keys=max_keys,
-                    repo_root=str(repo.root))
+    from fscore.errors import WalCorruption
+    from fsapp.registry.errors import RegistryError
+
+    try:
+        repo = Repo(repo_dir)
+        kafka_config = KafkaConfig.from_repo(repo)  # a bad kafka section fails before recovery starts
+        engine = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync=fsync, capacity=capacity,
+                        max_keys=max_keys, repo_root=str(repo.root))
+    except (WalCorruption, RegistryError) as e:
+        # no restart can fix these: say so, and let the supervisor stop
+        print(f"engine: refusing to start: {e}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
     server = make_server(EngineService(engine), socket_path)
     ingest = None
     if kafka_config is not None:

@@ -47,10 +47,20 @@ def _engine_answers(path: str, pid: int) -> bool:
         client.close()
 
 
+class EngineRefused(RuntimeError):
+    """The engine cannot start on this repo as it is (its data directory is
+    damaged, its definitions do not load): restarting it cannot help."""
+
+
 def _wait_for_engine(path: str, proc: subprocess.Popen, timeout: float) -> None:
+    from fsapp.serve.engine_server import EXIT_REFUSED
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if proc.returncode == EXIT_REFUSED:
+                raise EngineRefused("the engine refuses to start on this repo (its reason is on the line above); "
+                                    "fix that, then start fstore serve again")
             raise EngineStartFailed(f"the engine exited with code {proc.returncode} while starting")
         if os.path.exists(path) and _engine_answers(path, proc.pid):
             return

@@ -1,0 +1,161 @@
+"""State that scales with the data (issue 15): bytes per key, work per push,
+checkpoints and restarts, for the starter repo's engine, against references
+measured in the same run.
+
+- bytes per key of the online state (tables + window state, what the engine
+  holds) at N keys, for two key distributions: most keys with 1-3 events
+  (Zipf-skewed, a few hot keys) and 100 events each; references: the raw
+  events as Arrow (what the input costs) and the final feature values alone
+  (one online row per key: what Feast with Redis would store).
+- a 5-row push of existing users at N keys against the same push at 1k keys.
+- a checkpoint's size against the live state, its time, the time to restart
+  (checkpoint load + WAL replay), and push p99 while a checkpoint is written.
+
+Sizes: 100k and 1M keys (10k and 100k with --quick).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from benches._common import Row
+
+NOW = (int(time.time()) // 3600) * 3600
+
+
+def _repo(base: str):
+    from fsapp.registry.repo import Repo
+    from fsapp.registry.scaffold import init_repo
+
+    root = os.path.join(base, "repo")
+    init_repo(root)
+    r = Repo(root)
+    r.apply()
+    return r
+
+
+def _events(users: np.ndarray, rng, spread_s: int = 20 * 3600) -> dict:
+    n = len(users)
+    return {"user_id": users.tolist(), "merchant_id": [f"m{x}" for x in rng.integers(0, 20_000, n)],
+            "amount": np.round(rng.gamma(2.0, 30.0, n), 2).tolist(), "currency": ["USD"] * n,
+            "country": ["US"] * n, "is_online": (rng.random(n) < 0.3).tolist(),
+            "ts": (NOW - rng.integers(60, spread_s, n)).tolist()}
+
+
+def _load(eng, users: np.ndarray, rng, batch: int = 50_000) -> pa.Table:
+    """Pushes one event per entry of `users` over the last 20 hours, in time
+    order (a stream: nothing late), in batches; returns them as Arrow."""
+    ev = pa.table(_events(users, rng))
+    ev = ev.take(pa.array(np.argsort(ev.column("ts").to_numpy(), kind="stable")))
+    for off in range(0, ev.num_rows, batch):
+        res = eng.push("transactions", ev.slice(off, batch))
+        assert res.late == 0, res
+    return ev
+
+
+def state_bytes(eng) -> int:
+    return sum(rt.table.nbytes + sum(w.nbytes for w in rt.windows) for rt in eng.runtimes.values())
+
+
+def feature_value_bytes(eng) -> int:
+    """The final feature values alone: one online row per key (the tables)."""
+    return sum(rt.table.stats()["rows"] * rt.table.layout.stride for rt in eng.runtimes.values())
+
+
+def push_ms(eng, users, rng, n: int = 60) -> float:
+    samples = []
+    for i in range(n):
+        ev = _events(rng.choice(users, 5), rng, spread_s=600)
+        t0 = time.perf_counter()
+        eng.push("transactions", ev)
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples[5:]) * 1e3
+
+
+def run_one(base: str, n_keys: int, events_per_key: str, rng) -> dict:
+    from fsapp.engine import Engine
+
+    repo = _repo(os.path.join(base, f"{n_keys}-{events_per_key}"))
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
+    users = np.arange(1, n_keys + 1)
+    if events_per_key == "zipf":
+        # most keys 1-3 events, a few hot ones with many (Zipf-skewed extra events)
+        extra = np.minimum(rng.zipf(1.6, n_keys) - 1, 2000)
+        draws = np.concatenate([users, np.repeat(users, extra)])
+    else:
+        draws = np.repeat(users, 100)
+    t0 = time.perf_counter()
+    raw = _load(eng, draws, rng)
+    load_s = time.perf_counter() - t0
+    eng.tick()
+    out = {"events": len(draws), "load_s": load_s, "state": state_bytes(eng) / n_keys,
+           "raw": raw.nbytes / n_keys, "values": feature_value_bytes(eng) / n_keys,
+           "push_ms": push_ms(eng, users, rng)}
+    # push p99 while a checkpoint is written
+    lat, stop = [], threading.Event()
+
+    def pusher():
+        while not stop.is_set():
+            ev = _events(rng.choice(users, 5), np.random.default_rng(), spread_s=600)
+            t = time.perf_counter()
+            eng.push("transactions", ev)
+            lat.append(time.perf_counter() - t)
+
+    th = threading.Thread(target=pusher)
+    th.start()
+    time.sleep(0.3)
+    t0 = time.perf_counter()
+    eng.checkpoint()
+    out["ckpt_s"] = time.perf_counter() - t0
+    stop.set()
+    th.join()
+    lat.sort()
+    out["push_p99_during_ckpt_ms"] = lat[int(0.99 * (len(lat) - 1))] * 1e3 if lat else float("nan")
+    ck = [os.path.join(eng.ckpt_dir, f) for f in os.listdir(eng.ckpt_dir)]
+    out["ckpt_bytes"] = max(os.path.getsize(p) for p in ck)
+    out["live_bytes"] = state_bytes(eng)
+    eng.close()
+    t0 = time.perf_counter()
+    again = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
+    out["restart_s"] = time.perf_counter() - t0
+    again.close()
+    shutil.rmtree(os.path.join(base, f"{n_keys}-{events_per_key}"), ignore_errors=True)
+    return out
+
+
+def run(quick: bool = False) -> list[Row]:
+    base = tempfile.mkdtemp(prefix="fstore-bench-state-", dir=os.environ.get("FSTORE_BENCH_DIR"))
+    rng = np.random.default_rng(15)
+    sizes = (10_000, 100_000) if quick else (100_000, 1_000_000)
+    rows = []
+    try:
+        small = run_one(base, 1_000, "zipf", rng)
+        for n in sizes:
+            for dist in ("zipf", "100"):
+                if dist == "100" and n > sizes[0]:
+                    continue  # 100M events: minutes of loading; the per-key cost is flat in N
+                r = run_one(base, n, dist, rng)
+                label = f"{n:,} keys, {'Zipf 1-3 events' if dist == 'zipf' else '100 events'} per key"
+                rows.append(Row("state", f"{label}: bytes/key", r["state"], "raw events in Arrow", r["raw"],
+                                "B/key", "lower", "<= 1 KB (Zipf), <= 2 KB (100 events)"))
+                rows.append(Row("state", f"{label}: bytes/key", r["state"], "feature values alone (1 row/key)",
+                                r["values"], "B/key", "lower"))
+                if dist == "zipf":
+                    rows.append(Row("state", f"5-row push at {n:,} keys (p50)", r["push_ms"], "at 1,000 keys",
+                                    small["push_ms"], "ms", "lower", "within 1.2x"))
+                rows.append(Row("state", f"{label}: checkpoint bytes", r["ckpt_bytes"], "live state",
+                                r["live_bytes"], "B", "lower", "<= 1.5x live state"))
+                rows.append(Row("state", f"{label}: restart (load + replay)", r["restart_s"], "5 s per 1M keys",
+                                5.0 * n / 1e6, "s", "lower", f"checkpoint took {r['ckpt_s']:.2f} s"))
+                rows.append(Row("state", f"{label}: push p99 during a checkpoint", r["push_p99_during_ckpt_ms"],
+                                "push p50 at 1k keys", small["push_ms"], "ms", "lower", "a few ms over"))
+        return rows
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
