@@ -86,8 +86,8 @@ def run_one(base: str, n_keys: int, events_per_key: str, rng) -> dict:
     eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
     users = np.arange(1, n_keys + 1)
     if events_per_key == "zipf":
-        # most keys 1-3 events, a few hot ones with many (Zipf-skewed extra events)
-        extra = np.minimum(rng.zipf(1.6, n_keys) - 1, 2000)
+        # most keys 1-3 events (88% with Zipf a = 2.2), a few hot ones with many
+        extra = np.minimum(rng.zipf(2.2, n_keys) - 1, 2000)
         draws = np.concatenate([users, np.repeat(users, extra)])
     else:
         draws = np.repeat(users, 100)
