@@ -146,6 +146,7 @@ class EngineMachine(RuleBasedStateMachine):
         if not hasattr(self, "eng"):
             return
         self.eng.tick()
+        assert self.eng.stats()["window_dropped"] == 0, "a window dropped events the engine admitted"
         out = self.eng.get_online_features(FEATURES, entities={"k": KEYS}, now=self.clock)
         got = {n: r["values"] for n, r in zip(out["metadata"]["feature_names"][1:], out["results"][1:])}
         for spec, aggs in self.groups:

@@ -797,6 +797,7 @@ class Engine:
         out = {"applied_lsn": self.applied_lsn, "checkpoint_lsn": self.checkpoint_lsn, "late_events": self.late_total,
                "offsets": dict(self.offsets), "quarantined": self.quarantined,
                "checkpoint_failures": self.checkpoint_failures, "checkpoint_error": self.checkpoint_error,
+               "window_dropped": sum(rt.window_dropped for rt in self.runtimes.values()),
                "views": {f"{n}@v{v}": rt.table.stats() for (n, v), rt in self.runtimes.items()}}
         for name, source in self.sources.items():
             out[name] = source.stats()
