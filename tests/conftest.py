@@ -39,3 +39,42 @@ def pytest_runtest_makereport(item, call):
         for name, value in item.user_properties:
             if name == "seed":
                 report.sections.append(("seed", f"replay with FSTORE_SEED={value}"))
+
+
+class _HeldParquetWrites:
+    """The offline log's Parquet writes wait until `release()` (each one
+    first sets `entered`): a flush or checkpoint caught in the middle."""
+
+    def __init__(self, monkeypatch):
+        import threading
+
+        import pyarrow.parquet as pq
+        from fsapp.offline import eventlog
+
+        self._mp, self._mod, self._real = monkeypatch, eventlog, pq.write_table
+        self.entered, self._go = threading.Event(), threading.Event()
+        self._fail = None
+
+        def held(table, path, **kw):
+            self.entered.set()
+            assert self._go.wait(20), "the test never released the held Parquet write"
+            if self._fail is not None:
+                raise self._fail
+            return self._real(table, path, **kw)
+
+        monkeypatch.setattr(eventlog.pq, "write_table", held)
+
+    def release(self, fail: BaseException | None = None) -> None:
+        """Lets held writes go on (or fail with `fail`); later writes are real."""
+        self._fail = fail
+        if fail is None:
+            self._mp.setattr(self._mod.pq, "write_table", self._real)
+        self._go.set()
+
+    def restore(self) -> None:
+        self._mp.setattr(self._mod.pq, "write_table", self._real)
+
+
+@pytest.fixture
+def held_parquet_writes(monkeypatch):
+    return _HeldParquetWrites(monkeypatch)

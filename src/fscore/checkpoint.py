@@ -91,10 +91,40 @@ def _blob_bytes(name: str, value) -> tuple[dict, memoryview]:
 def write_checkpoint(dir, lsn: int, blobs: dict, meta: dict | None = None, *, keep: int = 2) -> str:
     """Writes a checkpoint durably and atomically; returns its path. Keeps the
     `keep` newest checkpoints and deletes older ones (and stale temp files)."""
-    if lsn < 0:
-        raise CheckpointError(f"checkpoint LSN must be >= 0, got {lsn}")
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
+    tmp = temp_path(dir, lsn)
+    write_temp(tmp, lsn, blobs, meta)
+    return commit(tmp, keep=keep)
+
+
+def temp_path(dir, lsn: int) -> str:
+    """A fresh temporary name for checkpoint `lsn` in `dir`, owned by this
+    process (`_prune` leaves a live process's temp files alone)."""
+    if lsn < 0:
+        raise CheckpointError(f"checkpoint LSN must be >= 0, got {lsn}")
+    return f"{os.path.join(dir, checkpoint_name(lsn))}.tmp-{os.getpid()}-{next(_tmp_counter)}"
+
+
+def commit(tmp: str, *, keep: int = 2) -> str:
+    """Renames a temporary checkpoint written by `write_temp` into place,
+    makes the rename durable and prunes; returns the final path."""
+    final = tmp.rsplit(".tmp-", 1)[0]
+    dir = os.path.dirname(final) or "."
+    try:
+        os.rename(tmp, final)
+        fsync_dir(dir)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise CheckpointError(f"writing checkpoint {final} failed: {e}") from e
+    _prune(dir, keep)
+    return final
+
+
+def write_temp(tmp: str, lsn: int, blobs: dict, meta: dict | None = None) -> None:
+    """Writes checkpoint `lsn` to the temporary path `tmp` (from `temp_path`)
+    and fsyncs it; nothing is in place until `commit`. Only reads its
+    arguments: a forked child can run it on its copy of the state."""
     parts = [_blob_bytes(name, value) for name, value in blobs.items()]
     entries, offset = [], 0
     try:
@@ -115,9 +145,8 @@ def write_checkpoint(dir, lsn: int, blobs: dict, meta: dict | None = None, *, ke
             header_bytes = new
             break
         header_bytes = new
-    os.makedirs(dir, exist_ok=True)
-    final = os.path.join(dir, checkpoint_name(lsn))
-    tmp = f"{final}.tmp-{os.getpid()}-{next(_tmp_counter)}"
+    final = tmp.rsplit(".tmp-", 1)[0]
+    os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
     try:
         with open(tmp, "wb") as f:
             crc, pos = 0, 0
@@ -136,13 +165,9 @@ def write_checkpoint(dir, lsn: int, blobs: dict, meta: dict | None = None, *, ke
             f.write(FOOTER.pack(crc, pos, END_MAGIC))
             f.flush()
             os.fsync(f.fileno())
-        os.rename(tmp, final)
-        fsync_dir(dir)
     except OSError as e:
         _unlink_quietly(tmp)
         raise CheckpointError(f"writing checkpoint {final} failed: {e}") from e
-    _prune(dir, keep)
-    return final
 
 
 def _align(n: int) -> int:

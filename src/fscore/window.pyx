@@ -757,6 +757,18 @@ cdef class WindowView:
                 o += m
         return lens, np.asarray(self.floor_)[s].copy(), cells
 
+    def frozen(self):
+        """A copy of the state as it is now, for a checkpoint to encode off the
+        writer's lock: one memcpy of the cells handed out and of the per-key
+        arrays. The copy answers to_bytes() (and reads); it is not updated."""
+        cdef WindowView f = type(self)(self.spec, list(self.aggs), 0, self.allowed_lateness, self.hll_p,
+                                       self.max_sessions)
+        f._set_pool(np.array(self.pool[:max(self.pool_top, 1)]), self.pool_top)
+        f._set_slots(np.array(self.run_at), np.array(self.run_len), np.array(self.run_cap), np.array(self.floor_))
+        f.n_slots = self.n_slots
+        f.watermark, f.late_count = self.watermark, self.late_count
+        return f
+
     def to_bytes(self):
         """Whole-view snapshot: b'FSWV' u32 version u32 header-len, JSON header,
         then each slot's cell count, each slot's floor, and the cells in use,

@@ -169,6 +169,14 @@ def test_serialise_restore_gives_identical_answers(spec, lateness, events, more)
     a.update(slots, ts, {"x": x})
     b = WindowView.from_bytes(a.to_bytes())
     assert b.to_bytes() == a.to_bytes()
+    # a frozen copy (what a checkpoint encodes off the lock) is the state then, not after
+    g = WindowView.from_bytes(a.to_bytes())
+    f = g.frozen()
+    assert f.to_bytes() == a.to_bytes()
+    ms, mt, mx = arrays(more)
+    g.update(ms, mt, {"x": mx})
+    g.grow(N_SLOTS * 3)
+    assert f.to_bytes() == a.to_bytes()
     # Per-slot export/import into a fresh view, in reversed slot order.
     c = make(WindowView, spec, lateness)
     order = np.arange(N_SLOTS)[::-1]

@@ -632,8 +632,8 @@ def test_a_failed_checkpoint_is_counted_and_shown_by_ready_until_one_succeeds(ap
     from fsapp.engine import engine as engine_mod
     from fsapp.serve.engine_server import _checkpoint
 
-    real = engine_mod.write_checkpoint
-    monkeypatch.setattr(engine_mod, "write_checkpoint",
+    real = engine_mod.write_temp
+    monkeypatch.setattr(engine_mod, "write_temp",
                         lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     due = _checkpoint(engine, 60.0)  # the engine server's loop: never raises, retries sooner
     assert engine.checkpoint_failures == 1 and "No space left" in engine.checkpoint_error
@@ -643,6 +643,6 @@ def test_a_failed_checkpoint_is_counted_and_shown_by_ready_until_one_succeeds(ap
     assert res.status_code == 503 and "checkpoint failed" in res.json["description"]
     assert push(api, [txn(1, NOW - H)])["accepted"] == 1  # still acknowledged (in the WAL)
     assert "fstore_checkpoint_failures_total 1" in api.simulate_get("/metrics").text
-    monkeypatch.setattr(engine_mod, "write_checkpoint", real)
+    monkeypatch.setattr(engine_mod, "write_temp", real)
     engine.checkpoint()
     assert api.simulate_get("/ready").status_code == 200 and engine.checkpoint_error is None

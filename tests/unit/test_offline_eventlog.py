@@ -99,3 +99,62 @@ def test_a_failed_flush_keeps_every_event_buffered_and_writes_no_day_twice(tmp_p
     assert small.append("c", {"u": [1, 2, 3], "ts": [0, 1, 2]}, timestamp="ts", created_ts=1) == (0, 3)
     monkeypatch.setattr(eventlog.pq, "write_table", real)
     assert small.flush() == 3
+
+
+def test_appends_go_on_while_a_flush_writes_and_flush_waits_for_one_in_flight(tmp_path, held_parquet_writes):
+    """Issue 15 (checkpoint stalls): the engine's checkpoint flushes the log;
+    the Parquet write held the log's lock, so every push (which appends) waited
+    for it. Now only taking the buffer is under the lock. A flush called while
+    another is writing returns only once that one's events are in files (a
+    training set sees every event ingested before it was asked for)."""
+    import threading
+
+    held = held_parquet_writes
+    log = EventLog(str(tmp_path))
+    log.append("c", {"u": [1, 2], "ts": [0, 1]}, timestamp="ts", created_ts=1)
+    first = threading.Thread(target=log.flush)
+    first.start()
+    assert held.entered.wait(10)
+    # the write is in flight: an append does not wait for it
+    done = threading.Event()
+    threading.Thread(target=lambda: (log.append("c", {"u": [3], "ts": [2]}, timestamp="ts", created_ts=2),
+                                     done.set())).start()
+    assert done.wait(5), "append waited for a flush in flight"
+    # a second flush waits for the first, then writes the new event too
+    second_done = threading.Event()
+    second = threading.Thread(target=lambda: (log.flush(), second_done.set()))
+    second.start()
+    assert not second_done.wait(0.3)
+    held.release()
+    first.join(10)
+    second.join(10)
+    assert second_done.is_set()
+    seqs = sorted(s for f in log.files("c") for s in pq.read_table(f).column(SEQ).to_pylist())
+    assert seqs == [0, 1, 2]
+
+
+def test_a_failed_flush_puts_its_events_back_before_later_appends(tmp_path, held_parquet_writes):
+    import threading
+
+    held = held_parquet_writes
+    log = EventLog(str(tmp_path))
+    log.append("c", {"u": [1], "ts": [0]}, timestamp="ts", created_ts=1)
+    errors = []
+
+    def flush():
+        try:
+            log.flush()
+        except OSError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=flush)
+    t.start()
+    assert held.entered.wait(10)
+    log.append("c", {"u": [2], "ts": [1]}, timestamp="ts", created_ts=2)  # while the failing write is in flight
+    held.release(fail=OSError(28, "No space left on device"))
+    t.join(10)
+    assert len(errors) == 1 and not log.files("c")
+    held.restore()
+    assert log.flush() == 2
+    rows = pq.read_table(log.files("c")[0])
+    assert rows.column(SEQ).to_pylist() == [0, 1] and rows.column("u").to_pylist() == [1, 2]

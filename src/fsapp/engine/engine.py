@@ -25,8 +25,10 @@ Recovery = the last checkpoint (tables, window states, watermarks, source
 offsets, idempotency keys) + replay of the logged batches after it, with the
 `now` each was applied at, so replay reproduces the same state. A record that
 cannot be replayed is set aside in `quarantine/` with a log line, never a
-reason to refuse to start. Checkpoints copy the tables (readers are never
-blocked) and let the WAL drop older segments.
+reason to refuse to start. Checkpoints hold the lock only to copy the tables
+and either fork (`fstore serve`: the child encodes the window state) or copy
+the window cells (embedded); the encoding, Parquet and fsyncs run after, and
+the checkpoint lets the WAL drop older segments.
 """
 from __future__ import annotations
 
@@ -42,8 +44,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from fscore.checkpoint import load_latest_checkpoint, oldest_retained_lsn, write_checkpoint
+from fscore.checkpoint import commit, load_latest_checkpoint, oldest_retained_lsn, temp_path, write_temp
 from fscore.errors import CheckpointError, WalCorruption
+from fscore.proc import ForkedTaskError, fork_task
 from fscore.table import PRESENT, Table
 from fscore.wal import Wal, list_segments, read_log
 from fscore.window import WindowView
@@ -118,7 +121,13 @@ class Engine:
 
     def __init__(self, data_dir: str, registry_path: str, *, fsync: str = "always",
                  capacity: int = DEFAULT_CAPACITY, max_keys: int | None = None, clock=now_us,
-                 keep_checkpoints: int = 2, repo_root: str | None = None):
+                 keep_checkpoints: int = 2, repo_root: str | None = None, checkpoint_mode: str = "copy"):
+        if checkpoint_mode not in ("copy", "fork"):
+            raise ValueError(f"checkpoint_mode is 'copy' or 'fork', got {checkpoint_mode!r}")
+        # fork: the checkpoint's state is encoded by a forked child (the lock is
+        # held for the fork and a copy of the tables); copy: by this process
+        # from copies (the lock is held for a memcpy of the window state too)
+        self.checkpoint_mode = checkpoint_mode if hasattr(os, "fork") else "copy"
         self.data_dir = os.path.abspath(data_dir)
         # batch file sources' relative paths are relative to the repo root
         self.repo_root = os.path.abspath(repo_root) if repo_root else os.getcwd()
@@ -773,20 +782,55 @@ class Engine:
             return lsn
 
     def _checkpoint(self) -> int:
+        # Under the lock only what a consistent state at `lsn` needs: copies
+        # of the tables (shared memory, which a fork would not freeze) and
+        # either a fork (its child encodes the window state it sees) or copies
+        # of the window cells (WindowView.frozen). Encoding, the offline
+        # log's Parquet and fsyncs happen after (benches/bench_state.py).
+        task = None
         with self.lock:
             lsn = self.applied_lsn
-            blobs, runtimes = {}, []
+            parts, runtimes = {}, []
             for (name, version), rt in self.runtimes.items():
-                blobs[f"{name}@v{version}/table"] = rt.table.snapshot()
+                parts[f"{name}@v{version}/table"] = rt.table.snapshot()
                 for i, w in enumerate(rt.windows):
-                    blobs[f"{name}@v{version}/window{i}"] = w.to_bytes()
+                    parts[f"{name}@v{version}/window{i}"] = w if self.checkpoint_mode == "fork" else w.frozen()
                 runtimes.append({"name": name, "version": version, "windows": len(rt.windows),
                                  **rt.checkpoint_meta()})
             meta = {"watermarks": dict(self.watermarks), "offsets": dict(self.offsets), "runtimes": runtimes,
                     "idempotency": self.idempotency.to_list(), "late_events": self.late_total}
-            self.offline.log.flush()  # the checkpoint lets the WAL go: its events must be in Parquet first
+            tmp = temp_path(self.ckpt_dir, lsn)
+            if self.checkpoint_mode == "fork":
+                task = fork_task(lambda: write_temp(tmp, lsn, _encode_parts(parts), meta))
+                parts = None  # the child has its own (copy-on-write) view of them
+        try:
+            # The checkpoint lets the WAL up to `lsn` go: its events must be in
+            # Parquet before it is in place. This flush writes those and perhaps
+            # later ones, which replay then does not log again (it logs seqs >=
+            # the log's next).
+            self.offline.log.flush()
             self.wal.sync()
-        write_checkpoint(self.ckpt_dir, lsn, blobs, meta, keep=self.keep)
+            if task is None:
+                write_temp(tmp, lsn, _encode_parts(parts), meta)
+                parts = None
+            else:
+                t, task = task, None
+                try:
+                    t.wait()
+                except ForkedTaskError as e:
+                    raise CheckpointError(f"writing checkpoint {lsn} in a forked child failed: {e}") from None
+            commit(tmp, keep=self.keep)
+        except BaseException:
+            if task is not None:
+                try:
+                    task.wait()
+                except ForkedTaskError:
+                    pass
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
         oldest = oldest_retained_lsn(self.ckpt_dir)
         if oldest is not None:
             self.wal.truncate_before(oldest)
@@ -821,6 +865,11 @@ class Engine:
                     pass
             self.con.close()
             self.registry.close()
+
+
+def _encode_parts(parts: dict) -> dict:
+    """Checkpoint blobs: table copies as they are, window state encoded."""
+    return {k: (v if isinstance(v, np.ndarray) else v.to_bytes()) for k, v in parts.items()}
 
 
 def _remove_stale_table_files(online_dir: str) -> None:

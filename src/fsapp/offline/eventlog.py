@@ -92,7 +92,8 @@ class EventLog:
         self.flush_rows = flush_rows
         self.fsync = fsync
         os.makedirs(self.root, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()        # the buffers and sequence numbers
+        self._flush_lock = threading.Lock()  # one flush at a time: files land in order
         self._buffers: dict[str, list[pa.Table]] = {}
         self._buffered: dict[str, int] = {}
         self._next_seq: dict[str, int] = {}
@@ -163,31 +164,48 @@ class EventLog:
             self._buffers.setdefault(stream, []).append(table)
             self._buffered[stream] = self._buffered.get(stream, 0) + n
             self._next_seq[stream] = first + n
-            if self._buffered[stream] >= self.flush_rows:
-                try:
-                    self._flush_locked(stream)
-                except (OSError, pa.ArrowException) as e:
-                    # the events stay buffered (and in the engine's WAL): the next flush or
-                    # checkpoint writes them; an append that took them must not fail for it
-                    log.warning("offline log: writing %s's buffered events failed (%s); they stay buffered",
-                                stream, e)
+            full = self._buffered[stream] >= self.flush_rows
+        if full:
+            try:
+                with self._flush_lock:
+                    self._flush_stream(stream)
+            except (OSError, pa.ArrowException) as e:
+                # the events stay buffered (and in the engine's WAL): the next flush or
+                # checkpoint writes them; an append that took them must not fail for it
+                log.warning("offline log: writing %s's buffered events failed (%s); they stay buffered",
+                            stream, e)
         return first, n
 
     def flush(self, stream: str | None = None) -> int:
-        """Writes buffered events (of one stream or all); returns rows written."""
-        with self._lock:
-            names = [stream] if stream is not None else list(self._buffers)
-            return sum(self._flush_locked(s) for s in names)
+        """Writes buffered events (of one stream or all); returns rows written.
+        When it returns, every event appended before the call is in a file.
+        Appends go on while the files are written (they wait only for the
+        buffer to be taken): a checkpoint's flush does not stall pushes."""
+        with self._flush_lock:  # after a flush in flight: its events were appended before this call
+            with self._lock:
+                names = [stream] if stream is not None else list(self._buffers)
+            return sum(self._flush_stream(s) for s in names)
 
-    def _flush_locked(self, stream: str) -> int:
+    def _flush_stream(self, stream: str) -> int:
         """All of the stream's buffered events, or none: every day's file is
         written under a temporary name first and renamed only once all are
-        written. A failed write (a full disk) leaves the buffer as it was, so
-        a later flush writes the same events once (never a hole in the log,
-        never a day twice)."""
-        tables = self._buffers.get(stream, [])
+        written. A failed write (a full disk) puts the events back in front
+        of the buffer, so a later flush writes the same events once (never a
+        hole in the log, never a day twice). The caller holds _flush_lock."""
+        with self._lock:
+            tables = self._buffers.pop(stream, [])
+            self._buffered.pop(stream, None)
         if not tables:
             return 0
+        try:
+            return self._write(stream, tables)
+        except BaseException:
+            with self._lock:
+                self._buffers[stream] = tables + self._buffers.get(stream, [])
+                self._buffered[stream] = sum(t.num_rows for t in self._buffers[stream])
+            raise
+
+    def _write(self, stream: str, tables: list) -> int:
         table = pa.concat_tables(tables, promote_options="default")
         day = np.floor_divide(table.column(EVENT_TS).to_numpy(), _US_PER_DAY)
         seqs = table.column(SEQ).to_numpy()
@@ -214,8 +232,6 @@ class EventLog:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-        self._buffers.pop(stream, None)
-        self._buffered.pop(stream, None)
         return table.num_rows
 
     def _write_tmp(self, directory: str, name: str, table: pa.Table) -> tuple[str, str, str]:
