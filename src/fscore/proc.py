@@ -53,14 +53,15 @@ class ForkedTask:
             raise ForkedTaskError(said or f"the forked child {how}")
 
 
-def fork_task(fn) -> ForkedTask:
+def fork_task(fn, nice: int = 0) -> ForkedTask:
     """Runs `fn()` in a forked child and returns at once: the child sees this
     process's memory as it is now (copy-on-write), so the caller may change
     its state right away. This is how a checkpoint encodes a large state
     without holding the writer's lock for more than the fork (Redis's BGSAVE
     does the same). `fn` must touch only that memory and files: locks other
     threads held at the fork stay held in the child. The child dies with
-    its parent (PR_SET_PDEATHSIG) and ignores the parent's signal handlers."""
+    its parent (PR_SET_PDEATHSIG) and ignores the parent's signal handlers;
+    `nice` lowers its CPU priority (background work yields to the parent's)."""
     import signal
 
     parent = os.getpid()
@@ -73,6 +74,8 @@ def fork_task(fn) -> ForkedTask:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             _die_with_parent()
+            if nice:
+                os.nice(nice)
             if os.getppid() != parent:  # the parent died before the line above
                 os._exit(1)
             fn()

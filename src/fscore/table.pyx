@@ -419,8 +419,15 @@ cdef class Table:
         except FileNotFoundError:
             return True
 
-    def snapshot(self):
-        """A consistent copy of the whole buffer (call from the writer thread)."""
+    def snapshot(self, out=None):
+        """A consistent copy of the whole buffer (call from the writer thread).
+        `out`: a previous snapshot to copy into when it still fits (same size):
+        a memcpy into memory already faulted in, ~8x faster than into a fresh
+        array (a checkpoint holds the engine lock for it)."""
+        if out is not None and isinstance(out, np.ndarray) and out.dtype == self._arr.dtype \
+                and out.shape == self._arr.shape and out.flags.c_contiguous and out.flags.writeable:
+            np.copyto(out, self._arr)
+            return out
         return np.array(self._arr, copy=True)
 
     def flush(self):

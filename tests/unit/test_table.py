@@ -179,6 +179,22 @@ def test_snapshot_restores_an_equal_table():
     assert len(u) == 32
 
 
+def test_snapshot_into_the_last_one_reuses_it_while_it_fits():
+    """A checkpoint copies each table under the engine lock; into the last
+    checkpoint's copy that is a memcpy without page faults."""
+    t = Table(SCHEMA, capacity=32)
+    t.put_batch(np.arange(10), rows(list(range(10))), np.full(10, 100), now=200)
+    first = t.snapshot()
+    t.put_batch(np.arange(10, 20), rows(list(range(10, 20))), np.full(10, 100), now=200)
+    again = t.snapshot(out=first)
+    assert again is first and np.array_equal(again, t.snapshot())
+    assert len(Table.from_snapshot(again)) == 20
+    t.grow(64)  # the buffer is bigger now: a fresh copy
+    grown = t.snapshot(out=first)
+    assert grown is not first and len(Table.from_snapshot(grown)) == 20
+    assert t.snapshot(out=np.zeros(3)).dtype == grown.dtype  # a wrong `out` is ignored
+
+
 def test_shared_file_reader_sees_writes_and_cannot_write(tmp_path):
     path = str(tmp_path / "t.fst")
     w = Table(SCHEMA, capacity=16, path=path)

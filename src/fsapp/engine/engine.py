@@ -159,6 +159,7 @@ class Engine:
         self.wal = None
         self.queue: deque[_Queued] = deque()
         self.checkpoint_error: str | None = None  # why the last checkpoint failed (None: it did not)
+        self._table_copies: dict = {}  # the last checkpoint's table copies, reused by the next one
         self.checkpoint_failures = 0
         self._inflight: dict[str, _Queued] = {}  # idempotency key -> its push, logged but not yet applied
         self.evictions_logged: dict = {}
@@ -792,7 +793,9 @@ class Engine:
             lsn = self.applied_lsn
             parts, runtimes = {}, []
             for (name, version), rt in self.runtimes.items():
-                parts[f"{name}@v{version}/table"] = rt.table.snapshot()
+                key = f"{name}@v{version}/table"
+                # into the last checkpoint's copy: no page faults under the lock
+                parts[key] = self._table_copies[key] = rt.table.snapshot(out=self._table_copies.get(key))
                 for i, w in enumerate(rt.windows):
                     parts[f"{name}@v{version}/window{i}"] = w if self.checkpoint_mode == "fork" else w.frozen()
                 runtimes.append({"name": name, "version": version, "windows": len(rt.windows),
@@ -801,7 +804,8 @@ class Engine:
                     "idempotency": self.idempotency.to_list(), "late_events": self.late_total}
             tmp = temp_path(self.ckpt_dir, lsn)
             if self.checkpoint_mode == "fork":
-                task = fork_task(lambda: write_temp(tmp, lsn, _encode_parts(parts), meta))
+                # niced: on a busy machine the encoding waits, not the pushes and reads
+                task = fork_task(lambda: write_temp(tmp, lsn, _encode_parts(parts), meta), nice=10)
                 parts = None  # the child has its own (copy-on-write) view of them
         try:
             # The checkpoint lets the WAL up to `lsn` go: its events must be in
