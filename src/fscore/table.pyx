@@ -835,6 +835,13 @@ cdef class Table:
         string over its size); inserts nothing."""
         self._encode_keys(keys)
 
+    def rows_live(self, rows):
+        """Whether each row id (in range) holds a live key."""
+        rows_a = np.asarray(rows, dtype=np.int64)
+        if rows_a.size and (rows_a.min() < 0 or rows_a.max() >= self.capacity_):
+            raise SchemaError(f"row ids must be in 0..{self.capacity_ - 1}")
+        return self._rows_matrix()[rows_a, ROW_STATE] == 1
+
     def live_rows(self):
         """Row ids of every live row (int64, ascending)."""
         return np.nonzero(self._rows_matrix()[:, ROW_STATE] == 1)[0].astype(np.int64)

@@ -293,3 +293,16 @@ def test_incremental_python_peer_agrees_with_the_kernel(rng):
         want = py.value_one(s, 1000)
         for k in want:
             assert got[k][s] == pytest.approx(want[k], nan_ok=True), k
+
+
+def test_changed_slots_are_the_keys_whose_buckets_cross_the_window_edges():
+    """A hop boundary moves only the keys with an event in the bucket that
+    leaves the window or the one that enters it, not every key."""
+    v = WindowView(sliding(30, 10), ["count(*) as c"], 4)
+    # slot 0: bucket 3 (leaves at 70), slot 1: bucket 5 (stays), slot 2: bucket 6 (enters at 70), slot 3: none
+    v.update(np.array([0, 1, 2]), np.array([35, 55, 62]), {})
+    assert v.changed_slots(65, 71).tolist() == [0, 2]
+    assert v.changed_slots(65, 69).tolist() == []  # no boundary crossed
+    assert WindowView(lifetime(), ["count(*) as c"], 2).changed_slots(0, 10 ** 9).tolist() == []
+    with pytest.raises(ValueError):
+        v.changed_slots(71, 65)
