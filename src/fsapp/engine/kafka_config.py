@@ -4,10 +4,13 @@
       bootstrap_servers: broker1:9092,broker2:9092
       group_id: fstore-myproject        # default fstore-<project>
       assign: all                       # all (default) | group
-      batch_size: 1000                  # messages per engine batch
+      batch_size: 5000                  # messages per engine batch, at most
       poll_timeout_ms: 100
       dead_letter_topic: bad-events     # default <topic>.dlq per source topic
       dead_letter_file: data/dead.jsonl # instead of a topic (relative to the repo)
+      avro_framing: confluent           # or raw (bare Avro bodies)
+      avro_writer_schemas:              # Confluent schema id -> the producer's .avsc (schema evolution)
+        '7': schemas/payment-v2.avsc  # ids quoted: YAML keys are names
       security.protocol: SASL_SSL       # any key with a dot: a librdkafka property
       properties:                       # ... or grouped here
         sasl.mechanism: PLAIN
@@ -24,7 +27,7 @@ from fsapp.registry.errors import RepoError
 
 ASSIGN_MODES = ("all", "group")
 _KEYS = ("bootstrap_servers", "group_id", "assign", "batch_size", "poll_timeout_ms", "dead_letter_topic",
-         "dead_letter_file", "properties", "metadata_refresh_s", "avro_framing")
+         "dead_letter_file", "properties", "metadata_refresh_s", "avro_framing", "avro_writer_schemas")
 # set by fstore itself: the engine's offsets are the truth, not Kafka's
 _RESERVED = ("enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers")
 
@@ -34,12 +37,13 @@ class KafkaConfig:
     bootstrap_servers: str
     group_id: str
     assign: str = "all"
-    batch_size: int = 1000
+    batch_size: int = 5000
     poll_timeout_ms: int = 100
     dead_letter_topic: str | None = None
     dead_letter_file: str | None = None
     metadata_refresh_s: float = 10.0
     avro_framing: str = "confluent"  # or "raw": bare Avro bodies without the 5-byte header
+    avro_writer_schemas: dict = field(default_factory=dict)  # Confluent schema id -> .avsc path (absolute)
     repo_root: str = "."  # Avro schema files are relative to it
     properties: dict = field(default_factory=dict)
 
@@ -81,6 +85,17 @@ class KafkaConfig:
         if cfg.avro_framing not in ("confluent", "raw"):
             raise RepoError(f"{at('avro_framing')}.avro_framing: {cfg.avro_framing!r} is not 'confluent' or 'raw'")
         cfg.repo_root = str(repo.root)
+        writers = section.get("avro_writer_schemas") or {}
+        if not isinstance(writers, dict):
+            raise RepoError(f"{at('avro_writer_schemas')}.avro_writer_schemas: expected a mapping of Confluent "
+                            "schema ids to .avsc files, e.g. {'7': schemas/payment-v2.avsc}")
+        for sid, path in writers.items():
+            if isinstance(sid, bool) or not isinstance(sid, int) and not str(sid).isdigit():
+                raise RepoError(f"{at('avro_writer_schemas')}.avro_writer_schemas: {sid!r} is not a schema id "
+                                "(a number, the 4 bytes after the magic byte)")
+            if not isinstance(path, str) or not path:
+                raise RepoError(f"{at('avro_writer_schemas')}.avro_writer_schemas.{sid}: expected a .avsc path")
+            cfg.avro_writer_schemas[int(sid)] = str(repo.root / path)
         if cfg.assign not in ASSIGN_MODES:
             raise RepoError(f"{at('assign')}.assign: {cfg.assign!r} is not one of {', '.join(ASSIGN_MODES)}")
         for name, lo in (("batch_size", 1), ("poll_timeout_ms", 1), ("metadata_refresh_s", 0.1)):
