@@ -145,6 +145,14 @@ NEAR_VALID = {
                                     "df": equal_columns(fitting)}),
     "/api/v1/materialize": st.fixed_dictionaries({"end": fitting}, optional={"start": fitting,
                                                                             "views": st.lists(names, max_size=2)}),
+    "/write-to-online-store": st.fixed_dictionaries(
+        {"feature_view_name": st.sampled_from(["user_profile", "user_txn", "merchant_txn"]) | names,
+         "df": keyed(True)}),
+    "/materialize": st.fixed_dictionaries({}, optional={"start_ts": fitting, "end_ts": fitting,
+                                                        "feature_views": st.lists(names, max_size=2),
+                                                        "disable_event_timestamp": st.booleans()}),
+    "/materialize-incremental": st.fixed_dictionaries({"end_ts": fitting},
+                                                      optional={"feature_views": st.lists(names, max_size=2)}),
 }
 
 
@@ -154,7 +162,7 @@ def request_schema(doc, path):
 
 
 POSTS = ["/api/v1/features/online", "/api/v1/features/historical", "/api/v1/push", "/api/v1/materialize",
-         "/get-online-features", "/push"]
+         "/get-online-features", "/push", "/write-to-online-store", "/materialize", "/materialize-incremental"]
 
 
 def check(res):

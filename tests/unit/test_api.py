@@ -449,7 +449,8 @@ def test_openapi_describes_every_route(api):
     assert doc["openapi"].startswith("3.")
     routes = {"/api/v1/features/online", "/api/v1/features/historical", "/api/v1/push", "/api/v1/materialize",
               "/api/v1/registry/{kind}", "/api/v1/registry/{kind}/{name}", "/api/v1/lineage/{name}",
-              "/get-online-features", "/push", "/health", "/ready", "/metrics", "/api/v1/openapi.json"}
+              "/get-online-features", "/push", "/write-to-online-store", "/materialize", "/materialize-incremental",
+              "/health", "/ready", "/metrics", "/api/v1/openapi.json"}
     assert set(doc["paths"]) == routes
     for path, ops in doc["paths"].items():
         for op in ops.values():

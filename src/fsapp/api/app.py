@@ -68,6 +68,10 @@ class Timing:
                            time.perf_counter())
 
 
+_NO_VECTORS = ("fstore has no vector index: online document retrieval (vector search) is not supported; "
+               "read features by entity key (POST /get-online-features)")
+
+
 def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                json_max_rows: int = 10_000, http_metrics: HttpMetrics | None = None) -> falcon.App:
     """The API over `backend` (see fsapp.api.backend.Backend).
@@ -97,6 +101,11 @@ def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = D
         "/api/v1/lineage/{name}": r.Lineage(backend, limits),
         "/get-online-features": r.FeastOnlineFeatures(backend, limits),
         "/push": r.FeastPush(backend, limits),
+        "/write-to-online-store": r.FeastWriteToOnlineStore(backend, limits),
+        "/materialize": r.FeastMaterialize(backend, limits),
+        "/materialize-incremental": r.FeastMaterializeIncremental(backend, limits),
+        "/retrieve-online-documents": r.FeastUnsupported(backend, limits, _NO_VECTORS),
+        "/retrieve-online-documents-v2": r.FeastUnsupported(backend, limits, _NO_VECTORS),
         "/health": r.Health(backend, limits),
         "/ready": r.Ready(backend, limits),
         "/metrics": r.Metrics(backend, limits, http),

@@ -67,6 +67,18 @@ SCHEMAS = {
                        "to": {"type": "string", "enum": ["online", "online_and_offline", "offline"],
                               "description": "'offline' alone is refused: every push is logged offline and "
                                              "applied online"}}},
+    "FeastWriteRequest": {
+        "type": "object", "required": ["feature_view_name", "df"],
+        "description": "Feast's WriteToFeatureStoreRequest: feature rows of a plain view over a stream, written as "
+                       "a push to that stream (renamed columns mapped back; event_timestamp is the event time)",
+        "properties": {"feature_view_name": {"type": "string", "example": "user_last"}, "df": COLUMNS,
+                       "allow_registry_cache": {"type": "boolean"}, "transform_on_write": {"type": "boolean"}}},
+    "FeastMaterializeRequest": {
+        "type": "object", "description": "Feast's MaterializeRequest (materialize-incremental: end_ts only)",
+        "properties": {"start_ts": {"type": "string", "example": "2026-11-29T00:00:00"},
+                       "end_ts": {"type": "string", "example": "2026-11-30T00:00:00"},
+                       "feature_views": {"type": "array", "items": {"type": "string"}},
+                       "disable_event_timestamp": {"type": "boolean"}, "full_feature_names": {"type": "boolean"}}},
     "PushResponse": {
         "type": "object", "required": ["accepted", "late", "lsn"],
         "properties": {"accepted": {"type": "integer"}, "late": {"type": "integer",
@@ -161,6 +173,12 @@ def openapi_document(max_body_bytes: int) -> dict:
                                       READ),
         "/push": _post("Feast-compatible push (push_source_name = stream)", "FeastPushRequest", "PushResponse",
                        WRITE, more=(503,)),
+        "/write-to-online-store": _post("Feast-compatible write of a plain view's rows (a push to its stream)",
+                                        "FeastWriteRequest", "PushResponse", WRITE, more=(503,)),
+        "/materialize": _post("Feast-compatible materialize", "FeastMaterializeRequest", "MaterializeResponse",
+                              WRITE, more=(503,)),
+        "/materialize-incremental": _post("Feast-compatible materialize up to end_ts", "FeastMaterializeRequest",
+                                          "MaterializeResponse", WRITE, more=(503,)),
         "/health": _get("Liveness", "Health", [], errs=()),
         "/ready": _get("Readiness: the store can persist writes", "Health", [], errs=(503,)),
         "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {

@@ -253,6 +253,138 @@ class Materialize(_Resource):
         send_json(resp, self.backend.materialize(start, end, views))
 
 
+class FeastWriteToOnlineStore(_Resource):
+    """POST /write-to-online-store: what Feast's `remote` online store sends
+    for `FeatureStore.push(...)`, `write_to_online_store(...)` and a client
+    side `materialize` — feature rows of one feature view. fstore computes
+    every online value from events, so the rows are written as a push to the
+    view's stream (durable, logged offline too, visible to every worker):
+    each feature that is a column of the stream (or a rename of one) goes
+    back to that column, `event_timestamp` to the stream's time. A view
+    whose values fstore computes itself (windows, expressions) or that reads
+    a batch file is refused with what to do instead."""
+    scope = "write"
+
+    def on_post(self, req, resp):
+        doc = rq.json_body(req, self.limits.max_body_bytes)
+        rq.only_fields(doc, {"feature_view_name", "df", "allow_registry_cache", "transform_on_write"},
+                       "write-to-online-store request")
+        name = rq.string(doc, "feature_view_name")
+        df = rq.columns(doc.get("df"), "df")
+        view = self.backend.registry_get("feature_view", name, None)
+        d, resolved = view["definition"], view["resolved"]
+        source = d["source"]
+        if d.get("aggregations"):
+            raise errors.schema_mismatch(
+                f"feature view {name} aggregates the events of stream {source} over windows: fstore computes its "
+                f"values from the events, it does not store values written from outside. Push the events to "
+                f"{source} (POST /push with push_source_name {source!r})")
+        if resolved.get("source_kind") != "stream":
+            raise errors.schema_mismatch(
+                f"feature view {name} reads the batch file source {source}: its online values come from those "
+                "files (POST /materialize). Write the rows to the files, or define the view over a stream")
+        stream = self.backend.registry_get("stream", source, None)["definition"]
+        columns = {c["name"] for c in stream["columns"]}
+        back = {k: k for k, _ in resolved["keys"]}  # feature / key name -> stream column
+        computed = {}
+        for f in d["features"]:
+            bare = f["expr"].strip('"')
+            if bare in columns and bare.isidentifier():
+                back[f["name"]] = bare
+            else:
+                computed[f["name"]] = f["expr"]
+        ts = resolved["timestamp"]
+        rows: dict[str, list] = {}
+        for col, vals in df.items():
+            if col in ("event_timestamp", ts):
+                rows[ts] = vals
+            elif col == "created":
+                continue  # the engine stamps its own ingest time
+            elif col in back:
+                rows[back[col]] = vals
+            elif col in computed:
+                raise errors.schema_mismatch(
+                    f"feature {name}:{col} is computed by fstore ({computed[col]}) from stream {source}; a value "
+                    f"written for it cannot be turned back into the event it came from. Push the events to "
+                    f"{source} (POST /push) or leave {col} out")
+            else:
+                raise errors.schema_mismatch(
+                    f"{col!r} is not a feature or join key of feature view {name} (features: "
+                    f"{', '.join(f['name'] for f in d['features'])}; keys: {', '.join(k for k, _ in resolved['keys'])})")
+        if ts not in rows:
+            raise errors.schema_mismatch(f"'df' needs an 'event_timestamp' column (the rows' event times, "
+                                         f"ISO-8601 or epoch): it becomes {source}.{ts}")
+        send_json(resp, self.backend.push(source, rows, _idempotency_key(req)))
+
+
+def _feast_views(doc) -> list[str] | None:
+    views = rq.string_list(doc, "feature_views", required=False)
+    if doc.get("version") is not None:
+        raise errors.schema_mismatch("fstore materializes the latest version of each view; leave 'version' out "
+                                     "(an older version's values come from a feature service that pins it)")
+    return views or None
+
+
+def _no_async(req) -> None:
+    if req.get_param_as_bool("async"):
+        raise errors.schema_mismatch("fstore materializes synchronously and answers when the values are durable; "
+                                     "leave out ?async=true")
+
+
+class FeastMaterialize(_Resource):
+    """POST /materialize: Feast's MaterializeRequest (start_ts, end_ts,
+    feature_views), done by the engine as POST /api/v1/materialize."""
+    scope = "write"
+
+    def on_post(self, req, resp):
+        _no_async(req)
+        doc = rq.json_body(req, self.limits.max_body_bytes)
+        rq.only_fields(doc, {"start_ts", "end_ts", "feature_views", "disable_event_timestamp", "full_feature_names",
+                             "version"}, "materialize request")
+        views = _feast_views(doc)
+        if rq.boolean(doc, "disable_event_timestamp"):
+            start, end = START_OF_TIME, self.backend.clock()
+        else:
+            if doc.get("start_ts") is None or doc.get("end_ts") is None:
+                raise errors.schema_mismatch("'start_ts' and 'end_ts' are required (ISO-8601), or set "
+                                             "'disable_event_timestamp': true for everything up to now")
+            start, end = rq.time_us(doc["start_ts"], "start_ts"), rq.time_us(doc["end_ts"], "end_ts")
+        if start >= end:
+            raise errors.schema_mismatch("'start_ts' must be before 'end_ts'")
+        send_json(resp, self.backend.materialize(start, end, views))
+
+
+class FeastMaterializeIncremental(_Resource):
+    """POST /materialize-incremental: Feast's request (end_ts, feature_views).
+    fstore keeps windowed views current from the stream itself, so an
+    incremental materialize rebuilds from the whole offline log up to end_ts
+    (it heals late events; plain views take their values as of end_ts)."""
+    scope = "write"
+
+    def on_post(self, req, resp):
+        _no_async(req)
+        doc = rq.json_body(req, self.limits.max_body_bytes)
+        rq.only_fields(doc, {"end_ts", "feature_views", "full_feature_names", "version"},
+                       "materialize-incremental request")
+        views = _feast_views(doc)
+        if doc.get("end_ts") is None:
+            raise errors.schema_mismatch("'end_ts' is required (ISO-8601): values are computed as of this time")
+        send_json(resp, self.backend.materialize(START_OF_TIME, rq.time_us(doc["end_ts"], "end_ts"), views))
+
+
+class FeastUnsupported(_Resource):
+    """Feast feature-server endpoints for what fstore does not do: a clear
+    4xx instead of a 404 that reads like a wrong URL."""
+    scope = "read"
+
+    def __init__(self, backend, limits, what: str):
+        super().__init__(backend, limits)
+        self.what = what
+
+    def on_post(self, req, resp):
+        raise falcon.HTTPBadRequest(title="Not supported by fstore", description=self.what)
+
+
 # ---- registry and lineage
 
 def _kind(kind: str) -> str:
