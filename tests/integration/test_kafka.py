@@ -219,3 +219,51 @@ def test_config_errors_say_what_to_fix(tmp_path):
     (repo.root / "fstore.yaml").write_text("project: p\nkafka:\n  bootstrap_servers: x:1\n  security.protocol: SSL\n")
     cfg = KafkaConfig.from_repo(Repo(repo.root))
     assert cfg.client_properties()["security.protocol"] == "SSL" and cfg.group_id == "fstore-p"
+    for bad, says in (("max_share: 0", "fraction in 0.05..1"), ("max_share: yes", "fraction"),
+                      ("ready_max_lag: -1", "ready_max_lag: expected a number >= 0"),
+                      ("shared_batch_size: 0", "shared_batch_size: expected a number >= 1")):
+        (repo.root / "fstore.yaml").write_text(f"project: p\nkafka:\n  bootstrap_servers: x:1\n  {bad}\n")
+        with pytest.raises(RepoError, match=says):
+            KafkaConfig.from_repo(Repo(repo.root))
+
+
+def test_rest_pushes_get_smaller_kafka_batches_and_pauses_and_ready_reports_the_lag(kafka_broker, tmp_path):
+    """Issue 16 (no backpressure): during a catch-up, REST pushes waited
+    behind whole Kafka batches. While REST pushes arrive, batches shrink to
+    shared_batch_size and the ingest thread pauses (max_share); /ready says
+    how far behind ingestion is when kafka.ready_max_lag is set."""
+    from fsapp.api.backend import EngineBackend
+
+    topic = "payments-backpressure"
+    kafka_broker.create_topic(topic)
+    repo = make_repo(tmp_path, topic, kafka_broker.bootstrap,
+                     "  max_share: 0.5\n  shared_batch_size: 50\n  ready_max_lag: 100\n")
+    t = time.time_ns() // 1000 - 60_000_000
+    p = kafka_broker.producer()
+    for i in range(1200):
+        p.produce(topic, json.dumps({"account_id": i % 5, "amount": 1.0, "ts": t + i}).encode())
+    p.flush(10)
+    engine = open_engine(repo)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    ingest._subscribe()
+    backend = EngineBackend(engine)
+    try:
+        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) > 0)
+        ingest._update_lag()
+        ok, why = backend.ready()
+        assert not ok and "catching up on Kafka" in why and f"{topic}/0" in why, why
+        assert 0 < sum(ingest.counts["consumed"].values()) <= 200  # batch_size (make_repo: 200)
+        engine.push("payments", {"account_id": [99], "amount": [1.0], "ts": [t + 5000]})  # a REST push
+        before = sum(ingest.counts["consumed"].values())
+        ingest.poll_once()
+        assert 0 < sum(ingest.counts["consumed"].values()) - before <= 50 and ingest.paused_s > 0
+        before, paused = sum(ingest.counts["consumed"].values()), ingest.paused_s
+        ingest.poll_once()  # no REST push since: full batches, no pause
+        assert 50 < sum(ingest.counts["consumed"].values()) - before <= 200 and ingest.paused_s == paused
+        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 1200)
+        ingest._update_lag()
+        assert backend.ready() == (True, "")
+        assert "fstore_kafka_backpressure_seconds_total" in backend.metrics_text()
+    finally:
+        ingest.stop()
+        engine.close()

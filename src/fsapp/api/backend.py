@@ -97,6 +97,8 @@ class EngineBackend:
                                     "Malformed Kafka messages sent to the dead-letter topic or file", ("topic", "kind"))
         self.kafka_lag = m.gauge("fstore_kafka_lag_messages",
                                  "High watermark minus the engine's offset, per partition", ("topic", "partition"))
+        self.kafka_paused = m.counter("fstore_kafka_backpressure_seconds_total",
+                                      "Seconds Kafka ingestion paused to leave the engine to REST pushes", ())
         self.kafka_errors = m.counter("fstore_kafka_errors_total",
                                       "Kafka batches retried after an error (broker, WAL, dead-letter sink)", ())
         self.checkpoint_failures = m.counter("fstore_checkpoint_failures_total",
@@ -165,6 +167,9 @@ class EngineBackend:
             return False, (f"the last checkpoint failed ({eng.checkpoint_error}); writes are still logged and "
                            "acknowledged, but the log grows until a checkpoint succeeds: free disk space in "
                            f"{eng.data_dir}")
+        source = eng.sources.get("kafka")
+        if source is not None:
+            return source.readiness()
         return True, ""
 
     def metrics_text(self):
@@ -195,4 +200,5 @@ class EngineBackend:
                     topic, _, partition = key.rpartition("/")
                     self.kafka_lag.set(n, topic=topic, partition=partition)
                 self.kafka_errors.set(k["errors"])
+                self.kafka_paused.set(k["paused_s"])
         return self.metrics.render()

@@ -156,6 +156,8 @@ class Engine:
         # ingest sources running against this engine (e.g. "kafka"): each has
         # .stats() -> dict, reported by stats() and /metrics
         self.sources: dict = {}
+        # pushes without source offsets (REST, SDK): Kafka ingestion yields to them (backpressure)
+        self.foreground_pushes = 0
         # every accepted event, late ones included, goes to the offline log
         self.offline = OfflineStore(os.path.join(self.data_dir, "offline"))
         self.ckpt_dir = os.path.join(self.data_dir, "checkpoints")
@@ -424,6 +426,8 @@ class Engine:
         under the fsync policy. A retry with an `idempotency_key` seen before
         returns the first answer and applies nothing."""
         key = _check_key(idempotency_key)
+        if offsets is None:
+            self.foreground_pushes += 1  # GIL-atomic enough for a hint
         if key is not None:
             first = self._answer_for(key)
             if first is not None:

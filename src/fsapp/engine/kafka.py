@@ -268,7 +268,7 @@ class StreamDecoder:
                 continue
             try:
                 cols[name] = pa.array(vals)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # OverflowError: an integer past 64 bits
                 cols[name] = pa.array([None if v is None else json.dumps(v) if isinstance(v, (dict, list))
                                        else str(v) for v in vals])
         return pa.table(cols)
@@ -311,6 +311,8 @@ class KafkaIngest:
         self._next_refresh = 0.0
         self._next_lag = 0.0
         self._stop = threading.Event()
+        self._seen_foreground = engine.foreground_pushes
+        self.paused_s = 0.0  # time given back to REST pushes (backpressure)
         self._thread: threading.Thread | None = None
         self._closed = False
         engine.sources["kafka"] = self
@@ -409,12 +411,18 @@ class KafkaIngest:
         if self.config.assign == "all" and now >= self._next_refresh:
             self._refresh_assignment()
             self._next_refresh = now + self.config.metadata_refresh_s
+        # backpressure: REST pushes arrived since the last batch → smaller batches
+        # (shorter engine-lock holds) and a pause after each (below)
+        fg = self.engine.foreground_pushes
+        shared = fg != self._seen_foreground
+        self._seen_foreground = fg
+        limit = min(self.config.batch_size, self.config.shared_batch_size) if shared else self.config.batch_size
         # wait for the first message only, then take what is already fetched:
         # consume(n, timeout) would wait for n messages (or the timeout) and
         # hold a lone event back for the whole poll timeout
         first = self.consumer.poll(self.config.poll_timeout_ms / 1000)
-        msgs = [] if first is None else [first] + (self.consumer.consume(self.config.batch_size - 1, 0)
-                                                   if self.config.batch_size > 1 else [])
+        started = time.monotonic()
+        msgs = [] if first is None else [first] + (self.consumer.consume(limit - 1, 0) if limit > 1 else [])
         # PERF: one C-level pass finds errors; grouping by topic only with several topics
         errors = [m for m in msgs if m.error() is not None]
         for m in errors:
@@ -438,6 +446,10 @@ class KafkaIngest:
                 n += self._ingest(topic, batch)
         if n:
             self._commit(asynchronous=True)
+            if shared and self.config.max_share < 1:
+                pause = (time.monotonic() - started) * (1 - self.config.max_share) / self.config.max_share
+                self.paused_s += pause
+                self._stop.wait(pause)
         if now >= self._next_lag:
             self._update_lag()
             self._next_lag = now + 1.0
@@ -572,8 +584,21 @@ class KafkaIngest:
                 "dead_lettered": dict(self.counts["dead_lettered"]),
                 "dead_lettered_by_kind": {f"{t}:{k}": n for (t, k), n in self.dead_by_kind.items()},
                 "lag": dict(self.lag), "assigned": sorted(f"{t}/{p}" for t, p in self.assigned),
-                "errors": self.errors, "last_error": self.last_error,
+                "errors": self.errors, "last_error": self.last_error, "paused_s": round(self.paused_s, 3),
                 "running": self._thread is not None and self._thread.is_alive()}
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why not): the ingest thread is alive, and the lag is within
+        `ready_max_lag` when that is set."""
+        if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
+            return False, f"Kafka ingestion stopped ({self.last_error or 'the thread exited'}); restart the server"
+        limit = self.config.ready_max_lag
+        total = sum(self.lag.values())
+        if limit is not None and total > limit:
+            worst = sorted(self.lag.items(), key=lambda kv: -kv[1])[:3]
+            return False, (f"catching up on Kafka: {total} messages behind (kafka.ready_max_lag is {limit}; "
+                           f"most behind: {', '.join(f'{k} {v}' for k, v in worst)})")
+        return True, ""
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Finishes the current batch, commits, closes the consumer (a group

@@ -8,6 +8,9 @@
       poll_timeout_ms: 100
       dead_letter_topic: bad-events     # default <topic>.dlq per source topic
       dead_letter_file: data/dead.jsonl # instead of a topic (relative to the repo)
+      max_share: 0.5                    # while REST pushes arrive: at most this share of time on Kafka batches
+      shared_batch_size: 500            # ... in batches of at most this many messages
+      ready_max_lag: 100000             # /ready is 503 while the lag is above (default: never)
       avro_framing: confluent           # or raw (bare Avro bodies)
       avro_writer_schemas:              # Confluent schema id -> the producer's .avsc (schema evolution)
         '7': schemas/payment-v2.avsc  # ids quoted: YAML keys are names
@@ -27,7 +30,8 @@ from fsapp.registry.errors import RepoError
 
 ASSIGN_MODES = ("all", "group")
 _KEYS = ("bootstrap_servers", "group_id", "assign", "batch_size", "poll_timeout_ms", "dead_letter_topic",
-         "dead_letter_file", "properties", "metadata_refresh_s", "avro_framing", "avro_writer_schemas")
+         "dead_letter_file", "properties", "metadata_refresh_s", "avro_framing", "avro_writer_schemas",
+         "max_share", "shared_batch_size", "ready_max_lag")
 # set by fstore itself: the engine's offsets are the truth, not Kafka's
 _RESERVED = ("enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers")
 
@@ -44,6 +48,12 @@ class KafkaConfig:
     metadata_refresh_s: float = 10.0
     avro_framing: str = "confluent"  # or "raw": bare Avro bodies without the 5-byte header
     avro_writer_schemas: dict = field(default_factory=dict)  # Confluent schema id -> .avsc path (absolute)
+    # backpressure: while REST pushes are arriving, batches are at most
+    # shared_batch_size and the ingest thread pauses so that it applies
+    # batches at most max_share of the time (1.0: never pauses)
+    max_share: float = 0.5
+    shared_batch_size: int = 500
+    ready_max_lag: int | None = None  # /ready answers 503 while the lag is above this (None: lag never does)
     repo_root: str = "."  # Avro schema files are relative to it
     properties: dict = field(default_factory=dict)
 
@@ -98,12 +108,20 @@ class KafkaConfig:
             cfg.avro_writer_schemas[int(sid)] = str(repo.root / path)
         if cfg.assign not in ASSIGN_MODES:
             raise RepoError(f"{at('assign')}.assign: {cfg.assign!r} is not one of {', '.join(ASSIGN_MODES)}")
-        for name, lo in (("batch_size", 1), ("poll_timeout_ms", 1), ("metadata_refresh_s", 0.1)):
+        share = section.get("max_share")
+        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
+                                  or not 0.05 <= share <= 1):
+            raise RepoError(f"{at('max_share')}.max_share: expected a fraction in 0.05..1 (the share of time Kafka "
+                            f"ingestion may take while REST pushes arrive), got {share!r}")
+        if share is not None:
+            cfg.max_share = float(share)
+        for name, lo in (("batch_size", 1), ("poll_timeout_ms", 1), ("metadata_refresh_s", 0.1),
+                         ("shared_batch_size", 1), ("ready_max_lag", 0)):
             if section.get(name) is not None:
                 value = section[name]
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
                     raise RepoError(f"{at(name)}.{name}: expected a number >= {lo}, got {value!r}")
-                setattr(cfg, name, type(getattr(cfg, name))(value))
+                setattr(cfg, name, int(value) if name == "ready_max_lag" else type(getattr(cfg, name))(value))
         if section.get("dead_letter_file"):
             if cfg.dead_letter_topic:
                 raise RepoError(f"{at('dead_letter_file')}: set dead_letter_topic or dead_letter_file, not both")
