@@ -49,6 +49,25 @@ ONLY = [n for n in os.environ.get("FSCORE_ONLY", "").split(",") if n]
 if ONLY:
     extensions = [e for e in extensions if e.name.split(".")[-1] in ONLY]
 
+
+
+def generate_grpc_code() -> None:
+    """fsapp.grpc's message and service classes from its .proto files
+    (Feast's serving contract), generated at build time by grpcio-tools
+    next to the protos (src/fsapp/grpc/protos/**/*_pb2*.py, not in git)."""
+    import grpc_tools
+    from grpc_tools import protoc
+
+    protos = sorted(glob.glob("src/fsapp/grpc/protos/**/*.proto", recursive=True))
+    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+    if protoc.main(["grpc_tools.protoc", "-Isrc", f"-I{well_known}", "--python_out=src", "--grpc_python_out=src",
+                    *protos]) != 0:
+        raise SystemExit(f"grpc_tools.protoc failed on {protos}")
+
+
+if not ONLY:
+    generate_grpc_code()
+
 setup(
     ext_modules=cythonize(extensions, compiler_directives=directives, quiet=True, nthreads=2),
     # two cores on our machines: compile the extensions side by side

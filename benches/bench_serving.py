@@ -126,7 +126,7 @@ def start_fstore(work: Path, rows: list[dict]) -> tuple[subprocess.Popen, int, P
     Repo(root).apply()
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "fsapp.cli", "serve", "--repo", str(root), "--port", str(port),
-                             "--workers", "2", "--fsync", "always"],
+                             "--workers", "2", "--fsync", "always", "--grpc-port", "0"],
                             stdout=open(work / "fstore-serve.log", "w"), stderr=subprocess.STDOUT)
     wait_http(port, "/health", proc, 120, "fstore serve")
     for i in range(0, len(rows), 250):

@@ -36,12 +36,14 @@ def _bin(name: str) -> str:
 def ensure_venv(log=sys.stderr) -> str:
     """The venv's python with feast importable; creates the venv if needed."""
     py = _bin("python")
-    if os.path.exists(py) and subprocess.run([py, "-c", "import feast"], capture_output=True).returncode == 0:
+    # grpcio: Feast's own generated gRPC stubs talk to fstore's gRPC port in the compatibility tests
+    if os.path.exists(py) and subprocess.run([py, "-c", "import feast, grpc"], capture_output=True).returncode == 0:
         return py
     print(f"# feast_peer: creating {VENV} and installing feast (separate venv; a few minutes)", file=log, flush=True)
     try:
-        subprocess.run([sys.executable, "-m", "venv", VENV], check=True, capture_output=True, timeout=120)
-        r = subprocess.run([py, "-m", "pip", "install", "-q", "feast"], capture_output=True, text=True,
+        if not os.path.exists(py):
+            subprocess.run([sys.executable, "-m", "venv", VENV], check=True, capture_output=True, timeout=120)
+        r = subprocess.run([py, "-m", "pip", "install", "-q", "feast", "grpcio"], capture_output=True, text=True,
                            timeout=INSTALL_TIMEOUT_S)
     except (subprocess.SubprocessError, OSError) as e:
         raise FeastUnavailable(f"could not create the Feast venv {VENV}: {e}") from e

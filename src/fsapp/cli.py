@@ -69,6 +69,10 @@ SERVE_OPTIONS = (
     ServeOption("--host", "online.host", str, "HOST", "127.0.0.1", _text, "address to bind"),
     ServeOption("--port", "online.port", int, "PORT", 9094, _integer(1, 65535), "HTTP port"),
     ServeOption("--workers", "online.workers", int, "N", 2, _integer(1), "gunicorn workers"),
+    ServeOption("--grpc-port", "online.grpc_port", int, "PORT", 6566, _integer(0, 65535),
+                "gRPC port (Feast's ServingService and grpc.health.v1); 0 turns gRPC off"),
+    ServeOption("--grpc-workers", "online.grpc_workers", int, "N", 2, _integer(1),
+                "gRPC server processes (one port, SO_REUSEPORT)"),
     ServeOption("--fsync", "online.fsync", str, "{always,interval,never}", "always",
                 _one_of("always", "interval", "never"),
                 "WAL fsync policy: pushes are acknowledged once durable under it"),
@@ -161,7 +165,8 @@ def _serve(args) -> int:
     try:
         svc = Service(str(repo.root), host=opts["host"], port=opts["port"], workers=opts["workers"],
                       fsync=opts["fsync"], capacity=opts["capacity"], max_keys=opts["max_keys"],
-                      checkpoint_s=opts["checkpoint_seconds"])
+                      checkpoint_s=opts["checkpoint_seconds"], grpc_port=opts["grpc_port"],
+                      grpc_workers=opts["grpc_workers"])
         return svc.run()
     except (RuntimeError, RegistryError) as e:  # one line a person can act on, no traceback
         print(f"fstore serve: {e}", file=sys.stderr)

@@ -121,7 +121,7 @@ class Server:
         self.log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fsapp.cli", "serve", "--repo", repo, "--port", str(port), "--workers",
-             str(workers), "--fsync", "always"], stdout=self.log, stderr=subprocess.STDOUT)
+             str(workers), "--fsync", "always", "--grpc-port", "0"], stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{port}"
 
     def text(self) -> str:
@@ -366,6 +366,12 @@ def run_demo(events: int = 20_000, keep: str | None = None, workers: int = 2, cr
     except KeyboardInterrupt:
         say("interrupted; shutting down")
         return 130
+    except Exception as e:
+        # the server's side of it is in its log, which the temp dir takes away: show it first
+        if server is not None:
+            tail = server.text().splitlines()[-40:]
+            say(f"demo FAILED: {type(e).__name__}: {e}\n--- last lines of the server log ---\n" + "\n".join(tail))
+        raise
     finally:
         if server is not None:
             server.stop()

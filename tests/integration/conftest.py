@@ -103,7 +103,8 @@ def serve_repo(tmp_path):
         port = free_port()
         log = open(tmp_path / "serve.log", "w+")
         proc = subprocess.Popen([sys.executable, "-m", "fsapp.cli", "serve", "--repo", str(root), "--port",
-                                 str(port), "--workers", "2", "--fsync", "always"],
+                                 str(port), "--workers", "2", "--fsync", "always", "--grpc-port",
+                                 str(free_port())],
                                 stdout=log, stderr=subprocess.STDOUT)
         started.append((proc, log))
         base = f"http://127.0.0.1:{port}"

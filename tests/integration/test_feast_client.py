@@ -189,3 +189,60 @@ def test_feast_http_materialize_write_and_unsupported_endpoints(serve_repo):
     assert status == 422 and "event_timestamp" in body["description"]
     status, body = post(base + "/retrieve-online-documents", {"features": ["user_last:last_amount"], "query": [1.0]})
     assert status == 400 and "vector" in body["description"]
+
+
+GRPC_CLIENT_PY = """
+import json, sys
+import grpc
+from feast.protos.feast.serving import ServingService_pb2 as pb
+from feast.protos.feast.serving import ServingService_pb2_grpc as pb_grpc
+from feast.protos.feast.types import Value_pb2 as vpb
+
+stub = pb_grpc.ServingServiceStub(grpc.insecure_channel(sys.argv[1]))
+ids = vpb.RepeatedValue(val=[vpb.Value(int64_val=1), vpb.Value(int64_val=999)])
+r = stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(
+    features=pb.FeatureList(val=["user_txn:n", "user_txn:last_3", "user_last:last_country"]), entities={"user_id": ids}))
+s = stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(feature_service="fraud", full_feature_names=True,
+                                                       entities={"user_id": ids}))
+print(json.dumps({"names": list(r.metadata.feature_names.val),
+                  "n": [v.int64_val for v in r.results[1].values],
+                  "last_3": [list(v.double_list_val.val) for v in r.results[2].values],
+                  "country": [v.string_val if v.HasField("string_val") else None for v in r.results[3].values],
+                  "statuses": [pb.FieldStatus.Name(x) for x in r.results[3].statuses],
+                  "ts": r.results[3].event_timestamps[0].seconds,
+                  "service_names": list(s.metadata.feature_names.val),
+                  "version": stub.GetFeastServingInfo(pb.GetFeastServingInfoRequest()).version}))
+"""
+
+
+def _grpc_port(log) -> int:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        log.seek(0)
+        for line in log.read().splitlines():
+            if "gRPC pids" in line:
+                return int(line.split(" on ")[-1].split(":")[1].split()[0])
+        time.sleep(0.1)
+    log.seek(0)
+    pytest.fail("fstore serve did not start gRPC: " + log.read())
+
+
+def test_feasts_own_grpc_stubs_read_from_fstore(serve_repo, feast_python, tmp_path):
+    """The wire contract: Feast's generated ServingService stubs and Value
+    messages (its own protos, not ours) against fstore's gRPC port."""
+    base, _, log = serve_repo(DEFS)
+    t = time.time_ns() // 1000 - 60_000_000
+    assert post(base + "/api/v1/push", {"stream": "txns", "rows": [
+        {"user_id": 1, "amount": 10.0, "country": "DE", "ts": t},
+        {"user_id": 1, "amount": 2.5, "country": "US", "ts": t + 1_000_000}]})[0] == 200
+    client = tmp_path / "grpc_client.py"
+    client.write_text(GRPC_CLIENT_PY)
+    r = subprocess.run([feast_python, str(client), f"127.0.0.1:{_grpc_port(log)}"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["names"] == ["user_id", "n", "last_3", "last_country"]
+    assert out["n"] == [2, 0] and out["last_3"] == [[2.5, 10.0], []] and out["country"] == ["US", None]
+    assert out["statuses"] == ["PRESENT", "NOT_FOUND"] and out["ts"] == (t + 1_000_000) // 1_000_000
+    assert out["service_names"] == ["user_id", "user_txn__n", "user_last__last_country"]
+    assert out["version"].startswith("fstore")

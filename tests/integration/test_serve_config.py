@@ -48,6 +48,8 @@ def start_serve(tmp_path):
 
     def start(root, port, *flags):
         log = open(tmp_path / f"serve-{len(started)}.log", "w+")
+        if "--grpc-port" not in flags:  # two servers may run at once here: not both on gRPC's default port
+            flags = (*flags, "--grpc-port", str(free_port()))
         proc = subprocess.Popen([sys.executable, "-m", "fsapp.cli", "serve", "--repo", str(root), *flags],
                                 stdout=log, stderr=subprocess.STDOUT)
         started.append((proc, log))

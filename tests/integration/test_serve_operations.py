@@ -203,7 +203,8 @@ def test_a_full_disk_fails_checkpoints_without_stopping_the_engine(tmp_path):
         port = free_port()
         log = open(tmp_path / "serve.log", "w+")
         proc = subprocess.Popen([sys.executable, "-m", "fsapp.cli", "serve", "--repo", str(root), "--port", str(port),
-                                 "--workers", "1", "--checkpoint-seconds", "1"], stdout=log, stderr=subprocess.STDOUT)
+                                 "--workers", "1", "--checkpoint-seconds", "1", "--grpc-port", str(free_port())],
+                                stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:

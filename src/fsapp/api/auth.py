@@ -103,7 +103,10 @@ class ApiKeys:
 
     def check(self, req: falcon.Request, needed: str) -> None:
         """Raises 401 (no or unknown token) or 403 (token lacks `needed`)."""
-        header = req.get_header("Authorization")
+        self.verify(req.get_header("Authorization"), needed)
+
+    def verify(self, header: str | None, needed: str) -> None:
+        """`check` for an Authorization value from anywhere (gRPC metadata too)."""
         challenge = 'Bearer realm="fstore"'
         if not header:
             raise falcon.HTTPUnauthorized(title="Authentication required",

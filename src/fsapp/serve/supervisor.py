@@ -78,25 +78,38 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float) -> None:
+def _die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the supervisor dies (a kill -9 of
+    `fstore serve` must not leave servers holding the ports)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float, what: str = "gunicorn") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with code {proc.returncode} while starting; "
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting; "
                                f"is port {port} already in use?")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"gunicorn did not listen on {host}:{port} within {timeout:.0f}s")
+    raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout:.0f}s")
 
 
 class Service:
     def __init__(self, repo_dir: str, *, host: str = "127.0.0.1", port: int = 9094, workers: int = 2,
                  fsync: str = "always", capacity: int | None = None, max_keys: int | None = None,
-                 checkpoint_s: float = 60.0, log=sys.stderr):
+                 checkpoint_s: float = 60.0, grpc_port: int = 0, grpc_workers: int = 2, log=sys.stderr):
         self.repo = Repo(repo_dir)
+        self.grpc_port, self.grpc_workers = grpc_port, grpc_workers
+        self.grpc: list[subprocess.Popen] = []
         self.host, self.port, self.workers = host, port, workers
         self.fsync, self.capacity, self.max_keys, self.checkpoint_s = fsync, capacity, max_keys, checkpoint_s
         self.socket = socket_path_for(self.repo)
@@ -145,6 +158,25 @@ class Service:
         _wait_for_port(self.host, self.port, self.gunicorn, 60)
         self._say(f"gunicorn pid {self.gunicorn.pid} with {self.workers} workers on http://{self.host}:{self.port}")
 
+    def _start_grpc_process(self) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "fsapp.grpc.server", "--repo", str(self.repo.root),
+                                 "--host", self.host, "--port", str(self.grpc_port)],
+                                preexec_fn=_die_with_parent)
+
+    def start_grpc(self) -> None:
+        """`grpc_workers` processes serving gRPC on one port (SO_REUSEPORT)."""
+        self.grpc = [self._start_grpc_process() for _ in range(self.grpc_workers)]
+        for proc in self.grpc:
+            _wait_for_port(self.host, self.grpc_port, proc, 60, what="the gRPC server")
+        self._say(f"gRPC pids {', '.join(str(p.pid) for p in self.grpc)} on {self.host}:{self.grpc_port} "
+                  "(feast.serving.ServingService, grpc.health.v1)")
+
+    def _watch_grpc(self) -> None:
+        for i, proc in enumerate(self.grpc):
+            if proc.poll() is not None:
+                self._say(f"gRPC server pid {proc.pid} exited with code {proc.returncode}; starting another")
+                self.grpc[i] = self._start_grpc_process()
+
     def run(self) -> int:
         """Serves until a signal. Returns 0 on a clean stop; 1 when it cannot
         start at all (the repo is served already, the port is taken) or
@@ -169,11 +201,18 @@ class Service:
             if port_in_use(self.host, self.port):
                 raise RuntimeError(f"port {self.port} on {self.host} is in use by another program; stop it or "
                                    f"choose another port (--port, or online: port: in fstore.yaml)")
+            if self.grpc_port and port_in_use(self.host, self.grpc_port):
+                raise RuntimeError(f"gRPC port {self.grpc_port} on {self.host} is in use by another program; stop "
+                                   "it, choose another (--grpc-port, or online: grpc_port: in fstore.yaml), or "
+                                   "turn gRPC off with --grpc-port 0")
             self._start_engine_retrying(stop, restart=False)
             if stop["sig"] is None:
                 self.start_gunicorn()
+            if stop["sig"] is None and self.grpc_port:
+                self.start_grpc()
             while stop["sig"] is None:
                 time.sleep(0.1)
+                self._watch_grpc()
                 if self.gunicorn.poll() is not None:
                     self._say(f"gunicorn exited with code {self.gunicorn.returncode}; shutting down")
                     return 1
@@ -215,6 +254,15 @@ class Service:
             time.sleep(0.05)
 
     def shutdown(self) -> None:
+        for proc in self.grpc:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.grpc:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         for proc, name, grace in ((self.gunicorn, "gunicorn", 15), (self.engine, "engine", 60)):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
