@@ -837,7 +837,8 @@ cdef class WindowView:
             end = off + 8 * count
             if end > len(mv):
                 raise WindowStateError("window snapshot is truncated")
-            arrays.append(np.frombuffer(mv[off:end], dtype="<i8").astype(np.int64))
+            # a view of the snapshot, not a copy: `_load` copies the cells into the pool
+            arrays.append(np.frombuffer(mv[off:end], dtype="<i8"))
             off = end
         if off != len(mv):
             raise WindowStateError(f"window snapshot has {len(mv) - off} trailing bytes")
