@@ -95,6 +95,9 @@ def test_get_online_features_over_grpc_equals_rest(serve_repo):
             features=pb.FeatureList(val=["merchant_txn:m_n"]),
             entities={"merchant_id": vpb.RepeatedValue(val=[vpb.Value(string_val="m1")])}))
         assert resp.results[1].values[0].int64_val == 2
+        # many at once (the server's thread pool shares one reader and one registry connection)
+        futures = [stub.GetOnlineFeatures.future(req) for _ in range(64)]
+        assert all([f.result(timeout=30).results[1].values[0].int64_val == 2 for f in futures])
         # errors: the REST API's meanings as status codes
         for request, code in (
                 (pb.GetOnlineFeaturesRequest(features=pb.FeatureList(val=["nope:x"]), entities={"user_id": ints(1)}),

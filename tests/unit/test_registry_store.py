@@ -204,3 +204,30 @@ def test_init_repo_applies_as_is(tmp_path):
         assert {(i.name, f) for i, f in fraud} >= {("user_txn", "txn_count_1h"), ("user_profile", "age")}
         kinds = {w.kind for w, _ in reg.feature_view("user_txn").window_groups()}
         assert kinds == {"sliding", "continuous", "tumbling", "session", "lifetime"}
+
+
+def test_one_registry_read_by_many_threads_at_once(tmp_path):
+    """A registry object is shared by the engine's socket threads (and a gRPC
+    server's thread pool): two reads at once issued a second BEGIN on the one
+    SQLite connection — "cannot start a transaction within a transaction",
+    a 500 on an as_of read in `fstore demo` under load."""
+    import threading
+
+    repo = make_repo(tmp_path)
+    repo.apply()
+    errors = []
+    with _registry(repo) as reg:
+        def reader():
+            try:
+                for _ in range(300):
+                    reg.resolve_features(["user_txn:n_1h"], None)
+                    reg.snapshot()
+            except Exception as e:  # noqa: BLE001 - the test reports it
+                errors.append(e)
+
+        threads = [threading.Thread(target=reader) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert not errors, errors[:3]

@@ -21,6 +21,7 @@ import getpass
 import json
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,11 @@ class RegistryStore:
         # read spans exactly the statements we choose.
         self.con = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
                                    check_same_thread=False)
+        # one transaction at a time on the shared connection: the engine's socket
+        # threads, a gRPC server's thread pool and the ticker all read through it,
+        # and a second BEGIN on it while one is open fails ("cannot start a
+        # transaction within a transaction": a 500 on a concurrent as_of read)
+        self._lock = threading.RLock()
         self.con.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         if create:
             self._init_schema()
@@ -143,11 +149,12 @@ class RegistryStore:
     def _read(self, fn):
         """Run fn(con) inside one read transaction: a consistent snapshot even
         while another process applies."""
-        self.con.execute("BEGIN")
-        try:
-            return fn(self.con)
-        finally:
-            self.con.execute("COMMIT")
+        with self._lock:
+            self.con.execute("BEGIN")
+            try:
+                return fn(self.con)
+            finally:
+                self.con.execute("COMMIT")
 
     def head(self) -> int:
         return self._read(lambda c: c.execute("SELECT coalesce(max(id), 0) FROM applies").fetchone()[0])
@@ -214,6 +221,10 @@ class RegistryStore:
         the new apply id. Refuses if another apply happened since the plan was
         made, so a plan is never applied to a registry it was not computed
         against."""
+        with self._lock:
+            return self._apply(plan, repo, who)
+
+    def _apply(self, plan, repo: str, who: str | None) -> int:
         who = who or _user()
         self.con.execute("BEGIN IMMEDIATE")  # takes the write lock now: two applies serialise here
         try:
