@@ -248,3 +248,30 @@ def test_registry_feature_view_adapter(store):
     store.log.append("ev", {"k": [0, 0, 0], "ts": [1, 12, 15], "x": [1.0, 2.0, 3.0]}, timestamp="ts", created_ts=0)
     df = store.get_historical_features(pd.DataFrame({"k": [0], "event_timestamp": [20]}), [view]).to_df()
     assert df["n"].tolist() == [3] and df["s"].tolist() == [5.0]
+
+
+def test_sources_register_from_several_threads_at_once(tmp_path):
+    """The engine registers batch file sources from whichever thread asks
+    (training sets, materialize): on the store's one DuckDB connection two at
+    once failed with "connection is busy", reported as the file being
+    unreadable (found by reading the class of the registry bug)."""
+    import threading
+
+    pq.write_table(pa.table({"u": list(range(100)), "ts": list(range(100))}), tmp_path / "f.parquet")
+    store = OfflineStore(str(tmp_path / "off"))
+    errors = []
+
+    def register():
+        try:
+            for _ in range(100):
+                store.register_source("src", str(tmp_path / "f.parquet"), timestamp="ts")
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=register) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    store.close()
+    assert not errors, errors[:2]

@@ -113,11 +113,15 @@ class OfflineStore:
             seq = "0"
         else:
             raise SourceError(f"source {name}: format {format!r} is not parquet or csv")
+        with self._lock:  # a cursor of its own: registrations run in several threads (historical, materialize)
+            cur = self.con.cursor()
         try:
-            types = dict((r[0], r[1]) for r in self.con.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall())
+            types = dict((r[0], r[1]) for r in cur.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall())
         except duckdb.Error as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # not DuckDB's SQL echo
             raise SourceError(f"source {name}: cannot read {path!r}: {first}") from None
+        finally:
+            cur.close()
         for col in (timestamp, created_timestamp):
             if col is not None and col not in types:
                 raise SourceError(f"source {name}: column {col!r} not in {path!r} (columns: {', '.join(types)})")
