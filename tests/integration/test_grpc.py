@@ -132,3 +132,34 @@ def test_grpc_takes_the_same_api_keys(serve_repo, tmp_path):
             assert err.value.code() == code
         resp = stub.GetOnlineFeatures(req, metadata=[("authorization", "Bearer reader-key")])
         assert resp.results[1].values[0].int64_val == 1
+
+
+def test_a_killed_grpc_process_is_replaced_and_requests_go_on(serve_repo):
+    import os
+    import signal
+
+    base, _, log = serve_repo(DEFS)
+    port = grpc_port_of(log)
+    log.seek(0)
+    line = next(ln for ln in log.read().splitlines() if "gRPC pids" in ln)
+    pids = [int(p) for p in line.split("gRPC pids ")[1].split(" on ")[0].split(", ")]
+    assert len(pids) == 2
+    os.kill(pids[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        log.seek(0)
+        if f"gRPC server pid {pids[0]} exited" in log.read():
+            break
+        assert time.monotonic() < deadline, "the supervisor did not notice the killed gRPC process"
+        time.sleep(0.1)
+    req = pb.GetOnlineFeaturesRequest(features=pb.FeatureList(val=["user_txn:n"]), entities={"user_id": ints(1)})
+    for _ in range(20):  # new connections land on either process
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    pb_grpc.ServingServiceStub(ch).GetOnlineFeatures(req, timeout=5)
+                    break
+                except grpc.RpcError:
+                    assert time.monotonic() < deadline, "gRPC did not answer after a process was killed"
+                    time.sleep(0.1)
