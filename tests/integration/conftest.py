@@ -129,3 +129,19 @@ def serve_repo(tmp_path):
             except subprocess.TimeoutExpired:
                 proc.kill()
         log.close()
+
+
+@pytest.fixture
+def grpc_port_of():
+    """grpc_port_of(log): the gRPC port `fstore serve` says it serves on (its log line)."""
+    def find(log) -> int:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            log.seek(0)
+            for line in log.read().splitlines():
+                if "gRPC pids" in line:
+                    return int(line.split(" on ")[-1].split(":")[1].split()[0])
+            time.sleep(0.1)
+        log.seek(0)
+        pytest.fail("fstore serve did not start gRPC: " + log.read())
+    return find

@@ -215,19 +215,7 @@ print(json.dumps({"names": list(r.metadata.feature_names.val),
 """
 
 
-def _grpc_port(log) -> int:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        log.seek(0)
-        for line in log.read().splitlines():
-            if "gRPC pids" in line:
-                return int(line.split(" on ")[-1].split(":")[1].split()[0])
-        time.sleep(0.1)
-    log.seek(0)
-    pytest.fail("fstore serve did not start gRPC: " + log.read())
-
-
-def test_feasts_own_grpc_stubs_read_from_fstore(serve_repo, feast_python, tmp_path):
+def test_feasts_own_grpc_stubs_read_from_fstore(serve_repo, feast_python, grpc_port_of, tmp_path):
     """The wire contract: Feast's generated ServingService stubs and Value
     messages (its own protos, not ours) against fstore's gRPC port."""
     base, _, log = serve_repo(DEFS)
@@ -237,7 +225,7 @@ def test_feasts_own_grpc_stubs_read_from_fstore(serve_repo, feast_python, tmp_pa
         {"user_id": 1, "amount": 2.5, "country": "US", "ts": t + 1_000_000}]})[0] == 200
     client = tmp_path / "grpc_client.py"
     client.write_text(GRPC_CLIENT_PY)
-    r = subprocess.run([feast_python, str(client), f"127.0.0.1:{_grpc_port(log)}"], capture_output=True, text=True,
+    r = subprocess.run([feast_python, str(client), f"127.0.0.1:{grpc_port_of(log)}"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])

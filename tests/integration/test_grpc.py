@@ -30,18 +30,6 @@ CREATE FEATURE SERVICE fraud AS (user_txn:n, user_last:last_country);
 """
 
 
-def grpc_port_of(log) -> int:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        log.seek(0)
-        for line in log.read().splitlines():
-            if "gRPC pids" in line:
-                return int(line.split(" on ")[-1].split(":")[1].split()[0])
-        time.sleep(0.1)
-    log.seek(0)
-    pytest.fail("fstore serve did not start gRPC: " + log.read())
-
-
 def push(base, rows, key=None):
     req = urllib.request.Request(base + "/api/v1/push", data=json.dumps({"stream": "txns", "rows": rows}).encode(),
                                  headers={"Content-Type": "application/json",
@@ -54,7 +42,7 @@ def ints(*xs):
     return vpb.RepeatedValue(val=[vpb.Value(int64_val=x) for x in xs])
 
 
-def test_get_online_features_over_grpc_equals_rest(serve_repo):
+def test_get_online_features_over_grpc_equals_rest(serve_repo, grpc_port_of):
     base, _, log = serve_repo(DEFS)
     port = grpc_port_of(log)
     t = time.time_ns() // 1000 - 60_000_000
@@ -114,7 +102,7 @@ def test_get_online_features_over_grpc_equals_rest(serve_repo):
             assert err.value.details()
 
 
-def test_grpc_takes_the_same_api_keys(serve_repo, tmp_path):
+def test_grpc_takes_the_same_api_keys(serve_repo, grpc_port_of, tmp_path):
     keys = tmp_path / "keys.txt"
     keys.write_text("reader-key read\nwriter-key write\n")
     base, _, log = serve_repo(DEFS, f"auth:\n  api_keys_file: {keys}\n")
@@ -134,7 +122,7 @@ def test_grpc_takes_the_same_api_keys(serve_repo, tmp_path):
         assert resp.results[1].values[0].int64_val == 1
 
 
-def test_a_killed_grpc_process_is_replaced_and_requests_go_on(serve_repo):
+def test_a_killed_grpc_process_is_replaced_and_requests_go_on(serve_repo, grpc_port_of):
     import os
     import signal
 
