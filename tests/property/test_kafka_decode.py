@@ -89,6 +89,12 @@ def batches(draw):
 
 
 def same(a, b) -> bool:
+    """a: the batch reader's value, b: the per-message reader's."""
+    if isinstance(a, float) and isinstance(b, str):
+        # the per-message reader turns a column of mixed JSON number kinds it cannot hold as one
+        # Arrow type (0.0 beside 9007199254740993) into text for the engine's DuckDB cast to a
+        # DOUBLE (correctly rounded, as Python's float() and Arrow's JSON reader are)
+        b = float(b)
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     if isinstance(a, bool) or isinstance(b, bool):
@@ -119,6 +125,8 @@ def assert_same(got, want):
                Msg(b"", 2, (TIMESTAMP_CREATE_TIME, 1))])  # 3 lines, 3 Arrow rows, not the messages'
 @example(msgs=[Msg(b'{"account_id": 1, "ts": NaN}', 0, (TIMESTAMP_CREATE_TIME, 1))])
 @example(msgs=[Msg(b'{"account_id": 18446744073709551616, "ts": 1764000000}', 0, (TIMESTAMP_CREATE_TIME, 1))])
+@example(msgs=[Msg(b'{"account_id": 1, "amount": 0.0, "ts": 1764000000}', 0, (TIMESTAMP_CREATE_TIME, 1)),
+               Msg(b'{"account_id": 1, "amount": 9007199254740993, "ts": 1764000000}', 1, (TIMESTAMP_CREATE_TIME, 1))])
 def test_the_batch_reader_gives_what_the_per_message_reader_gives(msgs):
     dec = StreamDecoder(STREAM)
     try:
