@@ -6,7 +6,7 @@ key wins, by event time, then created time). An aggregated view keeps one
 state is indexed by the key's row id in the online table (`Table.slots_for`;
 tables grow keeping row ids), and after every batch, at every hop boundary of
 each of its windows, and when an event that was ahead of the clock becomes
-visible (see `tick`), it writes the values as of `now` into the table.
+visible (see `tick_rows`), it writes the values as of `now` into the table.
 Workers then serve both kinds with the same table lookup.
 
 Events ahead of the engine clock (ts >= now, within the stream's max_future)
@@ -354,12 +354,6 @@ class ViewRuntime:
         self.table.put_rows(rows, values, np.where(last == INT64_MIN, now, last),
                             np.full(rows.size, now, dtype=np.int64), nulls=nulls)
 
-    def tick(self, now: int) -> int:
-        """`tick_rows` and their values written at once; returns the rows written."""
-        rows = self.tick_rows(now)
-        self.write_values(rows, now)
-        return int(rows.size)
-
     def tick_rows(self, now: int) -> np.ndarray:
         """Time-driven updates; returns the rows whose values must be
         rewritten as of `now` (the caller writes them, in chunks if it likes:
@@ -395,7 +389,7 @@ class ViewRuntime:
         return np.union1d(released, moved)
 
     def next_change(self, now: int) -> int | None:
-        """The earliest time after `now` at which `tick` has work: the next hop
+        """The earliest time after `now` at which `tick_rows` has work: the next hop
         boundary of a window, or just after the next held event's time."""
         if not self.aggregated:
             return None
