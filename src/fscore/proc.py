@@ -73,7 +73,7 @@ def fork_task(fn, nice: int = 0) -> ForkedTask:
             os.close(r)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
-            _die_with_parent()
+            die_with_parent()
             if nice:
                 os.nice(nice)
             if os.getppid() != parent:  # the parent died before the line above
@@ -91,13 +91,14 @@ def fork_task(fn, nice: int = 0) -> ForkedTask:
     return ForkedTask(pid, r)
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent exits (best effort elsewhere)."""
+def die_with_parent(sig: int | None = None) -> None:
+    """Linux: send this process `sig` (default SIGKILL) when its parent exits
+    (best effort elsewhere). Also a subprocess `preexec_fn`."""
     import ctypes
     import signal
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        libc.prctl(1, int(signal.SIGKILL if sig is None else sig), 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

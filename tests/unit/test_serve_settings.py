@@ -8,7 +8,7 @@ from fsapp.cli import SERVE_OPTIONS, _BadFlag, build_parser, serve_settings
 from fsapp.registry.errors import RepoError
 from fsapp.registry.repo import Repo
 from fsapp.registry.scaffold import FSTORE_YAML
-from fsapp.serve.wsgi import api_keys_for
+from fsapp.api.auth import api_keys_for
 
 
 def repo_with(tmp_path, text: str) -> Repo:

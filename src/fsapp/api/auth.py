@@ -16,6 +16,7 @@ line, the token, then its scopes separated by commas; `#` starts a comment:
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 
 import falcon
@@ -95,6 +96,14 @@ def server_api_keys(keys_file, env_keys: str = "") -> dict | None:
         raise ValueError(f"API keys are set twice: in {keys_file} and in the FSTORE_API_KEYS variable; "
                          "keep the keys file and unset FSTORE_API_KEYS")
     return load_api_keys_file(keys_file) if keys_file else from_env
+
+
+def api_keys_for(repo, environ=os.environ) -> dict | None:
+    """The keys a server of `repo` enforces (REST workers and gRPC servers
+    alike): the keys file the supervisor names (FSTORE_API_KEYS_FILE) or the
+    repo's, else FSTORE_API_KEYS (server_api_keys)."""
+    keys_file = environ.get("FSTORE_API_KEYS_FILE") or repo.api_keys_file
+    return server_api_keys(keys_file, environ.get("FSTORE_API_KEYS", ""))
 
 
 class ApiKeys:

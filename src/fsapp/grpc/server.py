@@ -252,19 +252,12 @@ def _code_of(e: Exception) -> tuple:
     return grpc.StatusCode.INTERNAL, "the server failed on this request; the log has the details"
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("fstore")
-    except PackageNotFoundError:
-        return "dev"
-
-
 def make_server(reader, address: str, *, keys=None, threads: int = 8, reuse_port: bool = True):
     """A started-able grpc.Server with the serving and health services."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
                          options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
-    servicer = Servicer(reader, keys, version=f"fstore {_version()}")
+    from fsapp.cli import version
+    servicer = Servicer(reader, keys, version=f"fstore {version()}")
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {
         "GetFeastServingInfo": grpc.unary_unary_rpc_method_handler(
             servicer.GetFeastServingInfo, request_deserializer=pb.GetFeastServingInfoRequest.FromString,
@@ -284,8 +277,8 @@ def make_server(reader, address: str, *, keys=None, threads: int = 8, reuse_port
 
 def main(argv=None) -> int:
     from fsapp.registry.repo import Repo
+    from fsapp.api.auth import ApiKeys, api_keys_for
     from fsapp.serve.reader import OnlineReader
-    from fsapp.serve.wsgi import api_keys_for
 
     ap = argparse.ArgumentParser(prog="python -m fsapp.grpc.server")
     ap.add_argument("--repo", required=True)
@@ -295,7 +288,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     repo = Repo(args.repo)
-    from fsapp.api.auth import ApiKeys
     keys = api_keys_for(repo)
     reader = OnlineReader(str(repo.data_dir / "engine"), str(repo.registry_path))
     server = make_server(reader, f"{args.host}:{args.port}", keys=ApiKeys(keys) if keys else None,

@@ -7,6 +7,7 @@ tables it last published; writes answer 503 saying whether anything happened.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import signal
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 
+from fscore.proc import die_with_parent
 from fsapp.registry.repo import Repo
 
 
@@ -76,17 +78,6 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
-
-
-def _die_with_parent() -> None:
-    """In a child before exec: SIGTERM when the supervisor dies (a kill -9 of
-    `fstore serve` must not leave servers holding the ports)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float, what: str = "gunicorn") -> None:
@@ -161,7 +152,9 @@ class Service:
     def _start_grpc_process(self) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "fsapp.grpc.server", "--repo", str(self.repo.root),
                                  "--host", self.host, "--port", str(self.grpc_port)],
-                                preexec_fn=_die_with_parent)
+                                # SIGTERM if the supervisor dies: a kill -9 of `fstore serve` must not
+                                # leave servers holding the port
+                                preexec_fn=functools.partial(die_with_parent, signal.SIGTERM))
 
     def start_grpc(self) -> None:
         """`grpc_workers` processes serving gRPC on one port (SO_REUSEPORT)."""
@@ -254,16 +247,8 @@ class Service:
             time.sleep(0.05)
 
     def shutdown(self) -> None:
-        for proc in self.grpc:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.grpc:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for proc, name, grace in ((self.gunicorn, "gunicorn", 15), (self.engine, "engine", 60)):
+        servers = [(p, "gRPC server", 10) for p in self.grpc]
+        for proc, name, grace in (*servers, (self.gunicorn, "gunicorn", 15), (self.engine, "engine", 60)):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:

@@ -10,7 +10,7 @@ import gc
 import os
 
 from fsapp.api.app import create_app
-from fsapp.api.auth import server_api_keys
+from fsapp.api.auth import api_keys_for
 from fsapp.api.deferred import AFTER_RESPONSE
 from fsapp.registry.repo import Repo
 from fsapp.serve.feature_log import FeatureLogConfig, FeatureLogger
@@ -56,12 +56,6 @@ class _Closing:
 
 def _nothing() -> None:
     pass
-
-
-def api_keys_for(repo: Repo, environ=os.environ) -> dict | None:
-    """The keys this server enforces (fsapp.api.auth.server_api_keys)."""
-    keys_file = environ.get("FSTORE_API_KEYS_FILE") or repo.api_keys_file
-    return server_api_keys(keys_file, environ.get("FSTORE_API_KEYS", ""))
 
 
 def build_application():
