@@ -40,6 +40,13 @@ def open_engine(repo):
     return Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
 
 
+def subscribed(engine, repo):
+    """The repo's Kafka ingestion into `engine`, assigned and ready for poll_once()."""
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    ingest._subscribe()
+    return ingest
+
+
 def drain(ingest, until, timeout_s=20.0):
     deadline = time.monotonic() + timeout_s
     while not until():
@@ -74,8 +81,7 @@ def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(ka
     p.flush(10)
 
     engine = open_engine(repo)
-    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
-    ingest._subscribe()
+    ingest = subscribed(engine, repo)
     try:
         drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 35)
         counts, sums = totals(engine, [0, 1, 2, 3])
@@ -107,8 +113,7 @@ def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(ka
     p.flush(10)
     engine = open_engine(repo)
     assert engine.offsets == {f"{topic}/0": 20, f"{topic}/1": 15}
-    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
-    ingest._subscribe()
+    ingest = subscribed(engine, repo)
     try:
         drain(ingest, lambda: engine.offsets.get(f"{topic}/1") == 16)
         assert ingest.counts["consumed"] == {topic: 1}  # nothing read twice
@@ -136,8 +141,7 @@ def test_a_clean_topic_is_read_by_the_batch_decoder_and_a_poison_time_is_a_dead_
                   partition=i % 2)
     p.flush(10)
     engine = open_engine(repo)
-    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
-    ingest._subscribe()
+    ingest = subscribed(engine, repo)
     try:
         drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 3000)
         dec = ingest.decoders[topic]
@@ -172,8 +176,7 @@ def test_group_mode_resumes_from_the_engine_offsets_not_the_committed_ones(kafka
     p.produce(topic, b"oops", partition=0)
     p.flush(10)
     engine = open_engine(repo)
-    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
-    ingest._subscribe()
+    ingest = subscribed(engine, repo)
     try:
         drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 41, timeout_s=40)
     finally:
@@ -193,8 +196,7 @@ def test_group_mode_resumes_from_the_engine_offsets_not_the_committed_ones(kafka
         p.produce(topic, json.dumps({"account_id": 7, "amount": 1.0, "ts": t + 100 + i}).encode(), partition=i % 2)
     p.flush(10)
     engine = open_engine(repo)
-    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
-    ingest._subscribe()
+    ingest = subscribed(engine, repo)
     try:
         drain(ingest, lambda: totals(engine, [7])[0] == [50], timeout_s=40)
         for _ in range(5):
@@ -244,8 +246,7 @@ def test_rest_pushes_get_smaller_kafka_batches_and_pauses_and_ready_reports_the_
         p.produce(topic, json.dumps({"account_id": i % 5, "amount": 1.0, "ts": t + i}).encode())
     p.flush(10)
     engine = open_engine(repo)
-    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
-    ingest._subscribe()
+    ingest = subscribed(engine, repo)
     backend = EngineBackend(engine)
     try:
         drain(ingest, lambda: sum(ingest.counts["consumed"].values()) > 0)
