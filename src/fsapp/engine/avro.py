@@ -28,9 +28,9 @@ import struct
 import fastavro
 from fastavro.read import SchemaResolutionError
 
+from fsapp.engine.ingest import datetime_us
 from fsapp.registry.errors import RepoError
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _EPOCH_DATE = dt.date(1970, 1, 1)
 
 
@@ -58,10 +58,7 @@ def load_schema(path: str) -> dict:
 def _plain(v):
     """fastavro's logical-type objects → what a JSON push carries."""
     if isinstance(v, dt.datetime):
-        if v.tzinfo is None:
-            v = v.replace(tzinfo=dt.timezone.utc)
-        d = v - _EPOCH
-        return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+        return datetime_us(v)
     if isinstance(v, dt.date):
         return (v - _EPOCH_DATE).days
     return v

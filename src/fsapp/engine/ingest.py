@@ -100,6 +100,19 @@ def _column(name: str, vals, mixed: dict) -> pa.Array:
         return pa.array([None if v is None else str(v) for v in vals])
 
 
+def datetime_us(d: dt.datetime) -> int:
+    """A datetime → µs since the epoch, exactly (naive = UTC)."""
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=dt.timezone.utc)
+    delta = d - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def iso_us(s: str) -> int:
+    """ISO-8601 text (a trailing Z, or no offset = UTC) → µs; ValueError if it is not ISO-8601."""
+    return datetime_us(dt.datetime.fromisoformat(s.strip().replace("Z", "+00:00")))
+
+
 def timestamps_us(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
     """A timestamp column (strings, datetimes, numbers) → int64 µs UTC."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
@@ -125,14 +138,10 @@ def timestamps_us(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
         out = np.empty(len(col), dtype=np.int64)
         for i, s in enumerate(col.to_pylist()):
             try:
-                d = dt.datetime.fromisoformat(s.strip().replace("Z", "+00:00"))
+                out[i] = iso_us(s)
             except ValueError:
                 raise BatchError(f"timestamp column {name!r}, row {i}: {s!r} is not ISO-8601 "
                                  "(e.g. 2026-11-27T10:00:00Z) or an epoch number") from None
-            if d.tzinfo is None:
-                d = d.replace(tzinfo=dt.timezone.utc)
-            delta = d - _EPOCH
-            out[i] = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
         return out
     raise BatchError(f"timestamp column {name!r} has type {t}; use ISO-8601 strings or epoch numbers")
 

@@ -17,7 +17,6 @@ or file with the reason, and their offsets advance with the batch (or through
 """
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import logging
@@ -36,13 +35,12 @@ from confluent_kafka import (OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer
 from fscore.errors import KeyEncodingError
 from fsapp.engine.avro import AvroDecoder, AvroError
 from fsapp.engine.errors import BatchError
-from fsapp.engine.ingest import TIME_MAX_US, TIME_MIN_US, _kind_of, check_time_range, timestamps_us
+from fsapp.engine.ingest import TIME_MAX_US, TIME_MIN_US, _kind_of, check_time_range, iso_us, timestamps_us
 from fsapp.engine.kafka_config import DeadLetter, DeadLetterFile, DeadLetterTopic, KafkaConfig
 from fsapp.registry.errors import RepoError
 
 log = logging.getLogger("fstore.kafka")
 ROW_ERRORS = (BatchError, KeyEncodingError)  # the row's fault: dead-letter it; anything else is ours: retry
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class Malformed(ValueError):
@@ -58,13 +56,9 @@ def _epoch_us(v, field: str) -> int:
         raise Malformed("schema", f"timestamp field {field!r} is {type(v).__name__}; use ISO-8601 or epoch numbers")
     if isinstance(v, str):
         try:
-            d = dt.datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+            return iso_us(v)
         except ValueError:
             raise Malformed("schema", f"timestamp field {field!r}: {v!r} is not ISO-8601 or an epoch number") from None
-        if d.tzinfo is None:
-            d = d.replace(tzinfo=dt.timezone.utc)
-        delta = d - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     if isinstance(v, float) and not math.isfinite(v):
         raise Malformed("schema", f"timestamp field {field!r} is {v!r}; send ISO-8601 or an epoch number")
     mag = abs(v)
