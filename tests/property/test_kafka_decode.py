@@ -124,6 +124,7 @@ def assert_same(got, want):
                Msg(b'{"account_id": 1} {"account_id": 2}', 1, (TIMESTAMP_CREATE_TIME, 1)),
                Msg(b"", 2, (TIMESTAMP_CREATE_TIME, 1))])  # 3 lines, 3 Arrow rows, not the messages'
 @example(msgs=[Msg(b'{"account_id": 1, "ts": NaN}', 0, (TIMESTAMP_CREATE_TIME, 1))])
+@example(msgs=[Msg(b"{}", 0, (TIMESTAMP_CREATE_TIME, 1)), Msg(b"null", 1, (TIMESTAMP_CREATE_TIME, 1))])  # a row of nulls
 @example(msgs=[Msg(b'{"account_id": 18446744073709551616, "ts": 1764000000}', 0, (TIMESTAMP_CREATE_TIME, 1))])
 @example(msgs=[Msg(b'{"account_id": 1, "amount": 0.0, "ts": 1764000000}', 0, (TIMESTAMP_CREATE_TIME, 1)),
                Msg(b'{"account_id": 1, "amount": 9007199254740993, "ts": 1764000000}', 1, (TIMESTAMP_CREATE_TIME, 1))])
