@@ -21,7 +21,7 @@ from fsapp.registry.errors import NotFoundError
 
 _CALLER_DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.OutOfRangeException,
                        duckdb.TypeMismatchException)
-KINDS = ("entity", "source", "stream", "feature_view", "feature_service")
+KINDS = ("entity", "source", "stream", "request_source", "feature_view", "on_demand_view", "feature_service")
 
 
 @runtime_checkable

@@ -292,10 +292,19 @@ class Engine:
         snap = self.registry.snapshot()
         self.streams = {e.name: e.definition for e in snap.of_kind("stream")}
         wanted = {(e.name, e.version) for e in snap.of_kind("feature_view")}
+        on_demand = {(e.name, e.version): e for e in snap.of_kind("on_demand_view")}
         for svc in snap.of_kind("feature_service"):  # services pin view versions
             for ref in svc.resolved["features"]:
                 view, _, rest = ref.partition("@v")
-                wanted.add((view, int(rest.split(":")[0])) if rest else (view, snap.get(view).version))
+                key = (view, int(rest.split(":")[0])) if rest else (view, snap.get(view).version)
+                if key in on_demand or self.registry.get(*key).kind == "on_demand_view":
+                    on_demand.setdefault(key, self.registry.get(*key))
+                else:
+                    wanted.add(key)
+        for od in on_demand.values():  # on-demand views read pinned view versions
+            for ref in od.resolved["inputs"]:
+                view, _, rest = ref.partition("@v")
+                wanted.add((view, int(rest.split(":")[0])))
         saved = {(r["name"], r["version"]): r for r in (ckpt.meta.get("runtimes", []) if ckpt else [])}
         if ckpt:
             self.watermarks = {k: int(v) for k, v in ckpt.meta.get("watermarks", {}).items()}
@@ -732,10 +741,13 @@ class Engine:
 
     def get_historical_features(self, entity_df, features, **kw):
         """Point-in-time training set from the offline log (see fsapp.offline)."""
+        from fsapp.ondemand.offline import split
+
         self.register_file_sources()
         with self.lock:
             self.offline.log.flush()
-        return self.offline.get_historical_features(entity_df, features, **kw)
+        stored, on_demand = split(self.registry, [features] if isinstance(features, str) else features)
+        return self.offline.get_historical_features(entity_df, stored, on_demand=on_demand, **kw)
 
     # ---- time
 

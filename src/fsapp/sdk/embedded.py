@@ -20,7 +20,7 @@ from fsapp.sdk.convert import entity_columns, entity_table, service_refs, to_us
 from fsapp.sdk.listing import RegistryListing
 from fsapp.sdk.results import OnlineResponse
 
-KINDS = ("entity", "source", "stream", "feature_view", "feature_service")
+KINDS = ("entity", "source", "stream", "request_source", "feature_view", "on_demand_view", "feature_service")
 START_OF_TIME = -(1 << 62)
 
 
