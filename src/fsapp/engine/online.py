@@ -17,6 +17,7 @@ import json
 import numpy as np
 
 from fscore import jsonenc
+from fscore.table import PRESENT
 
 from fsapp.engine.errors import BatchError
 from fsapp.registry.catalog import FeatureNameCheck
@@ -120,6 +121,9 @@ class OnlinePlan:
         # each on-demand view's inputs: 'view.feature' -> (view number, feature number)
         self.inputs = [{f"{v.name}.{f}": (index[(v.name, v.version)], position[((v.name, v.version), f)])
                         for v, f in od.input_pairs} for od in self.on_demand]
+        # per view, its feature numbers some on-demand feature reads
+        self.wanted = [sorted({j for inputs in self.inputs for vv, j in inputs.values() if vv == v})
+                       for v in range(len(self.views))]
         self.one_view = (len(self.views) == 1 and not self.on_demand
                          and self.order == [(0, j) for j in range(len(self.order))])
         self.feature_names = {full: [_feature_name(i, f, full) for i, f in self.resolved] for full in (False, True)}
@@ -164,45 +168,46 @@ def _read(plan, table_of, entities, now: int, lookup, objects: bool):
     for v, (key, info, feats) in enumerate(plan.views):
         table = table_of(info)
         keys = _keys_for(table.schema, ent, info.name)
-        wanted = [j for inputs in plan.inputs for vv, j in inputs.values() if vv == v]
+        wanted = plan.wanted[v]  # this view's features that on-demand features read
         if lookup is None and not objects and not wanted:
             out.append(jsonenc.table_results(table, keys, now, plan.specs(key, table), joined=joined))
         elif lookup is None:
             status, event_ts, rows = table.get_rows(keys, now)
             specs = plan.specs(key, table)
             out.append(jsonenc.row_results(rows, status, event_ts, specs, objects=objects, joined=joined))
-            if wanted and not objects:
-                values.append(jsonenc.row_results(rows, status, event_ts, specs, objects=True))
+            if wanted:  # the inputs as served: their values only (PERF: not every feature of the view)
+                values.append(dict(zip(wanted, jsonenc.row_results(rows, status, event_ts, specs[wanted],
+                                                                   objects=True))))
         else:
             r = lookup(info, table, keys, now)
             args = ([r.values[f] for f in feats], [r.nulls[f] for f in feats], r.status, r.event_ts)
             parts = jsonenc.feature_results(*args, objects=objects, kinds=plan.kinds(key, table))
             out.append(b",".join(parts) if joined else parts)
-            if wanted and not objects:
-                values.append(jsonenc.feature_results(*args, objects=True, kinds=plan.kinds(key, table)))
+            if wanted:
+                kinds = plan.kinds(key, table)
+                values.append(dict(zip(wanted, jsonenc.feature_results(
+                    [args[0][j] for j in wanted], [args[1][j] for j in wanted], r.status, r.event_ts,
+                    objects=True, kinds=[kinds[j] for j in wanted]))))
         if not wanted:
             values.append(None)
-        elif objects:
-            values.append(out[-1])
     computed = []
     for od, inputs in zip(plan.on_demand, plan.inputs):
         served = {name: values[v][j]["values"] for name, (v, j) in inputs.items()}
-        computed.append(od.evaluator()({c: ent[c] for c, _ in od.request}, served, n))
+        result = od.evaluator()({c: ent[c] for c, _ in od.request}, served, n)
+        # PRESENT (NULL_VALUE where null) at the epoch: computed now, from the request
+        names = list(result)
+        encoded = jsonenc.feature_results([result[f][0] for f in names], [result[f][1] for f in names],
+                                          _present(n), _epochs(n), objects=objects)
+        computed.append(dict(zip(names, encoded)))
     return ent, n, out, computed
 
 
-def _on_demand_result(od, feature: str, computed, n: int, objects: bool):
-    """One on-demand feature's result object: its values, PRESENT (NULL_VALUE
-    where null), and the epoch as event time (it is computed now, from the
-    request)."""
-    from fsapp.ondemand.evaluate import to_list
+def _present(n: int) -> np.ndarray:
+    return np.full(n, PRESENT, dtype=np.uint8)
 
-    vals, mask = computed[feature]
-    typ = dict(od.features)[feature]
-    obj = {"values": to_list(vals, mask, typ),
-           "statuses": ["NULL_VALUE" if m else "PRESENT" for m in mask.tolist()],
-           "event_timestamps": [_EPOCH_ISO] * n}
-    return obj if objects else _dumps(obj).encode()
+
+def _epochs(n: int) -> np.ndarray:
+    return np.zeros(n, dtype=np.int64)
 
 
 def _plan(plan) -> OnlinePlan:
@@ -221,8 +226,7 @@ def online_response(plan, table_of, entities, now: int, full_feature_names: bool
     ent, n, views, computed = _read(plan, table_of, entities, now, lookup, True)
     epoch = [_EPOCH_ISO] * n
     results = [{"values": list(v), "statuses": ["PRESENT"] * n, "event_timestamps": epoch} for v in ent.values()]
-    results += [views[v][j] if v >= 0 else _on_demand_result(plan.on_demand[-1 - v], j, computed[-1 - v], n, True)
-                for v, j in plan.order]
+    results += [views[v][j] if v >= 0 else computed[-1 - v][j] for v, j in plan.order]
     return {"metadata": {"feature_names": list(ent) + plan.feature_names[bool(full_feature_names)]},
             "results": results}
 
@@ -242,8 +246,7 @@ def online_json(plan, table_of, entities, now: int, full_feature_names: bool = F
     keys = ",".join([f'{{"values":{_scalars_json(v)}{tail}' for v in ent.values()]).encode()
     names = plan.names[bool(full_feature_names)]
     features = encoded[0] if plan.one_view else b",".join(
-        [encoded[v][j] if v >= 0 else _on_demand_result(plan.on_demand[-1 - v], j, computed[-1 - v], n, False)
-         for v, j in plan.order])
+        [encoded[v][j] if v >= 0 else computed[-1 - v][j] for v, j in plan.order])
     return b"".join((b'{"metadata":{"feature_names":[', _entity_names(tuple(ent)), b"," if names else b"",
                      names, b']},"results":[', keys, b"," if features else b"", features, b"]}"))
 

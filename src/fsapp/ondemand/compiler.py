@@ -410,9 +410,17 @@ class _Builder:
         is_null = value["is_null"]
         x = "" if t == "VARCHAR" and is_null else (0 if is_null else value["value"])
 
-        def run(env, n):
-            v = np.full(n, x, dtype=_DTYPES[t])
-            return v, np.full(n, is_null), np.zeros(n, bool)
+        cache: dict[int, tuple] = {}
+
+        def run(env, n):  # PERF: built once per batch size; read-only, so no kernel can change them
+            hit = cache.get(n)
+            if hit is None:
+                hit = (np.full(n, x, dtype=_DTYPES[t]), np.full(n, is_null), np.zeros(n, bool))
+                for a in hit:
+                    a.flags.writeable = False
+                if len(cache) < 64:
+                    cache[n] = hit
+            return hit
         return run, t
 
     def strict(self, kernel, args: list[Node]) -> Node:
@@ -446,9 +454,9 @@ class _Builder:
         otherwise = self.typed(node["else_expr"], t)
 
         def run(env, n):
-            values, null, err = (x.copy() for x in otherwise(env, n))
+            ov, on, oe = otherwise(env, n)
+            values, null, err = ov.copy(), on.copy(), np.zeros(n, bool)
             pending, taken = np.ones(n, bool), np.zeros(n, bool)
-            err &= False
             for when, then in checks:
                 hit, werr = when(env, n)
                 err |= werr & pending
@@ -459,8 +467,7 @@ class _Builder:
                 err |= te & hit
                 pending &= ~hit
                 taken |= hit
-            ev, en, ee = otherwise(env, n)
-            err |= ee & pending
+            err |= oe & pending
             return values, null, err
         return run, t
 
@@ -676,21 +683,33 @@ class CompiledExpr:
 
     def __call__(self, columns: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         n = _row_count(columns)
-        env = {}
-        for name in self.inputs:
-            if name not in columns:
-                raise ValueError(f"on-demand expression {self.sql!r} needs column {name!r}")
-            values, null = columns[name]
-            t = self._types[name]
-            null = np.asarray(null, dtype=bool)
-            if t == "VARCHAR":
-                values = np.where(null, "", np.asarray(values, dtype=object)).astype(object)
-            else:  # FLOAT inputs arrive as float64 and are rounded to float32 as DuckDB stores them
-                values = np.asarray(values).astype(_DTYPES[t])
-            env[name] = (values, null, np.zeros(n, bool))
+        env = make_env(columns, {name: self._types[name] for name in self.inputs}, n, self.sql)
         with np.errstate(all="ignore"):
-            values, null, _ = self._root(env, n)
+            return self.run(env, n)
+
+    def run(self, env: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The expression over an environment from `make_env` (several
+        expressions over the same columns share one; the caller sets
+        np.errstate(all="ignore") around them)."""
+        values, null, _ = self._root(env, n)
         return _output(values, self.output_type), np.asarray(null, dtype=bool).copy()
+
+
+def make_env(columns: dict, types: dict[str, str], n: int, what: str = "on-demand expression") -> dict:
+    """The evaluators' view of the input columns: name -> (values in the
+    input type's dtype, null flags, no errors)."""
+    env = {}
+    for name, t in types.items():
+        if name not in columns:
+            raise ValueError(f"{what} needs column {name!r}")
+        values, null = columns[name]
+        null = np.asarray(null, dtype=bool)
+        if t == "VARCHAR":
+            values = np.where(null, "", np.asarray(values, dtype=object)).astype(object)
+        else:  # FLOAT inputs arrive as float64 and are rounded to float32 as DuckDB stores them
+            values = np.asarray(values).astype(_DTYPES[t])
+        env[name] = (values, null, np.zeros(n, bool))
+    return env
 
 
 def compile_expression(sql: str, inputs: dict[str, str]) -> CompiledExpr:

@@ -37,23 +37,28 @@ _NUMPY = {"int": np.int64, "float": np.float64, "bool": np.bool_, "str": object}
 _ZERO = {"int": 0, "float": 0.0, "bool": False, "str": ""}
 
 
+_ALLOWED = {"int": {int}, "float": {int, float}, "bool": {bool}, "str": {str}}
+_NOUN = {"int": "integers", "float": "numbers", "bool": "true/false", "str": "strings"}
+
+
 def column(values, typ: str, what: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(values, null mask) of a list of JSON-ish values of DuckDB type `typ`.
     `what` names a request column: a value of the wrong type is a BatchError
     that says which column takes what."""
     kind = value_kind(typ)
-    mask = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
-    if what is not None:
-        ok = {"int": lambda v: type(v) is int, "float": lambda v: type(v) in (int, float),
-              "bool": lambda v: type(v) is bool, "str": lambda v: type(v) is str}[kind]
-        bad = next((v for v in values if v is not None and not ok(v)), None)
-        if bad is not None:
-            noun = {"int": "integers", "float": "numbers", "bool": "true/false", "str": "strings"}[kind]
-            raise BatchError(f"request column {what!r} ({typ}) takes {noun} or null, got {bad!r}")
-    zero = _ZERO[kind]
-    out = np.array([zero if v is None else v for v in values], dtype=_NUMPY[kind]) if len(values) else \
-        np.zeros(0, dtype=_NUMPY[kind])
-    return out, mask
+    n = len(values)
+    types = set(map(type, values))  # PERF: one C-level pass (benches/bench_ondemand.py)
+    if what is not None and not types <= _ALLOWED[kind] | {type(None)}:
+        bad = next(v for v in values if v is not None and type(v) not in _ALLOWED[kind])
+        raise BatchError(f"request column {what!r} ({typ}) takes {_NOUN[kind]} or null, got {bad!r}")
+    try:
+        if type(None) not in types:
+            return np.array(values, dtype=_NUMPY[kind]) if n else np.zeros(0, _NUMPY[kind]), np.zeros(n, bool)
+        mask = np.fromiter((v is None for v in values), dtype=bool, count=n)
+        zero = _ZERO[kind]
+        return np.array([zero if v is None else v for v in values], dtype=_NUMPY[kind]), mask
+    except OverflowError:
+        raise BatchError(f"request column {what or '?'!r} ({typ}): a value is out of the 64-bit range") from None
 
 
 def to_list(values: np.ndarray, mask: np.ndarray, typ: str) -> list:
@@ -127,13 +132,15 @@ class Evaluator:
         cols |= {name: column(inputs[name], t) for name, t in self.inputs}
         if self.function is not None:
             return call_function(self.function, self.name, cols, self.request + self.inputs, self.outputs, n)
-        from fsapp.ondemand.compiler import duckdb_evaluate
+        from fsapp.ondemand.compiler import duckdb_evaluate, make_env
 
         out = {}
-        for name, typ in self.outputs:
-            fn = self.compiled[name]
-            vals, mask = fn(cols) if fn is not None else duckdb_evaluate(self.sql[name], self.types, cols)
-            out[name] = finish(vals, mask, typ)
+        env = make_env(cols, self.types, n, f"on-demand view {self.name}")  # PERF: shared by its expressions
+        with np.errstate(all="ignore"):
+            for name, typ in self.outputs:
+                fn = self.compiled[name]
+                vals, mask = fn.run(env, n) if fn is not None else duckdb_evaluate(self.sql[name], self.types, cols)
+                out[name] = finish(vals, mask, typ)
         return out
 
 
