@@ -19,7 +19,7 @@ import numpy as np
 from fscore import jsonenc
 from fscore.table import PRESENT
 
-from fsapp.engine.errors import BatchError
+from fsapp.engine.errors import BatchError, RequestDataError
 from fsapp.registry.catalog import FeatureNameCheck
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -162,7 +162,7 @@ def _read(plan, table_of, entities, now: int, lookup, objects: bool):
         for od in plan.on_demand:
             missing = [c for c, _ in od.request if c not in ent]
             if missing:
-                raise BatchError(f"on-demand view {od.name} needs the request column(s) {', '.join(missing)} "
+                raise RequestDataError(f"on-demand view {od.name} needs the request column(s) {', '.join(missing)} "
                                  f"beside the entity keys, e.g. \"{missing[0]}\": [...]")
     out, values = [], []
     for v, (key, info, feats) in enumerate(plan.views):

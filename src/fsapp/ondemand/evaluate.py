@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fsapp.engine.errors import BatchError
+from fsapp.engine.errors import BatchError, OnDemandFunctionError, RequestDataError
 
 _INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "HUGEINT")
 
@@ -50,7 +50,7 @@ def column(values, typ: str, what: str | None = None) -> tuple[np.ndarray, np.nd
     types = set(map(type, values))  # PERF: one C-level pass (benches/bench_ondemand.py)
     if what is not None and not types <= _ALLOWED[kind] | {type(None)}:
         bad = next(v for v in values if v is not None and type(v) not in _ALLOWED[kind])
-        raise BatchError(f"request column {what!r} ({typ}) takes {_NOUN[kind]} or null, got {bad!r}")
+        raise RequestDataError(f"request column {what!r} ({typ}) takes {_NOUN[kind]} or null, got {bad!r}")
     try:
         if type(None) not in types:
             return np.array(values, dtype=_NUMPY[kind]) if n else np.zeros(0, _NUMPY[kind]), np.zeros(n, bool)
@@ -58,7 +58,8 @@ def column(values, typ: str, what: str | None = None) -> tuple[np.ndarray, np.nd
         zero = _ZERO[kind]
         return np.array([zero if v is None else v for v in values], dtype=_NUMPY[kind]), mask
     except OverflowError:
-        raise BatchError(f"request column {what or '?'!r} ({typ}): a value is out of the 64-bit range") from None
+        raise RequestDataError(f"request column {what or '?'!r} ({typ}): a value is out of the 64-bit range") \
+            from None
 
 
 def to_list(values: np.ndarray, mask: np.ndarray, typ: str) -> list:
@@ -155,7 +156,8 @@ def call_function(fn, view: str, cols: dict, in_types: list, outputs: list, n: i
     try:
         import pandas as pd
     except ImportError:
-        raise BatchError(f"on-demand view {view} is a Python function over pandas; install pandas") from None
+        raise OnDemandFunctionError(f"on-demand view {view} is a Python function over pandas; install pandas") \
+            from None
     data = {}
     for name, typ in in_types:
         vals, mask = cols[name]
@@ -194,8 +196,7 @@ def call_function(fn, view: str, cols: dict, in_types: list, outputs: list, n: i
     return out
 
 
-class OnDemandFailed(BatchError):
-    """A definition's Python function failed or returned the wrong shape."""
+OnDemandFailed = OnDemandFunctionError
 
 
 __all__ = ["Evaluator", "evaluator_for", "column", "to_list", "finish", "served_sql", "call_function",
