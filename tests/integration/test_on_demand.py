@@ -196,3 +196,31 @@ def test_rest_feast_endpoint_and_grpc_context_read_the_same(tmp_path):
         assert res.status_code == 422 and "takes numbers" in res.text
     finally:
         eng.close()
+
+
+def test_sql_outside_the_compiled_subset_runs_in_duckdb_and_as_of_reads_work(store):
+    """An expression the numpy compiler does not cover (a DECIMAL result, a
+    regexp) is evaluated by DuckDB per read: the same values, only slower;
+    an as_of read (the engine recomputes its inputs) computes them too."""
+    import fsapp.ondemand.evaluate as ev
+
+    (store.repo.root / "more.sql").write_text("""
+CREATE ON DEMAND FEATURE VIEW slow_path AS
+SELECT user_txn.txn_count_1h * 2.5 AS decimal_result, regexp_matches(country, '^D') AS starts_with_d
+FROM scoring_request, user_txn;
+""")
+    store.apply()
+    store.push("transactions", rows(NOON))
+    feats = ["slow_path:decimal_result", "slow_path:starts_with_d"]
+    ents = [{"user_id": 1, "amount": 1.0, "country": "DE"}, {"user_id": 9, "amount": 1.0, "country": "US"}]
+    r = store.get_online_features(features=feats, entity_rows=ents).to_dict()
+    assert r["decimal_result"] == [5.0, 0.0] and r["starts_with_d"] == [True, False]
+    info = store.engine.registry.view_or_on_demand("slow_path")
+    assert all(c is None for c in info.evaluator().compiled.values())  # really the DuckDB path
+    labels = {"user_id": [1, 9], "amount": [1.0, 1.0], "country": ["DE", "US"], "event_timestamp": [NOON, NOON]}
+    t = store.get_historical_features(labels, features=feats).to_arrow().to_pydict()
+    assert t["decimal_result"] == r["decimal_result"] and t["starts_with_d"] == r["starts_with_d"]
+    as_of = store.get_online_features(features=feats + ["txn_vs_history:txn_count_with_this"], entity_rows=ents,
+                                      as_of=NOON).to_dict()
+    assert as_of["decimal_result"] == [5.0, 0.0] and as_of["txn_count_with_this"] == [3, 1]
+    assert ev.Evaluator  # the module under test
