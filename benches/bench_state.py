@@ -200,6 +200,51 @@ def run_one(base: str, n_keys: int, events_per_key: str, rng) -> dict:
     return out
 
 
+def many_keys(n_keys: int, chunk: int = 1_000_000) -> dict:
+    """The starter repo's engine loaded with `n_keys` users (Zipf: most with
+    1-3 events), a million users at a time, each million's events in a time
+    band of its own (so the stream stays in order without holding every
+    event at once): bytes per key as counted and as the process's RSS grew,
+    and the load rate. `python -m benches.bench_state --keys 10000000`."""
+    from fsapp.engine import Engine
+
+    base = tempfile.mkdtemp(prefix="fstore-bench-state-many-", dir=os.environ.get("FSTORE_BENCH_DIR"))
+    try:
+        repo = _repo(base)
+        rss0 = rss_bytes()
+        eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
+        rng = np.random.default_rng(15)
+        bands = max(1, n_keys // chunk)
+        band_s = 20 * 3600 // bands
+        events, t0 = 0, time.perf_counter()
+        for b in range(bands):
+            users = np.arange(b * chunk + 1, min(n_keys, (b + 1) * chunk) + 1)
+            extra = np.minimum(rng.zipf(2.2, len(users)) - 1, 2000)
+            draws = np.concatenate([users, np.repeat(users, extra)])
+            start = NOW - 20 * 3600 + b * band_s
+            ts = start + rng.integers(0, band_s, len(draws))
+            order = np.argsort(ts, kind="stable")
+            n = len(draws)
+            table = pa.table({"user_id": draws[order], "merchant_id": pa.array(np.char.add("m", rng.integers(
+                0, 20_000, n).astype(str))), "amount": np.round(rng.gamma(2.0, 30.0, n), 2),
+                "currency": pa.array(["USD"] * n), "country": pa.array(["US"] * n),
+                "is_online": rng.random(n) < 0.3, "ts": ts[order] * 1_000_000})
+            for off in range(0, n, 50_000):
+                res = eng.push("transactions", table.slice(off, 50_000))
+                assert res.late == 0, res
+            events += n
+            print(f"# state: {min(n_keys, (b + 1) * chunk):,} keys, {events:,} events, "
+                  f"{state_bytes(eng) / min(n_keys, (b + 1) * chunk):,.0f} B/key, RSS {rss_bytes() / 1e9:.1f} GB, "
+                  f"{events / (time.perf_counter() - t0):,.0f} events/s", flush=True)
+        out = {"keys": n_keys, "events": events, "state_per_key": state_bytes(eng) / n_keys,
+               "rss_per_key": (rss_bytes() - rss0) / n_keys, "rss_gb": rss_bytes() / 1e9,
+               "load_s": time.perf_counter() - t0}
+        eng.close()
+        return out
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def run(quick: bool = False) -> list[Row]:
     base = tempfile.mkdtemp(prefix="fstore-bench-state-", dir=os.environ.get("FSTORE_BENCH_DIR"))
     rng = np.random.default_rng(15)
@@ -246,3 +291,12 @@ def run(quick: bool = False) -> list[Row]:
         return rows
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) == 3 and sys.argv[1] == "--keys":
+        print(many_keys(int(sys.argv[2])))
+    else:
+        print("usage: python -m benches.bench_state --keys N   (the table: python -m benches.run --only state)")
+

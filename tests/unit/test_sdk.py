@@ -156,6 +156,12 @@ def test_cli_push_get_materialize_embedded(tmp_path, capsys):
     assert json.loads(out.out)["accepted"] == 6 and "push transactions" in out.err  # progress on stderr
     assert main(["get", "user_txn:amount_24h", "--entity", "user_id=1,2", "--repo", repo, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"user_id": [1, 2], "amount_24h": [135.0, None]}
+    # an on-demand feature: its request column typed on the command line
+    assert main(["get", "txn_context:share_of_24h_spend", "-e", "user_id=1", "-e", "amount:float=67.5", "--repo",
+                 repo, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["share_of_24h_spend"] == [0.5]
+    assert main(["get", "txn_context:share_of_24h_spend", "-e", "user_id=1", "--repo", repo]) == 1
+    assert "needs the request column(s) amount" in capsys.readouterr().err
     assert main(["materialize", "now-1d", "now", "--views", "user_txn", "--repo", repo]) == 0
     assert json.loads(capsys.readouterr().out)["views"]["user_txn"] == 1
     labels = tmp_path / "labels.csv"

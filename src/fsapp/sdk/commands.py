@@ -131,18 +131,29 @@ _INT = re.compile(r"^-?\d+$")
 
 
 def parse_entities(specs: list[str]) -> dict[str, list]:
-    """["user_id=1,2,3", "merchant_id:str=007,m2"] → {"user_id": [1, 2, 3], ...}.
-    Values that look like integers are integers unless the key says `:str`."""
+    """["user_id=1,2,3", "merchant_id:str=007,m2", "amount:float=60.5,3"] →
+    {"user_id": [1, 2, 3], ...}. Values that look like integers are integers
+    unless the key says `:str`; `:float` and `:bool` (true/false) are for
+    on-demand features' request columns."""
     out = {}
     for spec in specs:
         key, sep, values = spec.partition("=")
         if not sep or not key or not values:
             raise ValueError(f"--entity {spec!r}: write KEY=V1,V2 (e.g. --entity user_id=1,2,3)")
         name, _, typ = key.partition(":")
-        if typ not in ("", "str", "int"):
-            raise ValueError(f"--entity {spec!r}: the type after ':' is str or int")
+        if typ not in ("", "str", "int", "float", "bool"):
+            raise ValueError(f"--entity {spec!r}: the type after ':' is str, int, float or bool")
         vals = [v.strip() for v in values.split(",")]
-        if typ == "int" or (typ == "" and all(_INT.match(v) for v in vals)):
+        if typ == "float":
+            try:
+                out[name] = [float(v) for v in vals]
+            except ValueError:
+                raise ValueError(f"--entity {spec!r}: {name}:float takes numbers") from None
+        elif typ == "bool":
+            if not all(v.lower() in ("true", "false") for v in vals):
+                raise ValueError(f"--entity {spec!r}: {name}:bool takes true or false")
+            out[name] = [v.lower() == "true" for v in vals]
+        elif typ == "int" or (typ == "" and all(_INT.match(v) for v in vals)):
             try:
                 out[name] = [int(v) for v in vals]
             except ValueError:
@@ -317,12 +328,14 @@ def add_commands(sub) -> None:
                        description="Prints the latest feature values for each entity row (a table, or --json in\n"
                                    "Feast's to_dict() shape). Missing values print as '-'.",
                        epilog="examples:\n  fstore get user_txn:txn_count_1h user_txn:amount_24h --entity user_id=1,2,3\n"
+                              "  fstore get txn_context:share_of_24h_spend --entity user_id=1 --entity amount:float=60\n"
                               "  fstore get --feature-service fraud_v1 --full-feature-names \\\n"
                               "      --entity user_id=1,2 --entity merchant_id:str=m1,m2 --url http://127.0.0.1:9094")
     p.add_argument("features", nargs="*", help="feature references view:feature (or view:*)")
     p.add_argument("--feature-service", help="read a feature service's features instead")
     p.add_argument("-e", "--entity", action="append", required=True, metavar="KEY=V1,V2",
-                   help="entity key values, one per row; repeat for composite keys; KEY:str= keeps digits as text")
+                   help="entity key values, one per row; repeat for composite keys; KEY:str= keeps digits as text; "
+                        "request columns of on-demand features: KEY:float=, KEY:bool=")
     p.add_argument("--full-feature-names", action="store_true", help="name columns view__feature")
     p.add_argument("--as-of", help="read the values served at this time (ISO-8601, epoch, 'now-10m')")
     p.add_argument("--json", action="store_true", help="print JSON ({column: [values]})")
