@@ -200,46 +200,56 @@ def run_one(base: str, n_keys: int, events_per_key: str, rng) -> dict:
     return out
 
 
-def many_keys(n_keys: int, chunk: int = 1_000_000) -> dict:
-    """The starter repo's engine loaded with `n_keys` users (Zipf: most with
-    1-3 events), a million users at a time, each million's events in a time
-    band of its own (so the stream stays in order without holding every
-    event at once): bytes per key as counted and as the process's RSS grew,
-    and the load rate. `python -m benches.bench_state --keys 10000000`."""
+def many_keys(n_keys: int, slice_events: int = 1_000_000) -> dict:
+    """The starter repo's engine loaded with `n_keys` users of the same
+    distribution as `run_one` (Zipf: most with 1-3 events, spread over 20
+    hours), pushed in time order a million events at a time (only the user
+    ids and times of all events are held at once, 16 bytes an event): bytes
+    per key as counted and as the process's RSS grew, and the load rate.
+    `python -m benches.bench_state --keys 10000000`."""
     from fsapp.engine import Engine
 
     base = tempfile.mkdtemp(prefix="fstore-bench-state-many-", dir=os.environ.get("FSTORE_BENCH_DIR"))
     try:
         repo = _repo(base)
+        rng = np.random.default_rng(15)
+        users = np.arange(1, n_keys + 1)
+        extra = np.minimum(rng.zipf(2.2, n_keys) - 1, 2000)
+        draws = np.concatenate([users, np.repeat(users, extra)])
+        del users, extra
+        ts = NOW - rng.integers(60, 20 * 3600, len(draws))
+        order = np.argsort(ts, kind="stable")
+        draws, ts = draws[order], ts[order] * 1_000_000
+        del order
         rss0 = rss_bytes()
         eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
-        rng = np.random.default_rng(15)
-        bands = max(1, n_keys // chunk)
-        band_s = 20 * 3600 // bands
-        events, t0 = 0, time.perf_counter()
-        for b in range(bands):
-            users = np.arange(b * chunk + 1, min(n_keys, (b + 1) * chunk) + 1)
-            extra = np.minimum(rng.zipf(2.2, len(users)) - 1, 2000)
-            draws = np.concatenate([users, np.repeat(users, extra)])
-            start = NOW - 20 * 3600 + b * band_s
-            ts = start + rng.integers(0, band_s, len(draws))
-            order = np.argsort(ts, kind="stable")
-            n = len(draws)
-            table = pa.table({"user_id": draws[order], "merchant_id": pa.array(np.char.add("m", rng.integers(
-                0, 20_000, n).astype(str))), "amount": np.round(rng.gamma(2.0, 30.0, n), 2),
+        n_all, t0 = len(draws), time.perf_counter()
+        for off in range(0, n_all, slice_events):
+            n = min(slice_events, n_all - off)
+            table = pa.table({"user_id": draws[off:off + n], "merchant_id": pa.array(np.char.add(
+                "m", rng.integers(0, 20_000, n).astype(str))), "amount": np.round(rng.gamma(2.0, 30.0, n), 2),
                 "currency": pa.array(["USD"] * n), "country": pa.array(["US"] * n),
-                "is_online": rng.random(n) < 0.3, "ts": ts[order] * 1_000_000})
-            for off in range(0, n, 50_000):
-                res = eng.push("transactions", table.slice(off, 50_000))
+                "is_online": rng.random(n) < 0.3, "ts": ts[off:off + n]})
+            for sub in range(0, n, 50_000):
+                res = eng.push("transactions", table.slice(sub, 50_000))
                 assert res.late == 0, res
-            events += n
-            print(f"# state: {min(n_keys, (b + 1) * chunk):,} keys, {events:,} events, "
-                  f"{state_bytes(eng) / min(n_keys, (b + 1) * chunk):,.0f} B/key, RSS {rss_bytes() / 1e9:.1f} GB, "
-                  f"{events / (time.perf_counter() - t0):,.0f} events/s", flush=True)
-        out = {"keys": n_keys, "events": events, "state_per_key": state_bytes(eng) / n_keys,
+            if (off // slice_events) % 5 == 4 or off + n == n_all:
+                print(f"# state: {off + n:,} of {n_all:,} events, {state_bytes(eng) / n_keys:,.0f} B/key so far, "
+                      f"RSS {rss_bytes() / 1e9:.1f} GB, {(off + n) / (time.perf_counter() - t0):,.0f} events/s",
+                      flush=True)
+        eng.tick()
+        out = {"keys": n_keys, "events": n_all, "state_per_key": state_bytes(eng) / n_keys,
                "rss_per_key": (rss_bytes() - rss0) / n_keys, "rss_gb": rss_bytes() / 1e9,
                "load_s": time.perf_counter() - t0}
+        t1 = time.perf_counter()
+        eng.checkpoint()
+        out["checkpoint_s"] = time.perf_counter() - t1
         eng.close()
+        t1 = time.perf_counter()
+        again = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never",
+                       repo_root=str(repo.root))
+        out["restart_s"] = time.perf_counter() - t1
+        again.close()
         return out
     finally:
         shutil.rmtree(base, ignore_errors=True)
