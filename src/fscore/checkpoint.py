@@ -76,6 +76,8 @@ def fsync_dir(dir) -> None:
 
 
 def _blob_bytes(name: str, value) -> tuple[dict, memoryview]:
+    if hasattr(value, "chunks") and hasattr(value, "nbytes"):  # streamed (WindowView.snapshot()): bytes as written
+        return {"name": name, "kind": "bytes", "nbytes": int(value.nbytes)}, value
     if isinstance(value, (bytes, bytearray, memoryview)):
         mv = memoryview(value).cast("B")
         return {"name": name, "kind": "bytes", "nbytes": mv.nbytes}, mv
@@ -124,7 +126,9 @@ def commit(tmp: str, *, keep: int = 2) -> str:
 def write_temp(tmp: str, lsn: int, blobs: dict, meta: dict | None = None) -> None:
     """Writes checkpoint `lsn` to the temporary path `tmp` (from `temp_path`)
     and fsyncs it; nothing is in place until `commit`. Only reads its
-    arguments: a forked child can run it on its copy of the state."""
+    arguments: a forked child can run it on its copy of the state. A blob
+    may be bytes, an array, or streamed: `.nbytes` and `.chunks()` (written
+    as produced, so the file never needs the encoded state in memory)."""
     parts = [_blob_bytes(name, value) for name, value in blobs.items()]
     entries, offset = [], 0
     try:
@@ -160,7 +164,15 @@ def write_temp(tmp: str, lsn: int, blobs: dict, meta: dict | None = None) -> Non
             emit(MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes)
             for entry, (_, mv) in zip(entries, parts):
                 emit(bytes(entry["offset"] - pos))
-                emit(mv)
+                if isinstance(mv, memoryview):
+                    emit(mv)
+                    continue
+                start = pos
+                for chunk in mv.chunks():  # a streamed blob: written as it is encoded
+                    emit(chunk)
+                if pos - start != entry["nbytes"]:
+                    raise CheckpointError(f"blob {entry['name']!r} streamed {pos - start} bytes, "
+                                          f"announced {entry['nbytes']}")
             emit(bytes(_align(pos) - pos))
             f.write(FOOTER.pack(crc, pos, END_MAGIC))
             f.flush()

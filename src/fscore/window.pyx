@@ -907,16 +907,47 @@ cdef class WindowView:
         then each slot's cell count, each slot's floor, and the cells in use,
         as little-endian int64, then the dense HLL blocks they name (2^p
         bytes each; only what the keys hold: a snapshot is as big as the
-        live state)."""
-        lens, floors, cells, blocks = self._gather(np.arange(self.n_slots))
-        header = json.dumps(self.meta() | {"n_slots": self.n_slots, "watermark": self.watermark,
-                                           "late_count": self.late_count, "cells": int(lens.sum()),
-                                           "blocks": len(blocks)}).encode()
-        parts = [_MAGIC, struct.pack("<II", _FORMAT_VERSION, len(header)), header]
-        for a in (lens, floors, cells):
-            parts.append(a.astype("<i8", copy=False).tobytes())
-        parts.append(blocks.tobytes())
-        return b"".join(parts)
+        live state). The bytes of `snapshot().chunks()`."""
+        return b"".join(self.snapshot().chunks())
+
+    def snapshot(self, Py_ssize_t chunk_slots=65536):
+        """`to_bytes()` as a stream: `.nbytes` is known before any byte is
+        made, `.chunks()` yields the bytes a slot range at a time, so a
+        checkpoint writes a view of any size holding one range's cells (not
+        the whole state again). The view must not change until the chunks are
+        consumed (a checkpoint encodes a frozen copy or a forked child's)."""
+        return _Snapshot(self, chunk_slots)
+
+    def _floors(self):
+        return np.asarray(self.floor_)
+
+    @property
+    def hll_block_bytes(self):
+        """Bytes of one dense HLL block (2^p)."""
+        return self.hp.m
+
+    def _census(self):
+        """(cells each slot's snapshot holds, dense HLL blocks they name)."""
+        lens = np.zeros(self.n_slots, dtype=np.int64)
+        cdef int64_t[::1] lv = lens
+        cdef Py_ssize_t s, j, c, m, W = self.layout.width, R = self.ring_len
+        cdef int64_t blocks = 0
+        cdef int64_t* cell
+        cdef bint ring
+        with nogil:
+            for s in range(self.n_slots):
+                ring = self.len_p[s] == RING
+                m = R if ring else self.len_p[s]
+                for j in range(m):
+                    cell = self.P + (self.at_p[s] + j) * W
+                    if ring and (cell[W_BUCKET] == INT64_MIN or cell[W_COUNT] == 0):
+                        continue
+                    lv[s] += 1
+                    if self.layout.has_hll:
+                        for c in range(self.layout.ncols):
+                            if self.layout.cols[c].hll >= 0 and cell[self.layout.cols[c].hll] < 0:
+                                blocks += 1
+        return lens, blocks
 
     @classmethod
     def from_bytes(cls, data):
@@ -1098,6 +1129,40 @@ def _from_dense(WindowView view, cells, evicted, nsess):
         lens[s] = len(keep)
         out.append(keep)
     return lens, floors, np.concatenate(out) if out else np.zeros((0, W), np.int64)
+
+
+class _Snapshot:
+    """`WindowView.snapshot()`: the bytes of `to_bytes`, a slot range at a time."""
+
+    def __init__(self, WindowView view, Py_ssize_t chunk_slots):
+        self.view, self.chunk = view, max(1, chunk_slots)
+        self.lens, self.blocks = view._census()
+        self.header = json.dumps(view.meta() | {"n_slots": view.n_slots, "watermark": view.watermark,
+                                                "late_count": view.late_count, "cells": int(self.lens.sum()),
+                                                "blocks": int(self.blocks)}).encode()
+        self.nbytes = (len(_MAGIC) + 8 + len(self.header) + 16 * view.n_slots
+                       + 8 * int(self.lens.sum()) * view.width + int(self.blocks) * view.hll_block_bytes)
+
+    def chunks(self):
+        view, n = self.view, self.view.n_slots
+        yield _MAGIC + struct.pack("<II", _FORMAT_VERSION, len(self.header)) + self.header
+        yield self.lens.astype("<i8", copy=False).tobytes()
+        yield view._floors().astype("<i8", copy=False).tobytes()
+        offs = view._hll_offsets()
+        held, named = [], 0
+        for start in range(0, n, self.chunk):
+            lens, _, cells, blocks = view._gather(np.arange(start, min(n, start + self.chunk)))
+            if len(blocks):  # number this range's blocks after the ones before it
+                part = cells[:, offs]
+                cells[:, offs] = np.where(part < 0, part - named, part)
+                held.append(blocks)
+                named += len(blocks)
+            yield cells.astype("<i8", copy=False).tobytes()
+        if named != self.blocks:
+            raise WindowStateError(f"window view changed while its snapshot was written ({named} HLL blocks, "
+                                   f"{self.blocks} counted)")
+        for b in held:
+            yield b.tobytes()
 
 
 def _dense_hll_cells(WindowView view, old_offs, cells):

@@ -379,3 +379,39 @@ def test_snapshot_naming_registers_it_does_not_hold_is_refused():
     assert len(state["blocks"]) == 1
     with pytest.raises(WindowStateError):
         WindowView(lifetime(), ["approx_count_distinct(x)"], 1, hll_p=4).import_slots([0], state | {"blocks": state["blocks"][:0]})
+
+
+def test_snapshot_streams_the_bytes_of_to_bytes_a_slot_range_at_a_time():
+    """Checkpoints write window state as it is encoded (a 10M-key checkpoint
+    holding every view's bytes at once was OOM-killed): the stream, in ranges
+    of 3 slots, is byte for byte `to_bytes()`, dense HLL blocks numbered
+    across the ranges, and its size is announced before any byte is made."""
+    v = WindowView(sliding(30, 10), ["approx_count_distinct(x)", "sum(x)"], 10, hll_p=4)
+    rng = np.random.default_rng(3)
+    for s in range(10):  # every other key with many distinct values: dense blocks in several ranges
+        n = 40 if s % 2 else 2
+        v.update([s] * n, [25] * n, {"x": rng.normal(size=n)})
+    snap = v.snapshot(chunk_slots=3)
+    data = b"".join(snap.chunks())
+    assert data == v.to_bytes() and len(data) == snap.nbytes and v.dense_hll_blocks >= 5
+    again = WindowView.from_bytes(data)
+    assert again.value_as_of(np.arange(10), 60)[0]["approx_count_distinct_x"].tolist() == \
+        v.value_as_of(np.arange(10), 60)[0]["approx_count_distinct_x"].tolist()
+
+
+def test_checkpoint_writes_a_streamed_blob_and_refuses_a_short_one(tmp_path):
+    from fscore.checkpoint import load_latest_checkpoint, write_checkpoint
+    from fscore.errors import CheckpointError
+
+    v = WindowView(lifetime(), ["count(*)"], 4)
+    v.update([0, 1, 3], [1, 2, 3])
+    write_checkpoint(tmp_path, 7, {"w": v.snapshot(chunk_slots=1)})
+    assert bytes(load_latest_checkpoint(tmp_path).blobs["w"]) == v.to_bytes()
+
+    class Short:
+        nbytes = 10
+
+        def chunks(self):
+            yield b"12345"
+    with pytest.raises(CheckpointError, match="streamed 5 bytes, announced 10"):
+        write_checkpoint(tmp_path / "b", 8, {"w": Short()})

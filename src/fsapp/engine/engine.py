@@ -951,8 +951,11 @@ class Engine:
 
 
 def _encode_parts(parts: dict) -> dict:
-    """Checkpoint blobs: table copies as they are, window state encoded."""
-    return {k: (v if isinstance(v, np.ndarray) else v.to_bytes()) for k, v in parts.items()}
+    """Checkpoint blobs: table copies as they are, window state streamed
+    (`WindowView.snapshot()`: encoded a slot range at a time as the file is
+    written; a view's whole encoding held at once OOM-killed a 10M-key
+    checkpoint, benches/bench_state.py --keys)."""
+    return {k: (v if isinstance(v, np.ndarray) else v.snapshot()) for k, v in parts.items()}
 
 
 def _remove_stale_table_files(online_dir: str) -> None:
