@@ -20,8 +20,8 @@ import falcon
 from fscore.errors import (CheckpointError, KeyEncodingError, SchemaError, WalError, WindowSpecError,
                            WindowStateError)
 
-from fsapp.engine.errors import (AsOfOutsideHorizon, BatchError, EngineUnavailable, OutcomeUnknown, UnknownStreamError,
-                                 UnsupportedOnlineError)
+from fsapp.engine.errors import (AsOfOutsideHorizon, BatchError, EngineUnavailable, OutcomeUnknown, PartitionOwned,
+                                 UnknownStreamError, UnsupportedOnlineError)
 from fsapp.errors import EntityDataFrameError, FeatureNameCollision, SourceError, UnknownFeatureError
 from fsapp.registry.errors import NotFoundError, RegistryError
 
@@ -83,6 +83,8 @@ _STATUS_OF = [
     (SchemaError, falcon.HTTP_422, "Schema mismatch"),
     (WindowSpecError, falcon.HTTP_422, "Bad window"),
     (RegistryError, falcon.HTTP_422, "Bad definition or reference"),
+    # 409: the request is fine, but in this deployment another path owns that state
+    (PartitionOwned, falcon.HTTP_409, "Owned by Kafka partitions"),
     # 503: the store cannot make writes durable; retrying elsewhere / later is the fix
     (WalError, falcon.HTTP_503, "Store cannot persist"),
     (CheckpointError, falcon.HTTP_503, "Store cannot persist"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from fscore.errors import (CheckpointError, FStoreError, KeyEncodingError, SchemaError, WalError, WindowSpecError,
                            WindowStateError)
 
-from fsapp.engine.errors import BatchError, UnknownStreamError, UnsupportedOnlineError
+from fsapp.engine.errors import BatchError, PartitionOwned, UnknownStreamError, UnsupportedOnlineError
 from fsapp.errors import EntityDataFrameError, FeatureNameCollision, SourceError, UnknownFeatureError
 from fsapp.registry.errors import NotFoundError, RegistryError
 
@@ -62,6 +62,7 @@ TITLE_TO_CLASS: dict[str, type[Exception]] = {
     "Store state unusable": WindowStateError,
     "Engine unavailable": ServiceUnavailable,
     "Outcome unknown": ServiceUnavailable,
+    "Owned by Kafka partitions": PartitionOwned,
 }
 # added with the engine's as_of horizon check (the map must follow fsapp.api.errors)
 _as_of = getattr(__import__("fsapp.engine.errors", fromlist=["x"]), "AsOfOutsideHorizon", None)
@@ -71,7 +72,7 @@ if _as_of is not None:
 _ = CheckpointError
 
 _BY_STATUS: dict[int, type[ClientError]] = {400: RequestError, 401: AuthError, 403: AuthError, 404: RequestError,
-                                            406: RequestError, 413: RequestError, 415: RequestError,
+                                            406: RequestError, 409: RequestError, 413: RequestError, 415: RequestError,
                                             422: RequestError, 503: ServiceUnavailable}
 
 
