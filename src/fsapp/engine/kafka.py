@@ -750,6 +750,10 @@ class KafkaIngest:
         `ready_max_lag` when that is set."""
         if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
             return False, f"Kafka ingestion stopped ({self.last_error or 'the thread exited'}); restart the server"
+        recovering = sorted(k for k in self.progress.target if k not in self.progress.live)
+        if self.group and recovering:
+            return False, (f"rebuilding Kafka partition(s) {', '.join(recovering[:5])}: their keys' values are not "
+                           "caught up yet (GET /api/v1/cluster shows the state of each partition)")
         if self.keys.split:
             views = ", ".join(sorted(self.keys.split))
             return False, (f"feature view(s) {views} get events for one key from several partitions: in "
