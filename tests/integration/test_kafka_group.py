@@ -191,3 +191,49 @@ def test_a_view_keyed_unlike_its_topic_is_found_and_the_node_is_not_ready(kafka_
     finally:
         ingest.stop()
         engine.close()
+
+
+def test_a_replayed_partition_is_not_judged_late_against_the_state_it_replaced(kafka_broker, tmp_path):
+    """Lateness watermarks are per stream (engine) and per view (window
+    state): kept over a rebalance, the replay of a partition's old events was
+    judged late against the newer events seen before, and dropped."""
+    topic, parts = "payments-group-late", 2
+    kafka_broker.create_topic(topic, partitions=parts)
+    defs = DEFS.replace("allowed_lateness = '1d'", "allowed_lateness = '1m'")
+    repo_a = make_repo(tmp_path, "a", topic, kafka_broker.bootstrap, "g-late", defs)
+    repo_b = make_repo(tmp_path, "b", topic, kafka_broker.bootstrap, "g-late", defs)
+    p = kafka_broker.producer(partitioner="murmur2_random")
+    now = time.time_ns() // 1000
+    expected = {}
+
+    def send(t0, n):
+        for i in range(n):
+            a = i % KEYS
+            p.produce(topic, json.dumps({"account_id": a, "merchant_id": 0, "amount": 1.0,
+                                         "ts": t0 + i * 10_000}).encode(), key=str(a).encode())
+            expected[a] = expected.get(a, 0) + 1
+        p.flush(10)
+
+    send(now - 7_200_000_000, 200)  # two hours ago, over 2 s
+    a = open_engine(repo_a)
+    ingest_a = KafkaIngest(a, KafkaConfig.from_repo(repo_a)).start()
+    b = ingest_b = None
+    try:
+        wait(lambda: sum(ingest_a.counts["consumed"].values()) == 200, 30, lambda: f"A: {ingest_a.stats()}")
+        send(now - 10_000_000, 200)  # now: the watermark moves two hours on
+        wait(lambda: counts_of(a, list(range(KEYS)))[0] == expected, 20, lambda: "A did not catch up")
+        b = open_engine(repo_b)
+        ingest_b = KafkaIngest(b, KafkaConfig.from_repo(repo_b)).start()
+        wait(lambda: len(ingest_a.assigned) == 1 and len(ingest_b.assigned) == 1
+             and all(p["state"] == "live" for n in (ingest_a, ingest_b) for p in n.cluster()["partitions"]),
+             40, lambda: f"no 1+1 split: A {ingest_a.cluster()} B {ingest_b.cluster()}")
+        for engine, ingest in ((a, ingest_a), (b, ingest_b)):
+            mine = [k for k in range(KEYS) if (topic, partition_for(k, parts)) in ingest.assigned]
+            assert mine and counts_of(engine, mine)[0] == {k: expected[k] for k in mine}
+        assert a.late_total == 0 and sum(rt.window_dropped for rt in a.runtimes.values()) == 0
+    finally:
+        for ingest, engine in ((ingest_a, a), (ingest_b, b)):
+            if ingest is not None:
+                ingest.stop()
+            if engine is not None:
+                engine.close()

@@ -140,15 +140,27 @@ class PartitionKeys:
         return gone
 
     def forget(self, runtimes) -> int:
-        """Deletes every key of these runtimes (a node that starts owns no
-        partition yet); returns keys dropped. Caller holds the engine lock."""
+        """Deletes every key of these runtimes and starts their window state
+        afresh, its watermark included (the node owns none of the topic's
+        partitions: a start, or an eager rebalance's revoke of them all);
+        returns keys dropped. Caller holds the engine lock.
+
+        The window state's lateness watermark is one per view: kept, it would
+        judge a replayed partition's events late against events of partitions
+        replayed before (or of the live ones), and drop them."""
+        from fscore.window import WindowView
+
         gone = 0
         for rt in runtimes:
             live = rt.table.live_rows()
             gone += rt.table.delete_rows(live)
-            if rt.aggregated and live.size:
-                rt._fit(int(live.max()) + 1)
-                rt.reset_rows(live)
+            if rt.aggregated:
+                if live.size:
+                    rt._fit(int(live.max()) + 1)
+                    rt.reset_rows(live)
+                rt.windows = [WindowView(w.spec, list(w.aggs), w.n_slots, allowed_lateness=w.allowed_lateness,
+                                         hll_p=w.hll_p, max_sessions=w.max_sessions) for w in rt.windows]
+                rt.epochs = None  # the next tick rewrites every key's values
             self.tags.pop((rt.name, rt.version), None)
         return gone
 

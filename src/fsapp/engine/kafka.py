@@ -412,7 +412,13 @@ class KafkaIngest:
         n = 0
         with self.engine.lock:
             for topic, ps in by_topic.items():
-                n += self.keys.drop(self._views_of(topic), ps)
+                if {p for t, p in self.assigned if t == topic} <= ps:
+                    # none of the topic's partitions stays (always so with the eager
+                    # protocols): start the views and the stream's lateness afresh
+                    n += self.keys.forget(self._views_of(topic))
+                    self.engine.watermarks.pop(self.topics[topic], None)
+                else:
+                    n += self.keys.drop(self._views_of(topic), ps)
                 for p in ps:
                     self.engine.offsets.pop(f"{topic}/{p}", None)
                     self.progress.revoke(f"{topic}/{p}")
@@ -431,6 +437,7 @@ class KafkaIngest:
         with self.engine.lock:
             for topic in self.topics:
                 n += self.keys.forget(self._views_of(topic))
+                self.engine.watermarks.pop(self.topics[topic], None)
                 for key in [k for k in self.engine.offsets if k.rpartition("/")[0] == topic]:
                     del self.engine.offsets[key]
         self.dropped_keys += n
