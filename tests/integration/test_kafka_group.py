@@ -237,3 +237,31 @@ def test_a_replayed_partition_is_not_judged_late_against_the_state_it_replaced(k
                 ingest.stop()
             if engine is not None:
                 engine.close()
+
+
+def test_dropping_one_partition_deletes_exactly_its_keys_and_their_window_state(tmp_path):
+    """The partial revoke (a cooperative rebalance): no broker needed, the
+    engine's tagged pushes as the ingest makes them."""
+    import numpy as np
+
+    from fsapp.engine.cluster import PartitionKeys
+
+    repo = make_repo(tmp_path, "n", "t", "127.0.0.1:1", "g-drop")
+    engine = open_engine(repo)
+    keys = PartitionKeys()
+    engine.on_applied = keys.note
+    try:
+        t = time.time_ns() // 1000 - 60_000_000
+        rows = [{"account_id": a, "merchant_id": 0, "amount": 1.0, "ts": t + i} for i, a in enumerate([1, 2, 3, 1, 2])]
+        engine.push("payments", rows, offsets={"t/0": 3, "t/1": 2}, tags=np.array([0, 1, 0, 0, 1]))
+        assert counts_of(engine, [1, 2, 3])[0] == {1: 2, 2: 2, 3: 1}
+        with engine.lock:
+            assert keys.drop(list(engine.runtimes.values()), {1}) == 1
+        values, statuses = counts_of(engine, [1, 2, 3])
+        assert statuses == {1: "PRESENT", 2: "NOT_FOUND", 3: "PRESENT"} and values[1] == 2
+        # the key comes back (its partition replayed): it counts from nothing
+        engine.push("payments", rows[1:2], offsets={"t/1": 1}, tags=np.array([1]))
+        assert counts_of(engine, [1, 2, 3])[0] == {1: 2, 2: 1, 3: 1}
+        assert not keys.split
+    finally:
+        engine.close()
