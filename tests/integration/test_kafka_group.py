@@ -265,3 +265,23 @@ def test_dropping_one_partition_deletes_exactly_its_keys_and_their_window_state(
         assert not keys.split
     finally:
         engine.close()
+
+
+def test_a_row_reused_after_a_max_keys_eviction_is_not_taken_for_a_split_view(tmp_path):
+    import numpy as np
+
+    from fsapp.engine.cluster import PartitionKeys
+
+    repo = make_repo(tmp_path, "n", "t", "127.0.0.1:1", "g-evict")
+    engine = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", max_keys=4, capacity=4)
+    keys = PartitionKeys()
+    engine.on_applied = keys.note
+    try:
+        t = time.time_ns() // 1000 - 60_000_000
+        for i in range(40):  # each key once, alternating partitions: rows are evicted and reused
+            engine.push("payments", [{"account_id": i, "merchant_id": 0, "amount": 1.0, "ts": t + i}],
+                        offsets={f"t/{i % 2}": i}, tags=np.array([i % 2]))
+        assert engine.runtimes[("account_totals", 1)].table.stats()["evicted_capacity"] > 0
+        assert not keys.split
+    finally:
+        engine.close()

@@ -79,6 +79,7 @@ class PartitionKeys:
     def __init__(self):
         self.tags: dict[tuple[str, int], np.ndarray] = {}
         self.split: dict[str, int] = {}  # view -> keys seen from a second partition (not partition-aligned)
+        self._evicted: dict[tuple[str, int], int] = {}  # view -> evictions (max_keys, TTL) seen by the last note
 
     def _of(self, rt) -> np.ndarray:
         key = (rt.name, rt.version)
@@ -103,6 +104,13 @@ class PartitionKeys:
         tags = self._of(rt)
         old = tags[rows]
         moved = rows[(old != NO_PARTITION) & (old != parts)]
+        # a row freed by an eviction (max_keys, TTL) and taken by a key of
+        # another partition is no split: after evictions, judge within the batch only
+        stats = rt.table.stats()
+        evicted = stats["evicted_capacity"] + stats["evicted_expired"]
+        if self._evicted.get((rt.name, rt.version), 0) != evicted:
+            self._evicted[(rt.name, rt.version)] = evicted
+            moved = moved[:0]
         # ... or within this batch (PERF: one sort of (row, partition) pairs)
         pairs = np.unique((rows << 20) | parts)
         of_pair = pairs >> 20
