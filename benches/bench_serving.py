@@ -117,12 +117,12 @@ class Target:
         return self.paths[n]
 
 
-def start_fstore(work: Path, rows: list[dict]) -> tuple[subprocess.Popen, int, Path]:
+def start_fstore(work: Path, rows: list[dict], extra_defs: str = "") -> tuple[subprocess.Popen, int, Path]:
     from fsapp.registry.repo import Repo
     root = work / "fstore-repo"
     root.mkdir()
     (root / "fstore.yaml").write_text("project: servebench\nregistry: data/registry.db\ndata_dir: data\n")
-    (root / "defs.sql").write_text(defs_sql())
+    (root / "defs.sql").write_text(defs_sql() + extra_defs)
     Repo(root).apply()
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "fsapp.cli", "serve", "--repo", str(root), "--port", str(port),

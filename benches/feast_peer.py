@@ -87,16 +87,17 @@ def write_parquet(path: Path, rows: list[dict]) -> None:
     pq.write_table(t, path)
 
 
-def setup_repo(root: str | Path, rows: list[dict], n_features: int, log=sys.stderr) -> str:
+def setup_repo(root: str | Path, rows: list[dict], n_features: int, log=sys.stderr, extra_py: str = "") -> str:
     """Feature repo at `root` with `rows` (dicts with user_id, f0.., ts as
-    epoch seconds); feast apply + materialize. Returns the venv python."""
+    epoch seconds) and `extra_py` definitions (e.g. on-demand views); feast
+    apply + materialize. Returns the venv python."""
     py = ensure_venv(log)
     root = Path(root).resolve()
     (root / "data").mkdir(parents=True, exist_ok=True)
     parquet = root / "data" / "fv50.parquet"
     write_parquet(parquet, rows)
     (root / "feature_store.yaml").write_text(STORE_YAML.format(root=root))
-    (root / "features.py").write_text(FEATURES_PY.format(parquet=parquet, n_features=n_features))
+    (root / "features.py").write_text(FEATURES_PY.format(parquet=parquet, n_features=n_features) + extra_py)
     feast = _bin("feast")
     t_min = min(r["ts"] for r in rows) - 60
     t_max = max(r["ts"] for r in rows) + 60

@@ -48,6 +48,16 @@ def _text(v):
     return None if isinstance(v, str) and v.strip() else "a non-empty text"
 
 
+def _size(v):
+    from fsapp.sizes import parse_size
+
+    try:
+        parse_size(v, "size")
+        return None
+    except ValueError:
+        return "a size such as 2GB, 512MiB or a number of bytes (at least 1MB)"
+
+
 def _one_of(*choices):
     def check(v):
         return None if v in choices else "one of " + ", ".join(choices)
@@ -81,6 +91,9 @@ SERVE_OPTIONS = (
     ServeOption("--max-keys", "online.max_keys", int, "N", None, _integer(1),
                 "the most keys each feature view keeps online (default: no bound); beyond it the oldest keys are "
                 "evicted, counted in /metrics and logged"),
+    ServeOption("--max-memory", "online.max_memory", str, "SIZE", None, _size,
+                "a bound on the live online state of all views together (e.g. 2GB, 512MiB, or bytes); over it "
+                "the keys with the oldest event time of the biggest view are evicted, counted in /metrics"),
     ServeOption("--checkpoint-seconds", "online.checkpoint_seconds", float, "S", 60.0, _positive_number,
                 "checkpoint period"),
     ServeOption("--api-keys-file", "auth.api_keys_file", str, "PATH", None, _text,
@@ -144,6 +157,7 @@ def _serve(args) -> int:
     from fsapp.registry.errors import RegistryError
     from fsapp.registry.repo import Repo
     from fsapp.serve.supervisor import Service
+    from fsapp.sizes import parse_size
 
     try:
         repo = Repo(args.repo)
@@ -165,6 +179,7 @@ def _serve(args) -> int:
     try:
         svc = Service(str(repo.root), host=opts["host"], port=opts["port"], workers=opts["workers"],
                       fsync=opts["fsync"], capacity=opts["capacity"], max_keys=opts["max_keys"],
+                      max_memory=None if opts["max_memory"] is None else parse_size(opts["max_memory"]),
                       checkpoint_s=opts["checkpoint_seconds"], grpc_port=opts["grpc_port"],
                       grpc_workers=opts["grpc_workers"])
         return svc.run()

@@ -21,6 +21,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -313,15 +314,31 @@ def run_demo(events: int = 20_000, keep: str | None = None, workers: int = 2, cr
         say(f"6. point-in-time training set over HTTP (Arrow): {train.num_rows} labelled transactions x "
             f"{train.num_columns} columns in {time.monotonic() - t0:.2f}s; user 1 at five times (features use only "
             "events strictly before each label):")
+        # an on-demand feature: the same definition online and here, on each label's own amount
+        ctx = client.get_historical_features(labels, features=["txn_context:share_of_24h_spend"]).to_arrow()
         cols = ["event_timestamp", "is_fraud", "user_txn__txn_count_1h", "user_txn__amount_24h",
                 "merchant_txn__merchant_txn_count_1h", "user_profile__age"]
         head = train.slice(0, 5).select(cols).to_pydict()
-        grid = [["time", "label", "txn_count_1h", "amount_24h", "merchant_txn_count_1h", "age"]]
-        grid += [[t.strftime("%H:%M:%S")] + [_fmt(head[c][i]) for c in cols[1:]]
+        head["amount"] = labels["amount"][:5]
+        head["share"] = ctx.column("share_of_24h_spend").to_pylist()[:5]
+        cols += ["amount", "share"]
+        grid = [["time", "label", "txn_count_1h", "amount_24h", "merchant_txn_count_1h", "age", "amount",
+                 "share_of_24h_spend (on-demand)"]]
+        grid += [[t.strftime("%H:%M:%S")] + [_fmt(head[c][i]) if c != "share" or head[c][i] is None
+                                             else f"{head[c][i]:.5f}" for c in cols[1:]]
                  for i, t in enumerate(head["event_timestamp"])]
         widths = [max(len(row[j]) for row in grid) for j in range(len(cols))]
         for row in grid:
             say("   " + "  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+        now_ctx = client.get_online_features(["txn_context:share_of_24h_spend", "user_txn:amount_24h"],
+                                             entity_rows=[{"user_id": 1, "amount": 60.0}]).to_dict()
+        share = now_ctx["share_of_24h_spend"][0]
+        say(f"   online, user 1 scoring a 60.00 transaction now: share_of_24h_spend = "
+            f"{'null' if share is None else f'{share:.5f}'} (60.00 / amount_24h {_fmt(now_ctx['amount_24h'][0])}), "
+            "computed at read time from the request")
+        if now_ctx["amount_24h"][0] and not math.isclose(now_ctx["share_of_24h_spend"][0],
+                                                        60.0 / now_ctx["amount_24h"][0], rel_tol=1e-12):
+            failures.append("the on-demand feature online is not amount / amount_24h")
 
         # ---- 7. latency from the client
         hot = zipf_keys(rng, 400, 5_000, 0.8).tolist()

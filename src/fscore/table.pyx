@@ -866,28 +866,34 @@ cdef class Table:
     def _make_room(self, int64_t now, protect=None):
         """Frees rows for a new key: expired rows first, else the oldest;
         never a row in `protect` (ids a slots_for batch already returned)."""
-        cdef Py_ssize_t k, j, row, slot
-        cdef const uint8_t[:, ::1] rm
         cdef Py_ssize_t gone
         if self.ttl > 0:
             gone = self.expire(now)
             if gone > 0:
                 return gone
-        k = max(1, self.capacity_ // 64)
+        return len(self.evict_oldest(max(1, self.capacity_ // 64), protect))
+
+    def evict_oldest(self, Py_ssize_t k, protect=None):
+        """Removes the k rows with the oldest event time (ties: by encoded key)
+        but none in `protect`; counts them as capacity evictions and returns
+        their row ids (state kept elsewhere by row id is theirs to drop)."""
+        cdef Py_ssize_t row, slot
+        cdef const uint8_t[:, ::1] rm
+        self._check_writable()
         rows = self._rows_matrix()
         live = np.nonzero(rows[:, ROW_STATE] == 1)[0]
         if protect is not None and len(protect):
             live = np.setdiff1d(live, protect, assume_unique=False)
         ets = np.ascontiguousarray(rows[live, ROW_ETS:ROW_ETS + 8]).view(np.int64)[:, 0]
         keys = np.ascontiguousarray(rows[live, ROW_KEY:ROW_KEY + self.kw]).view(f"S{self.kw}")[:, 0]
-        victims = live[np.lexsort((keys, ets))[:k]]
+        victims = live[np.lexsort((keys, ets))[:max(k, 0)]]
         rm = rows
         for row in victims:
             if self._find(&rm[row, ROW_KEY], hash_key(&rm[row, ROW_KEY], self.kw8), &slot) == row:
                 self._unlink(slot, row)
         self.hdr[H_EVICT_CAPACITY] += len(victims)
         self._maybe_compact()
-        return len(victims)
+        return victims.astype(np.int64)
 
     cdef Py_ssize_t _expire_nogil(self, int64_t now) noexcept nogil:
         cdef Py_ssize_t r, slot, gone = 0

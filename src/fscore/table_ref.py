@@ -98,11 +98,16 @@ class RefTable:
     def _make_room(self, now: int) -> None:
         if self.expire(now):
             return
-        k = max(1, self.capacity // 64)
-        oldest = sorted(self.rows, key=lambda kb: (self.rows[kb][0], kb))[:k]
+        self.evict_oldest(max(1, self.capacity // 64))
+
+    def evict_oldest(self, k: int) -> list:
+        """Removes the k keys with the oldest event time (ties: by encoded
+        key); returns their encoded keys (the compiled table: row ids)."""
+        oldest = sorted(self.rows, key=lambda kb: (self.rows[kb][0], kb))[:max(k, 0)]
         for kb in oldest:
             del self.rows[kb]
         self.evicted_capacity += len(oldest)
+        return oldest
 
     def expire(self, now: int) -> int:
         if self.ttl_us <= 0:

@@ -39,15 +39,38 @@ ctypedef struct ColLayout:
     Py_ssize_t first_val
     Py_ssize_t last_ts
     Py_ssize_t last_val
-    Py_ssize_t hll          # 2^p one-byte registers, packed into words
+    Py_ssize_t hll          # HLL_WORDS words: a sparse list of registers, or a dense block's id
     Py_ssize_t hll_row      # row of this column in the hash matrix, or -1
     Py_ssize_t lastk        # [count][k ts, newest first][k values]
     Py_ssize_t lastk_k
+
+# approx_count_distinct registers (2^p bytes) are sparse until a cell has
+# more than HLL_SPARSE_MAX non-zero registers (as Redis encodes HLLs): the
+# cell's HLL_WORDS words hold word 0 = n >= 0 entries, then n uint32 entries
+# (register index << 8 | rank) in ascending index order; past that the cell
+# owns a dense block of the view's HllPool and word 0 = -(block + 1) (the
+# entries zeroed). A cell owns its block: moving a cell moves it, dropping or
+# overwriting a cell releases it (cell_release), copying a cell into another
+# view copies it (cell_copy_in).
+cdef enum:
+    HLL_WORDS = 5
+    HLL_SPARSE_MAX = 8      # 2 * (HLL_WORDS - 1)
+
+ctypedef struct HllPool:
+    uint8_t* B              # blocks of m bytes (malloc'd; realloc'd when full)
+    int64_t m               # registers per block: 2^p
+    int64_t cap             # blocks allocated
+    int64_t top             # blocks [0, top) have been handed out
+    int64_t free_head       # a free block's first 8 bytes link to the next (-1: none)
+    int64_t used            # blocks owned by cells
+    int failed              # an allocation failed (the caller raises MemoryError)
 
 ctypedef struct Layout:
     Py_ssize_t width        # words per cell
     Py_ssize_t ncols
     int hll_p
+    bint has_hll
+    HllPool* hp             # where this layout's cells keep dense registers
     ColLayout* cols
 
 # Output kinds (finalisation of a merged cell into one aggregation's value).
@@ -66,6 +89,9 @@ cdef void cell_reset(Word* c, const Layout* L) noexcept nogil
 cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssize_t xstride,
                    const uint64_t* h, Py_ssize_t hstride) noexcept nogil
 cdef void cell_merge(Word* dst, const Word* src, const Layout* L) noexcept nogil
+cdef void cell_merge_from(Word* dst, const Layout* L, const Word* src, const Layout* Ls) noexcept nogil
+cdef void cell_release(Word* c, const Layout* L) noexcept nogil
+cdef void cell_copy_in(Word* dst, const Layout* L, const Word* src, const Layout* Ls) noexcept nogil
 cdef void cell_finalize(const Word* c, const Layout* L, const OutSpec* outs, Py_ssize_t nout,
                         double* of, int64_t* oi, Py_ssize_t nq, Py_ssize_t q) noexcept nogil
 cdef uint64_t hash_double(double x) noexcept nogil
@@ -73,7 +99,7 @@ cdef uint64_t hash_int64(int64_t x) noexcept nogil
 
 # Session kernels (cells of one key kept sorted by start time).
 cdef int session_insert(Word* cells, Py_ssize_t ring, int64_t* nsess, int64_t* evicted_last_ts,
-                        const Word* span, int64_t gap, const Layout* L) noexcept nogil
+                        const Word* span, int64_t gap, const Layout* L, const Layout* Ls) noexcept nogil
 
 # Size classes of runs: capacities 1, 2, 4, ... below ring_len, then ring_len.
 cdef enum:
@@ -98,6 +124,7 @@ cdef class WindowView:
     cdef int64_t nbuckets
     cdef int64_t gap
     cdef Layout layout
+    cdef HllPool hp               # dense HLL blocks (layout.hp points here)
     cdef OutSpec* outs
     cdef Py_ssize_t nout
     cdef Py_ssize_t n_float_out
@@ -105,18 +132,20 @@ cdef class WindowView:
     cdef object out_meta          # list of (name, kind, row, k, is_int)
     cdef object hll_cols          # column indices that feed approx_count_distinct
 
-    cdef object pool              # int64 (pool_cap, width): every key's cells
-    cdef Py_ssize_t pool_top      # cells [0, pool_top) have been handed out
+    cdef readonly object pool     # int64 (pool_cap, width): every key's cells
+    cdef readonly int64_t cells_held   # cells in the keys' runs (allocated; free runs excluded)
+    cdef bint pool_mapped         # the pool is a virtual reservation: pages are touched as cells are handed out
+    cdef readonly Py_ssize_t pool_top  # cells [0, pool_top) have been handed out
     cdef Py_ssize_t pool_cap
     cdef int64_t* P               # the pool's data (refreshed when it grows)
-    cdef int64_t* at_p            # the per-slot arrays' data (refreshed when they grow)
-    cdef int64_t* len_p
-    cdef int64_t* cap_p
+    cdef int32_t* at_p            # the per-slot arrays' data (refreshed when they grow)
+    cdef int32_t* len_p
+    cdef int32_t* cap_p
     cdef int64_t* floor_p
     cdef int64_t* tmpl_p          # the template's data
-    cdef object run_at            # int64 (n_slots,): first cell of the key's run, -1 for none
-    cdef object run_len           # int64 (n_slots,): cells in use
-    cdef object run_cap           # int64 (n_slots,): cells in the run
+    cdef object run_at            # int32 (n_slots,): first cell of the key's run, -1 for none
+    cdef object run_len           # int32 (n_slots,): cells in use
+    cdef object run_cap           # int32 (n_slots,): cells in the run
     cdef object floor_            # int64 (n_slots,): bucketed: the newest bucket dropped from the key
                                   # (EMPTY: none); sessions: end of the newest dropped session
     cdef int n_classes
@@ -135,4 +164,5 @@ cdef class WindowView:
                     int64_t[:, ::1] oi, uint8_t[::1] exact) except -1
     cdef Py_ssize_t _apply(self, Py_ssize_t start, const int64_t[::1] slots, const int64_t[::1] ts,
                            const double[:, ::1] x, const uint64_t[:, ::1] h, uint8_t[::1] late) except -2
-    cdef int _insert_cell(self, Py_ssize_t s, const Word* src) noexcept nogil
+    cdef int _insert_cell(self, Py_ssize_t s, const Word* src, const Layout* Ls) noexcept nogil
+    cdef _check_blocks(self)

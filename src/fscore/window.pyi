@@ -24,8 +24,12 @@ class WindowView:
     late_count: int                # int64: events reported late so far
     width: int                     # words (8 bytes) per cell
     bytes_per_slot: int            # the most a key can hold: ring_len cells
-    nbytes: int                    # the view's memory: its cell pool and per-key arrays
+    nbytes: int                    # the view's memory: its cell pool (a reserved pool: the cells handed out),
+                                   # per-key arrays and dense HLL blocks
+    live_bytes: int                # what the keys' state needs (runs, dense HLL blocks, per-key arrays), O(1)
     cells_in_use: int              # cells the keys hold
+    cells_held: int                # cells in the keys' runs (run capacities)
+    dense_hll_blocks: int          # approx_count_distinct columns of cells held as dense registers
 
     def __init__(self, spec: WindowSpec, aggs: Sequence[Agg | str], n_slots: int = 0,
                  allowed_lateness: int | str = 0, hll_p: int = 8, max_sessions: int = 4) -> None: ...

@@ -17,6 +17,7 @@ A WindowView is single-writer and not thread-safe: update/value_as_of share
 scratch buffers (the engine is the single writer; readers read copies).
 """
 import json
+import mmap
 import struct
 
 import numpy as np
@@ -54,8 +55,12 @@ cdef dict _NEEDS = {
 _FIELDS = ("n", "sum", "wmean", "m2", "vmin", "vmax", "first_ts", "first_val",
            "last_ts", "last_val")
 _MAGIC = b"FSWV"
-_FORMAT_VERSION = 3  # 3: sparse runs; 2 (dense rings) is still read
+_FORMAT_VERSION = 4  # 4: sparse HLL registers; 3 (dense registers) and 2 (dense rings) are still read
 EMPTY = INT64_MIN
+_RESERVE_FROM = 1 << 22     # bytes: a pool this big moves into a virtual reservation
+_RESERVE_BYTES = 1 << 36    # address space per reserved pool (64 GiB; only touched pages cost memory)
+_MAX_CELLS = (1 << 31) - 1  # a key's run is an int32 cell index
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)   # Linux's value; Python < 3.13 does not name it
 
 
 cdef enum:
@@ -83,10 +88,16 @@ cdef class WindowView:
         self.layout.cols = NULL
         self.outs = NULL
         self.P = NULL
+        self.hp.B = NULL
+        self.hp.cap = self.hp.top = self.hp.used = 0
+        self.hp.free_head = -1
+        self.hp.failed = 0
+        self.hp.m = 0
 
     def __dealloc__(self):
         free(self.layout.cols)
         free(self.outs)
+        free(self.hp.B)
 
     def __init__(self, spec, aggs, Py_ssize_t n_slots=0, allowed_lateness=0,
                  int hll_p=8, int max_sessions=4):
@@ -111,54 +122,60 @@ cdef class WindowView:
         self._init_classes()
         self._set_pool(np.empty((16, self.layout.width), dtype=np.int64), 0)
         self.n_slots = 0
-        self._set_slots(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
+        self._set_slots(np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int32),
                         np.empty(0, np.int64))
         self.grow(n_slots)
 
-    cdef _build_layout(self):
-        cols = tuple(dict.fromkeys(a.column for a in self.aggs if a.column is not None))
-        self.columns = cols
-        needs = {c: {"n"} for c in cols}
-        lastk = {c: 0 for c in cols}
+    def _column_offsets(self, Py_ssize_t hll_words):
+        """Per input column, the word offset of each partial field (-1 when
+        absent; "hll" hll_words wide, "lastk" 1 + 2k), and the cell width.
+        hll_words = HLL_WORDS is this layout; (2^p + 7) // 8 is the dense
+        registers of snapshot versions 2 and 3."""
+        needs = {c: {"n"} for c in self.columns}
+        lastk = {c: 0 for c in self.columns}
         for a in self.aggs:
             if a.column is not None:
                 needs[a.column].update(_NEEDS[a.kind])
                 if a.kind == "last_k":
                     lastk[a.column] = max(lastk[a.column], a.k)
+        off, out = W_COMMON, []
+        for c in self.columns:
+            offs = {"lastk_k": lastk[c]}
+            for f in _FIELDS + ("hll", "lastk"):
+                offs[f] = off if f in needs[c] else -1
+                if f in needs[c]:
+                    off += hll_words if f == "hll" else 1 + 2 * lastk[c] if f == "lastk" else 1
+            out.append(offs)
+        return out, off
+
+    cdef _build_layout(self):
+        cols = tuple(dict.fromkeys(a.column for a in self.aggs if a.column is not None))
+        self.columns = cols
         ncols = len(cols)
         self.layout.ncols = ncols
         self.layout.hll_p = self.hll_p
+        self.layout.hp = &self.hp
+        self.hp.m = (<int64_t>1) << self.hll_p
         self.layout.cols = <ColLayout*>calloc(max(ncols, 1), sizeof(ColLayout))
         if self.layout.cols == NULL:
             raise MemoryError()
-        cdef Py_ssize_t off = W_COMMON, j
+        cdef Py_ssize_t j
         cdef ColLayout* cl
         hll_cols = []
-        for j, c in enumerate(cols):
+        col_offs, off = self._column_offsets(HLL_WORDS)
+        for j, offs in enumerate(col_offs):
             cl = &self.layout.cols[j]
-            offs = {}
-            for f in _FIELDS:
-                if f in needs[c]:
-                    offs[f] = off
-                    off += 1
-                else:
-                    offs[f] = -1
             cl.n, cl.sum, cl.wmean, cl.m2 = offs["n"], offs["sum"], offs["wmean"], offs["m2"]
             cl.vmin, cl.vmax = offs["vmin"], offs["vmax"]
             cl.first_ts, cl.first_val = offs["first_ts"], offs["first_val"]
             cl.last_ts, cl.last_val = offs["last_ts"], offs["last_val"]
-            cl.hll = cl.hll_row = cl.lastk = -1
-            cl.lastk_k = 0
-            if "hll" in needs[c]:
-                cl.hll = off
+            cl.hll, cl.lastk, cl.lastk_k = offs["hll"], offs["lastk"], offs["lastk_k"]
+            cl.hll_row = -1
+            if cl.hll >= 0:
                 cl.hll_row = len(hll_cols)
                 hll_cols.append(j)
-                off += ((1 << self.hll_p) + 7) // 8
-            if "lastk" in needs[c]:
-                cl.lastk = off
-                cl.lastk_k = lastk[c]
-                off += 1 + 2 * lastk[c]
         self.layout.width = off
+        self.layout.has_hll = len(hll_cols) > 0
         self.hll_cols = hll_cols
 
         self.nout = len(self.aggs)
@@ -213,17 +230,20 @@ cdef class WindowView:
         cdef int64_t at = self.free_head[k]
         if at >= 0:
             self.free_head[k] = self.P[at * self.layout.width]
+            self.cells_held += self.class_cap[k]
             return at
         if self.pool_top + cap > self.pool_cap:
             return -1
         at = self.pool_top
         self.pool_top += cap
+        self.cells_held += self.class_cap[k]
         return at
 
     cdef void _free(self, int64_t at, int64_t cap) noexcept nogil:
         cdef int k = self._class_of(cap)
         self.P[at * self.layout.width] = self.free_head[k]
         self.free_head[k] = at
+        self.cells_held -= self.class_cap[k]
 
     cdef int _room(self, Py_ssize_t s, int64_t need) noexcept nogil:
         """Makes slot s's run hold at least `need` cells (need <= ring_len),
@@ -273,14 +293,35 @@ cdef class WindowView:
         self.P = &pv[0, 0] if pool.shape[0] else NULL
 
     def _grow_pool(self, Py_ssize_t extra):
-        """Room for at least `extra` more cells past the top (doubling)."""
-        cdef Py_ssize_t cap = max(2 * self.pool_cap, self.pool_top + extra, 16)
+        """Room for at least `extra` more cells past the top. A small pool
+        doubles (a copy); past _RESERVE_FROM bytes the pool moves once into a
+        virtual reservation of _RESERVE_BYTES (MAP_NORESERVE: the kernel backs
+        only the pages cells are written to), so a big pool never copies again
+        under the writer's lock and holds no doubling slack."""
+        cdef Py_ssize_t W8 = self.layout.width * 8, need = self.pool_top + extra
+        cdef Py_ssize_t cap = max(2 * self.pool_cap, need, 16)
+        if cap * W8 >= _RESERVE_FROM:
+            if need > _MAX_CELLS:
+                raise MemoryError(f"window state: more than {_MAX_CELLS} cells in one view")
+            rows = min(max(_RESERVE_BYTES // W8, 2 * need), _MAX_CELLS)
+            try:
+                m = mmap.mmap(-1, rows * W8, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+            except (OSError, ValueError):   # strict overcommit (vm.overcommit_memory=2): keep doubling
+                m = None
+            if m is not None:
+                pool = np.frombuffer(m, dtype=np.int64).reshape(rows, self.layout.width)
+                pool[:self.pool_top] = self.pool[:self.pool_top]
+                self._set_pool(pool, self.pool_top)
+                self.pool_mapped = True
+                return
         pool = np.empty((cap, self.layout.width), dtype=np.int64)
         pool[:self.pool_top] = self.pool[:self.pool_top]
         self._set_pool(pool, self.pool_top)
+        self.pool_mapped = False
 
     def _set_slots(self, at, ln, cap, floor):
-        cdef int64_t[::1] a = at, l = ln, c = cap, f = floor
+        cdef int32_t[::1] a = at, l = ln, c = cap
+        cdef int64_t[::1] f = floor
         self.run_at, self.run_len, self.run_cap, self.floor_ = at, ln, cap, floor
         self.at_p = &a[0] if at.shape[0] else NULL
         self.len_p = &l[0] if ln.shape[0] else NULL
@@ -301,8 +342,27 @@ cdef class WindowView:
 
     @property
     def nbytes(self):
-        """Bytes this view holds: its pool (cells handed out or free) and its per-key arrays."""
-        return self.pool_cap * self.layout.width * 8 + 4 * 8 * self.n_slots
+        """Bytes this view holds: its pool (cells handed out or free; of a
+        reserved pool, the cells handed out: the pages touched) and its
+        per-key arrays and dense HLL blocks."""
+        return (self.pool_top if self.pool_mapped else self.pool_cap) * self.layout.width * 8 + 20 * self.n_slots + self.hp.cap * self.hp.m
+
+    @property
+    def live_bytes(self):
+        """Bytes the keys' state needs (their runs, dense HLL blocks and
+        per-key arrays; not free runs or slack): O(1), what a memory bound
+        counts."""
+        return self.cells_held * self.layout.width * 8 + self.hp.used * self.hp.m + 20 * self.n_slots
+
+    @property
+    def dense_hll_blocks(self):
+        """Cells' HLL columns held as dense registers (the rest are sparse lists)."""
+        return self.hp.used
+
+    cdef _check_blocks(self):
+        if self.hp.failed:
+            self.hp.failed = 0
+            raise MemoryError("window state: no memory for dense HyperLogLog registers")
 
     @property
     def cells_in_use(self):
@@ -317,9 +377,9 @@ cdef class WindowView:
         if n_slots <= self.n_slots:
             return
         more = n_slots - self.n_slots
-        self._set_slots(np.concatenate([self.run_at, np.full(more, -1, np.int64)]),
-                        np.concatenate([self.run_len, np.zeros(more, np.int64)]),
-                        np.concatenate([self.run_cap, np.zeros(more, np.int64)]),
+        self._set_slots(np.concatenate([self.run_at, np.full(more, -1, np.int32)]),
+                        np.concatenate([self.run_len, np.zeros(more, np.int32)]),
+                        np.concatenate([self.run_cap, np.zeros(more, np.int32)]),
                         np.concatenate([self.floor_, np.full(more, EMPTY, np.int64)]))
         self.n_slots = n_slots
 
@@ -327,9 +387,12 @@ cdef class WindowView:
         """Forget everything about these keys (eviction, or slot reuse)."""
         s = self._check_slots(slots)
         cdef const int64_t[::1] sv = s
-        cdef Py_ssize_t i, k
+        cdef Py_ssize_t i, k, j, W = self.layout.width
         for i in range(sv.shape[0]):
             k = sv[i]
+            if self.layout.has_hll and self.cap_p[k]:
+                for j in range(self.ring_len if self.len_p[k] == RING else self.len_p[k]):
+                    cell_release(<Word*>(self.P + (self.at_p[k] + j) * W), &self.layout)
             if self.cap_p[k]:
                 self._free(self.at_p[k], self.cap_p[k])
             self.at_p[k] = -1
@@ -441,6 +504,7 @@ cdef class WindowView:
             i = self._apply(i, s, t, x, h, late)
             if i < n:  # the pool is full: grow it (a new run is at most ring_len cells) and go on
                 self._grow_pool(self.ring_len)
+        self._check_blocks()
         return late.view(np.bool_)
 
     def _columns_matrix(self, columns, Py_ssize_t n):
@@ -500,7 +564,7 @@ cdef class WindowView:
                     memcpy(span, tmpl, W * sizeof(Word))
                     cell_add(span, L, t, &x[0, i], xs, &h[0, i], hs)
                     nsess = m
-                    if session_insert(<Word*>(self.P + self.at_p[s] * W), R, &nsess, &self.floor_p[s], span, gap, L):
+                    if session_insert(<Word*>(self.P + self.at_p[s] * W), R, &nsess, &self.floor_p[s], span, gap, L, L):
                         late[i] = 1
                         nlate += 1
                     else:
@@ -519,6 +583,7 @@ cdef class WindowView:
                         if cells[W_BUCKET].i != INT64_MIN and cells[W_COUNT].i and \
                                 cells[W_BUCKET].i > self.floor_p[s]:
                             self.floor_p[s] = cells[W_BUCKET].i
+                        cell_release(cells, L)
                         memcpy(cells, tmpl, W * sizeof(Word))
                         cells[W_BUCKET].i = b
                     cell_add(cells, L, t, &x[0, i], xs, &h[0, i], hs)
@@ -550,6 +615,8 @@ cdef class WindowView:
                             self.floor_p[s] = cells[k * W + W_BUCKET].i
                         k += 1
                     if k:
+                        for pos in range(k):
+                            cell_release(cells + pos * W, L)
                         memmove(cells, cells + k * W, (m - k) * W * sizeof(Word))
                         m -= k
                         j -= k
@@ -583,9 +650,10 @@ cdef class WindowView:
         self.late_count += nlate
         return stopped
 
-    cdef int _insert_cell(self, Py_ssize_t s, const Word* src) noexcept nogil:
-        """Folds a whole cell (another view's) into slot s: merged into the
-        cell of its bucket (session: the sessions it meets), or inserted.
+    cdef int _insert_cell(self, Py_ssize_t s, const Word* src, const Layout* Ls) noexcept nogil:
+        """Folds a whole cell (another view's, of layout Ls) into slot s:
+        merged into the cell of its bucket (session: the sessions it meets),
+        or inserted.
         Returns 0, 1 when the state cannot hold it (older than the key's
         ring / a dropped session), or -1 when the pool is full."""
         cdef Py_ssize_t R = self.ring_len, W = self.layout.width, j, k, pos
@@ -594,11 +662,12 @@ cdef class WindowView:
         if m == RING:
             cells = <Word*>(self.P + self.at_p[s] * W) + floor_mod(b, R) * W
             if cells[W_BUCKET].i == b:
-                cell_merge(cells, src, &self.layout)
+                cell_merge_from(cells, &self.layout, src, Ls)
             elif cells[W_BUCKET].i < b:
                 if cells[W_BUCKET].i != INT64_MIN and cells[W_COUNT].i and cells[W_BUCKET].i > self.floor_p[s]:
                     self.floor_p[s] = cells[W_BUCKET].i
-                memcpy(cells, src, W * sizeof(Word))
+                cell_release(cells, &self.layout)
+                cell_copy_in(cells, &self.layout, src, Ls)
             else:
                 if b > self.floor_p[s]:
                     self.floor_p[s] = b
@@ -609,7 +678,7 @@ cdef class WindowView:
                 return -1
             nsess = m
             k = session_insert(<Word*>(self.P + self.at_p[s] * W), R, &nsess, &self.floor_p[s], src, self.gap,
-                               &self.layout)
+                               &self.layout, Ls)
             self.len_p[s] = nsess
             return k
         cells = <Word*>(self.P + self.at_p[s] * W) if m else NULL
@@ -617,7 +686,7 @@ cdef class WindowView:
         while j >= 0 and cells[j * W + W_BUCKET].i > b:
             j -= 1
         if j >= 0 and cells[j * W + W_BUCKET].i == b:
-            cell_merge(cells + j * W, src, &self.layout)
+            cell_merge_from(cells + j * W, &self.layout, src, Ls)
             return 0
         if m and self.kind != K_LIFETIME:
             top = cells[(m - 1) * W + W_BUCKET].i
@@ -634,6 +703,8 @@ cdef class WindowView:
                     self.floor_p[s] = cells[k * W + W_BUCKET].i
                 k += 1
             if k:
+                for pos in range(k):
+                    cell_release(cells + pos * W, &self.layout)
                 memmove(cells, cells + k * W, (m - k) * W * sizeof(Word))
                 m -= k
                 j -= k
@@ -643,7 +714,7 @@ cdef class WindowView:
         cells = <Word*>(self.P + self.at_p[s] * W)
         pos = j + 1
         memmove(cells + (pos + 1) * W, cells + pos * W, (m - pos) * W * sizeof(Word))
-        memcpy(cells + pos * W, src, W * sizeof(Word))
+        cell_copy_in(cells + pos * W, &self.layout, src, Ls)
         self.len_p[s] = m + 1
         return 0
 
@@ -735,6 +806,8 @@ cdef class WindowView:
                             if not include_partial(acc, c, hi, t, L):
                                 exact[q] = 0
                 cell_finalize(acc, L, self.outs, self.nout, &of[0, 0], &oi[0, 0], nq, q)
+                cell_release(acc, L)
+        self._check_blocks()
         return 0
 
     # ---- state: serialise, restore, merge -------------------------------------
@@ -746,9 +819,20 @@ cdef class WindowView:
                 "max_sessions": self.max_sessions, "width": self.layout.width,
                 "ring_len": self.ring_len}
 
+    def _blocks_array(self):
+        """The dense HLL blocks as a (cap, m) uint8 array viewing the pool."""
+        if self.hp.cap == 0:
+            return np.zeros((0, max(self.hp.m, 1)), dtype=np.uint8)
+        return np.asarray(<uint8_t[:self.hp.cap * self.hp.m]>self.hp.B).reshape(self.hp.cap, self.hp.m)
+
+    def _hll_offsets(self):
+        return np.array([self.layout.cols[j].hll for j in self.hll_cols], dtype=np.int64)
+
     def _gather(self, slots):
-        """(lens, floors, cells) of these slots: their cells with events, in
-        bucket order (sessions: by start), one slot after the other."""
+        """(lens, floors, cells, blocks) of these slots: their cells with
+        events, in bucket order (sessions: by start), one slot after the
+        other; a dense HLL column's word 0 is -(i + 1) for blocks[i], the
+        blocks numbered in the order the cells name them."""
         s = self._check_slots(slots)
         cdef const int64_t[::1] sv = s
         cdef Py_ssize_t q, o = 0, W = self.layout.width, m, j, k, R = self.ring_len
@@ -789,7 +873,15 @@ cdef class WindowView:
             elif m:
                 memcpy(&cv[o, 0], c, m * W * sizeof(int64_t))
                 o += m
-        return lens, np.asarray(self.floor_)[s].copy(), cells
+        blocks = np.zeros((0, self.hp.m), dtype=np.uint8)
+        if self.layout.has_hll and len(cells):
+            offs = self._hll_offsets()
+            at = np.argwhere(cells[:, offs] < 0)    # (cell, column) pairs, row-major: canonical order
+            if len(at):
+                rows, cols = at[:, 0], offs[at[:, 1]]
+                blocks = self._blocks_array()[-cells[rows, cols] - 1]
+                cells[rows, cols] = -np.arange(1, len(at) + 1)
+        return lens, np.asarray(self.floor_)[s].copy(), cells, blocks
 
     def frozen(self):
         """A copy of the state as it is now, for a checkpoint to encode off the
@@ -798,39 +890,51 @@ cdef class WindowView:
         cdef WindowView f = type(self)(self.spec, list(self.aggs), 0, self.allowed_lateness, self.hll_p,
                                        self.max_sessions)
         f._set_pool(np.array(self.pool[:max(self.pool_top, 1)]), self.pool_top)
+        if self.hp.cap:
+            f.hp.B = <uint8_t*>malloc(self.hp.cap * self.hp.m)
+            if f.hp.B == NULL:
+                raise MemoryError()
+            memcpy(f.hp.B, self.hp.B, self.hp.top * self.hp.m)
+            f.hp.cap, f.hp.top, f.hp.free_head, f.hp.used = self.hp.cap, self.hp.top, self.hp.free_head, self.hp.used
         f._set_slots(np.array(self.run_at), np.array(self.run_len), np.array(self.run_cap), np.array(self.floor_))
         f.n_slots = self.n_slots
         f.watermark, f.late_count = self.watermark, self.late_count
+        f.cells_held = self.cells_held
         return f
 
     def to_bytes(self):
         """Whole-view snapshot: b'FSWV' u32 version u32 header-len, JSON header,
         then each slot's cell count, each slot's floor, and the cells in use,
-        as little-endian int64 (only the cells the keys hold: a snapshot is as
-        big as the live state)."""
-        lens, floors, cells = self._gather(np.arange(self.n_slots))
+        as little-endian int64, then the dense HLL blocks they name (2^p
+        bytes each; only what the keys hold: a snapshot is as big as the
+        live state)."""
+        lens, floors, cells, blocks = self._gather(np.arange(self.n_slots))
         header = json.dumps(self.meta() | {"n_slots": self.n_slots, "watermark": self.watermark,
-                                           "late_count": self.late_count, "cells": int(lens.sum())}).encode()
+                                           "late_count": self.late_count, "cells": int(lens.sum()),
+                                           "blocks": len(blocks)}).encode()
         parts = [_MAGIC, struct.pack("<II", _FORMAT_VERSION, len(header)), header]
         for a in (lens, floors, cells):
             parts.append(a.astype("<i8", copy=False).tobytes())
+        parts.append(blocks.tobytes())
         return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, data):
-        """Rebuild a view from `to_bytes()` output (this version's, or the
-        dense rings of version 2)."""
+        """Rebuild a view from `to_bytes()` output (this version's, the
+        dense HLL registers of version 3, or the dense rings of version 2)."""
         mv = memoryview(data)
         if bytes(mv[:4]) != _MAGIC or len(mv) < 12:
             raise WindowStateError("not a window view snapshot (bad magic)")
         version, hlen = struct.unpack("<II", mv[4:12])
-        if version not in (2, _FORMAT_VERSION):
+        if version not in (2, 3, _FORMAT_VERSION):
             raise WindowStateError(f"window snapshot version {version}, expected {_FORMAT_VERSION}")
         meta = json.loads(bytes(mv[12:12 + hlen]))
         cdef WindowView view = cls(spec_from_dict(meta["spec"]), [Agg(**a) for a in meta["aggs"]], meta["n_slots"],
                    meta["allowed_lateness"], meta["hll_p"], meta["max_sessions"])
-        view._check_meta(meta)
-        n, off, W = meta["n_slots"], 12 + hlen, view.width
+        # versions 2 and 3 held the registers in the cell: convert their cells
+        old_offs, W = view._column_offsets((view.hp.m + 7) // 8) if version < 4 else (None, view.width)
+        view._check_meta(meta | {"width": view.width} if version < 4 and meta.get("width") == W else meta)
+        n, off = meta["n_slots"], 12 + hlen
         counts = (n * view.ring_len * W, n, n) if version == 2 else (n, n, meta["cells"] * W)
         arrays = []
         for count in counts:
@@ -840,24 +944,47 @@ cdef class WindowView:
             # a view of the snapshot, not a copy: `_load` copies the cells into the pool
             arrays.append(np.frombuffer(mv[off:end], dtype="<i8"))
             off = end
+        blocks = None
+        if version >= 4:
+            nb = meta.get("blocks", 0)
+            end = off + nb * view.hp.m
+            if not isinstance(nb, int) or nb < 0 or end > len(mv):
+                raise WindowStateError("window snapshot is truncated")
+            blocks = np.frombuffer(mv[off:end], dtype=np.uint8).reshape(nb, view.hp.m)
+            off = end
         if off != len(mv):
             raise WindowStateError(f"window snapshot has {len(mv) - off} trailing bytes")
         if version == 2:
             lens, floors, cells = _from_dense(view, arrays[0].reshape(n, view.ring_len, W), arrays[1], arrays[2])
         else:
             lens, floors, cells = arrays[0], arrays[1], arrays[2].reshape(-1, W)
-        view._load(np.arange(n, dtype=np.int64), lens, floors, cells)
+        if version < 4:
+            cells, blocks = _dense_hll_cells(view, old_offs, cells)
+        view._load(np.arange(n, dtype=np.int64), lens, floors, cells, blocks)
         view.watermark, view.late_count = meta["watermark"], meta["late_count"]
         return view
 
-    def _load(self, slots, lens, floors, cells):
-        """Gives each slot its cells (lens[i] of `cells`, in order) and floor."""
+    def _load(self, slots, lens, floors, cells, blocks=None):
+        """Gives each slot its cells (lens[i] of `cells`, in order) and floor;
+        `blocks`: the dense HLL registers the cells name (see _gather)."""
         cdef const int64_t[::1] sv = slots
         cdef const int64_t[::1] lv = np.ascontiguousarray(lens, dtype=np.int64)
         cdef const int64_t[::1] fv = np.ascontiguousarray(floors, dtype=np.int64)
         cells = np.ascontiguousarray(cells, dtype=np.int64)
         cdef const int64_t[:, ::1] cv = cells if cells.shape[0] else np.zeros((1, self.layout.width), np.int64)
-        cdef Py_ssize_t q, o = 0, W = self.layout.width, m, k
+        cdef Py_ssize_t q, o = 0, W = self.layout.width, m, k, j, c
+        cdef int64_t hdr, blk, nb
+        blocks = np.zeros((0, self.hp.m), dtype=np.uint8) if blocks is None else \
+            np.ascontiguousarray(blocks, dtype=np.uint8)
+        if blocks.ndim != 2 or blocks.shape[1] != self.hp.m:
+            raise WindowStateError(f"HLL blocks of shape {blocks.shape}, expected (n, {self.hp.m})")
+        cdef const uint8_t[:, ::1] bv = blocks if blocks.shape[0] else np.zeros((1, self.hp.m), np.uint8)
+        nb = blocks.shape[0]
+        if self.layout.has_hll and len(cells):
+            offs = self._hll_offsets()
+            hdrs = cells[:, offs]
+            if hdrs.size and (hdrs.max() > HLL_SPARSE_MAX or hdrs.min() < -nb):
+                raise WindowStateError("window state names HLL registers it does not hold")
         self.reset_slots(slots)
         total = int(np.asarray(lens).sum())
         if self.pool_top + 2 * total > self.pool_cap:
@@ -872,6 +999,18 @@ cdef class WindowView:
                     self._grow_pool(self.ring_len)
                     self._room(k, m)
                 memcpy(self.P + self.at_p[k] * W, &cv[o, 0], m * W * sizeof(int64_t))
+                if self.layout.has_hll:
+                    for j in range(m):
+                        for c in range(self.layout.ncols):
+                            if self.layout.cols[c].hll < 0:
+                                continue
+                            hdr = cv[o + j, self.layout.cols[c].hll]
+                            if hdr < 0:
+                                blk = hll_block_alloc(&self.hp)
+                                if blk < 0:
+                                    self._check_blocks()
+                                memcpy(self.hp.B + blk * self.hp.m, &bv[-hdr - 1, 0], self.hp.m)
+                                self.P[(self.at_p[k] + j) * W + self.layout.cols[c].hll] = -(blk + 1)
                 o += m
             self.len_p[k] = m
             self.floor_p[k] = fv[q]
@@ -883,10 +1022,11 @@ cdef class WindowView:
             raise WindowStateError(f"window state does not match this view in {diff}")
 
     def export_slots(self, slots):
-        """Copy of these keys' state: {"lens", "floor", "cells"} (each key's
-        cells in use, one after the other), for import_slots of an equal view."""
-        lens, floors, cells = self._gather(slots)
-        return {"lens": lens, "floor": floors, "cells": cells}
+        """Copy of these keys' state: {"lens", "floor", "cells", "blocks"}
+        (each key's cells in use, one after the other, and the dense HLL
+        registers they name), for import_slots of an equal view."""
+        lens, floors, cells, blocks = self._gather(slots)
+        return {"lens": lens, "floor": floors, "cells": cells, "blocks": blocks}
 
     def import_slots(self, slots, state):
         """Overwrite these keys' state with `export_slots` output of an equal view."""
@@ -897,7 +1037,7 @@ cdef class WindowView:
                 or cells.shape[0] != int(lens.sum()):
             raise WindowStateError(f"state of {len(lens)} keys with {cells.shape} cells does not fit "
                                    f"{len(s)} slots of width {self.layout.width}")
-        self._load(s, lens, state["floor"], cells)
+        self._load(s, lens, state["floor"], cells, state.get("blocks"))
         klt = self.key_last_ts()[s]
         if len(klt) and klt.max() > self.watermark:
             self.watermark = int(klt.max())
@@ -919,7 +1059,7 @@ cdef class WindowView:
             while r < m:
                 src = other.P + other.at_p[s] * W + r * W
                 if self.kind == K_SESSION or (src[W_BUCKET] != INT64_MIN and src[W_COUNT]):
-                    rc = self._insert_cell(s, <const Word*>src)
+                    rc = self._insert_cell(s, <const Word*>src, &other.layout)
                     if rc < 0:
                         self._grow_pool(self.ring_len)
                         continue
@@ -958,6 +1098,43 @@ def _from_dense(WindowView view, cells, evicted, nsess):
         lens[s] = len(keep)
         out.append(keep)
     return lens, floors, np.concatenate(out) if out else np.zeros((0, W), np.int64)
+
+
+def _dense_hll_cells(WindowView view, old_offs, cells):
+    """Cells of a version 2/3 snapshot (registers dense in the cell, at
+    old_offs) in this layout: (cells, blocks)."""
+    new_offs, W = view._column_offsets(HLL_WORDS)
+    n, m = len(cells), view.hp.m
+    out = np.empty((n, W), dtype=np.int64)
+    out[:, :W_COMMON] = cells[:, :W_COMMON]
+    blocks = []
+    nblocks = 0
+    for old, new in zip(old_offs, new_offs):
+        for f in _FIELDS:
+            if new[f] >= 0:
+                out[:, new[f]] = cells[:, old[f]]
+        if new["lastk"] >= 0:
+            k = 1 + 2 * new["lastk_k"]
+            out[:, new["lastk"]:new["lastk"] + k] = cells[:, old["lastk"]:old["lastk"] + k]
+        if new["hll"] < 0:
+            continue
+        regs = np.ascontiguousarray(cells[:, old["hll"]:old["hll"] + (m + 7) // 8]).view(np.uint8)[:, :m]
+        nnz = np.count_nonzero(regs, axis=1)
+        area = np.zeros((n, HLL_WORDS), dtype=np.int64)
+        sparse = nnz <= HLL_SPARSE_MAX
+        sr = regs[sparse]
+        r, c = np.nonzero(sr)                       # row-major: ascending register index per cell
+        starts = np.cumsum(nnz[sparse]) - nnz[sparse]
+        entries = np.zeros((len(sr), HLL_SPARSE_MAX), dtype=np.uint32)
+        entries[r, np.arange(len(r)) - starts[r]] = (c.astype(np.uint32) << 8) | sr[r, c]
+        area[sparse, 0] = nnz[sparse]
+        area[sparse, 1:] = entries.view(np.int64)
+        dense = np.flatnonzero(~sparse)
+        area[dense, 0] = -(nblocks + np.arange(1, len(dense) + 1))
+        blocks.append(regs[dense])
+        nblocks += len(dense)
+        out[:, new["hll"]:new["hll"] + HLL_WORDS] = area
+    return out, (np.concatenate(blocks) if blocks else np.zeros((0, m), dtype=np.uint8))
 
 
 def hash_array(values):

@@ -8,7 +8,8 @@
 
 from libc.math cimport isnan, sqrt, ldexp, log, floor, INFINITY, NAN
 from libc.string cimport memcpy, memmove, memset
-from libc.stdint cimport INT64_MIN, INT64_MAX
+from libc.stdint cimport INT64_MIN, INT64_MAX, uint32_t
+from libc.stdlib cimport realloc
 
 cdef extern from *:
     """
@@ -64,12 +65,120 @@ cdef uint64_t hash_double(double x) noexcept nogil:
     return hash_int64(w.i)
 
 
-cdef inline void hll_add(uint8_t* regs, int p, uint64_t h) noexcept nogil:
-    cdef uint64_t idx = h >> (64 - p)
+cdef int64_t hll_block_alloc(HllPool* hp) noexcept nogil:
+    # A zeroed block: a free one, or the next from the top (the buffer grows
+    # by realloc: block pointers are re-derived after every allocation).
+    cdef int64_t b = hp.free_head
+    cdef int64_t cap
+    cdef uint8_t* nb
+    if b >= 0:
+        memcpy(&hp.free_head, hp.B + b * hp.m, sizeof(int64_t))
+    else:
+        if hp.top == hp.cap:
+            cap = hp.cap * 2 if hp.cap >= 8 else 8
+            nb = <uint8_t*>realloc(hp.B, cap * hp.m)
+            if nb == NULL:
+                hp.failed = 1
+                return -1
+            hp.B = nb
+            hp.cap = cap
+        b = hp.top
+        hp.top += 1
+    memset(hp.B + b * hp.m, 0, hp.m)
+    hp.used += 1
+    return b
+
+
+cdef inline void hll_block_free(HllPool* hp, int64_t b) noexcept nogil:
+    memcpy(hp.B + b * hp.m, &hp.free_head, sizeof(int64_t))
+    hp.free_head = b
+    hp.used -= 1
+
+
+cdef inline uint8_t hll_rank(uint64_t h, int p) noexcept nogil:
     cdef uint64_t w = h << p
-    cdef uint8_t rank = <uint8_t>(fs_clz64(w) + 1 if w else 64 - p + 1)
-    if rank > regs[idx]:
-        regs[idx] = rank
+    return <uint8_t>(fs_clz64(w) + 1 if w else 64 - p + 1)
+
+
+cdef void hll_set(Word* a, HllPool* hp, uint32_t idx, uint8_t rank) noexcept nogil:
+    # register idx = max(register idx, rank), in whichever encoding `a` has;
+    # a sparse list that would pass HLL_SPARSE_MAX entries turns dense.
+    cdef int64_t hdr = a[0].i, blk
+    cdef uint32_t* e = <uint32_t*>&a[1]
+    cdef uint8_t* regs
+    cdef Py_ssize_t j = 0, n
+    if hdr < 0:
+        regs = hp.B + (-hdr - 1) * hp.m
+        if rank > regs[idx]:
+            regs[idx] = rank
+        return
+    n = hdr
+    while j < n and (e[j] >> 8) < idx:
+        j += 1
+    if j < n and (e[j] >> 8) == idx:
+        if rank > (e[j] & 0xFF):
+            e[j] = (idx << 8) | rank
+        return
+    if n < HLL_SPARSE_MAX:
+        memmove(e + j + 1, e + j, (n - j) * sizeof(uint32_t))
+        e[j] = (idx << 8) | rank
+        a[0].i = n + 1
+        return
+    blk = hll_block_alloc(hp)
+    if blk < 0:
+        return
+    regs = hp.B + blk * hp.m
+    for j in range(n):
+        regs[e[j] >> 8] = <uint8_t>(e[j] & 0xFF)
+    regs[idx] = rank
+    memset(e, 0, (HLL_WORDS - 1) * sizeof(Word))
+    a[0].i = -(blk + 1)
+
+
+cdef inline void hll_add(Word* a, HllPool* hp, int p, uint64_t h) noexcept nogil:
+    hll_set(a, hp, <uint32_t>(h >> (64 - p)), hll_rank(h, p))
+
+
+cdef void hll_merge(Word* d, HllPool* hd, const Word* s, HllPool* hs) noexcept nogil:
+    cdef int64_t hdr = s[0].i, blk
+    cdef const uint32_t* e = <const uint32_t*>&s[1]
+    cdef const uint8_t* rs
+    cdef uint8_t* rd
+    cdef Py_ssize_t j
+    if hdr >= 0:
+        for j in range(hdr):
+            hll_set(d, hd, e[j] >> 8, <uint8_t>(e[j] & 0xFF))
+        return
+    if d[0].i >= 0:  # the union has the source's > HLL_SPARSE_MAX registers: dense
+        blk = hll_block_alloc(hd)
+        if blk < 0:
+            return
+        rd = hd.B + blk * hd.m
+        e = <const uint32_t*>&d[1]
+        for j in range(d[0].i):
+            rd[e[j] >> 8] = <uint8_t>(e[j] & 0xFF)
+        memset(&d[1], 0, (HLL_WORDS - 1) * sizeof(Word))
+        d[0].i = -(blk + 1)
+    rd = hd.B + (-d[0].i - 1) * hd.m
+    rs = hs.B + (-hdr - 1) * hs.m   # after the allocation: hd may be hs, moved by realloc
+    for j in range(hd.m):
+        if rs[j] > rd[j]:
+            rd[j] = rs[j]
+
+
+cdef int64_t hll_count(const Word* a, const HllPool* hp, int p) noexcept nogil:
+    # The estimate of window_ref.hll_estimate_registers. A sparse list has at
+    # most HLL_SPARSE_MAX < m/2 registers set, where the raw estimate is
+    # always in linear counting's range (alpha m^2 / z with z >= m - 8 is
+    # below 2.5 m for every m >= 16): the same double, without the registers.
+    cdef int64_t n = a[0].i
+    cdef double md
+    if n < 0:
+        return hll_estimate(hp.B + (-n - 1) * hp.m, p)
+    if n == 0:
+        return 0
+    md = <double>((<int64_t>1) << p)
+    return <int64_t>floor(md * log(md / <double>((<int64_t>1 << p) - n)) + 0.5)
 
 
 cdef inline int64_t hll_estimate(const uint8_t* regs, int p) noexcept nogil:
@@ -203,7 +312,7 @@ cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssi
             c[cl.last_ts].i = ts
             c[cl.last_val].f = v
         if cl.hll >= 0:
-            hll_add(<uint8_t*>&c[cl.hll], L.hll_p, h[cl.hll_row * hstride])
+            hll_add(&c[cl.hll], L.hp, L.hll_p, h[cl.hll_row * hstride])
         if cl.lastk >= 0:
             lastk_insert(&c[cl.lastk], cl.lastk_k, ts, v)
 
@@ -211,12 +320,15 @@ cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssi
 cdef void cell_merge(Word* dst, const Word* src, const Layout* L) noexcept nogil:
     # dst ⊕ src, src taken as the later arrivals (it wins `last` ties, loses
     # `first` ties). Cells of distinct buckets/sessions never tie on ts.
-    cdef Py_ssize_t j, r, m
+    cell_merge_from(dst, L, src, L)
+
+
+cdef void cell_merge_from(Word* dst, const Layout* L, const Word* src, const Layout* Ls) noexcept nogil:
+    # cell_merge with src in another view (its dense HLL blocks in Ls.hp)
+    cdef Py_ssize_t j
     cdef int64_t na, nb, n
     cdef double delta
     cdef const ColLayout* cl
-    cdef uint8_t* rd
-    cdef const uint8_t* rs
     dst[W_COUNT].i += src[W_COUNT].i
     if src[W_FIRST_TS].i < dst[W_FIRST_TS].i:
         dst[W_FIRST_TS].i = src[W_FIRST_TS].i
@@ -251,14 +363,44 @@ cdef void cell_merge(Word* dst, const Word* src, const Layout* L) noexcept nogil
             dst[cl.last_ts].i = src[cl.last_ts].i
             dst[cl.last_val].f = src[cl.last_val].f
         if cl.hll >= 0:
-            rd = <uint8_t*>&dst[cl.hll]
-            rs = <const uint8_t*>&src[cl.hll]
-            m = (<Py_ssize_t>1) << L.hll_p
-            for r in range(m):
-                if rs[r] > rd[r]:
-                    rd[r] = rs[r]
+            hll_merge(&dst[cl.hll], L.hp, &src[cl.hll], Ls.hp)
         if cl.lastk >= 0:
             lastk_merge(&dst[cl.lastk], &src[cl.lastk], cl.lastk_k)
+
+
+cdef void cell_release(Word* c, const Layout* L) noexcept nogil:
+    # Before a cell is dropped or overwritten: its dense blocks go back to the
+    # pool, and it holds none after.
+    cdef Py_ssize_t j
+    cdef int64_t hdr
+    if not L.has_hll:
+        return
+    for j in range(L.ncols):
+        if L.cols[j].hll >= 0:
+            hdr = c[L.cols[j].hll].i
+            if hdr < 0:
+                hll_block_free(L.hp, -hdr - 1)
+                c[L.cols[j].hll].i = 0
+
+
+cdef void cell_copy_in(Word* dst, const Layout* L, const Word* src, const Layout* Ls) noexcept nogil:
+    # dst = src where src may live in another view: dst gets blocks of its own
+    # (dst holds none before: a free or released cell).
+    cdef Py_ssize_t j
+    cdef int64_t hdr, blk
+    memcpy(dst, src, L.width * sizeof(Word))
+    if not L.has_hll:
+        return
+    for j in range(L.ncols):
+        if L.cols[j].hll >= 0:
+            hdr = src[L.cols[j].hll].i
+            if hdr < 0:
+                blk = hll_block_alloc(L.hp)
+                if blk < 0:
+                    dst[L.cols[j].hll].i = 0
+                    continue
+                memcpy(L.hp.B + blk * L.hp.m, Ls.hp.B + (-hdr - 1) * Ls.hp.m, L.hp.m)
+                dst[L.cols[j].hll].i = -(blk + 1)
 
 
 cdef void cell_finalize(const Word* c, const Layout* L, const OutSpec* outs, Py_ssize_t nout,
@@ -279,7 +421,7 @@ cdef void cell_finalize(const Word* c, const Layout* L, const OutSpec* outs, Py_
         if sp.kind == O_COUNT:
             oi[sp.row * nq + q] = n
         elif sp.kind == O_HLL:
-            oi[sp.row * nq + q] = hll_estimate(<const uint8_t*>&c[cl.hll], L.hll_p) if n else 0
+            oi[sp.row * nq + q] = hll_count(&c[cl.hll], L.hp, L.hll_p) if n else 0
         elif sp.kind == O_LAST_K:
             cnt = c[cl.lastk].i
             for j in range(sp.k):
@@ -312,9 +454,10 @@ cdef void cell_finalize(const Word* c, const Layout* L, const OutSpec* outs, Py_
 
 
 cdef int session_insert(Word* cells, Py_ssize_t ring, int64_t* nsess, int64_t* evicted_last_ts,
-                        const Word* span, int64_t gap, const Layout* L) noexcept nogil:
+                        const Word* span, int64_t gap, const Layout* L, const Layout* Ls) noexcept nogil:
     # Insert a partial cell spanning [first_ts, last_ts] (one event, or a whole
-    # session when merging states) into a key's sessions, kept sorted by start.
+    # session when merging states; its HLL blocks in Ls.hp) into a key's
+    # sessions, kept sorted by start.
     # Returns 0 when applied, 1 when the bounded state cannot hold it (late).
     cdef Py_ssize_t W = L.width, m = nsess[0], a = 0, b, j
     cdef int64_t f = span[W_FIRST_TS].i, l = span[W_LAST_TS].i
@@ -331,18 +474,20 @@ cdef int session_insert(Word* cells, Py_ssize_t ring, int64_t* nsess, int64_t* e
                 return 1    # it would be the oldest: no room, and dropping a newer one is wrong
             if cells[W_LAST_TS].i > evicted_last_ts[0]:
                 evicted_last_ts[0] = cells[W_LAST_TS].i
+            cell_release(cells, L)
             memmove(cells, cells + W, (m - 1) * W * sizeof(Word))
             m -= 1
             a -= 1
         memmove(cells + (a + 1) * W, cells + a * W, (m - a) * W * sizeof(Word))
-        memcpy(cells + a * W, span, W * sizeof(Word))
+        cell_copy_in(cells + a * W, L, span, Ls)
         nsess[0] = m + 1
         return 0
     # It joins sessions a..b-1 (bridging them if more than one): fold them
     # into cell a in time order, the new span last as the latest arrival.
     for j in range(a + 1, b):
         cell_merge(cells + a * W, cells + j * W, L)
-    cell_merge(cells + a * W, span, L)
+        cell_release(cells + j * W, L)
+    cell_merge_from(cells + a * W, L, span, Ls)
     if b - a > 1:
         memmove(cells + (a + 1) * W, cells + b * W, (m - b) * W * sizeof(Word))
         nsess[0] = m - (b - a - 1)

@@ -24,7 +24,7 @@ def repo(tmp_path):
 def test_init_plan_apply_lineage_describe(repo):
     res = fstore("plan", "-r", str(repo))
     assert res.returncode == 0, res.stderr
-    assert "+ feature view user_txn (v1)" in res.stdout and "9 to add" in res.stdout
+    assert "+ feature view user_txn (v1)" in res.stdout and "11 to add" in res.stdout and "+ on-demand view txn_context (v1)" in res.stdout
     assert fstore("plan", "--check", "-r", str(repo)).returncode == 1
 
     res = fstore("apply", cwd=repo)

@@ -27,6 +27,9 @@ FROM txns;
 CREATE FEATURE VIEW user_last AS SELECT user_id, country AS last_country FROM txns;
 CREATE FEATURE VIEW merchant_txn AS SELECT merchant_id, count(*) OVER lifetime() AS m_n FROM txns;
 CREATE FEATURE SERVICE fraud AS (user_txn:n, user_last:last_country);
+CREATE REQUEST SOURCE req (amount DOUBLE);
+CREATE ON DEMAND FEATURE VIEW ratio AS SELECT amount / user_txn.total AS of_total, user_txn.n + 1 AS n_next
+FROM req, user_txn;
 """
 
 
@@ -83,6 +86,18 @@ def test_get_online_features_over_grpc_equals_rest(serve_repo, grpc_port_of):
             features=pb.FeatureList(val=["merchant_txn:m_n"]),
             entities={"merchant_id": vpb.RepeatedValue(val=[vpb.Value(string_val="m1")])}))
         assert resp.results[1].values[0].int64_val == 2
+        # on-demand features: request_context holds their request columns (issue 18)
+        resp = stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(
+            features=pb.FeatureList(val=["ratio:of_total", "ratio:n_next"]), entities={"user_id": ints(1, 999)},
+            request_context={"amount": vpb.RepeatedValue(val=[vpb.Value(double_val=25.0),
+                                                              vpb.Value(double_val=1.0)])}))
+        of_total, n_next = resp.results[-2:]
+        assert of_total.values[0].double_val == 2.0 and of_total.values[1].WhichOneof("val") is None
+        assert [v.int64_val for v in n_next.values] == [3, 1]
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(features=pb.FeatureList(val=["ratio:of_total"]),
+                                                               entities={"user_id": ints(1)}))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "amount" in err.value.details()
         # many at once (the server's thread pool shares one reader and one registry connection)
         futures = [stub.GetOnlineFeatures.future(req) for _ in range(64)]
         assert all([f.result(timeout=30).results[1].values[0].int64_val == 2 for f in futures])

@@ -447,3 +447,35 @@ def test_materialize_checkpoints_and_pushes_run_together_without_deadlock(repo):
     assert not errors, errors[:3]
     assert all(n > 0 for n in done.values()), done
     eng.close()
+
+
+def test_max_memory_bounds_the_live_state_and_evicts_the_oldest_keys(repo):
+    """Issue 15's memory bound: over online.max_memory the keys with the
+    oldest event time go (from the biggest view), each push ends within the
+    bound, an evicted key reads NOT_FOUND and starts over when it returns,
+    and a surviving key keeps exactly its own values."""
+    bound = 3_000_000
+    eng = engine(repo, max_memory=bound)
+    for b in range(12):
+        users = range(b * 500, b * 500 + 500)
+        eng.push("transactions", [txn(u, ts_s=-3000 + b * 60, amount=float(u)) for u in users])
+        assert sum(eng.state_bytes().values()) <= bound
+    stats = eng.stats()
+    assert stats["memory_evictions"] > 0 and stats["state_bytes"] <= bound
+    assert eng.runtimes[("user_txn", 1)].table.stats()["evicted_capacity"] > 0
+    newest = list(range(5990, 6000))
+    assert amounts(eng, newest) == [float(u) for u in newest]
+    out = eng.get_online_features(["user_txn:amount_24h"], entities={"user_id": [0, 1, 5999]}, now=NOW)
+    assert out["results"][1]["statuses"] == ["NOT_FOUND", "NOT_FOUND", "PRESENT"]
+    eng.push("transactions", [txn(0, ts_s=-30, amount=7.0)])
+    assert amounts(eng, [0]) == [7.0]  # its old event (amount 0.0 at -3000 s) is gone with it
+    eng.close()
+
+
+def test_max_memory_is_read_as_a_size():
+    from fsapp.sizes import parse_size
+
+    assert parse_size("2GB") == 2 * 10**9 and parse_size("512 MiB") == 512 * 2**20 and parse_size(10**7) == 10**7
+    for bad in ("2 parsecs", "-5MB", True, "10", "1.5.2GB"):
+        with pytest.raises(ValueError, match="max_memory must"):
+            parse_size(bad, "max_memory")

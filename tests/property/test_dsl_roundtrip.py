@@ -7,6 +7,7 @@ from fscore.window_spec import MAX_LAST_K, continuous, lifetime, session, slidin
 from fsapp.registry import python_api as api
 from fsapp.registry.dsl import parse
 from fsapp.registry.model import (
+    OnDemandView, RequestSource,
     Aggregation, Column, Entity, FeatureRef, FeatureService, FeatureView, FileSource, Projection, Stream,
 )
 from fsapp.registry.render import script_sql, to_sql
@@ -70,7 +71,14 @@ sources = st.builds(FileSource, names, columns, names, names.map(lambda n: f"dat
 refs = st.builds(FeatureRef, names, st.just("*") | names, st.none() | st.integers(1, 99))
 services = st.builds(FeatureService, names, st.lists(refs, min_size=1, max_size=4, unique_by=str).map(tuple),
                      texts)
-definitions = st.one_of(entities, streams, sources, views(), services)
+request_sources = st.builds(RequestSource, names, columns, texts)
+od_exprs = st.sampled_from(["amount / user_txn.avg_amount", "coalesce(a, 0) + 1", "country <> 'US'",
+                            "CASE WHEN n > 3 THEN 'many' ELSE 'few' END", "CAST(x AS INTEGER)"])
+on_demand_views = st.builds(
+    OnDemandView, names, st.lists(names, min_size=1, max_size=3, unique=True).map(tuple),
+    st.lists(st.builds(Projection, names, od_exprs), min_size=1, max_size=3, unique_by=lambda p: p.name).map(tuple),
+    description=texts)
+definitions = st.one_of(entities, streams, sources, views(), services, request_sources, on_demand_views)
 
 
 @given(st.lists(definitions, max_size=6))

@@ -198,7 +198,7 @@ def test_init_repo_applies_as_is(tmp_path):
     init_repo(tmp_path / "r")
     repo = Repo(tmp_path / "r")
     plan, apply_id = repo.apply()
-    assert apply_id == 1 and len(plan.pending) == 9
+    assert apply_id == 1 and len(plan.pending) == 11  # + txn_request, txn_context
     with _registry(repo) as reg:
         fraud = reg.resolve_features(feature_service="fraud_v1")
         assert {(i.name, f) for i, f in fraud} >= {("user_txn", "txn_count_1h"), ("user_profile", "age")}

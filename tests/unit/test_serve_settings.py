@@ -30,10 +30,10 @@ def test_serve_takes_its_settings_from_fstore_yaml_and_a_flag_wins(tmp_path):
     """Issue 14, repro 6: `online: port: 9099` was ignored (serve bound 9094)."""
     repo = repo_with(tmp_path, "project: p\nonline:\n  port: 9099\n  host: 0.0.0.0\n  workers: 3\n"
                                "  fsync: interval\n  max_keys: 500\n  capacity: 64\n  checkpoint_seconds: 5\n"
-                               "  grpc_port: 0\n  grpc_workers: 4\n")
+                               "  grpc_port: 0\n  grpc_workers: 4\n  max_memory: 2GB\n")
     assert serve_settings(serve_args(), repo) == {
         "host": "0.0.0.0", "port": 9099, "workers": 3, "fsync": "interval", "capacity": 64, "max_keys": 500,
-        "checkpoint_seconds": 5, "api_keys_file": None, "grpc_port": 0, "grpc_workers": 4}
+        "checkpoint_seconds": 5, "api_keys_file": None, "grpc_port": 0, "grpc_workers": 4, "max_memory": "2GB"}
     got = serve_settings(serve_args("--port", "9100", "--max-keys", "7", "--fsync", "always"), repo)
     assert (got["port"], got["max_keys"], got["fsync"], got["workers"]) == (9100, 7, "always", 3)
     defaults = serve_settings(serve_args(), repo_with(tmp_path, "project: p\n"))
@@ -47,6 +47,8 @@ def test_serve_takes_its_settings_from_fstore_yaml_and_a_flag_wins(tmp_path):
     ("  fsync: off\n", "fstore.yaml line 4: online.fsync must be one of always, interval, never, got False"),
     ("  max_keys: -1\n", "fstore.yaml line 4: online.max_keys must be an integer >= 1"),
     ("  checkpoint_seconds: 0\n", "fstore.yaml line 4: online.checkpoint_seconds must be a number > 0"),
+    ("  max_memory: 2 parsecs\n", "fstore.yaml line 4: online.max_memory must be a size such as 2GB"),
+    ("  max_memory: 100\n", r"fstore.yaml line 4: online.max_memory must be .*\(at least 1MB\), got 100"),
     ("  prot: 9099\n", "fstore.yaml line 4: online.prot is not a setting; the settings are host, port, "),
 ])
 def test_a_wrong_serve_setting_names_its_line(tmp_path, online, message):

@@ -21,7 +21,7 @@ from fsapp.registry.errors import NotFoundError
 
 _CALLER_DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.OutOfRangeException,
                        duckdb.TypeMismatchException)
-KINDS = ("entity", "source", "stream", "feature_view", "feature_service")
+KINDS = ("entity", "source", "stream", "request_source", "feature_view", "on_demand_view", "feature_service")
 
 
 @runtime_checkable
@@ -90,6 +90,8 @@ class EngineBackend:
         self.evictions = m.counter("fstore_online_evictions_total",
                                  "Keys evicted from an online table since it was created", ("view", "reason"))
         self.rows = m.gauge("fstore_online_rows", "Live keys in an online table", ("view",))
+        self.state_bytes = m.gauge("fstore_online_state_bytes", "Live bytes of a view's online state (table rows "
+                                   "and window state; what online.max_memory bounds)", ("view",))
         self.lag = m.gauge("fstore_freshness_lag_seconds",
                            "Wall-clock now minus the newest event time seen on the stream", ("stream",))
         self.lsn = m.gauge("fstore_wal_applied_lsn", "Last WAL record applied", ())
@@ -187,9 +189,11 @@ class EngineBackend:
         eng = self.engine
         now = self.clock()
         with self.metrics.lock:
+            state = eng.state_bytes()
             for (name, version), rt in eng.runtimes.items():
                 s = rt.table.stats()
                 view = f"{name}@v{version}"
+                self.state_bytes.set(state[(name, version)], view=view)
                 self.evictions.set(s["evicted_capacity"], view=view, reason="capacity")
                 self.evictions.set(s["evicted_expired"], view=view, reason="expired")
                 self.rows.set(s["rows"], view=view)

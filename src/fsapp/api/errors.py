@@ -20,8 +20,10 @@ import falcon
 from fscore.errors import (CheckpointError, KeyEncodingError, SchemaError, WalError, WindowSpecError,
                            WindowStateError)
 
-from fsapp.engine.errors import (AsOfOutsideHorizon, BatchError, EngineUnavailable, OutcomeUnknown, PartitionOwned,
-                                 UnknownStreamError, UnsupportedOnlineError)
+from fsapp.engine.errors import (
+    AsOfOutsideHorizon, BatchError, EngineUnavailable, OnDemandFunctionError,
+    OutcomeUnknown, PartitionOwned, RequestDataError, UnknownStreamError, UnsupportedOnlineError,
+)
 from fsapp.errors import EntityDataFrameError, FeatureNameCollision, SourceError, UnknownFeatureError
 from fsapp.registry.errors import NotFoundError, RegistryError
 
@@ -74,6 +76,8 @@ _STATUS_OF = [
     (UnknownFeatureError, falcon.HTTP_404, "Unknown feature"),
     # 422: well-formed requests that do not fit the definitions
     (AsOfOutsideHorizon, falcon.HTTP_422, "as_of outside the online horizon"),
+    (RequestDataError, falcon.HTTP_422, "Request data does not fit the on-demand features"),
+    (OnDemandFunctionError, falcon.HTTP_422, "On-demand function failed"),
     (BatchError, falcon.HTTP_422, "Batch does not match the stream"),
     (EntityDataFrameError, falcon.HTTP_422, "Entities do not match the features"),
     (FeatureNameCollision, falcon.HTTP_422, "Feature name collision"),

@@ -126,7 +126,8 @@ class Engine:
     concurrently, are logged and applied in one order under `lock`."""
 
     def __init__(self, data_dir: str, registry_path: str, *, fsync: str = "always",
-                 capacity: int = DEFAULT_CAPACITY, max_keys: int | None = None, clock=now_us,
+                 capacity: int = DEFAULT_CAPACITY, max_keys: int | None = None, max_memory: int | None = None,
+                 clock=now_us,
                  keep_checkpoints: int = 2, repo_root: str | None = None, checkpoint_mode: str = "copy"):
         if checkpoint_mode not in ("copy", "fork"):
             raise ValueError(f"checkpoint_mode is 'copy' or 'fork', got {checkpoint_mode!r}")
@@ -141,8 +142,12 @@ class Engine:
         self.registry = Registry(registry_path)
         if max_keys is not None and max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {max_keys}")
+        if max_memory is not None and max_memory < 1:
+            raise ValueError(f"max_memory must be at least 1 byte, got {max_memory}")
         self.capacity = max(1, min(capacity, max_keys or capacity))
         self.max_keys = max_keys
+        self.max_memory = max_memory
+        self.memory_evictions = 0
         self.clock = clock
         self.fsync = fsync
         self.keep = keep_checkpoints
@@ -294,10 +299,19 @@ class Engine:
         snap = self.registry.snapshot()
         self.streams = {e.name: e.definition for e in snap.of_kind("stream")}
         wanted = {(e.name, e.version) for e in snap.of_kind("feature_view")}
+        on_demand = {(e.name, e.version): e for e in snap.of_kind("on_demand_view")}
         for svc in snap.of_kind("feature_service"):  # services pin view versions
             for ref in svc.resolved["features"]:
                 view, _, rest = ref.partition("@v")
-                wanted.add((view, int(rest.split(":")[0])) if rest else (view, snap.get(view).version))
+                key = (view, int(rest.split(":")[0])) if rest else (view, snap.get(view).version)
+                if key in on_demand or self.registry.get(*key).kind == "on_demand_view":
+                    on_demand.setdefault(key, self.registry.get(*key))
+                else:
+                    wanted.add(key)
+        for od in on_demand.values():  # on-demand views read pinned view versions
+            for ref in od.resolved["inputs"]:
+                view, _, rest = ref.partition("@v")
+                wanted.add((view, int(rest.split(":")[0])))
         saved = {(r["name"], r["version"]): r for r in (ckpt.meta.get("runtimes", []) if ckpt else [])}
         if ckpt:
             self.watermarks = {k: int(v) for k, v in ckpt.meta.get("watermarks", {}).items()}
@@ -547,6 +561,8 @@ class Engine:
                 self._note_evictions(rt)
                 if q.tags is not None and self.on_applied is not None:
                     self.on_applied(rt, applied, q.tags)
+        if self.max_memory is not None:
+            self._bound_memory()
         if p.table.num_rows:
             self.watermarks[stream] = wm
             if log_offline:
@@ -607,15 +623,43 @@ class Engine:
         return late, int(max(wm, ts.max()))
 
     def _note_evictions(self, rt: ViewRuntime) -> None:
-        """A table at max_keys evicts keys: say so in the log (once per 1,000
-        evictions per view); /metrics counts every one."""
+        """A table at max_keys (or a store at max_memory) evicts keys: say so in
+        the log (once per 1,000 evictions per view); /metrics counts every one."""
         n = rt.table.stats()["evicted_capacity"]
         last = self.evictions_logged.get((rt.name, rt.version), 0)
         if n - last >= 1000 or (n and not last):
             self.evictions_logged[(rt.name, rt.version)] = n
-            log.warning("engine: feature view %s@v%d is at max_keys (%s): %d key(s) evicted so far (the oldest "
-                        "by event time); an evicted key reads NOT_FOUND and starts over if it comes back",
-                        rt.name, rt.version, self.max_keys, n)
+            log.warning("engine: feature view %s@v%d is at max_keys (%s) or max_memory (%s): %d key(s) evicted so "
+                        "far (the oldest by event time); an evicted key reads NOT_FOUND and starts over if it "
+                        "comes back", rt.name, rt.version, self.max_keys, self.max_memory, n)
+
+    def state_bytes(self) -> dict:
+        """Live bytes of each view's online state (table rows and window
+        state, as `WindowView.live_bytes` counts it), by view key."""
+        return {key: rt.table.stats()["rows"] * rt.table.layout.stride + sum(w.live_bytes for w in rt.windows)
+                for key, rt in self.runtimes.items()}
+
+    def _bound_memory(self) -> None:
+        """max_memory: while the live state is over the bound, evict from the
+        view holding the most bytes its keys with the oldest event time (an
+        expired key is older than any live one, so expired keys go first),
+        down to 90% of the bound so that the next pushes do not evict again."""
+        for _ in range(16):
+            by_view = self.state_bytes()
+            total = sum(by_view.values())
+            if total <= self.max_memory:
+                return
+            key = max(by_view, key=by_view.get)
+            rt = self.runtimes[key]
+            rows = rt.table.stats()["rows"]
+            if rows == 0:
+                return  # what is left is per-slot arrays and empty tables: nothing a key holds
+            per_key = max(by_view[key] / rows, 1.0)
+            k = min(rows, int((total - 0.9 * self.max_memory) / per_key) + 1)
+            gone = rt.table.evict_oldest(k)
+            rt.reset_rows(gone)
+            self.memory_evictions += len(gone)
+            self._note_evictions(rt)
 
     # ---- materialize
 
@@ -713,10 +757,13 @@ class Engine:
 
     def get_historical_features(self, entity_df, features, **kw):
         """Point-in-time training set from the offline log (see fsapp.offline)."""
+        from fsapp.ondemand.offline import split
+
         self.register_file_sources()
         with self.lock:
             self.offline.log.flush()
-        return self.offline.get_historical_features(entity_df, features, **kw)
+        stored, on_demand = split(self.registry, [features] if isinstance(features, str) else features)
+        return self.offline.get_historical_features(entity_df, stored, on_demand=on_demand, **kw)
 
     # ---- time
 
@@ -892,6 +939,8 @@ class Engine:
                "offsets": dict(self.offsets), "quarantined": self.quarantined,
                "checkpoint_failures": self.checkpoint_failures, "checkpoint_error": self.checkpoint_error,
                "window_dropped": sum(rt.window_dropped for rt in self.runtimes.values()),
+               "state_bytes": sum(self.state_bytes().values()), "max_memory": self.max_memory,
+               "memory_evictions": self.memory_evictions,
                "views": {f"{n}@v{v}": rt.table.stats() for (n, v), rt in self.runtimes.items()}}
         for name, source in self.sources.items():
             out[name] = source.stats()

@@ -15,6 +15,15 @@ class BatchError(EngineError, ValueError):
     columns, values that do not convert, null keys or timestamps."""
 
 
+class RequestDataError(BatchError):
+    """A read's request columns (the inputs of on-demand features) are
+    missing, or hold values that are not of their request source's types."""
+
+
+class OnDemandFunctionError(EngineError, ValueError):
+    """A Python on-demand view's function raised, or returned the wrong shape."""
+
+
 class AsOfOutsideHorizon(EngineError, ValueError):
     """An online read `as_of` a time the online state no longer covers."""
 

@@ -17,8 +17,9 @@ import json
 import numpy as np
 
 from fscore import jsonenc
+from fscore.table import PRESENT
 
-from fsapp.engine.errors import BatchError
+from fsapp.engine.errors import BatchError, RequestDataError
 from fsapp.registry.catalog import FeatureNameCheck
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -98,15 +99,33 @@ class OnlinePlan:
 
     def __init__(self, resolved):
         self.resolved = list(resolved)
+        # on-demand features are computed from the request and their inputs,
+        # stored features read (requested ones, then inputs nobody asked for)
+        self.on_demand = list(dict.fromkeys(i for i, _ in self.resolved if getattr(i, "on_demand", False)))
+        reads = [(i, f) for i, f in self.resolved if not getattr(i, "on_demand", False)]
+        for od in self.on_demand:
+            reads += [p for p in od.input_pairs if not any(p[0] is q[0] and p[1] == q[1] for q in reads)]
         views: dict = {}
-        for info, feat in self.resolved:
-            views.setdefault((info.name, info.version), (info, []))[1].append(feat)
+        for info, feat in reads:
+            feats = views.setdefault((info.name, info.version), (info, []))[1]
+            if feat not in feats:
+                feats.append(feat)
         self.views = [(key, info, feats) for key, (info, feats) in views.items()]
         index = {key: i for i, (key, _, _) in enumerate(self.views)}
         position = {(key, f): j for key, _, feats in self.views for j, f in enumerate(feats)}
-        # where each requested feature's result is: (view number, feature number)
-        self.order = [(index[(i.name, i.version)], position[((i.name, i.version), f)]) for i, f in self.resolved]
-        self.one_view = len(self.views) == 1 and self.order == [(0, j) for j in range(len(self.order))]
+        od_index = {(od.name, od.version): k for k, od in enumerate(self.on_demand)}
+        # where each requested feature's result is: (view number, feature number),
+        # or (-1 - on-demand view number, feature name)
+        self.order = [(-1 - od_index[(i.name, i.version)], f) if getattr(i, "on_demand", False)
+                      else (index[(i.name, i.version)], position[((i.name, i.version), f)]) for i, f in self.resolved]
+        # each on-demand view's inputs: 'view.feature' -> (view number, feature number)
+        self.inputs = [{f"{v.name}.{f}": (index[(v.name, v.version)], position[((v.name, v.version), f)])
+                        for v, f in od.input_pairs} for od in self.on_demand]
+        # per view, its feature numbers some on-demand feature reads
+        self.wanted = [sorted({j for inputs in self.inputs for vv, j in inputs.values() if vv == v})
+                       for v in range(len(self.views))]
+        self.one_view = (len(self.views) == 1 and not self.on_demand
+                         and self.order == [(0, j) for j in range(len(self.order))])
         self.feature_names = {full: [_feature_name(i, f, full) for i, f in self.resolved] for full in (False, True)}
         self.names = {full: ",".join(map(_dumps, names)).encode() for full, names in self.feature_names.items()}
         self.check_names = FeatureNameCheck(self.resolved)  # a name clash is refused, never answered twice
@@ -132,24 +151,63 @@ def _read(plan, table_of, entities, now: int, lookup, objects: bool):
     """Entity columns, their count, and per view what `fscore.jsonenc`
     rendered of its lookup: a list of JSON objects (bytes) or Python dicts
     (`objects`), one per feature; for JSON in a plan of one view, the
-    features' objects already joined in order (one bytes)."""
+    features' objects already joined in order (one bytes). With on-demand
+    features, also their values: per on-demand view, feature -> (values,
+    null mask), computed from the request columns and the served values of
+    their inputs (the same values a client reads for those features)."""
     ent, n = entity_columns(entities)
     joined = plan.one_view and not objects
-    out = []
-    for key, info, feats in plan.views:
+    request_cols = [c for od in plan.on_demand for c, _ in od.request]
+    if request_cols:  # the request's columns are not entity keys: no view looks them up
+        for od in plan.on_demand:
+            missing = [c for c, _ in od.request if c not in ent]
+            if missing:
+                raise RequestDataError(f"on-demand view {od.name} needs the request column(s) {', '.join(missing)} "
+                                 f"beside the entity keys, e.g. \"{missing[0]}\": [...]")
+    out, values = [], []
+    for v, (key, info, feats) in enumerate(plan.views):
         table = table_of(info)
         keys = _keys_for(table.schema, ent, info.name)
-        if lookup is None and not objects:
+        wanted = plan.wanted[v]  # this view's features that on-demand features read
+        if lookup is None and not objects and not wanted:
             out.append(jsonenc.table_results(table, keys, now, plan.specs(key, table), joined=joined))
         elif lookup is None:
             status, event_ts, rows = table.get_rows(keys, now)
-            out.append(jsonenc.row_results(rows, status, event_ts, plan.specs(key, table), objects=True))
+            specs = plan.specs(key, table)
+            out.append(jsonenc.row_results(rows, status, event_ts, specs, objects=objects, joined=joined))
+            if wanted:  # the inputs as served: their values only (PERF: not every feature of the view)
+                values.append(dict(zip(wanted, jsonenc.row_results(rows, status, event_ts, specs[wanted],
+                                                                   objects=True))))
         else:
             r = lookup(info, table, keys, now)
-            parts = jsonenc.feature_results([r.values[f] for f in feats], [r.nulls[f] for f in feats],
-                                            r.status, r.event_ts, objects=objects, kinds=plan.kinds(key, table))
+            args = ([r.values[f] for f in feats], [r.nulls[f] for f in feats], r.status, r.event_ts)
+            parts = jsonenc.feature_results(*args, objects=objects, kinds=plan.kinds(key, table))
             out.append(b",".join(parts) if joined else parts)
-    return ent, n, out
+            if wanted:
+                kinds = plan.kinds(key, table)
+                values.append(dict(zip(wanted, jsonenc.feature_results(
+                    [args[0][j] for j in wanted], [args[1][j] for j in wanted], r.status, r.event_ts,
+                    objects=True, kinds=[kinds[j] for j in wanted]))))
+        if not wanted:
+            values.append(None)
+    computed = []
+    for od, inputs in zip(plan.on_demand, plan.inputs):
+        served = {name: values[v][j]["values"] for name, (v, j) in inputs.items()}
+        result = od.evaluator()({c: ent[c] for c, _ in od.request}, served, n)
+        # PRESENT (NULL_VALUE where null) at the epoch: computed now, from the request
+        names = list(result)
+        encoded = jsonenc.feature_results([result[f][0] for f in names], [result[f][1] for f in names],
+                                          _present(n), _epochs(n), objects=objects)
+        computed.append(dict(zip(names, encoded)))
+    return ent, n, out, computed
+
+
+def _present(n: int) -> np.ndarray:
+    return np.full(n, PRESENT, dtype=np.uint8)
+
+
+def _epochs(n: int) -> np.ndarray:
+    return np.zeros(n, dtype=np.int64)
 
 
 def _plan(plan) -> OnlinePlan:
@@ -165,10 +223,10 @@ def online_response(plan, table_of, entities, now: int, full_feature_names: bool
     view's timestamp list is shared by its features."""
     plan = _plan(plan)
     plan.check_names(full_feature_names)
-    ent, n, views = _read(plan, table_of, entities, now, lookup, True)
+    ent, n, views, computed = _read(plan, table_of, entities, now, lookup, True)
     epoch = [_EPOCH_ISO] * n
     results = [{"values": list(v), "statuses": ["PRESENT"] * n, "event_timestamps": epoch} for v in ent.values()]
-    results += [views[v][j] for v, j in plan.order]
+    results += [views[v][j] if v >= 0 else computed[-1 - v][j] for v, j in plan.order]
     return {"metadata": {"feature_names": list(ent) + plan.feature_names[bool(full_feature_names)]},
             "results": results}
 
@@ -182,12 +240,13 @@ def online_json(plan, table_of, entities, now: int, full_feature_names: bool = F
     result arrays another ~60 µs of a 1x50 one (benches/bench_serving.py)."""
     plan = _plan(plan)
     plan.check_names(full_feature_names)
-    ent, n, encoded = _read(plan, table_of, entities, now, lookup, False)
+    ent, n, encoded, computed = _read(plan, table_of, entities, now, lookup, False)
     # the entity key columns: their values, PRESENT, the epoch
     tail = _key_tail(n)
     keys = ",".join([f'{{"values":{_scalars_json(v)}{tail}' for v in ent.values()]).encode()
     names = plan.names[bool(full_feature_names)]
-    features = encoded[0] if plan.one_view else b",".join([encoded[v][j] for v, j in plan.order])
+    features = encoded[0] if plan.one_view else b",".join(
+        [encoded[v][j] if v >= 0 else computed[-1 - v][j] for v, j in plan.order])
     return b"".join((b'{"metadata":{"feature_names":[', _entity_names(tuple(ent)), b"," if names else b"",
                      names, b']},"results":[', keys, b"," if features else b"", features, b"]}"))
 

@@ -72,6 +72,21 @@ def entity_values(name: str, rv) -> list:
     return out
 
 
+def request_values(name: str, rv) -> list:
+    """A RepeatedValue of request_context → Python scalars (on-demand views
+    check them against their request source's types)."""
+    out = []
+    for v in rv.val:
+        kind = v.WhichOneof("val")
+        if kind in ("int64_val", "int32_val", "double_val", "float_val", "string_val", "bool_val"):
+            out.append(getattr(v, kind))
+        elif kind is None or kind == "null_val":
+            out.append(None)
+        else:
+            raise BadRequest(f"request_context {name!r}: a value is a number, text or bool, not {kind}")
+    return out
+
+
 def value_of(x) -> vpb.Value:
     """A served value → Value (an unset Value for null, as Feast's servers send)."""
     if x is None:
@@ -225,12 +240,13 @@ class Servicer(pb_grpc.ServingServiceServicer):
             kind = request.WhichOneof("kind")
             if kind is None:
                 raise BadRequest("send `features` (view:feature references) or `feature_service`")
-            if request.request_context:
-                raise BadRequest("request_context (on-demand feature inputs) is not served: fstore has no "
-                                 "on-demand feature views yet")
-            if not request.entities:
+            if not request.entities and not request.request_context:
                 raise BadRequest("`entities` is empty: give each entity key column its values")
             entities = {name: entity_values(name, rv) for name, rv in request.entities.items()}
+            for name, rv in request.request_context.items():  # on-demand features' request columns
+                if name in entities:
+                    raise BadRequest(f"{name!r} is both an entity key and a request_context column")
+                entities[name] = request_values(name, rv)
             features = list(request.features.val) if kind == "features" else None
             service = request.feature_service if kind == "feature_service" else None
             out = self.reader.get_online_features(features, service, entities, now=self.clock(),

@@ -146,7 +146,7 @@ def load_entities(cur, entity_df, timestamp_column: str, name: str) -> tuple[lis
 
 def get_historical_features(store: OfflineStore, entity_df, features, *,
                             timestamp_column: str = DEFAULT_TIMESTAMP,
-                            full_feature_names: bool = False) -> HistoricalResult:
+                            full_feature_names: bool = False, on_demand=()) -> HistoricalResult:
     """Point-in-time feature values for each row of `entity_df`.
 
     `features`: 'view:feature' / 'view:*' strings naming views added to the
@@ -154,20 +154,39 @@ def get_historical_features(store: OfflineStore, entity_df, features, *,
     with ts <= t within the view's ttl (ties: larger created timestamp, then
     later arrival). Aggregated views: the window as of t (events with ts < t)
     per docs/semantics.md. Output columns are named `feature`, or
-    `view__feature` with `full_feature_names=True`."""
+    `view__feature` with `full_feature_names=True`.
+
+    `on_demand`: [(OnDemandInfo, feature)] computed from the entity_df's
+    request columns and the point-in-time values of their inputs, after the
+    other features (fsapp.ondemand.offline)."""
     store.log.flush()  # a training set sees every event ingested so far
-    selected, requested = _resolve(store, features)
+    features = [features] if isinstance(features, (str, ViewDef)) else list(features)
+    on_demand = list(on_demand)
+    if not features and not on_demand:
+        raise UnknownFeatureError("no features requested")
+    selected, requested = _resolve(store, features) if features else ([], [])
+    hidden = []  # inputs of on-demand features nobody asked for: read, used, then dropped
+    if on_demand:
+        from fsapp.ondemand.offline import hidden_inputs
+        hidden = hidden_inputs(on_demand, {(v.name, f) for v, f in requested})
+        if hidden:
+            selected = _resolve(store, features + [f"{v}:{f}" for v, f in hidden])[0]
     cur = store.cursor()
     name = f"__fs_q{next(_ids)}"
     cols, keep = load_entities(cur, entity_df, timestamp_column, name)
-    check_feature_names(requested, full_feature_names, taken=cols)
-    parts = []
+    check_feature_names(requested + on_demand, full_feature_names, taken=cols)
+    parts, columns = [], {}
     for view, names in selected:
         missing = [k for k in view.keys if k not in cols]
         if missing:
             raise EntityDataFrameError(f"entity_df lacks the key column(s) {missing} of view {view.name} "
                                        f"(it has {', '.join(cols)})")
-        outs = [output_name(view.name, n, full_feature_names) for n in names]
+        outs = [f"__fs_od__{view.name}__{n}" if (view.name, n) in hidden else output_name(view.name, n, full_feature_names)
+                for n in names]
+        columns.update({(view.name, n): out for n, out in zip(names, outs)})
         parts.append(pit.ViewQuery(view, store.source(view.source, view), outs))
-    sql = pit.training_set_sql(name, cols, parts)
-    return HistoricalResult(cur, sql, keep)
+    if not on_demand:
+        return HistoricalResult(cur, pit.training_set_sql(name, cols, parts), keep)
+    from fsapp.ondemand.offline import with_on_demand
+    return with_on_demand(cur, name, cols, parts, columns, hidden, on_demand, full_feature_names, keep,
+                          HistoricalResult)

@@ -13,7 +13,7 @@ from fscore.window_spec import Agg, WindowSpec
 
 from fsapp.errors import FeatureNameCollision
 from fsapp.registry.errors import NotFoundError
-from fsapp.registry.model import FeatureRef, FeatureView, online_kind
+from fsapp.registry.model import FeatureRef, online_kind
 from fsapp.registry.store import Entry, RegistryStore, Snapshot
 
 
@@ -21,9 +21,8 @@ def _qi(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-@dataclass(frozen=True)
-class FeatureViewInfo:
-    """One version of a feature view, with its resolved keys and feature types."""
+class _Version:
+    """What every version of a view (stored or on-demand) answers from its registry entry."""
 
     entry: Entry
 
@@ -36,7 +35,7 @@ class FeatureViewInfo:
         return self.entry.version
 
     @property
-    def definition(self) -> FeatureView:
+    def definition(self):
         return self.entry.definition
 
     @property
@@ -46,6 +45,13 @@ class FeatureViewInfo:
     @property
     def features(self) -> list[tuple[str, str]]:
         return [tuple(f) for f in self.entry.resolved["features"]]
+
+
+@dataclass(frozen=True)
+class FeatureViewInfo(_Version):
+    """One version of a feature view, with its resolved keys and feature types."""
+
+    entry: Entry
 
     @property
     def timestamp(self) -> str:
@@ -136,6 +142,31 @@ class FeatureViewInfo:
         else:
             items += [(p.expr, p.name) for p in d.features]
         return items
+
+
+class OnDemandInfo(_Version):
+    """One version of an on-demand view: its request columns, its inputs
+    (features of pinned view versions, `input_pairs` as FeatureViewInfo)
+    and its features' expressions (or Python function). `on_demand` tells it
+    apart from a FeatureViewInfo in a resolved feature list."""
+
+    on_demand = True
+
+    def __init__(self, entry: Entry, input_pairs: list):
+        self.entry = entry
+        self.input_pairs = input_pairs
+
+    @property
+    def request(self) -> list[tuple[str, str]]:
+        return [tuple(c) for c in self.entry.resolved["request"]]
+
+    def evaluator(self):
+        """The compiled evaluator of this version (fsapp.ondemand.evaluate), cached."""
+        ev = getattr(self, "_evaluator", None)
+        if ev is None:
+            from fsapp.ondemand.evaluate import evaluator_for
+            ev = self._evaluator = evaluator_for(self)
+        return ev
 
 
 def output_name(view_name: str, feature: str, full_feature_names: bool) -> str:
@@ -244,7 +275,7 @@ class Registry:
             ref = text if isinstance(text, FeatureRef) else FeatureRef.parse(text)
             key = (ref.view, ref.version)
             if key not in views:
-                views[key] = self.feature_view(ref.view, ref.version)
+                views[key] = self.view_or_on_demand(ref.view, ref.version)
             info = views[key]
             names = [n for n, _ in info.features]
             if ref.feature == "*":
@@ -255,6 +286,22 @@ class Registry:
                 raise NotFoundError(f"{ref}: {info.name} v{info.version} has no feature {ref.feature!r} "
                                     f"(it has: {', '.join(names)})")
         return out
+
+    def view_or_on_demand(self, name: str, version: int | None = None):
+        """A FeatureViewInfo, or an OnDemandInfo (cached per version: its
+        evaluator is compiled once)."""
+        entry = self.get(name, version)
+        if entry.kind != "on_demand_view":
+            return self.feature_view(name, version)
+        cache = self.__dict__.setdefault("_on_demand", {})
+        hit = cache.get((entry.name, entry.version))
+        if hit is None or hit.entry.spec != entry.spec:
+            pairs = []
+            for text in entry.resolved["inputs"]:
+                ref = FeatureRef.parse(text)
+                pairs.append((self.feature_view(ref.view, ref.version), ref.feature))
+            hit = cache[(entry.name, entry.version)] = OnDemandInfo(entry, pairs)
+        return hit
 
     def lineage(self, name: str) -> dict:
         from fsapp.registry.lineage import lineage

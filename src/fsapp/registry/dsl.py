@@ -15,7 +15,7 @@ from fscore.window_spec import AGG_KINDS, WINDOW_KINDS, continuous, lifetime, se
 from fsapp.registry.errors import DefinitionError, DslSyntaxError
 from fsapp.registry.model import (
     AGG_ALIASES, DEFAULT_MAX_FUTURE, Aggregation, Entity, FeatureRef, FeatureService, FeatureView, FileSource,
-    Projection, Stream,
+    OnDemandView, Projection, RequestSource, Stream,
 )
 
 _TOKEN_RE = re.compile(r"""
@@ -184,6 +184,16 @@ class Parser:
         if self.tok.is_kw("SOURCE"):
             self.advance()
             return self.file_source()
+        if self.tok.is_kw("REQUEST"):
+            self.advance()
+            self.expect_kw("SOURCE")
+            return self.request_source()
+        if self.tok.is_kw("ON"):
+            self.advance()
+            self.expect_kw("DEMAND")
+            self.expect_kw("FEATURE")
+            self.expect_kw("VIEW")
+            return self.on_demand_view()
         if self.tok.is_kw("FEATURE"):
             self.advance()
             if self.tok.is_kw("VIEW"):
@@ -193,7 +203,8 @@ class Parser:
                 self.advance()
                 return self.service()
             raise self.error("VIEW or SERVICE after CREATE FEATURE")
-        raise self.error("ENTITY, STREAM, SOURCE, FEATURE VIEW or FEATURE SERVICE after CREATE")
+        raise self.error("ENTITY, STREAM, SOURCE, REQUEST SOURCE, FEATURE VIEW, ON DEMAND FEATURE VIEW or "
+                         "FEATURE SERVICE after CREATE")
 
     # ---- pieces ----
     def column_defs(self) -> list[tuple[str, str]]:
@@ -310,6 +321,44 @@ class Parser:
         return FileSource(name, cols, ts, path, format=opts.get("format") or infer_format(path),
                           created_timestamp=opts.get("created_timestamp"),
                           description=opts.get("description") or "")
+
+    def request_source(self) -> RequestSource:
+        name = self.name("a request source name")
+        cols = self.column_defs()
+        opts = self.maybe_options(NAMED_OPTIONS, "CREATE REQUEST SOURCE")
+        return RequestSource(name, cols, description=opts.get("description") or "")
+
+    def on_demand_view(self) -> OnDemandView:
+        """CREATE ON DEMAND FEATURE VIEW name [WITH (...)] AS SELECT expr AS
+        feature, ... FROM request_source, view, ... [WITH (...)]: every item
+        needs a name; features of a view are written view.feature."""
+        name = self.name("an on-demand feature view name")
+        opts = self.maybe_options(NAMED_OPTIONS, "CREATE ON DEMAND FEATURE VIEW")
+        self.expect_kw("AS")
+        self.expect_kw("SELECT")
+        features = []
+        while True:
+            start = self.tok
+            toks = self.scan_expr(stop_kws=("FROM", "AS"), stop_ops=(",",))
+            if not toks:
+                raise self.error("an expression in the SELECT list")
+            alias = self.alias()
+            if alias is None:
+                raise DslSyntaxError(f"on-demand feature {render_tokens(toks)!r} needs a name: add AS <name>",
+                                     start.line, start.col, self.source)
+            features.append(Projection(alias, render_tokens(toks)))
+            if not self.accept_op(","):
+                break
+        self.expect_kw("FROM")
+        sources = [self.name("a request source or feature view after FROM")]
+        while self.accept_op(","):
+            sources.append(self.name("a request source or feature view after ','"))
+        if self.tok.is_kw("WITH"):
+            if opts:
+                raise self.error("';' (WITH options go either before AS or at the end, not both)")
+            self.advance()
+            opts = self.options(NAMED_OPTIONS, "CREATE ON DEMAND FEATURE VIEW")
+        return OnDemandView(name, tuple(sources), features=tuple(features), description=opts.get("description") or "")
 
     def view(self) -> FeatureView:
         name = self.name("a feature view name")

@@ -15,7 +15,8 @@ from fsapp.registry.model import FeatureRef
 from fsapp.registry.store import Entry, RegistryStore
 
 _LABELS = {"topic": "kafka topic", "file": "files", "source": "source", "stream": "stream", "entity": "entity",
-           "feature_view": "feature view", "feature": "feature", "feature_service": "feature service"}
+           "feature_view": "feature view", "feature": "feature", "feature_service": "feature service",
+           "request_source": "request source", "on_demand_view": "on-demand view"}
 
 
 class _Graph:
@@ -53,12 +54,32 @@ def build_graph(store: RegistryStore) -> tuple[_Graph, dict[str, Entry]]:
         for ent in d["entities"]:
             if ent in live:
                 g.edge(add_object(live[ent]), vid)
+        add_features(e, vid)
+        return vid
+
+    def add_features(e: Entry, vid: str) -> None:
         for fname, ftype in e.resolved["features"]:
             fid = g.node(f"feature:{e.name}@v{e.version}:{fname}", "feature", f"{e.name}:{fname}", e.version,
                          type=ftype)
             g.edge(vid, fid)
         views[(e.name, e.version)] = e
-        return vid
+
+    def add_on_demand(e: Entry) -> str:
+        """request source → on-demand view, input feature → on-demand view → its features."""
+        oid = add_object(e)
+        for src in e.spec["definition"]["sources"]:
+            if src in live and live[src].kind == "request_source":
+                g.edge(add_object(live[src]), oid)
+        for text in e.resolved["inputs"]:
+            ref = FeatureRef.parse(text)
+            if (ref.view, ref.version) not in views:
+                try:
+                    add_view(store.get(ref.view, ref.version))
+                except NotFoundError:
+                    continue
+            g.edge(f"feature:{ref.view}@v{ref.version}:{ref.feature}", oid)
+        add_features(e, oid)
+        return oid
 
     for e in live.values():
         if e.kind in ("source", "stream"):
@@ -70,10 +91,13 @@ def build_graph(store: RegistryStore) -> tuple[_Graph, dict[str, Entry]]:
                 g.edge(g.node(f"topic:{d['topic']}", "topic", d["topic"]), oid)
             if d.get("batch_source") and d["batch_source"] in live:
                 g.edge(add_object(live[d["batch_source"]]), oid)
-        elif e.kind == "entity":
+        elif e.kind in ("entity", "request_source"):
             add_object(e)
         elif e.kind == "feature_view":
             add_view(e)
+    for e in live.values():
+        if e.kind == "on_demand_view":
+            add_on_demand(e)
     for e in live.values():
         if e.kind != "feature_service":
             continue
@@ -82,7 +106,8 @@ def build_graph(store: RegistryStore) -> tuple[_Graph, dict[str, Entry]]:
             ref = FeatureRef.parse(text)
             if (ref.view, ref.version) not in views:
                 try:
-                    add_view(store.get(ref.view, ref.version))
+                    old = store.get(ref.view, ref.version)
+                    (add_on_demand if old.kind == "on_demand_view" else add_view)(old)
                 except NotFoundError:
                     continue
             g.edge(f"feature:{ref.view}@v{ref.version}:{ref.feature}", sid)

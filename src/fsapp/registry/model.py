@@ -377,9 +377,77 @@ class FeatureService(Definition):
         object.__setattr__(self, "features", refs)
 
 
-KINDS = {c.KIND: c for c in (Entity, Stream, FileSource, FeatureView, FeatureService)}
+@dataclass(frozen=True)
+class RequestSource(Definition):
+    """Columns known only at request time (the transaction being scored):
+    given beside the entity keys in an online read, and as columns of the
+    entity_df (the label rows) in a training set."""
+
+    KIND = "request_source"
+    name: str
+    columns: tuple[Column, ...]
+    description: str = ""
+
+    def __post_init__(self):
+        check_name(self.name, "request source")
+        object.__setattr__(self, "columns", columns_of(self.columns, f"request source {self.name}"))
+        if not self.columns:
+            raise DefinitionError(f"request source {self.name}: needs at least one column")
+        reserved = [c.name for c in self.columns if c.name.lower().startswith(RESERVED_PREFIXES)]
+        if reserved:
+            raise DefinitionError(f"request source {self.name}: column name(s) {', '.join(reserved)} start with a "
+                                  f"prefix fstore reserves ({', '.join(RESERVED_PREFIXES)}); rename them")
+
+
+@dataclass(frozen=True)
+class OnDemandView(Definition):
+    """Features computed at read time from request columns and other views'
+    features, the same online and offline. `sources`: the request sources
+    and feature views it reads (SQL: its FROM list). SQL form: `features`,
+    DuckDB expressions over request columns (bare names) and features
+    (`view.feature`). Python form: `function` (the source of a function
+    `function_name(df) -> df` over pandas), reading `inputs` ('view:feature')
+    and the request sources' columns, returning `outputs`."""
+
+    KIND = "on_demand_view"
+    name: str
+    sources: tuple[str, ...]
+    features: tuple[Projection, ...] = ()
+    function: str | None = None
+    function_name: str | None = None
+    inputs: tuple[FeatureRef, ...] = ()
+    outputs: tuple[Column, ...] = ()
+    description: str = ""
+
+    def __post_init__(self):
+        check_name(self.name, "on-demand feature view")
+        object.__setattr__(self, "sources", tuple(check_name(s, f"on-demand view {self.name}: source")
+                                                  for s in self.sources))
+        object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "inputs", tuple(r if isinstance(r, FeatureRef) else FeatureRef.parse(r)
+                                                 for r in self.inputs))
+        object.__setattr__(self, "outputs", columns_of(self.outputs, f"on-demand view {self.name}: outputs"))
+        if not self.sources:
+            raise DefinitionError(f"on-demand view {self.name}: needs at least one source (a request source or "
+                                  "a feature view) to read")
+        if (self.function is None) == (not self.features):
+            raise DefinitionError(f"on-demand view {self.name}: give SQL features or a Python function, one of them")
+        if self.function is not None:
+            if not self.function_name or not self.outputs:
+                raise DefinitionError(f"on-demand view {self.name}: a Python function needs its name and its "
+                                      "outputs (schema=[Field('ratio', Float64)])")
+            if any(r.feature == "*" or r.version is not None for r in self.inputs):
+                raise DefinitionError(f"on-demand view {self.name}: inputs name single features of the latest "
+                                      "version, like user_txn:avg_amount_1d")
+        names = [f.name for f in self.features] + [c.name for c in self.outputs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise DefinitionError(f"on-demand view {self.name}: duplicate feature name(s) {', '.join(dup)}")
+
+
+KINDS = {c.KIND: c for c in (Entity, Stream, FileSource, RequestSource, FeatureView, OnDemandView, FeatureService)}
 # The order in which definitions depend on each other (apply and plan print in it).
-KIND_ORDER = ("entity", "source", "stream", "feature_view", "feature_service")
+KIND_ORDER = ("entity", "source", "stream", "request_source", "feature_view", "on_demand_view", "feature_service")
 
 
 def from_dict(kind: str, d: dict) -> Definition:
@@ -387,8 +455,13 @@ def from_dict(kind: str, d: dict) -> Definition:
     d = dict(d)
     if kind in ("entity",):
         d["join_keys"] = [Column(**c) for c in d["join_keys"]]
-    elif kind in ("stream", "source"):
+    elif kind in ("stream", "source", "request_source"):
         d["columns"] = [Column(**c) for c in d["columns"]]
+    elif kind == "on_demand_view":
+        d["features"] = [Projection(**p) for p in d["features"]]
+        d["outputs"] = [Column(**c) for c in d["outputs"]]
+        d["inputs"] = [FeatureRef.parse(r) for r in d["inputs"]]
+        d["sources"] = tuple(d["sources"])
     elif kind == "feature_view":
         d["features"] = [Projection(**p) for p in d["features"]]
         d["aggregations"] = [Aggregation.from_dict(a) for a in d["aggregations"]]
@@ -403,9 +476,11 @@ def from_dict(kind: str, d: dict) -> Definition:
 
 
 def kind_label(kind: str) -> str:
-    return {"feature_view": "feature view", "feature_service": "feature service"}.get(kind, kind)
+    return {"feature_view": "feature view", "feature_service": "feature service", "request_source": "request source",
+            "on_demand_view": "on-demand view"}.get(kind, kind)
 
 
-__all__ = ["Column", "Entity", "Stream", "FileSource", "Projection", "Aggregation", "FeatureView",
+__all__ = ["Column", "Entity", "Stream", "FileSource", "RequestSource", "OnDemandView", "Projection", "Aggregation",
+           "FeatureView",
            "FeatureRef", "FeatureService", "Definition", "from_dict", "KINDS", "KIND_ORDER",
            "canonical_type", "online_kind", "format_duration"]

@@ -89,7 +89,8 @@ def make_plan(resolved: dict[str, Resolved], snapshot: Snapshot, max_versions: d
     references to versions the repo no longer defines)."""
     changes: dict[str, Change] = {}
     for r in sorted(resolved.values(), key=lambda r: (KIND_ORDER.index(r.kind), r.name)):
-        spec = pin_service(r, changes, resolved, lookup) if r.kind == "feature_service" else r.spec()
+        spec = (pin_service(r, changes, resolved, lookup) if r.kind == "feature_service"
+                else pin_on_demand(r, changes) if r.kind == "on_demand_view" else r.spec())
         old = snapshot.get(r.name)
         if old is not None and old.kind == r.kind and canonical_json(old.spec) == canonical_json(spec):
             changes[r.name] = Change("unchanged", r.kind, r.name, old.version, old.version, spec)
@@ -115,13 +116,14 @@ def pin_service(r: Resolved, changes: dict[str, Change], resolved: dict, lookup)
     pinned, problems = [], []
     for ref in r.definition.features:
         planned = changes.get(ref.view)
-        if planned is not None and planned.kind == "feature_view" and ref.version in (None, planned.new_version):
+        if planned is not None and planned.kind in ("feature_view", "on_demand_view") \
+                and ref.version in (None, planned.new_version):
             version, view_res = planned.new_version, planned.new_spec["resolved"]
         elif ref.version is None:
             continue  # resolve() already reported the missing view
         else:
             entry = lookup(ref.view, ref.version)
-            if entry is None or entry.kind != "feature_view":
+            if entry is None or entry.kind not in ("feature_view", "on_demand_view"):
                 problems.append(f"feature service {r.name}: {ref}: the registry has no feature view "
                                 f"{ref.view} version {ref.version}")
                 continue
@@ -138,6 +140,16 @@ def pin_service(r: Resolved, changes: dict[str, Change], resolved: dict, lookup)
     if problems:
         raise DefinitionError(problems)
     return {"definition": r.definition.to_dict(), "resolved": {"features": pinned}}
+
+
+def pin_on_demand(r: Resolved, changes: dict[str, Change]) -> dict:
+    """An on-demand view reads the versions of its source views applied with
+    it: each input 'view:feature' is stored as 'view@vN:feature'."""
+    pinned = []
+    for text in r.resolved["inputs"]:
+        ref = FeatureRef.parse(text)
+        pinned.append(str(FeatureRef(ref.view, ref.feature, changes[ref.view].new_version)))
+    return {"definition": r.definition.to_dict(), "resolved": {**r.resolved, "inputs": pinned}}
 
 
 def _cols(pairs) -> dict:
@@ -181,6 +193,18 @@ def diff_spec(kind: str, old: dict, new: dict, ch: Change) -> None:
         for key in ("filter", "ttl", "online"):
             if od[key] != nd[key]:
                 ch.details.append(f"{key}: {od[key]!r} -> {nd[key]!r}")
+    elif kind == "request_source":
+        _diff_columns(_cols(orr["columns"]), _cols(nr["columns"]), "column", ch)
+    elif kind == "on_demand_view":
+        _diff_columns(_cols(orr["features"]), _cols(nr["features"]), "feature", ch)
+        old_feats = {p["name"]: p["expr"] for p in od["features"]}
+        for p in nd["features"]:
+            if p["name"] in old_feats and old_feats[p["name"]] != p["expr"]:
+                ch.details.append(f"expression of {p['name']}: {old_feats[p['name']]} -> {p['expr']}")
+        if od.get("function") != nd.get("function"):
+            ch.details.append(f"function {nd.get('function_name')} changed")
+        ch.details += [f"reads {f}" for f in nr["inputs"] if f not in orr["inputs"]]
+        ch.details += [f"no longer reads {f}" for f in orr["inputs"] if f not in nr["inputs"]]
     elif kind == "feature_service":
         before, after = orr["features"], nr["features"]
         ch.details += [f"adds {f}" for f in after if f not in before]

@@ -173,6 +173,74 @@ def _projection(item, view: str) -> m.Projection:
     raise DefinitionError(f"feature view {view}: expression {item!r} needs a name: write '{item} AS <name>'")
 
 
+class RequestSource(_Def):
+    """Columns given at request time (Feast's RequestSource)."""
+
+    def __init__(self, name: str, schema, description: str = ""):
+        self.model = m.RequestSource(name, _columns(schema), description)
+
+
+class OnDemandFeatureView(_Def):
+    """An on-demand view from SQL: `features` maps each feature name to a
+    DuckDB expression over the request columns and `view.feature` inputs.
+
+        ratio = OnDemandFeatureView(name="txn_ratio", sources=[txn_request, user_txn],
+                                    features={"amount_ratio": "amount / user_txn.avg_amount_1d"})
+    """
+
+    def __init__(self, name: str, sources, features, description: str = ""):
+        if isinstance(features, dict):
+            projections = tuple(m.Projection(n, e) for n, e in features.items())
+        else:
+            projections = tuple(_projection(f, name) for f in features)
+        self.model = m.OnDemandView(name, tuple(_name(s, f"on-demand view {name}: source") for s in sources),
+                                    features=projections, description=description)
+
+
+def on_demand_feature_view(sources, schema, name: str | None = None, description: str = ""):
+    """Feast's decorator: a function over a pandas DataFrame (the request
+    columns and each input feature, by its bare name; nullable dtypes) that
+    returns a DataFrame with the `schema` columns, row for row. `sources`:
+    request sources, and views or `view[["feature"]]` lists to read. The
+    function's source is stored in the registry: it must be self-contained
+    (np, pd and pa are there; import anything else inside it).
+
+        @on_demand_feature_view(sources=[txn_request, user_txn[["avg_amount_1d"]]],
+                                schema=[Field("amount_ratio", Float64)])
+        def txn_ratio(df):
+            return pd.DataFrame({"amount_ratio": df["amount"] / df["avg_amount_1d"]})
+    """
+    def wrap(fn):
+        from fsapp.ondemand.python_udf import function_source
+
+        names, inputs = [], []
+        for s in sources:
+            if isinstance(s, list):
+                inputs += [r for r in s]
+                names += [r.view for r in s if r.view not in names]
+            elif isinstance(s, FeatureView):
+                inputs += [m.FeatureRef(s.name, f.name) for f in s.model.features]
+                inputs += [m.FeatureRef(s.name, a.name) for a in s.model.aggregations]
+                names.append(s.name)
+            else:
+                names.append(_name(s, f"on-demand view {fn.__name__}: source"))
+        model = m.OnDemandView(name or fn.__name__, tuple(dict.fromkeys(names)), function=function_source(fn),
+                               function_name=fn.__name__, inputs=tuple(inputs), outputs=_columns(schema),
+                               description=description or (fn.__doc__ or "").strip())
+        return _OnDemandFunction(model, fn)
+    return wrap
+
+
+class _OnDemandFunction(_Def):
+    """What the decorator returns: the definition, still callable as the function."""
+
+    def __init__(self, model, fn):
+        self.model, self.fn = model, fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
 class FeatureService(_Def):
     """`features`: views (all their features), `view[["a"]]` lists, or
     'view:feature' / 'view@v2:feature' strings."""
@@ -182,7 +250,7 @@ class FeatureService(_Def):
         for f in features:
             if isinstance(f, list):
                 refs += f
-            elif isinstance(f, (FeatureView, m.FeatureView)):
+            elif isinstance(f, (FeatureView, m.FeatureView, OnDemandFeatureView, _OnDemandFunction, m.OnDemandView)):
                 refs.append(m.FeatureRef(f.name, "*"))
             else:
                 refs.append(f)
@@ -199,5 +267,6 @@ def to_model(obj):
 
 
 __all__ = ["Entity", "Stream", "PushSource", "KafkaSource", "FileSource", "FeatureView", "Aggregation",
+           "RequestSource", "OnDemandFeatureView", "on_demand_feature_view",
            "FeatureService", "Field", "Array", "Int32", "Int64", "Float32", "Float64", "String", "Bool", "Bytes",
            "UnixTimestamp", "tumbling", "sliding", "continuous", "session", "lifetime", "to_model"]

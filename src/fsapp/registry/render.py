@@ -6,7 +6,8 @@ from __future__ import annotations
 from fscore.window_spec import WindowSpec
 
 from fsapp.registry.model import (
-    DEFAULT_MAX_FUTURE, Aggregation, Entity, FeatureService, FeatureView, FileSource, Stream, format_duration,
+    DEFAULT_MAX_FUTURE, Aggregation, Entity, FeatureService, FeatureView, FileSource, OnDemandView, RequestSource,
+    Stream, format_duration,
 )
 
 
@@ -71,6 +72,17 @@ def to_sql(obj, keys=()) -> str:
         sep = ",\n       "
         return (f"CREATE FEATURE VIEW {obj.name}{_options(opts)} AS\nSELECT {sep.join(items)}\n"
                 f"FROM {obj.source}{where}")
+    if isinstance(obj, RequestSource):
+        return f"CREATE REQUEST SOURCE {obj.name} {_columns(obj.columns)}{_options([('description', desc)])}"
+    if isinstance(obj, OnDemandView):
+        if obj.function is not None:  # no SQL form: the Python function is shown as a comment
+            body = "\n".join("-- " + line for line in obj.function.splitlines())
+            return (f"-- on-demand view {obj.name}: Python function {obj.function_name}, reads "
+                    f"{', '.join(map(str, obj.inputs))}, returns {_columns(obj.outputs)}\n{body}")
+        sep = ",\n       "
+        items = sep.join(f"{p.expr} AS {p.name}" for p in obj.features)
+        return (f"CREATE ON DEMAND FEATURE VIEW {obj.name}{_options([('description', desc)])} AS\n"
+                f"SELECT {items}\nFROM {', '.join(obj.sources)}")
     if isinstance(obj, FeatureService):
         refs = ",\n    ".join(str(r) for r in obj.features)
         return f"CREATE FEATURE SERVICE {obj.name}{_options([('description', desc)])} AS (\n    {refs}\n)"

@@ -18,8 +18,8 @@ import duckdb
 from fsapp.registry.dsl import tokenize
 from fsapp.registry.errors import DefinitionError
 from fsapp.registry.model import (
-    ANY_TYPE_AGGS, KIND_ORDER, Entity, FeatureService, FeatureView, FileSource, Stream, is_numeric_type,
-    kind_label, online_kind,
+    ANY_TYPE_AGGS, KIND_ORDER, Entity, FeatureRef, FeatureService, FeatureView, FileSource, OnDemandView,
+    RequestSource, Stream, canonical_type, is_numeric_type, kind_label, online_kind,
 )
 
 # A hidden column in every probe table: selecting it beside an expression makes
@@ -189,6 +189,136 @@ class _Checker:
         return bound, {"keys": keys, "timestamp": src.timestamp, "source_kind": src.KIND,
                        "features": out}
 
+    # ---- request sources and on-demand views ----
+    def request_source(self, obj: RequestSource) -> dict | None:
+        cols = ", ".join(f"{_qi(c.name)} {c.type}" for c in obj.columns)
+        try:
+            self.con.execute(f"CREATE TEMP TABLE {_qi('__req_' + obj.name)} ({cols})")
+        except duckdb.Error as e:
+            self.fail(obj.KIND, obj.name, f"bad column type: {_duck_message(e)}")
+            return None
+        types = self.con.execute(f"DESCRIBE {_qi('__req_' + obj.name)}").fetchall()
+        bad = [f"{n} {t}" for n, t, *_ in types if on_demand_type(t) is None]
+        if bad:
+            self.fail(obj.KIND, obj.name, f"column(s) {', '.join(bad)}: request columns are numbers, BOOLEAN or "
+                                          "VARCHAR")
+            return None
+        return {"columns": [[n, t] for n, t, *_ in types]}
+
+    def on_demand(self, odv: OnDemandView, by_name: dict, done: dict) -> dict | None:
+        """Binds an on-demand view to its sources: the request columns it may
+        read, each source view's features (as a STRUCT column named after the
+        view, so `view.feature` resolves), and checks every expression with
+        DuckDB as `TRY(expr)`; inputs are the `view.feature` references."""
+        problems_before = len(self.problems)
+        request, views = {}, {}
+        for name in odv.sources:
+            src, res = by_name.get(name), done.get(name)
+            if isinstance(src, RequestSource):
+                if res is None:
+                    return None  # its own problem is listed
+                for col, typ in res.resolved["columns"]:
+                    if col in request:
+                        self.fail(odv.KIND, odv.name, f"request column {col!r} is in two request sources")
+                    request[col] = typ
+            elif isinstance(src, FeatureView):
+                if res is None:
+                    return None
+                views[name] = res.resolved
+            else:
+                have = sorted(n for n, o in by_name.items() if isinstance(o, (RequestSource, FeatureView)))
+                self.fail(odv.KIND, odv.name, f"FROM {name}: no request source or feature view of that name "
+                                              f"(defined: {', '.join(have) or 'none'})")
+                return None
+        clash = sorted(set(request) & set(views))
+        if clash:
+            self.fail(odv.KIND, odv.name, f"request column(s) {', '.join(clash)} have the name of a source view; "
+                                          "rename the column")
+            return None
+        table = _qi("__od_" + odv.name)
+        cols = [f"{_qi(c)} {t}" for c, t in request.items()]
+        cols += [f"{_qi(v)} STRUCT({', '.join(f'{_qi(f)} {t}' for f, t in res['features'])})"
+                 for v, res in views.items()]
+        self.con.execute(f"CREATE TEMP TABLE {table} ({', '.join(cols + [f'{_qi(_GUARD)} BIGINT'])})")
+        if odv.function is not None:
+            return self._on_demand_python(odv, request, views, problems_before)
+        inputs, features = [], []
+        for p in odv.features:
+            toks = tokenize(p.expr)
+            for a, dot, b in zip(toks, toks[1:], toks[2:]):
+                if a.kind == "ident" and a.text in views and dot.is_op(".") and b.kind == "ident":
+                    ref = str(FeatureRef(a.text, b.text))
+                    if ref not in inputs and b.text in [f for f, _ in views[a.text]["features"]]:
+                        inputs.append(ref)
+            if any(t.is_kw("OVER", "SELECT") for t in toks):
+                self.fail(odv.KIND, odv.name, f"feature {p.name} = {p.expr}: an on-demand feature is one row-level "
+                                              "expression (no subqueries or window functions)")
+                continue
+            try:
+                rows = self.con.execute(f"DESCRIBE SELECT {_qi(_GUARD)}, TRY({p.expr}) AS __v FROM {table}").fetchall()
+            except duckdb.Error as e:
+                msg = _duck_message(e)
+                if _GUARD in msg or "aggregate" in msg.lower():
+                    msg = "aggregate functions are not allowed in an on-demand feature (one row's values only)"
+                self.fail(odv.KIND, odv.name, f"feature {p.name} = {p.expr}: {msg}")
+                continue
+            typ = on_demand_type(rows[1][1])
+            if typ is None:
+                self.fail(odv.KIND, odv.name, f"feature {p.name} = {p.expr} has type {rows[1][1]}; on-demand "
+                                              "features are numbers, BOOLEAN or VARCHAR (CAST it)")
+                continue
+            features.append([p.name, typ])
+        self._scalar_inputs(odv, inputs, views)
+        if len(self.problems) > problems_before:
+            return None
+        return {"request": [[c, t] for c, t in request.items()], "inputs": inputs, "features": features,
+                "keys": _union_keys(views[r.split(":")[0]]["keys"] for r in inputs)}
+
+    def _scalar_inputs(self, odv: OnDemandView, inputs: list[str], views: dict) -> None:
+        for text in inputs:
+            ref = FeatureRef.parse(text)
+            typ = dict(map(tuple, views[ref.view]["features"])).get(ref.feature)
+            if typ is not None and on_demand_type(typ) is None:
+                self.fail(odv.KIND, odv.name, f"input {ref.view}.{ref.feature} has type {typ}; on-demand features "
+                                              "read numbers, BOOLEAN or VARCHAR features")
+
+    def _on_demand_python(self, odv: OnDemandView, request: dict, views: dict, problems_before: int) -> dict | None:
+        refs = list(odv.inputs)
+        for v, res in views.items():  # a source view named without a feature list: all its scalar features
+            if not any(r.view == v for r in refs):
+                refs += [FeatureRef(v, f) for f, t in res["features"] if on_demand_type(t) is not None]
+        odv = replace(odv, inputs=tuple(refs))
+        for ref in odv.inputs:
+            res = views.get(ref.view)
+            if res is None:
+                self.fail(odv.KIND, odv.name, f"input {ref}: {ref.view} is not one of its sources "
+                                              f"({', '.join(odv.sources)})")
+            elif ref.feature not in [f for f, _ in res["features"]]:
+                self.fail(odv.KIND, odv.name, f"input {ref}: {ref.view} has no feature {ref.feature!r}")
+        features = []
+        for c in odv.outputs:
+            typ = on_demand_type(canonical_type(c.type))
+            if typ is None:
+                self.fail(odv.KIND, odv.name, f"output {c.name} has type {c.type}; on-demand features are "
+                                              "numbers, BOOLEAN or VARCHAR")
+            features.append([c.name, typ])
+        try:
+            from fsapp.ondemand.python_udf import load_function
+            load_function(odv.function, odv.function_name)
+        except Exception as e:  # noqa: BLE001 - any error in the user's code is theirs to see
+            self.fail(odv.KIND, odv.name, f"function {odv.function_name}: {type(e).__name__}: {e}")
+        inputs = [str(r) for r in odv.inputs]
+        self._scalar_inputs(odv, [i for i in inputs if FeatureRef.parse(i).view in views], views)
+        bare = [r.feature for r in odv.inputs] + list(request)
+        dup = sorted({b for b in bare if bare.count(b) > 1})
+        if dup:
+            self.fail(odv.KIND, odv.name, f"the function's DataFrame would have column(s) {', '.join(dup)} twice "
+                                          "(inputs and request columns are named by their bare names)")
+        if len(self.problems) > problems_before:
+            return None
+        return {"request": [[c, t] for c, t in request.items()], "inputs": inputs, "features": features,
+                "keys": _union_keys(views[r.view]["keys"] for r in odv.inputs)}
+
     def view_entities(self, view: FeatureView, by_name: dict, cols: dict) -> list[Entity] | None:
         if view.entities:
             missing = [e for e in view.entities if not isinstance(by_name.get(e), Entity)]
@@ -252,7 +382,7 @@ class _Checker:
             if ref.version is not None:
                 continue
             res = views.get(ref.view)
-            if res is None and isinstance(by_name.get(ref.view), FeatureView):
+            if res is None and isinstance(by_name.get(ref.view), (FeatureView, OnDemandView)):
                 continue  # the view itself failed; its problem is already listed
             if res is None:
                 self.fail("feature_service", svc.name, f"{ref}: no feature view {ref.view!r} "
@@ -261,6 +391,25 @@ class _Checker:
                 names = ", ".join(f[0] for f in res["features"])
                 self.fail("feature_service", svc.name, f"{ref}: view {ref.view} has no feature {ref.feature!r} "
                                                        f"(it has: {names})")
+
+
+def on_demand_type(typ: str) -> str | None:
+    """The type an on-demand value is served as: integers as BIGINT, other
+    numbers as DOUBLE, BOOLEAN, VARCHAR; None for the rest."""
+    if typ in ("BOOLEAN", "VARCHAR"):
+        return typ
+    if typ in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"):
+        return "BIGINT"
+    if typ in ("FLOAT", "DOUBLE") or typ.startswith("DECIMAL"):
+        return "DOUBLE"
+    return None
+
+
+def _union_keys(key_lists) -> list:
+    out = []
+    for keys in key_lists:
+        out += [k for k in keys if k not in out]
+    return out
 
 
 def resolve(definitions, origins: dict[str, str] | None = None) -> dict[str, Resolved]:
@@ -291,8 +440,17 @@ def resolve(definitions, origins: dict[str, str] | None = None) -> dict[str, Res
                 bound = chk.view(obj, by_name)
                 if bound is not None:
                     out[obj.name] = Resolved(obj.KIND, obj.name, bound[0], bound[1])
+            elif isinstance(obj, RequestSource):
+                res = chk.request_source(obj)
+                if res is not None:
+                    out[obj.name] = Resolved(obj.KIND, obj.name, obj, res)
+            elif isinstance(obj, OnDemandView):
+                res = chk.on_demand(obj, by_name, out)
+                if res is not None:
+                    out[obj.name] = Resolved(obj.KIND, obj.name, obj, res)
             elif isinstance(obj, FeatureService):
-                chk.service_refs(obj, {n: r.resolved for n, r in out.items() if r.kind == "feature_view"}, by_name)
+                chk.service_refs(obj, {n: r.resolved for n, r in out.items()
+                                       if r.kind in ("feature_view", "on_demand_view")}, by_name)
                 out[obj.name] = Resolved(obj.KIND, obj.name, obj, {})
     finally:
         chk.con.close()

@@ -73,6 +73,18 @@ SELECT merchant_id,
        sum(CASE WHEN country <> 'US' THEN 1 ELSE 0 END) OVER sliding('1d', '1h') AS foreign_txn_count_1d
 FROM transactions
 WHERE amount > 0;
+
+-- The transaction being scored, known only at request time: a read passes it
+-- beside the keys ({"user_id": 1, "amount": 60.0}); a training set reads it
+-- from the label rows' columns.
+CREATE REQUEST SOURCE txn_request (amount DOUBLE);
+
+-- On-demand features: computed at read time from the request and stored
+-- features, with the same definition online and in training sets.
+CREATE ON DEMAND FEATURE VIEW txn_context AS
+SELECT amount / user_txn.amount_24h AS share_of_24h_spend,
+       amount > 3 * coalesce(user_txn.avg_amount_1d, amount) AS above_3x_daily_mean
+FROM txn_request, user_txn;
 """
 
 PROFILES_PY = '''\

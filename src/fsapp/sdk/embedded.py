@@ -20,7 +20,7 @@ from fsapp.sdk.convert import entity_columns, entity_table, service_refs, to_us
 from fsapp.sdk.listing import RegistryListing
 from fsapp.sdk.results import OnlineResponse
 
-KINDS = ("entity", "source", "stream", "feature_view", "feature_service")
+KINDS = ("entity", "source", "stream", "request_source", "feature_view", "on_demand_view", "feature_service")
 START_OF_TIME = -(1 << 62)
 
 
@@ -31,13 +31,18 @@ class FeatureStore(RegistryListing):
     "never" trade that for speed). capacity: online rows each feature view
     starts with (tables grow as keys arrive); max_keys: the most keys each
     view keeps online (None: no bound; at the bound the oldest keys are
-    evicted, counted in metrics). The engine opens on first use (after
+    evicted, counted in metrics); max_memory: a bound in bytes (or "2GB")
+    on the live online state of all views together, kept by evicting the
+    keys with the oldest event time from the biggest view. The engine opens on first use (after
     `apply()` on a new repo)."""
 
     def __init__(self, repo_path: str | os.PathLike = ".", *, fsync: str = "always", capacity: int | None = None,
-                 max_keys: int | None = None, clock=None):
+                 max_keys: int | None = None, max_memory: int | str | None = None, clock=None):
+        from fsapp.sizes import parse_size
+
         self.repo = Repo(repo_path)
         self.fsync, self.capacity, self.max_keys, self.clock = fsync, capacity, max_keys, clock
+        self.max_memory = None if max_memory is None else parse_size(max_memory, "max_memory")
         self._engine = None
         self._backend = None
 
@@ -64,7 +69,8 @@ class FeatureStore(RegistryListing):
                 kw["capacity"] = self.capacity
             try:
                 self._engine = Engine(str(self.repo.data_dir / "engine"), str(self.repo.registry_path),
-                                      fsync=self.fsync, max_keys=self.max_keys, repo_root=str(self.repo.root), **kw)
+                                      fsync=self.fsync, max_keys=self.max_keys, max_memory=self.max_memory,
+                                      repo_root=str(self.repo.root), **kw)
             except BaseException:
                 self._lock.release()
                 raise

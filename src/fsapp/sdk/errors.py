@@ -14,7 +14,9 @@ from __future__ import annotations
 from fscore.errors import (CheckpointError, FStoreError, KeyEncodingError, SchemaError, WalError, WindowSpecError,
                            WindowStateError)
 
-from fsapp.engine.errors import BatchError, PartitionOwned, UnknownStreamError, UnsupportedOnlineError
+from fsapp.engine.errors import (
+    BatchError, OnDemandFunctionError, PartitionOwned, RequestDataError, UnknownStreamError, UnsupportedOnlineError,
+)
 from fsapp.errors import EntityDataFrameError, FeatureNameCollision, SourceError, UnknownFeatureError
 from fsapp.registry.errors import NotFoundError, RegistryError
 
@@ -50,6 +52,8 @@ TITLE_TO_CLASS: dict[str, type[Exception]] = {
     "Unknown stream": UnknownStreamError,
     "Unknown feature": UnknownFeatureError,
     "Batch does not match the stream": BatchError,
+    "Request data does not fit the on-demand features": RequestDataError,
+    "On-demand function failed": OnDemandFunctionError,
     "Entities do not match the features": EntityDataFrameError,
     "Feature name collision": FeatureNameCollision,
     "Source cannot be read": SourceError,

@@ -19,5 +19,11 @@ class RegistryListing:
     def list_feature_views(self) -> list[dict]:
         return self._list("feature_view")
 
+    def list_request_sources(self) -> list[dict]:
+        return self._list("request_source")
+
+    def list_on_demand_feature_views(self) -> list[dict]:
+        return self._list("on_demand_view")
+
     def list_feature_services(self) -> list[dict]:
         return self._list("feature_service")

@@ -106,7 +106,7 @@ EXIT_REFUSED = 3  # the engine cannot start on this repo as it is (damaged data,
 
 
 def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int = DEFAULT_CAPACITY,
-        max_keys: int | None = None,
+        max_keys: int | None = None, max_memory: int | None = None,
         tick_s: float = 0.2, checkpoint_s: float = 60.0, node: str | None = None) -> int:
     from fsapp.registry.repo import Repo
 
@@ -117,7 +117,7 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
         repo = Repo(repo_dir)
         kafka_config = KafkaConfig.from_repo(repo)  # a bad kafka section fails before recovery starts
         engine = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync=fsync, capacity=capacity,
-                        max_keys=max_keys, repo_root=str(repo.root), checkpoint_mode="fork")
+                        max_keys=max_keys, max_memory=max_memory, repo_root=str(repo.root), checkpoint_mode="fork")
     except (WalCorruption, RegistryError) as e:
         # no restart can fix these: say so, and let the supervisor stop
         print(f"engine: refusing to start: {e}", file=sys.stderr, flush=True)
@@ -203,11 +203,12 @@ def main(argv=None) -> int:
     ap.add_argument("--fsync", default="always", choices=["always", "interval", "never"])
     ap.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY)
     ap.add_argument("--max-keys", type=int, default=None)
+    ap.add_argument("--max-memory", type=int, default=None, help="bytes")
     ap.add_argument("--checkpoint-seconds", type=float, default=60.0)
     ap.add_argument("--node", default=None, help="host:port this node serves HTTP on (GET /api/v1/cluster)")
     a = ap.parse_args(argv)
     return run(a.repo, a.socket, fsync=a.fsync, capacity=a.capacity, max_keys=a.max_keys,
-               checkpoint_s=a.checkpoint_seconds, node=a.node)
+               max_memory=a.max_memory, checkpoint_s=a.checkpoint_seconds, node=a.node)
 
 
 if __name__ == "__main__":

@@ -97,12 +97,13 @@ def _wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float,
 class Service:
     def __init__(self, repo_dir: str, *, host: str = "127.0.0.1", port: int = 9094, workers: int = 2,
                  fsync: str = "always", capacity: int | None = None, max_keys: int | None = None,
-                 checkpoint_s: float = 60.0, grpc_port: int = 0, grpc_workers: int = 2, log=sys.stderr):
+                 max_memory: int | None = None, checkpoint_s: float = 60.0, grpc_port: int = 0, grpc_workers: int = 2, log=sys.stderr):
         self.repo = Repo(repo_dir)
         self.grpc_port, self.grpc_workers = grpc_port, grpc_workers
         self.grpc: list[subprocess.Popen] = []
         self.host, self.port, self.workers = host, port, workers
         self.fsync, self.capacity, self.max_keys, self.checkpoint_s = fsync, capacity, max_keys, checkpoint_s
+        self.max_memory = max_memory
         self.socket = socket_path_for(self.repo)
         self.log = log
         self.engine: subprocess.Popen | None = None
@@ -122,7 +123,8 @@ class Service:
              "--socket", self.socket, "--fsync", self.fsync, "--checkpoint-seconds", str(self.checkpoint_s),
              "--node", f"{self.host}:{self.port}"]
             + (["--capacity", str(self.capacity)] if self.capacity else [])
-            + (["--max-keys", str(self.max_keys)] if self.max_keys else []))
+            + (["--max-keys", str(self.max_keys)] if self.max_keys else [])
+            + (["--max-memory", str(self.max_memory)] if self.max_memory else []))
         try:
             _wait_for_engine(self.socket, self.engine, 300)
         except EngineStartFailed:

@@ -1,0 +1,2 @@
+"""On-demand (request-time) features: DuckDB expressions over request columns
+and stored features, compiled to numpy for serving (`compiler`)."""
