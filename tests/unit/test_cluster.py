@@ -32,3 +32,20 @@ def test_keys_route_by_their_text():
         key_bytes(1.5)
     with pytest.raises(ValueError, match="at least one partition"):
         partition_for(1, 0)
+
+
+def test_a_partition_is_live_only_past_the_first_fetched_high_watermark():
+    from fsapp.engine.cluster import PartitionProgress
+
+    p = PartitionProgress()
+    p.assign("t/0", 100, now=0.0)  # what ListOffsets said at assignment: may fall short
+    p.update("t/0", 100, None, now=1.0)
+    assert p.state("t/0") == "recovering"  # no fetch response yet
+    p.update("t/0", 100, 150, now=2.0)  # the first fetch response knows better
+    assert p.state("t/0") == "recovering"
+    p.update("t/0", 150, 180, now=3.0)  # later watermarks do not move the goal
+    assert p.state("t/0") == "live" and p.recovered_s["t/0"] == 3.0
+    p.revoke("t/0")
+    p.assign("t/0", None, now=4.0)  # an empty partition
+    p.update("t/0", None, 0, now=4.5)
+    assert p.state("t/0") == "live"

@@ -175,34 +175,43 @@ class PartitionKeys:
 
 class PartitionProgress:
     """recovering → live per assigned partition: live once the engine's
-    offset reaches the high watermark seen when it was assigned."""
+    offset reaches the high watermark at assignment. That is the larger of
+    what ListOffsets said at assignment and the first fetch response's high
+    watermark (a fetch happens after the assignment, so it counts every
+    message produced before it; tansu's ListOffsets answers were seen to
+    fall short)."""
 
     def __init__(self):
         self.target: dict[str, int | None] = {}  # "topic/p" -> high watermark at assignment (None: not known yet)
+        self.fetched: set[str] = set()  # partitions whose target a fetch response has confirmed
         self.live: set[str] = set()
         self.assigned_at: dict[str, float] = {}
         self.recovered_s: dict[str, float] = {}  # how long each partition took to become live
 
     def assign(self, key: str, high: int | None, now: float) -> None:
         self.target[key] = high
+        self.fetched.discard(key)
         self.live.discard(key)
         self.assigned_at[key] = now
         self.recovered_s.pop(key, None)
 
     def revoke(self, key: str) -> None:
         self.target.pop(key, None)
+        self.fetched.discard(key)
         self.live.discard(key)
         self.assigned_at.pop(key, None)
         self.recovered_s.pop(key, None)
 
-    def update(self, key: str, offset: int | None, high: int | None, now: float) -> None:
-        """With the engine's next offset and the latest known high watermark."""
+    def update(self, key: str, offset: int | None, fetched_high: int | None, now: float) -> None:
+        """With the engine's next offset and the high watermark of the latest
+        fetch response (None before the first)."""
         if key not in self.target or key in self.live:
             return
-        if self.target[key] is None:
-            if high is None:
+        if key not in self.fetched:
+            if fetched_high is None:
                 return
-            self.target[key] = high
+            self.fetched.add(key)
+            self.target[key] = max(self.target[key] or 0, fetched_high)
         if (offset or 0) >= self.target[key]:
             self.live.add(key)
             self.recovered_s[key] = now - self.assigned_at.get(key, now)
