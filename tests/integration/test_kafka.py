@@ -161,8 +161,15 @@ def test_a_clean_topic_is_read_by_the_batch_decoder_and_a_poison_time_is_a_dead_
         engine.close()
 
 
-def test_group_mode_resumes_from_the_engine_offsets_not_the_committed_ones(kafka_broker, tmp_path):
+def test_group_mode_replays_assigned_partitions_from_the_start_not_the_committed_offsets(kafka_broker, tmp_path):
+    """Group mode (docs/kafka.md, scale-out): a node that leaves the group
+    drops its partitions' keys; a node that starts owns nothing until the
+    group assigns it partitions, which it replays from their start into
+    empty state: Kafka's committed offsets are never read, nothing counts
+    twice."""
     from confluent_kafka import Consumer, TopicPartition
+
+    from fsapp.engine.cluster import partition_for
 
     topic = "payments-group-test"
     kafka_broker.create_topic(topic, partitions=2)
@@ -171,38 +178,45 @@ def test_group_mode_resumes_from_the_engine_offsets_not_the_committed_ones(kafka
                      "  dead_letter_file: data/dead.jsonl\n")
     t = time.time_ns() // 1000 - 60_000_000
     p = kafka_broker.producer()
+    assert partition_for(7, 2) != partition_for(6, 2)
     for i in range(40):
-        p.produce(topic, json.dumps({"account_id": 7, "amount": 1.0, "ts": t + i}).encode(), partition=i % 2)
+        a = (7, 6)[i % 2]
+        p.produce(topic, json.dumps({"account_id": a, "amount": 1.0, "ts": t + i}).encode(),
+                  partition=partition_for(a, 2))
     p.produce(topic, b"oops", partition=0)
     p.flush(10)
     engine = open_engine(repo)
     ingest = subscribed(engine, repo)
     try:
         drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 41, timeout_s=40)
+        assert totals(engine, [7, 6])[0] == [20, 20]
     finally:
-        ingest.stop()  # leaves the group: the revoke checkpoints and commits
-    assert totals(engine, [7])[0] == [40]
-    assert engine.checkpoint_lsn == engine.applied_lsn
+        ingest.stop()  # leaves the group: its partitions are revoked, their keys dropped
+    out = engine.get_online_features(["account_totals:n_payments"], entities={"account_id": [7, 6]})
+    assert out["results"][1]["statuses"] == ["NOT_FOUND", "NOT_FOUND"] and engine.offsets == {}
     dead = [json.loads(line) for line in (repo.root / "data" / "dead.jsonl").read_text().splitlines()]
-    assert [(d["value"], d["kind"], d["offset"]) for d in dead] == [("oops", "json", 20)]
+    assert [(d["value"], d["kind"]) for d in dead] == [("oops", "json")]
     engine.close()
 
-    # Kafka's committed offsets disagree with the engine (rewound to 0, as after
-    # a lost commit): the engine's own offsets win, nothing is counted twice
+    # Kafka's committed offsets say "read from 0" while the group's lag says
+    # otherwise: neither matters, the engine replays into empty state
     c = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": "g-resume"})
     c.commit(offsets=[TopicPartition(topic, 0, 0), TopicPartition(topic, 1, 0)], asynchronous=False)
     c.close()
     for i in range(10):
-        p.produce(topic, json.dumps({"account_id": 7, "amount": 1.0, "ts": t + 100 + i}).encode(), partition=i % 2)
+        a = (7, 6)[i % 2]
+        p.produce(topic, json.dumps({"account_id": a, "amount": 1.0, "ts": t + 100 + i}).encode(),
+                  partition=partition_for(a, 2))
     p.flush(10)
     engine = open_engine(repo)
     ingest = subscribed(engine, repo)
     try:
-        drain(ingest, lambda: totals(engine, [7])[0] == [50], timeout_s=40)
+        drain(ingest, lambda: totals(engine, [7, 6])[0] == [25, 25], timeout_s=40)
         for _ in range(5):
             ingest.poll_once()
-        assert totals(engine, [7])[0] == [50]
-        assert ingest.counts["consumed"] == {topic: 10}
+        assert totals(engine, [7, 6])[0] == [25, 25]
+        assert ingest.counts["consumed"] == {topic: 51}
+        assert ingest.cluster()["partitions"] and all(p["state"] == "live" for p in ingest.cluster()["partitions"])
     finally:
         ingest.stop()
         engine.close()

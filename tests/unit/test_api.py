@@ -450,7 +450,7 @@ def test_openapi_describes_every_route(api):
     routes = {"/api/v1/features/online", "/api/v1/features/historical", "/api/v1/push", "/api/v1/materialize",
               "/api/v1/registry/{kind}", "/api/v1/registry/{kind}/{name}", "/api/v1/lineage/{name}",
               "/get-online-features", "/push", "/write-to-online-store", "/materialize", "/materialize-incremental",
-              "/health", "/ready", "/metrics", "/api/v1/openapi.json"}
+              "/health", "/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/cluster"}
     assert set(doc["paths"]) == routes
     for path, ops in doc["paths"].items():
         for op in ops.values():
@@ -647,3 +647,8 @@ def test_a_failed_checkpoint_is_counted_and_shown_by_ready_until_one_succeeds(ap
     monkeypatch.setattr(engine_mod, "write_temp", real)
     engine.checkpoint()
     assert api.simulate_get("/ready").status_code == 200 and engine.checkpoint_error is None
+
+
+def test_cluster_without_kafka_says_so(api):
+    doc = api.simulate_get("/api/v1/cluster").json
+    assert doc["mode"] is None and doc["partitions"] == [] and doc["partitioner"] == "murmur2"

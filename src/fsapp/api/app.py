@@ -99,6 +99,7 @@ def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = D
         "/api/v1/registry/{kind}": r.RegistryList(backend, limits),
         "/api/v1/registry/{kind}/{name}": r.RegistryItem(backend, limits),
         "/api/v1/lineage/{name}": r.Lineage(backend, limits),
+        "/api/v1/cluster": r.Cluster(backend, limits),
         "/get-online-features": r.FeastOnlineFeatures(backend, limits),
         "/push": r.FeastPush(backend, limits),
         "/write-to-online-store": r.FeastWriteToOnlineStore(backend, limits),

@@ -54,6 +54,10 @@ class Backend(Protocol):
     def ready(self) -> tuple[bool, str]:
         """(ready, reason when not)."""
 
+    def cluster(self) -> dict:
+        """This node's Kafka partitions (fsapp.engine.kafka.KafkaIngest.cluster);
+        `mode` None without Kafka."""
+
     def metrics_text(self) -> str:
         """Store-side metrics (ingest, late events, evictions, freshness) in
         Prometheus text format."""
@@ -173,6 +177,13 @@ class EngineBackend:
         if source is not None:
             return source.readiness()
         return True, ""
+
+    def cluster(self):
+        source = self.engine.sources.get("kafka")
+        if source is not None:
+            return source.cluster()
+        return {"node": None, "mode": None, "group_id": None, "member_id": None, "topics": {}, "partitions": [],
+                "members": None, "partitioner": "murmur2"}
 
     def metrics_text(self):
         eng = self.engine

@@ -22,7 +22,7 @@ from fscore.errors import (CheckpointError, KeyEncodingError, SchemaError, WalEr
 
 from fsapp.engine.errors import (
     AsOfOutsideHorizon, BatchError, EngineUnavailable, OnDemandFunctionError,
-    OutcomeUnknown, RequestDataError, UnknownStreamError, UnsupportedOnlineError,
+    OutcomeUnknown, PartitionOwned, RequestDataError, UnknownStreamError, UnsupportedOnlineError,
 )
 from fsapp.errors import EntityDataFrameError, FeatureNameCollision, SourceError, UnknownFeatureError
 from fsapp.registry.errors import NotFoundError, RegistryError
@@ -87,6 +87,8 @@ _STATUS_OF = [
     (SchemaError, falcon.HTTP_422, "Schema mismatch"),
     (WindowSpecError, falcon.HTTP_422, "Bad window"),
     (RegistryError, falcon.HTTP_422, "Bad definition or reference"),
+    # 409: the request is fine, but in this deployment another path owns that state
+    (PartitionOwned, falcon.HTTP_409, "Owned by Kafka partitions"),
     # 503: the store cannot make writes durable; retrying elsewhere / later is the fix
     (WalError, falcon.HTTP_503, "Store cannot persist"),
     (CheckpointError, falcon.HTTP_503, "Store cannot persist"),

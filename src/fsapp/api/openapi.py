@@ -104,6 +104,15 @@ SCHEMAS = {
                                                      "type": "array", "items": {"type": "string"}}}}},
     "Health": {"type": "object", "properties": {"status": {"type": "string"}, "applied_lsn": {"type": "integer"},
                                                 "checkpoint_lsn": {"type": "integer"}}},
+    "Cluster": {"type": "object", "properties": {
+        "node": {"type": "string", "nullable": True}, "mode": {"type": "string", "nullable": True},
+        "group_id": {"type": "string", "nullable": True}, "member_id": {"type": "string", "nullable": True},
+        "topics": {"type": "object"}, "partitioner": {"type": "string"},
+        "partitions": {"type": "array", "items": {"type": "object", "properties": {
+            "topic": {"type": "string"}, "partition": {"type": "integer"},
+            "state": {"type": "string", "enum": ["recovering", "live"]},
+            "offset": {"type": "integer", "nullable": True}, "lag": {"type": "integer", "nullable": True}}}},
+        "members": {"type": "array", "nullable": True, "items": {"type": "object"}}}},
 }
 
 
@@ -180,6 +189,8 @@ def openapi_document(max_body_bytes: int) -> dict:
         "/materialize-incremental": _post("Feast-compatible materialize up to end_ts", "FeastMaterializeRequest",
                                           "MaterializeResponse", WRITE, more=(503,)),
         "/health": _get("Liveness", "Health", [], errs=()),
+        "/api/v1/cluster": _get("This node's Kafka partitions (recovering / live) and how to route keys",
+                                "Cluster", READ, errs=(401, 403)),
         "/ready": _get("Readiness: the store can persist writes", "Health", [], errs=(503,)),
         "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {
             "description": "text exposition format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},

@@ -416,6 +416,13 @@ class Lineage(_Resource):
         send_json(resp, self.backend.lineage(name))
 
 
+class Cluster(_Resource):
+    scope = "read"
+
+    def on_get(self, req, resp):
+        send_json(resp, self.backend.cluster())
+
+
 # ---- operations (open: probes and scrapers carry no keys)
 
 class Health(_Resource):

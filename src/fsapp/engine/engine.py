@@ -52,7 +52,7 @@ from fscore.wal import Wal, list_segments, read_log
 from fscore.window import WindowView
 
 from fsapp.engine import records
-from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, EngineError, UnknownStreamError
+from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, EngineError, PartitionOwned, UnknownStreamError
 from fsapp.engine.idempotency import MAX_KEY_LENGTH, IdempotencyWindow
 from fsapp.engine.ingest import BatchNormaliser
 from fsapp.engine.online import online_json, online_response
@@ -115,6 +115,7 @@ class _Queued:
     prepared: PreparedPush | None = None
     offsets: dict | None = None
     key: str | None = None
+    tags: np.ndarray | None = None  # Kafka partition per batch row (group mode; not logged, see cluster.py)
     result: PushResult | None = None
     error: BaseException | None = None
     done: bool = False
@@ -163,6 +164,12 @@ class Engine:
         self.sources: dict = {}
         # pushes without source offsets (REST, SDK): Kafka ingestion yields to them (backpressure)
         self.foreground_pushes = 0
+        # Kafka group mode (fsapp.engine.cluster): streams whose keys belong to
+        # Kafka partitions (stream -> why a push without offsets or a
+        # materialize of their views is refused), and the hook told which rows
+        # a tagged push applied to each view: on_applied(runtime, batch, tags)
+        self.partitioned: dict[str, str] = {}
+        self.on_applied = None
         # every accepted event, late ones included, goes to the offline log
         self.offline = OfflineStore(os.path.join(self.data_dir, "offline"))
         self.ckpt_dir = os.path.join(self.data_dir, "checkpoints")
@@ -435,12 +442,15 @@ class Engine:
     # ---- writes: log and commit
 
     def push(self, stream: str, rows, *, now: int | None = None, offsets: dict | None = None,
-             idempotency_key: str | None = None) -> PushResult:
+             idempotency_key: str | None = None, tags: np.ndarray | None = None) -> PushResult:
         """Prepares, logs, then applies a batch; returns once it is durable
         under the fsync policy. A retry with an `idempotency_key` seen before
-        returns the first answer and applies nothing."""
+        returns the first answer and applies nothing. `tags`: an int per row
+        handed to `on_applied` (the Kafka partition of each row)."""
         key = _check_key(idempotency_key)
         if offsets is None:
+            if stream in self.partitioned:
+                raise PartitionOwned(self.partitioned[stream])
             self.foreground_pushes += 1  # GIL-atomic enough for a hint
         if key is not None:
             first = self._answer_for(key)
@@ -461,7 +471,7 @@ class Engine:
             lsn = self.wal.append(REC_PUSH, records.encode_push(stream, now, seq, prepared.table, offsets, key),
                                   wait=False)
             self._next_seq[stream] = seq + n
-            q = _Queued(lsn, REC_PUSH, now, seq, prepared, offsets, key)
+            q = _Queued(lsn, REC_PUSH, now, seq, prepared, offsets, key, tags)
             self.queue.append(q)
             if key is not None:
                 self._inflight[key] = q
@@ -546,8 +556,11 @@ class Engine:
         for key, vb in p.views.items():
             rt = self.runtimes.get(key)
             if rt is not None:
-                rt.apply(vb.take(keep) if nlate else vb, q.now)
+                applied = vb.take(keep) if nlate else vb
+                rt.apply(applied, q.now)
                 self._note_evictions(rt)
+                if q.tags is not None and self.on_applied is not None:
+                    self.on_applied(rt, applied, q.tags)
         if self.max_memory is not None:
             self._bound_memory()
         if p.table.num_rows:
@@ -680,6 +693,9 @@ class Engine:
             plain = []
             for name in names:
                 rt = latest[name]
+                if rt.stream is not None and rt.stream.name in self.partitioned:
+                    skipped[name] = self.partitioned[rt.stream.name]
+                    continue
                 if rt.aggregated and rt.stream is not None:
                     try:
                         written[name] = self._rebuild_from_log(rt, start, end, now)

@@ -32,6 +32,11 @@ class UnsupportedOnlineError(EngineError, ValueError):
     """A definition the online engine cannot run (it stays offline-only)."""
 
 
+class PartitionOwned(EngineError, ValueError):
+    """A write the engine refuses because the stream's keys belong to Kafka
+    partitions (`kafka.assign: group`): it would live on one node only."""
+
+
 class EngineUnavailable(EngineError, ConnectionError):
     """The engine could not be reached (starting, restarting or gone): the
     request was not delivered, so nothing of it happened."""

@@ -34,6 +34,7 @@ from confluent_kafka import (OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer
 
 from fscore.errors import KeyEncodingError
 from fsapp.engine.avro import AvroDecoder, AvroError
+from fsapp.engine.cluster import PartitionKeys, PartitionProgress
 from fsapp.engine.errors import BatchError
 from fsapp.engine.ingest import TIME_MAX_US, TIME_MIN_US, _kind_of, check_time_range, iso_us, timestamps_us
 from fsapp.engine.kafka_config import DeadLetter, DeadLetterFile, DeadLetterTopic, KafkaConfig
@@ -271,9 +272,10 @@ class KafkaIngest:
     """Consumes every stream that has a topic into `engine`, in a thread
     (`start()` / `stop()`), or step by step with `poll_once()`."""
 
-    def __init__(self, engine, config: KafkaConfig, *, dead_letters=None):
+    def __init__(self, engine, config: KafkaConfig, *, dead_letters=None, node: str | None = None):
         self.engine = engine
         self.config = config
+        self.node = node  # host:port this node serves on (GET /api/v1/cluster)
         self.topics: dict[str, str] = {}  # topic -> stream
         for name, s in sorted(engine.streams.items()):
             if s.topic:
@@ -284,6 +286,9 @@ class KafkaIngest:
                     raise RepoError(f"stream {name}: format {s.format!r} is not consumed from Kafka "
                                     "(json or avro; see docs/kafka.md)")
                 self.topics[s.topic] = name
+        self.group = config.assign == "group"
+        if self.group:
+            self._check_keyed_like_topics()
         self.decoders = {t: (AvroStreamDecoder(engine.streams[s], config) if engine.streams[s].format == "avro"
                              else StreamDecoder(engine.streams[s])) for t, s in self.topics.items()}
         self.dead_letters = dead_letters or (DeadLetterFile(config.dead_letter_file) if config.dead_letter_file
@@ -308,7 +313,47 @@ class KafkaIngest:
         self.paused_s = 0.0  # time given back to REST pushes (backpressure)
         self._thread: threading.Thread | None = None
         self._closed = False
+        # group mode (fsapp.engine.cluster): the partition of each key, and recovering/live per partition
+        self.keys = PartitionKeys()
+        self.progress = PartitionProgress()
+        self.partition_counts: dict[str, int] = {}
+        self.dropped_keys = 0
+        self.rebalances = 0
+        self.member_id: str | None = None
+        if self.group:
+            why = ("in kafka.assign: group the keys of stream {s} belong to the partitions of topic {t}, each owned "
+                   "by one node: a write that does not come from the topic would live on this node only. Produce "
+                   "it to {t} instead (see docs/kafka.md, scale-out)")
+            for t, s in self.topics.items():
+                engine.partitioned[s] = why.format(s=s, t=t)
+            engine.on_applied = self.keys.note
         engine.sources["kafka"] = self
+
+    def _check_keyed_like_topics(self) -> None:
+        """Group mode: a view keyed by an entity its topic is not partitioned
+        by would hold partial values on every node. Views of one stream that
+        share no key column cannot all follow the topic's partitioning: refuse.
+        (A single view keyed unlike its topic is found at run time: keys that
+        arrive from two partitions, `PartitionKeys.split`.)"""
+        for topic, stream in sorted(self.topics.items()):
+            views = sorted((rt for rt in self.engine.runtimes.values()
+                            if rt.stream is not None and rt.stream.name == stream), key=lambda rt: rt.name)
+            if len(views) < 2:
+                continue
+            common = set(views[0].key_names)
+            for rt in views[1:]:
+                common &= set(rt.key_names)
+            if not common:
+                keyed = ", ".join(f"{rt.name} by {'+'.join(rt.key_names)}" for rt in views)
+                raise RepoError(f"kafka.assign: group: stream {stream} feeds views keyed by different entities "
+                                f"({keyed}); each node owns the keys of its partitions of topic {topic}, which can "
+                                "follow one of them only, so the others would hold partial values on every node. "
+                                "Feed each entity from a topic keyed by it, set ONLINE = FALSE on the others, or "
+                                "use assign: all (see docs/kafka.md, scale-out)")
+
+    def _views_of(self, topic: str) -> list:
+        stream = self.topics.get(topic)
+        return [rt for rt in self.engine.runtimes.values() if rt.stream is not None and rt.stream.name == stream]
 
     # ---- assignment
 
@@ -320,26 +365,103 @@ class KafkaIngest:
         return [TopicPartition(tp.topic, tp.partition, self._start_offset(tp.topic, tp.partition)) for tp in parts]
 
     def _on_assign(self, consumer, parts) -> None:
-        # the engine's offsets, not the group's committed ones
+        # the engine's offsets, not the group's committed ones: a partition
+        # whose keys this node dropped (revoke) has none, and is replayed
+        # from its start into empty state
         consumer.assign(self._positioned(parts))
         self.assigned = {(tp.topic, tp.partition) for tp in parts}
+        self.rebalances += 1
+        try:
+            self.member_id = consumer.memberid() or None
+        except (KafkaException, RuntimeError):
+            self.member_id = None
+        now = time.monotonic()
+        for tp in parts:
+            self.progress.assign(f"{tp.topic}/{tp.partition}", self._high_watermark(tp), now)
+        self._learn_partition_counts()
         log.info("kafka: assigned %s", sorted(self.assigned))
 
     def _on_revoke(self, consumer, parts) -> None:
-        # another member takes these partitions over from our offsets: make
-        # the state durable in a checkpoint and tell the group where we are
+        # another member may own these partitions next: stop serving their
+        # keys now (never a stale PRESENT), then tell the group where we are
+        self._drop_partitions(parts, "revoked")
         if parts:
-            try:
-                self.engine.checkpoint()
-            except OSError as e:  # a full disk: the WAL holds the state; the group's offsets are still ours
-                log.error("kafka: checkpoint on revoke failed (%s); committing offsets anyway", e)
             self._commit(asynchronous=False)
         consumer.unassign()
         self.assigned = set()
 
     def _on_lost(self, consumer, parts) -> None:
+        # the group gave them to someone else already (our session timed out)
+        self._drop_partitions(parts, "lost")
         consumer.unassign()
         self.assigned = set()
+
+    def _drop_partitions(self, parts, why: str) -> None:
+        """Deletes the keys of these partitions from every view of their
+        topics (table rows and window state) and forgets their offsets, in
+        one hold of the engine lock: they read NOT_FOUND from now on, and a
+        later assignment replays them from the start (exactly once: the
+        state and the offset that produced it go together)."""
+        by_topic: dict[str, set[int]] = {}
+        for tp in parts:
+            if tp.topic in self.topics:
+                by_topic.setdefault(tp.topic, set()).add(tp.partition)
+        if not by_topic:
+            return
+        started = time.monotonic()
+        n = 0
+        with self.engine.lock:
+            for topic, ps in by_topic.items():
+                if {p for t, p in self.assigned if t == topic} <= ps:
+                    # none of the topic's partitions stays (always so with the eager
+                    # protocols): start the views and the stream's lateness afresh
+                    n += self.keys.forget(self._views_of(topic))
+                    self.engine.watermarks.pop(self.topics[topic], None)
+                else:
+                    n += self.keys.drop(self._views_of(topic), ps)
+                for p in ps:
+                    self.engine.offsets.pop(f"{topic}/{p}", None)
+                    self.progress.revoke(f"{topic}/{p}")
+                    self.lag.pop(f"{topic}/{p}", None)
+                    self._committed.pop((topic, p), None)
+        self.dropped_keys += n
+        log.info("kafka: %s %s: dropped %d key(s) in %.1f ms", why,
+                 sorted(f"{t}/{p}" for t, ps in by_topic.items() for p in ps), n, (time.monotonic() - started) * 1e3)
+
+    def _forget_all(self) -> None:
+        """Group mode, at start: the node owns no partition until the group
+        assigns it some, and its recovered state may be older than what
+        another member has served since: drop every key of the consumed
+        streams' views and their topics' offsets (the assignment replays)."""
+        n = 0
+        with self.engine.lock:
+            for topic in self.topics:
+                n += self.keys.forget(self._views_of(topic))
+                self.engine.watermarks.pop(self.topics[topic], None)
+                for key in [k for k in self.engine.offsets if k.rpartition("/")[0] == topic]:
+                    del self.engine.offsets[key]
+        self.dropped_keys += n
+        if n:
+            log.info("kafka: group mode start: dropped %d recovered key(s); assigned partitions are replayed", n)
+
+    def _high_watermark(self, tp) -> int | None:
+        try:
+            _lo, hi = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5,
+                                                          cached=False)
+        except KafkaException as e:  # the first fetch response brings one (PartitionProgress.update)
+            log.debug("kafka: high watermark of %s/%s: %s", tp.topic, tp.partition, e)
+            return None
+        return int(hi) if hi is not None and hi >= 0 else None
+
+    def _learn_partition_counts(self) -> None:
+        try:
+            md = self.consumer.list_topics(timeout=5)
+        except KafkaException:
+            return
+        for topic in self.topics:
+            meta = md.topics.get(topic)
+            if meta is not None and meta.error is None:
+                self.partition_counts[topic] = len(meta.partitions)
 
     def _refresh_assignment(self) -> None:
         """`assign: all`: every partition of every topic, partitions added
@@ -356,10 +478,15 @@ class KafkaIngest:
         if new:
             self.consumer.incremental_assign(self._positioned(new))
             self.assigned |= {(tp.topic, tp.partition) for tp in new}
+            now = time.monotonic()
+            for tp in new:
+                self.progress.assign(f"{tp.topic}/{tp.partition}", self._high_watermark(tp), now)
+                self.partition_counts[tp.topic] = len(md.topics[tp.topic].partitions)
             log.info("kafka: assigned %s", sorted((tp.topic, tp.partition) for tp in new))
 
     def _subscribe(self) -> None:
         if self.config.assign == "group":
+            self._forget_all()
             self.consumer.subscribe(sorted(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                     on_lost=self._on_lost)
         else:
@@ -446,7 +573,22 @@ class KafkaIngest:
         if now >= self._next_lag:
             self._update_lag()
             self._next_lag = now + 1.0
+        self._update_progress()
         return n
+
+    def _update_progress(self) -> None:
+        """recovering → live for partitions caught up (PERF: only the ones not live yet)."""
+        pending = [k for k in self.progress.target if k not in self.progress.live]
+        if not pending:
+            return
+        now = time.monotonic()
+        for key in pending:
+            topic, _, p = key.rpartition("/")
+            try:
+                _lo, hi = self.consumer.get_watermark_offsets(TopicPartition(topic, int(p)), cached=True)
+            except KafkaException:
+                hi = None
+            self.progress.update(key, self.engine.offsets.get(key), hi if hi is not None and hi >= 0 else None, now)
 
     def _ingest(self, topic: str, msgs: list) -> int:
         stream = self.topics[topic]
@@ -460,18 +602,22 @@ class KafkaIngest:
         table, row_msgs, bad = self.decoders[topic].decode(msgs)
         dead = [self._letter(m, stream, kind, reason) for m, kind, reason in bad]
         ingested = 0
+        # group mode: each row's partition goes with it, so a revoke knows its keys
+        tags = None
+        if self.group and table is not None:
+            tags = parts if row_msgs is msgs else np.array([m.partition() for m in row_msgs], dtype=np.int64)
         if table is not None and table.num_rows:
             try:
                 if dead:
                     self._send_dead(dead)
                     dead = []
-                self.engine.push(stream, table, offsets=offsets)
+                self.engine.push(stream, table, offsets=offsets, tags=tags)
                 ingested = table.num_rows
             except ROW_ERRORS:
                 good, refused = self._split_refused(stream, table)
                 self._send_dead(dead + [self._letter(row_msgs[i], stream, "schema", reason) for i, reason in refused])
                 dead = []
-                ingested = self._push_good(stream, table, row_msgs, good, offsets)
+                ingested = self._push_good(stream, table, row_msgs, good, offsets, tags)
         if dead or not ingested:
             self._send_dead(dead)
             self.engine.advance_offsets(offsets)
@@ -508,11 +654,12 @@ class KafkaIngest:
         keep[[i for i, _ in refused]] = False
         return np.flatnonzero(keep), refused
 
-    def _push_good(self, stream: str, table: pa.Table, row_msgs: list, good: np.ndarray, offsets: dict) -> int:
+    def _push_good(self, stream: str, table: pa.Table, row_msgs: list, good: np.ndarray, offsets: dict,
+                   tags: np.ndarray | None = None) -> int:
         if not good.size:
             return 0
         try:
-            self.engine.push(stream, table.take(good), offsets=offsets)
+            self.engine.push(stream, table.take(good), offsets=offsets, tags=None if tags is None else tags[good])
         except ROW_ERRORS:
             # rows valid one by one can still clash as a batch (a column's JSON
             # types mixing): push them one at a time, in order
@@ -520,7 +667,8 @@ class KafkaIngest:
                 m = row_msgs[i]
                 last = j == good.size - 1
                 self.engine.push(stream, table.slice(i, 1), offsets=offsets if last else
-                                 {f"{m.topic()}/{m.partition()}": m.offset() + 1})
+                                 {f"{m.topic()}/{m.partition()}": m.offset() + 1},
+                                 tags=None if tags is None else tags[i:i + 1])
         return int(good.size)
 
     def _letter(self, m, stream: str, kind: str, reason: str) -> DeadLetter:
@@ -578,13 +726,45 @@ class KafkaIngest:
                 "dead_lettered_by_kind": {f"{t}:{k}": n for (t, k), n in self.dead_by_kind.items()},
                 "lag": dict(self.lag), "assigned": sorted(f"{t}/{p}" for t, p in self.assigned),
                 "errors": self.errors, "last_error": self.last_error, "paused_s": round(self.paused_s, 3),
-                "running": self._thread is not None and self._thread.is_alive()}
+                "running": self._thread is not None and self._thread.is_alive(),
+                "recovering": sorted(k for k in self.progress.target if k not in self.progress.live),
+                "dropped_keys": self.dropped_keys, "rebalances": self.rebalances,
+                "split_views": dict(self.keys.split)}
+
+    def cluster(self) -> dict:
+        """This node's share of the topics (GET /api/v1/cluster). Reads only
+        what the ingest thread keeps: the consumer is not called from other
+        threads (a call beside its poll() can deadlock)."""
+        partitions = []
+        for topic, p in sorted(self.assigned):
+            key = f"{topic}/{p}"
+            partitions.append({"topic": topic, "partition": p, "state": self.progress.state(key),
+                               "offset": self.engine.offsets.get(key), "lag": self.lag.get(key),
+                               "recovered_s": (round(self.progress.recovered_s[key], 3)
+                                               if key in self.progress.recovered_s else None)})
+        return {"node": self.node, "mode": self.config.assign,
+                "group_id": self.config.group_id if self.group else None, "member_id": self.member_id,
+                "topics": {t: {"stream": s, "partitions": self.partition_counts.get(t)}
+                           for t, s in sorted(self.topics.items())},
+                "partitions": partitions,
+                # the assignment of the other members is not published by Kafka's consumer API (and the
+                # broker's DescribeGroups may not answer): ask each node, or route by the partitioner
+                "members": None, "partitioner": "murmur2",
+                "split_views": dict(self.keys.split)}
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why not): the ingest thread is alive, and the lag is within
         `ready_max_lag` when that is set."""
         if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
             return False, f"Kafka ingestion stopped ({self.last_error or 'the thread exited'}); restart the server"
+        recovering = sorted(k for k in self.progress.target if k not in self.progress.live)
+        if self.group and recovering:
+            return False, (f"rebuilding Kafka partition(s) {', '.join(recovering[:5])}: their keys' values are not "
+                           "caught up yet (GET /api/v1/cluster shows the state of each partition)")
+        if self.keys.split:
+            views = ", ".join(sorted(self.keys.split))
+            return False, (f"feature view(s) {views} get events for one key from several partitions: in "
+                           "kafka.assign: group each node holds partial values of them (see docs/kafka.md, scale-out)")
         limit = self.config.ready_max_lag
         total = sum(self.lag.values())
         if limit is not None and total > limit:

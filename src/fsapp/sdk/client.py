@@ -283,3 +283,7 @@ class Client(RegistryListing):
 
     def health(self) -> dict:
         return self._json("GET", "/health")
+
+    def cluster(self) -> dict:
+        """This node's Kafka partitions and their state (GET /api/v1/cluster)."""
+        return self._json("GET", "/api/v1/cluster")

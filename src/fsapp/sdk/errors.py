@@ -15,7 +15,7 @@ from fscore.errors import (CheckpointError, FStoreError, KeyEncodingError, Schem
                            WindowStateError)
 
 from fsapp.engine.errors import (
-    BatchError, OnDemandFunctionError, RequestDataError, UnknownStreamError, UnsupportedOnlineError,
+    BatchError, OnDemandFunctionError, PartitionOwned, RequestDataError, UnknownStreamError, UnsupportedOnlineError,
 )
 from fsapp.errors import EntityDataFrameError, FeatureNameCollision, SourceError, UnknownFeatureError
 from fsapp.registry.errors import NotFoundError, RegistryError
@@ -66,6 +66,7 @@ TITLE_TO_CLASS: dict[str, type[Exception]] = {
     "Store state unusable": WindowStateError,
     "Engine unavailable": ServiceUnavailable,
     "Outcome unknown": ServiceUnavailable,
+    "Owned by Kafka partitions": PartitionOwned,
 }
 # added with the engine's as_of horizon check (the map must follow fsapp.api.errors)
 _as_of = getattr(__import__("fsapp.engine.errors", fromlist=["x"]), "AsOfOutsideHorizon", None)
@@ -75,7 +76,7 @@ if _as_of is not None:
 _ = CheckpointError
 
 _BY_STATUS: dict[int, type[ClientError]] = {400: RequestError, 401: AuthError, 403: AuthError, 404: RequestError,
-                                            406: RequestError, 413: RequestError, 415: RequestError,
+                                            406: RequestError, 409: RequestError, 413: RequestError, 415: RequestError,
                                             422: RequestError, 503: ServiceUnavailable}
 
 

@@ -29,7 +29,7 @@ class EngineService:
 
     # Backend methods a worker forwards (fsapp.api.backend.Backend): the
     # engine side of everything a worker cannot do from shared memory.
-    FORWARDED = ("online", "push", "historical", "materialize", "health", "ready", "metrics_text")
+    FORWARDED = ("online", "push", "historical", "materialize", "health", "ready", "metrics_text", "cluster")
 
     def __init__(self, engine: Engine):
         from fsapp.api.backend import EngineBackend
@@ -107,7 +107,7 @@ EXIT_REFUSED = 3  # the engine cannot start on this repo as it is (damaged data,
 
 def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int = DEFAULT_CAPACITY,
         max_keys: int | None = None, max_memory: int | None = None,
-        tick_s: float = 0.2, checkpoint_s: float = 60.0) -> int:
+        tick_s: float = 0.2, checkpoint_s: float = 60.0, node: str | None = None) -> int:
     from fsapp.registry.repo import Repo
 
     from fscore.errors import WalCorruption
@@ -122,11 +122,18 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
         # no restart can fix these: say so, and let the supervisor stop
         print(f"engine: refusing to start: {e}", file=sys.stderr, flush=True)
         return EXIT_REFUSED
-    server = make_server(EngineService(engine), socket_path)
     ingest = None
     if kafka_config is not None:
         from fsapp.engine.kafka import KafkaIngest
-        ingest = KafkaIngest(engine, kafka_config).start()
+        try:
+            ingest = KafkaIngest(engine, kafka_config, node=node)
+        except RegistryError as e:  # e.g. views group mode cannot partition: fix the repo first
+            print(f"engine: refusing to start: {e}", file=sys.stderr, flush=True)
+            engine.close()
+            return EXIT_REFUSED
+    server = make_server(EngineService(engine), socket_path)
+    if ingest is not None:
+        ingest.start()
     stop = threading.Event()
 
     def on_term(signum, frame):
@@ -198,9 +205,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-keys", type=int, default=None)
     ap.add_argument("--max-memory", type=int, default=None, help="bytes")
     ap.add_argument("--checkpoint-seconds", type=float, default=60.0)
+    ap.add_argument("--node", default=None, help="host:port this node serves HTTP on (GET /api/v1/cluster)")
     a = ap.parse_args(argv)
     return run(a.repo, a.socket, fsync=a.fsync, capacity=a.capacity, max_keys=a.max_keys,
-               max_memory=a.max_memory, checkpoint_s=a.checkpoint_seconds)
+               max_memory=a.max_memory, checkpoint_s=a.checkpoint_seconds, node=a.node)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,8 @@ class Service:
         exits first: the caller retries with a backoff)."""
         self.engine = subprocess.Popen(
             [sys.executable, "-m", "fsapp.serve.engine_server", "--repo", str(self.repo.root),
-             "--socket", self.socket, "--fsync", self.fsync, "--checkpoint-seconds", str(self.checkpoint_s)]
+             "--socket", self.socket, "--fsync", self.fsync, "--checkpoint-seconds", str(self.checkpoint_s),
+             "--node", f"{self.host}:{self.port}"]
             + (["--capacity", str(self.capacity)] if self.capacity else [])
             + (["--max-keys", str(self.max_keys)] if self.max_keys else [])
             + (["--max-memory", str(self.max_memory)] if self.max_memory else []))

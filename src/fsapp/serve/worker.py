@@ -86,3 +86,7 @@ class WorkerBackend:
     def metrics_text(self):
         result, _ = self._forward("metrics_text")
         return result
+
+    def cluster(self):
+        result, _ = self._forward("cluster")
+        return result

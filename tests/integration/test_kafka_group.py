@@ -1,0 +1,291 @@
+"""Scale-out on Kafka (`kafka.assign: group`) against a real broker (tansu),
+engines in this process: a revoke drops the revoked partitions' keys at once
+(never a stale PRESENT), an assignment replays them exactly once, writes
+that would live on one node only are refused, and views that cannot follow
+the topic's partitioning are refused or flagged."""
+import json
+import threading
+import time
+
+import pytest
+
+from fsapp.engine import Engine
+from fsapp.engine.cluster import partition_for
+from fsapp.engine.errors import PartitionOwned
+from fsapp.engine.kafka import KafkaIngest
+from fsapp.engine.kafka_config import KafkaConfig
+from fsapp.registry.errors import RepoError
+from fsapp.registry.repo import Repo
+
+DEFS = """
+CREATE ENTITY account (account_id BIGINT);
+CREATE STREAM payments (account_id BIGINT, merchant_id BIGINT, amount DOUBLE, ts TIMESTAMP)
+    WITH (topic = '{topic}', timestamp = 'ts', allowed_lateness = '1d');
+CREATE FEATURE VIEW account_totals AS
+SELECT account_id, count(*) OVER lifetime() AS n_payments FROM payments;
+"""
+BY_MERCHANT = """
+CREATE ENTITY merchant (merchant_id BIGINT);
+CREATE FEATURE VIEW merchant_totals AS
+SELECT merchant_id, count(*) OVER lifetime() AS n_payments FROM payments;
+"""
+KEYS = 12
+
+
+def make_repo(tmp_path, name, topic, bootstrap, group, defs=DEFS):
+    root = tmp_path / name
+    root.mkdir()
+    (root / "fstore.yaml").write_text(
+        f"project: grouptest\nkafka:\n  bootstrap_servers: {bootstrap}\n  assign: group\n  group_id: {group}\n"
+        "  batch_size: 200\n  poll_timeout_ms: 50\n  session.timeout.ms: 6000\n  heartbeat.interval.ms: 500\n"
+        "  dead_letter_file: data/dead.jsonl\n")
+    (root / "defs.sql").write_text(defs.format(topic=topic))
+    repo = Repo(root)
+    repo.apply()
+    return repo
+
+
+def open_engine(repo):
+    return Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
+
+
+def produce(broker, topic, partitions, n, start=0):
+    """n keyed events (key = the account id's text, Kafka's murmur2 partitioner); returns the
+    count per account."""
+    p = broker.producer(partitioner="murmur2_random")
+    t = time.time_ns() // 1000 - 60_000_000
+    counts = {}
+    seen = []
+
+    def delivered(err, msg):
+        assert err is None, err
+        seen.append((int(msg.key()), msg.partition()))
+
+    for i in range(start, start + n):
+        a = i % KEYS
+        p.produce(topic, json.dumps({"account_id": a, "merchant_id": i % 5, "amount": 1.0, "ts": t + i}).encode(),
+                  key=str(a).encode(), on_delivery=delivered)
+        counts[a] = counts.get(a, 0) + 1
+    p.flush(10)
+    # librdkafka's murmur2_random is the Java client's partitioner, and so is ours
+    assert all(partition_for(a, partitions) == part for a, part in seen)
+    return counts
+
+
+def counts_of(engine, accounts):
+    out = engine.get_online_features(["account_totals:n_payments"], entities={"account_id": accounts})
+    return dict(zip(accounts, out["results"][1]["values"])), dict(zip(accounts, out["results"][1]["statuses"]))
+
+
+def wait(cond, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, what()
+        time.sleep(0.05)
+
+
+def test_a_revoked_partition_never_reads_present_and_a_reassigned_one_counts_once(kafka_broker, tmp_path):
+    topic, parts = "payments-group-revoke", 2
+    kafka_broker.create_topic(topic, partitions=parts)
+    expected = produce(kafka_broker, topic, parts, 240)
+    owner_of = {a: partition_for(a, parts) for a in range(KEYS)}
+    repo_a = make_repo(tmp_path, "a", topic, kafka_broker.bootstrap, "g-revoke")
+    repo_b = make_repo(tmp_path, "b", topic, kafka_broker.bootstrap, "g-revoke")
+    a = open_engine(repo_a)
+    ingest_a = KafkaIngest(a, KafkaConfig.from_repo(repo_a)).start()
+    b = ingest_b = None
+    try:
+        wait(lambda: ingest_a.cluster()["partitions"] and all(
+             p["state"] == "live" for p in ingest_a.cluster()["partitions"]) and len(ingest_a.assigned) == parts,
+             60, lambda: f"A did not own and catch up: {ingest_a.cluster()}")
+        assert counts_of(a, list(range(KEYS)))[0] == expected
+
+        # a second member joins: A must stop serving whatever it gives away, at
+        # once; poll A all along the rebalance
+        stale = []
+        stop = threading.Event()
+
+        def poll_a():
+            # a key PRESENT on A while its partition is not A's (before and after the read)
+            while not stop.is_set():
+                before = {p for _, p in set(ingest_a.assigned)}
+                values, statuses = counts_of(a, list(range(KEYS)))
+                owned = before | {p for _, p in set(ingest_a.assigned)}
+                stale.extend((k, values[k], owned) for k in range(KEYS)
+                             if statuses[k] == "PRESENT" and owner_of[k] not in owned)
+                time.sleep(0.002)
+
+        watcher = threading.Thread(target=poll_a)
+        watcher.start()
+        b = open_engine(repo_b)
+        ingest_b = KafkaIngest(b, KafkaConfig.from_repo(repo_b)).start()
+        wait(lambda: len(ingest_a.assigned) == 1 and len(ingest_b.assigned) == 1
+             and all(p["state"] == "live" for n in (ingest_a, ingest_b) for p in n.cluster()["partitions"]),
+             60, lambda: f"no 1+1 split: A {ingest_a.cluster()} B {ingest_b.cluster()}")
+        # events produced meanwhile reach the owner only
+        more = produce(kafka_broker, topic, parts, 120, start=240)
+        for k, n in more.items():
+            expected[k] += n
+
+        def served_by_owners_only():
+            # the current owners (tansu may rebalance once more): exact there, NOT_FOUND elsewhere
+            for engine, ingest in ((a, ingest_a), (b, ingest_b)):
+                mine = {p for _, p in set(ingest.assigned)}
+                values, statuses = counts_of(engine, list(range(KEYS)))
+                for k in range(KEYS):
+                    want = (expected[k], "PRESENT") if owner_of[k] in mine else (0, "NOT_FOUND")
+                    if (values[k], statuses[k]) != want:
+                        return False
+            return True
+
+        wait(served_by_owners_only, 40, lambda: f"not served by the owners: A {ingest_a.cluster()} "
+             f"{counts_of(a, list(range(KEYS)))} B {ingest_b.cluster()} {counts_of(b, list(range(KEYS)))}")
+        stop.set()
+        watcher.join()
+        assert not stale, stale[:5]
+        assert ingest_a.stats()["dropped_keys"] > 0
+    finally:
+        for ingest, engine in ((ingest_a, a), (ingest_b, b)):
+            if ingest is not None:
+                ingest.stop()
+            if engine is not None:
+                engine.close()
+
+
+def test_writes_that_would_live_on_one_node_are_refused(kafka_broker, tmp_path):
+    topic = "payments-group-refuse"
+    kafka_broker.create_topic(topic, partitions=2)
+    repo = make_repo(tmp_path, "n", topic, kafka_broker.bootstrap, "g-refuse")
+    engine = open_engine(repo)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    try:
+        with pytest.raises(PartitionOwned, match="Produce it to payments-group-refuse"):
+            engine.push("payments", [{"account_id": 1, "merchant_id": 1, "amount": 1.0, "ts": 1}])
+        out = engine.materialize(0, 10, now=time.time_ns() // 1000)
+        assert "account_totals" in out["skipped"] and out["views"] == {}
+    finally:
+        ingest.stop()
+        engine.close()
+
+
+def test_views_keyed_by_entities_the_topic_cannot_both_follow_are_refused(tmp_path):
+    repo = make_repo(tmp_path, "n", "t", "127.0.0.1:1", "g-keys", DEFS + BY_MERCHANT)
+    engine = open_engine(repo)
+    try:
+        with pytest.raises(RepoError, match="account_totals by account_id, merchant_totals by merchant_id"):
+            KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    finally:
+        engine.close()
+
+
+def test_a_view_keyed_unlike_its_topic_is_found_and_the_node_is_not_ready(kafka_broker, tmp_path):
+    topic = "payments-group-split"
+    kafka_broker.create_topic(topic, partitions=2)
+    defs = DEFS.replace("CREATE FEATURE VIEW account_totals AS\nSELECT account_id,", "") \
+        .replace("count(*) OVER lifetime() AS n_payments FROM payments;\n", "") + BY_MERCHANT
+    repo = make_repo(tmp_path, "n", topic, kafka_broker.bootstrap, "g-split", defs)
+    produce(kafka_broker, topic, 2, 100)  # keyed by account: a merchant's events are on both partitions
+    engine = open_engine(repo)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo)).start()
+    try:
+        wait(lambda: ingest.keys.split, 30, lambda: f"no split found: {ingest.stats()}")
+        ok, why = ingest.readiness()
+        assert not ok and "merchant_totals" in why and "partial values" in why
+        assert ingest.cluster()["split_views"]["merchant_totals"] > 0
+    finally:
+        ingest.stop()
+        engine.close()
+
+
+def test_a_replayed_partition_is_not_judged_late_against_the_state_it_replaced(kafka_broker, tmp_path):
+    """Lateness watermarks are per stream (engine) and per view (window
+    state): kept over a rebalance, the replay of a partition's old events was
+    judged late against the newer events seen before, and dropped."""
+    topic, parts = "payments-group-late", 2
+    kafka_broker.create_topic(topic, partitions=parts)
+    defs = DEFS.replace("allowed_lateness = '1d'", "allowed_lateness = '1m'")
+    repo_a = make_repo(tmp_path, "a", topic, kafka_broker.bootstrap, "g-late", defs)
+    repo_b = make_repo(tmp_path, "b", topic, kafka_broker.bootstrap, "g-late", defs)
+    p = kafka_broker.producer(partitioner="murmur2_random")
+    now = time.time_ns() // 1000
+    expected = {}
+
+    def send(t0, n):
+        for i in range(n):
+            a = i % KEYS
+            p.produce(topic, json.dumps({"account_id": a, "merchant_id": 0, "amount": 1.0,
+                                         "ts": t0 + i * 10_000}).encode(), key=str(a).encode())
+            expected[a] = expected.get(a, 0) + 1
+        p.flush(10)
+
+    send(now - 7_200_000_000, 200)  # two hours ago, over 2 s
+    a = open_engine(repo_a)
+    ingest_a = KafkaIngest(a, KafkaConfig.from_repo(repo_a)).start()
+    b = ingest_b = None
+    try:
+        wait(lambda: sum(ingest_a.counts["consumed"].values()) == 200, 30, lambda: f"A: {ingest_a.stats()}")
+        send(now - 10_000_000, 200)  # now: the watermark moves two hours on
+        wait(lambda: counts_of(a, list(range(KEYS)))[0] == expected, 20, lambda: "A did not catch up")
+        b = open_engine(repo_b)
+        ingest_b = KafkaIngest(b, KafkaConfig.from_repo(repo_b)).start()
+        wait(lambda: len(ingest_a.assigned) == 1 and len(ingest_b.assigned) == 1
+             and all(p["state"] == "live" for n in (ingest_a, ingest_b) for p in n.cluster()["partitions"]),
+             60, lambda: f"no 1+1 split: A {ingest_a.cluster()} B {ingest_b.cluster()}")
+        for engine, ingest in ((a, ingest_a), (b, ingest_b)):
+            mine = [k for k in range(KEYS) if (topic, partition_for(k, parts)) in ingest.assigned]
+            assert mine and counts_of(engine, mine)[0] == {k: expected[k] for k in mine}
+        assert a.late_total == 0 and sum(rt.window_dropped for rt in a.runtimes.values()) == 0
+    finally:
+        for ingest, engine in ((ingest_a, a), (ingest_b, b)):
+            if ingest is not None:
+                ingest.stop()
+            if engine is not None:
+                engine.close()
+
+
+def test_dropping_one_partition_deletes_exactly_its_keys_and_their_window_state(tmp_path):
+    """The partial revoke (a cooperative rebalance): no broker needed, the
+    engine's tagged pushes as the ingest makes them."""
+    import numpy as np
+
+    from fsapp.engine.cluster import PartitionKeys
+
+    repo = make_repo(tmp_path, "n", "t", "127.0.0.1:1", "g-drop")
+    engine = open_engine(repo)
+    keys = PartitionKeys()
+    engine.on_applied = keys.note
+    try:
+        t = time.time_ns() // 1000 - 60_000_000
+        rows = [{"account_id": a, "merchant_id": 0, "amount": 1.0, "ts": t + i} for i, a in enumerate([1, 2, 3, 1, 2])]
+        engine.push("payments", rows, offsets={"t/0": 3, "t/1": 2}, tags=np.array([0, 1, 0, 0, 1]))
+        assert counts_of(engine, [1, 2, 3])[0] == {1: 2, 2: 2, 3: 1}
+        with engine.lock:
+            assert keys.drop(list(engine.runtimes.values()), {1}) == 1
+        values, statuses = counts_of(engine, [1, 2, 3])
+        assert statuses == {1: "PRESENT", 2: "NOT_FOUND", 3: "PRESENT"} and values[1] == 2
+        # the key comes back (its partition replayed): it counts from nothing
+        engine.push("payments", rows[1:2], offsets={"t/1": 1}, tags=np.array([1]))
+        assert counts_of(engine, [1, 2, 3])[0] == {1: 2, 2: 1, 3: 1}
+        assert not keys.split
+    finally:
+        engine.close()
+
+
+def test_a_row_reused_after_a_max_keys_eviction_is_not_taken_for_a_split_view(tmp_path):
+    import numpy as np
+
+    from fsapp.engine.cluster import PartitionKeys
+
+    repo = make_repo(tmp_path, "n", "t", "127.0.0.1:1", "g-evict")
+    engine = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", max_keys=4, capacity=4)
+    keys = PartitionKeys()
+    engine.on_applied = keys.note
+    try:
+        t = time.time_ns() // 1000 - 60_000_000
+        for i in range(40):  # each key once, alternating partitions: rows are evicted and reused
+            engine.push("payments", [{"account_id": i, "merchant_id": 0, "amount": 1.0, "ts": t + i}],
+                        offsets={f"t/{i % 2}": i}, tags=np.array([i % 2]))
+        assert engine.runtimes[("account_totals", 1)].table.stats()["evicted_capacity"] > 0
+        assert not keys.split
+    finally:
+        engine.close()

@@ -1,0 +1,239 @@
+"""Scale-out on Kafka for real: two `fstore serve` nodes in one consumer
+group on a 4-partition topic (tansu). Each serves the keys of its
+partitions; kill -9 of one node (its whole process group, as a machine
+crash) → the other takes its partitions over, replays them and serves exact
+lifetime counts for every key; the killed node comes back → after the
+rebalance each key is served by its owner only, exactly, and no node served
+a key of a partition it did not own as PRESENT at any moment in between.
+The `Router` finds each key's owner through GET /api/v1/cluster."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from fsapp.engine.cluster import partition_for
+from fsapp.registry.repo import Repo
+from fsapp.sdk.routing import NoOwner, Router
+
+DEFS = """
+CREATE ENTITY account (account_id BIGINT);
+CREATE STREAM payments (account_id BIGINT, amount DOUBLE, ts TIMESTAMP)
+    WITH (topic = '{topic}', timestamp = 'ts', allowed_lateness = '1d');
+CREATE FEATURE VIEW account_totals AS
+SELECT account_id, count(*) OVER lifetime() AS n_payments FROM payments;
+"""
+TOPIC, PARTS, KEYS = "payments-scaleout", 4, 24
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    """One `fstore serve` (supervisor, engine, one gunicorn worker) in its own
+    process group, so that kill -9 takes the whole node down at once."""
+
+    def __init__(self, tmp_path, name, bootstrap):
+        self.root = tmp_path / name
+        self.root.mkdir()
+        (self.root / "fstore.yaml").write_text(
+            f"project: scaleout\nregistry: data/registry.db\ndata_dir: data\nkafka:\n  bootstrap_servers: "
+            f"{bootstrap}\n  assign: group\n  group_id: g-scaleout\n  batch_size: 500\n  poll_timeout_ms: 50\n"
+            "  session.timeout.ms: 6000\n  heartbeat.interval.ms: 500\n  fetch.wait.max.ms: 10\n"
+            "  dead_letter_file: data/dead.jsonl\n")
+        (self.root / "defs.sql").write_text(DEFS.format(topic=TOPIC))
+        Repo(self.root).apply()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(tmp_path / f"{name}.log", "a+")
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([sys.executable, "-m", "fsapp.cli", "serve", "--repo", str(self.root),
+                                      "--port", str(self.port), "--workers", "1", "--fsync", "never",
+                                      "--grpc-port", "0"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_up(self):
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=2).read()
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                assert self.proc.poll() is None, self.text()
+                time.sleep(0.1)
+        raise AssertionError(f"{self.url} did not answer /health: {self.text()}")
+
+    def kill9(self):
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+    def text(self):
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+    def cluster(self):
+        with urllib.request.urlopen(self.url + "/api/v1/cluster", timeout=5) as r:
+            return json.loads(r.read())
+
+    def owned(self):
+        """Partitions this node says it owns; empty when it does not answer."""
+        try:
+            return {p["partition"] for p in self.cluster()["partitions"]}
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return set()
+
+    def counts(self, keys):
+        body = json.dumps({"features": ["account_totals:n_payments"], "entities": {"account_id": keys}}).encode()
+        req = urllib.request.Request(self.url + "/api/v1/features/online", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            doc = json.loads(r.read())
+        return dict(zip(keys, zip(doc["results"][1]["values"], doc["results"][1]["statuses"])))
+
+
+def produce(broker, n, start, expected):
+    p = broker.producer(partitioner="murmur2_random")
+    t = time.time_ns() // 1000 - 600_000_000
+    for i in range(start, start + n):
+        a = (i * 7) % KEYS
+        p.produce(TOPIC, json.dumps({"account_id": a, "amount": 1.0, "ts": t + i}).encode(), key=str(a).encode())
+        expected[a] = expected.get(a, 0) + 1
+        if i % 1000 == 0:
+            p.poll(0)
+    p.flush(30)
+
+
+class StaleWatch:
+    """Polls every node for every key while the group changes: a key read
+    PRESENT from a node that did not own its partition (before nor after the
+    read) is stale; a count above the truth is a double count."""
+
+    def __init__(self, nodes, expected):
+        self.nodes, self.expected = nodes, expected
+        self.bad, self.reads = [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        keys = list(range(KEYS))
+        while not self._stop.is_set():
+            for node in self.nodes:
+                if node.proc.poll() is not None:
+                    continue
+                before = node.owned()
+                try:
+                    got = node.counts(keys)
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    continue
+                owned = before | node.owned()
+                self.reads += 1
+                for k, (value, status) in got.items():
+                    if status == "PRESENT" and (partition_for(k, PARTS) not in owned or value > self.expected[k]):
+                        self.bad.append((node.url, k, value, self.expected[k], sorted(owned)))
+            time.sleep(0.01)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(10)
+        return self.bad
+
+
+def wait_for(cond, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if cond():
+                return
+        except (urllib.error.URLError, ConnectionError, OSError, NoOwner):
+            pass
+        assert time.monotonic() < deadline, what()
+        time.sleep(0.1)
+
+
+def all_live(nodes, want):
+    """Each node owns want[i] partitions, together all of them, all live."""
+    docs = [n.cluster() for n in nodes]
+    parts = [p for d in docs for p in d["partitions"]]
+    return (sorted(len(d["partitions"]) for d in docs) == sorted(want)
+            and sorted(p["partition"] for p in parts) == list(range(PARTS))
+            and all(p["state"] == "live" for p in parts))
+
+
+def assert_served_by_owners(nodes, expected):
+    router = Router([n.url for n in nodes])
+    assert router.partitions == PARTS
+    for node in nodes:
+        got = node.counts(list(range(KEYS)))
+        for k in range(KEYS):
+            if router.owner(k) == node.url:
+                assert got[k] == (expected[k], "PRESENT"), (node.url, k, got[k], expected[k])
+            else:
+                assert got[k][1] == "NOT_FOUND", (node.url, k, got[k])
+    router.close()
+
+
+def test_two_nodes_one_killed_and_restarted_serve_exact_counts_and_never_stale(kafka_broker, tmp_path):
+    kafka_broker.create_topic(TOPIC, partitions=PARTS)
+    expected = {}
+    produce(kafka_broker, 4000, 0, expected)
+    a, b = Node(tmp_path, "a", kafka_broker.bootstrap), Node(tmp_path, "b", kafka_broker.bootstrap)
+    watch = None
+    try:
+        a.start(), b.start()
+        a.wait_up(), b.wait_up()
+        wait_for(lambda: all_live([a, b], [2, 2]), 60, lambda: f"no 2+2 group: {a.text()}\n{b.text()}")
+        assert_served_by_owners([a, b], expected)
+        assert a.cluster()["group_id"] == "g-scaleout" and a.cluster()["node"] == f"127.0.0.1:{a.port}"
+
+        # kill -9 node a: b owns its partitions after the session timeout and rebuilds them
+        watch = StaleWatch([a, b], expected)
+        killed = time.monotonic()
+        a.kill9()
+        wait_for(lambda: all_live([b], [4]), 60, lambda: f"b did not take over: {b.cluster()}\n{b.text()}")
+        takeover_s = time.monotonic() - killed
+        got = b.counts(list(range(KEYS)))
+        assert got == {k: (expected[k], "PRESENT") for k in range(KEYS)}
+
+        # a comes back (its old state on disk): after the rebalance each key has one owner, exact
+        produce(kafka_broker, 1200, 4000, expected)
+        restarted = time.monotonic()
+        a.start()
+        a.wait_up()
+        up_s = time.monotonic() - restarted
+        wait_for(lambda: all_live([a, b], [2, 2]), 60, lambda: f"no 2+2 group again: {a.text()}\n{b.text()}")
+        rejoin_s = time.monotonic() - restarted
+        wait_for(lambda: all(v == (expected[k], "PRESENT") for n in (a, b)
+                             for k, v in n.counts(list(range(KEYS))).items() if partition_for(k, PARTS) in n.owned()),
+                 20, lambda: "owners did not catch up")
+        bad = watch.stop()
+        assert watch.reads > 20 and not bad, bad[:5]
+        assert_served_by_owners([a, b], expected)
+        print(f"takeover after kill -9: {takeover_s:.1f} s (session.timeout.ms 6000); restarted node up in "
+              f"{up_s:.1f} s, 2+2 live {rejoin_s:.1f} s after its start; {watch.reads} polls, none stale")
+    finally:
+        if watch is not None:
+            watch.stop()
+        a.stop()
+        b.stop()
