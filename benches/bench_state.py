@@ -242,13 +242,21 @@ def many_keys(n_keys: int, slice_events: int = 1_000_000) -> dict:
                "rss_per_key": (rss_bytes() - rss0) / n_keys, "rss_gb": rss_bytes() / 1e9,
                "load_s": time.perf_counter() - t0}
         t1 = time.perf_counter()
+        eng.checkpoint_mode = "fork"  # fstore serve's: a copy-on-write child encodes while the engine goes on
         eng.checkpoint()
         out["checkpoint_s"] = time.perf_counter() - t1
+        out["checkpoint_bytes"] = max(os.path.getsize(os.path.join(eng.ckpt_dir, f)) for f in os.listdir(eng.ckpt_dir))
+        out["rss_after_checkpoint_gb"] = rss_bytes() / 1e9
         eng.close()
+        del eng  # a restart is a new process: the old state is gone first
+        import gc
+        gc.collect()
+        rss1 = rss_bytes()
         t1 = time.perf_counter()
         again = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never",
                        repo_root=str(repo.root))
         out["restart_s"] = time.perf_counter() - t1
+        out["restart_rss_gb"] = (rss_bytes() - rss1) / 1e9
         again.close()
         return out
     finally:
