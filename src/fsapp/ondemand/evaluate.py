@@ -62,13 +62,6 @@ def column(values, typ: str, what: str | None = None) -> tuple[np.ndarray, np.nd
             from None
 
 
-def to_list(values: np.ndarray, mask: np.ndarray, typ: str) -> list:
-    """JSON-ready values: None where null."""
-    kind = value_kind(typ)
-    conv = {"int": int, "float": float, "bool": bool, "str": str}[kind]
-    return [None if m else conv(v) for v, m in zip(values.tolist(), mask.tolist())]
-
-
 def finish(values: np.ndarray, mask: np.ndarray, typ: str) -> tuple[np.ndarray, np.ndarray]:
     """A computed column as served: its type's dtype; a non-finite DOUBLE is null."""
     kind = value_kind(typ)
@@ -145,10 +138,6 @@ class Evaluator:
         return out
 
 
-def evaluator_for(info) -> Evaluator:
-    return Evaluator(info)
-
-
 def call_function(fn, view: str, cols: dict, in_types: list, outputs: list, n: int) -> dict:
     """Runs a Python on-demand function over a pandas DataFrame of the input
     columns (request columns, then input features by their bare names;
@@ -173,11 +162,11 @@ def call_function(fn, view: str, cols: dict, in_types: list, outputs: list, n: i
     try:
         result = fn(df)
     except Exception as e:  # noqa: BLE001 - the definition's own error, said as such
-        raise OnDemandFailed(f"on-demand view {view}: its function raised {type(e).__name__}: {e}") from e
+        raise OnDemandFunctionError(f"on-demand view {view}: its function raised {type(e).__name__}: {e}") from e
     out = {}
     for name, typ in outputs:
         if not hasattr(result, "columns") or name not in result.columns or len(result) != n:
-            raise OnDemandFailed(f"on-demand view {view}: its function must return a DataFrame of {n} row(s) "
+            raise OnDemandFunctionError(f"on-demand view {view}: its function must return a DataFrame of {n} row(s) "
                                  f"with column {name!r}")
         s = result[name]
         mask = s.isna().to_numpy(dtype=bool)
@@ -190,14 +179,10 @@ def call_function(fn, view: str, cols: dict, in_types: list, outputs: list, n: i
                 vals = s.astype(dtype).fillna(0 if kind != "bool" else False).to_numpy(
                     dtype={"int": np.int64, "float": np.float64, "bool": bool}[kind])
         except (TypeError, ValueError) as e:
-            raise OnDemandFailed(f"on-demand view {view}: output {name!r} is declared {typ} but holds values "
+            raise OnDemandFunctionError(f"on-demand view {view}: output {name!r} is declared {typ} but holds values "
                                  f"that are not ({e})") from None
         out[name] = finish(vals, mask, typ)
     return out
 
 
-OnDemandFailed = OnDemandFunctionError
-
-
-__all__ = ["Evaluator", "evaluator_for", "column", "to_list", "finish", "served_sql", "call_function",
-           "value_kind", "OnDemandFailed", "math"]
+__all__ = ["Evaluator", "column", "finish", "served_sql", "call_function", "value_kind"]

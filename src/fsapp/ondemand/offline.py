@@ -113,7 +113,7 @@ def _python_features(cur, sql, python, columns, hidden_cols, full_feature_names,
     """Runs the Python on-demand functions over the computed training set
     (the columns converted as online converts served values) and returns it
     as a result backed by that Arrow table."""
-    from fsapp.ondemand.evaluate import call_function, finish, value_kind
+    from fsapp.ondemand.evaluate import call_function, value_kind
 
     table = cur.sql(sql).to_arrow_table()
     n = table.num_rows
@@ -132,7 +132,7 @@ def _python_features(cur, sql, python, columns, hidden_cols, full_feature_names,
                             [(f, t) for f, t in info.features if f in wanted], n)
         types = dict(info.features)
         for f in wanted:
-            vals, mask = finish(*out[f], types[f])
+            vals, mask = out[f]  # as served: call_function finishes them
             arrow_type = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
                           "str": pa.string()}[value_kind(types[f])]
             new[output_name(info.name, f, full_feature_names)] = pa.array(vals.tolist(), type=arrow_type,

@@ -164,8 +164,8 @@ class OnDemandInfo(_Version):
         """The compiled evaluator of this version (fsapp.ondemand.evaluate), cached."""
         ev = getattr(self, "_evaluator", None)
         if ev is None:
-            from fsapp.ondemand.evaluate import evaluator_for
-            ev = self._evaluator = evaluator_for(self)
+            from fsapp.ondemand.evaluate import Evaluator
+            ev = self._evaluator = Evaluator(self)
         return ev
 
 

@@ -111,6 +111,14 @@ class Column:
         return {"name": self.name, "type": self.type}
 
 
+def check_unreserved(columns, what: str) -> None:
+    """No column name may start with a prefix fstore keeps for its own columns."""
+    reserved = [c.name for c in columns if c.name.lower().startswith(RESERVED_PREFIXES)]
+    if reserved:
+        raise DefinitionError(f"{what}: column name(s) {', '.join(reserved)} start with a prefix "
+                              f"fstore reserves ({', '.join(RESERVED_PREFIXES)}); rename them")
+
+
 def columns_of(items, what: str) -> tuple[Column, ...]:
     """Columns from Column objects, (name, type) pairs or a {name: type} dict."""
     if isinstance(items, dict):
@@ -181,10 +189,7 @@ class Stream(Definition):
     def __post_init__(self):
         check_name(self.name, "stream")
         object.__setattr__(self, "columns", columns_of(self.columns, f"stream {self.name}"))
-        reserved = [c.name for c in self.columns if c.name.lower().startswith(RESERVED_PREFIXES)]
-        if reserved:
-            raise DefinitionError(f"stream {self.name}: column name(s) {', '.join(reserved)} start with a prefix "
-                                  f"fstore reserves ({', '.join(RESERVED_PREFIXES)}); rename them")
+        check_unreserved(self.columns, f"stream {self.name}")
         object.__setattr__(self, "allowed_lateness",
                            _duration(self.allowed_lateness, f"stream {self.name}: allowed_lateness"))
         object.__setattr__(self, "max_future", _duration(self.max_future, f"stream {self.name}: max_future"))
@@ -393,10 +398,7 @@ class RequestSource(Definition):
         object.__setattr__(self, "columns", columns_of(self.columns, f"request source {self.name}"))
         if not self.columns:
             raise DefinitionError(f"request source {self.name}: needs at least one column")
-        reserved = [c.name for c in self.columns if c.name.lower().startswith(RESERVED_PREFIXES)]
-        if reserved:
-            raise DefinitionError(f"request source {self.name}: column name(s) {', '.join(reserved)} start with a "
-                                  f"prefix fstore reserves ({', '.join(RESERVED_PREFIXES)}); rename them")
+        check_unreserved(self.columns, f"request source {self.name}")
 
 
 @dataclass(frozen=True)

@@ -68,14 +68,21 @@ class _Checker:
         self.problems.append(f"{where + ': ' if where else ''}{kind_label(kind)} {name}: {message}")
 
     # ---- sources and streams ----
-    def table(self, obj) -> dict | None:
+    def declare(self, obj, table: str) -> dict[str, str] | None:
+        """Creates `table` with `obj`'s declared columns (and the guard column);
+        their DuckDB types, or None (the problem is logged)."""
         cols = ", ".join(f"{_qi(c.name)} {c.type}" for c in obj.columns)
         try:
-            self.con.execute(f"CREATE TABLE {_qi(obj.name)} ({cols}, {_qi(_GUARD)} BIGINT)")
+            self.con.execute(f"CREATE TABLE {_qi(table)} ({cols}, {_qi(_GUARD)} BIGINT)")
         except duckdb.Error as e:
             self.fail(obj.KIND, obj.name, f"bad column type: {_duck_message(e)}")
             return None
-        types = {r[0]: r[1] for r in self.con.execute(f"DESCRIBE {_qi(obj.name)}").fetchall() if r[0] != _GUARD}
+        return {r[0]: r[1] for r in self.con.execute(f"DESCRIBE {_qi(table)}").fetchall() if r[0] != _GUARD}
+
+    def table(self, obj) -> dict | None:
+        types = self.declare(obj, obj.name)
+        if types is None:
+            return None
         self.tables[obj.name] = types
         for what, col in (("timestamp", obj.timestamp), ("created_timestamp", getattr(obj, "created_timestamp", None))):
             if col is None:
@@ -191,19 +198,15 @@ class _Checker:
 
     # ---- request sources and on-demand views ----
     def request_source(self, obj: RequestSource) -> dict | None:
-        cols = ", ".join(f"{_qi(c.name)} {c.type}" for c in obj.columns)
-        try:
-            self.con.execute(f"CREATE TEMP TABLE {_qi('__req_' + obj.name)} ({cols})")
-        except duckdb.Error as e:
-            self.fail(obj.KIND, obj.name, f"bad column type: {_duck_message(e)}")
+        types = self.declare(obj, "__req_" + obj.name)
+        if types is None:
             return None
-        types = self.con.execute(f"DESCRIBE {_qi('__req_' + obj.name)}").fetchall()
-        bad = [f"{n} {t}" for n, t, *_ in types if on_demand_type(t) is None]
+        bad = [f"{n} {t}" for n, t in types.items() if on_demand_type(t) is None]
         if bad:
             self.fail(obj.KIND, obj.name, f"column(s) {', '.join(bad)}: request columns are numbers, BOOLEAN or "
                                           "VARCHAR")
             return None
-        return {"columns": [[n, t] for n, t, *_ in types]}
+        return {"columns": [[n, t] for n, t in types.items()]}
 
     def on_demand(self, odv: OnDemandView, by_name: dict, done: dict) -> dict | None:
         """Binds an on-demand view to its sources: the request columns it may
