@@ -99,6 +99,15 @@ class AvroStreamDecoder:
         return _decode_each(self, msgs)
 
 
+def _offsets_of(msgs: list) -> dict:
+    """{"<topic>/<partition>": next offset} after these messages."""
+    out: dict = {}
+    for m in msgs:
+        key = f"{m.topic()}/{m.partition()}"
+        out[key] = max(out.get(key, 0), m.offset() + 1)
+    return out
+
+
 def _decode_each(decoder, msgs: list) -> tuple[pa.Table | None, list, list]:
     """One message at a time (`decoder.row`): (table, the message of each
     row, [(message, kind, reason)] for the malformed ones)."""
@@ -591,16 +600,34 @@ class KafkaIngest:
             self.progress.update(key, self.engine.offsets.get(key), hi if hi is not None and hi >= 0 else None, now)
 
     def _ingest(self, topic: str, msgs: list) -> int:
-        stream = self.topics[topic]
         # librdkafka hands a partition's messages over in offset order: the
         # last one of each partition is the next offset to read (PERF: one
-        # call per message; the last index of each partition found in numpy)
+        # call per message; the first and last index of each partition found in numpy)
         parts = np.array([m.partition() for m in msgs], dtype=np.int64)
+        uniq, first = np.unique(parts, return_index=True)
+        logged = self.engine.logged_offsets
+        if any(msgs[i].offset() < logged.get(f"{topic}/{p}", 0) for p, i in zip(uniq.tolist(), first.tolist())):
+            # a replay (group mode: a partition assigned again, a restart):
+            # events this node's offline log (or dead letters) holds already
+            # are applied online only; the partition's later ones as usual
+            again = np.array([m.offset() < logged.get(f"{topic}/{m.partition()}", 0) for m in msgs])
+            if again.all():
+                return self._ingest_part(topic, msgs, parts, replay=True)
+            idx = np.flatnonzero(again)
+            self._ingest_part(topic, [msgs[i] for i in idx], parts[idx], replay=True)
+            idx = np.flatnonzero(~again)
+            self._ingest_part(topic, [msgs[i] for i in idx], parts[idx], replay=False)
+            return len(msgs)
+        return self._ingest_part(topic, msgs, parts, replay=False)
+
+    def _ingest_part(self, topic: str, msgs: list, parts: np.ndarray, *, replay: bool) -> int:
+        stream = self.topics[topic]
         uniq, first_from_end = np.unique(parts[::-1], return_index=True)
         offsets = {f"{topic}/{p}": msgs[len(msgs) - 1 - i].offset() + 1
                    for p, i in zip(uniq.tolist(), first_from_end.tolist())}
         table, row_msgs, bad = self.decoders[topic].decode(msgs)
-        dead = [self._letter(m, stream, kind, reason) for m, kind, reason in bad]
+        # a replay's bad messages were dead-lettered when first consumed
+        dead = [] if replay else [self._letter(m, stream, kind, reason) for m, kind, reason in bad]
         ingested = 0
         # group mode: each row's partition goes with it, so a revoke knows its keys
         tags = None
@@ -611,13 +638,15 @@ class KafkaIngest:
                 if dead:
                     self._send_dead(dead)
                     dead = []
-                self.engine.push(stream, table, offsets=offsets, tags=tags)
+                self.engine.push(stream, table, offsets=offsets, tags=tags, offline=not replay)
                 ingested = table.num_rows
             except ROW_ERRORS:
-                good, refused = self._split_refused(stream, table)
-                self._send_dead(dead + [self._letter(row_msgs[i], stream, "schema", reason) for i, reason in refused])
+                runs, refused = self._split_refused(topic, row_msgs)
+                if not replay:
+                    dead += [self._letter(row_msgs[i], stream, kind, reason) for i, kind, reason in refused]
+                self._send_dead(dead)
                 dead = []
-                ingested = self._push_good(stream, table, row_msgs, good, offsets, tags)
+                ingested = self._push_runs(topic, runs, row_msgs, offsets, tags, replay)
         if dead or not ingested:
             self._send_dead(dead)
             self.engine.advance_offsets(offsets)
@@ -625,51 +654,78 @@ class KafkaIngest:
         self._count("ingested", topic, ingested)
         return len(msgs)
 
-    def _split_refused(self, stream: str, table: pa.Table) -> tuple[np.ndarray, list]:
-        """Bisects a batch the engine refused: (rows to push, [(row, reason)])."""
-        refused = []
+    def _split_refused(self, topic: str, row_msgs: list) -> tuple[list, list]:
+        """Bisects a batch the engine refused: ([[(lo, hi, table), ...] for
+        each run of good rows between refused ones], [(row, kind, reason)]).
+        Each part is decoded again from its own messages: in the batch's
+        table a column whose JSON types mix is text, which a strict column
+        (an entity key) refuses for every row, not only the odd one."""
+        stream, decoder = self.topics[topic], self.decoders[topic]
+        rows: list = []
+        refused: list = []
+        for i, m in enumerate(row_msgs):
+            try:
+                rows.append(decoder.row(m))
+            except Malformed as e:  # the batch reader took what the per-message rules do not
+                rows.append(None)
+                refused.append((i, e.kind, str(e)))
+        good: list = []
 
-        def search(lo: int, hi: int, known_bad: bool) -> None:
-            if not known_bad:
+        def search(lo: int, hi: int) -> None:
+            part = [r for r in rows[lo:hi] if r is not None]
+            if not part:
+                return
+            if len(part) == hi - lo:
+                table = decoder.table(part)
                 try:
-                    self.engine.validate(stream, table.slice(lo, hi - lo))
+                    self.engine.validate(stream, table)
+                    good.append((lo, hi, table))
                     return
                 except ROW_ERRORS as e:
                     if hi - lo == 1:
-                        refused.append((lo, str(e)))
+                        refused.append((lo, "schema", str(e)))
                         return
             mid = (lo + hi) // 2
-            search(lo, mid, False)
-            search(mid, hi, False)
+            search(lo, mid)
+            search(mid, hi)
 
-        n = table.num_rows
-        if n == 1:
+        search(0, len(rows))
+        refused.sort()
+        runs: list = []
+        for piece in good:  # in row order
+            if runs and runs[-1][-1][1] == piece[0]:
+                runs[-1].append(piece)
+            else:
+                runs.append([piece])
+        return runs, refused
+
+    def _push_runs(self, topic: str, runs: list, row_msgs: list, offsets: dict, tags: np.ndarray | None,
+                   replay: bool) -> int:
+        """Pushes the good rows of a refused batch, in order: each run of
+        them as one batch when its parts still go together, else part by
+        part; the last push carries the batch's offsets, the others those of
+        their own messages."""
+        stream, decoder = self.topics[topic], self.decoders[topic]
+        n = 0
+
+        def push(lo: int, hi: int, table: pa.Table, last: bool) -> None:
+            self.engine.push(stream, table, offsets=offsets if last else _offsets_of(row_msgs[lo:hi]),
+                             tags=None if tags is None else tags[lo:hi], offline=not replay)
+
+        for j, run in enumerate(runs):
+            lo, hi = run[0][0], run[-1][1]
+            last = j == len(runs) - 1
             try:
-                self.engine.validate(stream, table)
-            except ROW_ERRORS as e:
-                refused.append((0, str(e)))
-        else:
-            search(0, n, True)
-        keep = np.ones(n, dtype=bool)
-        keep[[i for i, _ in refused]] = False
-        return np.flatnonzero(keep), refused
-
-    def _push_good(self, stream: str, table: pa.Table, row_msgs: list, good: np.ndarray, offsets: dict,
-                   tags: np.ndarray | None = None) -> int:
-        if not good.size:
-            return 0
-        try:
-            self.engine.push(stream, table.take(good), offsets=offsets, tags=None if tags is None else tags[good])
-        except ROW_ERRORS:
-            # rows valid one by one can still clash as a batch (a column's JSON
-            # types mixing): push them one at a time, in order
-            for j, i in enumerate(good.tolist()):
-                m = row_msgs[i]
-                last = j == good.size - 1
-                self.engine.push(stream, table.slice(i, 1), offsets=offsets if last else
-                                 {f"{m.topic()}/{m.partition()}": m.offset() + 1},
-                                 tags=None if tags is None else tags[i:i + 1])
-        return int(good.size)
+                if len(run) > 1:
+                    push(lo, hi, decoder.table([decoder.row(m) for m in row_msgs[lo:hi]]), last)
+                    n += hi - lo
+                    continue
+            except ROW_ERRORS:  # refused before it was logged: the parts, each validated on its own
+                pass
+            for k, (a, b, table) in enumerate(run):
+                push(a, b, table, last and k == len(run) - 1)
+                n += b - a
+        return n
 
     def _letter(self, m, stream: str, kind: str, reason: str) -> DeadLetter:
         return DeadLetter(m.value(), m.key(), m.topic(), m.partition(), m.offset(), stream, kind, reason)
