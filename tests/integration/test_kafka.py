@@ -273,7 +273,9 @@ def test_config_errors_say_what_to_fix(tmp_path):
     assert cfg.client_properties()["security.protocol"] == "SSL" and cfg.group_id == "fstore-p"
     for bad, says in (("max_share: 0", "fraction in 0.05..1"), ("max_share: yes", "fraction"),
                       ("ready_max_lag: -1", "ready_max_lag: expected a number >= 0"),
-                      ("shared_batch_size: 0", "shared_batch_size: expected a number >= 1")):
+                      ("shared_batch_size: 0", "shared_batch_size: expected a number >= 1"),
+                      ("advertised_url: 10.0.0.1:9094", "not an http\\(s\\) URL"),
+                      ("members_topic: ''", "members_topic: expected a non-empty string")):
         (repo.root / "fstore.yaml").write_text(f"project: p\nkafka:\n  bootstrap_servers: x:1\n  {bad}\n")
         with pytest.raises(RepoError, match=says):
             KafkaConfig.from_repo(Repo(repo.root))

@@ -15,6 +15,7 @@ import falcon
 from fsapp.api import errors, resources as r
 from fsapp.api.auth import ApiKeys
 from fsapp.api.deferred import after_response
+from fsapp.api.forwarding import ReadForwarder
 from fsapp.api.metrics import HttpMetrics
 from fsapp.api.openapi import openapi_document
 
@@ -112,6 +113,9 @@ def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = D
         "/metrics": r.Metrics(backend, limits, http),
         "/api/v1/openapi.json": r.OpenApi(backend, limits, openapi_document(max_body_bytes)),
     }
+    forwarder = ReadForwarder(backend)  # answers locally unless the backend is a node of a Kafka group
     for path, resource in routes.items():
+        if isinstance(resource, r.OnlineFeatures):
+            resource.forwarder = forwarder
         app.add_route(path, resource)
     return app

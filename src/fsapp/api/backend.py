@@ -183,7 +183,7 @@ class EngineBackend:
         if source is not None:
             return source.cluster()
         return {"node": None, "mode": None, "group_id": None, "member_id": None, "topics": {}, "partitions": [],
-                "members": None, "partitioner": "murmur2"}
+                "url": None, "members": None, "owners": None, "partitioner": "murmur2"}
 
     def metrics_text(self):
         eng = self.engine

@@ -112,7 +112,12 @@ SCHEMAS = {
             "topic": {"type": "string"}, "partition": {"type": "integer"},
             "state": {"type": "string", "enum": ["recovering", "live"]},
             "offset": {"type": "integer", "nullable": True}, "lag": {"type": "integer", "nullable": True}}}},
-        "members": {"type": "array", "nullable": True, "items": {"type": "object"}}}},
+        "url": {"type": "string", "nullable": True},
+        "members": {"type": "array", "nullable": True, "items": {"type": "object", "properties": {
+            "url": {"type": "string"}, "member_id": {"type": "string", "nullable": True},
+            "partitions": {"type": "array", "items": {"type": "array"}}, "age_s": {"type": "number"}}}},
+        "owners": {"type": "object", "nullable": True,
+                   "additionalProperties": {"type": "object", "additionalProperties": {"type": "string"}}}}},
 }
 
 

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from fsapp.api import errors
 from fsapp.api import requests as rq
 from fsapp.api.deferred import after_response
+from fsapp.api.forwarding import LOCAL_HEADER
 from fsapp.api.backend import KINDS
 from fsapp.engine.online import iso
 
@@ -90,10 +91,15 @@ class OnlineFeatures(_Resource):
     """POST /api/v1/features/online"""
     native = True
 
+    forwarder = None  # a ReadForwarder (create_app): keys other nodes of a Kafka group own are read from them
+
     def on_post(self, req, resp):
         doc = rq.json_body(req, self.limits.max_body_bytes)
         args = _online_args(doc, self.native)
-        send_json(resp, self.backend.online(*args))
+        text = self.backend.online(*args)
+        if self.forwarder is not None and req.get_header(LOCAL_HEADER) is None:
+            text = self.forwarder.complete(args, text, req.get_header("Authorization"), resp)
+        send_json(resp, text)
         logger = getattr(self.backend, "feature_logger", None)
         if logger is not None and logger.wants(args[1]):
             # the response as already encoded: logging adds no second encoding

@@ -38,6 +38,7 @@ from fsapp.engine.cluster import PartitionKeys, PartitionProgress
 from fsapp.engine.errors import BatchError
 from fsapp.engine.ingest import TIME_MAX_US, TIME_MIN_US, _kind_of, check_time_range, iso_us, timestamps_us
 from fsapp.engine.kafka_config import DeadLetter, DeadLetterFile, DeadLetterTopic, KafkaConfig
+from fsapp.engine.members import Membership, members_topic, node_url
 from fsapp.registry.errors import RepoError
 
 log = logging.getLogger("fstore.kafka")
@@ -329,6 +330,15 @@ class KafkaIngest:
         self.dropped_keys = 0
         self.rebalances = 0
         self.member_id: str | None = None
+        # the key columns each topic is partitioned by (its views' shared key)
+        self.topic_keys: dict[str, list[str]] = {t: self._key_of(t) for t in self.topics} if self.group else {}
+        self.url = (config.advertised_url or node_url(node)) if self.group else None
+        self.membership = None
+        if self.group and self.url:
+            session_s = int(config.properties.get("session.timeout.ms", 10_000)) / 1000
+            self.membership = Membership(config.client_properties(),
+                                         config.members_topic or members_topic(config.group_id), self.url,
+                                         stale_s=max(15.0, 3 * session_s))
         if self.group:
             why = ("in kafka.assign: group the keys of stream {s} belong to the partitions of topic {t}, each owned "
                    "by one node: a write that does not come from the topic would live on this node only. Produce "
@@ -360,6 +370,14 @@ class KafkaIngest:
                                 "Feed each entity from a topic keyed by it, set ONLINE = FALSE on the others, or "
                                 "use assign: all (see docs/kafka.md, scale-out)")
 
+    def _key_of(self, topic: str) -> list[str]:
+        """The key columns of the topic's views (all share them in group mode)."""
+        views = self._views_of(topic)
+        if not views:
+            return []
+        common = set.intersection(*(set(rt.key_names) for rt in views))
+        return [k for k in views[0].key_names if k in common]
+
     def _views_of(self, topic: str) -> list:
         stream = self.topics.get(topic)
         return [rt for rt in self.engine.runtimes.values() if rt.stream is not None and rt.stream.name == stream]
@@ -388,6 +406,8 @@ class KafkaIngest:
         for tp in parts:
             self.progress.assign(f"{tp.topic}/{tp.partition}", self._high_watermark(tp), now)
         self._learn_partition_counts()
+        if self.membership is not None:
+            self.membership.claim(self.assigned, self.member_id)
         log.info("kafka: assigned %s", sorted(self.assigned))
 
     def _on_revoke(self, consumer, parts) -> None:
@@ -398,12 +418,16 @@ class KafkaIngest:
             self._commit(asynchronous=False)
         consumer.unassign()
         self.assigned = set()
+        if self.membership is not None:
+            self.membership.claim((), self.member_id)
 
     def _on_lost(self, consumer, parts) -> None:
         # the group gave them to someone else already (our session timed out)
         self._drop_partitions(parts, "lost")
         consumer.unassign()
         self.assigned = set()
+        if self.membership is not None:
+            self.membership.claim((), self.member_id)
 
     def _drop_partitions(self, parts, why: str) -> None:
         """Deletes the keys of these partitions from every view of their
@@ -513,6 +537,8 @@ class KafkaIngest:
     # ---- the loop
 
     def start(self) -> "KafkaIngest":
+        if self.membership is not None:
+            self.membership.start()
         self._subscribe()
         self._thread = threading.Thread(target=self._run, name="fstore-kafka", daemon=True)
         self._thread.start()
@@ -582,6 +608,8 @@ class KafkaIngest:
         if now >= self._next_lag:
             self._update_lag()
             self._next_lag = now + 1.0
+        if self.membership is not None:
+            self.membership.tick()
         self._update_progress()
         return n
 
@@ -800,13 +828,25 @@ class KafkaIngest:
                                                if key in self.progress.recovered_s else None)})
         return {"node": self.node, "mode": self.config.assign,
                 "group_id": self.config.group_id if self.group else None, "member_id": self.member_id,
-                "topics": {t: {"stream": s, "partitions": self.partition_counts.get(t)}
+                "url": self.url,
+                "topics": {t: {"stream": s, "partitions": self.partition_counts.get(t),
+                               "key": self.topic_keys.get(t)}
                            for t, s in sorted(self.topics.items())},
                 "partitions": partitions,
-                # the assignment of the other members is not published by Kafka's consumer API (and the
-                # broker's DescribeGroups may not answer): ask each node, or route by the partitioner
-                "members": None, "partitioner": "murmur2",
+                # every node's claim, from the members topic (fsapp.engine.members); None without one
+                "members": self.membership.members() if self.membership is not None else None,
+                "owners": self._owners(),
+                "partitioner": "murmur2",
                 "split_views": dict(self.keys.split)}
+
+    def _owners(self) -> dict | None:
+        """{topic: {partition: owner URL}} by the members' claims."""
+        if self.membership is None:
+            return None
+        out: dict = {}
+        for (topic, p), url in sorted(self.membership.owners().items()):
+            out.setdefault(topic, {})[str(p)] = url
+        return out
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why not): the ingest thread is alive, and the lag is within
@@ -841,6 +881,8 @@ class KafkaIngest:
         self._commit(asynchronous=False)
         try:
             self.consumer.close()
+            if self.membership is not None:
+                self.membership.stop()
         finally:
             self.dead_letters.close()
             self.engine.sources.pop("kafka", None)
