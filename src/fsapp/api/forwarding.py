@@ -5,7 +5,9 @@ Each node holds the keys of its own partitions. Asked for keys whose
 partition another node owns (by the claims on the members topic,
 fsapp.engine.members, listed as `owners` in GET /api/v1/cluster), a node
 answers its own rows from its state and asks each owner for the others —
-`POST /api/v1/features/online` with those rows only and `X-Fstore-Local: 1`,
+`POST /api/v1/features/online` on the owner's peer port (fsapp.serve.peer:
+threads, so two nodes' synchronous workers never wait on each other) with
+those rows only and `X-Fstore-Local: 1`,
 which makes the owner answer from its own state (no second hop) — then puts
 the owners' values, statuses and event times in place. A key's partition is
 the producer's: Kafka's default partitioner over the key's text
@@ -50,6 +52,7 @@ class ReadForwarder:
         self.timeout_s = timeout_s
         self._routes: list[_Route] | None = None
         self._self_url: str | None = None
+        self._peers: dict[str, str] = {}
         self._checked = 0.0
         self._ttl = 0.0
         self._lock = threading.Lock()
@@ -77,6 +80,7 @@ class ReadForwarder:
                         routes.append(_Route(info["key"], int(info["partitions"]), owners))
             group = bool(doc) and doc.get("mode") == "group"
             self._ttl = REFRESH_S if routes else UNSETTLED_S if group else NOT_GROUP_S
+            self._peers = {m["url"]: m["peer"] for m in (doc or {}).get("members") or () if m.get("peer")}
             self._routes, self._self_url, self._checked = routes or None, (doc or {}).get("url"), now
             return self._routes
 
@@ -113,7 +117,7 @@ class ReadForwarder:
             if as_of is not None:
                 body["as_of"] = as_of
             try:
-                got = self._post(url, body, authorization)
+                got = self._post(self._peers.get(url, url), body, authorization)
                 _splice(doc, got, rows)
                 self.forwarded += len(rows)
             except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError) as e:

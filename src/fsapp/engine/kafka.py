@@ -282,7 +282,8 @@ class KafkaIngest:
     """Consumes every stream that has a topic into `engine`, in a thread
     (`start()` / `stop()`), or step by step with `poll_once()`."""
 
-    def __init__(self, engine, config: KafkaConfig, *, dead_letters=None, node: str | None = None):
+    def __init__(self, engine, config: KafkaConfig, *, dead_letters=None, node: str | None = None,
+                 peer_port: int | None = None):
         self.engine = engine
         self.config = config
         self.node = node  # host:port this node serves on (GET /api/v1/cluster)
@@ -333,12 +334,15 @@ class KafkaIngest:
         # the key columns each topic is partitioned by (its views' shared key)
         self.topic_keys: dict[str, list[str]] = {t: self._key_of(t) for t in self.topics} if self.group else {}
         self.url = (config.advertised_url or node_url(node)) if self.group else None
+        # where this node's forwarded reads go (fsapp.serve.peer): its host, the peer port
+        self.peer = (f"{self.url.rsplit(':', 1)[0]}:{peer_port}" if self.url and peer_port and
+                     self.url.rsplit(":", 1)[-1].isdigit() else None)
         self.membership = None
         if self.group and self.url:
             session_s = int(config.properties.get("session.timeout.ms", 10_000)) / 1000
             self.membership = Membership(config.client_properties(),
                                          config.members_topic or members_topic(config.group_id), self.url,
-                                         stale_s=max(15.0, 3 * session_s))
+                                         peer=self.peer, stale_s=max(15.0, 3 * session_s))
         if self.group:
             why = ("in kafka.assign: group the keys of stream {s} belong to the partitions of topic {t}, each owned "
                    "by one node: a write that does not come from the topic would live on this node only. Produce "
@@ -819,6 +823,7 @@ class KafkaIngest:
         """This node's share of the topics (GET /api/v1/cluster). Reads only
         what the ingest thread keeps: the consumer is not called from other
         threads (a call beside its poll() can deadlock)."""
+        members = self.membership.members() if self.membership is not None else None
         partitions = []
         for topic, p in sorted(self.assigned):
             key = f"{topic}/{p}"
@@ -828,13 +833,13 @@ class KafkaIngest:
                                                if key in self.progress.recovered_s else None)})
         return {"node": self.node, "mode": self.config.assign,
                 "group_id": self.config.group_id if self.group else None, "member_id": self.member_id,
-                "url": self.url,
+                "url": self.url, "peer": self.peer,
                 "topics": {t: {"stream": s, "partitions": self.partition_counts.get(t),
                                "key": self.topic_keys.get(t)}
                            for t, s in sorted(self.topics.items())},
                 "partitions": partitions,
                 # every node's claim, from the members topic (fsapp.engine.members); None without one
-                "members": self.membership.members() if self.membership is not None else None,
+                "members": members,
                 "owners": self._owners(),
                 "partitioner": "murmur2",
                 "split_views": dict(self.keys.split)}

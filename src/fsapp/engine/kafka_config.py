@@ -31,7 +31,7 @@ from fsapp.registry.errors import RepoError
 ASSIGN_MODES = ("all", "group")
 _KEYS = ("bootstrap_servers", "group_id", "assign", "batch_size", "poll_timeout_ms", "dead_letter_topic",
          "dead_letter_file", "properties", "metadata_refresh_s", "avro_framing", "avro_writer_schemas",
-         "max_share", "shared_batch_size", "ready_max_lag", "members_topic", "advertised_url")
+         "max_share", "shared_batch_size", "ready_max_lag", "members_topic", "advertised_url", "peer_port")
 # set by fstore itself: the engine's offsets are the truth, not Kafka's
 _RESERVED = ("enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers")
 
@@ -60,6 +60,7 @@ class KafkaConfig:
     # (None: http://<host>:<port> of `fstore serve`, the machine's name for 0.0.0.0)
     members_topic: str | None = None
     advertised_url: str | None = None
+    peer_port: int = 0  # where other nodes' forwarded reads arrive (fsapp.serve.peer); 0: any free port
     properties: dict = field(default_factory=dict)
 
     @classmethod
@@ -133,6 +134,12 @@ class KafkaConfig:
                 if not isinstance(value, str) or not value.strip():
                     raise RepoError(f"{at(name)}.{name}: expected a non-empty string, got {value!r}")
                 setattr(cfg, name, value.strip())
+        port = section.get("peer_port")
+        if port is not None:
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+                raise RepoError(f"{at('peer_port')}.peer_port: expected a TCP port (0..65535; 0: any free one), "
+                                f"got {port!r}")
+            cfg.peer_port = port
         if cfg.advertised_url and not cfg.advertised_url.startswith(("http://", "https://")):
             raise RepoError(f"{at('advertised_url')}.advertised_url: {cfg.advertised_url!r} is not an http(s) URL; "
                             "give the URL other nodes reach this one at, e.g. http://10.0.0.1:9094")

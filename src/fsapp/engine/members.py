@@ -6,8 +6,9 @@ DescribeGroups answers nothing), so each node publishes its own to a
 one-partition topic (`kafka.members_topic`, default
 `fstore.members.<group_id>`): a JSON record keyed by its URL,
 
-    {"url": "http://10.0.0.1:9094", "member_id": "...", "at": <ms>,
-     "partitions": [["payments", 0], ...], "leaving": false}
+    {"url": "http://10.0.0.1:9094", "peer": "http://10.0.0.1:41234",
+     "member_id": "...", "at": <ms>, "partitions": [["payments", 0], ...],
+     "leaving": false}
 
 at every assignment and revoke and every `PUBLISH_S` seconds, and reads
 everyone's from the start of the topic. A record older than `stale_s` (a
@@ -15,7 +16,7 @@ node that died without a word) owns nothing; a partition claimed by two
 fresh records (a rebalance in flight) goes to the newer claim. A node that
 stops publishes `leaving`. This is what `GET /api/v1/cluster` lists as
 `members`, and what a node asked for another node's keys forwards the read
-by (fsapp.api.forwarding).
+by (fsapp.api.forwarding), to the owner's `peer` URL (fsapp.serve.peer).
 """
 from __future__ import annotations
 
@@ -51,9 +52,9 @@ def node_url(node: str | None) -> str | None:
 class Membership:
     """This node's claim, and everyone's, on the members topic."""
 
-    def __init__(self, client_properties: dict, topic: str, url: str, *, stale_s: float = 15.0,
-                 clock=time.time):
-        self.topic, self.url, self.stale_s, self.clock = topic, url, stale_s, clock
+    def __init__(self, client_properties: dict, topic: str, url: str, *, peer: str | None = None,
+                 stale_s: float = 15.0, clock=time.time):
+        self.topic, self.url, self.peer, self.stale_s, self.clock = topic, url, peer, stale_s, clock
         self._props = {k: v for k, v in client_properties.items()
                        if k in ("bootstrap.servers",) or k.startswith(("security.", "sasl.", "ssl."))}
         self.records: dict[str, dict] = {}  # url -> its last record
@@ -97,7 +98,7 @@ class Membership:
     def _publish(self, *, leaving: bool) -> None:
         if self.producer is None:
             return
-        rec = {"url": self.url, "at": int(self.clock() * 1000), "leaving": leaving,
+        rec = {"url": self.url, "peer": self.peer, "at": int(self.clock() * 1000), "leaving": leaving,
                "partitions": [] if leaving else self._claim["partitions"], "member_id": self._claim["member_id"]}
         self._note(rec)  # our own view does not wait for the round trip
         try:
@@ -154,7 +155,8 @@ class Membership:
         now_ms = self.clock() * 1000
         with self.lock:
             records = sorted(self.records.values(), key=lambda r: r["url"])
-        return [{"url": r["url"], "member_id": r.get("member_id"), "partitions": r.get("partitions") or [],
+        return [{"url": r["url"], "peer": r.get("peer"), "member_id": r.get("member_id"),
+                 "partitions": r.get("partitions") or [],
                  "age_s": round(max(0.0, now_ms - r.get("at", 0)) / 1000, 3)}
                 for r in records if not r.get("leaving") and now_ms - r.get("at", 0) <= self.stale_s * 1000]
 
