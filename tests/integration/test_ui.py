@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -396,3 +397,64 @@ def test_a_read_key_cannot_push_from_the_ui(tab, base):
     _, answer = call(base, "/api/v1/features/online", {"features": ["account_totals:n_payments"],
                                                        "entities": {"account_id": [8]}})
     assert answer["results"][1]["statuses"] == ["NOT_FOUND"]
+
+
+class NotReady:
+    """An engine's backend whose /ready says why it is not (as after a failed checkpoint)."""
+
+    REASON = "the last checkpoint failed (No space left on device); free disk space in /data"
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def ready(self):
+        return False, self.REASON
+
+
+@pytest.fixture(scope="module")
+def empty_base(tmp_path_factory):
+    """The app over an engine with an empty registry, not ready, served in this
+    process (wsgiref): the UI's empty states and its not-ready banner."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from fsapp.api import EngineBackend, create_app
+    from fsapp.engine import Engine
+    from fsapp.registry.store import RegistryStore
+
+    root = tmp_path_factory.mktemp("ui-empty")
+    RegistryStore(root / "registry.db", create=True).close()
+    engine = Engine(str(root / "engine"), str(root / "registry.db"), fsync="never")
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = make_server("127.0.0.1", 0, create_app(NotReady(EngineBackend(engine))), handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    engine.close()
+
+
+def test_empty_states_say_what_to_do_and_not_ready_says_why(browser, empty_base):
+    t = Tab(browser, empty_base, key=None)
+    try:
+        t.allow(re.compile(r"status of 503"))  # /ready's answer while not ready
+        assert "open server" in t.page.inner_text("#key-scopes")
+        for route in ("#/views", "#/streams", "#/entities", "#/services", "#/lineage", "#/lookup"):
+            text = t.open(route).inner_text("#main")
+            assert "fstore apply --repo PATH" in text, route
+        page = t.open("#/live")
+        page.wait_for_selector("#panel-status p[role=alert]")
+        assert NotReady.REASON in page.inner_text("#panel-status")
+        assert "No feature views yet" in page.inner_text("#panel-freshness")
+        assert "No streams defined" in page.inner_text("#panel-ingest")
+        t.shot("empty-not-ready")
+        assert t.unexpected_errors() == []
+    finally:
+        t.context.close()
