@@ -105,6 +105,7 @@ def test_stats_are_the_metrics_counters_summed_up(engine):
     assert stats["serving"]["requests"] == 5
     assert 0 < stats["serving"]["p50_ms"] <= stats["serving"]["p95_ms"] <= stats["serving"]["p99_ms"]
     assert stats["kafka"] == {"mode": None, "lag": {}, "lag_total": None}  # a topic, but no Kafka configured
+    assert stats["ready"] == {"ok": True, "reason": ""}
 
 
 def test_quantile_interpolates_within_a_bucket_like_prometheus():

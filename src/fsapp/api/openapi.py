@@ -122,7 +122,9 @@ SCHEMAS = {
                       "mode": {"type": "string", "nullable": True, "description": "null: no Kafka ingestion"},
                       "lag": {"type": "object", "additionalProperties": {"type": "integer"}},
                       "lag_total": {"type": "integer", "nullable": True}}},
-                  "applied_lsn": {"type": "integer"}}},
+                  "applied_lsn": {"type": "integer"},
+                  "ready": {"type": "object", "description": "what GET /ready says",
+                            "properties": {"ok": {"type": "boolean"}, "reason": {"type": "string"}}}}},
     "WhoAmI": {"type": "object", "properties": {
         "keys_required": {"type": "boolean"},
         "scopes": {"type": "array", "items": {"type": "string", "enum": ["read", "write"]}}}},

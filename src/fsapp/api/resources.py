@@ -459,6 +459,8 @@ class Stats(_Resource):
         text = self.http.render() + self.backend.metrics_text()
         doc = summarize(text, self.backend.registry_list("stream"), self.backend.registry_list("feature_view"),
                         self.backend.health(), self.backend.cluster())
+        ok, reason = self.backend.ready()
+        doc["ready"] = {"ok": ok, "reason": reason}  # /ready's answer, without a 503 a page would log as an error
         resp.set_header("Cache-Control", "no-store")
         send_json(resp, doc)
 

@@ -1,5 +1,5 @@
 /* fstore web UI: the live page. Polls GET /api/v1/stats (the server's own
-   counters, the ones /metrics exports) and GET /ready, and redraws its panels
+   counters, the ones /metrics exports, and what /ready says), and redraws its panels
    in place without reloading. Rates are the change of a counter between two
    polls divided by the time between them. */
 "use strict";
@@ -128,7 +128,8 @@
       timer = null;
       if (stopped) return;
       try {
-        const [stats, ready] = await Promise.all([api("/api/v1/stats"), readiness()]);
+        const stats = await api("/api/v1/stats");
+        const ready = stats.ready;
         if (stopped) return;
         const now = performance.now();
         const rates = {};
@@ -161,16 +162,5 @@
     fs.leaveHooks.push(() => { stopped = true; if (timer) clearTimeout(timer); });
     setTimeout(tick, 0);
     return content;
-  };
-
-  /** GET /ready: {ok, reason} (its 503 carries the reason). */
-  const readiness = async () => {
-    try {
-      await api("/ready");
-      return { ok: true, reason: "" };
-    } catch (e) {
-      if (e instanceof fs.ApiError && e.status === 503) return { ok: false, reason: e.description || e.message };
-      throw e;
-    }
   };
 })();

@@ -280,9 +280,12 @@
 
   // ---- lookup
 
+  /** An integer key as a JSON number when JavaScript holds it exactly;
+      beyond 2^53 it goes as text (never a silently rounded key) and the
+      API says whether it takes it. */
   const parseKey = (text, type) => {
     const t = text.trim();
-    if (/INT/i.test(type) && /^-?\d+$/.test(t)) return Number(t);
+    if (/INT/i.test(type) && /^-?\d+$/.test(t) && Number.isSafeInteger(Number(t))) return Number(t);
     return t;
   };
 
