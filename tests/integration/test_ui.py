@@ -36,6 +36,10 @@ FROM payments;
 CREATE FEATURE VIEW last_payment WITH (ttl = '30d') AS
 SELECT account_id, amount AS last_amount
 FROM payments;
+CREATE REQUEST SOURCE payment_request (amount DOUBLE);
+CREATE ON DEMAND FEATURE VIEW payment_context AS
+SELECT amount / account_totals.total AS share_of_total
+FROM payment_request, account_totals;
 CREATE FEATURE SERVICE risk_v1 AS (account_totals:n_payments, last_payment:last_amount);
 """
 # v2 of account_totals: a windowed feature more (the diff the view page shows)
@@ -310,6 +314,16 @@ def test_the_lookup_form_shows_what_the_online_api_answers(tab, base):
     page.wait_for_selector("#lookup-table")
     _, served = call(base, "/api/v1/features/online", {"feature_service": "risk_v1", "entities": {"account_id": [2]}})
     assert lookup_cells(page, None) == api_cells(served)
+    # an on-demand view: the form asks for its request column too, sent beside the keys
+    page = tab().open("#/lookup/view:payment_context")
+    page.fill("#key-account_id", "1, 2")
+    page.fill("#key-amount", "3.1, 1.5")
+    page.click("#lookup-submit")
+    page.wait_for_selector("#lookup-table")
+    status, computed = call(base, "/api/v1/features/online", {"features": ["payment_context:*"],
+                                                              "entities": {"account_id": [1, 2], "amount": [3.1, 1.5]}})
+    assert status == 200 and lookup_cells(page, None) == api_cells(computed, n_keys=2)
+    assert lookup_cells(page, None)[(0, "share_of_total")][0] == pytest.approx(3.1 / 15.5)
 
 
 def test_bad_lookup_input_shows_the_api_s_message(tab, base):

@@ -286,32 +286,38 @@
   const parseKey = (text, type) => {
     const t = text.trim();
     if (/INT/i.test(type) && /^-?\d+$/.test(t) && Number.isSafeInteger(Number(t))) return Number(t);
+    if (/DOUBLE|FLOAT|REAL|DECIMAL/i.test(type) && t !== "" && Number.isFinite(Number(t))) return Number(t);
+    if (/BOOL/i.test(type) && /^(true|false)$/i.test(t)) return t.toLowerCase() === "true";
     return t;
   };
 
   fs.pages.lookup = async (arg) => {
-    const [views, services] = await Promise.all([list("feature_views"), list("feature_services")]);
+    const [views, ondemand, services] = await Promise.all([list("feature_views"), list("on_demand_views"),
+                                                           list("feature_services")]);
     const out = [h("h1", {}, "Look up online values")];
     if (!views.length) {
       out.push(h("p", {}, "No feature views to read yet."), APPLY_HINT());
       return out;
     }
-    const keysOf = Object.fromEntries(views.map((v) => [v.name, v.resolved.keys]));
-    const targets = [...views.map((v) => `view:${v.name}`), ...services.map((s) => `service:${s.name}`)];
+    // what each view needs beside the features: its entity keys and, for an on-demand view, request columns
+    const needs = Object.fromEntries([...views, ...ondemand].map((v) => [v.name, {
+      keys: v.resolved.keys || [], request: v.resolved.request || [] }]));
+    const targets = [...views.map((v) => `view:${v.name}`), ...ondemand.map((v) => `view:${v.name}`),
+                     ...services.map((s) => `service:${s.name}`)];
     const chosen = targets.includes(arg) ? arg : targets[0];
     const target = h("select", { id: "lookup-target", name: "target", onchange: () => fs.go(`#/lookup/${enc(target.value)}`) },
       targets.map((t) => h("option", { value: t, selected: t === chosen }, t.replace(":", " "))));
     const [kind, name] = chosen.split(/:(.*)/s);
-    let keys;
-    if (kind === "view") keys = keysOf[name];
-    else {
-      const svc = services.find((s) => s.name === name);
-      const seen = new Map();
-      for (const f of svc.resolved.features) for (const k of keysOf[f.split(/[@:]/)[0]] || []) seen.set(k[0], k);
-      keys = [...seen.values()];
+    const viewsRead = kind === "view" ? [name]
+      : services.find((s) => s.name === name).resolved.features.map((f) => f.split(/[@:]/)[0]);
+    const fields = new Map(); // column -> [column, type, "key" | "request"]
+    for (const v of viewsRead) {
+      for (const [k, t] of (needs[v] || { keys: [] }).keys) fields.set(k, [k, t, "key"]);
+      for (const [c, t] of (needs[v] || { request: [] }).request) if (!fields.has(c)) fields.set(c, [c, t, "request"]);
     }
-    const inputs = keys.map(([k, t]) => h("input", { id: `key-${k}`, name: k, "data-key": k, "data-type": t,
-                                                     placeholder: "e.g. 1, 2, 3", required: true }));
+    const keys = [...fields.values()];
+    const inputs = keys.map(([k, t, role]) => h("input", { id: `key-${k}`, name: k, "data-key": k, "data-type": t,
+      placeholder: role === "key" ? "e.g. 1, 2, 3" : "one value per key, in the same order", required: true }));
     const asOf = h("input", { id: "lookup-as-of", name: "as_of", placeholder: "now (or 2026-11-27T10:00:00Z)" });
     const result = h("div", { id: "lookup-result", "aria-live": "polite" });
     const form = h("form.stack", { id: "lookup-form", onsubmit: async (ev) => {
@@ -332,7 +338,8 @@
       }
     } },
     h("label", {}, "Read", target),
-    keys.map(([k, t], i) => h("label", {}, `${k} (${t}) — one or more, comma-separated`, inputs[i])),
+    keys.map(([k, t, role], i) => h("label", {}, role === "key" ? `${k} (${t}) — one or more, comma-separated`
+      : `${k} (${t}, a request column of the on-demand features) — one per key, comma-separated`, inputs[i])),
     h("label", {}, "As of (optional: ISO-8601 or epoch; default now)", asOf),
     h("div", {}, h("button", { type: "submit", id: "lookup-submit" }, "Look up")));
     out.push(form, result);
