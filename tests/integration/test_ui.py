@@ -340,7 +340,7 @@ def test_bad_lookup_input_shows_the_api_s_message(tab, base):
     page.fill("#lookup-as-of", "")
     page.fill("#key-account_id", "not-a-number")
     page.click("#lookup-submit")
-    page.wait_for_function("document.querySelector('#lookup-result .error, #lookup-table') !== null")
+    page.wait_for_selector("#lookup-result .error, #lookup-table")
     # a text key for a BIGINT entity: the API's answer, whatever it is, is what the page shows
     status, body = call(base, "/api/v1/features/online", {"features": ["account_totals:*"],
                                                           "entities": {"account_id": ["not-a-number"]}})
