@@ -166,7 +166,7 @@ def tab(browser, base):
 
 PAGES = [("#/live", "live"), ("#/views", "views"), ("#/views/account_totals", "view"),
          ("#/streams", "streams"), ("#/streams/payments", "stream"), ("#/entities", "entities"),
-         ("#/services", "services"), ("#/services/risk_v1", "service"), ("#/lineage/risk_v1", "lineage"),
+         ("#/services", "services"), ("#/services/risk_v1", "service"), ("#/lineage/account_totals", "lineage"),
          ("#/lookup/view:account_totals", "lookup")]
 
 
@@ -471,3 +471,10 @@ def test_empty_states_say_what_to_do_and_not_ready_says_why(browser, empty_base)
         assert t.unexpected_errors() == []
     finally:
         t.context.close()
+
+
+def test_without_chromium_the_ui_tests_fail_saying_how_to_install_it(monkeypatch):
+    monkeypatch.delenv("FSTORE_CHROMIUM", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y --no-install-recommends chromium"):
+        chromium_path()

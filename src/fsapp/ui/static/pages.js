@@ -48,7 +48,8 @@
     if (ondemand.length) {
       out.push(h("h2", {}, "On-demand views"), table("ondemand-table", ["View", "Version", "Reads", "Features"],
         ondemand.map((v) => [link(`#/lineage/${enc(v.name)}`, v.name), `v${v.version}`,
-                             (v.resolved.inputs || []).join(", "),
+                             [...(v.resolved.inputs || []),
+                              ...(v.resolved.request || []).map(([c]) => `request column ${c}`)].join(", "),
                              v.resolved.features.map((f) => f[0]).join(", ")]),
         (i) => ({ "data-name": ondemand[i].name })));
     }
