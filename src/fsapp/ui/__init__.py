@@ -58,7 +58,7 @@ class UiPage:
         _secure(resp)
         resp.etag = self.assets.page_etag
         resp.cache_control = ["no-cache"]
-        if req.if_none_match and any(getattr(t, "etag", t) == self.assets.page_etag for t in req.if_none_match):
+        if req.if_none_match and self.assets.page_etag in req.if_none_match:  # falcon's ETags compare as text
             resp.status = falcon.HTTP_304
             return
         resp.content_type = TYPES[".html"]

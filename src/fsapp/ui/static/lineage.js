@@ -84,7 +84,7 @@
     });
     const totalW = colX.length ? colX[colX.length - 1] + colWidth[colWidth.length - 1] + PAD : 2 * PAD;
     const svg = s("svg", { id: "lineage-graph", width: totalW, height: totalH, viewBox: `0 0 ${totalW} ${totalH}`,
-                           role: "img", "aria-labelledby": "lineage-title" },
+                           "aria-labelledby": "lineage-title" }, // not role=img: that would hide the links inside
       s("title", { id: "lineage-title" }, `Lineage of ${graph.root}: ${nodes.length} nodes, ${edges.length} edges`),
       s("defs", {}, s("marker", { id: "arrow", viewBox: "0 0 8 8", refX: 8, refY: 4, markerWidth: 7, markerHeight: 7,
                                    orient: "auto" }, s("path", { d: "M0,0 L8,4 L0,8 z", fill: "#8a94a3" }))));
