@@ -428,10 +428,32 @@ class NotReady:
         return False, self.REASON
 
 
+class KafkaLagging(NotReady):
+    """A backend that reads Kafka (as a consumer group would report it), two
+    partitions behind and with dead letters: the live page's Kafka panels."""
+
+    STREAM = {"kind": "stream", "name": "clicks", "version": 1, "definition": {"topic": "clicks-topic"}}
+    METRICS = ('fstore_kafka_dead_letters_total{kind="decode",topic="clicks-topic"} 3.0\n'
+               'fstore_kafka_lag_messages{partition="0",topic="clicks-topic"} 5.0\n'
+               'fstore_kafka_lag_messages{partition="1",topic="clicks-topic"} 7.0\n')
+
+    def ready(self):
+        return self.backend.ready()
+
+    def registry_list(self, kind):
+        return [self.STREAM] if kind == "stream" else self.backend.registry_list(kind)
+
+    def cluster(self):
+        return {**self.backend.cluster(), "mode": "group"}
+
+    def metrics_text(self):
+        return self.backend.metrics_text() + self.METRICS
+
+
 @pytest.fixture(scope="module")
-def empty_base(tmp_path_factory):
-    """The app over an engine with an empty registry, not ready, served in this
-    process (wsgiref): the UI's empty states and its not-ready banner."""
+def in_process(tmp_path_factory):
+    """in_process(wrapper): the app over an engine with an empty registry and
+    its backend wrapped, served in this process (wsgiref); returns its URL."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from fsapp.api import EngineBackend, create_app
@@ -441,22 +463,27 @@ def empty_base(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui-empty")
     RegistryStore(root / "registry.db", create=True).close()
     engine = Engine(str(root / "engine"), str(root / "registry.db"), fsync="never")
+    servers = []
 
     class Quiet(WSGIRequestHandler):
         def log_message(self, *args):
             pass
 
-    server = make_server("127.0.0.1", 0, create_app(NotReady(EngineBackend(engine))), handler_class=Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    def serve(wrapper):
+        server = make_server("127.0.0.1", 0, create_app(wrapper(EngineBackend(engine))), handler_class=Quiet)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
     engine.close()
 
 
-def test_empty_states_say_what_to_do_and_not_ready_says_why(browser, empty_base):
-    t = Tab(browser, empty_base, key=None)
+def test_empty_states_say_what_to_do_and_not_ready_says_why(browser, in_process):
+    t = Tab(browser, in_process(NotReady), key=None)
     try:
         assert "open server" in t.page.inner_text("#key-scopes")
         for route in ("#/views", "#/streams", "#/entities", "#/services", "#/lineage", "#/lookup"):
@@ -468,6 +495,21 @@ def test_empty_states_say_what_to_do_and_not_ready_says_why(browser, empty_base)
         assert "No feature views yet" in page.inner_text("#panel-freshness")
         assert "No streams defined" in page.inner_text("#panel-ingest")
         t.shot("empty-not-ready")
+        assert t.unexpected_errors() == []
+    finally:
+        t.context.close()
+
+
+def test_kafka_panels_show_lag_per_partition_and_dead_letters(browser, in_process):
+    t = Tab(browser, in_process(KafkaLagging), key=None)
+    try:
+        page = t.open("#/live")
+        page.wait_for_selector("#kafka-lag-table")
+        assert page.inner_text("#kafka-lag-total") == "12"
+        rows = page.eval_on_selector_all("#kafka-lag-table tbody tr", "rs => rs.map(r => r.innerText.split('\\t'))")
+        assert rows == [["clicks-topic/0", "5"], ["clicks-topic/1", "7"]]
+        assert page.inner_text("#dead-total") == "3" and "clicks-topic: 3" in page.inner_text("#panel-late")
+        assert "clicks-topic → clicks" in page.inner_text("#panel-kafka")
         assert t.unexpected_errors() == []
     finally:
         t.context.close()

@@ -8,7 +8,7 @@ from falcon import testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from fsapp.api import EngineBackend, create_app
-from fsapp.api.stats import quantile
+from fsapp.api.stats import quantile, summarize
 from fsapp.engine import Engine
 from fsapp.registry.repo import Repo
 from fsapp.registry.scaffold import init_repo
@@ -125,3 +125,26 @@ def test_registry_entries_carry_the_sql_that_recreates_them(engine):
     for kind in ("entities", "streams", "sources", "feature_views", "on_demand_views", "feature_services"):
         items = api.simulate_get(f"/api/v1/registry/{kind}").json["items"]
         assert items and all(e["sql"].rstrip(";").strip() for e in items), kind
+
+
+def test_stats_map_kafka_counters_to_their_streams():
+    text = """# TYPE fstore_kafka_ingested_rows_total counter
+fstore_kafka_ingested_rows_total{topic="card-tx"} 40.0
+# TYPE fstore_kafka_dead_letters_total counter
+fstore_kafka_dead_letters_total{kind="decode",topic="card-tx"} 2.0
+fstore_kafka_dead_letters_total{kind="schema",topic="card-tx"} 1.0
+# TYPE fstore_kafka_lag_messages gauge
+fstore_kafka_lag_messages{partition="0",topic="card-tx"} 5.0
+fstore_kafka_lag_messages{partition="1",topic="card-tx"} 7.0
+# TYPE fstore_freshness_lag_seconds gauge
+fstore_freshness_lag_seconds{stream="tx"} 1.5
+"""
+    streams = [{"name": "tx", "definition": {"topic": "card-tx"}}, {"name": "clicks", "definition": {"topic": None}}]
+    views = [{"name": "v", "version": 3, "definition": {"source": "tx"}}]
+    out = summarize(text, streams, views, {"late_events": 4, "applied_lsn": 9}, {"mode": "group"})
+    assert out["streams"]["tx"] == {"pushed": 0, "kafka": 40, "late": 0, "topic": "card-tx", "freshness_s": 1.5}
+    assert out["streams"]["clicks"]["kafka"] == 0 and out["streams"]["clicks"]["freshness_s"] is None
+    assert out["views"]["v"] == {"version": 3, "source": "tx", "over_stream": True, "freshness_s": 1.5, "keys": None}
+    assert out["dead_letters"] == {"total": 3, "by_topic": {"card-tx": 3}}
+    assert out["kafka"] == {"mode": "group", "lag": {"card-tx/0": 5, "card-tx/1": 7}, "lag_total": 12}
+    assert out["late_events"] == 4 and out["applied_lsn"] == 9
