@@ -57,6 +57,7 @@ def test_the_page_and_its_assets_allow_this_origin_only_and_cache_by_content():
     assert api.simulate_get("/ui/static/../__init__.py").status_code == 404
     assert api.simulate_get("/ui/static/index.html").status_code == 404  # the page lives at /ui only
     assert api.simulate_get("/ui/").headers["location"].endswith("/ui")
+    assert api.simulate_get("/").status_code == 302 and api.simulate_get("/").headers["location"].endswith("/ui")
     assert testing.TestClient(create_app(None, ui=False)).simulate_get("/ui").status_code == 404
 
 

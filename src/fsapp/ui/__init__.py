@@ -86,7 +86,8 @@ class UiAsset:
 
 
 class UiRedirect:
-    """GET / and /ui/: to /ui, where the page is."""
+    """GET / and /ui/: to /ui, where the page is (a person who types the
+    server's address lands on the UI, not on a JSON 404)."""
     scope = None
 
     def on_get(self, req, resp):
@@ -98,3 +99,4 @@ def add_ui_routes(app: falcon.App) -> None:
     app.add_route("/ui", UiPage(assets))
     app.add_route("/ui/static/{name}", UiAsset(assets))
     app.add_route("/ui/", UiRedirect())
+    app.add_route("/", UiRedirect())
