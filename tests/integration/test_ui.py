@@ -73,6 +73,8 @@ def base(tmp_path_factory, serve_helpers):
     (root / "defs.sql").write_text(DEFS_V2)
     Repo(root).apply()
     url, proc, log = serve_helpers.launch_serve(root, root.parent / "serve.log")
+    log.seek(0)
+    assert f"web UI at {url}/ui" in log.read()  # on by default, and said so
     # two hours old: the lookups have values, and the freshness panel a value a new push changes
     old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
     rows = [{"account_id": 1, "amount": 10.0, "ts": iso(old)}, {"account_id": 1, "amount": 5.5, "ts": iso(old)},
