@@ -178,10 +178,7 @@ def _serve(args) -> int:
         print(f"fstore serve: {e}", file=sys.stderr)
         return 1
     # the workers read these from the supervisor's environment (gunicorn inherits it)
-    ui = opts.pop("ui") in ("on", True)
-    os.environ["FSTORE_UI"] = "on" if ui else "off"
-    if ui:
-        print(f"fstore serve: web UI at http://{opts['host']}:{opts['port']}/ui", file=sys.stderr, flush=True)
+    os.environ["FSTORE_UI"] = "on" if opts.pop("ui") in ("on", True) else "off"
     if keys_file:
         os.environ["FSTORE_API_KEYS_FILE"] = keys_file
         print(f"fstore serve: {len(keys)} API key(s) from {keys_file}", file=sys.stderr, flush=True)

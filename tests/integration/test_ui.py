@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -73,8 +74,13 @@ def base(tmp_path_factory, serve_helpers):
     (root / "defs.sql").write_text(DEFS_V2)
     Repo(root).apply()
     url, proc, log = serve_helpers.launch_serve(root, root.parent / "serve.log")
-    log.seek(0)
-    assert f"web UI at {url}/ui" in log.read()  # on by default, and said so
+    for _ in range(100):  # on by default, and said so (the line may follow the first answer by a moment)
+        log.seek(0)
+        if f"web UI at {url}/ui" in log.read():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("fstore serve did not say where its web UI is")
     # two hours old: the lookups have values, and the freshness panel a value a new push changes
     old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
     rows = [{"account_id": 1, "amount": 10.0, "ts": iso(old)}, {"account_id": 1, "amount": 5.5, "ts": iso(old)},

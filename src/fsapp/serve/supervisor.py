@@ -151,6 +151,8 @@ class Service:
              "fsapp.serve.wsgi:application"], env=env)
         _wait_for_port(self.host, self.port, self.gunicorn, 60)
         self._say(f"gunicorn pid {self.gunicorn.pid} with {self.workers} workers on http://{self.host}:{self.port}")
+        if os.environ.get("FSTORE_UI", "on") != "off":  # the workers read the same variable (fsapp.serve.wsgi)
+            self._say(f"web UI at http://{self.host}:{self.port}/ui")
 
     def _start_grpc_process(self) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "fsapp.grpc.server", "--repo", str(self.repo.root),
