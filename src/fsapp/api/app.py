@@ -18,6 +18,7 @@ from fsapp.api.deferred import after_response
 from fsapp.api.forwarding import ReadForwarder
 from fsapp.api.metrics import HttpMetrics
 from fsapp.api.openapi import openapi_document
+from fsapp.ui import add_ui_routes
 
 DEFAULT_MAX_BODY_BYTES = 16 << 20
 
@@ -74,13 +75,14 @@ _NO_VECTORS = ("fstore has no vector index: online document retrieval (vector se
 
 
 def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               json_max_rows: int = 10_000, http_metrics: HttpMetrics | None = None) -> falcon.App:
+               json_max_rows: int = 10_000, http_metrics: HttpMetrics | None = None, ui: bool = True) -> falcon.App:
     """The API over `backend` (see fsapp.api.backend.Backend).
 
     api_keys: {token: scopes} (scopes: "read", "write", "admin", as a set or a
     comma-separated string); None leaves the API open. max_body_bytes: larger
     requests get 413. http_metrics: pass one to share the registry (e.g. to
-    merge it with other workers'); default a new per-process registry."""
+    merge it with other workers'); default a new per-process registry.
+    ui: serve the web UI at /ui (fsapp.ui; static files over this API)."""
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
     limits = Limits(max_body_bytes, json_max_rows)
@@ -101,6 +103,8 @@ def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = D
         "/api/v1/registry/{kind}/{name}": r.RegistryItem(backend, limits),
         "/api/v1/lineage/{name}": r.Lineage(backend, limits),
         "/api/v1/cluster": r.Cluster(backend, limits),
+        "/api/v1/stats": r.Stats(backend, limits, http),
+        "/api/v1/whoami": r.WhoAmI(backend, limits, keys),
         "/get-online-features": r.FeastOnlineFeatures(backend, limits),
         "/push": r.FeastPush(backend, limits),
         "/write-to-online-store": r.FeastWriteToOnlineStore(backend, limits),
@@ -118,4 +122,6 @@ def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = D
         if isinstance(resource, r.OnlineFeatures):
             resource.forwarder = forwarder
         app.add_route(path, resource)
+    if ui:
+        add_ui_routes(app)
     return app

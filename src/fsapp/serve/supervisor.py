@@ -155,6 +155,8 @@ class Service:
              "fsapp.serve.wsgi:application"], env=env)
         _wait_for_port(self.host, self.port, self.gunicorn, 60)
         self._say(f"gunicorn pid {self.gunicorn.pid} with {self.workers} workers on http://{self.host}:{self.port}")
+        if os.environ.get("FSTORE_UI", "on") != "off":  # the workers read the same variable (fsapp.serve.wsgi)
+            self._say(f"web UI at http://{self.host}:{self.port}/ui")
 
     def _choose_peer_port(self) -> int | None:
         """The peer port of a group node (`kafka.peer_port`, else a free one); None otherwise."""
