@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fsapp.engine.ingest import timestamps_us
-from fsapp.engine.kafka import StreamDecoder, _decode_each
+from fsapp.engine.kafka_decode import StreamDecoder, _decode_each
 from fsapp.registry.model import Column, Stream
 
 STREAM = Stream(name="payments", columns=(Column("account_id", "BIGINT"), Column("amount", "DOUBLE"),

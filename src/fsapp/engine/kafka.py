@@ -17,87 +17,24 @@ or file with the reason, and their offsets advance with the batch (or through
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
-import math
-import os
-import re
 import threading
 import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.json as pa_json
-from confluent_kafka import (OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException,
-                             TopicPartition)
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from fscore.errors import KeyEncodingError
-from fsapp.engine.avro import AvroDecoder, AvroError
 from fsapp.engine.cluster import PartitionKeys, PartitionProgress
 from fsapp.engine.errors import BatchError
-from fsapp.engine.ingest import TIME_MAX_US, TIME_MIN_US, _kind_of, check_time_range, iso_us, timestamps_us
 from fsapp.engine.kafka_config import DeadLetter, DeadLetterFile, DeadLetterTopic, KafkaConfig
+from fsapp.engine.kafka_decode import AvroStreamDecoder, Malformed, StreamDecoder
 from fsapp.engine.members import Membership, members_topic, node_url
 from fsapp.registry.errors import RepoError
 
 log = logging.getLogger("fstore.kafka")
 ROW_ERRORS = (BatchError, KeyEncodingError)  # the row's fault: dead-letter it; anything else is ours: retry
-
-
-class Malformed(ValueError):
-    def __init__(self, kind: str, reason: str):
-        super().__init__(reason)
-        self.kind = kind
-
-
-def _epoch_us(v, field: str) -> int:
-    """One event time → µs UTC, by the rules of `fsapp.engine.ingest`
-    (ISO-8601, or epoch s / ms / µs by magnitude)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise Malformed("schema", f"timestamp field {field!r} is {type(v).__name__}; use ISO-8601 or epoch numbers")
-    if isinstance(v, str):
-        try:
-            return iso_us(v)
-        except ValueError:
-            raise Malformed("schema", f"timestamp field {field!r}: {v!r} is not ISO-8601 or an epoch number") from None
-    if isinstance(v, float) and not math.isfinite(v):
-        raise Malformed("schema", f"timestamp field {field!r} is {v!r}; send ISO-8601 or an epoch number")
-    mag = abs(v)
-    scale = 1_000_000 if mag < 1e11 else 1_000 if mag < 1e14 else 1
-    us = int(round(v * scale)) if isinstance(v, float) else v * scale
-    if not TIME_MIN_US <= us <= TIME_MAX_US:
-        raise Malformed("schema", f"timestamp field {field!r}: {v!r} is outside years 0001..9999 (epoch numbers "
-                        "are read as seconds below 1e11, milliseconds below 1e14, else µs)")
-    return us
-
-
-class AvroStreamDecoder:
-    """Avro message values (the stream's .avsc schema) → rows; the same
-    field rules as JSON (undeclared fields ignored, Kafka timestamp fallback)."""
-
-    def __init__(self, stream, config):
-        path = stream.avro_schema
-        if not os.path.isabs(path):
-            path = os.path.join(config.repo_root, path)
-        self.json = StreamDecoder(stream)
-        self.avro = AvroDecoder(path, config.avro_framing, config.avro_writer_schemas)
-
-    def row(self, msg) -> dict:
-        value = msg.value()
-        if value is None:
-            raise Malformed("empty", "the message has no value (a tombstone); send an Avro record")
-        try:
-            obj = self.avro.decode(value)
-        except AvroError as e:
-            raise Malformed("avro", f"the value does not decode with {self.avro.path}: {e}") from None
-        return self.json._with_time(msg, obj)
-
-    def table(self, rows: list[dict]) -> pa.Table:
-        return self.json.table(rows)
-
-    def decode(self, msgs: list) -> tuple[pa.Table | None, list, list]:
-        return _decode_each(self, msgs)
 
 
 def _offsets_of(msgs: list) -> dict:
@@ -107,175 +44,6 @@ def _offsets_of(msgs: list) -> dict:
         key = f"{m.topic()}/{m.partition()}"
         out[key] = max(out.get(key, 0), m.offset() + 1)
     return out
-
-
-def _decode_each(decoder, msgs: list) -> tuple[pa.Table | None, list, list]:
-    """One message at a time (`decoder.row`): (table, the message of each
-    row, [(message, kind, reason)] for the malformed ones)."""
-    rows, row_msgs, dead = [], [], []
-    for m in msgs:
-        try:
-            rows.append(decoder.row(m))
-            row_msgs.append(m)
-        except Malformed as e:
-            dead.append((m, e.kind, str(e)))
-    return (decoder.table(rows) if rows else None), row_msgs, dead
-
-
-# an inner line of the joined batch that does not start an object: blank (the
-# JSON reader skips those) or another JSON value (it reads `null` as a row of
-# nulls); PERF: a literal first byte lets `re` scan with memchr (25x faster
-# than anchoring with ^ alternatives); the first and last lines are checked
-# on their own
-_NOT_AN_OBJECT_LINE = re.compile(rb"\n[ \t\r]*[^ \t\r{]")
-_FAST_TYPES = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "text": pa.string()}
-_TS_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string()}
-_MAX_SKIP = 64  # batches decoded one message at a time after the batch reader failed, at most
-
-
-class StreamDecoder:
-    """JSON message values → rows of one stream. Fields the stream does not
-    declare are ignored (producers may add fields); a missing timestamp
-    field falls back to the Kafka message timestamp.
-
-    A poll batch is decoded at once by Arrow's JSON reader (C++) into the
-    stream's declared types (`decode`). Any message that reader cannot take
-    as it is — not JSON, not one object, a value of another JSON type than
-    the column's, a tombstone, invalid UTF-8 — sends the whole batch through
-    the one-message-at-a-time reader (`row`), whose rules decide what is a
-    dead letter and what DuckDB's casts accept: the batch reader is a faster
-    path to the same rows, never a different judgement. After such a batch
-    the topic's next 1, 2, 4 … 64 batches skip the batch reader (a producer
-    that sends numbers as text costs one failed attempt in 64)."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.names = [c.name for c in stream.columns]
-        self.ts = stream.timestamp
-        fields = []
-        for c in stream.columns:
-            if c.name == self.ts:
-                continue
-            t = _FAST_TYPES.get(_kind_of(c.type))
-            if t is None:  # a type JSON has no one spelling for (dates, lists...): per message
-                fields = None
-                break
-            fields.append(pa.field(c.name, t))
-        self.fields = fields
-        self.ts_index = self.names.index(self.ts) if self.ts in self.names else None
-        self._skip = 0
-        self._backoff = 1
-        self.batches = {"batch": 0, "each": 0}  # how batches were decoded (bench and tests look)
-
-    def row(self, msg) -> dict:
-        value = msg.value()
-        if value is None:
-            raise Malformed("empty", "the message has no value (a tombstone); send a JSON object")
-        try:
-            obj = json.loads(value)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise Malformed("json", f"the value is not JSON: {e}") from None
-        if not isinstance(obj, dict):
-            raise Malformed("not_object", f"the value is a JSON {type(obj).__name__}; send one object per event")
-        return self._with_time(msg, obj)
-
-    def decode(self, msgs: list) -> tuple[pa.Table | None, list, list]:
-        """A poll batch → (table, the message of each row, dead letters as
-        [(message, kind, reason)])."""
-        if self.fields is not None and self._skip == 0:
-            table = self._batch(msgs)
-            if table is not None:
-                self._backoff = 1
-                self.batches["batch"] += 1
-                return table, msgs, []
-            self._skip = self._backoff
-            self._backoff = min(self._backoff * 2, _MAX_SKIP)
-        elif self._skip:
-            self._skip -= 1
-        self.batches["each"] += 1
-        return _decode_each(self, msgs)
-
-    def _batch(self, msgs: list) -> pa.Table | None:
-        """The batch through Arrow's JSON reader, or None when some message
-        needs the per-message rules."""
-        values = [m.value() for m in msgs]
-        if not values or None in values:
-            return None
-        buf = b"\n".join(values)
-        # one line per message, each starting an object: then Arrow's rows are
-        # the messages exactly when it reads len(values) rows (a line holding
-        # two objects makes two)
-        if (buf.count(b"\n") != len(values) - 1 or _NOT_AN_OBJECT_LINE.search(buf)
-                or not values[0].lstrip(b" \t\r").startswith(b"{") or not values[-1].strip(b" \t\r")):
-            return None
-        try:
-            buf.decode("utf-8")  # Arrow does not check text it does not store; json.loads does
-            first = json.loads(values[0])  # an object: its line starts with "{" (the event time's JSON type)
-        except ValueError:
-            return None
-        ts_type = _TS_TYPES.get(type(first.get(self.ts)), pa.int64())
-        schema = pa.schema(self.fields + [pa.field(self.ts, ts_type)])
-        try:
-            table = pa_json.read_json(io.BytesIO(buf), read_options=pa_json.ReadOptions(use_threads=False,
-                                                                                     block_size=len(buf) + 1),
-                                      parse_options=pa_json.ParseOptions(explicit_schema=schema,
-                                                                         unexpected_field_behavior="ignore"))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return None
-        if table.num_rows != len(values):
-            return None
-        table = table.select(self.names)
-        # event times by the push rules, checked here as `row` checks them; the
-        # Kafka timestamp where the value has none
-        col = table.column(self.ts)
-        valid = np.asarray(col.is_valid()) if col.null_count else None
-        us = np.empty(len(values), dtype=np.int64)
-        try:
-            if valid is None:
-                us[:] = timestamps_us(col, self.ts)
-            else:
-                us[valid] = timestamps_us(col.filter(pa.array(valid)), self.ts)
-            check_time_range(us if valid is None else us[valid], self.ts)
-        except BatchError:
-            return None
-        if valid is not None:
-            for i in np.flatnonzero(~valid).tolist():
-                kind, ms = msgs[i].timestamp()
-                if kind == TIMESTAMP_NOT_AVAILABLE:
-                    return None
-                us[i] = ms * 1000
-        return table.set_column(self.ts_index, self.ts, pa.array(us, pa.timestamp("us", tz="UTC")))
-
-    def _with_time(self, msg, obj: dict) -> dict:
-        """The stream's fields of a decoded value; the Kafka timestamp when
-        the value has no event time (shared by the JSON and Avro decoders)."""
-        row = {k: obj[k] for k in self.names if k in obj}
-        t = row.get(self.ts)
-        if t is None:
-            kind, ms = msg.timestamp()
-            if kind == TIMESTAMP_NOT_AVAILABLE:
-                raise Malformed("schema", f"no {self.ts!r} field and no Kafka timestamp; every event needs a time")
-            row[self.ts] = ms * 1000
-        else:
-            row[self.ts] = _epoch_us(t, self.ts)
-        return row
-
-    def table(self, rows: list[dict]) -> pa.Table:
-        """Rows → Arrow, the timestamp as timestamp[us] so no unit guessing
-        happens twice; a column of mixed JSON types becomes text for the
-        engine's DuckDB casts to accept or explain."""
-        cols = {}
-        for name in self.names:
-            vals = [r.get(name) for r in rows]
-            if name == self.ts:
-                cols[name] = pa.array(vals, pa.timestamp("us", tz="UTC"))
-                continue
-            try:
-                cols[name] = pa.array(vals)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # OverflowError: an integer past 64 bits
-                cols[name] = pa.array([None if v is None else json.dumps(v) if isinstance(v, (dict, list))
-                                       else str(v) for v in vals])
-        return pa.table(cols)
 
 
 class KafkaIngest:
@@ -666,10 +434,14 @@ class KafkaIngest:
         if self.group and table is not None:
             tags = parts if row_msgs is msgs else np.array([m.partition() for m in row_msgs], dtype=np.int64)
         if table is not None and table.num_rows:
+            if dead:
+                self._send_dead(dead)
+                dead = []
             try:
-                if dead:
-                    self._send_dead(dead)
-                    dead = []
+                if self.decoders[topic].mixed:
+                    # values of several JSON types in a column: the engine judges each type
+                    # in a part of its own (as it would each message alone), never as text
+                    raise BatchError("a column mixes JSON types")
                 self.engine.push(stream, table, offsets=offsets, tags=tags, offline=not replay)
                 ingested = table.num_rows
             except ROW_ERRORS:
@@ -710,6 +482,8 @@ class KafkaIngest:
             if len(part) == hi - lo:
                 table = decoder.table(part)
                 try:
+                    if decoder.mixed:
+                        raise BatchError("a column mixes JSON types")  # split: each type judged on its own
                     self.engine.validate(stream, table)
                     good.append((lo, hi, table))
                     return
@@ -749,9 +523,11 @@ class KafkaIngest:
             last = j == len(runs) - 1
             try:
                 if len(run) > 1:
-                    push(lo, hi, decoder.table([decoder.row(m) for m in row_msgs[lo:hi]]), last)
-                    n += hi - lo
-                    continue
+                    whole = decoder.table([decoder.row(m) for m in row_msgs[lo:hi]])
+                    if not decoder.mixed:
+                        push(lo, hi, whole, last)
+                        n += hi - lo
+                        continue
             except ROW_ERRORS:  # refused before it was logged: the parts, each validated on its own
                 pass
             for k, (a, b, table) in enumerate(run):
