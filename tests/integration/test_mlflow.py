@@ -23,14 +23,6 @@ from fsapp import Client, FeatureStore  # noqa: E402
 from fsapp.integrations import IntegrationError  # noqa: E402
 from fsapp.integrations import mlflow as fsmlflow  # noqa: E402
 
-pytestmark = [
-    # MLflow's own stack (SQLAlchemy 2.1, pandas 3) warns about itself; our code's warnings stay errors
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:sqlalchemy.*"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.*"),
-    pytest.mark.filterwarnings("ignore:.*noload.*:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::FutureWarning:mlflow.*"),
-    pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning"),
-]
 
 DEFS = """
 CREATE ENTITY account (user_id BIGINT);
