@@ -73,7 +73,7 @@ def repo(tmp_path):
     return root, labels
 
 
-def test_logged_run_and_model_carry_the_lineage_and_the_model_reads_its_features(tracking, repo):
+def test_logged_run_and_model_carry_the_lineage_and_the_model_reads_its_features(tracking, repo, port_factory):
     root, labels = repo
     with FeatureStore(root) as store:
         train = store.get_historical_features(labels, feature_service="risk_v1")
@@ -108,6 +108,12 @@ def test_logged_run_and_model_carry_the_lineage_and_the_model_reads_its_features
     assert list(loaded.predict({"user_id": [1, 2, 999]})) == [0, 1, 0]  # 999: no features, filled as in training
     with pytest.raises(RepoBusy, match="has this repo.s store open"):
         FeatureStore(root).engine  # embedded: the model's process is now the repo's one writer
+
+    # pointed elsewhere when loading (as MLFLOW_PYFUNC_INFERENCE_CONFIG does for `mlflow models serve`)
+    elsewhere = mlflow.pyfunc.load_model(info.model_uri, model_config={"fstore_url": f"http://127.0.0.1:{port_factory()}"})
+    with pytest.raises(mlflow.exceptions.MlflowException, match="did not answer") as err:
+        elsewhere.predict({"user_id": [1]})
+    assert err.value.error_code == "TEMPORARILY_UNAVAILABLE"  # a 503 from the scoring server
     with pytest.raises(mlflow.exceptions.MlflowException, match="user_id"):
         loaded.predict({"amount": [1.0]})
 

@@ -108,7 +108,7 @@ def _provenance(training_set, feature_service, store):
                                    f"(registered services: {known}); `fstore apply` it or fix the name") from None
         if entry["kind"] != "feature_service":
             raise IntegrationError(f"{feature_service!r} is a {entry['kind']}, not a feature service")
-        return training_provenance(entry["resolved"]["features"], feature_service, False, "", handle.describe)
+        return training_provenance(entry["resolved"]["features"], feature_service, False, None, handle.describe)
     finally:
         if handle is not store:
             handle.close()

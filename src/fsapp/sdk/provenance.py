@@ -39,6 +39,8 @@ class Provenance:
 
 
 def label_source_of(entity_df) -> str:
+    if entity_df is None:  # no training set (a model logged with a feature service alone)
+        return ""
     if isinstance(entity_df, (str, os.PathLike)):
         return os.path.abspath(os.fspath(entity_df))
     kind = type(entity_df)
