@@ -36,6 +36,9 @@ CREATE FEATURE VIEW spend AS
 SELECT user_id, count(*) OVER lifetime() AS n_payments, sum(amount) OVER lifetime() AS total
 FROM payments;
 CREATE FEATURE SERVICE risk_v1 AS (spend:n_payments, spend:total);
+CREATE REQUEST SOURCE payment_request (amount DOUBLE);
+CREATE ON DEMAND FEATURE VIEW payment_context AS
+SELECT amount / spend.total AS share_of_total FROM payment_request, spend;
 """
 
 
@@ -180,3 +183,24 @@ def test_lineage_lists_the_models_that_read_a_feature(tracking, repo):
                          env={**os.environ, "MLFLOW_TRACKING_URI": ""})
     assert out.returncode == 0, out.stderr
     assert f"model by_service ({by_service.model_uri})" in out.stdout and "counts_only" not in out.stdout
+
+
+def test_on_demand_features_take_their_request_columns_from_the_request(tracking, repo):
+    root, labels = repo
+    labels = {**labels, "amount": [50.0, 10.0, 40.0, 30.0, 100.0, 20.0, 5.0]}  # the payment being scored
+    with FeatureStore(root) as store:
+        train = store.get_historical_features(labels, features=["spend:total", "payment_context:share_of_total"])
+        assert train.provenance.request_columns == (("amount", "DOUBLE"),)
+        X, y = fsmlflow.training_data(train, label="is_fraud", fill_na=0.0)
+        with mlflow.start_run():
+            info = fsmlflow.log_model(DecisionTreeClassifier(max_depth=1, random_state=0).fit(X, y),
+                                      training_set=train, store=store, name="with_request", fill_na=0.0)
+    loaded = mlflow.pyfunc.load_model(info.model_uri)
+    assert loaded.metadata.get_input_schema().input_names() == ["user_id", "amount"]
+    model = loaded.unwrap_python_model()
+    frame = model.lookup(__import__("pandas").DataFrame({"user_id": [1, 4], "amount": [6.0, 150.0]}))
+    assert frame.columns.tolist() == ["total", "share_of_total"]
+    assert frame["share_of_total"].tolist() == [0.5, 0.1]  # 6 / 12 and 150 / 1500, computed at read time
+    assert len(loaded.predict({"user_id": [1, 4], "amount": [6.0, 150.0]})) == 2
+    with pytest.raises(mlflow.exceptions.MlflowException, match="amount"):
+        loaded.predict({"user_id": [1]})

@@ -147,10 +147,14 @@ def _inner(model, tmp: str) -> tuple[dict, object]:
 
 
 def _requirements(model) -> list[str]:
+    """Pinned as installed, so MLflow need not infer them. fstore itself is
+    left out: the name `fstore` on PyPI is another project, so an MLflow-made
+    environment must get fstore from pip_requirements=[<wheel or path>];
+    `--env-manager local` serves with the fstore installed where it runs."""
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for dist in ("fstore", "mlflow-skinny", "scikit-learn", "pandas", "pyarrow"):
+    for dist in ("mlflow-skinny", "scikit-learn", "pandas", "pyarrow"):
         if dist == "scikit-learn" and type(model).__module__.split(".")[0] != "sklearn":
             continue
         try:
