@@ -141,6 +141,9 @@ def test_bad_uses_say_what_to_fix(tracking, repo):
     out = subprocess.run([sys.executable, "-m", "fsapp.cli", "lineage", "spend", "--models", "--repo", str(root)],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "MLFLOW_TRACKING_URI": ""})
     assert out.returncode == 1 and "--models needs an MLflow tracking URI" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "fsapp.cli", "lineage", "spend", "--models", "--repo", str(root),
+                          "--tracking-uri", "nosuchscheme://tracking"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.startswith("error: could not list the models logged at nosuch"), out.stderr
 
 
 def test_lineage_lists_the_models_that_read_a_feature(tracking, repo):
@@ -174,7 +177,8 @@ def test_lineage_lists_the_models_that_read_a_feature(tracking, repo):
             "/api/v1/lineage/spend:n_payments", params={"models": "false"}).json["nodes"]})
         broken = testing.TestClient(create_app(EngineBackend(store.engine), models=model_lister("nosuchscheme://tracking")))
         res = broken.simulate_get("/api/v1/lineage/spend:total")
-        assert res.status_code == 200 and "could not list the logged models" in res.json["models_error"]
+        assert res.status_code == 200 and res.json["models_error"].startswith(
+            "could not list the models logged at nosuchscheme://tracking: ")
 
     # CLI, the tracking URI from fstore.yaml
     (root / "fstore.yaml").write_text(f"project: mlflowtest\nmlflow:\n  tracking_uri: {tracking}\n")

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fscore.errors import FStoreError
+
 from fsapp.api import errors
 from fsapp.api import requests as rq
 from fsapp.api.deferred import after_response
@@ -411,8 +413,9 @@ class RegistryItem(_Resource):
 
 class Lineage(_Resource):
     """GET /api/v1/lineage/{name}[?models=false]: with `models` (a callable
-    listing logged models, fsapp.integrations.tracking.model_lister) the
-    models that read the features below `name` are nodes too."""
+    listing logged models, fsapp.integrations.tracking.model_lister, which
+    reports failures as FStoreError) the models that read the features below
+    `name` are nodes too."""
 
     def __init__(self, backend, limits, models=None):
         super().__init__(backend, limits)
@@ -424,8 +427,8 @@ class Lineage(_Resource):
             from fsapp.registry.lineage import with_models
             try:
                 graph = with_models(graph, self.models())
-            except Exception as e:  # noqa: BLE001 - the model store is another service: the registry's answer stands
-                graph["models_error"] = f"could not list the logged models: {type(e).__name__}: {e}"
+            except FStoreError as e:  # the model store is another service: the registry's answer stands
+                graph["models_error"] = str(e)
         send_json(resp, graph)
 
 

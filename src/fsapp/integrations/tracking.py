@@ -23,11 +23,16 @@ def tracking_uri_for(repo=None, given: str | None = None, use_env: bool = True) 
 
 def model_lister(tracking_uri: str):
     """A callable listing the models logged with `log_model` at
-    `tracking_uri`; MLflow is imported on the first call, not before."""
+    `tracking_uri`; MLflow is imported on the first call, not before. Any
+    failure is an IntegrationError naming the URI."""
     def list_models() -> list[dict]:
         try:
             from fsapp.integrations.mlflow import logged_models
         except ImportError as e:
             raise IntegrationError(f"listing models needs MLflow ({e}): pip install 'fstore[mlflow]'") from None
-        return logged_models(tracking_uri)
+        try:
+            return logged_models(tracking_uri)
+        except Exception as e:  # noqa: BLE001 - MLflow's failures (a bad URI, a server down) come in many classes
+            raise IntegrationError(f"could not list the models logged at {tracking_uri}: "
+                                   f"{type(e).__name__}: {e}") from e
     return list_models
