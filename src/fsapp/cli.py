@@ -58,6 +58,11 @@ def _size(v):
         return "a size such as 2GB, 512MiB or a number of bytes (at least 1MB)"
 
 
+def _on_off(v):
+    # YAML reads a bare on/off as a boolean: both spellings mean the same
+    return None if v in ("on", "off", True, False) else "on or off"
+
+
 def _one_of(*choices):
     def check(v):
         return None if v in choices else "one of " + ", ".join(choices)
@@ -96,6 +101,8 @@ SERVE_OPTIONS = (
                 "the keys with the oldest event time of the biggest view are evicted, counted in /metrics"),
     ServeOption("--checkpoint-seconds", "online.checkpoint_seconds", float, "S", 60.0, _positive_number,
                 "checkpoint period"),
+    ServeOption("--ui", "online.ui", str, "{on,off}", "on", _on_off,
+                "the web UI at /ui (docs/ui.md): static pages over this API, with the same API keys"),
     ServeOption("--api-keys-file", "auth.api_keys_file", str, "PATH", None, _text,
                 "API keys, one 'TOKEN SCOPE[,SCOPE]' a line (scopes read, write, admin; # comments); without "
                 "one the API is open"),
@@ -170,7 +177,8 @@ def _serve(args) -> int:
     except (RegistryError, ValueError) as e:
         print(f"fstore serve: {e}", file=sys.stderr)
         return 1
-    # the workers read the keys file the supervisor's environment names (gunicorn inherits it)
+    # the workers read these from the supervisor's environment (gunicorn inherits it)
+    os.environ["FSTORE_UI"] = "on" if opts.pop("ui") in ("on", True) else "off"
     if keys_file:
         os.environ["FSTORE_API_KEYS_FILE"] = keys_file
         print(f"fstore serve: {len(keys)} API key(s) from {keys_file}", file=sys.stderr, flush=True)

@@ -84,51 +84,80 @@ def kafka_broker():
             proc.wait()
 
 
+def apply_repo(root, defs: str, extra_yaml: str = ""):
+    """A repo at `root` (fstore.yaml + defs.sql), applied."""
+    from fsapp.registry.repo import Repo
+
+    root.mkdir(exist_ok=True)
+    (root / "fstore.yaml").write_text("project: servetest\nregistry: data/registry.db\ndata_dir: data\n" + extra_yaml)
+    (root / "defs.sql").write_text(defs)
+    Repo(root).apply()
+
+
+def launch_serve(root, log_path):
+    """`fstore serve` on the applied repo at `root` (2 workers, fsync=always)
+    on a free loopback port, once it answers /health; returns (base_url,
+    process, log file). Stop it with stop_serve."""
+    port = free_port()
+    log = open(log_path, "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "fsapp.cli", "serve", "--repo", str(root), "--port",
+                             str(port), "--workers", "2", "--fsync", "always", "--grpc-port",
+                             str(free_port())],
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(base + "/health", timeout=2).read()
+            return base, proc, log
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if proc.poll() is not None:
+                log.seek(0)
+                stop_serve(proc, log)
+                pytest.fail("fstore serve exited: " + log.read())
+            time.sleep(0.2)
+    stop_serve(proc, log)
+    pytest.fail("fstore serve did not answer /health in 90 s")
+
+
+def stop_serve(proc, log) -> None:
+    """SIGTERM (a clean stop: final checkpoint), SIGKILL after 60 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def serve_helpers():
+    """apply_repo, launch_serve and stop_serve, for a fixture of wider scope
+    than serve_repo's (one server for a whole module)."""
+    import types
+
+    return types.SimpleNamespace(apply_repo=apply_repo, launch_serve=launch_serve, stop_serve=stop_serve)
+
+
 @pytest.fixture
 def serve_repo(tmp_path):
     """A factory: serve_repo(definitions_sql, extra_yaml="") applies a repo
-    and runs `fstore serve` on it (2 workers, fsync=always) on a free loopback
-    port; returns (base_url, process, log file). Stopped with SIGTERM after."""
+    and runs `fstore serve` on it (launch_serve); returns (base_url, process,
+    log file). Stopped with SIGTERM after."""
     started = []
 
     def start(defs: str, extra_yaml: str = ""):
-        from fsapp.registry.repo import Repo
-
         root = tmp_path / "repo"
-        root.mkdir()
-        (root / "fstore.yaml").write_text("project: servetest\nregistry: data/registry.db\ndata_dir: data\n"
-                                          + extra_yaml)
-        (root / "defs.sql").write_text(defs)
-        Repo(root).apply()
-        port = free_port()
-        log = open(tmp_path / "serve.log", "w+")
-        proc = subprocess.Popen([sys.executable, "-m", "fsapp.cli", "serve", "--repo", str(root), "--port",
-                                 str(port), "--workers", "2", "--fsync", "always", "--grpc-port",
-                                 str(free_port())],
-                                stdout=log, stderr=subprocess.STDOUT)
-        started.append((proc, log))
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(base + "/health", timeout=2).read()
-                return base, proc, log
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if proc.poll() is not None:
-                    log.seek(0)
-                    pytest.fail("fstore serve exited: " + log.read())
-                time.sleep(0.2)
-        pytest.fail("fstore serve did not answer /health in 90 s")
+        apply_repo(root, defs, extra_yaml)
+        served = launch_serve(root, tmp_path / "serve.log")
+        started.append(served[1:])
+        return served
 
     yield start
     for proc, log in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
+        stop_serve(proc, log)
 
 
 @pytest.fixture

@@ -351,3 +351,38 @@ def test_a_tick_that_moves_many_keys_lets_pushes_in_between_its_chunks(repo, rng
                                   now=t + 5 * M + 1)
     assert out["results"][1]["values"] == [1] * 40
     eng.close()
+
+
+def test_a_source_replay_is_applied_online_only_and_so_is_its_wal_replay(repo, rng):
+    """`push(..., offline=False)`: a Kafka group member replaying events its
+    offline log holds (docs/kafka.md): online state takes them, the offline
+    log does not (again), neither live nor when the WAL is replayed; what the
+    offline log holds per partition (`logged_offsets`) survives restarts."""
+    d = str(repo.data_dir / "engine")
+    eng = Engine(d, str(repo.registry_path), fsync="always")
+    now = T0 + 2 * H + 7 * M
+    first = events(rng, 200, T0)
+    eng.push("transactions", first, now=now, offsets={"txns/0": 200})
+    with pytest.raises(ValueError, match="offsets"):
+        eng.push("transactions", first, now=now, offline=False)
+    eng.offsets.clear()  # a revoke forgets them (with the keys, which this test keeps)
+    eng.push("transactions", first, now=now, offsets={"txns/0": 200}, offline=False)
+    eng.push("transactions", events(rng, 50, T0 + H), now=now, offsets={"txns/0": 250})
+
+    def offline_rows(e):
+        e.offline.log.flush()
+        return e.con.execute(f"SELECT count(*) FROM read_parquet('{e.offline.log.glob('transactions')}')").fetchone()[0]
+
+    feats = ["user_txn:txn_count_1h"]
+    users = {"user_id": list(range(1, 6))}
+    online = eng.get_online_features(feats, entities=users, now=now)
+    assert offline_rows(eng) == 250 and eng.logged_offsets == {"txns/0": 250}
+    eng.close()
+    eng = Engine(d, str(repo.registry_path), fsync="always")  # the three pushes replay from the WAL
+    assert eng.replayed == 3 and offline_rows(eng) == 250
+    assert eng.get_online_features(feats, entities=users, now=now) == online
+    eng.checkpoint()
+    eng.close()
+    eng = Engine(d, str(repo.registry_path), fsync="always")
+    assert eng.logged_offsets == {"txns/0": 250} and offline_rows(eng) == 250
+    eng.close()

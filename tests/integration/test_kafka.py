@@ -126,6 +126,42 @@ def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(ka
     engine.close()
 
 
+def test_a_key_sent_as_text_is_the_only_dead_letter_of_its_batch(kafka_broker, tmp_path):
+    """One message whose entity key is JSON text made the key column of its
+    whole batch text, and the key column refuses text: every good event of
+    the batch went to the dead letters with it ("takes integers, not text
+    (got '6')"). The refused batch is bisected into parts decoded on their
+    own: only the odd messages are dead letters, the rest counted in order."""
+    topic = "payments-mixed-key"
+    kafka_broker.create_topic(topic, partitions=1)
+    repo = make_repo(tmp_path, topic, kafka_broker.bootstrap)
+    t = time.time_ns() // 1000 - 60_000_000
+    p = kafka_broker.producer()
+    bad = {7: {"account_id": "x", "amount": 1.0, "ts": t}, 30: {"account_id": "2", "amount": 1.0, "ts": t},
+           31: {"account_id": 1, "amount": "lots", "ts": t}}
+    sent = []
+    for i in range(80):
+        ev = bad.get(i) or {"account_id": i % 3, "amount": 1.5 if i % 2 else "2.5", "ts": t + i}
+        sent.append(ev)
+        p.produce(topic, json.dumps(ev).encode(), partition=0)
+    p.flush(10)
+    engine = open_engine(repo)
+    ingest = subscribed(engine, repo)
+    try:
+        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 80)
+        good = [ev for i, ev in enumerate(sent) if i not in bad]
+        counts, sums = totals(engine, [0, 1, 2])
+        assert counts == [sum(1 for ev in good if ev["account_id"] == a) for a in range(3)]
+        assert sums == [sum(float(ev["amount"]) for ev in good if ev["account_id"] == a) for a in range(3)]
+        assert engine.stats()["kafka"]["dead_lettered"] == {topic: 3}
+        assert engine.offsets == {f"{topic}/0": 80}
+    finally:
+        ingest.stop()
+        engine.close()
+    letters = kafka_broker.read_all(f"{topic}.dlq")
+    assert sorted(int(dict(m.headers())["fstore.source.offset"]) for m in letters) == sorted(bad)
+
+
 def test_a_clean_topic_is_read_by_the_batch_decoder_and_a_poison_time_is_a_dead_letter(kafka_broker, tmp_path):
     """Issue 16: batches decode at once (Arrow's JSON reader), with the same
     values as the per-message reader. A NaN event time (JSON allows it) used
@@ -237,7 +273,9 @@ def test_config_errors_say_what_to_fix(tmp_path):
     assert cfg.client_properties()["security.protocol"] == "SSL" and cfg.group_id == "fstore-p"
     for bad, says in (("max_share: 0", "fraction in 0.05..1"), ("max_share: yes", "fraction"),
                       ("ready_max_lag: -1", "ready_max_lag: expected a number >= 0"),
-                      ("shared_batch_size: 0", "shared_batch_size: expected a number >= 1")):
+                      ("shared_batch_size: 0", "shared_batch_size: expected a number >= 1"),
+                      ("advertised_url: 10.0.0.1:9094", "not an http\\(s\\) URL"),
+                      ("members_topic: ''", "members_topic: expected a non-empty string")):
         (repo.root / "fstore.yaml").write_text(f"project: p\nkafka:\n  bootstrap_servers: x:1\n  {bad}\n")
         with pytest.raises(RepoError, match=says):
             KafkaConfig.from_repo(Repo(repo.root))

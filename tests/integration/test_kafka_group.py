@@ -7,6 +7,7 @@ import json
 import threading
 import time
 
+import pyarrow as pa
 import pytest
 
 from fsapp.engine import Engine
@@ -287,5 +288,62 @@ def test_a_row_reused_after_a_max_keys_eviction_is_not_taken_for_a_split_view(tm
                         offsets={f"t/{i % 2}": i}, tags=np.array([i % 2]))
         assert engine.runtimes[("account_totals", 1)].table.stats()["evicted_capacity"] > 0
         assert not keys.split
+    finally:
+        engine.close()
+
+
+def test_a_replay_logs_nothing_offline_twice_and_sends_no_dead_letter_again(kafka_broker, tmp_path):
+    """Group mode replays a partition from its start whenever it is assigned
+    (here: a restart, which drops the recovered keys). The offline log and
+    the dead letters of this data directory already hold the replayed events:
+    they appended them again, so a training set built on this node counted
+    every event twice while the online store counted it once."""
+    topic, parts = "payments-group-offline", 2
+    kafka_broker.create_topic(topic, partitions=parts)
+    repo = make_repo(tmp_path, "a", topic, kafka_broker.bootstrap, "g-offline")
+    p = kafka_broker.producer(partitioner="murmur2_random")
+    expected = produce(kafka_broker, topic, parts, 240)
+    for bad in (b"{not json", b'{"account_id": "x"}'):
+        p.produce(topic, bad, key=b"1")
+    p.flush(10)
+    dead_file = repo.root / "data" / "dead.jsonl"
+    accounts = list(range(KEYS))
+
+    def run(until_consumed):
+        engine = open_engine(repo)
+        ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo)).start()
+        try:
+            wait(lambda: counts_of(engine, accounts)[0] == expected and
+                 all(q["state"] == "live" for q in ingest.cluster()["partitions"])
+                 and sum(ingest.counts["consumed"].values()) >= until_consumed,
+                 60, lambda: f"did not catch up: {ingest.cluster()} {counts_of(engine, accounts)}")
+        finally:
+            ingest.stop()
+        engine.checkpoint()  # flushes the offline log
+        return engine
+
+    run(242).close()
+    assert len(dead_file.read_text().splitlines()) == 2
+    # more while the node is down (and one more bad one): the replay batches
+    # hold events logged before and new ones
+    for k, n in produce(kafka_broker, topic, parts, 60, start=240).items():
+        expected[k] += n
+    p.produce(topic, b"[1, 2]", key=b"2")
+    p.flush(10)
+    engine = run(303)
+    try:
+        offline = engine.con.execute(
+            f"SELECT account_id, count(*) FROM read_parquet('{engine.offline.log.glob('payments')}') "
+            "GROUP BY ALL").fetchall()
+        assert dict(offline) == expected
+        letters = [json.loads(line) for line in dead_file.read_text().splitlines()]
+        assert len(letters) == 3 and len({(d["partition"], d["offset"]) for d in letters}) == 3
+        # the training set on this node agrees with what its online store served
+        # (`run` waited for exactly these counts; the stop revoked them since)
+        now = time.time_ns() // 1000
+        labels = pa.table({"account_id": accounts, "event_timestamp": pa.array([now] * KEYS, pa.timestamp("us"))})
+        train = engine.get_historical_features(labels, ["account_totals:n_payments"]).to_arrow()
+        got = dict(zip(train.column("account_id").to_pylist(), train.column("n_payments").to_pylist()))
+        assert got == expected
     finally:
         engine.close()

@@ -1,11 +1,12 @@
-"""Scale-out on Kafka for real: two `fstore serve` nodes in one consumer
-group on a 4-partition topic (tansu). Each serves the keys of its
+"""Scale-out on Kafka for real: three `fstore serve` nodes in one consumer
+group on a 6-partition topic (tansu). Each serves the keys of its
 partitions; kill -9 of one node (its whole process group, as a machine
-crash) → the other takes its partitions over, replays them and serves exact
+crash) → the others take its partitions over, replay them and serve exact
 lifetime counts for every key; the killed node comes back → after the
-rebalance each key is served by its owner only, exactly, and no node served
+rebalance each key is held by its owner only, exactly, and no node served
 a key of a partition it did not own as PRESENT at any moment in between.
-The `Router` finds each key's owner through GET /api/v1/cluster."""
+The `Router` finds each key's owner through GET /api/v1/cluster, and any
+node answers for every key by asking the owners (the members topic)."""
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ CREATE STREAM payments (account_id BIGINT, amount DOUBLE, ts TIMESTAMP)
 CREATE FEATURE VIEW account_totals AS
 SELECT account_id, count(*) OVER lifetime() AS n_payments FROM payments;
 """
-TOPIC, PARTS, KEYS = "payments-scaleout", 4, 24
+TOPIC, PARTS, KEYS = "payments-scaleout", 6, 36
 
 
 def free_port() -> int:
@@ -103,12 +104,15 @@ class Node:
         except (urllib.error.URLError, ConnectionError, OSError):
             return set()
 
-    def counts(self, keys):
+    def counts(self, keys, local=True):
+        """{key: (count, status)} from this node's own state (`X-Fstore-Local`),
+        or through it (local=False: keys of other owners read from them)."""
         body = json.dumps({"features": ["account_totals:n_payments"], "entities": {"account_id": keys}}).encode()
-        req = urllib.request.Request(self.url + "/api/v1/features/online", data=body,
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json", **({"X-Fstore-Local": "1"} if local else {})}
+        req = urllib.request.Request(self.url + "/api/v1/features/online", data=body, headers=headers)
         with urllib.request.urlopen(req, timeout=5) as r:
             doc = json.loads(r.read())
+            self.forwarded_to = r.headers.get("X-Fstore-Forwarded")
         return dict(zip(keys, zip(doc["results"][1]["values"], doc["results"][1]["statuses"])))
 
 
@@ -131,7 +135,7 @@ class StaleWatch:
 
     def __init__(self, nodes, expected):
         self.nodes, self.expected = nodes, expected
-        self.bad, self.reads = [], 0
+        self.bad, self.reads, self.through = [], 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -152,6 +156,13 @@ class StaleWatch:
                 for k, (value, status) in got.items():
                     if status == "PRESENT" and (partition_for(k, PARTS) not in owned or value > self.expected[k]):
                         self.bad.append((node.url, k, value, self.expected[k], sorted(owned)))
+                try:  # through the node: other owners' keys forwarded to them; never above the truth
+                    through = node.counts(keys, local=False)
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    continue
+                self.through += 1
+                self.bad.extend((node.url, "through", k, v, self.expected[k]) for k, (v, st) in through.items()
+                                if st == "PRESENT" and v > self.expected[k])
             time.sleep(0.01)
 
     def stop(self):
@@ -182,8 +193,11 @@ def all_live(nodes, want):
 
 
 def assert_served_by_owners(nodes, expected):
+    """Each node's own state holds exactly its partitions' keys; through any
+    node every key reads its exact count (the others' from their owners)."""
     router = Router([n.url for n in nodes])
     assert router.partitions == PARTS
+    everything = {k: (expected[k], "PRESENT") for k in range(KEYS)}
     for node in nodes:
         got = node.counts(list(range(KEYS)))
         for k in range(KEYS):
@@ -191,30 +205,44 @@ def assert_served_by_owners(nodes, expected):
                 assert got[k] == (expected[k], "PRESENT"), (node.url, k, got[k], expected[k])
             else:
                 assert got[k][1] == "NOT_FOUND", (node.url, k, got[k])
+        doc = node.cluster()
+        assert sorted(m["url"] for m in doc["members"]) == sorted(n.url for n in nodes), doc["members"]
+        assert {int(p): url for p, url in doc["owners"][TOPIC].items()} == router.owners, doc["owners"]
+        # a node's workers renew what they know of the owners every second
+        others = {router.owner(k) for k in range(KEYS)} - {node.url}
+        wait_for(lambda: node.counts(list(range(KEYS)), local=False) == everything
+                 and set((node.forwarded_to or "").split(",")) - {""} == others, 5,
+                 lambda: f"{node.url} does not answer for every key: {node.counts(list(range(KEYS)), local=False)}")
     router.close()
 
 
-def test_two_nodes_one_killed_and_restarted_serve_exact_counts_and_never_stale(kafka_broker, tmp_path):
+def test_three_nodes_one_killed_and_restarted_serve_exact_counts_and_never_stale(kafka_broker, tmp_path):
     kafka_broker.create_topic(TOPIC, partitions=PARTS)
     expected = {}
     produce(kafka_broker, 4000, 0, expected)
-    a, b = Node(tmp_path, "a", kafka_broker.bootstrap), Node(tmp_path, "b", kafka_broker.bootstrap)
+    nodes = [Node(tmp_path, name, kafka_broker.bootstrap) for name in "abc"]
+    a, rest = nodes[0], nodes[1:]
+    logs = lambda: "\n".join(n.text() for n in nodes)  # noqa: E731
     watch = None
     try:
-        a.start(), b.start()
-        a.wait_up(), b.wait_up()
-        wait_for(lambda: all_live([a, b], [2, 2]), 60, lambda: f"no 2+2 group: {a.text()}\n{b.text()}")
-        assert_served_by_owners([a, b], expected)
+        for n in nodes:
+            n.start()
+        for n in nodes:
+            n.wait_up()
+        wait_for(lambda: all_live(nodes, [2, 2, 2]), 90, lambda: f"no 2+2+2 group: {logs()}")
+        assert_served_by_owners(nodes, expected)
         assert a.cluster()["group_id"] == "g-scaleout" and a.cluster()["node"] == f"127.0.0.1:{a.port}"
 
-        # kill -9 node a: b owns its partitions after the session timeout and rebuilds them
-        watch = StaleWatch([a, b], expected)
+        # kill -9 node a: the others own its partitions after the session timeout and rebuild them
+        watch = StaleWatch(nodes, expected)
         killed = time.monotonic()
         a.kill9()
-        wait_for(lambda: all_live([b], [4]), 60, lambda: f"b did not take over: {b.cluster()}\n{b.text()}")
+        wait_for(lambda: all_live(rest, [3, 3]), 60, lambda: f"b and c did not take over: {logs()}")
         takeover_s = time.monotonic() - killed
-        got = b.counts(list(range(KEYS)))
-        assert got == {k: (expected[k], "PRESENT") for k in range(KEYS)}
+        everything = {k: (expected[k], "PRESENT") for k in range(KEYS)}
+        for n in rest:  # through either survivor, every key, exact
+            wait_for(lambda: n.counts(list(range(KEYS)), local=False) == everything, 30,
+                     lambda: f"{n.url} does not answer every key after the takeover: {n.cluster()}")
 
         # a comes back (its old state on disk): after the rebalance each key has one owner, exact
         produce(kafka_broker, 1200, 4000, expected)
@@ -222,18 +250,18 @@ def test_two_nodes_one_killed_and_restarted_serve_exact_counts_and_never_stale(k
         a.start()
         a.wait_up()
         up_s = time.monotonic() - restarted
-        wait_for(lambda: all_live([a, b], [2, 2]), 60, lambda: f"no 2+2 group again: {a.text()}\n{b.text()}")
+        wait_for(lambda: all_live(nodes, [2, 2, 2]), 60, lambda: f"no 2+2+2 group again: {logs()}")
         rejoin_s = time.monotonic() - restarted
-        wait_for(lambda: all(v == (expected[k], "PRESENT") for n in (a, b)
+        wait_for(lambda: all(v == (expected[k], "PRESENT") for n in nodes
                              for k, v in n.counts(list(range(KEYS))).items() if partition_for(k, PARTS) in n.owned()),
                  20, lambda: "owners did not catch up")
         bad = watch.stop()
-        assert watch.reads > 20 and not bad, bad[:5]
-        assert_served_by_owners([a, b], expected)
+        assert watch.reads > 20 and watch.through > 20 and not bad, bad[:5]
+        assert_served_by_owners(nodes, expected)
         print(f"takeover after kill -9: {takeover_s:.1f} s (session.timeout.ms 6000); restarted node up in "
-              f"{up_s:.1f} s, 2+2 live {rejoin_s:.1f} s after its start; {watch.reads} polls, none stale")
+              f"{up_s:.1f} s, 2+2+2 live {rejoin_s:.1f} s after its start; {watch.reads} polls, none stale")
     finally:
         if watch is not None:
             watch.stop()
-        a.stop()
-        b.stop()
+        for n in nodes:
+            n.stop()

@@ -450,7 +450,8 @@ def test_openapi_describes_every_route(api):
     routes = {"/api/v1/features/online", "/api/v1/features/historical", "/api/v1/push", "/api/v1/materialize",
               "/api/v1/registry/{kind}", "/api/v1/registry/{kind}/{name}", "/api/v1/lineage/{name}",
               "/get-online-features", "/push", "/write-to-online-store", "/materialize", "/materialize-incremental",
-              "/health", "/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/cluster"}
+              "/health", "/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/cluster", "/api/v1/stats",
+              "/api/v1/whoami"}
     assert set(doc["paths"]) == routes
     for path, ops in doc["paths"].items():
         for op in ops.values():

@@ -49,3 +49,58 @@ def test_a_partition_is_live_only_past_the_first_fetched_high_watermark():
     p.assign("t/0", None, now=4.0)  # an empty partition
     p.update("t/0", None, 0, now=4.5)
     assert p.state("t/0") == "live"
+
+
+def test_owners_are_the_fresh_claims_and_a_partition_claimed_twice_goes_to_the_newer():
+    from fsapp.engine.members import Membership
+
+    now = [1000.0]
+    m = Membership({"bootstrap.servers": "unused:1"}, "fstore.members.g", "http://a:1", stale_s=15,
+                   clock=lambda: now[0])
+    m._note({"url": "http://a:1", "at": 1000_000, "partitions": [["t", 0], ["t", 1]]})
+    m._note({"url": "http://b:1", "at": 1001_000, "partitions": [["t", 1], ["t", 2]]})  # a rebalance in flight
+    m._note({"url": "http://c:1", "at": 990_000, "partitions": [["t", 3]], "leaving": True})
+    m._note({"url": "http://a:1", "at": 999_000, "partitions": []})  # an older record arriving late
+    now[0] = 1002.0
+    assert m.owners() == {("t", 0): "http://a:1", ("t", 1): "http://b:1", ("t", 2): "http://b:1"}
+    assert [x["url"] for x in m.members()] == ["http://a:1", "http://b:1"]
+    now[0] = 1015.5  # a's claim is older than stale_s: a died without a word
+    assert m.owners() == {("t", 1): "http://b:1", ("t", 2): "http://b:1"}
+
+
+def test_a_read_whose_owner_does_not_answer_keeps_this_nodes_rows_and_says_so():
+    import json
+    import socket
+
+    from fsapp.api.forwarding import ReadForwarder
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    owners = {str(p): ("http://me:1" if p % 2 == 0 else dead) for p in range(4)}
+
+    class Backend:
+        def cluster(self):
+            return {"mode": "group", "url": "http://me:1", "owners": {"t": owners},
+                    "topics": {"t": {"stream": "s", "partitions": 4, "key": ["account_id"]}}}
+
+    class Resp:
+        def __init__(self):
+            self.headers = {}
+
+        def set_header(self, k, v):
+            self.headers[k] = v
+
+    keys = list(range(12))
+    local = {"metadata": {"feature_names": ["account_id", "n"]},
+             "results": [{"values": keys, "statuses": ["PRESENT"] * 12, "event_timestamps": [None] * 12},
+                         {"values": [None] * 12, "statuses": ["NOT_FOUND"] * 12, "event_timestamps": [None] * 12}]}
+    resp = Resp()
+    fwd = ReadForwarder(Backend(), timeout_s=0.5)
+    out = fwd.complete((["v:n"], None, {"account_id": keys}, None, False), json.dumps(local), None, resp)
+    assert json.loads(out) == local
+    assert resp.headers == {"X-Fstore-Forwarded": dead, "X-Fstore-Forward-Failed": dead} and fwd.failures == 1
+    # keys with no route (a float, a null) are this node's answer alone
+    resp = Resp()
+    assert fwd.complete((["v:n"], None, {"account_id": [None, 1.5]}, None, False), "{}", None, resp) == "{}"
+    assert resp.headers == {}

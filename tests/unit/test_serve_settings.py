@@ -33,7 +33,8 @@ def test_serve_takes_its_settings_from_fstore_yaml_and_a_flag_wins(tmp_path):
                                "  grpc_port: 0\n  grpc_workers: 4\n  max_memory: 2GB\n")
     assert serve_settings(serve_args(), repo) == {
         "host": "0.0.0.0", "port": 9099, "workers": 3, "fsync": "interval", "capacity": 64, "max_keys": 500,
-        "checkpoint_seconds": 5, "api_keys_file": None, "grpc_port": 0, "grpc_workers": 4, "max_memory": "2GB"}
+        "checkpoint_seconds": 5, "api_keys_file": None, "grpc_port": 0, "grpc_workers": 4, "max_memory": "2GB",
+        "ui": "on"}
     got = serve_settings(serve_args("--port", "9100", "--max-keys", "7", "--fsync", "always"), repo)
     assert (got["port"], got["max_keys"], got["fsync"], got["workers"]) == (9100, 7, "always", 3)
     defaults = serve_settings(serve_args(), repo_with(tmp_path, "project: p\n"))
@@ -50,11 +51,20 @@ def test_serve_takes_its_settings_from_fstore_yaml_and_a_flag_wins(tmp_path):
     ("  max_memory: 2 parsecs\n", "fstore.yaml line 4: online.max_memory must be a size such as 2GB"),
     ("  max_memory: 100\n", r"fstore.yaml line 4: online.max_memory must be .*\(at least 1MB\), got 100"),
     ("  prot: 9099\n", "fstore.yaml line 4: online.prot is not a setting; the settings are host, port, "),
+    ("  ui: maybe\n", "fstore.yaml line 4: online.ui must be on or off, got 'maybe'"),
 ])
 def test_a_wrong_serve_setting_names_its_line(tmp_path, online, message):
     repo = repo_with(tmp_path, "project: p\n# serving\nonline:\n" + online)
     with pytest.raises(RepoError, match=message):
         serve_settings(serve_args(), repo)
+
+
+def test_the_web_ui_is_on_unless_turned_off(tmp_path):
+    assert serve_settings(serve_args(), repo_with(tmp_path, "project: p\n"))["ui"] == "on"
+    assert serve_settings(serve_args(), repo_with(tmp_path, "project: p\nonline:\n  ui: off\n"))["ui"] is False
+    assert serve_settings(serve_args("--ui", "off"), repo_with(tmp_path, "project: p\n"))["ui"] == "off"
+    with pytest.raises(_BadFlag, match="--ui must be on or off"):
+        serve_settings(serve_args("--ui", "no"), repo_with(tmp_path, "project: p\n"))
 
 
 def test_a_wrong_flag_is_bad_usage(tmp_path):

@@ -15,8 +15,10 @@ import falcon
 from fsapp.api import errors, resources as r
 from fsapp.api.auth import ApiKeys
 from fsapp.api.deferred import after_response
+from fsapp.api.forwarding import ReadForwarder
 from fsapp.api.metrics import HttpMetrics
 from fsapp.api.openapi import openapi_document
+from fsapp.ui import add_ui_routes
 
 DEFAULT_MAX_BODY_BYTES = 16 << 20
 
@@ -73,13 +75,15 @@ _NO_VECTORS = ("fstore has no vector index: online document retrieval (vector se
 
 
 def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               json_max_rows: int = 10_000, http_metrics: HttpMetrics | None = None, models=None) -> falcon.App:
+               json_max_rows: int = 10_000, http_metrics: HttpMetrics | None = None, ui: bool = True,
+               models=None) -> falcon.App:
     """The API over `backend` (see fsapp.api.backend.Backend).
 
     api_keys: {token: scopes} (scopes: "read", "write", "admin", as a set or a
     comma-separated string); None leaves the API open. max_body_bytes: larger
     requests get 413. http_metrics: pass one to share the registry (e.g. to
     merge it with other workers'); default a new per-process registry.
+    ui: serve the web UI at /ui (fsapp.ui; static files over this API).
     models: a callable listing logged models for the lineage endpoint
     (fsapp.integrations.tracking.model_lister); None: lineage is the registry's."""
     if max_body_bytes < 1:
@@ -102,6 +106,8 @@ def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = D
         "/api/v1/registry/{kind}/{name}": r.RegistryItem(backend, limits),
         "/api/v1/lineage/{name}": r.Lineage(backend, limits, models),
         "/api/v1/cluster": r.Cluster(backend, limits),
+        "/api/v1/stats": r.Stats(backend, limits, http),
+        "/api/v1/whoami": r.WhoAmI(backend, limits, keys),
         "/get-online-features": r.FeastOnlineFeatures(backend, limits),
         "/push": r.FeastPush(backend, limits),
         "/write-to-online-store": r.FeastWriteToOnlineStore(backend, limits),
@@ -114,6 +120,11 @@ def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = D
         "/metrics": r.Metrics(backend, limits, http),
         "/api/v1/openapi.json": r.OpenApi(backend, limits, openapi_document(max_body_bytes)),
     }
+    forwarder = ReadForwarder(backend)  # answers locally unless the backend is a node of a Kafka group
     for path, resource in routes.items():
+        if isinstance(resource, r.OnlineFeatures):
+            resource.forwarder = forwarder
         app.add_route(path, resource)
+    if ui:
+        add_ui_routes(app)
     return app

@@ -116,6 +116,15 @@ class ApiKeys:
 
     def verify(self, header: str | None, needed: str) -> None:
         """`check` for an Authorization value from anywhere (gRPC metadata too)."""
+        scopes = self.scopes_of(header)
+        if needed not in scopes and "admin" not in scopes:
+            raise falcon.HTTPForbidden(title="Missing scope",
+                                       description=f"this API key lacks the {needed!r} scope this endpoint needs "
+                                                   f"(it has {', '.join(sorted(scopes))})")
+
+    def scopes_of(self, header: str | None) -> frozenset[str]:
+        """The scopes of the key in an Authorization value; 401 when there is
+        no key or an unknown one."""
         challenge = 'Bearer realm="fstore"'
         if not header:
             raise falcon.HTTPUnauthorized(title="Authentication required",
@@ -130,7 +139,4 @@ class ApiKeys:
         if scopes is None:
             raise falcon.HTTPUnauthorized(title="Invalid API key", description="this API key is not known; "
                                           "check the key or ask for a new one", challenges=[challenge])
-        if needed not in scopes and "admin" not in scopes:
-            raise falcon.HTTPForbidden(title="Missing scope",
-                                       description=f"this API key lacks the {needed!r} scope this endpoint needs "
-                                                   f"(it has {', '.join(sorted(scopes))})")
+        return scopes

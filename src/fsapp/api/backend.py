@@ -18,6 +18,7 @@ import pyarrow as pa
 from fsapp.api.metrics import MetricsRegistry
 from fsapp.errors import EntityDataFrameError
 from fsapp.registry.errors import NotFoundError
+from fsapp.registry.render import to_sql
 
 _CALLER_DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.OutOfRangeException,
                        duckdb.TypeMismatchException)
@@ -63,16 +64,24 @@ class Backend(Protocol):
         Prometheus text format."""
 
 
+def entry_json(entry) -> dict:
+    """A registry entry as the API answers it: the stored entry plus `sql`,
+    the statement that recreates this version (what `fstore registry
+    describe` prints; the web UI shows it and diffs two versions of it)."""
+    keys = [k for k, _ in entry.resolved.get("keys", [])]
+    return {**entry.to_dict(), "sql": to_sql(entry.definition, keys=keys) + ";"}
+
+
 def registry_list(registry, kind: str) -> list[dict]:
     """Registry reads as the API answers them (shared by every backend)."""
-    return [e.to_dict() for e in sorted(registry.list(kind), key=lambda e: e.name)]
+    return [entry_json(e) for e in sorted(registry.list(kind), key=lambda e: e.name)]
 
 
 def registry_get(registry, kind: str, name: str, version: int | None) -> dict:
     entry = registry.get(name, version)
     if entry.kind != kind:
         raise NotFoundError(f"{name} is a {entry.kind}, not a {kind}; ask /api/v1/registry/{entry.kind}/{name}")
-    return entry.to_dict()
+    return entry_json(entry)
 
 
 class EngineBackend:
@@ -183,7 +192,7 @@ class EngineBackend:
         if source is not None:
             return source.cluster()
         return {"node": None, "mode": None, "group_id": None, "member_id": None, "topics": {}, "partitions": [],
-                "members": None, "partitioner": "murmur2"}
+                "url": None, "members": None, "owners": None, "partitioner": "murmur2"}
 
     def metrics_text(self):
         eng = self.engine

@@ -102,6 +102,32 @@ SCHEMAS = {
                                                  "nodes": {"type": "array", "items": {"type": "object"}},
                                                  "edges": {"type": "array", "items": {
                                                      "type": "array", "items": {"type": "string"}}}}},
+    "Stats": {"type": "object", "description": "the metrics of /metrics summed up for the web UI's live panels",
+              "properties": {
+                  "streams": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                      "pushed": {"type": "integer"}, "kafka": {"type": "integer"}, "late": {"type": "integer"},
+                      "topic": {"type": "string", "nullable": True},
+                      "freshness_s": {"type": "number", "nullable": True,
+                                      "description": "now minus the newest event time seen"}}}},
+                  "views": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                      "version": {"type": "integer"}, "source": {"type": "string"},
+                      "freshness_s": {"type": "number", "nullable": True},
+                      "keys": {"type": "integer", "nullable": True}}}},
+                  "late_events": {"type": "integer"},
+                  "dead_letters": {"type": "object"},
+                  "serving": {"type": "object", "properties": {
+                      "requests": {"type": "integer"}, "p50_ms": {"type": "number", "nullable": True},
+                      "p95_ms": {"type": "number", "nullable": True}, "p99_ms": {"type": "number", "nullable": True}}},
+                  "kafka": {"type": "object", "properties": {
+                      "mode": {"type": "string", "nullable": True, "description": "null: no Kafka ingestion"},
+                      "lag": {"type": "object", "additionalProperties": {"type": "integer"}},
+                      "lag_total": {"type": "integer", "nullable": True}}},
+                  "applied_lsn": {"type": "integer"},
+                  "ready": {"type": "object", "description": "what GET /ready says",
+                            "properties": {"ok": {"type": "boolean"}, "reason": {"type": "string"}}}}},
+    "WhoAmI": {"type": "object", "properties": {
+        "keys_required": {"type": "boolean"},
+        "scopes": {"type": "array", "items": {"type": "string", "enum": ["read", "write"]}}}},
     "Health": {"type": "object", "properties": {"status": {"type": "string"}, "applied_lsn": {"type": "integer"},
                                                 "checkpoint_lsn": {"type": "integer"}}},
     "Cluster": {"type": "object", "properties": {
@@ -112,7 +138,12 @@ SCHEMAS = {
             "topic": {"type": "string"}, "partition": {"type": "integer"},
             "state": {"type": "string", "enum": ["recovering", "live"]},
             "offset": {"type": "integer", "nullable": True}, "lag": {"type": "integer", "nullable": True}}}},
-        "members": {"type": "array", "nullable": True, "items": {"type": "object"}}}},
+        "url": {"type": "string", "nullable": True},
+        "members": {"type": "array", "nullable": True, "items": {"type": "object", "properties": {
+            "url": {"type": "string"}, "member_id": {"type": "string", "nullable": True},
+            "partitions": {"type": "array", "items": {"type": "array"}}, "age_s": {"type": "number"}}}},
+        "owners": {"type": "object", "nullable": True,
+                   "additionalProperties": {"type": "object", "additionalProperties": {"type": "string"}}}}},
 }
 
 
@@ -195,6 +226,10 @@ def openapi_document(max_body_bytes: int) -> dict:
         "/health": _get("Liveness", "Health", [], errs=()),
         "/api/v1/cluster": _get("This node's Kafka partitions (recovering / live) and how to route keys",
                                 "Cluster", READ, errs=(401, 403)),
+        "/api/v1/stats": _get("Ingest, late and dead-lettered events, freshness, serving latency percentiles and "
+                              "Kafka lag, from the same counters as /metrics", "Stats", READ, errs=(401, 403)),
+        "/api/v1/whoami": _get("The scopes of the presented API key (any known key may ask)", "WhoAmI", [],
+                               errs=(401,)),
         "/ready": _get("Readiness: the store can persist writes", "Health", [], errs=(503,)),
         "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {
             "description": "text exposition format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},

@@ -20,7 +20,9 @@ from fscore.errors import FStoreError
 from fsapp.api import errors
 from fsapp.api import requests as rq
 from fsapp.api.deferred import after_response
+from fsapp.api.forwarding import LOCAL_HEADER
 from fsapp.api.backend import KINDS
+from fsapp.api.stats import summarize
 from fsapp.engine.online import iso
 
 # plural and dashed spellings in URLs map to the registry's kinds
@@ -92,10 +94,15 @@ class OnlineFeatures(_Resource):
     """POST /api/v1/features/online"""
     native = True
 
+    forwarder = None  # a ReadForwarder (create_app): keys other nodes of a Kafka group own are read from them
+
     def on_post(self, req, resp):
         doc = rq.json_body(req, self.limits.max_body_bytes)
         args = _online_args(doc, self.native)
-        send_json(resp, self.backend.online(*args))
+        text = self.backend.online(*args)
+        if self.forwarder is not None and req.get_header(LOCAL_HEADER) is None:
+            text = self.forwarder.complete(args, text, req.get_header("Authorization"), resp)
+        send_json(resp, text)
         logger = getattr(self.backend, "feature_logger", None)
         if logger is not None and logger.wants(args[1]):
             # the response as already encoded: logging adds no second encoding
@@ -437,6 +444,47 @@ class Cluster(_Resource):
 
     def on_get(self, req, resp):
         send_json(resp, self.backend.cluster())
+
+
+class WhoAmI(_Resource):
+    """GET /api/v1/whoami: the scopes of the presented key, so a client (the
+    web UI) offers only what the key may do. Any known key may ask; with no
+    keys configured the API is open and every scope is granted."""
+    scope = None  # checked here: a write-only key may ask too
+
+    def __init__(self, backend, limits, keys):
+        super().__init__(backend, limits)
+        self.keys = keys
+
+    def on_get(self, req, resp):
+        if self.keys is None:
+            send_json(resp, {"keys_required": False, "scopes": ["read", "write"]})
+            return
+        header = req.get_header("Authorization")
+        if not header:  # asking is not a failure: no key, no scopes (a page can say "paste a key")
+            send_json(resp, {"keys_required": True, "scopes": []})
+            return
+        scopes = self.keys.scopes_of(header)
+        granted = {"read", "write"} if "admin" in scopes else set(scopes)
+        send_json(resp, {"keys_required": True, "scopes": sorted(granted)})
+
+
+class Stats(_Resource):
+    """GET /api/v1/stats: the metrics of /metrics summed up as JSON
+    (fsapp.api.stats) for the web UI's live panels."""
+
+    def __init__(self, backend, limits, http_metrics):
+        super().__init__(backend, limits)
+        self.http = http_metrics
+
+    def on_get(self, req, resp):
+        text = self.http.render() + self.backend.metrics_text()
+        doc = summarize(text, self.backend.registry_list("stream"), self.backend.registry_list("feature_view"),
+                        self.backend.health(), self.backend.cluster())
+        ok, reason = self.backend.ready()
+        doc["ready"] = {"ok": ok, "reason": reason}  # /ready's answer, without a 503 a page would log as an error
+        resp.set_header("Cache-Control", "no-store")
+        send_json(resp, doc)
 
 
 # ---- operations (open: probes and scrapers carry no keys)

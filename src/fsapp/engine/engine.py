@@ -116,6 +116,7 @@ class _Queued:
     offsets: dict | None = None
     key: str | None = None
     tags: np.ndarray | None = None  # Kafka partition per batch row (group mode; not logged, see cluster.py)
+    offline: bool = True  # False: a replay of events this data directory's offline log holds already
     result: PushResult | None = None
     error: BaseException | None = None
     done: bool = False
@@ -197,6 +198,10 @@ class Engine:
         ckpt = load_latest_checkpoint(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
         self.watermarks: dict[str, int] = {}
         self.offsets: dict = {}
+        # "<topic>/<partition>" -> the offset below which every event of the
+        # partition is in this directory's offline log (or was dead-lettered);
+        # unlike `offsets` never forgotten (a group-mode replay logs nothing again)
+        self.logged_offsets: dict = {}
         self.late_total = 0
         self.replayed = self.quarantined = 0
         self.runtimes: dict[tuple[str, int], ViewRuntime] = {}
@@ -269,7 +274,9 @@ class Engine:
 
     def _replay(self, lsn: int, rtype: int, payload) -> _Queued | None:
         if rtype == REC_OFFSETS:
-            self.offsets.update(records.decode_offsets(payload))
+            offsets = records.decode_offsets(payload)
+            self.offsets.update(offsets)
+            self._note_logged(offsets)
             return None
         if rtype != REC_PUSH:
             raise EngineError(f"unknown WAL record type {rtype}")
@@ -278,10 +285,12 @@ class Engine:
         if stream not in self.streams:
             return None  # the stream was dropped from the registry since
         prepared = self._prepare_table(stream, table, self.cursor())
-        q = _Queued(lsn, REC_PUSH, head["now"], head["seq"], prepared, head.get("offsets") or {}, head.get("key"))
+        q = _Queued(lsn, REC_PUSH, head["now"], head["seq"], prepared, head.get("offsets") or {}, head.get("key"),
+                    offline=head.get("offline", True))
         # events already in a flushed (or still buffered) offline file keep their place there
-        self._apply_push(q, log_offline=head["seq"] >= self.offline.log.next_seq(stream))
-        self._next_seq[stream] = max(self._next_seq.get(stream, 0), head["seq"] + table.num_rows)
+        self._apply_push(q, log_offline=q.offline and head["seq"] >= self.offline.log.next_seq(stream))
+        if q.offline:
+            self._next_seq[stream] = max(self._next_seq.get(stream, 0), head["seq"] + table.num_rows)
         return q
 
     def _quarantine(self, lsn: int, payload, exc: BaseException) -> None:
@@ -316,6 +325,7 @@ class Engine:
         if ckpt:
             self.watermarks = {k: int(v) for k, v in ckpt.meta.get("watermarks", {}).items()}
             self.offsets = ckpt.meta.get("offsets", {})
+            self.logged_offsets = dict(ckpt.meta.get("logged_offsets", self.offsets))
         for name, version in sorted(wanted):
             if (name, version) in self.runtimes:
                 continue
@@ -442,11 +452,16 @@ class Engine:
     # ---- writes: log and commit
 
     def push(self, stream: str, rows, *, now: int | None = None, offsets: dict | None = None,
-             idempotency_key: str | None = None, tags: np.ndarray | None = None) -> PushResult:
+             idempotency_key: str | None = None, tags: np.ndarray | None = None,
+             offline: bool = True) -> PushResult:
         """Prepares, logs, then applies a batch; returns once it is durable
         under the fsync policy. A retry with an `idempotency_key` seen before
         returns the first answer and applies nothing. `tags`: an int per row
-        handed to `on_applied` (the Kafka partition of each row)."""
+        handed to `on_applied` (the Kafka partition of each row).
+        `offline=False`: a source replaying events below `logged_offsets`
+        (a group-mode reassignment): applied online, not logged offline again."""
+        if not offline and not offsets:
+            raise ValueError("offline=False is for a source's replay: pass the offsets it reaches")
         key = _check_key(idempotency_key)
         if offsets is None:
             if stream in self.partitioned:
@@ -468,10 +483,11 @@ class Engine:
             if n == 0 and not offsets:
                 return PushResult(0, 0, self.applied_lsn)
             seq = self._next_seq.get(stream, 0)
-            lsn = self.wal.append(REC_PUSH, records.encode_push(stream, now, seq, prepared.table, offsets, key),
-                                  wait=False)
-            self._next_seq[stream] = seq + n
-            q = _Queued(lsn, REC_PUSH, now, seq, prepared, offsets, key, tags)
+            lsn = self.wal.append(REC_PUSH, records.encode_push(stream, now, seq, prepared.table, offsets, key,
+                                                                offline), wait=False)
+            if offline:
+                self._next_seq[stream] = seq + n
+            q = _Queued(lsn, REC_PUSH, now, seq, prepared, offsets, key, tags, offline=offline)
             self.queue.append(q)
             if key is not None:
                 self._inflight[key] = q
@@ -535,8 +551,9 @@ class Engine:
             try:
                 if q.rtype == REC_OFFSETS:
                     self.offsets.update(q.offsets)
+                    self._note_logged(q.offsets)
                 else:
-                    self._apply_push(q)
+                    self._apply_push(q, log_offline=q.offline)
                 self.applied_lsn = q.lsn
             except Exception as e:  # noqa: BLE001 - a logged record failed to apply: a bug; see _abort
                 self._abort(q, e)
@@ -571,9 +588,17 @@ class Engine:
         self.late_total += nlate
         if q.offsets:
             self.offsets.update(q.offsets)
+            if q.offline:
+                self._note_logged(q.offsets)
         q.result = PushResult(p.table.num_rows - nlate, nlate, q.lsn)
         if q.key is not None:
             self.idempotency.put(q.key, q.now, q.result.to_dict())
+
+    def _note_logged(self, offsets: dict) -> None:
+        logged = self.logged_offsets
+        for k, off in offsets.items():
+            if off > logged.get(k, 0):
+                logged[k] = off
 
     def _abort(self, q: _Queued, exc: Exception) -> None:
         """A logged record failed to apply. Tombstone it, rebuild the state
@@ -893,7 +918,8 @@ class Engine:
                     parts[f"{name}@v{version}/window{i}"] = w if self.checkpoint_mode == "fork" else w.frozen()
                 runtimes.append({"name": name, "version": version, "windows": len(rt.windows),
                                  **rt.checkpoint_meta()})
-            meta = {"watermarks": dict(self.watermarks), "offsets": dict(self.offsets), "runtimes": runtimes,
+            meta = {"watermarks": dict(self.watermarks), "offsets": dict(self.offsets),
+                    "logged_offsets": dict(self.logged_offsets), "runtimes": runtimes,
                     "idempotency": self.idempotency.to_list(), "late_events": self.late_total}
             tmp = temp_path(self.ckpt_dir, lsn)
             if self.checkpoint_mode == "fork":

@@ -38,6 +38,7 @@ from fsapp.engine.cluster import PartitionKeys, PartitionProgress
 from fsapp.engine.errors import BatchError
 from fsapp.engine.ingest import TIME_MAX_US, TIME_MIN_US, _kind_of, check_time_range, iso_us, timestamps_us
 from fsapp.engine.kafka_config import DeadLetter, DeadLetterFile, DeadLetterTopic, KafkaConfig
+from fsapp.engine.members import Membership, members_topic, node_url
 from fsapp.registry.errors import RepoError
 
 log = logging.getLogger("fstore.kafka")
@@ -97,6 +98,15 @@ class AvroStreamDecoder:
 
     def decode(self, msgs: list) -> tuple[pa.Table | None, list, list]:
         return _decode_each(self, msgs)
+
+
+def _offsets_of(msgs: list) -> dict:
+    """{"<topic>/<partition>": next offset} after these messages."""
+    out: dict = {}
+    for m in msgs:
+        key = f"{m.topic()}/{m.partition()}"
+        out[key] = max(out.get(key, 0), m.offset() + 1)
+    return out
 
 
 def _decode_each(decoder, msgs: list) -> tuple[pa.Table | None, list, list]:
@@ -272,7 +282,8 @@ class KafkaIngest:
     """Consumes every stream that has a topic into `engine`, in a thread
     (`start()` / `stop()`), or step by step with `poll_once()`."""
 
-    def __init__(self, engine, config: KafkaConfig, *, dead_letters=None, node: str | None = None):
+    def __init__(self, engine, config: KafkaConfig, *, dead_letters=None, node: str | None = None,
+                 peer_port: int | None = None):
         self.engine = engine
         self.config = config
         self.node = node  # host:port this node serves on (GET /api/v1/cluster)
@@ -320,6 +331,18 @@ class KafkaIngest:
         self.dropped_keys = 0
         self.rebalances = 0
         self.member_id: str | None = None
+        # the key columns each topic is partitioned by (its views' shared key)
+        self.topic_keys: dict[str, list[str]] = {t: self._key_of(t) for t in self.topics} if self.group else {}
+        self.url = (config.advertised_url or node_url(node)) if self.group else None
+        # where this node's forwarded reads go (fsapp.serve.peer): its host, the peer port
+        self.peer = (f"{self.url.rsplit(':', 1)[0]}:{peer_port}" if self.url and peer_port and
+                     self.url.rsplit(":", 1)[-1].isdigit() else None)
+        self.membership = None
+        if self.group and self.url:
+            session_s = int(config.properties.get("session.timeout.ms", 10_000)) / 1000
+            self.membership = Membership(config.client_properties(),
+                                         config.members_topic or members_topic(config.group_id), self.url,
+                                         peer=self.peer, stale_s=max(15.0, 3 * session_s))
         if self.group:
             why = ("in kafka.assign: group the keys of stream {s} belong to the partitions of topic {t}, each owned "
                    "by one node: a write that does not come from the topic would live on this node only. Produce "
@@ -351,6 +374,14 @@ class KafkaIngest:
                                 "Feed each entity from a topic keyed by it, set ONLINE = FALSE on the others, or "
                                 "use assign: all (see docs/kafka.md, scale-out)")
 
+    def _key_of(self, topic: str) -> list[str]:
+        """The key columns of the topic's views (all share them in group mode)."""
+        views = self._views_of(topic)
+        if not views:
+            return []
+        common = set.intersection(*(set(rt.key_names) for rt in views))
+        return [k for k in views[0].key_names if k in common]
+
     def _views_of(self, topic: str) -> list:
         stream = self.topics.get(topic)
         return [rt for rt in self.engine.runtimes.values() if rt.stream is not None and rt.stream.name == stream]
@@ -379,6 +410,8 @@ class KafkaIngest:
         for tp in parts:
             self.progress.assign(f"{tp.topic}/{tp.partition}", self._high_watermark(tp), now)
         self._learn_partition_counts()
+        if self.membership is not None:
+            self.membership.claim(self.assigned, self.member_id)
         log.info("kafka: assigned %s", sorted(self.assigned))
 
     def _on_revoke(self, consumer, parts) -> None:
@@ -389,12 +422,16 @@ class KafkaIngest:
             self._commit(asynchronous=False)
         consumer.unassign()
         self.assigned = set()
+        if self.membership is not None:
+            self.membership.claim((), self.member_id)
 
     def _on_lost(self, consumer, parts) -> None:
         # the group gave them to someone else already (our session timed out)
         self._drop_partitions(parts, "lost")
         consumer.unassign()
         self.assigned = set()
+        if self.membership is not None:
+            self.membership.claim((), self.member_id)
 
     def _drop_partitions(self, parts, why: str) -> None:
         """Deletes the keys of these partitions from every view of their
@@ -504,6 +541,8 @@ class KafkaIngest:
     # ---- the loop
 
     def start(self) -> "KafkaIngest":
+        if self.membership is not None:
+            self.membership.start()
         self._subscribe()
         self._thread = threading.Thread(target=self._run, name="fstore-kafka", daemon=True)
         self._thread.start()
@@ -573,6 +612,8 @@ class KafkaIngest:
         if now >= self._next_lag:
             self._update_lag()
             self._next_lag = now + 1.0
+        if self.membership is not None:
+            self.membership.tick()
         self._update_progress()
         return n
 
@@ -591,16 +632,34 @@ class KafkaIngest:
             self.progress.update(key, self.engine.offsets.get(key), hi if hi is not None and hi >= 0 else None, now)
 
     def _ingest(self, topic: str, msgs: list) -> int:
-        stream = self.topics[topic]
         # librdkafka hands a partition's messages over in offset order: the
         # last one of each partition is the next offset to read (PERF: one
-        # call per message; the last index of each partition found in numpy)
+        # call per message; the first and last index of each partition found in numpy)
         parts = np.array([m.partition() for m in msgs], dtype=np.int64)
+        uniq, first = np.unique(parts, return_index=True)
+        logged = self.engine.logged_offsets
+        if any(msgs[i].offset() < logged.get(f"{topic}/{p}", 0) for p, i in zip(uniq.tolist(), first.tolist())):
+            # a replay (group mode: a partition assigned again, a restart):
+            # events this node's offline log (or dead letters) holds already
+            # are applied online only; the partition's later ones as usual
+            again = np.array([m.offset() < logged.get(f"{topic}/{m.partition()}", 0) for m in msgs])
+            if again.all():
+                return self._ingest_part(topic, msgs, parts, replay=True)
+            idx = np.flatnonzero(again)
+            self._ingest_part(topic, [msgs[i] for i in idx], parts[idx], replay=True)
+            idx = np.flatnonzero(~again)
+            self._ingest_part(topic, [msgs[i] for i in idx], parts[idx], replay=False)
+            return len(msgs)
+        return self._ingest_part(topic, msgs, parts, replay=False)
+
+    def _ingest_part(self, topic: str, msgs: list, parts: np.ndarray, *, replay: bool) -> int:
+        stream = self.topics[topic]
         uniq, first_from_end = np.unique(parts[::-1], return_index=True)
         offsets = {f"{topic}/{p}": msgs[len(msgs) - 1 - i].offset() + 1
                    for p, i in zip(uniq.tolist(), first_from_end.tolist())}
         table, row_msgs, bad = self.decoders[topic].decode(msgs)
-        dead = [self._letter(m, stream, kind, reason) for m, kind, reason in bad]
+        # a replay's bad messages were dead-lettered when first consumed
+        dead = [] if replay else [self._letter(m, stream, kind, reason) for m, kind, reason in bad]
         ingested = 0
         # group mode: each row's partition goes with it, so a revoke knows its keys
         tags = None
@@ -611,13 +670,15 @@ class KafkaIngest:
                 if dead:
                     self._send_dead(dead)
                     dead = []
-                self.engine.push(stream, table, offsets=offsets, tags=tags)
+                self.engine.push(stream, table, offsets=offsets, tags=tags, offline=not replay)
                 ingested = table.num_rows
             except ROW_ERRORS:
-                good, refused = self._split_refused(stream, table)
-                self._send_dead(dead + [self._letter(row_msgs[i], stream, "schema", reason) for i, reason in refused])
+                runs, refused = self._split_refused(topic, row_msgs)
+                if not replay:
+                    dead += [self._letter(row_msgs[i], stream, kind, reason) for i, kind, reason in refused]
+                self._send_dead(dead)
                 dead = []
-                ingested = self._push_good(stream, table, row_msgs, good, offsets, tags)
+                ingested = self._push_runs(topic, runs, row_msgs, offsets, tags, replay)
         if dead or not ingested:
             self._send_dead(dead)
             self.engine.advance_offsets(offsets)
@@ -625,51 +686,78 @@ class KafkaIngest:
         self._count("ingested", topic, ingested)
         return len(msgs)
 
-    def _split_refused(self, stream: str, table: pa.Table) -> tuple[np.ndarray, list]:
-        """Bisects a batch the engine refused: (rows to push, [(row, reason)])."""
-        refused = []
+    def _split_refused(self, topic: str, row_msgs: list) -> tuple[list, list]:
+        """Bisects a batch the engine refused: ([[(lo, hi, table), ...] for
+        each run of good rows between refused ones], [(row, kind, reason)]).
+        Each part is decoded again from its own messages: in the batch's
+        table a column whose JSON types mix is text, which a strict column
+        (an entity key) refuses for every row, not only the odd one."""
+        stream, decoder = self.topics[topic], self.decoders[topic]
+        rows: list = []
+        refused: list = []
+        for i, m in enumerate(row_msgs):
+            try:
+                rows.append(decoder.row(m))
+            except Malformed as e:  # the batch reader took what the per-message rules do not
+                rows.append(None)
+                refused.append((i, e.kind, str(e)))
+        good: list = []
 
-        def search(lo: int, hi: int, known_bad: bool) -> None:
-            if not known_bad:
+        def search(lo: int, hi: int) -> None:
+            part = [r for r in rows[lo:hi] if r is not None]
+            if not part:
+                return
+            if len(part) == hi - lo:
+                table = decoder.table(part)
                 try:
-                    self.engine.validate(stream, table.slice(lo, hi - lo))
+                    self.engine.validate(stream, table)
+                    good.append((lo, hi, table))
                     return
                 except ROW_ERRORS as e:
                     if hi - lo == 1:
-                        refused.append((lo, str(e)))
+                        refused.append((lo, "schema", str(e)))
                         return
             mid = (lo + hi) // 2
-            search(lo, mid, False)
-            search(mid, hi, False)
+            search(lo, mid)
+            search(mid, hi)
 
-        n = table.num_rows
-        if n == 1:
+        search(0, len(rows))
+        refused.sort()
+        runs: list = []
+        for piece in good:  # in row order
+            if runs and runs[-1][-1][1] == piece[0]:
+                runs[-1].append(piece)
+            else:
+                runs.append([piece])
+        return runs, refused
+
+    def _push_runs(self, topic: str, runs: list, row_msgs: list, offsets: dict, tags: np.ndarray | None,
+                   replay: bool) -> int:
+        """Pushes the good rows of a refused batch, in order: each run of
+        them as one batch when its parts still go together, else part by
+        part; the last push carries the batch's offsets, the others those of
+        their own messages."""
+        stream, decoder = self.topics[topic], self.decoders[topic]
+        n = 0
+
+        def push(lo: int, hi: int, table: pa.Table, last: bool) -> None:
+            self.engine.push(stream, table, offsets=offsets if last else _offsets_of(row_msgs[lo:hi]),
+                             tags=None if tags is None else tags[lo:hi], offline=not replay)
+
+        for j, run in enumerate(runs):
+            lo, hi = run[0][0], run[-1][1]
+            last = j == len(runs) - 1
             try:
-                self.engine.validate(stream, table)
-            except ROW_ERRORS as e:
-                refused.append((0, str(e)))
-        else:
-            search(0, n, True)
-        keep = np.ones(n, dtype=bool)
-        keep[[i for i, _ in refused]] = False
-        return np.flatnonzero(keep), refused
-
-    def _push_good(self, stream: str, table: pa.Table, row_msgs: list, good: np.ndarray, offsets: dict,
-                   tags: np.ndarray | None = None) -> int:
-        if not good.size:
-            return 0
-        try:
-            self.engine.push(stream, table.take(good), offsets=offsets, tags=None if tags is None else tags[good])
-        except ROW_ERRORS:
-            # rows valid one by one can still clash as a batch (a column's JSON
-            # types mixing): push them one at a time, in order
-            for j, i in enumerate(good.tolist()):
-                m = row_msgs[i]
-                last = j == good.size - 1
-                self.engine.push(stream, table.slice(i, 1), offsets=offsets if last else
-                                 {f"{m.topic()}/{m.partition()}": m.offset() + 1},
-                                 tags=None if tags is None else tags[i:i + 1])
-        return int(good.size)
+                if len(run) > 1:
+                    push(lo, hi, decoder.table([decoder.row(m) for m in row_msgs[lo:hi]]), last)
+                    n += hi - lo
+                    continue
+            except ROW_ERRORS:  # refused before it was logged: the parts, each validated on its own
+                pass
+            for k, (a, b, table) in enumerate(run):
+                push(a, b, table, last and k == len(run) - 1)
+                n += b - a
+        return n
 
     def _letter(self, m, stream: str, kind: str, reason: str) -> DeadLetter:
         return DeadLetter(m.value(), m.key(), m.topic(), m.partition(), m.offset(), stream, kind, reason)
@@ -735,6 +823,7 @@ class KafkaIngest:
         """This node's share of the topics (GET /api/v1/cluster). Reads only
         what the ingest thread keeps: the consumer is not called from other
         threads (a call beside its poll() can deadlock)."""
+        members = self.membership.members() if self.membership is not None else None
         partitions = []
         for topic, p in sorted(self.assigned):
             key = f"{topic}/{p}"
@@ -744,13 +833,25 @@ class KafkaIngest:
                                                if key in self.progress.recovered_s else None)})
         return {"node": self.node, "mode": self.config.assign,
                 "group_id": self.config.group_id if self.group else None, "member_id": self.member_id,
-                "topics": {t: {"stream": s, "partitions": self.partition_counts.get(t)}
+                "url": self.url, "peer": self.peer,
+                "topics": {t: {"stream": s, "partitions": self.partition_counts.get(t),
+                               "key": self.topic_keys.get(t)}
                            for t, s in sorted(self.topics.items())},
                 "partitions": partitions,
-                # the assignment of the other members is not published by Kafka's consumer API (and the
-                # broker's DescribeGroups may not answer): ask each node, or route by the partitioner
-                "members": None, "partitioner": "murmur2",
+                # every node's claim, from the members topic (fsapp.engine.members); None without one
+                "members": members,
+                "owners": self._owners(),
+                "partitioner": "murmur2",
                 "split_views": dict(self.keys.split)}
+
+    def _owners(self) -> dict | None:
+        """{topic: {partition: owner URL}} by the members' claims."""
+        if self.membership is None:
+            return None
+        out: dict = {}
+        for (topic, p), url in sorted(self.membership.owners().items()):
+            out.setdefault(topic, {})[str(p)] = url
+        return out
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why not): the ingest thread is alive, and the lag is within
@@ -785,6 +886,8 @@ class KafkaIngest:
         self._commit(asynchronous=False)
         try:
             self.consumer.close()
+            if self.membership is not None:
+                self.membership.stop()
         finally:
             self.dead_letters.close()
             self.engine.sources.pop("kafka", None)

@@ -31,7 +31,7 @@ from fsapp.registry.errors import RepoError
 ASSIGN_MODES = ("all", "group")
 _KEYS = ("bootstrap_servers", "group_id", "assign", "batch_size", "poll_timeout_ms", "dead_letter_topic",
          "dead_letter_file", "properties", "metadata_refresh_s", "avro_framing", "avro_writer_schemas",
-         "max_share", "shared_batch_size", "ready_max_lag")
+         "max_share", "shared_batch_size", "ready_max_lag", "members_topic", "advertised_url", "peer_port")
 # set by fstore itself: the engine's offsets are the truth, not Kafka's
 _RESERVED = ("enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers")
 
@@ -55,6 +55,12 @@ class KafkaConfig:
     shared_batch_size: int = 500
     ready_max_lag: int | None = None  # /ready answers 503 while the lag is above this (None: lag never does)
     repo_root: str = "."  # Avro schema files are relative to it
+    # group mode: where the nodes publish their partitions (fsapp.engine.members;
+    # None: fstore.members.<group_id>), and the URL other nodes reach this one at
+    # (None: http://<host>:<port> of `fstore serve`, the machine's name for 0.0.0.0)
+    members_topic: str | None = None
+    advertised_url: str | None = None
+    peer_port: int = 0  # where other nodes' forwarded reads arrive (fsapp.serve.peer); 0: any free port
     properties: dict = field(default_factory=dict)
 
     @classmethod
@@ -122,6 +128,21 @@ class KafkaConfig:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
                     raise RepoError(f"{at(name)}.{name}: expected a number >= {lo}, got {value!r}")
                 setattr(cfg, name, int(value) if name == "ready_max_lag" else type(getattr(cfg, name))(value))
+        for name in ("members_topic", "advertised_url"):
+            value = section.get(name)
+            if value is not None:
+                if not isinstance(value, str) or not value.strip():
+                    raise RepoError(f"{at(name)}.{name}: expected a non-empty string, got {value!r}")
+                setattr(cfg, name, value.strip())
+        port = section.get("peer_port")
+        if port is not None:
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+                raise RepoError(f"{at('peer_port')}.peer_port: expected a TCP port (0..65535; 0: any free one), "
+                                f"got {port!r}")
+            cfg.peer_port = port
+        if cfg.advertised_url and not cfg.advertised_url.startswith(("http://", "https://")):
+            raise RepoError(f"{at('advertised_url')}.advertised_url: {cfg.advertised_url!r} is not an http(s) URL; "
+                            "give the URL other nodes reach this one at, e.g. http://10.0.0.1:9094")
         if section.get("dead_letter_file"):
             if cfg.dead_letter_topic:
                 raise RepoError(f"{at('dead_letter_file')}: set dead_letter_topic or dead_letter_file, not both")

@@ -1,11 +1,13 @@
 """The engine's WAL records (payloads of `fscore.wal` records).
 
     REC_PUSH     u32 head_len | head JSON | Arrow IPC stream of the batch
-                 head: {"stream", "now", "seq", "offsets", "key"?}
+                 head: {"stream", "now", "seq", "offsets", "key"?, "offline"?}
                  the batch as normalised to the stream's declared types;
                  `now` the engine clock it was applied at, `seq` the offline
                  sequence number of its first row, `key` the push's
-                 idempotency key (absent without one)
+                 idempotency key (absent without one), `offline` false
+                 for a source's replay of events the offline log holds
+                 already (they take no sequence numbers)
     REC_OFFSETS  JSON {"offsets": {"<topic>/<partition>": next offset}}:
                  source offsets consumed without rows (dead letters)
     REC_ABORT    JSON {"lsn": N, "reason": "..."}: the record at LSN N was
@@ -31,10 +33,12 @@ REC_ABORT = 3
 
 
 def encode_push(stream: str, now: int, seq: int, table: pa.Table, offsets: dict | None,
-                key: str | None = None) -> bytes:
+                key: str | None = None, offline: bool = True) -> bytes:
     head = {"stream": stream, "now": now, "seq": seq, "offsets": offsets or {}}
     if key is not None:
         head["key"] = key
+    if not offline:
+        head["offline"] = False
     h = json.dumps(head).encode()
     return struct.pack("<I", len(h)) + h + arrow_ipc_bytes(table)
 

@@ -107,7 +107,8 @@ EXIT_REFUSED = 3  # the engine cannot start on this repo as it is (damaged data,
 
 def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int = DEFAULT_CAPACITY,
         max_keys: int | None = None, max_memory: int | None = None,
-        tick_s: float = 0.2, checkpoint_s: float = 60.0, node: str | None = None) -> int:
+        tick_s: float = 0.2, checkpoint_s: float = 60.0, node: str | None = None,
+        peer_port: int | None = None) -> int:
     from fsapp.registry.repo import Repo
 
     from fscore.errors import WalCorruption
@@ -126,7 +127,7 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
     if kafka_config is not None:
         from fsapp.engine.kafka import KafkaIngest
         try:
-            ingest = KafkaIngest(engine, kafka_config, node=node)
+            ingest = KafkaIngest(engine, kafka_config, node=node, peer_port=peer_port)
         except RegistryError as e:  # e.g. views group mode cannot partition: fix the repo first
             print(f"engine: refusing to start: {e}", file=sys.stderr, flush=True)
             engine.close()
@@ -206,9 +207,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-memory", type=int, default=None, help="bytes")
     ap.add_argument("--checkpoint-seconds", type=float, default=60.0)
     ap.add_argument("--node", default=None, help="host:port this node serves HTTP on (GET /api/v1/cluster)")
+    ap.add_argument("--peer-port", type=int, default=None, help="where other nodes' forwarded reads arrive")
     a = ap.parse_args(argv)
     return run(a.repo, a.socket, fsync=a.fsync, capacity=a.capacity, max_keys=a.max_keys,
-               max_memory=a.max_memory, checkpoint_s=a.checkpoint_seconds, node=a.node)
+               max_memory=a.max_memory, checkpoint_s=a.checkpoint_seconds, node=a.node, peer_port=a.peer_port)
 
 
 if __name__ == "__main__":

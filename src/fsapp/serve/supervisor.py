@@ -111,6 +111,9 @@ class Service:
         self._backoff = 0.0
         self.gunicorn: subprocess.Popen | None = None
         self.engine_restarts = 0
+        # a node of a Kafka group: forwarded reads arrive on a threaded port of their own (fsapp.serve.peer)
+        self.peer_port: int | None = None
+        self.peer: subprocess.Popen | None = None
 
     def _say(self, msg: str) -> None:
         print(f"fstore serve: {msg}", file=self.log, flush=True)
@@ -122,6 +125,7 @@ class Service:
             [sys.executable, "-m", "fsapp.serve.engine_server", "--repo", str(self.repo.root),
              "--socket", self.socket, "--fsync", self.fsync, "--checkpoint-seconds", str(self.checkpoint_s),
              "--node", f"{self.host}:{self.port}"]
+            + (["--peer-port", str(self.peer_port)] if self.peer_port else [])
             + (["--capacity", str(self.capacity)] if self.capacity else [])
             + (["--max-keys", str(self.max_keys)] if self.max_keys else [])
             + (["--max-memory", str(self.max_memory)] if self.max_memory else []))
@@ -151,6 +155,40 @@ class Service:
              "fsapp.serve.wsgi:application"], env=env)
         _wait_for_port(self.host, self.port, self.gunicorn, 60)
         self._say(f"gunicorn pid {self.gunicorn.pid} with {self.workers} workers on http://{self.host}:{self.port}")
+        if os.environ.get("FSTORE_UI", "on") != "off":  # the workers read the same variable (fsapp.serve.wsgi)
+            self._say(f"web UI at http://{self.host}:{self.port}/ui")
+
+    def _choose_peer_port(self) -> int | None:
+        """The peer port of a group node (`kafka.peer_port`, else a free one); None otherwise."""
+        from fsapp.engine.kafka_config import KafkaConfig
+
+        try:
+            cfg = KafkaConfig.from_repo(self.repo)
+        except Exception:  # noqa: BLE001 - the engine reports a bad kafka section itself, and refuses to start
+            return None
+        if cfg is None or cfg.assign != "group":
+            return None
+        if cfg.peer_port:
+            if port_in_use(self.host, cfg.peer_port):
+                raise RuntimeError(f"kafka.peer_port {cfg.peer_port} on {self.host} is in use by another program; "
+                                   "stop it or choose another (0: any free port)")
+            return cfg.peer_port
+        with socket.socket() as s:
+            s.bind((self.host, 0))
+            return s.getsockname()[1]
+
+    def _start_peer_process(self) -> subprocess.Popen:
+        env = dict(os.environ, FSTORE_REPO=str(self.repo.root.resolve()), FSTORE_ENGINE_SOCKET=self.socket,
+                   PROMETHEUS_MULTIPROC_DIR=str(self.repo.data_dir / "metrics"))
+        return subprocess.Popen([sys.executable, "-m", "fsapp.serve.peer", "--host", self.host,
+                                 "--port", str(self.peer_port)], env=env,
+                                preexec_fn=functools.partial(die_with_parent, signal.SIGTERM))
+
+    def start_peer(self) -> None:
+        self.peer = self._start_peer_process()
+        _wait_for_port(self.host, self.peer_port, self.peer, 60, what="the peer server")
+        self._say(f"peer pid {self.peer.pid} on http://{self.host}:{self.peer_port} (reads forwarded by the "
+                  "other nodes of the Kafka group)")
 
     def _start_grpc_process(self) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "fsapp.grpc.server", "--repo", str(self.repo.root),
@@ -201,14 +239,21 @@ class Service:
                 raise RuntimeError(f"gRPC port {self.grpc_port} on {self.host} is in use by another program; stop "
                                    "it, choose another (--grpc-port, or online: grpc_port: in fstore.yaml), or "
                                    "turn gRPC off with --grpc-port 0")
+            self.peer_port = self._choose_peer_port()
             self._start_engine_retrying(stop, restart=False)
             if stop["sig"] is None:
                 self.start_gunicorn()
+            if stop["sig"] is None and self.peer_port:
+                self.start_peer()
             if stop["sig"] is None and self.grpc_port:
                 self.start_grpc()
             while stop["sig"] is None:
                 time.sleep(0.1)
                 self._watch_grpc()
+                if self.peer is not None and self.peer.poll() is not None:
+                    self._say(f"peer server pid {self.peer.pid} exited with code {self.peer.returncode}; "
+                              "starting another")
+                    self.peer = self._start_peer_process()
                 if self.gunicorn.poll() is not None:
                     self._say(f"gunicorn exited with code {self.gunicorn.returncode}; shutting down")
                     return 1
@@ -250,7 +295,7 @@ class Service:
             time.sleep(0.05)
 
     def shutdown(self) -> None:
-        servers = [(p, "gRPC server", 10) for p in self.grpc]
+        servers = [(p, "gRPC server", 10) for p in self.grpc] + [(self.peer, "peer server", 10)]
         for proc, name, grace in (*servers, (self.gunicorn, "gunicorn", 15), (self.engine, "engine", 60)):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -2,7 +2,8 @@
 Configured by the supervisor's environment: FSTORE_REPO, FSTORE_ENGINE_SOCKET,
 PROMETHEUS_MULTIPROC_DIR (fsapp.serve.shared_metrics) and, when `fstore serve`
 has API keys, FSTORE_API_KEYS_FILE (`--api-keys-file` or the repo's
-`auth.api_keys_file`; a worker started without it reads the repo's). The older
+`auth.api_keys_file`; a worker started without it reads the repo's) and
+FSTORE_UI (`off` leaves the web UI out; `--ui` / `online.ui`). The older
 FSTORE_API_KEYS (`token=scope[,scope];token=...`) still works."""
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def build_application():
     metrics = SharedHttpMetrics(str(repo.data_dir / "metrics"))
     uri = tracking_uri_for(repo, use_env=False)  # only a repo that names its MLflow store lists models
     app = create_app(backend, api_keys=api_keys_for(repo), http_metrics=metrics,
-                     models=model_lister(uri) if uri else None)
+                     ui=os.environ.get("FSTORE_UI", "on") != "off", models=model_lister(uri) if uri else None)
     return AfterResponse(app)
 
 
