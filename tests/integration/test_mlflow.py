@@ -46,10 +46,13 @@ SELECT amount / spend.total AS share_of_total FROM payment_request, spend;
 def tracking(tmp_path_factory):
     """A sqlite tracking store for the module (creating its tables takes seconds); no telemetry."""
     saved = {k: os.environ.get(k) for k in ("MLFLOW_DISABLE_TELEMETRY", "MLFLOW_TRACKING_URI")}
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
+    # artifacts in the temp dir: a sqlite store's default experiment writes them under ./mlruns
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("fstore-tests", artifact_location=str(root / "a")))
     yield uri
     for k, v in saved.items():
         if v is None:
