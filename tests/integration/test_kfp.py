@@ -139,6 +139,11 @@ def test_sample_pipeline_compiles_to_ir_yaml_and_runs_training_set_train_log(kfp
     assert pq.read_table(path).column("total").to_pylist() == [5.0, 900.0, 8.0, 1200.0]
     record = json.loads(pq.read_schema(path).metadata[b"fstore.training_set"])
     assert record["features"] == ["spend@v1:n_payments", "spend@v1:total"] and record["rows"] == 4
+    with open(os.path.join(os.path.dirname(path), "executor_output.json")) as f:  # what KFP records
+        (artifact,) = json.load(f)["artifacts"]["training_set"]["artifacts"]
+    assert artifact["metadata"]["features"] == record["features"]
+    assert artifact["metadata"]["feature_service"] == "risk_v1" and artifact["metadata"]["label"] == "is_fraud"
+    assert artifact["metadata"]["label_source"] == str(tmp_path / "labels.parquet")
 
     # the logged model is in MLflow, tagged, and found by its features
     mlflow.set_tracking_uri(tracking)
