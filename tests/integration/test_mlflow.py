@@ -10,8 +10,6 @@ the key answered 400 — is the README's "Train, log, serve" section, run
 verbatim by test_readme_train_log_serve.py."""
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -22,6 +20,7 @@ from falcon import testing  # noqa: E402
 from sklearn.tree import DecisionTreeClassifier  # noqa: E402
 
 from fsapp import FeatureStore  # noqa: E402
+from fsapp.cli import main as cli  # noqa: E402
 from fsapp.api import EngineBackend, create_app  # noqa: E402
 from fsapp.integrations import IntegrationError  # noqa: E402
 from fsapp.integrations import mlflow as fsmlflow  # noqa: E402
@@ -124,7 +123,7 @@ def test_logged_run_and_model_carry_the_lineage_and_the_model_reads_its_features
         loaded.predict({"amount": [1.0]})
 
 
-def test_bad_uses_say_what_to_fix(tracking, repo):
+def test_bad_uses_say_what_to_fix(tracking, repo, capsys, monkeypatch):
     root, labels = repo
     with FeatureStore(root) as store:
         train = store.get_historical_features(labels, features=["spend:total"])
@@ -141,15 +140,14 @@ def test_bad_uses_say_what_to_fix(tracking, repo):
                 fsmlflow.log_training_set(train, label="fraud")
             with pytest.raises(IntegrationError, match="not an fstore training set"):
                 fsmlflow.log_training_set(train.to_arrow())
-    out = subprocess.run([sys.executable, "-m", "fsapp.cli", "lineage", "spend", "--models", "--repo", str(root)],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "MLFLOW_TRACKING_URI": ""})
-    assert out.returncode == 1 and "--models needs an MLflow tracking URI" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "fsapp.cli", "lineage", "spend", "--models", "--repo", str(root),
-                          "--tracking-uri", "nosuchscheme://tracking"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and out.stderr.startswith("error: could not list the models logged at nosuch"), out.stderr
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert cli(["lineage", "spend", "--models", "--repo", str(root)]) == 1
+    assert "--models needs an MLflow tracking URI" in capsys.readouterr().err
+    assert cli(["lineage", "spend", "--models", "--repo", str(root), "--tracking-uri", "nosuchscheme://tracking"]) == 1
+    assert capsys.readouterr().err.startswith("error: could not list the models logged at nosuchscheme://tracking: ")
 
 
-def test_lineage_lists_the_models_that_read_a_feature(tracking, repo):
+def test_lineage_lists_the_models_that_read_a_feature(tracking, repo, capsys, monkeypatch):
     root, labels = repo
     with FeatureStore(root) as store:
         train = store.get_historical_features(labels, feature_service="risk_v1")
@@ -185,11 +183,10 @@ def test_lineage_lists_the_models_that_read_a_feature(tracking, repo):
 
     # CLI, the tracking URI from fstore.yaml
     (root / "fstore.yaml").write_text(f"project: mlflowtest\nmlflow:\n  tracking_uri: {tracking}\n")
-    out = subprocess.run([sys.executable, "-m", "fsapp.cli", "lineage", "spend:total", "--models", "--repo",
-                          str(root)], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "MLFLOW_TRACKING_URI": ""})
-    assert out.returncode == 0, out.stderr
-    assert f"model by_service ({by_service.model_uri})" in out.stdout and "counts_only" not in out.stdout
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert cli(["lineage", "spend:total", "--models", "--repo", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"model by_service ({by_service.model_uri})" in out and "counts_only" not in out
 
 
 def test_on_demand_features_take_their_request_columns_from_the_request(tracking, repo):
