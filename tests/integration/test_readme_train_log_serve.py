@@ -5,6 +5,7 @@ follow a push. (The five-minute tour is test_readme_tour.py.)"""
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 
@@ -19,6 +20,17 @@ def section_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", body, re.S)
 
 
+def _stop_left_behind(cwd) -> None:
+    """The servers the script started, if it failed before stopping them:
+    the processes whose working directory is the test's own temp dir."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") == str(cwd):
+                os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            continue
+
+
 def test_readme_train_log_serve_runs_verbatim(tmp_path):
     pytest.importorskip("mlflow")
     pytest.importorskip("sklearn")
@@ -27,8 +39,11 @@ def test_readme_train_log_serve_runs_verbatim(tmp_path):
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
                MLFLOW_DISABLE_TELEMETRY="true")
     env.pop("MLFLOW_TRACKING_URI", None)
-    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=240,
-                         env=env)
+    try:
+        res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=240, env=env)
+    finally:
+        _stop_left_behind(tmp_path)
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
     lines = res.stdout.splitlines()
     assert "[0, 1, 0]" in lines  # live features, an unknown user filled as in training
