@@ -44,7 +44,8 @@ SELECT amount / spend.total AS share_of_total FROM payment_request, spend;
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory):
     """A sqlite tracking store for the module (creating its tables takes seconds); no telemetry."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_DISABLE_TELEMETRY", "MLFLOW_TRACKING_URI")}
+    # mlflow.set_experiment also sets MLFLOW_EXPERIMENT_ID in os.environ: restored too
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_DISABLE_TELEMETRY", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root}/mlflow.db"
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"

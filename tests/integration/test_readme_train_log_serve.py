@@ -36,12 +36,15 @@ def test_readme_train_log_serve_runs_verbatim(tmp_path):
     pytest.importorskip("sklearn")
     (script,) = section_blocks((ROOT / "README.md").read_text())
     # as after `pip install -e '.[mlflow]'`: `fstore` and `mlflow` on PATH; no telemetry from a test
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # no other test's experiment
+    env.update(PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
                MLFLOW_DISABLE_TELEMETRY="true")
-    env.pop("MLFLOW_TRACKING_URI", None)
     try:
         res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                              timeout=240, env=env)
+    except subprocess.TimeoutExpired as e:
+        out = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x for x in (e.stdout or "", e.stderr or ""))
+        pytest.fail(f"the README's script ran for 240 s: {out[-5000:]}")
     finally:
         _stop_left_behind(tmp_path)
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
