@@ -161,6 +161,12 @@ def serve_repo(tmp_path):
 
 
 @pytest.fixture
+def port_factory():
+    """port_factory(): a free loopback TCP port (for servers a test starts itself)."""
+    return free_port
+
+
+@pytest.fixture
 def grpc_port_of():
     """grpc_port_of(log): the gRPC port `fstore serve` says it serves on (its log line)."""
     def find(log) -> int:

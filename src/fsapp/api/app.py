@@ -75,14 +75,17 @@ _NO_VECTORS = ("fstore has no vector index: online document retrieval (vector se
 
 
 def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               json_max_rows: int = 10_000, http_metrics: HttpMetrics | None = None, ui: bool = True) -> falcon.App:
+               json_max_rows: int = 10_000, http_metrics: HttpMetrics | None = None, ui: bool = True,
+               models=None) -> falcon.App:
     """The API over `backend` (see fsapp.api.backend.Backend).
 
     api_keys: {token: scopes} (scopes: "read", "write", "admin", as a set or a
     comma-separated string); None leaves the API open. max_body_bytes: larger
     requests get 413. http_metrics: pass one to share the registry (e.g. to
     merge it with other workers'); default a new per-process registry.
-    ui: serve the web UI at /ui (fsapp.ui; static files over this API)."""
+    ui: serve the web UI at /ui (fsapp.ui; static files over this API).
+    models: a callable listing logged models for the lineage endpoint
+    (fsapp.integrations.tracking.model_lister); None: lineage is the registry's."""
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
     limits = Limits(max_body_bytes, json_max_rows)
@@ -101,7 +104,7 @@ def create_app(backend, *, api_keys: dict | None = None, max_body_bytes: int = D
         "/api/v1/materialize": r.Materialize(backend, limits),
         "/api/v1/registry/{kind}": r.RegistryList(backend, limits),
         "/api/v1/registry/{kind}/{name}": r.RegistryItem(backend, limits),
-        "/api/v1/lineage/{name}": r.Lineage(backend, limits),
+        "/api/v1/lineage/{name}": r.Lineage(backend, limits, models),
         "/api/v1/cluster": r.Cluster(backend, limits),
         "/api/v1/stats": r.Stats(backend, limits, http),
         "/api/v1/whoami": r.WhoAmI(backend, limits, keys),

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fscore.errors import FStoreError
+
 from fsapp.api import errors
 from fsapp.api import requests as rq
 from fsapp.api.deferred import after_response
@@ -417,10 +419,24 @@ class RegistryItem(_Resource):
 
 
 class Lineage(_Resource):
-    """GET /api/v1/lineage/{name}"""
+    """GET /api/v1/lineage/{name}[?models=false]: with `models` (a callable
+    listing logged models, fsapp.integrations.tracking.model_lister, which
+    reports failures as FStoreError) the models that read the features below
+    `name` are nodes too."""
+
+    def __init__(self, backend, limits, models=None):
+        super().__init__(backend, limits)
+        self.models = models
 
     def on_get(self, req, resp, name):
-        send_json(resp, self.backend.lineage(name))
+        graph = self.backend.lineage(name)
+        if self.models is not None and req.get_param_as_bool("models", default=True):
+            from fsapp.registry.lineage import with_models
+            try:
+                graph = with_models(graph, self.models())
+            except FStoreError as e:  # the model store is another service: the registry's answer stands
+                graph["models_error"] = str(e)
+        send_json(resp, graph)
 
 
 class Cluster(_Resource):

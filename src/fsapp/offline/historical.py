@@ -28,6 +28,8 @@ class HistoricalResult:
     """A training set: the entity_df's columns then the features, in input row
     order, null where a view has no value."""
 
+    provenance = None  # what the set is made of (fsapp.sdk.provenance), set by the SDK that built it
+
     def __init__(self, cursor, sql: str, keepalive=()):
         self._cur, self.sql, self._keepalive = cursor, sql, keepalive
         self._table: pa.Table | None = None

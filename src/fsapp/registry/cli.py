@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from fscore.errors import FStoreError
+
 from fsapp.registry.errors import RegistryError
 
 _RAW = argparse.RawDescriptionHelpFormatter
@@ -51,8 +53,19 @@ def _apply(args) -> int:
 def _lineage(args) -> int:
     from fsapp.registry.lineage import lineage, render_lineage
     from fsapp.registry.repo import Repo
-    with Repo(args.repo).open_registry() as store:
+    repo = Repo(args.repo)
+    with repo.open_registry() as store:
         graph = lineage(store, args.name)
+    if args.models:
+        from fsapp.integrations import IntegrationError
+        from fsapp.integrations.tracking import model_lister, tracking_uri_for
+        from fsapp.registry.lineage import with_models
+
+        uri = tracking_uri_for(repo, args.tracking_uri)
+        if uri is None:
+            raise IntegrationError("--models needs an MLflow tracking URI: --tracking-uri URI, mlflow.tracking_uri "
+                                   "in fstore.yaml, or $MLFLOW_TRACKING_URI")
+        graph = with_models(graph, model_lister(uri)())
     _out(json.dumps(graph, indent=2) if args.json else render_lineage(graph))
     return 0
 
@@ -99,6 +112,9 @@ def _guard(fn):
         except RegistryError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        except FStoreError as e:  # e.g. fsapp.integrations.IntegrationError (lineage --models)
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return run
 
 
@@ -136,10 +152,15 @@ def add_commands(sub) -> None:
     p = sub.add_parser("lineage", help="show what a feature is made of and what uses it", formatter_class=_RAW,
                        description="Prints source -> stream -> feature view (version) -> feature -> feature\n"
                                    "service around NAME: a name, name@vN, view:feature or view@vN:feature.",
-                       epilog="example:\n  fstore lineage user_txn\n  fstore lineage user_txn:amount_24h --json")
+                       epilog="example:\n  fstore lineage user_txn\n  fstore lineage user_txn:amount_24h --json\n"
+                              "  fstore lineage user_txn:amount_24h --models --tracking-uri sqlite:///mlflow.db")
     p.add_argument("name", help="what to trace")
     p.add_argument("-r", "--repo", default=".", help=repo_help)
     p.add_argument("--json", action="store_true", help="print the graph as JSON (nodes and edges)")
+    p.add_argument("--models", action="store_true",
+                   help="also list the MLflow models logged with fsapp.integrations.mlflow.log_model that read it")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for --models (default: mlflow.tracking_uri in "
+                                          "fstore.yaml, then $MLFLOW_TRACKING_URI)")
     p.set_defaults(func=_guard(_lineage))
 
     p = sub.add_parser("registry", help="list or describe registered definitions", formatter_class=_RAW,

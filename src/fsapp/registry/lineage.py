@@ -16,7 +16,7 @@ from fsapp.registry.store import Entry, RegistryStore
 
 _LABELS = {"topic": "kafka topic", "file": "files", "source": "source", "stream": "stream", "entity": "entity",
            "feature_view": "feature view", "feature": "feature", "feature_service": "feature service",
-           "request_source": "request source", "on_demand_view": "on-demand view"}
+           "request_source": "request source", "on_demand_view": "on-demand view", "model": "model"}
 
 
 class _Graph:
@@ -157,6 +157,32 @@ def lineage(store: RegistryStore, name: str) -> dict:
     return {"root": root, "nodes": nodes, "edges": [list(e) for e in edges]}
 
 
+def with_models(graph: dict, models: list[dict]) -> dict:
+    """`graph` (from `lineage`) with the models that read it: each model
+    (`{"model_id", "name", "model_uri", "feature_service", "features":
+    ["view@vN:feature", ...]}`, e.g. from fsapp.integrations.mlflow.logged_models)
+    becomes a node `model:<model_id>` below the features it reads, when one
+    of them is the queried node or made from it (a model that reads a
+    feature a service is made of is not "used by" that service, unless it
+    was logged with that service: then it hangs below the service too)."""
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    below = {i for i, n in nodes.items() if not n.get("upstream")}  # the root and what is made from it
+    services = {n["name"]: i for i, n in nodes.items() if n["kind"] == "feature_service" and i in below}
+    edges = [tuple(e) for e in graph["edges"]]
+    added = []
+    for m in models:
+        links = [f"feature:{ref}" for ref in m.get("features", ()) if f"feature:{ref}" in below]
+        if m.get("feature_service") in services:
+            links.append(services[m["feature_service"]])
+        if not links:
+            continue
+        mid = f"model:{m['model_id']}"
+        added.append({"id": mid, "kind": "model", "name": m.get("name") or m["model_id"], "version": None,
+                      "uri": m.get("model_uri"), "run_id": m.get("run_id"), "upstream": False})
+        edges += [(link, mid) for link in links]
+    return {**graph, "nodes": graph["nodes"] + added, "edges": [list(e) for e in sorted(set(edges))]}
+
+
 def _reach(root: str, edges, forward: bool) -> set[str]:
     seen, frontier = set(), [root]
     while frontier:
@@ -173,6 +199,8 @@ def _label(n: dict) -> str:
     text = f"{_LABELS.get(n['kind'], n['kind'])} {n['name']}"
     if n["kind"] == "feature":
         text += f" (v{n['version']}, {n['type']})"
+    elif n["kind"] == "model":
+        text += f" ({n['uri']})" if n.get("uri") else ""
     elif n["version"] is not None:
         text += f" v{n['version']}" + ("" if n.get("live", True) else " (old version)")
     return text

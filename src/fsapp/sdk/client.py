@@ -242,6 +242,8 @@ class Client(RegistryListing):
         travels as Arrow IPC, so types (timestamps, vectors) survive."""
         if (features is None) == (feature_service is None):
             raise ValueError("give exactly one of features=[\"view:feature\", ...] or feature_service=\"name\"")
+        from fsapp.sdk.provenance import training_provenance
+
         if feature_service is not None:
             entry = self.describe(feature_service)
             if entry["kind"] != "feature_service":
@@ -258,7 +260,10 @@ class Client(RegistryListing):
         doc = {"entities": cols, "features": list(features), "full_feature_names": bool(full_feature_names)}
         body = json.dumps(doc, default=_json_default, allow_nan=False).encode()
         data, _ = self.request("POST", "/api/v1/features/historical", body, accept=ARROW_STREAM)
-        return TrainingSet(pa.ipc.open_stream(pa.py_buffer(data)).read_all())
+        result = TrainingSet(pa.ipc.open_stream(pa.py_buffer(data)).read_all())
+        result.provenance = training_provenance(list(features), feature_service, full_feature_names, entity_df,
+                                                self.describe)
+        return result
 
     # ---- registry
 

@@ -24,6 +24,11 @@ KINDS = ("entity", "source", "stream", "request_source", "feature_view", "on_dem
 START_OF_TIME = -(1 << 62)
 
 
+def _split_version(name: str) -> tuple[str, int | None]:
+    base, _, ver = name.partition("@v")
+    return base, int(ver) if ver.isdigit() else None
+
+
 class FeatureStore(RegistryListing):
     """The engine of the repo at `repo_path`, in this process.
 
@@ -152,12 +157,19 @@ class FeatureStore(RegistryListing):
         / `.to_parquet(path)`."""
         if (features is None) == (feature_service is None):
             raise ValueError("give exactly one of features=[\"view:feature\", ...] or feature_service=\"name\"")
+        from fsapp.sdk.provenance import training_provenance
+
         eng = self.engine
         if feature_service is not None:
             features = self._service_features(feature_service)
+        source = entity_df
         if not isinstance(entity_df, (str, os.PathLike)):
             entity_df = entity_table(entity_df)
-        return eng.get_historical_features(entity_df, list(features), full_feature_names=full_feature_names)
+        result = eng.get_historical_features(entity_df, list(features), full_feature_names=full_feature_names)
+        # what the set is made of, for fsapp.integrations (MLflow, KFP) to log beside a model
+        result.provenance = training_provenance(list(features), feature_service, full_feature_names, source,
+                                                lambda name: eng.registry.get(*_split_version(name)).to_dict())
+        return result
 
     def _service_features(self, name: str) -> list[str]:
         entry = self.engine.registry.get(name)

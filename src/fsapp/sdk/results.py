@@ -51,6 +51,8 @@ class OnlineResponse:
 class TrainingSet:
     """A point-in-time training set already fetched (the Client's answer)."""
 
+    provenance = None  # what the set is made of (fsapp.sdk.provenance.Provenance)
+
     def __init__(self, table: pa.Table):
         self._table = table
 

@@ -13,6 +13,7 @@ import os
 from fsapp.api.app import create_app
 from fsapp.api.auth import api_keys_for
 from fsapp.api.deferred import AFTER_RESPONSE
+from fsapp.integrations.tracking import model_lister, tracking_uri_for
 from fsapp.registry.repo import Repo
 from fsapp.serve.feature_log import FeatureLogConfig, FeatureLogger
 from fsapp.serve.shared_metrics import SharedHttpMetrics
@@ -66,8 +67,9 @@ def build_application():
     backend = WorkerBackend(str(repo.data_dir / "engine"), str(repo.registry_path), os.environ["FSTORE_ENGINE_SOCKET"],
                             feature_logger=logger)
     metrics = SharedHttpMetrics(str(repo.data_dir / "metrics"))
+    uri = tracking_uri_for(repo, use_env=False)  # only a repo that names its MLflow store lists models
     app = create_app(backend, api_keys=api_keys_for(repo), http_metrics=metrics,
-                     ui=os.environ.get("FSTORE_UI", "on") != "off")
+                     ui=os.environ.get("FSTORE_UI", "on") != "off", models=model_lister(uri) if uri else None)
     return AfterResponse(app)
 
 

@@ -11,7 +11,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const KIND_LABEL = { topic: "Kafka topic", file: "files", source: "source", stream: "stream", entity: "entity",
                        feature_view: "feature view", feature: "feature", feature_service: "feature service",
-                       request_source: "request source", on_demand_view: "on-demand view" };
+                       request_source: "request source", on_demand_view: "on-demand view", model: "MLflow model" };
   const BOX_H = 40, GAP_Y = 16, GAP_X = 70, PAD = 16;
 
   const s = (tag, attrs, ...children) => {
@@ -26,7 +26,7 @@
 
   /** The lineage query that re-roots the graph on a node (null: none, e.g. a topic). */
   const queryOf = (n) => {
-    if (n.kind === "topic" || n.kind === "file") return null;
+    if (n.kind === "topic" || n.kind === "file" || n.kind === "model") return null; // models live in MLflow
     if (n.kind === "feature") {
       const [view, feature] = [n.name.split(":")[0], n.name.split(":").slice(1).join(":")];
       return `${view}@v${n.version}:${feature}`;
