@@ -19,10 +19,11 @@ from fsapp.api.metrics import MetricsRegistry
 from fsapp.errors import EntityDataFrameError
 from fsapp.registry.errors import NotFoundError
 from fsapp.registry.render import to_sql
+from fsapp.registry.model import KIND_ORDER
 
 _CALLER_DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.OutOfRangeException,
                        duckdb.TypeMismatchException)
-KINDS = ("entity", "source", "stream", "request_source", "feature_view", "on_demand_view", "feature_service")
+KINDS = KIND_ORDER  # every registry kind (the HTTP registry endpoint is per kind)
 
 
 @runtime_checkable

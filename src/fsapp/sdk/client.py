@@ -30,9 +30,10 @@ from fsapp.sdk.convert import entity_columns, entity_table, service_refs, to_us
 from fsapp.sdk.listing import RegistryListing
 from fsapp.sdk.errors import ServiceUnavailable, error_from_response
 from fsapp.sdk.results import OnlineResponse, TrainingSet
+from fsapp.registry.model import KIND_ORDER
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
-KINDS = ("feature_view", "feature_service", "stream", "entity", "source")
+KINDS = KIND_ORDER  # every registry kind (the HTTP registry endpoint is per kind)
 DEFAULT_BATCH_ROWS = 20_000  # rows per push request: well under the server's 16 MiB body limit
 PUSH_RETRIES = 5  # a push whose outcome is unknown is retried (same idempotency key): 0.2 s, 0.4 s, ... 3.2 s
 

@@ -19,8 +19,9 @@ from fsapp.registry.repo import Repo
 from fsapp.sdk.convert import entity_columns, entity_table, service_refs, to_us
 from fsapp.sdk.listing import RegistryListing
 from fsapp.sdk.results import OnlineResponse
+from fsapp.registry.model import KIND_ORDER
 
-KINDS = ("entity", "source", "stream", "request_source", "feature_view", "on_demand_view", "feature_service")
+KINDS = KIND_ORDER  # every registry kind (the HTTP registry endpoint is per kind)
 START_OF_TIME = -(1 << 62)
 
 
