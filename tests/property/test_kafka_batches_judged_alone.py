@@ -109,7 +109,7 @@ def new_repo():
     return root
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(values=st.lists(message(), min_size=1, max_size=14), cut=st.integers(1, 14))
 def test_a_batch_dead_letters_exactly_what_is_refused_alone(values, cut):
     import shutil
