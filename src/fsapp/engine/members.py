@@ -32,6 +32,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 log = logging.getLogger("fstore.kafka")
 
 PUBLISH_S = 2.0
+# records read back at start: covers stale_s (15 s) of claims for up to ~260 nodes
+RECENT = 2000
 
 
 def members_topic(group_id: str) -> str:
@@ -67,21 +69,42 @@ class Membership:
         self.consumer: Consumer | None = None
 
     def start(self) -> "Membership":
-        admin = AdminClient(self._props)
-        futures = admin.create_topics([NewTopic(self.topic, num_partitions=1, replication_factor=1,
-                                                config={"cleanup.policy": "compact"})])
         try:
-            futures[self.topic].result(30)
+            self._create_topic()
         except KafkaException as e:
-            if "TOPIC_ALREADY_EXISTS" not in str(e) and "already exists" not in str(e):
-                raise
+            log.error("kafka: the members topic %s could not be created (%s): this node will not learn the other "
+                      "nodes' partitions, so reads of their keys are not forwarded. Create it (1 partition, "
+                      "cleanup.policy=compact) or allow this client to create topics", self.topic, e)
         self.producer = Producer({**self._props, "linger.ms": 0})
         self.consumer = Consumer({**self._props, "group.id": f"{self.topic}.reader", "enable.auto.commit": False,
                                   "enable.partition.eof": False})
-        self.consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
+        self.consumer.assign([TopicPartition(self.topic, 0, self._first_offset())])
         self._thread = threading.Thread(target=self._read, name="fstore-members", daemon=True)
         self._thread.start()
         return self
+
+    def _create_topic(self) -> None:
+        admin = AdminClient(self._props)
+        # compacted, and deleted after an hour: only the claims of the last stale_s count
+        new = NewTopic(self.topic, num_partitions=1, replication_factor=-1,
+                       config={"cleanup.policy": "compact,delete", "retention.ms": "3600000"})
+        try:
+            admin.create_topics([new])[self.topic].result(30)
+        except KafkaException as e:
+            if "TOPIC_ALREADY_EXISTS" not in str(e) and "already exists" not in str(e):
+                raise
+
+    def _first_offset(self) -> int:
+        """Where reading starts: the last RECENT records hold every fresh
+        claim (each live node republishes every PUBLISH_S; older claims are
+        stale anyway), so a long-lived topic is not read from its start."""
+        try:
+            lo, hi = self.consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=10)
+        except KafkaException:
+            return OFFSET_BEGINNING
+        if hi is None or hi < 0:
+            return OFFSET_BEGINNING
+        return max(lo, hi - RECENT)
 
     # ---- this node's claim
 
