@@ -42,7 +42,7 @@ class Node:
     """One `fstore serve` (supervisor, engine, one gunicorn worker) in its own
     process group, so that kill -9 takes the whole node down at once."""
 
-    def __init__(self, tmp_path, name, bootstrap):
+    def __init__(self, tmp_path, name, bootstrap, grpc_port=0):
         self.root = tmp_path / name
         self.root.mkdir()
         (self.root / "fstore.yaml").write_text(
@@ -54,13 +54,14 @@ class Node:
         Repo(self.root).apply()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = grpc_port
         self.log = open(tmp_path / f"{name}.log", "a+")
         self.proc = None
 
     def start(self):
         self.proc = subprocess.Popen([sys.executable, "-m", "fsapp.cli", "serve", "--repo", str(self.root),
                                       "--port", str(self.port), "--workers", "1", "--fsync", "never",
-                                      "--grpc-port", "0"],
+                                      "--grpc-port", str(self.grpc_port), "--grpc-workers", "1"],
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
@@ -103,6 +104,22 @@ class Node:
             return {p["partition"] for p in self.cluster()["partitions"]}
         except (urllib.error.URLError, ConnectionError, OSError):
             return set()
+
+    def grpc_counts(self, keys):
+        """{key: (count, status)} through this node's gRPC port (Feast's ServingService)."""
+        import grpc
+
+        from fsapp.grpc.protos.feast.serving import ServingService_pb2 as pb
+        from fsapp.grpc.protos.feast.serving import ServingService_pb2_grpc as pb_grpc
+        from fsapp.grpc.protos.feast.types import Value_pb2 as vpb
+
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as ch:
+            resp = pb_grpc.ServingServiceStub(ch).GetOnlineFeatures(pb.GetOnlineFeaturesRequest(
+                features=pb.FeatureList(val=["account_totals:n_payments"]),
+                entities={"account_id": vpb.RepeatedValue(val=[vpb.Value(int64_val=k) for k in keys])}), timeout=10)
+        status = {1: "PRESENT", 2: "NULL_VALUE", 3: "NOT_FOUND", 4: "OUTSIDE_MAX_AGE"}
+        col = resp.results[1]
+        return {k: (v.int64_val, status.get(st, st)) for k, v, st in zip(keys, col.values, col.statuses)}
 
     def counts(self, keys, local=True):
         """{key: (count, status)} from this node's own state (`X-Fstore-Local`),
@@ -220,7 +237,8 @@ def test_three_nodes_one_killed_and_restarted_serve_exact_counts_and_never_stale
     kafka_broker.create_topic(TOPIC, partitions=PARTS)
     expected = {}
     produce(kafka_broker, 4000, 0, expected)
-    nodes = [Node(tmp_path, name, kafka_broker.bootstrap) for name in "abc"]
+    nodes = [Node(tmp_path, name, kafka_broker.bootstrap, grpc_port=free_port() if name == "b" else 0)
+             for name in "abc"]
     a, rest = nodes[0], nodes[1:]
     logs = lambda: "\n".join(n.text() for n in nodes)  # noqa: E731
     watch = None
@@ -258,6 +276,10 @@ def test_three_nodes_one_killed_and_restarted_serve_exact_counts_and_never_stale
         bad = watch.stop()
         assert watch.reads > 20 and watch.through > 20 and not bad, bad[:5]
         assert_served_by_owners(nodes, expected)
+        # Feast's gRPC reads through any node too (b's gRPC port; 2/3 of the keys forwarded)
+        b = nodes[1]
+        wait_for(lambda: b.grpc_counts(list(range(KEYS))) == {k: (expected[k], "PRESENT") for k in range(KEYS)}, 10,
+                 lambda: f"gRPC through b: {b.grpc_counts(list(range(KEYS)))}")
         print(f"takeover after kill -9: {takeover_s:.1f} s (session.timeout.ms 6000); restarted node up in "
               f"{up_s:.1f} s, 2+2+2 live {rejoin_s:.1f} s after its start; {watch.reads} polls, none stale")
     finally:

@@ -84,17 +84,15 @@ class ReadForwarder:
             self._routes, self._self_url, self._checked = routes or None, (doc or {}).get("url"), now
             return self._routes
 
-    def complete(self, args: tuple, text, authorization: str | None, resp):
-        """`text`, this node's answer to the online read `args` (features,
-        feature_service, entities, as_of, full_feature_names), with the rows
-        of other owners' keys filled in from them."""
+    def plan(self, entities: dict) -> dict[str, list[int]] | None:
+        """{owner URL: the rows of `entities` whose partition it owns}, for
+        the owners other than this node; None when nothing is to be asked."""
         routes = self._refresh()
         if routes is None:
-            return text
-        features, service, entities, as_of, full = args
+            return None
         route = next((r for r in routes if all(k in entities for k in r.key)), None)
         if route is None:
-            return text
+            return None
         remote: dict[str, list[int]] = {}
         cols = [entities[k] for k in route.key]
         for i, key in enumerate(zip(*cols)):
@@ -103,9 +101,12 @@ class ReadForwarder:
             url = route.owners.get(partition_for(key if len(key) > 1 else key[0], route.partitions))
             if url is not None and url != self._self_url:
                 remote.setdefault(url, []).append(i)
-        if not remote:
-            return text
-        doc = json.loads(text)
+        return remote or None
+
+    def fill(self, doc: dict, remote: dict[str, list[int]], args: tuple, authorization: str | None) -> list[str]:
+        """Puts each owner's answer for its rows into `doc` (this node's
+        answer, Feast's column-major shape); returns the owners that failed."""
+        features, service, entities, as_of, full = args
         failed = []
         for url, rows in remote.items():
             body = {"entities": {c: [vals[i] for i in rows] for c, vals in entities.items()},
@@ -124,6 +125,17 @@ class ReadForwarder:
                 self.failures += 1
                 failed.append(url)
                 log.warning("forwarding %d row(s) to their owner %s failed: %s", len(rows), url, e)
+        return failed
+
+    def complete(self, args: tuple, text, authorization: str | None, resp):
+        """`text`, this node's answer to the online read `args` (features,
+        feature_service, entities, as_of, full_feature_names), with the rows
+        of other owners' keys filled in from them."""
+        remote = self.plan(args[2])
+        if remote is None:
+            return text
+        doc = json.loads(text)
+        failed = self.fill(doc, remote, args, authorization)
         resp.set_header("X-Fstore-Forwarded", ",".join(sorted(remote)))
         if failed:
             resp.set_header("X-Fstore-Forward-Failed", ",".join(sorted(failed)))

@@ -215,8 +215,10 @@ def encode_response(out: dict) -> bytes:
 
 
 class Servicer(pb_grpc.ServingServiceServicer):
-    def __init__(self, reader, keys=None, clock=None, version: str = "fstore"):
+    def __init__(self, reader, keys=None, clock=None, version: str = "fstore", forwarder=None):
         self.reader, self.keys = reader, keys
+        # a node of a Kafka group: keys other nodes own are read from them (fsapp.api.forwarding)
+        self.forwarder = forwarder
         self.clock = clock or (lambda: time.time_ns() // 1000)
         self.version = version
 
@@ -251,6 +253,14 @@ class Servicer(pb_grpc.ServingServiceServicer):
             service = request.feature_service if kind == "feature_service" else None
             out = self.reader.get_online_features(features, service, entities, now=self.clock(),
                                                   full_feature_names=request.full_feature_names)
+            remote = self.forwarder.plan(entities) if self.forwarder is not None else None
+            if remote:
+                # lists of their own: the reader shares one timestamp list among a view's features
+                out = {"metadata": out["metadata"],
+                       "results": [{k: list(v) for k, v in col.items()} for col in out["results"]]}
+                auth = dict(context.invocation_metadata()).get("authorization")
+                self.forwarder.fill(out, remote, (features, service, entities, None, request.full_feature_names),
+                                    auth)
             return encode_response(out)  # bytes: registered with no response serializer (make_server)
         except BadRequest as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -268,12 +278,12 @@ def _code_of(e: Exception) -> tuple:
     return grpc.StatusCode.INTERNAL, "the server failed on this request; the log has the details"
 
 
-def make_server(reader, address: str, *, keys=None, threads: int = 8, reuse_port: bool = True):
+def make_server(reader, address: str, *, keys=None, threads: int = 8, reuse_port: bool = True, forwarder=None):
     """A started-able grpc.Server with the serving and health services."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
                          options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
     from fsapp.cli import version
-    servicer = Servicer(reader, keys, version=f"fstore {version()}")
+    servicer = Servicer(reader, keys, version=f"fstore {version()}", forwarder=forwarder)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {
         "GetFeastServingInfo": grpc.unary_unary_rpc_method_handler(
             servicer.GetFeastServingInfo, request_deserializer=pb.GetFeastServingInfoRequest.FromString,
@@ -291,6 +301,20 @@ def make_server(reader, address: str, *, keys=None, threads: int = 8, reuse_port
     return server
 
 
+class _EngineCluster:
+    """The engine's GET /api/v1/cluster document, over its socket (what the
+    read forwarder needs to know the owners)."""
+
+    def __init__(self, socket_path: str):
+        from fsapp.serve.protocol import EngineClient
+
+        self.client = EngineClient(socket_path)
+
+    def cluster(self) -> dict:
+        result, _ = self.client.call("backend", b"", method="cluster", kwargs={})
+        return result
+
+
 def main(argv=None) -> int:
     from fsapp.registry.repo import Repo
     from fsapp.api.auth import ApiKeys, api_keys_for
@@ -306,8 +330,13 @@ def main(argv=None) -> int:
     repo = Repo(args.repo)
     keys = api_keys_for(repo)
     reader = OnlineReader(str(repo.data_dir / "engine"), str(repo.registry_path))
+    forwarder = None
+    if ((repo.config.get("kafka") or {}).get("assign")) == "group":
+        from fsapp.api.forwarding import ReadForwarder
+        from fsapp.serve.supervisor import socket_path_for
+        forwarder = ReadForwarder(_EngineCluster(socket_path_for(repo)))
     server = make_server(reader, f"{args.host}:{args.port}", keys=ApiKeys(keys) if keys else None,
-                         threads=args.threads)
+                         threads=args.threads, forwarder=forwarder)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
