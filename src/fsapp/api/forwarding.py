@@ -17,14 +17,14 @@ its rows as this node has them (NOT_FOUND), and the response says so in
 """
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import threading
 import time
-import urllib.parse
 
+from fscore.errors import FStoreError
 from fsapp.engine.cluster import partition_for
+from fsapp.sdk.client import Client
 
 log = logging.getLogger("fstore.api")
 
@@ -56,7 +56,7 @@ class ReadForwarder:
         self._checked = 0.0
         self._ttl = 0.0
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._clients: dict[str, Client] = {}  # owner URL -> its client
         self.forwarded = self.failures = 0
 
     def _refresh(self) -> list[_Route] | None:
@@ -71,14 +71,14 @@ class ReadForwarder:
             except Exception as e:  # noqa: BLE001 - the engine restarting: answer locally meanwhile
                 log.debug("forwarding: no cluster document (%s)", e)
                 doc = None
+            group = bool(doc) and doc.get("mode") == "group"
             routes = None
-            if doc and doc.get("mode") == "group" and doc.get("owners"):
+            if group and doc.get("owners"):
                 routes = []
                 for topic, info in (doc.get("topics") or {}).items():
                     owners = {int(p): url for p, url in (doc["owners"].get(topic) or {}).items()}
                     if info.get("key") and info.get("partitions") and owners:
                         routes.append(_Route(info["key"], int(info["partitions"]), owners))
-            group = bool(doc) and doc.get("mode") == "group"
             self._ttl = REFRESH_S if routes else UNSETTLED_S if group else NOT_GROUP_S
             self._peers = {m["url"]: m["peer"] for m in (doc or {}).get("members") or () if m.get("peer")}
             self._routes, self._self_url, self._checked = routes or None, (doc or {}).get("url"), now
@@ -121,7 +121,7 @@ class ReadForwarder:
                 got = self._post(self._peers.get(url, url), body, authorization)
                 _splice(doc, got, rows)
                 self.forwarded += len(rows)
-            except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError) as e:
+            except (FStoreError, OSError, ValueError, KeyError, IndexError) as e:  # refused, unreachable, odd answer
                 self.failures += 1
                 failed.append(url)
                 log.warning("forwarding %d row(s) to their owner %s failed: %s", len(rows), url, e)
@@ -143,33 +143,12 @@ class ReadForwarder:
         return out.encode() if isinstance(text, bytes) else out
 
     def _post(self, url: str, body: dict, authorization: str | None) -> dict:
-        conns = getattr(self._local, "conns", None)
-        if conns is None:
-            conns = self._local.conns = {}
-        u = urllib.parse.urlsplit(url)
-        headers = {"Content-Type": "application/json", LOCAL_HEADER: "1"}
-        if authorization:
-            headers["Authorization"] = authorization
-        data = json.dumps(body).encode()
-        for attempt in (0, 1):  # a kept-alive connection the owner closed: once more on a new one
-            conn = conns.get(url)
-            if conn is None:
-                cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-                conn = conns[url] = cls(u.hostname, u.port, timeout=self.timeout_s)
-            try:
-                conn.request("POST", (u.path.rstrip("/") or "") + "/api/v1/features/online", data, headers)
-                r = conn.getresponse()
-                payload = r.read()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conns.pop(url, None)
-                if attempt:
-                    raise
-                continue
-            if r.status != 200:
-                raise ValueError(f"HTTP {r.status}: {payload[:300].decode('utf-8', 'replace')}")
-            return json.loads(payload)
-        raise AssertionError("unreachable")
+        client = self._clients.get(url)
+        if client is None:  # per thread keep-alive, a closed one retried once (the SDK's transport)
+            client = self._clients.setdefault(url, Client(url, timeout=self.timeout_s))
+        headers = {LOCAL_HEADER: "1", **({"Authorization": authorization} if authorization else {})}
+        data, _ = client.request("POST", "/api/v1/features/online", json.dumps(body).encode(), headers=headers)
+        return json.loads(data)
 
 
 def _splice(doc: dict, got: dict, rows: list[int]) -> None:

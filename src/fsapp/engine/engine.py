@@ -274,9 +274,7 @@ class Engine:
 
     def _replay(self, lsn: int, rtype: int, payload) -> _Queued | None:
         if rtype == REC_OFFSETS:
-            offsets = records.decode_offsets(payload)
-            self.offsets.update(offsets)
-            self._note_logged(offsets)
+            self._consumed(records.decode_offsets(payload), logged=True)
             return None
         if rtype != REC_PUSH:
             raise EngineError(f"unknown WAL record type {rtype}")
@@ -550,8 +548,7 @@ class Engine:
             q = self.queue.popleft()
             try:
                 if q.rtype == REC_OFFSETS:
-                    self.offsets.update(q.offsets)
-                    self._note_logged(q.offsets)
+                    self._consumed(q.offsets, logged=True)
                 else:
                     self._apply_push(q, log_offline=q.offline)
                 self.applied_lsn = q.lsn
@@ -587,18 +584,20 @@ class Engine:
                                         created_ts=q.now, seq=q.seq)
         self.late_total += nlate
         if q.offsets:
-            self.offsets.update(q.offsets)
-            if q.offline:
-                self._note_logged(q.offsets)
+            self._consumed(q.offsets, logged=q.offline)
         q.result = PushResult(p.table.num_rows - nlate, nlate, q.lsn)
         if q.key is not None:
             self.idempotency.put(q.key, q.now, q.result.to_dict())
 
-    def _note_logged(self, offsets: dict) -> None:
-        logged = self.logged_offsets
-        for k, off in offsets.items():
-            if off > logged.get(k, 0):
-                logged[k] = off
+    def _consumed(self, offsets: dict, *, logged: bool) -> None:
+        """A source's offsets reached by an applied record; `logged`: its
+        events (or dead letters) are in the offline log up to them too."""
+        self.offsets.update(offsets)
+        if logged:
+            held = self.logged_offsets
+            for k, off in offsets.items():
+                if off > held.get(k, 0):
+                    held[k] = off
 
     def _abort(self, q: _Queued, exc: Exception) -> None:
         """A logged record failed to apply. Tombstone it, rebuild the state

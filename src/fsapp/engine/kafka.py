@@ -127,14 +127,8 @@ class KafkaIngest:
         (A single view keyed unlike its topic is found at run time: keys that
         arrive from two partitions, `PartitionKeys.split`.)"""
         for topic, stream in sorted(self.topics.items()):
-            views = sorted((rt for rt in self.engine.runtimes.values()
-                            if rt.stream is not None and rt.stream.name == stream), key=lambda rt: rt.name)
-            if len(views) < 2:
-                continue
-            common = set(views[0].key_names)
-            for rt in views[1:]:
-                common &= set(rt.key_names)
-            if not common:
+            views = self._views_of(topic)
+            if len(views) >= 2 and not self._key_of(topic):
                 keyed = ", ".join(f"{rt.name} by {'+'.join(rt.key_names)}" for rt in views)
                 raise RepoError(f"kafka.assign: group: stream {stream} feeds views keyed by different entities "
                                 f"({keyed}); each node owns the keys of its partitions of topic {topic}, which can "
@@ -143,7 +137,8 @@ class KafkaIngest:
                                 "use assign: all (see docs/kafka.md, scale-out)")
 
     def _key_of(self, topic: str) -> list[str]:
-        """The key columns of the topic's views (all share them in group mode)."""
+        """The key columns the topic's views share (in the first view's
+        order); empty when they share none."""
         views = self._views_of(topic)
         if not views:
             return []
@@ -151,8 +146,10 @@ class KafkaIngest:
         return [k for k in views[0].key_names if k in common]
 
     def _views_of(self, topic: str) -> list:
+        """The online views of the topic's stream, by name."""
         stream = self.topics.get(topic)
-        return [rt for rt in self.engine.runtimes.values() if rt.stream is not None and rt.stream.name == stream]
+        views = (rt for rt in self.engine.runtimes.values() if rt.stream is not None and rt.stream.name == stream)
+        return sorted(views, key=lambda rt: rt.name)
 
     # ---- assignment
 
@@ -188,14 +185,14 @@ class KafkaIngest:
         self._drop_partitions(parts, "revoked")
         if parts:
             self._commit(asynchronous=False)
-        consumer.unassign()
-        self.assigned = set()
-        if self.membership is not None:
-            self.membership.claim((), self.member_id)
+        self._unassign(consumer)
 
     def _on_lost(self, consumer, parts) -> None:
         # the group gave them to someone else already (our session timed out)
         self._drop_partitions(parts, "lost")
+        self._unassign(consumer)
+
+    def _unassign(self, consumer) -> None:
         consumer.unassign()
         self.assigned = set()
         if self.membership is not None:
@@ -445,12 +442,12 @@ class KafkaIngest:
                 self.engine.push(stream, table, offsets=offsets, tags=tags, offline=not replay)
                 ingested = table.num_rows
             except ROW_ERRORS:
-                runs, refused = self._split_refused(topic, row_msgs)
+                runs, refused, rows = self._split_refused(topic, row_msgs)
                 if not replay:
                     dead += [self._letter(row_msgs[i], stream, kind, reason) for i, kind, reason in refused]
                 self._send_dead(dead)
                 dead = []
-                ingested = self._push_runs(topic, runs, row_msgs, offsets, tags, replay)
+                ingested = self._push_runs(topic, runs, rows, row_msgs, offsets, tags, replay)
         if dead or not ingested:
             self._send_dead(dead)
             self.engine.advance_offsets(offsets)
@@ -458,9 +455,10 @@ class KafkaIngest:
         self._count("ingested", topic, ingested)
         return len(msgs)
 
-    def _split_refused(self, topic: str, row_msgs: list) -> tuple[list, list]:
+    def _split_refused(self, topic: str, row_msgs: list) -> tuple[list, list, list]:
         """Bisects a batch the engine refused: ([[(lo, hi, table), ...] for
-        each run of good rows between refused ones], [(row, kind, reason)]).
+        each run of good rows between refused ones], [(row, kind, reason)],
+        each message's row as decoded on its own (None: malformed)).
         Each part is decoded again from its own messages: in the batch's
         table a column whose JSON types mix is text, which a strict column
         (an entity key) refuses for every row, not only the odd one."""
@@ -503,10 +501,10 @@ class KafkaIngest:
                 runs[-1].append(piece)
             else:
                 runs.append([piece])
-        return runs, refused
+        return runs, refused, rows
 
-    def _push_runs(self, topic: str, runs: list, row_msgs: list, offsets: dict, tags: np.ndarray | None,
-                   replay: bool) -> int:
+    def _push_runs(self, topic: str, runs: list, rows: list, row_msgs: list, offsets: dict,
+                   tags: np.ndarray | None, replay: bool) -> int:
         """Pushes the good rows of a refused batch, in order: each run of
         them as one batch when its parts still go together, else part by
         part; the last push carries the batch's offsets, the others those of
@@ -523,7 +521,7 @@ class KafkaIngest:
             last = j == len(runs) - 1
             try:
                 if len(run) > 1:
-                    whole = decoder.table([decoder.row(m) for m in row_msgs[lo:hi]])
+                    whole = decoder.table(rows[lo:hi])
                     if not decoder.mixed:
                         push(lo, hi, whole, last)
                         n += hi - lo
