@@ -386,3 +386,33 @@ def test_a_source_replay_is_applied_online_only_and_so_is_its_wal_replay(repo, r
     eng = Engine(d, str(repo.registry_path), fsync="always")
     assert eng.logged_offsets == {"txns/0": 250} and offline_rows(eng) == 250
     eng.close()
+
+
+def test_a_checkpoint_whose_table_kinds_changed_is_converted_at_restart(repo, rng, monkeypatch):
+    """A newer fstore that changed a column's online kind (float32 `vector`
+    last_k → float64 `list`) converts the checkpoint's table at restart. The
+    conversion named the old table before binding it (`old.path` on the
+    right of `old, table = ...`): a NameError, and the repo could not start."""
+    from fsapp.registry.catalog import FeatureViewInfo
+    from fscore.schema import Schema
+
+    d = str(repo.data_dir / "engine")
+    eng = Engine(d, str(repo.registry_path), fsync="always")
+    now = T0 + 2 * H + 7 * M
+    eng.push("transactions", events(rng, 200, T0), now=now)
+    users = {"user_id": list(range(1, 6))}
+    before = eng.get_online_features(["user_txn:amount_24h"], entities=users, now=now)
+    eng.checkpoint()
+    eng.close()
+    real = FeatureViewInfo.online_schema
+
+    def as_vectors(self):  # the table's last_k column as another kind than the checkpoint holds
+        s = real(self)
+        cols = [(c.name, "vector", c.size) if c.kind == "list" else
+                ((c.name, c.kind, c.size) if c.size else (c.name, c.kind)) for c in s.columns]
+        return Schema([(k.name, k.kind, k.size) if k.size else (k.name, k.kind) for k in s.keys], cols)
+
+    monkeypatch.setattr(FeatureViewInfo, "online_schema", as_vectors)
+    eng = Engine(d, str(repo.registry_path), fsync="always")
+    assert eng.get_online_features(["user_txn:amount_24h"], entities=users, now=now) == before
+    eng.close()

@@ -345,7 +345,7 @@ class Engine:
                            for i in range(saved[(name, version)]["windows"])]
                 meta = saved[(name, version)]
                 if table.schema != info.online_schema():  # a newer fstore changed a column's kind
-                    old, table = table, table.with_schema(info.online_schema(), path=old.path, publish=False)
+                    old, table = table, table.with_schema(info.online_schema(), path=table.path, publish=False)
                     old.close()
             # a plain view over a file source gets an online table that materialize fills
             self.runtimes[(name, version)] = ViewRuntime(info, self.streams.get(source), self.data_dir,
