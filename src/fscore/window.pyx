@@ -748,6 +748,23 @@ cdef class WindowView:
                 out[name] = of[row]
         return out, exact.view(np.bool_)
 
+    cdef int64_t _held_floor(self, const Word* key, Py_ssize_t n, Py_ssize_t s) noexcept nogil:
+        """The newest bucket with events that slot s no longer holds for
+        answers (INT64_MIN: none): its floor, or a held cell older than the
+        key's last R buckets (`n` cells at `key`: its run, or its whole ring)."""
+        cdef Py_ssize_t W = self.layout.width, j
+        cdef int64_t top = INT64_MIN, f = self.floor_p[s], b
+        for j in range(n):
+            if key[j * W + W_BUCKET].i > top:
+                top = key[j * W + W_BUCKET].i
+        if top == INT64_MIN:
+            return f
+        for j in range(n):
+            b = key[j * W + W_BUCKET].i
+            if b != INT64_MIN and b <= top - self.ring_len and key[j * W + W_COUNT].i and b > f:
+                f = b
+        return f
+
     cdef int _query(self, const int64_t[::1] slots, const int64_t[::1] tq, double[:, ::1] of,
                     int64_t[:, ::1] oi, uint8_t[::1] exact) except -1:
         cdef Py_ssize_t nq = tq.shape[0], q, W = self.layout.width, j, m
@@ -782,8 +799,11 @@ cdef class WindowView:
                 elif m == RING:
                     hi = floor_div(t, hop)
                     lo = hi - nb
-                    exact[q] = not (self.floor_p[s] != INT64_MIN and self.floor_p[s] >= lo)
-                    # (an overwritten bucket raised the floor: the floor alone says what is lost)
+                    # An overwritten bucket raised the floor; a ring also still holds
+                    # buckets older than its newest - R + 1 until they are overwritten,
+                    # which a run of cells drops at its next new bucket: they count as
+                    # dropped here, so both forms (and a restored copy) answer alike.
+                    exact[q] = not (self._held_floor(key, self.ring_len, s) >= lo)
                     for b in range(lo, hi):
                         c = key + floor_mod(b, self.ring_len) * W
                         if c[W_BUCKET].i == b:
@@ -796,7 +816,7 @@ cdef class WindowView:
                     hi = floor_div(t, hop)
                     lo = hi - nb
                     # a bucket the window needs was dropped from the key: not exact
-                    exact[q] = not (self.floor_p[s] != INT64_MIN and self.floor_p[s] >= lo)
+                    exact[q] = not (self._held_floor(key, m, s) >= lo)
                     for j in range(m):
                         c = key + j * W
                         b = c[W_BUCKET].i
