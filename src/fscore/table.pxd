@@ -31,6 +31,7 @@ cdef class Table:
     cdef int64_t ttl
     cdef int32_t[::1] free_rows
     cdef Py_ssize_t nfree
+    cdef uint8_t _new_state     # ROW_STATE of the rows put_batch/slots_for create (insert_hidden)
     cdef Py_ssize_t[::1] col_off
     cdef Py_ssize_t[::1] col_width
     cdef uint8_t[::1] col_kind

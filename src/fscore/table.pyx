@@ -68,6 +68,14 @@ cdef enum:
     ROW_STATE = 24
     ROW_KEY = 32
 
+cdef enum:
+    # ROW_STATE bits: a row that holds a key is ROW_LIVE (the writer's test);
+    # ROW_LIVE | ROW_HIDDEN is held and written like any other but readers
+    # (lookup, get: they want exactly ROW_LIVE) answer NOT_FOUND for it (the
+    # keys of a Kafka partition being rebuilt, fsapp.engine.cluster)
+    ROW_LIVE = 1
+    ROW_HIDDEN = 2
+
 for _name, _value in {"H_GLOBAL_SEQ": H_GLOBAL_SEQ, "H_COUNT": H_COUNT, "H_TOMBSTONES": H_TOMBSTONES,
                       "H_EVICT_CAPACITY": H_EVICT_CAPACITY, "H_EVICT_EXPIRED": H_EVICT_EXPIRED,
                       "H_STALE_ON_ARRIVAL": H_STALE_ON_ARRIVAL, "H_PUTS": H_PUTS, "H_WRITER_PID": H_WRITER_PID,
@@ -196,7 +204,7 @@ cdef class Table:
         with nogil:
             for r in range(old_cap):
                 p = self.rows + r * self.stride
-                if p[ROW_STATE] == 1:
+                if p[ROW_STATE] & ROW_LIVE:
                     self._insert_index(p + ROW_KEY, hash_key(p + ROW_KEY, self.kw8), r)
         # the old free rows are taken first, then the new ones, lowest id first
         stack = np.empty(new_capacity, dtype=np.int32)
@@ -267,7 +275,7 @@ cdef class Table:
         with nogil:
             for r in range(new.capacity_):
                 p = new.rows + r * new.stride
-                if p[ROW_STATE] == 1:
+                if p[ROW_STATE] & ROW_LIVE:
                     new._insert_index(p + ROW_KEY, hash_key(p + ROW_KEY, new.kw8), r)
         new._rebuild_free_list()
         return new
@@ -314,6 +322,8 @@ cdef class Table:
         self.layout = lay
         self.schema = lay.schema
         self.readonly = readonly
+        if self._new_state == 0:  # (a grow rebinds: insert_hidden stays)
+            self._new_state = ROW_LIVE
         self.base = <uint8_t *>&view[0]
         self.hdr = <int64_t *>self.base
         cdef Py_ssize_t index_offset = lay.index_offset, rows_offset = lay.rows_offset
@@ -367,7 +377,7 @@ cdef class Table:
 
     def _rebuild_free_list(self):
         rows = self._rows_matrix()
-        live = rows[:, ROW_STATE] == 1
+        live = (rows[:, ROW_STATE] & ROW_LIVE) != 0
         seq = np.ascontiguousarray(rows[:, 0:8]).view(np.int64)[:, 0]
         if (seq & 1).any():  # a copy taken mid-write cannot be trusted row by row
             raise SchemaError("snapshot holds a row that was being written; take snapshots from the writer thread")
@@ -584,7 +594,7 @@ cdef class Table:
             self.hdr[H_TOMBSTONES] = 0
             for r in range(self.capacity_):
                 p = self.rows + r * self.stride
-                if p[ROW_STATE] == 1:
+                if p[ROW_STATE] & ROW_LIVE:
                     self._insert_index(p + ROW_KEY, hash_key(p + ROW_KEY, self.kw8), r)
             self.hdr[H_COMPACTIONS] += 1
             fs_seq_write_end(&self.hdr[H_GLOBAL_SEQ])
@@ -652,7 +662,7 @@ cdef class Table:
                     (<int64_t *>(p + ROW_CTS))[0] = ce
                     if p[ROW_STATE] == 0:
                         memcpy(p + ROW_KEY, k, self.kw8)
-                        p[ROW_STATE] = 1
+                        p[ROW_STATE] = self._new_state
                     for c in range(ncols):
                         p[self.null_off + c] = (<const uint8_t *>np_[c])[i]
                         if p[self.null_off + c]:
@@ -733,7 +743,7 @@ cdef class Table:
                         (<int64_t *>(p + ROW_ETS))[0] = tnow
                         (<int64_t *>(p + ROW_CTS))[0] = tnow
                         memcpy(p + ROW_KEY, &kmat[i, 0], self.kw8)
-                        p[ROW_STATE] = 1
+                        p[ROW_STATE] = self._new_state
                         for c in range(self.ncols):
                             p[self.null_off + c] = 1
                             memset(p + self.col_off[c], 0, self.col_width[c])
@@ -768,7 +778,7 @@ cdef class Table:
             return 0
         if rows_a.min() < 0 or rows_a.max() >= self.capacity_:
             raise SchemaError(f"row ids must be in 0..{self.capacity_ - 1}")
-        state = self._rows_matrix()[rows_a, ROW_STATE]
+        state = self._rows_matrix()[rows_a, ROW_STATE] & ROW_LIVE
         if not state.all():
             raise SchemaError("put_rows on a row that is not live; get its id from slots_for first")
         ets_a, cts_a = _batch.timestamps(event_ts, created_ts, n)
@@ -809,7 +819,7 @@ cdef class Table:
         with nogil:
             for i in range(n):
                 p = self.rows + rid[i] * self.stride
-                if p[ROW_STATE] == 1 and self._find(p + ROW_KEY, hash_key(p + ROW_KEY, self.kw8), &slot) == rid[i]:
+                if p[ROW_STATE] & ROW_LIVE and self._find(p + ROW_KEY, hash_key(p + ROW_KEY, self.kw8), &slot) == rid[i]:
                     self._unlink(slot, rid[i])
                     gone += 1
         self._maybe_compact()
@@ -840,11 +850,53 @@ cdef class Table:
         rows_a = np.asarray(rows, dtype=np.int64)
         if rows_a.size and (rows_a.min() < 0 or rows_a.max() >= self.capacity_):
             raise SchemaError(f"row ids must be in 0..{self.capacity_ - 1}")
-        return self._rows_matrix()[rows_a, ROW_STATE] == 1
+        return (self._rows_matrix()[rows_a, ROW_STATE] & ROW_LIVE) != 0
+
+    @property
+    def insert_hidden(self):
+        """Rows this writer creates from now on are hidden (see hide_rows)."""
+        return self._new_state != ROW_LIVE
+
+    @insert_hidden.setter
+    def insert_hidden(self, bint hidden):
+        self._new_state = ROW_LIVE | ROW_HIDDEN if hidden else ROW_LIVE
+
+    def hide_rows(self, rows):
+        """Readers answer NOT_FOUND for these live rows (by id) until
+        show_rows; the writer keeps finding, writing and evicting them as
+        before. Returns how many changed."""
+        return self._set_hidden(rows, True)
+
+    def show_rows(self, rows):
+        """Undoes hide_rows for these rows (by id); returns how many changed."""
+        return self._set_hidden(rows, False)
+
+    def hidden_rows(self):
+        """Row ids of every hidden live row (int64, ascending)."""
+        return np.nonzero(self._rows_matrix()[:, ROW_STATE] == ROW_LIVE | ROW_HIDDEN)[0].astype(np.int64)
+
+    def _set_hidden(self, rows, bint hidden):
+        self._check_writable()
+        rows_a = np.ascontiguousarray(rows, dtype=np.int64)
+        cdef Py_ssize_t n = rows_a.shape[0], i, changed = 0
+        if n and (rows_a.min() < 0 or rows_a.max() >= self.capacity_):
+            raise SchemaError(f"row ids must be in 0..{self.capacity_ - 1}")
+        cdef const int64_t[::1] rid = rows_a if n else np.zeros(1, np.int64)
+        cdef uint8_t want = ROW_LIVE | ROW_HIDDEN if hidden else ROW_LIVE
+        cdef uint8_t *p
+        with nogil:
+            for i in range(n):
+                p = self.rows + rid[i] * self.stride
+                if p[ROW_STATE] & ROW_LIVE and p[ROW_STATE] != want:
+                    fs_seq_write_begin(<int64_t *>p)
+                    p[ROW_STATE] = want
+                    fs_seq_write_end(<int64_t *>p)
+                    changed += 1
+        return changed
 
     def live_rows(self):
         """Row ids of every live row (int64, ascending)."""
-        return np.nonzero(self._rows_matrix()[:, ROW_STATE] == 1)[0].astype(np.int64)
+        return np.nonzero((self._rows_matrix()[:, ROW_STATE] & ROW_LIVE) != 0)[0].astype(np.int64)
 
     def row_keys(self, rows):
         """The keys of rows by id (None for a free row), decoded."""
@@ -852,7 +904,7 @@ cdef class Table:
         out = []
         for r in np.asarray(rows, dtype=np.int64).tolist():
             row = mat[r]
-            out.append(self.schema.decode_key(bytes(row[ROW_KEY:ROW_KEY + self.kw])) if row[ROW_STATE] == 1 else None)
+            out.append(self.schema.decode_key(bytes(row[ROW_KEY:ROW_KEY + self.kw])) if row[ROW_STATE] & ROW_LIVE else None)
         return out
 
     def _encode_string_column(self, a, m, buf, f):
@@ -881,7 +933,7 @@ cdef class Table:
         cdef const uint8_t[:, ::1] rm
         self._check_writable()
         rows = self._rows_matrix()
-        live = np.nonzero(rows[:, ROW_STATE] == 1)[0]
+        live = np.nonzero((rows[:, ROW_STATE] & ROW_LIVE) != 0)[0]
         if protect is not None and len(protect):
             live = np.setdiff1d(live, protect, assume_unique=False)
         ets = np.ascontiguousarray(rows[live, ROW_ETS:ROW_ETS + 8]).view(np.int64)[:, 0]
@@ -901,7 +953,7 @@ cdef class Table:
         cdef int64_t cutoff = now - self.ttl
         for r in range(self.capacity_):
             p = self.rows + r * self.stride
-            if p[ROW_STATE] == 1 and (<int64_t *>(p + ROW_ETS))[0] < cutoff:
+            if p[ROW_STATE] & ROW_LIVE and (<int64_t *>(p + ROW_ETS))[0] < cutoff:
                 if self._find(p + ROW_KEY, hash_key(p + ROW_KEY, self.kw8), &slot) == r:
                     self._unlink(slot, r)
                     gone += 1
@@ -1106,7 +1158,7 @@ cdef class Table:
                         while True:
                             s = fs_seq_read_begin(<int64_t *>p)
                             st = ST_NOT_FOUND
-                            if p[ROW_STATE] == 1 and _key_eq(p + ROW_KEY, kp, kw8):
+                            if p[ROW_STATE] == ROW_LIVE and _key_eq(p + ROW_KEY, kp, kw8):
                                 e = (<int64_t *>(p + ROW_ETS))[0]
                                 ce = (<int64_t *>(p + ROW_CTS))[0]
                                 if e < cutoff:
@@ -1180,7 +1232,7 @@ cdef class Table:
                             break
                 if not fs_seq_read_retry(&self.hdr[H_GLOBAL_SEQ], g):
                     break
-        if row < 0 or rb[ROW_STATE] != 1 or not _key_eq(rb + ROW_KEY, kp, self.kw8):
+        if row < 0 or rb[ROW_STATE] != ROW_LIVE or not _key_eq(rb + ROW_KEY, kp, self.kw8):
             return None
         if (<int64_t *>(rb + ROW_ETS))[0] < cutoff:
             return None

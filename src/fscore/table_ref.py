@@ -43,6 +43,8 @@ class RefTable:
         self.evicted_capacity = 0
         self.evicted_expired = 0
         self.stale_on_arrival = 0
+        self.hidden: set[bytes] = set()  # held keys readers do not see (hide / insert_hidden)
+        self.insert_hidden = False
         self.set_max_capacity(max_capacity)
 
     def set_max_capacity(self, max_capacity: int | None) -> None:
@@ -91,6 +93,8 @@ class RefTable:
                         self.grow(min(self.max_capacity, max(2 * self.capacity, 16)))
                     else:
                         self._make_room(now)
+            if old is None and self.insert_hidden:
+                self.hidden.add(key)
             self.rows[key] = (e, c, tuple(row_vals), tuple(row_nulls))
             written += 1
         return written
@@ -106,6 +110,7 @@ class RefTable:
         oldest = sorted(self.rows, key=lambda kb: (self.rows[kb][0], kb))[:max(k, 0)]
         for kb in oldest:
             del self.rows[kb]
+            self.hidden.discard(kb)
         self.evicted_capacity += len(oldest)
         return oldest
 
@@ -115,6 +120,7 @@ class RefTable:
         dead = [k for k, r in self.rows.items() if self._expired(r[0], now)]
         for k in dead:
             del self.rows[k]
+            self.hidden.discard(k)
         self.evicted_expired += len(dead)
         return len(dead)
 
@@ -127,7 +133,7 @@ class RefTable:
         for i in range(n):
             key = self.schema.encode_key(tuple(c[i].item() if hasattr(c[i], "item") else c[i] for c in kcols))
             row = self.rows.get(key)
-            if row is None:
+            if row is None or key in self.hidden:
                 continue
             ets[i], cts[i] = row[0], row[1]
             if self._expired(row[0], now):
@@ -146,21 +152,42 @@ class RefTable:
         return BatchResult(status, ets, cts, values, nulls)
 
     def get(self, key, now: int):
-        row = self.rows.get(self.schema.encode_key(key))
-        if row is None or self._expired(row[0], now):
+        kb = self.schema.encode_key(key)
+        row = self.rows.get(kb)
+        if row is None or kb in self.hidden or self._expired(row[0], now):
             return None
         return tuple(None if null else v for v, null in zip(row[2], row[3]))
 
     def delete(self, key) -> bool:
-        return self.rows.pop(self.schema.encode_key(key), None) is not None
+        kb = self.schema.encode_key(key)
+        self.hidden.discard(kb)
+        return self.rows.pop(kb, None) is not None
 
     def delete_batch(self, keys) -> int:
         kcols, n = _batch.key_columns(self.schema, keys)
         gone = 0
         for i in range(n):
             key = self.schema.encode_key(tuple(c[i].item() if hasattr(c[i], "item") else c[i] for c in kcols))
+            self.hidden.discard(key)
             gone += self.rows.pop(key, None) is not None
         return gone
+
+    def _encoded(self, keys) -> list[bytes]:
+        kcols, n = _batch.key_columns(self.schema, keys)
+        return [self.schema.encode_key(tuple(c[i].item() if hasattr(c[i], "item") else c[i] for c in kcols))
+                for i in range(n)]
+
+    def hide(self, keys) -> int:
+        """Readers answer NOT_FOUND for these held keys until `show`
+        (Table.hide_rows, by key); returns how many changed."""
+        new = {k for k in self._encoded(keys) if k in self.rows and k not in self.hidden}
+        self.hidden |= new
+        return len(new)
+
+    def show(self, keys) -> int:
+        gone = {k for k in self._encoded(keys) if k in self.hidden}
+        self.hidden -= gone
+        return len(gone)
 
     def keys(self) -> list:
         return [self.schema.decode_key(k) for k in self.rows]

@@ -347,3 +347,42 @@ def test_a_replay_logs_nothing_offline_twice_and_sends_no_dead_letter_again(kafk
         assert got == expected
     finally:
         engine.close()
+
+
+def test_keys_of_a_partition_being_replayed_read_not_found_until_it_is_live(kafka_broker, tmp_path):
+    """A member rebuilding a partition (a start, a takeover, any eager
+    rebalance) replays it from its start: until it has caught up its keys read
+    NOT_FOUND — never PRESENT with the partial count of the replay so far."""
+    topic, parts = "payments-group-replay", 1
+    kafka_broker.create_topic(topic, partitions=parts)
+    expected = produce(kafka_broker, topic, parts, 30_000)
+    repo = make_repo(tmp_path, "a", topic, kafka_broker.bootstrap, "g-replay")
+    engine = open_engine(repo)
+    ingest = None
+    seen, partial = [], []
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            values, statuses = counts_of(engine, list(range(KEYS)))
+            seen.append(sum(s == "PRESENT" for s in statuses.values()))
+            partial.extend((k, values[k], expected[k]) for k in range(KEYS)
+                           if statuses[k] == "PRESENT" and values[k] != expected[k])
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=poll)
+    watcher.start()
+    try:
+        ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo)).start()
+        wait(lambda: ingest.cluster()["partitions"] and all(p["state"] == "live" for p in ingest.cluster()["partitions"]),
+             60, lambda: f"did not catch up: {ingest.cluster()}")
+        wait(lambda: counts_of(engine, list(range(KEYS)))[0] == expected, 10, lambda: "counts not exact when live")
+    finally:
+        stop.set()
+        watcher.join()
+        if ingest is not None:
+            ingest.stop()
+        engine.close()
+    assert not partial, partial[:5]
+    assert 0 in seen and len(seen) > 20, seen[:20]  # polled through the replay, not only after it
+    assert engine is not None and ingest.stats()["recovering"] == []

@@ -148,11 +148,13 @@ def produce(broker, n, start, expected):
 class StaleWatch:
     """Polls every node for every key while the group changes: a key read
     PRESENT from a node that did not own its partition (before nor after the
-    read) is stale; a count above the truth is a double count."""
+    read) is stale, and so is a count below one already read (a partition's
+    replay in progress); a count above the truth is a double count."""
 
     def __init__(self, nodes, expected):
         self.nodes, self.expected = nodes, expected
         self.bad, self.reads, self.through = [], 0, 0
+        self.best: dict[int, int] = {}  # the highest PRESENT count read per key (counts only grow)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -173,6 +175,7 @@ class StaleWatch:
                 for k, (value, status) in got.items():
                     if status == "PRESENT" and (partition_for(k, PARTS) not in owned or value > self.expected[k]):
                         self.bad.append((node.url, k, value, self.expected[k], sorted(owned)))
+                self._went_back(node.url, got)
                 try:  # through the node: other owners' keys forwarded to them; never above the truth
                     through = node.counts(keys, local=False)
                 except (urllib.error.URLError, ConnectionError, OSError):
@@ -180,7 +183,16 @@ class StaleWatch:
                 self.through += 1
                 self.bad.extend((node.url, "through", k, v, self.expected[k]) for k, (v, st) in through.items()
                                 if st == "PRESENT" and v > self.expected[k])
+                self._went_back(f"{node.url} through", through)
             time.sleep(0.01)
+
+    def _went_back(self, where, got):
+        for k, (value, status) in got.items():
+            if status != "PRESENT":
+                continue
+            if value < self.best.get(k, 0):
+                self.bad.append((where, "went back", k, value, self.best[k]))
+            self.best[k] = max(self.best.get(k, 0), value)
 
     def stop(self):
         self._stop.set()

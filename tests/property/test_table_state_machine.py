@@ -127,6 +127,22 @@ class TableMachine(RuleBasedStateMachine):
         keys = data.draw(st.lists(self.key_strategy, max_size=4))
         assert self.fast.delete_batch(self.keys_array(keys)) == self.ref.delete_batch(self.keys_array(keys))
 
+    @rule(data=st.data(), hide=st.booleans())
+    def hide_or_show(self, data, hide):
+        """Hidden rows (a Kafka partition being rebuilt) read NOT_FOUND and
+        are otherwise held, written, evicted and deleted as before."""
+        keys = data.draw(st.lists(self.key_strategy, max_size=4))
+        rows = self.fast.find_rows(self.keys_array(keys))
+        rows = np.unique(rows[rows >= 0])
+        if hide:
+            assert self.fast.hide_rows(rows) == self.ref.hide(self.keys_array(keys))
+        else:
+            assert self.fast.show_rows(rows) == self.ref.show(self.keys_array(keys))
+
+    @rule(hidden=st.booleans())
+    def insert_hidden(self, hidden):
+        self.fast.insert_hidden = self.ref.insert_hidden = hidden
+
     @rule()
     def expire(self):
         assert self.fast.expire(self.now) == self.ref.expire(self.now)
@@ -134,6 +150,7 @@ class TableMachine(RuleBasedStateMachine):
     @rule()
     def snapshot_and_restore(self):
         self.fast = Table.from_snapshot(self.fast.snapshot(), max_capacity=self.fast.max_capacity)
+        self.fast.insert_hidden = self.ref.insert_hidden  # the writer's mode, not the table's state
 
     @rule(extra=st.integers(1, 20))
     def grow(self, extra):
@@ -149,6 +166,10 @@ class TableMachine(RuleBasedStateMachine):
         if not hasattr(self, "fast"):
             return
         assert len(self.fast) == len(self.ref)
+        assert sorted(map(tuple, [k if isinstance(k, tuple) else (k,) for k in
+                                  self.fast.row_keys(self.fast.hidden_rows())])) == \
+            sorted(tuple(self.schema.decode_key(k)) if isinstance(self.schema.decode_key(k), tuple)
+                   else (self.schema.decode_key(k),) for k in self.ref.hidden)
         a, b = self.fast.stats(), self.ref.stats()
         for k in ("evicted_capacity", "evicted_expired", "stale_on_arrival"):
             assert a[k] == b[k], k

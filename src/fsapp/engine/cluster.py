@@ -7,7 +7,9 @@ online view, the partition each key's events came from (a tag per table
 row), so that a revoke drops exactly those keys — table rows and window
 state — before the revoke callback returns: a revoked key reads NOT_FOUND at
 once, never a stale PRESENT. `PartitionProgress` tells a partition that is
-being rebuilt (`recovering`) from one that is caught up (`live`).
+being rebuilt (`recovering`) from one that is caught up (`live`); the keys of
+a recovering partition are hidden from readers (`Table.hide_rows`: they read
+NOT_FOUND, never the partial values of a replay in progress) until it is live.
 
 `murmur2` / `partition_for` are the Java client's default partitioner
 (`Utils.toPositive(Utils.murmur2(key)) % partitions`), which librdkafka
@@ -80,6 +82,9 @@ class PartitionKeys:
         self.tags: dict[tuple[str, int], np.ndarray] = {}
         self.split: dict[str, int] = {}  # view -> keys seen from a second partition (not partition-aligned)
         self._evicted: dict[tuple[str, int], int] = {}  # view -> evictions (max_keys, TTL) seen by the last note
+        # partitions being rebuilt (of any topic; set by the ingest thread, a
+        # new array each time): their keys' rows are hidden from readers
+        self.recovering = np.zeros(0, dtype=np.int32)
 
     def _of(self, rt) -> np.ndarray:
         key = (rt.name, rt.version)
@@ -92,9 +97,18 @@ class PartitionKeys:
             tags = self.tags[key] = grown
         return tags
 
+    def before(self, rt) -> None:
+        """Called under the engine lock before a Kafka batch goes into `rt`:
+        while any partition is recovering, the rows the batch creates are
+        hidden from the first write on (`note` shows those of live partitions;
+        a reader never sees a replayed key's first, partial value)."""
+        if self.recovering.size:
+            rt.table.insert_hidden = True
+
     def note(self, rt, vb, row_partitions: np.ndarray) -> None:
         """Called under the engine lock after `vb` (a view's applied rows)
-        went into `rt`: tags the rows of their keys with their partitions."""
+        went into `rt`: tags the rows of their keys with their partitions,
+        and hides the rows of recovering partitions (shows the others)."""
         if not len(vb):
             return
         rows = rt.table.find_rows(vb.keys)
@@ -124,6 +138,26 @@ class PartitionKeys:
                           "far): it is not keyed like its topic, so in assign: group each node holds partial "
                           "values of it; see docs/kafka.md (scale-out)", rt.name, n)
         tags[rows] = parts
+        recovering = self.recovering
+        if recovering.size:
+            hide = np.isin(parts, recovering)
+            rt.table.hide_rows(rows[hide])
+            rt.table.show_rows(rows[~hide])
+
+    def reveal(self, runtimes, partitions: set[int]) -> int:
+        """These partitions caught up: their keys' rows read PRESENT again.
+        Caller holds the engine lock; returns rows shown."""
+        if not partitions:
+            return 0
+        wanted = np.asarray(sorted(partitions), dtype=np.int32)
+        shown = 0
+        for rt in runtimes:
+            tags = self._of(rt)
+            rows = np.flatnonzero(np.isin(tags, wanted)).astype(np.int64)
+            rows = rows[rows < rt.table.capacity]
+            if rows.size:
+                shown += rt.table.show_rows(rows)
+        return shown
 
     def drop(self, runtimes, partitions: set[int]) -> int:
         """Deletes every key of these runtimes whose events came from

@@ -168,9 +168,12 @@ class Engine:
         # Kafka group mode (fsapp.engine.cluster): streams whose keys belong to
         # Kafka partitions (stream -> why a push without offsets or a
         # materialize of their views is refused), and the hook told which rows
-        # a tagged push applied to each view: on_applied(runtime, batch, tags)
+        # a tagged push applied to each view: on_applied(runtime, batch, tags),
+        # and before_applied(runtime) before it (it may make the rows the push
+        # creates hidden from readers: Table.insert_hidden, reset after)
         self.partitioned: dict[str, str] = {}
         self.on_applied = None
+        self.before_applied = None
         # every accepted event, late ones included, goes to the offline log
         self.offline = OfflineStore(os.path.join(self.data_dir, "offline"))
         self.ckpt_dir = os.path.join(self.data_dir, "checkpoints")
@@ -571,9 +574,15 @@ class Engine:
             rt = self.runtimes.get(key)
             if rt is not None:
                 applied = vb.take(keep) if nlate else vb
-                rt.apply(applied, q.now)
+                tagged = q.tags is not None and self.on_applied is not None
+                if tagged and self.before_applied is not None:
+                    self.before_applied(rt)
+                try:
+                    rt.apply(applied, q.now)
+                finally:
+                    rt.table.insert_hidden = False
                 self._note_evictions(rt)
-                if q.tags is not None and self.on_applied is not None:
+                if tagged:
                     self.on_applied(rt, applied, q.tags)
         if self.max_memory is not None:
             self._bound_memory()

@@ -118,6 +118,7 @@ class KafkaIngest:
             for t, s in self.topics.items():
                 engine.partitioned[s] = why.format(s=s, t=t)
             engine.on_applied = self.keys.note
+            engine.before_applied = self.keys.before
         engine.sources["kafka"] = self
 
     def _check_keyed_like_topics(self) -> None:
@@ -175,6 +176,7 @@ class KafkaIngest:
         for tp in parts:
             self.progress.assign(f"{tp.topic}/{tp.partition}", self._high_watermark(tp), now)
         self._learn_partition_counts()
+        self._sync_hidden()
         if self.membership is not None:
             self.membership.claim(self.assigned, self.member_id)
         log.info("kafka: assigned %s", sorted(self.assigned))
@@ -226,6 +228,7 @@ class KafkaIngest:
                     self.progress.revoke(f"{topic}/{p}")
                     self.lag.pop(f"{topic}/{p}", None)
                     self._committed.pop((topic, p), None)
+        self._sync_hidden()
         self.dropped_keys += n
         log.info("kafka: %s %s: dropped %d key(s) in %.1f ms", why,
                  sorted(f"{t}/{p}" for t, ps in by_topic.items() for p in ps), n, (time.monotonic() - started) * 1e3)
@@ -395,6 +398,22 @@ class KafkaIngest:
             except KafkaException:
                 hi = None
             self.progress.update(key, self.engine.offsets.get(key), hi if hi is not None and hi >= 0 else None, now)
+        if any(key in self.progress.live for key in pending):
+            self._sync_hidden()
+
+    def _sync_hidden(self) -> None:
+        """Group mode: the keys of a recovering partition are hidden from
+        readers (NOT_FOUND, not the partial values of its replay) until it is
+        live; shows those of the partitions that just caught up."""
+        if not self.group:
+            return
+        recovering = {int(k.rpartition("/")[2]) for k in self.progress.target if k not in self.progress.live}
+        caught_up = set(self.keys.recovering.tolist()) - recovering
+        self.keys.recovering = np.asarray(sorted(recovering), dtype=np.int32)
+        if caught_up:
+            with self.engine.lock:
+                shown = self.keys.reveal([rt for t in self.topics for rt in self._views_of(t)], caught_up)
+            log.info("kafka: partition(s) %s caught up: %d key(s) readable", sorted(caught_up), shown)
 
     def _ingest(self, topic: str, msgs: list) -> int:
         # librdkafka hands a partition's messages over in offset order: the
