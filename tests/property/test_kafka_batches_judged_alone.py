@@ -40,6 +40,9 @@ class Msg:
     def __init__(self, value, offset):
         self._value, self._offset = value, offset
 
+    def error(self):
+        return None
+
     def value(self):
         return self._value
 
