@@ -324,7 +324,9 @@ class ViewRuntime:
         """Window state and last_ts cover row ids below `high` (tables grow)."""
         for w in self.windows:
             if w.n_slots < high:
-                w.grow(max(high, 2 * w.n_slots))
+                # by a quarter (amortised O(1) still), never past the table's
+                # capacity: doubling held up to twice the per-key arrays needed
+                w.grow(max(high, min(self.table.capacity, w.n_slots + w.n_slots // 4)))
         if self.last_ts.size < max(high, self.table.capacity):
             grown = np.full(max(high, self.table.capacity), INT64_MIN, dtype=np.int64)
             grown[:self.last_ts.size] = self.last_ts
