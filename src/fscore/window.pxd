@@ -101,7 +101,7 @@ cdef uint64_t hash_int64(int64_t x) noexcept nogil
 cdef int session_insert(Word* cells, Py_ssize_t ring, int64_t* nsess, int64_t* evicted_last_ts,
                         const Word* span, int64_t gap, const Layout* L, const Layout* Ls) noexcept nogil
 
-# Size classes of runs: capacities 1, 2, 3, 4, 6, 8, 12, 16, 24, ... below ring_len, then ring_len.
+# Size classes of runs: capacities 1, 2, 4, ... below ring_len, then ring_len.
 cdef enum:
     MAX_CLASSES = 64
 
