@@ -43,7 +43,7 @@ class WindowView:
                     ) -> tuple[dict[str, np.ndarray], npt.NDArray[np.bool_]]:
         """(values by aggregation name, exact mask)."""
     def key_last_ts(self) -> npt.NDArray[np.int64]: ...
-    def changed_slots(self, t0: int, t1: int) -> npt.NDArray[np.int64]:
+    def changed_slots(self, t0: int, t1: int, start: int = 0, stop: int = -1) -> npt.NDArray[np.int64]:
         """Slots whose value may differ between t0 and t1 with no event applied between (a superset)."""
     def newest_before(self, slots: npt.ArrayLike, t: int
                       ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:

@@ -424,7 +424,7 @@ cdef class WindowView:
                         o[s] = c[j * W + W_LAST_TS]
         return out
 
-    def changed_slots(self, int64_t t0, int64_t t1):
+    def changed_slots(self, int64_t t0, int64_t t1, Py_ssize_t start=0, Py_ssize_t stop=-1):
         """Slots whose value as of t1 may differ from their value as of t0
         when no event is applied in between (t0 <= t1, every applied event
         before t0). Sliding, tumbling and continuous windows: the keys with a
@@ -433,19 +433,24 @@ cdef class WindowView:
         lifetime: none (their values move only with events). A superset, in
         slot order: at a hop boundary the engine recomputes these keys
         instead of every key (work in proportion to the keys the boundary
-        moves, not to the keys stored)."""
+        moves, not to the keys stored). `start`/`stop`: only slots in that
+        range (stop -1: to the end), so a caller can scan a big view in parts."""
         if t1 < t0:
             raise ValueError(f"changed_slots needs t0 <= t1, got {t0} > {t1}")
+        if stop < 0 or stop > self.n_slots:
+            stop = self.n_slots
+        if start < 0:
+            start = 0
         cdef int64_t hop = self.hop, hi0 = floor_div(t0, self.hop), hi1 = floor_div(t1, self.hop)
         cdef int64_t lo0 = hi0 - self.nbuckets, lo1 = hi1 - self.nbuckets, b
-        if self.kind == K_SESSION or self.kind == K_LIFETIME or hi0 == hi1 or self.n_slots == 0:
+        if self.kind == K_SESSION or self.kind == K_LIFETIME or hi0 == hi1 or start >= stop:
             return np.zeros(0, dtype=np.int64)
-        out = np.empty(self.n_slots, dtype=np.int64)
+        out = np.empty(stop - start, dtype=np.int64)
         cdef int64_t[::1] o = out
         cdef Py_ssize_t s, j, m, n = 0, W = self.layout.width
         cdef int64_t* c
         with nogil:
-            for s in range(self.n_slots):
+            for s in range(start, stop):
                 m = self.ring_len if self.len_p[s] == RING else self.len_p[s]
                 c = self.P + self.at_p[s] * W
                 for j in range(m):

@@ -101,7 +101,8 @@ class PreparedPush:
 
 # rows a tick rewrites per hold of the engine lock (~6 µs a row in the starter
 # repo: ~12 ms; benches/bench_state.py "push p99 across a hop boundary")
-TICK_CHUNK = 2048
+TICK_CHUNK = 512      # rows a tick rewrites per hold of the engine lock (~2 ms at the starter repo's 7 windows)
+TICK_SCAN = 65536     # slots a tick scans for moved keys per hold (~1-2 ms)
 
 
 @dataclass
@@ -803,10 +804,11 @@ class Engine:
     def tick(self, now: int | None = None) -> int:
         """Time-driven updates: window values at hop boundaries and when
         events ahead of the clock become visible; expired plain rows.
-        Returns the rows rewritten. The rows a boundary moves are rewritten
-        TICK_CHUNK at a time, the lock released in between: a day boundary
-        that moves a million keys does not stop pushes and reads for seconds
-        (a row pushed meanwhile gets its values as of that push, or later)."""
+        Returns the rows rewritten. The keys a boundary moves are found
+        TICK_SCAN slots at a time and rewritten TICK_CHUNK rows at a time, the
+        lock released in between: a day boundary that moves a million keys
+        does not stop pushes and reads (a row pushed meanwhile gets its values
+        as of that push, or later)."""
         with self.lock:
             now = self.clock() if now is None else now
             views = list(self.runtimes.items())
@@ -815,18 +817,33 @@ class Engine:
             with self.lock:
                 if self.runtimes.get(key) is not rt:
                     continue
-                rows = rt.tick_rows(now)
-            for i in range(0, rows.size, TICK_CHUNK):
+                released, scan = rt.tick_start(now)
+            total += self._write_ticked(key, rt, released, now)
+            # the keys a boundary moved are found TICK_SCAN slots at a time and
+            # written TICK_CHUNK rows at a time: no lock hold grows with the keys
+            for lo in range(0, scan.slots, TICK_SCAN) if scan is not None else ():
                 with self.lock:
                     if self.runtimes.get(key) is not rt:
                         break  # the registry changed: the new runtime computed its own values
-                    chunk = rows[i:i + TICK_CHUNK]
-                    chunk = chunk[rt.table.rows_live(chunk)]  # a key deleted meanwhile stays deleted
-                    rt.write_values(chunk, max(now, rt.latest_now))
-                    total += int(chunk.size)
-                if i + TICK_CHUNK < rows.size:
-                    time.sleep(0)  # the lock is not fair: let a waiting push or read take it first
+                    rows = rt.tick_scan(scan, lo, lo + TICK_SCAN)
+                if released.size and rows.size:
+                    rows = rows[~np.isin(rows, released)]  # written already
+                total += self._write_ticked(key, rt, rows, now)
         return total
+
+    def _write_ticked(self, key, rt, rows: np.ndarray, now: int) -> int:
+        """Rewrites these rows' values as of `now`, TICK_CHUNK per lock hold."""
+        written = 0
+        for i in range(0, rows.size, TICK_CHUNK):
+            time.sleep(0)  # the lock is not fair: let a waiting push or read take it first
+            with self.lock:
+                if self.runtimes.get(key) is not rt:
+                    break  # the registry changed: the new runtime computed its own values
+                chunk = rows[i:i + TICK_CHUNK]
+                chunk = chunk[rt.table.rows_live(chunk)]  # a key deleted meanwhile stays deleted
+                rt.write_values(chunk, max(now, rt.latest_now))
+                written += int(chunk.size)
+        return written
 
     def next_change(self, now: int | None = None) -> int | None:
         """When `tick` next has work (µs), for a ticker that sleeps until then."""

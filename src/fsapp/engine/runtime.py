@@ -144,6 +144,17 @@ class ViewBatch:
         return ViewBatch(self.rows[sel], keys, self.ts[sel], cols)
 
 
+class TickScan:
+    """What a hop boundary left to find (ViewRuntime.tick_start): the
+    windows it moved, between which times, over how many slots (no windows:
+    every live row, the first boundary after a start)."""
+
+    __slots__ = ("windows", "t0", "t1", "slots")
+
+    def __init__(self, windows: list, t0: int, t1: int, slots: int):
+        self.windows, self.t0, self.t1, self.slots = windows, t0, t1, slots
+
+
 class ViewRuntime:
     def __init__(self, info: FeatureViewInfo, stream: Stream | None, data_dir: str, capacity: int,
                  table: Table | None = None, windows: list[WindowView] | None = None,
@@ -367,28 +378,48 @@ class ViewRuntime:
         after a start rewrites every key. Plain views with a TTL drop
         expired rows (they read OUTSIDE_MAX_AGE already; this frees their
         memory)."""
+        released, scan = self.tick_start(now)
+        moved = self.tick_scan(scan, 0, scan.slots) if scan is not None else np.zeros(0, dtype=np.int64)
+        if not released.size:
+            return moved
+        return np.union1d(released, moved)
+
+    def tick_start(self, now: int) -> tuple[np.ndarray, "TickScan | None"]:
+        """`tick_rows` in parts: applies the held events the clock has
+        passed and returns the rows they touched, with what a hop boundary
+        left to find (None: none crossed) — `tick_scan` finds it a slot range
+        at a time, so a caller may release the engine lock in between (at a
+        million keys the whole scan took ~180 ms)."""
         empty = np.zeros(0, dtype=np.int64)
         if not self.aggregated:
             if self.ttl:
                 self.table.expire(now)
-            return empty
+            return empty, None
         self.latest_now = max(self.latest_now, now)
         released = self._release(now)
         epochs = tuple(now // h if h else 0 for h in self.hops)
         if epochs == self.epochs:
-            return released
+            return released, None
         if self.epochs is None or now < self.values_at:
-            moved = self.table.live_rows()
+            scan = TickScan([], 0, now, int(self.table.capacity))  # every live row
         else:
-            mark = np.zeros(max((w.n_slots for w in self.windows), default=0), dtype=bool)
-            for w, h, e0, e1 in zip(self.windows, self.hops, self.epochs, epochs):
-                if h and e0 != e1:
-                    mark[w.changed_slots(self.values_at, now)] = True  # PERF: a mask, not np.unique (a sort)
-            moved = np.flatnonzero(mark)
+            scan = TickScan([w for w, h, e0, e1 in zip(self.windows, self.hops, self.epochs, epochs) if h and e0 != e1],
+                            self.values_at, now, max((w.n_slots for w in self.windows), default=0))
         self.epochs, self.values_at = epochs, now
-        if not released.size:
-            return moved
-        return np.union1d(released, moved)
+        return released, scan
+
+    def tick_scan(self, scan: "TickScan", start: int, stop: int) -> np.ndarray:
+        """The rows in [start, stop) whose values the boundary moved."""
+        stop = min(stop, scan.slots)
+        if start >= stop:
+            return np.zeros(0, dtype=np.int64)
+        if not scan.windows:
+            live = self.table.rows_live(np.arange(start, min(stop, self.table.capacity), dtype=np.int64))
+            return np.flatnonzero(live).astype(np.int64) + start
+        mark = np.zeros(stop - start, dtype=bool)
+        for w in scan.windows:  # PERF: a mask, not np.unique (a sort)
+            mark[w.changed_slots(scan.t0, scan.t1, start, stop) - start] = True
+        return np.flatnonzero(mark).astype(np.int64) + start
 
     def next_change(self, now: int) -> int | None:
         """The earliest time after `now` at which `tick_rows` has work: the next hop
