@@ -231,10 +231,30 @@ cdef class WindowView:
         """A run of exactly `cap` cells (a class size): a free one, or new
         cells from the top of the pool; -1 when the pool is full (the caller
         grows it, with the GIL, and retries)."""
-        cdef int k = self._class_of(cap)
-        cdef int64_t at = self.free_head[k]
+        cdef int k = self._class_of(cap), j, i
+        cdef int64_t at = self.free_head[k], rest, piece, W = self.layout.width
         if at >= 0:
-            self.free_head[k] = self.P[at * self.layout.width]
+            self.free_head[k] = self.P[at * W]
+            self.cells_held += self.class_cap[k]
+            return at
+        # a bigger free run (a key that grew, expired or left) split before the
+        # pool grows: its first cells, the rest onto the free lists in class
+        # sizes (left alone, a class's free runs served only that class)
+        for j in range(k + 1, self.n_classes):
+            at = self.free_head[j]
+            if at < 0:
+                continue
+            self.free_head[j] = self.P[at * W]
+            piece = at + self.class_cap[k]
+            rest = self.class_cap[j] - self.class_cap[k]
+            i = j - 1
+            while rest > 0:
+                while self.class_cap[i] > rest:
+                    i -= 1
+                self.P[piece * W] = self.free_head[i]
+                self.free_head[i] = piece
+                piece += self.class_cap[i]
+                rest -= self.class_cap[i]
             self.cells_held += self.class_cap[k]
             return at
         if self.pool_top + cap > self.pool_cap:

@@ -415,3 +415,24 @@ def test_checkpoint_writes_a_streamed_blob_and_refuses_a_short_one(tmp_path):
             yield b"12345"
     with pytest.raises(CheckpointError, match="streamed 5 bytes, announced 10"):
         write_checkpoint(tmp_path / "b", 8, {"w": Short()})
+
+
+def test_runs_freed_by_big_keys_serve_new_small_keys_before_the_pool_grows():
+    """Churn: hot keys that grew big runs leave (expiry, eviction, a revoke)
+    and many new keys of one cell arrive. The freed runs are split for them;
+    before, a class's free runs served only that class and the pool grew by
+    every new key while ~6,300 free cells sat idle."""
+    v = WindowView(sliding(64, 1), ["count(*) as c"], 3200)
+    hot = np.arange(100)
+    for b in range(32):  # 100 keys with 32 buckets each: runs of 1, 2, 4 ... 32 cells
+        v.update(hot, np.full(100, b, dtype=np.int64), {})
+    held_before, top = v.cells_held, v.pool_top
+    assert held_before == 100 * 32
+    v.reset_slots(hot)
+    assert v.cells_held == 0
+    new = np.arange(100, 3200)
+    v.update(new, np.full(new.size, 40, dtype=np.int64), {})
+    assert v.cells_held == new.size
+    assert v.pool_top == top  # every new key took freed cells
+    values, exact = v.value_as_of(np.array([100, 3199, 5]), np.array([41, 41, 41]))
+    assert values["c"].tolist() == [1, 1, 0] and exact.all()
