@@ -345,6 +345,10 @@ class Engine:
                 key = f"{name}@v{version}"
                 table = Table.from_snapshot(ckpt.blobs[f"{key}/table"], path=table_file(self.data_dir, name, version),
                                             publish=False)
+                # rows a Kafka group member hid while it rebuilt their partition
+                # (fsapp.engine.cluster): a start in group mode drops them anyway,
+                # any other start serves them
+                table.show_rows(table.hidden_rows())
                 windows = [WindowView.from_bytes(ckpt.blobs[f"{key}/window{i}"])
                            for i in range(saved[(name, version)]["windows"])]
                 meta = saved[(name, version)]
