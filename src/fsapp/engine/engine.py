@@ -102,7 +102,7 @@ class PreparedPush:
 # rows a tick rewrites per hold of the engine lock (~6 µs a row in the starter
 # repo: ~12 ms; benches/bench_state.py "push p99 across a hop boundary")
 TICK_CHUNK = 512      # rows a tick rewrites per hold of the engine lock (~2 ms at the starter repo's 7 windows)
-TICK_SCAN = 65536     # slots a tick scans for moved keys per hold (~1-2 ms)
+TICK_SCAN = 8192      # slots a tick scans for moved keys per hold (~2-4 ms at 1M keys: a cache miss a slot and window)
 
 
 @dataclass
