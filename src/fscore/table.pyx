@@ -871,6 +871,13 @@ cdef class Table:
         """Undoes hide_rows for these rows (by id); returns how many changed."""
         return self._set_hidden(rows, False)
 
+    def rows_visible(self, rows):
+        """Per row id: True where readers see the row (live, not hidden)."""
+        rows_a = np.asarray(rows, dtype=np.int64)
+        if rows_a.size and (rows_a.min() < 0 or rows_a.max() >= self.capacity_):
+            raise SchemaError(f"row ids must be in 0..{self.capacity_ - 1}")
+        return self._rows_matrix()[rows_a, ROW_STATE] == ROW_LIVE
+
     def hidden_rows(self):
         """Row ids of every hidden live row (int64, ascending)."""
         return np.nonzero(self._rows_matrix()[:, ROW_STATE] == ROW_LIVE | ROW_HIDDEN)[0].astype(np.int64)

@@ -472,6 +472,9 @@ def test_rows_hidden_when_a_checkpoint_was_taken_are_served_after_a_restart(repo
     with eng.lock:
         assert rt.table.hide_rows(rt.table.live_rows()) > 0
     assert eng.get_online_features(feats, entities=users, now=now)["results"][1]["statuses"] == ["NOT_FOUND"] * 3
+    # as of a past time too (recomputed from the window state, not read from the table)
+    past = eng.get_online_features(feats, entities=users, now=now, as_of=now - M)
+    assert past["results"][1]["statuses"] == ["NOT_FOUND"] * 3
     eng.checkpoint()
     eng.close()
     eng = Engine(d, str(repo.registry_path), fsync="always")

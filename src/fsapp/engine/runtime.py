@@ -465,6 +465,9 @@ class ViewRuntime:
         state cannot answer exactly (see docs/semantics.md §6)."""
         rows = self.table.find_rows(keys)
         found = rows >= 0
+        if found.any():  # a hidden row (a Kafka partition being rebuilt) is not found, as by a reader
+            found[found] = self.table.rows_visible(rows[found])
+            rows = np.where(found, rows, -1)
         safe = np.where(found, rows, 0)
         self._fit(1)  # row 0 may be read for a key that is not there (its values are masked below)
         if self.held_before(rows[found], t):
