@@ -56,7 +56,7 @@ from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, EngineError, Par
 from fsapp.engine.idempotency import MAX_KEY_LENGTH, IdempotencyWindow
 from fsapp.engine.ingest import BatchNormaliser
 from fsapp.engine.online import online_json, online_response
-from fsapp.engine.runtime import ROW, ViewBatch, ViewRuntime, project_views, table_file
+from fsapp.engine.runtime import ROW, ViewRuntime, project_views, table_file
 from fsapp.offline.store import OfflineStore
 from fsapp.offline.views import from_registry
 from fsapp.registry.catalog import Registry

@@ -31,7 +31,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from fscore.errors import KeyEncodingError
 from fscore.table import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT, Table
 from fscore.window import WindowView
 from fscore.window_spec import WindowSpec, string_ids
