@@ -104,3 +104,39 @@ def test_a_read_whose_owner_does_not_answer_keeps_this_nodes_rows_and_says_so():
     resp = Resp()
     assert fwd.complete((["v:n"], None, {"account_id": [None, 1.5]}, None, False), "{}", None, resp) == "{}"
     assert resp.headers == {}
+
+
+def test_a_read_of_keys_this_node_is_rebuilding_says_so():
+    """Keys of a partition this node is rebuilding read NOT_FOUND (hidden
+    until it is live); the response names the partitions in
+    X-Fstore-Recovering, so a client can tell them from absent keys."""
+    import json
+
+    from fsapp.api.forwarding import ReadForwarder
+    from fsapp.engine.cluster import partition_for
+
+    class Backend:
+        def cluster(self):
+            return {"mode": "group", "url": "http://me:1", "owners": {"t": {str(p): "http://me:1" for p in range(4)}},
+                    "topics": {"t": {"stream": "s", "partitions": 4, "key": ["account_id"]}},
+                    "partitions": [{"topic": "t", "partition": p, "state": "recovering" if p == 1 else "live"}
+                                   for p in range(4)]}
+
+    class Resp:
+        def __init__(self):
+            self.headers = {}
+
+        def set_header(self, k, v):
+            self.headers[k] = v
+
+    keys = list(range(12))
+    assert any(partition_for(k, 4) == 1 for k in keys) and any(partition_for(k, 4) != 1 for k in keys)
+    resp = Resp()
+    text = json.dumps({"metadata": {"feature_names": ["account_id", "n"]}, "results": []})
+    fwd = ReadForwarder(Backend())
+    assert fwd.complete((["v:n"], None, {"account_id": keys}, None, False), text, None, resp) == text
+    assert resp.headers == {"X-Fstore-Recovering": "t/1"}
+    resp = Resp()
+    live_keys = [k for k in keys if partition_for(k, 4) != 1]
+    fwd.complete((["v:n"], None, {"account_id": live_keys}, None, False), text, None, resp)
+    assert resp.headers == {}

@@ -14,6 +14,9 @@ the producer's: Kafka's default partitioner over the key's text
 (fsapp.engine.cluster.partition_for). An owner that does not answer leaves
 its rows as this node has them (NOT_FOUND), and the response says so in
 `X-Fstore-Forward-Failed`; `X-Fstore-Forwarded` names the owners asked.
+Keys of a partition this node is rebuilding read NOT_FOUND until it is live
+(fsapp.engine.cluster); `X-Fstore-Recovering` names those partitions
+("topic/partition", as GET /api/v1/cluster lists them).
 """
 from __future__ import annotations
 
@@ -38,10 +41,10 @@ class _Route:
     """One consumed topic: the key columns it is partitioned by, its
     partition count and each partition's owner."""
 
-    __slots__ = ("key", "partitions", "owners")
+    __slots__ = ("topic", "key", "partitions", "owners")
 
-    def __init__(self, key: list[str], partitions: int, owners: dict[int, str]):
-        self.key, self.partitions, self.owners = key, partitions, owners
+    def __init__(self, topic: str, key: list[str], partitions: int, owners: dict[int, str]):
+        self.topic, self.key, self.partitions, self.owners = topic, key, partitions, owners
 
 
 class ReadForwarder:
@@ -53,6 +56,7 @@ class ReadForwarder:
         self._routes: list[_Route] | None = None
         self._self_url: str | None = None
         self._peers: dict[str, str] = {}
+        self._recovering: set = set()  # (topic, partition) this node is rebuilding
         self._checked = 0.0
         self._ttl = 0.0
         self._lock = threading.Lock()
@@ -78,15 +82,19 @@ class ReadForwarder:
                 for topic, info in (doc.get("topics") or {}).items():
                     owners = {int(p): url for p, url in (doc["owners"].get(topic) or {}).items()}
                     if info.get("key") and info.get("partitions") and owners:
-                        routes.append(_Route(info["key"], int(info["partitions"]), owners))
+                        routes.append(_Route(topic, info["key"], int(info["partitions"]), owners))
             self._ttl = REFRESH_S if routes else UNSETTLED_S if group else NOT_GROUP_S
             self._peers = {m["url"]: m["peer"] for m in (doc or {}).get("members") or () if m.get("peer")}
+            self._recovering = {(p.get("topic"), p.get("partition")) for p in (doc or {}).get("partitions") or ()
+                                if p.get("state") == "recovering"}
             self._routes, self._self_url, self._checked = routes or None, (doc or {}).get("url"), now
             return self._routes
 
-    def plan(self, entities: dict) -> dict[str, list[int]] | None:
+    def plan(self, entities: dict, recovering: list | None = None) -> dict[str, list[int]] | None:
         """{owner URL: the rows of `entities` whose partition it owns}, for
-        the owners other than this node; None when nothing is to be asked."""
+        the owners other than this node; None when nothing is to be asked.
+        `recovering`: gets "topic/partition" of each asked key's partition
+        this node is rebuilding (those keys read NOT_FOUND meanwhile)."""
         routes = self._refresh()
         if routes is None:
             return None
@@ -94,13 +102,17 @@ class ReadForwarder:
         if route is None:
             return None
         remote: dict[str, list[int]] = {}
+        rebuilding = {p for t, p in self._recovering if t == route.topic} if recovering is not None else ()
         cols = [entities[k] for k in route.key]
         for i, key in enumerate(zip(*cols)):
             if any(k is None or isinstance(k, (float, bool, dict, list)) for k in key):
                 continue  # not a key a producer sends as text: this node's answer stands
-            url = route.owners.get(partition_for(key if len(key) > 1 else key[0], route.partitions))
+            p = partition_for(key if len(key) > 1 else key[0], route.partitions)
+            url = route.owners.get(p)
             if url is not None and url != self._self_url:
                 remote.setdefault(url, []).append(i)
+            elif p in rebuilding:
+                recovering.append(f"{route.topic}/{p}")
         return remote or None
 
     def fill(self, doc: dict, remote: dict[str, list[int]], args: tuple, authorization: str | None) -> list[str]:
@@ -131,7 +143,10 @@ class ReadForwarder:
         """`text`, this node's answer to the online read `args` (features,
         feature_service, entities, as_of, full_feature_names), with the rows
         of other owners' keys filled in from them."""
-        remote = self.plan(args[2])
+        recovering: list[str] = []
+        remote = self.plan(args[2], recovering)
+        if recovering:
+            resp.set_header("X-Fstore-Recovering", ",".join(sorted(set(recovering))))
         if remote is None:
             return text
         doc = json.loads(text)
