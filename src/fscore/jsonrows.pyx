@@ -22,7 +22,7 @@ import numpy as np
 cimport numpy as cnp
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
 from libc.stdint cimport int64_t, uint64_t, int32_t, uint8_t
-from libc.stdlib cimport strtod, malloc, realloc, free
+from libc.stdlib cimport strtod, realloc, free
 from libc.string cimport memcmp, memcpy, memchr
 from libc.math cimport isfinite
 
@@ -253,19 +253,20 @@ cdef const char* _skip(const char* p, const char* end, int depth) noexcept nogil
 cdef const char* _finite(const char* p, const char* q) noexcept nogil:
     """q (the end of the number at p), or NULL when it is not a finite
     double (Arrow's reader refuses 1e400 even in a field it ignores)."""
-    cdef char buf[64]
-    if q == NULL or q - p >= 63:
-        return NULL if q == NULL or q - p >= 400 else q if _long_finite(p, q) else NULL
-    memcpy(buf, p, q - p)
-    buf[q - p] = 0
-    return q if isfinite(strtod(buf, NULL)) else NULL
+    cdef double d
+    return q if q != NULL and _to_double(p, q, &d) else NULL
 
 
-cdef bint _long_finite(const char* p, const char* q) noexcept nogil:
+cdef bint _to_double(const char* p, const char* q, double* out) noexcept nogil:
+    """The number text [p, q) as a double (strtod: correctly rounded);
+    False when it is 400 characters or more, or not finite."""
     cdef char buf[400]
+    if q - p >= 400:
+        return False
     memcpy(buf, p, q - p)
     buf[q - p] = 0
-    return isfinite(strtod(buf, NULL))
+    out[0] = strtod(buf, NULL)
+    return isfinite(out[0])
 
 
 cdef const char* _container(const char* p, const char* end, int depth) noexcept nogil:
@@ -357,7 +358,6 @@ def decode(list values, list names, list kinds):
     cdef const char* end
     cdef const char* key
     cdef const char* tok
-    cdef char buf[64]
     cdef uint64_t u
     cdef bint neg
     cdef double d
@@ -462,13 +462,8 @@ def decode(list values, list names, list kinds):
                                         break
                                     ip[c][i] = <int64_t>(0 - u) if neg else <int64_t>u
                                 else:
-                                    if p - tok >= 63:
-                                        ok = False
-                                        break
-                                    memcpy(buf, tok, p - tok)
-                                    buf[p - tok] = 0
-                                    d = strtod(buf, NULL)
-                                    if not isfinite(d):
+                                    # (a declared number of 63 characters or more: the slow way)
+                                    if p - tok >= 63 or not _to_double(tok, p, &d):
                                         ok = False
                                         break
                                     fp[c][i] = d

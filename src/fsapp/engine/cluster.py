@@ -149,15 +149,18 @@ class PartitionKeys:
         Caller holds the engine lock; returns rows shown."""
         if not partitions:
             return 0
-        wanted = np.asarray(sorted(partitions), dtype=np.int32)
         shown = 0
         for rt in runtimes:
-            tags = self._of(rt)
-            rows = np.flatnonzero(np.isin(tags, wanted)).astype(np.int64)
-            rows = rows[rows < rt.table.capacity]
+            rows = self._rows_of(rt, partitions)
             if rows.size:
                 shown += rt.table.show_rows(rows)
         return shown
+
+    def _rows_of(self, rt, partitions: set[int]) -> np.ndarray:
+        """Row ids of `rt` tagged with any of these partitions."""
+        tags = self._of(rt)
+        rows = np.flatnonzero(np.isin(tags, np.asarray(sorted(partitions), dtype=np.int32))).astype(np.int64)
+        return rows[rows < rt.table.capacity]
 
     def drop(self, runtimes, partitions: set[int]) -> int:
         """Deletes every key of these runtimes whose events came from
@@ -165,14 +168,12 @@ class PartitionKeys:
         Caller holds the engine lock."""
         if not partitions:
             return 0
-        wanted = np.asarray(sorted(partitions), dtype=np.int32)
         gone = 0
         for rt in runtimes:
             tags = self._of(rt)
-            rows = np.flatnonzero(np.isin(tags, wanted)).astype(np.int64)
+            rows = self._rows_of(rt, partitions)
             if not rows.size:
                 continue
-            rows = rows[rows < rt.table.capacity]
             live = rows[rt.table.rows_live(rows)]
             gone += rt.table.delete_rows(live)
             if rt.aggregated and live.size:

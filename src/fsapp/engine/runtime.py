@@ -6,7 +6,7 @@ key wins, by event time, then created time). An aggregated view keeps one
 state is indexed by the key's row id in the online table (`Table.slots_for`;
 tables grow keeping row ids), and after every batch, at every hop boundary of
 each of its windows, and when an event that was ahead of the clock becomes
-visible (see `tick_rows`), it writes the values as of `now` into the table.
+visible (see `tick_start`), it writes the values as of `now` into the table.
 Workers then serve both kinds with the same table lookup.
 
 Events ahead of the engine clock (ts >= now, within the stream's max_future)
@@ -366,29 +366,19 @@ class ViewRuntime:
         self.table.put_rows(rows, values, np.where(last == INT64_MIN, now, last),
                             np.full(rows.size, now, dtype=np.int64), nulls=nulls)
 
-    def tick_rows(self, now: int) -> np.ndarray:
-        """Time-driven updates; returns the rows whose values must be
-        rewritten as of `now` (the caller writes them, in chunks if it likes:
-        `write_values`). Held events the clock has passed are applied (their
-        keys' values move). When `now` crosses a hop boundary of a window,
-        the keys whose value that window moves: those with an event in a
-        bucket that left it or entered it since the last boundary handled
-        (`WindowView.changed_slots`), not every key; the first boundary
-        after a start rewrites every key. Plain views with a TTL drop
-        expired rows (they read OUTSIDE_MAX_AGE already; this frees their
-        memory)."""
-        released, scan = self.tick_start(now)
-        moved = self.tick_scan(scan, 0, scan.slots) if scan is not None else np.zeros(0, dtype=np.int64)
-        if not released.size:
-            return moved
-        return np.union1d(released, moved)
-
     def tick_start(self, now: int) -> tuple[np.ndarray, "TickScan | None"]:
-        """`tick_rows` in parts: applies the held events the clock has
-        passed and returns the rows they touched, with what a hop boundary
-        left to find (None: none crossed) — `tick_scan` finds it a slot range
-        at a time, so a caller may release the engine lock in between (at a
-        million keys the whole scan took ~180 ms)."""
+        """Time-driven updates, first part: applies the held events the
+        clock has passed (their keys' values move) and returns the rows they
+        touched, with what a hop boundary left to find (None: none crossed).
+        When `now` crosses a hop boundary of a window, the keys whose value
+        that window moves are those with an event in a bucket that left it or
+        entered it since the last boundary handled (`WindowView.changed_slots`),
+        not every key; the first boundary after a start moves every key.
+        `tick_scan` finds them a slot range at a time, so a caller may release
+        the engine lock in between (at a million keys the whole scan took
+        ~200 ms); the caller rewrites the rows as of `now` (`write_values`,
+        in chunks). Plain views with a TTL drop expired rows (they read
+        OUTSIDE_MAX_AGE already; this frees their memory)."""
         empty = np.zeros(0, dtype=np.int64)
         if not self.aggregated:
             if self.ttl:
@@ -421,7 +411,7 @@ class ViewRuntime:
         return np.flatnonzero(mark).astype(np.int64) + start
 
     def next_change(self, now: int) -> int | None:
-        """The earliest time after `now` at which `tick_rows` has work: the next hop
+        """The earliest time after `now` at which `tick_start` has work: the next hop
         boundary of a window, or just after the next held event's time."""
         if not self.aggregated:
             return None
