@@ -316,12 +316,9 @@ def test_a_hop_boundary_rewrites_only_the_keys_it_moves_and_gets_every_one_right
     again.close()
 
 
-def test_a_tick_that_moves_many_keys_lets_pushes_in_between_its_chunks(repo, rng, monkeypatch):
-    import threading
-
-    from fsapp.engine import engine as engine_mod
-
-    monkeypatch.setattr(engine_mod, "TICK_CHUNK", 4)
+def _forty_keys_in_one_bucket(repo, rng):
+    """An engine whose user_txn view holds 40 keys, each with one event in
+    the current 5-minute bucket: the next 5-minute boundary moves them all."""
     eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
     t = T0 + 2 * H
     ev = events(rng, 40, t, users=40)
@@ -330,26 +327,48 @@ def test_a_tick_that_moves_many_keys_lets_pushes_in_between_its_chunks(repo, rng
     eng.push("transactions", ev, now=t + 2 * M)
     eng.tick(t + 2 * M)
     rt = next(r for (n, _), r in eng.runtimes.items() if n == "user_txn")
-    order, real = [], rt.write_values
+    return eng, rt, t
+
+
+def _probe_the_lock_at_the_first(eng, rt, method: str, label: str, monkeypatch) -> list:
+    """Wraps rt.<method>: each call notes `label` in the returned list; the
+    first also starts a thread that notes "other" once it holds the engine
+    lock, and gives it 50 ms to start waiting for it."""
+    import threading
+    import time
+
+    order, real = [], getattr(rt, method)
 
     def probe():
         with eng.lock:
             order.append("other")
 
-    def write_values(rows, now):
-        order.append("chunk")
-        if order.count("chunk") == 1:
+    def wrapped(*args):
+        order.append(label)
+        if order.count(label) == 1:
             threading.Thread(target=probe).start()
-            import time
             time.sleep(0.05)  # the probe now waits for the lock
-        return real(rows, now)
+        return real(*args)
 
-    monkeypatch.setattr(rt, "write_values", write_values)
-    assert eng.tick(t + 5 * M + 1) >= 40
-    assert "other" in order and order.index("other") < len(order) - 1, order
+    monkeypatch.setattr(rt, method, wrapped)
+    return order
+
+
+def _all_forty_moved(eng, t):
     out = eng.get_online_features(["user_txn:txn_count_1h"], entities={"user_id": list(range(1, 41))},
                                   now=t + 5 * M + 1)
     assert out["results"][1]["values"] == [1] * 40
+
+
+def test_a_tick_that_moves_many_keys_lets_pushes_in_between_its_chunks(repo, rng, monkeypatch):
+    from fsapp.engine import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "TICK_CHUNK", 4)
+    eng, rt, t = _forty_keys_in_one_bucket(repo, rng)
+    order = _probe_the_lock_at_the_first(eng, rt, "write_values", "chunk", monkeypatch)
+    assert eng.tick(t + 5 * M + 1) >= 40
+    assert "other" in order and order.index("other") < len(order) - 1, order
+    _all_forty_moved(eng, t)
     eng.close()
 
 
@@ -422,39 +441,14 @@ def test_a_tick_finds_moved_keys_a_slot_range_per_lock_hold(repo, rng, monkeypat
     """The scan for the keys a boundary moved took one hold of the engine
     lock over every slot (~180 ms at a million keys); it goes TICK_SCAN slots
     per hold, and the parts find every key."""
-    import threading
-
     from fsapp.engine import engine as engine_mod
 
     monkeypatch.setattr(engine_mod, "TICK_SCAN", 8)
-    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
-    t = T0 + 2 * H
-    ev = events(rng, 40, t, users=40)
-    ev["user_id"] = list(range(1, 41))
-    ev["ts"] = [t + 60_000_000 + i for i in range(40)]
-    eng.push("transactions", ev, now=t + 2 * M)
-    eng.tick(t + 2 * M)
-    rt = next(r for (n, _), r in eng.runtimes.items() if n == "user_txn")
-    order, real = [], rt.tick_scan
-
-    def probe():
-        with eng.lock:
-            order.append("other")
-
-    def tick_scan(scan, start, stop):
-        order.append("scan")
-        if order.count("scan") == 1:
-            threading.Thread(target=probe).start()
-            import time
-            time.sleep(0.05)
-        return real(scan, start, stop)
-
-    monkeypatch.setattr(rt, "tick_scan", tick_scan)
+    eng, rt, t = _forty_keys_in_one_bucket(repo, rng)
+    order = _probe_the_lock_at_the_first(eng, rt, "tick_scan", "scan", monkeypatch)
     assert eng.tick(t + 5 * M + 1) >= 40
     assert order.count("scan") >= 5 and "other" in order and order.index("other") < order.count("scan"), order
-    out = eng.get_online_features(["user_txn:txn_count_1h"], entities={"user_id": list(range(1, 41))},
-                                  now=t + 5 * M + 1)
-    assert out["results"][1]["values"] == [1] * 40
+    _all_forty_moved(eng, t)
     eng.close()
 
 

@@ -14,6 +14,16 @@ KAFKA_VECTORS = {
 }
 
 
+class _Resp:
+    """What ReadForwarder.complete sets on a Falcon response."""
+
+    def __init__(self):
+        self.headers = {}
+
+    def set_header(self, k, v):
+        self.headers[k] = v
+
+
 @pytest.mark.parametrize("data, expected", sorted(KAFKA_VECTORS.items()))
 def test_murmur2_equals_the_java_clients(data, expected):
     assert murmur2(data) == expected
@@ -84,24 +94,17 @@ def test_a_read_whose_owner_does_not_answer_keeps_this_nodes_rows_and_says_so():
             return {"mode": "group", "url": "http://me:1", "owners": {"t": owners},
                     "topics": {"t": {"stream": "s", "partitions": 4, "key": ["account_id"]}}}
 
-    class Resp:
-        def __init__(self):
-            self.headers = {}
-
-        def set_header(self, k, v):
-            self.headers[k] = v
-
     keys = list(range(12))
     local = {"metadata": {"feature_names": ["account_id", "n"]},
              "results": [{"values": keys, "statuses": ["PRESENT"] * 12, "event_timestamps": [None] * 12},
                          {"values": [None] * 12, "statuses": ["NOT_FOUND"] * 12, "event_timestamps": [None] * 12}]}
-    resp = Resp()
+    resp = _Resp()
     fwd = ReadForwarder(Backend(), timeout_s=0.5)
     out = fwd.complete((["v:n"], None, {"account_id": keys}, None, False), json.dumps(local), None, resp)
     assert json.loads(out) == local
     assert resp.headers == {"X-Fstore-Forwarded": dead, "X-Fstore-Forward-Failed": dead} and fwd.failures == 1
     # keys with no route (a float, a null) are this node's answer alone
-    resp = Resp()
+    resp = _Resp()
     assert fwd.complete((["v:n"], None, {"account_id": [None, 1.5]}, None, False), "{}", None, resp) == "{}"
     assert resp.headers == {}
 
@@ -122,21 +125,14 @@ def test_a_read_of_keys_this_node_is_rebuilding_says_so():
                     "partitions": [{"topic": "t", "partition": p, "state": "recovering" if p == 1 else "live"}
                                    for p in range(4)]}
 
-    class Resp:
-        def __init__(self):
-            self.headers = {}
-
-        def set_header(self, k, v):
-            self.headers[k] = v
-
     keys = list(range(12))
     assert any(partition_for(k, 4) == 1 for k in keys) and any(partition_for(k, 4) != 1 for k in keys)
-    resp = Resp()
+    resp = _Resp()
     text = json.dumps({"metadata": {"feature_names": ["account_id", "n"]}, "results": []})
     fwd = ReadForwarder(Backend())
     assert fwd.complete((["v:n"], None, {"account_id": keys}, None, False), text, None, resp) == text
     assert resp.headers == {"X-Fstore-Recovering": "t/1"}
-    resp = Resp()
+    resp = _Resp()
     live_keys = [k for k in keys if partition_for(k, 4) != 1]
     fwd.complete((["v:n"], None, {"account_id": live_keys}, None, False), text, None, resp)
     assert resp.headers == {}
