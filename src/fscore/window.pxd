@@ -102,6 +102,7 @@ cdef int session_insert(Word* cells, Py_ssize_t ring, int64_t* nsess, int64_t* e
                         const Word* span, int64_t gap, const Layout* L, const Layout* Ls) noexcept nogil
 
 # Size classes of runs: capacities 1, 2, 4, ... below ring_len, then ring_len.
+# Free blocks are kept per level k (2^k cells, k <= top_level).
 cdef enum:
     MAX_CLASSES = 64
 
@@ -150,7 +151,11 @@ cdef class WindowView:
                                   # (EMPTY: none); sessions: end of the newest dropped session
     cdef int n_classes
     cdef int64_t class_cap[MAX_CLASSES]
-    cdef int64_t free_head[MAX_CLASSES]   # a free run's first word links to the next (-1: none)
+    cdef int top_level            # the biggest block: 2^top_level >= ring_len
+    cdef int64_t free_head[MAX_CLASSES]   # per level, a free block (-1: none); its first cell holds
+                                          # word 0 = next, 1 = previous, 2 = level
+    cdef object free_bits         # uint8 (pool_cap / 8 rounded up): bit set = a free block starts here
+    cdef uint8_t* fb_p
     cdef object template          # int64 (width,): a reset cell
     cdef object scratch           # int64 (2, width): query / event accumulators
 
@@ -158,6 +163,10 @@ cdef class WindowView:
     cdef int _class_of(self, int64_t cap) noexcept nogil
     cdef int64_t _alloc(self, int64_t cap) noexcept nogil
     cdef void _free(self, int64_t at, int64_t cap) noexcept nogil
+    cdef void _push_block(self, int64_t at, int k) noexcept nogil
+    cdef void _unlink_block(self, int64_t at, int k) noexcept nogil
+    cdef void _free_block(self, int64_t at, int k) noexcept nogil
+    cdef void _release_range(self, int64_t at, int64_t n) noexcept nogil
     cdef int _room(self, Py_ssize_t s, int64_t need) noexcept nogil
     cdef int _to_ring(self, Py_ssize_t s) noexcept nogil
     cdef int64_t _held_floor(self, const Word* key, Py_ssize_t n, Py_ssize_t s) noexcept nogil
