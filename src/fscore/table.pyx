@@ -440,6 +440,46 @@ cdef class Table:
             return out
         return np.array(self._arr, copy=True)
 
+    def snapshot_begin(self, out=None):
+        """Step 1 of a snapshot that holds the writer's lock only briefly
+        (a checkpoint): a copy of the whole buffer taken from any thread,
+        without the GIL, while the writer goes on. Rows written meanwhile may
+        be torn in it; `snapshot_end` copies those again. Returns a token
+        for snapshot_end. `out`: as for snapshot."""
+        arr = self._arr
+        if arr is None:
+            raise ValueError("table is closed")
+        if not (out is not None and isinstance(out, np.ndarray) and out.dtype == arr.dtype
+                and out.shape == arr.shape and out.flags.c_contiguous and out.flags.writeable):
+            out = np.empty_like(arr)
+        cdef uint8_t[::1] dst = out
+        cdef const uint8_t[::1] src = arr   # holds the buffer: a grow cannot unmap it under us
+        cdef Py_ssize_t n = arr.shape[0]
+        with nogil:
+            memcpy(&dst[0], &src[0], n)
+        return (arr, out)
+
+    def snapshot_end(self, token):
+        """Step 2, from the writer thread (no write in progress): makes the
+        copy of `snapshot_begin` consistent as of now and returns it. The
+        header and index are copied again (a few % of the buffer) and the
+        rows whose seqlock moved since their copy (or was odd in it: a write
+        in progress); every row write goes through its seqlock, a monotonic
+        counter, so an unchanged even count means an unchanged row. When the
+        table moved to another buffer meanwhile (it grew), a whole copy."""
+        arr, out = token
+        if arr is not self._arr:
+            return self.snapshot()
+        cdef uint8_t[::1] dst = out
+        cdef Py_ssize_t r, stride = self.stride, roff = self.layout.rows_offset, cap = self.capacity_
+        cdef uint8_t *o = &dst[0]
+        with nogil:
+            memcpy(o, self.base, roff)
+            for r in range(cap):
+                if (<int64_t *>(self.rows + r * stride))[0] != (<int64_t *>(o + roff + r * stride))[0]:
+                    memcpy(o + roff + r * stride, self.rows + r * stride, stride)
+        return out
+
     def flush(self):
         if self._mmap is not None and not self.readonly:
             self._mmap.flush()
