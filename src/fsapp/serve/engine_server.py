@@ -8,6 +8,7 @@ checkpointing periodically. SIGTERM: stop accepting, final checkpoint, close.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import socketserver
@@ -102,6 +103,20 @@ def make_server(service: EngineService, socket_path: str) -> socketserver.Thread
     return server
 
 
+def tune_gc() -> None:
+    """The engine process's cyclic garbage collector, set for ingestion: what
+    start-up built (registry, DuckDB, Arrow, the recovered state's objects)
+    is frozen out of every collection, and the youngest generation is
+    collected every 50,000 allocations, not 700. A Kafka poll batch makes
+    ~5,000 message objects: with the defaults the collector ran ~7 times a
+    batch and, now and then, walked the whole heap (py-spy: 11% of the
+    ingest thread; A/B in one process, 300k events, medians of 3: 196k →
+    243k events/s). Reference cycles are still collected, later."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 EXIT_REFUSED = 3  # the engine cannot start on this repo as it is (damaged data, bad definitions): do not restart
 
 
@@ -133,6 +148,7 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
             engine.close()
             return EXIT_REFUSED
     server = make_server(EngineService(engine), socket_path)
+    tune_gc()
     if ingest is not None:
         ingest.start()
     stop = threading.Event()
