@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from fsapp.engine import Engine
 from fsapp.engine.errors import BatchError
 from fsapp.engine.ingest import BatchNormaliser
-from fsapp.engine.runtime import ROW
+from fsapp.engine.runtime import ROW, unique_ints
 from fsapp.registry.catalog import Registry
 from fsapp.registry.repo import Repo
 from fsapp.registry.scaffold import init_repo
@@ -114,3 +114,14 @@ def test_views_read_the_same_with_and_without_the_query(repo, tmp_path):
         assert np.array_equal(out["results"][5]["values"], [21, 28])
     finally:
         eng.close()
+
+
+@settings(deadline=None)
+@given(parts=st.lists(st.lists(st.integers(-2**40, 2**40) | st.integers(0, 20), max_size=30), min_size=1, max_size=3))
+def test_unique_ints_is_numpys_union(parts):
+    """The sort-based distinct rows the push path uses in place of np.unique /
+    np.union1d (numpy 2 hashes integers, ~14x slower for a 5,000-row batch)."""
+    arrays = [np.asarray(p, dtype=np.int64) for p in parts]
+    want = np.unique(np.concatenate(arrays))
+    got = unique_ints(*arrays)
+    assert got.dtype == want.dtype and got.tolist() == want.tolist()

@@ -21,6 +21,8 @@ import logging
 
 import numpy as np
 
+from fsapp.engine.runtime import unique_ints
+
 log = logging.getLogger("fstore.kafka")
 
 NO_PARTITION = -1  # a row whose events did not come from Kafka in this process
@@ -126,9 +128,9 @@ class PartitionKeys:
             self._evicted[(rt.name, rt.version)] = evicted
             moved = moved[:0]
         # ... or within this batch (PERF: one sort of (row, partition) pairs)
-        pairs = np.unique((rows << 20) | parts)
+        pairs = unique_ints((rows << 20) | parts)
         of_pair = pairs >> 20
-        moved = np.union1d(moved, of_pair[1:][of_pair[1:] == of_pair[:-1]])
+        moved = unique_ints(moved, of_pair[1:][of_pair[1:] == of_pair[:-1]])
         if moved.size:
             n = int(moved.size)
             first = rt.name not in self.split

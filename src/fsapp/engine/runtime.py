@@ -45,6 +45,19 @@ log = logging.getLogger("fsapp.engine")
 ROW = "_fs_row"  # the batch row a projected row came from (stream columns may not start with _fs_)
 
 
+def unique_ints(*parts: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of integer arrays (np.union1d / np.unique).
+    PERF: numpy 2's np.unique hashes integers: ~700 µs for a 5,000-row batch
+    here against ~50 µs for a sort (twice per view per Kafka batch)."""
+    x = np.sort(np.concatenate(parts) if len(parts) > 1 else parts[0])
+    if x.size < 2:
+        return x
+    keep = np.empty(x.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(x[1:], x[:-1], out=keep[1:])
+    return x[keep]
+
+
 def table_file(data_dir: str, name: str, version: int) -> str:
     return os.path.join(data_dir, "online", f"{name}@v{version}.fst")
 
@@ -256,7 +269,7 @@ class ViewRuntime:
     def distinct_keys(self, vb: ViewBatch) -> int:
         if isinstance(vb.keys, dict):
             return len(set(zip(*[v.tolist() for v in vb.keys.values()])))
-        return len(np.unique(vb.keys)) if vb.keys.dtype != object else len(set(vb.keys.tolist()))
+        return len(unique_ints(vb.keys)) if vb.keys.dtype != object else len(set(vb.keys.tolist()))
 
     def apply(self, vb: ViewBatch, now: int) -> int:
         """Applies one prepared batch (events in arrival order, none late);
@@ -279,7 +292,7 @@ class ViewRuntime:
         if fresh.any():
             self.reset_rows(rows[fresh])
         self._update(rows, vb.ts, vb.columns, now)
-        self.write_values(np.union1d(released, rows), now)
+        self.write_values(unique_ints(released, rows), now)
         return n
 
     def _update(self, rows: np.ndarray, ts: np.ndarray, columns: dict, now: int) -> None:
@@ -328,7 +341,7 @@ class ViewRuntime:
         self.held_rows, self.held_ts = self.held_rows[keep], self.held_ts[keep]
         self.held_cols = {c: v[keep] for c, v in self.held_cols.items()}
         self._update(rows, ts, cols, now)
-        return np.unique(rows)
+        return unique_ints(rows)
 
     def _fit(self, high: int) -> None:
         """Window state and last_ts cover row ids below `high` (tables grow)."""
@@ -443,7 +456,7 @@ class ViewRuntime:
         np.maximum.at(self.last_ts, rows[past], vb.ts[past])
         if not past.all():
             self._update(rows[~past], vb.ts[~past], {c: v[~past] for c, v in vb.columns.items()}, now)
-        self.write_values(np.union1d(distinct, released), now)
+        self.write_values(unique_ints(distinct, released), now)
         return int(distinct.size)
 
     # ---- reads
