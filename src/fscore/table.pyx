@@ -744,19 +744,28 @@ cdef class Table:
 
     # ---- row ids (for the engine's per-key window state) ---------------------
 
-    def slots_for(self, keys, *, now):
+    def slots_for(self, keys, *, now, encoded=None):
         """Row ids of the given keys, inserting missing keys as rows with every
         value null and event_ts = created_ts = now (so eviction takes them
         last). Returns (rows int64[n], created bool[n]); a created row's id may
         have belonged to an evicted key, so per-row state kept elsewhere must
-        be reset. Capacity must exceed the distinct new keys of one call."""
+        be reset. Capacity must exceed the distinct new keys of one call.
+        `encoded`: the keys as `encode_keys` returned them (then `keys` is
+        not read), so a caller that checked them does not encode them twice."""
         cdef Py_ssize_t n, i, c, row, slot
         cdef int64_t tnow = now
         cdef uint64_t h
         cdef uint8_t *p
         cdef bint need_room
         self._check_writable()
-        enc = self._encode_keys(keys)
+        if encoded is None:
+            enc = self._encode_keys(keys)
+        else:
+            enc = encoded
+            if not (isinstance(enc, np.ndarray) and enc.dtype == np.uint8 and enc.ndim == 2
+                    and enc.shape[1] == self.kw8 and enc.flags.c_contiguous):
+                raise ValueError(f"encoded keys must be a C-contiguous uint8 array of shape (n, {self.kw8}), "
+                                 "as encode_keys returns")
         n = enc.shape[0]
         rows_a = np.full(n, -1, dtype=np.int64)
         created_a = np.zeros(n, dtype=np.bool_)
@@ -884,6 +893,11 @@ cdef class Table:
         """Raises KeyEncodingError for keys this table cannot hold (wrong type,
         string over its size); inserts nothing."""
         self._encode_keys(keys)
+
+    def encode_keys(self, keys):
+        """The keys encoded as the table holds them, a (n, key bytes) uint8
+        array for `slots_for(encoded=)`; raises as check_keys does."""
+        return np.ascontiguousarray(self._encode_keys(keys))
 
     def rows_live(self, rows):
         """Whether each row id (in range) holds a live key."""

@@ -142,6 +142,7 @@ class ViewBatch:
     keys: object            # what the table takes: an array, or a dict of arrays
     ts: np.ndarray          # int64 µs
     columns: dict           # plain: feature -> (values, nulls); aggregated: input -> float64 (NaN null)
+    encoded: np.ndarray | None = None  # the keys as the table encodes them (Table.encode_keys), when known
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -153,7 +154,8 @@ class ViewBatch:
             return self
         keys = ({k: v[sel] for k, v in self.keys.items()} if isinstance(self.keys, dict) else self.keys[sel])
         cols = {k: ((v[0][sel], v[1][sel]) if isinstance(v, tuple) else v[sel]) for k, v in self.columns.items()}
-        return ViewBatch(self.rows[sel], keys, self.ts[sel], cols)
+        return ViewBatch(self.rows[sel], keys, self.ts[sel], cols,
+                         None if self.encoded is None else np.ascontiguousarray(self.encoded[sel]))
 
 
 class TickScan:
@@ -256,7 +258,7 @@ class ViewRuntime:
                 raise BatchError(f"feature view {self.name} is keyed by {k!r}, which is null in "
                                  f"{col.null_count} row(s); give every row its {k}")
         keys = self.keys_of(p)
-        self.table.check_keys(keys)
+        encoded = self.table.encode_keys(keys)  # checks them, and apply does not encode them again
         rows = np.asarray(p.column(ROW).to_numpy(zero_copy_only=False), dtype=np.int64)
         ts = np.asarray(p.column(self.info.timestamp).cast(pa.int64()).to_numpy(zero_copy_only=False),
                         dtype=np.int64)
@@ -264,7 +266,7 @@ class ViewRuntime:
             cols = {c: _input_column(p.column(c)) for c in self.inputs}
         else:
             cols = {f.name: _arrow_column(p.column(f.name), f, self.name) for f in self.schema.columns}
-        return ViewBatch(rows, keys, ts, cols)
+        return ViewBatch(rows, keys, ts, cols, encoded)
 
     def distinct_keys(self, vb: ViewBatch) -> int:
         if isinstance(vb.keys, dict):
@@ -287,7 +289,7 @@ class ViewRuntime:
         if n == 0:
             self.write_values(released, now)
             return 0
-        rows, fresh = self.table.slots_for(vb.keys, now=now)
+        rows, fresh = self.table.slots_for(vb.keys, now=now, encoded=vb.encoded)
         self._fit(int(rows.max()) + 1)
         if fresh.any():
             self.reset_rows(rows[fresh])
@@ -440,7 +442,7 @@ class ViewRuntime:
         Returns how many keys were rebuilt."""
         if len(vb) == 0:
             return 0
-        rows, _ = self.table.slots_for(vb.keys, now=now)
+        rows, _ = self.table.slots_for(vb.keys, now=now, encoded=vb.encoded)
         self._fit(int(rows.max()) + 1)
         distinct, dense = np.unique(rows, return_inverse=True)
         self.reset_rows(distinct)  # drops their held events too: the log has them
