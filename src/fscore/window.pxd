@@ -9,7 +9,7 @@
 # the cells in use, `run_cap[s]` the run's size. A key holds only the cells it
 # has events in — buckets in ascending order (sessions: by start) — so a key
 # with one event costs one cell per window, not a whole ring. A run grows by
-# doubling up to `ring_len` (the most cells a key can need; semantics.md §5)
+# size class up to `ring_len` (the most cells a key can need; semantics.md §5)
 # when a new cell does not fit; freed runs go to a free list per size.
 
 from libc.stdint cimport int64_t, int32_t, uint64_t, uint8_t
@@ -101,7 +101,8 @@ cdef uint64_t hash_int64(int64_t x) noexcept nogil
 cdef int session_insert(Word* cells, Py_ssize_t ring, int64_t* nsess, int64_t* evicted_last_ts,
                         const Word* span, int64_t gap, const Layout* L, const Layout* Ls) noexcept nogil
 
-# Size classes of runs: capacities 1, 2, 4, ... below ring_len, then ring_len.
+# Size classes of runs: capacities 1, 2, 3, 4, 6, 8, 12, ... below ring_len,
+# then ring_len.
 # Free blocks are kept per level k (2^k cells, k <= top_level).
 cdef enum:
     MAX_CLASSES = 64
