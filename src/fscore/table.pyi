@@ -42,6 +42,7 @@ class Table:
     def snapshot(self, out: np.ndarray | None = None) -> np.ndarray: ...  # uint8 copy of the whole buffer (into `out` if it fits)
     def snapshot_begin(self, out: np.ndarray | None = None) -> tuple: ...  # any thread, no GIL: a fuzzy copy
     def snapshot_end(self, token: tuple) -> np.ndarray: ...  # writer thread: that copy made consistent (rows whose seqlock moved)
+    def encode_keys(self, keys: object) -> np.ndarray: ...  # (n, key bytes) uint8; raises KeyEncodingError
     def flush(self) -> None: ...
     def close(self) -> None: ...
     def put_batch(self, keys: Keys, values: Mapping[str, Any] | None = None, event_ts: Any = None,

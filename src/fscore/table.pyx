@@ -127,6 +127,12 @@ include "table_codec.pxi"
 _tmp_counter = 0  # unique temporary file names within a process (a growing table writes several)
 
 
+def _fits(out, arr):
+    """Whether `out` (a previous snapshot) can take a copy of `arr` in place."""
+    return (out is not None and isinstance(out, np.ndarray) and out.dtype == arr.dtype
+            and out.shape == arr.shape and out.flags.c_contiguous and out.flags.writeable)
+
+
 cdef class Table:
     """TTL hash table; see the module docstring for the rules."""
 
@@ -434,8 +440,7 @@ cdef class Table:
         `out`: a previous snapshot to copy into when it still fits (same size):
         a memcpy into memory already faulted in, ~8x faster than into a fresh
         array (a checkpoint holds the engine lock for it)."""
-        if out is not None and isinstance(out, np.ndarray) and out.dtype == self._arr.dtype \
-                and out.shape == self._arr.shape and out.flags.c_contiguous and out.flags.writeable:
+        if _fits(out, self._arr):
             np.copyto(out, self._arr)
             return out
         return np.array(self._arr, copy=True)
@@ -449,8 +454,7 @@ cdef class Table:
         arr = self._arr
         if arr is None:
             raise ValueError("table is closed")
-        if not (out is not None and isinstance(out, np.ndarray) and out.dtype == arr.dtype
-                and out.shape == arr.shape and out.flags.c_contiguous and out.flags.writeable):
+        if not _fits(out, arr):
             out = np.empty_like(arr)
         cdef uint8_t[::1] dst = out
         cdef const uint8_t[::1] src = arr   # holds the buffer: a grow cannot unmap it under us
@@ -889,14 +893,10 @@ cdef class Table:
                 o[i] = self._probe_read(&kmat[i, 0], hash_key(&kmat[i, 0], self.kw8))
         return out
 
-    def check_keys(self, keys):
-        """Raises KeyEncodingError for keys this table cannot hold (wrong type,
-        string over its size); inserts nothing."""
-        self._encode_keys(keys)
-
     def encode_keys(self, keys):
         """The keys encoded as the table holds them, a (n, key bytes) uint8
-        array for `slots_for(encoded=)`; raises as check_keys does."""
+        array for `slots_for(encoded=)`; raises KeyEncodingError for keys
+        this table cannot hold (wrong type, string over its size)."""
         return np.ascontiguousarray(self._encode_keys(keys))
 
     def rows_live(self, rows):

@@ -155,7 +155,7 @@ class ViewBatch:
         keys = ({k: v[sel] for k, v in self.keys.items()} if isinstance(self.keys, dict) else self.keys[sel])
         cols = {k: ((v[0][sel], v[1][sel]) if isinstance(v, tuple) else v[sel]) for k, v in self.columns.items()}
         return ViewBatch(self.rows[sel], keys, self.ts[sel], cols,
-                         None if self.encoded is None else np.ascontiguousarray(self.encoded[sel]))
+                         None if self.encoded is None else self.encoded[sel])
 
 
 class TickScan:
