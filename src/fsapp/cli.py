@@ -101,6 +101,9 @@ SERVE_OPTIONS = (
                 "the keys with the oldest event time of the biggest view are evicted, counted in /metrics"),
     ServeOption("--checkpoint-seconds", "online.checkpoint_seconds", float, "S", 60.0, _positive_number,
                 "checkpoint period"),
+    ServeOption("--checkpoint-replay-seconds", "online.checkpoint_replay_seconds", float, "S", 2.0,
+                _positive_number, "checkpoint sooner once a restart would replay this many seconds of work "
+                "(the records logged since the last checkpoint)"),
     ServeOption("--ui", "online.ui", str, "{on,off}", "on", _on_off,
                 "the web UI at /ui (docs/ui.md): static pages over this API, with the same API keys"),
     ServeOption("--api-keys-file", "auth.api_keys_file", str, "PATH", None, _text,
@@ -188,7 +191,8 @@ def _serve(args) -> int:
         svc = Service(str(repo.root), host=opts["host"], port=opts["port"], workers=opts["workers"],
                       fsync=opts["fsync"], capacity=opts["capacity"], max_keys=opts["max_keys"],
                       max_memory=None if opts["max_memory"] is None else parse_size(opts["max_memory"]),
-                      checkpoint_s=opts["checkpoint_seconds"], grpc_port=opts["grpc_port"],
+                      checkpoint_s=opts["checkpoint_seconds"],
+                      checkpoint_replay_s=opts["checkpoint_replay_seconds"], grpc_port=opts["grpc_port"],
                       grpc_workers=opts["grpc_workers"])
         return svc.run()
     except (RuntimeError, RegistryError) as e:  # one line a person can act on, no traceback

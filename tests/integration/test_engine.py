@@ -102,6 +102,40 @@ def test_restart_recovers_checkpoint_plus_wal(repo, rng):
     eng.close()
 
 
+def test_the_replay_backlog_counts_work_since_the_last_checkpoint_and_a_restart_replays_about_that(repo, rng):
+    """`replay_backlog_s` (what the engine server checkpoints early on) grows
+    with each push's preparing and applying, goes to 0 at a checkpoint, and
+    after a restart is the replay that restart did (replayed again next time)."""
+    d = str(repo.data_dir / "engine")
+    eng = Engine(d, str(repo.registry_path), fsync="never")
+    assert eng.replay_backlog_s == 0
+    now = T0 + 2 * H + 7 * M
+    seen = []
+    for i in range(20):
+        eng.push("transactions", events(rng, 50, T0, users=30), now=now)
+        seen.append(eng.replay_backlog_s)
+    assert all(b > a for a, b in zip(seen, seen[1:])) and seen[0] > 0
+    assert eng.stats()["replay_backlog_s"] == round(seen[-1], 3)
+    eng.checkpoint()
+    assert eng.replay_backlog_s == 0
+    for i in range(20):
+        eng.push("transactions", events(rng, 50, T0 + H, users=30), now=now)
+    live = eng.replay_backlog_s
+    eng.close()
+    eng = Engine(d, str(repo.registry_path), fsync="never")
+    assert eng.replayed == 20
+    # the replay redoes the same work: its time is what the live pushes took,
+    # within what a noisy machine does to two timings (the live ones waited
+    # for nothing but the CPU either)
+    assert live / 4 < eng.replay_backlog_s < live * 4
+    eng.checkpoint()
+    assert eng.replay_backlog_s == 0
+    eng.close()
+    eng = Engine(d, str(repo.registry_path), fsync="never")
+    assert eng.replayed == 0 and eng.replay_backlog_s < live / 4
+    eng.close()
+
+
 def test_bad_pushes_say_what_to_fix(repo):
     eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
     with pytest.raises(UnknownStreamError, match="transactions"):

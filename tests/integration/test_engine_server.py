@@ -12,6 +12,7 @@ import pytest
 from fsapp.engine.errors import BatchError, UnknownStreamError
 from fsapp.registry.repo import Repo
 from fsapp.registry.scaffold import init_repo
+from fsapp.serve.engine_server import CheckpointSchedule
 from fsapp.serve.protocol import EngineClient, EngineUnavailable
 from fsapp.serve.reader import OnlineReader
 from fsapp.serve.supervisor import _wait_for_engine, socket_path_for
@@ -25,10 +26,10 @@ def repo(tmp_path):
     return r
 
 
-def start_engine(repo):
+def start_engine(repo, *args):
     sock = socket_path_for(repo)
     proc = subprocess.Popen([sys.executable, "-m", "fsapp.serve.engine_server", "--repo", str(repo.root),
-                             "--socket", sock, "--fsync", "always"])
+                             "--socket", sock, "--fsync", "always", *args])
     _wait_for_engine(sock, proc, 60)
     return proc, sock
 
@@ -84,6 +85,41 @@ def test_killed_engine_restarts_with_every_acknowledged_push(repo):
         client.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+
+
+def test_the_engine_checkpoints_early_once_a_restart_would_replay_more_than_its_budget(repo):
+    """A period of an hour, a replay budget of 50 ms: pushes make the engine
+    checkpoint long before the period (a restart replays little)."""
+    proc, sock = start_engine(repo, "--checkpoint-seconds", "3600", "--checkpoint-replay-seconds", "0.05")
+    client = EngineClient(sock)
+    try:
+        t = time.time_ns() // 1000
+        deadline = time.monotonic() + 30
+        i = 0
+        while True:
+            client.call("push", stream="transactions", rows=[row(i % 50, t - 1_000_000 * i) for _ in range(20)])
+            i += 1
+            stats, _ = client.call("stats")
+            if stats["checkpoint_lsn"] > 0:
+                break
+            assert time.monotonic() < deadline, f"no checkpoint after {i} pushes: {stats['replay_backlog_s']} s"
+        assert stats["replay_backlog_s"] < 0.05 + 0.05  # reset by it (a push or two since)
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def test_checkpoint_schedule_is_periodic_early_on_a_backlog_and_spaced_by_its_own_cost():
+    s = CheckpointSchedule(period_s=60, replay_s=2, now=100)
+    assert not s.due(101, backlog_s=1.9)
+    assert s.due(101, backlog_s=2.0)  # the backlog, long before the period
+    s.done(started=101, ended=104, ok=True)  # it took 3 s
+    assert not s.due(106, backlog_s=5)  # not again within its own duration
+    assert s.due(107, backlog_s=5)
+    assert not s.due(163, backlog_s=0) and s.due(164, backlog_s=0)  # the period, from its end
+    s.done(started=164, ended=165, ok=False)  # failed: retried within 10 s, backlog or not
+    assert not s.due(174, backlog_s=9) and s.due(175, backlog_s=0)
 
 
 def test_worker_backend_reads_json_from_memory_and_as_of_from_the_engine(repo):

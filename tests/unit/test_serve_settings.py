@@ -30,11 +30,11 @@ def test_serve_takes_its_settings_from_fstore_yaml_and_a_flag_wins(tmp_path):
     """Issue 14, repro 6: `online: port: 9099` was ignored (serve bound 9094)."""
     repo = repo_with(tmp_path, "project: p\nonline:\n  port: 9099\n  host: 0.0.0.0\n  workers: 3\n"
                                "  fsync: interval\n  max_keys: 500\n  capacity: 64\n  checkpoint_seconds: 5\n"
-                               "  grpc_port: 0\n  grpc_workers: 4\n  max_memory: 2GB\n")
+                               "  grpc_port: 0\n  grpc_workers: 4\n  max_memory: 2GB\n  checkpoint_replay_seconds: 0.5\n")
     assert serve_settings(serve_args(), repo) == {
         "host": "0.0.0.0", "port": 9099, "workers": 3, "fsync": "interval", "capacity": 64, "max_keys": 500,
-        "checkpoint_seconds": 5, "api_keys_file": None, "grpc_port": 0, "grpc_workers": 4, "max_memory": "2GB",
-        "ui": "on"}
+        "checkpoint_seconds": 5, "checkpoint_replay_seconds": 0.5, "api_keys_file": None, "grpc_port": 0,
+        "grpc_workers": 4, "max_memory": "2GB", "ui": "on"}
     got = serve_settings(serve_args("--port", "9100", "--max-keys", "7", "--fsync", "always"), repo)
     assert (got["port"], got["max_keys"], got["fsync"], got["workers"]) == (9100, 7, "always", 3)
     defaults = serve_settings(serve_args(), repo_with(tmp_path, "project: p\n"))

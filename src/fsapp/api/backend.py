@@ -119,6 +119,9 @@ class EngineBackend:
                                       "Kafka batches retried after an error (broker, WAL, dead-letter sink)", ())
         self.checkpoint_failures = m.counter("fstore_checkpoint_failures_total",
                                              "Checkpoints that failed (e.g. a full disk); the next one retries", ())
+        self.replay_backlog = m.gauge("fstore_replay_backlog_seconds",
+                                      "Work a restart would replay now (records logged since the last checkpoint)",
+                                      ())
 
     # ---- reads
 
@@ -211,6 +214,7 @@ class EngineBackend:
                 self.lag.set(max(0.0, (now - wm) / 1e6), stream=stream)
             self.lsn.set(eng.applied_lsn)
             self.checkpoint_failures.set(eng.checkpoint_failures)
+            self.replay_backlog.set(eng.replay_backlog_s)
             source = eng.sources.get("kafka")
             if source is not None:
                 k = source.stats()

@@ -118,6 +118,7 @@ class _Queued:
     key: str | None = None
     tags: np.ndarray | None = None  # Kafka partition per batch row (group mode; not logged, see cluster.py)
     offline: bool = True  # False: a replay of events this data directory's offline log holds already
+    work_s: float = 0.0  # seconds its preparing took (replay_backlog_s)
     result: PushResult | None = None
     error: BaseException | None = None
     done: bool = False
@@ -218,6 +219,7 @@ class Engine:
         self.checkpoint_lsn = self.applied_lsn = ckpt.lsn if ckpt else 0
         self._next_seq = {s: self.offline.log.next_seq(s) for s in self.streams}
         self._check_log_is_whole(ckpt)
+        replay_start = time.perf_counter()
         entries = list(read_log(self.wal_dir, after_lsn=self.checkpoint_lsn)) if os.path.isdir(self.wal_dir) else []
         aborted = {records.decode_abort(p) for _, t, p in entries if t == REC_ABORT}
         for lsn, rtype, payload in entries:
@@ -231,6 +233,8 @@ class Engine:
                     waiting[lsn].result = q.result
             except Exception as e:  # noqa: BLE001 - recovery never stops on one record
                 self._quarantine(lsn, payload, e)
+        # what the next restart replays again until a checkpoint: this replay
+        self.work_s, self._ckpt_work_s = (time.perf_counter() - replay_start if entries else 0.0), 0.0
 
     def _check_log_is_whole(self, ckpt) -> None:
         """Refuses to start on a damaged data directory instead of silently
@@ -477,7 +481,9 @@ class Engine:
             first = self._answer_for(key)
             if first is not None:
                 return first
+        started = time.perf_counter()
         prepared = self.prepare(stream, rows)
+        prepare_s = time.perf_counter() - started
         with self.lock:
             if key is not None:
                 first = self._answer_for(key)
@@ -493,7 +499,7 @@ class Engine:
                                                                 offline), wait=False)
             if offline:
                 self._next_seq[stream] = seq + n
-            q = _Queued(lsn, REC_PUSH, now, seq, prepared, offsets, key, tags, offline=offline)
+            q = _Queued(lsn, REC_PUSH, now, seq, prepared, offsets, key, tags, offline=offline, work_s=prepare_s)
             self.queue.append(q)
             if key is not None:
                 self._inflight[key] = q
@@ -558,7 +564,9 @@ class Engine:
                 if q.rtype == REC_OFFSETS:
                     self._consumed(q.offsets, logged=True)
                 else:
+                    started = time.perf_counter()
                     self._apply_push(q, log_offline=q.offline)
+                    self.work_s += q.work_s + time.perf_counter() - started
                 self.applied_lsn = q.lsn
             except Exception as e:  # noqa: BLE001 - a logged record failed to apply: a bug; see _abort
                 self._abort(q, e)
@@ -949,7 +957,7 @@ class Engine:
             except ValueError:  # closed meanwhile (a registry change): copied whole under the lock
                 pass
         with self.lock:
-            lsn = self.applied_lsn
+            lsn, work = self.applied_lsn, self.work_s
             parts, runtimes = {}, []
             for (name, version), rt in self.runtimes.items():
                 key = f"{name}@v{version}/table"
@@ -999,11 +1007,21 @@ class Engine:
         oldest = oldest_retained_lsn(self.ckpt_dir)
         if oldest is not None:
             self.wal.truncate_before(oldest)
-        self.checkpoint_lsn = lsn
+        self.checkpoint_lsn, self._ckpt_work_s = lsn, work
         return lsn
 
+    @property
+    def replay_backlog_s(self) -> float:
+        """Seconds of work a restart would replay now: preparing and applying
+        the records logged since the last checkpoint, as they took live (a
+        replay costs about the same: benches/bench_state.py). The engine
+        server checkpoints early when it passes a budget (engine_server.
+        CheckpointSchedule), so a restart stays short however busy ingestion is."""
+        return self.work_s - self._ckpt_work_s
+
     def stats(self) -> dict:
-        out = {"applied_lsn": self.applied_lsn, "checkpoint_lsn": self.checkpoint_lsn, "late_events": self.late_total,
+        out = {"applied_lsn": self.applied_lsn, "checkpoint_lsn": self.checkpoint_lsn,
+               "replay_backlog_s": round(self.replay_backlog_s, 3), "late_events": self.late_total,
                "offsets": dict(self.offsets), "quarantined": self.quarantined,
                "checkpoint_failures": self.checkpoint_failures, "checkpoint_error": self.checkpoint_error,
                "window_dropped": sum(rt.window_dropped for rt in self.runtimes.values()),

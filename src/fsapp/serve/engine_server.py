@@ -122,8 +122,8 @@ EXIT_REFUSED = 3  # the engine cannot start on this repo as it is (damaged data,
 
 def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int = DEFAULT_CAPACITY,
         max_keys: int | None = None, max_memory: int | None = None,
-        tick_s: float = 0.2, checkpoint_s: float = 60.0, node: str | None = None,
-        peer_port: int | None = None) -> int:
+        tick_s: float = 0.2, checkpoint_s: float = 60.0, checkpoint_replay_s: float = 2.0,
+        node: str | None = None, peer_port: int | None = None) -> int:
     from fsapp.registry.repo import Repo
 
     from fscore.errors import WalCorruption
@@ -162,7 +162,7 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
     t.start()
     print(f"engine ready pid={os.getpid()} socket={socket_path} replayed={engine.replayed}"
           + (f" kafka={','.join(sorted(ingest.topics)) or '-'}" if ingest else ""), flush=True)
-    next_ckpt = time.monotonic() + checkpoint_s
+    schedule = CheckpointSchedule(checkpoint_s, checkpoint_replay_s, time.monotonic())
     applied = engine.registry.snapshot().apply_id
     last_registry_check = time.monotonic()
     try:
@@ -175,8 +175,10 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
                     engine.reload()
                     applied = current
                     print(f"engine reloaded definitions (apply {current})", flush=True)
-            if time.monotonic() >= next_ckpt:
-                next_ckpt = _checkpoint(engine, checkpoint_s)
+            if schedule.due(time.monotonic(), engine.replay_backlog_s):
+                started = time.monotonic()
+                ok = _checkpoint(engine, checkpoint_s)
+                schedule.done(started, time.monotonic(), ok)
     finally:
         if ingest is not None:
             ingest.stop()  # its last batch and offsets go into the final checkpoint below
@@ -189,17 +191,42 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
     return 0
 
 
-def _checkpoint(engine: Engine, checkpoint_s: float) -> float:
+class CheckpointSchedule:
+    """When the engine server checkpoints: every `period_s`, and sooner once
+    a restart would replay more than `replay_s` seconds of work
+    (`Engine.replay_backlog_s`: the records logged since the last
+    checkpoint) — but not sooner than the last checkpoint's own duration
+    after it ended, so checkpoints take at most about half the time however
+    busy ingestion is. A failed one is retried within 10 s."""
+
+    RETRY_S = 10.0
+
+    def __init__(self, period_s: float, replay_s: float, now: float):
+        self.period_s, self.replay_s = period_s, replay_s
+        self.next, self.earliest = now + period_s, now
+
+    def due(self, now: float, backlog_s: float) -> bool:
+        return now >= self.next or (backlog_s >= self.replay_s and now >= self.earliest)
+
+    def done(self, started: float, ended: float, ok: bool) -> None:
+        if ok:
+            self.next, self.earliest = ended + self.period_s, ended + (ended - started)
+        else:
+            self.next = self.earliest = ended + min(self.period_s, self.RETRY_S)
+
+
+def _checkpoint(engine: Engine, checkpoint_s: float) -> bool:
     """A checkpoint that never stops the engine: a failure (a full disk) is
     logged, counted, shown by /ready, and retried sooner than the period.
-    Returns when the next one is due (monotonic seconds)."""
+    Returns whether it was written."""
     try:
         engine.checkpoint()
-        return time.monotonic() + checkpoint_s
+        return True
     except Exception as e:  # noqa: BLE001 - whatever it is, the engine keeps serving
         print(f"engine: checkpoint failed ({type(e).__name__}: {e}); writes go on in the WAL, retrying in "
-              f"{min(checkpoint_s, 10.0):.0f} s (failure #{engine.checkpoint_failures})", file=sys.stderr, flush=True)
-        return time.monotonic() + min(checkpoint_s, 10.0)
+              f"{min(checkpoint_s, CheckpointSchedule.RETRY_S):.0f} s (failure #{engine.checkpoint_failures})",
+              file=sys.stderr, flush=True)
+        return False
 
 
 def _until_next_tick(engine: Engine, tick_s: float) -> float:
@@ -222,11 +249,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-keys", type=int, default=None)
     ap.add_argument("--max-memory", type=int, default=None, help="bytes")
     ap.add_argument("--checkpoint-seconds", type=float, default=60.0)
+    ap.add_argument("--checkpoint-replay-seconds", type=float, default=2.0,
+                    help="checkpoint sooner once a restart would replay this much work")
     ap.add_argument("--node", default=None, help="host:port this node serves HTTP on (GET /api/v1/cluster)")
     ap.add_argument("--peer-port", type=int, default=None, help="where other nodes' forwarded reads arrive")
     a = ap.parse_args(argv)
     return run(a.repo, a.socket, fsync=a.fsync, capacity=a.capacity, max_keys=a.max_keys,
-               max_memory=a.max_memory, checkpoint_s=a.checkpoint_seconds, node=a.node, peer_port=a.peer_port)
+               max_memory=a.max_memory, checkpoint_s=a.checkpoint_seconds,
+               checkpoint_replay_s=a.checkpoint_replay_seconds, node=a.node, peer_port=a.peer_port)
 
 
 if __name__ == "__main__":

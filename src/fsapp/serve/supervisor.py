@@ -97,13 +97,15 @@ def _wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float,
 class Service:
     def __init__(self, repo_dir: str, *, host: str = "127.0.0.1", port: int = 9094, workers: int = 2,
                  fsync: str = "always", capacity: int | None = None, max_keys: int | None = None,
-                 max_memory: int | None = None, checkpoint_s: float = 60.0, grpc_port: int = 0, grpc_workers: int = 2, log=sys.stderr):
+                 max_memory: int | None = None, checkpoint_s: float = 60.0, checkpoint_replay_s: float = 2.0,
+                 grpc_port: int = 0, grpc_workers: int = 2, log=sys.stderr):
         self.repo = Repo(repo_dir)
         self.grpc_port, self.grpc_workers = grpc_port, grpc_workers
         self.grpc: list[subprocess.Popen] = []
         self.host, self.port, self.workers = host, port, workers
         self.fsync, self.capacity, self.max_keys, self.checkpoint_s = fsync, capacity, max_keys, checkpoint_s
         self.max_memory = max_memory
+        self.checkpoint_replay_s = checkpoint_replay_s
         self.socket = socket_path_for(self.repo)
         self.log = log
         self.engine: subprocess.Popen | None = None
@@ -124,6 +126,7 @@ class Service:
         self.engine = subprocess.Popen(
             [sys.executable, "-m", "fsapp.serve.engine_server", "--repo", str(self.repo.root),
              "--socket", self.socket, "--fsync", self.fsync, "--checkpoint-seconds", str(self.checkpoint_s),
+             "--checkpoint-replay-seconds", str(self.checkpoint_replay_s),
              "--node", f"{self.host}:{self.port}"]
             + (["--peer-port", str(self.peer_port)] if self.peer_port else [])
             + (["--capacity", str(self.capacity)] if self.capacity else [])
