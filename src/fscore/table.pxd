@@ -36,6 +36,13 @@ cdef class Table:
     cdef Py_ssize_t[::1] col_width
     cdef uint8_t[::1] col_kind
     cdef bint int_key
+    # rows written since track_writes() (a checkpoint's snapshot_end copies only those again)
+    cdef object _dlog_arr
+    cdef int32_t *dlog
+    cdef Py_ssize_t ndirty, dirty_cap
+    cdef bint tracking, dirty_overflow
+    cdef int64_t track_epoch
+    cdef readonly Py_ssize_t last_fixup
 
     cdef int _encode_one(self, object key, uint8_t *dst) except -1
     cdef int rows_into(self, object keys, Py_ssize_t n, int64_t now, uint8_t *status, int64_t *ets,
@@ -47,5 +54,6 @@ cdef class Table:
     cdef Py_ssize_t _find(self, const uint8_t *key, uint64_t h, Py_ssize_t *slot_out) noexcept nogil
     cdef Py_ssize_t _probe_read(self, const uint8_t *key, uint64_t h) noexcept nogil
     cdef void _unlink(self, Py_ssize_t slot, Py_ssize_t row) noexcept nogil
+    cdef void _dirty(self, const uint8_t *p) noexcept nogil
     cdef int _insert_index(self, const uint8_t *key, uint64_t h, Py_ssize_t row) noexcept nogil
     cdef Py_ssize_t _expire_nogil(self, int64_t now) noexcept nogil

@@ -445,15 +445,42 @@ cdef class Table:
             return out
         return np.array(self._arr, copy=True)
 
+    def track_writes(self):
+        """From the writer (no write in progress): logs the rows written from
+        now on, so that the next `snapshot_end` copies only those again instead
+        of reading every row's count (~4 ms at 100k rows, ~10x that at 1M,
+        under a checkpoint's lock). The log holds a quarter of the capacity;
+        past that snapshot_end reads every count, as without it."""
+        cdef int32_t[::1] buf
+        want = max(4096, self.capacity_ // 4)
+        if self._dlog_arr is None or self._dlog_arr.shape[0] < want:
+            self._dlog_arr = np.empty(want, dtype=np.int32)
+            buf = self._dlog_arr
+            self.dlog, self.dirty_cap = &buf[0], want
+        self.ndirty, self.dirty_overflow = 0, False
+        self.track_epoch += 1
+        self.tracking = True
+
+    cdef void _dirty(self, const uint8_t *p) noexcept nogil:
+        """A row is being written: logged while track_writes is on."""
+        if self.tracking:
+            if self.ndirty < self.dirty_cap:
+                self.dlog[self.ndirty] = <int32_t>((p - self.rows) // self.stride)
+                self.ndirty += 1
+            else:
+                self.dirty_overflow = True
+
     def snapshot_begin(self, out=None):
         """Step 1 of a snapshot that holds the writer's lock only briefly
         (a checkpoint): a copy of the whole buffer taken from any thread,
         without the GIL, while the writer goes on. Rows written meanwhile may
         be torn in it; `snapshot_end` copies those again. Returns a token
-        for snapshot_end. `out`: as for snapshot."""
+        for snapshot_end. `out`: as for snapshot. Call `track_writes` first
+        (from the writer) and snapshot_end copies only the rows written since."""
         arr = self._arr
         if arr is None:
             raise ValueError("table is closed")
+        epoch = self.track_epoch if self.tracking else -1
         if not _fits(out, arr):
             out = np.empty_like(arr)
         cdef uint8_t[::1] dst = out
@@ -461,27 +488,41 @@ cdef class Table:
         cdef Py_ssize_t n = arr.shape[0]
         with nogil:
             memcpy(&dst[0], &src[0], n)
-        return (arr, out)
+        return (arr, out, epoch)
 
     def snapshot_end(self, token):
         """Step 2, from the writer thread (no write in progress): makes the
         copy of `snapshot_begin` consistent as of now and returns it. The
-        header and index are copied again (a few % of the buffer) and the
-        rows whose seqlock moved since their copy (or was odd in it: a write
-        in progress); every row write goes through its seqlock, a monotonic
-        counter, so an unchanged even count means an unchanged row. When the
-        table moved to another buffer meanwhile (it grew), a whole copy."""
-        arr, out = token
+        header and index are copied again (a few % of the buffer), then the
+        rows written since: those `track_writes` logged when it was on from
+        before step 1 (`last_fixup`: how many), else every row whose seqlock
+        moved since its copy (or was odd in it: a write in progress) — every
+        row write goes through its seqlock, a monotonic counter, so an
+        unchanged even count means an unchanged row (`last_fixup` -1). When
+        the table moved to another buffer meanwhile (it grew), a whole copy.
+        Stops the log."""
+        arr, out, epoch = token
+        logged = (epoch >= 0 and self.tracking and epoch == self.track_epoch and not self.dirty_overflow)
+        self.tracking = False
         if arr is not self._arr:
+            self.last_fixup = -1
             return self.snapshot()
         cdef uint8_t[::1] dst = out
-        cdef Py_ssize_t r, stride = self.stride, roff = self.layout.rows_offset, cap = self.capacity_
+        cdef Py_ssize_t r, i, stride = self.stride, roff = self.layout.rows_offset, cap = self.capacity_
+        cdef Py_ssize_t nd = self.ndirty
         cdef uint8_t *o = &dst[0]
+        cdef bint by_log = logged
         with nogil:
             memcpy(o, self.base, roff)
-            for r in range(cap):
-                if (<int64_t *>(self.rows + r * stride))[0] != (<int64_t *>(o + roff + r * stride))[0]:
+            if by_log:
+                for i in range(nd):
+                    r = self.dlog[i]
                     memcpy(o + roff + r * stride, self.rows + r * stride, stride)
+            else:
+                for r in range(cap):
+                    if (<int64_t *>(self.rows + r * stride))[0] != (<int64_t *>(o + roff + r * stride))[0]:
+                        memcpy(o + roff + r * stride, self.rows + r * stride, stride)
+        self.last_fixup = nd if by_log else -1
         return out
 
     def flush(self):
@@ -615,6 +656,7 @@ cdef class Table:
         cdef uint8_t *p = self.rows + row * self.stride
         fs_atomic_store_i64(<int64_t *>&self.index[slot], TOMBSTONE)
         fs_seq_write_begin(<int64_t *>p)
+        self._dirty(p)
         p[ROW_STATE] = 0
         fs_seq_write_end(<int64_t *>p)
         self.free_rows[self.nfree] = <int32_t>row
@@ -702,6 +744,7 @@ cdef class Table:
                         row = self.free_rows[self.nfree]
                         p = self.rows + row * stride
                     fs_seq_write_begin(<int64_t *>p)
+                    self._dirty(p)
                     (<int64_t *>(p + ROW_ETS))[0] = e
                     (<int64_t *>(p + ROW_CTS))[0] = ce
                     if p[ROW_STATE] == 0:
@@ -793,6 +836,7 @@ cdef class Table:
                         row = self.free_rows[self.nfree]
                         p = self.rows + row * self.stride
                         fs_seq_write_begin(<int64_t *>p)
+                        self._dirty(p)
                         (<int64_t *>(p + ROW_ETS))[0] = tnow
                         (<int64_t *>(p + ROW_CTS))[0] = tnow
                         memcpy(p + ROW_KEY, &kmat[i, 0], self.kw8)
@@ -846,6 +890,7 @@ cdef class Table:
             for i in range(n):
                 p = self.rows + rid[i] * self.stride
                 fs_seq_write_begin(<int64_t *>p)
+                self._dirty(p)
                 (<int64_t *>(p + ROW_ETS))[0] = ets[i]
                 (<int64_t *>(p + ROW_CTS))[0] = cts[i]
                 for c in range(ncols):
@@ -950,6 +995,7 @@ cdef class Table:
                 p = self.rows + rid[i] * self.stride
                 if p[ROW_STATE] & ROW_LIVE and p[ROW_STATE] != want:
                     fs_seq_write_begin(<int64_t *>p)
+                    self._dirty(p)
                     p[ROW_STATE] = want
                     fs_seq_write_end(<int64_t *>p)
                     changed += 1

@@ -228,16 +228,19 @@ def test_an_unpublished_table_is_invisible_to_readers_until_published(tmp_path):
     assert Table.open_reader(path).get(1, now=0)[1] == 2
 
 
-def test_a_snapshot_taken_in_two_steps_equals_a_whole_copy_while_a_writer_runs():
+@pytest.mark.parametrize("tracked", [True, False], ids=["write-log", "count-scan"])
+def test_a_snapshot_taken_in_two_steps_equals_a_whole_copy_while_a_writer_runs(tracked):
     """Checkpoints copy a table off the writer's lock (snapshot_begin, racing
     the writer: torn rows expected) and make it consistent under the lock
-    (snapshot_end: rows whose seqlock moved copied again). Each result must be
-    the exact bytes a whole copy gives at that instant, through inserts,
-    overwrites, deletes, evictions, hidden rows and grows."""
+    (snapshot_end: the rows written meanwhile copied again — those the write
+    log holds when track_writes ran first, else those whose seqlock moved).
+    Each result must be the exact bytes a whole copy gives at that instant,
+    through inserts, overwrites (put_batch, put_rows), deletes, evictions,
+    expiries, hidden and shown rows, compactions and grows."""
     import threading
     import time
 
-    t = Table(SCHEMA, capacity=64)
+    t = Table(SCHEMA, capacity=64, ttl_us=400)
     lock, stop, errors = threading.Lock(), threading.Event(), []
     rng = np.random.default_rng(7)
 
@@ -249,29 +252,44 @@ def test_a_snapshot_taken_in_two_steps_equals_a_whole_copy_while_a_writer_runs()
                     now += 1
                     keys = rng.integers(0, 3000, 40)
                     t.put_batch(keys, rows(keys.tolist(), base=now), np.full(keys.size, now), now=now)
+                    if now % 3 == 0:
+                        got, _fresh = t.slots_for(rng.integers(0, 3000, 10), now=now)
+                        t.put_rows(got, rows(got.tolist(), base=-now), np.full(got.size, now), np.full(got.size, now))
                     if now % 7 == 0:
                         t.delete_batch(rng.integers(0, 3000, 20))
                     if now % 11 == 0:
                         found = t.find_rows(rng.integers(0, 3000, 10))
                         t.hide_rows(found[found >= 0])
+                    if now % 17 == 0:
+                        hidden = t.hidden_rows()
+                        t.show_rows(hidden[:5])
                     if now % 13 == 0:
                         t.evict_oldest(5)
+                    if now % 19 == 0:
+                        t.expire(now)
+                    if now % 23 == 0:
+                        t.compact()
                     if now % 29 == 0 and t.capacity < 4096:
                         t.grow(t.capacity * 2)
+                time.sleep(0)  # lets the snapshots take the lock (it is not fair)
         except BaseException as e:  # noqa: BLE001 - reported by the test
             errors.append(e)
 
     w = threading.Thread(target=writer)
     w.start()
-    copy, patched = None, 0
+    copy, patched, by_log = None, 0, 0
     try:
         deadline = time.monotonic() + 120
-        while (patched < 20 or t.capacity == 64) and time.monotonic() < deadline:  # until it grew, too
+        while (patched < 20 or t.capacity == 64 or (tracked and by_log < 10)) and time.monotonic() < deadline:
+            if tracked:
+                with lock:  # the writer's lock: no write in progress
+                    t.track_writes()
             token = t.snapshot_begin(out=copy)
             with lock:
                 fixed = t.snapshot_end(token)
                 whole = t.snapshot()
             assert fixed.tobytes() == whole.tobytes()
+            by_log += t.last_fixup >= 0
             copy = fixed
             patched += 1
     finally:
@@ -279,7 +297,38 @@ def test_a_snapshot_taken_in_two_steps_equals_a_whole_copy_while_a_writer_runs()
         w.join()
     assert not errors, errors
     assert patched >= 20 and t.capacity > 64   # it grew during the snapshots
+    assert by_log >= 10 if tracked else by_log == 0
     assert Table.from_snapshot(fixed).snapshot().tobytes() == fixed.tobytes()
+
+
+WRITES = {
+    "put_batch new": lambda t, now: t.put_batch([9001, 9002], rows([9001, 9002], 5.0), [now, now], now=now),
+    "put_batch over": lambda t, now: t.put_batch([3, 4], rows([3, 4], 7.0), [now, now], now=now),
+    "slots_for new": lambda t, now: t.slots_for([9003, 9004], now=now),
+    "put_rows": lambda t, now: t.put_rows(t.find_rows([5, 6]), rows([5, 6], 9.0), [now, now], [now, now]),
+    "delete": lambda t, now: t.delete_batch([7, 8]),
+    "hide": lambda t, now: t.hide_rows(t.find_rows([9, 10])),
+    "show": lambda t, now: t.show_rows(t.find_rows([11])),
+    "evict": lambda t, now: t.evict_oldest(2),
+    "expire": lambda t, now: t.expire(now + 10_000),
+    "compact": lambda t, now: t.compact(),
+}
+
+
+@pytest.mark.parametrize("write", sorted(WRITES))
+def test_every_kind_of_row_write_is_logged_for_the_snapshot_fixup(write):
+    """A write after snapshot_begin's copy must reach the copy through
+    snapshot_end's write log: each kind of row write, one at a time."""
+    t = Table(SCHEMA, capacity=64, ttl_us=1_000)
+    keys = list(range(40))
+    t.put_batch(keys, rows(keys), np.arange(40) * 10, now=500)
+    t.hide_rows(t.find_rows([11]))
+    t.track_writes()
+    token = t.snapshot_begin()
+    WRITES[write](t, 600)
+    fixed = t.snapshot_end(token)
+    assert t.last_fixup >= 0  # through the log, not a scan
+    assert fixed.tobytes() == t.snapshot().tobytes()
 
 
 def test_slots_for_takes_keys_encoded_once():
