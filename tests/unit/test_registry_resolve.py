@@ -103,6 +103,10 @@ def problems(extra, base=BASE):
     ("CREATE ENTITY loc (point DOUBLE)", "keys are integers or VARCHAR"),
     ("CREATE FEATURE VIEW v AS SELECT user_id, {'a': age} AS s FROM profiles", "online store cannot hold"),
     ("CREATE FEATURE SERVICE s AS (nope:x)", "no feature view 'nope'"),
+    # its projection held two columns named ts, and every push raised KeyError
+    ("CREATE FEATURE VIEW v AS SELECT user_id, amount, ts FROM transactions",
+     "feature 'ts' is transactions's timestamp column, which every row is served with as its event_timestamp; "
+     "to serve it as a feature too, select it under another name (ts AS event_time)"),
 ])
 def test_each_mistake_has_a_clear_message(extra, message):
     if message.startswith("unknown aggregation"):

@@ -190,6 +190,13 @@ class _Checker:
         clash = sorted(key_names & {f[0] for f in out if f})
         if clash:
             self.fail("feature_view", view.name, f"feature name(s) {', '.join(clash)} clash with the entity key")
+        if isinstance(src, Stream) and src.timestamp in {f[0] for f in out if f}:
+            # each pushed batch's projection would hold two columns of that name (the event time and
+            # the feature) and every push failed; a file source's view is materialized by a query
+            self.fail("feature_view", view.name, f"feature {src.timestamp!r} is {src.name}'s timestamp column, which "
+                                                 f"every row is served with as its event_timestamp; to serve it as a "
+                                                 f"feature too, select it under another name ({src.timestamp} AS "
+                                                 f"event_time)")
         if not ok or len(self.problems) > problems_before:
             return None
         bound = replace(view, entities=tuple(e.name for e in entities), features=tuple(features))
