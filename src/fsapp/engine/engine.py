@@ -72,6 +72,24 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def _same_projection(ours: pa.Table, duck: pa.Table) -> bool:
+    """A compiled projection equals DuckDB's: same columns, same values
+    (NaN equal to NaN), each of ours cast to DuckDB's type."""
+    if ours.column_names != duck.column_names or ours.num_rows != duck.num_rows:
+        return False
+    for a, b in zip(ours.columns, duck.columns):
+        try:
+            a = a.cast(b.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return False
+        if a.to_pylist() != b.to_pylist():
+            x, y = a.to_pylist(), b.to_pylist()
+            if any(not (u == v or (isinstance(u, float) and isinstance(v, float) and u != u and v != v))
+                   for u, v in zip(x, y)):
+                return False
+    return True
+
+
 def _iso(us: int) -> str:
     try:
         return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(us))).isoformat()
@@ -416,6 +434,11 @@ class Engine:
             return prepared
         batch = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
         queried = [rt for _, rt in views if rt.bare is None]
+        # compiled projections (numpy) where they hold for this batch; DuckDB
+        # for the rest, and for a compiled one's first batches, to check it
+        direct = {rt: p for rt in queried if rt.compiled is not None
+                  for p in [rt.compiled(batch)] if p is not None}
+        queried = [rt for rt in queried if rt not in direct or rt.shadow_left > 0]
         projected = {}
         if queried:
             cur.register("__batch", batch)
@@ -429,6 +452,15 @@ class Engine:
                                  f"{str(e).strip().splitlines()[0]}") from None
             finally:
                 cur.unregister("__batch")
+        for rt, p in direct.items():
+            if rt not in projected:
+                projected[rt] = p
+            elif not _same_projection(p, projected[rt]):
+                log.error("feature view %s: its compiled SELECT disagrees with DuckDB's on a batch; DuckDB "
+                          "projects it from now on (please report: %s)", rt.name, rt.info.projection_items())
+                rt.compiled = None
+            else:
+                rt.shadow_left -= 1
         for key, rt in views:
             vb = rt.prepare(cur, batch, projected.get(rt))
             if self.max_keys is not None and rt.aggregated:

@@ -673,8 +673,9 @@ class _Builder:
 class CompiledExpr:
     """`sql` compiled against `inputs`; call it on a batch of columns."""
 
-    def __init__(self, sql: str, inputs: dict[str, str], root: Node, output_type: str, used: set[str]):
-        self.sql, self._types, self._root = sql, inputs, root
+    def __init__(self, sql: str, inputs: dict[str, str], root: Node, output_type: str, used: set[str],
+                 checked: Node | None = None):
+        self.sql, self._types, self._root, self._checked = sql, inputs, root, checked
         self.output_type = output_type
         self.inputs = tuple(name for name in inputs if name in used)
 
@@ -694,6 +695,14 @@ class CompiledExpr:
         values, null, _ = self._root(env, n)
         return _output(values, self.output_type), np.asarray(null, dtype=bool).copy()
 
+    def run_checked(self, env: dict, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As `run`, of `sql` itself rather than TRY(sql) (compiled with
+        checked=True): (values, null, the rows on which DuckDB raises)."""
+        if self._checked is None:
+            raise ValueError("compile_expression(..., checked=True) compiles run_checked")
+        values, null, err = self._checked(env, n)
+        return _output(values, self.output_type), np.asarray(null, dtype=bool).copy(), np.asarray(err, dtype=bool)
+
 
 def make_env(columns: dict, types: dict[str, str], n: int, what: str = "on-demand expression") -> dict:
     """The evaluators' view of the input columns: name -> (values in the
@@ -712,11 +721,13 @@ def make_env(columns: dict, types: dict[str, str], n: int, what: str = "on-deman
     return env
 
 
-def compile_expression(sql: str, inputs: dict[str, str]) -> CompiledExpr:
+def compile_expression(sql: str, inputs: dict[str, str], *, checked: bool = False) -> CompiledExpr:
     """sql: one DuckDB scalar expression. inputs: column name -> DuckDB type
     name; a qualified input is named 'view.feature'. Raises Unsupported for
     constructs outside the subset, ValueError for a column that is not an
-    input or an expression DuckDB rejects."""
+    input or an expression DuckDB rejects. `checked`: also compile
+    `run_checked` (the expression under the TRY, with the rows that raise:
+    a feature view's projection refuses a batch where DuckDB raises)."""
     types = _check_types(inputs)
     root, ref_names = _plan(sql, types)
     if root["expression_class"] == "BOUND_CONSTANT":  # e.g. `flag OR true`: the TRY was folded away
@@ -724,7 +735,12 @@ def compile_expression(sql: str, inputs: dict[str, str]) -> CompiledExpr:
                 "return_type": root["value"]["type"]}
     builder = _Builder(sql, ref_names)
     fn, t = builder.value(root)
-    return CompiledExpr(sql, types, fn, t, builder.used)
+    inner = None
+    if checked:  # the optimizer may have dropped a TRY it proved idle: then the root is the expression
+        inner, inner_t = builder.value(root["children"][0]) if root.get("type") == "OPERATOR_TRY" else (fn, t)
+        if inner_t != t:
+            raise Unsupported(f"expression {sql!r}: TRY changes its type ({inner_t} -> {t})")
+    return CompiledExpr(sql, types, fn, t, builder.used, inner)
 
 
 def duckdb_evaluate(sql: str, inputs: dict[str, str], columns) -> tuple[np.ndarray, np.ndarray]:

@@ -88,16 +88,9 @@ class FeatureViewInfo(_Version):
         d = self.definition
         if d.filter:
             return None
-        lower = {c.lower(): c for c in stream_columns}
-
-        def column(expr: str) -> str | None:
-            expr = expr.strip()
-            if re.fullmatch(r'"[^"]+"', expr):
-                return expr[1:-1] if expr[1:-1] in stream_columns else None
-            return lower.get(expr.lower()) if re.fullmatch(r"[A-Za-z_]\w*", expr) else None
-
         # keys and the timestamp are quoted identifiers in the SQL: exact names
-        out = [(column(_qi(name) if expr is None else expr), name) for expr, name in self._projection()]
+        out = [(bare_column(_qi(name) if expr is None else expr, stream_columns), name)
+               for expr, name in self._projection()]
         names = [name for _, name in out]
         if any(src is None for src, _ in out) or len(set(names)) != len(names):
             return None
@@ -142,6 +135,18 @@ class FeatureViewInfo(_Version):
         else:
             items += [(p.expr, p.name) for p in d.features]
         return items
+
+
+def bare_column(expr: str, stream_columns: list[str]) -> str | None:
+    """The stream column a SELECT item is when it is only a column reference
+    (resolved as DuckDB does: case-insensitively, or exactly when quoted),
+    else None."""
+    expr = expr.strip()
+    if re.fullmatch(r'"[^"]+"', expr):
+        return expr[1:-1] if expr[1:-1] in stream_columns else None
+    if not re.fullmatch(r"[A-Za-z_]\w*", expr):
+        return None
+    return {c.lower(): c for c in stream_columns}.get(expr.lower())
 
 
 class OnDemandInfo(_Version):
