@@ -693,8 +693,9 @@ cdef class Table:
 
     # ---- writes -------------------------------------------------------------
 
-    def put_batch(self, keys, values=None, event_ts=None, created_ts=None, *, now, nulls=None):
-        """Upserts rows; returns how many were written (see the module rules)."""
+    def put_batch(self, keys, values=None, event_ts=None, created_ts=None, *, now, nulls=None, encoded=None):
+        """Upserts rows; returns how many were written (see the module rules).
+        `encoded`: as for slots_for."""
         cdef Py_ssize_t n, i, c, row, slot, ncols = self.ncols, stride = self.stride
         cdef int64_t tnow = now, e, ce, cutoff
         cdef uint64_t h
@@ -703,7 +704,7 @@ cdef class Table:
         cdef Py_ssize_t written = 0, stale = 0
         cdef bint need_room
         self._check_writable()
-        enc = self._encode_keys(keys)
+        enc = self._keys_or_encoded(keys, encoded)
         n = enc.shape[0]
         ets_a, cts_a = _batch.timestamps(event_ts, created_ts, n)
         vals, masks = _batch.value_columns(self.schema, values, n, nulls)
@@ -791,6 +792,15 @@ cdef class Table:
 
     # ---- row ids (for the engine's per-key window state) ---------------------
 
+    def _keys_or_encoded(self, keys, encoded):
+        if encoded is None:
+            return self._encode_keys(keys)
+        if not (isinstance(encoded, np.ndarray) and encoded.dtype == np.uint8 and encoded.ndim == 2
+                and encoded.shape[1] == self.kw8 and encoded.flags.c_contiguous):
+            raise ValueError(f"encoded keys must be a C-contiguous uint8 array of shape (n, {self.kw8}), "
+                             "as encode_keys returns")
+        return encoded
+
     def slots_for(self, keys, *, now, encoded=None):
         """Row ids of the given keys, inserting missing keys as rows with every
         value null and event_ts = created_ts = now (so eviction takes them
@@ -805,14 +815,7 @@ cdef class Table:
         cdef uint8_t *p
         cdef bint need_room
         self._check_writable()
-        if encoded is None:
-            enc = self._encode_keys(keys)
-        else:
-            enc = encoded
-            if not (isinstance(enc, np.ndarray) and enc.dtype == np.uint8 and enc.ndim == 2
-                    and enc.shape[1] == self.kw8 and enc.flags.c_contiguous):
-                raise ValueError(f"encoded keys must be a C-contiguous uint8 array of shape (n, {self.kw8}), "
-                                 "as encode_keys returns")
+        enc = self._keys_or_encoded(keys, encoded)
         n = enc.shape[0]
         rows_a = np.full(n, -1, dtype=np.int64)
         created_a = np.zeros(n, dtype=np.bool_)

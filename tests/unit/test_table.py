@@ -342,6 +342,12 @@ def test_slots_for_takes_keys_encoded_once():
     got, want = a.slots_for(None, now=5, encoded=enc), b.slots_for(keys, now=5)
     assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist() == [True, True, False, True]
     assert a.snapshot().tobytes() == b.snapshot().tobytes()
+    # plain views: put_batch takes the encoding too
+    vals = {"x": np.array([1.0, 2.0, 3.0, 4.0])}
+    assert a.put_batch(None, vals, [6, 6, 7, 6], now=8, encoded=enc) == b.put_batch(keys, vals, [6, 6, 7, 6], now=8)
+    assert a.snapshot().tobytes() == b.snapshot().tobytes()
+    with pytest.raises(ValueError, match="shape"):
+        a.put_batch(None, vals, [6, 6, 7, 6], now=8, encoded=enc[:, :8].copy())
     with pytest.raises(ValueError, match="shape"):
         a.slots_for(None, now=5, encoded=enc[:, :8].copy())
     with pytest.raises(KeyEncodingError):

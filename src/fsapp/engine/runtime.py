@@ -371,7 +371,7 @@ class ViewRuntime:
             values = {k: v[0] for k, v in vb.columns.items()}
             nulls = {k: v[1] for k, v in vb.columns.items()}
             return self.table.put_batch(vb.keys, values, vb.ts, np.full(n, now, dtype=np.int64), now=now,
-                                        nulls=nulls)
+                                        nulls=nulls, encoded=vb.encoded)
         self.latest_now = max(self.latest_now, now)
         released = self._release(now)
         if n == 0:
