@@ -144,3 +144,25 @@ def test_after_its_checked_batches_a_compiled_projection_runs_without_duckdb(tmp
     with pytest.raises(Exception, match="(?i)overflow|out of range"):
         eng.push("ev", {"k": [1], "x": [1.0], "n": [INT32], "b": [True], "s": ["US"], "ts": [now - 1]}, now=now)
     eng.close()
+
+
+def test_a_compiled_projection_that_fails_leaves_the_batch_to_duckdb(tmp_path, caplog):
+    """A bug in a compiled projection (an exception) must not refuse a batch
+    DuckDB takes (nor answer HTTP 500): logged, and DuckDB projects the view."""
+    (tmp_path / "fstore.yaml").write_text("project: p\n")
+    (tmp_path / "defs.sql").write_text(DEFS)
+    repo = Repo(tmp_path)
+    repo.apply()
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
+    rt = next(r for r in eng.runtimes.values() if r.name == "starter_like")
+
+    def broken(batch):
+        raise TypeError("a bug")
+    rt.compiled = broken
+    now = 1_764_000_100_000_000
+    with caplog.at_level(logging.ERROR, logger="fsapp.engine"):
+        res = eng.push("ev", {"k": [4], "x": [3.0], "n": [1], "b": [True], "s": ["DE"], "ts": [now - 1]}, now=now)
+    assert res.accepted == 1 and rt.compiled is None and "compiled SELECT failed" in caplog.text
+    out = eng.get_online_features(["starter_like:foreign_n"], entities={"k": [4]}, now=now)
+    assert out["results"][1]["values"] == [1]
+    eng.close()

@@ -436,8 +436,19 @@ class Engine:
         queried = [rt for _, rt in views if rt.bare is None]
         # compiled projections (numpy) where they hold for this batch; DuckDB
         # for the rest, and for a compiled one's first batches, to check it
-        direct = {rt: p for rt in queried if rt.compiled is not None
-                  for p in [rt.compiled(batch)] if p is not None}
+        direct = {}
+        for rt in queried:
+            if rt.compiled is None:
+                continue
+            try:
+                p = rt.compiled(batch)
+            except Exception:  # noqa: BLE001 - a bug in it must not refuse a batch DuckDB takes
+                log.exception("feature view %s: its compiled SELECT failed on a batch; DuckDB projects it "
+                              "from now on", rt.name)
+                rt.compiled = None
+                continue
+            if p is not None:
+                direct[rt] = p
         queried = [rt for rt in queried if rt not in direct or rt.shadow_left > 0]
         projected = {}
         if queried:
