@@ -82,7 +82,7 @@ def _same_projection(ours: pa.Table, duck: pa.Table) -> bool:
             a = a.cast(b.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return False
-        if a.to_pylist() != b.to_pylist():
+        if not a.equals(b):  # NaN differs from NaN there: then value by value
             x, y = a.to_pylist(), b.to_pylist()
             if any(not (u == v or (isinstance(u, float) and isinstance(v, float) and u != u and v != v))
                    for u, v in zip(x, y)):

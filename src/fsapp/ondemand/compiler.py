@@ -418,7 +418,7 @@ class _Builder:
                 hit = (np.full(n, x, dtype=_DTYPES[t]), np.full(n, is_null), np.zeros(n, bool))
                 for a in hit:
                     a.flags.writeable = False
-                if len(cache) < 64:
+                if len(cache) < 64 and n <= 4096:  # request-sized batches; a view's projection sees big ones
                     cache[n] = hit
             return hit
         return run, t
