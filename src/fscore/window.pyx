@@ -435,6 +435,10 @@ cdef class WindowView:
             except (OSError, ValueError):   # strict overcommit (vm.overcommit_memory=2): keep doubling
                 m = None
             if m is not None:
+                try:
+                    m.madvise(mmap.MADV_HUGEPAGE)
+                except (AttributeError, OSError):
+                    pass
                 pool = np.frombuffer(m, dtype=np.int64).reshape(rows, self.layout.width)
                 pool[:self.pool_top] = self.pool[:self.pool_top]
                 self._set_pool(pool, self.pool_top)
