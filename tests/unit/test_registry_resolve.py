@@ -105,8 +105,11 @@ def problems(extra, base=BASE):
     ("CREATE FEATURE SERVICE s AS (nope:x)", "no feature view 'nope'"),
     # its projection held two columns named ts, and every push raised KeyError
     ("CREATE FEATURE VIEW v AS SELECT user_id, amount, ts FROM transactions",
-     "feature 'ts' is transactions's timestamp column, which every row is served with as its event_timestamp; "
-     "to serve it as a feature too, select it under another name (ts AS event_time)"),
+     "a feature named 'ts' clashes with transactions's timestamp column, which every row is served with as its "
+     "event_timestamp; give the feature another name (to serve the event time itself: ts AS event_time)"),
+    ("CREATE FEATURE VIEW v AS SELECT user_id, amount AS ts FROM transactions", "a feature named 'ts' clashes"),
+    ("CREATE FEATURE VIEW v AS SELECT user_id, amount AS _fs_row FROM transactions",
+     "feature name(s) _fs_row start with a prefix fstore reserves"),
 ])
 def test_each_mistake_has_a_clear_message(extra, message):
     if message.startswith("unknown aggregation"):

@@ -18,8 +18,8 @@ import duckdb
 from fsapp.registry.dsl import tokenize
 from fsapp.registry.errors import DefinitionError
 from fsapp.registry.model import (
-    ANY_TYPE_AGGS, KIND_ORDER, Entity, FeatureRef, FeatureService, FeatureView, FileSource, OnDemandView,
-    RequestSource, Stream, canonical_type, is_numeric_type, kind_label, online_kind,
+    ANY_TYPE_AGGS, KIND_ORDER, RESERVED_PREFIXES, Entity, FeatureRef, FeatureService, FeatureView, FileSource,
+    OnDemandView, RequestSource, Stream, canonical_type, is_numeric_type, kind_label, online_kind,
 )
 
 # A hidden column in every probe table: selecting it beside an expression makes
@@ -190,13 +190,19 @@ class _Checker:
         clash = sorted(key_names & {f[0] for f in out if f})
         if clash:
             self.fail("feature_view", view.name, f"feature name(s) {', '.join(clash)} clash with the entity key")
-        if isinstance(src, Stream) and src.timestamp in {f[0] for f in out if f}:
+        reserved = [n for n in [p.name for p in features] + [a.name for a in view.aggregations]
+                    if n.lower().startswith(RESERVED_PREFIXES)]
+        if reserved:  # `x AS _fs_row` met the engine's own row column in each batch's projection
+            # (checked here, at apply, not in the model: a stored definition still loads)
+            self.fail("feature_view", view.name, f"feature name(s) {', '.join(reserved)} start with a prefix "
+                                                 f"fstore reserves ({', '.join(RESERVED_PREFIXES)}); rename them")
+        if isinstance(src, Stream) and src.timestamp in {p.name for p in features}:
             # each pushed batch's projection would hold two columns of that name (the event time and
             # the feature) and every push failed; a file source's view is materialized by a query
-            self.fail("feature_view", view.name, f"feature {src.timestamp!r} is {src.name}'s timestamp column, which "
-                                                 f"every row is served with as its event_timestamp; to serve it as a "
-                                                 f"feature too, select it under another name ({src.timestamp} AS "
-                                                 f"event_time)")
+            self.fail("feature_view", view.name, f"a feature named {src.timestamp!r} clashes with {src.name}'s "
+                                                 f"timestamp column, which every row is served with as its "
+                                                 f"event_timestamp; give the feature another name (to serve the "
+                                                 f"event time itself: {src.timestamp} AS event_time)")
         if not ok or len(self.problems) > problems_before:
             return None
         bound = replace(view, entities=tuple(e.name for e in entities), features=tuple(features))
