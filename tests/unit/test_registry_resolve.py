@@ -108,6 +108,11 @@ def problems(extra, base=BASE):
      "a feature named 'ts' clashes with transactions's timestamp column, which every row is served with as its "
      "event_timestamp; give the feature another name (to serve the event time itself: ts AS event_time)"),
     ("CREATE FEATURE VIEW v AS SELECT user_id, amount AS ts FROM transactions", "a feature named 'ts' clashes"),
+    # online served S = count, the training set S = sum
+    ("CREATE FEATURE VIEW v AS SELECT user_id, sum(amount) OVER lifetime() AS s, count(*) OVER lifetime() AS S "
+     "FROM transactions", "feature names S, s differ only in case, and SQL names do not"),
+    ("CREATE FEATURE VIEW v AS SELECT user_id, amount AS a, amount * 2 AS A FROM transactions",
+     "feature names A, a differ only in case"),
     ("CREATE FEATURE VIEW v AS SELECT user_id, amount AS _fs_row FROM transactions",
      "feature name(s) _fs_row start with a prefix fstore reserves"),
 ])

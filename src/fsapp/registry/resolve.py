@@ -190,8 +190,12 @@ class _Checker:
         clash = sorted(key_names & {f[0] for f in out if f})
         if clash:
             self.fail("feature_view", view.name, f"feature name(s) {', '.join(clash)} clash with the entity key")
-        reserved = [n for n in [p.name for p in features] + [a.name for a in view.aggregations]
-                    if n.lower().startswith(RESERVED_PREFIXES)]
+        names = [p.name for p in features] + [a.name for a in view.aggregations]
+        folded = sorted({n for n in names if [m.lower() for m in names].count(n.lower()) > 1})
+        if folded:  # sum(x) AS s, count(*) AS S: the training set's query read one column for both
+            self.fail("feature_view", view.name, f"feature names {', '.join(folded)} differ only in case, and SQL "
+                                                 f"names do not (DuckDB reads one for the other); rename one")
+        reserved = [n for n in names if n.lower().startswith(RESERVED_PREFIXES)]
         if reserved:  # `x AS _fs_row` met the engine's own row column in each batch's projection
             # (checked here, at apply, not in the model: a stored definition still loads)
             self.fail("feature_view", view.name, f"feature name(s) {', '.join(reserved)} start with a prefix "
