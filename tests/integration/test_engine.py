@@ -508,3 +508,38 @@ def test_rows_hidden_when_a_checkpoint_was_taken_are_served_after_a_restart(repo
     eng = Engine(d, str(repo.registry_path), fsync="always")
     assert eng.get_online_features(feats, entities=users, now=now) == before
     eng.close()
+
+
+def test_a_value_that_is_not_finite_is_null_in_the_training_set_as_online(tmp_path):
+    """x / 0 and a sum that overflows are inf: online serves null (JSON has no
+    inf), and the training set held inf — online and offline disagreed. Now
+    null in every form of the training set; the entity_df's own columns (a
+    label) are left alone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "fstore.yaml").write_text("project: p\n")
+    (tmp_path / "defs.sql").write_text("""
+CREATE ENTITY ent (k BIGINT);
+CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
+CREATE FEATURE VIEW va AS SELECT k, sum(x / 0) OVER lifetime() AS s, sum(x * 1e308) OVER lifetime() AS big,
+    last_k(x * 1e308, 2) OVER lifetime() AS lk FROM ev;
+CREATE FEATURE VIEW vp AS SELECT k, x / 0 AS q, ln(x - x) AS l FROM ev;
+""")
+    r = Repo(tmp_path)
+    r.apply()
+    eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never")
+    now = T0 + H
+    eng.push("ev", {"k": [1, 1], "x": [2.0, 3.0], "ts": [now - 2, now - 1]}, now=now)
+    feats = ["va:s", "va:big", "va:lk", "vp:q", "vp:l"]
+    online = [res["values"][0] for res in eng.get_online_features(feats, entities={"k": [1]}, now=now)["results"][1:]]
+    assert online == [None, None, [None, None], None, None]
+    ent = pa.table({"k": [1], "event_timestamp": pa.array([now], pa.timestamp("us")), "label": [float("inf")]})
+    want = {"k": 1, "label": float("inf"), "s": None, "big": None, "lk": [None, None], "q": None, "l": None}
+    row = eng.get_historical_features(ent, feats).to_arrow().to_pylist()[0]
+    assert {c: row[c] for c in want} == want
+    batches = list(eng.get_historical_features(ent, feats).to_batches())
+    assert {c: pa.Table.from_batches(batches).to_pylist()[0][c] for c in want} == want
+    path = eng.get_historical_features(ent, feats).to_parquet(str(tmp_path / "set.parquet"))
+    assert {c: pq.read_table(path).to_pylist()[0][c] for c in want} == want
+    eng.close()

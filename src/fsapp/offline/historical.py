@@ -7,11 +7,13 @@ output to disk without building it in Python; `to_arrow` / `to_df` fetch it.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fsapp.errors import EntityDataFrameError, SourceError, UnknownFeatureError
@@ -30,13 +32,14 @@ class HistoricalResult:
 
     provenance = None  # what the set is made of (fsapp.sdk.provenance), set by the SDK that built it
 
-    def __init__(self, cursor, sql: str, keepalive=()):
+    def __init__(self, cursor, sql: str, keepalive=(), features=()):
         self._cur, self.sql, self._keepalive = cursor, sql, keepalive
+        self._features = frozenset(features)
         self._table: pa.Table | None = None
 
     def to_arrow(self) -> pa.Table:
         if self._table is None:
-            self._table = self._cur.sql(self.sql).to_arrow_table()
+            self._table = as_served(self._cur.sql(self.sql).to_arrow_table(), self._features)
         return self._table
 
     def to_df(self):
@@ -45,13 +48,18 @@ class HistoricalResult:
     def to_batches(self, rows: int = 1 << 17):
         """Record batches of the result, computed once and streamed (for
         results larger than memory)."""
-        return self._cur.sql(self.sql).to_arrow_reader(rows)
+        reader = self._cur.sql(self.sql).to_arrow_reader(rows)
+        return pa.RecordBatchReader.from_batches(reader.schema,
+                                                 (as_served(b, self._features) for b in reader))
 
     def to_parquet(self, path: str) -> str:
         if self._table is not None:
             pq.write_table(self._table, path)
         else:
-            self._cur.execute(f"COPY ({self.sql}) TO {sql_string(path)} (FORMAT parquet)")
+            reader = self.to_batches()
+            with pq.ParquetWriter(path, reader.schema) as w:
+                for batch in reader:
+                    w.write_batch(batch)
         return path
 
     def __len__(self) -> int:
@@ -146,6 +154,47 @@ def load_entities(cur, entity_df, timestamp_column: str, name: str) -> tuple[lis
     return cols, keep
 
 
+def _finite_or_null(arr: pa.Array) -> pa.Array:
+    """Non-finite floats (and list items) as null; others as they are."""
+    t = arr.type
+    if pa.types.is_floating(t):
+        ok = pc.fill_null(pc.is_finite(arr), True)
+        return arr if pc.all(ok).as_py() else pc.if_else(ok, arr, pa.scalar(None, t))
+    if (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
+            and pa.types.is_floating(t.value_type):
+        if pa.types.is_fixed_size_list(t):
+            flat = arr.flatten()  # the slice's items, in order
+            fixed = _finite_or_null(flat)
+            if fixed is flat:
+                return arr
+            return pa.FixedSizeListArray.from_arrays(fixed, t.list_size, mask=arr.is_null())
+        offsets = pc.subtract(arr.offsets, arr.offsets[0])
+        flat = arr.flatten()
+        fixed = _finite_or_null(flat)
+        if fixed is flat:
+            return arr
+        return type(arr).from_arrays(offsets, fixed, mask=arr.is_null())
+    return arr
+
+
+def as_served(data, features: frozenset):
+    """A training set's feature values as serving sends them: a DOUBLE that
+    is not finite (x / 0, a sum that overflowed) is null, as online (JSON has
+    no inf/NaN; docs/semantics.md §7), list items too. Other columns (the
+    entity_df's labels) are left alone. `data`: a Table or RecordBatch."""
+    if not features:
+        return data
+    cols = []
+    for name, col in zip(data.schema.names, data.columns):
+        if name in features:
+            if isinstance(col, pa.ChunkedArray):
+                col = pa.chunked_array([_finite_or_null(c) for c in col.chunks], type=col.type)
+            else:
+                col = _finite_or_null(col)
+        cols.append(col)
+    return type(data).from_arrays(cols, schema=data.schema)
+
+
 def get_historical_features(store: OfflineStore, entity_df, features, *,
                             timestamp_column: str = DEFAULT_TIMESTAMP,
                             full_feature_names: bool = False, on_demand=()) -> HistoricalResult:
@@ -187,8 +236,8 @@ def get_historical_features(store: OfflineStore, entity_df, features, *,
                 for n in names]
         columns.update({(view.name, n): out for n, out in zip(names, outs)})
         parts.append(pit.ViewQuery(view, store.source(view.source, view), outs))
+    result = functools.partial(HistoricalResult, features=columns.values())
     if not on_demand:
-        return HistoricalResult(cur, pit.training_set_sql(name, cols, parts), keep)
+        return result(cur, pit.training_set_sql(name, cols, parts), keep)
     from fsapp.ondemand.offline import with_on_demand
-    return with_on_demand(cur, name, cols, parts, columns, hidden, on_demand, full_feature_names, keep,
-                          HistoricalResult)
+    return with_on_demand(cur, name, cols, parts, columns, hidden, on_demand, full_feature_names, keep, result)
