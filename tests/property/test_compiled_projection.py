@@ -42,14 +42,17 @@ SELECT k, x * 2 AS x2, n // 3 AS third, NOT b AS nb, s IS NULL AS no_s, ts AS t,
 INT32 = 2**31 - 1
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compiled")
+def _engine(root) -> Engine:
     (root / "fstore.yaml").write_text("project: p\n")
     (root / "defs.sql").write_text(DEFS)
     repo = Repo(root)
     repo.apply()
-    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
+    return Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    eng = _engine(tmp_path_factory.mktemp("compiled"))
     yield eng
     eng.close()
 
@@ -103,11 +106,7 @@ def test_a_compiled_projection_equals_duckdbs_or_declines_where_duckdb_raises(en
 def test_the_engine_drops_a_compiled_projection_that_disagrees_with_duckdb(tmp_path, monkeypatch, caplog):
     """The first SHADOW_BATCHES batches are projected both ways; a difference
     is logged and DuckDB projects from then on, so the values stay right."""
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
-    (tmp_path / "defs.sql").write_text(DEFS)
-    repo = Repo(tmp_path)
-    repo.apply()
-    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
+    eng = _engine(tmp_path)
     rt = next(r for r in eng.runtimes.values() if r.name == "starter_like")
     good = rt.compiled
 
@@ -128,11 +127,7 @@ def test_the_engine_drops_a_compiled_projection_that_disagrees_with_duckdb(tmp_p
 
 
 def test_after_its_checked_batches_a_compiled_projection_runs_without_duckdb(tmp_path, monkeypatch):
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
-    (tmp_path / "defs.sql").write_text(DEFS)
-    repo = Repo(tmp_path)
-    repo.apply()
-    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
+    eng = _engine(tmp_path)
     calls = []
     real = runtime.project_views
     monkeypatch.setattr("fsapp.engine.engine.project_views", lambda cur, rts: calls.append(len(rts)) or real(cur, rts))
@@ -149,11 +144,7 @@ def test_after_its_checked_batches_a_compiled_projection_runs_without_duckdb(tmp
 def test_a_compiled_projection_that_fails_leaves_the_batch_to_duckdb(tmp_path, caplog):
     """A bug in a compiled projection (an exception) must not refuse a batch
     DuckDB takes (nor answer HTTP 500): logged, and DuckDB projects the view."""
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
-    (tmp_path / "defs.sql").write_text(DEFS)
-    repo = Repo(tmp_path)
-    repo.apply()
-    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
+    eng = _engine(tmp_path)
     rt = next(r for r in eng.runtimes.values() if r.name == "starter_like")
 
     def broken(batch):
