@@ -48,6 +48,8 @@ def test_serve_takes_its_settings_from_fstore_yaml_and_a_flag_wins(tmp_path):
     ("  fsync: off\n", "fstore.yaml line 4: online.fsync must be one of always, interval, never, got False"),
     ("  max_keys: -1\n", "fstore.yaml line 4: online.max_keys must be an integer >= 1"),
     ("  checkpoint_seconds: 0\n", "fstore.yaml line 4: online.checkpoint_seconds must be a number > 0"),
+    ("  checkpoint_replay_seconds: -1\n",
+     "fstore.yaml line 4: online.checkpoint_replay_seconds must be a number > 0"),
     ("  max_memory: 2 parsecs\n", "fstore.yaml line 4: online.max_memory must be a size such as 2GB"),
     ("  max_memory: 100\n", r"fstore.yaml line 4: online.max_memory must be .*\(at least 1MB\), got 100"),
     ("  prot: 9099\n", "fstore.yaml line 4: online.prot is not a setting; the settings are host, port, "),
