@@ -632,15 +632,20 @@ def test_a_failed_checkpoint_is_counted_and_shown_by_ready_until_one_succeeds(ap
     """Issue 14, repro 4 without a tmpfs: the failure is remembered, /ready is
     503 with the reason, writes go on, and the next good checkpoint clears it."""
     from fsapp.engine import engine as engine_mod
-    from fsapp.serve.engine_server import _checkpoint
+    import time as _time
+
+    from fsapp.serve.engine_server import CheckpointSchedule, _checkpoint
 
     real = engine_mod.write_temp
     monkeypatch.setattr(engine_mod, "write_temp",
                         lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
-    due = _checkpoint(engine, 60.0)  # the engine server's loop: never raises, retries sooner
-    assert engine.checkpoint_failures == 1 and "No space left" in engine.checkpoint_error
-    import time as _time
-    assert due - _time.monotonic() <= 10.5
+    # the engine server's loop: the checkpoint never raises, and a failed one is retried sooner
+    schedule = CheckpointSchedule(60.0, 2.0, _time.monotonic())
+    started = _time.monotonic()
+    ok = _checkpoint(engine, schedule.retry_s)
+    schedule.done(started, _time.monotonic(), ok)
+    assert not ok and engine.checkpoint_failures == 1 and "No space left" in engine.checkpoint_error
+    assert schedule.next - _time.monotonic() <= 10.5
     res = api.simulate_get("/ready")
     assert res.status_code == 503 and "checkpoint failed" in res.json["description"]
     assert push(api, [txn(1, NOW - H)])["accepted"] == 1  # still acknowledged (in the WAL)
