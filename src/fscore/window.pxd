@@ -10,7 +10,8 @@
 # has events in — buckets in ascending order (sessions: by start) — so a key
 # with one event costs one cell per window, not a whole ring. A run grows by
 # size class up to `ring_len` (the most cells a key can need; semantics.md §5)
-# when a new cell does not fit; freed runs go to a free list per size.
+# when a new cell does not fit; a freed run goes back to the buddy allocator
+# as aligned power-of-two blocks, each merged with its buddy while that is free.
 
 from libc.stdint cimport int64_t, int32_t, uint64_t, uint8_t
 

@@ -38,6 +38,7 @@ from fscore.window_spec import WindowSpec, string_ids
 
 from fsapp.engine.errors import AsOfOutsideHorizon, BatchError
 from fsapp.engine.online import count_features
+from fsapp.ondemand.compiler import Unsupported, compile_expression, make_env
 from fsapp.registry.catalog import FeatureViewInfo, bare_column
 from fsapp.registry.model import Stream
 
@@ -125,8 +126,6 @@ _COMPILED_IN = {"BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "DOUBLE",
 
 @functools.lru_cache(maxsize=512)
 def _compiled_or_why(expr: str, types: tuple):
-    from fsapp.ondemand.compiler import Unsupported, compile_expression
-
     try:
         return compile_expression(expr, dict(types), checked=True)
     except (Unsupported, ValueError) as e:
@@ -137,8 +136,6 @@ def _compiled(expr: str, types: tuple):
     """compile_expression(expr, checked=True), once per process for the same
     expression and stream columns (~40 ms each: DuckDB plans it; an engine
     opens, reloads and tests open many engines over the same views)."""
-    from fsapp.ondemand.compiler import Unsupported
-
     got = _compiled_or_why(expr, types)
     if isinstance(got, str):
         raise Unsupported(got)
@@ -169,7 +166,6 @@ class CompiledProjection:
                 continue
             fn = _compiled(expr, key)
             if fn.output_type not in _COMPILED_OUT:
-                from fsapp.ondemand.compiler import Unsupported
                 raise Unsupported(f"{expr!r} is {fn.output_type}")
             self.items.append((name, None, fn))
         self.filter = _compiled(f"coalesce(({flt}), false)", key) if flt else None
@@ -181,8 +177,6 @@ class CompiledProjection:
     def __call__(self, batch: pa.Table) -> pa.Table | None:
         """The projection of a normalised batch with `_fs_row` (as
         project_views gives it), or None where DuckDB would raise."""
-        from fsapp.ondemand.compiler import make_env
-
         n = batch.num_rows
         cols = {}
         for c, t in self.types.items():
@@ -288,7 +282,6 @@ class ViewRuntime:
         self.bare = info.bare_projection([c.name for c in stream.columns]) if stream is not None else None
         self.compiled = None
         if self.bare is None and stream is not None:
-            from fsapp.ondemand.compiler import Unsupported
             try:
                 self.compiled = CompiledProjection(info, stream)
             except (Unsupported, ValueError) as e:

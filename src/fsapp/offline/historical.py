@@ -154,27 +154,22 @@ def load_entities(cur, entity_df, timestamp_column: str, name: str) -> tuple[lis
     return cols, keep
 
 
-def _finite_or_null(arr: pa.Array) -> pa.Array:
+def _non_finite_as_null(arr: pa.Array) -> pa.Array:
     """Non-finite floats (and list items) as null; others as they are."""
     t = arr.type
     if pa.types.is_floating(t):
         ok = pc.fill_null(pc.is_finite(arr), True)
         return arr if pc.all(ok).as_py() else pc.if_else(ok, arr, pa.scalar(None, t))
-    if (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
-            and pa.types.is_floating(t.value_type):
-        if pa.types.is_fixed_size_list(t):
-            flat = arr.flatten()  # the slice's items, in order
-            fixed = _finite_or_null(flat)
-            if fixed is flat:
-                return arr
-            return pa.FixedSizeListArray.from_arrays(fixed, t.list_size, mask=arr.is_null())
-        offsets = pc.subtract(arr.offsets, arr.offsets[0])
-        flat = arr.flatten()
-        fixed = _finite_or_null(flat)
-        if fixed is flat:
-            return arr
-        return type(arr).from_arrays(offsets, fixed, mask=arr.is_null())
-    return arr
+    if not ((pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
+            and pa.types.is_floating(t.value_type)):
+        return arr
+    flat = arr.flatten()  # the slice's items, in order
+    fixed = _non_finite_as_null(flat)
+    if fixed is flat:
+        return arr
+    if pa.types.is_fixed_size_list(t):
+        return pa.FixedSizeListArray.from_arrays(fixed, t.list_size, mask=arr.is_null())
+    return type(arr).from_arrays(pc.subtract(arr.offsets, arr.offsets[0]), fixed, mask=arr.is_null())
 
 
 def as_served(data, features: frozenset):
@@ -188,9 +183,9 @@ def as_served(data, features: frozenset):
     for name, col in zip(data.schema.names, data.columns):
         if name in features:
             if isinstance(col, pa.ChunkedArray):
-                col = pa.chunked_array([_finite_or_null(c) for c in col.chunks], type=col.type)
+                col = pa.chunked_array([_non_finite_as_null(c) for c in col.chunks], type=col.type)
             else:
-                col = _finite_or_null(col)
+                col = _non_finite_as_null(col)
         cols.append(col)
     return type(data).from_arrays(cols, schema=data.schema)
 

@@ -191,7 +191,8 @@ class _Checker:
         if clash:
             self.fail("feature_view", view.name, f"feature name(s) {', '.join(clash)} clash with the entity key")
         names = [p.name for p in features] + [a.name for a in view.aggregations]
-        folded = sorted({n for n in names if [m.lower() for m in names].count(n.lower()) > 1})
+        lowered = [n.lower() for n in names]
+        folded = sorted({n for n in names if lowered.count(n.lower()) > 1})
         if folded:  # sum(x) AS s, count(*) AS S: the training set's query read one column for both
             self.fail("feature_view", view.name, f"feature names {', '.join(folded)} differ only in case, and SQL "
                                                  f"names do not (DuckDB reads one for the other); rename one")

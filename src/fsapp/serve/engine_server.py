@@ -177,14 +177,14 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
                     print(f"engine reloaded definitions (apply {current})", flush=True)
             if schedule.due(time.monotonic(), engine.replay_backlog_s):
                 started = time.monotonic()
-                ok = _checkpoint(engine, checkpoint_s)
+                ok = _checkpoint(engine, schedule.retry_s)
                 schedule.done(started, time.monotonic(), ok)
     finally:
         if ingest is not None:
             ingest.stop()  # its last batch and offsets go into the final checkpoint below
         server.shutdown()
         server.server_close()
-        _checkpoint(engine, checkpoint_s)  # if it fails, the WAL still holds everything: recovery replays it
+        _checkpoint(engine, schedule.retry_s)  # if it fails, the WAL still holds everything: recovery replays it
         engine.close()
         if os.path.exists(socket_path):
             os.unlink(socket_path)
@@ -203,6 +203,7 @@ class CheckpointSchedule:
 
     def __init__(self, period_s: float, replay_s: float, now: float):
         self.period_s, self.replay_s = period_s, replay_s
+        self.retry_s = min(period_s, self.RETRY_S)
         self.next, self.earliest = now + period_s, now
 
     def due(self, now: float, backlog_s: float) -> bool:
@@ -212,10 +213,10 @@ class CheckpointSchedule:
         if ok:
             self.next, self.earliest = ended + self.period_s, ended + (ended - started)
         else:
-            self.next = self.earliest = ended + min(self.period_s, self.RETRY_S)
+            self.next = self.earliest = ended + self.retry_s
 
 
-def _checkpoint(engine: Engine, checkpoint_s: float) -> bool:
+def _checkpoint(engine: Engine, retry_s: float) -> bool:
     """A checkpoint that never stops the engine: a failure (a full disk) is
     logged, counted, shown by /ready, and retried sooner than the period.
     Returns whether it was written."""
@@ -224,7 +225,7 @@ def _checkpoint(engine: Engine, checkpoint_s: float) -> bool:
         return True
     except Exception as e:  # noqa: BLE001 - whatever it is, the engine keeps serving
         print(f"engine: checkpoint failed ({type(e).__name__}: {e}); writes go on in the WAL, retrying in "
-              f"{min(checkpoint_s, CheckpointSchedule.RETRY_S):.0f} s (failure #{engine.checkpoint_failures})",
+              f"{retry_s:.0f} s (failure #{engine.checkpoint_failures})",
               file=sys.stderr, flush=True)
         return False
 
