@@ -543,3 +543,68 @@ CREATE FEATURE VIEW vp AS SELECT k, x / 0 AS q, ln(x - x) AS l FROM ev;
     path = eng.get_historical_features(ent, feats).to_parquet(str(tmp_path / "set.parquet"))
     assert {c: pq.read_table(path).to_pylist()[0][c] for c in want} == want
     eng.close()
+
+
+def test_every_column_type_is_served_alike_online_and_in_training_sets(tmp_path):
+    """A sweep of column types through plain and aggregated views found the
+    same feature read differently online and in training sets: last(x) of a
+    BIGINT at 2^63 - 1 served -2^63 online (a double cast that wrapped) and a
+    float offline; last of a BOOLEAN True online, 1.0 offline; a DECIMAL a
+    Decimal offline and, aggregated, an ulp off online (Arrow's cast);
+    TIMESTAMP_S/_MS/_NS and DATE features served in their own units online
+    (seconds, days ...) and as datetimes offline; count or
+    approx_count_distinct of a TIMESTAMP made the training set's query fail.
+    Now both give each feature the served representation: integers, booleans,
+    doubles, and every time as int µs since the epoch."""
+    import pyarrow as pa
+
+    (tmp_path / "fstore.yaml").write_text("project: p\n")
+    (tmp_path / "defs.sql").write_text("""
+CREATE ENTITY ent (k BIGINT);
+CREATE STREAM ev (k BIGINT, i BIGINT, s SMALLINT, b BOOLEAN, d DECIMAL(18,3), f FLOAT, t TIMESTAMP, day DATE,
+    ns TIMESTAMP_NS, sec TIMESTAMP_S, tz TIMESTAMPTZ, ts TIMESTAMP) WITH (timestamp = 'ts');
+CREATE FEATURE VIEW vp AS SELECT k, i, s, b, d, f, t, day, ns, sec, tz FROM ev;
+CREATE FEATURE VIEW va AS SELECT k, last(i) OVER lifetime() AS li, first(i) OVER lifetime() AS fi,
+    last(s) OVER lifetime() AS ls, last(b) OVER lifetime() AS lb, last(d) OVER lifetime() AS ld,
+    max(d) OVER lifetime() AS md, sum(d) OVER lifetime() AS sd,
+    count(t) OVER lifetime() AS ct, approx_count_distinct(t) OVER lifetime() AS dt,
+    approx_count_distinct(day) OVER lifetime() AS dday, approx_count_distinct(ns) OVER lifetime() AS dns FROM ev;
+""")
+    r = Repo(tmp_path)
+    r.apply()
+    eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never")
+    now = T0 + H
+    top = 2 ** 63 - 1
+    rows = {"k": [1, 1, 2, 2, 3],
+            "i": [-2 ** 63, top, 5, 2 ** 53 + 1, None],
+            "s": [-32768, 32767, 0, 7, None],
+            "b": [False, True, None, False, None],
+            "d": ["12345678901.123", "0.001", "-0.005", "12345678901.123", None],
+            "f": [0.1, 3.4e38, None, -1.5, None],
+            "t": ["2024-01-05T01:02:03.123456", "1969-12-31T23:59:59.999999", "2024-01-05T01:02:03.123456",
+                  "2024-01-06T00:00:00", None],
+            "day": ["2024-01-05", "1900-01-01", "2024-01-05", "2024-01-07", None],
+            "ns": ["2024-01-05T01:02:03.123456789", "1969-12-31T23:59:59.999999999", None, "2024-01-05T01:02:03",
+                   None],
+            "sec": [None, "2024-01-05T01:02:03", None, "1969-12-31T23:59:59", None],
+            "tz": [None, "2024-01-05T01:02:03+02:00", None, None, None],
+            "ts": [now - 5, now - 4, now - 3, now - 2, now - 1]}
+    eng.push("ev", rows, now=now)
+    feats = [f"vp:{c}" for c in ("i", "s", "b", "d", "f", "t", "day", "ns", "sec", "tz")] + \
+        [f"va:{c}" for c in ("li", "fi", "ls", "lb", "ld", "md", "sd", "ct", "dt", "dday", "dns")]
+    keys = [1, 2, 3]
+    res = eng.get_online_features(feats, entities={"k": keys}, now=now)["results"][1:]
+    online = [{f.split(":")[1]: res[j]["values"][i] for j, f in enumerate(feats)} for i in range(len(keys))]
+    ent = pa.table({"k": keys, "event_timestamp": pa.array([now] * 3, pa.timestamp("us"))})
+    offline = eng.get_historical_features(ent, feats).to_arrow().to_pylist()
+    for on, off in zip(online, offline):
+        off = {c: off[c] for c in on}
+        assert on == off
+        assert {c: type(v) for c, v in on.items()} == {c: type(v) for c, v in off.items()}
+    assert online[0]["li"] == top and online[0]["fi"] == -2 ** 63 and online[0]["lb"] is True
+    assert online[0]["ld"] == 0.001 and online[0]["md"] == 12345678901.123
+    assert online[0]["t"] == -1 and online[0]["day"] == -2208988800000000 and online[0]["ns"] == -1
+    assert online[0]["sec"] == 1704416523000000 and online[0]["tz"] == 1704409323000000
+    assert online[1]["sec"] == -1_000_000 and online[1]["dt"] == 2 and online[1]["dday"] == 2 and online[1]["dns"] == 1
+    assert online[2]["li"] is None and online[2]["ct"] == 0
+    eng.close()

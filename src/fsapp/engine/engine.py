@@ -359,7 +359,7 @@ class Engine:
             if latest:  # the offline store serves the latest version of every view
                 entities = [self.registry.get(e).definition for e in info.definition.entities]
                 src = self.streams.get(source) or self.registry.get(source).definition
-                self.offline.add_view(from_registry(info.definition, src, entities))
+                self.offline.add_view(from_registry(info.definition, src, entities, info.features))
             if not info.definition.online or (source not in self.streams and info.definition.is_aggregated):
                 continue  # training sets only (online = FALSE; windows over a batch file source)
             table = windows = meta = None

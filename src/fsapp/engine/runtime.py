@@ -82,7 +82,14 @@ def column_for_table(arr: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray
     if kind == "float64":
         return a.astype(np.float64), nulls
     if kind == "int64":
-        return np.where(nulls, 0, a).astype(np.int64), nulls
+        if a.dtype.kind != "f":
+            return a.astype(np.int64), nulls
+        # first/last of an integer column are kept as doubles: one at or past 2^63
+        # (an input near the top of BIGINT, rounded) saturates instead of wrapping
+        big = a >= 2.0 ** 63
+        out = np.where(nulls | big, 0, a).astype(np.int64)
+        out[big] = np.iinfo(np.int64).max
+        return out, nulls
     return np.where(nulls, 0, a).astype(bool), nulls
 
 
@@ -108,8 +115,8 @@ def _arrow_column(col: pa.ChunkedArray, field, view: str) -> tuple[np.ndarray, n
                                      f"{size} are declared")
                 out[i] = [np.nan if x is None else x for x in v]
         return out, nulls
-    if kind == "int64" and pa.types.is_timestamp(col.type):
-        col = col.cast(pa.int64())
+    if kind == "int64" and (pa.types.is_timestamp(col.type) or pa.types.is_date(col.type)):
+        return time_as_us(col), nulls
     # PERF: most columns have no null: no filled copy (benches/bench_serving.py push latency)
     filled = col.fill_null(False if kind == "bool" else 0) if col.null_count else col
     dtype = {"int64": np.int64, "float64": np.float64, "bool": np.bool_}[kind]
@@ -211,6 +218,54 @@ class CompiledProjection:
         return pa.table([rows] + out, names=[ROW] + names)
 
 
+_US_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+
+def time_as_us(col) -> np.ndarray:
+    """A DATE or TIMESTAMP (any unit, any zone) column as int64 µs since the
+    epoch, 0 for null: how the online store holds and serves every time type
+    (training sets give the same, `pit.served_sql`). Nanoseconds are floored."""
+    t = col.type
+    if pa.types.is_date32(t):
+        return np.asarray(col.cast(pa.int32()).fill_null(0), dtype=np.int64) * 86_400_000_000
+    raw = np.asarray(col.cast(pa.int64()).fill_null(0), dtype=np.int64)
+    if pa.types.is_date64(t):
+        return raw * 1_000
+    return raw // 1_000 if t.unit == "ns" else raw * _US_PER_UNIT[t.unit]
+
+
+def decimal_as_double(col) -> np.ndarray:
+    """DECIMAL values as the nearest doubles (NaN for null), as DuckDB's
+    CAST(x AS DOUBLE) gives them offline. Arrow's cast multiplies by 10^-scale
+    and can be an ulp off (12345678901.123 -> 12345678901.123001); a quotient of
+    two exact doubles is correctly rounded, which holds for unscaled values
+    below 2^53 and scales up to 22; the others go through Python's Decimal."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    parts = []
+    for arr in chunks:
+        n, scale = len(arr), arr.type.scale
+        out = np.full(n, np.nan)
+        if n == 0:
+            parts.append(out)
+            continue
+        words = arr.type.byte_width // 8
+        raw = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=words * (arr.offset + n))
+        raw = raw.reshape(-1, words)[arr.offset:]
+        lo = raw[:, 0]
+        fits = np.all(raw[:, 1:] == (lo >> 63)[:, None], axis=1) & (np.abs(lo) < (1 << 53))
+        valid = np.asarray(arr.is_valid(), dtype=bool)
+        fast = fits & valid
+        if scale <= 22:
+            out[fast] = lo[fast].astype(np.float64) / 10.0 ** scale
+        else:
+            fast[:] = False
+        slow = np.flatnonzero(valid & ~fast)
+        if slow.size:
+            out[slow] = [float(arr[int(i)].as_py()) for i in slow]
+        parts.append(out)
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def _input_column(col: pa.ChunkedArray) -> np.ndarray:
     """An aggregation input as the kernels read it: float64, NaN for null;
     text as its fscore.window_spec.string_id (count, approx_count_distinct).
@@ -220,10 +275,12 @@ def _input_column(col: pa.ChunkedArray) -> np.ndarray:
         return string_ids(col.to_pylist())
     if pa.types.is_boolean(col.type):
         col = col.cast(pa.int8())
-    if pa.types.is_timestamp(col.type):
-        col = col.cast(pa.int64())
+    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+        return np.where(np.asarray(col.is_null(), dtype=bool), np.nan, time_as_us(col).astype(np.float64))
     if pa.types.is_null(col.type):
         return np.full(len(col), np.nan)
+    if pa.types.is_decimal(col.type):
+        return decimal_as_double(col)
     return np.asarray(col.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy(zero_copy_only=False),
                       dtype=np.float64)
 

@@ -7,6 +7,7 @@ output to disk without building it in Python; `to_arrow` / `to_df` fetch it.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import os
@@ -97,9 +98,8 @@ def _resolve(store: OfflineStore, features) -> tuple[list[tuple[ViewDef, list[st
     out = []
     for vname, names in wanted.items():
         v = views[vname]
-        narrowed = ViewDef(v.name, v.source, v.keys, tuple(f for f in v.features if f[0] in names),
-                           tuple(a for a in v.aggregations if a.name in names), v.ttl, v.filter, v.hll_p,
-                           v.allowed_lateness, v.key_kinds, v.string_inputs)
+        narrowed = dataclasses.replace(v, features=tuple(f for f in v.features if f[0] in names),
+                                       aggregations=tuple(a for a in v.aggregations if a.name in names))
         out.append((narrowed, narrowed.feature_names))
     if not out:
         raise UnknownFeatureError("no features requested")

@@ -97,8 +97,10 @@ def source_sql(view: ViewDef, src: SourceDef, before: str | None = None) -> tupl
             if raw:
                 cols.append(f"{column_sql(c)} AS {alias}")
                 continue
+            time_type = dict(view.time_inputs).get(c)
             x = (f"{STRING_ID_UDF}({column_sql(c)})" if c in view.string_inputs
-                 else f"CAST({column_sql(c)} AS DOUBLE)")
+                 else f"CAST({column_sql(c)} AS DOUBLE)" if time_type is None
+                 else f"CAST({epoch_us_sql(column_sql(c), time_type)} AS DOUBLE)")
             cols.append(f"CASE WHEN isnan({x}) THEN NULL ELSE {x} END AS {alias}")
     where = []
     if view.filter:
@@ -300,13 +302,14 @@ def training_set_sql(q: str, passthrough: list[str], parts: list[ViewQuery], pla
                     kind = next(wa.agg.kind for wa in part.view.aggregations if wa.name == feat)
                     empty = "0" if kind in ("count", "approx_count_distinct") else "NULL"
                     value = f"CASE WHEN {expired} THEN {empty} ELSE {value} END"
-                sel.append(f"{value} AS {quote_ident(out)}")
+                sel.append(f"{served_sql(part.view, feat, value)} AS {quote_ident(out)}")
             for cte in dict.fromkeys(cte for _, cte, _ in outs):
                 joins.append(f"LEFT JOIN {cte} ON {cte}.__row = q.__row")
         else:
             vctes, cte, feats = plain_view_ctes(part.view, f"{tag}_src", names, q, tag, plain_ttl)
             ctes += vctes
-            sel += [f"{cte}.{c} AS {quote_ident(out)}" for (_, c), out in zip(feats, part.out_names)]
+            sel += [f"{served_sql(part.view, f, f'{cte}.{c}')} AS {quote_ident(out)}"
+                    for (f, c), out in zip(feats, part.out_names)]
             joins.append(f"LEFT JOIN {cte} ON {cte}.__row = q.__row")
     sql = f"WITH {', '.join(ctes)} SELECT {', '.join(sel)} FROM {q} q {' '.join(joins)}"
     return sql + (" ORDER BY q.__row" if order else "")
@@ -317,6 +320,44 @@ def aggregated_ttl_ctes(view: ViewDef, src_cte: str, q: str, tag: str) -> list[s
     return [f"{tag}_lk AS (SELECT {_keys(view)}, __ts FROM {src_cte})",
             f"{tag}_last AS (SELECT q.__row, s.__ts AS __last FROM {q} q ASOF LEFT JOIN {tag}_lk s "
             f"ON {_key_eq(view, 'q', 's')} AND q.__t > s.__ts)"]
+
+
+_INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
+
+
+def served_sql(view: ViewDef, feat: str, value: str) -> str:
+    """`value` (a training-set feature) in the representation serving gives
+    it: online, DECIMAL is held as a DOUBLE, a DATE or TIMESTAMP of any unit
+    as BIGINT µs since the epoch (nanoseconds floored, `runtime.time_as_us`),
+    and first/last are computed over
+    DOUBLE inputs (like every aggregation, semantics.md §3) and stored as the
+    declared type — an integer (a double at or past 2^63 saturates, as
+    `runtime.column_for_table` does) or a BOOLEAN (non-zero is true)."""
+    typ = dict(view.types).get(feat)
+    if typ is None:
+        return value
+    kind = next((wa.agg.kind for wa in view.aggregations if wa.name == feat), None)
+    if kind in ("first", "last"):
+        if typ in _INT_TYPES:
+            return (f"CASE WHEN {value} >= {float(INT64_MAX + 1)!r}::DOUBLE THEN {INT64_MAX} "
+                    f"ELSE CAST({value} AS BIGINT) END")
+        if typ == "BOOLEAN":
+            return f"({value} <> 0)"
+    if typ.startswith("DECIMAL"):
+        return f"CAST({value} AS DOUBLE)"
+    return epoch_us_sql(value, typ)
+
+
+def epoch_us_sql(value: str, typ: str) -> str:
+    """A DATE or TIMESTAMP (any unit or zone) as BIGINT µs since the epoch,
+    nanoseconds floored (as `runtime.time_as_us`); other types as they are."""
+    if typ == "DATE":
+        return f"epoch_us(CAST({value} AS TIMESTAMP))"
+    if typ == "TIMESTAMP_NS":
+        return f"({align_sql(f'epoch_ns({value})', 1000)} // 1000)"
+    if typ.startswith("TIMESTAMP"):
+        return f"epoch_us({value})"
+    return value
 
 
 def _fill_empty(view: ViewDef, feat: str, col: str) -> str:

@@ -54,6 +54,11 @@ class ViewDef:
     key_kinds: tuple[str, ...] = field(default=())  # fscore.schema kinds, for the online table
     # aggregation inputs that are text: read as fscore.window_spec.string_id
     string_inputs: tuple[str, ...] = field(default=())
+    # aggregation inputs that are times: (column, SQL type), read as µs since the epoch
+    time_inputs: tuple[tuple[str, str], ...] = field(default=())
+    # (feature, SQL type) as the registry resolved them: training sets give each
+    # feature the representation serving gives it (pit.served_sql); () = as computed
+    types: tuple[tuple[str, str], ...] = field(default=())
 
     def __post_init__(self):
         object.__setattr__(self, "keys", tuple(self.keys))
@@ -116,10 +121,11 @@ class SourceDef:
     columns: tuple[str, ...] = ()
 
 
-def from_registry(fv, source, entities=()) -> ViewDef:
+def from_registry(fv, source, entities=(), types=()) -> ViewDef:
     """Adapter from the registry's `FeatureView` (and its resolved stream or
     source) to a `ViewDef`. `entities` are the registry `Entity` objects the
-    view joins on (their join keys become the view's keys)."""
+    view joins on (their join keys become the view's keys); `types` the
+    resolved (feature, SQL type) pairs."""
     keys, kinds = [], []
     for e in entities:
         for c in e.join_keys:
@@ -129,6 +135,9 @@ def from_registry(fv, source, entities=()) -> ViewDef:
     aggs = tuple(WindowedAgg(Agg(a.function, a.column, a.name, a.k), a.window) for a in fv.aggregations)
     text_cols = {c.name for c in getattr(source, "columns", ()) if c.type == "VARCHAR"}
     strings = tuple(sorted({a.column for a in fv.aggregations if a.column in text_cols}))
+    time_cols = {c.name: c.type for c in getattr(source, "columns", ())
+                 if c.type == "DATE" or c.type.startswith("TIMESTAMP")}
+    times = tuple(sorted({(a.column, time_cols[a.column]) for a in fv.aggregations if a.column in time_cols}))
     return ViewDef(fv.name, fv.source, tuple(keys), features, aggs, fv.ttl, fv.filter,
                    allowed_lateness=getattr(source, "allowed_lateness", 0), key_kinds=tuple(kinds),
-                   string_inputs=strings)
+                   string_inputs=strings, time_inputs=times, types=tuple((str(n), str(t)) for n, t in types))
