@@ -121,6 +121,8 @@ cdef class WindowView:
     # Per-stream watermark: max ts of every applied event (EMPTY before any).
     cdef readonly int64_t watermark
     cdef readonly int64_t late_count
+    # Watermarks of tagged events (update(..., parts=)): {part: max ts}; untagged ones use `watermark`
+    cdef readonly dict part_watermarks
 
     cdef int kind
     cdef int64_t hop
@@ -175,6 +177,7 @@ cdef class WindowView:
     cdef int _query(self, const int64_t[::1] slots, const int64_t[::1] tq, double[:, ::1] of,
                     int64_t[:, ::1] oi, uint8_t[::1] exact) except -1
     cdef Py_ssize_t _apply(self, Py_ssize_t start, const int64_t[::1] slots, const int64_t[::1] ts,
-                           const double[:, ::1] x, const uint64_t[:, ::1] h, uint8_t[::1] late) except -2
+                           const double[:, ::1] x, const uint64_t[:, ::1] h, uint8_t[::1] late,
+                           const int64_t[::1] gi, int64_t[::1] gw) except -2
     cdef int _insert_cell(self, Py_ssize_t s, const Word* src, const Layout* Ls) noexcept nogil
     cdef _check_blocks(self)

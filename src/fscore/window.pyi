@@ -20,7 +20,8 @@ class WindowView:
     max_sessions: int              # int: session cells per key
     n_slots: int                   # Py_ssize_t
     ring_len: int                  # Py_ssize_t: the most cells a key holds (a key holds only its cells with events)
-    watermark: int                 # int64: max applied ts (EMPTY before any event)
+    watermark: int                 # int64: max applied ts of untagged events (EMPTY before any event)
+    part_watermarks: dict[int, int]  # max applied ts per part of tagged events (update(..., parts=))
     late_count: int                # int64: events reported late so far
     width: int                     # words (8 bytes) per cell
     bytes_per_slot: int            # the most a key can hold: ring_len cells
@@ -37,8 +38,10 @@ class WindowView:
     def reset_slots(self, slots: npt.ArrayLike) -> None: ...
     def idle_slots(self, now: int, ttl: int | str) -> npt.NDArray[np.int64]: ...
     def update(self, slots: npt.ArrayLike, ts: npt.ArrayLike,
-               columns: Mapping[str, npt.ArrayLike] | None = None) -> npt.NDArray[np.bool_]:
-        """Apply a batch in order; returns the late mask (late events are not applied)."""
+               columns: Mapping[str, npt.ArrayLike] | None = None,
+               parts: npt.ArrayLike | None = None) -> npt.NDArray[np.bool_]:
+        """Apply a batch in order; returns the late mask (late events are not applied).
+        `parts`: an int per event; lateness is then judged per part."""
     def value_as_of(self, slots: npt.ArrayLike, t: int | npt.ArrayLike
                     ) -> tuple[dict[str, np.ndarray], npt.NDArray[np.bool_]]:
         """(values by aggregation name, exact mask)."""

@@ -57,6 +57,7 @@ _FIELDS = ("n", "sum", "wmean", "m2", "vmin", "vmax", "first_ts", "first_val",
 _MAGIC = b"FSWV"
 _FORMAT_VERSION = 4  # 4: sparse HLL registers; 3 (dense registers) and 2 (dense rings) are still read
 EMPTY = INT64_MIN
+_NO_PARTS = np.zeros(0, dtype=np.int64)
 _RESERVE_FROM = 1 << 22     # bytes: a pool this big moves into a virtual reservation
 _RESERVE_BYTES = 1 << 36    # address space per reserved pool (64 GiB; only touched pages cost memory)
 _MAX_CELLS = (1 << 31) - 1  # a key's run is an int32 cell index
@@ -117,6 +118,7 @@ cdef class WindowView:
         self.gap = spec.gap
         self.ring_len = spec.ring_len(lateness, max_sessions)
         self.watermark = EMPTY
+        self.part_watermarks = {}
         self.late_count = 0
         self._build_layout()
         self._init_classes()
@@ -625,9 +627,12 @@ cdef class WindowView:
 
     # ---- ingest -------------------------------------------------------------
 
-    def update(self, slots, ts, columns=None):
+    def update(self, slots, ts, columns=None, parts=None):
         """Apply a batch in arrival order; returns a bool mask of late events
-        (not applied; route them to the offline log for healing)."""
+        (not applied; route them to the offline log for healing). `parts`: an
+        int per event (its Kafka partition): the lateness rule then keeps a
+        watermark per part (`part_watermarks`), so a partition being caught up
+        is not judged against another one's newer events (semantics.md §4)."""
         s = self._check_slots(slots)
         t = np.ascontiguousarray(ts, dtype=np.int64)
         cdef Py_ssize_t n = len(t), i = 0
@@ -635,10 +640,27 @@ cdef class WindowView:
             raise SchemaError(f"slots and ts must be 1-d of equal length, got {len(s)} and {t.shape}")
         x, h = self._columns_matrix(columns or {}, n)
         late = np.zeros(n, dtype=np.uint8)
+        if parts is None:
+            gi = gw = _NO_PARTS
+        else:
+            p = np.asarray(parts, dtype=np.int64)
+            if p.shape != (n,):
+                raise SchemaError(f"parts must be 1-d of length {n}, got shape {p.shape}")
+            lo, hi = (int(p.min()), int(p.max())) if n else (0, -1)
+            if hi - lo < 1024:  # PERF: partitions are small ints; no sort (np.unique) per batch and window
+                uniq, gi = range(lo, hi + 1), np.ascontiguousarray(p - lo)
+            else:
+                uniq, inv = np.unique(p, return_inverse=True)
+                uniq, gi = uniq.tolist(), np.ascontiguousarray(inv, dtype=np.int64)
+            gw = np.array([self.part_watermarks.get(u, EMPTY) for u in uniq], dtype=np.int64)
         while i < n:
-            i = self._apply(i, s, t, x, h, late)
+            i = self._apply(i, s, t, x, h, late, gi, gw)
             if i < n:  # the pool is full: grow it (room for any aligned block) and go on
                 self._grow_pool(self._block_room())
+        if parts is not None:
+            for u, w in zip(uniq, gw.tolist()):
+                if w != EMPTY:
+                    self.part_watermarks[u] = w
         self._check_blocks()
         return late.view(np.bool_)
 
@@ -666,7 +688,8 @@ cdef class WindowView:
         return x, h
 
     cdef Py_ssize_t _apply(self, Py_ssize_t start, const int64_t[::1] slots, const int64_t[::1] ts,
-                           const double[:, ::1] x, const uint64_t[:, ::1] h, uint8_t[::1] late) except -2:
+                           const double[:, ::1] x, const uint64_t[:, ::1] h, uint8_t[::1] late,
+                           const int64_t[::1] gi, int64_t[::1] gw) except -2:
         """Applies events start.. in order; returns n, or the index of the
         event that found the pool full (nothing of it applied)."""
         cdef Py_ssize_t n = ts.shape[0], i, j, k, pos, R = self.ring_len, W = self.layout.width
@@ -680,9 +703,15 @@ cdef class WindowView:
         cdef int kind = self.kind
         cdef int64_t wm = self.watermark, lateness = self.allowed_lateness, hop = self.hop
         cdef int64_t gap = self.gap, t, b, top, horizon, nlate = 0, s, m, nsess
-        cdef Py_ssize_t stopped = n
+        cdef Py_ssize_t stopped = n, g = -1
+        cdef bint grouped = gi.shape[0] > 0
         with nogil:
             for i in range(start, n):
+                if grouped and gi[i] != g:  # the watermark of this event's part
+                    if g >= 0:
+                        gw[g] = wm
+                    g = gi[i]
+                    wm = gw[g]
                 if i + PREFETCH_AHEAD < n and self.at_p[slots[i + PREFETCH_AHEAD]] >= 0:
                     prefetch_w(self.P + self.at_p[slots[i + PREFETCH_AHEAD]] * W)
                 t = ts[i]
@@ -781,7 +810,10 @@ cdef class WindowView:
                 self.len_p[s] = m + 1
                 if t > wm:
                     wm = t
-        self.watermark = wm
+        if not grouped:
+            self.watermark = wm
+        elif g >= 0:
+            gw[g] = wm
         self.late_count += nlate
         return stopped
 
@@ -1054,6 +1086,7 @@ cdef class WindowView:
         f._set_slots(np.array(self.run_at), np.array(self.run_len), np.array(self.run_cap), np.array(self.floor_))
         f.n_slots = self.n_slots
         f.watermark, f.late_count = self.watermark, self.late_count
+        f.part_watermarks = dict(self.part_watermarks)
         f.cells_held = self.cells_held
         return f
 
@@ -1148,6 +1181,7 @@ cdef class WindowView:
             cells, blocks = _dense_hll_cells(view, old_offs, cells)
         view._load(np.arange(n, dtype=np.int64), lens, floors, cells, blocks)
         view.watermark, view.late_count = meta["watermark"], meta["late_count"]
+        view.part_watermarks = {int(p): int(w) for p, w in meta.get("part_watermarks", {}).items()}
         return view
 
     def _load(self, slots, lens, floors, cells, blocks=None):
@@ -1254,6 +1288,8 @@ cdef class WindowView:
             if other.floor_p[s] > self.floor_p[s]:  # what the other had dropped, the merge lacks too
                 self.floor_p[s] = other.floor_p[s]
         self.watermark = max(self.watermark, other.watermark)
+        for p, w in other.part_watermarks.items():
+            self.part_watermarks[p] = max(self.part_watermarks.get(p, EMPTY), w)
         return dropped
 
 
@@ -1292,7 +1328,9 @@ class _Snapshot:
     def __init__(self, WindowView view, Py_ssize_t chunk_slots):
         self.view, self.chunk = view, max(1, chunk_slots)
         self.lens, self.blocks = view._census()
-        self.header = json.dumps(view.meta() | {"n_slots": view.n_slots, "watermark": view.watermark,
+        parts = {"part_watermarks": {str(p): w for p, w in view.part_watermarks.items()}} \
+            if view.part_watermarks else {}
+        self.header = json.dumps(view.meta() | parts | {"n_slots": view.n_slots, "watermark": view.watermark,
                                                 "late_count": view.late_count, "cells": int(self.lens.sum()),
                                                 "blocks": int(self.blocks)}).encode()
         self.nbytes = (len(_MAGIC) + 8 + len(self.header) + 16 * view.n_slots

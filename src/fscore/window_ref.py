@@ -166,6 +166,7 @@ class RefView:
         self.columns = tuple(dict.fromkeys(a.column for a in self.aggs if a.column is not None))
         self.allowed_lateness, self.hll_p, self.max_sessions = allowed_lateness, hll_p, max_sessions
         self.watermark: int | None = None
+        self.part_watermarks: dict[int, int] = {}  # tagged events (update(..., parts=)): per part
         self.late_count = 0
         self._seq = 0
         self.events: list[list] = []
@@ -193,7 +194,7 @@ class RefView:
         return np.array([s for s, ev in enumerate(self.events)
                          if ev and max(e[0] for e in ev) < now - ttl], dtype=np.int64)
 
-    def update(self, slots, ts, columns=None) -> np.ndarray:
+    def update(self, slots, ts, columns=None, parts=None) -> np.ndarray:
         slots = np.asarray(slots, dtype=np.int64)
         ts = np.asarray(ts, dtype=np.int64)
         columns = columns or {}
@@ -204,18 +205,37 @@ class RefView:
         late = np.zeros(len(ts), dtype=bool)
         for i in range(len(ts)):
             s, t = int(slots[i]), int(ts[i])
-            if self.watermark is not None and t < self.watermark - self.allowed_lateness:
+            part = None if parts is None else int(parts[i])
+            wm = self.watermark if part is None else self.part_watermarks.get(part)
+            if wm is not None and t < wm - self.allowed_lateness:
                 late[i] = True
             elif self.spec.kind == "session" and not self._session_admit(s, t):
+                late[i] = True
+            elif self._beyond_ring(s, t):
                 late[i] = True
             if late[i]:
                 self.late_count += 1
                 continue
-            self.watermark = t if self.watermark is None else max(self.watermark, t)
+            wm = t if wm is None else max(wm, t)
+            if part is None:
+                self.watermark = wm
+            else:
+                self.part_watermarks[part] = wm
             row = {c: _pyval(cols[c][i]) for c in self.columns}
             self.events[s].append((t, self._seq, row))
             self._seq += 1
         return late
+
+    def _beyond_ring(self, s: int, t: int) -> bool:
+        """A key holds its newest `ring_len` buckets (semantics.md §5): an
+        event in an older bucket is late. Under one watermark this never
+        happens (the ring covers the lateness); with a watermark per part, a
+        key whose events come from several parts can meet it."""
+        if self.spec.kind in ("session", "lifetime") or not self.events[s]:
+            return False
+        hop = self.spec.hop
+        newest = max(e[0] for e in self.events[s]) // hop
+        return t // hop < newest - self.spec.ring_len(self.allowed_lateness, self.max_sessions) + 1
 
     def _session_admit(self, s: int, t: int) -> bool:
         gap, ev = self.spec.gap, self._evicted[s]

@@ -269,10 +269,10 @@ def test_a_record_that_fails_to_apply_is_aborted_and_the_repo_restarts(repo, mon
     eng.push("transactions", [txn(1, amount=1.0)])
     real = ViewRuntime.apply
 
-    def broken(self, vb, now):
+    def broken(self, vb, now, parts=None):
         if self.name == "merchant_txn" and 50.0 in vb.columns["amount"]:
             raise RuntimeError("injected")
-        return real(self, vb, now)
+        return real(self, vb, now, parts)
 
     monkeypatch.setattr(ViewRuntime, "apply", broken)
     with pytest.raises(EngineError, match="nothing of it was applied"):

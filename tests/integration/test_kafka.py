@@ -320,3 +320,63 @@ def test_rest_pushes_get_smaller_kafka_batches_and_pauses_and_ready_reports_the_
     finally:
         ingest.stop()
         engine.close()
+
+
+def test_partitions_caught_up_at_different_speeds_are_judged_late_each_against_its_own_events(kafka_broker,
+                                                                                             tmp_path):
+    """Lateness was judged per stream: a consumer catching up on several
+    partitions (a start on an existing topic, a rebalance) read one partition
+    hours ahead of another, and the other's events were dropped as late
+    online while the offline log kept them — online and training sets
+    disagreed, by an amount that depended on the fetch order. Each partition
+    now has its own watermark, logged with each batch (a replay judges the
+    same) and kept in checkpoints; within a partition the rule is unchanged."""
+    topic = "payments-partition-lateness"
+    kafka_broker.create_topic(topic, partitions=3)
+    repo = make_repo(tmp_path, topic, kafka_broker.bootstrap)
+    H = 3_600_000_000
+    t0 = time.time_ns() // 1000 - 30 * H
+    p = kafka_broker.producer()
+    ahead = {0: 20 * H, 1: 0, 2: 10 * H}  # partition 0's events are 20 h newer than partition 1's
+    for part, shift in ahead.items():
+        for j in range(600):
+            p.produce(topic, json.dumps({"account_id": part * 100 + j % 5, "amount": 1.0,
+                                         "ts": t0 + shift + j * 1_000_000}).encode(), partition=part)
+    p.flush(10)
+    accounts = [part * 100 + a for part in ahead for a in range(5)]
+    engine = open_engine(repo)
+    ingest = subscribed(engine, repo)
+    try:
+        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 1800)
+        assert engine.late_total == 0
+        assert totals(engine, accounts)[0] == [120] * 15
+        # within a partition the rule holds: 2 h older than partition 1's newest is late
+        p.produce(topic, json.dumps({"account_id": 100, "amount": 1.0, "ts": t0 - 2 * H}).encode(), partition=1)
+        p.produce(topic, json.dumps({"account_id": 101, "amount": 1.0, "ts": t0 + 600_000_000}).encode(),
+                  partition=1)
+        p.flush(10)
+        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 1802)
+        assert engine.late_total == 1 and totals(engine, [100, 101])[0] == [120, 121]
+    finally:
+        ingest.stop()
+        engine.close()
+    # a restart replays the log with each batch's partitions: the same judgement
+    engine = open_engine(repo)
+    try:
+        assert engine.late_total == 1
+        assert totals(engine, accounts)[0] == [120] * 5 + [120, 121, 120, 120, 120] + [120] * 5
+        engine.checkpoint()
+    finally:
+        engine.close()
+    engine = open_engine(repo)
+    ingest = subscribed(engine, repo)
+    try:  # ... and from a checkpoint, which keeps the partitions' watermarks
+        p.produce(topic, json.dumps({"account_id": 100, "amount": 1.0, "ts": t0 - 2 * H}).encode(), partition=1)
+        p.produce(topic, json.dumps({"account_id": 200, "amount": 1.0, "ts": t0 + 9 * H + H // 2}).encode(),
+                  partition=2)  # 10 h behind partition 0, within an hour of its own
+        p.flush(10)
+        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 2)
+        assert engine.late_total == 2 and totals(engine, [100, 200])[0] == [120, 121]
+    finally:
+        ingest.stop()
+        engine.close()

@@ -72,7 +72,7 @@ def assert_close(name, got, want, scale, n):
 
 def compare(cy, ref, spec, events, late):
     applied = [e for e, lt in zip(events, late) if not lt]
-    wm = cy.watermark
+    wm = max([cy.watermark, *cy.part_watermarks.values()])
     for slot in range(N_SLOTS):
         mine = [e for e in applied if e[0] == slot]
         finite = [abs(e[2]) for e in mine if e[2] == e[2]]
@@ -116,6 +116,32 @@ def test_compiled_equals_reference(spec, lateness, max_sessions, events):
     late = cy.update(slots, ts, {"x": x})
     np.testing.assert_array_equal(late, ref.update(slots, ts, {"x": x}))
     compare(cy, ref, spec, events, late)
+
+
+@FAST
+@given(spec=st.sampled_from(SPECS), lateness=st.sampled_from([0, 10, 25]),
+       max_sessions=st.sampled_from([1, 2, 4]), events=EVENTS, data=st.data())
+def test_lateness_per_part_equals_the_reference_in_any_chunks(spec, lateness, max_sessions, events, data):
+    """update(..., parts=): each part (a Kafka partition) has its own
+    watermark. Against the reference; the same in chunks with a snapshot
+    round trip between them; and one part alone is the untagged rule."""
+    slots, ts, x = arrays(events)
+    parts = np.array(data.draw(st.lists(st.integers(0, 2), min_size=len(ts), max_size=len(ts))), dtype=np.int64)
+    cy, ref = make(WindowView, spec, lateness, max_sessions), make(RefView, spec, lateness, max_sessions)
+    late = cy.update(slots, ts, {"x": x}, parts=parts)
+    np.testing.assert_array_equal(late, ref.update(slots, ts, {"x": x}, parts=parts))
+    assert cy.part_watermarks == ref.part_watermarks and cy.watermark == -2 ** 63
+    compare(cy, ref, spec, events, late)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(ts)), max_size=3)))
+    v, masks = make(WindowView, spec, lateness, max_sessions), []
+    for a, b in zip([0] + cuts, cuts + [len(ts)]):
+        masks.append(v.update(slots[a:b], ts[a:b], {"x": x[a:b]}, parts=parts[a:b]))
+        v = WindowView.from_bytes(v.to_bytes()) if a % 2 else v.frozen() if b % 3 == 0 else v
+    np.testing.assert_array_equal(np.concatenate(masks) if masks else late, late)
+    assert v.part_watermarks == cy.part_watermarks
+    one = make(WindowView, spec, lateness, max_sessions)
+    np.testing.assert_array_equal(one.update(slots, ts, {"x": x}, parts=np.full(len(ts), 7)),
+                                  make(WindowView, spec, lateness, max_sessions).update(slots, ts, {"x": x}))
 
 
 @FAST

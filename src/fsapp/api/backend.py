@@ -210,8 +210,9 @@ class EngineBackend:
                 self.evictions.set(s["evicted_capacity"], view=view, reason="capacity")
                 self.evictions.set(s["evicted_expired"], view=view, reason="expired")
                 self.rows.set(s["rows"], view=view)
-            for stream, wm in eng.watermarks.items():
-                self.lag.set(max(0.0, (now - wm) / 1e6), stream=stream)
+            for stream, by_part in eng.watermarks.items():
+                if by_part:  # the stream's newest event, whichever partition brought it
+                    self.lag.set(max(0.0, (now - max(by_part.values())) / 1e6), stream=stream)
             self.lsn.set(eng.applied_lsn)
             self.checkpoint_failures.set(eng.checkpoint_failures)
             self.replay_backlog.set(eng.replay_backlog_s)

@@ -190,9 +190,8 @@ class PartitionKeys:
         partitions: a start, or an eager rebalance's revoke of them all);
         returns keys dropped. Caller holds the engine lock.
 
-        The window state's lateness watermark is one per view: kept, it would
-        judge a replayed partition's events late against events of partitions
-        replayed before (or of the live ones), and drop them."""
+        The window state's lateness watermarks (one per partition) go with it;
+        kept, a partition's would judge its own replay late."""
         from fscore.window import WindowView
 
         gone = 0

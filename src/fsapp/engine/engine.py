@@ -56,7 +56,7 @@ from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, EngineError, Par
 from fsapp.engine.idempotency import MAX_KEY_LENGTH, IdempotencyWindow
 from fsapp.engine.ingest import BatchNormaliser
 from fsapp.engine.online import online_json, online_response
-from fsapp.engine.runtime import ROW, ViewRuntime, project_views, table_file
+from fsapp.engine.runtime import ROW, UNTAGGED, ViewRuntime, project_views, table_file
 from fsapp.offline.store import OfflineStore
 from fsapp.offline.views import from_registry
 from fsapp.registry.catalog import Registry
@@ -134,7 +134,7 @@ class _Queued:
     prepared: PreparedPush | None = None
     offsets: dict | None = None
     key: str | None = None
-    tags: np.ndarray | None = None  # Kafka partition per batch row (group mode; not logged, see cluster.py)
+    tags: np.ndarray | None = None  # Kafka partition per batch row (lateness per partition; group mode's keys)
     offline: bool = True  # False: a replay of events this data directory's offline log holds already
     work_s: float = 0.0  # seconds its preparing took (replay_backlog_s)
     result: PushResult | None = None
@@ -219,7 +219,8 @@ class Engine:
         docstring). Used at open and to rebuild after a failed apply;
         `waiting`: LSN -> queued push whose answer the replay gives."""
         ckpt = load_latest_checkpoint(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
-        self.watermarks: dict[str, int] = {}
+        # stream -> {Kafka partition (UNTAGGED: pushes without one): newest applied event time}
+        self.watermarks: dict[str, dict[int, int]] = {}
         self.offsets: dict = {}
         # "<topic>/<partition>" -> the offset below which every event of the
         # partition is in this directory's offline log (or was dead-lettered);
@@ -234,6 +235,13 @@ class Engine:
         self.idempotency = IdempotencyWindow.from_list(meta.get("idempotency"))
         self.late_total = int(meta.get("late_events", 0))
         self._load_definitions(ckpt)
+        if ckpt and "stream_watermarks" not in meta:
+            # a checkpoint from before lateness was judged per partition: the
+            # windows' one watermark is now that of the pushes without one
+            for rt in self.runtimes.values():
+                for w in rt.windows:
+                    if w.watermark != INT64_MIN:
+                        w.part_watermarks.setdefault(UNTAGGED, w.watermark)
         self.checkpoint_lsn = self.applied_lsn = ckpt.lsn if ckpt else 0
         self._next_seq = {s: self.offline.log.next_seq(s) for s in self.streams}
         self._check_log_is_whole(ckpt)
@@ -309,8 +317,11 @@ class Engine:
         if stream not in self.streams:
             return None  # the stream was dropped from the registry since
         prepared = self._prepare_table(stream, table, self.cursor())
+        tags = records.decode_runs(head["parts"]) if "parts" in head else None
+        if tags is not None and tags.size != table.num_rows:
+            raise EngineError(f"the record's partitions cover {tags.size} rows of its {table.num_rows}")
         q = _Queued(lsn, REC_PUSH, head["now"], head["seq"], prepared, head.get("offsets") or {}, head.get("key"),
-                    offline=head.get("offline", True))
+                    tags, offline=head.get("offline", True))
         # events already in a flushed (or still buffered) offline file keep their place there
         self._apply_push(q, log_offline=q.offline and head["seq"] >= self.offline.log.next_seq(stream))
         if q.offline:
@@ -347,7 +358,11 @@ class Engine:
                 wanted.add((view, int(rest.split(":")[0])))
         saved = {(r["name"], r["version"]): r for r in (ckpt.meta.get("runtimes", []) if ckpt else [])}
         if ckpt:
-            self.watermarks = {k: int(v) for k, v in ckpt.meta.get("watermarks", {}).items()}
+            if "stream_watermarks" in ckpt.meta:
+                self.watermarks = {k: {int(p): int(w) for p, w in v.items()}
+                                   for k, v in ckpt.meta["stream_watermarks"].items()}
+            else:  # before lateness was judged per partition: one watermark per stream
+                self.watermarks = {k: {UNTAGGED: int(v)} for k, v in ckpt.meta.get("watermarks", {}).items()}
             self.offsets = ckpt.meta.get("offsets", {})
             self.logged_offsets = dict(ckpt.meta.get("logged_offsets", self.offsets))
         for name, version in sorted(wanted):
@@ -509,8 +524,9 @@ class Engine:
              offline: bool = True) -> PushResult:
         """Prepares, logs, then applies a batch; returns once it is durable
         under the fsync policy. A retry with an `idempotency_key` seen before
-        returns the first answer and applies nothing. `tags`: an int per row
-        handed to `on_applied` (the Kafka partition of each row).
+        returns the first answer and applies nothing. `tags`: the Kafka
+        partition of each row (logged): lateness is judged per partition, and
+        `on_applied` is told them.
         `offline=False`: a source replaying events below `logged_offsets`
         (a group-mode reassignment): applied online, not logged offline again."""
         if not offline and not offsets:
@@ -527,6 +543,10 @@ class Engine:
         started = time.perf_counter()
         prepared = self.prepare(stream, rows)
         prepare_s = time.perf_counter() - started
+        if tags is not None:
+            tags = np.asarray(tags, dtype=np.int64)
+            if tags.shape != (prepared.table.num_rows,) or (tags.size and tags.min() < 0):
+                raise ValueError(f"tags: one partition number (>= 0) per row, {prepared.table.num_rows} of them")
         with self.lock:
             if key is not None:
                 first = self._answer_for(key)
@@ -539,7 +559,7 @@ class Engine:
                 return PushResult(0, 0, self.applied_lsn)
             seq = self._next_seq.get(stream, 0)
             lsn = self.wal.append(REC_PUSH, records.encode_push(stream, now, seq, prepared.table, offsets, key,
-                                                                offline), wait=False)
+                                                                offline, tags), wait=False)
             if offline:
                 self._next_seq[stream] = seq + n
             q = _Queued(lsn, REC_PUSH, now, seq, prepared, offsets, key, tags, offline=offline, work_s=prepare_s)
@@ -623,7 +643,8 @@ class Engine:
     def _apply_push(self, q: _Queued, log_offline: bool = True) -> None:
         p = q.prepared
         stream = p.stream
-        late, wm = self._late_mask(stream, p.ts)
+        parts = np.full(p.ts.size, UNTAGGED, dtype=np.int64) if q.tags is None else q.tags
+        late, moved = self._late_mask(stream, p.ts, parts)
         nlate = int(late.sum())
         keep = ~late
         for key, vb in p.views.items():
@@ -634,7 +655,7 @@ class Engine:
                 if tagged and self.before_applied is not None:
                     self.before_applied(rt)
                 try:
-                    rt.apply(applied, q.now)
+                    rt.apply(applied, q.now, parts[applied.rows])
                 finally:
                     rt.table.insert_hidden = False
                 self._note_evictions(rt)
@@ -643,7 +664,7 @@ class Engine:
         if self.max_memory is not None:
             self._bound_memory()
         if p.table.num_rows:
-            self.watermarks[stream] = wm
+            self.watermarks.setdefault(stream, {}).update(moved)
             if log_offline:
                 self.offline.log.append(stream, p.table, timestamp=self.streams[stream].timestamp,
                                         created_ts=q.now, seq=q.seq)
@@ -700,16 +721,31 @@ class Engine:
         self.queue.clear()
         self._applied.notify_all()
 
-    def _late_mask(self, stream: str, ts: np.ndarray) -> tuple[np.ndarray, int]:
-        """Events older than the stream's running max event time minus its
-        allowed lateness (in arrival order), and the new watermark."""
-        s = self.streams[stream]
-        wm = self.watermarks.get(stream, INT64_MIN)
+    def _late_mask(self, stream: str, ts: np.ndarray, parts: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Events older than the running max event time of their partition
+        (`parts`, UNTAGGED for pushes without one) minus the stream's allowed
+        lateness, in arrival order (semantics.md §4); and the partitions' new
+        watermarks. Per partition, so that a consumer catching up on several
+        partitions at different speeds (a start, a rebalance) does not judge
+        one partition's events against another's newer ones."""
+        lateness = self.streams[stream].allowed_lateness
+        held = self.watermarks.get(stream, {})
+        late = np.zeros(ts.size, dtype=bool)
         if ts.size == 0:
-            return np.zeros(0, dtype=bool), wm
-        running = np.maximum.accumulate(np.concatenate([[wm], ts]))[:-1]
-        late = ts < np.where(running == INT64_MIN, INT64_MIN, running - s.allowed_lateness)
-        return late, int(max(wm, ts.max()))
+            return late, {}
+        first, last = int(parts[0]), int(parts[-1])
+        if first == last and (parts == first).all():
+            groups = [(first, slice(None))]
+        else:
+            groups = [(int(u), np.flatnonzero(parts == u)) for u in np.unique(parts)]
+        moved = {}
+        for part, idx in groups:
+            t = ts[idx]
+            wm = held.get(part, INT64_MIN)
+            running = np.maximum.accumulate(np.concatenate([[wm], t]))[:-1]
+            late[idx] = t < np.where(running == INT64_MIN, INT64_MIN, running - lateness)
+            moved[part] = int(max(wm, t.max()))
+        return late, moved
 
     def _note_evictions(self, rt: ViewRuntime) -> None:
         """A table at max_keys (or a store at max_memory) evicts keys: say so in
@@ -1015,7 +1051,8 @@ class Engine:
                     parts[f"{name}@v{version}/window{i}"] = w if self.checkpoint_mode == "fork" else w.frozen()
                 runtimes.append({"name": name, "version": version, "windows": len(rt.windows),
                                  **rt.checkpoint_meta()})
-            meta = {"watermarks": dict(self.watermarks), "offsets": dict(self.offsets),
+            meta = {"stream_watermarks": {k: {str(p): w for p, w in v.items()} for k, v in self.watermarks.items()},
+                    "offsets": dict(self.offsets),
                     "logged_offsets": dict(self.logged_offsets), "runtimes": runtimes,
                     "idempotency": self.idempotency.to_list(), "late_events": self.late_total}
             tmp = temp_path(self.ckpt_dir, lsn)

@@ -244,11 +244,13 @@ class KafkaIngest:
             for topic, ps in by_topic.items():
                 if {p for t, p in self.assigned if t == topic} <= ps:
                     # none of the topic's partitions stays (always so with the eager
-                    # protocols): start the views and the stream's lateness afresh
+                    # protocols): every key goes, the views start afresh
                     n += self.keys.forget(self._views_of(topic))
-                    self.engine.watermarks.pop(self.topics[topic], None)
                 else:
                     n += self.keys.drop(self._views_of(topic), ps)
+                # their lateness starts afresh too: a later assignment replays them
+                # from the start, which their old watermark would judge late
+                self._forget_watermarks(topic, ps)
                 for p in ps:
                     self.engine.offsets.pop(f"{topic}/{p}", None)
                     self.progress.revoke(f"{topic}/{p}")
@@ -268,12 +270,24 @@ class KafkaIngest:
         with self.engine.lock:
             for topic in self.topics:
                 n += self.keys.forget(self._views_of(topic))
-                self.engine.watermarks.pop(self.topics[topic], None)
+                self._forget_watermarks(topic, None)
                 for key in [k for k in self.engine.offsets if k.rpartition("/")[0] == topic]:
                     del self.engine.offsets[key]
         self.dropped_keys += n
         if n:
             log.info("kafka: group mode start: dropped %d recovered key(s); assigned partitions are replayed", n)
+
+    def _forget_watermarks(self, topic: str, partitions: set[int] | None) -> None:
+        """Under the engine lock: the lateness watermarks of these partitions
+        of the topic (None: all of them) go, in the engine and in every window
+        of the topic's views."""
+        held = self.engine.watermarks.get(self.topics[topic], {})
+        for p in [p for p in held if p >= 0 and (partitions is None or p in partitions)]:
+            del held[p]
+        for rt in self._views_of(topic):
+            for w in rt.windows:
+                for p in [p for p in w.part_watermarks if p >= 0 and (partitions is None or p in partitions)]:
+                    del w.part_watermarks[p]
 
     def _high_watermark(self, tp) -> int | None:
         try:
@@ -487,9 +501,10 @@ class KafkaIngest:
         # a replay's bad messages were dead-lettered when first consumed
         dead = [] if replay else [self._letter(m, stream, kind, reason) for m, kind, reason in bad]
         ingested = 0
-        # group mode: each row's partition goes with it, so a revoke knows its keys
+        # each row's partition goes with it: lateness is judged per partition, and
+        # in group mode a revoke knows its keys
         tags = None
-        if self.group and table is not None:
+        if table is not None:
             tags = parts if row_msgs is msgs else np.array([m.partition() for m in row_msgs], dtype=np.int64)
         if table is not None and table.num_rows:
             if dead:

@@ -43,6 +43,7 @@ from fsapp.registry.catalog import FeatureViewInfo, bare_column
 from fsapp.registry.model import Stream
 
 INT64_MIN = np.iinfo(np.int64).min
+UNTAGGED = -1  # the lateness part of events pushed without a Kafka partition (REST, SDK)
 log = logging.getLogger("fsapp.engine")
 SHADOW_BATCHES = 3
 ROW = "_fs_row"  # the batch row a projected row came from (stream columns may not start with _fs_)
@@ -382,6 +383,7 @@ class ViewRuntime:
         held = (meta or {}).get("held") or {}
         self.held_rows = np.asarray(held.get("rows", []), dtype=np.int64)
         self.held_ts = np.asarray(held.get("ts", []), dtype=np.int64)
+        self.held_parts = np.asarray(held.get("parts", [UNTAGGED] * self.held_ts.size), dtype=np.int64)
         self.inputs = list(info.input_columns()) if self.aggregated else []
         self.held_cols = {c: np.asarray(held.get("cols", {}).get(c, []), dtype=np.float64) for c in self.inputs}
 
@@ -433,9 +435,11 @@ class ViewRuntime:
             return len(set(zip(*[v.tolist() for v in vb.keys.values()])))
         return len(unique_ints(vb.keys)) if vb.keys.dtype != object else len(set(vb.keys.tolist()))
 
-    def apply(self, vb: ViewBatch, now: int) -> int:
+    def apply(self, vb: ViewBatch, now: int, parts: np.ndarray | None = None) -> int:
         """Applies one prepared batch (events in arrival order, none late);
-        events ahead of `now` are held (see the module docstring)."""
+        events ahead of `now` are held (see the module docstring). `parts`:
+        the Kafka partition of each of vb's rows (UNTAGGED for a push without):
+        the windows judge lateness per partition, as the engine did."""
         n = len(vb)
         if not self.aggregated:
             if n == 0:
@@ -453,30 +457,42 @@ class ViewRuntime:
         self._fit(int(rows.max()) + 1)
         if fresh.any():
             self.reset_rows(rows[fresh])
-        self._update(rows, vb.ts, vb.columns, now)
+        self._update(rows, vb.ts, vb.columns, now, parts)
         self.write_values(unique_ints(released, rows), now)
         return n
 
-    def _update(self, rows: np.ndarray, ts: np.ndarray, columns: dict, now: int) -> None:
+    def _update(self, rows: np.ndarray, ts: np.ndarray, columns: dict, now: int,
+                parts: np.ndarray | None = None) -> None:
         """Events into the window state, those at or after `now` held instead."""
+        parts = np.full(rows.size, UNTAGGED, dtype=np.int64) if parts is None else parts
         ahead = ts >= now
         if ahead.any():
             self.held_rows = np.concatenate([self.held_rows, rows[ahead]])
             self.held_ts = np.concatenate([self.held_ts, ts[ahead]])
+            self.held_parts = np.concatenate([self.held_parts, parts[ahead]])
             for c in self.held_cols:
                 self.held_cols[c] = np.concatenate([self.held_cols[c], columns[c][ahead]])
             keep = ~ahead
-            rows, ts, columns = rows[keep], ts[keep], {c: v[keep] for c, v in columns.items()}
+            rows, ts, parts = rows[keep], ts[keep], parts[keep]
+            columns = {c: v[keep] for c, v in columns.items()}
         if rows.size:
             for w in self.windows:
-                late = w.update(rows, ts, {c: columns[c] for c in w.columns})
+                late = w.update(rows, ts, {c: columns[c] for c in w.columns}, parts=parts)
                 if late.any():
-                    # the engine admitted them (its stream-level rule); a window that
-                    # judges otherwise drops accepted events: a bug, made loud
                     n = int(late.sum())
                     self.window_dropped += n
-                    log.error("feature view %s: a %s window dropped %d admitted event(s) as late "
-                              "(the engine's lateness rule and the window's disagree)", self.name, w.spec.kind, n)
+                    if (parts[late] != UNTAGGED).any():
+                        # judged per partition, a key whose events come from several
+                        # partitions can get one older than its window state holds
+                        log.warning("feature view %s: a %s window dropped %d event(s) older than the key's "
+                                    "state holds (a key with events from several Kafka partitions: the topic "
+                                    "is not keyed by this view's key)", self.name, w.spec.kind, n)
+                    else:
+                        # the engine admitted them; a window that judges otherwise
+                        # drops accepted events: a bug, made loud
+                        log.error("feature view %s: a %s window dropped %d admitted event(s) as late "
+                                  "(the engine's lateness rule and the window's disagree)", self.name,
+                                  w.spec.kind, n)
             np.maximum.at(self.last_ts, rows, ts)
 
     def _release(self, now: int) -> np.ndarray:
@@ -497,12 +513,12 @@ class ViewRuntime:
             return np.zeros(0, dtype=np.int64)
         idx = np.flatnonzero(due)
         idx = idx[np.argsort(self.held_ts[idx], kind="stable")]
-        rows, ts = self.held_rows[idx], self.held_ts[idx]
+        rows, ts, parts = self.held_rows[idx], self.held_ts[idx], self.held_parts[idx]
         cols = {c: v[idx] for c, v in self.held_cols.items()}
         keep = ~due
-        self.held_rows, self.held_ts = self.held_rows[keep], self.held_ts[keep]
+        self.held_rows, self.held_ts, self.held_parts = self.held_rows[keep], self.held_ts[keep], self.held_parts[keep]
         self.held_cols = {c: v[keep] for c, v in self.held_cols.items()}
-        self._update(rows, ts, cols, now)
+        self._update(rows, ts, cols, now, parts)
         return unique_ints(rows)
 
     def _fit(self, high: int) -> None:
@@ -525,6 +541,7 @@ class ViewRuntime:
         if self.held_rows.size:
             keep = ~np.isin(self.held_rows, rows)
             self.held_rows, self.held_ts = self.held_rows[keep], self.held_ts[keep]
+            self.held_parts = self.held_parts[keep]
             self.held_cols = {c: v[keep] for c, v in self.held_cols.items()}
 
     def write_values(self, rows: np.ndarray, now: int) -> None:
@@ -680,6 +697,7 @@ class ViewRuntime:
         if not self.held_ts.size:
             return {}
         return {"held": {"rows": self.held_rows.tolist(), "ts": self.held_ts.tolist(),
+                         "parts": self.held_parts.tolist(),
                          "cols": {c: v.tolist() for c, v in self.held_cols.items()}}}
 
     def held_before(self, rows: np.ndarray, t: int) -> bool:
