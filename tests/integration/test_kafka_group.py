@@ -1,5 +1,5 @@
 """Scale-out on Kafka (`kafka.assign: group`) against a real broker (tansu),
-engines in this process: a revoke drops the revoked partitions' keys at once
+engines in this process: a revoke hides the revoked partitions' keys at once
 (never a stale PRESENT), an assignment replays them exactly once, writes
 that would live on one node only are refused, and views that cannot follow
 the topic's partitioning are refused or flagged."""
@@ -418,3 +418,64 @@ def test_keys_of_a_partition_being_replayed_read_not_found_until_it_is_live(kafk
     assert not partial, partial[:5]
     assert 0 in seen and len(seen) > 20, seen[:20]  # polled through the replay, not only after it
     assert engine is not None and ingest.stats()["recovering"] == []
+
+
+def test_a_rebalance_that_gives_a_partition_back_keeps_its_state_and_reads_on_from_its_offset(kafka_broker,
+                                                                                              tmp_path):
+    """The eager assignors revoke every partition at every rebalance, and a
+    node dropped the keys of each and replayed it from its start when it came
+    back: seconds of replay per rebalance, and a topic past its retention
+    lost its old events. A revoke now parks the partitions (keys hidden at
+    once, state and offsets kept); the assignment resumes the ones it gives
+    back from the engine's offsets (recovering, still hidden, until caught
+    up) and drops the others. Rebalances driven here through the callbacks,
+    on a consumer assigned by hand."""
+    from confluent_kafka import TopicPartition
+
+    topic, parts = "payments-group-park", 2
+    kafka_broker.create_topic(topic, partitions=parts)
+    expected = produce(kafka_broker, topic, parts, 240)
+    owner_of = {a: partition_for(a, parts) for a in range(KEYS)}
+    repo = make_repo(tmp_path, "a", topic, kafka_broker.bootstrap, "g-park")
+    engine = open_engine(repo)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    both = [TopicPartition(topic, p) for p in range(parts)]
+
+    def caught_up(n):
+        deadline = time.monotonic() + 30
+        while sum(ingest.counts["consumed"].values()) < n or ingest.stats()["recovering"]:
+            assert time.monotonic() < deadline, ingest.cluster()
+            ingest.poll_once()
+
+    try:
+        ingest._on_assign(ingest.consumer, both)
+        caught_up(240)
+        assert counts_of(engine, list(range(KEYS))) == (expected, {k: "PRESENT" for k in range(KEYS)})
+        offsets = dict(engine.offsets)
+        ingest._on_revoke(ingest.consumer, both)
+        # parked: hidden at once, state and offsets kept
+        assert set(counts_of(engine, list(range(KEYS)))[1].values()) == {"NOT_FOUND"}
+        assert engine.offsets == offsets and ingest.stats()["dropped_keys"] == 0
+        more = produce(kafka_broker, topic, parts, 60, start=240)
+        for k, n in more.items():
+            expected[k] += n
+        # partition 0 given back, partition 1 not: 0 reads on from its offset, 1's keys go
+        ingest._on_assign(ingest.consumer, both[:1])
+        assert ingest.stats()["recovering"] == [f"{topic}/0"]
+        assert set(counts_of(engine, list(range(KEYS)))[1].values()) == {"NOT_FOUND"}
+        assert f"{topic}/1" not in engine.offsets and ingest.stats()["dropped_keys"] > 0
+        new_on_0 = sum(n for k, n in more.items() if owner_of[k] == 0)
+        caught_up(240 + new_on_0)
+        assert sum(ingest.counts["consumed"].values()) == 240 + new_on_0  # nothing of partition 0 read twice
+        values, statuses = counts_of(engine, list(range(KEYS)))
+        for k in range(KEYS):
+            assert (values[k], statuses[k]) == ((expected[k], "PRESENT") if owner_of[k] == 0 else (0, "NOT_FOUND"))
+        # partition 1 assigned again: never held now, replayed from its start into empty state
+        ingest._on_revoke(ingest.consumer, both[:1])
+        ingest._on_assign(ingest.consumer, both)
+        caught_up(240 + new_on_0 + sum(n for k, n in expected.items() if owner_of[k] == 1))
+        assert counts_of(engine, list(range(KEYS))) == (expected, {k: "PRESENT" for k in range(KEYS)})
+        assert engine.late_total == 0
+    finally:
+        ingest.stop()
+        engine.close()

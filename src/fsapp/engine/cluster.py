@@ -164,6 +164,18 @@ class PartitionKeys:
         rows = np.flatnonzero(np.isin(tags, np.asarray(sorted(partitions), dtype=np.int32))).astype(np.int64)
         return rows[rows < rt.table.capacity]
 
+    def hide(self, runtimes, partitions: set[int]) -> int:
+        """Hides the rows of these partitions' keys from readers (NOT_FOUND),
+        keeping their state; returns rows hidden. Caller holds the engine lock."""
+        if not partitions:
+            return 0
+        hidden = 0
+        for rt in runtimes:
+            rows = self._rows_of(rt, partitions)
+            if rows.size:
+                hidden += rt.table.hide_rows(rows[rt.table.rows_live(rows)])
+        return hidden
+
     def drop(self, runtimes, partitions: set[int]) -> int:
         """Deletes every key of these runtimes whose events came from
         `partitions` (table rows and window state); returns keys dropped.

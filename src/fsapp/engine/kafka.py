@@ -103,6 +103,9 @@ class KafkaIngest:
             "session.timeout.ms": int(config.properties.get("session.timeout.ms", 10_000)),
         })
         self.assigned: set[tuple[str, int]] = set()
+        # group mode: revoked partitions whose keys are hidden and kept, with their
+        # offsets, until the next assignment gives them back or not
+        self.parked: set[tuple[str, int]] = set()
         self.counts = {"consumed": {}, "ingested": {}, "dead_lettered": {}}
         self.dead_by_kind: dict[tuple[str, str], int] = {}
         self.lag: dict[str, int] = {}
@@ -188,11 +191,22 @@ class KafkaIngest:
         return [TopicPartition(tp.topic, tp.partition, self._start_offset(tp.topic, tp.partition)) for tp in parts]
 
     def _on_assign(self, consumer, parts) -> None:
+        # partitions parked at the revoke and not given back: their keys go now
+        new = {(tp.topic, tp.partition) for tp in parts}
+        gone = self.parked - new
+        if gone:
+            self._drop_partitions([TopicPartition(t, p) for t, p in sorted(gone)], "not reassigned", kept=new)
+        kept = self.parked & new
+        self.parked = set()
+        if kept:
+            log.info("kafka: %s given back: their state is kept and read from the engine's offsets on",
+                     sorted(f"{t}/{p}" for t, p in kept))
         # the engine's offsets, not the group's committed ones: a partition
-        # whose keys this node dropped (revoke) has none, and is replayed
-        # from its start into empty state
+        # parked here resumes where its state is; one whose keys this node
+        # dropped (or never held) has none, and is replayed from its start
+        # into empty state
         consumer.assign(self._positioned(parts))
-        self.assigned = {(tp.topic, tp.partition) for tp in parts}
+        self.assigned = new
         self.rebalances += 1
         try:
             self.member_id = consumer.memberid() or None
@@ -209,16 +223,47 @@ class KafkaIngest:
 
     def _on_revoke(self, consumer, parts) -> None:
         # another member may own these partitions next: stop serving their
-        # keys now (never a stale PRESENT), then tell the group where we are
-        self._drop_partitions(parts, "revoked")
+        # keys now (never a stale PRESENT), then tell the group where we are.
+        # The eager protocols revoke every partition at every rebalance and
+        # most come back: their state is parked (hidden, kept with its
+        # offsets) until the assignment says which; a node that stops drops them
+        if self._stop.is_set():
+            self._drop_partitions(parts, "revoked")
+        else:
+            self._park(parts, "revoked")
         if parts:
             self._commit(asynchronous=False)
         self._unassign(consumer)
 
     def _on_lost(self, consumer, parts) -> None:
         # the group gave them to someone else already (our session timed out)
-        self._drop_partitions(parts, "lost")
+        if self._stop.is_set():
+            self._drop_partitions(parts, "lost")
+        else:
+            self._park(parts, "lost")
         self._unassign(consumer)
+
+    def _park(self, parts, why: str) -> None:
+        """Hides the keys of these partitions from readers at once (NOT_FOUND,
+        never a stale PRESENT) and keeps their state and offsets, in one hold
+        of the engine lock, until the next assignment: one that gives them
+        back resumes them from the engine's offsets (recovering, so still
+        hidden, until caught up); otherwise they are dropped then."""
+        mine = {(tp.topic, tp.partition) for tp in parts if tp.topic in self.topics}
+        if not mine:
+            return
+        started = time.monotonic()
+        n = 0
+        with self.engine.lock:
+            for topic in {t for t, _ in mine}:
+                n += self.keys.hide(self._views_of(topic), {p for t, p in mine if t == topic})
+            for t, p in mine:
+                self.progress.revoke(f"{t}/{p}")
+                self.lag.pop(f"{t}/{p}", None)
+        self.parked |= mine
+        self._sync_hidden()
+        log.info("kafka: %s %s: parked %d key(s) (hidden) in %.1f ms", why, sorted(f"{t}/{p}" for t, p in mine),
+                 n, (time.monotonic() - started) * 1e3)
 
     def _unassign(self, consumer) -> None:
         consumer.unassign()
@@ -226,7 +271,7 @@ class KafkaIngest:
         if self.membership is not None:
             self.membership.claim((), self.member_id)
 
-    def _drop_partitions(self, parts, why: str) -> None:
+    def _drop_partitions(self, parts, why: str, kept: set | None = None) -> None:
         """Deletes the keys of these partitions from every view of their
         topics (table rows and window state) and forgets their offsets, in
         one hold of the engine lock: they read NOT_FOUND from now on, and a
@@ -242,7 +287,7 @@ class KafkaIngest:
         n = 0
         with self.engine.lock:
             for topic, ps in by_topic.items():
-                if {p for t, p in self.assigned if t == topic} <= ps:
+                if {p for t, p in (self.assigned if kept is None else kept) if t == topic} <= ps:
                     # none of the topic's partitions stays (always so with the eager
                     # protocols): every key goes, the views start afresh
                     n += self.keys.forget(self._views_of(topic))
@@ -463,6 +508,7 @@ class KafkaIngest:
         if not self.group:
             return
         recovering = {int(k.rpartition("/")[2]) for k in self.progress.target if k not in self.progress.live}
+        recovering |= {p for _, p in self.parked}  # hidden until the assignment says whose they are
         caught_up = set(self.keys.recovering.tolist()) - recovering
         self.keys.recovering = np.asarray(sorted(recovering), dtype=np.int32)
         if caught_up:
