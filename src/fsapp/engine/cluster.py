@@ -75,13 +75,29 @@ def partition_for(key, partitions: int) -> int:
     return (murmur2(key_bytes(key)) & 0x7FFFFFFF) % partitions
 
 
+def tags_of(store: dict, rt) -> np.ndarray:
+    """`store`'s partition tags of `rt`'s rows (int32 by row id), grown to the
+    table's capacity (new rows NO_PARTITION)."""
+    key = (rt.name, rt.version)
+    tags = store.get(key)
+    cap = rt.table.capacity
+    if tags is None or tags.size < cap:
+        grown = np.full(cap, NO_PARTITION, dtype=np.int32)
+        if tags is not None:
+            grown[:tags.size] = tags
+        tags = store[key] = grown
+    return tags
+
+
 class PartitionKeys:
     """Per online view, the Kafka partition of each table row's events
     (int32 by row id; NO_PARTITION for none). Written by the engine's apply
-    hook for Kafka batches only; read by `drop`."""
+    hook for Kafka batches only; read by `drop`. `tags`: the store to keep
+    them in (the engine's `row_partitions`, which its checkpoints and its
+    replay keep; default: one of its own, in memory)."""
 
-    def __init__(self):
-        self.tags: dict[tuple[str, int], np.ndarray] = {}
+    def __init__(self, tags: dict | None = None):
+        self.tags: dict[tuple[str, int], np.ndarray] = {} if tags is None else tags
         self.split: dict[str, int] = {}  # view -> keys seen from a second partition (not partition-aligned)
         self._evicted: dict[tuple[str, int], int] = {}  # view -> evictions (max_keys, TTL) seen by the last note
         # partitions being rebuilt (of any topic; set by the ingest thread, a
@@ -89,15 +105,7 @@ class PartitionKeys:
         self.recovering = np.zeros(0, dtype=np.int32)
 
     def _of(self, rt) -> np.ndarray:
-        key = (rt.name, rt.version)
-        tags = self.tags.get(key)
-        cap = rt.table.capacity
-        if tags is None or tags.size < cap:
-            grown = np.full(cap, NO_PARTITION, dtype=np.int32)
-            if tags is not None:
-                grown[:tags.size] = tags
-            tags = self.tags[key] = grown
-        return tags
+        return tags_of(self.tags, rt)
 
     def before(self, rt) -> None:
         """Called under the engine lock before a Kafka batch goes into `rt`:

@@ -149,7 +149,8 @@ class Engine:
     def __init__(self, data_dir: str, registry_path: str, *, fsync: str = "always",
                  capacity: int = DEFAULT_CAPACITY, max_keys: int | None = None, max_memory: int | None = None,
                  clock=now_us,
-                 keep_checkpoints: int = 2, repo_root: str | None = None, checkpoint_mode: str = "copy"):
+                 keep_checkpoints: int = 2, repo_root: str | None = None, checkpoint_mode: str = "copy",
+                 track_partitions: bool = False):
         if checkpoint_mode not in ("copy", "fork"):
             raise ValueError(f"checkpoint_mode is 'copy' or 'fork', got {checkpoint_mode!r}")
         # fork: the checkpoint's state is encoded by a forked child (the lock is
@@ -207,7 +208,14 @@ class Engine:
         self._inflight: dict[str, _Queued] = {}  # idempotency key -> its push, logged but not yet applied
         self.evictions_logged: dict = {}
         _remove_stale_table_files(os.path.join(self.data_dir, "online"))
+        # Kafka group mode: the partition of each row's events, per view (row id ->
+        # partition, cluster.PartitionKeys), kept by checkpoints and replay so that
+        # a restarted node resumes the partitions it held (docs/kafka.md, Start)
+        self.row_partitions: dict | None = {} if track_partitions else None
+        self.partitions_trusted = False  # every row's partition is known (see _recover)
         self._recover()
+        if self.row_partitions is not None:
+            self._hide_partitioned()
         self.wal = Wal(self.wal_dir, fsync=fsync, start_lsn=self.applied_lsn + 1)
         self._publish_tables()  # readers switch to the recovered tables only now
         self.register_file_sources()
@@ -232,6 +240,10 @@ class Engine:
         self.streams: dict = {}
         self.normalisers: dict[str, BatchNormaliser] = {}
         meta = ckpt.meta if ckpt else {}
+        if self.row_partitions is not None:
+            self.row_partitions.clear()
+            # a checkpoint without the tags (written without tracking) leaves them unknown
+            self.partitions_trusted = ckpt is None or bool(meta.get("row_partitions"))
         self.idempotency = IdempotencyWindow.from_list(meta.get("idempotency"))
         self.late_total = int(meta.get("late_events", 0))
         self._load_definitions(ckpt)
@@ -388,6 +400,9 @@ class Engine:
                 table.show_rows(table.hidden_rows())
                 windows = [WindowView.from_bytes(ckpt.blobs[f"{key}/window{i}"])
                            for i in range(saved[(name, version)]["windows"])]
+                tags = ckpt.blobs.get(f"{key}/partitions")
+                if self.row_partitions is not None and tags is not None:
+                    self.row_partitions[(name, version)] = np.array(tags, dtype=np.int32)
                 meta = saved[(name, version)]
                 if table.schema != info.online_schema():  # a newer fstore changed a column's kind
                     old, table = table, table.with_schema(info.online_schema(), path=table.path, publish=False)
@@ -661,6 +676,8 @@ class Engine:
                 self._note_evictions(rt)
                 if tagged:
                     self.on_applied(rt, applied, q.tags)
+                elif q.tags is not None and self.row_partitions is not None and len(applied):
+                    self._tag_rows(rt, applied, q.tags)  # a replay: no ingest hook yet
         if self.max_memory is not None:
             self._bound_memory()
         if p.table.num_rows:
@@ -720,6 +737,25 @@ class Engine:
                 self._inflight.pop(q.key, None)
         self.queue.clear()
         self._applied.notify_all()
+
+    def _tag_rows(self, rt: ViewRuntime, vb, tags: np.ndarray) -> None:
+        """Records the partition of the rows `vb` went into (row_partitions)."""
+        from fsapp.engine.cluster import tags_of
+
+        rows = rt.table.find_rows(vb.keys)
+        found = rows >= 0
+        tags_of(self.row_partitions, rt)[rows[found]] = tags[vb.rows][found]
+
+    def _hide_partitioned(self) -> None:
+        """At start (group mode): the rows of Kafka partitions are hidden from
+        readers until the group says whose they are (the ingest parks them)."""
+        from fsapp.engine.cluster import tags_of
+
+        for rt in self.runtimes.values():
+            tags = tags_of(self.row_partitions, rt)
+            rows = np.flatnonzero(tags[:rt.table.capacity] >= 0).astype(np.int64)
+            if rows.size:
+                rt.table.hide_rows(rows[rt.table.rows_live(rows)])
 
     def _late_mask(self, stream: str, ts: np.ndarray, parts: np.ndarray) -> tuple[np.ndarray, dict]:
         """Events older than the running max event time of their partition
@@ -1049,12 +1085,15 @@ class Engine:
                     rt.table.snapshot_end(token) if t is rt.table else rt.table.snapshot(out=self._table_copies.get(key)))
                 for i, w in enumerate(rt.windows):
                     parts[f"{name}@v{version}/window{i}"] = w if self.checkpoint_mode == "fork" else w.frozen()
+                if self.row_partitions is not None and (name, version) in self.row_partitions:
+                    parts[f"{name}@v{version}/partitions"] = self.row_partitions[(name, version)].copy()
                 runtimes.append({"name": name, "version": version, "windows": len(rt.windows),
                                  **rt.checkpoint_meta()})
             meta = {"stream_watermarks": {k: {str(p): w for p, w in v.items()} for k, v in self.watermarks.items()},
                     "offsets": dict(self.offsets),
                     "logged_offsets": dict(self.logged_offsets), "runtimes": runtimes,
-                    "idempotency": self.idempotency.to_list(), "late_events": self.late_total}
+                    "idempotency": self.idempotency.to_list(), "late_events": self.late_total,
+                    "row_partitions": self.row_partitions is not None and self.partitions_trusted}
             tmp = temp_path(self.ckpt_dir, lsn)
             if self.checkpoint_mode == "fork":
                 # niced: on a busy machine the encoding waits, not the pushes and reads

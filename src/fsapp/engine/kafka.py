@@ -27,7 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from fscore import jsonrows
 from fscore.errors import KeyEncodingError
-from fsapp.engine.cluster import PartitionKeys, PartitionProgress
+from fsapp.engine.cluster import NO_PARTITION, PartitionKeys, PartitionProgress
 from fsapp.engine.errors import BatchError
 from fsapp.engine.kafka_config import DeadLetter, DeadLetterFile, DeadLetterTopic, KafkaConfig
 from fsapp.engine.kafka_decode import AvroStreamDecoder, Malformed, StreamDecoder
@@ -121,7 +121,7 @@ class KafkaIngest:
         self._thread: threading.Thread | None = None
         self._closed = False
         # group mode (fsapp.engine.cluster): the partition of each key, and recovering/live per partition
-        self.keys = PartitionKeys()
+        self.keys = PartitionKeys(engine.row_partitions)
         self.progress = PartitionProgress()
         self.partition_counts: dict[str, int] = {}
         self.dropped_keys = 0
@@ -227,8 +227,8 @@ class KafkaIngest:
         # The eager protocols revoke every partition at every rebalance and
         # most come back: their state is parked (hidden, kept with its
         # offsets) until the assignment says which; a node that stops drops them
-        if self._stop.is_set():
-            self._drop_partitions(parts, "revoked")
+        if self._stop.is_set() and self.engine.row_partitions is None:
+            self._drop_partitions(parts, "revoked")  # a restart could not resume them
         else:
             self._park(parts, "revoked")
         if parts:
@@ -237,7 +237,7 @@ class KafkaIngest:
 
     def _on_lost(self, consumer, parts) -> None:
         # the group gave them to someone else already (our session timed out)
-        if self._stop.is_set():
+        if self._stop.is_set() and self.engine.row_partitions is None:
             self._drop_partitions(parts, "lost")
         else:
             self._park(parts, "lost")
@@ -306,6 +306,27 @@ class KafkaIngest:
         log.info("kafka: %s %s: dropped %d key(s) in %.1f ms", why,
                  sorted(f"{t}/{p}" for t, ps in by_topic.items() for p in ps), n, (time.monotonic() - started) * 1e3)
 
+    def _park_recovered(self) -> None:
+        """Group mode, at start, with every recovered row's partition known
+        (the engine tracks them: `fstore serve`): the partitions the engine
+        holds offsets for are parked (their keys hidden, their state kept),
+        so that the first assignment resumes those it gives this node from the
+        engine's offsets and drops the others; keys of no known partition go."""
+        n = 0
+        parked = set()
+        with self.engine.lock:
+            for topic in self.topics:
+                views = self._views_of(topic)
+                n += self.keys.drop(views, {NO_PARTITION})
+                held = {int(k.rpartition("/")[2]) for k in self.engine.offsets if k.rpartition("/")[0] == topic}
+                self.keys.hide(views, held)
+                parked |= {(topic, p) for p in held}
+        self.parked |= parked
+        self.dropped_keys += n
+        self._sync_hidden()
+        log.info("kafka: group mode start: %d partition(s) parked until the group assigns them (%s); %d key(s) of "
+                 "no known partition dropped", len(parked), ", ".join(sorted(f"{t}/{p}" for t, p in parked)) or "-", n)
+
     def _forget_all(self) -> None:
         """Group mode, at start: the node owns no partition until the group
         assigns it some, and its recovered state may be older than what
@@ -319,6 +340,8 @@ class KafkaIngest:
                 for key in [k for k in self.engine.offsets if k.rpartition("/")[0] == topic]:
                     del self.engine.offsets[key]
         self.dropped_keys += n
+        if self.engine.row_partitions is not None:
+            self.engine.partitions_trusted = True  # nothing of the consumed streams is left untagged
         if n:
             log.info("kafka: group mode start: dropped %d recovered key(s); assigned partitions are replayed", n)
 
@@ -376,7 +399,10 @@ class KafkaIngest:
 
     def _subscribe(self) -> None:
         if self.config.assign == "group":
-            self._forget_all()
+            if self.engine.row_partitions is not None and self.engine.partitions_trusted:
+                self._park_recovered()
+            else:
+                self._forget_all()
             self.consumer.subscribe(sorted(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                     on_lost=self._on_lost)
         else:
