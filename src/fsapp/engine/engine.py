@@ -52,6 +52,7 @@ from fscore.wal import Wal, list_segments, read_log
 from fscore.window import WindowView
 
 from fsapp.engine import records
+from fsapp.engine.cluster import tags_of
 from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, EngineError, PartitionOwned, UnknownStreamError
 from fsapp.engine.idempotency import MAX_KEY_LENGTH, IdempotencyWindow
 from fsapp.engine.ingest import BatchNormaliser
@@ -740,8 +741,6 @@ class Engine:
 
     def _tag_rows(self, rt: ViewRuntime, vb, tags: np.ndarray) -> None:
         """Records the partition of the rows `vb` went into (row_partitions)."""
-        from fsapp.engine.cluster import tags_of
-
         rows = rt.table.find_rows(vb.keys)
         found = rows >= 0
         tags_of(self.row_partitions, rt)[rows[found]] = tags[vb.rows][found]
@@ -749,8 +748,6 @@ class Engine:
     def _hide_partitioned(self) -> None:
         """At start (group mode): the rows of Kafka partitions are hidden from
         readers until the group says whose they are (the ingest parks them)."""
-        from fsapp.engine.cluster import tags_of
-
         for rt in self.runtimes.values():
             tags = tags_of(self.row_partitions, rt)
             rows = np.flatnonzero(tags[:rt.table.capacity] >= 0).astype(np.int64)
