@@ -157,32 +157,29 @@ class PartitionKeys:
     def reveal(self, runtimes, partitions: set[int]) -> int:
         """These partitions caught up: their keys' rows read PRESENT again.
         Caller holds the engine lock; returns rows shown."""
+        return self._set_visible(runtimes, partitions, True)
+
+    def hide(self, runtimes, partitions: set[int]) -> int:
+        """Hides the rows of these partitions' keys from readers (NOT_FOUND),
+        keeping their state; returns rows hidden. Caller holds the engine lock."""
+        return self._set_visible(runtimes, partitions, False)
+
+    def _set_visible(self, runtimes, partitions: set[int], visible: bool) -> int:
         if not partitions:
             return 0
-        shown = 0
+        changed = 0
         for rt in runtimes:
             rows = self._rows_of(rt, partitions)
             if rows.size:
-                shown += rt.table.show_rows(rows)
-        return shown
+                rows = rows[rt.table.rows_live(rows)]
+                changed += rt.table.show_rows(rows) if visible else rt.table.hide_rows(rows)
+        return changed
 
     def _rows_of(self, rt, partitions: set[int]) -> np.ndarray:
         """Row ids of `rt` tagged with any of these partitions."""
         tags = self._of(rt)
         rows = np.flatnonzero(np.isin(tags, np.asarray(sorted(partitions), dtype=np.int32))).astype(np.int64)
         return rows[rows < rt.table.capacity]
-
-    def hide(self, runtimes, partitions: set[int]) -> int:
-        """Hides the rows of these partitions' keys from readers (NOT_FOUND),
-        keeping their state; returns rows hidden. Caller holds the engine lock."""
-        if not partitions:
-            return 0
-        hidden = 0
-        for rt in runtimes:
-            rows = self._rows_of(rt, partitions)
-            if rows.size:
-                hidden += rt.table.hide_rows(rows[rt.table.rows_live(rows)])
-        return hidden
 
     def drop(self, runtimes, partitions: set[int]) -> int:
         """Deletes every key of these runtimes whose events came from
