@@ -2,6 +2,10 @@
 every class of invalid push, retries with idempotency keys, crashes (the WAL
 abandoned as kill -9 leaves it) and restarts, checkpoints and clean reopens.
 
+Pushes come with or without Kafka partitions (tags, as Kafka ingestion
+sends them: each key's events from one partition): lateness is judged per
+partition, and pushes without one share a watermark of their own.
+
 Invariants: a refused push changes nothing (no WAL record, same answers);
 every restart succeeds and sets nothing aside; a retry with a known key
 returns the first answer and applies nothing; the online values always equal
@@ -38,6 +42,11 @@ CREATE FEATURE VIEW w AS SELECT k,
 FROM ev;
 """
 KEYS = [1, 2, 3]
+
+
+def partition_of(k: int) -> int:
+    """A keyed topic: each key's events come from one partition."""
+    return (k - 1) % 2
 FEATURES = ["w:c", "w:total", "w:lk", "w:peak"]
 
 
@@ -69,8 +78,9 @@ class EngineMachine(RuleBasedStateMachine):
         self.clock = B
         self.eng = self._open()
         self.applied = []      # (k, ts, seq, x) acknowledged and not late
-        self.watermark = None
+        self.watermarks = {}   # partition (None: pushes without one) -> newest applied ts
         self.seq = 0
+        self.offset = 0
         self.answers = {}      # idempotency key -> first answer
 
     def _open(self):
@@ -79,22 +89,30 @@ class EngineMachine(RuleBasedStateMachine):
         assert eng.quarantined == 0, "a restart set a record aside"
         return eng
 
-    def _push(self, events, key=None):
+    def _push(self, events, key=None, tagged=False):
+        tags = [partition_of(e[0]) for e in events] if tagged else None
+        offsets = None
+        if tagged:
+            self.offset += len(events)
+            offsets = {"t/0": self.offset}
         res = self.eng.push("ev", {"k": [e[0] for e in events], "ts": [e[1] for e in events],
-                                   "x": [e[2] for e in events]}, idempotency_key=key)
+                                   "x": [e[2] for e in events]}, idempotency_key=key, tags=tags, offsets=offsets)
         late = 0
-        for k, ts, x in events:
-            if self.watermark is not None and ts < self.watermark - 5 * S:
+        for i, (k, ts, x) in enumerate(events):
+            part = None if tags is None else tags[i]
+            wm = self.watermarks.get(part)
+            if wm is not None and ts < wm - 5 * S:
                 late += 1
             else:
-                self.watermark = ts if self.watermark is None else max(self.watermark, ts)
+                self.watermarks[part] = ts if wm is None else max(wm, ts)
                 self.applied.append((k, ts, self.seq, np.nan if x is None else x))
             self.seq += 1
         assert res.late == late and res.accepted == len(events) - late
         return res
 
-    @rule(data=st.data(), n=st.integers(1, 4), key=st.sampled_from([None, None, "a", "b", "c", "d"]))
-    def push(self, data, n, key):
+    @rule(data=st.data(), n=st.integers(1, 4), key=st.sampled_from([None, None, "a", "b", "c", "d"]),
+          tagged=st.booleans())
+    def push(self, data, n, key, tagged):
         events = [(data.draw(st.sampled_from(KEYS)), self.clock - data.draw(st.sampled_from([0, 1, 3, 6, 9, 12, 25])) * S
                    - data.draw(st.sampled_from([0, 1])), data.draw(st.sampled_from([1.0, -2.0, 0.5, None])))
                   for _ in range(n)]
@@ -104,7 +122,7 @@ class EngineMachine(RuleBasedStateMachine):
                                          "x": [e[2] for e in events]}, idempotency_key=key)
             assert again.to_dict() == self.answers[key] and self.eng.applied_lsn == lsn
             return
-        res = self._push(events, key)
+        res = self._push(events, key, tagged)
         if key is not None:
             self.answers[key] = res.to_dict()
 
