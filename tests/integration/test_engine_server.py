@@ -103,7 +103,10 @@ def test_the_engine_checkpoints_early_once_a_restart_would_replay_more_than_its_
             if stats["checkpoint_lsn"] > 0:
                 break
             assert time.monotonic() < deadline, f"no checkpoint after {i} pushes: {stats['replay_backlog_s']} s"
-        assert stats["replay_backlog_s"] < 0.05 + 0.05  # reset by it (a push or two since)
+        # reset by it: a restart replays only what came after it (a few pushes; their work
+        # under a loaded machine can pass the budget again, so the bound on seconds is loose)
+        assert stats["applied_lsn"] - stats["checkpoint_lsn"] < i
+        assert stats["replay_backlog_s"] < 0.05 + 0.25
     finally:
         client.close()
         proc.send_signal(signal.SIGTERM)
