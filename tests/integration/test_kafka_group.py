@@ -456,12 +456,13 @@ def test_a_rebalance_that_gives_a_partition_back_keeps_its_state_and_reads_on_fr
         # parked: hidden at once, state and offsets kept
         assert set(counts_of(engine, list(range(KEYS)))[1].values()) == {"NOT_FOUND"}
         assert engine.offsets == offsets and ingest.stats()["dropped_keys"] == 0
+        assert ingest.cluster()["parked"] == [f"{topic}/0", f"{topic}/1"] and ingest.cluster()["partitions"] == []
         more = produce(kafka_broker, topic, parts, 60, start=240)
         for k, n in more.items():
             expected[k] += n
         # partition 0 given back, partition 1 not: 0 reads on from its offset, 1's keys go
         ingest._on_assign(ingest.consumer, both[:1])
-        assert ingest.stats()["recovering"] == [f"{topic}/0"]
+        assert ingest.stats()["recovering"] == [f"{topic}/0"] and ingest.stats()["parked"] == []
         assert set(counts_of(engine, list(range(KEYS)))[1].values()) == {"NOT_FOUND"}
         assert f"{topic}/1" not in engine.offsets and ingest.stats()["dropped_keys"] > 0
         new_on_0 = sum(n for k, n in more.items() if owner_of[k] == 0)

@@ -657,4 +657,4 @@ def test_a_failed_checkpoint_is_counted_and_shown_by_ready_until_one_succeeds(ap
 
 def test_cluster_without_kafka_says_so(api):
     doc = api.simulate_get("/api/v1/cluster").json
-    assert doc["mode"] is None and doc["partitions"] == [] and doc["partitioner"] == "murmur2"
+    assert doc["mode"] is None and doc["partitions"] == [] and doc["parked"] == [] and doc["partitioner"] == "murmur2"

@@ -196,7 +196,7 @@ class EngineBackend:
         if source is not None:
             return source.cluster()
         return {"node": None, "mode": None, "group_id": None, "member_id": None, "topics": {}, "partitions": [],
-                "url": None, "members": None, "owners": None, "partitioner": "murmur2"}
+                "parked": [], "url": None, "members": None, "owners": None, "partitioner": "murmur2"}
 
     def metrics_text(self):
         eng = self.engine

@@ -739,6 +739,7 @@ class KafkaIngest:
                 "running": self._thread is not None and self._thread.is_alive(),
                 "recovering": sorted(k for k in self.progress.target if k not in self.progress.live),
                 "dropped_keys": self.dropped_keys, "rebalances": self.rebalances,
+                "parked": sorted(f"{t}/{p}" for t, p in self.parked),
                 "split_views": dict(self.keys.split)}
 
     def cluster(self) -> dict:
@@ -760,6 +761,8 @@ class KafkaIngest:
                                "key": self.topic_keys.get(t)}
                            for t, s in sorted(self.topics.items())},
                 "partitions": partitions,
+                # revoked (or recovered at start) and kept, hidden, until the next assignment
+                "parked": sorted(f"{t}/{p}" for t, p in self.parked),
                 # every node's claim, from the members topic (fsapp.engine.members); None without one
                 "members": members,
                 "owners": self._owners(),
