@@ -28,6 +28,7 @@ from fscore.window_spec import string_ids
 from fscore.window_spec import Agg, WindowSpec
 
 from fsapp.offline.views import SourceDef, ViewDef, quote_ident
+from fsapp.registry.model import INTEGER_TYPES
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 INT64_MAX = (1 << 63) - 1
@@ -322,9 +323,6 @@ def aggregated_ttl_ctes(view: ViewDef, src_cte: str, q: str, tag: str) -> list[s
             f"ON {_key_eq(view, 'q', 's')} AND q.__t > s.__ts)"]
 
 
-_INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
-
-
 def served_sql(view: ViewDef, feat: str, value: str) -> str:
     """`value` (a training-set feature) in the representation serving gives
     it: online, DECIMAL is held as a DOUBLE, a DATE or TIMESTAMP of any unit
@@ -338,7 +336,7 @@ def served_sql(view: ViewDef, feat: str, value: str) -> str:
         return value
     kind = next((wa.agg.kind for wa in view.aggregations if wa.name == feat), None)
     if kind in ("first", "last"):
-        if typ in _INT_TYPES:
+        if typ in INTEGER_TYPES:
             return (f"CASE WHEN {value} >= {float(INT64_MAX + 1)!r}::DOUBLE THEN {INT64_MAX} "
                     f"ELSE CAST({value} AS BIGINT) END")
         if typ == "BOOLEAN":

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from fscore.window_spec import Agg, WindowSpec, check_view_params, duration
 
 from fsapp.errors import SourceError
+from fsapp.registry.model import TIME_TYPES
 
 
 
@@ -135,8 +136,7 @@ def from_registry(fv, source, entities=(), types=()) -> ViewDef:
     aggs = tuple(WindowedAgg(Agg(a.function, a.column, a.name, a.k), a.window) for a in fv.aggregations)
     text_cols = {c.name for c in getattr(source, "columns", ()) if c.type == "VARCHAR"}
     strings = tuple(sorted({a.column for a in fv.aggregations if a.column in text_cols}))
-    time_cols = {c.name: c.type for c in getattr(source, "columns", ())
-                 if c.type == "DATE" or c.type.startswith("TIMESTAMP")}
+    time_cols = {c.name: c.type for c in getattr(source, "columns", ()) if c.type in TIME_TYPES}
     times = tuple(sorted({(a.column, time_cols[a.column]) for a in fv.aggregations if a.column in time_cols}))
     return ViewDef(fv.name, fv.source, tuple(keys), features, aggs, fv.ttl, fv.filter,
                    allowed_lateness=getattr(source, "allowed_lateness", 0), key_kinds=tuple(kinds),
