@@ -226,22 +226,24 @@ class KafkaIngest:
         # keys now (never a stale PRESENT), then tell the group where we are.
         # The eager protocols revoke every partition at every rebalance and
         # most come back: their state is parked (hidden, kept with its
-        # offsets) until the assignment says which; a node that stops drops them
-        if self._stop.is_set() and self.engine.row_partitions is None:
-            self._drop_partitions(parts, "revoked")  # a restart could not resume them
-        else:
-            self._park(parts, "revoked")
+        # offsets) until the assignment says which
+        self._let_go(parts, "revoked")
         if parts:
             self._commit(asynchronous=False)
         self._unassign(consumer)
 
     def _on_lost(self, consumer, parts) -> None:
         # the group gave them to someone else already (our session timed out)
-        if self._stop.is_set() and self.engine.row_partitions is None:
-            self._drop_partitions(parts, "lost")
-        else:
-            self._park(parts, "lost")
+        self._let_go(parts, "lost")
         self._unassign(consumer)
+
+    def _let_go(self, parts, why: str) -> None:
+        """Partitions this node no longer owns: parked, or dropped when the node
+        stops and a restart could not resume them (no partition tags kept)."""
+        if self._stop.is_set() and self.engine.row_partitions is None:
+            self._drop_partitions(parts, why)
+        else:
+            self._park(parts, why)
 
     def _park(self, parts, why: str) -> None:
         """Hides the keys of these partitions from readers at once (NOT_FOUND,
