@@ -53,6 +53,7 @@ cdef class Table:
     cdef void _bind(self, object arr, bint readonly) except *
     cdef Py_ssize_t _find(self, const uint8_t *key, uint64_t h, Py_ssize_t *slot_out) noexcept nogil
     cdef Py_ssize_t _probe_read(self, const uint8_t *key, uint64_t h) noexcept nogil
+    cdef void _hash_prefetch(self, const uint8_t *keys, Py_ssize_t m, uint64_t *hs) noexcept nogil
     cdef void _unlink(self, Py_ssize_t slot, Py_ssize_t row) noexcept nogil
     cdef void _dirty(self, const uint8_t *p) noexcept nogil
     cdef int _insert_index(self, const uint8_t *key, uint64_t h, Py_ssize_t row) noexcept nogil
