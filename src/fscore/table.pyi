@@ -1,5 +1,5 @@
 """Python face of fscore.table (C types in comments). Rules: see table.pyx / docs/table.md."""
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class Table:
     def snapshot_end(self, token: tuple) -> np.ndarray: ...  # writer thread: that copy made consistent (rows logged or whose seqlock moved)
     last_fixup: int  # rows snapshot_end copied again from the log; -1: it read every row's count
     def encode_keys(self, keys: object) -> np.ndarray: ...  # (n, key bytes) uint8; raises KeyEncodingError
+    def encode_key_columns(self, cols: Sequence[Any]) -> np.ndarray: ...  # key order: int64 arrays, pyarrow string Arrays
     def flush(self) -> None: ...
     def close(self) -> None: ...
     def put_batch(self, keys: Keys, values: Mapping[str, Any] | None = None, event_ts: Any = None,

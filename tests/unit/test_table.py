@@ -352,3 +352,46 @@ def test_slots_for_takes_keys_encoded_once():
         a.slots_for(None, now=5, encoded=enc[:, :8].copy())
     with pytest.raises(KeyEncodingError):
         a.encode_keys({"user": np.array(["much too long"], dtype=object), "n": np.array([1])})
+
+
+# ---- keys encoded from Arrow columns (the engine's batches) -------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=6), st.integers(-2**63, 2**63 - 1)), max_size=30),
+       st.integers(0, 3), st.booleans())
+def test_keys_encoded_from_arrow_columns_equal_keys_encoded_from_python_values(pairs, cut, large):
+    """encode_key_columns (Arrow's buffers, no str per key) = encode_keys
+    (the Python values) for every string, also in a sliced or large_string
+    array; a key over the column's size fails alike."""
+    import pyarrow as pa
+
+    s = Schema([("m", "string", 12), ("a", "int64")], [("x", "float64")])
+    t = Table(s, capacity=4)
+    strs = [p[0] for p in pairs]
+    ints = np.array([p[1] for p in pairs], dtype=np.int64)
+    col = pa.array(["pad"] * cut + strs, pa.large_string() if large else pa.string()).slice(cut)
+    try:
+        want = t.encode_keys({"m": np.array(strs, dtype=object), "a": ints})
+    except KeyEncodingError as e:
+        with pytest.raises(KeyEncodingError, match="over its size"):
+            t.encode_key_columns([col, ints])
+        assert "over its size" in str(e)
+        return
+    assert np.array_equal(t.encode_key_columns([col, ints]), want)
+
+
+def test_keys_from_arrow_columns_refuse_nulls_and_other_types():
+    import pyarrow as pa
+
+    t = Table(Schema([("m", "string", 8)], [("x", "float64")]), capacity=4)
+    with pytest.raises(KeyEncodingError, match="null"):
+        t.encode_key_columns([pa.array(["a", None])])
+    with pytest.raises(KeyEncodingError, match="is string"):
+        t.encode_key_columns([np.array(["a"], dtype=object)])
+    with pytest.raises(KeyEncodingError, match="1 column"):
+        t.encode_key_columns([pa.array(["a"]), pa.array(["b"])])
+    assert t.encode_key_columns([pa.array(["", ""])]).tolist() == t.encode_keys(np.array(["", ""], dtype=object)).tolist()

@@ -121,7 +121,7 @@ class PartitionKeys:
         and hides the rows of recovering partitions (shows the others)."""
         if not len(vb):
             return
-        rows = rt.table.find_rows(vb.keys)
+        rows = rt.table.find_rows(vb.key_arg, encoded=vb.encoded)
         parts = np.asarray(row_partitions, dtype=np.int64)[vb.rows]
         found = rows >= 0  # a plain view's stale (older) row may not be written
         rows, parts = rows[found], parts[found]

@@ -741,7 +741,7 @@ class Engine:
 
     def _tag_rows(self, rt: ViewRuntime, vb, tags: np.ndarray) -> None:
         """Records the partition of the rows `vb` went into (row_partitions)."""
-        rows = rt.table.find_rows(vb.keys)
+        rows = rt.table.find_rows(vb.key_arg, encoded=vb.encoded)
         found = rows >= 0
         tags_of(self.row_partitions, rt)[rows[found]] = tags[vb.rows][found]
 

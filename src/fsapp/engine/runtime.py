@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
 
 import duckdb
 import numpy as np
@@ -286,16 +285,37 @@ def _input_column(col: pa.ChunkedArray) -> np.ndarray:
                       dtype=np.float64)
 
 
-@dataclass
+def _select_keys(keys, sel: np.ndarray):
+    return {k: v[sel] for k, v in keys.items()} if isinstance(keys, dict) else keys[sel]
+
+
 class ViewBatch:
     """One view's share of a prepared batch: its projected rows (the view's
-    filter applied), with the batch row each came from."""
+    filter applied), with the batch row each came from.
 
-    rows: np.ndarray        # int64: batch row of each projected row
-    keys: object            # what the table takes: an array, or a dict of arrays
-    ts: np.ndarray          # int64 µs
-    columns: dict           # plain: feature -> (values, nulls); aggregated: input -> float64 (NaN null)
-    encoded: np.ndarray | None = None  # the keys as the table encodes them (Table.encode_keys), when known
+    rows: int64, the batch row of each projected row; ts: int64 µs; columns:
+    plain views feature -> (values, nulls), aggregated input -> float64 (NaN
+    null); encoded: the keys as the table encodes them (Table.encode_keys),
+    when known. `keys` (what the table takes: an array, or a dict of arrays)
+    may be given as a function that makes them: a batch whose keys were
+    encoded from Arrow makes the Python keys only if something asks."""
+
+    __slots__ = ("rows", "_keys", "ts", "columns", "encoded")
+
+    def __init__(self, rows: np.ndarray, keys, ts: np.ndarray, columns: dict, encoded: np.ndarray | None = None):
+        self.rows, self._keys, self.ts, self.columns, self.encoded = rows, keys, ts, columns, encoded
+
+    @property
+    def keys(self):
+        if callable(self._keys):
+            self._keys = self._keys()
+        return self._keys
+
+    @property
+    def key_arg(self):
+        """`keys` for a table call given `encoded` too (which then does not
+        read them): None rather than keys made only for it."""
+        return None if self.encoded is not None and callable(self._keys) else self.keys
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -305,7 +325,8 @@ class ViewBatch:
         sel = keep_batch_rows[self.rows]
         if sel.all():
             return self
-        keys = ({k: v[sel] for k, v in self.keys.items()} if isinstance(self.keys, dict) else self.keys[sel])
+        make = self._keys
+        keys = (lambda: _select_keys(make(), sel)) if callable(make) else _select_keys(make, sel)
         cols = {k: ((v[0][sel], v[1][sel]) if isinstance(v, tuple) else v[sel]) for k, v in self.columns.items()}
         return ViewBatch(self.rows[sel], keys, self.ts[sel], cols,
                          None if self.encoded is None else self.encoded[sel])
@@ -402,6 +423,27 @@ class ViewRuntime:
         cols = [_key_array(projected.column(n), k) for n, k in zip(self.key_names, self.key_kinds)]
         return cols[0] if len(cols) == 1 else dict(zip(self.key_names, cols))
 
+    def _keys_encoded(self, projected: pa.Table):
+        """(keys, encoded): the keys as the table takes them and encoded.
+        PERF: string key columns are encoded straight from their Arrow
+        buffers (Table.encode_key_columns); their Python strings are made
+        only if something reads `ViewBatch.keys` (a composite-key filter, a
+        group-mode tag, max_keys), not for every batch."""
+        cols = [projected.column(n) for n in self.key_names]
+        strings = [k != "int64" for k in self.key_kinds]
+        if not any(strings) or not all(pa.types.is_string(c.type) or pa.types.is_large_string(c.type)
+                                       for c, s in zip(cols, strings) if s):
+            keys = self.keys_of(projected)  # (a string key of another type: the table judges each value)
+            return keys, self.table.encode_keys(keys)
+        cols = [(c.combine_chunks() if c.num_chunks != 1 else c.chunk(0)) if s else _key_array(c, k)
+                for c, s, k in zip(cols, strings, self.key_kinds)]
+        encoded = self.table.encode_key_columns(cols)
+
+        def make():
+            py = [np.asarray(c.to_pylist(), dtype=object) if s else c for c, s in zip(cols, strings)]
+            return py[0] if len(py) == 1 else dict(zip(self.key_names, py))
+        return make, encoded
+
     def prepare(self, con, batch: pa.Table, projected: pa.Table | None = None) -> ViewBatch:
         """Projects and converts a batch (with `_fs_row`); raises BatchError /
         KeyEncodingError for anything this view cannot take. No state changes.
@@ -419,8 +461,7 @@ class ViewRuntime:
             if col.null_count:
                 raise BatchError(f"feature view {self.name} is keyed by {k!r}, which is null in "
                                  f"{col.null_count} row(s); give every row its {k}")
-        keys = self.keys_of(p)
-        encoded = self.table.encode_keys(keys)  # checks them, and apply does not encode them again
+        keys, encoded = self._keys_encoded(p)  # checked, and apply does not encode them again
         rows = np.asarray(p.column(ROW).to_numpy(zero_copy_only=False), dtype=np.int64)
         ts = np.asarray(p.column(self.info.timestamp).cast(pa.int64()).to_numpy(zero_copy_only=False),
                         dtype=np.int64)
@@ -446,14 +487,14 @@ class ViewRuntime:
                 return 0
             values = {k: v[0] for k, v in vb.columns.items()}
             nulls = {k: v[1] for k, v in vb.columns.items()}
-            return self.table.put_batch(vb.keys, values, vb.ts, np.full(n, now, dtype=np.int64), now=now,
+            return self.table.put_batch(vb.key_arg, values, vb.ts, np.full(n, now, dtype=np.int64), now=now,
                                         nulls=nulls, encoded=vb.encoded)
         self.latest_now = max(self.latest_now, now)
         released = self._release(now)
         if n == 0:
             self.write_values(released, now)
             return 0
-        rows, fresh = self.table.slots_for(vb.keys, now=now, encoded=vb.encoded)
+        rows, fresh = self.table.slots_for(vb.key_arg, now=now, encoded=vb.encoded)
         self._fit(int(rows.max()) + 1)
         if fresh.any():
             self.reset_rows(rows[fresh])
@@ -619,7 +660,7 @@ class ViewRuntime:
         Returns how many keys were rebuilt."""
         if len(vb) == 0:
             return 0
-        rows, _ = self.table.slots_for(vb.keys, now=now, encoded=vb.encoded)
+        rows, _ = self.table.slots_for(vb.key_arg, now=now, encoded=vb.encoded)
         self._fit(int(rows.max()) + 1)
         distinct, dense = np.unique(rows, return_inverse=True)
         self.reset_rows(distinct)  # drops their held events too: the log has them
