@@ -4,7 +4,7 @@
       bootstrap_servers: broker1:9092,broker2:9092
       group_id: fstore-myproject        # default fstore-<project>
       assign: all                       # all (default) | group
-      batch_size: 5000                  # messages per engine batch, at most
+      batch_size: 20000                 # messages per engine batch, at most
       poll_timeout_ms: 100
       dead_letter_topic: bad-events     # default <topic>.dlq per source topic
       dead_letter_file: data/dead.jsonl # instead of a topic (relative to the repo)
@@ -41,7 +41,7 @@ class KafkaConfig:
     bootstrap_servers: str
     group_id: str
     assign: str = "all"
-    batch_size: int = 5000
+    batch_size: int = 20000
     poll_timeout_ms: int = 100
     dead_letter_topic: str | None = None
     dead_letter_file: str | None = None
