@@ -257,10 +257,61 @@ cdef const char* _finite(const char* p, const char* q) noexcept nogil:
     return q if q != NULL and _to_double(p, q, &d) else NULL
 
 
+cdef double _POW10[23]
+for _i in range(23):
+    _POW10[_i] = float(10 ** _i)  # 1e0 .. 1e22: exact doubles
+
+
 cdef bint _to_double(const char* p, const char* q, double* out) noexcept nogil:
-    """The number text [p, q) as a double (strtod: correctly rounded);
-    False when it is 400 characters or more, or not finite."""
+    """The number text [p, q) (a valid JSON number) as a double, correctly
+    rounded; False when it is 400 characters or more, or not finite.
+    PERF: Clinger's fast path first — at most 2^53 as an integer of its
+    digits, and a power of ten within 10^±22: both exact doubles, so one
+    multiplication or division rounds the exact value correctly (~10 ns);
+    else strtod (~60 ns here; a 20,000-message batch has a number or two a
+    message)."""
     cdef char buf[400]
+    cdef const char* r = p
+    cdef bint neg = False, eneg = False
+    cdef uint64_t m = 0
+    cdef int digits = 0, frac = 0, e = 0, edigits = 0
+    cdef double d
+    if r < q and r[0] == c'-':
+        neg = True
+        r += 1
+    while r < q and c'0' <= r[0] <= c'9':
+        if m or r[0] != c'0':
+            digits += 1
+        m = m * 10 + <uint64_t>(r[0] - c'0')
+        r += 1
+        if digits > 19:
+            break
+    if digits <= 19 and r < q and r[0] == c'.':
+        r += 1
+        while r < q and c'0' <= r[0] <= c'9':
+            if m or r[0] != c'0':
+                digits += 1
+            m = m * 10 + <uint64_t>(r[0] - c'0')
+            frac += 1
+            r += 1
+            if digits > 19:
+                break
+    if digits <= 19 and r < q and (r[0] == c'e' or r[0] == c'E'):
+        r += 1
+        if r < q and (r[0] == c'+' or r[0] == c'-'):
+            eneg = r[0] == c'-'
+            r += 1
+        while r < q and c'0' <= r[0] <= c'9' and edigits < 4:
+            e = e * 10 + (r[0] - c'0')
+            edigits += 1
+            r += 1
+    if r == q and digits <= 19 and m <= (<uint64_t>1 << 53):
+        e = (-e if eneg else e) - frac
+        if -22 <= e <= 22:
+            d = <double>m
+            d = d / _POW10[-e] if e < 0 else d * _POW10[e]
+            out[0] = -d if neg else d
+            return True
     if q - p >= 400:
         return False
     memcpy(buf, p, q - p)

@@ -233,3 +233,34 @@ def test_the_c_reader_takes_clean_batches():
     assert table is not None and dec.batches["native_declined"] == 0
     assert table.column("merchant").to_pylist()[-2:] == ["m199", "caf\u00e9 \U0001f600"]
     assert table.column("amount").to_pylist()[-1] is None and table.column("online").to_pylist()[:2] == [True, False]
+
+
+@st.composite
+def decimal_text(draw):
+    """JSON number texts around the C reader's fast path (at most 2^53 in
+    the digits, 10^±22): short and long mantissas, leading and trailing
+    zeros, exponents in and out of the exact range."""
+    sign = draw(st.sampled_from(["", "-"]))
+    whole = draw(st.one_of(st.just("0"), st.integers(1, 10**20).map(str)))
+    frac = draw(st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=22).map(lambda f: "." + f)))
+    exp = draw(st.one_of(st.just(""), st.tuples(st.sampled_from("eE"), st.sampled_from(["", "+", "-"]),
+                                                  st.integers(0, 330)).map(lambda t: f"{t[0]}{t[1]}{t[2]}")))
+    return sign + whole + frac + exp
+
+
+@settings(max_examples=int(os.environ.get("FSTORE_DECODE_EXAMPLES", "400")) * 5, deadline=None)
+@given(st.lists(decimal_text(), min_size=1, max_size=8))
+def test_the_c_reader_parses_numbers_as_python_does(texts):
+    """Every number the C reader takes is the double Python's float() reads
+    (correctly rounded, the sign of zero kept); a text beyond the finite
+    doubles makes it decline the batch (Arrow's reader refuses it too)."""
+    from fscore import jsonrows
+
+    got = jsonrows.decode([f'{{"x": {t}}}'.encode() for t in texts], [b"x"], [jsonrows.KIND_FLOAT])
+    want = [float(t) for t in texts]
+    if not all(math.isfinite(w) for w in want):
+        assert got is None
+        return
+    values, valid = got[0]
+    assert valid.all()
+    assert [v.hex() for v in values.tolist()] == [w.hex() for w in want], texts
