@@ -236,7 +236,10 @@ def assert_served_by_owners(nodes, expected):
                 assert got[k][1] == "NOT_FOUND", (node.url, k, got[k])
         doc = node.cluster()
         assert sorted(m["url"] for m in doc["members"]) == sorted(n.url for n in nodes), doc["members"]
-        assert {int(p): url for p, url in doc["owners"][TOPIC].items()} == router.owners, doc["owners"]
+        # each node reads the others' claims from the members topic: a claim just
+        # published (a restarted node's, first without partitions) reaches it soon after
+        wait_for(lambda: {int(p): url for p, url in node.cluster()["owners"][TOPIC].items()} == router.owners, 5,
+                 lambda: f"{node.url} lists owners {node.cluster()['owners']}, the others {router.owners}")
         # a node's workers renew what they know of the owners every second
         others = {router.owner(k) for k in range(KEYS)} - {node.url}
         wait_for(lambda: node.counts(list(range(KEYS)), local=False) == everything
