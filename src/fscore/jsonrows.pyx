@@ -262,6 +262,22 @@ for _i in range(23):
     _POW10[_i] = float(10 ** _i)  # 1e0 .. 1e22: exact doubles
 
 
+cdef inline const char* _mantissa(const char* r, const char* q, uint64_t* m, int* digits,
+                                  int* read) noexcept nogil:
+    """Accumulates the decimal digits at r into m, counting the significant
+    ones in digits and all in read; stops past 19 significant digits (the
+    caller then takes strtod). Returns where it stopped."""
+    while r < q and c'0' <= r[0] <= c'9':
+        if m[0] or r[0] != c'0':
+            digits[0] += 1
+        m[0] = m[0] * 10 + <uint64_t>(r[0] - c'0')
+        read[0] += 1
+        r += 1
+        if digits[0] > 19:
+            break
+    return r
+
+
 cdef bint _to_double(const char* p, const char* q, double* out) noexcept nogil:
     """The number text [p, q) (a valid JSON number) as a double, correctly
     rounded; False when it is 400 characters or more, or not finite.
@@ -274,28 +290,14 @@ cdef bint _to_double(const char* p, const char* q, double* out) noexcept nogil:
     cdef const char* r = p
     cdef bint neg = False, eneg = False
     cdef uint64_t m = 0
-    cdef int digits = 0, frac = 0, e = 0, edigits = 0
+    cdef int digits = 0, whole = 0, frac = 0, e = 0, edigits = 0
     cdef double d
     if r < q and r[0] == c'-':
         neg = True
         r += 1
-    while r < q and c'0' <= r[0] <= c'9':
-        if m or r[0] != c'0':
-            digits += 1
-        m = m * 10 + <uint64_t>(r[0] - c'0')
-        r += 1
-        if digits > 19:
-            break
+    r = _mantissa(r, q, &m, &digits, &whole)
     if digits <= 19 and r < q and r[0] == c'.':
-        r += 1
-        while r < q and c'0' <= r[0] <= c'9':
-            if m or r[0] != c'0':
-                digits += 1
-            m = m * 10 + <uint64_t>(r[0] - c'0')
-            frac += 1
-            r += 1
-            if digits > 19:
-                break
+        r = _mantissa(r + 1, q, &m, &digits, &frac)
     if digits <= 19 and r < q and (r[0] == c'e' or r[0] == c'E'):
         r += 1
         if r < q and (r[0] == c'+' or r[0] == c'-'):
