@@ -32,6 +32,7 @@ the checkpoint lets the WAL drop older segments.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -178,10 +179,11 @@ class Engine:
         # one checkpoint at a time (the run loop, materialize and a Kafka revoke may all ask);
         # lock order: _checkpoint_lock, then lock
         self._checkpoint_lock = threading.Lock()
-        # pushes prepare one at a time: preparing is Python and numpy under the GIL, so
-        # N threads preparing together only hand the GIL back and forth (bench_push, 4
-        # clients: 205-242 pushes/s together against 254-300 one at a time); the
-        # fsync wait and the engine lock's apply still overlap other pushes' preparing
+        # pushes without source offsets (REST, SDK) prepare one at a time: preparing is
+        # Python and numpy under the GIL, so N threads preparing together only hand the
+        # GIL back and forth (bench_push, 4 clients: 205-242 pushes/s together against
+        # 262-306 one at a time); the fsync wait and the engine lock's apply still
+        # overlap other pushes' preparing
         self._prepare_lock = threading.Lock()
         self._applied = threading.Condition(self.lock)
         self.con = duckdb.connect()
@@ -562,7 +564,8 @@ class Engine:
             if first is not None:
                 return first
         started = time.perf_counter()
-        with self._prepare_lock:
+        # (a source's batch prepares beside them: a REST push never waits for a Kafka batch's preparing)
+        with self._prepare_lock if offsets is None else contextlib.nullcontext():
             prepared = self.prepare(stream, rows)
         prepare_s = time.perf_counter() - started
         if tags is not None:
