@@ -287,7 +287,7 @@ def test_a_recovering_partitions_keys_are_hidden_from_their_first_write_until_it
     try:
         t = time.time_ns() // 1000 - 60_000_000
         rows = [{"account_id": a, "merchant_id": 0, "amount": 1.0, "ts": t + i} for i, a in enumerate([1, 2, 3, 2])]
-        keys.recovering = np.array([1], dtype=np.int32)
+        keys.set_recovering({rt: {1} for rt in engine.runtimes.values()})
         engine.push("payments", rows, offsets={"t/0": 2, "t/1": 2}, tags=np.array([0, 1, 0, 1]))
         assert counts_of(engine, [1, 2, 3]) == ({1: 1, 2: 0, 3: 1}, {1: "PRESENT", 2: "NOT_FOUND", 3: "PRESENT"})
         rt = engine.runtimes[("account_totals", 1)]
@@ -296,11 +296,57 @@ def test_a_recovering_partitions_keys_are_hidden_from_their_first_write_until_it
         engine.push("payments", [{"account_id": 4, "merchant_id": 0, "amount": 1.0, "ts": t + 9}],
                     offsets={"t/0": 3}, tags=np.array([0]))
         assert counts_of(engine, [4])[1] == {4: "PRESENT"}
-        keys.recovering = np.zeros(0, dtype=np.int32)
+        keys.set_recovering({})
         with engine.lock:
             assert keys.reveal(list(engine.runtimes.values()), {1}) == 1
         assert counts_of(engine, [1, 2, 3, 4])[0] == {1: 1, 2: 2, 3: 1, 4: 1}
     finally:
+        engine.close()
+
+
+TWO_TOPICS = """
+CREATE ENTITY account (account_id BIGINT);
+CREATE STREAM payments (account_id BIGINT, merchant_id BIGINT, amount DOUBLE, ts TIMESTAMP)
+    WITH (topic = 'pay', timestamp = 'ts', allowed_lateness = '1d');
+CREATE STREAM refunds (account_id BIGINT, amount DOUBLE, ts TIMESTAMP)
+    WITH (topic = 'ref', timestamp = 'ts', allowed_lateness = '1d');
+CREATE FEATURE VIEW account_totals AS
+SELECT account_id, count(*) OVER lifetime() AS n_payments FROM payments;
+CREATE FEATURE VIEW account_refunds AS
+SELECT account_id, count(*) OVER lifetime() AS n_refunds FROM refunds;
+"""
+
+
+def test_a_partition_recovering_in_one_topic_hides_no_keys_of_the_same_numbered_partition_of_another(tmp_path):
+    """Partition 1 of topic `ref` is being rebuilt: the keys of `ref`'s
+    partition 1 read NOT_FOUND, those of `pay`'s partition 1 (another topic,
+    the same number) read as usual, and once `ref/1` catches up its keys show."""
+    import numpy as np
+
+    from fsapp.engine.kafka import KafkaIngest
+    from fsapp.engine.kafka_config import KafkaConfig
+
+    repo = make_repo(tmp_path, "n", "unused", "127.0.0.1:1", "g-two", defs=TWO_TOPICS)
+    engine = open_engine(repo)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    try:
+        ingest.progress.assign("ref/1", 100, time.monotonic())  # recovering: its offset is far from 100
+        ingest._sync_hidden()
+        t = time.time_ns() // 1000 - 60_000_000
+        engine.push("payments", [{"account_id": a, "merchant_id": 0, "amount": 1.0, "ts": t} for a in (1, 2)],
+                    offsets={"pay/0": 1, "pay/1": 1}, tags=np.array([0, 1]))
+        engine.push("refunds", [{"account_id": a, "amount": 1.0, "ts": t} for a in (1, 2)],
+                    offsets={"ref/0": 1, "ref/1": 1}, tags=np.array([0, 1]))
+        paid = engine.get_online_features(["account_totals:n_payments"], entities={"account_id": [1, 2]})
+        refunded = engine.get_online_features(["account_refunds:n_refunds"], entities={"account_id": [1, 2]})
+        assert paid["results"][1]["statuses"] == ["PRESENT", "PRESENT"]  # pay/1 is live
+        assert refunded["results"][1]["statuses"] == ["PRESENT", "NOT_FOUND"]  # ref/1 is not
+        ingest.progress.update("ref/1", 100, 100, time.monotonic())
+        ingest._sync_hidden()
+        refunded = engine.get_online_features(["account_refunds:n_refunds"], entities={"account_id": [1, 2]})
+        assert refunded["results"][1]["values"] == [1, 1] and refunded["results"][1]["statuses"] == ["PRESENT"] * 2
+    finally:
+        ingest.stop(1)
         engine.close()
 
 

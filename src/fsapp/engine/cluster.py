@@ -89,6 +89,9 @@ def tags_of(store: dict, rt) -> np.ndarray:
     return tags
 
 
+_NONE = np.zeros(0, dtype=np.int32)
+
+
 class PartitionKeys:
     """Per online view, the Kafka partition of each table row's events
     (int32 by row id; NO_PARTITION for none). Written by the engine's apply
@@ -100,19 +103,29 @@ class PartitionKeys:
         self.tags: dict[tuple[str, int], np.ndarray] = {} if tags is None else tags
         self.split: dict[str, int] = {}  # view -> keys seen from a second partition (not partition-aligned)
         self._evicted: dict[tuple[str, int], int] = {}  # view -> evictions (max_keys, TTL) seen by the last note
-        # partitions being rebuilt (of any topic; set by the ingest thread, a
-        # new array each time): their keys' rows are hidden from readers
-        self.recovering = np.zeros(0, dtype=np.int32)
+        # per view, the partitions of its topic being rebuilt (set by the ingest
+        # thread, a new dict each time): their keys' rows are hidden from readers.
+        # Per view, not per number: partition 1 of one topic is not partition 1 of another
+        self.recovering: dict[tuple[str, int], np.ndarray] = {}
 
     def _of(self, rt) -> np.ndarray:
         return tags_of(self.tags, rt)
 
+    def set_recovering(self, by_view: dict) -> None:
+        """{runtime: partitions of its topic now recovering} for every view of
+        the consumed topics (a view left out has none)."""
+        self.recovering = {(rt.name, rt.version): np.asarray(sorted(ps), dtype=np.int32)
+                           for rt, ps in by_view.items() if ps}
+
+    def recovering_of(self, rt) -> np.ndarray:
+        return self.recovering.get((rt.name, rt.version), _NONE)
+
     def before(self, rt) -> None:
         """Called under the engine lock before a Kafka batch goes into `rt`:
-        while any partition is recovering, the rows the batch creates are
-        hidden from the first write on (`note` shows those of live partitions;
-        a reader never sees a replayed key's first, partial value)."""
-        if self.recovering.size:
+        while a partition of its topic is recovering, the rows the batch
+        creates are hidden from the first write on (`note` shows those of live
+        partitions; a reader never sees a replayed key's first, partial value)."""
+        if self.recovering_of(rt).size:
             rt.table.insert_hidden = True
 
     def note(self, rt, vb, row_partitions: np.ndarray) -> None:
@@ -148,7 +161,7 @@ class PartitionKeys:
                           "far): it is not keyed like its topic, so in assign: group each node holds partial "
                           "values of it; see docs/kafka.md (scale-out)", rt.name, n)
         tags[rows] = parts
-        recovering = self.recovering
+        recovering = self.recovering_of(rt)
         if recovering.size:
             hide = np.isin(parts, recovering)
             rt.table.hide_rows(rows[hide])

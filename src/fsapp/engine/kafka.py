@@ -122,6 +122,7 @@ class KafkaIngest:
         self._closed = False
         # group mode (fsapp.engine.cluster): the partition of each key, and recovering/live per partition
         self.keys = PartitionKeys(engine.row_partitions)
+        self._recovering: dict[str, set[int]] = {}  # topic -> its partitions whose keys are hidden
         self.progress = PartitionProgress()
         self.partition_counts: dict[str, int] = {}
         self.dropped_keys = 0
@@ -535,14 +536,22 @@ class KafkaIngest:
         live; shows those of the partitions that just caught up."""
         if not self.group:
             return
-        recovering = {int(k.rpartition("/")[2]) for k in self.progress.target if k not in self.progress.live}
-        recovering |= {p for _, p in self.parked}  # hidden until the assignment says whose they are
-        caught_up = set(self.keys.recovering.tolist()) - recovering
-        self.keys.recovering = np.asarray(sorted(recovering), dtype=np.int32)
-        if caught_up:
+        recovering: dict[str, set[int]] = {t: set() for t in self.topics}
+        for k in self.progress.target:
+            if k not in self.progress.live:
+                topic, _, p = k.rpartition("/")
+                recovering.setdefault(topic, set()).add(int(p))
+        for topic, p in self.parked:  # hidden until the assignment says whose they are
+            recovering.setdefault(topic, set()).add(p)
+        views = {t: self._views_of(t) for t in self.topics}
+        caught_up = {t: self._recovering.get(t, set()) - recovering[t] for t in self.topics}
+        self._recovering = recovering
+        self.keys.set_recovering({rt: recovering[t] for t in self.topics for rt in views[t]})
+        if any(caught_up.values()):
             with self.engine.lock:
-                shown = self.keys.reveal([rt for t in self.topics for rt in self._views_of(t)], caught_up)
-            log.info("kafka: partition(s) %s caught up: %d key(s) readable", sorted(caught_up), shown)
+                shown = sum(self.keys.reveal(views[t], ps) for t, ps in caught_up.items() if ps)
+            log.info("kafka: partition(s) %s caught up: %d key(s) readable",
+                     sorted(f"{t}/{p}" for t, ps in caught_up.items() for p in ps), shown)
 
     def _ingest(self, topic: str, batch: "_Polled | list") -> int:
         # librdkafka hands a partition's messages over in offset order: the
