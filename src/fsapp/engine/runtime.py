@@ -556,11 +556,15 @@ class ViewRuntime:
         idx = idx[np.argsort(self.held_ts[idx], kind="stable")]
         rows, ts, parts = self.held_rows[idx], self.held_ts[idx], self.held_parts[idx]
         cols = {c: v[idx] for c, v in self.held_cols.items()}
-        keep = ~due
-        self.held_rows, self.held_ts, self.held_parts = self.held_rows[keep], self.held_ts[keep], self.held_parts[keep]
-        self.held_cols = {c: v[keep] for c, v in self.held_cols.items()}
+        self._keep_held(~due)
         self._update(rows, ts, cols, now, parts)
         return unique_ints(rows)
+
+    def _keep_held(self, keep: np.ndarray) -> None:
+        """Keeps the held events where `keep` (bool per held event) is set, in
+        each of their parallel arrays."""
+        self.held_rows, self.held_ts, self.held_parts = self.held_rows[keep], self.held_ts[keep], self.held_parts[keep]
+        self.held_cols = {c: v[keep] for c, v in self.held_cols.items()}
 
     def _fit(self, high: int) -> None:
         """Window state and last_ts cover row ids below `high` (tables grow)."""
@@ -580,10 +584,7 @@ class ViewRuntime:
             w.reset_slots(rows)
         self.last_ts[rows] = INT64_MIN
         if self.held_rows.size:
-            keep = ~np.isin(self.held_rows, rows)
-            self.held_rows, self.held_ts = self.held_rows[keep], self.held_ts[keep]
-            self.held_parts = self.held_parts[keep]
-            self.held_cols = {c: v[keep] for c, v in self.held_cols.items()}
+            self._keep_held(~np.isin(self.held_rows, rows))
 
     def write_values(self, rows: np.ndarray, now: int) -> None:
         """Writes the window values as of `now` of these rows into the table."""
