@@ -352,13 +352,11 @@ class KafkaIngest:
         """Under the engine lock: the lateness watermarks of these partitions
         of the topic (None: all of them) go, in the engine and in every window
         of the topic's views."""
-        held = self.engine.watermarks.get(self.topics[topic], {})
-        for p in [p for p in held if p >= 0 and (partitions is None or p in partitions)]:
-            del held[p]
-        for rt in self._views_of(topic):
-            for w in rt.windows:
-                for p in [p for p in w.part_watermarks if p >= 0 and (partitions is None or p in partitions)]:
-                    del w.part_watermarks[p]
+        marks = [self.engine.watermarks.get(self.topics[topic], {})]
+        marks += [w.part_watermarks for rt in self._views_of(topic) for w in rt.windows]
+        for held in marks:
+            for p in [p for p in held if p >= 0 and (partitions is None or p in partitions)]:
+                del held[p]
 
     def _high_watermark(self, tp) -> int | None:
         try:
