@@ -546,7 +546,6 @@ cdef class Table:
         """Encoded keys as an (n, kw8) uint8 array (see fscore.schema)."""
         cdef Py_ssize_t n, i, off = 0, c
         cdef uint8_t[:, ::1] out
-        cdef const int64_t[::1] ints
         cdef uint8_t *dst
         if self.base == NULL:
             raise ValueError("table is closed")
@@ -559,9 +558,7 @@ cdef class Table:
         out = arr
         for c, f in enumerate(self.schema.keys):
             if f.kind == "int64":
-                ints = cols[c]
-                for i in range(n):
-                    _store_be64(&out[i, off], <uint64_t>ints[i] ^ 0x8000000000000000ULL)
+                _encode_int_keys(out, off, cols[c])
                 off += 8
             else:
                 col = cols[c]
@@ -983,7 +980,6 @@ cdef class Table:
         and encoding each str cost ~0.3 µs a key)."""
         cdef Py_ssize_t n = -1, i, off = 0, size, ln
         cdef uint8_t[:, ::1] out
-        cdef const int64_t[::1] ints
         cdef const int64_t[::1] offs
         cdef const uint8_t[::1] data
         cdef int64_t o0
@@ -1003,9 +999,7 @@ cdef class Table:
         out = arr
         for f, c in zip(fields, cols):
             if f.kind == "int64":
-                ints = np.ascontiguousarray(c, dtype=np.int64)
-                for i in range(n):
-                    _store_be64(&out[i, off], <uint64_t>ints[i] ^ 0x8000000000000000ULL)
+                _encode_int_keys(out, off, np.ascontiguousarray(c, dtype=np.int64))
                 off += 8
                 continue
             # (duck-typed: readers of this module need not import pyarrow)

@@ -73,6 +73,14 @@ cdef inline void _store_be64(uint8_t *p, uint64_t v) noexcept nogil:
     memcpy(p, &v, 8)
 
 
+cdef inline void _encode_int_keys(uint8_t[:, ::1] out, Py_ssize_t off, const int64_t[::1] ints) noexcept nogil:
+    """An int64 key column into bytes [off, off + 8) of each encoded key:
+    big-endian with the sign bit flipped (byte order = numeric order)."""
+    cdef Py_ssize_t i
+    for i in range(ints.shape[0]):
+        _store_be64(&out[i, off], <uint64_t>ints[i] ^ 0x8000000000000000ULL)
+
+
 cdef int _encode_string(object s, uint8_t *dst, Py_ssize_t size, object name, str role) except -1:
     """Writes a 2-byte big-endian length, the UTF-8 bytes and zero padding."""
     cdef Py_ssize_t n
