@@ -16,7 +16,8 @@ way (Arrow's reader, then message by message), whose rules decide. The
 equivalence is a property test (tests/property/test_kafka_decode.py).
 
 `scan(msgs)` is the one pass over confluent-kafka Message objects the
-ingest needs: values, partitions, offsets and the indices of errors.
+ingest needs: values, partitions, offsets, the indices of errors (and
+topics when asked).
 """
 import numpy as np
 cimport numpy as cnp
@@ -554,28 +555,32 @@ def decode(list values, list names, list kinds):
             free(texts[c].data)
 
 
-def scan(list msgs):
-    """One pass over confluent-kafka messages: (values, partitions int64,
-    offsets int64, indices of the messages that are errors)."""
+def scan(list msgs, bint topics=False):
+    """One pass over confluent-kafka Message objects: (values, partitions
+    int64, offsets int64, indices of the messages that are errors, each
+    message's topic when `topics` else None). An error's value is None, its
+    partition and offset -1."""
     cdef Py_ssize_t n = len(msgs), i
     parts = np.empty(n, dtype=np.int64)
     offs = np.empty(n, dtype=np.int64)
     cdef int64_t[::1] pv = parts
     cdef int64_t[::1] ov = offs
     values = [None] * n
+    names = [None] * n if topics else None
     errors = []
     if n == 0:
-        return values, parts, offs, errors
+        return values, parts, offs, errors, names
     # PERF: the type's method descriptors, called with the message: no
     # attribute lookup and bound method per call (4 calls a message)
     cls = type(msgs[0])
     error_of, value_of, partition_of, offset_of = cls.error, cls.value, cls.partition, cls.offset
+    topic_of = cls.topic if topics else None
     for i in range(n):
         m = msgs[i]
         if type(m) is not cls:
-            error_of, value_of, partition_of, offset_of = (type(m).error, type(m).value, type(m).partition,
-                                                           type(m).offset)
             cls = type(m)
+            error_of, value_of, partition_of, offset_of = cls.error, cls.value, cls.partition, cls.offset
+            topic_of = cls.topic if topics else None
         if error_of(m) is not None:
             errors.append(i)
             pv[i] = -1
@@ -584,4 +589,6 @@ def scan(list msgs):
         values[i] = value_of(m)
         pv[i] = partition_of(m)
         ov[i] = offset_of(m)
-    return values, parts, offs, errors
+        if topics:
+            names[i] = topic_of(m)
+    return values, parts, offs, errors, names

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from fsapp.engine import Engine
+from fsapp.engine import kafka as kafka_mod
 from fsapp.engine.kafka import KafkaIngest
 from fsapp.engine.kafka_config import KafkaConfig
 from fsapp.registry.errors import RepoError
@@ -60,8 +61,15 @@ def totals(engine, accounts):
     return out["results"][1]["values"], out["results"][2]["values"]
 
 
-def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(kafka_broker, tmp_path):
-    topic = "payments-dlq-test"
+@pytest.mark.parametrize("chunk", [1000, 3], ids=["one-chunk", "chunks-of-3"])
+def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(kafka_broker, tmp_path, monkeypatch,
+                                                                              chunk):
+    """Also with batches read three messages at a time: a batch is read lean
+    (its Message objects dropped chunk by chunk once scanned) and read again
+    with its messages when it turns out to need them (dead letters, missing
+    event times); the letters keep their keys, no event counts twice."""
+    monkeypatch.setattr(kafka_mod, "CONSUME_CHUNK", chunk)
+    topic = f"payments-dlq-test-{chunk}"
     kafka_broker.create_topic(topic, partitions=2)
     repo = make_repo(tmp_path, topic, kafka_broker.bootstrap)
     t = time.time_ns() // 1000 - 60_000_000
@@ -72,8 +80,8 @@ def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(ka
     bad = [b"{not json", b"[1, 2]", json.dumps({"amount": 2.0, "ts": t}).encode(),  # no key
            json.dumps({"account_id": 1, "amount": "lots", "ts": t}).encode(),
            json.dumps({"account_id": 1, "amount": 1.0, "ts": "yesterday"}).encode()]
-    for b in bad:
-        p.produce(topic, b, partition=0)
+    for i, b in enumerate(bad):
+        p.produce(topic, b, key=f"k{i}".encode(), partition=0)
     for i, ev in enumerate(good[20:]):
         # no ts field: the Kafka message timestamp is the event time; unknown fields are ignored
         p.produce(topic, json.dumps({"account_id": ev["account_id"], "amount": 1.5, "note": "x"}).encode(),
@@ -92,6 +100,7 @@ def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(ka
         assert stats["dead_lettered_by_kind"] == {f"{topic}:json": 1, f"{topic}:not_object": 1,
                                                   f"{topic}:schema": 3}
         assert engine.offsets == {f"{topic}/0": 20, f"{topic}/1": 15}
+        assert stats["rereads"] >= 1  # the batches with the bad messages, read lean first
         from fsapp.api.backend import EngineBackend
         text = EngineBackend(engine).metrics_text()
         assert f'fstore_kafka_dead_letters_total{{kind="schema",topic="{topic}"}} 3.0' in text
@@ -100,6 +109,7 @@ def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(ka
         ingest.stop()
     letters = kafka_broker.read_all(f"{topic}.dlq")
     assert sorted(m.value() for m in letters) == sorted(bad)
+    assert sorted((m.key(), m.value()) for m in letters) == sorted((f"k{i}".encode(), b) for i, b in enumerate(bad))
     for m in letters:
         h = dict(m.headers())
         assert h["fstore.source.topic"] == topic.encode() and h["fstore.source.partition"] == b"0"
@@ -224,7 +234,9 @@ def test_group_mode_replays_assigned_partitions_from_the_start_not_the_committed
     engine = open_engine(repo)
     ingest = subscribed(engine, repo)
     try:
-        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 41, timeout_s=40)
+        # (a partition's keys are readable once it is seen caught up: checked every 200 ms)
+        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 41 and not ingest.stats()["recovering"],
+              timeout_s=40)
         assert totals(engine, [7, 6])[0] == [20, 20]
     finally:
         ingest.stop()  # leaves the group: its partitions are revoked, their keys dropped
