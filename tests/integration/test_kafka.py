@@ -270,6 +270,59 @@ def test_group_mode_replays_assigned_partitions_from_the_start_not_the_committed
         engine.close()
 
 
+def test_a_batch_read_across_a_reassignment_is_read_again_not_applied_twice(kafka_broker, tmp_path, monkeypatch):
+    """Rebalance callbacks run inside poll() and consume(), and a batch is
+    read in several consume() calls: a (re)assignment in the middle moves the
+    partitions back to the engine's offsets, so the messages read before it
+    come again after it. The batch is dropped and read again from the
+    engine's offsets: every event counts once."""
+    from confluent_kafka import TopicPartition
+
+    monkeypatch.setattr(kafka_mod, "CONSUME_CHUNK", 4)
+    topic = "payments-rebalance-test"
+    kafka_broker.create_topic(topic, partitions=2)
+    repo = make_repo(tmp_path, topic, kafka_broker.bootstrap)
+    t = time.time_ns() // 1000 - 60_000_000
+    p = kafka_broker.producer()
+    for i in range(60):
+        p.produce(topic, json.dumps({"account_id": i % 3, "amount": 1.0, "ts": t + i}).encode(), partition=i % 2)
+    p.flush(10)
+    engine = open_engine(repo)
+    ingest = subscribed(engine, repo)
+    real = ingest.consumer
+    calls = []
+
+    class Reassigning:
+        """The consumer, with what an eager rebalance's assign callback does
+        (KafkaIngest._on_assign: positions at the engine's offsets) run
+        inside the second consume() call."""
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def consume(self, n, timeout):
+            calls.append(n)
+            if len(calls) == 2:
+                real.assign([TopicPartition(topic, q, ingest._start_offset(topic, q)) for q in (0, 1)])
+                ingest.rebalances += 1
+            return real.consume(n, timeout)
+
+    ingest.consumer = Reassigning()
+    try:
+        deadline = time.monotonic() + 20
+        while totals(engine, [0, 1, 2])[0] != [20, 20, 20] or sum(ingest.counts["consumed"].values()) < 60:
+            assert time.monotonic() < deadline, (totals(engine, [0, 1, 2]), ingest.stats())
+            ingest.poll_once()
+        for _ in range(5):
+            ingest.poll_once()
+        assert totals(engine, [0, 1, 2])[0] == [20, 20, 20]
+        assert ingest.counts["consumed"] == {topic: 60} and len(calls) > 2
+    finally:
+        ingest.consumer = real
+        ingest.stop()
+        engine.close()
+
+
 def test_config_errors_say_what_to_fix(tmp_path):
     repo = make_repo(tmp_path, "t", "127.0.0.1:1", "  assign: some\n")
     with pytest.raises(RepoError, match="assign"):

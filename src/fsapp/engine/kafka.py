@@ -495,6 +495,7 @@ class KafkaIngest:
         # wait for the first message only, then take what is already fetched:
         # consume(n, timeout) would wait for n messages (or the timeout) and
         # hold a lone event back for the whole poll timeout
+        rebalances = self.rebalances
         first = self.consumer.poll(self.config.poll_timeout_ms / 1000)
         started = time.monotonic()
         keep = self._keep_left > 0 or not self._lean
@@ -502,6 +503,14 @@ class KafkaIngest:
         if first is not None:
             self._keep_left -= self._keep_left > 0
             by_topic = self._consume(first, limit, keep)
+        if self.rebalances != rebalances and by_topic:
+            # partitions were (re)assigned while the batch was read (callbacks
+            # run inside poll and consume): their positions moved to the
+            # engine's offsets, so the batch may hold messages twice. None of
+            # it is applied; it is read again from the engine's offsets
+            log.info("kafka: a rebalance during a batch: reading it again")
+            by_topic = {}
+            self._rewind()
         n = 0
         try:
             for topic, batch in by_topic.items():
@@ -881,14 +890,14 @@ class KafkaIngest:
         `ready_max_lag` when that is set."""
         if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
             return False, f"Kafka ingestion stopped ({self.last_error or 'the thread exited'}); restart the server"
+        if self.keys.split:  # first: a definition to fix, not a wait
+            views = ", ".join(sorted(self.keys.split))
+            return False, (f"feature view(s) {views} get events for one key from several partitions: in "
+                           "kafka.assign: group each node holds partial values of them (see docs/kafka.md, scale-out)")
         recovering = sorted(k for k in self.progress.target if k not in self.progress.live)
         if self.group and recovering:
             return False, (f"rebuilding Kafka partition(s) {', '.join(recovering[:5])}: their keys' values are not "
                            "caught up yet (GET /api/v1/cluster shows the state of each partition)")
-        if self.keys.split:
-            views = ", ".join(sorted(self.keys.split))
-            return False, (f"feature view(s) {views} get events for one key from several partitions: in "
-                           "kafka.assign: group each node holds partial values of them (see docs/kafka.md, scale-out)")
         limit = self.config.ready_max_lag
         total = sum(self.lag.values())
         if limit is not None and total > limit:
