@@ -955,6 +955,7 @@ class Engine:
             # the keys a boundary moved are found TICK_SCAN slots at a time and
             # written TICK_CHUNK rows at a time: no lock hold grows with the keys
             for lo in range(0, scan.slots, TICK_SCAN) if scan is not None else ():
+                time.sleep(0)  # as below: a waiting push or read takes the lock between scans
                 with self.lock:
                     if self.runtimes.get(key) is not rt:
                         break  # the registry changed: the new runtime computed its own values
