@@ -117,6 +117,9 @@ class EngineBackend:
                                       "Seconds Kafka ingestion paused to leave the engine to REST pushes", ())
         self.kafka_errors = m.counter("fstore_kafka_errors_total",
                                       "Kafka batches retried after an error (broker, WAL, dead-letter sink)", ())
+        self.kafka_rereads = m.counter("fstore_kafka_rereads_total",
+                                       "Kafka batches read a second time, with their messages: they held a "
+                                       "message the batch reader does not take, or a rebalance came mid-batch", ())
         self.checkpoint_failures = m.counter("fstore_checkpoint_failures_total",
                                              "Checkpoints that failed (e.g. a full disk); the next one retries", ())
         self.replay_backlog = m.gauge("fstore_replay_backlog_seconds",
@@ -231,4 +234,5 @@ class EngineBackend:
                     self.kafka_lag.set(n, topic=topic, partition=partition)
                 self.kafka_errors.set(k["errors"])
                 self.kafka_paused.set(k["paused_s"])
+                self.kafka_rereads.set(k["rereads"])
         return self.metrics.render()

@@ -155,7 +155,7 @@ class KafkaIngest:
         # (never lean when a decoder reads message by message: Avro, JSON with
         # types only the per-message reader takes)
         self._lean = all(isinstance(d, StreamDecoder) and d.fields is not None for d in self.decoders.values())
-        self.rereads = 0  # lean batches read again with their messages
+        self.rereads = 0  # batches read again: lean ones that needed their messages, ones across a rebalance
         self._thread: threading.Thread | None = None
         self._closed = False
         # group mode (fsapp.engine.cluster): the partition of each key, and recovering/live per partition
@@ -512,6 +512,7 @@ class KafkaIngest:
             # it is applied; it is read again from the engine's offsets
             log.info("kafka: a rebalance during a batch: reading it again")
             by_topic = {}
+            self.rereads += 1
             self._rewind()
         n = 0
         try:
