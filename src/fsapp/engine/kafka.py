@@ -565,7 +565,7 @@ class KafkaIngest:
         while True:
             # PERF: one C pass takes each message's value, partition and offset and
             # finds the errors (three Python passes cost ~1 µs an event)
-            values, parts, offs, errors, names = jsonrows.scan(msgs, many and not keep)
+            values, parts, offs, errors, names = jsonrows.scan(msgs, many)
             for i in errors:
                 err = msgs[i].error()
                 if err.fatal():
@@ -595,14 +595,14 @@ class KafkaIngest:
             kept = [m for c in chunks for m in c[0]] if keep else None
             values = [v for c in chunks for v in c[1]]
             parts, offs = np.concatenate([c[2] for c in chunks]), np.concatenate([c[3] for c in chunks])
-            names = [t for c in chunks for t in c[4]] if many and not keep else None
+            names = [t for c in chunks for t in c[4]] if many else None
         if not values:
             return {}
         whole = _Polled(kept if keep else _Dropped(len(values)), values, parts, offs)
         if not many:  # a subscription to one topic delivers only it
             return {next(iter(self.topics)): whole}
         idx: dict[str, list] = {}
-        for i, t in enumerate(names if names is not None else (m.topic() for m in kept)):
+        for i, t in enumerate(names):
             idx.setdefault(t, []).append(i)
         return {t: whole.take(np.asarray(ix, dtype=np.int64)) for t, ix in idx.items()}
 
