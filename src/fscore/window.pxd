@@ -161,6 +161,12 @@ cdef class WindowView:
     cdef object free_bits         # uint8 (pool_cap / 8 rounded up): bit set = a free block starts here
     cdef uint8_t* fb_p
     cdef object template          # int64 (width,): a reset cell
+    # copy-mode checkpoints (track_writes / frozen_begin / frozen_end): while
+    # `tracking`, every slot whose run or cells change gets dirty_p[slot] = 1
+    cdef bint tracking
+    cdef object dirty             # uint8 (n_slots,) while tracking
+    cdef uint8_t* dirty_p
+    cdef object _track            # what track_writes() saw: pool, top, per-slot arrays
     cdef object scratch           # int64 (2, width): query / event accumulators
 
     cdef _build_layout(self)

@@ -1,5 +1,5 @@
 # Python face of fscore.window (the Cython module). C types in comments.
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -54,7 +54,15 @@ class WindowView:
     def meta(self) -> dict: ...
     def frozen(self) -> "WindowView":
         """A copy of the state as it is now (one memcpy), to encode off the writer's lock."""
+    def track_writes(self) -> tuple:
+        """Writer, under its lock: mark every slot written from now on (for frozen_begin/frozen_end)."""
+    def frozen_begin(self, track: tuple) -> tuple:
+        """Any thread, no lock: copy the state track_writes() saw (the cells without the GIL)."""
+    def frozen_end(self, begun: tuple) -> "WindowView":
+        """Writer, under its lock: the frozen copy of the state now (the marked slots copied again)."""
     def to_bytes(self) -> bytes: ...
+    def snapshot(self, chunk_slots: int = 65536, chunk_bytes: int = 4 << 20) -> Any:
+        """to_bytes() streamed: `.nbytes`, then `.chunks()` (bytes-like) a slot range at a time."""
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> "WindowView": ...
     def export_slots(self, slots: npt.ArrayLike) -> dict[str, np.ndarray]:

@@ -94,6 +94,8 @@ cdef class WindowView:
         self.hp.free_head = -1
         self.hp.failed = 0
         self.hp.m = 0
+        self.tracking = 0
+        self.dirty_p = NULL
 
     def __dealloc__(self):
         free(self.layout.cols)
@@ -514,6 +516,13 @@ cdef class WindowView:
                         np.concatenate([self.run_cap, np.zeros(more, np.int32)]),
                         np.concatenate([self.floor_, np.full(more, EMPTY, np.int64)]))
         self.n_slots = n_slots
+        if self.tracking:
+            self._set_dirty(np.concatenate([self.dirty, np.zeros(more, np.uint8)]))
+
+    def _set_dirty(self, dirty):
+        cdef uint8_t[::1] dv = dirty
+        self.dirty = dirty
+        self.dirty_p = &dv[0] if dirty.shape[0] else NULL
 
     def reset_slots(self, slots):
         """Forget everything about these keys (eviction, or slot reuse)."""
@@ -522,6 +531,8 @@ cdef class WindowView:
         cdef Py_ssize_t i, k, j, W = self.layout.width
         for i in range(sv.shape[0]):
             k = sv[i]
+            if self.tracking:
+                self.dirty_p[k] = 1
             if self.layout.has_hll and self.cap_p[k]:
                 for j in range(self.ring_len if self.len_p[k] == RING else self.len_p[k]):
                     cell_release(<Word*>(self.P + (self.at_p[k] + j) * W), &self.layout)
@@ -716,6 +727,8 @@ cdef class WindowView:
                     prefetch_w(self.P + self.at_p[slots[i + PREFETCH_AHEAD]] * W)
                 t = ts[i]
                 s = slots[i]
+                if self.tracking:
+                    self.dirty_p[s] = 1
                 if wm != INT64_MIN and t < wm - lateness:
                     late[i] = 1
                     nlate += 1
@@ -826,6 +839,8 @@ cdef class WindowView:
         cdef Py_ssize_t R = self.ring_len, W = self.layout.width, j, k, pos
         cdef int64_t m = self.len_p[s], b = src[W_BUCKET].i, top, horizon, nsess
         cdef Word* cells
+        if self.tracking:
+            self.dirty_p[s] = 1
         if m == RING:
             cells = <Word*>(self.P + self.at_p[s] * W) + floor_mod(b, R) * W
             if cells[W_BUCKET].i == b:
@@ -1027,39 +1042,43 @@ cdef class WindowView:
         cdef int64_t key_b
         lens = np.zeros(len(s), dtype=np.int64)
         cdef int64_t[::1] lv = lens
-        for q in range(sv.shape[0]):
-            m = self.len_p[sv[q]]
-            if m == RING:
-                c = self.P + self.at_p[sv[q]] * W
-                for j in range(R):
-                    if c[j * W + W_BUCKET] != INT64_MIN and c[j * W + W_COUNT]:
-                        lv[q] += 1
-            else:
-                lv[q] = m
+        # (without the GIL: an embedded engine's checkpoint encodes in a thread
+        # beside pushes and reads)
+        with nogil:
+            for q in range(sv.shape[0]):
+                m = self.len_p[sv[q]]
+                if m == RING:
+                    c = self.P + self.at_p[sv[q]] * W
+                    for j in range(R):
+                        if c[j * W + W_BUCKET] != INT64_MIN and c[j * W + W_COUNT]:
+                            lv[q] += 1
+                else:
+                    lv[q] = m
         cells = np.empty((int(lens.sum()), W), dtype=np.int64)
         cdef int64_t[:, ::1] cv = cells if cells.shape[0] else np.zeros((1, W), np.int64)
         order = np.empty(R, dtype=np.int64)
         cdef int64_t[::1] ov = order
-        for q in range(sv.shape[0]):
-            m = self.len_p[sv[q]]
-            c = self.P + self.at_p[sv[q]] * W
-            if m == RING:
-                k = 0
-                for j in range(R):  # the ring's cells with events, by bucket (insertion sort: R is small)
-                    if c[j * W + W_BUCKET] != INT64_MIN and c[j * W + W_COUNT]:
-                        key_b = c[j * W + W_BUCKET]
-                        m = k
-                        while m > 0 and c[ov[m - 1] * W + W_BUCKET] > key_b:
-                            ov[m] = ov[m - 1]
-                            m -= 1
-                        ov[m] = j
-                        k += 1
-                for j in range(k):
-                    memcpy(&cv[o + j, 0], c + ov[j] * W, W * sizeof(int64_t))
-                o += k
-            elif m:
-                memcpy(&cv[o, 0], c, m * W * sizeof(int64_t))
-                o += m
+        with nogil:
+            for q in range(sv.shape[0]):
+                m = self.len_p[sv[q]]
+                c = self.P + self.at_p[sv[q]] * W
+                if m == RING:
+                    k = 0
+                    for j in range(R):  # the ring's cells with events, by bucket (insertion sort: R is small)
+                        if c[j * W + W_BUCKET] != INT64_MIN and c[j * W + W_COUNT]:
+                            key_b = c[j * W + W_BUCKET]
+                            m = k
+                            while m > 0 and c[ov[m - 1] * W + W_BUCKET] > key_b:
+                                ov[m] = ov[m - 1]
+                                m -= 1
+                            ov[m] = j
+                            k += 1
+                    for j in range(k):
+                        memcpy(&cv[o + j, 0], c + ov[j] * W, W * sizeof(int64_t))
+                    o += k
+                elif m:
+                    memcpy(&cv[o, 0], c, m * W * sizeof(int64_t))
+                    o += m
         blocks = np.zeros((0, self.hp.m), dtype=np.uint8)
         if self.layout.has_hll and len(cells):
             offs = self._hll_offsets()
@@ -1073,22 +1092,95 @@ cdef class WindowView:
     def frozen(self):
         """A copy of the state as it is now, for a checkpoint to encode off the
         writer's lock: one memcpy of the cells handed out and of the per-key
-        arrays. The copy answers to_bytes() (and reads); it is not updated."""
+        arrays. The copy answers to_bytes() (and reads); it is not updated.
+        (A checkpoint beside a writer in other threads copies in three steps
+        instead: track_writes, frozen_begin, frozen_end.)"""
+        self._stop_tracking()
+        return self._frozen_from(np.array(self.pool[:max(self.pool_top, 1)]), np.array(self.run_at),
+                                 np.array(self.run_len), np.array(self.run_cap), np.array(self.floor_))
+
+    def _frozen_from(self, pool, at, ln, cap, floor):
         cdef WindowView f = type(self)(self.spec, list(self.aggs), 0, self.allowed_lateness, self.hll_p,
                                        self.max_sessions)
-        f._set_pool(np.array(self.pool[:max(self.pool_top, 1)]), self.pool_top)
+        f._set_pool(pool, self.pool_top)
         if self.hp.cap:
             f.hp.B = <uint8_t*>malloc(self.hp.cap * self.hp.m)
             if f.hp.B == NULL:
                 raise MemoryError()
             memcpy(f.hp.B, self.hp.B, self.hp.top * self.hp.m)
             f.hp.cap, f.hp.top, f.hp.free_head, f.hp.used = self.hp.cap, self.hp.top, self.hp.free_head, self.hp.used
-        f._set_slots(np.array(self.run_at), np.array(self.run_len), np.array(self.run_cap), np.array(self.floor_))
+        f._set_slots(at, ln, cap, floor)
         f.n_slots = self.n_slots
         f.watermark, f.late_count = self.watermark, self.late_count
         f.part_watermarks = dict(self.part_watermarks)
         f.cells_held = self.cells_held
         return f
+
+    def track_writes(self):
+        """A copy-mode checkpoint's first step, by the writer under its lock:
+        from now on every slot whose run or cells change is marked. Then
+        frozen_begin() copies the state while the writer goes on (no lock,
+        no GIL for the cells) and frozen_end(), under the lock again, copies
+        only the marked slots again: the lock is held in proportion to the
+        keys written meanwhile, not to the state (at 100k keys of the
+        starter repo the whole copies held it 25-300 ms: docs/wal.md)."""
+        self._set_dirty(np.zeros(self.n_slots, np.uint8))
+        self.tracking = 1
+        self._track = (self.pool, self.pool_top, self.run_at, self.run_len, self.run_cap, self.floor_,
+                       self.n_slots)
+        return self._track
+
+    def _stop_tracking(self):
+        self.tracking = 0
+        self.dirty_p = NULL
+        self.dirty = None
+        self._track = None
+
+    def frozen_begin(self, track):
+        """Step two (any thread, no lock): copies the cells and per-key arrays
+        as track_writes() saw them; the slots written since are copied again
+        by frozen_end. Returns what frozen_end takes."""
+        pool, top, at, ln, cap, floor, n = track
+        # room for the cells runs take meanwhile (frozen_end copies them in place)
+        rows = max(top + top // 4 + self._block_room(), 16)
+        out = np.empty((rows, self.layout.width), dtype=np.int64)
+        cdef int64_t[:, ::1] src = pool
+        cdef int64_t[:, ::1] dst = out
+        cdef size_t nbytes = top * self.layout.width * sizeof(int64_t)
+        if top:
+            with nogil:
+                memcpy(&dst[0, 0], &src[0, 0], nbytes)
+        return (track, out, np.array(at[:n]), np.array(ln[:n]), np.array(cap[:n]), np.array(floor[:n]))
+
+    def frozen_end(self, begun):
+        """Step three, by the writer under its lock: the frozen copy (as
+        frozen()) of the state now — frozen_begin's copy with the slots
+        written since track_writes() copied again — and tracking stops."""
+        track, out, at, ln, cap, floor = begun
+        if not self.tracking or track is not self._track or self.pool_top > out.shape[0]:
+            return self.frozen()  # tracking was restarted, or the runs outgrew the copy's room
+        cdef Py_ssize_t n0 = track[6], n = self.n_slots, W = self.layout.width, q, s, m
+        if n > n0:  # slots added since: copied whole
+            at = np.concatenate([at, self.run_at[n0:n]])
+            ln = np.concatenate([ln, self.run_len[n0:n]])
+            cap = np.concatenate([cap, self.run_cap[n0:n]])
+            floor = np.concatenate([floor, self.floor_[n0:n]])
+        dirty = np.flatnonzero(self.dirty[:n0]).astype(np.int64)
+        if n > n0:
+            dirty = np.concatenate([dirty, np.arange(n0, n, dtype=np.int64)])
+        cdef const int64_t[::1] dv = dirty
+        cdef int32_t[::1] a = at, l = ln, c = cap
+        cdef int64_t[::1] f = floor
+        cdef int64_t[:, ::1] dst = out
+        with nogil:
+            for q in range(dv.shape[0]):
+                s = dv[q]
+                a[s], l[s], c[s], f[s] = self.at_p[s], self.len_p[s], self.cap_p[s], self.floor_p[s]
+                m = self.ring_len if self.len_p[s] == RING else self.len_p[s]
+                if m > 0 and self.at_p[s] >= 0:
+                    memcpy(&dst[self.at_p[s], 0], self.P + self.at_p[s] * W, m * W * sizeof(int64_t))
+        self._stop_tracking()
+        return self._frozen_from(out, at, ln, cap, floor)
 
     def to_bytes(self):
         """Whole-view snapshot: b'FSWV' u32 version u32 header-len, JSON header,
@@ -1098,13 +1190,14 @@ cdef class WindowView:
         live state). The bytes of `snapshot().chunks()`."""
         return b"".join(self.snapshot().chunks())
 
-    def snapshot(self, Py_ssize_t chunk_slots=65536):
+    def snapshot(self, Py_ssize_t chunk_slots=65536, Py_ssize_t chunk_bytes=4 << 20):
         """`to_bytes()` as a stream: `.nbytes` is known before any byte is
-        made, `.chunks()` yields the bytes a slot range at a time, so a
-        checkpoint writes a view of any size holding one range's cells (not
-        the whole state again). The view must not change until the chunks are
-        consumed (a checkpoint encodes a frozen copy or a forked child's)."""
-        return _Snapshot(self, chunk_slots)
+        made, `.chunks()` yields the bytes a slot range at a time (at most
+        chunk_slots slots, about chunk_bytes of cells), so a checkpoint
+        writes a view of any size holding one range's cells (not the whole
+        state again). The view must not change until the chunks are consumed
+        (a checkpoint encodes a frozen copy or a forked child's)."""
+        return _Snapshot(self, chunk_slots, chunk_bytes)
 
     def _floors(self):
         return np.asarray(self.floor_)
@@ -1325,8 +1418,8 @@ def _from_dense(WindowView view, cells, evicted, nsess):
 class _Snapshot:
     """`WindowView.snapshot()`: the bytes of `to_bytes`, a slot range at a time."""
 
-    def __init__(self, WindowView view, Py_ssize_t chunk_slots):
-        self.view, self.chunk = view, max(1, chunk_slots)
+    def __init__(self, WindowView view, Py_ssize_t chunk_slots, Py_ssize_t chunk_bytes):
+        self.view, self.chunk, self.chunk_bytes = view, max(1, chunk_slots), max(1, chunk_bytes)
         self.lens, self.blocks = view._census()
         parts = {"part_watermarks": {str(p): w for p, w in view.part_watermarks.items()}} \
             if view.part_watermarks else {}
@@ -1337,25 +1430,36 @@ class _Snapshot:
                        + 8 * int(self.lens.sum()) * view.width + int(self.blocks) * view.hll_block_bytes)
 
     def chunks(self):
+        """Bytes-like chunks (memoryviews of the arrays made, not copies)."""
         view, n = self.view, self.view.n_slots
         yield _MAGIC + struct.pack("<II", _FORMAT_VERSION, len(self.header)) + self.header
-        yield self.lens.astype("<i8", copy=False).tobytes()
-        yield view._floors().astype("<i8", copy=False).tobytes()
+        yield memoryview(self.lens.astype("<i8", copy=False))
+        yield memoryview(view._floors().astype("<i8", copy=False))
         offs = view._hll_offsets()
         held, named = [], 0
-        for start in range(0, n, self.chunk):
-            lens, _, cells, blocks = view._gather(np.arange(start, min(n, start + self.chunk)))
+        # a range of at most `chunk` slots and about `chunk_bytes` of cells: a
+        # copy-mode checkpoint encodes in the engine's process, and what a
+        # range costs with the GIL held (numbering HLL blocks, making the
+        # array) is what pushes and reads there wait (a 65,536-slot range of
+        # keys with 100 events each was ~1 GB)
+        cum, step = np.cumsum(self.lens) * (view.width * 8), self.chunk_bytes
+        cuts = set(range(0, n, self.chunk))
+        if n and cum[-1] > step:
+            cuts.update((np.searchsorted(cum, np.arange(step, cum[-1], step)) + 1).tolist())
+        bounds = sorted(c for c in cuts if c < n) + [n]
+        for start, stop in zip(bounds, bounds[1:]):
+            lens, _, cells, blocks = view._gather(np.arange(start, stop))
             if len(blocks):  # number this range's blocks after the ones before it
                 part = cells[:, offs]
                 cells[:, offs] = np.where(part < 0, part - named, part)
                 held.append(blocks)
                 named += len(blocks)
-            yield cells.astype("<i8", copy=False).tobytes()
+            yield memoryview(cells.astype("<i8", copy=False))
         if named != self.blocks:
             raise WindowStateError(f"window view changed while its snapshot was written ({named} HLL blocks, "
                                    f"{self.blocks} counted)")
         for b in held:
-            yield b.tobytes()
+            yield memoryview(b)
 
 
 def _dense_hll_cells(WindowView view, old_offs, cells):

@@ -403,3 +403,67 @@ def test_runs_and_free_blocks_tile_the_pool_and_keys_keep_their_answers(spec, la
         want, _ = twins[s].value_as_of(np.zeros(1, np.int64), t[:1])
         for name in got:
             np.testing.assert_array_equal(got[name][s], want[name][0], err_msg=f"{name} slot {s}")
+
+
+# A copy-mode checkpoint freezes a view beside its writer (track_writes under
+# the writer's lock, frozen_begin without it, frozen_end under it again): the
+# copy must be the state at frozen_end whatever the writer did in between —
+# keys updated, grown into whole rings, reset, moved, slots added, another
+# view merged in — and must not follow the writer afterwards.
+FREEZE_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("update"), st.lists(st.tuples(st.integers(0, POOL_SLOTS - 1), st.integers(0, 12)),
+                                          min_size=1, max_size=60)),
+    st.tuples(st.just("reset"), st.sets(st.integers(0, POOL_SLOTS - 1), min_size=1, max_size=6)),
+    st.tuples(st.just("move"), st.tuples(st.integers(0, POOL_SLOTS - 1), st.integers(0, POOL_SLOTS - 1))),
+    st.tuples(st.just("grow"), st.integers(1, 40)),
+    st.tuples(st.just("merge"), st.lists(st.tuples(st.integers(0, POOL_SLOTS - 1), st.integers(0, 12)),
+                                         min_size=1, max_size=20)),
+    st.tuples(st.just("track"), st.none()),
+    st.tuples(st.just("begin"), st.none()),
+    st.tuples(st.just("end"), st.none()),
+), min_size=1, max_size=30)
+
+
+@FAST
+@given(spec=st.sampled_from([sliding(200, 10), continuous(120, 10), tumbling(20), session(3), lifetime()]),
+       steps=FREEZE_STEPS)
+def test_a_copy_frozen_beside_the_writer_is_the_state_at_frozen_end(spec, steps):
+    aggs = ["count(*) as n", "sum(x) as s", "approx_count_distinct(x) as d", "last_k(x, 3) as k"]
+
+    def view(n):
+        return WindowView(spec, aggs, n, allowed_lateness=30, hll_p=6, max_sessions=4)
+    v = view(POOL_SLOTS)
+    clock, track, begun, frozen = 0, None, None, []
+
+    def events(arg):
+        nonlocal clock
+        slots = np.array([a for a, _ in arg], dtype=np.int64)
+        ts = clock + np.cumsum([d for _, d in arg]).astype(np.int64)
+        clock = int(ts[-1])
+        return slots, ts, {"x": (ts % 5).astype(np.float64)}
+    for op, arg in steps:
+        if op == "update":
+            v.update(*events(arg))
+        elif op == "reset":
+            v.reset_slots(np.array(sorted(arg), dtype=np.int64))
+        elif op == "move" and arg[0] != arg[1]:
+            v.import_slots(np.array([arg[1]]), v.export_slots(np.array([arg[0]])))
+            v.reset_slots(np.array([arg[0]]))
+        elif op == "grow":
+            v.grow(v.n_slots + arg)
+        elif op == "merge":
+            other = view(v.n_slots)
+            other.update(*events(arg))
+            v.merge_from(other)
+        elif op == "track":
+            track, begun = v.track_writes(), None
+        elif op == "begin" and track is not None:
+            begun = v.frozen_begin(track)
+        elif op == "end" and begun is not None:
+            f = v.frozen_end(begun)
+            frozen.append((f, v.to_bytes()))
+            assert f.to_bytes() == frozen[-1][1]
+            track = begun = None
+        v._check_pool()
+    for f, then in frozen:
+        assert f.to_bytes() == then  # later writes do not reach a frozen copy

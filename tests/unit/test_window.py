@@ -394,6 +394,11 @@ def test_snapshot_streams_the_bytes_of_to_bytes_a_slot_range_at_a_time():
     snap = v.snapshot(chunk_slots=3)
     data = b"".join(snap.chunks())
     assert data == v.to_bytes() and len(data) == snap.nbytes and v.dense_hll_blocks >= 5
+    # ranges bounded by bytes of cells too (each key here: 1-2 cells of ~100 B)
+    for chunk_bytes in (1, 150, 500):
+        snap = v.snapshot(chunk_bytes=chunk_bytes)
+        chunks = list(snap.chunks())
+        assert b"".join(chunks) == data and len(chunks) > 4
     again = WindowView.from_bytes(data)
     assert again.value_as_of(np.arange(10), 60)[0]["approx_count_distinct_x"].tolist() == \
         v.value_as_of(np.arange(10), 60)[0]["approx_count_distinct_x"].tolist()
@@ -436,3 +441,48 @@ def test_runs_freed_by_big_keys_serve_new_small_keys_before_the_pool_grows():
     assert v.pool_top == top  # every new key took freed cells
     values, exact = v.value_as_of(np.array([100, 3199, 5]), np.array([41, 41, 41]))
     assert values["c"].tolist() == [1, 1, 0] and exact.all()
+
+
+def test_a_copy_frozen_while_a_writer_thread_writes_is_the_state_at_frozen_end():
+    """The engine's copy-mode checkpoint: frozen_begin copies the cells with
+    no lock (and no GIL) while another thread goes on applying events under
+    the lock; frozen_end (under it) must give the state at that moment."""
+    import threading
+
+    aggs = ["count(*) as n", "sum(x) as s", "approx_count_distinct(x) as d", "last_k(x, 3) as k"]
+    v = WindowView(sliding(24 * HOUR, HOUR), aggs, 20_000, hll_p=8)
+    rng = np.random.default_rng(7)
+    lock, stop, clock = threading.Lock(), threading.Event(), [0]
+
+    def batch(n):
+        clock[0] += HOUR // 4
+        ts = clock[0] + np.sort(rng.integers(0, HOUR // 4, n))
+        return rng.integers(0, v.n_slots, n), ts, {"x": rng.integers(0, 50, n).astype(np.float64)}
+    v.update(*batch(200_000))
+    writes = [0]
+
+    def writer():
+        while not stop.is_set():
+            with lock:
+                if writes[0] % 50 == 49:
+                    v.grow(v.n_slots + 100)
+                v.update(*batch(500))
+                writes[0] += 1
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(5):
+            with lock:
+                track = v.track_writes()
+            before = writes[0]
+            begun = v.frozen_begin(track)
+            while writes[0] < before + 3:  # the writer wrote beside the copy (here ~10-250 batches
+                # during it: the cells are copied without the GIL) and after it
+                stop.wait(0.001)
+            with lock:
+                f = v.frozen_end(begun)
+                want = v.to_bytes()
+            assert f.to_bytes() == want
+    finally:
+        stop.set()
+        t.join()

@@ -1064,24 +1064,31 @@ class Engine:
         # tables' copies made consistent (shared memory, which a fork would
         # not freeze; Table.snapshot_end) and either a fork (its child
         # encodes the window state it sees) or copies of the window cells
-        # (WindowView.frozen). Encoding, the offline log's Parquet and fsyncs
-        # happen after (benches/bench_state.py).
+        # (WindowView.frozen_end). Encoding, the offline log's Parquet and fsyncs
+        # happen after (benches/bench_state.py). In copy mode the cells are
+        # copied before the lock too, and under it only the keys written
+        # meanwhile (WindowView.track_writes / frozen_begin / frozen_end).
         task = None
         # the tables are copied before the lock (no GIL either) and made
         # consistent under it: only the rows written meanwhile, which each
         # table logs from here on, are copied again (at 100k keys the whole
         # copies held the lock ~10 ms; finding those rows by reading every
         # row's seqlock count, ~4 ms)
+        copy = self.checkpoint_mode != "fork"
         with self.lock:
             tables = [(f"{name}@v{version}/table", rt.table) for (name, version), rt in self.runtimes.items()]
             for _, t in tables:
                 t.track_writes()
+            # copy mode: the window cells likewise (WindowView.track_writes)
+            windows = [(w, w.track_writes()) for rt in self.runtimes.values() for w in rt.windows] if copy else []
         fuzzy = {}
         for key, t in tables:
             try:  # into the last checkpoint's copy: no page faults
                 fuzzy[key] = (t, t.snapshot_begin(out=self._table_copies.get(key)))
             except ValueError:  # closed meanwhile (a registry change): copied whole under the lock
                 pass
+        # (a view replaced meanwhile by a registry change is frozen whole under the lock)
+        begun = {id(w): (w, w.frozen_begin(track)) for w, track in windows}
         with self.lock:
             lsn, work = self.applied_lsn, self.work_s
             parts, runtimes = {}, []
@@ -1091,7 +1098,9 @@ class Engine:
                 parts[key] = self._table_copies[key] = (
                     rt.table.snapshot_end(token) if t is rt.table else rt.table.snapshot(out=self._table_copies.get(key)))
                 for i, w in enumerate(rt.windows):
-                    parts[f"{name}@v{version}/window{i}"] = w if self.checkpoint_mode == "fork" else w.frozen()
+                    b = begun.get(id(w))
+                    parts[f"{name}@v{version}/window{i}"] = (
+                        w if not copy else w.frozen_end(b[1]) if b is not None and b[0] is w else w.frozen())
                 if self.row_partitions is not None and (name, version) in self.row_partitions:
                     parts[f"{name}@v{version}/partitions"] = self.row_partitions[(name, version)].copy()
                 runtimes.append({"name": name, "version": version, "windows": len(rt.windows),
