@@ -244,6 +244,17 @@ def test_online_as_of_a_past_time_equals_the_training_set_at_that_time(repo, rng
     eng.close()
 
 
+def assert_restart_reads_alike(eng, repo, feats, ents, now, replayed):
+    """Closes `eng`, restarts it from its checkpoint (and `replayed` WAL
+    records after it) and checks it reads as it did before closing."""
+    before = eng.get_online_features(feats, entities=ents, now=now)
+    eng.close()
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="always")
+    assert eng.replayed == replayed
+    assert eng.get_online_features(feats, entities=ents, now=now) == before
+    eng.close()
+
+
 @pytest.mark.parametrize("mode", ["copy", "fork"])
 def test_pushes_and_reads_go_on_while_a_checkpoint_writes(repo, rng, held_parquet_writes, mode):
     """Issue 15: a checkpoint encoded every window's state, wrote the offline
@@ -276,12 +287,7 @@ def test_pushes_and_reads_go_on_while_a_checkpoint_writes(repo, rng, held_parque
     held_parquet_writes.release()
     ck.join(20)
     assert lsns == [1]
-    before = eng.get_online_features(feats, entities=ents, now=now)
-    eng.close()
-    eng = Engine(d, str(repo.registry_path), fsync="always")
-    assert eng.replayed == 1
-    assert eng.get_online_features(feats, entities=ents, now=now) == before
-    eng.close()
+    assert_restart_reads_alike(eng, repo, feats, ents, now, replayed=1)
 
 
 def test_a_copy_mode_checkpoint_holds_the_pushes_made_while_it_copies(repo, rng):
@@ -321,12 +327,7 @@ def test_a_copy_mode_checkpoint_holds_the_pushes_made_while_it_copies(repo, rng)
              "user_txn:last_5_amounts", "user_txn:session_txn_count", "merchant_txn:volume_1d",
              "merchant_txn:distinct_users_1d"]
     ents = {"user_id": list(range(1, 401)), "merchant_id": [f"m{i % 4}" for i in range(400)]}
-    before = eng.get_online_features(feats, entities=ents, now=now)
-    eng.close()
-    eng = Engine(d, str(repo.registry_path), fsync="never")
-    assert eng.replayed == 0
-    assert eng.get_online_features(feats, entities=ents, now=now) == before
-    eng.close()
+    assert_restart_reads_alike(eng, repo, feats, ents, now, replayed=0)
 
 
 @pytest.mark.parametrize("how", ["raises", "killed"])
