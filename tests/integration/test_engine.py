@@ -444,12 +444,43 @@ def test_a_tick_that_moves_many_keys_lets_pushes_in_between_its_chunks(repo, rng
     from fsapp.engine import engine as engine_mod
 
     monkeypatch.setattr(engine_mod, "TICK_CHUNK", 4)
+    monkeypatch.setattr(engine_mod, "TICK_CHUNK_MAX", 4)
     eng, rt, t = _forty_keys_in_one_bucket(repo, rng)
     order = _probe_the_lock_at_the_first(eng, rt, "write_values", "chunk", monkeypatch)
     assert eng.tick(t + 5 * M + 1) >= 40
     assert "other" in order and order.index("other") < len(order) - 1, order
     _all_forty_moved(eng, t)
     eng.close()
+
+
+def test_a_tick_sizes_its_chunks_to_hold_the_lock_about_tick_hold_s(repo, rng, monkeypatch):
+    """A tick rewrote 512 rows a hold whatever a row cost: keys with 100
+    events each held the lock ~9 ms a chunk. After the first chunk it takes
+    as many rows as the last one's pace fits in TICK_HOLD_S: rows that cost
+    1 ms each (here) go 2 at a time, cheap ones grow to TICK_CHUNK_MAX."""
+    import shutil
+    import time
+
+    from fsapp.engine import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "TICK_CHUNK", 8)
+    monkeypatch.setattr(engine_mod, "TICK_CHUNK_MIN", 1)
+    monkeypatch.setattr(engine_mod, "TICK_CHUNK_MAX", 64)
+    for cost, want in ((0.001, lambda later: max(later) <= 2), (0.0, lambda later: later[0] > 8)):
+        eng, rt, t = _forty_keys_in_one_bucket(repo, rng)
+        sizes, real = [], rt.write_values
+
+        def write_values(rows, now, real=real, sizes=sizes, cost=cost):
+            if len(rows) and len(rows) <= 64:  # the tick's chunks (not the forty keys' pushes)
+                sizes.append(len(rows))
+                time.sleep(cost * len(rows))
+            return real(rows, now)
+        monkeypatch.setattr(rt, "write_values", write_values)
+        assert eng.tick(t + 5 * M + 1) >= 40
+        assert sizes[0] == 8 and sum(sizes) >= 40 and want(sizes[1:]), (cost, sizes)
+        _all_forty_moved(eng, t)
+        eng.close()
+        shutil.rmtree(repo.data_dir / "engine")
 
 
 def test_a_source_replay_is_applied_online_only_and_so_is_its_wal_replay(repo, rng):

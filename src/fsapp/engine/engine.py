@@ -121,7 +121,9 @@ class PreparedPush:
 
 # rows a tick rewrites per hold of the engine lock (~6 µs a row in the starter
 # repo: ~12 ms; benches/bench_state.py "push p99 across a hop boundary")
-TICK_CHUNK = 512      # rows a tick rewrites per hold of the engine lock (~2 ms at the starter repo's 7 windows)
+TICK_CHUNK = 512      # rows a tick rewrites in its first hold of the engine lock (~2 ms at the starter repo's 7 windows)
+TICK_HOLD_S = 0.002   # then as many rows a hold as the last hold's pace fits in this
+TICK_CHUNK_MIN, TICK_CHUNK_MAX = 16, 4096
 TICK_SCAN = 8192      # slots a tick scans for moved keys per hold (~2-4 ms at 1M keys: a cache miss a slot and window)
 
 
@@ -966,17 +968,24 @@ class Engine:
         return total
 
     def _write_ticked(self, key, rt, rows: np.ndarray, now: int) -> int:
-        """Rewrites these rows' values as of `now`, TICK_CHUNK per lock hold."""
-        written = 0
-        for i in range(0, rows.size, TICK_CHUNK):
+        """Rewrites these rows' values as of `now`, a chunk per lock hold:
+        TICK_CHUNK rows first, then as many as the last chunk's pace fits in
+        TICK_HOLD_S (a row costs with its cells: 512 rows of keys with 100
+        events each held the lock ~9 ms)."""
+        written, i, size = 0, 0, TICK_CHUNK
+        while i < rows.size:
             time.sleep(0)  # the lock is not fair: let a waiting push or read take it first
             with self.lock:
                 if self.runtimes.get(key) is not rt:
                     break  # the registry changed: the new runtime computed its own values
-                chunk = rows[i:i + TICK_CHUNK]
+                t = time.perf_counter()
+                chunk = rows[i:i + size]
                 chunk = chunk[rt.table.rows_live(chunk)]  # a key deleted meanwhile stays deleted
                 rt.write_values(chunk, max(now, rt.latest_now))
-                written += int(chunk.size)
+                took = time.perf_counter() - t
+            written += int(chunk.size)
+            i += size
+            size = int(min(max(size * TICK_HOLD_S / max(took, 1e-6), TICK_CHUNK_MIN), TICK_CHUNK_MAX))
         return written
 
     def next_change(self, now: int | None = None) -> int | None:
