@@ -205,7 +205,7 @@ def run_one(base: str, n_keys: int, events_per_key: str, rng) -> dict:
     base_push, base_read, base_lock, _ = _traffic(eng, users, None)
     out["lock_max_no_ckpt_ms"] = base_lock
     eng.checkpoint_mode = "copy"
-    (out["copy_push_max_ms"], out["copy_read_max_ms"], out["copy_lock_max_during_ckpt_ms"],
+    (out["copy_push_max_during_ckpt_ms"], out["copy_read_max_during_ckpt_ms"], out["copy_lock_max_during_ckpt_ms"],
      _) = _traffic(eng, users, eng.checkpoint)
     # a day boundary (the starter repo's tumbling 1d windows): every key with an
     # event in the closing day moves; the tick rewrites them in chunks
@@ -351,18 +351,12 @@ def run(quick: bool = False) -> list[Row]:
                                 "lower", f"~5 ms; p99 hold {r['tick_hold_p99_ms']:.1f} ms"))
                 rows.append(Row("state", f"{label}: slowest push across a day boundary", r["push_max_tick_ms"],
                                 "slowest push, no checkpoint", r["push_max_no_ckpt_ms"], "ms", "lower"))
-                rows.append(Row("state", f"{label}: slowest push during a checkpoint (fork)", r["push_max_during_ckpt_ms"],
-                                "slowest push, no checkpoint", r["push_max_no_ckpt_ms"], "ms", "lower",
-                                "a few ms over"))
-                rows.append(Row("state", f"{label}: slowest read during a checkpoint (fork)", r["read_max_during_ckpt_ms"],
-                                "slowest read, no checkpoint", r["read_max_no_ckpt_ms"], "ms", "lower",
-                                "a few ms over"))
-                rows.append(Row("state", f"{label}: slowest push during a checkpoint (copy)", r["copy_push_max_ms"],
-                                "slowest push, no checkpoint", r["push_max_no_ckpt_ms"], "ms", "lower",
-                                "embedded mode"))
-                rows.append(Row("state", f"{label}: slowest read during a checkpoint (copy)", r["copy_read_max_ms"],
-                                "slowest read, no checkpoint", r["read_max_no_ckpt_ms"], "ms", "lower",
-                                "embedded mode"))
+                for mode, prefix, target in (("fork", "", "a few ms over"), ("copy", "copy_", "embedded mode")):
+                    for what in ("push", "read"):
+                        during = r[f"{prefix}{what}_max_during_ckpt_ms"]
+                        rows.append(Row("state", f"{label}: slowest {what} during a checkpoint ({mode})", during,
+                                        f"slowest {what}, no checkpoint", r[f"{what}_max_no_ckpt_ms"], "ms",
+                                        "lower", target))
         return rows
     finally:
         shutil.rmtree(base, ignore_errors=True)

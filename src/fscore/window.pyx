@@ -1126,8 +1126,7 @@ cdef class WindowView:
         starter repo the whole copies held it 25-300 ms: docs/wal.md)."""
         self._set_dirty(np.zeros(self.n_slots, np.uint8))
         self.tracking = 1
-        self._track = (self.pool, self.pool_top, self.run_at, self.run_len, self.run_cap, self.floor_,
-                       self.n_slots)
+        self._track = (self.pool, self.pool_top, self.run_at, self.run_len, self.run_cap, self.floor_)
         return self._track
 
     def _stop_tracking(self):
@@ -1140,7 +1139,7 @@ cdef class WindowView:
         """Step two (any thread, no lock): copies the cells and per-key arrays
         as track_writes() saw them; the slots written since are copied again
         by frozen_end. Returns what frozen_end takes."""
-        pool, top, at, ln, cap, floor, n = track
+        pool, top, at, ln, cap, floor = track
         # room for the cells runs take meanwhile (frozen_end copies them in place)
         rows = max(top + top // 4 + self._block_room(), 16)
         out = np.empty((rows, self.layout.width), dtype=np.int64)
@@ -1150,7 +1149,7 @@ cdef class WindowView:
         if top:
             with nogil:
                 memcpy(&dst[0, 0], &src[0, 0], nbytes)
-        return (track, out, np.array(at[:n]), np.array(ln[:n]), np.array(cap[:n]), np.array(floor[:n]))
+        return (track, out, np.array(at), np.array(ln), np.array(cap), np.array(floor))
 
     def frozen_end(self, begun):
         """Step three, by the writer under its lock: the frozen copy (as
@@ -1159,7 +1158,7 @@ cdef class WindowView:
         track, out, at, ln, cap, floor = begun
         if not self.tracking or track is not self._track or self.pool_top > out.shape[0]:
             return self.frozen()  # tracking was restarted, or the runs outgrew the copy's room
-        cdef Py_ssize_t n0 = track[6], n = self.n_slots, W = self.layout.width, q, s, m
+        cdef Py_ssize_t n0 = len(at), n = self.n_slots, W = self.layout.width, q, s, m
         if n > n0:  # slots added since: copied whole
             at = np.concatenate([at, self.run_at[n0:n]])
             ln = np.concatenate([ln, self.run_len[n0:n]])

@@ -119,8 +119,8 @@ class PreparedPush:
     views: dict = field(default_factory=dict)  # (view, version) -> ViewBatch
 
 
-# rows a tick rewrites per hold of the engine lock (~6 µs a row in the starter
-# repo: ~12 ms; benches/bench_state.py "push p99 across a hop boundary")
+# a tick rewrites moved rows a chunk per hold of the engine lock, sized by the
+# last chunk's pace (benches/bench_state.py "longest engine-lock hold of a tick")
 TICK_CHUNK = 512      # rows a tick rewrites in its first hold of the engine lock (~2 ms at the starter repo's 7 windows)
 TICK_HOLD_S = 0.002   # then as many rows a hold as the last hold's pace fits in this
 TICK_CHUNK_MIN, TICK_CHUNK_MAX = 16, 4096
@@ -1096,8 +1096,9 @@ class Engine:
                 fuzzy[key] = (t, t.snapshot_begin(out=self._table_copies.get(key)))
             except ValueError:  # closed meanwhile (a registry change): copied whole under the lock
                 pass
-        # (a view replaced meanwhile by a registry change is frozen whole under the lock)
-        begun = {id(w): (w, w.frozen_begin(track)) for w, track in windows}
+        # (a view replaced meanwhile by a registry change is frozen whole under
+        # the lock; `windows` keeps these alive, so their ids stay theirs)
+        begun = {id(w): w.frozen_begin(track) for w, track in windows}
         with self.lock:
             lsn, work = self.applied_lsn, self.work_s
             parts, runtimes = {}, []
@@ -1109,7 +1110,7 @@ class Engine:
                 for i, w in enumerate(rt.windows):
                     b = begun.get(id(w))
                     parts[f"{name}@v{version}/window{i}"] = (
-                        w if not copy else w.frozen_end(b[1]) if b is not None and b[0] is w else w.frozen())
+                        w if not copy else w.frozen_end(b) if b is not None else w.frozen())
                 if self.row_partitions is not None and (name, version) in self.row_partitions:
                     parts[f"{name}@v{version}/partitions"] = self.row_partitions[(name, version)].copy()
                 runtimes.append({"name": name, "version": version, "windows": len(rt.windows),
