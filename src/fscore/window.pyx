@@ -716,6 +716,12 @@ cdef class WindowView:
         cdef int64_t gap = self.gap, t, b, top, horizon, nlate = 0, s, m, nsess
         cdef Py_ssize_t stopped = n, g = -1
         cdef bint grouped = gi.shape[0] > 0
+        # The newest ts any watermark has seen (every part's, and the untagged
+        # one's; over-estimates only cost a scan): an event at least `lateness`
+        # behind it may be behind a ring key's newest bucket by more than R - 1
+        # (events from other parts), which a ring cannot tell from its cell alone.
+        cdef int64_t maxwm = max(wm, max(self.part_watermarks.values(), default=EMPTY),
+                                 max(np.asarray(gw).tolist(), default=EMPTY))
         with nogil:
             for i in range(start, n):
                 if grouped and gi[i] != g:  # the watermark of this event's part
@@ -733,6 +739,8 @@ cdef class WindowView:
                     late[i] = 1
                     nlate += 1
                     continue
+                if t > maxwm:
+                    maxwm = t
                 m = self.len_p[s]
                 if kind == K_SESSION:
                     if m < R and m + 1 > self.cap_p[s] and self._room(s, m + 1) < 0:
@@ -751,7 +759,14 @@ cdef class WindowView:
                     continue
                 b = 0 if kind == K_LIFETIME else floor_div(t, hop)
                 if m == RING:
-                    cells = <Word*>(self.P + self.at_p[s] * W) + floor_mod(b, R) * W
+                    cells = <Word*>(self.P + self.at_p[s] * W)
+                    if t < maxwm - lateness and b < self._top_bucket(cells, R) - R + 1:
+                        # older than the key's last R buckets, though its cell may still
+                        # hold that bucket (not yet overwritten): late, as for a run
+                        late[i] = 1
+                        nlate += 1
+                        continue
+                    cells += floor_mod(b, R) * W
                     if cells[W_BUCKET].i != b:
                         if cells[W_BUCKET].i > b:  # holds a newer bucket: b is beyond the ring
                             late[i] = 1
@@ -930,15 +945,21 @@ cdef class WindowView:
                 out[name] = of[row]
         return out, exact.view(np.bool_)
 
+    cdef int64_t _top_bucket(self, const Word* key, Py_ssize_t n) noexcept nogil:
+        """The newest bucket among `n` cells at `key` (INT64_MIN: none)."""
+        cdef Py_ssize_t W = self.layout.width, j
+        cdef int64_t top = INT64_MIN
+        for j in range(n):
+            if key[j * W + W_BUCKET].i > top:
+                top = key[j * W + W_BUCKET].i
+        return top
+
     cdef int64_t _held_floor(self, const Word* key, Py_ssize_t n, Py_ssize_t s) noexcept nogil:
         """The newest bucket with events that slot s no longer holds for
         answers (INT64_MIN: none): its floor, or a held cell older than the
         key's last R buckets (`n` cells at `key`: its run, or its whole ring)."""
         cdef Py_ssize_t W = self.layout.width, j
-        cdef int64_t top = INT64_MIN, f = self.floor_p[s], b
-        for j in range(n):
-            if key[j * W + W_BUCKET].i > top:
-                top = key[j * W + W_BUCKET].i
+        cdef int64_t top = self._top_bucket(key, n), f = self.floor_p[s], b
         if top == INT64_MIN:
             return f
         for j in range(n):

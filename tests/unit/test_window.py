@@ -195,6 +195,24 @@ def test_late_events_are_handed_back_and_not_applied(View):
     assert values(v, 1, 110)["count_star"] == 2
 
 
+@pytest.mark.parametrize("chunks", [[9], [8, 1], [1] * 9], ids=["one-batch", "two", "singles"])
+def test_an_event_behind_a_keys_last_buckets_is_late_even_when_its_cell_still_holds_them(View, chunks):
+    # A hypothesis find: tumbling(20), L = 0 (ring_len 2). Part 0 fills buckets 0 and 1, then
+    # bucket 4 drops bucket 0; part 1 (its own watermark: none yet) sends ts 20, bucket 1,
+    # older than the key's last two buckets (3, 4). A run of cells has dropped bucket 1 and
+    # judges it late; a ring still held it (not yet overwritten) and applied it.
+    v = View(tumbling(20), ["count(*)"], 1, allowed_lateness=0, max_sessions=1)
+    ts = np.array([0] * 6 + [20, 80, 20], np.int64)
+    parts = np.array([0] * 8 + [1], np.int64)
+    late, at = [], 0
+    for n in chunks:
+        late += v.update(np.zeros(n, np.int64), ts[at:at + n], parts=parts[at:at + n]).tolist()
+        at += n
+    assert late == [False] * 8 + [True]
+    assert v.late_count == 1 and v.part_watermarks == {0: 80}
+    assert values(v, 0, 100)["count_star"] == 1
+
+
 def test_session_state_is_bounded_and_older_events_become_late(View):
     v = View(session(5), ["count(*)"], 1, allowed_lateness=1000, max_sessions=2)
     late = feed(v, [(0, 0, 1), (0, 100, 1), (0, 200, 1),   # third session drops the first
