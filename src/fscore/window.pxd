@@ -57,8 +57,19 @@ cdef enum:
     HLL_WORDS = 5
     HLL_SPARSE_MAX = 8      # 2 * (HLL_WORDS - 1)
 
+# Where an HllPool's blocks live. A small pool is malloc'd and grows by
+# realloc; past HLL_RESERVE_FROM bytes it moves once into an address-space
+# reservation (pages are touched as blocks are handed out) and never moves
+# again, so a copy-mode checkpoint can copy the blocks outside the writer's
+# lock (frozen_begin). A frozen copy borrows its blocks from a numpy array.
+cdef enum:
+    HLL_MALLOC = 0
+    HLL_RESERVED = 1
+    HLL_BORROWED = 2
+
 ctypedef struct HllPool:
-    uint8_t* B              # blocks of m bytes (malloc'd; realloc'd when full)
+    uint8_t* B              # blocks of m bytes (where: `home`)
+    int home                # HLL_MALLOC / HLL_RESERVED / HLL_BORROWED
     int64_t m               # registers per block: 2^p
     int64_t cap             # blocks allocated
     int64_t top             # blocks [0, top) have been handed out
@@ -130,6 +141,7 @@ cdef class WindowView:
     cdef int64_t gap
     cdef Layout layout
     cdef HllPool hp               # dense HLL blocks (layout.hp points here)
+    cdef object hll_owner         # a frozen copy: the array its blocks are borrowed from
     cdef OutSpec* outs
     cdef Py_ssize_t nout
     cdef Py_ssize_t n_float_out

@@ -82,6 +82,14 @@ cdef inline bint include_partial(Word* acc, const Word* c, int64_t b, int64_t t,
 
 
 
+def _hll_reserve_from(int64_t nbytes):
+    """Tests: the size past which a view's dense HLL blocks move into a
+    reservation (HllPool in window.pxd); returns the previous one."""
+    global hll_reserve_from
+    prev, hll_reserve_from = hll_reserve_from, nbytes
+    return prev
+
+
 cdef class WindowView:
     """Window aggregation state for `n_slots` keys; see window.pyi."""
 
@@ -90,6 +98,7 @@ cdef class WindowView:
         self.outs = NULL
         self.P = NULL
         self.hp.B = NULL
+        self.hp.home = HLL_MALLOC
         self.hp.cap = self.hp.top = self.hp.used = 0
         self.hp.free_head = -1
         self.hp.failed = 0
@@ -100,7 +109,7 @@ cdef class WindowView:
     def __dealloc__(self):
         free(self.layout.cols)
         free(self.outs)
-        free(self.hp.B)
+        hll_pool_release(&self.hp)
 
     def __init__(self, spec, aggs, Py_ssize_t n_slots=0, allowed_lateness=0,
                  int hll_p=8, int max_sessions=4):
@@ -1120,11 +1129,22 @@ cdef class WindowView:
         return self._frozen_from(np.array(self.pool[:max(self.pool_top, 1)]), np.array(self.run_at),
                                  np.array(self.run_len), np.array(self.run_cap), np.array(self.floor_))
 
-    def _frozen_from(self, pool, at, ln, cap, floor):
+    def _frozen_from(self, pool, at, ln, cap, floor, blocks=None):
+        """The frozen copy over these arrays; its dense HLL blocks are
+        `blocks` ((n, m) uint8 holding every block the cells name, borrowed)
+        or a copy of this view's."""
         cdef WindowView f = type(self)(self.spec, list(self.aggs), 0, self.allowed_lateness, self.hll_p,
                                        self.max_sessions)
+        cdef uint8_t[:, ::1] bv
         f._set_pool(pool, self.pool_top)
-        if self.hp.cap:
+        if blocks is not None and blocks.shape[0]:
+            bv = blocks
+            f.hll_owner = blocks
+            f.hp.B, f.hp.home, f.hp.cap = &bv[0, 0], HLL_BORROWED, blocks.shape[0]
+            # the blocks' free-list links were copied at different times: a
+            # copy that is written to takes new blocks from the top only
+            f.hp.top, f.hp.free_head, f.hp.used = self.hp.top, -1, self.hp.used
+        elif self.hp.cap:
             f.hp.B = <uint8_t*>malloc(self.hp.cap * self.hp.m)
             if f.hp.B == NULL:
                 raise MemoryError()
@@ -1147,7 +1167,9 @@ cdef class WindowView:
         starter repo the whole copies held it 25-300 ms: docs/wal.md)."""
         self._set_dirty(np.zeros(self.n_slots, np.uint8))
         self.tracking = 1
-        self._track = (self.pool, self.pool_top, self.run_at, self.run_len, self.run_cap, self.floor_)
+        # dense HLL blocks are copied beside the cells once they stay put (a reservation)
+        hll_top = self.hp.top if self.hp.home == HLL_RESERVED else -1
+        self._track = (self.pool, self.pool_top, self.run_at, self.run_len, self.run_cap, self.floor_, hll_top)
         return self._track
 
     def _stop_tracking(self):
@@ -1160,25 +1182,39 @@ cdef class WindowView:
         """Step two (any thread, no lock): copies the cells and per-key arrays
         as track_writes() saw them; the slots written since are copied again
         by frozen_end. Returns what frozen_end takes."""
-        pool, top, at, ln, cap, floor = track
+        pool, top, at, ln, cap, floor, hll_top = track
         # room for the cells runs take meanwhile (frozen_end copies them in place)
         rows = max(top + top // 4 + self._block_room(), 16)
         out = np.empty((rows, self.layout.width), dtype=np.int64)
         cdef int64_t[:, ::1] src = pool
         cdef int64_t[:, ::1] dst = out
         cdef size_t nbytes = top * self.layout.width * sizeof(int64_t)
+        cdef uint8_t[:, ::1] bv
         if top:
             with nogil:
                 memcpy(&dst[0, 0], &src[0, 0], nbytes)
-        return (track, out, np.array(at), np.array(ln), np.array(cap), np.array(floor))
+        blocks = None
+        if hll_top >= 0:
+            # the reservation never moves and only grows: blocks [0, hll_top) are
+            # readable while the writer goes on (the ones it writes meanwhile
+            # belong to marked slots: frozen_end copies them again)
+            blocks = np.empty((hll_top + hll_top // 4 + 64, self.hp.m), dtype=np.uint8)
+            bv = blocks
+            nbytes = hll_top * self.hp.m
+            if hll_top:
+                with nogil:
+                    memcpy(&bv[0, 0], self.hp.B, nbytes)
+        return (track, out, np.array(at), np.array(ln), np.array(cap), np.array(floor), blocks)
 
     def frozen_end(self, begun):
         """Step three, by the writer under its lock: the frozen copy (as
         frozen()) of the state now — frozen_begin's copy with the slots
         written since track_writes() copied again — and tracking stops."""
-        track, out, at, ln, cap, floor = begun
-        if not self.tracking or track is not self._track or self.pool_top > out.shape[0]:
-            return self.frozen()  # tracking was restarted, or the runs outgrew the copy's room
+        track, out, at, ln, cap, floor, blocks = begun
+        if not self.tracking or track is not self._track or self.pool_top > out.shape[0] or \
+                (blocks is not None and self.hp.top > blocks.shape[0]):
+            # tracking was restarted, or the runs (or HLL blocks) outgrew the copy's room
+            return self.frozen()
         cdef Py_ssize_t n0 = len(at), n = self.n_slots, W = self.layout.width, q, s, m
         if n > n0:  # slots added since: copied whole
             at = np.concatenate([at, self.run_at[n0:n]])
@@ -1192,6 +1228,11 @@ cdef class WindowView:
         cdef int32_t[::1] a = at, l = ln, c = cap
         cdef int64_t[::1] f = floor
         cdef int64_t[:, ::1] dst = out
+        cdef bint hll = blocks is not None and self.layout.has_hll
+        cdef uint8_t[:, ::1] bv = blocks if hll else None
+        cdef Py_ssize_t k, col
+        cdef int64_t hdr
+        cdef const Word* cell
         with nogil:
             for q in range(dv.shape[0]):
                 s = dv[q]
@@ -1199,8 +1240,16 @@ cdef class WindowView:
                 m = self.ring_len if self.len_p[s] == RING else self.len_p[s]
                 if m > 0 and self.at_p[s] >= 0:
                     memcpy(&dst[self.at_p[s], 0], self.P + self.at_p[s] * W, m * W * sizeof(int64_t))
+                    if hll:  # and the dense blocks its cells name
+                        for k in range(m):
+                            cell = <const Word*>(self.P + (self.at_p[s] + k) * W)
+                            for col in range(self.layout.ncols):
+                                if self.layout.cols[col].hll >= 0:
+                                    hdr = cell[self.layout.cols[col].hll].i
+                                    if hdr < 0:
+                                        memcpy(&bv[-hdr - 1, 0], self.hp.B + (-hdr - 1) * self.hp.m, self.hp.m)
         self._stop_tracking()
-        return self._frozen_from(out, at, ln, cap, floor)
+        return self._frozen_from(out, at, ln, cap, floor, blocks)
 
     def to_bytes(self):
         """Whole-view snapshot: b'FSWV' u32 version u32 header-len, JSON header,

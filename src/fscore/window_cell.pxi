@@ -9,7 +9,20 @@
 from libc.math cimport isnan, sqrt, ldexp, log, floor, INFINITY, NAN
 from libc.string cimport memcpy, memmove, memset
 from libc.stdint cimport INT64_MIN, INT64_MAX, uint32_t
-from libc.stdlib cimport realloc
+from libc.stdlib cimport malloc, realloc, free
+
+cdef extern from "<sys/mman.h>" nogil:
+    void* sys_mmap "mmap"(void* addr, size_t length, int prot, int flags, int fd, long offset)
+    int sys_munmap "munmap"(void* addr, size_t length)
+    int sys_madvise "madvise"(void* addr, size_t length, int advice)
+    void* MAP_FAILED
+    int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE, MADV_HUGEPAGE
+
+# An HLL pool past this many bytes moves into a reservation of HLL_RESERVE_BYTES
+# (address space only: 2^28 blocks at p = 8; no memory is committed until
+# touched). _hll_reserve_from() changes the threshold for tests.
+cdef size_t HLL_RESERVE_BYTES = (<size_t>1) << 36
+cdef int64_t hll_reserve_from = 4 << 20
 
 cdef extern from *:
     """
@@ -65,23 +78,59 @@ cdef uint64_t hash_double(double x) noexcept nogil:
     return hash_int64(w.i)
 
 
-cdef int64_t hll_block_alloc(HllPool* hp) noexcept nogil:
-    # A zeroed block: a free one, or the next from the top (the buffer grows
-    # by realloc: block pointers are re-derived after every allocation).
-    cdef int64_t b = hp.free_head
-    cdef int64_t cap
+cdef int hll_grow(HllPool* hp) noexcept nogil:
+    # Doubles the blocks the pool can hand out (-1: no memory). Malloc'd: by
+    # realloc (B may move), until past hll_reserve_from, when the blocks move
+    # once into a reservation; reserved: B stays where it is; borrowed (a
+    # frozen copy written to): into a malloc'd buffer of its own.
+    cdef int64_t cap = hp.cap * 2 if hp.cap >= 8 else 8
     cdef uint8_t* nb
+    cdef void* r
+    if hp.home == HLL_RESERVED:
+        if <size_t>(cap * hp.m) > HLL_RESERVE_BYTES:
+            return -1
+        hp.cap = cap
+        return 0
+    if hp.home == HLL_MALLOC and cap * hp.m > hll_reserve_from:
+        r = sys_mmap(NULL, HLL_RESERVE_BYTES, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        if r != MAP_FAILED:  # else (no overcommit) it stays malloc'd
+            sys_madvise(r, HLL_RESERVE_BYTES, MADV_HUGEPAGE)  # fewer pages for fork() to copy
+            if hp.top:
+                memcpy(r, hp.B, hp.top * hp.m)
+            free(hp.B)
+            hp.B, hp.home, hp.cap = <uint8_t*>r, HLL_RESERVED, cap
+            return 0
+    if hp.home == HLL_BORROWED:
+        nb = <uint8_t*>malloc(cap * hp.m)
+        if nb != NULL and hp.top:
+            memcpy(nb, hp.B, hp.top * hp.m)
+    else:
+        nb = <uint8_t*>realloc(hp.B, cap * hp.m)
+    if nb == NULL:
+        return -1
+    hp.B, hp.home, hp.cap = nb, HLL_MALLOC, cap
+    return 0
+
+
+cdef void hll_pool_release(HllPool* hp) noexcept nogil:
+    if hp.home == HLL_RESERVED:
+        sys_munmap(hp.B, HLL_RESERVE_BYTES)
+    elif hp.home == HLL_MALLOC:
+        free(hp.B)
+    hp.B, hp.home, hp.cap, hp.top, hp.used, hp.free_head = NULL, HLL_MALLOC, 0, 0, 0, -1
+
+
+cdef int64_t hll_block_alloc(HllPool* hp) noexcept nogil:
+    # A zeroed block: a free one, or the next from the top (a malloc'd buffer
+    # grows by realloc: block pointers are re-derived after every allocation).
+    cdef int64_t b = hp.free_head
     if b >= 0:
         memcpy(&hp.free_head, hp.B + b * hp.m, sizeof(int64_t))
     else:
-        if hp.top == hp.cap:
-            cap = hp.cap * 2 if hp.cap >= 8 else 8
-            nb = <uint8_t*>realloc(hp.B, cap * hp.m)
-            if nb == NULL:
-                hp.failed = 1
-                return -1
-            hp.B = nb
-            hp.cap = cap
+        if hp.top == hp.cap and hll_grow(hp) < 0:
+            hp.failed = 1
+            return -1
         b = hp.top
         hp.top += 1
     memset(hp.B + b * hp.m, 0, hp.m)

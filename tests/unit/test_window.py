@@ -8,7 +8,7 @@ import pytest
 
 import fscore.window
 from fscore.errors import SchemaError, WindowSpecError, WindowStateError
-from fscore.window import EMPTY, WindowView, hash_array
+from fscore.window import EMPTY, WindowView, _hll_reserve_from, hash_array
 from fscore.window_ref import IncrementalRefView, RefView
 from fscore.window_spec import (
     HOUR, MINUTE, Agg, continuous, duration, hash_value, lifetime, session, sliding, tumbling,
@@ -461,10 +461,21 @@ def test_runs_freed_by_big_keys_serve_new_small_keys_before_the_pool_grows():
     assert values["c"].tolist() == [1, 1, 0] and exact.all()
 
 
-def test_a_copy_frozen_while_a_writer_thread_writes_is_the_state_at_frozen_end():
+@pytest.mark.parametrize("reserved", [False, True], ids=["hll-malloc", "hll-reserved"])
+def test_a_copy_frozen_while_a_writer_thread_writes_is_the_state_at_frozen_end(reserved):
     """The engine's copy-mode checkpoint: frozen_begin copies the cells with
     no lock (and no GIL) while another thread goes on applying events under
-    the lock; frozen_end (under it) must give the state at that moment."""
+    the lock; frozen_end (under it) must give the state at that moment.
+    Reserved: the dense HLL blocks (~10k here) sit in a reservation that never
+    moves, so frozen_begin copies them too (else frozen_end copies them all)."""
+    prev = _hll_reserve_from(1 << 20 if reserved else 1 << 40)
+    try:
+        _freeze_beside_a_writer_thread(reserved)
+    finally:
+        _hll_reserve_from(prev)
+
+
+def _freeze_beside_a_writer_thread(reserved):
     import threading
 
     aggs = ["count(*) as n", "sum(x) as s", "approx_count_distinct(x) as d", "last_k(x, 3) as k"]
@@ -494,6 +505,7 @@ def test_a_copy_frozen_while_a_writer_thread_writes_is_the_state_at_frozen_end()
                 track = v.track_writes()
             before = writes[0]
             begun = v.frozen_begin(track)
+            assert (begun[-1] is not None) == reserved
             while writes[0] < before + 3:  # the writer wrote beside the copy (here ~10-250 batches
                 # during it: the cells are copied without the GIL) and after it
                 stop.wait(0.001)
