@@ -193,6 +193,7 @@ cdef class WindowView:
     cdef int _to_ring(self, Py_ssize_t s) noexcept nogil
     cdef int64_t _held_floor(self, const Word* key, Py_ssize_t n, Py_ssize_t s) noexcept nogil
     cdef int64_t _top_bucket(self, const Word* key, Py_ssize_t n) noexcept nogil
+    cdef int64_t _ring_horizon(self, const Word* key) noexcept nogil
     cdef int _query(self, const int64_t[::1] slots, const int64_t[::1] tq, double[:, ::1] of,
                     int64_t[:, ::1] oi, uint8_t[::1] exact) except -1
     cdef Py_ssize_t _apply(self, Py_ssize_t start, const int64_t[::1] slots, const int64_t[::1] ts,

@@ -769,7 +769,7 @@ cdef class WindowView:
                 b = 0 if kind == K_LIFETIME else floor_div(t, hop)
                 if m == RING:
                     cells = <Word*>(self.P + self.at_p[s] * W)
-                    if t < maxwm - lateness and b < self._top_bucket(cells, R) - R + 1:
+                    if t < maxwm - lateness and b < self._ring_horizon(cells):
                         # older than the key's last R buckets, though its cell may still
                         # hold that bucket (not yet overwritten): late, as for a run
                         late[i] = 1
@@ -963,6 +963,12 @@ cdef class WindowView:
                 top = key[j * W + W_BUCKET].i
         return top
 
+    cdef int64_t _ring_horizon(self, const Word* key) noexcept nogil:
+        """A ring's oldest bucket it keeps (newest - R + 1): its older cells
+        count as dropped (reads, snapshots, the lateness rule)."""
+        cdef int64_t top = self._top_bucket(key, self.ring_len)
+        return INT64_MIN if top == INT64_MIN else top - self.ring_len + 1
+
     cdef int64_t _held_floor(self, const Word* key, Py_ssize_t n, Py_ssize_t s) noexcept nogil:
         """The newest bucket with events that slot s no longer holds for
         answers (INT64_MIN: none): its floor, or a held cell older than the
@@ -1069,9 +1075,11 @@ cdef class WindowView:
         cdef const int64_t[::1] sv = s
         cdef Py_ssize_t q, o = 0, W = self.layout.width, m, j, k, R = self.ring_len
         cdef int64_t* c
-        cdef int64_t key_b
+        cdef int64_t key_b, horizon
         lens = np.zeros(len(s), dtype=np.int64)
+        floors = np.asarray(self.floor_)[s].copy()
         cdef int64_t[::1] lv = lens
+        cdef int64_t[::1] fv = floors
         # (without the GIL: an embedded engine's checkpoint encodes in a thread
         # beside pushes and reads)
         with nogil:
@@ -1079,9 +1087,15 @@ cdef class WindowView:
                 m = self.len_p[sv[q]]
                 if m == RING:
                     c = self.P + self.at_p[sv[q]] * W
+                    horizon = self._ring_horizon(<const Word*>c)
                     for j in range(R):
                         if c[j * W + W_BUCKET] != INT64_MIN and c[j * W + W_COUNT]:
-                            lv[q] += 1
+                            if c[j * W + W_BUCKET] >= horizon:
+                                lv[q] += 1
+                            elif c[j * W + W_BUCKET] > fv[q]:
+                                # older than the key's last R buckets, not yet overwritten:
+                                # dropped (as a run drops it), the floor says so
+                                fv[q] = c[j * W + W_BUCKET]
                 else:
                     lv[q] = m
         cells = np.empty((int(lens.sum()), W), dtype=np.int64)
@@ -1094,8 +1108,10 @@ cdef class WindowView:
                 c = self.P + self.at_p[sv[q]] * W
                 if m == RING:
                     k = 0
+                    horizon = self._ring_horizon(<const Word*>c)
                     for j in range(R):  # the ring's cells with events, by bucket (insertion sort: R is small)
-                        if c[j * W + W_BUCKET] != INT64_MIN and c[j * W + W_COUNT]:
+                        if c[j * W + W_BUCKET] != INT64_MIN and c[j * W + W_COUNT] and \
+                                c[j * W + W_BUCKET] >= horizon:
                             key_b = c[j * W + W_BUCKET]
                             m = k
                             while m > 0 and c[ov[m - 1] * W + W_BUCKET] > key_b:
@@ -1117,7 +1133,7 @@ cdef class WindowView:
                 rows, cols = at[:, 0], offs[at[:, 1]]
                 blocks = self._blocks_array()[-cells[rows, cols] - 1]
                 cells[rows, cols] = -np.arange(1, len(at) + 1)
-        return lens, np.asarray(self.floor_)[s].copy(), cells, blocks
+        return lens, floors, cells, blocks
 
     def frozen(self):
         """A copy of the state as it is now, for a checkpoint to encode off the
@@ -1283,15 +1299,18 @@ cdef class WindowView:
         cdef Py_ssize_t s, j, c, m, W = self.layout.width, R = self.ring_len
         cdef int64_t blocks = 0
         cdef int64_t* cell
+        cdef int64_t horizon
         cdef bint ring
         with nogil:
             for s in range(self.n_slots):
                 ring = self.len_p[s] == RING
                 m = R if ring else self.len_p[s]
+                if ring:
+                    horizon = self._ring_horizon(<const Word*>(self.P + self.at_p[s] * W))
                 for j in range(m):
                     cell = self.P + (self.at_p[s] + j) * W
-                    if ring and (cell[W_BUCKET] == INT64_MIN or cell[W_COUNT] == 0):
-                        continue
+                    if ring and (cell[W_BUCKET] == INT64_MIN or cell[W_COUNT] == 0 or cell[W_BUCKET] < horizon):
+                        continue  # as _gather
                     lv[s] += 1
                     if self.layout.has_hll:
                         for c in range(self.layout.ncols):
@@ -1354,8 +1373,9 @@ cdef class WindowView:
         cdef const int64_t[::1] fv = np.ascontiguousarray(floors, dtype=np.int64)
         cells = np.ascontiguousarray(cells, dtype=np.int64)
         cdef const int64_t[:, ::1] cv = cells if cells.shape[0] else np.zeros((1, self.layout.width), np.int64)
-        cdef Py_ssize_t q, o = 0, W = self.layout.width, m, k, j, c
-        cdef int64_t hdr, blk, nb
+        cdef Py_ssize_t q, o = 0, W = self.layout.width, m, k, j, c, skip
+        cdef int64_t hdr, blk, nb, floor_k
+        cdef bint bucketed = self.kind != K_LIFETIME and self.kind != K_SESSION
         blocks = np.zeros((0, self.hp.m), dtype=np.uint8) if blocks is None else \
             np.ascontiguousarray(blocks, dtype=np.uint8)
         if blocks.ndim != 2 or blocks.shape[1] != self.hp.m:
@@ -1376,6 +1396,16 @@ cdef class WindowView:
             m = lv[q]
             if m > self.ring_len:
                 raise WindowStateError(f"slot {k} holds {m} cells; this view keeps at most {self.ring_len}")
+            floor_k, skip = fv[q], 0
+            if bucketed and m:
+                # cells older than the key's last R buckets (a snapshot written before they
+                # were dropped from rings on writing): dropped here, the floor raised
+                while skip < m and cv[o + skip, W_BUCKET] < cv[o + m - 1, W_BUCKET] - self.ring_len + 1:
+                    if cv[o + skip, W_COUNT] and cv[o + skip, W_BUCKET] > floor_k:
+                        floor_k = cv[o + skip, W_BUCKET]
+                    skip += 1
+                o += skip
+                m -= skip
             if m:
                 if self._room(k, m) < 0:
                     self._grow_pool(self._block_room())
@@ -1395,7 +1425,7 @@ cdef class WindowView:
                                 self.P[(self.at_p[k] + j) * W + self.layout.cols[c].hll] = -(blk + 1)
                 o += m
             self.len_p[k] = m
-            self.floor_p[k] = fv[q]
+            self.floor_p[k] = floor_k
 
     def _check_meta(self, meta):
         mine = self.meta()
