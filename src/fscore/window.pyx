@@ -866,7 +866,12 @@ cdef class WindowView:
         if self.tracking:
             self.dirty_p[s] = 1
         if m == RING:
-            cells = <Word*>(self.P + self.at_p[s] * W) + floor_mod(b, R) * W
+            cells = <Word*>(self.P + self.at_p[s] * W)
+            if b < self._ring_horizon(cells):  # older than the key's last R buckets: as a run does
+                if b > self.floor_p[s]:
+                    self.floor_p[s] = b
+                return 1
+            cells += floor_mod(b, R) * W
             if cells[W_BUCKET].i == b:
                 cell_merge_from(cells, &self.layout, src, Ls)
             elif cells[W_BUCKET].i < b:

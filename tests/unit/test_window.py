@@ -226,6 +226,12 @@ def test_a_rings_stale_bucket_is_dropped_in_snapshots_not_brought_back_as_a_run(
     for view in (v, again):  # the same answers before and after, exact or not
         got, exact = view.value_as_of(np.zeros(3, np.int64), np.array([30, 90, 100], np.int64))
         assert got["count_star"].tolist()[1:] == [0, 1] and exact.tolist() == [False, True, True]
+    # and a merge (a backfill) into the ring drops a cell of that bucket as a run does
+    other = WindowView(tumbling(20), ["count(*)"], 1, allowed_lateness=0, max_sessions=1)
+    other.update(np.zeros(1, np.int64), np.array([25], np.int64))
+    assert v.merge_from(other) == 1 and again.merge_from(other) == 1
+    a, b = v.export_slots(np.array([0])), again.export_slots(np.array([0]))
+    assert all(np.array_equal(a[k], b[k]) for k in a) and a["floor"].tolist() == [1]
 
 
 def test_a_snapshot_holding_cells_older_than_the_ring_loads_without_them():
