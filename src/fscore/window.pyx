@@ -726,9 +726,10 @@ cdef class WindowView:
         cdef Py_ssize_t stopped = n, g = -1
         cdef bint grouped = gi.shape[0] > 0
         # The newest ts any watermark has seen (every part's, and the untagged
-        # one's; over-estimates only cost a scan): an event at least `lateness`
-        # behind it may be behind a ring key's newest bucket by more than R - 1
-        # (events from other parts), which a ring cannot tell from its cell alone.
+        # one's; over-estimates only cost a scan): no key has a newer bucket, so
+        # only an event more than R - 1 buckets behind its bucket (a lagging part;
+        # never under one watermark) can be older than a ring key's last R
+        # buckets, which the ring cannot tell from the event's cell alone.
         cdef int64_t maxwm = max(wm, max(self.part_watermarks.values(), default=EMPTY),
                                  max(np.asarray(gw).tolist(), default=EMPTY))
         with nogil:
@@ -769,7 +770,7 @@ cdef class WindowView:
                 b = 0 if kind == K_LIFETIME else floor_div(t, hop)
                 if m == RING:
                     cells = <Word*>(self.P + self.at_p[s] * W)
-                    if t < maxwm - lateness and b < self._ring_horizon(cells):
+                    if b < floor_div(maxwm, hop) - R + 1 and b < self._ring_horizon(cells):
                         # older than the key's last R buckets, though its cell may still
                         # hold that bucket (not yet overwritten): late, as for a run
                         late[i] = 1
