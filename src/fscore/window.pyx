@@ -82,6 +82,12 @@ cdef inline bint include_partial(Word* acc, const Word* c, int64_t b, int64_t t,
 
 
 
+cdef inline bint ring_cell_held(const int64_t* c, int64_t horizon) noexcept nogil:
+    # A ring's cell that the key holds (snapshots write it): it has events and
+    # is in the key's last R buckets (`horizon`: WindowView._ring_horizon).
+    return c[W_BUCKET] != INT64_MIN and c[W_COUNT] != 0 and c[W_BUCKET] >= horizon
+
+
 def _hll_reserve_from(int64_t nbytes):
     """Tests: the size past which a view's dense HLL blocks move into a
     reservation (HllPool in window.pxd); returns the previous one."""
@@ -1095,13 +1101,10 @@ cdef class WindowView:
                     c = self.P + self.at_p[sv[q]] * W
                     horizon = self._ring_horizon(<const Word*>c)
                     for j in range(R):
-                        if c[j * W + W_BUCKET] != INT64_MIN and c[j * W + W_COUNT]:
-                            if c[j * W + W_BUCKET] >= horizon:
-                                lv[q] += 1
-                            elif c[j * W + W_BUCKET] > fv[q]:
-                                # older than the key's last R buckets, not yet overwritten:
-                                # dropped (as a run drops it), the floor says so
-                                fv[q] = c[j * W + W_BUCKET]
+                        lv[q] += ring_cell_held(c + j * W, horizon)
+                    # cells older than the key's last R buckets, not yet overwritten, are
+                    # dropped (as a run drops them): the floor says so, as reads count it
+                    fv[q] = self._held_floor(<const Word*>c, R, sv[q])
                 else:
                     lv[q] = m
         cells = np.empty((int(lens.sum()), W), dtype=np.int64)
@@ -1116,8 +1119,7 @@ cdef class WindowView:
                     k = 0
                     horizon = self._ring_horizon(<const Word*>c)
                     for j in range(R):  # the ring's cells with events, by bucket (insertion sort: R is small)
-                        if c[j * W + W_BUCKET] != INT64_MIN and c[j * W + W_COUNT] and \
-                                c[j * W + W_BUCKET] >= horizon:
+                        if ring_cell_held(c + j * W, horizon):
                             key_b = c[j * W + W_BUCKET]
                             m = k
                             while m > 0 and c[ov[m - 1] * W + W_BUCKET] > key_b:
@@ -1159,7 +1161,7 @@ cdef class WindowView:
                                        self.max_sessions)
         cdef uint8_t[:, ::1] bv
         f._set_pool(pool, self.pool_top)
-        if blocks is not None and blocks.shape[0]:
+        if blocks is not None:  # (frozen_begin's: never empty)
             bv = blocks
             f.hll_owner = blocks
             f.hp.B, f.hp.home, f.hp.cap = &bv[0, 0], HLL_BORROWED, blocks.shape[0]
@@ -1315,7 +1317,7 @@ cdef class WindowView:
                     horizon = self._ring_horizon(<const Word*>(self.P + self.at_p[s] * W))
                 for j in range(m):
                     cell = self.P + (self.at_p[s] + j) * W
-                    if ring and (cell[W_BUCKET] == INT64_MIN or cell[W_COUNT] == 0 or cell[W_BUCKET] < horizon):
+                    if ring and not ring_cell_held(cell, horizon):
                         continue  # as _gather
                     lv[s] += 1
                     if self.layout.has_hll:
