@@ -776,7 +776,8 @@ cdef class WindowView:
                 b = 0 if kind == K_LIFETIME else floor_div(t, hop)
                 if m == RING:
                     cells = <Word*>(self.P + self.at_p[s] * W)
-                    if b < floor_div(maxwm, hop) - R + 1 and b < self._ring_horizon(cells):
+                    # (b < floor(maxwm / hop) - R + 1, without a division per event)
+                    if maxwm >= (b + R) * hop and b < self._ring_horizon(cells):
                         # older than the key's last R buckets, though its cell may still
                         # hold that bucket (not yet overwritten): late, as for a run
                         late[i] = 1
