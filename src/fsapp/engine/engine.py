@@ -119,6 +119,19 @@ class PreparedPush:
     views: dict = field(default_factory=dict)  # (view, version) -> ViewBatch
 
 
+def _split_prepared(p: PreparedPush, sizes: list) -> list:
+    """A PreparedPush of several batches joined (`sizes` rows each, in
+    order) as one PreparedPush per batch, rows counted from its start."""
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    views = {key: vb.split(bounds) for key, vb in p.views.items()}
+    return [PreparedPush(p.stream, p.table.slice(int(bounds[i]), int(sizes[i])), p.ts[bounds[i]:bounds[i + 1]],
+                         {key: parts[i] for key, parts in views.items()}) for i in range(len(sizes))]
+
+
+# a replay prepares up to this many rows of consecutive push records of a
+# stream as one batch (0: each record alone)
+REPLAY_GROUP_ROWS = 65_536
+
 # a tick rewrites moved rows a chunk per hold of the engine lock, sized by the
 # last chunk's pace (benches/bench_state.py "longest engine-lock hold of a tick")
 TICK_CHUNK = 512      # rows a tick rewrites in its first hold of the engine lock (~2 ms at the starter repo's 7 windows)
@@ -270,10 +283,32 @@ class Engine:
         replay_start = time.perf_counter()
         entries = list(read_log(self.wal_dir, after_lsn=self.checkpoint_lsn)) if os.path.isdir(self.wal_dir) else []
         aborted = {records.decode_abort(p) for _, t, p in entries if t == REC_ABORT}
+        # consecutive push records of one stream are prepared together (PERF:
+        # a record's preparing is mostly fixed cost; benches/bench_state.py
+        # "restart incl. replay"), then applied one by one with their own `now`
+        group, rows = [], 0
         for lsn, rtype, payload in entries:
-            self.applied_lsn = lsn
             if rtype == REC_ABORT or lsn in aborted:
                 continue
+            if rtype == REC_PUSH and REPLAY_GROUP_ROWS > 0:
+                try:
+                    head, table = records.decode_push(payload)
+                except Exception as e:  # noqa: BLE001 - a record that does not decode is set aside
+                    self._replay_group(group, waiting)
+                    group, rows = [], 0
+                    self.applied_lsn = lsn
+                    self._quarantine(lsn, payload, e)
+                    continue
+                if group and (head.get("stream") != group[0][2].get("stream") or rows + table.num_rows >
+                              REPLAY_GROUP_ROWS or not table.schema.equals(group[0][3].schema)):
+                    self._replay_group(group, waiting)
+                    group, rows = [], 0
+                group.append((lsn, payload, head, table))
+                rows += table.num_rows
+                continue
+            self._replay_group(group, waiting)
+            group, rows = [], 0
+            self.applied_lsn = lsn
             try:
                 q = self._replay(lsn, rtype, payload)
                 self.replayed += 1
@@ -281,6 +316,9 @@ class Engine:
                     waiting[lsn].result = q.result
             except Exception as e:  # noqa: BLE001 - recovery never stops on one record
                 self._quarantine(lsn, payload, e)
+        self._replay_group(group, waiting)
+        if entries:
+            self.applied_lsn = entries[-1][0]
         # what the next restart replays again until a checkpoint: this replay
         self.work_s, self._ckpt_work_s = (time.perf_counter() - replay_start if entries else 0.0), 0.0
 
@@ -328,6 +366,33 @@ class Engine:
             parts.append(f"online tables written {rows} time(s)")
         return ", ".join(parts)
 
+    def _replay_group(self, group: list, waiting: dict | None) -> None:
+        """Replays decoded push records [(lsn, payload, head, table)] of one
+        stream: their tables prepared as one batch, split back, each applied
+        as its own record. If the joined batch cannot be prepared (a record
+        the registry no longer takes), each is prepared alone, as ever: one
+        that fails is set aside and the others are replayed."""
+        if not group:
+            return
+        parts = None
+        stream = group[0][2].get("stream")
+        if len(group) > 1 and stream in self.streams:
+            try:
+                joined = pa.concat_tables([t for *_, t in group]).combine_chunks()
+                parts = _split_prepared(self._prepare_table(stream, joined, self.cursor()),
+                                        [t.num_rows for *_, t in group])
+            except Exception:  # noqa: BLE001 - one by one below, where a bad record is set aside
+                parts = None
+        for i, (lsn, payload, head, table) in enumerate(group):
+            self.applied_lsn = lsn
+            try:
+                q = self._replay_push(lsn, head, table, None if parts is None else parts[i])
+                self.replayed += 1
+                if waiting and lsn in waiting and q is not None:
+                    waiting[lsn].result = q.result
+            except Exception as e:  # noqa: BLE001 - recovery never stops on one record
+                self._quarantine(lsn, payload, e)
+
     def _replay(self, lsn: int, rtype: int, payload) -> _Queued | None:
         if rtype == REC_OFFSETS:
             self._consumed(records.decode_offsets(payload), logged=True)
@@ -335,10 +400,15 @@ class Engine:
         if rtype != REC_PUSH:
             raise EngineError(f"unknown WAL record type {rtype}")
         head, table = records.decode_push(payload)
+        return self._replay_push(lsn, head, table)
+
+    def _replay_push(self, lsn: int, head: dict, table: pa.Table,
+                     prepared: PreparedPush | None = None) -> _Queued | None:
         stream = head["stream"]
         if stream not in self.streams:
             return None  # the stream was dropped from the registry since
-        prepared = self._prepare_table(stream, table, self.cursor())
+        if prepared is None:
+            prepared = self._prepare_table(stream, table, self.cursor())
         tags = records.decode_runs(head["parts"]) if "parts" in head else None
         if tags is not None and tags.size != table.num_rows:
             raise EngineError(f"the record's partitions cover {tags.size} rows of its {table.num_rows}")
@@ -1163,7 +1233,8 @@ class Engine:
     def replay_backlog_s(self) -> float:
         """Seconds of work a restart would replay now: preparing and applying
         the records logged since the last checkpoint, as they took live (a
-        replay costs about the same: benches/bench_state.py). The engine
+        replay costs that or less: it prepares consecutive records together;
+        benches/bench_state.py). The engine
         server checkpoints early when it passes a budget (engine_server.
         CheckpointSchedule), so a restart stays short however busy ingestion is."""
         return self.work_s - self._ckpt_work_s

@@ -331,6 +331,28 @@ class ViewBatch:
         return ViewBatch(self.rows[sel], keys, self.ts[sel], cols,
                          None if self.encoded is None else self.encoded[sel])
 
+    def split(self, bounds: np.ndarray) -> list["ViewBatch"]:
+        """One ViewBatch per batch-row range [bounds[i], bounds[i + 1]), its
+        rows counted from the range's start: the share of each of several
+        batches prepared as one (a replay's consecutive records)."""
+        r = self.rows
+        ordered = r.size < 2 or bool((r[1:] >= r[:-1]).all())
+        cuts = np.searchsorted(r, bounds) if ordered else None
+        make, made, out = self._keys, [], []
+
+        def whole():  # the keys of all the ranges, made once if a part asks
+            if not made:
+                made.append(make())
+            return made[0]
+        for i in range(len(bounds) - 1):
+            lo, hi = int(bounds[i]), int(bounds[i + 1])
+            sel = slice(int(cuts[i]), int(cuts[i + 1])) if ordered else (r >= lo) & (r < hi)
+            keys = (lambda s=sel: _select_keys(whole(), s)) if callable(make) else _select_keys(make, sel)
+            cols = {k: ((v[0][sel], v[1][sel]) if isinstance(v, tuple) else v[sel]) for k, v in self.columns.items()}
+            out.append(ViewBatch(r[sel] - lo, keys, self.ts[sel], cols,
+                                 None if self.encoded is None else self.encoded[sel]))
+        return out
+
 
 class TickScan:
     """What a hop boundary left to find (ViewRuntime.tick_start): the
