@@ -800,7 +800,8 @@ def test_a_replay_prepares_consecutive_records_together_and_ends_where_one_by_on
                                                                                        tmp_path):
     """Recovery prepares runs of push records of one stream as one batch
     (engine.REPLAY_GROUP_ROWS), splits it back and applies each record with
-    its own `now`. From the same crashed data directory (WAL written, the
+    its own `now`, writing the run's new values once at its end (each key as
+    of the last record touching it). From the same crashed data directory (WAL written, the
     offline log's buffer not flushed), that replay and the one record at a
     time replay give the same online values, late counts, watermarks,
     offsets and training set; records broken up by an offsets record, by
@@ -809,6 +810,8 @@ def test_a_replay_prepares_consecutive_records_together_and_ends_where_one_by_on
     import shutil
 
     import pyarrow as pa
+
+    from fscore.layout import ROW_ETS
 
     from fsapp.engine import engine as engine_mod
 
@@ -867,9 +870,17 @@ def test_a_replay_prepares_consecutive_records_together_and_ends_where_one_by_on
         # one by one; runs of a few records (up to 40 rows each); the run before the offsets record holds
         # the bad record (prepared one by one after the joined batch failed), the run after it is joined
         assert joined == [] if group_rows == 0 else len(joined) > 4 if group_rows == 64 else joined == [10], joined
-        seen.append((online, again.late_total, again.watermarks, again.offsets, again.applied_lsn,
+        tables = {}
+        for (name, _), rt in again.runtimes.items():  # each row whole but its seqlock count (writes differ)
+            keys = (np.arange(1, 13) if name == "user_txn" else np.array([f"m{i}" for i in range(12)], dtype=object)
+                    if name == "merchant_txn" else None)
+            if keys is not None:
+                status, ets, rows = rt.table.get_rows(keys, now + H)
+                tables[name] = (status.tolist(), ets.tolist(), rows[:, ROW_ETS:].tobytes())
+        seen.append((tables, online, again.late_total, again.watermarks, again.offsets, again.applied_lsn,
                      again.idempotency.to_list(), hist.sort_by("user_id").to_pylist()))
         again.close()
     assert seen[1] == seen[0] and seen[2] == seen[0]
-    assert seen[0][3] == {"t/0": 29, "t/1": 5} and 5 < seen[0][1] <= live_late  # (less the record set aside)
-    assert sum(1 for r in seen[0][0]["results"][1]["statuses"] if r == "PRESENT") == 12
+    assert seen[0][4] == {"t/0": 29, "t/1": 5} and 5 < seen[0][2] <= live_late  # (less the record set aside)
+    assert sum(1 for r in seen[0][1]["results"][1]["statuses"] if r == "PRESENT") == 12
+    assert set(seen[0][0]) == {"user_txn", "merchant_txn"}

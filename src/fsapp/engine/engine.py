@@ -383,15 +383,25 @@ class Engine:
                                         [t.num_rows for *_, t in group])
             except Exception:  # noqa: BLE001 - one by one below, where a bad record is set aside
                 parts = None
-        for i, (lsn, payload, head, table) in enumerate(group):
-            self.applied_lsn = lsn
-            try:
-                q = self._replay_push(lsn, head, table, None if parts is None else parts[i])
-                self.replayed += 1
-                if waiting and lsn in waiting and q is not None:
-                    waiting[lsn].result = q.result
-            except Exception as e:  # noqa: BLE001 - recovery never stops on one record
-                self._quarantine(lsn, payload, e)
+        # the new values of the keys the run touched are written once, at its
+        # end (each as of the last record touching it), unless rows can die
+        # in between (evictions) or a hook reads them
+        deferred = {} if (len(group) > 1 and self.max_keys is None and self.max_memory is None
+                          and self.on_applied is None) else None
+        try:
+            for i, (lsn, payload, head, table) in enumerate(group):
+                self.applied_lsn = lsn
+                try:
+                    q = self._replay_push(lsn, head, table, None if parts is None else parts[i], deferred)
+                    self.replayed += 1
+                    if waiting and lsn in waiting and q is not None:
+                        waiting[lsn].result = q.result
+                except Exception as e:  # noqa: BLE001 - recovery never stops on one record
+                    self._quarantine(lsn, payload, e)
+        finally:
+            for key, rows in (deferred or {}).items():
+                if key in self.runtimes:
+                    self.runtimes[key].write_deferred(rows)
 
     def _replay(self, lsn: int, rtype: int, payload) -> _Queued | None:
         if rtype == REC_OFFSETS:
@@ -402,8 +412,8 @@ class Engine:
         head, table = records.decode_push(payload)
         return self._replay_push(lsn, head, table)
 
-    def _replay_push(self, lsn: int, head: dict, table: pa.Table,
-                     prepared: PreparedPush | None = None) -> _Queued | None:
+    def _replay_push(self, lsn: int, head: dict, table: pa.Table, prepared: PreparedPush | None = None,
+                     deferred: dict | None = None) -> _Queued | None:
         stream = head["stream"]
         if stream not in self.streams:
             return None  # the stream was dropped from the registry since
@@ -415,7 +425,8 @@ class Engine:
         q = _Queued(lsn, REC_PUSH, head["now"], head["seq"], prepared, head.get("offsets") or {}, head.get("key"),
                     tags, offline=head.get("offline", True))
         # events already in a flushed (or still buffered) offline file keep their place there
-        self._apply_push(q, log_offline=q.offline and head["seq"] >= self.offline.log.next_seq(stream))
+        self._apply_push(q, log_offline=q.offline and head["seq"] >= self.offline.log.next_seq(stream),
+                         deferred=deferred)
         if q.offline:
             self._next_seq[stream] = max(self._next_seq.get(stream, 0), head["seq"] + table.num_rows)
         return q
@@ -737,7 +748,10 @@ class Engine:
                     self._inflight.pop(q.key, None)
                 self._applied.notify_all()
 
-    def _apply_push(self, q: _Queued, log_offline: bool = True) -> None:
+    def _apply_push(self, q: _Queued, log_offline: bool = True, deferred: dict | None = None) -> None:
+        """Applies a logged batch. `deferred` (a replay's run of records):
+        {view key: list} collecting the rows whose values are written at the
+        run's end (ViewRuntime.write_deferred), not after each record."""
         p = q.prepared
         stream = p.stream
         parts = np.full(p.ts.size, UNTAGGED, dtype=np.int64) if q.tags is None else q.tags
@@ -752,7 +766,10 @@ class Engine:
                 if tagged and self.before_applied is not None:
                     self.before_applied(rt)
                 try:
-                    rt.apply(applied, q.now, parts[applied.rows])
+                    if deferred is None:
+                        rt.apply(applied, q.now, parts[applied.rows])
+                    else:
+                        rt.apply(applied, q.now, parts[applied.rows], deferred=deferred.setdefault(key, []))
                 finally:
                     rt.table.insert_hidden = False
                 self._note_evictions(rt)

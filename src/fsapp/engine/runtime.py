@@ -498,11 +498,15 @@ class ViewRuntime:
             return len(set(zip(*[v.tolist() for v in vb.keys.values()])))
         return len(unique_ints(vb.keys)) if vb.keys.dtype != object else len(set(vb.keys.tolist()))
 
-    def apply(self, vb: ViewBatch, now: int, parts: np.ndarray | None = None) -> int:
+    def apply(self, vb: ViewBatch, now: int, parts: np.ndarray | None = None, deferred: list | None = None) -> int:
         """Applies one prepared batch (events in arrival order, none late);
         events ahead of `now` are held (see the module docstring). `parts`:
         the Kafka partition of each of vb's rows (UNTAGGED for a push without):
-        the windows judge lateness per partition, as the engine did."""
+        the windows judge lateness per partition, as the engine did.
+        `deferred` (a list): the rows touched and `now` are appended to it
+        instead of their values being written; `write_deferred` writes them
+        (a replay's run of records: each row once, as of the last record
+        that touched it)."""
         n = len(vb)
         if not self.aggregated:
             if n == 0:
@@ -514,15 +518,32 @@ class ViewRuntime:
         self.latest_now = max(self.latest_now, now)
         released = self._release(now)
         if n == 0:
-            self.write_values(released, now)
-            return 0
-        rows, fresh = self.table.slots_for(vb.key_arg, now=now, encoded=vb.encoded)
-        self._fit(int(rows.max()) + 1)
-        if fresh.any():
-            self.reset_rows(rows[fresh])
-        self._update(rows, vb.ts, vb.columns, now, parts)
-        self.write_values(unique_ints(released, rows), now)
+            touched = released
+        else:
+            rows, fresh = self.table.slots_for(vb.key_arg, now=now, encoded=vb.encoded)
+            self._fit(int(rows.max()) + 1)
+            if fresh.any():
+                self.reset_rows(rows[fresh])
+            self._update(rows, vb.ts, vb.columns, now, parts)
+            touched = unique_ints(released, rows)
+        if deferred is None:
+            self.write_values(touched, now)
+        elif touched.size:
+            deferred.append((touched, now))
         return n
+
+    def write_deferred(self, deferred: list) -> None:
+        """Writes the values of the rows `apply(..., deferred=)` collected,
+        each as of the `now` of the last apply that touched it. Its window
+        state has not changed since (only events of a key change it), so the
+        values are those that apply would have written."""
+        if not deferred:
+            return
+        rows = np.concatenate([r for r, _ in deferred])
+        nows = np.concatenate([np.full(r.size, now, dtype=np.int64) for r, now in deferred])
+        deferred.clear()
+        last = rows.size - 1 - np.unique(rows[::-1], return_index=True)[1]  # each row's last touch
+        self.write_values(rows[last], nows[last])
 
     def _update(self, rows: np.ndarray, ts: np.ndarray, columns: dict, now: int,
                 parts: np.ndarray | None = None) -> None:
@@ -608,10 +629,12 @@ class ViewRuntime:
         if self.held_rows.size:
             self._keep_held(~np.isin(self.held_rows, rows))
 
-    def write_values(self, rows: np.ndarray, now: int) -> None:
-        """Writes the window values as of `now` of these rows into the table."""
+    def write_values(self, rows: np.ndarray, now) -> None:
+        """Writes the window values as of `now` (one time, or one per row) of
+        these rows into the table."""
         if rows.size == 0:
             return
+        now = np.broadcast_to(np.asarray(now, dtype=np.int64), rows.shape)
         values, nulls = {}, {}
         for (spec, names), w in zip(self.groups, self.windows):
             vals, _exact = w.value_as_of(rows, now)
@@ -620,7 +643,7 @@ class ViewRuntime:
         # event_ts of a computed row: the key's newest event (what TTL and freshness are measured against)
         last = self.last_ts[rows]
         self.table.put_rows(rows, values, np.where(last == INT64_MIN, now, last),
-                            np.full(rows.size, now, dtype=np.int64), nulls=nulls)
+                            np.ascontiguousarray(now), nulls=nulls)
 
     def tick_start(self, now: int) -> tuple[np.ndarray, "TickScan | None"]:
         """Time-driven updates, first part: applies the held events the
