@@ -43,6 +43,7 @@ from fsapp.registry.model import Stream
 
 INT64_MIN = np.iinfo(np.int64).min
 UNTAGGED = -1  # the lateness part of events pushed without a Kafka partition (REST, SDK)
+_NO_ROWS = np.zeros(0, dtype=np.int64)
 log = logging.getLogger("fsapp.engine")
 SHADOW_BATCHES = 3
 ROW = "_fs_row"  # the batch row a projected row came from (stream columns may not start with _fs_)
@@ -517,33 +518,59 @@ class ViewRuntime:
                                         nulls=nulls, encoded=vb.encoded)
         self.latest_now = max(self.latest_now, now)
         released = self._release(now)
+        made = _NO_ROWS
         if n == 0:
             touched = released
         else:
-            rows, fresh = self.table.slots_for(vb.key_arg, now=now, encoded=vb.encoded)
+            rows, made = self._rows_for(vb, now)
             self._fit(int(rows.max()) + 1)
-            if fresh.any():
-                self.reset_rows(rows[fresh])
+            if made.size:
+                self.reset_rows(made)
             self._update(rows, vb.ts, vb.columns, now, parts)
             touched = unique_ints(released, rows)
         if deferred is None:
             self.write_values(touched, now)
+            self._show(made)
         elif touched.size:
-            deferred.append((touched, now))
+            deferred.append((touched, now, made))
         return n
+
+    def _rows_for(self, vb: ViewBatch, now: int) -> tuple[np.ndarray, np.ndarray]:
+        """(the table rows of vb's keys, the rows made for new keys). New
+        rows are made hidden: readers in other processes (fstore serve's
+        workers read the shared table without the engine lock) answer
+        NOT_FOUND for them until the caller has written their values and
+        shows them (`_show`), never a key with every value null."""
+        hidden = self.table.insert_hidden
+        self.table.insert_hidden = True
+        try:
+            rows, fresh = self.table.slots_for(vb.key_arg, now=now, encoded=vb.encoded)
+        finally:
+            self.table.insert_hidden = hidden
+        return rows, (rows[fresh] if fresh.any() else _NO_ROWS)
+
+    def _show(self, made: np.ndarray) -> None:
+        """Shows the rows `_rows_for` made, their values written; not while
+        the table makes rows hidden anyway (a group-mode rebuild of their
+        partition shows them when it is done)."""
+        if made.size and not self.table.insert_hidden:
+            self.table.show_rows(made)
 
     def write_deferred(self, deferred: list) -> None:
         """Writes the values of the rows `apply(..., deferred=)` collected,
-        each as of the `now` of the last apply that touched it. Its window
-        state has not changed since (only events of a key change it), so the
-        values are those that apply would have written."""
+        each as of the `now` of the last apply that touched it, and shows
+        the rows those applies made. Its window state has not changed since
+        (only events of a key change it), so the values are those that apply
+        would have written."""
         if not deferred:
             return
-        rows = np.concatenate([r for r, _ in deferred])
-        nows = np.concatenate([np.full(r.size, now, dtype=np.int64) for r, now in deferred])
+        rows = np.concatenate([r for r, _, _ in deferred])
+        nows = np.concatenate([np.full(r.size, now, dtype=np.int64) for r, now, _ in deferred])
+        made = np.concatenate([m for _, _, m in deferred])
         deferred.clear()
         last = rows.size - 1 - np.unique(rows[::-1], return_index=True)[1]  # each row's last touch
         self.write_values(rows[last], nows[last])
+        self._show(made)
 
     def _update(self, rows: np.ndarray, ts: np.ndarray, columns: dict, now: int,
                 parts: np.ndarray | None = None) -> None:
@@ -706,7 +733,7 @@ class ViewRuntime:
         Returns how many keys were rebuilt."""
         if len(vb) == 0:
             return 0
-        rows, _ = self.table.slots_for(vb.key_arg, now=now, encoded=vb.encoded)
+        rows, made = self._rows_for(vb, now)
         self._fit(int(rows.max()) + 1)
         distinct, dense = np.unique(rows, return_inverse=True)
         self.reset_rows(distinct)  # drops their held events too: the log has them
@@ -723,6 +750,7 @@ class ViewRuntime:
         if not past.all():
             self._update(rows[~past], vb.ts[~past], {c: v[~past] for c, v in vb.columns.items()}, now)
         self.write_values(unique_ints(distinct, released), now)
+        self._show(made)
         return int(distinct.size)
 
     # ---- reads
