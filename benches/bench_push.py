@@ -4,10 +4,10 @@ same run (issue 13).
 Each client is a thread pushing one-event batches (a new user each time: the
 starter repo's two windowed views and its offline log do their full work)
 into the embedded engine of a fresh `fstore init` repo for a few seconds.
-Pushes prepare one at a time (GIL-bound work), are logged and applied in
-LSN order under the engine lock, and wait for durability outside it, so
-concurrent pushes share fsyncs: the WAL's own counters give how many
-records each fsync made durable.
+Pushes waiting for each other are prepared as one batch by one thread
+(GIL-bound work) and logged together, applied in LSN order under the
+engine lock, and wait for durability outside it, so concurrent pushes share
+fsyncs: the WAL's own counters give how many records each fsync made durable.
 
 FSTORE_BENCH_DIR picks the directory (default: the system temp dir).
 """

@@ -539,3 +539,81 @@ def test_readers_of_the_shared_table_never_see_a_new_key_before_its_values(repo,
     assert rt.table.hidden_rows().size == 0
     assert amounts(again, [1, 2, 3, 4, 5]) == [1.0, 1.0, 5.0, 5.0, 1.0]
     again.close()
+
+
+def test_pushes_prepared_and_logged_together_each_get_their_own_answer(repo, monkeypatch):
+    """Pushes that wait for each other are prepared as one batch, logged in
+    one hold of the lock (sharing an fsync) and applied together with the
+    values written once (engine._prepare_together, _drain). Held at the
+    prepare lock until all have arrived, a mix of pushes — good ones, one
+    with a column the stream lacks, one with a value that does not cast, one
+    an hour and more in the future, an empty one, one to an unknown stream,
+    one with an idempotency key sent twice — gets exactly the answer each
+    gets alone (results, error types and messages), and the online values are
+    those of the accepted events; a push is readable when it returns."""
+    import shutil
+
+    from fsapp.engine import engine as engine_mod
+
+    good = [[txn(u, amount=float(u))] for u in range(1, 7)] + [[txn(7, amount=2.0), txn(8, amount=3.0)]]
+    bad = [[{**txn(9), "colour": "red"}], [txn(10, amount="ten")], [txn(11, ts_s=7200)]]  # (and [] below)
+    pushes = [("transactions", r, None) for r in good + bad] + [("transactions", [], None),
+                                                                 ("nope", [txn(12)], None),
+                                                                 ("transactions", [txn(13, amount=4.0)], "k"),
+                                                                 ("transactions", [txn(13, amount=4.0)], "k")]
+
+    def answer(eng, stream, rows, key):
+        try:
+            r = eng.push(stream, rows, idempotency_key=key)
+            return ("ok", r.accepted, r.late)
+        except Exception as e:  # noqa: BLE001 - compared
+            return (type(e).__name__, str(e))
+
+    ref_dir = repo.data_dir / "engine"
+    solo = engine(repo)
+    alone = [answer(solo, *p) for p in pushes]
+    solo.close()
+    shutil.rmtree(ref_dir)
+
+    eng = engine(repo, fsync="always")
+    split = engine_mod._split_prepared
+    joined = []
+    monkeypatch.setattr(engine_mod, "_split_prepared", lambda p, sizes: joined.append(len(sizes)) or split(p, sizes))
+    gate = threading.Event()
+    real_batch = engine_mod.Engine._prepare_batch
+
+    def held(self, batch):  # the first push's thread waits until every push is waiting
+        gate.wait(30)
+        return real_batch(self, batch)
+
+    monkeypatch.setattr(engine_mod.Engine, "_prepare_batch", held)
+    got = [None] * len(pushes)
+    readable = {}
+
+    def run(i):
+        got[i] = answer(eng, *pushes[i])
+        if got[i][0] == "ok" and pushes[i][0] == "transactions" and pushes[i][1]:
+            u = pushes[i][1][0]["user_id"]
+            readable[u] = amounts(eng, [u])[0]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(pushes))]
+    fsyncs = eng.wal.stats()["fsyncs"]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(eng._waiting) < len(pushes) - 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # (the first push's thread holds the prepare lock, in `held`)
+    gate.set()
+    for t in threads:
+        t.join(60)
+    assert got == alone
+    assert [a[0] for a in alone] == ["ok"] * 7 + ["BatchError"] * 4 + ["UnknownStreamError", "ok", "ok"]
+    assert joined and max(joined) >= 8  # the good ones (and the future one, refused when logged) as one batch
+    assert eng.wal.stats()["fsyncs"] - fsyncs < 9  # (8 records and the keyed one: fewer fsyncs than records)
+    want = [float(u) for u in range(1, 7)] + [2.0, 3.0]
+    assert amounts(eng, range(1, 9)) == want and amounts(eng, [9, 10, 11, 13]) == [None, None, None, 4.0]
+    assert readable == {**{u: float(u) for u in range(1, 7)}, 7: 2.0, 13: 4.0}
+    eng.close()
+    again = engine(repo)  # and the log replays to the same
+    assert amounts(again, range(1, 9)) == want and amounts(again, [13]) == [4.0]
+    again.close()

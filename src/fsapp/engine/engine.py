@@ -2,9 +2,11 @@
 
 A push goes through three steps (docs/wal.md, "The engine's pushes"):
 
-1. **prepare** (no lock, the caller's thread): normalise the rows to the
-   stream's declared types, project them for every view of the stream
-   (DuckDB, a cursor per thread) and convert everything the views keep.
+1. **prepare** (no engine lock): normalise the rows to the stream's
+   declared types, project them for every view of the stream (DuckDB, a
+   cursor per thread) and convert everything the views keep. REST/SDK
+   pushes that wait for each other are prepared together, by the thread
+   that gets the prepare lock, and logged together (`_prepare_together`).
    Everything that can refuse a batch happens here or in step 2, before
    the batch is logged: a refused batch changes nothing.
 2. **log** (under the lock): take the engine clock, refuse events too far
@@ -119,6 +121,17 @@ class PreparedPush:
     views: dict = field(default_factory=dict)  # (view, version) -> ViewBatch
 
 
+class _Waiting:
+    """A push without source offsets waiting to be prepared (_prepare_together)."""
+
+    __slots__ = ("stream", "rows", "now", "key", "table", "prepared", "logged", "error", "done", "work_s")
+
+    def __init__(self, stream: str, rows, now: int | None, key: str | None):
+        self.stream, self.rows, self.now, self.key = stream, rows, now, key
+        self.table = self.prepared = self.logged = self.error = None
+        self.done, self.work_s = False, 0.0
+
+
 def _split_prepared(p: PreparedPush, sizes: list) -> list:
     """A PreparedPush of several batches joined (`sizes` rows each, in
     order) as one PreparedPush per batch, rows counted from its start."""
@@ -194,12 +207,16 @@ class Engine:
         # one checkpoint at a time (the run loop, materialize and a Kafka revoke may all ask);
         # lock order: _checkpoint_lock, then lock
         self._checkpoint_lock = threading.Lock()
-        # pushes without source offsets (REST, SDK) prepare one at a time: preparing is
-        # Python and numpy under the GIL, so N threads preparing together only hand the
+        # pushes without source offsets (REST, SDK) prepare one batch at a time: preparing
+        # is Python and numpy under the GIL, so N threads preparing together only hand the
         # GIL back and forth (bench_push, 4 clients: 205-242 pushes/s together against
-        # 262-306 one at a time); the fsync wait and the engine lock's apply still
-        # overlap other pushes' preparing
+        # 262-306 one at a time); the holder prepares every push waiting by then
+        # (_prepare_together); the fsync wait and the engine lock's apply still overlap
+        # other pushes' preparing
         self._prepare_lock = threading.Lock()
+        # pushes waiting for _prepare_lock: its holder prepares them all (_prepare_together)
+        self._waiting: list[_Waiting] = []
+        self._waiting_lock = threading.Lock()
         self._applied = threading.Condition(self.lock)
         self.con = duckdb.connect()
         self._local = threading.local()
@@ -386,8 +403,7 @@ class Engine:
         # the new values of the keys the run touched are written once, at its
         # end (each as of the last record touching it), unless rows can die
         # in between (evictions) or a hook reads them
-        deferred = {} if (len(group) > 1 and self.max_keys is None and self.max_memory is None
-                          and self.on_applied is None) else None
+        deferred = self._deferring(len(group))
         try:
             for i, (lsn, payload, head, table) in enumerate(group):
                 self.applied_lsn = lsn
@@ -399,9 +415,20 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - recovery never stops on one record
                     self._quarantine(lsn, payload, e)
         finally:
-            for key, rows in (deferred or {}).items():
-                if key in self.runtimes:
-                    self.runtimes[key].write_deferred(rows)
+            self._write_deferred(deferred)
+
+    def _deferring(self, records: int) -> dict | None:
+        """For applying `records` records in a row: {} to collect the rows
+        whose values are written after the last (`_write_deferred`), or None
+        (one record; or rows may die in between: max_keys / max_memory
+        evictions; or an ingest hook reads them)."""
+        return {} if (records > 1 and self.max_keys is None and self.max_memory is None
+                      and self.on_applied is None) else None
+
+    def _write_deferred(self, deferred: dict | None) -> None:
+        for key, rows in (deferred or {}).items():
+            if key in self.runtimes:
+                self.runtimes[key].write_deferred(rows)
 
     def _replay(self, lsn: int, rtype: int, payload) -> _Queued | None:
         if rtype == REC_OFFSETS:
@@ -540,10 +567,13 @@ class Engine:
         content (BatchError, KeyEncodingError, UnknownStreamError). No state
         changes; thread-safe."""
         if stream not in self.streams:
-            raise UnknownStreamError(f"no stream {stream!r}; streams are: {', '.join(sorted(self.streams)) or 'none'}")
+            raise self._no_stream(stream)
         cur = self.cursor()
         table, _ = self.normalisers[stream].normalise(rows, cur)
         return self._prepare_table(stream, table, cur)
+
+    def _no_stream(self, stream: str) -> UnknownStreamError:
+        return UnknownStreamError(f"no stream {stream!r}; streams are: {', '.join(sorted(self.streams)) or 'none'}")
 
     def _prepare_table(self, stream: str, table: pa.Table, cur) -> PreparedPush:
         s = self.streams[stream]
@@ -648,33 +678,122 @@ class Engine:
                 return first
         started = time.perf_counter()
         # (a source's batch prepares beside them: a REST push never waits for a Kafka batch's preparing)
-        with self._prepare_lock if offsets is None else contextlib.nullcontext():
+        if offsets is None:
+            w = self._prepare_together(stream, rows, now, key)
+            if isinstance(w.logged, _Queued):
+                return self._commit(w.logged)
+            if w.logged is not None:
+                return w.logged
+            prepared, prepare_s = w.prepared, w.work_s
+        else:
             prepared = self.prepare(stream, rows)
-        prepare_s = time.perf_counter() - started
+            prepare_s = time.perf_counter() - started
         if tags is not None:
             tags = np.asarray(tags, dtype=np.int64)
             if tags.shape != (prepared.table.num_rows,) or (tags.size and tags.min() < 0):
                 raise ValueError(f"tags: one partition number (>= 0) per row, {prepared.table.num_rows} of them")
         with self.lock:
-            if key is not None:
-                first = self._answer_for(key)
-                if first is not None:
-                    return first
-            now = self.clock() if now is None else now
-            self._check_future(prepared, now)
-            n = prepared.table.num_rows
-            if n == 0 and not offsets:
-                return PushResult(0, 0, self.applied_lsn)
-            seq = self._next_seq.get(stream, 0)
-            lsn = self.wal.append(REC_PUSH, records.encode_push(stream, now, seq, prepared.table, offsets, key,
-                                                                offline, tags), wait=False)
-            if offline:
-                self._next_seq[stream] = seq + n
-            q = _Queued(lsn, REC_PUSH, now, seq, prepared, offsets, key, tags, offline=offline, work_s=prepare_s)
-            self.queue.append(q)
-            if key is not None:
-                self._inflight[key] = q
-        return self._commit(q)
+            logged = self._log(stream, prepared, now, key, offsets, tags, offline, prepare_s)
+        return self._commit(logged) if isinstance(logged, _Queued) else logged
+
+    def _log(self, stream: str, prepared: PreparedPush, now: int | None, key: str | None, offsets: dict | None,
+             tags: np.ndarray | None, offline: bool, work_s: float) -> "PushResult | _Queued":
+        """Step 2, under the lock: the push's answer (an idempotency key
+        answered before, or no rows), or its record appended to the WAL
+        without waiting and queued."""
+        if key is not None:
+            first = self._answer_for(key)
+            if first is not None:
+                return first
+        now = self.clock() if now is None else now
+        self._check_future(prepared, now)
+        n = prepared.table.num_rows
+        if n == 0 and not offsets:
+            return PushResult(0, 0, self.applied_lsn)
+        seq = self._next_seq.get(stream, 0)
+        lsn = self.wal.append(REC_PUSH, records.encode_push(stream, now, seq, prepared.table, offsets, key,
+                                                            offline, tags), wait=False)
+        if offline:
+            self._next_seq[stream] = seq + n
+        q = _Queued(lsn, REC_PUSH, now, seq, prepared, offsets, key, tags, offline=offline, work_s=work_s)
+        self.queue.append(q)
+        if key is not None:
+            self._inflight[key] = q
+        return q
+
+    def _prepare_together(self, stream: str, rows, now: int | None, key: str | None) -> "_Waiting":
+        """Steps 1 and 2 for a push without source offsets (REST, SDK):
+        pushes that wait for each other prepare one at a time
+        (`_prepare_lock`), and the one that gets the lock prepares every push
+        waiting by then — each normalised alone (its own errors), those of a
+        stream as one batch, split back (PERF: a push's preparing is mostly
+        fixed cost; benches/bench_push.py) — and logs them in one hold of the
+        engine lock, so that they share an fsync and their apply (`_drain`).
+        Whatever the joined batch refuses is prepared push by push, so each
+        push gets exactly its own answer. A push with an idempotency key is
+        logged by its own thread (the key may be in flight in another push
+        of the batch, whose thread waits for this one). Returns this push's
+        _Waiting: `logged` (its queued record or its answer), or `prepared`
+        (and `work_s`, its share) for the caller to log."""
+        me = _Waiting(stream, rows, now, key)
+        with self._waiting_lock:
+            self._waiting.append(me)
+        with self._prepare_lock:
+            if not me.done:
+                with self._waiting_lock:
+                    batch, self._waiting = self._waiting, []
+                self._prepare_batch(batch)
+        if me.error is not None:
+            raise me.error
+        return me
+
+    def _prepare_batch(self, batch: list) -> None:
+        """Prepares (and logs) the waiting pushes of `_prepare_together`;
+        every one ends done, with `prepared` or `error`."""
+        started = time.perf_counter()
+        try:
+            cur = self.cursor()
+            by_stream: dict[str, list] = {}
+            for w in batch:
+                try:
+                    if w.stream not in self.streams:
+                        raise self._no_stream(w.stream)
+                    w.table, _ = self.normalisers[w.stream].normalise(w.rows, cur)
+                    by_stream.setdefault(w.stream, []).append(w)
+                except Exception as e:  # noqa: BLE001 - this push's own answer
+                    w.error = e
+            for stream, ws in by_stream.items():
+                parts = None
+                if len(ws) > 1:
+                    try:
+                        joined = pa.concat_tables([w.table for w in ws]).combine_chunks()
+                        parts = _split_prepared(self._prepare_table(stream, joined, cur),
+                                                [w.table.num_rows for w in ws])
+                    except Exception:  # noqa: BLE001 - one of them is refused: each alone below
+                        parts = None
+                for i, w in enumerate(ws):
+                    if parts is not None:
+                        w.prepared = parts[i]
+                        continue
+                    try:
+                        w.prepared = self._prepare_table(stream, w.table, cur)
+                    except Exception as e:  # noqa: BLE001 - this push's own answer
+                        w.error = e
+            each = (time.perf_counter() - started) / len(batch)
+            if len(batch) > 1:
+                with self.lock:
+                    for w in batch:
+                        if w.prepared is not None and w.key is None:
+                            try:
+                                w.logged = self._log(w.stream, w.prepared, w.now, None, None, None, True, each)
+                            except Exception as e:  # noqa: BLE001 - this push's own answer
+                                w.error = e
+        finally:
+            share = (time.perf_counter() - started) / max(len(batch), 1)
+            for w in batch:
+                if w.prepared is None and w.error is None:
+                    w.error = EngineError("preparing this push was interrupted; nothing of it was logged")
+                w.work_s, w.table, w.rows, w.done = share, None, None, True
 
     def _answer_for(self, key: str) -> PushResult | None:
         """The first answer to a push with this idempotency key: known, or in
@@ -727,8 +846,24 @@ class Engine:
         return q.result
 
     def _drain(self) -> None:
-        """Under the lock: applies queued records that are durable, in order."""
+        """Under the lock: applies queued records that are durable, in order.
+        When several are (pushes that shared an fsync), the new values of
+        the keys they touched are written once, after the last (as a
+        replay's run does: ViewRuntime.write_deferred), and before any of
+        their pushes is answered: the lock is held until then."""
         durable = self.wal.acknowledged_lsn
+        ready = 0
+        for q in self.queue:
+            if q.lsn > durable or ready > 1:
+                break
+            ready += 1
+        deferred = self._deferring(ready)
+        try:
+            self._drain_ready(durable, deferred)
+        finally:
+            self._write_deferred(deferred)
+
+    def _drain_ready(self, durable: int, deferred: dict | None) -> None:
         while self.queue and self.queue[0].lsn <= durable:
             q = self.queue.popleft()
             try:
@@ -736,10 +871,12 @@ class Engine:
                     self._consumed(q.offsets, logged=True)
                 else:
                     started = time.perf_counter()
-                    self._apply_push(q, log_offline=q.offline)
+                    self._apply_push(q, log_offline=q.offline, deferred=deferred)
                     self.work_s += q.work_s + time.perf_counter() - started
                 self.applied_lsn = q.lsn
             except Exception as e:  # noqa: BLE001 - a logged record failed to apply: a bug; see _abort
+                if deferred is not None:
+                    deferred.clear()  # the state is rebuilt from the log: these rows are not its
                 self._abort(q, e)
                 return
             finally:
