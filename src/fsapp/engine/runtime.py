@@ -335,7 +335,8 @@ class ViewBatch:
     def split(self, bounds: np.ndarray) -> list["ViewBatch"]:
         """One ViewBatch per batch-row range [bounds[i], bounds[i + 1]), its
         rows counted from the range's start: the share of each of several
-        batches prepared as one (a replay's consecutive records)."""
+        batches prepared as one (a replay's consecutive records; pushes that
+        waited for each other)."""
         r = self.rows
         ordered = r.size < 2 or bool((r[1:] >= r[:-1]).all())
         cuts = np.searchsorted(r, bounds) if ordered else None
@@ -504,10 +505,11 @@ class ViewRuntime:
         events ahead of `now` are held (see the module docstring). `parts`:
         the Kafka partition of each of vb's rows (UNTAGGED for a push without):
         the windows judge lateness per partition, as the engine did.
-        `deferred` (a list): the rows touched and `now` are appended to it
-        instead of their values being written; `write_deferred` writes them
-        (a replay's run of records: each row once, as of the last record
-        that touched it)."""
+        `deferred` (a list): the rows touched, `now` and the rows made for
+        new keys are appended to it instead of their values being written;
+        `write_deferred` writes them (a replay's run of records, or records
+        drained together: each row once, as of the last record that touched
+        it)."""
         n = len(vb)
         if not self.aggregated:
             if n == 0:
