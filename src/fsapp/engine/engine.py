@@ -34,7 +34,6 @@ the checkpoint lets the WAL drop older segments.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -391,15 +390,9 @@ class Engine:
         that fails is set aside and the others are replayed."""
         if not group:
             return
-        parts = None
         stream = group[0][2].get("stream")
-        if len(group) > 1 and stream in self.streams:
-            try:
-                joined = pa.concat_tables([t for *_, t in group]).combine_chunks()
-                parts = _split_prepared(self._prepare_table(stream, joined, self.cursor()),
-                                        [t.num_rows for *_, t in group])
-            except Exception:  # noqa: BLE001 - one by one below, where a bad record is set aside
-                parts = None
+        parts = (self._prepare_joined(stream, [t for *_, t in group], self.cursor())
+                 if stream in self.streams else None)
         # the new values of the keys the run touched are written once, at its
         # end (each as of the last record touching it), unless rows can die
         # in between (evictions) or a hook reads them
@@ -416,6 +409,20 @@ class Engine:
                     self._quarantine(lsn, payload, e)
         finally:
             self._write_deferred(deferred)
+
+    def _prepare_joined(self, stream: str, tables: list, cur) -> list | None:
+        """Several normalised batches of a stream prepared as one and split
+        back (PERF: a batch's preparing is mostly fixed cost): one
+        PreparedPush per table, or None for fewer than two tables or when
+        the joined batch is refused (then each is prepared alone, so that
+        each gets its own answer)."""
+        if len(tables) < 2:
+            return None
+        try:
+            joined = pa.concat_tables(tables).combine_chunks()
+            return _split_prepared(self._prepare_table(stream, joined, cur), [t.num_rows for t in tables])
+        except Exception:  # noqa: BLE001 - one of them is refused: the caller prepares each alone
+            return None
 
     def _deferring(self, records: int) -> dict | None:
         """For applying `records` records in a row: {} to collect the rows
@@ -763,14 +770,7 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - this push's own answer
                     w.error = e
             for stream, ws in by_stream.items():
-                parts = None
-                if len(ws) > 1:
-                    try:
-                        joined = pa.concat_tables([w.table for w in ws]).combine_chunks()
-                        parts = _split_prepared(self._prepare_table(stream, joined, cur),
-                                                [w.table.num_rows for w in ws])
-                    except Exception:  # noqa: BLE001 - one of them is refused: each alone below
-                        parts = None
+                parts = self._prepare_joined(stream, [w.table for w in ws], cur)
                 for i, w in enumerate(ws):
                     if parts is not None:
                         w.prepared = parts[i]
@@ -852,12 +852,8 @@ class Engine:
         replay's run does: ViewRuntime.write_deferred), and before any of
         their pushes is answered: the lock is held until then."""
         durable = self.wal.acknowledged_lsn
-        ready = 0
-        for q in self.queue:
-            if q.lsn > durable or ready > 1:
-                break
-            ready += 1
-        deferred = self._deferring(ready)
+        # (the queue is in LSN order: several are durable when the second is)
+        deferred = self._deferring(2 if len(self.queue) > 1 and self.queue[1].lsn <= durable else 1)
         try:
             self._drain_ready(durable, deferred)
         finally:
@@ -886,9 +882,10 @@ class Engine:
                 self._applied.notify_all()
 
     def _apply_push(self, q: _Queued, log_offline: bool = True, deferred: dict | None = None) -> None:
-        """Applies a logged batch. `deferred` (a replay's run of records):
-        {view key: list} collecting the rows whose values are written at the
-        run's end (ViewRuntime.write_deferred), not after each record."""
+        """Applies a logged batch. `deferred` (a replay's run of records, or
+        records drained together): {view key: list} collecting the rows whose
+        values are written after the last record (ViewRuntime.write_deferred),
+        not after each."""
         p = q.prepared
         stream = p.stream
         parts = np.full(p.ts.size, UNTAGGED, dtype=np.int64) if q.tags is None else q.tags
