@@ -227,3 +227,52 @@ def test_unknown_column_is_a_value_error_naming_it(sql):
 def test_text_that_is_not_one_expression_is_rejected(sql):
     with pytest.raises(ValueError):
         compile_expression(sql, INPUTS)
+
+
+def test_threads_plan_and_evaluate_at_once_each_in_their_own_connection():
+    # one database per process, a cursor per plan or evaluation: the temp
+    # table a plan creates and the table an evaluation registers (both named
+    # __fs_in) are each call's own, whatever the other threads do meanwhile
+    import threading
+
+    errors = []
+
+    def work(k):
+        try:
+            for i in range(15):
+                inputs = {"amount": "DOUBLE", "n": "BIGINT"} if (k + i) % 2 else {"n": "BIGINT", "country": "VARCHAR"}
+                sql = f"n * {k + 1} + {i}"
+                compiled = compile_expression(sql, inputs)
+                cols = {"n": (np.array([i, k], dtype=np.int64), np.array([False, True]))}
+                got, want = compiled(cols), duckdb_evaluate(sql, inputs, cols)
+                assert_same(got, want, compiled.output_type)
+                assert got[0][0] == i * (k + 1) + i and got[1].tolist() == [False, True]
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_a_forked_child_plans_in_a_database_of_its_own():
+    # gunicorn forks its workers from a master that may have planned already:
+    # the child opens a database of its own (the parent's threads are not in
+    # the child) and plans and evaluates there
+    import os
+
+    compile_expression("n + 1", INPUTS)  # the parent's database exists
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            got = compile_expression("n * 3", INPUTS)(cols_of(n=[2]))
+            values, null = duckdb_evaluate("n * 3", INPUTS, cols_of(n=[2]))
+            code = 0 if got[0][0] == 6 and values[0] == 6 and not null[0] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import threading
 from functools import reduce
 from typing import Callable
 
@@ -54,6 +56,30 @@ _ARROW = {"BOOLEAN": pa.bool_(), "TINYINT": pa.int8(), "SMALLINT": pa.int16(), "
 INT64_MIN = np.iinfo(np.int64).min
 _PLACEHOLDER = "__fs_expr__"
 _TABLE = "__fs_in"
+
+# Planning and the DuckDB fallback open no database of their own: opening one
+# costs ~30 ms (a restart planned three views' projections in ~0.1 s; a read
+# of a feature DuckDB evaluates paid it on every call), a cursor of one kept
+# per process ~30 µs. A cursor is a connection of its own (its temp tables and
+# registered tables are its own), so threads plan and evaluate at once.
+# Statistics propagation is off for the whole database: the offline store's
+# cursors run without it (store.py), and planning an empty table with it on
+# would fold columns into constants.
+_db: tuple[int, duckdb.DuckDBPyConnection] | None = None
+_db_lock = threading.Lock()
+_forked_away: list = []  # a parent's database, inherited by a fork: never used nor closed (its threads are gone)
+
+
+def _cursor() -> duckdb.DuckDBPyConnection:
+    global _db
+    with _db_lock:
+        if _db is None or _db[0] != os.getpid():
+            if _db is not None:
+                _forked_away.append(_db[1])
+            con = duckdb.connect()
+            con.execute("SET disabled_optimizers = 'statistics_propagation'")
+            _db = (os.getpid(), con)
+        return _db[1].cursor()
 
 Result = tuple  # (values, null, err)
 Node = Callable[[dict, int], Result]
@@ -145,7 +171,7 @@ def _check_types(inputs: dict[str, str]) -> dict[str, str]:
 def _plan(sql: str, types: dict[str, str]) -> tuple[dict, list[str]]:
     """DuckDB's optimized bound expression for TRY(sql) and the input name of
     each BOUND_REF index."""
-    con = duckdb.connect()
+    con = _cursor()
     try:
         tree, refs = _parse(con, sql, types)
         names = list(types)
@@ -153,11 +179,8 @@ def _plan(sql: str, types: dict[str, str]) -> tuple[dict, list[str]]:
             node["column_names"] = [f"__in{names.index(name)}"]
         flat_sql = con.execute("SELECT json_deserialize_sql(?)", [json.dumps(tree)]).fetchall()[0][0]
         cols = ", ".join(f"__in{k} {types[n]}" for k, n in enumerate(names))
-        con.execute(f"CREATE TABLE {_TABLE} ({cols})" if names else f"CREATE TABLE {_TABLE} (__none INTEGER)")
-        # The offline store's cursors run without statistics propagation
-        # (store.py); planning an empty table with it on would fold columns
-        # into constants.
-        con.execute("SET disabled_optimizers = 'statistics_propagation'")
+        con.execute(f"CREATE TEMP TABLE {_TABLE} ({cols})" if names else
+                    f"CREATE TEMP TABLE {_TABLE} (__none INTEGER)")
         text = con.execute("SELECT json_serialize_plan(?, optimize := true)", [flat_sql]).fetchall()[0][0]
     finally:
         con.close()
@@ -315,7 +338,7 @@ def _case_table(fn: str) -> dict[int, str]:
     code point by code point: upper('ß') = 'ẞ', lower('İ') = 'i', unlike
     Python's full case mapping). Built once from DuckDB itself."""
     if fn not in _CASE_TABLES:
-        con = duckdb.connect()
+        con = _cursor()
         try:
             rows = con.execute(f"SELECT i, {fn}(chr(i::INTEGER)) FROM range(1, 1114112) t(i) "
                                f"WHERE (i < 55296 OR i > 57343) AND {fn}(chr(i::INTEGER)) <> chr(i::INTEGER)").fetchall()
@@ -767,10 +790,9 @@ def duckdb_evaluate(sql: str, inputs: dict[str, str], columns) -> tuple[np.ndarr
     for view, fields in structs.items():
         flat[view] = pa.StructArray.from_arrays(list(fields.values()), names=list(fields))
     table = pa.table(flat) if flat else pa.table({"__none": pa.nulls(n, pa.int32())})
-    con = duckdb.connect()
+    con = _cursor()
     try:
         _parse(con, sql, types)  # same validation and errors as compile_expression
-        con.execute("SET disabled_optimizers = 'statistics_propagation'")
         con.register(_TABLE, table)
         result = con.sql(_query(sql)).to_arrow_table().column(0).combine_chunks()
     finally:
