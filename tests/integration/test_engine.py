@@ -801,12 +801,17 @@ def test_a_replay_prepares_consecutive_records_together_and_ends_where_one_by_on
     """Recovery prepares runs of push records of one stream as one batch
     (engine.REPLAY_GROUP_ROWS), splits it back and applies each record with
     its own `now`, writing the run's new values once at its end (each key as
-    of the last record touching it). From the same crashed data directory (WAL written, the
-    offline log's buffer not flushed), that replay and the one record at a
-    time replay give the same online values, late counts, watermarks,
-    offsets and training set; records broken up by an offsets record, by
-    the row bound, and one record that cannot be prepared in the middle of
-    a run (set aside by both, the rest of its run replayed)."""
+    of the last record touching it); a run with no event held nor ahead of
+    its record's `now` is applied as one batch (Engine._replay_run). From the
+    same crashed data directory (WAL written, the offline log's buffer not
+    flushed), those replays, the one with runs never applied as one, the one
+    where applying a run as one fails (recovery starts over record by
+    record) and the one record at a time replay give the same online
+    values, late counts, watermarks, offsets and training set; records
+    broken up by an offsets record, by the row bound, one record that cannot
+    be prepared in the middle of a run (set aside by all, the rest of its
+    run replayed), and an event ahead of its record's `now` (held: the runs
+    until a later record's `now` passes it are applied record by record)."""
     import shutil
 
     import pyarrow as pa
@@ -814,6 +819,7 @@ def test_a_replay_prepares_consecutive_records_together_and_ends_where_one_by_on
     from fscore.layout import ROW_ETS
 
     from fsapp.engine import engine as engine_mod
+    from fsapp.engine.runtime import ViewRuntime
 
     d = repo.data_dir / "engine"
     eng = Engine(str(d), str(repo.registry_path), fsync="always")
@@ -827,6 +833,9 @@ def test_a_replay_prepares_consecutive_records_together_and_ends_where_one_by_on
         ev["amount"] = [-a if j % 3 == 0 else a for j, a in enumerate(ev["amount"])]  # the views' filter drops some
         if i == 11:
             ev["user_id"][0] = 777  # the record the replay cannot prepare below
+        if i == 3:
+            ev["ts"][-1] = now + i * M + 5 * M  # ahead of the record's now: held until record 9
+            ev["amount"][-1] = abs(ev["amount"][-1]) + 1  # (past the views' filter)
         offsets = {"t/0": i + 1} if i % 4 == 0 else None
         eng.push("transactions", ev, now=now + i * M, offsets=offsets,
                  idempotency_key=f"k{i}" if i % 5 == 0 else None)
@@ -851,13 +860,29 @@ def test_a_replay_prepares_consecutive_records_together_and_ends_where_one_by_on
              "merchant_txn:distinct_users_1d"]
     labels = pa.table({"user_id": list(range(1, 13)),
                        "event_timestamp": pa.array([now + H] * 12, pa.timestamp("us", tz="UTC"))})
-    seen, joined = [], []
+    seen, joined, ran, refused = [], [], [], []
     split = engine_mod._split_prepared
     monkeypatch.setattr(engine_mod, "_split_prepared", lambda p, sizes: joined.append(len(sizes)) or split(p, sizes))
-    for group_rows in (0, 64, engine_mod.REPLAY_GROUP_ROWS):
+    real_joinable, real_apply_run = Engine._joinable, ViewRuntime.apply_run
+
+    def joinable(self, group, whole):
+        ok = real_joinable(self, group, whole) and mode != "never as one"
+        refused.append(not ok)
+        return ok
+
+    def apply_run(self, *a):
+        ran.append(self.name)
+        if mode == "fails as one" and len(ran) == 1:
+            raise MemoryError("injected: a run that fails to apply as one")
+        return real_apply_run(self, *a)
+
+    monkeypatch.setattr(Engine, "_joinable", joinable)
+    monkeypatch.setattr(ViewRuntime, "apply_run", apply_run)
+    full = engine_mod.REPLAY_GROUP_ROWS
+    for group_rows, mode in ((0, ""), (64, ""), (full, ""), (full, "never as one"), (full, "fails as one")):
         monkeypatch.setattr(engine_mod, "REPLAY_GROUP_ROWS", group_rows)
-        joined.clear()
-        run = tmp_path / f"run{group_rows}"
+        joined.clear(), ran.clear(), refused.clear()
+        run = tmp_path / f"run{group_rows}{mode}"
         shutil.copytree(crashed, run)
         shutil.rmtree(d)
         shutil.copytree(run / "engine", d)
@@ -869,7 +894,14 @@ def test_a_replay_prepares_consecutive_records_together_and_ends_where_one_by_on
         hist = again.get_historical_features(labels, ["user_txn:amount_24h", "user_txn:txn_count_1h"]).to_arrow()
         # one by one; runs of a few records (up to 40 rows each); the run before the offsets record holds
         # the bad record (prepared one by one after the joined batch failed), the run after it is joined
-        assert joined == [] if group_rows == 0 else len(joined) > 4 if group_rows == 64 else joined == [10], joined
+        assert joined == [] if group_rows == 0 else len(joined) > 4 if group_rows == 64 else \
+            joined == ([10, 10] if mode == "fails as one" else [10]), joined
+        # runs applied as one: none one by one or when told not to; in runs of 64 rows some (not those
+        # while record 3's event is held); the run after the offsets record (a failure in its first
+        # view starts the replay over, record by record)
+        assert (not ran) if group_rows == 0 or mode == "never as one" else \
+            (ran and any(refused) and not all(refused)) if group_rows == 64 else \
+            len(ran) == 1 if mode == "fails as one" else sorted(ran) == ["merchant_txn", "user_txn"], (ran, refused)
         tables = {}
         for (name, _), rt in again.runtimes.items():  # each row whole but its seqlock count (writes differ)
             keys = (np.arange(1, 13) if name == "user_txn" else np.array([f"m{i}" for i in range(12)], dtype=object)
@@ -880,7 +912,47 @@ def test_a_replay_prepares_consecutive_records_together_and_ends_where_one_by_on
         seen.append((tables, online, again.late_total, again.watermarks, again.offsets, again.applied_lsn,
                      again.idempotency.to_list(), hist.sort_by("user_id").to_pylist()))
         again.close()
-    assert seen[1] == seen[0] and seen[2] == seen[0]
+    assert all(s == seen[0] for s in seen[1:])
     assert seen[0][4] == {"t/0": 29, "t/1": 5} and 5 < seen[0][2] <= live_late  # (less the record set aside)
     assert sum(1 for r in seen[0][1]["results"][1]["statuses"] if r == "PRESENT") == 12
     assert set(seen[0][0]) == {"user_txn", "merchant_txn"}
+
+
+def test_a_run_replayed_as_one_writes_each_key_as_of_its_last_record(repo, monkeypatch, tmp_path):
+    """A run applied as one batch (Engine._replay_run) writes each key's
+    values as of the `now` of the last record touching it, as the records
+    one by one do: ten records ten minutes apart, one user each with an
+    event a minute before its record's now; as of the last record the first
+    users' events are out of the 1-hour window, as of their own they are in."""
+    import shutil
+
+    from fscore.layout import ROW_ETS
+
+    from fsapp.engine import engine as engine_mod
+    from fsapp.engine.runtime import ViewRuntime
+
+    d = repo.data_dir / "engine"
+    eng = Engine(str(d), str(repo.registry_path), fsync="always")
+    now = T0 + 3 * H
+    eng.checkpoint()
+    for i in range(10):
+        eng.push("transactions", {"user_id": [i + 1], "merchant_id": [f"m{i}"], "amount": [10.0 + i],
+                                  "currency": ["EUR"], "country": ["DE"], "is_online": [True],
+                                  "ts": [now + i * 10 * M - M]}, now=now + i * 10 * M)
+    crashed = tmp_path / "crashed"
+    shutil.copytree(d, crashed / "engine")
+    eng.close()
+    ran, seen = [], []
+    real_apply_run = ViewRuntime.apply_run
+    monkeypatch.setattr(ViewRuntime, "apply_run", lambda self, *a: ran.append(self.name) or real_apply_run(self, *a))
+    for group_rows in (0, engine_mod.REPLAY_GROUP_ROWS):
+        monkeypatch.setattr(engine_mod, "REPLAY_GROUP_ROWS", group_rows)
+        shutil.rmtree(d)
+        shutil.copytree(crashed / "engine", d)
+        again = Engine(str(d), str(repo.registry_path), fsync="never")
+        rt = again.runtimes[next(k for k in again.runtimes if k[0] == "user_txn")]
+        status, ets, rows = rt.table.get_rows(np.arange(1, 11), now + 10 * H)
+        seen.append((status.tolist(), ets.tolist(), rows[:, ROW_ETS:].tobytes()))
+        again.close()
+    assert ran  # the second replay applied the run as one
+    assert seen[1] == seen[0]

@@ -144,6 +144,12 @@ def _split_prepared(p: PreparedPush, sizes: list) -> list:
 # stream as one batch (0: each record alone)
 REPLAY_GROUP_ROWS = 65_536
 
+
+class _RunFailed(Exception):
+    """A replayed run of records applied as one batch failed (no record of it
+    can be told apart): recovery starts over record by record."""
+
+
 # a tick rewrites moved rows a chunk per hold of the engine lock, sized by the
 # last chunk's pace (benches/bench_state.py "longest engine-lock hold of a tick")
 TICK_CHUNK = 512      # rows a tick rewrites in its first hold of the engine lock (~2 ms at the starter repo's 7 windows)
@@ -252,6 +258,7 @@ class Engine:
         # a restarted node resumes the partitions it held (docs/kafka.md, Start)
         self.row_partitions: dict | None = {} if track_partitions else None
         self.partitions_trusted = False  # every row's partition is known (see _recover)
+        self._join_runs = True  # a replay may apply a run of records as one batch (_replay_run)
         self._recover()
         if self.row_partitions is not None:
             self._hide_partitioned()
@@ -264,7 +271,24 @@ class Engine:
     def _recover(self, waiting: dict | None = None) -> None:
         """State = the last checkpoint + the WAL after it (see the module
         docstring). Used at open and to rebuild after a failed apply;
-        `waiting`: LSN -> queued push whose answer the replay gives."""
+        `waiting`: LSN -> queued push whose answer the replay gives. A run
+        of records that fails to apply as one batch (`_replay_run`) starts
+        it over with every record applied alone, as a record that fails
+        alone is set aside."""
+        try:
+            self._recover_once(waiting)
+        except _RunFailed as e:
+            log.error("engine: a run of WAL records failed to replay as one batch (%s: %s); replaying record by "
+                      "record", type(e.__cause__).__name__, e.__cause__)
+            for rt in self.runtimes.values():
+                rt.table.close()
+            self._join_runs = False
+            try:
+                self._recover_once(waiting)
+            finally:
+                self._join_runs = True
+
+    def _recover_once(self, waiting: dict | None) -> None:
         ckpt = load_latest_checkpoint(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
         # stream -> {Kafka partition (UNTAGGED: pushes without one): newest applied event time}
         self.watermarks: dict[str, dict[int, int]] = {}
@@ -391,12 +415,15 @@ class Engine:
         if not group:
             return
         stream = group[0][2].get("stream")
-        parts = (self._prepare_joined(stream, [t for *_, t in group], self.cursor())
-                 if stream in self.streams else None)
+        run = self._prepare_run(stream, [t for *_, t in group], self.cursor()) if stream in self.streams else None
+        parts = None if run is None else run[1]
         # the new values of the keys the run touched are written once, at its
         # end (each as of the last record touching it), unless rows can die
         # in between (evictions) or a hook reads them
         deferred = self._deferring(len(group))
+        if run is not None and deferred is not None and self._joinable(group, run[0]):
+            self._replay_run(group, run[0], parts, deferred, waiting)
+            return
         try:
             for i, (lsn, payload, head, table) in enumerate(group):
                 self.applied_lsn = lsn
@@ -416,13 +443,84 @@ class Engine:
         PreparedPush per table, or None for fewer than two tables or when
         the joined batch is refused (then each is prepared alone, so that
         each gets its own answer)."""
+        run = self._prepare_run(stream, tables, cur)
+        return None if run is None else run[1]
+
+    def _prepare_run(self, stream: str, tables: list, cur) -> tuple[PreparedPush, list] | None:
+        """`_prepare_joined`, with the joined PreparedPush too."""
         if len(tables) < 2:
             return None
         try:
-            joined = pa.concat_tables(tables).combine_chunks()
-            return _split_prepared(self._prepare_table(stream, joined, cur), [t.num_rows for t in tables])
+            whole = self._prepare_table(stream, pa.concat_tables(tables).combine_chunks(), cur)
+            return whole, _split_prepared(whole, [t.num_rows for t in tables])
         except Exception:  # noqa: BLE001 - one of them is refused: the caller prepares each alone
             return None
+
+    def _joinable(self, group: list, whole: PreparedPush) -> bool:
+        """Whether a run of push records (`whole`: prepared as one) may be
+        applied as one batch and leave what applying them one by one leaves:
+        no partition tags nor hooks, and no windowed view holding an event
+        or given one at or after its record's `now` (held events are
+        released by later records' `now`, in event-time order)."""
+        if not self._join_runs or self.row_partitions is not None or self.before_applied is not None \
+                or any("parts" in head for _, _, head, _ in group):
+            return False
+        row_now = np.repeat(np.array([head["now"] for _, _, head, _ in group], dtype=np.int64),
+                            [t.num_rows for *_, t in group])
+        for key, vb in whole.views.items():
+            rt = self.runtimes.get(key)
+            if rt is not None and rt.aggregated and (rt.held_ts.size or (vb.ts >= row_now[vb.rows]).any()):
+                return False
+        return True
+
+    def _replay_run(self, group: list, whole: PreparedPush, parts: list, deferred: dict,
+                    waiting: dict | None) -> None:
+        """Replays a run of push records of one stream as one batch (PERF: a
+        record's lateness check and window updates are mostly fixed cost):
+        the late mask, each windowed view's rows and window updates in one
+        call each, over the records' events in order, which is what the
+        records one by one do when `_joinable` holds; plain views take each
+        record with its own `now`. Then each record's own part (offline log,
+        offsets, answer, idempotency key), and the touched keys' values, each
+        as of the last record touching it. A failure cannot be pinned on one
+        record: _RunFailed (recovery starts over record by record)."""
+        stream = whole.stream
+        sizes = [t.num_rows for *_, t in group]
+        bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        nows = np.array([head["now"] for _, _, head, _ in group], dtype=np.int64)
+        try:
+            untagged = np.full(whole.ts.size, UNTAGGED, dtype=np.int64)
+            late, moved = self._late_mask(stream, whole.ts, untagged)
+            keep = ~late
+            row_now = np.repeat(nows, sizes)
+            for key, vb in whole.views.items():
+                rt = self.runtimes.get(key)
+                if rt is None:
+                    continue
+                try:
+                    if rt.aggregated:
+                        applied = vb.take(keep)
+                        rt.apply_run(applied, row_now[applied.rows], int(nows.max()), deferred.setdefault(key, []))
+                    else:
+                        for i, p in enumerate(parts):
+                            part = p.views[key].take(keep[bounds[i]:bounds[i + 1]])
+                            rt.apply(part, int(nows[i]), untagged[part.rows])
+                finally:
+                    rt.table.insert_hidden = False
+                self._note_evictions(rt)
+            if whole.table.num_rows:
+                self.watermarks.setdefault(stream, {}).update(moved)
+            for i, (lsn, _payload, head, _table) in enumerate(group):
+                self.applied_lsn = lsn
+                q = self._queued_from(lsn, head, parts[i])
+                self._settle(q, int(late[bounds[i]:bounds[i + 1]].sum()), self._logs_offline(q, head))
+                self._after_replayed(q, head)
+                self.replayed += 1
+                if waiting and lsn in waiting:
+                    waiting[lsn].result = q.result
+            self._write_deferred(deferred)
+        except Exception as e:
+            raise _RunFailed(f"records {group[0][0]}..{group[-1][0]}") from e
 
     def _deferring(self, records: int) -> dict | None:
         """For applying `records` records in a row: {} to collect the rows
@@ -456,14 +554,26 @@ class Engine:
         tags = records.decode_runs(head["parts"]) if "parts" in head else None
         if tags is not None and tags.size != table.num_rows:
             raise EngineError(f"the record's partitions cover {tags.size} rows of its {table.num_rows}")
-        q = _Queued(lsn, REC_PUSH, head["now"], head["seq"], prepared, head.get("offsets") or {}, head.get("key"),
-                    tags, offline=head.get("offline", True))
-        # events already in a flushed (or still buffered) offline file keep their place there
-        self._apply_push(q, log_offline=q.offline and head["seq"] >= self.offline.log.next_seq(stream),
-                         deferred=deferred)
-        if q.offline:
-            self._next_seq[stream] = max(self._next_seq.get(stream, 0), head["seq"] + table.num_rows)
+        q = self._queued_from(lsn, head, prepared, tags)
+        self._apply_push(q, log_offline=self._logs_offline(q, head), deferred=deferred)
+        self._after_replayed(q, head)
         return q
+
+    @staticmethod
+    def _queued_from(lsn: int, head: dict, prepared: PreparedPush, tags: np.ndarray | None = None) -> _Queued:
+        """A replayed push record as the queue held it."""
+        return _Queued(lsn, REC_PUSH, head["now"], head["seq"], prepared, head.get("offsets") or {}, head.get("key"),
+                       tags, offline=head.get("offline", True))
+
+    def _logs_offline(self, q: _Queued, head: dict) -> bool:
+        """Whether a replayed record's events go to the offline log: not
+        those already in a flushed (or still buffered) offline file."""
+        return q.offline and head["seq"] >= self.offline.log.next_seq(q.prepared.stream)
+
+    def _after_replayed(self, q: _Queued, head: dict) -> None:
+        if q.offline:
+            stream = q.prepared.stream
+            self._next_seq[stream] = max(self._next_seq.get(stream, 0), head["seq"] + q.prepared.table.num_rows)
 
     def _quarantine(self, lsn: int, payload, exc: BaseException) -> None:
         os.makedirs(self.quarantine_dir, exist_ok=True)
@@ -915,9 +1025,16 @@ class Engine:
             self._bound_memory()
         if p.table.num_rows:
             self.watermarks.setdefault(stream, {}).update(moved)
-            if log_offline:
-                self.offline.log.append(stream, p.table, timestamp=self.streams[stream].timestamp,
-                                        created_ts=q.now, seq=q.seq)
+        self._settle(q, nlate, log_offline)
+
+    def _settle(self, q: _Queued, nlate: int, log_offline: bool) -> None:
+        """An applied push record's part besides the views' state: its events
+        in the offline log, its late count, its source offsets, its answer
+        (kept under its idempotency key)."""
+        p = q.prepared
+        if p.table.num_rows and log_offline:
+            self.offline.log.append(p.stream, p.table, timestamp=self.streams[p.stream].timestamp,
+                                    created_ts=q.now, seq=q.seq)
         self.late_total += nlate
         if q.offsets:
             self._consumed(q.offsets, logged=q.offline)

@@ -537,6 +537,26 @@ class ViewRuntime:
             deferred.append((touched, now, made))
         return n
 
+    def apply_run(self, vb: ViewBatch, now: np.ndarray, latest: int, deferred: list) -> int:
+        """Applies the rows of several consecutive records as one batch (a
+        replay's run, Engine._replay_run): `now` per row, its record's;
+        `latest` the newest `now` of the records. The caller has checked
+        that nothing is held and that no row is at or after its record's
+        now: then `apply` record by record holds and releases nothing, and
+        its window updates are these, in one call per window. The rows go
+        into `deferred` with their records' now (write_deferred writes each
+        as of the last record touching it)."""
+        self.latest_now = max(self.latest_now, latest)
+        if len(vb) == 0:
+            return 0
+        rows, made = self._rows_for(vb, int(now[-1]))  # made rows' times: written by write_deferred
+        self._fit(int(rows.max()) + 1)
+        if made.size:
+            self.reset_rows(made)
+        self._update(rows, vb.ts, vb.columns, latest)  # none at or after `latest`: nothing held
+        deferred.append((rows, now, made))
+        return len(vb)
+
     def _rows_for(self, vb: ViewBatch, now: int) -> tuple[np.ndarray, np.ndarray]:
         """(the table rows of vb's keys, the rows made for new keys). New
         rows are made hidden: readers in other processes (fstore serve's
@@ -559,15 +579,15 @@ class ViewRuntime:
             self.table.show_rows(made)
 
     def write_deferred(self, deferred: list) -> None:
-        """Writes the values of the rows `apply(..., deferred=)` collected,
-        each as of the `now` of the last apply that touched it, and shows
-        the rows those applies made. Its window state has not changed since
+        """Writes the values of the rows `apply(..., deferred=)` (and
+        `apply_run`) collected, each as of the `now` of the last record that
+        touched it, and shows the rows those applies made. Its window state has not changed since
         (only events of a key change it), so the values are those that apply
         would have written."""
         if not deferred:
             return
         rows = np.concatenate([r for r, _, _ in deferred])
-        nows = np.concatenate([np.full(r.size, now, dtype=np.int64) for r, now, _ in deferred])
+        nows = np.concatenate([np.broadcast_to(np.asarray(now, dtype=np.int64), r.shape) for r, now, _ in deferred])
         made = np.concatenate([m for _, _, m in deferred])
         deferred.clear()
         last = rows.size - 1 - np.unique(rows[::-1], return_index=True)[1]  # each row's last touch
