@@ -457,7 +457,9 @@ def test_a_tick_sizes_its_chunks_to_hold_the_lock_about_tick_hold_s(repo, rng, m
     """A tick rewrote 512 rows a hold whatever a row cost: keys with 100
     events each held the lock ~9 ms a chunk. After the first chunk it takes
     as many rows as the last one's pace fits in TICK_HOLD_S: rows that cost
-    1 ms each (here) go 2 at a time, cheap ones grow to TICK_CHUNK_MAX."""
+    1 ms each (here) go 2 at a time, cheap ones grow to TICK_CHUNK_MAX. The
+    size carries over to the view's next tick (it started over at each
+    slot range and each tick, so each began with a long hold)."""
     import shutil
     import time
 
@@ -468,6 +470,7 @@ def test_a_tick_sizes_its_chunks_to_hold_the_lock_about_tick_hold_s(repo, rng, m
     monkeypatch.setattr(engine_mod, "TICK_CHUNK_MAX", 64)
     for cost, want in ((0.001, lambda later: max(later) <= 2), (0.0, lambda later: later[0] > 8)):
         eng, rt, t = _forty_keys_in_one_bucket(repo, rng)
+        eng._tick_chunk.clear()  # what the set-up's tick learned: the view starts at TICK_CHUNK again
         sizes, real = [], rt.write_values
 
         def write_values(rows, now, real=real, sizes=sizes, cost=cost):
@@ -479,8 +482,49 @@ def test_a_tick_sizes_its_chunks_to_hold_the_lock_about_tick_hold_s(repo, rng, m
         assert eng.tick(t + 5 * M + 1) >= 40
         assert sizes[0] == 8 and sum(sizes) >= 40 and want(sizes[1:]), (cost, sizes)
         _all_forty_moved(eng, t)
+        first = list(sizes)
+        sizes.clear()
+        assert eng.tick(t + H + 5 * M + 1) >= 40  # their bucket leaves the 1-hour window: all forty move again
+        assert sum(sizes) >= 40 and want(sizes), (cost, first, sizes)  # from its first chunk on
         eng.close()
         shutil.rmtree(repo.data_dir / "engine")
+
+
+def test_a_tick_sizes_its_scan_parts_by_their_pace(repo, rng, monkeypatch):
+    """A tick scanned 8,192 slots for moved keys a hold whatever a slot
+    cost: ranges of keys with 100 events each held the lock 4.5-9.7 ms.
+    Each part now takes as many slots as the last one's pace fits in
+    TICK_HOLD_S (growing at most 2x a part: slots past the last key scan
+    fast), and the view's next tick starts at half of that: slots that cost
+    0.1 ms each (here) go ~20 a part after the first."""
+    import time
+
+    from fsapp.engine import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "TICK_SCAN", 64)
+    monkeypatch.setattr(engine_mod, "TICK_SCAN_MIN", 1)
+    eng, rt, t = _forty_keys_in_one_bucket(repo, rng)
+    ev = events(rng, 1000, t, users=1000)  # a thousand more keys (slots to scan), each with an event there
+    ev["user_id"] = list(range(41, 1041))
+    ev["ts"] = [t + 60_000_000 + i for i in range(1000)]
+    eng.push("transactions", ev, now=t + 2 * M)
+    eng._tick_scan.clear()  # what the set-up's tick learned
+    spans, real = [], rt.tick_scan
+
+    def tick_scan(scan, lo, hi):
+        n = max(0, min(hi, scan.slots) - lo)
+        spans.append(n)
+        time.sleep(0.0001 * n)
+        return real(scan, lo, hi)
+
+    monkeypatch.setattr(rt, "tick_scan", tick_scan)
+    assert eng.tick(t + 5 * M + 1) >= 1040
+    _all_forty_moved(eng, t)
+    assert len(spans) > 5 and spans[0] == 64 and max(spans[1:]) <= 40, spans
+    spans.clear()
+    assert eng.tick(t + H + 5 * M + 1) >= 1040  # their bucket leaves the 1-hour window
+    assert spans[0] <= 20 and max(spans) <= 40, spans
+    eng.close()
 
 
 def test_a_source_replay_is_applied_online_only_and_so_is_its_wal_replay(repo, rng):
@@ -550,11 +594,13 @@ def test_a_checkpoint_whose_table_kinds_changed_is_converted_at_restart(repo, rn
 
 def test_a_tick_finds_moved_keys_a_slot_range_per_lock_hold(repo, rng, monkeypatch):
     """The scan for the keys a boundary moved took one hold of the engine
-    lock over every slot (~180 ms at a million keys); it goes TICK_SCAN slots
+    lock over every slot (~180 ms at a million keys); it goes a slot range
     per hold, and the parts find every key."""
     from fsapp.engine import engine as engine_mod
 
     monkeypatch.setattr(engine_mod, "TICK_SCAN", 8)
+    monkeypatch.setattr(engine_mod, "TICK_SCAN_MIN", 1)
+    monkeypatch.setattr(engine_mod, "TICK_SCAN_MAX", 8)  # (parts sized by their pace: test_a_tick_sizes_its_scan_parts)
     eng, rt, t = _forty_keys_in_one_bucket(repo, rng)
     order = _probe_the_lock_at_the_first(eng, rt, "tick_scan", "scan", monkeypatch)
     assert eng.tick(t + 5 * M + 1) >= 40

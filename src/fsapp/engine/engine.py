@@ -152,10 +152,14 @@ class _RunFailed(Exception):
 
 # a tick rewrites moved rows a chunk per hold of the engine lock, sized by the
 # last chunk's pace (benches/bench_state.py "longest engine-lock hold of a tick")
-TICK_CHUNK = 512      # rows a tick rewrites in its first hold of the engine lock (~2 ms at the starter repo's 7 windows)
-TICK_HOLD_S = 0.002   # then as many rows a hold as the last hold's pace fits in this
+TICK_CHUNK = 128      # rows a view's first tick rewrites in its first hold of the engine lock (~0.5 ms at the
+                      # starter repo's 7 windows, ~2 ms with 100 events a key)
+TICK_HOLD_S = 0.002   # then as many rows a hold as the last hold's pace fits in this (kept per view)
 TICK_CHUNK_MIN, TICK_CHUNK_MAX = 16, 4096
-TICK_SCAN = 8192      # slots a tick scans for moved keys per hold (~2-4 ms at 1M keys: a cache miss a slot and window)
+TICK_SCAN = 2048      # slots a view's first tick scans for moved keys in its first hold (~0.5-1 ms at 1M light
+                      # keys: a cache miss a slot and window; ~2.5 ms with 100 events a key), then as many as the
+                      # last scan part's pace fits in TICK_HOLD_S (kept per view)
+TICK_SCAN_MIN, TICK_SCAN_MAX = 256, 65_536
 
 
 @dataclass
@@ -259,6 +263,8 @@ class Engine:
         self.row_partitions: dict | None = {} if track_partitions else None
         self.partitions_trusted = False  # every row's partition is known (see _recover)
         self._join_runs = True  # a replay may apply a run of records as one batch (_replay_run)
+        self._tick_chunk: dict = {}  # view key -> rows a tick rewrites per lock hold (_write_ticked)
+        self._tick_scan: dict = {}  # (view key, by windows) -> slots a tick scans per lock hold (tick)
         self._recover()
         if self.row_partitions is not None:
             self._hide_partitioned()
@@ -1277,11 +1283,13 @@ class Engine:
     def tick(self, now: int | None = None) -> int:
         """Time-driven updates: window values at hop boundaries and when
         events ahead of the clock become visible; expired plain rows.
-        Returns the rows rewritten. The keys a boundary moves are found
-        TICK_SCAN slots at a time and rewritten TICK_CHUNK rows at a time, the
-        lock released in between: a day boundary that moves a million keys
-        does not stop pushes and reads (a row pushed meanwhile gets its values
-        as of that push, or later)."""
+        Returns the rows rewritten. The keys a boundary moves are found a
+        slot range at a time and rewritten a chunk of rows at a time, each
+        sized by the view's last one's pace to hold the lock about
+        TICK_HOLD_S (TICK_SCAN slots and TICK_CHUNK rows before its first),
+        the lock released in between: a day boundary that moves a million
+        keys does not stop pushes and reads (a row pushed meanwhile gets its
+        values as of that push, or later)."""
         with self.lock:
             now = self.clock() if now is None else now
             views = list(self.runtimes.items())
@@ -1292,14 +1300,29 @@ class Engine:
                     continue
                 released, scan = rt.tick_start(now)
             total += self._write_ticked(key, rt, released, now)
-            # the keys a boundary moved are found TICK_SCAN slots at a time and
-            # written TICK_CHUNK rows at a time: no lock hold grows with the keys
-            for lo in range(0, scan.slots, TICK_SCAN) if scan is not None else ():
+            # the keys a boundary moved are found a slot range at a time and
+            # written a chunk of rows at a time: no lock hold grows with the keys
+            # (nor with their cells: a range of keys with 100 events each took
+            # 4.5-9.7 ms to scan at the 8,192 slots a range was before)
+            # (a scan of every live row, the first boundary after a start, paces apart;
+            # a boundary's pace differs from the last one's by up to ~2x: half the step first)
+            pace_key = (key, bool(scan.windows)) if scan is not None else None
+            lo, step = 0, max(self._tick_scan.get(pace_key, 2 * TICK_SCAN) // 2, TICK_SCAN_MIN)
+            while scan is not None and lo < scan.slots:
                 time.sleep(0)  # as below: a waiting push or read takes the lock between scans
                 with self.lock:
                     if self.runtimes.get(key) is not rt:
                         break  # the registry changed: the new runtime computed its own values
-                    rows = rt.tick_scan(scan, lo, lo + TICK_SCAN)
+                    t = time.perf_counter()
+                    hi = min(lo + step, scan.slots)
+                    rows = rt.tick_scan(scan, lo, hi)
+                    took = time.perf_counter() - t
+                if hi - lo == step:  # not the short last part; and at most doubled: slots past the last
+                    # key, or a run of idle ones, scan fast
+                    step = int(min(max((hi - lo) * TICK_HOLD_S / max(took, 1e-6), TICK_SCAN_MIN),
+                                   2 * step, TICK_SCAN_MAX))
+                    self._tick_scan[pace_key] = step
+                lo = hi
                 if released.size and rows.size:
                     rows = rows[~np.isin(rows, released)]  # written already
                 total += self._write_ticked(key, rt, rows, now)
@@ -1307,10 +1330,14 @@ class Engine:
 
     def _write_ticked(self, key, rt, rows: np.ndarray, now: int) -> int:
         """Rewrites these rows' values as of `now`, a chunk per lock hold:
-        TICK_CHUNK rows first, then as many as the last chunk's pace fits in
-        TICK_HOLD_S (a row costs with its cells: 512 rows of keys with 100
-        events each held the lock ~9 ms)."""
-        written, i, size = 0, 0, TICK_CHUNK
+        as many rows as the view's last chunk's pace fits in TICK_HOLD_S
+        (TICK_CHUNK before its first; a row costs with its cells: 512 rows of
+        keys with 100 events each held the lock ~9 ms). The size carries over
+        to the view's next call (the next slot range of a scan, the next
+        tick): it started over at TICK_CHUNK at each, so every slot range's
+        first hold of heavy keys took that ~9 ms."""
+        written, i = 0, 0
+        size = self._tick_chunk.get(key, TICK_CHUNK)
         while i < rows.size:
             time.sleep(0)  # the lock is not fair: let a waiting push or read take it first
             with self.lock:
@@ -1318,12 +1345,14 @@ class Engine:
                     break  # the registry changed: the new runtime computed its own values
                 t = time.perf_counter()
                 chunk = rows[i:i + size]
+                done = chunk.size  # (a short chunk's fixed costs make its pace look slower: a smaller next one)
                 chunk = chunk[rt.table.rows_live(chunk)]  # a key deleted meanwhile stays deleted
                 rt.write_values(chunk, max(now, rt.latest_now))
                 took = time.perf_counter() - t
             written += int(chunk.size)
             i += size
-            size = int(min(max(size * TICK_HOLD_S / max(took, 1e-6), TICK_CHUNK_MIN), TICK_CHUNK_MAX))
+            size = int(min(max(done * TICK_HOLD_S / max(took, 1e-6), TICK_CHUNK_MIN), TICK_CHUNK_MAX))
+            self._tick_chunk[key] = size
         return written
 
     def next_change(self, now: int | None = None) -> int | None:
