@@ -581,9 +581,9 @@ class ViewRuntime:
     def write_deferred(self, deferred: list) -> None:
         """Writes the values of the rows `apply(..., deferred=)` (and
         `apply_run`) collected, each as of the `now` of the last record that
-        touched it, and shows the rows those applies made. Its window state has not changed since
-        (only events of a key change it), so the values are those that apply
-        would have written."""
+        touched it, and shows the rows those applies made. Its window state
+        has not changed since (only events of a key change it), so the
+        values are those that apply would have written."""
         if not deferred:
             return
         rows = np.concatenate([r for r, _, _ in deferred])
