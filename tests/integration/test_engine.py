@@ -857,7 +857,8 @@ def test_a_replay_prepares_consecutive_records_together_and_ends_where_one_by_on
     broken up by an offsets record, by the row bound, one record that cannot
     be prepared in the middle of a run (set aside by all, the rest of its
     run replayed), and an event ahead of its record's `now` (held: the runs
-    until a later record's `now` passes it are applied record by record)."""
+    until a later record's `now` passes it are applied record by record),
+    and records whose rows carry Kafka partition tags among them."""
     import shutil
 
     import pyarrow as pa
@@ -883,8 +884,10 @@ def test_a_replay_prepares_consecutive_records_together_and_ends_where_one_by_on
             ev["ts"][-1] = now + i * M + 5 * M  # ahead of the record's now: held until record 9
             ev["amount"][-1] = abs(ev["amount"][-1]) + 1  # (past the views' filter)
         offsets = {"t/0": i + 1} if i % 4 == 0 else None
+        # some records from Kafka partitions (lateness per partition): their tags ride in the record
+        tags = rng.integers(0, 2, len(ev["ts"])) if i % 3 == 1 else None
         eng.push("transactions", ev, now=now + i * M, offsets=offsets,
-                 idempotency_key=f"k{i}" if i % 5 == 0 else None)
+                 idempotency_key=f"k{i}" if i % 5 == 0 else None, tags=tags)
         if i == 20:
             eng.advance_offsets({"t/1": 5})
     assert eng.push("transactions", events(rng, 5, T0 - 2 * H, users=12), now=now + 40 * M).late == 5
@@ -912,9 +915,10 @@ def test_a_replay_prepares_consecutive_records_together_and_ends_where_one_by_on
     real_joinable, real_apply_run = Engine._joinable, ViewRuntime.apply_run
 
     def joinable(self, group, whole):
-        ok = real_joinable(self, group, whole) and mode != "never as one"
+        tags = real_joinable(self, group, whole)
+        ok = tags is not None and mode != "never as one"
         refused.append(not ok)
-        return ok
+        return tags if ok else None
 
     def apply_run(self, *a):
         ran.append(self.name)

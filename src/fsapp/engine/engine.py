@@ -427,8 +427,9 @@ class Engine:
         # end (each as of the last record touching it), unless rows can die
         # in between (evictions) or a hook reads them
         deferred = self._deferring(len(group))
-        if run is not None and deferred is not None and self._joinable(group, run[0]):
-            self._replay_run(group, run[0], parts, deferred, waiting)
+        tags = None if run is None or deferred is None else self._joinable(group, run[0])
+        if tags is not None:
+            self._replay_run(group, run[0], parts, tags, deferred, waiting)
             return
         try:
             for i, (lsn, payload, head, table) in enumerate(group):
@@ -462,41 +463,50 @@ class Engine:
         except Exception:  # noqa: BLE001 - one of them is refused: the caller prepares each alone
             return None
 
-    def _joinable(self, group: list, whole: PreparedPush) -> bool:
+    def _joinable(self, group: list, whole: PreparedPush) -> np.ndarray | None:
         """Whether a run of push records (`whole`: prepared as one) may be
         applied as one batch and leave what applying them one by one leaves:
-        no partition tags nor hooks, and no windowed view holding an event
-        or given one at or after its record's `now` (held events are
-        released by later records' `now`, in event-time order)."""
-        if not self._join_runs or self.row_partitions is not None or self.before_applied is not None \
-                or any("parts" in head for _, _, head, _ in group):
-            return False
+        no hooks nor partition tracking, every record's partition tags whole,
+        and no windowed view holding an event or given one at or after its
+        record's `now` (held events are released by later records' `now`, in
+        event-time order). Then the run's rows' partitions (UNTAGGED for a
+        record without), else None."""
+        if not self._join_runs or self.row_partitions is not None or self.before_applied is not None:
+            return None
+        tags = []
+        for _, _, head, table in group:
+            t = records.decode_runs(head["parts"]) if "parts" in head else \
+                np.full(table.num_rows, UNTAGGED, dtype=np.int64)
+            if t.size != table.num_rows:
+                return None  # record by record: that record is set aside
+            tags.append(t)
         row_now = np.repeat(np.array([head["now"] for _, _, head, _ in group], dtype=np.int64),
                             [t.num_rows for *_, t in group])
         for key, vb in whole.views.items():
             rt = self.runtimes.get(key)
             if rt is not None and rt.aggregated and (rt.held_ts.size or (vb.ts >= row_now[vb.rows]).any()):
-                return False
-        return True
+                return None
+        return np.concatenate(tags).astype(np.int64, copy=False)
 
-    def _replay_run(self, group: list, whole: PreparedPush, parts: list, deferred: dict,
+    def _replay_run(self, group: list, whole: PreparedPush, parts: list, tags: np.ndarray, deferred: dict,
                     waiting: dict | None) -> None:
         """Replays a run of push records of one stream as one batch (PERF: a
         record's lateness check and window updates are mostly fixed cost):
         the late mask, each windowed view's rows and window updates in one
         call each, over the records' events in order, which is what the
         records one by one do when `_joinable` holds; plain views take each
-        record with its own `now`. Then each record's own part (offline log,
-        offsets, answer, idempotency key), and the touched keys' values, each
-        as of the last record touching it. A failure cannot be pinned on one
+        record with its own `now`. `tags`: each row's Kafka partition (the
+        lateness rules keep a watermark per partition, in arrival order
+        within each). Then each record's own part (offline log, offsets,
+        answer, idempotency key), and the touched keys' values, each as of
+        the last record touching it. A failure cannot be pinned on one
         record: _RunFailed (recovery starts over record by record)."""
         stream = whole.stream
         sizes = [t.num_rows for *_, t in group]
         bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         nows = np.array([head["now"] for _, _, head, _ in group], dtype=np.int64)
         try:
-            untagged = np.full(whole.ts.size, UNTAGGED, dtype=np.int64)
-            late, moved = self._late_mask(stream, whole.ts, untagged)
+            late, moved = self._late_mask(stream, whole.ts, tags)
             keep = ~late
             row_now = np.repeat(nows, sizes)
             for key, vb in whole.views.items():
@@ -506,11 +516,12 @@ class Engine:
                 try:
                     if rt.aggregated:
                         applied = vb.take(keep)
-                        rt.apply_run(applied, row_now[applied.rows], int(nows.max()), deferred.setdefault(key, []))
+                        rt.apply_run(applied, row_now[applied.rows], int(nows.max()), tags[applied.rows],
+                                     deferred.setdefault(key, []))
                     else:
                         for i, p in enumerate(parts):
                             part = p.views[key].take(keep[bounds[i]:bounds[i + 1]])
-                            rt.apply(part, int(nows[i]), untagged[part.rows])
+                            rt.apply(part, int(nows[i]), tags[bounds[i]:bounds[i + 1]][part.rows])
                 finally:
                     rt.table.insert_hidden = False
                 self._note_evictions(rt)
@@ -518,7 +529,7 @@ class Engine:
                 self.watermarks.setdefault(stream, {}).update(moved)
             for i, (lsn, _payload, head, _table) in enumerate(group):
                 self.applied_lsn = lsn
-                q = self._queued_from(lsn, head, parts[i])
+                q = self._queued_from(lsn, head, parts[i], tags[bounds[i]:bounds[i + 1]] if "parts" in head else None)
                 self._settle(q, int(late[bounds[i]:bounds[i + 1]].sum()), self._logs_offline(q, head))
                 self._after_replayed(q, head)
                 self.replayed += 1

@@ -537,10 +537,11 @@ class ViewRuntime:
             deferred.append((touched, now, made))
         return n
 
-    def apply_run(self, vb: ViewBatch, now: np.ndarray, latest: int, deferred: list) -> int:
+    def apply_run(self, vb: ViewBatch, now: np.ndarray, latest: int, parts: np.ndarray, deferred: list) -> int:
         """Applies the rows of several consecutive records as one batch (a
         replay's run, Engine._replay_run): `now` per row, its record's;
-        `latest` the newest `now` of the records. The caller has checked
+        `latest` the newest `now` of the records; `parts` each row's
+        partition (as `apply` takes them). The caller has checked
         that nothing is held and that no row is at or after its record's
         now: then `apply` record by record holds and releases nothing, and
         its window updates are these, in one call per window. The rows go
@@ -553,7 +554,7 @@ class ViewRuntime:
         self._fit(int(rows.max()) + 1)
         if made.size:
             self.reset_rows(made)
-        self._update(rows, vb.ts, vb.columns, latest)  # none at or after `latest`: nothing held
+        self._update(rows, vb.ts, vb.columns, latest, parts)  # none at or after `latest`: nothing held
         deferred.append((rows, now, made))
         return len(vb)
 
