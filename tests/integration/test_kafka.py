@@ -388,6 +388,45 @@ def test_rest_pushes_get_smaller_kafka_batches_and_pauses_and_ready_reports_the_
         engine.close()
 
 
+def test_a_failed_engine_push_does_not_dead_letter_its_batch_twice(kafka_broker, tmp_path):
+    """A batch's dead letters are sent before its push (whose offsets skip
+    them). When the push failed (the engine's fault, not the rows'), the
+    batch was read again and its dead letters sent again: the dead-letter
+    topic held each twice."""
+    topic = "payments-dead-once"
+    kafka_broker.create_topic(topic)
+    repo = make_repo(tmp_path, topic, kafka_broker.bootstrap)
+    t = time.time_ns() // 1000 - 60_000_000
+    p = kafka_broker.producer()
+    for i in range(30):
+        p.produce(topic, b"{broken" if i in (3, 17) else
+                  json.dumps({"account_id": i % 3, "amount": 1.0, "ts": t + i}).encode())
+    p.flush(10)
+    engine = open_engine(repo)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    real_push, pushes = engine.push, []
+
+    def push(*a, **k):
+        pushes.append(1)
+        if len(pushes) == 1:
+            raise RuntimeError("injected: the engine push fails")
+        return real_push(*a, **k)
+
+    engine.push = push
+    ingest.start()
+    try:
+        deadline = time.monotonic() + 20
+        while sum(ingest.counts["consumed"].values()) < 30:
+            assert time.monotonic() < deadline, ingest.stats()
+            time.sleep(0.05)
+        assert ingest.errors == 1 and ingest.stats()["dead_lettered"] == {topic: 2}, ingest.stats()
+        assert totals(engine, [0, 1, 2])[0] == [9, 10, 9]
+    finally:
+        ingest.stop()
+        engine.close()
+    assert len(kafka_broker.read_all(f"{topic}.dlq")) == 2
+
+
 def test_partitions_caught_up_at_different_speeds_are_judged_late_each_against_its_own_events(kafka_broker,
                                                                                              tmp_path):
     """Lateness was judged per stream: a consumer catching up on several

@@ -147,6 +147,7 @@ class KafkaIngest:
         self._next_lag = 0.0
         self._next_commit = 0.0
         self._stop = threading.Event()
+        self._dead_sent: set = set()  # (topic, partition, offset) of dead letters sent, not yet behind the offsets
         self._seen_foreground = engine.foreground_pushes
         self.paused_s = 0.0  # time given back to REST pushes (backpressure)
         # batches are read lean (messages dropped once scanned) unless one
@@ -794,11 +795,23 @@ class KafkaIngest:
         return DeadLetter(m.value(), m.key(), m.topic(), m.partition(), m.offset(), stream, kind, reason)
 
     def _send_dead(self, letters: list[DeadLetter]) -> None:
+        """Sends dead letters, each once: a batch read again after a failure
+        (an engine push that failed, not the message's fault) holds the
+        ones sent before it (they were sent twice; a crash between sending
+        and the push still sends them again: the offsets that skip them are
+        in the push)."""
+        sent = self._dead_sent
+        if sent:  # forget those the engine's offsets have passed, and those of partitions let go
+            offsets = self.engine.offsets
+            for c in [c for c in sent if c[2] < offsets.get(f"{c[0]}/{c[1]}", 0) or (c[0], c[1]) not in self.assigned]:
+                sent.discard(c)
+        letters = [d for d in letters if (d.topic, d.partition, d.offset) not in sent]
         if not letters:
             return
         for d in letters:
             self.dead_letters.send(d)
         self.dead_letters.flush()  # before the offsets that skip them become durable
+        sent.update((d.topic, d.partition, d.offset) for d in letters)
         for d in letters:
             self._count("dead_lettered", d.topic, 1)
             self.dead_by_kind[(d.topic, d.kind)] = self.dead_by_kind.get((d.topic, d.kind), 0) + 1
