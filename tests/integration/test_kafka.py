@@ -341,7 +341,8 @@ def test_config_errors_say_what_to_fix(tmp_path):
                       ("ready_max_lag: -1", "ready_max_lag: expected a number >= 0"),
                       ("shared_batch_size: 0", "shared_batch_size: expected a number >= 1"),
                       ("advertised_url: 10.0.0.1:9094", "not an http\\(s\\) URL"),
-                      ("members_topic: ''", "members_topic: expected a non-empty string")):
+                      ("members_topic: ''", "members_topic: expected a non-empty string"),
+                      ("read_ahead: 1", "read_ahead: expected true or false")):
         (repo.root / "fstore.yaml").write_text(f"project: p\nkafka:\n  bootstrap_servers: x:1\n  {bad}\n")
         with pytest.raises(RepoError, match=says):
             KafkaConfig.from_repo(Repo(repo.root))
@@ -374,7 +375,9 @@ def test_rest_pushes_get_smaller_kafka_batches_and_pauses_and_ready_reports_the_
         assert 0 < sum(ingest.counts["consumed"].values()) <= 200  # batch_size (make_repo: 200)
         engine.push("payments", {"account_id": [99], "amount": [1.0], "ts": [t + 5000]})  # a REST push
         before = sum(ingest.counts["consumed"].values())
-        ingest.poll_once()
+        # the next batch applied is a shared one (a batch read ahead before the push is read again
+        # in shared batches: the consumer fetches from the engine's offsets, maybe not within one poll)
+        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) > before)
         assert 0 < sum(ingest.counts["consumed"].values()) - before <= 50 and ingest.paused_s > 0
         before, paused = sum(ingest.counts["consumed"].values()), ingest.paused_s
         ingest.poll_once()  # no REST push since: full batches, no pause
@@ -421,6 +424,67 @@ def test_a_failed_engine_push_does_not_dead_letter_its_batch_twice(kafka_broker,
             time.sleep(0.05)
         assert ingest.errors == 1 and ingest.stats()["dead_lettered"] == {topic: 2}, ingest.stats()
         assert totals(engine, [0, 1, 2])[0] == [9, 10, 9]
+    finally:
+        ingest.stop()
+        engine.close()
+    assert len(kafka_broker.read_all(f"{topic}.dlq")) == 2
+
+
+def test_the_next_batch_is_read_while_one_is_applied_and_a_failure_on_either_side_counts_every_event_once(
+        kafka_broker, tmp_path):
+    """Read-ahead (assign all, kafka.read_ahead): a thread of its own
+    consumes and decodes the next batch while the engine applies the last.
+    A failure of the read-ahead and a failed engine push (each once) make
+    the ingest thread read again from the engine's offsets: every event is
+    counted once and every malformed message dead-lettered once."""
+    import threading
+
+    topic = "payments-read-ahead"
+    kafka_broker.create_topic(topic, partitions=2)
+    repo = make_repo(tmp_path, topic, kafka_broker.bootstrap)
+    t = time.time_ns() // 1000 - 60_000_000
+    p = kafka_broker.producer()
+    want: dict = {}
+    for i in range(3000):
+        if i in (7, 2907):  # (a batch holding one is read again keeping its messages, and not ahead)
+            p.produce(topic, b"{broken", partition=i % 2)
+            continue
+        a = i % 11
+        want[a] = want.get(a, 0) + 1
+        p.produce(topic, json.dumps({"account_id": a, "amount": 1.0, "ts": t + i}).encode(), partition=i % 2)
+    p.flush(10)
+    engine = open_engine(repo)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    reads, pushes = [], []
+    real_consume, real_push = ingest._consume, engine.push
+
+    def consume(*a, **k):
+        if threading.current_thread().name.startswith("fstore-kafka-read"):
+            reads.append(1)
+            if len(reads) == 4:
+                raise RuntimeError("injected: the read-ahead fails")
+        return real_consume(*a, **k)
+
+    def push(*a, **k):
+        pushes.append(1)
+        if len(pushes) == 6:
+            raise RuntimeError("injected: the engine push fails")
+        return real_push(*a, **k)
+
+    ingest._consume, engine.push = consume, push
+    ingest.start()
+    try:
+        deadline = time.monotonic() + 30
+        while sum(ingest.counts["consumed"].values()) < 3000:
+            assert time.monotonic() < deadline, ingest.stats()
+            time.sleep(0.05)
+        time.sleep(0.3)  # (nothing more comes)
+        stats = ingest.stats()
+        assert stats["consumed"] == {topic: 3000} and stats["dead_lettered"] == {topic: 2}, stats
+        assert ingest.errors == 2 and len(reads) > 4, (ingest.errors, len(reads), ingest.last_error)
+        accounts = sorted(want)
+        n, _ = totals(engine, accounts)
+        assert n == [want[a] for a in accounts]
     finally:
         ingest.stop()
         engine.close()

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -147,7 +148,15 @@ class KafkaIngest:
         self._next_lag = 0.0
         self._next_commit = 0.0
         self._stop = threading.Event()
+        # assign all: the next batch is consumed and decoded by a thread of its own
+        # while this one's engine applies the last (`_read`); the consumer and the
+        # decoders are used by one thread at a time: the read-ahead is joined
+        # before this thread touches either again
+        self._reader = (ThreadPoolExecutor(1, thread_name_prefix="fstore-kafka-read")
+                        if config.read_ahead and not self.group else None)
+        self._reading: Future | None = None  # the read-ahead in flight
         self._dead_sent: set = set()  # (topic, partition, offset) of dead letters sent, not yet behind the offsets
+        self._ahead: dict | None = None  # what it read: {topic: (_Polled, decoded or None)}
         self._seen_foreground = engine.foreground_pushes
         self.paused_s = 0.0  # time given back to REST pushes (backpressure)
         # batches are read lean (messages dropped once scanned) unless one
@@ -156,7 +165,8 @@ class KafkaIngest:
         # (never lean when a decoder reads message by message: Avro, JSON with
         # types only the per-message reader takes)
         self._lean = all(isinstance(d, StreamDecoder) and d.fields is not None for d in self.decoders.values())
-        self.rereads = 0  # batches read again: lean ones that needed their messages, ones across a rebalance
+        self.rereads = 0  # batches read again: lean ones that needed their messages, ones across a rebalance,
+        # one read ahead bigger than a shared batch when REST pushes began
         self._thread: threading.Thread | None = None
         self._closed = False
         # group mode (fsapp.engine.cluster): the partition of each key, and recovering/live per partition
@@ -451,6 +461,7 @@ class KafkaIngest:
 
     def _rewind(self) -> None:
         """After a failed batch: read again from what the engine holds."""
+        self._drop_ahead()
         for topic, partition in sorted(self.assigned):
             try:
                 self.consumer.seek(TopicPartition(topic, partition, self._start_offset(topic, partition)))
@@ -492,20 +503,30 @@ class KafkaIngest:
         # backpressure: REST pushes arrived since the last batch → smaller batches
         # (shorter engine-lock holds) and a pause after each (below)
         fg = self.engine.foreground_pushes
-        shared = fg != self._seen_foreground
-        self._seen_foreground = fg
+        shared = fg != self._seen_foreground  # (since the last batch applied)
         limit = min(self.config.batch_size, self.config.shared_batch_size) if shared else self.config.batch_size
-        # wait for the first message only, then take what is already fetched:
-        # consume(n, timeout) would wait for n messages (or the timeout) and
-        # hold a lone event back for the whole poll timeout
         rebalances = self.rebalances
-        first = self.consumer.poll(self.config.poll_timeout_ms / 1000)
-        started = time.monotonic()
         keep = self._keep_left > 0 or not self._lean
-        by_topic = {}
-        if first is not None:
-            self._keep_left -= self._keep_left > 0
-            by_topic = self._consume(first, limit, keep)
+        if shared and self._ahead and sum(len(b.msgs) for b, _ in self._ahead.values()) > limit:
+            # read ahead before REST pushes arrived, bigger than a shared batch: read again in
+            # shared batches from the engine's offsets (backpressure now, not a batch later)
+            self.rereads += 1
+            self._rewind()
+        by_topic, self._ahead = self._ahead, None
+        started = time.monotonic()
+        if by_topic is None:
+            # wait for the first message only, then take what is already fetched:
+            # consume(n, timeout) would wait for n messages (or the timeout) and
+            # hold a lone event back for the whole poll timeout
+            first = self.consumer.poll(self.config.poll_timeout_ms / 1000)
+            started = time.monotonic()
+            by_topic = {}
+            if first is not None:
+                self._keep_left -= self._keep_left > 0
+                by_topic = self._consume(first, limit, keep)
+                # decoded now when the next batch is read meanwhile (its thread decodes too)
+                by_topic = (self._decoded(by_topic) if self._reads_ahead(shared, keep) else
+                            {t: (b, None) for t, b in by_topic.items()})
         if self.rebalances != rebalances and by_topic:
             # partitions were (re)assigned while the batch was read (callbacks
             # run inside poll and consume): their positions moved to the
@@ -515,11 +536,16 @@ class KafkaIngest:
             by_topic = {}
             self.rereads += 1
             self._rewind()
+        # (a full batch: more is waiting. A batch that took what there was reads the next
+        # after it is applied: read ahead, an event would wait for two batches, not one)
+        if by_topic and self._reads_ahead(shared, keep) and sum(len(b.msgs) for b, _ in by_topic.values()) >= limit \
+                and all(dec is not None for t, (_, dec) in by_topic.items() if t in self.topics):
+            self._reading = self._reader.submit(self._read, limit)
         n = 0
         try:
-            for topic, batch in by_topic.items():
+            for topic, (batch, dec) in by_topic.items():
                 if topic in self.topics:
-                    n += self._ingest(topic, batch)
+                    n += self._ingest(topic, batch, dec)
         except _NeedMessages:
             # nothing of the batch that needed them was applied: read it again
             # from the engine's offsets with its messages, and so the next
@@ -528,9 +554,15 @@ class KafkaIngest:
             self.rereads += 1
             self._keep_left, self._keep_next = self._keep_next, min(self._keep_next * 2, 64)
             self._rewind()
+        except BaseException:
+            self._drop_ahead()  # the caller reads again from the engine's offsets (_run: _rewind)
+            raise
         else:
             if by_topic and not keep:
                 self._keep_next = 1
+        if by_topic:
+            self._seen_foreground = fg
+        self._join_ahead()  # (a failure of the read-ahead raises here: the caller reads again, as above)
         if n:
             # the group's committed offsets are for monitoring only (the
             # engine's own, in its WAL, are where it resumes): at most a few
@@ -550,6 +582,63 @@ class KafkaIngest:
             self.membership.tick()
         self._update_progress()
         return n
+
+    # ---- reading ahead
+
+    def _reads_ahead(self, shared: bool, keep: bool) -> bool:
+        """Whether the next batch may be read while this one is applied
+        (when this one is full: catching up): assign all only (a group's
+        rebalance callbacks run inside the consumer's calls and change what
+        this thread applies), not while REST pushes share the engine
+        (backpressure: those batches are small and paced), nor while batches
+        keep their messages (after a bad message)."""
+        return self._reader is not None and not shared and not keep
+
+    def _decoded(self, by_topic: dict) -> dict:
+        """{topic: (batch, decoded)}: each topic's batch decoded as
+        `_ingest_part` would (table, the message of each row, dead letters,
+        whether a column mixes JSON types), or None where it cannot be
+        ahead of the engine: a batch holding events the offline log has
+        already (a replay, `_again`), or one whose decoding needs the
+        messages a lean batch dropped."""
+        out = {}
+        for topic, batch in by_topic.items():
+            dec = None
+            if topic in self.topics and not self._again(topic, batch).any():
+                decoder = self.decoders[topic]
+                try:
+                    table, row_msgs, bad = decoder.decode(batch.msgs, batch.values)
+                    dec = (table, row_msgs, bad, decoder.mixed)
+                except _NeedMessages:
+                    pass  # decoded again when applied: it raises there, and the batch is read again
+            out[topic] = (batch, dec)
+        return out
+
+    def _read(self, limit: int) -> dict:
+        """The read-ahead, in its own thread while the engine applies the
+        last batch: the next batch, consumed lean and decoded ({} when
+        nothing came within the poll timeout)."""
+        first = self.consumer.poll(self.config.poll_timeout_ms / 1000)
+        if first is None:
+            return {}
+        return self._decoded(self._consume(first, limit, False))
+
+    def _join_ahead(self) -> None:
+        """Waits for the read-ahead; keeps what it read for the next batch
+        (raises what it raised)."""
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            self._ahead = reading.result() or None
+
+    def _drop_ahead(self) -> None:
+        """Waits for the read-ahead and forgets what it read (the consumer
+        is then sought back to the engine's offsets)."""
+        reading, self._reading, self._ahead = self._reading, None, None
+        if reading is not None:
+            try:
+                reading.result()
+            except Exception as e:  # noqa: BLE001 - what it read is dropped anyway
+                log.debug("kafka: the read-ahead failed (%s); reading again", e)
 
     def _consume(self, first, limit: int, keep: bool) -> dict:
         """`first` and what is already fetched after it, up to `limit`
@@ -650,16 +739,26 @@ class KafkaIngest:
             log.info("kafka: partition(s) %s caught up: %d key(s) readable",
                      sorted(f"{t}/{p}" for t, ps in caught_up.items() for p in ps), shown)
 
-    def _ingest(self, topic: str, batch: "_Polled | list") -> int:
+    def _again(self, topic: str, batch: "_Polled") -> np.ndarray:
+        """Per message: whether this node's offline log (or dead letters)
+        holds it already (a group-mode replay, a restart)."""
+        uniq, inverse = np.unique(batch.parts, return_inverse=True)
+        logged = self.engine.logged_offsets
+        held = np.array([logged.get(f"{topic}/{p}", 0) for p in uniq.tolist()], dtype=np.int64)
+        return batch.offs < held[inverse]
+
+    def _ingest(self, topic: str, batch: "_Polled | list", decoded: tuple | None = None) -> int:
+        """`decoded`: the batch decoded already (`_decoded`), none of it a replay."""
         # librdkafka hands a partition's messages over in offset order: the
         # last one of each partition is the next offset to read
         if isinstance(batch, list):
             batch = _Polled.of(batch)
-        msgs, parts, offs = batch.msgs, batch.parts, batch.offs
-        uniq, inverse = np.unique(parts, return_inverse=True)
-        logged = self.engine.logged_offsets
-        held = np.array([logged.get(f"{topic}/{p}", 0) for p in uniq.tolist()], dtype=np.int64)
-        again = offs < held[inverse]
+        msgs = batch.msgs
+        again = self._again(topic, batch)
+        if decoded is not None and not again.any():
+            return self._ingest_part(topic, batch, replay=False, decoded=decoded)
+        if decoded is not None:  # (the engine's offsets never move back: not reached)
+            self._join_ahead()  # this thread decodes it: the read-ahead's must be done
         if again.any():
             # a replay (group mode: a partition assigned again, a restart):
             # events this node's offline log (or dead letters) holds already
@@ -671,13 +770,17 @@ class KafkaIngest:
             return len(msgs)
         return self._ingest_part(topic, batch, replay=False)
 
-    def _ingest_part(self, topic: str, batch: "_Polled", *, replay: bool) -> int:
+    def _ingest_part(self, topic: str, batch: "_Polled", *, replay: bool, decoded: tuple | None = None) -> int:
         stream = self.topics[topic]
         msgs, parts = batch.msgs, batch.parts
         uniq, first_from_end = np.unique(parts[::-1], return_index=True)
         offsets = {f"{topic}/{p}": int(batch.offs[len(msgs) - 1 - i]) + 1
                    for p, i in zip(uniq.tolist(), first_from_end.tolist())}
-        table, row_msgs, bad = self.decoders[topic].decode(msgs, batch.values)
+        if decoded is None:
+            table, row_msgs, bad = self.decoders[topic].decode(msgs, batch.values)
+            mixed = self.decoders[topic].mixed
+        else:
+            table, row_msgs, bad, mixed = decoded
         # a replay's bad messages were dead-lettered when first consumed
         dead = [] if replay else [self._letter(m, stream, kind, reason) for m, kind, reason in bad]
         ingested = 0
@@ -691,13 +794,14 @@ class KafkaIngest:
                 self._send_dead(dead)
                 dead = []
             try:
-                if self.decoders[topic].mixed:
+                if mixed:
                     # values of several JSON types in a column: the engine judges each type
                     # in a part of its own (as it would each message alone), never as text
                     raise BatchError("a column mixes JSON types")
                 self.engine.push(stream, table, offsets=offsets, tags=tags, offline=not replay)
                 ingested = table.num_rows
             except ROW_ERRORS:
+                self._join_ahead()  # the bisection below uses the decoder: the read-ahead's must be done
                 if isinstance(row_msgs, _Dropped):
                     raise _NeedMessages() from None  # the bisection reads each message again
                 runs, refused, rows = self._split_refused(topic, row_msgs)
@@ -931,6 +1035,9 @@ class KafkaIngest:
         if self._closed:
             return
         self._closed = True
+        self._drop_ahead()  # read, not applied: the engine's offsets say where a start resumes
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)
         self._commit(asynchronous=False)
         try:
             self.consumer.close()

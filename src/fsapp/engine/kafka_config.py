@@ -10,6 +10,7 @@
       dead_letter_file: data/dead.jsonl # instead of a topic (relative to the repo)
       max_share: 0.5                    # while REST pushes arrive: at most this share of time on Kafka batches
       shared_batch_size: 500            # ... in batches of at most this many messages
+      read_ahead: true                  # assign all: read the next batch while the engine applies one
       ready_max_lag: 100000             # /ready is 503 while the lag is above (default: never)
       avro_framing: confluent           # or raw (bare Avro bodies)
       avro_writer_schemas:              # Confluent schema id -> the producer's .avsc (schema evolution)
@@ -31,7 +32,8 @@ from fsapp.registry.errors import RepoError
 ASSIGN_MODES = ("all", "group")
 _KEYS = ("bootstrap_servers", "group_id", "assign", "batch_size", "poll_timeout_ms", "dead_letter_topic",
          "dead_letter_file", "properties", "metadata_refresh_s", "avro_framing", "avro_writer_schemas",
-         "max_share", "shared_batch_size", "ready_max_lag", "members_topic", "advertised_url", "peer_port")
+         "max_share", "shared_batch_size", "ready_max_lag", "members_topic", "advertised_url", "peer_port",
+         "read_ahead")
 # set by fstore itself: the engine's offsets are the truth, not Kafka's
 _RESERVED = ("enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers")
 
@@ -54,6 +56,9 @@ class KafkaConfig:
     max_share: float = 0.5
     shared_batch_size: int = 500
     ready_max_lag: int | None = None  # /ready answers 503 while the lag is above this (None: lag never does)
+    # assign all: consume and decode the next batch in a thread of its own while
+    # the engine applies the last (fsapp.engine.kafka, KafkaIngest._read)
+    read_ahead: bool = True
     repo_root: str = "."  # Avro schema files are relative to it
     # group mode: where the nodes publish their partitions (fsapp.engine.members;
     # None: fstore.members.<group_id>), and the URL other nodes reach this one at
@@ -128,6 +133,11 @@ class KafkaConfig:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
                     raise RepoError(f"{at(name)}.{name}: expected a number >= {lo}, got {value!r}")
                 setattr(cfg, name, int(value) if name == "ready_max_lag" else type(getattr(cfg, name))(value))
+        ahead = section.get("read_ahead")
+        if ahead is not None:
+            if not isinstance(ahead, bool):
+                raise RepoError(f"{at('read_ahead')}.read_ahead: expected true or false, got {ahead!r}")
+            cfg.read_ahead = ahead
         for name in ("members_topic", "advertised_url"):
             value = section.get(name)
             if value is not None:
