@@ -55,6 +55,24 @@ def drain(ingest, until, timeout_s=20.0):
         ingest.poll_once()
 
 
+def consumed_by_thread(ingest, n, timeout_s=20.0):
+    """Waits for the ingest thread (`start()`) to have accounted for `n` messages."""
+    deadline = time.monotonic() + timeout_s
+    while sum(ingest.counts["consumed"].values()) < n:
+        assert time.monotonic() < deadline, ingest.stats()
+        time.sleep(0.05)
+
+
+def failing_at(fn, at: int, calls: list):
+    """`fn` that raises RuntimeError on its `at`-th call (counted in `calls`)."""
+    def wrapped(*a, **k):
+        calls.append(1)
+        if len(calls) == at:
+            raise RuntimeError(f"injected: call {at} fails")
+        return fn(*a, **k)
+    return wrapped
+
+
 def totals(engine, accounts):
     out = engine.get_online_features(["account_totals:n_payments", "account_totals:total"],
                                      entities={"account_id": accounts})
@@ -407,21 +425,10 @@ def test_a_failed_engine_push_does_not_dead_letter_its_batch_twice(kafka_broker,
     p.flush(10)
     engine = open_engine(repo)
     ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
-    real_push, pushes = engine.push, []
-
-    def push(*a, **k):
-        pushes.append(1)
-        if len(pushes) == 1:
-            raise RuntimeError("injected: the engine push fails")
-        return real_push(*a, **k)
-
-    engine.push = push
+    engine.push = failing_at(engine.push, 1, [])
     ingest.start()
     try:
-        deadline = time.monotonic() + 20
-        while sum(ingest.counts["consumed"].values()) < 30:
-            assert time.monotonic() < deadline, ingest.stats()
-            time.sleep(0.05)
+        consumed_by_thread(ingest, 30)
         assert ingest.errors == 1 and ingest.stats()["dead_lettered"] == {topic: 2}, ingest.stats()
         assert totals(engine, [0, 1, 2])[0] == [9, 10, 9]
     finally:
@@ -455,29 +462,17 @@ def test_the_next_batch_is_read_while_one_is_applied_and_a_failure_on_either_sid
     p.flush(10)
     engine = open_engine(repo)
     ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
-    reads, pushes = [], []
-    real_consume, real_push = ingest._consume, engine.push
+    reads = []
+    real_consume, ahead_consume = ingest._consume, failing_at(ingest._consume, 4, reads)
 
-    def consume(*a, **k):
-        if threading.current_thread().name.startswith("fstore-kafka-read"):
-            reads.append(1)
-            if len(reads) == 4:
-                raise RuntimeError("injected: the read-ahead fails")
-        return real_consume(*a, **k)
+    def consume(*a, **k):  # the read-ahead's calls fail at the 4th
+        in_reader = threading.current_thread().name.startswith("fstore-kafka-read")
+        return (ahead_consume if in_reader else real_consume)(*a, **k)
 
-    def push(*a, **k):
-        pushes.append(1)
-        if len(pushes) == 6:
-            raise RuntimeError("injected: the engine push fails")
-        return real_push(*a, **k)
-
-    ingest._consume, engine.push = consume, push
+    ingest._consume, engine.push = consume, failing_at(engine.push, 6, [])
     ingest.start()
     try:
-        deadline = time.monotonic() + 30
-        while sum(ingest.counts["consumed"].values()) < 3000:
-            assert time.monotonic() < deadline, ingest.stats()
-            time.sleep(0.05)
+        consumed_by_thread(ingest, 3000, timeout_s=30)
         time.sleep(0.3)  # (nothing more comes)
         stats = ingest.stats()
         assert stats["consumed"] == {topic: 3000} and stats["dead_lettered"] == {topic: 2}, stats

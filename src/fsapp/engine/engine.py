@@ -162,6 +162,11 @@ TICK_SCAN = 2048      # slots a view's first tick scans for moved keys in its fi
 TICK_SCAN_MIN, TICK_SCAN_MAX = 256, 65_536
 
 
+def _paced(done: int, took: float, lo: int, hi: int) -> int:
+    """How many of what took `took` s for `done` fit in TICK_HOLD_S, within [lo, hi]."""
+    return int(min(max(done * TICK_HOLD_S / max(took, 1e-6), lo), hi))
+
+
 @dataclass
 class _Queued:
     """A logged record waiting to be applied (step 3)."""
@@ -1330,8 +1335,7 @@ class Engine:
                     took = time.perf_counter() - t
                 if hi - lo == step:  # not the short last part; and at most doubled: slots past the last
                     # key, or a run of idle ones, scan fast
-                    step = int(min(max((hi - lo) * TICK_HOLD_S / max(took, 1e-6), TICK_SCAN_MIN),
-                                   2 * step, TICK_SCAN_MAX))
+                    step = _paced(hi - lo, took, TICK_SCAN_MIN, min(2 * step, TICK_SCAN_MAX))
                     self._tick_scan[pace_key] = step
                 lo = hi
                 if released.size and rows.size:
@@ -1362,7 +1366,7 @@ class Engine:
                 took = time.perf_counter() - t
             written += int(chunk.size)
             i += size
-            size = int(min(max(done * TICK_HOLD_S / max(took, 1e-6), TICK_CHUNK_MIN), TICK_CHUNK_MAX))
+            size = _paced(done, took, TICK_CHUNK_MIN, TICK_CHUNK_MAX)
             self._tick_chunk[key] = size
         return written
 

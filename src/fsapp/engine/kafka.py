@@ -102,6 +102,11 @@ class _Polled:
         return _Polled(msgs, [self.values[i] for i in ix], self.parts[idx], self.offs[idx])
 
 
+def _messages(by_topic: dict) -> int:
+    """The messages of a batch read ({topic: (_Polled, decoded or None)})."""
+    return sum(len(b.msgs) for b, _ in by_topic.values())
+
+
 class KafkaIngest:
     """Consumes every stream that has a topic into `engine`, in a thread
     (`start()` / `stop()`), or step by step with `poll_once()`."""
@@ -507,7 +512,7 @@ class KafkaIngest:
         limit = min(self.config.batch_size, self.config.shared_batch_size) if shared else self.config.batch_size
         rebalances = self.rebalances
         keep = self._keep_left > 0 or not self._lean
-        if shared and self._ahead and sum(len(b.msgs) for b, _ in self._ahead.values()) > limit:
+        if shared and self._ahead and _messages(self._ahead) > limit:
             # read ahead before REST pushes arrived, bigger than a shared batch: read again in
             # shared batches from the engine's offsets (backpressure now, not a batch later)
             self.rereads += 1
@@ -538,7 +543,7 @@ class KafkaIngest:
             self._rewind()
         # (a full batch: more is waiting. A batch that took what there was reads the next
         # after it is applied: read ahead, an event would wait for two batches, not one)
-        if by_topic and self._reads_ahead(shared, keep) and sum(len(b.msgs) for b, _ in by_topic.values()) >= limit \
+        if by_topic and self._reads_ahead(shared, keep) and _messages(by_topic) >= limit \
                 and all(dec is not None for t, (_, dec) in by_topic.items() if t in self.topics):
             self._reading = self._reader.submit(self._read, limit)
         n = 0
