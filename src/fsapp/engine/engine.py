@@ -1360,14 +1360,16 @@ class Engine:
                     break  # the registry changed: the new runtime computed its own values
                 t = time.perf_counter()
                 chunk = rows[i:i + size]
-                done = chunk.size  # (a short chunk's fixed costs make its pace look slower: a smaller next one)
+                done = chunk.size
                 chunk = chunk[rt.table.rows_live(chunk)]  # a key deleted meanwhile stays deleted
                 rt.write_values(chunk, max(now, rt.latest_now))
                 took = time.perf_counter() - t
             written += int(chunk.size)
             i += size
-            size = _paced(done, took, TICK_CHUNK_MIN, TICK_CHUNK_MAX)
-            self._tick_chunk[key] = size
+            # a short last chunk's pace is mostly its fixed cost: it teaches only when it held too long
+            if done == size or took > TICK_HOLD_S:
+                size = _paced(done, took, TICK_CHUNK_MIN, TICK_CHUNK_MAX)
+                self._tick_chunk[key] = size
         return written
 
     def next_change(self, now: int | None = None) -> int | None:
