@@ -357,6 +357,7 @@ class OverlapThenFail:
 
     def __init__(self):
         self.armed = False
+        self.wal = None
         self.fds = []
         self.second_started = threading.Event()
         self.first_failed = threading.Event()
@@ -371,11 +372,17 @@ class OverlapThenFail:
             raise OSError(5, "Input/output error")
         self.second_started.set()
         assert self.first_failed.wait(10)
+        # "a's failed first": as the log sees it, not only as this fake does
+        # (returning once the event was set, b's success was sometimes seen
+        # before a's raise reached the log: a CI run on a busy machine)
+        deadline = time.monotonic() + 10
+        while not (self.wal is not None and self.wal.poisoned) and time.monotonic() < deadline:
+            time.sleep(0.001)
 
 
 def test_fsync_failure_during_overlapping_syncs_fails_every_unacknowledged_commit(tmp_path):
     fsync = OverlapThenFail()
-    w = Wal(tmp_path, fsync_fn=fsync, max_syncers=2)
+    w = fsync.wal = Wal(tmp_path, fsync_fn=fsync, max_syncers=2)
     assert w.append(1, b"before") == 1 and w.durable_lsn == 1  # unarmed: the no-op "succeeds"
     fsync.armed = True
     results = {}
@@ -412,16 +419,18 @@ def test_success_that_returns_before_an_overlapping_failure_stays_acknowledged(t
     the earlier one had in flight, so it covers them); then the earlier fails.
     What was acknowledged stays; the failure still poisons the log."""
     order = []
-    second_done = threading.Event()
+    b_acked = threading.Event()
 
     def fsync(fd):
         if not armed:
             return
         order.append(fd)
         if len(order) == 1:
-            assert second_done.wait(10)
+            # fails once b's append has returned: had it failed as soon as b's
+            # fsync was in, before b's append saw that, b would rightly not be
+            # acknowledged (poisoned first; a CI run on a busy machine did so)
+            b_acked.wait(10)
             raise OSError(5, "Input/output error")
-        second_done.set()
 
     armed = False
     w = Wal(tmp_path, fsync_fn=fsync, max_syncers=2)
@@ -431,7 +440,10 @@ def test_success_that_returns_before_an_overlapping_failure_stays_acknowledged(t
     a.start()
     while not order:
         time.sleep(0.001)
-    assert w.append(1, b"b") == 2  # b's fsync covered LSN 1 and 2 and returned first
+    try:
+        assert w.append(1, b"b") == 2  # b's fsync covered LSN 1 and 2 and returned first
+    finally:
+        b_acked.set()
     a.join(10)
     assert out["a"] == 1 or isinstance(out["a"], WalFsyncError)  # acked by b's fsync unless it lost the race
     assert w.durable_lsn == 2 and w.poisoned
