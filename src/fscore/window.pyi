@@ -31,6 +31,7 @@ class WindowView:
     cells_in_use: int              # cells the keys hold
     cells_held: int                # cells in the keys' runs (run capacities)
     dense_hll_blocks: int          # approx_count_distinct columns of cells held as dense registers
+    pool_waste: int                # cells below the pool's top in no key's run (what compaction gives back)
 
     def __init__(self, spec: WindowSpec, aggs: Sequence[Agg | str], n_slots: int = 0,
                  allowed_lateness: int | str = 0, hll_p: int = 8, max_sessions: int = 4) -> None: ...
@@ -60,6 +61,11 @@ class WindowView:
         """Any thread, no lock: copy the state track_writes() saw (the cells without the GIL)."""
     def frozen_end(self, begun: tuple) -> "WindowView":
         """Writer, under its lock: the frozen copy of the state now (the marked slots copied again)."""
+    def compact_begin(self, track: tuple) -> tuple:
+        """Any thread, no lock: the cells track_writes() saw laid out back to back in a new pool."""
+    def compact_end(self, begun: tuple) -> bool:
+        """Writer, under its lock: the marked slots laid out again, the new pool in place, tracking
+        stopped; False (unchanged) when another tracker started meanwhile."""
     def to_bytes(self) -> bytes: ...
     def snapshot(self, chunk_slots: int = 65536, chunk_bytes: int = 4 << 20) -> Any:
         """to_bytes() streamed: `.nbytes`, then `.chunks()` (bytes-like) a slot range at a time."""

@@ -443,8 +443,16 @@ cdef class WindowView:
         virtual reservation of _RESERVE_BYTES (MAP_NORESERVE: the kernel backs
         only the pages cells are written to), so a big pool never copies again
         under the writer's lock and holds no doubling slack."""
-        cdef Py_ssize_t W8 = self.layout.width * 8, need = self.pool_top + extra
-        cdef Py_ssize_t cap = max(2 * self.pool_cap, need, 16)
+        need = self.pool_top + extra
+        pool, mapped = self._pool_array(need, max(2 * self.pool_cap, need, 16))
+        pool[:self.pool_top] = self.pool[:self.pool_top]
+        self._set_pool(pool, self.pool_top)
+        self.pool_mapped = mapped
+
+    def _pool_array(self, Py_ssize_t need, Py_ssize_t cap):
+        """(array of at least `need` cells, mapped): `cap` cells of malloc'd
+        memory, or past _RESERVE_FROM bytes a virtual reservation."""
+        cdef Py_ssize_t W8 = self.layout.width * 8
         if cap * W8 >= _RESERVE_FROM:
             if need > _MAX_CELLS:
                 raise MemoryError(f"window state: more than {_MAX_CELLS} cells in one view")
@@ -458,15 +466,8 @@ cdef class WindowView:
                     m.madvise(mmap.MADV_HUGEPAGE)
                 except (AttributeError, OSError):
                     pass
-                pool = np.frombuffer(m, dtype=np.int64).reshape(rows, self.layout.width)
-                pool[:self.pool_top] = self.pool[:self.pool_top]
-                self._set_pool(pool, self.pool_top)
-                self.pool_mapped = True
-                return
-        pool = np.empty((cap, self.layout.width), dtype=np.int64)
-        pool[:self.pool_top] = self.pool[:self.pool_top]
-        self._set_pool(pool, self.pool_top)
-        self.pool_mapped = False
+                return np.frombuffer(m, dtype=np.int64).reshape(rows, self.layout.width), True
+        return np.empty((cap, self.layout.width), dtype=np.int64), False
 
     def _set_slots(self, at, ln, cap, floor):
         cdef int32_t[::1] a = at, l = ln, c = cap
@@ -502,6 +503,13 @@ cdef class WindowView:
         per-key arrays; not free runs or slack): O(1), what a memory bound
         counts."""
         return self.cells_held * self.layout.width * 8 + self.hp.used * self.hp.m + 20 * self.n_slots
+
+    @property
+    def pool_waste(self):
+        """Cells of the pool below its top that no key's run holds (free
+        blocks, alignment gaps): what compaction gives back, with the runs'
+        slack (compact_begin)."""
+        return self.pool_top - self.cells_held
 
     @property
     def dense_hll_blocks(self):
@@ -1275,6 +1283,107 @@ cdef class WindowView:
                                         memcpy(&bv[-hdr - 1, 0], self.hp.B + (-hdr - 1) * self.hp.m, self.hp.m)
         self._stop_tracking()
         return self._frozen_from(out, at, ln, cap, floor, blocks)
+
+    def compact_begin(self, track):
+        """Compaction, step two (any thread, no lock; `track` from
+        track_writes()): lays the keys' cells out again back to back in a
+        new pool, each run sized to the class of the cells it holds (a ring
+        stays a ring), so free blocks and runs' slack are left behind. Runs a
+        key grew through leave free blocks that no key may need again (keys
+        that grow together to 24 cells strand their 16-cell runs: a third of
+        the pool at 100 events a key); a restart compacts too, by loading
+        the snapshot. The slots written meanwhile are laid out again by
+        compact_end. Returns what compact_end takes."""
+        pool, top, at_l, ln_l, cap_l, floor_l, hll_top = track
+        at = np.array(at_l)
+        ln = np.array(ln_l)
+        cdef Py_ssize_t n = at.shape[0], s, W = self.layout.width, R = self.ring_len
+        new_at = np.full(n, -1, dtype=np.int32)
+        new_cap = np.zeros(n, dtype=np.int32)
+        cdef int32_t[::1] a = at, l = ln, na = new_at, nc = new_cap
+        cdef int64_t m, c, off = 0, total = 0
+        with nogil:
+            for s in range(n):
+                m = R if l[s] == RING else l[s]
+                if m > 0 and a[s] >= 0:
+                    nc[s] = <int32_t>(R if l[s] == RING else self.class_cap[self._class_of(m)])
+                    total += nc[s]
+        out, mapped = self._pool_array(total, max(total + total // 8 + self._block_room(), 16))
+        cdef int64_t[:, ::1] src = pool
+        cdef int64_t[:, ::1] dst = out
+        cdef int64_t rows = src.shape[0]
+        with nogil:
+            for s in range(n):
+                if nc[s]:
+                    m = R if l[s] == RING else l[s]
+                    if a[s] + m <= rows:  # (else written since: compact_end lays it out)
+                        memcpy(&dst[off, 0], &src[a[s], 0], m * W * sizeof(int64_t))
+                    na[s] = <int32_t>off
+                    off += nc[s]
+        return (track, out, mapped, new_at, new_cap, off)
+
+    def compact_end(self, begun):
+        """Compaction, step three, by the writer under its lock: the slots
+        written since track_writes() are laid out again (in place when they
+        still fit, else past the others), the new pool replaces the old, and
+        tracking stops. Returns False (the view unchanged) when tracking was
+        restarted meanwhile (a copy-mode checkpoint's)."""
+        track, out, mapped, new_at, new_cap, top = begun
+        if not self.tracking or track is not self._track:
+            return False
+        cdef Py_ssize_t n0 = new_at.shape[0], n = self.n_slots, W = self.layout.width, R = self.ring_len, q, s
+        if n > n0:  # slots added since
+            new_at = np.concatenate([new_at, np.full(n - n0, -1, np.int32)])
+            new_cap = np.concatenate([new_cap, np.zeros(n - n0, np.int32)])
+        dirty = np.flatnonzero(self.dirty[:n0]).astype(np.int64)
+        if n > n0:
+            dirty = np.concatenate([dirty, np.arange(n0, n, dtype=np.int64)])
+        holes = np.zeros((len(dirty), 2), dtype=np.int64)  # (at, cells) left behind by a slot that moved
+        cdef const int64_t[::1] dv = dirty
+        cdef int32_t[::1] na = new_at, nc = new_cap
+        cdef int64_t[:, ::1] hv = holes
+        cdef int64_t m, need, nh = 0, off = top, more = 0
+        with nogil:  # the cells of slots that outgrew their place
+            for q in range(dv.shape[0]):
+                s = dv[q]
+                m = R if self.len_p[s] == RING else self.len_p[s]
+                if m > 0 and self.at_p[s] >= 0:
+                    need = R if self.len_p[s] == RING else self.class_cap[self._class_of(m)]
+                    if nc[s] < need:
+                        more += need
+        if top + more > out.shape[0]:  # (a reservation never fills: only a small pool is copied here)
+            grown, mapped = self._pool_array(top + more, max(2 * out.shape[0], top + more + self._block_room()))
+            grown[:top] = out[:top]
+            out = grown
+        cdef int64_t[:, ::1] dst = out
+        with nogil:
+            for q in range(dv.shape[0]):
+                s = dv[q]
+                m = R if self.len_p[s] == RING else self.len_p[s]
+                need = 0
+                if m > 0 and self.at_p[s] >= 0:
+                    need = R if self.len_p[s] == RING else self.class_cap[self._class_of(m)]
+                if nc[s] < need or need == 0:
+                    if nc[s]:
+                        hv[nh, 0], hv[nh, 1] = na[s], nc[s]
+                        nh += 1
+                    na[s], nc[s] = -1, 0
+                    if need:
+                        na[s], nc[s] = <int32_t>off, <int32_t>need
+                        off += need
+                if need:
+                    memcpy(&dst[na[s], 0], self.P + self.at_p[s] * W, m * W * sizeof(int64_t))
+        self.free_bits = None
+        for q in range(MAX_CLASSES):
+            self.free_head[q] = -1
+        self._set_pool(out, off)
+        self.pool_mapped = mapped
+        self._set_slots(new_at, self.run_len, new_cap, self.floor_)
+        self.cells_held = int(new_cap.sum())
+        for q in range(nh):
+            self._release_range(hv[q, 0], hv[q, 1])
+        self._stop_tracking()
+        return True
 
     def to_bytes(self):
         """Whole-view snapshot: b'FSWV' u32 version u32 header-len, JSON header,

@@ -155,6 +155,15 @@ class EngineMachine(RuleBasedStateMachine):
         self.eng.checkpoint()
 
     @rule()
+    def compact(self):
+        # every window laid out again, however little of its pool is free
+        self.eng.compact(min_waste=0, min_bytes=0)
+        for rt in self.eng.runtimes.values():
+            for w in rt.windows:
+                w._check_pool()
+                assert w.pool_waste == 0
+
+    @rule()
     def close_and_reopen(self):
         self.eng.close()
         self.eng = self._open()

@@ -410,12 +410,15 @@ def test_runs_and_free_blocks_tile_the_pool_and_keys_keep_their_answers(spec, la
 # copy must be the state at frozen_end whatever the writer did in between —
 # keys updated, grown into whole rings, reset, moved, slots added, another
 # view merged in — and must not follow the writer afterwards.
-FREEZE_STEPS = st.lists(st.one_of(
+WRITER_OPS = (  # what a writer does to a view's keys beside a copy of it
     st.tuples(st.just("update"), st.lists(st.tuples(st.integers(0, POOL_SLOTS - 1), st.integers(0, 12)),
                                           min_size=1, max_size=60)),
     st.tuples(st.just("reset"), st.sets(st.integers(0, POOL_SLOTS - 1), min_size=1, max_size=6)),
     st.tuples(st.just("move"), st.tuples(st.integers(0, POOL_SLOTS - 1), st.integers(0, POOL_SLOTS - 1))),
     st.tuples(st.just("grow"), st.integers(1, 40)),
+)
+FREEZE_STEPS = st.lists(st.one_of(
+    *WRITER_OPS,
     st.tuples(st.just("merge"), st.lists(st.tuples(st.integers(0, POOL_SLOTS - 1), st.integers(0, 12)),
                                          min_size=1, max_size=20)),
     st.tuples(st.just("track"), st.none()),
@@ -477,3 +480,95 @@ def _freeze_steps(spec, steps):
         v._check_pool()
     for f, then in frozen:
         assert f.to_bytes() == then  # later writes do not reach a frozen copy
+
+
+# Compaction lays a view's cells out again in a new pool beside its writer
+# (track_writes under the writer's lock, compact_begin without it,
+# compact_end under it again): whatever the writer did in between, the view
+# afterwards holds exactly the state a twin that never compacted holds, its
+# runs and free blocks still tile the pool, and it goes on like the twin.
+COMPACT_WRITES = st.lists(st.one_of(*WRITER_OPS), min_size=1, max_size=30)
+
+
+@FAST
+@given(spec=st.sampled_from([sliding(200, 10), continuous(120, 10), tumbling(20), session(3), lifetime()]),
+       writes=COMPACT_WRITES,
+       # each compaction's three steps happen before these writes (sorted: in order)
+       rounds=st.lists(st.lists(st.integers(0, 30), min_size=3, max_size=3).map(sorted), min_size=1, max_size=3))
+def test_a_view_compacted_beside_its_writer_holds_what_a_twin_holds(spec, writes, rounds):
+    aggs = ["count(*) as n", "sum(x) as s", "approx_count_distinct(x) as d", "last_k(x, 3) as k"]
+    v, twin = (WindowView(spec, aggs, POOL_SLOTS, allowed_lateness=30, hll_p=6, max_sessions=4) for _ in range(2))
+    # every round's steps, in the order they run (a round starts after the one before ends)
+    phases, at = [], 0
+    for r in rounds:
+        r = [max(x, at) for x in r]
+        phases += [(r[0], "track"), (r[1], "begin"), (r[2], "end")]
+        at = r[2]
+    clock, track, begun, compacted = 0, None, None, 0
+
+    def compaction_step(what):
+        nonlocal track, begun, compacted
+        if what == "track":
+            track = v.track_writes()
+        elif what == "begin":
+            begun = v.compact_begin(track)
+        else:
+            assert v.compact_end(begun)
+            compacted += 1
+        v._check_pool()
+        assert v.to_bytes() == twin.to_bytes(), (what, compacted)
+    for i, (op, arg) in enumerate(writes + [("none", None)] * (max(at + 1, len(writes)) - len(writes))):
+        while phases and phases[0][0] <= i:
+            compaction_step(phases.pop(0)[1])
+        if op == "update":
+            slots = np.array([a for a, _ in arg], dtype=np.int64)
+            ts = clock + np.cumsum([d for _, d in arg]).astype(np.int64)
+            clock = int(ts[-1])
+            for w in (v, twin):
+                w.update(slots, ts, {"x": (ts % 23).astype(np.float64)})  # > 8 distinct: dense HLLs too
+        elif op == "reset":
+            for w in (v, twin):
+                w.reset_slots(np.array(sorted(arg), dtype=np.int64))
+        elif op == "move" and arg[0] != arg[1]:
+            for w in (v, twin):
+                w.import_slots(np.array([arg[1]]), w.export_slots(np.array([arg[0]])))
+                w.reset_slots(np.array([arg[0]]))
+        elif op == "grow":
+            for w in (v, twin):
+                w.grow(w.n_slots + arg)
+        v._check_pool()
+        assert v.to_bytes() == twin.to_bytes(), (op, compacted)
+    assert not phases and compacted == len(rounds)
+    every = np.arange(v.n_slots)
+    t = np.full(v.n_slots, clock + 1, dtype=np.int64)
+    got, ex = v.value_as_of(every, t)
+    want, ex2 = twin.value_as_of(every, t)
+    np.testing.assert_array_equal(ex, ex2)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_compaction_gives_back_the_runs_keys_grew_through():
+    # keys that grow together leave their outgrown runs behind; laid out again
+    # the pool holds the cells in use and nothing else
+    v = WindowView(sliding(2000, 10), ["count(*) as n", "sum(x) as s"], 64)
+    for step in range(150):
+        slots = np.arange(64, dtype=np.int64)
+        v.update(slots, np.full(64, step * 10, dtype=np.int64), {"x": np.ones(64)})
+    assert v.pool_waste > 0.2 * v.pool_top
+    before, top = v.to_bytes(), v.pool_top
+    assert v.compact_end(v.compact_begin(v.track_writes()))
+    v._check_pool()
+    assert v.pool_waste == 0 and v.to_bytes() == before
+    assert v.pool_top == v.cells_held < 0.8 * top
+
+
+def test_compaction_yields_to_a_tracker_that_started_after_it():
+    v = WindowView(sliding(200, 10), ["count(*) as n"], 4)
+    v.update(np.arange(4, dtype=np.int64), np.arange(4, dtype=np.int64))
+    begun = v.compact_begin(v.track_writes())
+    v.track_writes()  # a copy-mode checkpoint's, say
+    before = v.to_bytes()
+    assert not v.compact_end(begun)
+    assert v.to_bytes() == before
+    v._check_pool()

@@ -160,6 +160,8 @@ TICK_SCAN = 2048      # slots a view's first tick scans for moved keys in its fi
                       # keys: a cache miss a slot and window; ~2.5 ms with 100 events a key), then as many as the
                       # last scan part's pace fits in TICK_HOLD_S (kept per view)
 TICK_SCAN_MIN, TICK_SCAN_MAX = 256, 65_536
+COMPACT_WASTE = 0.25          # a window's pool is laid out again when more than this share of it is free
+COMPACT_MIN_BYTES = 1 << 20   # and at least this much
 
 
 def _paced(done: int, took: float, lo: int, hi: int) -> int:
@@ -259,6 +261,7 @@ class Engine:
         self.checkpoint_error: str | None = None  # why the last checkpoint failed (None: it did not)
         self._table_copies: dict = {}  # the last checkpoint's table copies, reused by the next one
         self.checkpoint_failures = 0
+        self.compactions, self.compacted_bytes = 0, 0  # windows laid out again (compact) and the bytes given back
         self._inflight: dict[str, _Queued] = {}  # idempotency key -> its push, logged but not yet applied
         self.evictions_logged: dict = {}
         _remove_stale_table_files(os.path.join(self.data_dir, "online"))
@@ -1543,6 +1546,45 @@ class Engine:
         self.checkpoint_lsn, self._ckpt_work_s = lsn, work
         return lsn
 
+    def compact(self, min_waste: float = COMPACT_WASTE, min_bytes: int = COMPACT_MIN_BYTES) -> int:
+        """Lays out again, keys' cells back to back, each window whose pool
+        holds more than `min_waste` of its cells free (and at least
+        `min_bytes` of them): the runs keys grew through stay behind as free
+        blocks that no key may need again (a third of the pool after a load
+        of 100 events a key; architecture.md, "Streaming windows"). One
+        window at a time, as a copy-mode checkpoint copies one
+        (WindowView.track_writes / compact_begin / compact_end): the cells
+        are copied without the lock, and under it only the keys written
+        meanwhile; the window's old and new pools are both held until then.
+        `fstore serve`'s engine calls it after each checkpoint. Returns the
+        bytes given back."""
+        freed = 0
+        with self._checkpoint_lock:  # one tracker at a time: a copy-mode checkpoint tracks writes too
+            with self.lock:
+                windows = [w for rt in self.runtimes.values() for w in rt.windows]
+            for w in windows:
+                with self.lock:
+                    waste = w.pool_waste * w.width * 8
+                    if w.pool_waste <= min_waste * w.pool_top or waste < min_bytes:
+                        continue
+                    before = w.nbytes
+                    track = w.track_writes()
+                try:
+                    begun = w.compact_begin(track)
+                except MemoryError:
+                    begun = None
+                with self.lock:
+                    try:
+                        if begun is not None and w.compact_end(begun):
+                            freed += before - w.nbytes
+                            self.compactions += 1
+                    except MemoryError:  # room for keys that grew meanwhile: the view stays as it was
+                        begun = None
+                    if begun is None:
+                        w._stop_tracking()
+            self.compacted_bytes += freed
+        return freed
+
     @property
     def replay_backlog_s(self) -> float:
         """Seconds of work a restart would replay now: preparing and applying
@@ -1558,6 +1600,7 @@ class Engine:
                "replay_backlog_s": round(self.replay_backlog_s, 3), "late_events": self.late_total,
                "offsets": dict(self.offsets), "quarantined": self.quarantined,
                "checkpoint_failures": self.checkpoint_failures, "checkpoint_error": self.checkpoint_error,
+               "compactions": self.compactions, "compacted_bytes": self.compacted_bytes,
                "window_dropped": sum(rt.window_dropped for rt in self.runtimes.values()),
                "state_bytes": sum(self.state_bytes().values()), "max_memory": self.max_memory,
                "memory_evictions": self.memory_evictions,

@@ -180,6 +180,7 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
                 started = time.monotonic()
                 ok = _checkpoint(engine, schedule.retry_s)
                 schedule.done(started, time.monotonic(), ok)
+                _compact(engine)
     finally:
         if ingest is not None:
             ingest.stop()  # its last batch and offsets go into the final checkpoint below
@@ -229,6 +230,19 @@ def _checkpoint(engine: Engine, retry_s: float) -> bool:
               f"{retry_s:.0f} s (failure #{engine.checkpoint_failures})",
               file=sys.stderr, flush=True)
         return False
+
+
+def _compact(engine: Engine) -> None:
+    """Window pools laid out again where they hold much free space
+    (Engine.compact); a failure (no memory for the new pool) leaves the
+    state as it was and is logged."""
+    try:
+        freed = engine.compact()
+    except Exception as e:  # noqa: BLE001 - the engine keeps serving
+        print(f"engine: compacting window state failed ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+        return
+    if freed:
+        print(f"engine: window state compacted, {freed / 1e6:.1f} MB given back", flush=True)
 
 
 def _until_next_tick(engine: Engine, tick_s: float) -> float:
