@@ -1403,7 +1403,20 @@ cdef class WindowView:
         return _Snapshot(self, chunk_slots, chunk_bytes)
 
     def _floors(self):
-        return np.asarray(self.floor_)
+        """Each slot's floor as a snapshot writes it: a ring's cells older
+        than the key's last R buckets, not yet overwritten, are left out of
+        the snapshot (as a run drops them), so its floor is raised past them,
+        as reads count them (_held_floor; as _gather). The raw floors written
+        with the cells left out made a restored key answer a read that needs
+        such a bucket as exact, without it."""
+        floors = np.asarray(self.floor_).copy()
+        cdef int64_t[::1] fv = floors
+        cdef Py_ssize_t s, W = self.layout.width
+        with nogil:
+            for s in range(self.n_slots):
+                if self.len_p[s] == RING:
+                    fv[s] = self._held_floor(<const Word*>(self.P + self.at_p[s] * W), self.ring_len, s)
+        return floors
 
     @property
     def hll_block_bytes(self):
