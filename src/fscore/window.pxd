@@ -26,6 +26,13 @@ cdef enum:
     W_FIRST_TS = 2    # min ts of the cell's events (session start; exactness checks)
     W_LAST_TS = 3     # max ts of the cell's events (session end; exactness checks, TTL)
     W_COMMON = 4
+# A packed layout (Layout.packed: hop windows whose hop is at most 2^32 us,
+# ~71 min) holds both times in word W_FIRST_TS as offsets from the bucket's
+# start, first << 32 | last (0 while the cell has no event), and its columns
+# start at word 3: read them with cell_first_ts / cell_last_ts (only of a
+# cell with events).
+cdef enum:
+    W_COMMON_PACKED = 3
 
 # Per input column: word offset of each partial field, -1 when no aggregation
 # of the view needs it. `n` (non-null count) is always present.
@@ -79,6 +86,8 @@ ctypedef struct HllPool:
 
 ctypedef struct Layout:
     Py_ssize_t width        # words per cell
+    bint packed             # first/last ts packed into one word (above)
+    int64_t hop             # the window's hop (packed: the offsets' origin is bucket * hop)
     Py_ssize_t ncols
     int hll_p
     bint has_hll
@@ -106,6 +115,8 @@ cdef void cell_release(Word* c, const Layout* L) noexcept nogil
 cdef void cell_copy_in(Word* dst, const Layout* L, const Word* src, const Layout* Ls) noexcept nogil
 cdef void cell_finalize(const Word* c, const Layout* L, const OutSpec* outs, Py_ssize_t nout,
                         double* of, int64_t* oi, Py_ssize_t nq, Py_ssize_t q) noexcept nogil
+cdef int64_t cell_first_ts(const Word* c, const Layout* L) noexcept nogil
+cdef int64_t cell_last_ts(const Word* c, const Layout* L) noexcept nogil
 cdef uint64_t hash_double(double x) noexcept nogil
 cdef uint64_t hash_int64(int64_t x) noexcept nogil
 

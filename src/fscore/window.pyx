@@ -55,7 +55,9 @@ cdef dict _NEEDS = {
 _FIELDS = ("n", "sum", "wmean", "m2", "vmin", "vmax", "first_ts", "first_val",
            "last_ts", "last_val")
 _MAGIC = b"FSWV"
-_FORMAT_VERSION = 4  # 4: sparse HLL registers; 3 (dense registers) and 2 (dense rings) are still read
+_FORMAT_VERSION = 5  # 5: packed times (window.pxd); 4 (sparse HLL registers), 3 (dense registers) and 2
+                     # (dense rings) are still read
+_PACK_MAX_HOP = 1 << 32     # hops (us) up to this pack a cell's first/last times into one word
 EMPTY = INT64_MIN
 _NO_PARTS = np.zeros(0, dtype=np.int64)
 _RESERVE_FROM = 1 << 22     # bytes: a pool this big moves into a virtual reservation
@@ -75,10 +77,10 @@ cdef inline bint include_partial(Word* acc, const Word* c, int64_t b, int64_t t,
     # (returns False: not exact).
     if c[W_BUCKET].i != b or c[W_COUNT].i == 0:
         return True
-    if c[W_LAST_TS].i < t:
+    if cell_last_ts(c, L) < t:
         cell_merge(acc, c, L)
         return True
-    return c[W_FIRST_TS].i >= t
+    return cell_first_ts(c, L) >= t
 
 
 
@@ -86,6 +88,14 @@ cdef inline bint ring_cell_held(const int64_t* c, int64_t horizon) noexcept nogi
     # A ring's cell that the key holds (snapshots write it): it has events and
     # is in the key's last R buckets (`horizon`: WindowView._ring_horizon).
     return c[W_BUCKET] != INT64_MIN and c[W_COUNT] != 0 and c[W_BUCKET] >= horizon
+
+
+def _pack_max_hop(int64_t hop):
+    """Tests: the longest hop whose views pack their cells' times (0: none),
+    for views made from now on; returns the previous one."""
+    global _PACK_MAX_HOP
+    prev, _PACK_MAX_HOP = _PACK_MAX_HOP, hop
+    return prev
 
 
 def _hll_reserve_from(int64_t nbytes):
@@ -145,11 +155,12 @@ cdef class WindowView:
                         np.empty(0, np.int64))
         self.grow(n_slots)
 
-    def _column_offsets(self, Py_ssize_t hll_words):
+    def _column_offsets(self, Py_ssize_t hll_words, common=None):
         """Per input column, the word offset of each partial field (-1 when
         absent; "hll" hll_words wide, "lastk" 1 + 2k), and the cell width.
         hll_words = HLL_WORDS is this layout; (2^p + 7) // 8 is the dense
-        registers of snapshot versions 2 and 3."""
+        registers of snapshot versions 2 and 3. `common`: the words before
+        the columns (this layout's; W_COMMON in snapshots before version 5)."""
         needs = {c: {"n"} for c in self.columns}
         lastk = {c: 0 for c in self.columns}
         for a in self.aggs:
@@ -157,7 +168,7 @@ cdef class WindowView:
                 needs[a.column].update(_NEEDS[a.kind])
                 if a.kind == "last_k":
                     lastk[a.column] = max(lastk[a.column], a.k)
-        off, out = W_COMMON, []
+        off, out = (W_COMMON_PACKED if self.layout.packed else W_COMMON) if common is None else common, []
         for c in self.columns:
             offs = {"lastk_k": lastk[c]}
             for f in _FIELDS + ("hll", "lastk"):
@@ -172,6 +183,10 @@ cdef class WindowView:
         self.columns = cols
         ncols = len(cols)
         self.layout.ncols = ncols
+        # (measured, the starter repo: 8 B a cell of its 1-hour and 5-minute windows,
+        # 78 B a key of 100k Zipf keys, ~870 B a key with 100 events each)
+        self.layout.packed = (self.kind == K_BUCKETED or self.kind == K_CONTINUOUS) and self.hop <= _PACK_MAX_HOP
+        self.layout.hop = self.hop
         self.layout.hll_p = self.hll_p
         self.layout.hp = &self.hp
         self.hp.m = (<int64_t>1) << self.hll_p
@@ -577,12 +592,15 @@ cdef class WindowView:
         cdef int64_t[::1] o = out
         cdef Py_ssize_t s, j, W = self.layout.width
         cdef int64_t* c
+        cdef int64_t last
         with nogil:
             for s in range(self.n_slots):
                 c = self.P + self.at_p[s] * W
                 for j in range(self.ring_len if self.len_p[s] == RING else self.len_p[s]):
-                    if c[j * W + W_COUNT] and c[j * W + W_LAST_TS] > o[s]:
-                        o[s] = c[j * W + W_LAST_TS]
+                    if c[j * W + W_COUNT]:
+                        last = cell_last_ts(<const Word*>(c + j * W), &self.layout)
+                        if last > o[s]:
+                            o[s] = last
         return out
 
     def changed_slots(self, int64_t t0, int64_t t1, Py_ssize_t start=0, Py_ssize_t stop=-1):
@@ -636,19 +654,22 @@ cdef class WindowView:
         cdef int64_t[::1] nw = newest
         cdef uint8_t[::1] uk = unknown
         cdef int64_t* c
+        cdef int64_t first, last
         with nogil:
             for q in range(n):
                 c = self.P + self.at_p[sv[q]] * W
                 for j in range(self.ring_len if self.len_p[sv[q]] == RING else self.len_p[sv[q]]):
                     if c[j * W + W_COUNT] == 0 or c[j * W + W_BUCKET] == INT64_MIN:
                         continue
-                    if c[j * W + W_LAST_TS] < t:
-                        if c[j * W + W_LAST_TS] > nw[q]:
-                            nw[q] = c[j * W + W_LAST_TS]
-                    elif c[j * W + W_FIRST_TS] < t:
+                    first = cell_first_ts(<const Word*>(c + j * W), &self.layout)
+                    last = cell_last_ts(<const Word*>(c + j * W), &self.layout)
+                    if last < t:
+                        if last > nw[q]:
+                            nw[q] = last
+                    elif first < t:
                         uk[q] = 1
-                        if c[j * W + W_FIRST_TS] > nw[q]:
-                            nw[q] = c[j * W + W_FIRST_TS]
+                        if first > nw[q]:
+                            nw[q] = first
         return newest, unknown.view(np.bool_)
 
     def _check_slots(self, slots):
@@ -1452,19 +1473,24 @@ cdef class WindowView:
     @classmethod
     def from_bytes(cls, data):
         """Rebuild a view from `to_bytes()` output (this version's, the
-        dense HLL registers of version 3, or the dense rings of version 2)."""
+        unpacked times of version 4, the dense HLL registers of version 3,
+        or the dense rings of version 2)."""
         mv = memoryview(data)
         if bytes(mv[:4]) != _MAGIC or len(mv) < 12:
             raise WindowStateError("not a window view snapshot (bad magic)")
         version, hlen = struct.unpack("<II", mv[4:12])
-        if version not in (2, 3, _FORMAT_VERSION):
+        if version not in (2, 3, 4, _FORMAT_VERSION):
             raise WindowStateError(f"window snapshot version {version}, expected {_FORMAT_VERSION}")
         meta = json.loads(bytes(mv[12:12 + hlen]))
         cdef WindowView view = cls(spec_from_dict(meta["spec"]), [Agg(**a) for a in meta["aggs"]], meta["n_slots"],
                    meta["allowed_lateness"], meta["hll_p"], meta["max_sessions"])
-        # versions 2 and 3 held the registers in the cell: convert their cells
-        old_offs, W = view._column_offsets((view.hp.m + 7) // 8) if version < 4 else (None, view.width)
-        view._check_meta(meta | {"width": view.width} if version < 4 and meta.get("width") == W else meta)
+        # versions 2 and 3 held the registers in the cell, versions before 5 both
+        # times unpacked: convert their cells
+        if version < 4:
+            old_offs, W = view._column_offsets((view.hp.m + 7) // 8, W_COMMON)
+        else:
+            old_offs, W = None, view._column_offsets(HLL_WORDS, W_COMMON)[1] if version == 4 else view.width
+        view._check_meta(meta | {"width": view.width} if version < 5 and meta.get("width") == W else meta)
         n, off = meta["n_slots"], 12 + hlen
         counts = (n * view.ring_len * W, n, n) if version == 2 else (n, n, meta["cells"] * W)
         arrays = []
@@ -1491,6 +1517,8 @@ cdef class WindowView:
             lens, floors, cells = arrays[0], arrays[1], arrays[2].reshape(-1, W)
         if version < 4:
             cells, blocks = _dense_hll_cells(view, old_offs, cells)
+        if version < 5:
+            cells = _packed_cells(view, cells)
         view._load(np.arange(n, dtype=np.int64), lens, floors, cells, blocks)
         view.watermark, view.late_count = meta["watermark"], meta["late_count"]
         view.part_watermarks = {int(p): int(w) for p, w in meta.get("part_watermarks", {}).items()}
@@ -1692,10 +1720,27 @@ class _Snapshot:
             yield memoryview(b)
 
 
+def _packed_cells(WindowView view, cells):
+    """Cells of a snapshot before version 5 (both times unpacked, W_COMMON
+    words before the columns) in this layout."""
+    if not view.layout.packed:
+        return cells
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, view.width + 1)
+    out = np.empty((len(cells), view.width), dtype=np.int64)
+    out[:, :W_FIRST_TS] = cells[:, :W_FIRST_TS]
+    out[:, W_COMMON_PACKED:] = cells[:, W_COMMON:]
+    has = cells[:, W_COUNT] != 0
+    origin = np.where(has, cells[:, W_BUCKET], 0) * view.hop
+    first = np.where(has, cells[:, W_FIRST_TS] - origin, 0).astype(np.uint64)
+    last = np.where(has, cells[:, W_LAST_TS] - origin, 0).astype(np.uint64)
+    out[:, W_FIRST_TS] = ((first << np.uint64(32)) | last).view(np.int64)
+    return out
+
+
 def _dense_hll_cells(WindowView view, old_offs, cells):
     """Cells of a version 2/3 snapshot (registers dense in the cell, at
-    old_offs) in this layout: (cells, blocks)."""
-    new_offs, W = view._column_offsets(HLL_WORDS)
+    old_offs) in the layout of version 4: (cells, blocks)."""
+    new_offs, W = view._column_offsets(HLL_WORDS, W_COMMON)
     n, m = len(cells), view.hp.m
     out = np.empty((n, W), dtype=np.int64)
     out[:, :W_COMMON] = cells[:, :W_COMMON]

@@ -303,15 +303,43 @@ cdef inline void lastk_merge(Word* d, const Word* s, Py_ssize_t k) noexcept nogi
     d[0].i = o
 
 
+cdef int64_t cell_first_ts(const Word* c, const Layout* L) noexcept nogil:
+    # the cell's earliest event time (a cell with events)
+    if L.packed:
+        return c[W_BUCKET].i * L.hop + <int64_t>((<uint64_t>c[W_FIRST_TS].i) >> 32)
+    return c[W_FIRST_TS].i
+
+
+cdef int64_t cell_last_ts(const Word* c, const Layout* L) noexcept nogil:
+    # the cell's latest event time (a cell with events)
+    if L.packed:
+        return c[W_BUCKET].i * L.hop + <int64_t>((<uint64_t>c[W_FIRST_TS].i) & ((<uint64_t>1 << 32) - 1))
+    return c[W_LAST_TS].i
+
+
+cdef inline void cell_set_ts(Word* c, const Layout* L, int64_t first, int64_t last) noexcept nogil:
+    # (packed: relative to the cell's bucket; an accumulator's, of no bucket,
+    # is never read)
+    cdef int64_t origin
+    if L.packed:
+        if c[W_BUCKET].i != INT64_MIN:
+            origin = c[W_BUCKET].i * L.hop
+            c[W_FIRST_TS].i = <int64_t>((<uint64_t>(first - origin) << 32) | <uint64_t>(last - origin))
+        return
+    c[W_FIRST_TS].i = first
+    c[W_LAST_TS].i = last
+
+
 cdef void cell_reset(Word* c, const Layout* L) noexcept nogil:
     # Identity of every merge: zero counts/sums/registers, +inf/-inf extremes,
-    # first/last at the far ends of time.
+    # first/last at the far ends of time (packed: 0, read only once counted).
     cdef Py_ssize_t j
     cdef const ColLayout* cl
     memset(c, 0, L.width * sizeof(Word))
     c[W_BUCKET].i = INT64_MIN
-    c[W_FIRST_TS].i = INT64_MAX
-    c[W_LAST_TS].i = INT64_MIN
+    if not L.packed:
+        c[W_FIRST_TS].i = INT64_MAX
+        c[W_LAST_TS].i = INT64_MIN
     for j in range(L.ncols):
         cl = &L.cols[j]
         if cl.vmin >= 0:
@@ -332,11 +360,17 @@ cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssi
     cdef int64_t n
     cdef double v, d
     cdef const ColLayout* cl
+    if L.packed:
+        if c[W_COUNT].i == 0:
+            cell_set_ts(c, L, ts, ts)
+        elif ts < cell_first_ts(c, L) or ts > cell_last_ts(c, L):
+            cell_set_ts(c, L, min(ts, cell_first_ts(c, L)), max(ts, cell_last_ts(c, L)))
+    else:
+        if ts < c[W_FIRST_TS].i:
+            c[W_FIRST_TS].i = ts
+        if ts > c[W_LAST_TS].i:
+            c[W_LAST_TS].i = ts
     c[W_COUNT].i += 1
-    if ts < c[W_FIRST_TS].i:
-        c[W_FIRST_TS].i = ts
-    if ts > c[W_LAST_TS].i:
-        c[W_LAST_TS].i = ts
     for j in range(L.ncols):
         v = x[j * xstride]
         if isnan(v):       # null: only count(*) above sees it
@@ -378,11 +412,20 @@ cdef void cell_merge_from(Word* dst, const Layout* L, const Word* src, const Lay
     cdef int64_t na, nb, n
     cdef double delta
     cdef const ColLayout* cl
+    cdef int64_t f, l
+    if L.packed or Ls.packed:
+        # (an accumulator of no bucket: its times are never read)
+        if src[W_COUNT].i and dst[W_BUCKET].i != INT64_MIN:
+            f, l = cell_first_ts(src, Ls), cell_last_ts(src, Ls)
+            if dst[W_COUNT].i:
+                f, l = min(f, cell_first_ts(dst, L)), max(l, cell_last_ts(dst, L))
+            cell_set_ts(dst, L, f, l)
+    else:
+        if src[W_FIRST_TS].i < dst[W_FIRST_TS].i:
+            dst[W_FIRST_TS].i = src[W_FIRST_TS].i
+        if src[W_LAST_TS].i > dst[W_LAST_TS].i:
+            dst[W_LAST_TS].i = src[W_LAST_TS].i
     dst[W_COUNT].i += src[W_COUNT].i
-    if src[W_FIRST_TS].i < dst[W_FIRST_TS].i:
-        dst[W_FIRST_TS].i = src[W_FIRST_TS].i
-    if src[W_LAST_TS].i > dst[W_LAST_TS].i:
-        dst[W_LAST_TS].i = src[W_LAST_TS].i
     for j in range(L.ncols):
         cl = &L.cols[j]
         nb = src[cl.n].i

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fscore.window import WindowView, _hll_reserve_from
+from fscore.window import WindowView, _hll_reserve_from, _pack_max_hop
 from fscore.window_ref import RefView
 from fscore.window_spec import WindowSpec, continuous, lifetime, session, sliding, tumbling
 
@@ -33,6 +33,16 @@ TIMES = st.one_of(st.integers(0, 120), st.sampled_from([0, 9, 10, 11, 29, 30, 31
 EVENTS = st.lists(st.tuples(st.integers(0, N_SLOTS - 1), TIMES, VALUES), min_size=0, max_size=40)
 # Example counts come from the suite's profile (tests/conftest.py).
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module", autouse=True, params=["packed", "unpacked"])
+def packed_times(request):
+    """Every property twice: hop windows with both times of a cell in one
+    word (their hops here are all short enough) and in two (as hops over
+    2^32 us are; window.pxd)."""
+    prev = _pack_max_hop(1 << 32 if request.param == "packed" else 0)
+    yield request.param
+    _pack_max_hop(prev)
 
 
 def arrays(events):
