@@ -12,7 +12,7 @@ import pytest
 from fsapp.engine.errors import BatchError, UnknownStreamError
 from fsapp.registry.repo import Repo
 from fsapp.registry.scaffold import init_repo
-from fsapp.serve.engine_server import CheckpointSchedule
+from fsapp.serve.engine_server import CheckpointSchedule, _compact
 from fsapp.serve.protocol import EngineClient, EngineUnavailable
 from fsapp.serve.reader import OnlineReader
 from fsapp.serve.supervisor import _wait_for_engine, socket_path_for
@@ -123,6 +123,26 @@ def test_checkpoint_schedule_is_periodic_early_on_a_backlog_and_spaced_by_its_ow
     assert not s.due(163, backlog_s=0) and s.due(164, backlog_s=0)  # the period, from its end
     s.done(started=164, ended=165, ok=False)  # failed: retried within 10 s, backlog or not
     assert not s.due(174, backlog_s=9) and s.due(175, backlog_s=0)
+
+
+def test_the_server_loops_compaction_says_what_it_gave_back_and_survives_a_failure(capsys):
+    """After each checkpoint the engine server compacts window state
+    (Engine.compact): what it gave back is logged; a failure (no memory for
+    a new pool) is logged and the engine goes on serving."""
+    class Engine:
+        def __init__(self, result):
+            self.result = result
+
+        def compact(self):
+            if isinstance(self.result, Exception):
+                raise self.result
+            return self.result
+    _compact(Engine(5_000_000))
+    _compact(Engine(0))
+    _compact(Engine(MemoryError("no room for a new pool")))
+    out, err = capsys.readouterr()
+    assert out == "engine: window state compacted, 5.0 MB given back\n"
+    assert "compacting window state failed (MemoryError: no room for a new pool)" in err
 
 
 def test_worker_backend_reads_json_from_memory_and_as_of_from_the_engine(repo):
