@@ -194,6 +194,7 @@ cdef class WindowView:
 
     cdef _build_layout(self)
     cdef int _class_of(self, int64_t cap) noexcept nogil
+    cdef int64_t _snug_cap(self, int64_t ln) noexcept nogil
     cdef int64_t _alloc(self, int64_t cap) noexcept nogil
     cdef void _free(self, int64_t at, int64_t cap) noexcept nogil
     cdef void _push_block(self, int64_t at, int k) noexcept nogil

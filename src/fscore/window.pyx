@@ -260,6 +260,13 @@ cdef class WindowView:
         for k in range(MAX_CLASSES):
             self.free_head[k] = -1
 
+    cdef int64_t _snug_cap(self, int64_t ln) noexcept nogil:
+        """The run a key of run length `ln` (RING: a ring) is laid out in by
+        compaction: its cells' class, its ring, or none."""
+        if ln == RING:
+            return self.ring_len
+        return self.class_cap[self._class_of(ln)] if ln > 0 else 0
+
     cdef int _class_of(self, int64_t cap) noexcept nogil:
         cdef int k = 0
         while k < self.n_classes - 1 and self.class_cap[k] < cap:
@@ -1322,12 +1329,11 @@ cdef class WindowView:
         new_at = np.full(n, -1, dtype=np.int32)
         new_cap = np.zeros(n, dtype=np.int32)
         cdef int32_t[::1] a = at, l = ln, na = new_at, nc = new_cap
-        cdef int64_t m, c, off = 0, total = 0
+        cdef int64_t m, off = 0, total = 0
         with nogil:
             for s in range(n):
-                m = R if l[s] == RING else l[s]
-                if m > 0 and a[s] >= 0:
-                    nc[s] = <int32_t>(R if l[s] == RING else self.class_cap[self._class_of(m)])
+                if a[s] >= 0:
+                    nc[s] = <int32_t>self._snug_cap(l[s])
                     total += nc[s]
         out, mapped = self._pool_array(total, max(total + total // 8 + self._block_room(), 16))
         cdef int64_t[:, ::1] src = pool
@@ -1360,18 +1366,19 @@ cdef class WindowView:
         if n > n0:
             dirty = np.concatenate([dirty, np.arange(n0, n, dtype=np.int64)])
         holes = np.zeros((len(dirty), 2), dtype=np.int64)  # (at, cells) left behind by a slot that moved
+        needs = np.zeros(len(dirty), dtype=np.int64)        # each written slot's run now
         cdef const int64_t[::1] dv = dirty
         cdef int32_t[::1] na = new_at, nc = new_cap
         cdef int64_t[:, ::1] hv = holes
+        cdef int64_t[::1] nd = needs
         cdef int64_t m, need, nh = 0, off = top, more = 0
         with nogil:  # the cells of slots that outgrew their place
             for q in range(dv.shape[0]):
                 s = dv[q]
-                m = R if self.len_p[s] == RING else self.len_p[s]
-                if m > 0 and self.at_p[s] >= 0:
-                    need = R if self.len_p[s] == RING else self.class_cap[self._class_of(m)]
-                    if nc[s] < need:
-                        more += need
+                if self.at_p[s] >= 0:
+                    nd[q] = self._snug_cap(self.len_p[s])
+                    if nc[s] < nd[q]:
+                        more += nd[q]
         if top + more > out.shape[0]:  # (a reservation never fills: only a small pool is copied here)
             grown, mapped = self._pool_array(top + more, max(2 * out.shape[0], top + more + self._block_room()))
             grown[:top] = out[:top]
@@ -1380,10 +1387,7 @@ cdef class WindowView:
         with nogil:
             for q in range(dv.shape[0]):
                 s = dv[q]
-                m = R if self.len_p[s] == RING else self.len_p[s]
-                need = 0
-                if m > 0 and self.at_p[s] >= 0:
-                    need = R if self.len_p[s] == RING else self.class_cap[self._class_of(m)]
+                need = nd[q]
                 if nc[s] < need or need == 0:
                     if nc[s]:
                         hv[nh, 0], hv[nh, 1] = na[s], nc[s]
@@ -1393,6 +1397,7 @@ cdef class WindowView:
                         na[s], nc[s] = <int32_t>off, <int32_t>need
                         off += need
                 if need:
+                    m = R if self.len_p[s] == RING else self.len_p[s]
                     memcpy(&dst[na[s], 0], self.P + self.at_p[s] * W, m * W * sizeof(int64_t))
         self.free_bits = None
         for q in range(MAX_CLASSES):

@@ -330,6 +330,14 @@ cdef inline void cell_set_ts(Word* c, const Layout* L, int64_t first, int64_t la
     c[W_LAST_TS].i = last
 
 
+cdef inline void cell_fold_ts(Word* c, const Layout* L, int64_t first, int64_t last) noexcept nogil:
+    # c's times widened to [first, last] (a packed cell's: its own read only
+    # once it has events; call before counting the new ones)
+    if c[W_COUNT].i:
+        first, last = min(first, cell_first_ts(c, L)), max(last, cell_last_ts(c, L))
+    cell_set_ts(c, L, first, last)
+
+
 cdef void cell_reset(Word* c, const Layout* L) noexcept nogil:
     # Identity of every merge: zero counts/sums/registers, +inf/-inf extremes,
     # first/last at the far ends of time (packed: 0, read only once counted).
@@ -361,10 +369,7 @@ cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssi
     cdef double v, d
     cdef const ColLayout* cl
     if L.packed:
-        if c[W_COUNT].i == 0:
-            cell_set_ts(c, L, ts, ts)
-        elif ts < cell_first_ts(c, L) or ts > cell_last_ts(c, L):
-            cell_set_ts(c, L, min(ts, cell_first_ts(c, L)), max(ts, cell_last_ts(c, L)))
+        cell_fold_ts(c, L, ts, ts)
     else:
         if ts < c[W_FIRST_TS].i:
             c[W_FIRST_TS].i = ts
@@ -412,14 +417,10 @@ cdef void cell_merge_from(Word* dst, const Layout* L, const Word* src, const Lay
     cdef int64_t na, nb, n
     cdef double delta
     cdef const ColLayout* cl
-    cdef int64_t f, l
     if L.packed or Ls.packed:
         # (an accumulator of no bucket: its times are never read)
         if src[W_COUNT].i and dst[W_BUCKET].i != INT64_MIN:
-            f, l = cell_first_ts(src, Ls), cell_last_ts(src, Ls)
-            if dst[W_COUNT].i:
-                f, l = min(f, cell_first_ts(dst, L)), max(l, cell_last_ts(dst, L))
-            cell_set_ts(dst, L, f, l)
+            cell_fold_ts(dst, L, cell_first_ts(src, Ls), cell_last_ts(src, Ls))
     else:
         if src[W_FIRST_TS].i < dst[W_FIRST_TS].i:
             dst[W_FIRST_TS].i = src[W_FIRST_TS].i

@@ -290,6 +290,29 @@ def test_pushes_and_reads_go_on_while_a_checkpoint_writes(repo, rng, held_parque
     assert_restart_reads_alike(eng, repo, feats, ents, now, replayed=1)
 
 
+class _PushInside:
+    """A window whose copy (`method`: frozen_begin, compact_begin) a push
+    interrupts, as another thread's would."""
+
+    def __init__(self, view, method, push):
+        self.view, self._method, self._push = view, method, push
+
+    def __getattr__(self, name):
+        if name != self._method:
+            return getattr(self.view, name)
+
+        def copying(track):
+            begun = getattr(self.view, name)(track)
+            self._push()
+            return begun
+        return copying
+
+
+def push_inside_each_windows_copy(eng, method, push):
+    for rt in eng.runtimes.values():
+        rt.windows = [_PushInside(w, method, push) for w in rt.windows]
+
+
 def test_a_copy_mode_checkpoint_holds_the_pushes_made_while_it_copies(repo, rng):
     """Issue 15: the embedded engine's copy-mode checkpoint copied every
     window's cells under the engine lock (pushes and reads stalled 25-300 ms
@@ -305,22 +328,12 @@ def test_a_copy_mode_checkpoint_holds_the_pushes_made_while_it_copies(repo, rng)
     eng.push("transactions", events(rng, 3000, T0, users=400), now=now)
     batches = iter(range(1000))
 
-    class Copying:  # a view whose copy a push interrupts
-        def __init__(self, view):
-            self.view = view
-
-        def __getattr__(self, name):
-            return getattr(self.view, name)
-
-        def frozen_begin(self, track):
-            begun = self.view.frozen_begin(track)
-            i = next(batches)
-            ev = events(rng, 40, T0, users=400)
-            ev["ts"] = (T0 + 2 * H + i * M + np.sort(rng.integers(0, M, 40))).tolist()
-            eng.push("transactions", ev, now=now)
-            return begun
-    for rt in eng.runtimes.values():
-        rt.windows = [Copying(w) for w in rt.windows]
+    def push():
+        i = next(batches)
+        ev = events(rng, 40, T0, users=400)
+        ev["ts"] = (T0 + 2 * H + i * M + np.sort(rng.integers(0, M, 40))).tolist()
+        eng.push("transactions", ev, now=now)
+    push_inside_each_windows_copy(eng, "frozen_begin", push)
     eng.checkpoint()
     assert next(batches) > 1
     feats = ["user_txn:txn_count_1h", "user_txn:amount_24h", "user_txn:distinct_merchants_1d",
@@ -353,24 +366,14 @@ def test_compaction_gives_back_outgrown_runs_and_keeps_the_pushes_made_while_it_
             e.push("transactions", ev, now=now)
     pushed = []
 
-    class Copying:  # a window whose copy a push interrupts
-        def __init__(self, view):
-            self.view = view
-
-        def __getattr__(self, name):
-            return getattr(self.view, name)
-
-        def compact_begin(self, track):
-            begun = self.view.compact_begin(track)
-            ev = events(rng, 40, T0, users=400)  # new keys too
-            ev["ts"] = (T0 + 20 * H + len(pushed) * M + np.sort(rng.integers(0, M, 40))).tolist()
-            pushed.append(ev)
-            for e in (eng, twin):
-                e.push("transactions", ev, now=now)
-            return begun
+    def push():
+        ev = events(rng, 40, T0, users=400)  # new keys too
+        ev["ts"] = (T0 + 20 * H + len(pushed) * M + np.sort(rng.integers(0, M, 40))).tolist()
+        pushed.append(ev)
+        for e in (eng, twin):
+            e.push("transactions", ev, now=now)
     waste = {id(w): w.pool_waste for rt in eng.runtimes.values() for w in rt.windows}
-    for rt in eng.runtimes.values():
-        rt.windows = [Copying(w) for w in rt.windows]
+    push_inside_each_windows_copy(eng, "compact_begin", push)
     freed = eng.compact(min_waste=0.1, min_bytes=0)
     for rt in eng.runtimes.values():
         rt.windows = [w.view for w in rt.windows]
