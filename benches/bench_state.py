@@ -52,10 +52,11 @@ def _events(users: np.ndarray, rng, spread_s: int = 20 * 3600) -> dict:
             "ts": (NOW - rng.integers(60, spread_s, n)).tolist()}
 
 
-def _load(eng, users: np.ndarray, rng, batch: int = 50_000) -> pa.Table:
-    """Pushes one event per entry of `users` over the last 20 hours, in time
-    order (a stream: nothing late), in batches; returns them as Arrow."""
-    ev = pa.table(_events(users, rng))
+def _load(eng, users: np.ndarray, rng, batch: int = 50_000, spread_s: int = 20 * 3600) -> pa.Table:
+    """Pushes one event per entry of `users` over the last 20 hours (or
+    `spread_s`), in time order (a stream: nothing late), in batches; returns
+    them as Arrow."""
+    ev = pa.table(_events(users, rng, spread_s))
     ev = ev.take(pa.array(np.argsort(ev.column("ts").to_numpy(), kind="stable")))
     for off in range(0, ev.num_rows, batch):
         res = eng.push("transactions", ev.slice(off, batch))
@@ -181,12 +182,7 @@ def run_one(base: str, n_keys: int, events_per_key: str, rng) -> dict:
     rss0 = rss_bytes()
     eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
     users = np.arange(1, n_keys + 1)
-    if events_per_key == "zipf":
-        # most keys 1-3 events (88% with Zipf a = 2.2), a few hot ones with many
-        extra = np.minimum(rng.zipf(2.2, n_keys) - 1, 2000)
-        draws = np.concatenate([users, np.repeat(users, extra)])
-    else:
-        draws = np.repeat(users, 100)
+    draws = _draws(n_keys, events_per_key, rng)
     t0 = time.perf_counter()
     raw = _load(eng, draws, rng)
     load_s = time.perf_counter() - t0
@@ -318,6 +314,42 @@ def many_keys(n_keys: int, slice_events: int = 1_000_000) -> dict:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _draws(n_keys: int, dist: str, rng) -> np.ndarray:
+    users = np.arange(1, n_keys + 1)
+    if dist == "zipf":
+        # most keys 1-3 events (88% with Zipf a = 2.2), a few hot ones with many
+        extra = np.minimum(rng.zipf(2.2, n_keys) - 1, 2000)
+        return np.concatenate([users, np.repeat(users, extra)])
+    return np.repeat(users, int(dist))
+
+
+def layout_bytes(base: str, n_keys: int, dist: str, days: float, share: bool) -> float:
+    """Bytes per key after a load (and compaction) with the starter repo's
+    windows of one hop and one size sharing a view (fscore.window_spec.
+    share_views), or one view a window as before: the measure behind that
+    choice, with events over `days`."""
+    import fsapp.engine.runtime as runtime
+    from fsapp.engine import Engine
+
+    path = os.path.join(base, f"layout-{n_keys}-{dist}-{days}-{share}")
+    repo = _repo(path)
+    real = runtime.share_views
+    if not share:
+        runtime.share_views = lambda groups: [(s, tuple(a), None) for s, a in groups]
+    try:
+        eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
+    finally:
+        runtime.share_views = real
+    rng = np.random.default_rng(16)
+    _load(eng, _draws(n_keys, dist, rng), rng, spread_s=int(days * 86_400))
+    eng.tick()
+    eng.compact()
+    out = state_bytes(eng) / n_keys
+    eng.close()
+    shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
 def run(quick: bool = False) -> list[Row]:
     base = tempfile.mkdtemp(prefix="fstore-bench-state-", dir=os.environ.get("FSTORE_BENCH_DIR"))
     rng = np.random.default_rng(15)
@@ -375,6 +407,15 @@ def run(quick: bool = False) -> list[Row]:
                         rows.append(Row("state", f"{label}: slowest {what} during a checkpoint ({mode})", during,
                                         f"slowest {what}, no checkpoint", r[f"{what}_max_no_ckpt_ms"], "ms",
                                         "lower", target))
+        # windows of one hop and one size share a view: against one view a
+        # window, events over 20 hours and over the 7-day window's length
+        for n, dist, days in ((sizes[0], "zipf", 20 / 24), (sizes[0], "zipf", 7), (sizes[0] // 10, "100", 20 / 24),
+                              (sizes[0] // 10, "100", 7)):
+            label = f"{n:,} keys, {'Zipf 1-3 events' if dist == 'zipf' else '100 events'} per key over " + \
+                    ("20 h" if days < 1 else f"{days:g} days")
+            rows.append(Row("state", f"{label}: bytes/key, windows of one hop and size sharing a view",
+                            layout_bytes(base, n, dist, days, True), "one view a window",
+                            layout_bytes(base, n, dist, days, False), "B/key", "lower"))
         return rows
     finally:
         shutil.rmtree(base, ignore_errors=True)

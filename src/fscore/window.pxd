@@ -105,6 +105,19 @@ ctypedef struct OutSpec:
     Py_ssize_t row          # first row in the float (or int) output matrix
     Py_ssize_t k            # last_k width
 
+# Aggregations that read the same buckets the same way: a plain view has one
+# group; a view whose aggregations have windows of their own over one hop
+# (WindowView agg_specs) has one per distinct (kind, buckets). A group's
+# layout is the view's with only the columns and fields its aggregations
+# need (its `cols` its own; OutSpec.col indexes them), so a query merges no
+# word it does not finalise.
+ctypedef struct Group:
+    int kind                # K_BUCKETED or K_CONTINUOUS (sessions, lifetime: the view's)
+    int64_t nb              # closed buckets the window covers
+    Layout L
+    OutSpec* outs
+    Py_ssize_t nout
+
 # Cell kernels: add / merge / finalise over state passed by pointer.
 cdef void cell_reset(Word* c, const Layout* L) noexcept nogil
 cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssize_t xstride,
@@ -155,6 +168,11 @@ cdef class WindowView:
     cdef object hll_owner         # a frozen copy: the array its blocks are borrowed from
     cdef OutSpec* outs
     cdef Py_ssize_t nout
+    cdef readonly tuple agg_specs   # per aggregation its own window, or None (all `spec`)
+    cdef Group* groups
+    cdef Py_ssize_t n_groups
+    cdef ColLayout* g_cols        # the groups' columns, back to back
+    cdef OutSpec* g_outs          # the groups' outputs, back to back
     cdef Py_ssize_t n_float_out
     cdef Py_ssize_t n_int_out
     cdef object out_meta          # list of (name, kind, row, k, is_int)
@@ -193,6 +211,7 @@ cdef class WindowView:
     cdef object scratch           # int64 (2, width): query / event accumulators
 
     cdef _build_layout(self)
+    cdef _build_groups(self)
     cdef int _class_of(self, int64_t cap) noexcept nogil
     cdef int64_t _snug_cap(self, int64_t ln) noexcept nogil
     cdef int64_t _alloc(self, int64_t cap) noexcept nogil

@@ -14,6 +14,7 @@ EMPTY: int  # INT64_MIN: "no bucket / no event" marker in state arrays
 class WindowView:
     spec: WindowSpec
     aggs: tuple[Agg, ...]
+    agg_specs: tuple[WindowSpec, ...] | None  # per aggregation its own window; None: all `spec`
     columns: tuple[str, ...]       # input columns, in layout order
     allowed_lateness: int          # int64 µs
     hll_p: int                     # int: HyperLogLog precision, 2**hll_p registers
@@ -34,7 +35,12 @@ class WindowView:
     pool_waste: int                # cells below the pool's top in no key's run (what compaction gives back)
 
     def __init__(self, spec: WindowSpec, aggs: Sequence[Agg | str], n_slots: int = 0,
-                 allowed_lateness: int | str = 0, hll_p: int = 8, max_sessions: int = 4) -> None: ...
+                 allowed_lateness: int | str = 0, hll_p: int = 8, max_sessions: int = 4,
+                 agg_specs: Sequence[WindowSpec] | None = None) -> None:
+        """agg_specs: per aggregation its own window (tumbling, sliding, continuous) of
+        `spec`'s hop, `spec` the longest: the aggregations share one cell per hop."""
+    def empty_like(self, n_slots: int = 0) -> "WindowView":
+        """A view of the same definition with `n_slots` empty keys."""
     def grow(self, n_slots: int) -> None: ...
     def reset_slots(self, slots: npt.ArrayLike) -> None: ...
     def idle_slots(self, now: int, ttl: int | str) -> npt.NDArray[np.int64]: ...

@@ -26,7 +26,7 @@ from libc.stdlib cimport malloc, calloc, free
 
 from fscore.errors import SchemaError, WindowSpecError, WindowStateError
 from fscore.window_spec import (
-    Agg, WindowSpec, check_view_params, normalise_aggs, spec_from_dict,
+    Agg, WindowSpec, check_agg_specs, check_view_params, normalise_aggs, spec_from_dict,
     continuous, duration, lifetime, session, sliding, tumbling,
 )
 
@@ -84,6 +84,21 @@ cdef inline bint include_partial(Word* acc, const Word* c, int64_t b, int64_t t,
 
 
 
+cdef _clear_field(ColLayout* cl, str f):
+    # A group's column without field f (its offset -1: merges skip it).
+    if f == "sum": cl.sum = -1
+    elif f == "wmean": cl.wmean = -1
+    elif f == "m2": cl.m2 = -1
+    elif f == "vmin": cl.vmin = -1
+    elif f == "vmax": cl.vmax = -1
+    elif f == "first_ts": cl.first_ts = -1
+    elif f == "first_val": cl.first_val = -1
+    elif f == "last_ts": cl.last_ts = -1
+    elif f == "last_val": cl.last_val = -1
+    elif f == "hll": cl.hll = -1
+    elif f == "lastk": cl.lastk = -1
+
+
 cdef inline bint ring_cell_held(const int64_t* c, int64_t horizon) noexcept nogil:
     # A ring's cell that the key holds (snapshots write it): it has events and
     # is in the key's last R buckets (`horizon`: WindowView._ring_horizon).
@@ -112,6 +127,10 @@ cdef class WindowView:
     def __cinit__(self, *args, **kwargs):
         self.layout.cols = NULL
         self.outs = NULL
+        self.groups = NULL
+        self.g_cols = NULL
+        self.g_outs = NULL
+        self.n_groups = 0
         self.P = NULL
         self.hp.B = NULL
         self.hp.home = HLL_MALLOC
@@ -125,16 +144,20 @@ cdef class WindowView:
     def __dealloc__(self):
         free(self.layout.cols)
         free(self.outs)
+        free(self.groups)
+        free(self.g_cols)
+        free(self.g_outs)
         hll_pool_release(&self.hp)
 
     def __init__(self, spec, aggs, Py_ssize_t n_slots=0, allowed_lateness=0,
-                 int hll_p=8, int max_sessions=4):
+                 int hll_p=8, int max_sessions=4, agg_specs=None):
         if not isinstance(spec, WindowSpec):
             raise WindowSpecError(f"spec must be a WindowSpec (tumbling(...), sliding(...), ...), got {spec!r}")
         lateness = duration(allowed_lateness)
         check_view_params(lateness, hll_p, max_sessions)
         self.spec = spec
         self.aggs = normalise_aggs(aggs)
+        self.agg_specs = check_agg_specs(spec, self.aggs, agg_specs)
         self.allowed_lateness = lateness
         self.hll_p = hll_p
         self.max_sessions = max_sessions
@@ -230,11 +253,59 @@ cdef class WindowView:
             else:
                 nf += a.k if a.kind == "last_k" else 1
         self.n_float_out, self.n_int_out, self.out_meta = nf, ni, meta
+        self._build_groups()
         self.template = np.empty(self.layout.width, dtype=np.int64)
         cdef int64_t[::1] tv = self.template
         cell_reset(<Word*>&tv[0], &self.layout)
         self.tmpl_p = &tv[0]
         self.scratch = np.empty((2, self.layout.width), dtype=np.int64)
+
+    cdef _build_groups(self):
+        # Groups of aggregations (window.pxd Group): one per distinct
+        # (continuous, buckets) of their windows, in order of first appearance.
+        cdef Py_ssize_t g = 0, o = 0, nc = 0, j, i, ng
+        cdef Group* gp
+        cdef ColLayout* cl
+        specs = self.agg_specs or (self.spec,) * len(self.aggs)
+        keyed = {}
+        for j, sp in enumerate(specs):
+            keyed.setdefault((sp.kind == "continuous", sp.buckets_per_window), []).append(j)
+        ng = len(keyed)
+        self.groups = <Group*>calloc(ng, sizeof(Group))
+        self.g_cols = <ColLayout*>calloc(max(ng * self.layout.ncols, 1), sizeof(ColLayout))
+        self.g_outs = <OutSpec*>calloc(self.nout, sizeof(OutSpec))
+        if self.groups == NULL or self.g_cols == NULL or self.g_outs == NULL:
+            raise MemoryError()
+        self.n_groups = ng
+        for (cont, nb), members in keyed.items():
+            gp = &self.groups[g]
+            gp.kind = (K_CONTINUOUS if cont else K_BUCKETED) if self.agg_specs is not None else self.kind
+            gp.nb = nb if self.agg_specs is not None else self.nbuckets
+            gp.L = self.layout
+            gp.L.cols = self.g_cols + nc
+            gp.outs = self.g_outs + o
+            gp.nout = len(members)
+            needs = {}
+            for j in members:
+                a = self.aggs[j]
+                if a.column is not None:
+                    needs.setdefault(self.columns.index(a.column), {"n"}).update(_NEEDS[a.kind])
+            order = sorted(needs)
+            for i, j in enumerate(order):
+                cl = &gp.L.cols[i]
+                cl[0] = self.layout.cols[j]
+                for f in _FIELDS + ("hll", "lastk"):
+                    if f not in needs[j]:
+                        _clear_field(cl, f)
+            gp.L.ncols = len(order)
+            gp.L.has_hll = any("hll" in needs[j] for j in order)
+            for i, j in enumerate(members):
+                gp.outs[i] = self.outs[j]
+                if self.outs[j].col >= 0:
+                    gp.outs[i].col = order.index(self.outs[j].col)
+            o += len(members)
+            nc += len(order)
+            g += 1
 
     # ---- the pool of runs -----------------------------------------------------
 
@@ -627,14 +698,14 @@ cdef class WindowView:
             stop = self.n_slots
         if start < 0:
             start = 0
-        cdef int64_t hop = self.hop, hi0 = floor_div(t0, self.hop), hi1 = floor_div(t1, self.hop)
-        cdef int64_t lo0 = hi0 - self.nbuckets, lo1 = hi1 - self.nbuckets, b
+        cdef int64_t hop = self.hop, hi0 = floor_div(t0, self.hop), hi1 = floor_div(t1, self.hop), b
         if self.kind == K_SESSION or self.kind == K_LIFETIME or hi0 == hi1 or start >= stop:
             return np.zeros(0, dtype=np.int64)
         out = np.empty(stop - start, dtype=np.int64)
         cdef int64_t[::1] o = out
-        cdef Py_ssize_t s, j, m, n = 0, W = self.layout.width
+        cdef Py_ssize_t s, j, m, g, n = 0, W = self.layout.width
         cdef int64_t* c
+        cdef bint moved
         with nogil:
             for s in range(start, stop):
                 m = self.ring_len if self.len_p[s] == RING else self.len_p[s]
@@ -643,7 +714,11 @@ cdef class WindowView:
                     b = c[j * W + W_BUCKET]
                     if c[j * W + W_COUNT] == 0 or b == INT64_MIN:
                         continue
-                    if (b >= lo0 and b < lo1) or (b >= hi0 and b <= hi1):
+                    moved = b >= hi0 and b <= hi1
+                    for g in range(self.n_groups):  # each group's window: [hi - nb, hi)
+                        if b >= hi0 - self.groups[g].nb and b < hi1 - self.groups[g].nb:
+                            moved = 1
+                    if moved:
                         o[n] = s
                         n += 1
                         break
@@ -1034,7 +1109,7 @@ cdef class WindowView:
 
     cdef int _query(self, const int64_t[::1] slots, const int64_t[::1] tq, double[:, ::1] of,
                     int64_t[:, ::1] oi, uint8_t[::1] exact) except -1:
-        cdef Py_ssize_t nq = tq.shape[0], q, W = self.layout.width, j, m
+        cdef Py_ssize_t nq = tq.shape[0], q, W = self.layout.width, j, m, g
         cdef int64_t[:, ::1] sc = self.scratch
         cdef int64_t[::1] tv = self.template
         cdef Word* tmpl = <Word*>&tv[0]
@@ -1042,69 +1117,88 @@ cdef class WindowView:
         cdef Word* key
         cdef Word* c
         cdef const Layout* L = &self.layout
+        cdef const Group* gp
         cdef int kind = self.kind
-        cdef int64_t hop = self.hop, nb = self.nbuckets, t, b, hi, lo, s
+        cdef bint ex
+        cdef int64_t hop = self.hop, t, b, hi, lo, s, fl
         with nogil:
             for q in range(nq):
                 t = tq[q]
                 s = slots[q]
                 m = self.len_p[s]
                 key = <Word*>(self.P + self.at_p[s] * W) if m != 0 else NULL
-                memcpy(acc, tmpl, W * sizeof(Word))
-                if kind == K_SESSION:
-                    # The most recent session that started before t.
-                    j = m - 1
-                    while j >= 0 and key[j * W + W_FIRST_TS].i >= t:
-                        j -= 1
-                    if j >= 0:
-                        cell_merge(acc, key + j * W, L)
-                        exact[q] = key[j * W + W_LAST_TS].i < t
+                if kind == K_SESSION or kind == K_LIFETIME:
+                    memcpy(acc, tmpl, W * sizeof(Word))
+                    if kind == K_LIFETIME:
+                        exact[q] = 1 if m == 0 else include_partial(acc, key, 0, t, L)
                     else:
-                        exact[q] = self.floor_p[s] == INT64_MIN
-                elif kind == K_LIFETIME:
-                    exact[q] = 1 if m == 0 else include_partial(acc, key, 0, t, L)
-                elif m == RING:
-                    hi = floor_div(t, hop)
-                    lo = hi - nb
-                    # An overwritten bucket raised the floor; a ring also still holds
-                    # buckets older than its newest - R + 1 until they are overwritten,
-                    # which a run of cells drops at its next new bucket: they count as
-                    # dropped here, so both forms (and a restored copy) answer alike.
-                    exact[q] = not (self._held_floor(key, self.ring_len, s) >= lo)
-                    for b in range(lo, hi):
-                        c = key + floor_mod(b, self.ring_len) * W
-                        if c[W_BUCKET].i == b:
-                            cell_merge(acc, c, L)
-                    if kind == K_CONTINUOUS and t != hi * hop:
-                        c = key + floor_mod(hi, self.ring_len) * W
-                        if c[W_BUCKET].i == hi and not include_partial(acc, c, hi, t, L):
-                            exact[q] = 0
-                else:
-                    hi = floor_div(t, hop)
-                    lo = hi - nb
-                    # a bucket the window needs was dropped from the key: not exact
-                    exact[q] = not (self._held_floor(key, m, s) >= lo)
-                    for j in range(m):
-                        c = key + j * W
-                        b = c[W_BUCKET].i
-                        if b >= lo and b < hi:
-                            cell_merge(acc, c, L)
-                        elif b == hi and kind == K_CONTINUOUS and t != hi * hop:
-                            if not include_partial(acc, c, hi, t, L):
-                                exact[q] = 0
-                cell_finalize(acc, L, self.outs, self.nout, &of[0, 0], &oi[0, 0], nq, q)
-                cell_release(acc, L)
+                        # The most recent session that started before t.
+                        j = m - 1
+                        while j >= 0 and key[j * W + W_FIRST_TS].i >= t:
+                            j -= 1
+                        if j >= 0:
+                            cell_merge(acc, key + j * W, L)
+                            exact[q] = key[j * W + W_LAST_TS].i < t
+                        else:
+                            exact[q] = self.floor_p[s] == INT64_MIN
+                    cell_finalize(acc, L, self.outs, self.nout, &of[0, 0], &oi[0, 0], nq, q)
+                    cell_release(acc, L)
+                    continue
+                hi = floor_div(t, hop)
+                # An overwritten bucket raised the floor; a ring also still holds
+                # buckets older than its newest - R + 1 until they are overwritten,
+                # which a run of cells drops at its next new bucket: they count as
+                # dropped here, so both forms (and a restored copy) answer alike.
+                # A bucket a window needs was dropped from the key: not exact.
+                fl = self._held_floor(key, self.ring_len if m == RING else m, s)
+                ex = 1
+                for g in range(self.n_groups):
+                    gp = &self.groups[g]
+                    memcpy(acc, tmpl, W * sizeof(Word))
+                    lo = hi - gp.nb
+                    if fl >= lo:
+                        ex = 0
+                    if m == RING:
+                        for b in range(lo, hi):
+                            c = key + floor_mod(b, self.ring_len) * W
+                            if c[W_BUCKET].i == b:
+                                cell_merge(acc, c, &gp.L)
+                        if gp.kind == K_CONTINUOUS and t != hi * hop:
+                            c = key + floor_mod(hi, self.ring_len) * W
+                            if c[W_BUCKET].i == hi and not include_partial(acc, c, hi, t, &gp.L):
+                                ex = 0
+                    else:
+                        for j in range(m):
+                            c = key + j * W
+                            b = c[W_BUCKET].i
+                            if b >= lo and b < hi:
+                                cell_merge(acc, c, &gp.L)
+                            elif b == hi and gp.kind == K_CONTINUOUS and t != hi * hop:
+                                if not include_partial(acc, c, hi, t, &gp.L):
+                                    ex = 0
+                    cell_finalize(acc, &gp.L, gp.outs, gp.nout, &of[0, 0], &oi[0, 0], nq, q)
+                    cell_release(acc, &gp.L)
+                exact[q] = ex
         self._check_blocks()
         return 0
 
     # ---- state: serialise, restore, merge -------------------------------------
 
+    def empty_like(self, Py_ssize_t n_slots=0):
+        """A view of the same definition (windows, aggregations, lateness, ...)
+        with `n_slots` empty keys."""
+        return type(self)(self.spec, list(self.aggs), n_slots, self.allowed_lateness, self.hll_p,
+                          self.max_sessions, self.agg_specs)
+
     def meta(self):
         """The parameters a restored view must share with this one."""
-        return {"spec": self.spec.to_dict(), "aggs": [a.to_dict() for a in self.aggs],
-                "allowed_lateness": self.allowed_lateness, "hll_p": self.hll_p,
-                "max_sessions": self.max_sessions, "width": self.layout.width,
-                "ring_len": self.ring_len}
+        out = {"spec": self.spec.to_dict(), "aggs": [a.to_dict() for a in self.aggs],
+               "allowed_lateness": self.allowed_lateness, "hll_p": self.hll_p,
+               "max_sessions": self.max_sessions, "width": self.layout.width,
+               "ring_len": self.ring_len}
+        if self.agg_specs is not None:  # (absent from plain views' snapshots, as before it existed)
+            out["agg_specs"] = [sp.to_dict() for sp in self.agg_specs]
+        return out
 
     def _blocks_array(self):
         """The dense HLL blocks as a (cap, m) uint8 array viewing the pool."""
@@ -1194,8 +1288,7 @@ cdef class WindowView:
         """The frozen copy over these arrays; its dense HLL blocks are
         `blocks` ((n, m) uint8 holding every block the cells name, borrowed)
         or a copy of this view's."""
-        cdef WindowView f = type(self)(self.spec, list(self.aggs), 0, self.allowed_lateness, self.hll_p,
-                                       self.max_sessions)
+        cdef WindowView f = self.empty_like(0)
         cdef uint8_t[:, ::1] bv
         f._set_pool(pool, self.pool_top)
         if blocks is not None:  # (frozen_begin's: never empty)
@@ -1487,8 +1580,10 @@ cdef class WindowView:
         if version not in (2, 3, 4, _FORMAT_VERSION):
             raise WindowStateError(f"window snapshot version {version}, expected {_FORMAT_VERSION}")
         meta = json.loads(bytes(mv[12:12 + hlen]))
+        agg_specs = meta.get("agg_specs")
         cdef WindowView view = cls(spec_from_dict(meta["spec"]), [Agg(**a) for a in meta["aggs"]], meta["n_slots"],
-                   meta["allowed_lateness"], meta["hll_p"], meta["max_sessions"])
+                   meta["allowed_lateness"], meta["hll_p"], meta["max_sessions"],
+                   None if agg_specs is None else [spec_from_dict(d) for d in agg_specs])
         # versions 2 and 3 held the registers in the cell, versions before 5 both
         # times unpacked: convert their cells
         if version < 4:
@@ -1593,7 +1688,7 @@ cdef class WindowView:
 
     def _check_meta(self, meta):
         mine = self.meta()
-        diff = [k for k in mine if meta.get(k) != mine[k]]
+        diff = [k for k in dict.fromkeys([*mine, "agg_specs"]) if meta.get(k) != mine.get(k)]
         if diff:
             raise WindowStateError(f"window state does not match this view in {diff}")
 

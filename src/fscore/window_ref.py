@@ -19,7 +19,7 @@ import numpy as np
 
 from fscore.errors import SchemaError, WindowSpecError
 from fscore.window_spec import (
-    Agg, WindowSpec, check_view_params, hash_value, normalise_aggs,
+    Agg, WindowSpec, check_agg_specs, check_view_params, hash_value, normalise_aggs,
 )
 
 NAN = float("nan")
@@ -160,9 +160,11 @@ class RefView:
     its answers are always exact (`exact` is all True)."""
 
     def __init__(self, spec: WindowSpec, aggs, n_slots: int = 0, allowed_lateness: int = 0,
-                 hll_p: int = 8, max_sessions: int = 4):
+                 hll_p: int = 8, max_sessions: int = 4, agg_specs=None):
         check_view_params(allowed_lateness, hll_p, max_sessions)
         self.spec, self.aggs = spec, normalise_aggs(aggs)
+        # per aggregation its own window (the view's cells are those of `spec`, the longest)
+        self.agg_specs = check_agg_specs(spec, self.aggs, agg_specs)
         self.columns = tuple(dict.fromkeys(a.column for a in self.aggs if a.column is not None))
         self.allowed_lateness, self.hll_p, self.max_sessions = allowed_lateness, hll_p, max_sessions
         self.watermark: int | None = None
@@ -275,7 +277,12 @@ class RefView:
         return window_events(self.spec, self.events[s], t)
 
     def value_one(self, s: int, t: int) -> dict:
-        return aggregate(self.aggs, self.window_events(s, t), self.hll_p)
+        if self.agg_specs is None:
+            return aggregate(self.aggs, self.window_events(s, t), self.hll_p)
+        out = {}
+        for a, spec in zip(self.aggs, self.agg_specs):
+            out.update(aggregate([a], window_events(spec, self.events[s], t), self.hll_p))
+        return out
 
 
 def _pyval(v):

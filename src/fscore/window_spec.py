@@ -167,6 +167,60 @@ def normalise_aggs(aggs) -> tuple[Agg, ...]:
     return out
 
 
+def check_agg_specs(spec: WindowSpec, aggs: tuple, agg_specs) -> tuple | None:
+    """Per aggregation its own window, for a view whose aggregations share
+    one cell layout (docs/architecture.md, "Windows that share a view"):
+    bucketed windows (tumbling, sliding, continuous) of one hop, `spec` the
+    longest of them (its ring holds every bucket the others read). Returns
+    the specs as a tuple, or None when every one is `spec` (a plain view)."""
+    if agg_specs is None:
+        return None
+    specs = tuple(agg_specs)
+    if len(specs) != len(aggs):
+        raise WindowSpecError(f"agg_specs needs one window per aggregation ({len(aggs)}), got {len(specs)}")
+    if all(s == spec for s in specs):
+        return None
+    bucketed = ("tumbling", "sliding", "continuous")
+    for a, s in zip(aggs, specs):
+        if not isinstance(s, WindowSpec):
+            raise WindowSpecError(f"agg_specs[{a.name!r}] must be a WindowSpec, got {s!r}")
+        if s.kind not in bucketed or spec.kind not in bucketed:
+            raise WindowSpecError(f"only tumbling, sliding and continuous windows share a view's cells; "
+                                  f"{a.name!r} has a {s.kind} window over a {spec.kind} view")
+        if s.hop != spec.hop:
+            raise WindowSpecError(f"windows that share a view's cells share its hop: {a.name!r} has hop "
+                                  f"{s.hop} µs, the view {spec.hop} µs")
+        if s.size > spec.size:
+            raise WindowSpecError(f"the view's window must be the longest: {a.name!r} covers {s.size} µs, "
+                                  f"the view {spec.size} µs")
+    return specs
+
+
+def share_views(groups) -> list[tuple[WindowSpec, tuple, tuple | None]]:
+    """A feature view's window groups [(spec, aggs)] as the views that hold
+    them: bucketed windows (tumbling, sliding, continuous) of one hop and one
+    size share one view (their cells cover the same buckets for as long),
+    each aggregation given its own window (`agg_specs`); the others stay one
+    view each (agg_specs None). One cell a bucket and one run a key instead of
+    one per window. Windows of one hop but different sizes could share too
+    (WindowView takes it) but then every cell carries the shorter windows'
+    fields for as long as the longest window keeps it: measured and not done
+    (docs/architecture.md, "Windows that share a view")."""
+    out, at = [], {}
+    for spec, aggs in groups:
+        key = (spec.hop, spec.size) if spec.kind in ("tumbling", "sliding", "continuous") else None
+        if key is not None and key in at:
+            merged = out[at[key]]
+            merged[1] += aggs
+            merged[2] += [spec] * len(aggs)
+            continue
+        if key is not None:
+            at[key] = len(out)
+        out.append([spec, list(aggs), [spec] * len(aggs)])
+    return [(spec, tuple(aggs), tuple(specs) if any(sp != spec for sp in specs) else None)
+            for spec, aggs, specs in out]
+
+
 def spec_from_dict(d: dict) -> WindowSpec:
     return WindowSpec(d["kind"], d.get("size", 0), d.get("hop", 0), d.get("gap", 0))
 

@@ -1069,3 +1069,62 @@ def test_a_run_replayed_as_one_writes_each_key_as_of_its_last_record(repo, monke
         again.close()
     assert ran  # the second replay applied the run as one
     assert seen[1] == seen[0]
+
+
+def test_windows_of_one_hop_and_size_share_a_view_and_older_checkpoints_keep_their_layout(tmp_path, rng,
+                                                                                         monkeypatch):
+    """Issue 15: the starter repo's continuous and sliding 1-day windows of
+    hourly hops (amount_24h; distinct_merchants_1d, online_txn_count_1d) share
+    one view: one cell an hour and one run a key for the three features. A
+    checkpoint written before (one view a window) restarts as it was laid out,
+    with the same answers as an engine that shares from the start."""
+    import fsapp.engine.runtime as runtime
+    from fscore.window_spec import share_views
+
+    engines = []
+    for name, share in (("shared", True), ("separate", False)):
+        init_repo(tmp_path / name)
+        r = Repo(tmp_path / name)
+        r.apply()
+        with monkeypatch.context() as m:
+            if not share:  # the layout of an fstore before share_views
+                m.setattr(runtime, "share_views", lambda groups: [(s, tuple(a), None) for s, a in groups])
+            engines.append((r, Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never")))
+    (_, shared), (repo, separate) = engines
+    views = {name: [(w.spec.kind, w.agg_specs is not None, [a.name for a in w.aggs])
+                    for w in eng.runtimes[("user_txn", 1)].windows] for name, eng in (("s", shared), ("p", separate))}
+    assert ("continuous", True, ["amount_24h", "distinct_merchants_1d", "online_txn_count_1d"]) in views["s"]
+    assert len(views["p"]) == len(views["s"]) + 1 and all(not merged for _, merged, _ in views["p"])
+    now = T0 + 30 * H
+    for hour in range(28):
+        ev = events(rng, 200, T0 + hour * H, users=50)
+        for e in (shared, separate):
+            e.push("transactions", ev, now=now)
+    feats = ["user_txn:amount_24h", "user_txn:distinct_merchants_1d", "user_txn:online_txn_count_1d",
+             "user_txn:max_amount_7d", "user_txn:txn_count_1h"]
+    ents = {"user_id": list(range(1, 52))}
+
+    def read(eng, t):
+        return eng.get_online_features(feats, entities=ents, now=t)["results"]
+
+    assert read(shared, now) == read(separate, now)
+    separate.checkpoint()
+    separate.close()
+    again = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
+    assert [(w.spec.kind, w.agg_specs is not None, [a.name for a in w.aggs])
+            for w in again.runtimes[("user_txn", 1)].windows] == views["p"]
+    for t in (now, now + 5 * H):  # across hop boundaries: the shared view's ticks move the same keys
+        assert read(again, t) == read(shared, t)
+    ev = events(rng, 100, T0 + 30 * H, users=60)
+    for e in (shared, again):
+        e.push("transactions", ev, now=now + 6 * H)
+    assert read(again, now + 6 * H) == read(shared, now + 6 * H)
+    # as of a past time too: the shared view answers what the separate ones did
+    day = feats[:3]
+    past = shared.get_online_features(day, entities=ents, now=now + 6 * H, as_of=now + 2 * H + 30 * M)
+    assert past["results"] == again.get_online_features(day, entities=ents, now=now + 6 * H,
+                                                        as_of=now + 2 * H + 30 * M)["results"]
+    assert any(v for v in past["results"][1]["values"])
+    shared.close()
+    again.close()
+    assert share_views([(sliding("1d", "1h"), ("a",)), (sliding("7d", "1h"), ("b",))])[1][2] is None

@@ -37,6 +37,7 @@ CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts', allo
 CREATE FEATURE VIEW w AS SELECT k,
     count(*) OVER sliding('30s', '10s') AS c,
     sum(x) OVER continuous('60s', '20s') AS total,
+    min(x) OVER sliding('60s', '20s') AS low,
     last_k(x, 2) OVER lifetime() AS lk,
     max(x) OVER session('15s') AS peak
 FROM ev;
@@ -47,7 +48,8 @@ KEYS = [1, 2, 3]
 def partition_of(k: int) -> int:
     """A keyed topic: each key's events come from one partition."""
     return (k - 1) % 2
-FEATURES = ["w:c", "w:total", "w:lk", "w:peak"]
+# `total` and `low` (one hop, one size) share one view's cells (share_views)
+FEATURES = ["w:c", "w:total", "w:low", "w:lk", "w:peak"]
 
 
 @pytest.fixture(scope="module")

@@ -232,8 +232,7 @@ class PartitionKeys:
                 if live.size:
                     rt._fit(int(live.max()) + 1)
                     rt.reset_rows(live)
-                rt.windows = [WindowView(w.spec, list(w.aggs), w.n_slots, allowed_lateness=w.allowed_lateness,
-                                         hll_p=w.hll_p, max_sessions=w.max_sessions) for w in rt.windows]
+                rt.windows = [w.empty_like(w.n_slots) for w in rt.windows]
                 rt.epochs = None  # the next tick rewrites every key's values
             self.tags.pop((rt.name, rt.version), None)
         return gone

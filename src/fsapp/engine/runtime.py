@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from fscore.table import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT, Table
 from fscore.window import WindowView
-from fscore.window_spec import WindowSpec, string_ids
+from fscore.window_spec import WindowSpec, share_views, string_ids
 
 from fsapp.engine.errors import AsOfOutsideHorizon, BatchError
 from fsapp.engine.online import count_features
@@ -407,12 +407,15 @@ class ViewRuntime:
         self.groups: list[tuple[WindowSpec, list[str]]] = []
         self.windows: list[WindowView] = []
         if self.aggregated:
-            for i, (spec, aggs) in enumerate(info.window_groups()):
-                self.groups.append((spec, [a.name for a in aggs]))
-                self.windows.append(windows[i] if windows else
-                                    WindowView(spec, list(aggs), 0, allowed_lateness=stream.allowed_lateness,
-                                               max_sessions=max(4, stream.allowed_lateness // max(spec.gap, 1) + 2)
-                                               if spec.kind == "session" else 4))
+            if windows:  # a checkpoint's: kept as they were laid out, whichever plan made them
+                self.windows = list(windows)
+            else:
+                # windows of one hop and size share a view (one cell a bucket, one run a key)
+                for spec, aggs, agg_specs in share_views(info.window_groups()):
+                    self.windows.append(WindowView(spec, list(aggs), 0, allowed_lateness=stream.allowed_lateness,
+                                                   max_sessions=max(4, stream.allowed_lateness // max(spec.gap, 1) + 2)
+                                                   if spec.kind == "session" else 4, agg_specs=agg_specs))
+            self.groups = [(w.spec, [a.name for a in w.aggs]) for w in self.windows]
         self.hops = [_hop(spec) for spec, _ in self.groups]
         self.epochs = None  # per window group: now // hop when the values were last brought up to date
         self.values_at = INT64_MIN  # that time: every stored value holds as of it (until the next boundary)
@@ -765,8 +768,7 @@ class ViewRuntime:
         for w in self.windows:
             # a fresh view fed in time order never finds an event late: older
             # buckets fall out of the ring exactly as they would have online
-            tmp = WindowView(w.spec, list(w.aggs), distinct.size, allowed_lateness=w.allowed_lateness,
-                             hll_p=w.hll_p, max_sessions=w.max_sessions)
+            tmp = w.empty_like(distinct.size)
             tmp.update(dense[past].astype(np.int64), vb.ts[past], {c: vb.columns[c][past] for c in w.columns})
             w.import_slots(distinct, tmp.export_slots(np.arange(distinct.size)))
         np.maximum.at(self.last_ts, rows[past], vb.ts[past])
