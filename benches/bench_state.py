@@ -260,10 +260,7 @@ def many_keys(n_keys: int, slice_events: int = 1_000_000) -> dict:
     try:
         repo = _repo(base)
         rng = np.random.default_rng(15)
-        users = np.arange(1, n_keys + 1)
-        extra = np.minimum(rng.zipf(2.2, n_keys) - 1, 2000)
-        draws = np.concatenate([users, np.repeat(users, extra)])
-        del users, extra
+        draws = _draws(n_keys, "zipf", rng)
         ts = NOW - rng.integers(60, 20 * 3600, len(draws))
         order = np.argsort(ts, kind="stable")
         draws, ts = draws[order], ts[order] * 1_000_000

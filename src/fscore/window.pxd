@@ -112,7 +112,7 @@ ctypedef struct OutSpec:
 # need (its `cols` its own; OutSpec.col indexes them), so a query merges no
 # word it does not finalise.
 ctypedef struct Group:
-    int kind                # K_BUCKETED or K_CONTINUOUS (sessions, lifetime: the view's)
+    int kind                # K_BUCKETED or K_CONTINUOUS (unused by sessions and lifetime)
     int64_t nb              # closed buckets the window covers
     Layout L
     OutSpec* outs
@@ -161,7 +161,6 @@ cdef class WindowView:
 
     cdef int kind
     cdef int64_t hop
-    cdef int64_t nbuckets
     cdef int64_t gap
     cdef Layout layout
     cdef HllPool hp               # dense HLL blocks (layout.hp points here)
@@ -211,7 +210,7 @@ cdef class WindowView:
     cdef object scratch           # int64 (2, width): query / event accumulators
 
     cdef _build_layout(self)
-    cdef _build_groups(self)
+    cdef _build_groups(self, list col_offs)
     cdef int _class_of(self, int64_t cap) noexcept nogil
     cdef int64_t _snug_cap(self, int64_t ln) noexcept nogil
     cdef int64_t _alloc(self, int64_t cap) noexcept nogil

@@ -84,19 +84,13 @@ cdef inline bint include_partial(Word* acc, const Word* c, int64_t b, int64_t t,
 
 
 
-cdef _clear_field(ColLayout* cl, str f):
-    # A group's column without field f (its offset -1: merges skip it).
-    if f == "sum": cl.sum = -1
-    elif f == "wmean": cl.wmean = -1
-    elif f == "m2": cl.m2 = -1
-    elif f == "vmin": cl.vmin = -1
-    elif f == "vmax": cl.vmax = -1
-    elif f == "first_ts": cl.first_ts = -1
-    elif f == "first_val": cl.first_val = -1
-    elif f == "last_ts": cl.last_ts = -1
-    elif f == "last_val": cl.last_val = -1
-    elif f == "hll": cl.hll = -1
-    elif f == "lastk": cl.lastk = -1
+cdef _set_col(ColLayout* cl, dict offs):
+    # A column's field offsets from WindowView._column_offsets (-1: absent)
+    cl.n, cl.sum, cl.wmean, cl.m2 = offs["n"], offs["sum"], offs["wmean"], offs["m2"]
+    cl.vmin, cl.vmax = offs["vmin"], offs["vmax"]
+    cl.first_ts, cl.first_val = offs["first_ts"], offs["first_val"]
+    cl.last_ts, cl.last_val = offs["last_ts"], offs["last_val"]
+    cl.hll, cl.lastk, cl.lastk_k = offs["hll"], offs["lastk"], offs["lastk_k"]
 
 
 cdef inline bint ring_cell_held(const int64_t* c, int64_t horizon) noexcept nogil:
@@ -164,7 +158,6 @@ cdef class WindowView:
         self.kind = {"tumbling": K_BUCKETED, "sliding": K_BUCKETED, "continuous": K_CONTINUOUS,
                      "lifetime": K_LIFETIME, "session": K_SESSION}[spec.kind]
         self.hop = spec.hop if spec.hop else 1
-        self.nbuckets = spec.buckets_per_window
         self.gap = spec.gap
         self.ring_len = spec.ring_len(lateness, max_sessions)
         self.watermark = EMPTY
@@ -222,11 +215,7 @@ cdef class WindowView:
         col_offs, off = self._column_offsets(HLL_WORDS)
         for j, offs in enumerate(col_offs):
             cl = &self.layout.cols[j]
-            cl.n, cl.sum, cl.wmean, cl.m2 = offs["n"], offs["sum"], offs["wmean"], offs["m2"]
-            cl.vmin, cl.vmax = offs["vmin"], offs["vmax"]
-            cl.first_ts, cl.first_val = offs["first_ts"], offs["first_val"]
-            cl.last_ts, cl.last_val = offs["last_ts"], offs["last_val"]
-            cl.hll, cl.lastk, cl.lastk_k = offs["hll"], offs["lastk"], offs["lastk_k"]
+            _set_col(cl, offs)
             cl.hll_row = -1
             if cl.hll >= 0:
                 cl.hll_row = len(hll_cols)
@@ -253,14 +242,14 @@ cdef class WindowView:
             else:
                 nf += a.k if a.kind == "last_k" else 1
         self.n_float_out, self.n_int_out, self.out_meta = nf, ni, meta
-        self._build_groups()
+        self._build_groups(col_offs)
         self.template = np.empty(self.layout.width, dtype=np.int64)
         cdef int64_t[::1] tv = self.template
         cell_reset(<Word*>&tv[0], &self.layout)
         self.tmpl_p = &tv[0]
         self.scratch = np.empty((2, self.layout.width), dtype=np.int64)
 
-    cdef _build_groups(self):
+    cdef _build_groups(self, list col_offs):
         # Groups of aggregations (window.pxd Group): one per distinct
         # (continuous, buckets) of their windows, in order of first appearance.
         cdef Py_ssize_t g = 0, o = 0, nc = 0, j, i, ng
@@ -279,8 +268,8 @@ cdef class WindowView:
         self.n_groups = ng
         for (cont, nb), members in keyed.items():
             gp = &self.groups[g]
-            gp.kind = (K_CONTINUOUS if cont else K_BUCKETED) if self.agg_specs is not None else self.kind
-            gp.nb = nb if self.agg_specs is not None else self.nbuckets
+            gp.kind = K_CONTINUOUS if cont else K_BUCKETED
+            gp.nb = nb
             gp.L = self.layout
             gp.L.cols = self.g_cols + nc
             gp.outs = self.g_outs + o
@@ -293,10 +282,8 @@ cdef class WindowView:
             order = sorted(needs)
             for i, j in enumerate(order):
                 cl = &gp.L.cols[i]
-                cl[0] = self.layout.cols[j]
-                for f in _FIELDS + ("hll", "lastk"):
-                    if f not in needs[j]:
-                        _clear_field(cl, f)
+                _set_col(cl, {f: at if f in needs[j] or f == "lastk_k" else -1 for f, at in col_offs[j].items()})
+                cl.hll_row = self.layout.cols[j].hll_row
             gp.L.ncols = len(order)
             gp.L.has_hll = any("hll" in needs[j] for j in order)
             for i, j in enumerate(members):
