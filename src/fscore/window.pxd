@@ -6,7 +6,7 @@
 #
 # Sparse state: a key owns a *run* of cells in one shared pool (int64 matrix
 # `pool` of shape (pool_cap, W)): `run_at[s]` its first cell, `run_len[s]`
-# the cells in use, `run_cap[s]` the run's size. A key holds only the cells it
+# the cells in use, `run_cls[s]` the run's size class. A key holds only the cells it
 # has events in — buckets in ascending order (sessions: by start) — so a key
 # with one event costs one cell per window, not a whole ring. A run grows by
 # size class up to `ring_len` (the most cells a key can need; semantics.md §5)
@@ -35,7 +35,8 @@ cdef enum:
     W_COMMON_PACKED = 3
 
 # Per input column: word offset of each partial field, -1 when no aggregation
-# of the view needs it. `n` (non-null count) is always present.
+# of the view needs it. `n` (non-null count) is present unless the column's
+# only aggregation is approx_count_distinct (its registers are its state).
 ctypedef struct ColLayout:
     Py_ssize_t n
     Py_ssize_t sum
@@ -49,20 +50,22 @@ ctypedef struct ColLayout:
     Py_ssize_t last_val
     Py_ssize_t hll          # HLL_WORDS words: a sparse list of registers, or a dense block's id
     Py_ssize_t hll_row      # row of this column in the hash matrix, or -1
-    Py_ssize_t lastk        # [count][k ts, newest first][k values]
+    Py_ssize_t lastk        # [k ts, newest first][k values]: min(n, k) of them in use
     Py_ssize_t lastk_k
 
 # approx_count_distinct registers (2^p bytes) are sparse until a cell has
 # more than HLL_SPARSE_MAX non-zero registers (as Redis encodes HLLs): the
-# cell's HLL_WORDS words hold word 0 = n >= 0 entries, then n uint32 entries
-# (register index << 8 | rank) in ascending index order; past that the cell
-# owns a dense block of the view's HllPool and word 0 = -(block + 1) (the
-# entries zeroed). A cell owns its block: moving a cell moves it, dropping or
+# cell's HLL_WORDS words hold uint32 entries (register index << 8 | rank,
+# never 0: a rank is >= 1) in ascending index order, the unused ones 0 after
+# them; past that the cell owns a dense block of the view's HllPool and word
+# 0 = -(block + 1), the rest 0. (An entry's top bit is 0 for p <= 23, so a
+# sparse word 0 is >= 0. Until version 6 a count word came first: 1 word a
+# cell more.) A cell owns its block: moving a cell moves it, dropping or
 # overwriting a cell releases it (cell_release), copying a cell into another
 # view copies it (cell_copy_in).
 cdef enum:
-    HLL_WORDS = 5
-    HLL_SPARSE_MAX = 8      # 2 * (HLL_WORDS - 1)
+    HLL_WORDS = 4
+    HLL_SPARSE_MAX = 8      # 2 * HLL_WORDS
 
 # Where an HllPool's blocks live. A small pool is malloc'd and grows by
 # realloc; past HLL_RESERVE_FROM bytes it moves once into an address-space
@@ -185,16 +188,17 @@ cdef class WindowView:
     cdef int64_t* P               # the pool's data (refreshed when it grows)
     cdef int32_t* at_p            # the per-slot arrays' data (refreshed when they grow)
     cdef int32_t* len_p
-    cdef int32_t* cap_p
+    cdef uint8_t* cls_p           # run_cls: the run's size class + 1 (0: no run); cap_of[] its cells
     cdef int64_t* floor_p
     cdef int64_t* tmpl_p          # the template's data
     cdef object run_at            # int32 (n_slots,): first cell of the key's run, -1 for none
     cdef object run_len           # int32 (n_slots,): cells in use
-    cdef object run_cap           # int32 (n_slots,): cells in the run
+    cdef object run_cls           # uint8 (n_slots,): the run's size class + 1 (0: none; n_classes: ring_len cells)
     cdef object floor_            # int64 (n_slots,): bucketed: the newest bucket dropped from the key
                                   # (EMPTY: none); sessions: end of the newest dropped session
     cdef int n_classes
     cdef int64_t class_cap[MAX_CLASSES]
+    cdef int64_t cap_of[MAX_CLASSES + 1]  # cells of a run of run_cls k: 0, then class_cap[k - 1]
     cdef int top_level            # the biggest block: 2^top_level >= ring_len
     cdef int64_t free_head[MAX_CLASSES]   # per level, a free block (-1: none); its first cell holds
                                           # word 0 = next, 1 = previous, 2 = level
@@ -212,7 +216,7 @@ cdef class WindowView:
     cdef _build_layout(self)
     cdef _build_groups(self, list col_offs)
     cdef int _class_of(self, int64_t cap) noexcept nogil
-    cdef int64_t _snug_cap(self, int64_t ln) noexcept nogil
+    cdef uint8_t _snug_cls(self, int64_t ln) noexcept nogil
     cdef int64_t _alloc(self, int64_t cap) noexcept nogil
     cdef void _free(self, int64_t at, int64_t cap) noexcept nogil
     cdef void _push_block(self, int64_t at, int k) noexcept nogil

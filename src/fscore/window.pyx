@@ -55,14 +55,20 @@ cdef dict _NEEDS = {
 _FIELDS = ("n", "sum", "wmean", "m2", "vmin", "vmax", "first_ts", "first_val",
            "last_ts", "last_val")
 _MAGIC = b"FSWV"
-_FORMAT_VERSION = 5  # 5: packed times (window.pxd); 4 (sparse HLL registers), 3 (dense registers) and 2
-                     # (dense rings) are still read
+_FORMAT_VERSION = 6  # 6: no count words (HLL lists, last_k) and no `n` of a column only
+                     # approx_count_distinct reads; 5 (packed times: window.pxd), 4 (sparse HLL
+                     # registers), 3 (dense registers) and 2 (dense rings) are still read
+_V5_HLL_WORDS = 5    # the HLL area before version 6: a count word, then 8 entries
 _PACK_MAX_HOP = 1 << 32     # hops (us) up to this pack a cell's first/last times into one word
 EMPTY = INT64_MIN
 _NO_PARTS = np.zeros(0, dtype=np.int64)
 _RESERVE_FROM = 1 << 22     # bytes: a pool this big moves into a virtual reservation
 _RESERVE_BYTES = 1 << 36    # address space per reserved pool (64 GiB; only touched pages cost memory)
 _MAX_CELLS = (1 << 31) - 1  # a key's run is an int32 cell index
+# Per-key arrays: run_at (int32), run_len (int32), run_cls (uint8: its size
+# class + 1, 0 for none), floor (int64). (The run's capacity as an int32 was
+# 3 bytes more a key a view: 21 B a key of the starter repo.)
+_SLOT_BYTES = 17
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)   # Linux's value; Python < 3.13 does not name it
 
 
@@ -167,21 +173,25 @@ cdef class WindowView:
         self._init_classes()
         self._set_pool(np.empty((16, self.layout.width), dtype=np.int64), 0)
         self.n_slots = 0
-        self._set_slots(np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int32),
+        self._set_slots(np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.uint8),
                         np.empty(0, np.int64))
         self.grow(n_slots)
 
-    def _column_offsets(self, Py_ssize_t hll_words, common=None):
+    def _column_offsets(self, Py_ssize_t hll_words, common=None, bint legacy=False):
         """Per input column, the word offset of each partial field (-1 when
-        absent; "hll" hll_words wide, "lastk" 1 + 2k), and the cell width.
-        hll_words = HLL_WORDS is this layout; (2^p + 7) // 8 is the dense
-        registers of snapshot versions 2 and 3. `common`: the words before
-        the columns (this layout's; W_COMMON in snapshots before version 5)."""
-        needs = {c: {"n"} for c in self.columns}
+        absent; "hll" hll_words wide, "lastk" 2k), and the cell width.
+        hll_words = HLL_WORDS is this layout; `legacy`: the layout of
+        snapshots before version 6 (`n` in every column, a count word before
+        "lastk"; hll_words _V5_HLL_WORDS, or (2^p + 7) // 8, the dense
+        registers of versions 2 and 3). `common`: the words before the
+        columns (this layout's; W_COMMON in snapshots before version 5)."""
+        needs = {c: set() for c in self.columns}
         lastk = {c: 0 for c in self.columns}
         for a in self.aggs:
             if a.column is not None:
                 needs[a.column].update(_NEEDS[a.kind])
+                if legacy or a.kind != "approx_count_distinct":
+                    needs[a.column].add("n")
                 if a.kind == "last_k":
                     lastk[a.column] = max(lastk[a.column], a.k)
         off, out = (W_COMMON_PACKED if self.layout.packed else W_COMMON) if common is None else common, []
@@ -190,7 +200,7 @@ cdef class WindowView:
             for f in _FIELDS + ("hll", "lastk"):
                 offs[f] = off if f in needs[c] else -1
                 if f in needs[c]:
-                    off += hll_words if f == "hll" else 1 + 2 * lastk[c] if f == "lastk" else 1
+                    off += hll_words if f == "hll" else legacy + 2 * lastk[c] if f == "lastk" else 1
             out.append(offs)
         return out, off
 
@@ -312,18 +322,25 @@ cdef class WindowView:
             k += 1
         self.class_cap[k] = self.ring_len
         self.n_classes = k + 1
+        self.cap_of[0] = 0
+        for k in range(self.n_classes):
+            self.cap_of[k + 1] = self.class_cap[k]
         while ((<int64_t>1) << lv) < self.ring_len:
             lv += 1
         self.top_level = lv
         for k in range(MAX_CLASSES):
             self.free_head[k] = -1
 
-    cdef int64_t _snug_cap(self, int64_t ln) noexcept nogil:
+    cdef uint8_t _snug_cls(self, int64_t ln) noexcept nogil:
         """The run a key of run length `ln` (RING: a ring) is laid out in by
-        compaction: its cells' class, its ring, or none."""
+        compaction, as its run_cls: its cells' class, its ring, or none (0)."""
         if ln == RING:
-            return self.ring_len
-        return self.class_cap[self._class_of(ln)] if ln > 0 else 0
+            return <uint8_t>self.n_classes
+        return <uint8_t>(self._class_of(ln) + 1) if ln > 0 else 0
+
+    def _caps(self):
+        """Capacity of each run_cls value (index 0: no run), as an array."""
+        return np.array([self.cap_of[k] for k in range(self.n_classes + 1)], dtype=np.int64)
 
     cdef int _class_of(self, int64_t cap) noexcept nogil:
         cdef int k = 0
@@ -426,7 +443,7 @@ cdef class WindowView:
     cdef int _room(self, Py_ssize_t s, int64_t need) noexcept nogil:
         """Makes slot s's run hold at least `need` cells (need <= ring_len),
         moving it to a bigger class; -1 when the pool is full."""
-        cdef int64_t cap = self.cap_p[s], at2, W = self.layout.width
+        cdef int64_t cap = self.cap_of[self.cls_p[s]], at2, W = self.layout.width
         cdef int k
         if cap >= need:
             return 0
@@ -439,7 +456,7 @@ cdef class WindowView:
         if cap:
             self._free(self.at_p[s], cap)
         self.at_p[s] = at2
-        self.cap_p[s] = self.class_cap[k]
+        self.cls_p[s] = <uint8_t>(k + 1)
         return 0
 
     cdef int _to_ring(self, Py_ssize_t s) noexcept nogil:
@@ -456,10 +473,10 @@ cdef class WindowView:
         for j in range(m):
             b = src[j * W + W_BUCKET]
             memcpy(self.P + (at2 + floor_mod(b, R)) * W, src + j * W, W * sizeof(int64_t))
-        if self.cap_p[s]:
-            self._free(self.at_p[s], self.cap_p[s])
+        if self.cls_p[s]:
+            self._free(self.at_p[s], self.cap_of[self.cls_p[s]])
         self.at_p[s] = at2
-        self.cap_p[s] = R
+        self.cls_p[s] = <uint8_t>self.n_classes
         self.len_p[s] = RING
         return 0
 
@@ -472,14 +489,17 @@ cdef class WindowView:
         cdef int64_t at, prev, W = self.layout.width, top = self.pool_top
         cover = np.zeros(top, dtype=np.int64)
         held = 0
+        cdef int64_t cap
         for s in range(self.n_slots):
-            if self.cap_p[s]:
+            assert self.cls_p[s] <= self.n_classes, ("size class", s, self.cls_p[s])
+            cap = self.cap_of[self.cls_p[s]]
+            if cap:
                 at = self.at_p[s]
-                assert 0 <= at and at + self.cap_p[s] <= top, ("run outside the pool", s, at, self.cap_p[s], top)
-                assert (self.len_p[s] == RING and self.cap_p[s] == self.ring_len) or \
-                    0 <= self.len_p[s] <= self.cap_p[s], ("run length", s, self.len_p[s], self.cap_p[s])
-                cover[at:at + self.cap_p[s]] += 1
-                held += self.cap_p[s]
+                assert 0 <= at and at + cap <= top, ("run outside the pool", s, at, cap, top)
+                assert (self.len_p[s] == RING and cap == self.ring_len) or \
+                    0 <= self.len_p[s] <= cap, ("run length", s, self.len_p[s], cap)
+                cover[at:at + cap] += 1
+                held += cap
         assert held == self.cells_held, ("cells_held", held, self.cells_held)
         for k in range(MAX_CLASSES):
             at, prev, steps = self.free_head[k], -1, 0
@@ -549,13 +569,14 @@ cdef class WindowView:
                 return np.frombuffer(m, dtype=np.int64).reshape(rows, self.layout.width), True
         return np.empty((cap, self.layout.width), dtype=np.int64), False
 
-    def _set_slots(self, at, ln, cap, floor):
-        cdef int32_t[::1] a = at, l = ln, c = cap
+    def _set_slots(self, at, ln, cls, floor):
+        cdef int32_t[::1] a = at, l = ln
+        cdef uint8_t[::1] c = cls
         cdef int64_t[::1] f = floor
-        self.run_at, self.run_len, self.run_cap, self.floor_ = at, ln, cap, floor
+        self.run_at, self.run_len, self.run_cls, self.floor_ = at, ln, cls, floor
         self.at_p = &a[0] if at.shape[0] else NULL
         self.len_p = &l[0] if ln.shape[0] else NULL
-        self.cap_p = &c[0] if cap.shape[0] else NULL
+        self.cls_p = &c[0] if cls.shape[0] else NULL
         self.floor_p = &f[0] if floor.shape[0] else NULL
 
     # ---- sizing, eviction ---------------------------------------------------
@@ -575,14 +596,14 @@ cdef class WindowView:
         """Bytes this view holds: its pool (cells handed out or free; of a
         reserved pool, the cells handed out: the pages touched) and its
         per-key arrays and dense HLL blocks."""
-        return (self.pool_top if self.pool_mapped else self.pool_cap) * self.layout.width * 8 + 20 * self.n_slots + self.hp.cap * self.hp.m
+        return (self.pool_top if self.pool_mapped else self.pool_cap) * self.layout.width * 8 + _SLOT_BYTES * self.n_slots + self.hp.cap * self.hp.m
 
     @property
     def live_bytes(self):
         """Bytes the keys' state needs (their runs, dense HLL blocks and
         per-key arrays; not free runs or slack): O(1), what a memory bound
         counts."""
-        return self.cells_held * self.layout.width * 8 + self.hp.used * self.hp.m + 20 * self.n_slots
+        return self.cells_held * self.layout.width * 8 + self.hp.used * self.hp.m + _SLOT_BYTES * self.n_slots
 
     @property
     def pool_waste(self):
@@ -616,7 +637,7 @@ cdef class WindowView:
         more = n_slots - self.n_slots
         self._set_slots(np.concatenate([self.run_at, np.full(more, -1, np.int32)]),
                         np.concatenate([self.run_len, np.zeros(more, np.int32)]),
-                        np.concatenate([self.run_cap, np.zeros(more, np.int32)]),
+                        np.concatenate([self.run_cls, np.zeros(more, np.uint8)]),
                         np.concatenate([self.floor_, np.full(more, EMPTY, np.int64)]))
         self.n_slots = n_slots
         if self.tracking:
@@ -636,13 +657,13 @@ cdef class WindowView:
             k = sv[i]
             if self.tracking:
                 self.dirty_p[k] = 1
-            if self.layout.has_hll and self.cap_p[k]:
+            if self.layout.has_hll and self.cls_p[k]:
                 for j in range(self.ring_len if self.len_p[k] == RING else self.len_p[k]):
                     cell_release(<Word*>(self.P + (self.at_p[k] + j) * W), &self.layout)
-            if self.cap_p[k]:
-                self._free(self.at_p[k], self.cap_p[k])
+            if self.cls_p[k]:
+                self._free(self.at_p[k], self.cap_of[self.cls_p[k]])
             self.at_p[k] = -1
-            self.cap_p[k] = 0
+            self.cls_p[k] = 0
             self.len_p[k] = 0
             self.floor_p[k] = EMPTY
 
@@ -857,7 +878,7 @@ cdef class WindowView:
                     maxwm = t
                 m = self.len_p[s]
                 if kind == K_SESSION:
-                    if m < R and m + 1 > self.cap_p[s] and self._room(s, m + 1) < 0:
+                    if m < R and m + 1 > self.cap_of[self.cls_p[s]] and self._room(s, m + 1) < 0:
                         stopped = i
                         break
                     memcpy(span, tmpl, W * sizeof(Word))
@@ -928,7 +949,7 @@ cdef class WindowView:
                         m -= k
                         j -= k
                         self.len_p[s] = m
-                if m + 1 > self.cap_p[s]:
+                if m + 1 > self.cap_of[self.cls_p[s]]:
                     if kind != K_LIFETIME and self.class_cap[self._class_of(m + 1)] == R:
                         # the key needs its whole ring: hold it as one from now on
                         if self._to_ring(s) < 0:
@@ -991,7 +1012,7 @@ cdef class WindowView:
                 return 1
             return 0
         if self.kind == K_SESSION:
-            if m < R and m + 1 > self.cap_p[s] and self._room(s, m + 1) < 0:
+            if m < R and m + 1 > self.cap_of[self.cls_p[s]] and self._room(s, m + 1) < 0:
                 return -1
             nsess = m
             k = session_insert(<Word*>(self.P + self.at_p[s] * W), R, &nsess, &self.floor_p[s], src, self.gap,
@@ -1026,7 +1047,7 @@ cdef class WindowView:
                 m -= k
                 j -= k
                 self.len_p[s] = m
-        if m + 1 > self.cap_p[s] and self._room(s, m + 1) < 0:
+        if m + 1 > self.cap_of[self.cls_p[s]] and self._room(s, m + 1) < 0:
             return -1
         cells = <Word*>(self.P + self.at_p[s] * W)
         pos = j + 1
@@ -1269,7 +1290,7 @@ cdef class WindowView:
         instead: track_writes, frozen_begin, frozen_end.)"""
         self._stop_tracking()
         return self._frozen_from(np.array(self.pool[:max(self.pool_top, 1)]), np.array(self.run_at),
-                                 np.array(self.run_len), np.array(self.run_cap), np.array(self.floor_))
+                                 np.array(self.run_len), np.array(self.run_cls), np.array(self.floor_))
 
     def _frozen_from(self, pool, at, ln, cap, floor, blocks=None):
         """The frozen copy over these arrays; its dense HLL blocks are
@@ -1310,7 +1331,7 @@ cdef class WindowView:
         self.tracking = 1
         # dense HLL blocks are copied beside the cells once they stay put (a reservation)
         hll_top = self.hp.top if self.hp.home == HLL_RESERVED else -1
-        self._track = (self.pool, self.pool_top, self.run_at, self.run_len, self.run_cap, self.floor_, hll_top)
+        self._track = (self.pool, self.pool_top, self.run_at, self.run_len, self.run_cls, self.floor_, hll_top)
         return self._track
 
     def _stop_tracking(self):
@@ -1360,13 +1381,14 @@ cdef class WindowView:
         if n > n0:  # slots added since: copied whole
             at = np.concatenate([at, self.run_at[n0:n]])
             ln = np.concatenate([ln, self.run_len[n0:n]])
-            cap = np.concatenate([cap, self.run_cap[n0:n]])
+            cap = np.concatenate([cap, self.run_cls[n0:n]])
             floor = np.concatenate([floor, self.floor_[n0:n]])
         dirty = np.flatnonzero(self.dirty[:n0]).astype(np.int64)
         if n > n0:
             dirty = np.concatenate([dirty, np.arange(n0, n, dtype=np.int64)])
         cdef const int64_t[::1] dv = dirty
-        cdef int32_t[::1] a = at, l = ln, c = cap
+        cdef int32_t[::1] a = at, l = ln
+        cdef uint8_t[::1] c = cap
         cdef int64_t[::1] f = floor
         cdef int64_t[:, ::1] dst = out
         cdef bint hll = blocks is not None and self.layout.has_hll
@@ -1377,7 +1399,7 @@ cdef class WindowView:
         with nogil:
             for q in range(dv.shape[0]):
                 s = dv[q]
-                a[s], l[s], c[s], f[s] = self.at_p[s], self.len_p[s], self.cap_p[s], self.floor_p[s]
+                a[s], l[s], c[s], f[s] = self.at_p[s], self.len_p[s], self.cls_p[s], self.floor_p[s]
                 m = self.ring_len if self.len_p[s] == RING else self.len_p[s]
                 if m > 0 and self.at_p[s] >= 0:
                     memcpy(&dst[self.at_p[s], 0], self.P + self.at_p[s] * W, m * W * sizeof(int64_t))
@@ -1407,14 +1429,15 @@ cdef class WindowView:
         ln = np.array(ln_l)
         cdef Py_ssize_t n = at.shape[0], s, W = self.layout.width, R = self.ring_len
         new_at = np.full(n, -1, dtype=np.int32)
-        new_cap = np.zeros(n, dtype=np.int32)
-        cdef int32_t[::1] a = at, l = ln, na = new_at, nc = new_cap
+        new_cls = np.zeros(n, dtype=np.uint8)
+        cdef int32_t[::1] a = at, l = ln, na = new_at
+        cdef uint8_t[::1] nc = new_cls
         cdef int64_t m, off = 0, total = 0
         with nogil:
             for s in range(n):
                 if a[s] >= 0:
-                    nc[s] = <int32_t>self._snug_cap(l[s])
-                    total += nc[s]
+                    nc[s] = self._snug_cls(l[s])
+                    total += self.cap_of[nc[s]]
         out, mapped = self._pool_array(total, max(total + total // 8 + self._block_room(), 16))
         cdef int64_t[:, ::1] src = pool
         cdef int64_t[:, ::1] dst = out
@@ -1426,8 +1449,8 @@ cdef class WindowView:
                     if a[s] + m <= rows:  # (else written since: compact_end lays it out)
                         memcpy(&dst[off, 0], &src[a[s], 0], m * W * sizeof(int64_t))
                     na[s] = <int32_t>off
-                    off += nc[s]
-        return (track, out, mapped, new_at, new_cap, off)
+                    off += self.cap_of[nc[s]]
+        return (track, out, mapped, new_at, new_cls, off)
 
     def compact_end(self, begun):
         """Compaction, step three, by the writer under its lock: the slots
@@ -1435,20 +1458,21 @@ cdef class WindowView:
         still fit, else past the others), the new pool replaces the old, and
         tracking stops. Returns False (the view unchanged) when tracking was
         restarted meanwhile (a copy-mode checkpoint's)."""
-        track, out, mapped, new_at, new_cap, top = begun
+        track, out, mapped, new_at, new_cls, top = begun
         if not self.tracking or track is not self._track:
             return False
         cdef Py_ssize_t n0 = new_at.shape[0], n = self.n_slots, W = self.layout.width, R = self.ring_len, q, s
         if n > n0:  # slots added since
             new_at = np.concatenate([new_at, np.full(n - n0, -1, np.int32)])
-            new_cap = np.concatenate([new_cap, np.zeros(n - n0, np.int32)])
+            new_cls = np.concatenate([new_cls, np.zeros(n - n0, np.uint8)])
         dirty = np.flatnonzero(self.dirty[:n0]).astype(np.int64)
         if n > n0:
             dirty = np.concatenate([dirty, np.arange(n0, n, dtype=np.int64)])
         holes = np.zeros((len(dirty), 2), dtype=np.int64)  # (at, cells) left behind by a slot that moved
         needs = np.zeros(len(dirty), dtype=np.int64)        # each written slot's run now
         cdef const int64_t[::1] dv = dirty
-        cdef int32_t[::1] na = new_at, nc = new_cap
+        cdef int32_t[::1] na = new_at
+        cdef uint8_t[::1] nc = new_cls
         cdef int64_t[:, ::1] hv = holes
         cdef int64_t[::1] nd = needs
         cdef int64_t m, need, nh = 0, off = top, more = 0
@@ -1456,9 +1480,9 @@ cdef class WindowView:
             for q in range(dv.shape[0]):
                 s = dv[q]
                 if self.at_p[s] >= 0:
-                    nd[q] = self._snug_cap(self.len_p[s])
+                    nd[q] = self._snug_cls(self.len_p[s])
                     if nc[s] < nd[q]:
-                        more += nd[q]
+                        more += self.cap_of[nd[q]]
         if top + more > out.shape[0]:  # (a reservation never fills: only a small pool is copied here)
             grown, mapped = self._pool_array(top + more, max(2 * out.shape[0], top + more + self._block_room()))
             grown[:top] = out[:top]
@@ -1467,15 +1491,15 @@ cdef class WindowView:
         with nogil:
             for q in range(dv.shape[0]):
                 s = dv[q]
-                need = nd[q]
+                need = nd[q]   # a size class (classes and capacities ascend together)
                 if nc[s] < need or need == 0:
                     if nc[s]:
-                        hv[nh, 0], hv[nh, 1] = na[s], nc[s]
+                        hv[nh, 0], hv[nh, 1] = na[s], self.cap_of[nc[s]]
                         nh += 1
                     na[s], nc[s] = -1, 0
                     if need:
-                        na[s], nc[s] = <int32_t>off, <int32_t>need
-                        off += need
+                        na[s], nc[s] = <int32_t>off, <uint8_t>need
+                        off += self.cap_of[need]
                 if need:
                     m = R if self.len_p[s] == RING else self.len_p[s]
                     memcpy(&dst[na[s], 0], self.P + self.at_p[s] * W, m * W * sizeof(int64_t))
@@ -1484,8 +1508,8 @@ cdef class WindowView:
             self.free_head[q] = -1
         self._set_pool(out, off)
         self.pool_mapped = mapped
-        self._set_slots(new_at, self.run_len, new_cap, self.floor_)
-        self.cells_held = int(new_cap.sum())
+        self._set_slots(new_at, self.run_len, new_cls, self.floor_)
+        self.cells_held = int(self._caps()[new_cls].sum())
         for q in range(nh):
             self._release_range(hv[q, 0], hv[q, 1])
         self._stop_tracking()
@@ -1564,7 +1588,7 @@ cdef class WindowView:
         if bytes(mv[:4]) != _MAGIC or len(mv) < 12:
             raise WindowStateError("not a window view snapshot (bad magic)")
         version, hlen = struct.unpack("<II", mv[4:12])
-        if version not in (2, 3, 4, _FORMAT_VERSION):
+        if version not in (2, 3, 4, 5, _FORMAT_VERSION):
             raise WindowStateError(f"window snapshot version {version}, expected {_FORMAT_VERSION}")
         meta = json.loads(bytes(mv[12:12 + hlen]))
         agg_specs = meta.get("agg_specs")
@@ -1572,12 +1596,15 @@ cdef class WindowView:
                    meta["allowed_lateness"], meta["hll_p"], meta["max_sessions"],
                    None if agg_specs is None else [spec_from_dict(d) for d in agg_specs])
         # versions 2 and 3 held the registers in the cell, versions before 5 both
-        # times unpacked: convert their cells
+        # times unpacked, before 6 count words: convert their cells (W: their width)
+        old_offs = None
         if version < 4:
-            old_offs, W = view._column_offsets((view.hp.m + 7) // 8, W_COMMON)
+            old_offs, W = view._column_offsets((view.hp.m + 7) // 8, W_COMMON, legacy=True)
+        elif version < 6:
+            W = view._column_offsets(_V5_HLL_WORDS, W_COMMON if version == 4 else None, legacy=True)[1]
         else:
-            old_offs, W = None, view._column_offsets(HLL_WORDS, W_COMMON)[1] if version == 4 else view.width
-        view._check_meta(meta | {"width": view.width} if version < 5 and meta.get("width") == W else meta)
+            W = view.width
+        view._check_meta(meta | {"width": view.width} if version < 6 and meta.get("width") == W else meta)
         n, off = meta["n_slots"], 12 + hlen
         counts = (n * view.ring_len * W, n, n) if version == 2 else (n, n, meta["cells"] * W)
         arrays = []
@@ -1606,6 +1633,8 @@ cdef class WindowView:
             cells, blocks = _dense_hll_cells(view, old_offs, cells)
         if version < 5:
             cells = _packed_cells(view, cells)
+        if version < 6:
+            cells = _v6_cells(view, cells)
         view._load(np.arange(n, dtype=np.int64), lens, floors, cells, blocks)
         view.watermark, view.late_count = meta["watermark"], meta["late_count"]
         view.part_watermarks = {int(p): int(w) for p, w in meta.get("part_watermarks", {}).items()}
@@ -1631,8 +1660,10 @@ cdef class WindowView:
         if self.layout.has_hll and len(cells):
             offs = self._hll_offsets()
             hdrs = cells[:, offs]
-            if hdrs.size and (hdrs.max() > HLL_SPARSE_MAX or hdrs.min() < -nb):
+            if hdrs.size and hdrs.min() < -nb:
                 raise WindowStateError("window state names HLL registers it does not hold")
+            for off in offs:
+                _check_hll_lists(cells[:, off:off + HLL_WORDS], self.hll_p)
         self.reset_slots(slots)
         total = int(np.asarray(lens).sum())
         if self.pool_top + 2 * total > self.pool_cap:
@@ -1809,11 +1840,12 @@ class _Snapshot:
 
 def _packed_cells(WindowView view, cells):
     """Cells of a snapshot before version 5 (both times unpacked, W_COMMON
-    words before the columns) in this layout."""
+    words before the columns) in the layout of version 5."""
     if not view.layout.packed:
         return cells
-    cells = np.asarray(cells, dtype=np.int64).reshape(-1, view.width + 1)
-    out = np.empty((len(cells), view.width), dtype=np.int64)
+    W = view._column_offsets(_V5_HLL_WORDS, legacy=True)[1]   # (version 5's width)
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, W + 1)
+    out = np.empty((len(cells), W), dtype=np.int64)
     out[:, :W_FIRST_TS] = cells[:, :W_FIRST_TS]
     out[:, W_COMMON_PACKED:] = cells[:, W_COMMON:]
     has = cells[:, W_COUNT] != 0
@@ -1827,7 +1859,7 @@ def _packed_cells(WindowView view, cells):
 def _dense_hll_cells(WindowView view, old_offs, cells):
     """Cells of a version 2/3 snapshot (registers dense in the cell, at
     old_offs) in the layout of version 4: (cells, blocks)."""
-    new_offs, W = view._column_offsets(HLL_WORDS, W_COMMON)
+    new_offs, W = view._column_offsets(_V5_HLL_WORDS, W_COMMON, legacy=True)
     n, m = len(cells), view.hp.m
     out = np.empty((n, W), dtype=np.int64)
     out[:, :W_COMMON] = cells[:, :W_COMMON]
@@ -1844,12 +1876,12 @@ def _dense_hll_cells(WindowView view, old_offs, cells):
             continue
         regs = np.ascontiguousarray(cells[:, old["hll"]:old["hll"] + (m + 7) // 8]).view(np.uint8)[:, :m]
         nnz = np.count_nonzero(regs, axis=1)
-        area = np.zeros((n, HLL_WORDS), dtype=np.int64)
-        sparse = nnz <= HLL_SPARSE_MAX
+        area = np.zeros((n, _V5_HLL_WORDS), dtype=np.int64)
+        sparse = nnz <= 8
         sr = regs[sparse]
         r, c = np.nonzero(sr)                       # row-major: ascending register index per cell
         starts = np.cumsum(nnz[sparse]) - nnz[sparse]
-        entries = np.zeros((len(sr), HLL_SPARSE_MAX), dtype=np.uint32)
+        entries = np.zeros((len(sr), 8), dtype=np.uint32)
         entries[r, np.arange(len(r)) - starts[r]] = (c.astype(np.uint32) << 8) | sr[r, c]
         area[sparse, 0] = nnz[sparse]
         area[sparse, 1:] = entries.view(np.int64)
@@ -1857,8 +1889,51 @@ def _dense_hll_cells(WindowView view, old_offs, cells):
         area[dense, 0] = -(nblocks + np.arange(1, len(dense) + 1))
         blocks.append(regs[dense])
         nblocks += len(dense)
-        out[:, new["hll"]:new["hll"] + HLL_WORDS] = area
+        out[:, new["hll"]:new["hll"] + _V5_HLL_WORDS] = area
     return out, (np.concatenate(blocks) if blocks else np.zeros((0, m), dtype=np.uint8))
+
+
+def _check_hll_lists(area, int p):
+    """Raises WindowStateError unless every sparse HLL list of `area` (rows
+    of HLL_WORDS words; a dense one's word 0 < 0) is what hll_set makes:
+    entries of a register below 2^p and a rank in 1 .. 65 - p, in
+    ascending register order, zeros after them. (A list that is not would
+    make a later insert write past the registers or keep stray entries.)"""
+    area = np.asarray(area, dtype=np.int64)
+    e = np.array(area[area[:, 0] >= 0], order="C").view(np.uint32)
+    if not e.size:
+        return
+    used, idx, rank = e != 0, e >> 8, e & 0xFF
+    if (used[:, 1:] & ~used[:, :-1]).any() or (used & ((idx >= (1 << p)) | (rank < 1) | (rank > 65 - p))).any() \
+            or (used[:, 1:] & (idx[:, 1:] <= idx[:, :-1])).any():
+        raise WindowStateError("window state holds an HLL register list that is not sorted, in range and packed")
+
+
+def _v6_cells(WindowView view, cells):
+    """Cells of a version-5 layout (every column with `n`; an HLL area of a
+    count word and 8 entries; last_k's count word) in this layout."""
+    old_offs, W = view._column_offsets(_V5_HLL_WORDS, legacy=True)
+    new_offs, _ = view._column_offsets(HLL_WORDS)
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, W)
+    n, common = len(cells), W_COMMON_PACKED if view.layout.packed else W_COMMON
+    out = np.zeros((n, view.width), dtype=np.int64)
+    out[:, :common] = cells[:, :common]
+    for old, new in zip(old_offs, new_offs):
+        for f in _FIELDS:
+            if new[f] >= 0:
+                out[:, new[f]] = cells[:, old[f]]
+        if new["lastk"] >= 0:
+            k2 = 2 * new["lastk_k"]
+            out[:, new["lastk"]:new["lastk"] + k2] = cells[:, old["lastk"] + 1:old["lastk"] + 1 + k2]
+        if new["hll"] >= 0:
+            hdr = cells[:, old["hll"]]
+            entries = np.array(cells[:, old["hll"] + 1:old["hll"] + _V5_HLL_WORDS], order="C").view(np.uint32)
+            entries[np.arange(entries.shape[1]) >= np.maximum(hdr, 0)[:, None]] = 0   # (past the count: unused)
+            area = entries.view(np.int64)
+            area[hdr < 0] = 0
+            area[hdr < 0, 0] = hdr[hdr < 0]
+            out[:, new["hll"]:new["hll"] + HLL_WORDS] = area
+    return out
 
 
 def hash_array(values):

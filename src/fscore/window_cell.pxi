@@ -149,19 +149,28 @@ cdef inline uint8_t hll_rank(uint64_t h, int p) noexcept nogil:
     return <uint8_t>(fs_clz64(w) + 1 if w else 64 - p + 1)
 
 
+cdef inline Py_ssize_t hll_sparse_n(const Word* a) noexcept nogil:
+    # entries of a sparse list: the non-zero ones before the first zero
+    cdef const uint32_t* e = <const uint32_t*>a
+    cdef Py_ssize_t n = 0
+    while n < HLL_SPARSE_MAX and e[n]:
+        n += 1
+    return n
+
+
 cdef void hll_set(Word* a, HllPool* hp, uint32_t idx, uint8_t rank) noexcept nogil:
     # register idx = max(register idx, rank), in whichever encoding `a` has;
     # a sparse list that would pass HLL_SPARSE_MAX entries turns dense.
-    cdef int64_t hdr = a[0].i, blk
-    cdef uint32_t* e = <uint32_t*>&a[1]
+    cdef int64_t blk
+    cdef uint32_t* e = <uint32_t*>a
     cdef uint8_t* regs
     cdef Py_ssize_t j = 0, n
-    if hdr < 0:
-        regs = hp.B + (-hdr - 1) * hp.m
+    if a[0].i < 0:
+        regs = hp.B + (-a[0].i - 1) * hp.m
         if rank > regs[idx]:
             regs[idx] = rank
         return
-    n = hdr
+    n = hll_sparse_n(a)
     while j < n and (e[j] >> 8) < idx:
         j += 1
     if j < n and (e[j] >> 8) == idx:
@@ -171,7 +180,6 @@ cdef void hll_set(Word* a, HllPool* hp, uint32_t idx, uint8_t rank) noexcept nog
     if n < HLL_SPARSE_MAX:
         memmove(e + j + 1, e + j, (n - j) * sizeof(uint32_t))
         e[j] = (idx << 8) | rank
-        a[0].i = n + 1
         return
     blk = hll_block_alloc(hp)
     if blk < 0:
@@ -180,7 +188,7 @@ cdef void hll_set(Word* a, HllPool* hp, uint32_t idx, uint8_t rank) noexcept nog
     for j in range(n):
         regs[e[j] >> 8] = <uint8_t>(e[j] & 0xFF)
     regs[idx] = rank
-    memset(e, 0, (HLL_WORDS - 1) * sizeof(Word))
+    memset(a, 0, HLL_WORDS * sizeof(Word))
     a[0].i = -(blk + 1)
 
 
@@ -190,12 +198,12 @@ cdef inline void hll_add(Word* a, HllPool* hp, int p, uint64_t h) noexcept nogil
 
 cdef void hll_merge(Word* d, HllPool* hd, const Word* s, HllPool* hs) noexcept nogil:
     cdef int64_t hdr = s[0].i, blk
-    cdef const uint32_t* e = <const uint32_t*>&s[1]
+    cdef const uint32_t* e = <const uint32_t*>s
     cdef const uint8_t* rs
     cdef uint8_t* rd
-    cdef Py_ssize_t j
+    cdef Py_ssize_t j, n
     if hdr >= 0:
-        for j in range(hdr):
+        for j in range(hll_sparse_n(s)):
             hll_set(d, hd, e[j] >> 8, <uint8_t>(e[j] & 0xFF))
         return
     if d[0].i >= 0:  # the union has the source's > HLL_SPARSE_MAX registers: dense
@@ -203,10 +211,11 @@ cdef void hll_merge(Word* d, HllPool* hd, const Word* s, HllPool* hs) noexcept n
         if blk < 0:
             return
         rd = hd.B + blk * hd.m
-        e = <const uint32_t*>&d[1]
-        for j in range(d[0].i):
+        e = <const uint32_t*>d
+        n = hll_sparse_n(d)
+        for j in range(n):
             rd[e[j] >> 8] = <uint8_t>(e[j] & 0xFF)
-        memset(&d[1], 0, (HLL_WORDS - 1) * sizeof(Word))
+        memset(d, 0, HLL_WORDS * sizeof(Word))
         d[0].i = -(blk + 1)
     rd = hd.B + (-d[0].i - 1) * hd.m
     rs = hs.B + (-hdr - 1) * hs.m   # after the allocation: hd may be hs, moved by realloc
@@ -224,6 +233,7 @@ cdef int64_t hll_count(const Word* a, const HllPool* hp, int p) noexcept nogil:
     cdef double md
     if n < 0:
         return hll_estimate(hp.B + (-n - 1) * hp.m, p)
+    n = hll_sparse_n(a)
     if n == 0:
         return 0
     md = <double>((<int64_t>1) << p)
@@ -260,12 +270,13 @@ cdef inline int64_t hll_estimate(const uint8_t* regs, int p) noexcept nogil:
     return <int64_t>floor(e + 0.5)
 
 
-cdef inline void lastk_insert(Word* b, Py_ssize_t k, int64_t ts, double v) noexcept nogil:
-    # b = [count][k ts][k values], newest first. At equal ts the newcomer is
-    # the later arrival, so it goes before the entries it ties with.
-    cdef Py_ssize_t cnt = b[0].i, p = 0, j, end
-    cdef Word* bts = b + 1
-    cdef Word* bv = b + 1 + k
+cdef inline void lastk_insert(Word* b, Py_ssize_t k, Py_ssize_t cnt, int64_t ts, double v) noexcept nogil:
+    # b = [k ts][k values], newest first, `cnt` of them in use (min(n, k) of
+    # the column's n before this value). At equal ts the newcomer is the
+    # later arrival, so it goes before the entries it ties with.
+    cdef Py_ssize_t p = 0, j, end
+    cdef Word* bts = b
+    cdef Word* bv = b + k
     while p < cnt and bts[p].i > ts:
         p += 1
     if p >= k:
@@ -278,29 +289,27 @@ cdef inline void lastk_insert(Word* b, Py_ssize_t k, int64_t ts, double v) noexc
         j -= 1
     bts[p].i = ts
     bv[p].f = v
-    if cnt < k:
-        b[0].i = cnt + 1
 
 
-cdef inline void lastk_merge(Word* d, const Word* s, Py_ssize_t k) noexcept nogil:
-    # s holds the later arrivals: it wins ties on ts.
+cdef inline void lastk_merge(Word* d, const Word* s, Py_ssize_t k, Py_ssize_t nd, Py_ssize_t ns) noexcept nogil:
+    # d ⊕ s of nd and ns entries (min(n, k) of each); s holds the later
+    # arrivals: it wins ties on ts.
     cdef int64_t tts[LASTK_MAX]
     cdef double tvs[LASTK_MAX]
-    cdef Py_ssize_t nd = d[0].i, ns = s[0].i, i = 0, j = 0, o = 0
+    cdef Py_ssize_t i = 0, j = 0, o = 0
     while o < k and (i < nd or j < ns):
-        if j < ns and (i >= nd or s[1 + j].i >= d[1 + i].i):
-            tts[o] = s[1 + j].i
-            tvs[o] = s[1 + k + j].f
+        if j < ns and (i >= nd or s[j].i >= d[i].i):
+            tts[o] = s[j].i
+            tvs[o] = s[k + j].f
             j += 1
         else:
-            tts[o] = d[1 + i].i
-            tvs[o] = d[1 + k + i].f
+            tts[o] = d[i].i
+            tvs[o] = d[k + i].f
             i += 1
         o += 1
     for i in range(o):
-        d[1 + i].i = tts[i]
-        d[1 + k + i].f = tvs[i]
-    d[0].i = o
+        d[i].i = tts[i]
+        d[k + i].f = tvs[i]
 
 
 cdef int64_t cell_first_ts(const Word* c, const Layout* L) noexcept nogil:
@@ -381,6 +390,9 @@ cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssi
         if isnan(v):       # null: only count(*) above sees it
             continue
         cl = &L.cols[j]
+        if cl.n < 0:       # approx_count_distinct alone: its registers are its state
+            hll_add(&c[cl.hll], L.hp, L.hll_p, h[cl.hll_row * hstride])
+            continue
         n = c[cl.n].i + 1
         c[cl.n].i = n
         if cl.sum >= 0:
@@ -402,7 +414,7 @@ cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssi
         if cl.hll >= 0:
             hll_add(&c[cl.hll], L.hp, L.hll_p, h[cl.hll_row * hstride])
         if cl.lastk >= 0:
-            lastk_insert(&c[cl.lastk], cl.lastk_k, ts, v)
+            lastk_insert(&c[cl.lastk], cl.lastk_k, min(n - 1, cl.lastk_k), ts, v)
 
 
 cdef void cell_merge(Word* dst, const Word* src, const Layout* L) noexcept nogil:
@@ -429,6 +441,9 @@ cdef void cell_merge_from(Word* dst, const Layout* L, const Word* src, const Lay
     dst[W_COUNT].i += src[W_COUNT].i
     for j in range(L.ncols):
         cl = &L.cols[j]
+        if cl.n < 0:       # approx_count_distinct alone
+            hll_merge(&dst[cl.hll], L.hp, &src[cl.hll], Ls.hp)
+            continue
         nb = src[cl.n].i
         if nb == 0:
             continue
@@ -458,7 +473,7 @@ cdef void cell_merge_from(Word* dst, const Layout* L, const Word* src, const Lay
         if cl.hll >= 0:
             hll_merge(&dst[cl.hll], L.hp, &src[cl.hll], Ls.hp)
         if cl.lastk >= 0:
-            lastk_merge(&dst[cl.lastk], &src[cl.lastk], cl.lastk_k)
+            lastk_merge(&dst[cl.lastk], &src[cl.lastk], cl.lastk_k, min(na, cl.lastk_k), min(nb, cl.lastk_k))
 
 
 cdef void cell_release(Word* c, const Layout* L) noexcept nogil:
@@ -510,15 +525,16 @@ cdef void cell_finalize(const Word* c, const Layout* L, const OutSpec* outs, Py_
             oi[sp.row * nq + q] = c[W_COUNT].i
             continue
         cl = &L.cols[sp.col]
+        if sp.kind == O_HLL:   # (an empty list counts 0; its column may have no `n`)
+            oi[sp.row * nq + q] = hll_count(&c[cl.hll], L.hp, L.hll_p)
+            continue
         n = c[cl.n].i
         if sp.kind == O_COUNT:
             oi[sp.row * nq + q] = n
-        elif sp.kind == O_HLL:
-            oi[sp.row * nq + q] = hll_count(&c[cl.hll], L.hp, L.hll_p) if n else 0
         elif sp.kind == O_LAST_K:
-            cnt = c[cl.lastk].i
+            cnt = min(n, cl.lastk_k)
             for j in range(sp.k):
-                of[(sp.row + j) * nq + q] = c[cl.lastk + 1 + cl.lastk_k + j].f if j < cnt else NAN
+                of[(sp.row + j) * nq + q] = c[cl.lastk + cl.lastk_k + j].f if j < cnt else NAN
         elif n == 0:
             of[sp.row * nq + q] = NAN
         elif sp.kind == O_SUM:

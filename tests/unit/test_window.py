@@ -367,7 +367,7 @@ DATA = __import__("pathlib").Path(__file__).resolve().parent.parent / "data"
 def test_hll_turns_dense_past_eight_registers_and_keeps_the_reference_values():
     aggs = ["approx_count_distinct(x)", "count(*)"]
     cy, ref = WindowView(lifetime(), aggs, 2, hll_p=6), RefView(lifetime(), aggs, 2, hll_p=6)
-    assert cy.width == 4 + 1 + 5          # bucket, count, ts range; n; 5 words of sparse registers
+    assert cy.width == 4 + 4              # bucket, count, ts range; 4 words of sparse registers (no `n`)
     seen = set()
     for i in range(60):
         x = float(i * 7919)
@@ -423,23 +423,20 @@ def test_version_3_snapshots_with_dense_registers_still_load(name):
     assert WindowView.from_bytes(view.to_bytes()).to_bytes() == view.to_bytes()
 
 
-@pytest.mark.parametrize("name", ["sliding", "continuous", "tumbling"])
-def test_version_4_snapshots_with_unpacked_times_still_load(name):
-    """tests/data/window_v4_*.bin were written by the version-4 layout (first
-    and last event times in two words of every cell; fscore at e6babe1, by
-    a script that made six keys: a ring, a few events, dense registers, a
-    dropped bucket, one event, none) with the answers beside them: they load
-    into the packed layout (one word fewer a cell) and answer the same, as
-    of times inside buckets too (the continuous head splits on the times)."""
+def _old_snapshot_answers_as_written(version, name, fewer_words):
+    """tests/data/window_v{version}_{name}.bin loads (cells `fewer_words`
+    narrower than it was written with), answers as the answers file beside
+    it says for six keys as of each time there, and writes itself again
+    unchanged."""
     import json
     import struct
-    blob = (DATA / f"window_v4_{name}.bin").read_bytes()
-    version, hlen = struct.unpack("<II", blob[4:12])
-    assert version == 4
+    blob = (DATA / f"window_v{version}_{name}.bin").read_bytes()
+    written, hlen = struct.unpack("<II", blob[4:12])
+    assert written == version
     view = WindowView.from_bytes(blob)
-    assert view.width == json.loads(blob[12:12 + hlen])["width"] - 1
+    assert view.width == json.loads(blob[12:12 + hlen])["width"] - fewer_words
     assert view.dense_hll_blocks > 0
-    expected = json.loads((DATA / "window_v4_answers.json").read_text())[name]
+    expected = json.loads((DATA / f"window_v{version}_answers.json").read_text())[name]
     for t, answers in expected.items():
         vals, exact = view.value_as_of(np.arange(6), int(t))
         assert exact.tolist() == answers.pop("exact"), t
@@ -447,6 +444,50 @@ def test_version_4_snapshots_with_unpacked_times_still_load(name):
             np.testing.assert_array_equal(np.asarray(vals[k]), np.asarray(want, dtype=vals[k].dtype),
                                           err_msg=f"{k} as of {t}")
     assert WindowView.from_bytes(view.to_bytes()).to_bytes() == view.to_bytes()
+
+
+@pytest.mark.parametrize("name", ["sliding", "continuous", "tumbling"])
+def test_version_4_snapshots_with_unpacked_times_still_load(name):
+    """tests/data/window_v4_*.bin were written by the version-4 layout (first
+    and last event times in two words of every cell; fscore at e6babe1, by
+    a script that made six keys: a ring, a few events, dense registers, a
+    dropped bucket, one event, none) with the answers beside them: they load
+    into the packed layout (one word fewer a cell; two more since version 6
+    dropped the HLL list's and last_k's count words) and answer the same, as
+    of times inside buckets too (the continuous head splits on the times)."""
+    _old_snapshot_answers_as_written(4, name, fewer_words=3)
+
+
+@pytest.mark.parametrize("corrupt", ["register past 2^p", "an entry of rank 0", "out of order", "entry after a zero"])
+def test_state_with_a_malformed_sparse_hll_list_is_refused(corrupt):
+    """A sparse list is read up to its first zero entry and an insert
+    writes the register an entry names: a list hll_set could not have made
+    is refused on import (and so on a snapshot's load), not written past
+    the registers later."""
+    regs = hash_array(np.arange(20.0)) >> np.uint64(60)      # the register each value lands in
+    xs = [float(i) for i in np.unique(regs, return_index=True)[1][:3]]   # three values, three registers
+    v = WindowView(lifetime(), ["approx_count_distinct(x)"], 1, hll_p=4)
+    v.update([0, 0, 0], [1, 2, 3], {"x": xs})
+    state = v.export_slots([0])
+    off = v._hll_offsets()[0]
+    e = state["cells"][:, off:off + 4].copy().view(np.uint32)
+    n = int((e[0] != 0).sum())
+    assert n == 3 and len(state["blocks"]) == 0
+    if corrupt == "register past 2^p":
+        e[0, 1] = (16 << 8) | 1
+    elif corrupt == "an entry of rank 0":
+        e[0, 2] = (e[0, 2] >> 8) << 8        # (the third register: index >= 2, so not 0)
+    elif corrupt == "out of order":
+        e[0, 0], e[0, 1] = e[0, 1], e[0, 0]
+    else:
+        e[0, 5] = e[0, 0]
+    cells = state["cells"].copy()
+    cells[:, off:off + 4] = e.view(np.int64)
+    fresh = WindowView(lifetime(), ["approx_count_distinct(x)"], 1, hll_p=4)
+    with pytest.raises(WindowStateError, match="HLL register list"):
+        fresh.import_slots([0], state | {"cells": cells})
+    fresh.import_slots([0], state)   # the list as made loads
+    assert fresh.value_as_of([0], 10)[0]["approx_count_distinct_x"].tolist() == [3]
 
 
 def test_snapshot_naming_registers_it_does_not_hold_is_refused():
@@ -575,3 +616,15 @@ def _freeze_beside_a_writer_thread(reserved):
     finally:
         stop.set()
         t.join()
+
+
+@pytest.mark.parametrize("name", ["sliding", "continuous", "shared", "session", "lifetime"])
+def test_version_5_snapshots_with_count_words_still_load(name):
+    """tests/data/window_v5_*.bin were written by the version-5 layout (a
+    count word before an HLL list and before a last_k buffer, `n` in a
+    column only approx_count_distinct reads; fscore at 9a35951, six keys: a
+    ring, a few events, dense registers, a dropped bucket, one event, none;
+    nulls in both columns) with the answers beside them: they load into the
+    layout without those words (three fewer a cell) and answer the
+    same, as of times inside buckets and past the data too."""
+    _old_snapshot_answers_as_written(5, name, fewer_words=3)
