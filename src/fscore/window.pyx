@@ -1292,7 +1292,7 @@ cdef class WindowView:
         return self._frozen_from(np.array(self.pool[:max(self.pool_top, 1)]), np.array(self.run_at),
                                  np.array(self.run_len), np.array(self.run_cls), np.array(self.floor_))
 
-    def _frozen_from(self, pool, at, ln, cap, floor, blocks=None):
+    def _frozen_from(self, pool, at, ln, cls, floor, blocks=None):
         """The frozen copy over these arrays; its dense HLL blocks are
         `blocks` ((n, m) uint8 holding every block the cells name, borrowed)
         or a copy of this view's."""
@@ -1312,7 +1312,7 @@ cdef class WindowView:
                 raise MemoryError()
             memcpy(f.hp.B, self.hp.B, self.hp.top * self.hp.m)
             f.hp.cap, f.hp.top, f.hp.free_head, f.hp.used = self.hp.cap, self.hp.top, self.hp.free_head, self.hp.used
-        f._set_slots(at, ln, cap, floor)
+        f._set_slots(at, ln, cls, floor)
         f.n_slots = self.n_slots
         f.watermark, f.late_count = self.watermark, self.late_count
         f.part_watermarks = dict(self.part_watermarks)
@@ -1344,7 +1344,7 @@ cdef class WindowView:
         """Step two (any thread, no lock): copies the cells and per-key arrays
         as track_writes() saw them; the slots written since are copied again
         by frozen_end. Returns what frozen_end takes."""
-        pool, top, at, ln, cap, floor, hll_top = track
+        pool, top, at, ln, cls, floor, hll_top = track
         # room for the cells runs take meanwhile (frozen_end copies them in place)
         rows = max(top + top // 4 + self._block_room(), 16)
         out = np.empty((rows, self.layout.width), dtype=np.int64)
@@ -1366,13 +1366,13 @@ cdef class WindowView:
             if hll_top:
                 with nogil:
                     memcpy(&bv[0, 0], self.hp.B, nbytes)
-        return (track, out, np.array(at), np.array(ln), np.array(cap), np.array(floor), blocks)
+        return (track, out, np.array(at), np.array(ln), np.array(cls), np.array(floor), blocks)
 
     def frozen_end(self, begun):
         """Step three, by the writer under its lock: the frozen copy (as
         frozen()) of the state now — frozen_begin's copy with the slots
         written since track_writes() copied again — and tracking stops."""
-        track, out, at, ln, cap, floor, blocks = begun
+        track, out, at, ln, cls, floor, blocks = begun
         if not self.tracking or track is not self._track or self.pool_top > out.shape[0] or \
                 (blocks is not None and self.hp.top > blocks.shape[0]):
             # tracking was restarted, or the runs (or HLL blocks) outgrew the copy's room
@@ -1381,14 +1381,14 @@ cdef class WindowView:
         if n > n0:  # slots added since: copied whole
             at = np.concatenate([at, self.run_at[n0:n]])
             ln = np.concatenate([ln, self.run_len[n0:n]])
-            cap = np.concatenate([cap, self.run_cls[n0:n]])
+            cls = np.concatenate([cls, self.run_cls[n0:n]])
             floor = np.concatenate([floor, self.floor_[n0:n]])
         dirty = np.flatnonzero(self.dirty[:n0]).astype(np.int64)
         if n > n0:
             dirty = np.concatenate([dirty, np.arange(n0, n, dtype=np.int64)])
         cdef const int64_t[::1] dv = dirty
         cdef int32_t[::1] a = at, l = ln
-        cdef uint8_t[::1] c = cap
+        cdef uint8_t[::1] c = cls
         cdef int64_t[::1] f = floor
         cdef int64_t[:, ::1] dst = out
         cdef bint hll = blocks is not None and self.layout.has_hll
@@ -1412,7 +1412,7 @@ cdef class WindowView:
                                     if hdr < 0:
                                         memcpy(&bv[-hdr - 1, 0], self.hp.B + (-hdr - 1) * self.hp.m, self.hp.m)
         self._stop_tracking()
-        return self._frozen_from(out, at, ln, cap, floor, blocks)
+        return self._frozen_from(out, at, ln, cls, floor, blocks)
 
     def compact_begin(self, track):
         """Compaction, step two (any thread, no lock; `track` from
@@ -1424,7 +1424,7 @@ cdef class WindowView:
         the pool at 100 events a key); a restart compacts too, by loading
         the snapshot. The slots written meanwhile are laid out again by
         compact_end. Returns what compact_end takes."""
-        pool, top, at_l, ln_l, cap_l, floor_l, hll_top = track
+        pool, top, at_l, ln_l, cls_l, floor_l, hll_top = track
         at = np.array(at_l)
         ln = np.array(ln_l)
         cdef Py_ssize_t n = at.shape[0], s, W = self.layout.width, R = self.ring_len
