@@ -320,6 +320,41 @@ def _draws(n_keys: int, dist: str, rng) -> np.ndarray:
     return np.repeat(users, int(dist))
 
 
+def table_growth_bytes(base: str, counts, doubling: bool) -> float:
+    """Bytes a key of the starter repo's user table (rows and index) grown
+    from the engine's 4,096 rows to each of `counts` keys, averaged over the
+    counts: growth by a quarter (`fscore.layout.next_capacity`) or, as
+    before, doubling. One count can flatter either (1M keys fill 2^20 rows);
+    key counts spread over a decade do not."""
+    import fscore.table as table_mod
+    from fscore.layout import next_capacity
+
+    from fsapp.engine import Engine
+
+    path = os.path.join(base, f"growth-{doubling}")
+    repo = _repo(path)
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
+    schema = eng.runtimes[("user_txn", 1)].table.schema
+    eng.close()
+    real = table_mod.next_capacity
+    if doubling:
+        table_mod.next_capacity = lambda cap, most: min(most, max(2 * cap, 16))
+    try:
+        per_key = []
+        for n in counts:
+            t = table_mod.Table(schema, capacity=4096, path=os.path.join(path, f"t{n}.fst"), max_capacity=1 << 30)
+            for off in range(0, n, 100_000):
+                t.slots_for(np.arange(off, min(n, off + 100_000), dtype=np.int64), now=1)
+            per_key.append(t.nbytes / n)
+            t.close()
+            os.unlink(os.path.join(path, f"t{n}.fst"))
+    finally:
+        table_mod.next_capacity = real
+    assert real is next_capacity
+    shutil.rmtree(path, ignore_errors=True)
+    return statistics.mean(per_key)
+
+
 def layout_bytes(base: str, n_keys: int, dist: str, days: float, share: bool) -> float:
     """Bytes per key after a load (and compaction) with the starter repo's
     windows of one hop and one size sharing a view (fscore.window_spec.
@@ -413,6 +448,12 @@ def run(quick: bool = False) -> list[Row]:
             rows.append(Row("state", f"{label}: bytes/key, windows of one hop and size sharing a view",
                             layout_bytes(base, n, dist, days, True), "one view a window",
                             layout_bytes(base, n, dist, days, False), "B/key", "lower"))
+        # tables grow by a quarter, not by doubling: the user table's bytes a
+        # key over key counts spread across a decade, same run
+        counts = [int(sizes[0] * 10 ** (i / 8)) for i in range(9)]
+        rows.append(Row("state", f"user table bytes/key, mean over {counts[0]:,}-{counts[-1]:,} keys (9 counts), "
+                        "growing by a quarter", table_growth_bytes(base, counts, False), "growing by doubling",
+                        table_growth_bytes(base, counts, True), "B/key", "lower"))
         return rows
     finally:
         shutil.rmtree(base, ignore_errors=True)

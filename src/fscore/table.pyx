@@ -33,7 +33,7 @@ from fscore import _batch
 from fscore._batch import BatchResult
 from fscore.errors import KeyEncodingError, ReadOnlyError, SchemaError
 from fscore import layout as _layout
-from fscore.layout import Layout, read_header
+from fscore.layout import Layout, next_capacity, read_header
 from fscore.schema import Schema
 
 cnp.import_array()
@@ -158,7 +158,7 @@ cdef class Table:
         self.set_max_capacity(max_capacity)
 
     def set_max_capacity(self, max_capacity):
-        """Lets the table grow (`grow`, doubling) up to `max_capacity` rows
+        """Lets the table grow (`grow`, `layout.next_capacity`) up to `max_capacity` rows
         before it evicts; None keeps it at its current capacity (evicting
         when full: the memory bound of a fixed table)."""
         cap = self.capacity_ if max_capacity is None else int(max_capacity)
@@ -171,10 +171,11 @@ cdef class Table:
         return self.max_capacity_
 
     def _room_or_grow(self, int64_t now, protect=None):
-        """A full table makes room for a new key: it grows (doubling, up to
-        max_capacity) while it may, else evicts (`_make_room`)."""
+        """A full table makes room for a new key: it grows (doubling while
+        small, then by a quarter: `layout.next_capacity`; up to max_capacity)
+        while it may, else evicts (`_make_room`)."""
         if self.capacity_ < self.max_capacity_:
-            self.grow(min(self.max_capacity_, max(2 * self.capacity_, 16)))
+            self.grow(next_capacity(self.capacity_, self.max_capacity_))
             return self.nfree
         return self._make_room(now, protect)
 
@@ -194,9 +195,10 @@ cdef class Table:
         lay = Layout(self.schema, new_capacity)
         old_lay, old_arr, old_mmap, old_tmp = self.layout, self._arr, self._mmap, self._tmp_path
         was_published = old_tmp is None
+        # (a new buffer is zeros: np.zeros, or a new file's ftruncate; writing
+        # them again would touch every page of the new index and free rows)
         arr = self._allocate(lay.nbytes, self.path, False)
         h = lay.header(self.ttl)
-        arr[:lay.rows_offset] = 0
         arr[:h.size] = h
         # counters carry over (words H_GLOBAL_SEQ .. H_COMPACTIONS); the new index has no tombstones
         words = arr[:8 * (H_RETIRED + 1)].view(np.int64)
@@ -205,7 +207,6 @@ cdef class Table:
         words[H_RETIRED] = 0
         n_old = old_lay.stride * old_cap
         arr[lay.rows_offset:lay.rows_offset + n_old] = old_arr[old_lay.rows_offset:old_lay.rows_offset + n_old]
-        arr[lay.rows_offset + n_old:] = 0
         old_free = np.asarray(self.free_rows[:self.nfree]).copy()
         self._bind(arr, False)
         with nogil:

@@ -12,7 +12,8 @@ Rules (identical in the Cython table):
   OUTSIDE_MAX_AGE when stored but older; NOT_FOUND otherwise. Values are only
   returned for PRESENT rows.
 - when a new key arrives and the table holds `capacity` rows: it grows
-  (capacity doubles, at least to 16, at most to `max_capacity`) while
+  (`fscore.layout.next_capacity`: doubling while small, then by a quarter;
+  at least to 16, at most to `max_capacity`) while
   capacity < max_capacity; else first every expired row is removed; if none
   was, the `max(1, capacity // 64)` oldest rows by (event_ts, encoded key)
   are evicted.
@@ -23,7 +24,7 @@ import numpy as np
 
 from fscore import _batch
 from fscore._batch import BatchResult  # noqa: F401  (re-exported)
-from fscore.layout import Layout
+from fscore.layout import Layout, next_capacity
 from fscore.schema import Schema
 
 NOT_FOUND, PRESENT, OUTSIDE_MAX_AGE = 0, 1, 2
@@ -90,7 +91,7 @@ class RefTable:
             else:
                 if len(self.rows) >= self.capacity:
                     if self.capacity < self.max_capacity:
-                        self.grow(min(self.max_capacity, max(2 * self.capacity, 16)))
+                        self.grow(next_capacity(self.capacity, self.max_capacity))
                     else:
                         self._make_room(now)
             if old is None and self.insert_hidden:
