@@ -406,8 +406,8 @@ def test_a_growing_table_holds_at_most_a_quarter_more_rows_than_its_keys(impl, t
     from fscore.layout import GROW_DOUBLING_BELOW
     kw = {"path": str(tmp_path / "t.fst")} if impl is Table else {}
     t = impl(SCHEMA, capacity=16, max_capacity=1 << 20, **kw)
-    n, caps, first_rows = 0, [], None
-    for size in [3000, 1096, 1] + [997] * 20:
+    n, caps, first_rows, sizes = 0, [], None, [3000, 1096, 1] + [997] * 20
+    for size in sizes:
         keys = np.arange(n, n + size)
         t.put_batch(keys, rows(keys), np.full(size, 5), now=10)
         n += size
@@ -421,4 +421,4 @@ def test_a_growing_table_holds_at_most_a_quarter_more_rows_than_its_keys(impl, t
         assert (t.find_rows(np.arange(3000)) == first_rows).all()
     r = t.get_batch(np.arange(n), now=10)
     assert (r.status == PRESENT).all() and r.values["n"].tolist() == (np.concatenate(
-        [np.arange(s) for s in [3000, 1096, 1] + [997] * 20]) * 10).tolist()
+        [np.arange(s) for s in sizes]) * 10).tolist()
