@@ -25,7 +25,7 @@ import threading
 import time
 
 from benches._common import Row
-from benches.bench_serving import HOST, free_port, stop, wait_http
+from benches.bench_serving import HOST, free_port, pct, stop, wait_http
 from benches.loadgen import request_once
 
 USERS = 50_000
@@ -97,17 +97,14 @@ def soak(minutes: float) -> list[dict]:
         for m in range(1, int(minutes) + 1):
             time.sleep(max(0.0, t0 + 60 * m - time.monotonic()))
             lo, hi = t0 + 60 * (m - 1), t0 + 60 * m
-            p = sorted(x for s, x in list(pushes) if lo <= s < hi)
-            r = sorted(x for s, x in list(reads) if lo <= s < hi)
-
-            def pct(xs, q):
-                return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000 if xs else float("nan")
-
-            minutes_out.append({"push_p50": pct(p, 0.5), "push_p99": pct(p, 0.99), "pushes_s": len(p) / 60,
-                                "read_p50": pct(r, 0.5), "read_p99": pct(r, 0.99), "rss": _server_rss(proc.pid)})
-            print(f"# soak: minute {m}: push p50 {pct(p, 0.5):.1f} / p99 {pct(p, 0.99):.1f} ms, {len(p) / 60:.0f}/s; "
-                  f"read p50 {pct(r, 0.5):.1f} / p99 {pct(r, 0.99):.1f} ms; server RSS "
-                  f"{minutes_out[-1]['rss'] / 1e9:.2f} GB", file=sys.stderr, flush=True)
+            p = [x * 1000 for s, x in list(pushes) if lo <= s < hi]
+            r = [x * 1000 for s, x in list(reads) if lo <= s < hi]
+            out = {"push_p50": pct(p, 0.5), "push_p99": pct(p, 0.99), "pushes_s": len(p) / 60,
+                   "read_p50": pct(r, 0.5), "read_p99": pct(r, 0.99), "rss": _server_rss(proc.pid)}
+            minutes_out.append(out)
+            print(f"# soak: minute {m}: push p50 {out['push_p50']:.1f} / p99 {out['push_p99']:.1f} ms, "
+                  f"{out['pushes_s']:.0f}/s; read p50 {out['read_p50']:.1f} / p99 {out['read_p99']:.1f} ms; "
+                  f"server RSS {out['rss'] / 1e9:.2f} GB", file=sys.stderr, flush=True)
         for t in threads:
             t.join()
         if errors:

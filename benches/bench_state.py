@@ -45,6 +45,14 @@ def _repo(base: str):
     return r
 
 
+def _engine(repo):
+    """The repo's embedded engine as the benches open it (no fsync: the
+    state, not the disk, is measured)."""
+    from fsapp.engine import Engine
+
+    return Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
+
+
 def _events(users: np.ndarray, rng, spread_s: int = 20 * 3600) -> dict:
     n = len(users)
     return {"user_id": users.tolist(), "merchant_id": [f"m{x}" for x in rng.integers(0, 20_000, n)],
@@ -177,11 +185,9 @@ def _lock_holds(eng, action) -> list:
 
 
 def run_one(base: str, n_keys: int, events_per_key: str, rng, ref=None) -> dict:
-    from fsapp.engine import Engine
-
     repo = _repo(os.path.join(base, f"{n_keys}-{events_per_key}"))
     rss0 = rss_bytes()
-    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
+    eng = _engine(repo)
     users = np.arange(1, n_keys + 1)
     draws = _draws(n_keys, events_per_key, rng)
     t0 = time.perf_counter()
@@ -240,7 +246,7 @@ def run_one(base: str, n_keys: int, events_per_key: str, rng, ref=None) -> dict:
     out["live_bytes"] = state_bytes(eng)
     eng.close()
     t0 = time.perf_counter()
-    again = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
+    again = _engine(repo)
     out["restart_s"] = time.perf_counter() - t0
     # of it the replay (the records the traffic above logged after the last
     # checkpoint); `fstore serve` checkpoints once that would pass
@@ -249,7 +255,7 @@ def run_one(base: str, n_keys: int, events_per_key: str, rng, ref=None) -> dict:
     again.checkpoint()
     again.close()
     t0 = time.perf_counter()
-    again = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
+    again = _engine(repo)
     out["restart_ckpt_s"] = time.perf_counter() - t0
     again.close()
     shutil.rmtree(os.path.join(base, f"{n_keys}-{events_per_key}"), ignore_errors=True)
@@ -263,7 +269,6 @@ def many_keys(n_keys: int, slice_events: int = 1_000_000) -> dict:
     ids and times of all events are held at once, 16 bytes an event): bytes
     per key as counted and as the process's RSS grew, and the load rate.
     `python -m benches.bench_state --keys 10000000`."""
-    from fsapp.engine import Engine
 
     base = tempfile.mkdtemp(prefix="fstore-bench-state-many-", dir=os.environ.get("FSTORE_BENCH_DIR"))
     try:
@@ -275,7 +280,7 @@ def many_keys(n_keys: int, slice_events: int = 1_000_000) -> dict:
         draws, ts = draws[order], ts[order] * 1_000_000
         del order
         rss0 = rss_bytes()
-        eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
+        eng = _engine(repo)
         n_all, t0 = len(draws), time.perf_counter()
         for off in range(0, n_all, slice_events):
             n = min(slice_events, n_all - off)
@@ -310,8 +315,7 @@ def many_keys(n_keys: int, slice_events: int = 1_000_000) -> dict:
         gc.collect()
         rss1 = rss_bytes()
         t1 = time.perf_counter()
-        again = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never",
-                       repo_root=str(repo.root))
+        again = _engine(repo)
         out["restart_s"] = time.perf_counter() - t1
         out["restart_rss_gb"] = (rss_bytes() - rss1) / 1e9
         again.close()
@@ -337,11 +341,9 @@ def table_growth_bytes(base: str, counts, doubling: bool) -> float:
     key counts spread over a decade do not."""
     import fscore.table as table_mod
 
-    from fsapp.engine import Engine
-
     path = os.path.join(base, f"growth-{doubling}")
     repo = _repo(path)
-    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
+    eng = _engine(repo)
     schema = eng.runtimes[("user_txn", 1)].table.schema
     eng.close()
     real = table_mod.next_capacity
@@ -368,7 +370,6 @@ def layout_bytes(base: str, n_keys: int, dist: str, days: float, share: bool) ->
     share_views), or one view a window as before: the measure behind that
     choice, with events over `days`."""
     import fsapp.engine.runtime as runtime
-    from fsapp.engine import Engine
 
     path = os.path.join(base, f"layout-{n_keys}-{dist}-{days}-{share}")
     repo = _repo(path)
@@ -376,7 +377,7 @@ def layout_bytes(base: str, n_keys: int, dist: str, days: float, share: bool) ->
     if not share:
         runtime.share_views = lambda groups: [(s, tuple(a), None) for s, a in groups]
     try:
-        eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root))
+        eng = _engine(repo)
     finally:
         runtime.share_views = real
     rng = np.random.default_rng(16)
@@ -395,10 +396,8 @@ def run(quick: bool = False) -> list[Row]:
     sizes = (10_000, 100_000) if quick else (100_000, 1_000_000)
     rows, ref_eng = [], None
     try:
-        from fsapp.engine import Engine
         ref_repo = _repo(os.path.join(base, "ref-1000"))
-        ref_eng = Engine(str(ref_repo.data_dir / "engine"), str(ref_repo.registry_path), fsync="never",
-                         repo_root=str(ref_repo.root))
+        ref_eng = _engine(ref_repo)
         _load(ref_eng, _draws(1_000, "zipf", rng), rng)
         ref_eng.tick()
         for n in sizes:
