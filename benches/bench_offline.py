@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -144,6 +145,62 @@ def _run_child(name: str, d: str, *args) -> dict:
 # ---------------------------------------------------------------- runner
 
 
+def _eventlog_rows(quick: bool, rounds: int = 3) -> list[Row]:
+    """The event log's flush (every event pushed ends in one): its Parquet
+    encodings (`parquet_encodings`: time columns delta-encoded, a
+    dictionary for the others) against the same log writing with Arrow's
+    default encodings (a dictionary for every column), same events written
+    a file per `flush_rows` as the log does, rounds alternating: time per
+    event, bytes per event on disk, and a DuckDB scan of the files."""
+    import duckdb
+
+    from fsapp.offline import eventlog
+
+    n = 200_000 if quick else 1_000_000
+    rng = np.random.default_rng(11)
+    day = 1_764_000_000_000_000 // 86_400_000_000 * 86_400_000_000
+    events = pa.table({"user_id": rng.zipf(1.3, n) % 1_000_000,
+                       "merchant_id": pa.array([f"m{i:05d}" for i in rng.integers(0, 20_000, n)]),
+                       "amount": np.round(rng.exponential(50.0, n), 2),
+                       "ts": pa.array(np.sort(rng.integers(day, day + 43_200_000_000, n)), pa.timestamp("us", "UTC"))})
+    ours_enc = eventlog.parquet_encodings
+    arms = {"ours": ours_enc, "peer": lambda schema: {}}
+    flush: dict[str, list] = {a: [] for a in arms}
+    scan: dict[str, list] = {a: [] for a in arms}
+    size = {}
+    try:
+        for _ in range(rounds):
+            for arm, enc in arms.items():
+                eventlog.parquet_encodings = enc
+                with tempfile.TemporaryDirectory(prefix="fstore-bench-eventlog-") as d:
+                    log = eventlog.EventLog(d)
+                    step = log.flush_rows  # a file per flush_rows events, as the log writes them
+                    log.flush_rows = n + 1  # flushed below, not in the background
+                    took = 0.0
+                    for lo in range(0, n, step):
+                        log.append("s", events.slice(lo, step), timestamp="ts", created_ts=day + 43_200_000_000)
+                        t = time.perf_counter()
+                        log.flush()
+                        took += time.perf_counter() - t
+                    flush[arm].append(took)
+                    size[arm] = sum(os.path.getsize(f) for f in log.files("s"))
+                    con = duckdb.connect()
+                    t = time.perf_counter()
+                    con.execute(f"SELECT user_id, count(*), sum(amount), max(ts), max(_fs_seq) "
+                                f"FROM read_parquet('{log.glob('s')}') GROUP BY ALL").fetchall()
+                    scan[arm].append(time.perf_counter() - t)
+                    con.close()
+    finally:
+        eventlog.parquet_encodings = ours_enc
+    label = f"event log, {n:,} events (2 ids, a string, a double, a timestamp)"
+    peer = "Arrow's default Parquet encodings"
+    med = statistics.median
+    return [Row(label, "flush to Parquet, per event", med(flush["ours"]) / n * 1e9, peer, med(flush["peer"]) / n * 1e9,
+                "ns"),
+            Row(label, "bytes per event on disk", size["ours"] / n, peer, size["peer"] / n, "B"),
+            Row(label, "DuckDB scan (group by user)", med(scan["ours"]) * 1e3, peer, med(scan["peer"]) * 1e3, "ms")]
+
+
 def run(quick: bool) -> list[Row]:
     s = SIZES[quick]
     rows: list[Row] = []
@@ -166,6 +223,7 @@ def run(quick: bool) -> list[Row]:
             label = f"backfill {kind} {s['events']:,} ev x {s['queries']:,} q"
             rows.append(Row(label, "seconds", ours["seconds"], "engine replay", peer["seconds"], "s"))
             rows.append(Row(label, "peak RSS", ours["peak_rss_mb"], "engine replay", peer["peak_rss_mb"], "MB"))
+    rows += _eventlog_rows(quick)
     if os.environ.get("FSTORE_BENCH_FEAST", "1") != "0":
         from benches.feast_oracle import bench_rows
         rows.extend(bench_rows(quick))

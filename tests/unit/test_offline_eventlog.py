@@ -27,6 +27,38 @@ def test_partitions_by_stream_and_day_with_meta_columns(tmp_path):
     assert t.column(SEQ).to_pylist() == [0, 2] and t.column(CREATED_TS).to_pylist() == [99, 99]
 
 
+def test_time_columns_are_delta_encoded_the_others_by_dictionary(tmp_path):
+    """A dictionary over nearly unique time values is built, then given up:
+    the time columns are delta-encoded instead (parquet_encodings); the
+    events read back as written, through pyarrow and DuckDB."""
+    import duckdb
+    import pandas as pd
+
+    n = 5000
+    rng = np.random.default_rng(3)
+    us = np.sort(rng.integers(0, DAY, n))
+    rows = {"user": rng.integers(0, 50, n), "merchant": [f"m{i % 7}" for i in range(n)], "amount": rng.random(n),
+            "at": pd.to_datetime(us, unit="us", utc=True)}
+    log = EventLog(str(tmp_path))
+    log.append("s", pd.DataFrame(rows), timestamp="at", created_ts=99)
+    log.flush()
+    (path,) = log.files("s")
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    enc = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    for name in ("at", EVENT_TS, CREATED_TS, SEQ):
+        assert "DELTA_BINARY_PACKED" in enc[name].encodings and not enc[name].has_dictionary_page, name
+    for name in ("user", "merchant", "amount"):
+        assert enc[name].has_dictionary_page, name
+    back = pq.read_table(path)
+    assert back.column("user").to_pylist() == rows["user"].tolist()
+    assert back.column("merchant").to_pylist() == rows["merchant"]
+    assert back.column(EVENT_TS).to_pylist() == us.tolist()
+    assert back.column(SEQ).to_pylist() == list(range(n))
+    sql = f"SELECT sum({SEQ}), max({EVENT_TS}), count(DISTINCT merchant) FROM '{path}'"
+    assert duckdb.connect().execute(sql).fetchall()[0] == \
+        (n * (n - 1) // 2, int(us.max()), 7)
+
+
 def _until(cond, timeout_s=10.0):
     import time
     deadline = time.monotonic() + timeout_s
