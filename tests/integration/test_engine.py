@@ -625,6 +625,33 @@ def test_a_source_replay_is_applied_online_only_and_so_is_its_wal_replay(repo, r
     eng.close()
 
 
+def test_a_batch_prepared_before_a_reload_is_prepared_again_for_the_views_after_it(tmp_path):
+    """The Kafka read-ahead prepares its next batch while the engine applies
+    the last, and hands it over with `push(prepared=)`: definitions reloaded
+    in between (a view added) would leave the new view without the batch's
+    events, so a batch prepared under older definitions is prepared again."""
+    (tmp_path / "fstore.yaml").write_text("project: p\n")
+    defs = """
+CREATE ENTITY ent (k BIGINT);
+CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
+CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
+"""
+    (tmp_path / "defs.sql").write_text(defs)
+    r = Repo(tmp_path)
+    r.apply()
+    eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never")
+    now = T0 + H
+    rows = {"k": [1, 1, 2], "x": [1.0, 2.0, 3.0], "ts": [now - 3, now - 2, now - 1]}
+    prepared = eng.prepare("ev", rows)
+    (tmp_path / "defs.sql").write_text(defs + "CREATE FEATURE VIEW vb AS SELECT k, sum(x) OVER lifetime() AS s FROM ev;\n")
+    r.apply()
+    eng.reload()
+    eng.push("ev", rows, now=now, offsets={"ev/0": 3}, prepared=prepared)
+    got = eng.get_online_features(["va:n", "vb:s"], entities={"k": [1, 2]}, now=now)
+    assert [res["values"] for res in got["results"][1:]] == [[2, 1], [3.0, 3.0]]
+    eng.close()
+
+
 def test_a_checkpoint_whose_table_kinds_changed_is_converted_at_restart(repo, rng, monkeypatch):
     """A newer fstore that changed a column's online kind (float32 `vector`
     last_k → float64 `list`) converts the checkpoint's table at restart. The
@@ -961,10 +988,10 @@ def test_a_replay_prepares_consecutive_records_together_and_ends_where_one_by_on
 
     real = Engine._prepare_table
 
-    def no_777(self, stream, table, cur):
+    def no_777(self, stream, table, *rest):
         if 777 in table.column("user_id").to_pylist():
             raise RuntimeError("injected: a record the registry no longer takes")
-        return real(self, stream, table, cur)
+        return real(self, stream, table, *rest)
 
     monkeypatch.setattr(Engine, "_prepare_table", no_777)
     feats = ["user_txn:txn_count_1h", "user_txn:amount_24h", "user_txn:last_5_amounts",

@@ -309,10 +309,10 @@ def test_a_record_that_cannot_be_replayed_is_set_aside_and_recovery_goes_on(repo
     eng.wal.close()
     real = Engine._prepare_table
 
-    def flaky(self, stream, table, cur):  # (the replay prepares both records as one batch first)
+    def flaky(self, stream, table, *rest):  # (the replay prepares both records as one batch first)
         if 1 in table.column("user_id").to_pylist():
             raise RuntimeError("injected replay failure")
-        return real(self, stream, table, cur)
+        return real(self, stream, table, *rest)
 
     monkeypatch.setattr(Engine, "_prepare_table", flaky)
     again = engine(repo)

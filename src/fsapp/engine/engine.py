@@ -118,6 +118,8 @@ class PreparedPush:
     table: pa.Table                 # normalised to the stream's declared types: what the WAL holds
     ts: np.ndarray                  # event times, µs
     views: dict = field(default_factory=dict)  # (view, version) -> ViewBatch
+    generation: int = 0             # the engine's definitions it was prepared for (Engine.generation)
+    work_s: float = 0.0             # seconds its preparing took
 
 
 class _Waiting:
@@ -137,7 +139,7 @@ def _split_prepared(p: PreparedPush, sizes: list) -> list:
     bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     views = {key: vb.split(bounds) for key, vb in p.views.items()}
     return [PreparedPush(p.stream, p.table.slice(int(bounds[i]), int(sizes[i])), p.ts[bounds[i]:bounds[i + 1]],
-                         {key: parts[i] for key, parts in views.items()}) for i in range(len(sizes))]
+                         {key: parts[i] for key, parts in views.items()}, p.generation) for i in range(len(sizes))]
 
 
 # a replay prepares up to this many rows of consecutive push records of a
@@ -269,6 +271,7 @@ class Engine:
         # partition, cluster.PartitionKeys), kept by checkpoints and replay so that
         # a restarted node resumes the partitions it held (docs/kafka.md, Start)
         self.row_partitions: dict | None = {} if track_partitions else None
+        self.generation = 0  # counts definition loads: a batch prepared under older ones is prepared again
         self.partitions_trusted = False  # every row's partition is known (see _recover)
         self._join_runs = True  # a replay may apply a run of records as one batch (_replay_run)
         self._tick_chunk: dict = {}  # view key -> rows a tick rewrites per lock hold (_write_ticked)
@@ -452,21 +455,22 @@ class Engine:
         finally:
             self._write_deferred(deferred)
 
-    def _prepare_joined(self, stream: str, tables: list, cur) -> list | None:
+    def _prepare_joined(self, stream: str, tables: list, cur, generation: int | None = None) -> list | None:
         """Several normalised batches of a stream prepared as one and split
         back (PERF: a batch's preparing is mostly fixed cost): one
         PreparedPush per table, or None for fewer than two tables or when
         the joined batch is refused (then each is prepared alone, so that
         each gets its own answer)."""
-        run = self._prepare_run(stream, tables, cur)
+        run = self._prepare_run(stream, tables, cur, generation)
         return None if run is None else run[1]
 
-    def _prepare_run(self, stream: str, tables: list, cur) -> tuple[PreparedPush, list] | None:
+    def _prepare_run(self, stream: str, tables: list, cur,
+                     generation: int | None = None) -> tuple[PreparedPush, list] | None:
         """`_prepare_joined`, with the joined PreparedPush too."""
         if len(tables) < 2:
             return None
         try:
-            whole = self._prepare_table(stream, pa.concat_tables(tables).combine_chunks(), cur)
+            whole = self._prepare_table(stream, pa.concat_tables(tables).combine_chunks(), cur, generation)
             return whole, _split_prepared(whole, [t.num_rows for t in tables])
         except Exception:  # noqa: BLE001 - one of them is refused: the caller prepares each alone
             return None
@@ -612,6 +616,7 @@ class Engine:
     # ---- definitions
 
     def _load_definitions(self, ckpt) -> None:
+        self.generation += 1
         snap = self.registry.snapshot()
         self.streams = {e.name: e.definition for e in snap.of_kind("stream")}
         wanted = {(e.name, e.version) for e in snap.of_kind("feature_view")}
@@ -708,20 +713,25 @@ class Engine:
         view of `stream`, raising what the push would raise for their
         content (BatchError, KeyEncodingError, UnknownStreamError). No state
         changes; thread-safe."""
+        started, generation = time.perf_counter(), self.generation
         if stream not in self.streams:
             raise self._no_stream(stream)
         cur = self.cursor()
         table, _ = self.normalisers[stream].normalise(rows, cur)
-        return self._prepare_table(stream, table, cur)
+        prepared = self._prepare_table(stream, table, cur, generation)
+        prepared.work_s = time.perf_counter() - started
+        return prepared
 
     def _no_stream(self, stream: str) -> UnknownStreamError:
         return UnknownStreamError(f"no stream {stream!r}; streams are: {', '.join(sorted(self.streams)) or 'none'}")
 
-    def _prepare_table(self, stream: str, table: pa.Table, cur) -> PreparedPush:
+    def _prepare_table(self, stream: str, table: pa.Table, cur, generation: int | None = None) -> PreparedPush:
+        """`generation`: the definitions `table` was normalised under (default: now)."""
+        generation = self.generation if generation is None else generation
         s = self.streams[stream]
         ts = (np.asarray(table.column(s.timestamp).cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
               if table.num_rows else np.zeros(0, np.int64))
-        prepared = PreparedPush(stream, table, ts)
+        prepared = PreparedPush(stream, table, ts, generation=generation)
         views = [(key, rt) for key, rt in self.runtimes.items() if rt.stream is not None and rt.stream.name == stream]
         if not table.num_rows or not views:
             return prepared
@@ -799,14 +809,17 @@ class Engine:
 
     def push(self, stream: str, rows, *, now: int | None = None, offsets: dict | None = None,
              idempotency_key: str | None = None, tags: np.ndarray | None = None,
-             offline: bool = True) -> PushResult:
+             offline: bool = True, prepared: PreparedPush | None = None) -> PushResult:
         """Prepares, logs, then applies a batch; returns once it is durable
         under the fsync policy. A retry with an `idempotency_key` seen before
         returns the first answer and applies nothing. `tags`: the Kafka
         partition of each row (logged): lateness is judged per partition, and
         `on_applied` is told them.
         `offline=False`: a source replaying events below `logged_offsets`
-        (a group-mode reassignment): applied online, not logged offline again."""
+        (a group-mode reassignment): applied online, not logged offline again.
+        `prepared`: a source's batch prepared already (`prepare(stream, rows)`,
+        e.g. by a read-ahead thread); prepared again if the definitions
+        changed since."""
         if not offline and not offsets:
             raise ValueError("offline=False is for a source's replay: pass the offsets it reaches")
         key = _check_key(idempotency_key)
@@ -818,7 +831,6 @@ class Engine:
             first = self._answer_for(key)
             if first is not None:
                 return first
-        started = time.perf_counter()
         # (a source's batch prepares beside them: a REST push never waits for a Kafka batch's preparing)
         if offsets is None:
             w = self._prepare_together(stream, rows, now, key)
@@ -828,13 +840,16 @@ class Engine:
                 return w.logged
             prepared, prepare_s = w.prepared, w.work_s
         else:
-            prepared = self.prepare(stream, rows)
-            prepare_s = time.perf_counter() - started
+            if prepared is None or prepared.stream != stream:
+                prepared = self.prepare(stream, rows)
+            prepare_s = prepared.work_s
         if tags is not None:
             tags = np.asarray(tags, dtype=np.int64)
             if tags.shape != (prepared.table.num_rows,) or (tags.size and tags.min() < 0):
                 raise ValueError(f"tags: one partition number (>= 0) per row, {prepared.table.num_rows} of them")
         with self.lock:
+            if prepared.generation != self.generation:  # prepared before a reload: its views may not be these
+                prepared = self.prepare(stream, rows)
             logged = self._log(stream, prepared, now, key, offsets, tags, offline, prepare_s)
         return self._commit(logged) if isinstance(logged, _Queued) else logged
 
@@ -892,7 +907,7 @@ class Engine:
     def _prepare_batch(self, batch: list) -> None:
         """Prepares (and logs) the waiting pushes of `_prepare_together`;
         every one ends done, with `prepared` or `error`."""
-        started = time.perf_counter()
+        started, generation = time.perf_counter(), self.generation
         try:
             cur = self.cursor()
             by_stream: dict[str, list] = {}
@@ -905,13 +920,13 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - this push's own answer
                     w.error = e
             for stream, ws in by_stream.items():
-                parts = self._prepare_joined(stream, [w.table for w in ws], cur)
+                parts = self._prepare_joined(stream, [w.table for w in ws], cur, generation)
                 for i, w in enumerate(ws):
                     if parts is not None:
                         w.prepared = parts[i]
                         continue
                     try:
-                        w.prepared = self._prepare_table(stream, w.table, cur)
+                        w.prepared = self._prepare_table(stream, w.table, cur, generation)
                     except Exception as e:  # noqa: BLE001 - this push's own answer
                         w.error = e
             each = (time.perf_counter() - started) / len(batch)
@@ -920,6 +935,8 @@ class Engine:
                     for w in batch:
                         if w.prepared is not None and w.key is None:
                             try:
+                                if w.prepared.generation != self.generation:  # a reload since
+                                    w.prepared = self.prepare(w.stream, w.rows)
                                 w.logged = self._log(w.stream, w.prepared, w.now, None, None, None, True, each)
                             except Exception as e:  # noqa: BLE001 - this push's own answer
                                 w.error = e

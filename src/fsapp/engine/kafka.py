@@ -613,11 +613,25 @@ class KafkaIngest:
                 decoder = self.decoders[topic]
                 try:
                     table, row_msgs, bad = decoder.decode(batch.msgs, batch.values)
-                    dec = (table, row_msgs, bad, decoder.mixed)
                 except _NeedMessages:
                     pass  # decoded again when applied: it raises there, and the batch is read again
+                else:
+                    dec = (table, row_msgs, bad, decoder.mixed, self._prepared(topic, table, decoder.mixed))
             out[topic] = (batch, dec)
         return out
+
+    def _prepared(self, topic: str, table, mixed: bool):
+        """A decoded batch prepared for the engine (Engine.prepare changes no
+        state: the read-ahead thread prepares while the engine applies the
+        last batch), or None where the push prepares it: nothing to
+        prepare, or a batch it refuses (the push raises that again, and the
+        batch is split)."""
+        if table is None or not table.num_rows or mixed:
+            return None
+        try:
+            return self.engine.prepare(self.topics[topic], table)
+        except Exception:  # noqa: BLE001 - the push raises it again, where it is handled
+            return None
 
     def _read(self, limit: int) -> dict:
         """The read-ahead, in its own thread while the engine applies the
@@ -781,11 +795,12 @@ class KafkaIngest:
         uniq, first_from_end = np.unique(parts[::-1], return_index=True)
         offsets = {f"{topic}/{p}": int(batch.offs[len(msgs) - 1 - i]) + 1
                    for p, i in zip(uniq.tolist(), first_from_end.tolist())}
+        prepared = None
         if decoded is None:
             table, row_msgs, bad = self.decoders[topic].decode(msgs, batch.values)
             mixed = self.decoders[topic].mixed
         else:
-            table, row_msgs, bad, mixed = decoded
+            table, row_msgs, bad, mixed, prepared = decoded
         # a replay's bad messages were dead-lettered when first consumed
         dead = [] if replay else [self._letter(m, stream, kind, reason) for m, kind, reason in bad]
         ingested = 0
@@ -803,7 +818,7 @@ class KafkaIngest:
                     # values of several JSON types in a column: the engine judges each type
                     # in a part of its own (as it would each message alone), never as text
                     raise BatchError("a column mixes JSON types")
-                self.engine.push(stream, table, offsets=offsets, tags=tags, offline=not replay)
+                self.engine.push(stream, table, offsets=offsets, tags=tags, offline=not replay, prepared=prepared)
                 ingested = table.num_rows
             except ROW_ERRORS:
                 self._join_ahead()  # the bisection below uses the decoder: the read-ahead's must be done
