@@ -390,6 +390,51 @@ def layout_bytes(base: str, n_keys: int, dist: str, days: float, share: bool) ->
     return out
 
 
+def growth_stall(base: str, n: int, ahead: bool) -> tuple[float, float]:
+    """The user table of an engine made for `n` keys, loaded to 92% (less
+    than a tenth free), then pushes of new users until it has grown and 50
+    pushes more: with Engine.grow_tables running as `fstore serve`'s engine
+    loop runs it (every 0.2 s, in a thread of its own: the copy without the
+    engine lock), or without (the push that finds the table full grows it).
+    Returns the slowest push and the p99, in ms."""
+    from fsapp.engine import Engine
+
+    path = os.path.join(base, f"stall-{n}-{ahead}")
+    repo = _repo(path)
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root),
+                 capacity=n)
+    rng = np.random.default_rng(3)
+    table = eng.runtimes[("user_txn", 1)].table
+    _load(eng, np.arange(int(0.92 * n)), rng)
+    cap, stop, lat = table.capacity, threading.Event(), []
+    grower = None
+    if ahead:
+        def loop():
+            while not stop.wait(0.2):
+                eng.grow_tables()
+
+        grower = threading.Thread(target=loop)
+        grower.start()
+    user, step, after = int(0.92 * n), max(5, n // 20_000), 50
+    try:
+        while after:
+            ev = _events(np.arange(user, user + step), rng, spread_s=600)
+            user += step
+            t0 = time.perf_counter()
+            eng.push("transactions", ev)
+            lat.append(time.perf_counter() - t0)
+            if table.capacity > cap:
+                after -= 1
+    finally:
+        stop.set()
+        if grower is not None:
+            grower.join()
+        eng.close()
+        shutil.rmtree(path, ignore_errors=True)
+    lat.sort()
+    return lat[-1] * 1e3, lat[int(0.99 * (len(lat) - 1))] * 1e3
+
+
 def run(quick: bool = False) -> list[Row]:
     base = tempfile.mkdtemp(prefix="fstore-bench-state-", dir=os.environ.get("FSTORE_BENCH_DIR"))
     rng = np.random.default_rng(15)
@@ -465,6 +510,12 @@ def run(quick: bool = False) -> list[Row]:
         rows.append(Row("state", f"user table bytes/key, mean over {counts[0]:,}-{counts[-1]:,} keys (9 counts), "
                         "growing by a quarter", table_growth_bytes(base, counts, False), "growing by doubling",
                         table_growth_bytes(base, counts, True), "B/key", "lower"))
+        # a growth ahead of need (Engine.grow_tables) against the push that finds the table full
+        for n in sizes:
+            ahead, grows = growth_stall(base, n, True), growth_stall(base, n, False)
+            rows.append(Row("state", f"slowest push while the user table grows past {n:,} keys (new users a push: "
+                            f"{max(5, n // 20_000)})", ahead[0], "the push that finds it full grows it", grows[0],
+                            "ms", "lower", f"p99 {ahead[1]:.1f} vs {grows[1]:.1f} ms"))
         return rows
     finally:
         if ref_eng is not None:

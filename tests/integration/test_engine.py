@@ -1155,3 +1155,50 @@ def test_windows_of_one_hop_and_size_share_a_view_and_older_checkpoints_keep_the
     shared.close()
     again.close()
     assert share_views([(sliding("1d", "1h"), ("a",)), (sliding("7d", "1h"), ("b",))])[1][2] is None
+
+
+def test_tables_grow_ahead_of_need_beside_pushes_and_every_value_stays(repo, rng):
+    """Issue 15: a push that found a table full waited for the whole copy
+    into a bigger one (~0.45 s at 1M rows). Engine.grow_tables grows a
+    nearly full table ahead of need, copying without the engine lock (fstore
+    serve's engine loop calls it): pushes go on meanwhile, and afterwards
+    every key reads what a brute-force count says; the next pushes find
+    room."""
+    import threading
+
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", capacity=64)
+    table = eng.runtimes[("user_txn", 1)].table
+    now = T0 + 3 * H
+    counts: dict[int, int] = {}
+
+    def push(users):
+        eng.push("transactions", {"user_id": users, "merchant_id": ["m1"] * len(users), "amount": [1.0] * len(users),
+                                  "currency": ["EUR"] * len(users), "country": ["DE"] * len(users),
+                                  "is_online": [True] * len(users), "ts": [now - M] * len(users)}, now=now)
+        for u in users:
+            counts[u] = counts.get(u, 0) + 1
+
+    push(list(range(60)))  # 60 of 64 rows: less than a tenth free
+    assert eng.grow_tables() >= 1 and table.capacity > 64 and eng.stats()["tables_grown_ahead"] >= 1
+    grown = table.capacity
+    push(list(range(60, grown - 1)))  # fits: no push grows it
+    assert table.capacity == grown
+    stop = threading.Event()
+
+    def grow_ahead():
+        while not stop.is_set():
+            eng.grow_tables(free_share=0.5)
+
+    th = threading.Thread(target=grow_ahead)
+    th.start()
+    try:
+        for _ in range(40):
+            push(rng.integers(0, 5000, 300).tolist())
+    finally:
+        stop.set()
+        th.join()
+    users = sorted(counts)
+    got = eng.get_online_features(["user_txn:txn_count_1h"], entities={"user_id": users}, now=now)
+    assert got["results"][1]["values"] == [counts[u] for u in users]
+    assert eng.stats()["tables_grown_ahead"] >= 2
+    eng.close()

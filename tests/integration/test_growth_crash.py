@@ -1,6 +1,8 @@
 """kill -9 in the middle of online-table and window-state growth (issue 15):
 an engine started at a tiny capacity grows its tables (a new file renamed
-into place) and window state again and again while a child pushes new keys
+into place; by the push that finds one full, or ahead of need by
+Engine.grow_tables in a thread of its own, the copy without the engine lock)
+and window state again and again while a child pushes new keys
 at fsync=always; the parent SIGKILLs it at a random moment, recovers, and
 checks that every acknowledged event is there exactly once (acknowledged ⊆
 recovered ⊆ sent, per key) and that no key reads another key's values."""
@@ -40,6 +42,13 @@ def child(repo, first_user, seed, wfd):
     try:
         eng = open_engine(repo)
         rng = random.Random(seed)
+
+        def grow_ahead():  # as fstore serve's engine loop does, so that kills land in those growths too
+            while True:
+                eng.grow_tables(free_share=0.5)
+                time.sleep(0.001)
+
+        threading.Thread(target=grow_ahead, daemon=True).start()
         user, i = first_user, 0
         while True:
             users = list(range(user, user + rng.randint(3, 9)))

@@ -312,3 +312,35 @@ def test_a_damaged_data_directory_stops_serve_with_what_to_do(serve_repo, tmp_pa
     assert "holds no segment" in res.stderr and "move" in res.stderr and "aside" in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("fstore serve: the engine refuses to start")
     assert "Traceback" not in res.stderr
+
+
+def test_a_served_table_nearly_full_grows_ahead_of_the_push_that_would_fill_it(serve_repo):
+    """Issue 15: the push that found a table full grew it and waited for the
+    whole copy (0.45 s at 1M rows). `fstore serve`'s engine grows a table
+    with less than a tenth of its rows free in a thread of its own, the copy
+    without the engine lock (Engine.grow_tables); /metrics shows it, and
+    every key reads its value across the growth."""
+    base, proc, log = serve_repo(DEFS)
+
+    def metric(name):
+        text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+        return None if m is None else float(m.group(1))
+
+    def push(accounts):
+        return post(base + "/api/v1/push", {"stream": "payments", "rows": [
+            {"account_id": a, "amount": 1.0, "ts": time.time()} for a in accounts]})
+
+    push([0])
+    cap = int(metric("fstore_online_capacity_rows"))
+    first = int(cap * 0.95)
+    assert push(range(1, first))["accepted"] == first - 1  # less than a tenth free
+    deadline = time.monotonic() + 20
+    while metric("fstore_online_tables_grown_ahead_total") != 1:
+        assert time.monotonic() < deadline, "the nearly full table was not grown ahead"
+        time.sleep(0.1)
+    grown = int(metric("fstore_online_capacity_rows"))
+    assert grown > cap
+    assert push(range(first, grown - 1))["accepted"] == grown - 1 - first
+    body = {"features": ["account_totals:n_payments"], "entities": {"account_id": list(range(grown - 1))}}
+    assert post(base + "/get-online-features", body)["results"][1]["values"] == [1] * (grown - 1)

@@ -161,6 +161,38 @@ class TableMachine(RuleBasedStateMachine):
         self.ref.grow(self.ref.capacity + extra)
         assert self.fast.row_keys(live) == keys_before
 
+    @rule(extra=st.integers(1, 20))
+    def grow_begin(self, extra):
+        """A growth ahead of need (grow_begin / grow_copy / grow_end) with
+        any operations between its steps: the table keeps every row, its id
+        and every answer, or gives the growth up when it moved meanwhile."""
+        if getattr(self, "growing", None) is None:
+            cap = self.fast.capacity
+            self.growing = (self.fast, self.fast.grow_begin(cap + extra), cap, cap + extra)
+
+    @rule()
+    def grow_copy(self):
+        if getattr(self, "growing", None) is not None:
+            table, token, _, _ = self.growing
+            table.grow_copy(token)
+
+    @rule()
+    def grow_end(self):
+        if getattr(self, "growing", None) is None:
+            return
+        table, token, began, capacity = self.growing
+        self.growing = None
+        live = self.fast.live_rows()
+        keys_before = self.fast.row_keys(live)
+        if table is not self.fast:  # restored from a snapshot since: the growth is the old object's
+            table.grow_end(token)
+            return
+        grows = table.capacity == began and token[4]  # not grown meanwhile by itself, and copied
+        assert table.grow_end(token) == grows
+        if grows:
+            self.ref.grow(capacity)
+        assert self.fast.row_keys(live) == keys_before
+
     @invariant()
     def same_size_and_counters(self):
         if not hasattr(self, "fast"):

@@ -100,6 +100,11 @@ class EngineBackend:
         self.evictions = m.counter("fstore_online_evictions_total",
                                  "Keys evicted from an online table since it was created", ("view", "reason"))
         self.rows = m.gauge("fstore_online_rows", "Live keys in an online table", ("view",))
+        self.capacity = m.gauge("fstore_online_capacity_rows", "Rows an online table holds before it grows "
+                                "(or, at max_keys, evicts)", ("view",))
+        self.grown_ahead = m.counter("fstore_online_tables_grown_ahead_total",
+                                     "Online tables grown before a push found them full (the copy without the "
+                                     "engine lock)", ())
         self.state_bytes = m.gauge("fstore_online_state_bytes", "Live bytes of a view's online state (table rows "
                                    "and window state; what online.max_memory bounds)", ("view",))
         self.lag = m.gauge("fstore_freshness_lag_seconds",
@@ -213,12 +218,14 @@ class EngineBackend:
                 self.evictions.set(s["evicted_capacity"], view=view, reason="capacity")
                 self.evictions.set(s["evicted_expired"], view=view, reason="expired")
                 self.rows.set(s["rows"], view=view)
+                self.capacity.set(s["capacity"], view=view)
             for stream, by_part in eng.watermarks.items():
                 if by_part:  # the stream's newest event, whichever partition brought it
                     self.lag.set(max(0.0, (now - max(by_part.values())) / 1e6), stream=stream)
             self.lsn.set(eng.applied_lsn)
             self.checkpoint_failures.set(eng.checkpoint_failures)
             self.replay_backlog.set(eng.replay_backlog_s)
+            self.grown_ahead.set(eng.tables_grown_ahead)
             source = eng.sources.get("kafka")
             if source is not None:
                 k = source.stats()
