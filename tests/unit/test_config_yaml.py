@@ -75,3 +75,26 @@ def test_kafka_and_feature_logging_errors_name_the_line(tmp_path):
     repo = repo_with(tmp_path, "project: p\nfeature_logging:\n  path: x\n  topic: t\n  services: s\n")
     with pytest.raises(RepoError, match=r"fstore.yaml line 4: feature_logging: topic needs"):
         FeatureLogConfig.from_repo(repo)
+
+
+def test_consumer_properties_stay_out_of_the_dead_letter_producer_and_producer_ones_out_of_the_consumer(capfd):
+    """`kafka.properties` go to the consumer and the dead-letter producer; a
+    consumer-only one (the fetch settings docs/kafka.md recommends) made
+    librdkafka print a CONFWARN line for the producer at every start, and a
+    producer-only one for the consumer. Each client now gets its own side's
+    and the shared ones."""
+    from confluent_kafka import Consumer
+
+    from fsapp.engine.kafka_config import DeadLetterTopic
+
+    cfg = KafkaConfig(bootstrap_servers="127.0.0.1:9", group_id="g",
+                      properties={"queued.min.messages": "1000000", "fetch.wait.max.ms": "10",
+                                  "linger.ms": "20", "socket.timeout.ms": "30000"})
+    assert set(cfg.producer_properties()) == {"bootstrap.servers", "linger.ms", "socket.timeout.ms"}
+    assert set(cfg.consumer_properties()) == {"bootstrap.servers", "queued.min.messages", "fetch.wait.max.ms",
+                                              "socket.timeout.ms"}
+    capfd.readouterr()
+    DeadLetterTopic(cfg).producer.flush(0)
+    Consumer({**cfg.consumer_properties(), "group.id": "g"}).close()
+    err = capfd.readouterr().err
+    assert "CONFWARN" not in err, err

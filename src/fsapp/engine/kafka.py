@@ -134,7 +134,7 @@ class KafkaIngest:
         self.dead_letters = dead_letters or (DeadLetterFile(config.dead_letter_file) if config.dead_letter_file
                                              else DeadLetterTopic(config))
         self.consumer = Consumer({
-            **config.client_properties(), "group.id": config.group_id,
+            **config.consumer_properties(), "group.id": config.group_id,
             "enable.auto.commit": False, "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest", "enable.partition.eof": False,
             "session.timeout.ms": int(config.properties.get("session.timeout.ms", 10_000)),

@@ -36,6 +36,27 @@ _KEYS = ("bootstrap_servers", "group_id", "assign", "batch_size", "poll_timeout_
          "read_ahead")
 # set by fstore itself: the engine's offsets are the truth, not Kafka's
 _RESERVED = ("enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers")
+# librdkafka's consumer-only and producer-only properties (its CONFIGURATION.md, the "C/P"
+# column): the user's `properties` go to the consumer and the dead-letter producer, and a
+# client given the other side's prints a CONFWARN line to stderr at every start
+CONSUMER_ONLY = frozenset((
+    "group.id", "group.instance.id", "partition.assignment.strategy", "session.timeout.ms",
+    "heartbeat.interval.ms", "group.protocol.type", "group.protocol", "group.remote.assignor",
+    "coordinator.query.interval.ms", "max.poll.interval.ms", "max.poll.records", "enable.auto.commit",
+    "auto.commit.enable", "auto.commit.interval.ms", "enable.auto.offset.store", "queued.min.messages",
+    "queued.max.messages.kbytes", "fetch.wait.max.ms", "fetch.queue.backoff.ms", "fetch.message.max.bytes",
+    "max.partition.fetch.bytes", "fetch.max.bytes", "fetch.min.bytes", "fetch.error.backoff.ms",
+    "isolation.level", "enable.partition.eof", "check.crcs", "auto.offset.reset", "offset.store.method",
+    "offset.store.path", "offset.store.sync.interval.ms", "consume.callback.max.messages",
+    "share.acknowledgement.mode", "consume_cb", "rebalance_cb", "offset_commit_cb"))
+PRODUCER_ONLY = frozenset((
+    "transactional.id", "transaction.timeout.ms", "enable.idempotence", "enable.gapless.guarantee",
+    "queue.buffering.max.messages", "queue.buffering.max.kbytes", "queue.buffering.max.ms", "linger.ms",
+    "message.send.max.retries", "retries", "queue.buffering.backpressure.threshold", "compression.codec",
+    "compression.type", "compression.level", "batch.num.messages", "batch.size", "delivery.report.only.error",
+    "sticky.partitioning.linger.ms", "request.required.acks", "acks", "request.timeout.ms",
+    "message.timeout.ms", "delivery.timeout.ms", "queuing.strategy", "produce.offset.report", "partitioner",
+    "dr_cb", "dr_msg_cb", "partitioner_cb", "msg_order_cmp"))
 
 
 @dataclass
@@ -160,8 +181,16 @@ class KafkaConfig:
         return cfg
 
     def client_properties(self) -> dict:
-        """librdkafka properties shared by the consumer and the dead-letter producer."""
+        """librdkafka properties: the bootstrap servers and the user's."""
         return {"bootstrap.servers": self.bootstrap_servers, **self.properties}
+
+    def consumer_properties(self) -> dict:
+        """client_properties without the producer-only ones."""
+        return {k: v for k, v in self.client_properties().items() if k not in PRODUCER_ONLY}
+
+    def producer_properties(self) -> dict:
+        """client_properties without the consumer-only ones (the dead-letter producer)."""
+        return {k: v for k, v in self.client_properties().items() if k not in CONSUMER_ONLY}
 
 
 @dataclass
@@ -192,7 +221,7 @@ class DeadLetterTopic:
         from confluent_kafka import Producer
 
         self.topic = config.dead_letter_topic
-        self.producer = Producer({**config.client_properties(), "enable.idempotence": False, "linger.ms": 5})
+        self.producer = Producer({**config.producer_properties(), "enable.idempotence": False, "linger.ms": 5})
         self.failed: list[str] = []
 
     def topic_for(self, source_topic: str) -> str:
