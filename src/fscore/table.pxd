@@ -23,7 +23,7 @@ cdef class Table:
     cdef object _mmap
     cdef object _inode
     cdef object _tmp_path
-    cdef list _retired_maps    # old mappings a growth ahead left for release_retired (closed outside the writer's lock)
+    cdef list _retired_maps    # (mapping, fd) a growth ahead left for release_retired (outside the writer's lock)
     cdef uint8_t *base
     cdef int64_t *hdr
     cdef uint64_t *index

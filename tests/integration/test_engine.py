@@ -1161,9 +1161,9 @@ def test_tables_grow_ahead_of_need_beside_pushes_and_every_value_stays(repo, rng
     """Issue 15: a push that found a table full waited for the whole copy
     into a bigger one (~0.45 s at 1M rows). Engine.grow_tables grows a
     nearly full table ahead of need, copying without the engine lock (fstore
-    serve's engine loop calls it): pushes go on meanwhile, and afterwards
-    every key reads what a brute-force count says; the next pushes find
-    room."""
+    serve's engine loop calls it), and the views' window state after it:
+    pushes go on meanwhile, and afterwards every key reads what a
+    brute-force count says; the next pushes find room."""
     import threading
 
     eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", capacity=64)
@@ -1181,6 +1181,8 @@ def test_tables_grow_ahead_of_need_beside_pushes_and_every_value_stays(repo, rng
     push(list(range(60)))  # 60 of 64 rows: less than a tenth free
     assert eng.grow_tables() >= 1 and table.capacity > 64 and eng.stats()["tables_grown_ahead"] >= 1
     grown = table.capacity
+    rt = eng.runtimes[("user_txn", 1)]  # its window state follows, a window a lock hold
+    assert all(w.n_slots >= 75 for w in rt.windows) and rt.last_ts.size == grown
     push(list(range(60, grown - 1)))  # fits: no push grows it
     assert table.capacity == grown
     stop = threading.Event()
