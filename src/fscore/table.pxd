@@ -57,7 +57,7 @@ cdef class Table:
     cdef void _hash_prefetch(self, const uint8_t *keys, Py_ssize_t m, uint64_t *hs) noexcept nogil
     cdef void _unlink(self, Py_ssize_t slot, Py_ssize_t row) noexcept nogil
     cdef void _dirty(self, const uint8_t *p) noexcept nogil
-    cdef Py_ssize_t _insert_index(self, const uint8_t *key, uint64_t h, Py_ssize_t row) noexcept nogil
+    cdef int _insert_index(self, const uint8_t *key, uint64_t h, Py_ssize_t row) noexcept nogil
     cdef Table _new_shadow(self, Py_ssize_t new_capacity)
     cdef void _adopt(self, Table shadow, bint defer_unmap) except *
     cdef Py_ssize_t _expire_nogil(self, int64_t now) noexcept nogil

@@ -826,14 +826,13 @@ cdef class Table:
             s = (s + 1) & self.mask
         return -1
 
-    cdef Py_ssize_t _insert_index(self, const uint8_t *key, uint64_t h, Py_ssize_t row) noexcept nogil:
-        """Indexes row under key (not indexed yet); returns its slot."""
+    cdef int _insert_index(self, const uint8_t *key, uint64_t h, Py_ssize_t row) noexcept nogil:
         cdef Py_ssize_t slot
         self._find(key, h, &slot)
         if self.index[slot] == TOMBSTONE:
             self.hdr[H_TOMBSTONES] -= 1
         fs_atomic_store_i64(<int64_t *>&self.index[slot], <int64_t>(((h >> 32) << 32) | <uint64_t>(row + 2)))
-        return slot
+        return 0
 
     cdef void _unlink(self, Py_ssize_t slot, Py_ssize_t row) noexcept nogil:
         """Removes a live row: tombstone first (new readers skip it), then the
