@@ -27,7 +27,9 @@ class WindowView:
     width: int                     # words (8 bytes) per cell
     bytes_per_slot: int            # the most a key can hold: ring_len cells
     nbytes: int                    # the view's memory: its cell pool (a reserved pool: the cells handed out),
-                                   # per-key arrays and dense HLL blocks
+                                   # per-key arrays and dense HLL blocks (hll_pool_bytes)
+    hll_pool_bytes: int            # the dense HLL blocks' pool (a reservation: the blocks handed out)
+    slot_bytes: int                # per-key arrays a slot
     live_bytes: int                # what the keys' state needs (runs, dense HLL blocks, per-key arrays), O(1)
     cells_in_use: int              # cells the keys hold
     cells_held: int                # cells in the keys' runs (run capacities)

@@ -596,14 +596,27 @@ cdef class WindowView:
         """Bytes this view holds: its pool (cells handed out or free; of a
         reserved pool, the cells handed out: the pages touched) and its
         per-key arrays and dense HLL blocks."""
-        return (self.pool_top if self.pool_mapped else self.pool_cap) * self.layout.width * 8 + _SLOT_BYTES * self.n_slots + self.hp.cap * self.hp.m
+        return (self.pool_top if self.pool_mapped else self.pool_cap) * self.layout.width * 8 + \
+            self.slot_bytes * self.n_slots + self.hll_pool_bytes
+
+    @property
+    def hll_pool_bytes(self):
+        """Bytes of the dense HLL blocks' pool: malloc'd, its capacity; a
+        reservation, the blocks handed out (only the pages they are in are
+        touched; its capacity doubles as a number, not as memory)."""
+        return (self.hp.top if self.hp.home == HLL_RESERVED else self.hp.cap) * self.hp.m
+
+    @property
+    def slot_bytes(self):
+        """Bytes of the per-key arrays a slot (run start, length, class, floor)."""
+        return _SLOT_BYTES
 
     @property
     def live_bytes(self):
         """Bytes the keys' state needs (their runs, dense HLL blocks and
         per-key arrays; not free runs or slack): O(1), what a memory bound
         counts."""
-        return self.cells_held * self.layout.width * 8 + self.hp.used * self.hp.m + _SLOT_BYTES * self.n_slots
+        return self.cells_held * self.layout.width * 8 + self.hp.used * self.hp.m + self.slot_bytes * self.n_slots
 
     @property
     def pool_waste(self):

@@ -628,3 +628,26 @@ def test_version_5_snapshots_with_count_words_still_load(name):
     layout without those words (three fewer a cell) and answer the
     same, as of times inside buckets and past the data too."""
     _old_snapshot_answers_as_written(5, name, fewer_words=3)
+
+
+def test_a_reserved_hll_pool_counts_the_blocks_handed_out_not_its_capacity():
+    """A reserved pool's capacity doubles as a number only (untouched pages
+    cost nothing): nbytes counted it, and the starter repo's merchants' 1-day
+    view read 40 B a user key more than it held at 1M keys (262,144 blocks
+    counted, ~150,000 handed out)."""
+    prev = _hll_reserve_from(1 << 16)
+    try:
+        v = WindowView(tumbling(HOUR), ["approx_count_distinct(x) as d"], 1100, hll_p=8)
+        slots = np.repeat(np.arange(1100), 20)  # 20 distinct values a key: past the sparse list
+        v.update(slots, np.full(slots.size, 10, dtype=np.int64), {"x": np.arange(slots.size, dtype=np.float64)})
+        m = v.hll_block_bytes
+        assert v.dense_hll_blocks == 1100  # handed out from the top: 1100, capacity 2048
+        assert v.hll_pool_bytes == 1100 * m
+        cells = (v.pool_top if v.pool.shape[0] > (1 << 30) else v.pool.shape[0]) * v.width * 8
+        assert v.nbytes == cells + v.slot_bytes * v.n_slots + 1100 * m
+    finally:
+        _hll_reserve_from(prev)
+    v2 = WindowView(tumbling(HOUR), ["approx_count_distinct(x) as d"], 1100, hll_p=8)  # malloc'd: its capacity
+    v2.update(slots, np.full(slots.size, 10, dtype=np.int64), {"x": np.arange(slots.size, dtype=np.float64)})
+    assert v2.hll_pool_bytes == v2._blocks_array().shape[0] * m >= 1100 * m
+
