@@ -189,13 +189,17 @@ cdef class WindowView:
     cdef int32_t* at_p            # the per-slot arrays' data (refreshed when they grow)
     cdef int32_t* len_p
     cdef uint8_t* cls_p           # run_cls: the run's size class + 1 (0: no run); cap_of[] its cells
-    cdef int64_t* floor_p
+    cdef int64_t* floor_p         # the floors, int64 (NULL while floor32)
+    cdef int32_t* floor32_p       # the floors, int32 while floor32 (EMPTY: INT32_MIN)
+    cdef bint floor32             # floor_ is int32 (a view of buckets that all fit; fl_get / fl_set)
     cdef int64_t* tmpl_p          # the template's data
     cdef object run_at            # int32 (n_slots,): first cell of the key's run, -1 for none
     cdef object run_len           # int32 (n_slots,): cells in use
     cdef object run_cls           # uint8 (n_slots,): the run's size class + 1 (0: none; n_classes: ring_len cells)
-    cdef object floor_            # int64 (n_slots,): bucketed: the newest bucket dropped from the key
-                                  # (EMPTY: none); sessions: end of the newest dropped session
+    cdef object floor_            # (n_slots,): bucketed: the newest bucket dropped from the key
+                                  # (EMPTY: none); sessions: end of the newest dropped session.
+                                  # int32 for hop and lifetime views while every bucket they were
+                                  # given fits (_widen_floors: int64 for good), else int64
     cdef int n_classes
     cdef int64_t class_cap[MAX_CLASSES]
     cdef int64_t cap_of[MAX_CLASSES + 1]  # cells of a run of run_cls k: 0, then class_cap[k - 1]

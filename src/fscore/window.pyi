@@ -29,7 +29,7 @@ class WindowView:
     nbytes: int                    # the view's memory: its cell pool (a reserved pool: the cells handed out),
                                    # per-key arrays and dense HLL blocks (hll_pool_bytes)
     hll_pool_bytes: int            # the dense HLL blocks' pool (a reservation: the blocks handed out)
-    slot_bytes: int                # per-key arrays a slot
+    slot_bytes: int                # per-key arrays a slot: 13 (an int32 floor) or 17 (int64, sessions')
     live_bytes: int                # what the keys' state needs (runs, dense HLL blocks, per-key arrays), O(1)
     cells_in_use: int              # cells the keys hold
     cells_held: int                # cells in the keys' runs (run capacities)
@@ -85,5 +85,7 @@ class WindowView:
     def merge_from(self, other: "WindowView") -> int: ...
 
 def hash_array(values: npt.ArrayLike) -> npt.NDArray[np.uint64]: ...
+def _floor32(on: bool) -> bool:
+    """Tests: whether views made from now on start with int32 floors; returns the previous."""
 def _hll_reserve_from(nbytes: int) -> int:
     """Tests: the HLL block pool size past which it moves into its reservation; returns the previous."""

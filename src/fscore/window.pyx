@@ -32,6 +32,8 @@ from fscore.window_spec import (
 
 include "window_cell.pxi"
 
+from libc.stdint cimport INT32_MIN, INT32_MAX
+
 cdef enum:
     K_BUCKETED = 0      # tumbling and sliding: closed hop buckets only
     K_CONTINUOUS = 1    # closed buckets + the partial head bucket up to t
@@ -66,9 +68,10 @@ _RESERVE_FROM = 1 << 22     # bytes: a pool this big moves into a virtual reserv
 _RESERVE_BYTES = 1 << 36    # address space per reserved pool (64 GiB; only touched pages cost memory)
 _MAX_CELLS = (1 << 31) - 1  # a key's run is an int32 cell index
 # Per-key arrays: run_at (int32), run_len (int32), run_cls (uint8: its size
-# class + 1, 0 for none), floor (int64). (The run's capacity as an int32 was
-# 3 bytes more a key a view: 21 B a key of the starter repo.)
-_SLOT_BYTES = 17
+# class + 1, 0 for none), floor (int32 while the view's buckets fit, else
+# int64: fl_get). (The run's capacity as an int32 was 3 bytes more a key a
+# view: 21 B a key of the starter repo.)
+_SLOT_BYTES = 17       # (13 with an int32 floor)
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)   # Linux's value; Python < 3.13 does not name it
 
 
@@ -113,12 +116,57 @@ def _pack_max_hop(int64_t hop):
     return prev
 
 
+_FLOOR32 = True
+
+
+def _floor32(bint on):
+    """Tests: whether views made from now on start with int32 floors (else
+    int64, as a view widened); returns the previous setting."""
+    global _FLOOR32
+    prev, _FLOOR32 = _FLOOR32, on
+    return prev
+
+
 def _hll_reserve_from(int64_t nbytes):
     """Tests: the size past which a view's dense HLL blocks move into a
     reservation (HllPool in window.pxd); returns the previous one."""
     global hll_reserve_from
     prev, hll_reserve_from = hll_reserve_from, nbytes
     return prev
+
+
+# A key's floor is an int32 in views of hop buckets and lifetime views while
+# every bucket they were given fits one (event times of years 1..9999 with
+# hops of ~2 minutes or more always do): 4 bytes a key a window less (~23 B a
+# key of the starter repo's 1M Zipf keys). A bucket that does not fit widens
+# the view's floors to int64 for good (_widen_floors) before it is applied.
+# Sessions' floors are event times: int64.
+_EMPTY32 = INT32_MIN
+
+
+cdef inline int64_t fl_get(WindowView v, Py_ssize_t s) noexcept nogil:
+    cdef int32_t f
+    if v.floor32:
+        f = v.floor32_p[s]
+        return INT64_MIN if f == INT32_MIN else <int64_t>f
+    return v.floor_p[s]
+
+
+cdef inline void fl_set(WindowView v, Py_ssize_t s, int64_t b) noexcept nogil:
+    # (floor32: b fits, or is EMPTY; the callers widened the floors before)
+    if v.floor32:
+        v.floor32_p[s] = INT32_MIN if b == INT64_MIN else <int32_t>b
+    else:
+        v.floor_p[s] = b
+
+
+def _floors64(floor):
+    """Floors (int32 or int64) as a new int64 array, EMPTY kept EMPTY."""
+    f = np.asarray(floor)
+    out = f.astype(np.int64)
+    if f.dtype == np.int32:
+        out[f == _EMPTY32] = EMPTY
+    return out
 
 
 cdef class WindowView:
@@ -174,7 +222,7 @@ cdef class WindowView:
         self._set_pool(np.empty((16, self.layout.width), dtype=np.int64), 0)
         self.n_slots = 0
         self._set_slots(np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.uint8),
-                        np.empty(0, np.int64))
+                        np.empty(0, np.int32 if _FLOOR32 and self.kind != K_SESSION else np.int64))
         self.grow(n_slots)
 
     def _column_offsets(self, Py_ssize_t hll_words, common=None, bint legacy=False):
@@ -570,14 +618,35 @@ cdef class WindowView:
         return np.empty((cap, self.layout.width), dtype=np.int64), False
 
     def _set_slots(self, at, ln, cls, floor):
-        cdef int32_t[::1] a = at, l = ln
+        cdef int32_t[::1] a = at, l = ln, f32
         cdef uint8_t[::1] c = cls
-        cdef int64_t[::1] f = floor
+        cdef int64_t[::1] f
         self.run_at, self.run_len, self.run_cls, self.floor_ = at, ln, cls, floor
         self.at_p = &a[0] if at.shape[0] else NULL
         self.len_p = &l[0] if ln.shape[0] else NULL
         self.cls_p = &c[0] if cls.shape[0] else NULL
-        self.floor_p = &f[0] if floor.shape[0] else NULL
+        self.floor32 = floor.dtype == np.int32
+        self.floor_p = self.floor32_p = NULL
+        if self.floor32:
+            f32 = floor
+            self.floor32_p = &f32[0] if floor.shape[0] else NULL
+        else:
+            f = floor
+            self.floor_p = &f[0] if floor.shape[0] else NULL
+
+    def _widen_floors(self):
+        """The floors as int64 from now on (a bucket that an int32 cannot hold
+        is about to be applied or loaded)."""
+        if self.floor32:
+            self._set_slots(self.run_at, self.run_len, self.run_cls, _floors64(self.floor_))
+
+    def _widen_for(self, buckets):
+        """Widens the floors unless every one of these buckets fits an int32."""
+        if self.floor32 and len(buckets):
+            b = np.asarray(buckets, dtype=np.int64)
+            b = b[b != EMPTY]
+            if len(b) and (int(b.min()) <= INT32_MIN or int(b.max()) > INT32_MAX):
+                self._widen_floors()
 
     # ---- sizing, eviction ---------------------------------------------------
 
@@ -609,7 +678,7 @@ cdef class WindowView:
     @property
     def slot_bytes(self):
         """Bytes of the per-key arrays a slot (run start, length, class, floor)."""
-        return _SLOT_BYTES
+        return _SLOT_BYTES - 4 * self.floor32
 
     @property
     def live_bytes(self):
@@ -651,7 +720,8 @@ cdef class WindowView:
         self._set_slots(np.concatenate([self.run_at, np.full(more, -1, np.int32)]),
                         np.concatenate([self.run_len, np.zeros(more, np.int32)]),
                         np.concatenate([self.run_cls, np.zeros(more, np.uint8)]),
-                        np.concatenate([self.floor_, np.full(more, EMPTY, np.int64)]))
+                        np.concatenate([self.floor_, np.full(more, _EMPTY32 if self.floor32 else EMPTY,
+                                                             self.floor_.dtype)]))
         self.n_slots = n_slots
         if self.tracking:
             self._set_dirty(np.concatenate([self.dirty, np.zeros(more, np.uint8)]))
@@ -678,7 +748,7 @@ cdef class WindowView:
             self.at_p[k] = -1
             self.cls_p[k] = 0
             self.len_p[k] = 0
-            self.floor_p[k] = EMPTY
+            fl_set(self, k, EMPTY)
 
     def idle_slots(self, int64_t now, ttl):
         """Slots whose newest applied event is older than now - ttl (event time)."""
@@ -797,6 +867,8 @@ cdef class WindowView:
         if t.ndim != 1 or len(s) != n:
             raise SchemaError(f"slots and ts must be 1-d of equal length, got {len(s)} and {t.shape}")
         x, h = self._columns_matrix(columns or {}, n)
+        if self.floor32 and self.kind != K_LIFETIME and n:   # (a lifetime view's bucket is 0)
+            self._widen_for([int(t.min()) // self.hop, int(t.max()) // self.hop])
         late = np.zeros(n, dtype=np.uint8)
         if parts is None:
             gi = gw = _NO_PARTS
@@ -922,8 +994,8 @@ cdef class WindowView:
                             nlate += 1
                             continue
                         if cells[W_BUCKET].i != INT64_MIN and cells[W_COUNT].i and \
-                                cells[W_BUCKET].i > self.floor_p[s]:
-                            self.floor_p[s] = cells[W_BUCKET].i
+                                cells[W_BUCKET].i > fl_get(self, s):
+                            fl_set(self, s, cells[W_BUCKET].i)
                         cell_release(cells, L)
                         memcpy(cells, tmpl, W * sizeof(Word))
                         cells[W_BUCKET].i = b
@@ -952,8 +1024,8 @@ cdef class WindowView:
                         continue
                     k = 0
                     while k < m and cells[k * W + W_BUCKET].i < horizon:
-                        if cells[k * W + W_BUCKET].i > self.floor_p[s]:
-                            self.floor_p[s] = cells[k * W + W_BUCKET].i
+                        if cells[k * W + W_BUCKET].i > fl_get(self, s):
+                            fl_set(self, s, cells[k * W + W_BUCKET].i)
                         k += 1
                     if k:
                         for pos in range(k):
@@ -1008,20 +1080,20 @@ cdef class WindowView:
         if m == RING:
             cells = <Word*>(self.P + self.at_p[s] * W)
             if b < self._ring_horizon(cells):  # older than the key's last R buckets: as a run does
-                if b > self.floor_p[s]:
-                    self.floor_p[s] = b
+                if b > fl_get(self, s):
+                    fl_set(self, s, b)
                 return 1
             cells += floor_mod(b, R) * W
             if cells[W_BUCKET].i == b:
                 cell_merge_from(cells, &self.layout, src, Ls)
             elif cells[W_BUCKET].i < b:
-                if cells[W_BUCKET].i != INT64_MIN and cells[W_COUNT].i and cells[W_BUCKET].i > self.floor_p[s]:
-                    self.floor_p[s] = cells[W_BUCKET].i
+                if cells[W_BUCKET].i != INT64_MIN and cells[W_COUNT].i and cells[W_BUCKET].i > fl_get(self, s):
+                    fl_set(self, s, cells[W_BUCKET].i)
                 cell_release(cells, &self.layout)
                 cell_copy_in(cells, &self.layout, src, Ls)
             else:
-                if b > self.floor_p[s]:
-                    self.floor_p[s] = b
+                if b > fl_get(self, s):
+                    fl_set(self, s, b)
                 return 1
             return 0
         if self.kind == K_SESSION:
@@ -1044,14 +1116,14 @@ cdef class WindowView:
             if b > top:
                 top = b
             horizon = top - R + 1
-            if b < horizon or b <= self.floor_p[s]:
-                if b > self.floor_p[s]:  # its events are not held: answers that need them are not exact
-                    self.floor_p[s] = b
+            if b < horizon or b <= fl_get(self, s):
+                if b > fl_get(self, s):  # its events are not held: answers that need them are not exact
+                    fl_set(self, s, b)
                 return 1
             k = 0
             while k < m and cells[k * W + W_BUCKET].i < horizon:
-                if cells[k * W + W_BUCKET].i > self.floor_p[s]:
-                    self.floor_p[s] = cells[k * W + W_BUCKET].i
+                if cells[k * W + W_BUCKET].i > fl_get(self, s):
+                    fl_set(self, s, cells[k * W + W_BUCKET].i)
                 k += 1
             if k:
                 for pos in range(k):
@@ -1119,7 +1191,7 @@ cdef class WindowView:
         answers (INT64_MIN: none): its floor, or a held cell older than the
         key's last R buckets (`n` cells at `key`: its run, or its whole ring)."""
         cdef Py_ssize_t W = self.layout.width, j
-        cdef int64_t top = self._top_bucket(key, n), f = self.floor_p[s], b
+        cdef int64_t top = self._top_bucket(key, n), f = fl_get(self, s), b
         if top == INT64_MIN:
             return f
         for j in range(n):
@@ -1161,7 +1233,7 @@ cdef class WindowView:
                             cell_merge(acc, key + j * W, L)
                             exact[q] = key[j * W + W_LAST_TS].i < t
                         else:
-                            exact[q] = self.floor_p[s] == INT64_MIN
+                            exact[q] = fl_get(self, s) == INT64_MIN
                     cell_finalize(acc, L, self.outs, self.nout, &of[0, 0], &oi[0, 0], nq, q)
                     cell_release(acc, L)
                     continue
@@ -1241,7 +1313,7 @@ cdef class WindowView:
         cdef int64_t* c
         cdef int64_t key_b, horizon
         lens = np.zeros(len(s), dtype=np.int64)
-        floors = np.asarray(self.floor_)[s].copy()
+        floors = _floors64(np.asarray(self.floor_)[s])
         cdef int64_t[::1] lv = lens
         cdef int64_t[::1] fv = floors
         # (without the GIL: an embedded engine's checkpoint encodes in a thread
@@ -1387,8 +1459,9 @@ cdef class WindowView:
         written since track_writes() copied again — and tracking stops."""
         track, out, at, ln, cls, floor, blocks = begun
         if not self.tracking or track is not self._track or self.pool_top > out.shape[0] or \
-                (blocks is not None and self.hp.top > blocks.shape[0]):
-            # tracking was restarted, or the runs (or HLL blocks) outgrew the copy's room
+                (blocks is not None and self.hp.top > blocks.shape[0]) or floor.dtype != self.floor_.dtype:
+            # tracking was restarted, or the runs (or HLL blocks) outgrew the copy's room, or
+            # the floors were widened meanwhile
             return self.frozen()
         cdef Py_ssize_t n0 = len(at), n = self.n_slots, W = self.layout.width, q, s, m
         if n > n0:  # slots added since: copied whole
@@ -1402,7 +1475,9 @@ cdef class WindowView:
         cdef const int64_t[::1] dv = dirty
         cdef int32_t[::1] a = at, l = ln
         cdef uint8_t[::1] c = cls
-        cdef int64_t[::1] f = floor
+        cdef bint f32 = self.floor32
+        cdef int64_t[::1] f = np.zeros(1, np.int64) if f32 else floor
+        cdef int32_t[::1] g = floor if f32 else np.zeros(1, np.int32)
         cdef int64_t[:, ::1] dst = out
         cdef bint hll = blocks is not None and self.layout.has_hll
         cdef uint8_t[:, ::1] bv = blocks if hll else None
@@ -1412,7 +1487,11 @@ cdef class WindowView:
         with nogil:
             for q in range(dv.shape[0]):
                 s = dv[q]
-                a[s], l[s], c[s], f[s] = self.at_p[s], self.len_p[s], self.cls_p[s], self.floor_p[s]
+                a[s], l[s], c[s] = self.at_p[s], self.len_p[s], self.cls_p[s]
+                if f32:
+                    g[s] = self.floor32_p[s]
+                else:
+                    f[s] = self.floor_p[s]
                 m = self.ring_len if self.len_p[s] == RING else self.len_p[s]
                 if m > 0 and self.at_p[s] >= 0:
                     memcpy(&dst[self.at_p[s], 0], self.P + self.at_p[s] * W, m * W * sizeof(int64_t))
@@ -1552,7 +1631,7 @@ cdef class WindowView:
         as reads count them (_held_floor; as _gather). The raw floors written
         with the cells left out made a restored key answer a read that needs
         such a bucket as exact, without it."""
-        floors = np.asarray(self.floor_).copy()
+        floors = _floors64(self.floor_)
         cdef int64_t[::1] fv = floors
         cdef Py_ssize_t s, W = self.layout.width
         with nogil:
@@ -1677,6 +1756,10 @@ cdef class WindowView:
                 raise WindowStateError("window state names HLL registers it does not hold")
             for off in offs:
                 _check_hll_lists(cells[:, off:off + HLL_WORDS], self.hll_p)
+        if self.kind != K_SESSION:   # floors and buckets an int32 floor cannot hold: int64 floors
+            self._widen_for(np.asarray(fv))
+            if len(cells):
+                self._widen_for(cells[:, W_BUCKET])
         self.reset_slots(slots)
         total = int(np.asarray(lens).sum())
         if self.pool_top + 2 * total > self.pool_cap:
@@ -1715,7 +1798,7 @@ cdef class WindowView:
                                 self.P[(self.at_p[k] + j) * W + self.layout.cols[c].hll] = -(blk + 1)
                 o += m
             self.len_p[k] = m
-            self.floor_p[k] = floor_k
+            fl_set(self, k, floor_k)
 
     def _check_meta(self, meta):
         mine = self.meta()
@@ -1755,6 +1838,8 @@ cdef class WindowView:
         cdef int64_t dropped = 0
         cdef int rc
         cdef const int64_t* src
+        if not other.floor32:
+            self._widen_floors()
         for s in range(other.n_slots):
             m = other.ring_len if other.len_p[s] == RING else other.len_p[s]
             r = 0
@@ -1767,8 +1852,8 @@ cdef class WindowView:
                         continue
                     dropped += rc
                 r += 1
-            if other.floor_p[s] > self.floor_p[s]:  # what the other had dropped, the merge lacks too
-                self.floor_p[s] = other.floor_p[s]
+            if fl_get(other, s) > fl_get(self, s):  # what the other had dropped, the merge lacks too
+                fl_set(self, s, fl_get(other, s))
         self.watermark = max(self.watermark, other.watermark)
         for p, w in other.part_watermarks.items():
             self.part_watermarks[p] = max(self.part_watermarks.get(p, EMPTY), w)

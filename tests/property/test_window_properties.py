@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fscore.window import WindowView, _hll_reserve_from, _pack_max_hop
+from fscore.window import WindowView, _floor32, _hll_reserve_from, _pack_max_hop
 from fscore.window_ref import RefView
 from fscore.window_spec import WindowSpec, continuous, lifetime, session, sliding, tumbling
 
@@ -35,14 +35,17 @@ EVENTS = st.lists(st.tuples(st.integers(0, N_SLOTS - 1), TIMES, VALUES), min_siz
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(scope="module", autouse=True, params=["packed", "unpacked"])
+@pytest.fixture(scope="module", autouse=True, params=["packed", "unpacked", "wide-floors"])
 def packed_times(request):
-    """Every property twice: hop windows with both times of a cell in one
-    word (their hops here are all short enough) and in two (as hops over
-    2^32 us are; window.pxd)."""
-    prev = _pack_max_hop(1 << 32 if request.param == "packed" else 0)
+    """Every property three times: hop windows with both times of a cell in
+    one word (their hops here are all short enough) and in two (as hops over
+    2^32 us are; window.pxd); and packed with the keys' floors int64 from the
+    start (as a view whose buckets did not fit an int32 widens them)."""
+    prev = _pack_max_hop(0 if request.param == "unpacked" else 1 << 32)
+    prev32 = _floor32(request.param != "wide-floors")
     yield request.param
     _pack_max_hop(prev)
+    _floor32(prev32)
 
 
 def arrays(events):
@@ -129,6 +132,32 @@ def test_compiled_equals_reference(spec, lateness, max_sessions, events):
     late = cy.update(slots, ts, {"x": x})
     np.testing.assert_array_equal(late, ref.update(slots, ts, {"x": x}))
     compare(cy, ref, spec, events, late)
+
+
+@FAST
+@given(spec=st.sampled_from(SPECS), lateness=st.sampled_from([0, 10, 25]), events=EVENTS,
+       later=EVENTS, cut=st.integers(0, 40))
+def test_a_bucket_past_an_int32_widens_the_floors_and_answers_stay_the_references(
+        spec, lateness, events, later, cut, packed_times):
+    """A key's floor is an int32 while every bucket the view was given fits
+    one; a batch holding a bucket past that widens the floors first: the
+    floors (the buckets keys dropped) and every answer carry over, in the
+    same batch and after it."""
+    cy, ref = make(WindowView, spec, lateness), make(RefView, spec, lateness)
+    hop = spec.hop or spec.gap or 1
+    far = [(s, t + (1 << 31) * hop, v) for s, t, v in later]  # buckets from 2^31 on
+    first, second = events[:cut], events[cut:] + far
+    late = []
+    for batch in (first, second):
+        slots, ts, x = arrays(batch)
+        late.append(cy.update(slots, ts, {"x": x}))
+        np.testing.assert_array_equal(late[-1], ref.update(slots, ts, {"x": x}))
+        if batch is first:
+            narrow = packed_times != "wide-floors" and spec.kind != "session"
+            assert cy.slot_bytes == (13 if narrow else 17)
+    if far and spec.kind in ("sliding", "tumbling", "continuous"):
+        assert cy.slot_bytes == 17
+    compare(cy, ref, spec, first + second, np.concatenate(late))
 
 
 @FAST

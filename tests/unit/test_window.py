@@ -651,3 +651,78 @@ def test_a_reserved_hll_pool_counts_the_blocks_handed_out_not_its_capacity():
     v2.update(slots, np.full(slots.size, 10, dtype=np.int64), {"x": np.arange(slots.size, dtype=np.float64)})
     assert v2.hll_pool_bytes == v2._blocks_array().shape[0] * m >= 1100 * m
 
+
+def _floor_view(kind="sliding", n=4):
+    spec = {"sliding": sliding(30, 10), "lifetime": lifetime(), "session": session(7)}[kind]
+    return WindowView(spec, ["count(*) as n", "sum(x) as s", "approx_count_distinct(x) as d"], n,
+                      allowed_lateness=0)
+
+
+def _feed(v, slots, ts):
+    slots, ts = np.asarray(slots, dtype=np.int64), np.asarray(ts, dtype=np.int64)
+    return v.update(slots, ts, {"x": (ts % 7).astype(np.float64)})
+
+
+FAR = (1 << 31) * 10 + 5   # sliding(30, 10): bucket 2^31, one past an int32's
+
+
+def test_floors_are_int32_until_a_bucket_does_not_fit_and_snapshots_do_not_tell_the_difference():
+    """13 bytes a slot while the buckets fit (4 a key a window less); a
+    snapshot writes int64 floors either way, so one written narrow and one
+    written after widening are the same bytes, and load into either."""
+    narrow, wide = _floor_view(), _floor_view()
+    assert narrow.slot_bytes == 13 and _floor_view("lifetime").slot_bytes == 13
+    assert _floor_view("session").slot_bytes == 17      # a session's floor is an event time
+    for v in (narrow, wide):
+        _feed(v, [0, 0, 1, 0], [5, 15, 25, 95])            # slot 0's first buckets dropped: floor 1
+    wide._widen_floors()
+    assert wide.slot_bytes == 17 and narrow._floors().tolist() == wide._floors().tolist()
+    assert narrow._floors().tolist()[0] == 1 and narrow._floors().tolist()[2] == EMPTY
+    assert narrow.to_bytes() == wide.to_bytes()
+    back = WindowView.from_bytes(wide.to_bytes())
+    assert back.slot_bytes == 13 and back.to_bytes() == narrow.to_bytes()
+    q = (np.array([0, 0, 1]), np.array([40, 100, 30]))
+    (va, ea), (vb, eb) = narrow.value_as_of(*q), back.value_as_of(*q)
+    assert ea.tolist() == eb.tolist() and all(np.array_equal(va[k], vb[k], equal_nan=True) for k in va)
+
+
+def test_a_far_bucket_widens_the_floors_and_keeps_those_set_before():
+    v = _floor_view()
+    _feed(v, [0, 0, 0], [5, 15, 95])                        # floor of slot 0: bucket 1
+    before = v._floors().tolist()
+    _feed(v, [1], [FAR])
+    assert v.slot_bytes == 17 and v._floors().tolist() == before  # slot 1's old cells were empty
+    _feed(v, [0], [FAR + 10])                                # slot 0 drops bucket 9
+    assert v._floors().tolist()[0] == 9
+    vals, exact = v.value_as_of(np.array([0, 1]), np.array([FAR + 20, FAR + 20]))
+    assert vals["n"].tolist() == [1, 1] and exact.all()
+
+
+def test_a_snapshot_or_merge_with_far_floors_widens_the_view_it_loads_into():
+    far = _floor_view()
+    _feed(far, [0, 0], [FAR - 100, FAR + 40])                # drops a bucket past 2^31 - 1
+    assert far.slot_bytes == 17 and far._floors().tolist()[0] == (FAR - 100) // 10
+    back = WindowView.from_bytes(far.to_bytes())
+    assert back.slot_bytes == 17 and back.to_bytes() == far.to_bytes()
+    other = _floor_view()
+    other.import_slots(np.array([0]), far.export_slots(np.array([0])))
+    assert other.slot_bytes == 17 and other._floors().tolist()[0] == (FAR - 100) // 10
+    merged = _floor_view()
+    _feed(merged, [1], [5])
+    merged.merge_from(far)
+    assert merged.slot_bytes == 17 and merged._floors().tolist()[:2] == [(FAR - 100) // 10, EMPTY]
+    vals, _ = merged.value_as_of(np.array([0, 1]), np.array([FAR + 45, 15]))
+    assert vals["n"].tolist() == [1, 1]
+
+
+def test_floors_widened_between_frozen_begin_and_frozen_end_give_the_state_at_frozen_end():
+    """A copy-mode checkpoint copies the floors as track_writes saw them; a
+    widening meanwhile replaces the array (another dtype): frozen_end then
+    copies the whole state under the lock, as when the runs outgrew it."""
+    v = _floor_view(n=50)
+    _feed(v, np.arange(50), np.arange(50) * 3)
+    track = v.track_writes()
+    begun = v.frozen_begin(track)
+    _feed(v, [7, 7], [FAR, FAR + 30])
+    frozen = v.frozen_end(begun)
+    assert frozen.slot_bytes == 17 and frozen.to_bytes() == v.to_bytes()
