@@ -44,6 +44,11 @@ class Table:
     def snapshot_begin(self, out: np.ndarray | None = None) -> tuple: ...  # any thread, no GIL: a fuzzy copy
     def snapshot_end(self, token: tuple) -> np.ndarray: ...  # writer thread: that copy made consistent (rows logged or whose seqlock moved)
     last_fixup: int  # rows snapshot_end copied again from the log; -1: it read every row's count
+    def grow(self, new_capacity: int) -> None: ...  # writer: the whole copy under it
+    def grow_begin(self, new_capacity: int) -> list | None: ...  # writer: the new buffer, writes logged
+    def grow_copy(self, token: list, stop: Any = None) -> None: ...  # any thread, no GIL; gives up once stop.is_set()
+    def grow_end(self, token: list) -> bool: ...  # writer: rows written meanwhile copied again, the table moved
+    def release_retired(self) -> None: ...  # no lock: the replaced buffer unmapped
     def encode_keys(self, keys: object) -> np.ndarray: ...  # (n, key bytes) uint8; raises KeyEncodingError
     def encode_key_columns(self, cols: Sequence[Any]) -> np.ndarray: ...  # key order: int64 arrays, pyarrow string Arrays
     def flush(self) -> None: ...

@@ -1204,3 +1204,42 @@ def test_tables_grow_ahead_of_need_beside_pushes_and_every_value_stays(repo, rng
     assert got["results"][1]["values"] == [counts[u] for u in users]
     assert eng.stats()["tables_grown_ahead"] >= 2
     eng.close()
+
+
+def test_a_growth_ahead_told_to_stop_gives_up_within_a_chunk_and_the_next_one_grows(repo, monkeypatch):
+    """Issue 15: `fstore serve`'s SIGTERM waited for a growth's whole copy
+    (~1 s at 1M rows, ~10 s at 10M) before its final checkpoint. With the
+    stop event set mid-copy, grow_tables gives up after the chunk under way:
+    the table as it was (every value, no temporary file), no window state
+    grown; a later call grows it."""
+    import fscore.table
+
+    monkeypatch.setattr(fscore.table, "GROW_CHUNK_ROWS", 16)
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", capacity=64)
+    table, rt = eng.runtimes[("user_txn", 1)].table, eng.runtimes[("user_txn", 1)]
+    now = T0 + 3 * H
+    users = list(range(60))  # 60 of 64 rows: less than a tenth free
+    eng.push("transactions", {"user_id": users, "merchant_id": ["m1"] * 60, "amount": [1.0] * 60,
+                              "currency": ["EUR"] * 60, "country": ["DE"] * 60, "is_online": [True] * 60,
+                              "ts": [now - M] * 60}, now=now)
+    slots = [w.n_slots for w in rt.windows]
+
+    data = repo.data_dir / "engine"
+
+    class SetMidCopy:  # set once a growth's new file has been there for two looks (chunks of 16 rows)
+        looks = 0
+
+        def is_set(self):
+            self.looks += bool([p for p in data.rglob("*") if ".tmp." in p.name])
+            return self.looks > 2
+
+    stop = SetMidCopy()
+    assert eng.grow_tables(stop=stop) == 0 and stop.looks == 3
+    assert table.capacity == 64 and [w.n_slots for w in rt.windows] == slots
+    assert not [p for p in data.rglob("*") if ".tmp." in p.name]
+    got = eng.get_online_features(["user_txn:txn_count_1h"], entities={"user_id": users}, now=now)
+    assert got["results"][1]["values"] == [1] * 60
+    assert eng.grow_tables() >= 1 and table.capacity > 64
+    got = eng.get_online_features(["user_txn:txn_count_1h"], entities={"user_id": users}, now=now)
+    assert got["results"][1]["values"] == [1] * 60
+    eng.close()

@@ -493,3 +493,39 @@ def test_a_growth_ahead_gives_up_when_the_table_grew_by_itself_meanwhile(tmp_pat
     assert not [f for f in os.listdir(tmp_path) if ".tmp." in f]  # the abandoned buffer's file is gone
     r = t.get_batch(np.arange(70), now=10)
     assert (r.status == PRESENT).all() and r.values["n"].tolist() == list(range(70))
+
+
+def test_a_growth_ahead_stops_within_a_chunk_of_its_copy_once_told_to(tmp_path, monkeypatch):
+    """A shutdown (SIGTERM) waited for a growth's whole copy before its final
+    checkpoint (~1 s at 1M rows, ~10 s at 10M). grow_copy looks at its stop
+    event every GROW_CHUNK_ROWS rows and gives up once it is set: grow_end
+    then abandons the growth (its file removed), the table as it was."""
+    import fscore.table
+
+    monkeypatch.setattr(fscore.table, "GROW_CHUNK_ROWS", 1000)
+    schema = Schema([("k", "int64")], [("n", "int64")])
+    t = Table(schema, capacity=10_000, max_capacity=100_000, path=str(tmp_path / "t.fst"))
+    t.put_batch(np.arange(9_500), {"n": np.arange(9_500)}, np.full(9_500, 5), now=10)
+
+    class AfterLooks:  # set once the copy has looked at it `n` times
+        def __init__(self, n):
+            self.looks, self.n = 0, n
+
+        def is_set(self):
+            self.looks += 1
+            return self.looks > self.n
+
+    stop = AfterLooks(3)
+    token = t.grow_begin(20_000)
+    t.grow_copy(token, stop)
+    assert stop.looks == 4  # three chunks of 1,000 rows copied, then it stopped (of ten)
+    assert not t.grow_end(token) and t.capacity == 10_000
+    assert not [f for f in os.listdir(tmp_path) if ".tmp." in f]
+    r = t.get_batch(np.arange(9_500), now=10)
+    assert (r.status == PRESENT).all() and r.values["n"].tolist() == list(range(9_500))
+    never = AfterLooks(10**9)  # not set: the whole copy, and the growth goes through
+    token = t.grow_begin(20_000)
+    t.grow_copy(token, never)
+    assert never.looks == 11 and t.grow_end(token) and t.capacity == 20_000
+    r = t.get_batch(np.arange(9_500), now=10)
+    assert (r.status == PRESENT).all() and r.values["n"].tolist() == list(range(9_500))

@@ -1605,7 +1605,7 @@ class Engine:
             self.compacted_bytes += freed
         return freed
 
-    def grow_tables(self, free_share: float = GROW_AHEAD_FREE) -> int:
+    def grow_tables(self, free_share: float = GROW_AHEAD_FREE, stop: threading.Event | None = None) -> int:
         """Grows, ahead of need, each online table with less than `free_share`
         of its rows free and room below its max_capacity, as a push that
         finds it full would (layout.next_capacity), but with the rows copied
@@ -1617,21 +1617,25 @@ class Engine:
         nearly fill, a window a lock hold (ViewRuntime.state_to_grow). A push
         that finds a table full still grows it itself and waits for the whole
         copy (~0.4 s at 1M rows, file-backed). `fstore serve`'s engine runs
-        it every tick_s in a thread of its own. Returns the tables grown."""
+        it every tick_s in a thread of its own. `stop` (set at shutdown): a
+        growth under way gives up within a chunk of its copy (Table.
+        grow_copy) and no other starts, so a SIGTERM's final checkpoint does
+        not wait for a copy. Returns the tables grown."""
         grown = 0
+        stopped = stop.is_set if stop is not None else (lambda: False)
         with self._checkpoint_lock:  # one tracker at a time
             with self.lock:
                 tables = [rt.table for rt in self.runtimes.values()]
             for t in tables:
                 with self.lock:
-                    if self._closed() or t.capacity >= t.max_capacity or \
+                    if stopped() or self._closed() or t.capacity >= t.max_capacity or \
                             t.capacity - len(t) >= free_share * t.capacity:
                         continue
                     token = t.grow_begin(next_capacity(t.capacity, t.max_capacity))
                 if token is None:
                     continue
                 try:
-                    t.grow_copy(token)
+                    t.grow_copy(token, stop)
                 finally:
                     with self.lock:
                         grown += bool(t.grow_end(token))
@@ -1640,10 +1644,10 @@ class Engine:
                 runtimes = list(self.runtimes.values())
             for rt in runtimes:
                 with self.lock:
-                    parts = [] if self._closed() else rt.state_to_grow()
+                    parts = [] if stopped() or self._closed() else rt.state_to_grow()
                 for part in parts:
                     with self.lock:
-                        if not self._closed():
+                        if not stopped() and not self._closed():
                             part()
                     time.sleep(0)  # the lock is not fair: let a waiting push or read take it first
         self.tables_grown_ahead += grown

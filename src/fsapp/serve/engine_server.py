@@ -257,7 +257,7 @@ def _grow_tables(engine: Engine, stop: threading.Event, every_s: float) -> None:
     they were, and a push grows them itself."""
     while not stop.wait(every_s):
         try:
-            engine.grow_tables()
+            engine.grow_tables(stop=stop)  # a SIGTERM: a growth under way gives up within a chunk
         except Exception as e:  # noqa: BLE001 - the engine keeps serving
             print(f"engine: growing an online table ahead of need failed ({type(e).__name__}: {e})",
                   file=sys.stderr, flush=True)
