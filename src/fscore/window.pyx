@@ -57,8 +57,9 @@ cdef dict _NEEDS = {
 _FIELDS = ("n", "sum", "wmean", "m2", "vmin", "vmax", "first_ts", "first_val",
            "last_ts", "last_val")
 _MAGIC = b"FSWV"
-_FORMAT_VERSION = 6  # 6: no count words (HLL lists, last_k) and no `n` of a column only
-                     # approx_count_distinct reads; 5 (packed times: window.pxd), 4 (sparse HLL
+_FORMAT_VERSION = 7  # 7: no `n` of a column only last_k (and approx_count_distinct) reads;
+                     # 6 (no count words: HLL lists, last_k; no `n` of a column only
+                     # approx_count_distinct reads), 5 (packed times: window.pxd), 4 (sparse HLL
                      # registers), 3 (dense registers) and 2 (dense rings) are still read
 _V5_HLL_WORDS = 5    # the HLL area before version 6: a count word, then 8 entries
 _PACK_MAX_HOP = 1 << 32     # hops (us) up to this pack a cell's first/last times into one word
@@ -225,20 +226,23 @@ cdef class WindowView:
                         np.empty(0, np.int32 if _FLOOR32 and self.kind != K_SESSION else np.int64))
         self.grow(n_slots)
 
-    def _column_offsets(self, Py_ssize_t hll_words, common=None, bint legacy=False):
+    def _column_offsets(self, Py_ssize_t hll_words, common=None, bint legacy=False, bint v6=False):
         """Per input column, the word offset of each partial field (-1 when
         absent; "hll" hll_words wide, "lastk" 2k), and the cell width.
         hll_words = HLL_WORDS is this layout; `legacy`: the layout of
         snapshots before version 6 (`n` in every column, a count word before
         "lastk"; hll_words _V5_HLL_WORDS, or (2^p + 7) // 8, the dense
-        registers of versions 2 and 3). `common`: the words before the
-        columns (this layout's; W_COMMON in snapshots before version 5)."""
+        registers of versions 2 and 3); `v6`: version 6's (`n` in a column
+        last_k reads). `common`: the words before the columns (this
+        layout's; W_COMMON in snapshots before version 5)."""
         needs = {c: set() for c in self.columns}
         lastk = {c: 0 for c in self.columns}
         for a in self.aggs:
             if a.column is not None:
                 needs[a.column].update(_NEEDS[a.kind])
-                if legacy or a.kind != "approx_count_distinct":
+                # (approx_count_distinct's registers and last_k's buffer are their
+                # state: a column only they read keeps no non-null count)
+                if legacy or a.kind not in ("approx_count_distinct", "last_k") or (v6 and a.kind == "last_k"):
                     needs[a.column].add("n")
                 if a.kind == "last_k":
                     lastk[a.column] = max(lastk[a.column], a.k)
@@ -1680,7 +1684,7 @@ cdef class WindowView:
         if bytes(mv[:4]) != _MAGIC or len(mv) < 12:
             raise WindowStateError("not a window view snapshot (bad magic)")
         version, hlen = struct.unpack("<II", mv[4:12])
-        if version not in (2, 3, 4, 5, _FORMAT_VERSION):
+        if version not in (2, 3, 4, 5, 6, _FORMAT_VERSION):
             raise WindowStateError(f"window snapshot version {version}, expected {_FORMAT_VERSION}")
         meta = json.loads(bytes(mv[12:12 + hlen]))
         agg_specs = meta.get("agg_specs")
@@ -1688,15 +1692,18 @@ cdef class WindowView:
                    meta["allowed_lateness"], meta["hll_p"], meta["max_sessions"],
                    None if agg_specs is None else [spec_from_dict(d) for d in agg_specs])
         # versions 2 and 3 held the registers in the cell, versions before 5 both
-        # times unpacked, before 6 count words: convert their cells (W: their width)
+        # times unpacked, before 6 count words, before 7 `n` in a column only last_k
+        # reads: convert their cells (W: their width)
         old_offs = None
         if version < 4:
             old_offs, W = view._column_offsets((view.hp.m + 7) // 8, W_COMMON, legacy=True)
         elif version < 6:
             W = view._column_offsets(_V5_HLL_WORDS, W_COMMON if version == 4 else None, legacy=True)[1]
+        elif version == 6:
+            W = view._column_offsets(HLL_WORDS, v6=True)[1]
         else:
             W = view.width
-        view._check_meta(meta | {"width": view.width} if version < 6 and meta.get("width") == W else meta)
+        view._check_meta(meta | {"width": view.width} if version < 7 and meta.get("width") == W else meta)
         n, off = meta["n_slots"], 12 + hlen
         counts = (n * view.ring_len * W, n, n) if version == 2 else (n, n, meta["cells"] * W)
         arrays = []
@@ -1727,6 +1734,8 @@ cdef class WindowView:
             cells = _packed_cells(view, cells)
         if version < 6:
             cells = _v6_cells(view, cells)
+        if version < 7:
+            cells = _v7_cells(view, cells)
         view._load(np.arange(n, dtype=np.int64), lens, floors, cells, blocks)
         view.watermark, view.late_count = meta["watermark"], meta["late_count"]
         view.part_watermarks = {int(p): int(w) for p, w in meta.get("part_watermarks", {}).items()}
@@ -2011,10 +2020,10 @@ def _v6_cells(WindowView view, cells):
     """Cells of a version-5 layout (every column with `n`; an HLL area of a
     count word and 8 entries; last_k's count word) in this layout."""
     old_offs, W = view._column_offsets(_V5_HLL_WORDS, legacy=True)
-    new_offs, _ = view._column_offsets(HLL_WORDS)
+    new_offs, W6 = view._column_offsets(HLL_WORDS, v6=True)
     cells = np.asarray(cells, dtype=np.int64).reshape(-1, W)
     n, common = len(cells), W_COMMON_PACKED if view.layout.packed else W_COMMON
-    out = np.zeros((n, view.width), dtype=np.int64)
+    out = np.zeros((n, W6), dtype=np.int64)
     out[:, :common] = cells[:, :common]
     for old, new in zip(old_offs, new_offs):
         for f in _FIELDS:
@@ -2031,6 +2040,35 @@ def _v6_cells(WindowView view, cells):
             area[hdr < 0] = 0
             area[hdr < 0, 0] = hdr[hdr < 0]
             out[:, new["hll"]:new["hll"] + HLL_WORDS] = area
+    return out
+
+
+def _v7_cells(WindowView view, cells):
+    """Cells of the version-6 layout (`n` in a column only last_k and
+    approx_count_distinct read) in this layout: such a column's `n` gone,
+    its last_k buffer's unused times INT64_MIN (what says how many are in
+    use without it)."""
+    old_offs, W = view._column_offsets(HLL_WORDS, v6=True)
+    if W == view.width:
+        return cells
+    new_offs, _ = view._column_offsets(HLL_WORDS)
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, W)
+    common = W_COMMON_PACKED if view.layout.packed else W_COMMON
+    out = np.zeros((len(cells), view.width), dtype=np.int64)
+    out[:, :common] = cells[:, :common]
+    for old, new in zip(old_offs, new_offs):
+        for f in _FIELDS:
+            if new[f] >= 0:
+                out[:, new[f]] = cells[:, old[f]]
+        if new["hll"] >= 0:
+            out[:, new["hll"]:new["hll"] + HLL_WORDS] = cells[:, old["hll"]:old["hll"] + HLL_WORDS]
+        if new["lastk"] >= 0:
+            k = new["lastk_k"]
+            buf = np.array(cells[:, old["lastk"]:old["lastk"] + 2 * k])
+            if new["n"] < 0:
+                unused = np.arange(k) >= np.minimum(cells[:, old["n"]], k)[:, None]
+                buf[:, :k][unused] = INT64_MIN
+            out[:, new["lastk"]:new["lastk"] + 2 * k] = buf
     return out
 
 

@@ -270,6 +270,15 @@ cdef inline int64_t hll_estimate(const uint8_t* regs, int p) noexcept nogil:
     return <int64_t>floor(e + 0.5)
 
 
+cdef inline Py_ssize_t lastk_count(const Word* b, Py_ssize_t k) noexcept nogil:
+    # Entries in use of a buffer whose column keeps no `n` (since version 7):
+    # its unused times are INT64_MIN (cell_reset), never an event's.
+    cdef Py_ssize_t j = 0
+    while j < k and b[j].i != INT64_MIN:
+        j += 1
+    return j
+
+
 cdef inline void lastk_insert(Word* b, Py_ssize_t k, Py_ssize_t cnt, int64_t ts, double v) noexcept nogil:
     # b = [k ts][k values], newest first, `cnt` of them in use (min(n, k) of
     # the column's n before this value). At equal ts the newcomer is the
@@ -350,7 +359,7 @@ cdef inline void cell_fold_ts(Word* c, const Layout* L, int64_t first, int64_t l
 cdef void cell_reset(Word* c, const Layout* L) noexcept nogil:
     # Identity of every merge: zero counts/sums/registers, +inf/-inf extremes,
     # first/last at the far ends of time (packed: 0, read only once counted).
-    cdef Py_ssize_t j
+    cdef Py_ssize_t j, k
     cdef const ColLayout* cl
     memset(c, 0, L.width * sizeof(Word))
     c[W_BUCKET].i = INT64_MIN
@@ -369,6 +378,9 @@ cdef void cell_reset(Word* c, const Layout* L) noexcept nogil:
         if cl.last_ts >= 0:
             c[cl.last_ts].i = INT64_MIN
             c[cl.last_val].f = NAN
+        if cl.lastk >= 0 and cl.n < 0:   # no `n`: the unused times say how many are in use
+            for k in range(cl.lastk_k):
+                c[cl.lastk + k].i = INT64_MIN
 
 
 cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssize_t xstride,
@@ -390,8 +402,11 @@ cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssi
         if isnan(v):       # null: only count(*) above sees it
             continue
         cl = &L.cols[j]
-        if cl.n < 0:       # approx_count_distinct alone: its registers are its state
-            hll_add(&c[cl.hll], L.hp, L.hll_p, h[cl.hll_row * hstride])
+        if cl.n < 0:       # approx_count_distinct and last_k alone: their state is all there is
+            if cl.hll >= 0:
+                hll_add(&c[cl.hll], L.hp, L.hll_p, h[cl.hll_row * hstride])
+            if cl.lastk >= 0:
+                lastk_insert(&c[cl.lastk], cl.lastk_k, lastk_count(&c[cl.lastk], cl.lastk_k), ts, v)
             continue
         n = c[cl.n].i + 1
         c[cl.n].i = n
@@ -441,8 +456,12 @@ cdef void cell_merge_from(Word* dst, const Layout* L, const Word* src, const Lay
     dst[W_COUNT].i += src[W_COUNT].i
     for j in range(L.ncols):
         cl = &L.cols[j]
-        if cl.n < 0:       # approx_count_distinct alone
-            hll_merge(&dst[cl.hll], L.hp, &src[cl.hll], Ls.hp)
+        if cl.n < 0:       # approx_count_distinct and last_k alone
+            if cl.hll >= 0:
+                hll_merge(&dst[cl.hll], L.hp, &src[cl.hll], Ls.hp)
+            if cl.lastk >= 0:
+                lastk_merge(&dst[cl.lastk], &src[cl.lastk], cl.lastk_k, lastk_count(&dst[cl.lastk], cl.lastk_k),
+                            lastk_count(&src[cl.lastk], cl.lastk_k))
             continue
         nb = src[cl.n].i
         if nb == 0:
@@ -528,13 +547,14 @@ cdef void cell_finalize(const Word* c, const Layout* L, const OutSpec* outs, Py_
         if sp.kind == O_HLL:   # (an empty list counts 0; its column may have no `n`)
             oi[sp.row * nq + q] = hll_count(&c[cl.hll], L.hp, L.hll_p)
             continue
+        if sp.kind == O_LAST_K:  # (its column may have no `n`)
+            cnt = min(c[cl.n].i, cl.lastk_k) if cl.n >= 0 else lastk_count(&c[cl.lastk], cl.lastk_k)
+            for j in range(sp.k):
+                of[(sp.row + j) * nq + q] = c[cl.lastk + cl.lastk_k + j].f if j < cnt else NAN
+            continue
         n = c[cl.n].i
         if sp.kind == O_COUNT:
             oi[sp.row * nq + q] = n
-        elif sp.kind == O_LAST_K:
-            cnt = min(n, cl.lastk_k)
-            for j in range(sp.k):
-                of[(sp.row + j) * nq + q] = c[cl.lastk + cl.lastk_k + j].f if j < cnt else NAN
         elif n == 0:
             of[sp.row * nq + q] = NAN
         elif sp.kind == O_SUM:

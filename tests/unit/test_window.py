@@ -630,6 +630,46 @@ def test_version_5_snapshots_with_count_words_still_load(name):
     _old_snapshot_answers_as_written(5, name, fewer_words=3)
 
 
+@pytest.mark.parametrize("name", ["sliding", "continuous", "shared", "session", "lifetime"])
+def test_version_6_snapshots_with_n_beside_last_k_still_load(name):
+    """tests/data/window_v6_*.bin were written by the version-6 layout (`n`
+    in a column only last_k reads, and in one read by last_k and
+    approx_count_distinct; tests/data/make_window_v6.py at e7d1b2a, six
+    keys: a ring, a few events, dense registers, an old event then many,
+    one event, none; nulls in both columns) with the answers beside them:
+    they load into the layout without those two words (the buffers' unused
+    times marked instead) and answer the same."""
+    _old_snapshot_answers_as_written(6, name, fewer_words=2)
+
+
+def test_a_column_only_last_k_reads_keeps_no_count_and_answers_as_one_that_does():
+    """The starter repo's lifetime last_k(amount, 5) cell was 15 words, one
+    of them `n`, which the buffer's own unused times can tell: 14 now. The
+    same events give the same answers as a view whose column keeps `n`
+    (count(x) beside it), with nulls, ties on time, out-of-order events,
+    fewer events than k and merges of partial cells (sliding windows'
+    queries)."""
+    rng = np.random.default_rng(3)
+    n = 400
+    slots, ts = rng.integers(0, 8, n), np.sort(rng.integers(0, 300, n))
+    ts[rng.random(n) < 0.1] -= 5                       # some out of order (within lateness)
+    x = np.where(rng.random(n) < 0.2, np.nan, rng.integers(-5, 5, n).astype(float))
+    for spec in (lifetime(), sliding(100, 10), session(20), continuous(60, 10)):
+        alone = WindowView(spec, ["last_k(x, 4) as k"], 8, allowed_lateness=50)
+        counted = WindowView(spec, ["last_k(x, 4) as k", "count(x) as c"], 8, allowed_lateness=50)
+        assert alone.width == counted.width - 1, spec
+        for v in (alone, counted):
+            v.update(slots, ts, {"x": x})
+        for t in (0, 55, 150, 301, 400):
+            a, ea = alone.value_as_of(np.arange(8), t)
+            b, eb = counted.value_as_of(np.arange(8), t)
+            np.testing.assert_array_equal(a["k"], b["k"], err_msg=f"{spec} t={t}")
+            assert ea.tolist() == eb.tolist()
+        back = WindowView.from_bytes(alone.to_bytes())
+        np.testing.assert_array_equal(back.value_as_of(np.arange(8), 400)[0]["k"],
+                                      alone.value_as_of(np.arange(8), 400)[0]["k"])
+
+
 def test_a_reserved_hll_pool_counts_the_blocks_handed_out_not_its_capacity():
     """A reserved pool's capacity doubles as a number only (untouched pages
     cost nothing): nbytes counted it, and the starter repo's merchants' 1-day
