@@ -58,6 +58,7 @@ from fsapp.engine import records
 from fsapp.engine.cluster import tags_of
 from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, EngineError, PartitionOwned, UnknownStreamError
 from fsapp.engine.idempotency import MAX_KEY_LENGTH, IdempotencyWindow
+from fsapp.engine.heap import release_free_memory
 from fsapp.engine.ingest import BatchNormaliser
 from fsapp.engine.online import online_json, online_response
 from fsapp.engine.runtime import ROW, UNTAGGED, ViewRuntime, project_views, table_file
@@ -266,6 +267,7 @@ class Engine:
         self._table_copies: dict = {}  # the last checkpoint's table copies, reused by the next one
         self.checkpoint_failures = 0
         self.compactions, self.compacted_bytes = 0, 0  # windows laid out again (compact) and the bytes given back
+        self.heap_released_bytes = 0  # resident memory the allocators gave back after compactions
         self.tables_grown_ahead = 0  # online tables grown before a push found them full (grow_tables)
         self._inflight: dict[str, _Queued] = {}  # idempotency key -> its push, logged but not yet applied
         self.evictions_logged: dict = {}
@@ -1576,8 +1578,10 @@ class Engine:
         (WindowView.track_writes / compact_begin / compact_end): the cells
         are copied without the lock, and under it only the keys written
         meanwhile; the window's old and new pools are both held until then.
-        `fstore serve`'s engine calls it after each checkpoint. Returns the
-        bytes given back."""
+        Then the allocators' free memory goes back to the OS (heap.
+        release_free_memory: ~0.1 GB at 1M keys after a load). `fstore
+        serve`'s engine calls it after each checkpoint. Returns the window
+        state's bytes given back."""
         freed = 0
         with self._checkpoint_lock:  # one tracker at a time: a copy-mode checkpoint tracks writes too
             with self.lock:
@@ -1603,6 +1607,7 @@ class Engine:
                     if begun is None:
                         w._stop_tracking()
             self.compacted_bytes += freed
+        self.heap_released_bytes += release_free_memory()  # (no lock: the allocators lock themselves)
         return freed
 
     def grow_tables(self, free_share: float = GROW_AHEAD_FREE, stop: threading.Event | None = None) -> int:
@@ -1672,6 +1677,7 @@ class Engine:
                "offsets": dict(self.offsets), "quarantined": self.quarantined,
                "checkpoint_failures": self.checkpoint_failures, "checkpoint_error": self.checkpoint_error,
                "compactions": self.compactions, "compacted_bytes": self.compacted_bytes,
+               "heap_released_bytes": self.heap_released_bytes,
                "tables_grown_ahead": self.tables_grown_ahead,
                "window_dropped": sum(rt.window_dropped for rt in self.runtimes.values()),
                "state_bytes": sum(self.state_bytes().values()), "max_memory": self.max_memory,
