@@ -406,31 +406,25 @@ def growth_stall(base: str, n: int, ahead: bool) -> tuple[float, float]:
     """The user table of an engine made for `n` keys, loaded to 92% (less
     than a tenth free), then pushes of new users until it has grown, its
     new keys have taken rows past its old capacity (the view's window state
-    grown too) and 50 pushes more: with Engine.grow_tables running as `fstore
-    serve`'s engine runs it (every 0.2 s, in a thread of its own: the copy
-    without the engine lock, then the window state a window a lock hold), or
-    without (the push that finds the table full grows it, the push that
-    first takes a row past the windows' slots grows them). Returns the
-    slowest push and the p99, in ms."""
+    grown too) and 50 pushes more: with growth ahead of need (an engine's
+    default: a push that leaves a table nearly full starts Engine.grow_tables
+    in a thread of the engine's own, the copy without the engine lock, then
+    the window state a window a lock hold), or without (grow_ahead=False: the
+    push that finds the table full grows it, the push that first takes a row
+    past the windows' slots grows them). Returns the slowest push and the
+    p99, in ms."""
     from fsapp.engine import Engine
 
     path = os.path.join(base, f"stall-{n}-{ahead}")
     repo = _repo(path)
     eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", repo_root=str(repo.root),
-                 capacity=n)
+                 capacity=n, grow_ahead=False)
     rng = np.random.default_rng(3)
     rt = eng.runtimes[("user_txn", 1)]
     table = rt.table
-    _load(eng, np.arange(int(0.92 * n)), rng)
-    cap, stop, lat = table.capacity, threading.Event(), []
-    grower = None
-    if ahead:
-        def loop():
-            while not stop.wait(0.2):
-                eng.grow_tables()
-
-        grower = threading.Thread(target=loop)
-        grower.start()
+    _load(eng, np.arange(int(0.92 * n)), rng)  # (no growth ahead while loading)
+    eng.grow_ahead = ahead
+    cap, lat = table.capacity, []
     user, step, after = int(0.92 * n), max(5, n // 20_000), 50
     try:
         while after:
@@ -442,9 +436,6 @@ def growth_stall(base: str, n: int, ahead: bool) -> tuple[float, float]:
             if table.capacity > cap and min(w.n_slots for w in rt.windows) > cap:
                 after -= 1
     finally:
-        stop.set()
-        if grower is not None:
-            grower.join()
         eng.close()
         shutil.rmtree(path, ignore_errors=True)
     lat.sort()

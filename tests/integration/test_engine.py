@@ -1166,7 +1166,8 @@ def test_tables_grow_ahead_of_need_beside_pushes_and_every_value_stays(repo, rng
     brute-force count says; the next pushes find room."""
     import threading
 
-    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", capacity=64)
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", capacity=64,
+                 grow_ahead=False)  # (grown here by the test's own calls and thread)
     table = eng.runtimes[("user_txn", 1)].table
     now = T0 + 3 * H
     counts: dict[int, int] = {}
@@ -1206,6 +1207,43 @@ def test_tables_grow_ahead_of_need_beside_pushes_and_every_value_stays(repo, rng
     eng.close()
 
 
+def test_an_embedded_engine_grows_a_nearly_full_table_ahead_of_the_push_that_would_fill_it(repo):
+    """Issue 15: growth ahead of need ran only under `fstore serve`; an
+    embedded engine's push that found a table full waited for the whole copy
+    (~0.45 s at 1M rows). A push that leaves a table with less than a tenth
+    of its rows free now starts a growth in a thread of the engine's own:
+    the table and its window state grow before any push finds it full, every
+    value stays. grow_ahead=False keeps the old behaviour."""
+    import time
+
+    def engine(ahead):
+        path = repo.data_dir / f"engine-{ahead}"
+        return Engine(str(path), str(repo.registry_path), fsync="never", capacity=64, grow_ahead=ahead)
+
+    now = T0 + 3 * H
+
+    def push(eng, users):
+        eng.push("transactions", {"user_id": users, "merchant_id": ["m1"] * len(users),
+                                  "amount": [1.0] * len(users), "currency": ["EUR"] * len(users),
+                                  "country": ["DE"] * len(users), "is_online": [True] * len(users),
+                                  "ts": [now - M] * len(users)}, now=now)
+
+    ahead, still = engine(True), engine(False)
+    for eng in (ahead, still):
+        push(eng, list(range(60)))  # 60 of 64 rows: less than a tenth free
+    table, rt = ahead.runtimes[("user_txn", 1)].table, ahead.runtimes[("user_txn", 1)]
+    deadline = time.monotonic() + 20
+    while (table.capacity == 64 or min(w.n_slots for w in rt.windows) < 70) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert table.capacity > 64 and ahead.stats()["tables_grown_ahead"] == 1
+    assert min(w.n_slots for w in rt.windows) >= 70 and rt.last_ts.size == table.capacity
+    assert still.runtimes[("user_txn", 1)].table.capacity == 64 and still.stats()["tables_grown_ahead"] == 0
+    for eng in (ahead, still):
+        got = eng.get_online_features(["user_txn:txn_count_1h"], entities={"user_id": list(range(60))}, now=now)
+        assert got["results"][1]["values"] == [1] * 60
+        eng.close()
+
+
 def test_a_growth_ahead_told_to_stop_gives_up_within_a_chunk_and_the_next_one_grows(repo, monkeypatch):
     """Issue 15: `fstore serve`'s SIGTERM waited for a growth's whole copy
     (~1 s at 1M rows, ~10 s at 10M) before its final checkpoint. With the
@@ -1215,7 +1253,8 @@ def test_a_growth_ahead_told_to_stop_gives_up_within_a_chunk_and_the_next_one_gr
     import fscore.table
 
     monkeypatch.setattr(fscore.table, "GROW_CHUNK_ROWS", 16)
-    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", capacity=64)
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", capacity=64,
+                 grow_ahead=False)
     table, rt = eng.runtimes[("user_txn", 1)].table, eng.runtimes[("user_txn", 1)]
     now = T0 + 3 * H
     users = list(range(60))  # 60 of 64 rows: less than a tenth free

@@ -689,6 +689,15 @@ class ViewRuntime:
             parts.append(lambda: self._fit(0))
         return parts
 
+    def needs_growth_ahead(self, free_share: float) -> bool:
+        """Whether Engine.grow_tables would grow something of this view now:
+        its table (less than `free_share` of its rows free, below its
+        max_capacity) or its per-key state (state_to_grow)."""
+        t = self.table
+        cap, used = t.capacity, len(t)
+        return (cap < t.max_capacity and cap - used < free_share * cap) or self.last_ts.size < cap or \
+            any(w.n_slots < cap and used >= 0.9 * w.n_slots for w in self.windows)
+
     def reset_rows(self, rows: np.ndarray) -> None:
         """Forgets everything about these rows (a new key, or a key rebuilt)."""
         for w in self.windows:

@@ -163,9 +163,6 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
     t.start()
     print(f"engine ready pid={os.getpid()} socket={socket_path} replayed={engine.replayed}"
           + (f" kafka={','.join(sorted(ingest.topics)) or '-'}" if ingest else ""), flush=True)
-    # a thread of its own: a growth's copy (~1 s at 1M rows) must not hold up ticks and checkpoints
-    grower = threading.Thread(target=_grow_tables, args=(engine, stop, tick_s), name="fstore-grow", daemon=True)
-    grower.start()
     schedule = CheckpointSchedule(checkpoint_s, checkpoint_replay_s, time.monotonic())
     applied = engine.registry.snapshot().apply_id
     last_registry_check = time.monotonic()
@@ -190,7 +187,7 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
         server.shutdown()
         server.server_close()
         stop.set()
-        grower.join()
+        engine.stop_growth()  # a growth under way (it holds the checkpoint lock) gives up within a chunk
         _checkpoint(engine, schedule.retry_s)  # if it fails, the WAL still holds everything: recovery replays it
         engine.close()
         if os.path.exists(socket_path):
@@ -248,19 +245,6 @@ def _compact(engine: Engine) -> None:
         return
     if freed:
         print(f"engine: window state compacted, {freed / 1e6:.1f} MB given back", flush=True)
-
-
-def _grow_tables(engine: Engine, stop: threading.Event, every_s: float) -> None:
-    """Every `every_s` until `stop`: online tables nearly full grown before a
-    push finds them full (Engine.grow_tables: the copy without the engine
-    lock). A failure (no memory or disk for the new buffer) leaves them as
-    they were, and a push grows them itself."""
-    while not stop.wait(every_s):
-        try:
-            engine.grow_tables(stop=stop)  # a SIGTERM: a growth under way gives up within a chunk
-        except Exception as e:  # noqa: BLE001 - the engine keeps serving
-            print(f"engine: growing an online table ahead of need failed ({type(e).__name__}: {e})",
-                  file=sys.stderr, flush=True)
 
 
 def _until_next_tick(engine: Engine, tick_s: float) -> float:
