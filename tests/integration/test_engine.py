@@ -1244,6 +1244,38 @@ def test_an_embedded_engine_grows_a_nearly_full_table_ahead_of_the_push_that_wou
         eng.close()
 
 
+def test_a_failed_growth_ahead_is_not_tried_again_by_every_push(repo):
+    """A growth ahead that fails (no memory or disk for the new buffer) is
+    logged; the pushes after it do not each start another for
+    GROW_AHEAD_RETRY_S (a thread and a log line a push otherwise)."""
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", capacity=64)
+    tries = []
+
+    def failing(*a, **k):
+        tries.append(1)
+        raise OSError(28, "No space left on device")
+    eng.grow_tables = failing
+    now = T0 + 3 * H
+
+    def push(users):
+        eng.push("transactions", {"user_id": users, "merchant_id": ["m1"] * len(users),
+                                  "amount": [1.0] * len(users), "currency": ["EUR"] * len(users),
+                                  "country": ["DE"] * len(users), "is_online": [True] * len(users),
+                                  "ts": [now - M] * len(users)}, now=now)
+    push(list(range(60)))
+    eng._grower.join()
+    for u in range(60, 63):
+        push([u])
+        if eng._grower is not None:
+            eng._grower.join()
+    assert tries == [1] and eng._grow_retry_at > 0
+    eng._grow_retry_at = 0.0  # the wait over: the next push tries again
+    push([63])
+    eng._grower.join()
+    assert tries == [1, 1]
+    eng.close()
+
+
 def test_a_growth_ahead_told_to_stop_gives_up_within_a_chunk_and_the_next_one_grows(repo, monkeypatch):
     """Issue 15: `fstore serve`'s SIGTERM waited for a growth's whole copy
     (~1 s at 1M rows, ~10 s at 10M) before its final checkpoint. With the

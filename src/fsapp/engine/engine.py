@@ -166,6 +166,7 @@ TICK_SCAN = 2048      # slots a view's first tick scans for moved keys in its fi
 TICK_SCAN_MIN, TICK_SCAN_MAX = 256, 65_536
 COMPACT_WASTE = 0.25          # a window's pool is laid out again when more than this share of it is free
 COMPACT_MIN_BYTES = 1 << 20   # and at least this much
+GROW_AHEAD_RETRY_S = 5.0       # after a growth ahead failed (no memory or disk), the next try waits this long
 GROW_AHEAD_FREE = 0.1          # an online table grows ahead of need (grow_tables) with less than this share free
 
 
@@ -276,6 +277,7 @@ class Engine:
         self._grower: threading.Thread | None = None
         self._grower_lock = threading.Lock()
         self._grow_stop = threading.Event()
+        self._grow_retry_at = 0.0  # (monotonic) after a failed growth: not before then again
         self._inflight: dict[str, _Queued] = {}  # idempotency key -> its push, logged but not yet applied
         self.evictions_logged: dict = {}
         _remove_stale_table_files(os.path.join(self.data_dir, "online"))
@@ -1676,7 +1678,7 @@ class Engine:
         in a thread of the engine's own, so the push that would find it full
         does not wait for the whole copy (~0.45 s at 1M rows; bench_state's
         growth rows). A check of a few integers a view when nothing is due."""
-        if not self.grow_ahead or self._grow_stop.is_set():
+        if not self.grow_ahead or self._grow_stop.is_set() or time.monotonic() < self._grow_retry_at:
             return
         th = self._grower
         if th is not None and th.is_alive():
@@ -1701,7 +1703,9 @@ class Engine:
         try:
             self.grow_tables(stop=self._grow_stop)
         except Exception as e:  # noqa: BLE001 - no memory or disk for the new buffer: a push grows it itself
-            log.error("engine: growing an online table ahead of need failed (%s: %s)", type(e).__name__, e)
+            self._grow_retry_at = time.monotonic() + GROW_AHEAD_RETRY_S
+            log.error("engine: growing an online table ahead of need failed (%s: %s); again in %.0f s at the "
+                      "earliest", type(e).__name__, e, GROW_AHEAD_RETRY_S)
 
     def stop_growth(self) -> None:
         """Ends growth ahead of need: a growth under way gives up within a
