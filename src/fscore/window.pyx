@@ -161,6 +161,12 @@ cdef inline void fl_set(WindowView v, Py_ssize_t s, int64_t b) noexcept nogil:
         v.floor_p[s] = b
 
 
+cdef inline void fl_raise(WindowView v, Py_ssize_t s, int64_t b) noexcept nogil:
+    # the key's floor raised to b (a bucket it dropped)
+    if b > fl_get(v, s):
+        fl_set(v, s, b)
+
+
 def _floors64(floor):
     """Floors (int32 or int64) as a new int64 array, EMPTY kept EMPTY."""
     f = np.asarray(floor)
@@ -872,7 +878,8 @@ cdef class WindowView:
             raise SchemaError(f"slots and ts must be 1-d of equal length, got {len(s)} and {t.shape}")
         x, h = self._columns_matrix(columns or {}, n)
         if self.floor32 and self.kind != K_LIFETIME and n:   # (a lifetime view's bucket is 0)
-            self._widen_for([int(t.min()) // self.hop, int(t.max()) // self.hop])
+            if int(t.min()) // self.hop <= INT32_MIN or int(t.max()) // self.hop > INT32_MAX:
+                self._widen_floors()
         late = np.zeros(n, dtype=np.uint8)
         if parts is None:
             gi = gw = _NO_PARTS
@@ -997,9 +1004,8 @@ cdef class WindowView:
                             late[i] = 1
                             nlate += 1
                             continue
-                        if cells[W_BUCKET].i != INT64_MIN and cells[W_COUNT].i and \
-                                cells[W_BUCKET].i > fl_get(self, s):
-                            fl_set(self, s, cells[W_BUCKET].i)
+                        if cells[W_BUCKET].i != INT64_MIN and cells[W_COUNT].i:
+                            fl_raise(self, s, cells[W_BUCKET].i)
                         cell_release(cells, L)
                         memcpy(cells, tmpl, W * sizeof(Word))
                         cells[W_BUCKET].i = b
@@ -1028,8 +1034,7 @@ cdef class WindowView:
                         continue
                     k = 0
                     while k < m and cells[k * W + W_BUCKET].i < horizon:
-                        if cells[k * W + W_BUCKET].i > fl_get(self, s):
-                            fl_set(self, s, cells[k * W + W_BUCKET].i)
+                        fl_raise(self, s, cells[k * W + W_BUCKET].i)
                         k += 1
                     if k:
                         for pos in range(k):
@@ -1084,20 +1089,18 @@ cdef class WindowView:
         if m == RING:
             cells = <Word*>(self.P + self.at_p[s] * W)
             if b < self._ring_horizon(cells):  # older than the key's last R buckets: as a run does
-                if b > fl_get(self, s):
-                    fl_set(self, s, b)
+                fl_raise(self, s, b)
                 return 1
             cells += floor_mod(b, R) * W
             if cells[W_BUCKET].i == b:
                 cell_merge_from(cells, &self.layout, src, Ls)
             elif cells[W_BUCKET].i < b:
-                if cells[W_BUCKET].i != INT64_MIN and cells[W_COUNT].i and cells[W_BUCKET].i > fl_get(self, s):
-                    fl_set(self, s, cells[W_BUCKET].i)
+                if cells[W_BUCKET].i != INT64_MIN and cells[W_COUNT].i:
+                    fl_raise(self, s, cells[W_BUCKET].i)
                 cell_release(cells, &self.layout)
                 cell_copy_in(cells, &self.layout, src, Ls)
             else:
-                if b > fl_get(self, s):
-                    fl_set(self, s, b)
+                fl_raise(self, s, b)
                 return 1
             return 0
         if self.kind == K_SESSION:
@@ -1121,13 +1124,11 @@ cdef class WindowView:
                 top = b
             horizon = top - R + 1
             if b < horizon or b <= fl_get(self, s):
-                if b > fl_get(self, s):  # its events are not held: answers that need them are not exact
-                    fl_set(self, s, b)
+                fl_raise(self, s, b)  # its events are not held: answers that need them are not exact
                 return 1
             k = 0
             while k < m and cells[k * W + W_BUCKET].i < horizon:
-                if cells[k * W + W_BUCKET].i > fl_get(self, s):
-                    fl_set(self, s, cells[k * W + W_BUCKET].i)
+                fl_raise(self, s, cells[k * W + W_BUCKET].i)
                 k += 1
             if k:
                 for pos in range(k):
@@ -1861,8 +1862,7 @@ cdef class WindowView:
                         continue
                     dropped += rc
                 r += 1
-            if fl_get(other, s) > fl_get(self, s):  # what the other had dropped, the merge lacks too
-                fl_set(self, s, fl_get(other, s))
+            fl_raise(self, s, fl_get(other, s))  # what the other had dropped, the merge lacks too
         self.watermark = max(self.watermark, other.watermark)
         for p, w in other.part_watermarks.items():
             self.part_watermarks[p] = max(self.part_watermarks.get(p, EMPTY), w)
@@ -2021,14 +2021,8 @@ def _v6_cells(WindowView view, cells):
     count word and 8 entries; last_k's count word) in this layout."""
     old_offs, W = view._column_offsets(_V5_HLL_WORDS, legacy=True)
     new_offs, W6 = view._column_offsets(HLL_WORDS, v6=True)
-    cells = np.asarray(cells, dtype=np.int64).reshape(-1, W)
-    n, common = len(cells), W_COMMON_PACKED if view.layout.packed else W_COMMON
-    out = np.zeros((n, W6), dtype=np.int64)
-    out[:, :common] = cells[:, :common]
+    cells, out = _fields_moved(view, cells, old_offs, W, new_offs, W6)
     for old, new in zip(old_offs, new_offs):
-        for f in _FIELDS:
-            if new[f] >= 0:
-                out[:, new[f]] = cells[:, old[f]]
         if new["lastk"] >= 0:
             k2 = 2 * new["lastk_k"]
             out[:, new["lastk"]:new["lastk"] + k2] = cells[:, old["lastk"] + 1:old["lastk"] + 1 + k2]
@@ -2043,6 +2037,21 @@ def _v6_cells(WindowView view, cells):
     return out
 
 
+def _fields_moved(WindowView view, cells, old_offs, Py_ssize_t W, new_offs, Py_ssize_t width):
+    """A layout conversion's shared part: (the cells as rows of W words, new
+    cells of `width` words holding their common words and each column's
+    one-word fields at new_offs); the caller moves the HLL and last_k areas."""
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, W)
+    common = W_COMMON_PACKED if view.layout.packed else W_COMMON
+    out = np.zeros((len(cells), width), dtype=np.int64)
+    out[:, :common] = cells[:, :common]
+    for old, new in zip(old_offs, new_offs):
+        for f in _FIELDS:
+            if new[f] >= 0:
+                out[:, new[f]] = cells[:, old[f]]
+    return cells, out
+
+
 def _v7_cells(WindowView view, cells):
     """Cells of the version-6 layout (`n` in a column only last_k and
     approx_count_distinct read) in this layout: such a column's `n` gone,
@@ -2052,14 +2061,8 @@ def _v7_cells(WindowView view, cells):
     if W == view.width:
         return cells
     new_offs, _ = view._column_offsets(HLL_WORDS)
-    cells = np.asarray(cells, dtype=np.int64).reshape(-1, W)
-    common = W_COMMON_PACKED if view.layout.packed else W_COMMON
-    out = np.zeros((len(cells), view.width), dtype=np.int64)
-    out[:, :common] = cells[:, :common]
+    cells, out = _fields_moved(view, cells, old_offs, W, new_offs, view.width)
     for old, new in zip(old_offs, new_offs):
-        for f in _FIELDS:
-            if new[f] >= 0:
-                out[:, new[f]] = cells[:, old[f]]
         if new["hll"] >= 0:
             out[:, new["hll"]:new["hll"] + HLL_WORDS] = cells[:, old["hll"]:old["hll"] + HLL_WORDS]
         if new["lastk"] >= 0:
