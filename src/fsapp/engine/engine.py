@@ -1643,11 +1643,11 @@ class Engine:
         stopped = stop.is_set if stop is not None else (lambda: False)
         with self._checkpoint_lock:  # one tracker at a time
             with self.lock:
-                tables = [rt.table for rt in self.runtimes.values()]
-            for t in tables:
+                runtimes = list(self.runtimes.values())
+            for rt in runtimes:
                 with self.lock:
-                    if stopped() or self._closed() or t.capacity >= t.max_capacity or \
-                            t.capacity - len(t) >= free_share * t.capacity:
+                    t = rt.table
+                    if stopped() or self._closed() or not rt.table_to_grow(free_share):
                         continue
                     token = t.grow_begin(next_capacity(t.capacity, t.max_capacity))
                 if token is None:

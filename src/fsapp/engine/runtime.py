@@ -689,14 +689,16 @@ class ViewRuntime:
             parts.append(lambda: self._fit(0))
         return parts
 
+    def table_to_grow(self, free_share: float) -> bool:
+        """Whether Engine.grow_tables grows this view's table now: less than
+        `free_share` of its rows free, and below its max_capacity."""
+        t = self.table
+        return t.capacity < t.max_capacity and t.capacity - len(t) < free_share * t.capacity
+
     def needs_growth_ahead(self, free_share: float) -> bool:
         """Whether Engine.grow_tables would grow something of this view now:
-        its table (less than `free_share` of its rows free, below its
-        max_capacity) or its per-key state (state_to_grow)."""
-        t = self.table
-        cap, used = t.capacity, len(t)
-        return (cap < t.max_capacity and cap - used < free_share * cap) or self.last_ts.size < cap or \
-            any(w.n_slots < cap and used >= 0.9 * w.n_slots for w in self.windows)
+        its table or its per-key state (state_to_grow)."""
+        return self.table_to_grow(free_share) or bool(self.state_to_grow())
 
     def reset_rows(self, rows: np.ndarray) -> None:
         """Forgets everything about these rows (a new key, or a key rebuilt)."""
