@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from benches._common import Row
+from fsapp.engine.heap import release_free_memory, rss_bytes
 
 NOW = (int(time.time()) // 3600) * 3600
 
@@ -71,11 +72,6 @@ def _load(eng, users: np.ndarray, rng, batch: int = 50_000, spread_s: int = 20 *
         res = eng.push("transactions", ev.slice(off, batch))
         assert res.late == 0, res
     return ev
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def state_bytes(eng) -> int:
@@ -190,7 +186,6 @@ def _lock_holds(eng, action) -> list:
 
 def run_one(base: str, n_keys: int, events_per_key: str, rng, ref=None) -> dict:
     repo = _repo(os.path.join(base, f"{n_keys}-{events_per_key}"))
-    from fsapp.engine.heap import release_free_memory
     release_free_memory()  # the baseline without what earlier runs freed (compact() trims it too)
     rss0 = rss_bytes()
     eng = _engine(repo)
@@ -287,7 +282,6 @@ def many_keys(n_keys: int, slice_events: int = 1_000_000) -> dict:
         order = np.argsort(ts, kind="stable")
         draws, ts = draws[order], ts[order] * 1_000_000
         del order
-        from fsapp.engine.heap import release_free_memory
         release_free_memory()
         rss0 = rss_bytes()
         eng = _engine(repo)
