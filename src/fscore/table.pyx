@@ -602,10 +602,14 @@ cdef class Table:
         return self.layout.nbytes
 
     def __len__(self):
+        if self.base == NULL:  # (the header may be unmapped: a closed table never reads it)
+            raise ValueError("table is closed")
         return fs_atomic_load_i64(&self.hdr[H_COUNT])
 
     def stats(self):
         """Counters, readable from any process mapping the table."""
+        if self.base == NULL:
+            raise ValueError("table is closed")
         return {"rows": fs_atomic_load_i64(&self.hdr[H_COUNT]), "capacity": self.capacity_,
                 "evicted_capacity": self.hdr[H_EVICT_CAPACITY], "evicted_expired": self.hdr[H_EVICT_EXPIRED],
                 "stale_on_arrival": self.hdr[H_STALE_ON_ARRIVAL], "puts": self.hdr[H_PUTS],

@@ -1314,3 +1314,66 @@ def test_a_growth_ahead_told_to_stop_gives_up_within_a_chunk_and_the_next_one_gr
     got = eng.get_online_features(["user_txn:txn_count_1h"], entities={"user_id": users}, now=now)
     assert got["results"][1]["values"] == [1] * 60
     eng.close()
+
+
+def test_a_rebuild_during_a_growth_ahead_leaves_the_growth_to_the_new_tables(repo, monkeypatch):
+    """A record that fails to apply closes every online table and rebuilds
+    them (Engine._abort). A growth ahead copying without the engine lock
+    meanwhile went on with the runtimes it had listed before: it asked the
+    closed tables their row counts (a header no longer mapped: garbage or a
+    crash) and grew the old views' window state. It now looks each view up
+    again under the lock and leaves the replaced ones alone; a closed table
+    says so instead of reading its header."""
+    import fscore.table
+    from fsapp.engine.engine import EngineError
+    from fsapp.engine.runtime import ViewRuntime
+
+    monkeypatch.setattr(fscore.table, "GROW_CHUNK_ROWS", 16)
+    eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never", capacity=64,
+                 grow_ahead=False)
+    now = T0 + 3 * H
+    users = list(range(60))  # 60 of 64 rows, in both views' tables: less than a tenth free
+
+    def push(amount):
+        eng.push("transactions", {"user_id": users, "merchant_id": [f"m{u}" for u in users],
+                                  "amount": [amount] * 60, "currency": ["EUR"] * 60, "country": ["DE"] * 60,
+                                  "is_online": [True] * 60, "ts": [now - M] * 60}, now=now)
+    push(1.0)
+    old = dict(eng.runtimes)
+    real = ViewRuntime.apply
+
+    def broken(self, vb, now, parts=None):
+        if 50.0 in vb.columns["amount"]:
+            raise RuntimeError("injected")
+        return real(self, vb, now, parts)
+
+    data = repo.data_dir / "engine"
+
+    class RebuildMidCopy:  # a push that fails to apply, once a growth's new file exists
+        done = False
+
+        def is_set(self):
+            if not self.done and [p for p in data.rglob("*") if ".tmp." in p.name]:
+                self.done = True
+                monkeypatch.setattr(ViewRuntime, "apply", broken)
+                with pytest.raises(EngineError, match="nothing of it was applied"):
+                    push(50.0)
+                monkeypatch.setattr(ViewRuntime, "apply", real)
+            return False
+
+    slots = {k: [w.n_slots for w in rt.windows] for k, rt in old.items()}
+    stop = RebuildMidCopy()
+    eng.grow_tables(stop=stop)
+    assert stop.done and all(eng.runtimes[k] is not rt for k, rt in old.items())
+    assert {k: [w.n_slots for w in rt.windows] for k, rt in old.items()} == slots  # the replaced ones: untouched
+    assert not [p for p in data.rglob("*") if ".tmp." in p.name]
+    for rt in old.values():
+        with pytest.raises(ValueError, match="closed"):
+            len(rt.table)
+    got = eng.get_online_features(["user_txn:txn_count_1h"], entities={"user_id": users}, now=now)
+    assert got["results"][1]["values"] == [1] * 60
+    assert eng.grow_tables() >= 1 and all(rt.table.capacity > 64 for rt in eng.runtimes.values() if rt.table)
+    push(2.0)
+    got = eng.get_online_features(["user_txn:txn_count_1h"], entities={"user_id": users}, now=now)
+    assert got["results"][1]["values"] == [2] * 60
+    eng.close()

@@ -1643,30 +1643,35 @@ class Engine:
         stopped = stop.is_set if stop is not None else (lambda: False)
         with self._checkpoint_lock:  # one tracker at a time
             with self.lock:
-                runtimes = list(self.runtimes.values())
-            for rt in runtimes:
+                keys = list(self.runtimes)
+            for key in keys:
                 with self.lock:
-                    t = rt.table
-                    if stopped() or self._closed() or not rt.table_to_grow(free_share):
+                    # looked up again under the lock, each time: a rebuild (_abort's
+                    # _recover) closes every table and makes new runtimes meanwhile
+                    rt = self.runtimes.get(key)
+                    if rt is None or stopped() or self._closed() or not rt.table_to_grow(free_share):
                         continue
+                    t = rt.table
                     token = t.grow_begin(next_capacity(t.capacity, t.max_capacity))
                 if token is None:
                     continue
                 try:
                     t.grow_copy(token, stop)
                 finally:
-                    with self.lock:
+                    with self.lock:  # a table closed meanwhile has no buffer: grow_end gives up
                         grown += bool(t.grow_end(token))
                     t.release_retired()  # the old buffer's pages freed outside the lock
             with self.lock:
-                runtimes = list(self.runtimes.values())
-            for rt in runtimes:
+                keys = list(self.runtimes)
+            for key in keys:
                 with self.lock:
-                    parts = [] if stopped() or self._closed() else rt.state_to_grow()
+                    rt = self.runtimes.get(key)
+                    parts = [] if rt is None or stopped() or self._closed() else rt.state_to_grow()
                 for part in parts:
                     with self.lock:
-                        if not stopped() and not self._closed():
-                            part()
+                        if stopped() or self._closed() or self.runtimes.get(key) is not rt:
+                            break
+                        part()
                     time.sleep(0)  # the lock is not fair: let a waiting push or read take it first
         self.tables_grown_ahead += grown
         return grown
