@@ -42,6 +42,11 @@ cdef class Table:
     cdef int32_t *dlog
     cdef Py_ssize_t ndirty, dirty_cap
     cdef bint tracking, dirty_overflow
+    # index chunks (INDEX_CHUNK entries) written since track_writes(): snapshot_end
+    # copies those again, not the whole index (~16 MB, ~2.5 ms at 1M keys)
+    cdef object _imarks_arr
+    cdef uint8_t *imarks
+    cdef Py_ssize_t n_imarks
     cdef int64_t track_epoch
     cdef readonly Py_ssize_t last_fixup
 

@@ -131,6 +131,10 @@ include "table_codec.pxi"
 _tmp_counter = 0  # unique temporary file names within a process (a growing table writes several)
 
 
+cdef enum:
+    INDEX_CHUNK_SHIFT = 6   # a mark of track_writes covers 64 index entries (512 bytes)
+
+
 def _unmap(m):
     try:
         m.close()
@@ -142,6 +146,14 @@ def _fits(out, arr):
     """Whether `out` (a previous snapshot) can take a copy of `arr` in place."""
     return (out is not None and isinstance(out, np.ndarray) and out.dtype == arr.dtype
             and out.shape == arr.shape and out.flags.c_contiguous and out.flags.writeable)
+
+
+cdef inline void _index_store(Table t, Py_ssize_t slot, int64_t entry) noexcept nogil:
+    """Every write of a table's own index entry: atomic for readers, and its
+    chunk marked while track_writes is on (snapshot_end copies it again)."""
+    fs_atomic_store_i64(<int64_t *>&t.index[slot], entry)
+    if t.tracking and (slot >> INDEX_CHUNK_SHIFT) < t.n_imarks:
+        t.imarks[slot >> INDEX_CHUNK_SHIFT] = 1
 
 
 cdef Py_ssize_t _index_new(Table dst, const uint8_t *key, Py_ssize_t row) noexcept nogil:
@@ -649,6 +661,14 @@ cdef class Table:
             self._dlog_arr = np.empty(want, dtype=np.int32)
             buf = self._dlog_arr
             self.dlog, self.dirty_cap = &buf[0], want
+        cdef uint8_t[::1] mv
+        n = (self.nslots >> INDEX_CHUNK_SHIFT) + 1
+        if self._imarks_arr is None or self._imarks_arr.shape[0] != n:
+            self._imarks_arr = np.zeros(n, dtype=np.uint8)
+        else:
+            self._imarks_arr[:] = 0
+        mv = self._imarks_arr
+        self.imarks, self.n_imarks = &mv[0], n
         self.ndirty, self.dirty_overflow = 0, False
         self.track_epoch += 1
         self.tracking = True
@@ -703,9 +723,20 @@ cdef class Table:
         cdef Py_ssize_t r, i, stride = self.stride, roff = self.layout.rows_offset, cap = self.capacity_
         cdef Py_ssize_t nd = self.ndirty
         cdef uint8_t *o = &dst[0]
-        cdef bint by_log = logged
+        cdef bint by_log = logged and self.n_imarks == (self.nslots >> INDEX_CHUNK_SHIFT) + 1
+        cdef Py_ssize_t ioff = self.layout.index_offset, iend = ioff + 8 * self.nslots, c, a, b
         with nogil:
-            memcpy(o, self.base, roff)
+            if by_log:  # the header, the index chunks written since track_writes, the padding
+                memcpy(o, self.base, ioff)
+                for c in range(self.n_imarks):
+                    if self.imarks[c]:
+                        a = ioff + 8 * (c << INDEX_CHUNK_SHIFT)
+                        b = min(a + 8 * (1 << INDEX_CHUNK_SHIFT), iend)
+                        if b > a:
+                            memcpy(o + a, self.base + a, b - a)
+                memcpy(o + iend, self.base + iend, roff - iend)
+            else:
+                memcpy(o, self.base, roff)
             if by_log:
                 for i in range(nd):
                     r = self.dlog[i]
@@ -849,14 +880,14 @@ cdef class Table:
         self._find(key, h, &slot)
         if self.index[slot] == TOMBSTONE:
             self.hdr[H_TOMBSTONES] -= 1
-        fs_atomic_store_i64(<int64_t *>&self.index[slot], <int64_t>(((h >> 32) << 32) | <uint64_t>(row + 2)))
+        _index_store(self, slot, <int64_t>(((h >> 32) << 32) | <uint64_t>(row + 2)))
         return 0
 
     cdef void _unlink(self, Py_ssize_t slot, Py_ssize_t row) noexcept nogil:
         """Removes a live row: tombstone first (new readers skip it), then the
         row state under its seqlock (readers already on it retry and miss)."""
         cdef uint8_t *p = self.rows + row * self.stride
-        fs_atomic_store_i64(<int64_t *>&self.index[slot], TOMBSTONE)
+        _index_store(self, slot, TOMBSTONE)
         fs_seq_write_begin(<int64_t *>p)
         self._dirty(p)
         p[ROW_STATE] = 0
@@ -879,6 +910,8 @@ cdef class Table:
         with nogil:
             fs_seq_write_begin(&self.hdr[H_GLOBAL_SEQ])
             memset(self.index, 0, self.nslots * 8)
+            if self.tracking and self.n_imarks:
+                memset(self.imarks, 1, self.n_imarks)
             self.hdr[H_TOMBSTONES] = 0
             for r in range(self.capacity_):
                 p = self.rows + r * self.stride
@@ -971,8 +1004,7 @@ cdef class Table:
                         # publish the new row only once it is complete
                         if self.index[slot] == TOMBSTONE:
                             self.hdr[H_TOMBSTONES] -= 1
-                        fs_atomic_store_i64(<int64_t *>&self.index[slot],
-                                            <int64_t>(((h >> 32) << 32) | <uint64_t>(row + 2)))
+                        _index_store(self, slot, <int64_t>(((h >> 32) << 32) | <uint64_t>(row + 2)))
                         fs_atomic_store_i64(&self.hdr[H_COUNT], self.hdr[H_COUNT] + 1)
                     written += 1
                     i += 1
@@ -1063,8 +1095,7 @@ cdef class Table:
                         fs_seq_write_end(<int64_t *>p)
                         if self.index[slot] == TOMBSTONE:
                             self.hdr[H_TOMBSTONES] -= 1
-                        fs_atomic_store_i64(<int64_t *>&self.index[slot],
-                                            <int64_t>(((h >> 32) << 32) | <uint64_t>(row + 2)))
+                        _index_store(self, slot, <int64_t>(((h >> 32) << 32) | <uint64_t>(row + 2)))
                         fs_atomic_store_i64(&self.hdr[H_COUNT], self.hdr[H_COUNT] + 1)
                         created[i] = 1
                     rows[i] = row
