@@ -167,6 +167,43 @@ cdef inline void fl_raise(WindowView v, Py_ssize_t s, int64_t b) noexcept nogil:
         fl_set(v, s, b)
 
 
+def _marked_slots(uint8_t[::1] marks, Py_ssize_t n, Py_ssize_t n_total):
+    """The slots [0, n) marked in `marks` (a byte each) and every slot of
+    [n, n_total) (added since the marking began), as int64. Eight bytes a
+    step: a checkpoint marks few of a million slots, and np.flatnonzero
+    visits each byte once any is set (~2 ms at 1M slots, under the lock)."""
+    cdef Py_ssize_t i, j, k = 0, words = n // 8
+    cdef uint64_t w
+    cdef const uint8_t* p = &marks[0] if marks.shape[0] else NULL
+    with nogil:
+        for i in range(words):
+            memcpy(&w, p + 8 * i, 8)
+            if w:
+                for j in range(8 * i, 8 * i + 8):
+                    k += p[j] != 0
+        for j in range(8 * words, n):
+            k += p[j] != 0
+    out = np.empty(k + max(n_total - n, 0), dtype=np.int64)
+    cdef int64_t[::1] o = out
+    k = 0
+    with nogil:
+        for i in range(words):
+            memcpy(&w, p + 8 * i, 8)
+            if w:
+                for j in range(8 * i, 8 * i + 8):
+                    if p[j]:
+                        o[k] = j
+                        k += 1
+        for j in range(8 * words, n):
+            if p[j]:
+                o[k] = j
+                k += 1
+        for j in range(n, n_total):
+            o[k] = j
+            k += 1
+    return out
+
+
 def _floors64(floor):
     """Floors (int32 or int64) as a new int64 array, EMPTY kept EMPTY."""
     f = np.asarray(floor)
@@ -1474,9 +1511,7 @@ cdef class WindowView:
             ln = np.concatenate([ln, self.run_len[n0:n]])
             cls = np.concatenate([cls, self.run_cls[n0:n]])
             floor = np.concatenate([floor, self.floor_[n0:n]])
-        dirty = np.flatnonzero(self.dirty[:n0]).astype(np.int64)
-        if n > n0:
-            dirty = np.concatenate([dirty, np.arange(n0, n, dtype=np.int64)])
+        dirty = _marked_slots(self.dirty, n0, n)
         cdef const int64_t[::1] dv = dirty
         cdef int32_t[::1] a = at, l = ln
         cdef uint8_t[::1] c = cls
@@ -1562,9 +1597,7 @@ cdef class WindowView:
         if n > n0:  # slots added since
             new_at = np.concatenate([new_at, np.full(n - n0, -1, np.int32)])
             new_cls = np.concatenate([new_cls, np.zeros(n - n0, np.uint8)])
-        dirty = np.flatnonzero(self.dirty[:n0]).astype(np.int64)
-        if n > n0:
-            dirty = np.concatenate([dirty, np.arange(n0, n, dtype=np.int64)])
+        dirty = _marked_slots(self.dirty, n0, n)
         holes = np.zeros((len(dirty), 2), dtype=np.int64)  # (at, cells) left behind by a slot that moved
         needs = np.zeros(len(dirty), dtype=np.int64)        # each written slot's run now
         cdef const int64_t[::1] dv = dirty

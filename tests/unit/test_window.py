@@ -766,3 +766,21 @@ def test_floors_widened_between_frozen_begin_and_frozen_end_give_the_state_at_fr
     _feed(v, [7, 7], [FAR, FAR + 30])
     frozen = v.frozen_end(begun)
     assert frozen.slot_bytes == 17 and frozen.to_bytes() == v.to_bytes()
+
+
+def test_the_slots_a_checkpoint_copies_again_are_exactly_the_marked_ones_and_the_added_ones():
+    """frozen_end and compact_end copy again the slots marked since
+    track_writes (a byte each) and every slot added since. The marks are
+    read eight bytes at a time (np.flatnonzero visited every byte once any
+    was set: ~2 ms at 1M slots under the checkpoint's lock); any length, any
+    marks, ends not on a multiple of eight."""
+    from fscore.window import _marked_slots
+
+    rng = np.random.default_rng(3)
+    for n in [0, 1, 7, 8, 9, 63, 64, 65, 1000, 4099]:
+        for density in (0.0, 0.001, 0.1, 1.0):
+            marks = (rng.random(n + 5) < density).astype(np.uint8) * rng.integers(1, 256, n + 5).astype(np.uint8)
+            for added in (0, 3):
+                want = np.concatenate([np.flatnonzero(marks[:n]), np.arange(n, n + added)])
+                got = _marked_slots(marks, n, n + added)
+                assert got.dtype == np.int64 and got.tolist() == want.tolist(), (n, density, added)
