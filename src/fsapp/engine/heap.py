@@ -42,6 +42,34 @@ def rss_bytes() -> int:
         return 0
 
 
+def available_bytes() -> int:
+    """Memory this process could still take: the kernel's MemAvailable,
+    lowered to the room left under a cgroup's memory limit (v2 or v1) when
+    there is one. 0 when none of these can be read."""
+    avail = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit) as f:
+                text = f.read().strip()
+            if text == "max" or int(text) >= 1 << 60:  # no limit
+                continue
+            with open(usage) as f:
+                room = max(0, int(text) - int(f.read().strip()))
+            avail = min(avail, room) if avail else room
+        except (OSError, ValueError):
+            continue
+    return avail
+
+
 def release_free_memory() -> int:
     """Gives the allocators' free memory back to the OS; returns by how many
     bytes the resident memory went down."""

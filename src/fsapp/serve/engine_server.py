@@ -133,7 +133,7 @@ def run(repo_dir: str, socket_path: str, *, fsync: str = "always", capacity: int
         repo = Repo(repo_dir)
         kafka_config = KafkaConfig.from_repo(repo)  # a bad kafka section fails before recovery starts
         engine = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync=fsync, capacity=capacity,
-                        max_keys=max_keys, max_memory=max_memory, repo_root=str(repo.root), checkpoint_mode="fork",
+                        max_keys=max_keys, max_memory=max_memory, repo_root=str(repo.root), checkpoint_mode="auto",
                         track_partitions=kafka_config is not None and kafka_config.assign == "group")
     except (WalCorruption, RegistryError) as e:
         # no restart can fix these: say so, and let the supervisor stop
