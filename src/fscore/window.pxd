@@ -200,6 +200,9 @@ cdef class WindowView:
                                   # (EMPTY: none); sessions: end of the newest dropped session.
                                   # int32 for hop and lifetime views while every bucket they were
                                   # given fits (_widen_floors: int64 for good), else int64
+    cdef object _slot_room        # grow()'s buffers the four arrays above view, with room for more
+                                  # slots (None: none made yet; an array that is not a view of
+                                  # its buffer is copied into a new one at the next grow)
     cdef int n_classes
     cdef int64_t class_cap[MAX_CLASSES]
     cdef int64_t cap_of[MAX_CLASSES + 1]  # cells of a run of run_cls k: 0, then class_cap[k - 1]

@@ -30,6 +30,7 @@ class WindowView:
                                    # per-key arrays and dense HLL blocks (hll_pool_bytes)
     hll_pool_bytes: int            # the dense HLL blocks' pool (a reservation: the blocks handed out)
     slot_bytes: int                # per-key arrays a slot: 13 (an int32 floor) or 17 (int64, sessions')
+    slot_capacity: int             # slots the per-key arrays hold room for before grow() copies them
     live_bytes: int                # what the keys' state needs (runs, dense HLL blocks, per-key arrays), O(1)
     cells_in_use: int              # cells the keys hold
     cells_held: int                # cells in the keys' runs (run capacities)

@@ -784,3 +784,46 @@ def test_the_slots_a_checkpoint_copies_again_are_exactly_the_marked_ones_and_the
                 want = np.concatenate([np.flatnonzero(marks[:n]), np.arange(n, n + added)])
                 got = _marked_slots(marks, n, n + added)
                 assert got.dtype == np.int64 and got.tolist() == want.tolist(), (n, density, added)
+
+
+def test_growing_a_views_keys_copies_their_arrays_only_past_the_room_made_last_time():
+    """Issue 15: each growth of a view's keys (a quarter more, ahead of
+    need) concatenated its four per-key arrays under the engine lock, ~5 ms
+    a window at 1M keys. They now grow into buffers with room for twice the
+    keys: a growth within the room only fills the new keys; a compaction
+    that replaces an array, or floors widened to int64, make that array
+    copied at the next growth. Every key keeps its values throughout."""
+    v = WindowView(sliding(HOUR, 5 * MINUTE), ["count(*)", "sum(amount)"], 1000)
+    ref = RefView(sliding(HOUR, 5 * MINUTE), ["count(*)", "sum(amount)"], 1000)
+    rng = np.random.default_rng(5)
+    t0 = 1_764_000_000_000_000
+
+    def push(n):
+        slots = rng.integers(0, n, 300)
+        ts = np.sort(t0 + rng.integers(0, HOUR, 300))
+        cols = {"amount": rng.random(300)}
+        for w in (v, ref):
+            w.update(slots, ts, cols)
+
+    push(1000)
+    assert v.slot_capacity == 1000
+    v.grow(1250)
+    ref.grow(1250)
+    assert v.slot_capacity == 2000  # room made
+    caps = []
+    for n in (1562, 1953, 2441, 3051):
+        push(v.n_slots)
+        v.grow(n)
+        ref.grow(n)
+        caps.append(v.slot_capacity)
+    assert caps == [2000, 2000, 3906, 3906]  # copied once, past the room
+    tr = v.track_writes()  # a compaction lays the runs out again: run_at and run_cls are new arrays
+    v.compact_end(v.compact_begin(tr))
+    assert v.slot_capacity == 3051
+    v.grow(3500)  # those two copied (room for 6102), the other two still within theirs
+    ref.grow(3500)
+    assert v.slot_capacity == 3906
+    push(3500)
+    now = t0 + HOUR
+    got, want = v.value_as_of(np.arange(3500), now)[0], ref.value_as_of(np.arange(3500), now)[0]
+    assert got["count_star"].tolist() == want["count_star"].tolist() and np.allclose(got["sum_amount"], want["sum_amount"], equal_nan=True)
