@@ -422,6 +422,7 @@ class ViewRuntime:
         self.latest_now = INT64_MIN  # the newest `now` a value was written at
         # newest applied event time per row (TTL, freshness); derived from the windows after a restore
         self.last_ts = np.full(self.table.capacity, INT64_MIN, dtype=np.int64)
+        self._last_ts_room: np.ndarray | None = None  # _fit's buffer last_ts views, with room for more rows
         if windows:
             n = min(self.table.capacity, min(w.n_slots for w in windows))
             for w in windows:
@@ -669,9 +670,17 @@ class ViewRuntime:
                 # by a quarter (amortised O(1) still), never past the table's
                 # capacity: doubling held up to twice the per-key arrays needed
                 w.grow(max(high, min(self.table.capacity, w.n_slots + w.n_slots // 4)))
-        if self.last_ts.size < max(high, self.table.capacity):
-            grown = np.full(max(high, self.table.capacity), INT64_MIN, dtype=np.int64)
-            grown[:self.last_ts.size] = self.last_ts
+        want, n0 = max(high, self.table.capacity), self.last_ts.size
+        if n0 < want:
+            # into room for twice the rows, as the windows' per-key arrays
+            # (WindowView.grow): a growth within it fills the new rows only
+            room = self._last_ts_room
+            if room is None or self.last_ts.base is not room or room.size < want:
+                room = np.empty(max(want, 2 * n0), dtype=np.int64)
+                room[:n0] = self.last_ts
+                self._last_ts_room = room
+            grown = room[:want]
+            grown[n0:] = INT64_MIN
             self.last_ts = grown
 
     def state_to_grow(self) -> list:
