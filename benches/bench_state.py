@@ -98,6 +98,17 @@ def push_ms(eng, users, rng, n: int = 60) -> float:
     return statistics.median(samples[5:]) * 1e3
 
 
+def _push_until(eng, users, stop: threading.Event, pushes: list, seed: int) -> None:
+    """5-row pushes of random users, back to back until `stop`; each one's
+    (start, end) appended to `pushes`."""
+    rng = np.random.default_rng(seed)
+    while not stop.is_set():
+        ev = _events(rng.choice(users, 5), rng, spread_s=600)
+        t = time.perf_counter()
+        eng.push("transactions", ev)
+        pushes.append((t, time.perf_counter()))
+
+
 def _traffic(eng, users, action, settle: float = 0.3) -> tuple[float, float, float, float]:
     """One thread pushing 5-row batches, one reading 10 keys and one taking
     the engine lock, while `action` runs (None: as long as the last action
@@ -107,12 +118,7 @@ def _traffic(eng, users, action, settle: float = 0.3) -> tuple[float, float, flo
     feats = ["user_txn:amount_24h", "user_txn:txn_count_1h", "merchant_txn:volume_1d"]
 
     def pusher():
-        rng = np.random.default_rng(1)
-        while not stop.is_set():
-            ev = _events(rng.choice(users, 5), rng, spread_s=600)
-            t = time.perf_counter()
-            eng.push("transactions", ev)
-            pushes.append((t, time.perf_counter()))
+        _push_until(eng, users, stop, pushes, seed=1)
 
     def reader():
         rng = np.random.default_rng(2)
@@ -167,15 +173,7 @@ def checkpoint_push_latency(eng, users, rounds: int = 3, per_round: int = 4) -> 
     mode None: no checkpoint."""
     stop, pushes = threading.Event(), []
 
-    def pusher():
-        rng = np.random.default_rng(3)
-        while not stop.is_set():
-            ev = _events(rng.choice(users, 5), rng, spread_s=600)
-            t = time.perf_counter()
-            eng.push("transactions", ev)
-            pushes.append((t, time.perf_counter()))
-
-    th = threading.Thread(target=pusher)
+    th = threading.Thread(target=_push_until, args=(eng, users, stop, pushes), kwargs={"seed": 3})
     th.start()
     got: dict = {}
     try:
