@@ -315,6 +315,7 @@ def test_an_auto_mode_checkpoint_copies_a_small_window_state_and_forks_a_big_one
     eng.checkpoint()
     assert eng.stats()["checkpoint_mode"] == "fork"
     monkeypatch.setattr(engine_mod, "COPY_CHECKPOINT_MAX_BYTES", 1 << 40)
+    windows = sum(w.nbytes for rt in eng.runtimes.values() for w in rt.windows)  # (after the second push)
     monkeypatch.setattr(engine_mod, "available_bytes", lambda: 2 * int(1.25 * windows) - 2)
     assert not eng._checkpoint_copies()  # nor when half the memory left is less than the copies
     monkeypatch.setattr(engine_mod, "available_bytes", lambda: 4 * int(1.25 * windows))
@@ -1301,15 +1302,14 @@ def test_a_failed_growth_ahead_is_not_tried_again_by_every_push(repo):
                                   "country": ["DE"] * len(users), "is_online": [True] * len(users),
                                   "ts": [now - M] * len(users)}, now=now)
     push(list(range(60)))
-    eng._grower.join()
+    eng.wait_growth()
     for u in range(60, 63):
         push([u])
-        if eng._grower is not None:
-            eng._grower.join()
+        eng.wait_growth()
     assert tries == [1] and eng._grow_retry_at > 0
     eng._grow_retry_at = 0.0  # the wait over: the next push tries again
     push([63])
-    eng._grower.join()
+    eng.wait_growth()
     assert tries == [1, 1]
     eng.close()
 

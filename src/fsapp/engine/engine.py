@@ -166,7 +166,7 @@ TICK_SCAN = 2048      # slots a view's first tick scans for moved keys in its fi
 TICK_SCAN_MIN, TICK_SCAN_MAX = 256, 65_536
 COMPACT_WASTE = 0.25          # a window's pool is laid out again when more than this share of it is free
 COMPACT_MIN_BYTES = 1 << 20   # and at least this much
-COPY_CHECKPOINT_MAX_BYTES = 1 << 30  # checkpoint_mode "auto": copies up to this much window state, else forks
+COPY_CHECKPOINT_MAX_BYTES = 256 << 20  # checkpoint_mode "auto": copies up to this much window state, else forks
 GROW_AHEAD_RETRY_S = 5.0       # after a growth ahead failed (no memory or disk), the next try waits this long
 GROW_AHEAD_FREE = 0.1          # an online table grows ahead of need (grow_tables) with less than this share free
 
@@ -1489,9 +1489,11 @@ class Engine:
         lock 8-38 ms under load (the page tables of the process's private
         memory) and the first push after it takes ~900 copy-on-write faults
         (Python's reference counts write every object it touches). At 1M keys
-        (0.8 GB) the p99s meet (5.7-8.4 forking, 7.3-7.7 copying); past the
-        bound a copy would double the window state for the checkpoint's
-        length, and a fork copies only the pages written meanwhile."""
+        (0.8 GB) the p99s meet (5.7-8.4 forking, 7.3-7.7 copying) while the
+        copy doubles the window state for the checkpoint's length and takes
+        twice as long (8.9 against 4.2 s: its fresh pages' first touch), and
+        a fork copies only the pages written meanwhile: so a fork past 256 MB
+        (~250k keys of the starter repo)."""
         if self.checkpoint_mode != "auto":
             return self.checkpoint_mode == "copy"
         need = 1.25 * sum(w.nbytes for rt in self.runtimes.values() for w in rt.windows)
@@ -1737,6 +1739,13 @@ class Engine:
             self._grow_retry_at = time.monotonic() + GROW_AHEAD_RETRY_S
             log.error("engine: growing an online table ahead of need failed (%s: %s); again in %.0f s at the "
                       "earliest", type(e).__name__, e, GROW_AHEAD_RETRY_S)
+
+    def wait_growth(self) -> None:
+        """Waits for a growth ahead of need under way (a bench measuring the
+        state, a test) to finish."""
+        th = self._grower
+        if th is not None and th is not threading.current_thread():
+            th.join()
 
     def stop_growth(self) -> None:
         """Ends growth ahead of need: a growth under way gives up within a
