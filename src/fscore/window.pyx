@@ -204,6 +204,28 @@ def _marked_slots(uint8_t[::1] marks, Py_ssize_t n, Py_ssize_t n_total):
     return out
 
 
+def room_of(a, buf):
+    """Elements the 1-d array `a` can grow to without a copy: `buf`'s length
+    when `a` is a view of it (grow_in_room made both), else its own."""
+    return buf.shape[0] if buf is not None and a.base is buf and buf.dtype == a.dtype else a.shape[0]
+
+
+def grow_in_room(a, buf, Py_ssize_t n, fill):
+    """`a` grown to `n` elements, the new ones `fill`: a view of `buf` when
+    it has the room (only the new elements written; `a` stays valid, a view
+    of the same memory), else of a new buffer with room for twice `a`'s
+    length (one copy). Returns (the grown array, its buffer). The per-key
+    arrays of WindowView.grow and ViewRuntime.last_ts: a copy of each at
+    every growth by a quarter held the engine lock ~5 ms a window at 1M keys."""
+    n0 = a.shape[0]
+    if room_of(a, buf) < n:
+        buf = np.empty(max(n, 2 * n0), a.dtype)
+        buf[:n0] = a
+    grown = buf[:n]
+    grown[n0:] = fill
+    return grown, buf
+
+
 def _floors64(floor):
     """Floors (int32 or int64) as a new int64 array, EMPTY kept EMPTY."""
     f = np.asarray(floor)
@@ -730,10 +752,8 @@ cdef class WindowView:
     @property
     def slot_capacity(self):
         """Slots the per-key arrays have room for without a copy (grow)."""
-        if self._slot_room is None:
-            return self.n_slots
-        return min(buf.shape[0] if a.base is buf and buf.dtype == a.dtype else a.shape[0]
-                   for buf, a in zip(self._slot_room, (self.run_at, self.run_len, self.run_cls, self.floor_)))
+        room = self._slot_room or [None] * 4
+        return min(room_of(a, buf) for buf, a in zip(room, (self.run_at, self.run_len, self.run_cls, self.floor_)))
 
     @property
     def live_bytes(self):
@@ -772,25 +792,15 @@ cdef class WindowView:
         if n_slots <= self.n_slots:
             return
         more = n_slots - self.n_slots
-        # PERF: the per-key arrays grow into buffers with room for twice the
-        # slots: a growth within the room fills the new slots only (a view of
-        # the same memory: the old arrays stay valid, so a checkpoint's or a
-        # compaction's copy taken without the lock reads them as before); a
-        # copy of all four (~5 ms a window at 1M slots, under the lock) only
-        # once the slots pass the room
-        n0 = self.n_slots
-        room = self._slot_room if self._slot_room is not None else [None] * 4
+        # PERF: into buffers with room for twice the slots (grow_in_room): the
+        # old arrays stay valid views of the same memory, so a checkpoint's or
+        # a compaction's copy taken without the lock reads them as before
+        room = self._slot_room or [None] * 4
         grown = []
         for i, (a, fill) in enumerate(((self.run_at, -1), (self.run_len, 0), (self.run_cls, 0),
                                        (self.floor_, _EMPTY32 if self.floor32 else EMPTY))):
-            buf = room[i]
-            if buf is None or a.base is not buf or buf.dtype != a.dtype or buf.shape[0] < n_slots:
-                buf = np.empty(max(n_slots, 2 * n0), a.dtype)
-                buf[:n0] = a[:n0]
-                room[i] = buf
-            view = buf[:n_slots]
-            view[n0:] = fill
-            grown.append(view)
+            a, room[i] = grow_in_room(a, room[i], n_slots, fill)
+            grown.append(a)
         self._slot_room = room
         self._set_slots(*grown)
         self.n_slots = n_slots

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from fscore.table import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT, Table
-from fscore.window import WindowView
+from fscore.window import WindowView, grow_in_room
 from fscore.window_spec import WindowSpec, share_views, string_ids
 
 from fsapp.engine.errors import AsOfOutsideHorizon, BatchError
@@ -670,18 +670,9 @@ class ViewRuntime:
                 # by a quarter (amortised O(1) still), never past the table's
                 # capacity: doubling held up to twice the per-key arrays needed
                 w.grow(max(high, min(self.table.capacity, w.n_slots + w.n_slots // 4)))
-        want, n0 = max(high, self.table.capacity), self.last_ts.size
-        if n0 < want:
-            # into room for twice the rows, as the windows' per-key arrays
-            # (WindowView.grow): a growth within it fills the new rows only
-            room = self._last_ts_room
-            if room is None or self.last_ts.base is not room or room.size < want:
-                room = np.empty(max(want, 2 * n0), dtype=np.int64)
-                room[:n0] = self.last_ts
-                self._last_ts_room = room
-            grown = room[:want]
-            grown[n0:] = INT64_MIN
-            self.last_ts = grown
+        want = max(high, self.table.capacity)
+        if self.last_ts.size < want:  # into room for twice the rows, as the windows' per-key arrays
+            self.last_ts, self._last_ts_room = grow_in_room(self.last_ts, self._last_ts_room, want, INT64_MIN)
 
     def state_to_grow(self) -> list:
         """The view's per-key state to grow ahead of need, after its table
