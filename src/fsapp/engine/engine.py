@@ -1751,11 +1751,9 @@ class Engine:
         """Ends growth ahead of need: a growth under way gives up within a
         chunk of its copy (Table.grow_copy), and no other starts. Before a
         final checkpoint (a growth holds the checkpoint lock) and close."""
-        with self._grower_lock:
+        with self._grower_lock:  # (no growth starts once it is set)
             self._grow_stop.set()
-            th = self._grower
-        if th is not None and th is not threading.current_thread():
-            th.join()
+        self.wait_growth()
 
     def _closed(self) -> bool:
         return self.wal is None or self.wal.closed
