@@ -73,6 +73,7 @@ INVALID = [
 class EngineMachine(RuleBasedStateMachine):
     repo = None
     tmp = None
+    keys = KEYS
 
     @initialize()
     def start(self):
@@ -115,7 +116,7 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(data=st.data(), n=st.integers(1, 4), key=st.sampled_from([None, None, "a", "b", "c", "d"]),
           tagged=st.booleans())
     def push(self, data, n, key, tagged):
-        events = [(data.draw(st.sampled_from(KEYS)), self.clock - data.draw(st.sampled_from([0, 1, 3, 6, 9, 12, 25])) * S
+        events = [(data.draw(st.sampled_from(self.keys)), self.clock - data.draw(st.sampled_from([0, 1, 3, 6, 9, 12, 25])) * S
                    - data.draw(st.sampled_from([0, 1])), data.draw(st.sampled_from([1.0, -2.0, 0.5, None])))
                   for _ in range(n)]
         if key is not None and key in self.answers:
@@ -170,30 +171,169 @@ class EngineMachine(RuleBasedStateMachine):
         self.eng.close()
         self.eng = self._open()
 
+    def _online(self) -> dict:
+        """The keys' online values after a tick: {feature: [value a key]}."""
+        self.eng.tick()
+        assert self.eng.stats()["window_dropped"] == 0, "a window dropped events the engine admitted"
+        out = self.eng.get_online_features(FEATURES, entities={"k": self.keys}, now=self.clock)
+        self.found = [any(r["statuses"][i] != "NOT_FOUND" for r in out["results"][1:]) for i in range(len(self.keys))]
+        return {n: r["values"] for n, r in zip(out["metadata"]["feature_names"][1:], out["results"][1:])}
+
+    def _mismatch(self, got: dict, i: int, mine: list) -> str | None:
+        """Where key i's online values differ from the rules over `mine`
+        (its events), or None."""
+        for spec, aggs in self.groups:
+            want = values_as_of(spec, aggs, mine, self.clock)
+            for a in aggs:
+                v, on = want[a.name], got[a.name][i]
+                if a.kind == "last_k":
+                    v = [x for x in v if x == x] or None
+                elif isinstance(v, float) and math.isnan(v):
+                    v = None
+                ok = (on == v) if v is None or on is None or a.kind != "sum" else math.isclose(on, v, abs_tol=1e-9)
+                if not ok:
+                    return f"{a.name} of key {self.keys[i]} at {(self.clock - B) / S}s: online {on} != rules {v}"
+        return None
+
+    def _events_of(self, key) -> list:
+        return [(ts, seq, {"x": x}) for k, ts, seq, x in self.applied if k == key]
+
     @invariant()
     def online_values_follow_the_rules(self):
         if not hasattr(self, "eng"):
             return
-        self.eng.tick()
-        assert self.eng.stats()["window_dropped"] == 0, "a window dropped events the engine admitted"
-        out = self.eng.get_online_features(FEATURES, entities={"k": KEYS}, now=self.clock)
-        got = {n: r["values"] for n, r in zip(out["metadata"]["feature_names"][1:], out["results"][1:])}
-        for spec, aggs in self.groups:
-            for i, key in enumerate(KEYS):
-                mine = [(ts, seq, {"x": x}) for k, ts, seq, x in self.applied if k == key]
-                want = values_as_of(spec, aggs, mine, self.clock)
-                for a in aggs:
-                    v, on = want[a.name], got[a.name][i]
-                    if a.kind == "last_k":
-                        v = [x for x in v if x == x] or None
-                    elif isinstance(v, float) and math.isnan(v):
-                        v = None
-                    ok = (on == v) if v is None or on is None or a.kind != "sum" else math.isclose(on, v, abs_tol=1e-9)
-                    assert ok, f"{a.name} of key {key} at {(self.clock - B) / S}s: online {on} != rules {v}"
+        got = self._online()
+        for i, key in enumerate(self.keys):
+            wrong = self._mismatch(got, i, self._events_of(key))
+            assert wrong is None, wrong
 
     def teardown(self):
         if hasattr(self, "eng"):
             self.eng.close()
+
+
+class _PushInside:
+    """A window whose `method` (frozen_begin: a copy-mode checkpoint's copy;
+    compact_begin: a compaction's) runs a push right after it, as another
+    thread's push would land while the engine lock is free."""
+
+    def __init__(self, view, method, push):
+        self.view, self._method, self._push = view, method, push
+
+    def __getattr__(self, name):
+        if name != self._method:
+            return getattr(self.view, name)
+
+        def copying(track):
+            begun = getattr(self.view, name)(track)
+            self._push()
+            return begun
+        return copying
+
+
+class GrowingEngineMachine(EngineMachine):
+    """The machine above over 40 keys in tables of 4 rows at first: online
+    tables and the windows' per-key arrays grow again and again, by a push
+    that finds them full and ahead of need (Engine.grow_tables), and pushes
+    land inside a growth's copy, a copy-mode checkpoint's copies and a
+    compaction's (where the engine lock is free and another thread's push
+    would), some of them with keys that make a table grow meanwhile. Same
+    invariant: every key's online values equal the rules over what was
+    acknowledged, before and after crashes, restarts and checkpoints."""
+
+    keys = list(range(1, 41))
+
+    def _open(self):
+        eng = Engine(self.data, str(self.repo.registry_path), fsync="never", clock=lambda: self.clock,
+                     repo_root=str(self.repo.root), capacity=4, grow_ahead=False)
+        assert eng.quarantined == 0, "a restart set a record aside"
+        return eng
+
+    def _batches(self, data, most: int = 3) -> list:
+        return [[(data.draw(st.sampled_from(self.keys), label="key"),
+                  self.clock - data.draw(st.sampled_from([0, 1, 3, 6, 12]), label="age") * S,
+                  data.draw(st.sampled_from([1.0, -2.0, 0.5]), label="x"))
+                 for _ in range(data.draw(st.integers(1, 12), label="rows"))]
+                for _ in range(data.draw(st.integers(1, most), label="pushes"))]
+
+    def _pushing(self, batches: list, tagged: bool):
+        def push():
+            if batches:
+                self._push(batches.pop(), tagged=tagged)
+        return push
+
+    def _inside_windows(self, method: str, push) -> None:
+        for rt in self.eng.runtimes.values():
+            rt.windows = [_PushInside(w, method, push) for w in rt.windows]
+
+    def _unwrap_windows(self) -> None:
+        for rt in self.eng.runtimes.values():
+            rt.windows = [w.view if isinstance(w, _PushInside) else w for w in rt.windows]
+
+    @rule(data=st.data(), tagged=st.booleans())
+    def push_many_keys(self, data, tagged):
+        for events in self._batches(data, most=2):
+            self._push(events, tagged=tagged)
+
+    @rule(data=st.data(), mode=st.sampled_from(["copy", "fork"]), tagged=st.booleans())
+    def checkpoint_with_pushes_inside(self, data, mode, tagged):
+        self.eng.checkpoint_mode = mode
+        self._inside_windows("frozen_begin", self._pushing(self._batches(data), tagged))
+        try:
+            self.eng.checkpoint()
+        finally:
+            self._unwrap_windows()
+
+    @rule(data=st.data(), tagged=st.booleans())
+    def compact_with_pushes_inside(self, data, tagged):
+        self._inside_windows("compact_begin", self._pushing(self._batches(data), tagged))
+        try:
+            self.eng.compact(min_waste=0, min_bytes=0)
+        finally:
+            self._unwrap_windows()
+
+    @rule(data=st.data(), tagged=st.booleans())
+    def grow_ahead_with_pushes_inside(self, data, tagged):
+        push = self._pushing(self._batches(data, most=4), tagged)
+
+        class PushingStop:  # grow_tables asks it between steps, grow_copy between chunks of its copy
+            def is_set(self):
+                push()
+                return False
+        self.eng.grow_tables(free_share=0.5, stop=PushingStop())
+        for rt in self.eng.runtimes.values():
+            assert len(rt.table) <= rt.table.capacity
+            assert all(w.n_slots >= len(rt.table) for w in rt.windows)
+
+
+class EvictingEngineMachine(GrowingEngineMachine):
+    """The growing machine with `max_keys` 12 for its 40 keys: pushes of
+    new keys evict others (expired first, then the least recently updated)
+    while tables grow, checkpoints copy and compactions lay windows out
+    again. An evicted key reads NOT_FOUND and starts over when it returns,
+    so every key's online values must be the rules over its events from
+    some point on (all of them, the last few, or none: NOT_FOUND) — never
+    another key's values, never a mix of its old and new state."""
+
+    def _open(self):
+        eng = Engine(self.data, str(self.repo.registry_path), fsync="never", clock=lambda: self.clock,
+                     repo_root=str(self.repo.root), capacity=4, max_keys=12, grow_ahead=False)
+        assert eng.quarantined == 0, "a restart set a record aside"
+        return eng
+
+    @invariant()
+    def online_values_follow_the_rules(self):
+        if not hasattr(self, "eng"):
+            return
+        got = self._online()
+        assert sum(self.found) <= 12, f"{sum(self.found)} keys found with max_keys 12"
+        for i, key in enumerate(self.keys):
+            if not self.found[i]:
+                continue  # NOT_FOUND: evicted (or never pushed)
+            mine = self._events_of(key)
+            # (the rules over all its events first: the common case, one evaluation)
+            wrongs = [self._mismatch(got, i, mine[j:]) for j in range(len(mine))]
+            assert None in wrongs, f"key {key} reads values of no suffix of its events: {wrongs[0]}"
 
 
 def test_engine_state_machine(repo, tmp_path):
@@ -207,4 +347,32 @@ def test_engine_state_machine(repo, tmp_path):
     Machine.repo, Machine.tmp, Machine.groups = repo, str(tmp_path), groups
     Machine.TestCase.settings = settings(max_examples=int(os.environ.get("FSTORE_MACHINE_EXAMPLES", "40")),
                                          stateful_step_count=20)
+    Machine.TestCase().runTest()
+
+
+def test_engine_state_machine_with_growth_and_copies(repo, tmp_path):
+    reg = Registry(repo.registry_path)
+    groups = [(spec, list(aggs)) for spec, aggs in reg.feature_view("w").window_groups()]
+    reg.close()
+
+    class Machine(GrowingEngineMachine):
+        pass
+
+    Machine.repo, Machine.tmp, Machine.groups = repo, str(tmp_path), groups
+    Machine.TestCase.settings = settings(max_examples=int(os.environ.get("FSTORE_MACHINE_EXAMPLES", "30")),
+                                         stateful_step_count=25, deadline=None)
+    Machine.TestCase().runTest()
+
+
+def test_engine_state_machine_with_eviction(repo, tmp_path):
+    reg = Registry(repo.registry_path)
+    groups = [(spec, list(aggs)) for spec, aggs in reg.feature_view("w").window_groups()]
+    reg.close()
+
+    class Machine(EvictingEngineMachine):
+        pass
+
+    Machine.repo, Machine.tmp, Machine.groups = repo, str(tmp_path), groups
+    Machine.TestCase.settings = settings(max_examples=int(os.environ.get("FSTORE_MACHINE_EXAMPLES", "30")),
+                                         stateful_step_count=25, deadline=None)
     Machine.TestCase().runTest()
