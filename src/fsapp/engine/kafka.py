@@ -55,6 +55,25 @@ def _offsets_of(msgs: list) -> dict:
     return out
 
 
+def _partitions(parts: np.ndarray) -> np.ndarray:
+    """The distinct partitions (small non-negative ints) of a batch, sorted.
+    PERF: counted, not np.unique (numpy 2 sorts or hashes: ~0.3-0.6 ms a
+    20,000-message batch against ~0.05 ms, three times a batch)."""
+    return np.flatnonzero(np.bincount(parts)) if parts.size else np.zeros(0, dtype=np.int64)
+
+
+def _next_offsets(topic: str, parts: np.ndarray, offs: np.ndarray) -> dict:
+    """{"<topic>/<partition>": next offset} after a batch's messages: each
+    partition's last message's offset + 1 (librdkafka hands a partition's
+    messages over in offset order)."""
+    present = _partitions(parts)
+    if not present.size:
+        return {}
+    last = np.full(int(present[-1]) + 1, -1, dtype=np.int64)
+    np.maximum.at(last, parts, np.arange(parts.size, dtype=np.int64))  # each partition's last message
+    return {f"{topic}/{p}": int(offs[last[p]]) + 1 for p in present.tolist()}
+
+
 class _NeedMessages(Exception):
     """A batch read lean needs its Message objects after all."""
 
@@ -761,10 +780,14 @@ class KafkaIngest:
     def _again(self, topic: str, batch: "_Polled") -> np.ndarray:
         """Per message: whether this node's offline log (or dead letters)
         holds it already (a group-mode replay, a restart)."""
-        uniq, inverse = np.unique(batch.parts, return_inverse=True)
+        present = _partitions(batch.parts)
+        if not present.size:
+            return np.zeros(0, dtype=bool)
         logged = self.engine.logged_offsets
-        held = np.array([logged.get(f"{topic}/{p}", 0) for p in uniq.tolist()], dtype=np.int64)
-        return batch.offs < held[inverse]
+        held = np.zeros(int(present[-1]) + 1, dtype=np.int64)
+        for p in present.tolist():
+            held[p] = logged.get(f"{topic}/{p}", 0)
+        return batch.offs < held[batch.parts]
 
     def _ingest(self, topic: str, batch: "_Polled | list", decoded: tuple | None = None) -> int:
         """`decoded`: the batch decoded already (`_decoded`), none of it a replay."""
@@ -792,9 +815,7 @@ class KafkaIngest:
     def _ingest_part(self, topic: str, batch: "_Polled", *, replay: bool, decoded: tuple | None = None) -> int:
         stream = self.topics[topic]
         msgs, parts = batch.msgs, batch.parts
-        uniq, first_from_end = np.unique(parts[::-1], return_index=True)
-        offsets = {f"{topic}/{p}": int(batch.offs[len(msgs) - 1 - i]) + 1
-                   for p, i in zip(uniq.tolist(), first_from_end.tolist())}
+        offsets = _next_offsets(topic, parts, batch.offs)
         prepared = None
         if decoded is None:
             table, row_msgs, bad = self.decoders[topic].decode(msgs, batch.values)
