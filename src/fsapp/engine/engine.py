@@ -357,6 +357,8 @@ class Engine:
         self._check_log_is_whole(ckpt)
         replay_start = time.perf_counter()
         entries = list(read_log(self.wal_dir, after_lsn=self.checkpoint_lsn)) if os.path.isdir(self.wal_dir) else []
+        if ckpt is None and not entries:
+            self._check_data_is_gone()
         aborted = {records.decode_abort(p) for _, t, p in entries if t == REC_ABORT}
         # consecutive push records of one stream are prepared together (PERF:
         # a record's preparing is mostly fixed cost; benches/bench_state.py
@@ -400,12 +402,12 @@ class Engine:
     def _check_log_is_whole(self, ckpt) -> None:
         """Refuses to start on a damaged data directory instead of silently
         serving less: a log that does not start where the checkpoint (or, with
-        none, LSN 1) needs it, a checkpoint with no log after it at all, or no
-        checkpoint and no log although the store held data. (A gap between
-        segments, and mid-log corruption, `read_log` refuses itself.)"""
+        none, LSN 1) needs it, or a checkpoint with no log after it at all
+        (no checkpoint and no record although the store held data:
+        _check_data_is_gone; a gap between segments, and mid-log
+        corruption, `read_log` refuses itself)."""
         segs = list_segments(self.wal_dir)
-        fix = (f"Restore {self.wal_dir} (and {self.ckpt_dir}) from a backup; or, to start over with an empty "
-               f"online store, move {self.data_dir} aside (the offline log in it keeps every event).")
+        fix = self._restore_hint()
         if ckpt is None and segs and segs[0][0] != 1:
             raise WalCorruption(f"no checkpoint in {self.ckpt_dir}, and the oldest WAL segment {segs[0][1]} "
                                 f"starts at LSN {segs[0][0]}: records 1..{segs[0][0] - 1} are missing "
@@ -414,12 +416,21 @@ class Engine:
             raise WalCorruption(f"checkpoint {ckpt.lsn} is in {self.ckpt_dir} but {self.wal_dir} holds no segment: "
                                 f"the log after it (at least the segment holding LSN {ckpt.lsn}) was deleted. "
                                 f"{fix}", self.wal_dir, 0)
-        if ckpt is None and not any(True for _ in (read_log(self.wal_dir) if segs else ())):
-            held = self._held_data()
-            if held:
-                raise WalCorruption(f"{self.wal_dir} holds no record and there is no checkpoint, but this store "
-                                    f"held data ({held}): the write-ahead log was deleted or emptied. {fix}",
-                                    self.wal_dir, 0)
+
+    def _check_data_is_gone(self) -> None:
+        """With no checkpoint and no WAL record (_recover_once asks after
+        reading the log, PERF: not reading it twice, ~75 ms a 64 MB segment):
+        refuses to start when this store held data before — the log was
+        deleted or emptied."""
+        held = self._held_data()
+        if held:
+            raise WalCorruption(f"{self.wal_dir} holds no record and there is no checkpoint, but this store "
+                                f"held data ({held}): the write-ahead log was deleted or emptied. "
+                                f"{self._restore_hint()}", self.wal_dir, 0)
+
+    def _restore_hint(self) -> str:
+        return (f"Restore {self.wal_dir} (and {self.ckpt_dir}) from a backup; or, to start over with an empty "
+                f"online store, move {self.data_dir} aside (the offline log in it keeps every event).")
 
     def _held_data(self) -> str:
         """What says this data directory held data before (empty: nothing)."""
