@@ -43,6 +43,7 @@ CREATE FEATURE VIEW w AS SELECT k,
 FROM ev;
 """
 KEYS = [1, 2, 3]
+MAX_MEMORY = 6_000  # the eviction machine's max_memory: ~16 keys of one event each in view w
 
 
 def partition_of(k: int) -> int:
@@ -315,18 +316,29 @@ class EvictingEngineMachine(GrowingEngineMachine):
     some point on (all of them, the last few, or none: NOT_FOUND) — never
     another key's values, never a mix of its old and new state."""
 
+    max_keys, max_memory = 12, None
+
     def _open(self):
         eng = Engine(self.data, str(self.repo.registry_path), fsync="never", clock=lambda: self.clock,
-                     repo_root=str(self.repo.root), capacity=4, max_keys=12, grow_ahead=False)
+                     repo_root=str(self.repo.root), capacity=4, max_keys=self.max_keys, max_memory=self.max_memory,
+                     grow_ahead=False)
         assert eng.quarantined == 0, "a restart set a record aside"
         return eng
+
+    def _push(self, events, key=None, tagged=False):
+        res = super()._push(events, key, tagged)
+        if self.max_memory is not None:  # a push that ends over the bound evicts down to 90% of it
+            held = sum(self.eng.state_bytes().values())
+            assert held <= self.max_memory, f"a push left {held} bytes of live state, over max_memory {self.max_memory}"
+        return res
 
     @invariant()
     def online_values_follow_the_rules(self):
         if not hasattr(self, "eng"):
             return
         got = self._online()
-        assert sum(self.found) <= 12, f"{sum(self.found)} keys found with max_keys 12"
+        if self.max_keys is not None:
+            assert sum(self.found) <= self.max_keys, f"{sum(self.found)} keys found with max_keys {self.max_keys}"
         for i, key in enumerate(self.keys):
             if not self.found[i]:
                 continue  # NOT_FOUND: evicted (or never pushed)
@@ -364,13 +376,16 @@ def test_engine_state_machine_with_growth_and_copies(repo, tmp_path):
     Machine.TestCase().runTest()
 
 
-def test_engine_state_machine_with_eviction(repo, tmp_path):
+@pytest.mark.parametrize("bound", ["max_keys", "max_memory"])
+def test_engine_state_machine_with_eviction(repo, tmp_path, bound):
     reg = Registry(repo.registry_path)
     groups = [(spec, list(aggs)) for spec, aggs in reg.feature_view("w").window_groups()]
     reg.close()
 
     class Machine(EvictingEngineMachine):
         pass
+    if bound == "max_memory":
+        Machine.max_keys, Machine.max_memory = None, MAX_MEMORY
 
     Machine.repo, Machine.tmp, Machine.groups = repo, str(tmp_path), groups
     Machine.TestCase.settings = settings(max_examples=int(os.environ.get("FSTORE_MACHINE_EXAMPLES", "30")),
