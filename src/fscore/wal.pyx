@@ -55,7 +55,7 @@ from libc.string cimport memset
 
 from fscore.errors import WalCorruption, WalError, WalFsyncError
 from fscore.walread import (HEADER_BYTES, MAX_PAYLOAD, RecoveryPolicy, SegmentScan, check_scan_end, crc32c,
-                            decode_record, encode_record, list_segments, read_file, read_log, segment_name)
+                            decode_record, encode_record, list_segments, read_log, segment_name)
 
 _log = logging.getLogger("fscore.wal")
 
