@@ -371,7 +371,7 @@ def test_engine_state_machine_with_growth_and_copies(repo, tmp_path):
         pass
 
     Machine.repo, Machine.tmp, Machine.groups = repo, str(tmp_path), groups
-    Machine.TestCase.settings = settings(max_examples=int(os.environ.get("FSTORE_MACHINE_EXAMPLES", "30")),
+    Machine.TestCase.settings = settings(max_examples=int(os.environ.get("FSTORE_MACHINE_EXAMPLES", "20")),
                                          stateful_step_count=25, deadline=None)
     Machine.TestCase().runTest()
 
@@ -388,6 +388,6 @@ def test_engine_state_machine_with_eviction(repo, tmp_path, bound):
         Machine.max_keys, Machine.max_memory = None, MAX_MEMORY
 
     Machine.repo, Machine.tmp, Machine.groups = repo, str(tmp_path), groups
-    Machine.TestCase.settings = settings(max_examples=int(os.environ.get("FSTORE_MACHINE_EXAMPLES", "30")),
+    Machine.TestCase.settings = settings(max_examples=int(os.environ.get("FSTORE_MACHINE_EXAMPLES", "20")),
                                          stateful_step_count=25, deadline=None)
     Machine.TestCase().runTest()
