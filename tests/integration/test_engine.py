@@ -11,6 +11,7 @@ from fsapp.engine import Engine
 from fsapp.engine.errors import BatchError, UnknownStreamError
 from fsapp.registry.repo import Repo
 from fsapp.registry.scaffold import init_repo
+from tests.pushing import PushInside
 
 H = 3_600_000_000
 M = 60_000_000
@@ -329,27 +330,9 @@ def test_the_memory_available_is_read_from_the_kernel():
     assert available_bytes() > rss_bytes() // 100 > 0
 
 
-class _PushInside:
-    """A window whose copy (`method`: frozen_begin, compact_begin) a push
-    interrupts, as another thread's would."""
-
-    def __init__(self, view, method, push):
-        self.view, self._method, self._push = view, method, push
-
-    def __getattr__(self, name):
-        if name != self._method:
-            return getattr(self.view, name)
-
-        def copying(track):
-            begun = getattr(self.view, name)(track)
-            self._push()
-            return begun
-        return copying
-
-
 def push_inside_each_windows_copy(eng, method, push):
     for rt in eng.runtimes.values():
-        rt.windows = [_PushInside(w, method, push) for w in rt.windows]
+        rt.windows = [PushInside(w, method, push) for w in rt.windows]
 
 
 def test_a_copy_mode_checkpoint_holds_the_pushes_made_while_it_copies(repo, rng):

@@ -28,6 +28,7 @@ from fsapp.engine import Engine
 from fsapp.engine.errors import BatchError
 from fsapp.registry.catalog import Registry
 from fsapp.registry.repo import Repo
+from tests.pushing import PushInside
 
 S = 1_000_000
 B = 1_764_000_000 // 3600 * 3600 * S
@@ -213,25 +214,6 @@ class EngineMachine(RuleBasedStateMachine):
             self.eng.close()
 
 
-class _PushInside:
-    """A window whose `method` (frozen_begin: a copy-mode checkpoint's copy;
-    compact_begin: a compaction's) runs a push right after it, as another
-    thread's push would land while the engine lock is free."""
-
-    def __init__(self, view, method, push):
-        self.view, self._method, self._push = view, method, push
-
-    def __getattr__(self, name):
-        if name != self._method:
-            return getattr(self.view, name)
-
-        def copying(track):
-            begun = getattr(self.view, name)(track)
-            self._push()
-            return begun
-        return copying
-
-
 class GrowingEngineMachine(EngineMachine):
     """The machine above over 40 keys in tables of 4 rows at first: online
     tables and the windows' per-key arrays grow again and again, by a push
@@ -265,11 +247,11 @@ class GrowingEngineMachine(EngineMachine):
 
     def _inside_windows(self, method: str, push) -> None:
         for rt in self.eng.runtimes.values():
-            rt.windows = [_PushInside(w, method, push) for w in rt.windows]
+            rt.windows = [PushInside(w, method, push) for w in rt.windows]
 
     def _unwrap_windows(self) -> None:
         for rt in self.eng.runtimes.values():
-            rt.windows = [w.view if isinstance(w, _PushInside) else w for w in rt.windows]
+            rt.windows = [w.view if isinstance(w, PushInside) else w for w in rt.windows]
 
     @rule(data=st.data(), tagged=st.booleans())
     def push_many_keys(self, data, tagged):
@@ -348,46 +330,32 @@ class EvictingEngineMachine(GrowingEngineMachine):
             assert None in wrongs, f"key {key} reads values of no suffix of its events: {wrongs[0]}"
 
 
-def test_engine_state_machine(repo, tmp_path):
+def run_machine(base: type, repo, tmp_path, examples: int, steps: int, **attrs) -> None:
+    """Runs a machine class over the repo's view `w` (`attrs` set on it)."""
     reg = Registry(repo.registry_path)
     groups = [(spec, list(aggs)) for spec, aggs in reg.feature_view("w").window_groups()]
     reg.close()
 
-    class Machine(EngineMachine):
+    class Machine(base):
         pass
 
+    for name, value in attrs.items():
+        setattr(Machine, name, value)
     Machine.repo, Machine.tmp, Machine.groups = repo, str(tmp_path), groups
-    Machine.TestCase.settings = settings(max_examples=int(os.environ.get("FSTORE_MACHINE_EXAMPLES", "40")),
-                                         stateful_step_count=20)
+    Machine.TestCase.settings = settings(max_examples=int(os.environ.get("FSTORE_MACHINE_EXAMPLES", examples)),
+                                         stateful_step_count=steps, deadline=None)
     Machine.TestCase().runTest()
+
+
+def test_engine_state_machine(repo, tmp_path):
+    run_machine(EngineMachine, repo, tmp_path, 40, 20)
 
 
 def test_engine_state_machine_with_growth_and_copies(repo, tmp_path):
-    reg = Registry(repo.registry_path)
-    groups = [(spec, list(aggs)) for spec, aggs in reg.feature_view("w").window_groups()]
-    reg.close()
-
-    class Machine(GrowingEngineMachine):
-        pass
-
-    Machine.repo, Machine.tmp, Machine.groups = repo, str(tmp_path), groups
-    Machine.TestCase.settings = settings(max_examples=int(os.environ.get("FSTORE_MACHINE_EXAMPLES", "20")),
-                                         stateful_step_count=25, deadline=None)
-    Machine.TestCase().runTest()
+    run_machine(GrowingEngineMachine, repo, tmp_path, 20, 25)
 
 
 @pytest.mark.parametrize("bound", ["max_keys", "max_memory"])
 def test_engine_state_machine_with_eviction(repo, tmp_path, bound):
-    reg = Registry(repo.registry_path)
-    groups = [(spec, list(aggs)) for spec, aggs in reg.feature_view("w").window_groups()]
-    reg.close()
-
-    class Machine(EvictingEngineMachine):
-        pass
-    if bound == "max_memory":
-        Machine.max_keys, Machine.max_memory = None, MAX_MEMORY
-
-    Machine.repo, Machine.tmp, Machine.groups = repo, str(tmp_path), groups
-    Machine.TestCase.settings = settings(max_examples=int(os.environ.get("FSTORE_MACHINE_EXAMPLES", "20")),
-                                         stateful_step_count=25, deadline=None)
-    Machine.TestCase().runTest()
+    bounds = {"max_keys": {}, "max_memory": {"max_keys": None, "max_memory": MAX_MEMORY}}[bound]
+    run_machine(EvictingEngineMachine, repo, tmp_path, 20, 25, **bounds)
