@@ -395,6 +395,9 @@ def test_compaction_gives_back_outgrown_runs_and_keeps_the_pushes_made_while_it_
         for e in (eng, twin):
             e.push("transactions", ev, now=now)
     waste = {id(w): w.pool_waste for rt in eng.runtimes.values() for w in rt.windows}
+    # the windows compact() lays out again (over a tenth of the pool free); the
+    # others take the pushes made inside those copies as any push, runs outgrown too
+    laid_out = {id(w) for rt in eng.runtimes.values() for w in rt.windows if w.pool_waste > 0.1 * w.pool_top}
     push_inside_each_windows_copy(eng, "compact_begin", push)
     freed = eng.compact(min_waste=0.1, min_bytes=0)
     for rt in eng.runtimes.values():
@@ -403,7 +406,7 @@ def test_compaction_gives_back_outgrown_runs_and_keeps_the_pushes_made_while_it_
     for rt in eng.runtimes.values():
         for w in rt.windows:
             w._check_pool()
-            assert w.pool_waste <= waste[id(w)]
+            assert id(w) not in laid_out or w.pool_waste < waste[id(w)]
     feats = ["user_txn:txn_count_1h", "user_txn:amount_24h", "user_txn:distinct_merchants_1d",
              "user_txn:last_5_amounts", "user_txn:session_txn_count", "user_txn:max_amount_7d",
              "merchant_txn:volume_1d", "merchant_txn:distinct_users_1d"]
