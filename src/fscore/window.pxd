@@ -51,6 +51,7 @@ ctypedef struct ColLayout:
     Py_ssize_t hll          # HLL_WORDS words: a sparse list of registers, or a dense block's id
     Py_ssize_t hll_row      # row of this column in the hash matrix, or -1
     Py_ssize_t lastk        # [k ts, newest first][k values]: min(n, k) of them in use
+                            # (Layout.lastk_spill: 3 words, below)
     Py_ssize_t lastk_k
 
 # approx_count_distinct registers (2^p bytes) are sparse until a cell has
@@ -80,21 +81,32 @@ cdef enum:
 ctypedef struct HllPool:
     uint8_t* B              # blocks of m bytes (where: `home`)
     int home                # HLL_MALLOC / HLL_RESERVED / HLL_BORROWED
-    int64_t m               # registers per block: 2^p
+    int64_t m               # bytes per block: 2^p registers, or 16 k (spilled last_k buffers)
     int64_t cap             # blocks allocated
     int64_t top             # blocks [0, top) have been handed out
     int64_t free_head       # a free block's first 8 bytes link to the next (-1: none)
     int64_t used            # blocks owned by cells
     int failed              # an allocation failed (the caller raises MemoryError)
 
+# last_k buffers sized by use (Layout.lastk_spill: a view whose one last_k
+# column has k >= 2 and that has no approx_count_distinct, so its block pool
+# is free for them, with blocks of 16 k bytes): the column's area is 3 words,
+# [ref, ts, value]. ref 0: the area holds at most one entry (ts INT64_MIN:
+# none); ref -(block + 1): the buffer [k ts][k values] (newest first, unused
+# times INT64_MIN) is that block of the pool, and ts, value are 0. A key with
+# one event holds 3 words instead of 2 k (the starter repo's lifetime
+# last_k(amount, 5): 7-word cells, not 14); a second entry moves the buffer
+# into a block. A block is owned like a dense HLL block (cell_release,
+# cell_copy_in, snapshots): one block-naming word a column (block_word).
 ctypedef struct Layout:
     Py_ssize_t width        # words per cell
     bint packed             # first/last ts packed into one word (above)
     int64_t hop             # the window's hop (packed: the offsets' origin is bucket * hop)
     Py_ssize_t ncols
     int hll_p
-    bint has_hll
-    HllPool* hp             # where this layout's cells keep dense registers
+    bint has_blocks         # cells may name blocks of `hp` (HLL registers or spilled last_k buffers)
+    bint lastk_spill        # last_k buffers sized by use (above)
+    HllPool* hp             # where this layout's cells keep dense registers / last_k buffers
     ColLayout* cols
 
 # Output kinds (finalisation of a merged cell into one aggregation's value).

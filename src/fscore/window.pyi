@@ -35,6 +35,8 @@ class WindowView:
     cells_in_use: int              # cells the keys hold
     cells_held: int                # cells in the keys' runs (run capacities)
     dense_hll_blocks: int          # approx_count_distinct columns of cells held as dense registers
+    blocks_held: int               # blocks the cells own: dense HLL registers or last_k buffers past one entry
+    lastk_sized_by_use: bool       # last_k buffers: one entry in the cell, more in a block (window.pxd)
     pool_waste: int                # cells below the pool's top in no key's run (what compaction gives back)
 
     def __init__(self, spec: WindowSpec, aggs: Sequence[Agg | str], n_slots: int = 0,

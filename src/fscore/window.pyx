@@ -57,7 +57,8 @@ cdef dict _NEEDS = {
 _FIELDS = ("n", "sum", "wmean", "m2", "vmin", "vmax", "first_ts", "first_val",
            "last_ts", "last_val")
 _MAGIC = b"FSWV"
-_FORMAT_VERSION = 7  # 7: no `n` of a column only last_k (and approx_count_distinct) reads;
+_FORMAT_VERSION = 8  # 8: last_k buffers sized by use (window.pxd, Layout.lastk_spill);
+                     # 7 (no `n` of a column only last_k and approx_count_distinct read),
                      # 6 (no count words: HLL lists, last_k; no `n` of a column only
                      # approx_count_distinct reads), 5 (packed times: window.pxd), 4 (sparse HLL
                      # registers), 3 (dense registers) and 2 (dense rings) are still read
@@ -291,9 +292,11 @@ cdef class WindowView:
                         np.empty(0, np.int32 if _FLOOR32 and self.kind != K_SESSION else np.int64))
         self.grow(n_slots)
 
-    def _column_offsets(self, Py_ssize_t hll_words, common=None, bint legacy=False, bint v6=False):
+    def _column_offsets(self, Py_ssize_t hll_words, common=None, bint legacy=False, bint v6=False, spill=None):
         """Per input column, the word offset of each partial field (-1 when
-        absent; "hll" hll_words wide, "lastk" 2k), and the cell width.
+        absent; "hll" hll_words wide, "lastk" 2k, or 3 where `spill`: the
+        view's, Layout.lastk_spill, unless given; False: versions up to 7),
+        and the cell width.
         hll_words = HLL_WORDS is this layout; `legacy`: the layout of
         snapshots before version 6 (`n` in every column, a count word before
         "lastk"; hll_words _V5_HLL_WORDS, or (2^p + 7) // 8, the dense
@@ -311,13 +314,15 @@ cdef class WindowView:
                     needs[a.column].add("n")
                 if a.kind == "last_k":
                     lastk[a.column] = max(lastk[a.column], a.k)
+        if spill is None:
+            spill = self.layout.lastk_spill and not legacy and not v6
         off, out = (W_COMMON_PACKED if self.layout.packed else W_COMMON) if common is None else common, []
         for c in self.columns:
             offs = {"lastk_k": lastk[c]}
             for f in _FIELDS + ("hll", "lastk"):
                 offs[f] = off if f in needs[c] else -1
                 if f in needs[c]:
-                    off += hll_words if f == "hll" else legacy + 2 * lastk[c] if f == "lastk" else 1
+                    off += hll_words if f == "hll" else (3 if spill else legacy + 2 * lastk[c]) if f == "lastk" else 1
             out.append(offs)
         return out, off
 
@@ -333,6 +338,16 @@ cdef class WindowView:
         self.layout.hll_p = self.hll_p
         self.layout.hp = &self.hp
         self.hp.m = (<int64_t>1) << self.hll_p
+        # last_k buffers sized by use (window.pxd): the view's block pool is
+        # theirs when no approx_count_distinct needs it
+        lastk = {}
+        for a in self.aggs:
+            if a.kind == "last_k":
+                lastk[a.column] = max(lastk.get(a.column, 0), a.k)
+        self.layout.lastk_spill = (len(lastk) == 1 and max(lastk.values()) >= 2
+                                   and not any(a.kind == "approx_count_distinct" for a in self.aggs))
+        if self.layout.lastk_spill:
+            self.hp.m = 16 * max(lastk.values())
         self.layout.cols = <ColLayout*>calloc(max(ncols, 1), sizeof(ColLayout))
         if self.layout.cols == NULL:
             raise MemoryError()
@@ -348,7 +363,7 @@ cdef class WindowView:
                 cl.hll_row = len(hll_cols)
                 hll_cols.append(j)
         self.layout.width = off
-        self.layout.has_hll = len(hll_cols) > 0
+        self.layout.has_blocks = len(hll_cols) > 0 or self.layout.lastk_spill
         self.hll_cols = hll_cols
 
         self.nout = len(self.aggs)
@@ -412,7 +427,7 @@ cdef class WindowView:
                 _set_col(cl, {f: at if f in needs[j] or f == "lastk_k" else -1 for f, at in col_offs[j].items()})
                 cl.hll_row = self.layout.cols[j].hll_row
             gp.L.ncols = len(order)
-            gp.L.has_hll = any("hll" in needs[j] for j in order)
+            gp.L.has_blocks = any("hll" in needs[j] or (gp.L.lastk_spill and "lastk" in needs[j]) for j in order)
             for i, j in enumerate(members):
                 gp.outs[i] = self.outs[j]
                 if self.outs[j].col >= 0:
@@ -634,6 +649,17 @@ cdef class WindowView:
         assert not bad.size, ("cells not covered exactly once", bad[:10].tolist(), cover[bad[:10]].tolist())
         flagged = int(np.unpackbits(self.free_bits, bitorder="little")[:top].sum())
         assert flagged == n, ("flags", flagged, n)
+        # every block the pool has handed out is named by exactly one cell of a run
+        offs = self._block_offsets()
+        if len(offs):
+            named = []
+            pool = np.asarray(self.pool)
+            for s in range(self.n_slots):
+                if self.cls_p[s]:
+                    m = self.ring_len if self.len_p[s] == RING else self.len_p[s]
+                    refs = pool[self.at_p[s]:self.at_p[s] + m][:, offs]
+                    named.extend((-refs[refs < 0] - 1).tolist())
+            assert len(named) == len(set(named)) == self.hp.used, ("blocks named", len(named), self.hp.used)
 
     def _block_room(self):
         """Cells past the top that always hold one more run: the biggest
@@ -772,7 +798,18 @@ cdef class WindowView:
     @property
     def dense_hll_blocks(self):
         """Cells' HLL columns held as dense registers (the rest are sparse lists)."""
+        return 0 if self.layout.lastk_spill else self.hp.used
+
+    @property
+    def blocks_held(self):
+        """Blocks the cells own: dense HLL registers, or last_k buffers of
+        more than one entry (window.pxd, sized by use)."""
         return self.hp.used
+
+    @property
+    def lastk_sized_by_use(self):
+        """Whether this view's last_k buffers are sized by use (window.pxd)."""
+        return bool(self.layout.lastk_spill)
 
     cdef _check_blocks(self):
         if self.hp.failed:
@@ -821,7 +858,7 @@ cdef class WindowView:
             k = sv[i]
             if self.tracking:
                 self.dirty_p[k] = 1
-            if self.layout.has_hll and self.cls_p[k]:
+            if self.layout.has_blocks and self.cls_p[k]:
                 for j in range(self.ring_len if self.len_p[k] == RING else self.len_p[k]):
                     cell_release(<Word*>(self.P + (self.at_p[k] + j) * W), &self.layout)
             if self.cls_p[k]:
@@ -1378,6 +1415,17 @@ cdef class WindowView:
     def _hll_offsets(self):
         return np.array([self.layout.cols[j].hll for j in self.hll_cols], dtype=np.int64)
 
+    def _block_offsets(self):
+        """The words of a cell that may name a block (-(i + 1)): HLL areas'
+        word 0, a spilled last_k area's ref (window.pxd block_word)."""
+        cdef Py_ssize_t j, w
+        out = []
+        for j in range(self.layout.ncols):
+            w = block_word(&self.layout.cols[j], &self.layout)
+            if w >= 0:
+                out.append(w)
+        return np.array(out, dtype=np.int64)
+
     def _gather(self, slots):
         """(lens, floors, cells, blocks) of these slots: their cells with
         events, in bucket order (sessions: by start), one slot after the
@@ -1434,8 +1482,8 @@ cdef class WindowView:
                     memcpy(&cv[o, 0], c, m * W * sizeof(int64_t))
                     o += m
         blocks = np.zeros((0, self.hp.m), dtype=np.uint8)
-        if self.layout.has_hll and len(cells):
-            offs = self._hll_offsets()
+        if self.layout.has_blocks and len(cells):
+            offs = self._block_offsets()
             at = np.argwhere(cells[:, offs] < 0)    # (cell, column) pairs, row-major: canonical order
             if len(at):
                 rows, cols = at[:, 0], offs[at[:, 1]]
@@ -1553,7 +1601,8 @@ cdef class WindowView:
         cdef int64_t[::1] f = np.zeros(1, np.int64) if f32 else floor
         cdef int32_t[::1] g = floor if f32 else np.zeros(1, np.int32)
         cdef int64_t[:, ::1] dst = out
-        cdef bint hll = blocks is not None and self.layout.has_hll
+        cdef bint hll = blocks is not None and self.layout.has_blocks
+        cdef Py_ssize_t bw
         cdef uint8_t[:, ::1] bv = blocks if hll else None
         cdef Py_ssize_t k, col
         cdef int64_t hdr
@@ -1573,8 +1622,9 @@ cdef class WindowView:
                         for k in range(m):
                             cell = <const Word*>(self.P + (self.at_p[s] + k) * W)
                             for col in range(self.layout.ncols):
-                                if self.layout.cols[col].hll >= 0:
-                                    hdr = cell[self.layout.cols[col].hll].i
+                                bw = block_word(&self.layout.cols[col], &self.layout)
+                                if bw >= 0:
+                                    hdr = cell[bw].i
                                     if hdr < 0:
                                         memcpy(&bv[-hdr - 1, 0], self.hp.B + (-hdr - 1) * self.hp.m, self.hp.m)
         self._stop_tracking()
@@ -1714,14 +1764,15 @@ cdef class WindowView:
 
     @property
     def hll_block_bytes(self):
-        """Bytes of one dense HLL block (2^p)."""
+        """Bytes of one block: 2^p HLL registers, or a last_k buffer of k
+        times and k values (16 k) in a view that sizes them by use."""
         return self.hp.m
 
     def _census(self):
         """(cells each slot's snapshot holds, dense HLL blocks they name)."""
         lens = np.zeros(self.n_slots, dtype=np.int64)
         cdef int64_t[::1] lv = lens
-        cdef Py_ssize_t s, j, c, m, W = self.layout.width, R = self.ring_len
+        cdef Py_ssize_t s, j, c, m, w, W = self.layout.width, R = self.ring_len
         cdef int64_t blocks = 0
         cdef int64_t* cell
         cdef int64_t horizon
@@ -1737,9 +1788,10 @@ cdef class WindowView:
                     if ring and not ring_cell_held(cell, horizon):
                         continue  # as _gather
                     lv[s] += 1
-                    if self.layout.has_hll:
+                    if self.layout.has_blocks:
                         for c in range(self.layout.ncols):
-                            if self.layout.cols[c].hll >= 0 and cell[self.layout.cols[c].hll] < 0:
+                            w = block_word(&self.layout.cols[c], &self.layout)
+                            if w >= 0 and cell[w] < 0:
                                 blocks += 1
         return lens, blocks
 
@@ -1752,7 +1804,7 @@ cdef class WindowView:
         if bytes(mv[:4]) != _MAGIC or len(mv) < 12:
             raise WindowStateError("not a window view snapshot (bad magic)")
         version, hlen = struct.unpack("<II", mv[4:12])
-        if version not in (2, 3, 4, 5, 6, _FORMAT_VERSION):
+        if version not in (2, 3, 4, 5, 6, 7, _FORMAT_VERSION):
             raise WindowStateError(f"window snapshot version {version}, expected {_FORMAT_VERSION}")
         meta = json.loads(bytes(mv[12:12 + hlen]))
         agg_specs = meta.get("agg_specs")
@@ -1769,9 +1821,11 @@ cdef class WindowView:
             W = view._column_offsets(_V5_HLL_WORDS, W_COMMON if version == 4 else None, legacy=True)[1]
         elif version == 6:
             W = view._column_offsets(HLL_WORDS, v6=True)[1]
+        elif version == 7:
+            W = view._column_offsets(HLL_WORDS, spill=False)[1]
         else:
             W = view.width
-        view._check_meta(meta | {"width": view.width} if version < 7 and meta.get("width") == W else meta)
+        view._check_meta(meta | {"width": view.width} if version < 8 and meta.get("width") == W else meta)
         n, off = meta["n_slots"], 12 + hlen
         counts = (n * view.ring_len * W, n, n) if version == 2 else (n, n, meta["cells"] * W)
         arrays = []
@@ -1804,6 +1858,8 @@ cdef class WindowView:
             cells = _v6_cells(view, cells)
         if version < 7:
             cells = _v7_cells(view, cells)
+        if version < 8:
+            cells, blocks = _v8_cells(view, cells, blocks)
         view._load(np.arange(n, dtype=np.int64), lens, floors, cells, blocks)
         view.watermark, view.late_count = meta["watermark"], meta["late_count"]
         view.part_watermarks = {int(p): int(w) for p, w in meta.get("part_watermarks", {}).items()}
@@ -1817,7 +1873,7 @@ cdef class WindowView:
         cdef const int64_t[::1] fv = np.ascontiguousarray(floors, dtype=np.int64)
         cells = np.ascontiguousarray(cells, dtype=np.int64)
         cdef const int64_t[:, ::1] cv = cells if cells.shape[0] else np.zeros((1, self.layout.width), np.int64)
-        cdef Py_ssize_t q, o = 0, W = self.layout.width, m, k, j, c, skip
+        cdef Py_ssize_t q, o = 0, W = self.layout.width, m, k, j, c, w, skip
         cdef int64_t hdr, blk, nb, floor_k
         cdef bint bucketed = self.kind != K_LIFETIME and self.kind != K_SESSION
         blocks = np.zeros((0, self.hp.m), dtype=np.uint8) if blocks is None else \
@@ -1826,12 +1882,11 @@ cdef class WindowView:
             raise WindowStateError(f"HLL blocks of shape {blocks.shape}, expected (n, {self.hp.m})")
         cdef const uint8_t[:, ::1] bv = blocks if blocks.shape[0] else np.zeros((1, self.hp.m), np.uint8)
         nb = blocks.shape[0]
-        if self.layout.has_hll and len(cells):
-            offs = self._hll_offsets()
-            hdrs = cells[:, offs]
+        if self.layout.has_blocks and len(cells):
+            hdrs = cells[:, self._block_offsets()]
             if hdrs.size and hdrs.min() < -nb:
-                raise WindowStateError("window state names HLL registers it does not hold")
-            for off in offs:
+                raise WindowStateError("window state names HLL registers or last_k buffers it does not hold")
+            for off in self._hll_offsets():
                 _check_hll_lists(cells[:, off:off + HLL_WORDS], self.hll_p)
         if self.kind != K_SESSION:   # floors and buckets an int32 floor cannot hold: int64 floors
             self._widen_for(np.asarray(fv))
@@ -1861,18 +1916,19 @@ cdef class WindowView:
                     self._grow_pool(self._block_room())
                     self._room(k, m)
                 memcpy(self.P + self.at_p[k] * W, &cv[o, 0], m * W * sizeof(int64_t))
-                if self.layout.has_hll:
+                if self.layout.has_blocks:
                     for j in range(m):
                         for c in range(self.layout.ncols):
-                            if self.layout.cols[c].hll < 0:
+                            w = block_word(&self.layout.cols[c], &self.layout)
+                            if w < 0:
                                 continue
-                            hdr = cv[o + j, self.layout.cols[c].hll]
+                            hdr = cv[o + j, w]
                             if hdr < 0:
                                 blk = hll_block_alloc(&self.hp)
                                 if blk < 0:
                                     self._check_blocks()
                                 memcpy(self.hp.B + blk * self.hp.m, &bv[-hdr - 1, 0], self.hp.m)
-                                self.P[(self.at_p[k] + j) * W + self.layout.cols[c].hll] = -(blk + 1)
+                                self.P[(self.at_p[k] + j) * W + w] = -(blk + 1)
                 o += m
             self.len_p[k] = m
             fl_set(self, k, floor_k)
@@ -1985,7 +2041,7 @@ class _Snapshot:
         yield _MAGIC + struct.pack("<II", _FORMAT_VERSION, len(self.header)) + self.header
         yield memoryview(self.lens.astype("<i8", copy=False))
         yield memoryview(view._floors().astype("<i8", copy=False))
-        offs = view._hll_offsets()
+        offs = view._block_offsets()
         held, named = [], 0
         # a range of at most `chunk` slots and about `chunk_bytes` of cells: a
         # copy-mode checkpoint encodes in the engine's process, and what a
@@ -2125,10 +2181,10 @@ def _v7_cells(WindowView view, cells):
     its last_k buffer's unused times INT64_MIN (what says how many are in
     use without it)."""
     old_offs, W = view._column_offsets(HLL_WORDS, v6=True)
-    if W == view.width:
+    if W == view._column_offsets(HLL_WORDS, spill=False)[1]:
         return cells
-    new_offs, _ = view._column_offsets(HLL_WORDS)
-    cells, out = _fields_moved(view, cells, old_offs, W, new_offs, view.width)
+    new_offs, W7 = view._column_offsets(HLL_WORDS, spill=False)
+    cells, out = _fields_moved(view, cells, old_offs, W, new_offs, W7)
     for old, new in zip(old_offs, new_offs):
         if new["hll"] >= 0:
             out[:, new["hll"]:new["hll"] + HLL_WORDS] = cells[:, old["hll"]:old["hll"] + HLL_WORDS]
@@ -2140,6 +2196,41 @@ def _v7_cells(WindowView view, cells):
                 buf[:, :k][unused] = INT64_MIN
             out[:, new["lastk"]:new["lastk"] + 2 * k] = buf
     return out
+
+
+def _v8_cells(WindowView view, cells, blocks):
+    """Cells of the version-7 layout (every last_k buffer 2k words in the
+    cell) in this layout: (cells, blocks). A view with last_k buffers sized
+    by use (window.pxd, Layout.lastk_spill) holds a buffer of at most one
+    entry in the cell and a longer one in a block; its cells name no other
+    blocks (it has no approx_count_distinct), so `blocks` is empty."""
+    if not view.layout.lastk_spill:
+        return cells, blocks
+    old_offs, W = view._column_offsets(HLL_WORDS, spill=False)
+    new_offs, _ = view._column_offsets(HLL_WORDS)
+    cells, out = _fields_moved(view, cells, old_offs, W, new_offs, view.width)
+    blocks = np.zeros((0, view.hp.m), dtype=np.uint8)
+    for old, new in zip(old_offs, new_offs):
+        if new["lastk"] < 0:
+            continue
+        k, at = new["lastk_k"], new["lastk"]
+        buf = cells[:, old["lastk"]:old["lastk"] + 2 * k]
+        if old["n"] >= 0:   # (its unused times were not marked: `n` says how many are in use)
+            held = np.minimum(cells[:, old["n"]], k)
+        else:
+            held = (buf[:, :k] != INT64_MIN).sum(axis=1)
+        one = held == 1
+        out[:, at + 1] = np.where(one, buf[:, 0], INT64_MIN)
+        out[:, at + 2] = np.where(one, buf[:, k], 0)
+        many = np.flatnonzero(held >= 2)
+        if len(many):
+            b = np.array(buf[many])
+            b[:, :k][np.arange(k) >= held[many][:, None]] = INT64_MIN
+            b[:, k:][np.arange(k) >= held[many][:, None]] = 0
+            blocks = np.ascontiguousarray(b.astype("<i8")).view(np.uint8).reshape(len(many), 16 * k)
+            out[many, at] = -np.arange(1, len(many) + 1)
+            out[many, at + 1] = 0
+    return out, blocks
 
 
 def hash_array(values):

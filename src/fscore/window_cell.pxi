@@ -321,6 +321,98 @@ cdef inline void lastk_merge(Word* d, const Word* s, Py_ssize_t k, Py_ssize_t nd
         d[k + i].f = tvs[i]
 
 
+cdef inline Py_ssize_t block_word(const ColLayout* cl, const Layout* L) noexcept nogil:
+    # The word of a column's area that may name a block of L.hp (-(block + 1)),
+    # or -1: an HLL area's word 0, a spilled last_k area's ref (window.pxd).
+    if cl.hll >= 0:
+        return cl.hll
+    if L.lastk_spill and cl.lastk >= 0:
+        return cl.lastk
+    return -1
+
+
+cdef inline Word* lastk_block(const Word* r, const HllPool* hp) noexcept nogil:
+    # the buffer a spilled last_k area (ref < 0) names
+    return <Word*>(hp.B + (-r[0].i - 1) * hp.m)
+
+
+cdef inline Py_ssize_t lastk_area(const Word* r, const HllPool* hp, Py_ssize_t k, int64_t* ts,
+                                  double* vs) noexcept nogil:
+    # A spilled last_k area's entries (newest first) copied out; returns how many.
+    cdef const Word* b
+    cdef Py_ssize_t j, n
+    if r[0].i < 0:
+        b = lastk_block(r, hp)
+        n = lastk_count(b, k)
+        for j in range(n):
+            ts[j] = b[j].i
+            vs[j] = b[k + j].f
+        return n
+    if r[1].i == INT64_MIN:
+        return 0
+    ts[0] = r[1].i
+    vs[0] = r[2].f
+    return 1
+
+
+cdef Word* lastk_spill(Word* r, HllPool* hp, Py_ssize_t k) noexcept nogil:
+    # The area's buffer, moved into a block of its own if it is inline (its
+    # entry, if any, first); NULL when no block could be had (hp.failed).
+    cdef int64_t blk
+    cdef Word* b
+    cdef Py_ssize_t j
+    if r[0].i < 0:
+        return lastk_block(r, hp)
+    blk = hll_block_alloc(hp)
+    if blk < 0:
+        return NULL
+    b = <Word*>(hp.B + blk * hp.m)
+    for j in range(k):
+        b[j].i = INT64_MIN
+    if r[1].i != INT64_MIN:
+        b[0].i = r[1].i
+        b[k].f = r[2].f
+    r[0].i = -(blk + 1)
+    r[1].i = 0
+    r[2].i = 0
+    return b
+
+
+cdef inline void lastk_spill_insert(Word* r, HllPool* hp, Py_ssize_t k, int64_t ts, double v) noexcept nogil:
+    # lastk_insert into a spilled area (newcomer first among equal times)
+    cdef Word* b
+    if r[0].i == 0 and r[1].i == INT64_MIN:
+        r[1].i = ts
+        r[2].f = v
+        return
+    b = lastk_spill(r, hp, k)
+    if b != NULL:
+        lastk_insert(b, k, lastk_count(b, k), ts, v)
+
+
+cdef void lastk_spill_merge(Word* d, HllPool* hd, const Word* s, const HllPool* hs, Py_ssize_t k) noexcept nogil:
+    # lastk_merge of spilled areas (s the later arrivals), s's buffer in hs:
+    # read out first, since making d a block may move hs's (hd may be hs)
+    cdef Word sb[2 * LASTK_MAX]
+    cdef int64_t ts[LASTK_MAX]
+    cdef double vs[LASTK_MAX]
+    cdef Py_ssize_t ns = lastk_area(s, hs, k, ts, vs), j
+    cdef Word* b
+    if ns == 0:
+        return
+    if d[0].i == 0 and d[1].i == INT64_MIN and ns == 1:
+        d[1].i = ts[0]
+        d[2].f = vs[0]
+        return
+    b = lastk_spill(d, hd, k)
+    if b == NULL:
+        return
+    for j in range(ns):
+        sb[j].i = ts[j]
+        sb[k + j].f = vs[j]
+    lastk_merge(b, sb, k, lastk_count(b, k), ns)
+
+
 cdef int64_t cell_first_ts(const Word* c, const Layout* L) noexcept nogil:
     # the cell's earliest event time (a cell with events)
     if L.packed:
@@ -378,7 +470,9 @@ cdef void cell_reset(Word* c, const Layout* L) noexcept nogil:
         if cl.last_ts >= 0:
             c[cl.last_ts].i = INT64_MIN
             c[cl.last_val].f = NAN
-        if cl.lastk >= 0 and cl.n < 0:   # no `n`: the unused times say how many are in use
+        if cl.lastk >= 0 and L.lastk_spill:  # [ref 0, no entry, 0]
+            c[cl.lastk + 1].i = INT64_MIN
+        elif cl.lastk >= 0 and cl.n < 0:   # no `n`: the unused times say how many are in use
             for k in range(cl.lastk_k):
                 c[cl.lastk + k].i = INT64_MIN
 
@@ -406,7 +500,10 @@ cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssi
             if cl.hll >= 0:
                 hll_add(&c[cl.hll], L.hp, L.hll_p, h[cl.hll_row * hstride])
             if cl.lastk >= 0:
-                lastk_insert(&c[cl.lastk], cl.lastk_k, lastk_count(&c[cl.lastk], cl.lastk_k), ts, v)
+                if L.lastk_spill:
+                    lastk_spill_insert(&c[cl.lastk], L.hp, cl.lastk_k, ts, v)
+                else:
+                    lastk_insert(&c[cl.lastk], cl.lastk_k, lastk_count(&c[cl.lastk], cl.lastk_k), ts, v)
             continue
         n = c[cl.n].i + 1
         c[cl.n].i = n
@@ -429,7 +526,10 @@ cdef void cell_add(Word* c, const Layout* L, int64_t ts, const double* x, Py_ssi
         if cl.hll >= 0:
             hll_add(&c[cl.hll], L.hp, L.hll_p, h[cl.hll_row * hstride])
         if cl.lastk >= 0:
-            lastk_insert(&c[cl.lastk], cl.lastk_k, min(n - 1, cl.lastk_k), ts, v)
+            if L.lastk_spill:
+                lastk_spill_insert(&c[cl.lastk], L.hp, cl.lastk_k, ts, v)
+            else:
+                lastk_insert(&c[cl.lastk], cl.lastk_k, min(n - 1, cl.lastk_k), ts, v)
 
 
 cdef void cell_merge(Word* dst, const Word* src, const Layout* L) noexcept nogil:
@@ -460,8 +560,11 @@ cdef void cell_merge_from(Word* dst, const Layout* L, const Word* src, const Lay
             if cl.hll >= 0:
                 hll_merge(&dst[cl.hll], L.hp, &src[cl.hll], Ls.hp)
             if cl.lastk >= 0:
-                lastk_merge(&dst[cl.lastk], &src[cl.lastk], cl.lastk_k, lastk_count(&dst[cl.lastk], cl.lastk_k),
-                            lastk_count(&src[cl.lastk], cl.lastk_k))
+                if L.lastk_spill:
+                    lastk_spill_merge(&dst[cl.lastk], L.hp, &src[cl.lastk], Ls.hp, cl.lastk_k)
+                else:
+                    lastk_merge(&dst[cl.lastk], &src[cl.lastk], cl.lastk_k, lastk_count(&dst[cl.lastk], cl.lastk_k),
+                                lastk_count(&src[cl.lastk], cl.lastk_k))
             continue
         nb = src[cl.n].i
         if nb == 0:
@@ -492,42 +595,49 @@ cdef void cell_merge_from(Word* dst, const Layout* L, const Word* src, const Lay
         if cl.hll >= 0:
             hll_merge(&dst[cl.hll], L.hp, &src[cl.hll], Ls.hp)
         if cl.lastk >= 0:
-            lastk_merge(&dst[cl.lastk], &src[cl.lastk], cl.lastk_k, min(na, cl.lastk_k), min(nb, cl.lastk_k))
+            if L.lastk_spill:
+                lastk_spill_merge(&dst[cl.lastk], L.hp, &src[cl.lastk], Ls.hp, cl.lastk_k)
+            else:
+                lastk_merge(&dst[cl.lastk], &src[cl.lastk], cl.lastk_k, min(na, cl.lastk_k), min(nb, cl.lastk_k))
 
 
 cdef void cell_release(Word* c, const Layout* L) noexcept nogil:
     # Before a cell is dropped or overwritten: its dense blocks go back to the
     # pool, and it holds none after.
-    cdef Py_ssize_t j
+    cdef Py_ssize_t j, w
     cdef int64_t hdr
-    if not L.has_hll:
+    if not L.has_blocks:
         return
     for j in range(L.ncols):
-        if L.cols[j].hll >= 0:
-            hdr = c[L.cols[j].hll].i
+        w = block_word(&L.cols[j], L)
+        if w >= 0:
+            hdr = c[w].i
             if hdr < 0:
                 hll_block_free(L.hp, -hdr - 1)
-                c[L.cols[j].hll].i = 0
+                c[w].i = 0
+                if w == L.cols[j].lastk:   # (an empty area: its ts says so)
+                    c[w + 1].i = INT64_MIN
 
 
 cdef void cell_copy_in(Word* dst, const Layout* L, const Word* src, const Layout* Ls) noexcept nogil:
     # dst = src where src may live in another view: dst gets blocks of its own
     # (dst holds none before: a free or released cell).
-    cdef Py_ssize_t j
+    cdef Py_ssize_t j, w
     cdef int64_t hdr, blk
     memcpy(dst, src, L.width * sizeof(Word))
-    if not L.has_hll:
+    if not L.has_blocks:
         return
     for j in range(L.ncols):
-        if L.cols[j].hll >= 0:
-            hdr = src[L.cols[j].hll].i
+        w = block_word(&L.cols[j], L)
+        if w >= 0:
+            hdr = src[w].i
             if hdr < 0:
                 blk = hll_block_alloc(L.hp)
                 if blk < 0:
-                    dst[L.cols[j].hll].i = 0
+                    dst[w].i = 0
                     continue
                 memcpy(L.hp.B + blk * L.hp.m, Ls.hp.B + (-hdr - 1) * Ls.hp.m, L.hp.m)
-                dst[L.cols[j].hll].i = -(blk + 1)
+                dst[w].i = -(blk + 1)
 
 
 cdef void cell_finalize(const Word* c, const Layout* L, const OutSpec* outs, Py_ssize_t nout,
@@ -538,6 +648,7 @@ cdef void cell_finalize(const Word* c, const Layout* L, const OutSpec* outs, Py_
     cdef double m2
     cdef const OutSpec* sp
     cdef const ColLayout* cl
+    cdef const Word* buf
     for o in range(nout):
         sp = &outs[o]
         if sp.kind == O_COUNT_STAR:
@@ -548,9 +659,20 @@ cdef void cell_finalize(const Word* c, const Layout* L, const OutSpec* outs, Py_
             oi[sp.row * nq + q] = hll_count(&c[cl.hll], L.hp, L.hll_p)
             continue
         if sp.kind == O_LAST_K:  # (its column may have no `n`)
-            cnt = min(c[cl.n].i, cl.lastk_k) if cl.n >= 0 else lastk_count(&c[cl.lastk], cl.lastk_k)
+            if L.lastk_spill:
+                buf = &c[cl.lastk]
+                if buf[0].i < 0:
+                    buf = lastk_block(buf, L.hp)
+                    cnt = lastk_count(buf, cl.lastk_k)
+                    buf += cl.lastk_k
+                else:
+                    cnt = buf[1].i != INT64_MIN
+                    buf += 2
+            else:
+                cnt = min(c[cl.n].i, cl.lastk_k) if cl.n >= 0 else lastk_count(&c[cl.lastk], cl.lastk_k)
+                buf = &c[cl.lastk + cl.lastk_k]
             for j in range(sp.k):
-                of[(sp.row + j) * nq + q] = c[cl.lastk + cl.lastk_k + j].f if j < cnt else NAN
+                of[(sp.row + j) * nq + q] = buf[j].f if j < cnt else NAN
             continue
         n = c[cl.n].i
         if sp.kind == O_COUNT:

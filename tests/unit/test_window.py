@@ -414,6 +414,7 @@ def test_version_3_snapshots_with_dense_registers_still_load(name):
     import json
     view = WindowView.from_bytes((DATA / f"window_v3_{name}.bin").read_bytes())
     assert view.dense_hll_blocks > 0
+    view._check_pool()
     expected = json.loads((DATA / "window_v3_answers.json").read_text())[name]
     for t, answers in expected.items():
         vals, exact = view.value_as_of(np.arange(6), int(t))
@@ -423,7 +424,7 @@ def test_version_3_snapshots_with_dense_registers_still_load(name):
     assert WindowView.from_bytes(view.to_bytes()).to_bytes() == view.to_bytes()
 
 
-def _old_snapshot_answers_as_written(version, name, fewer_words):
+def _old_snapshot_answers_as_written(version, name, fewer_words, blocks=False):
     """tests/data/window_v{version}_{name}.bin loads (cells `fewer_words`
     narrower than it was written with), answers as the answers file beside
     it says for six keys as of each time there, and writes itself again
@@ -435,7 +436,8 @@ def _old_snapshot_answers_as_written(version, name, fewer_words):
     assert written == version
     view = WindowView.from_bytes(blob)
     assert view.width == json.loads(blob[12:12 + hlen])["width"] - fewer_words
-    assert view.dense_hll_blocks > 0
+    assert (view.blocks_held if blocks else view.dense_hll_blocks) > 0
+    view._check_pool()
     expected = json.loads((DATA / f"window_v{version}_answers.json").read_text())[name]
     for t, answers in expected.items():
         vals, exact = view.value_as_of(np.arange(6), int(t))
@@ -668,6 +670,82 @@ def test_a_column_only_last_k_reads_keeps_no_count_and_answers_as_one_that_does(
         back = WindowView.from_bytes(alone.to_bytes())
         np.testing.assert_array_equal(back.value_as_of(np.arange(8), 400)[0]["k"],
                                       alone.value_as_of(np.arange(8), 400)[0]["k"])
+
+
+@pytest.mark.parametrize("name", [f"{a}_{v}" for a in ("counted", "alone")
+                                  for v in ("sliding", "continuous", "shared", "session", "lifetime")])
+def test_version_7_snapshots_with_whole_last_k_buffers_still_load(name):
+    """tests/data/window_v7_*.bin were written by the version-7 layout (every
+    cell holding its whole last_k buffer, 2k words; tests/data/make_window_v7.py
+    at 35b874a: a column with `n` beside it, whose unused times were not
+    marked, and one without; six keys: a ring, three events, forty in one
+    bucket, an old event then many, one event, none; nulls) with the answers
+    beside them: they load with the buffers sized by use (one entry in the
+    cell, more in a block) and answer the same."""
+    _old_snapshot_answers_as_written(7, name, fewer_words=3 if name.startswith("counted") else 5, blocks=True)
+
+
+def test_last_k_buffers_are_sized_by_use():
+    """The starter repo's lifetime last_k(amount, 5) cell was 14 words, most
+    of them an empty buffer for the 2 in 3 keys with one event: a view whose
+    one last_k column has no approx_count_distinct beside it keeps one entry
+    in the cell (7 words) and moves a longer buffer into a block of its own
+    (80 B) at a key's second entry. Answers equal those of the same view
+    with approx_count_distinct beside (its buffers whole in the cell) through
+    nulls, ties on time, out-of-order events, merges of partial cells,
+    resets, snapshots and frozen copies; every block is released when its
+    cell goes (blocks_held)."""
+    rng = np.random.default_rng(8)
+    n = 600
+    slots, ts = rng.integers(0, 40, n), np.sort(rng.integers(0, 400, n))
+    slots[:40] = np.arange(40)                         # every key has a first event
+    ts[rng.random(n) < 0.1] -= 5                       # some out of order (within lateness)
+    x = np.where(rng.random(n) < 0.2, np.nan, rng.integers(-5, 5, n).astype(float))
+    one = WindowView(lifetime(), ["last_k(x, 5) as k"], 3)
+    assert one.lastk_sized_by_use and one.width == 4 + 3 and one.hll_block_bytes == 80
+    one.update(np.arange(3), np.array([1, 2, 3]), {"x": np.array([1.0, np.nan, 3.0])})
+    assert one.blocks_held == 0                        # one entry (or none): in the cell
+    one.update(np.array([0, 0]), np.array([5, 5]), {"x": np.array([4.0, 5.0])})
+    assert one.blocks_held == 1
+    np.testing.assert_array_equal(one.value_as_of([0], 10)[0]["k"][0], [5.0, 4.0, 1.0, np.nan, np.nan])
+    one.reset_slots(np.array([0]))
+    assert one.blocks_held == 0
+    one._check_pool()
+    for spec in (lifetime(), sliding(100, 10), session(20), continuous(60, 10), tumbling(50)):
+        sized = WindowView(spec, ["last_k(x, 4) as k", "sum(x) as s"], 40, allowed_lateness=50)
+        whole = WindowView(spec, ["last_k(x, 4) as k", "sum(x) as s", "approx_count_distinct(x) as d"], 40,
+                           allowed_lateness=50)
+        assert sized.lastk_sized_by_use and not whole.lastk_sized_by_use
+        for lo in range(0, n, 97):                     # in batches, a snapshot and a frozen copy between
+            for v in (sized, whole):
+                v.update(slots[lo:lo + 97], ts[lo:lo + 97], {"x": x[lo:lo + 97]})
+            if lo % 2:
+                sized = WindowView.from_bytes(sized.to_bytes())
+                sized._check_pool()
+            else:                                      # (a frozen copy keeps no free lists: not checked)
+                sized = sized.frozen()
+        assert sized.blocks_held > 0, spec
+        sized = WindowView.from_bytes(sized.to_bytes())
+        gone = np.arange(0, 40, 3)
+        for v in (sized, whole):
+            v.reset_slots(gone)
+        sized._check_pool()
+        for t in (0, 55, 150, 301, 400, 500):
+            a, ea = sized.value_as_of(np.arange(40), t)
+            b, eb = whole.value_as_of(np.arange(40), t)
+            assert ea.tolist() == eb.tolist()
+            # (not exact: what a restored ring kept past its horizon, which `whole` was not)
+            np.testing.assert_array_equal(a["k"][ea], b["k"][eb], err_msg=f"{spec} t={t}")
+            np.testing.assert_array_equal(a["s"][ea], b["s"][eb], err_msg=f"{spec} t={t}")
+        sized._check_pool()                            # (reads merge into accumulators and release them)
+        left, right = (WindowView(spec, ["last_k(x, 4) as k", "sum(x) as s"], 40, allowed_lateness=50)
+                       for _ in range(2))
+        keep = np.argsort(ts, kind="stable")
+        half = rng.random(n) < 0.5
+        left.update(slots[keep][half[keep]], ts[keep][half[keep]], {"x": x[keep][half[keep]]})
+        right.update(slots[keep][~half[keep]], ts[keep][~half[keep]], {"x": x[keep][~half[keep]]})
+        left.merge_from(right)
+        left._check_pool()
 
 
 def test_a_reserved_hll_pool_counts_the_blocks_handed_out_not_its_capacity():
