@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 
 import mlflow.pyfunc
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST,
                                           TEMPORARILY_UNAVAILABLE)
@@ -43,8 +44,6 @@ class FeatureLookupModel(mlflow.pyfunc.PythonModel):
     def lookup(self, model_input):
         """The feature matrix for the rows of `model_input` (a DataFrame of
         entity keys and request columns)."""
-        import pandas as pd
-
         prov = self._prov
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
@@ -73,7 +72,9 @@ class FeatureLookupModel(mlflow.pyfunc.PythonModel):
         # online answers name features by their column; pinned refs ask for exactly the trained versions
         return feature_frame(values, prov, self.fill_na)
 
-    def predict(self, context, model_input, params=None):
+    # the hint is MLflow's "a DataFrame, infer no schema from me": inputs keep arriving as the scoring
+    # server parsed them, and MLflow stops warning every user that logs this model
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         return self._inner.predict(self.lookup(model_input))
 
 
