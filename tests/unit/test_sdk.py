@@ -83,6 +83,31 @@ def test_domain_errors_say_what_to_fix(store, tmp_path):
         FeatureStore(tmp_path / "fresh").push("transactions", [])
 
 
+def test_an_empty_batch_is_zero_accepted_and_still_names_a_stream_that_must_exist(store, tmp_path, capsys):
+    """An empty batch (a filter that kept nothing, an empty file) is a push of nothing, not an
+    error about missing columns; an unknown stream is an error whatever the batch holds,
+    from the CLI too (an empty file read "0 accepted" for a stream that does not exist)."""
+    for empty in ([], {}):
+        assert store.push("transactions", empty) == {"accepted": 0, "late": 0, "lsn": 0}
+        with pytest.raises(UnknownStreamError, match="streams are: transactions"):
+            store.push("nope", empty)
+    with pytest.raises(BatchError, match="timestamp column 'ts'"):  # columns given are still checked
+        store.push("transactions", {"user_id": []})
+    store.close()
+    repo = str(store.repo.root)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    capsys.readouterr()
+    assert main(["push", "nope", str(empty), "--repo", repo]) == 1
+    assert "no stream 'nope'; streams are: transactions" in capsys.readouterr().err
+    assert main(["push", "transactions", str(empty), "--repo", repo]) == 0
+    assert json.loads(capsys.readouterr().out)["accepted"] == 0
+    csv = tmp_path / "empty.csv"
+    csv.write_text("")
+    assert main(["push", "transactions", str(csv), "--repo", repo]) == 1
+    assert "empty.csv: empty CSV file; its first line must name the columns" in capsys.readouterr().err
+
+
 def test_materialize_fills_the_profile_view_from_its_file(store):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -191,7 +191,8 @@ class BatchNormaliser:
         dup = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
         if dup:
             raise BatchError(f"stream {s.name}: column(s) {', '.join(dup)} appear more than once")
-        if s.timestamp not in table.column_names:
+        if s.timestamp not in table.column_names and (table.num_rows or table.num_columns):
+            # (no rows and no columns, `[]` or `{}`, is an empty batch: nothing to check, 0 accepted)
             raise BatchError(f"stream {s.name}: every event needs its timestamp column {s.timestamp!r}")
         if table.num_rows == 0:
             return table, np.zeros(0, dtype=np.int64)

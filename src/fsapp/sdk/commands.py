@@ -64,7 +64,13 @@ def read_batches(path: str, fmt: str, batch_rows: int):
         import pyarrow.csv as pcsv
         src = sys.stdin.buffer if path == "-" else path
         total = None if path == "-" else max(0, _count_lines(path) - 1)
-        reader = pcsv.open_csv(src, read_options=pcsv.ReadOptions(block_size=1 << 22))
+        try:
+            reader = pcsv.open_csv(src, read_options=pcsv.ReadOptions(block_size=1 << 22))
+        except pa.ArrowInvalid as e:
+            if "Empty CSV" not in str(e):
+                raise
+            raise ValueError(f"{'stdin' if path == '-' else path}: empty CSV file; its first line must name the "
+                             "columns (e.g. user_id,ts,amount)") from None
 
         def csv_batches():
             for b in reader:
@@ -114,12 +120,16 @@ def cmd_push(args) -> int:
     store = _store(args)
     bar = Progress(f"push {args.stream}", total)
     accepted = late = 0
+    pushed = False
     try:
         for b in batches:
             res = store.push(args.stream, b)
+            pushed = True
             accepted += res["accepted"]
             late += res["late"]
             bar.update(_batch_len(b), extra=f"late {late:,}" if late else "")
+        if not pushed:  # an empty file still names a stream: an unknown one is an error, not "0 accepted"
+            store.push(args.stream, [])
     finally:
         bar.close()
         _close(store)
