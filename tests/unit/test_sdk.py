@@ -108,6 +108,33 @@ def test_an_empty_batch_is_zero_accepted_and_still_names_a_stream_that_must_exis
     assert "empty.csv: empty CSV file; its first line must name the columns" in capsys.readouterr().err
 
 
+def test_cli_file_and_argument_mistakes_are_named_before_any_work(store, tmp_path, capsys):
+    """A bad Parquet file names itself; a training set's output path is checked before the set is
+    built (it failed after, with pyarrow's errno text); an entity given twice is refused (the second
+    silently replaced the first)."""
+    store.close()
+    repo = str(store.repo.root)
+    not_parquet = tmp_path / "events.parquet"
+    not_parquet.write_bytes(b"not parquet")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("user_id,event_timestamp\n1,2026-12-01T00:00:00Z\n")
+    capsys.readouterr()
+    for cmd in (["push", "transactions", str(not_parquet)],
+                ["historical", str(not_parquet), "-o", str(tmp_path / "o.parquet"), "--features", "user_txn:txn_count_1h"]):
+        assert main(cmd + ["--repo", repo]) == 1
+        assert f"{not_parquet}: not a Parquet file" in capsys.readouterr().err
+    feats = ["--features", "user_txn:txn_count_1h", "--repo", repo]
+    assert main(["historical", str(labels), "-o", str(tmp_path / "no" / "dir" / "o.parquet")] + feats) == 1
+    err = capsys.readouterr().err
+    assert f"the directory {tmp_path / 'no' / 'dir'} does not exist" in err and "building" not in err
+    assert main(["historical", str(labels), "-o", str(tmp_path)] + feats) == 1
+    assert "is a directory; name the file to write" in capsys.readouterr().err
+    assert main(["historical", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "o.parquet")] + feats) == 1
+    assert "missing.csv: no such file" in capsys.readouterr().err
+    assert main(["get", "user_txn:txn_count_1h", "-e", "user_id=1", "-e", "user_id=2", "--repo", repo]) == 1
+    assert "user_id is given twice" in capsys.readouterr().err
+
+
 def test_materialize_fills_the_profile_view_from_its_file(store):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -55,10 +55,16 @@ def _count_lines(path: str) -> int:
 def read_batches(path: str, fmt: str, batch_rows: int):
     """(batches of rows, total rows or None). JSON lines give lists of dicts,
     CSV and Parquet give Arrow tables (types kept; the stream casts them)."""
+    if path != "-" and not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file; give a JSON lines, CSV or Parquet file, or - for stdin")
     if fmt == "parquet":
         import pyarrow.parquet as pq
         # Parquet needs random access: stdin is read into memory first
-        pf = pq.ParquetFile(io.BytesIO(sys.stdin.buffer.read()) if path == "-" else path)
+        try:
+            pf = pq.ParquetFile(io.BytesIO(sys.stdin.buffer.read()) if path == "-" else path)
+        except pa.ArrowInvalid as e:
+            raise ValueError(f"{'stdin' if path == '-' else path}: not a Parquet file ({e}); "
+                             "pass --format jsonl|csv if it is another format") from None
         return (pa.Table.from_batches([b]) for b in pf.iter_batches(batch_size=batch_rows)), pf.metadata.num_rows
     if fmt == "csv":
         import pyarrow.csv as pcsv
@@ -114,8 +120,6 @@ def _batch_len(b) -> int:
 def cmd_push(args) -> int:
     from fsapp.sdk.progress import Progress
     fmt = _format_of(args.file, args.format)
-    if args.file != "-" and not os.path.isfile(args.file):
-        raise FileNotFoundError(f"{args.file}: no such file; give a JSON lines, CSV or Parquet file, or - for stdin")
     batches, total = read_batches(args.file, fmt, args.batch_rows)
     store = _store(args)
     bar = Progress(f"push {args.stream}", total)
@@ -151,6 +155,9 @@ def parse_entities(specs: list[str]) -> dict[str, list]:
         if not sep or not key or not values:
             raise ValueError(f"--entity {spec!r}: write KEY=V1,V2 (e.g. --entity user_id=1,2,3)")
         name, _, typ = key.partition(":")
+        if name in out:
+            raise ValueError(f"--entity {spec!r}: {name} is given twice; list all its values once "
+                             f"({name}=V1,V2,...)")
         if typ not in ("", "str", "int", "float", "bool"):
             raise ValueError(f"--entity {spec!r}: the type after ':' is str, int, float or bool")
         vals = [v.strip() for v in values.split(",")]
@@ -213,6 +220,7 @@ def cmd_historical(args) -> int:
     if bool(args.features) == bool(args.feature_service):
         raise _Usage("give --features view:feature,... or --feature-service NAME")
     fmt = _format_of(args.entities, args.format)
+    _check_output(args.output)  # before the work, not after it
     batches, _ = read_batches(args.entities, fmt, 1 << 20)
     parts = [b if isinstance(b, pa.Table) else pa.Table.from_pylist(b) for b in batches]
     if not parts:
@@ -240,6 +248,16 @@ def cmd_historical(args) -> int:
     if out != "-":
         print(f"wrote {table.num_rows:,} rows x {table.num_columns} columns to {out}", file=sys.stderr)
     return 0
+
+
+def _check_output(out: str) -> None:
+    if out == "-":
+        return
+    if os.path.isdir(out):
+        raise ValueError(f"-o {out}: is a directory; name the file to write (e.g. {os.path.join(out, 'train.parquet')})")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"-o {out}: the directory {parent} does not exist; create it first")
 
 
 def _csv_safe(table: pa.Table) -> pa.Table:
