@@ -15,6 +15,7 @@ from fscore.wal import Wal
 from fsapp.api import EngineBackend, create_app
 from fsapp.api.metrics import MetricsRegistry
 from fsapp.engine import Engine
+from fsapp.registry.errors import RegistryError
 from fsapp.registry.repo import Repo
 from fsapp.registry.scaffold import init_repo
 
@@ -658,3 +659,17 @@ def test_a_failed_checkpoint_is_counted_and_shown_by_ready_until_one_succeeds(ap
 def test_cluster_without_kafka_says_so(api):
     doc = api.simulate_get("/api/v1/cluster").json
     assert doc["mode"] is None and doc["partitions"] == [] and doc["parked"] == [] and doc["partitioner"] == "murmur2"
+
+
+def test_no_features_is_refused_on_every_read_path_and_a_wrong_method_or_path_says_what_is_there(api, engine):
+    """`"features": []` answered 200 with the entity column alone (a read of nothing that looks like
+    a success; Feast refuses it too); a wrong method or path answered "no details"."""
+    for path in ("/api/v1/features/online", "/get-online-features"):
+        res = api.simulate_post(path, json={"features": [], "entities": {"user_id": [1]}})
+        assert "no features requested: name at least one" in assert_error(res, 422)["description"]
+    with pytest.raises(RegistryError, match="no features requested"):
+        engine.get_online_features([], entities={"user_id": [1]})
+    res = api.simulate_post("/metrics", body="x")
+    assert assert_error(res, 405)["description"] == "POST is not allowed on /metrics; it takes GET, OPTIONS"
+    res = api.simulate_post("/api/v2/push", json={})
+    assert "no route /api/v2/push; the API is under /api/v1" in assert_error(res, 404)["description"]

@@ -137,8 +137,13 @@ def _serialize(req, resp, ex: falcon.HTTPError) -> None:
     # Always JSON, whatever the Accept header asked for (an Arrow client still
     # has to be able to read why its request failed).
     resp.content_type = falcon.MEDIA_JSON
-    resp.text = json.dumps({"title": ex.title or str(ex.status),
-                            "description": ex.description or "no details"})
+    description = ex.description
+    if not description and isinstance(ex, falcon.HTTPMethodNotAllowed):
+        allow = (ex.headers or {}).get("Allow", "")
+        description = f"{req.method} is not allowed on {req.path}; it takes {allow or 'no method'}"
+    elif not description and isinstance(ex, falcon.HTTPNotFound):
+        description = f"no route {req.path}; the API is under /api/v1 (GET /api/v1/openapi.json lists it)"
+    resp.text = json.dumps({"title": ex.title or str(ex.status), "description": description or "no details"})
 
 
 def install(app: falcon.App) -> None:

@@ -12,7 +12,7 @@ from fscore.schema import Schema
 from fscore.window_spec import Agg, WindowSpec
 
 from fsapp.errors import FeatureNameCollision
-from fsapp.registry.errors import NotFoundError
+from fsapp.registry.errors import NotFoundError, RegistryError
 from fsapp.registry.model import FeatureRef, online_kind
 from fsapp.registry.store import Entry, RegistryStore, Snapshot
 
@@ -275,6 +275,9 @@ class Registry:
             if svc.kind != "feature_service":
                 raise NotFoundError(f"{feature_service} is a {svc.kind}, not a feature service")
             features = svc.resolved["features"]
+        elif not features:
+            raise RegistryError("no features requested: name at least one (e.g. [\"user_txn:txn_count_1h\"] or "
+                                "[\"user_txn:*\"]), or a feature service")
         out, views = [], {}
         for text in features or ():
             ref = text if isinstance(text, FeatureRef) else FeatureRef.parse(text)
