@@ -13,7 +13,8 @@ set (the offline store) must equal the online values, value for value.
 Each class of issue 19's repros is here: as_of through the engine, windows
 whose hop is not a multiple of the view's smallest hop, healing that lasts
 past the next tick, last_k as float64 without padding, text inputs, and an
-unknown key counting 0.
+unknown key counting 0. A third view has a TTL (semantics.md §4): its keys
+expire and come back under the same random streams, reads and as_of reads.
 """
 from __future__ import annotations
 
@@ -60,6 +61,12 @@ CREATE FEATURE VIEW misc AS SELECT k,
     count(s) OVER lifetime() AS ns,
     approx_count_distinct(s) OVER sliding('90s', '30s') AS ds
 FROM ev;
+CREATE FEATURE VIEW aged WITH (ttl = '40s') AS SELECT k,
+    count(*) OVER sliding('60s', '20s') AS a_c20,
+    sum(x) OVER lifetime() AS a_total,
+    last_k(x, 2) OVER lifetime() AS a_lk,
+    first(x) OVER session('25s') AS a_first
+FROM ev;
 CREATE REQUEST SOURCE req (r DOUBLE, n BIGINT, tag VARCHAR);
 CREATE ON DEMAND FEATURE VIEW od AS SELECT
     r / hops.mean60 AS ratio,
@@ -80,6 +87,7 @@ REQUESTS = st.lists(st.tuples(st.sampled_from([1.0, 0.0, -2.5, 0.1, None, 1e300,
                               st.sampled_from([0, 3, -7, 2, None, 1 << 62]),
                               st.sampled_from(["x", "y", None])), min_size=len([0, 1, 2]), max_size=3)
 KEYS = [0, 1, 2]
+TTL = {"aged": 40 * S}  # semantics.md §4: a key whose newest event before t is older than t - ttl reads as expired
 FLOAT_TOL = {"sum", "mean", "var_samp", "var_pop", "stddev_samp", "stddev_pop"}
 
 
@@ -99,7 +107,7 @@ def views(repo):
     from fsapp.registry.catalog import Registry
     reg = Registry(repo.registry_path)
     out = {}
-    for name in ("hops", "misc"):
+    for name in ("hops", "misc", "aged"):
         info = reg.feature_view(name)
         out[name] = [(spec, [a for a in aggs]) for spec, aggs in info.window_groups()]
     reg.close()
@@ -114,7 +122,9 @@ def reference(views, events, key, t):
     seq, x, s)] (the events the engine applied), by the documented rules."""
     mine = [(ts, seq, {"x": x, "s": s}) for k, ts, seq, x, s in events if k == key]
     out = {}
-    for groups in views.values():
+    newest = max((ts for ts, _, _ in mine if ts < t), default=None)
+    for view, groups in views.items():
+        expired = view in TTL and newest is not None and newest < t - TTL[view]
         for spec, aggs in groups:
             vals = values_as_of(spec, aggs, mine, t)
             for a in aggs:
@@ -124,6 +134,8 @@ def reference(views, events, key, t):
                     v = items or None
                 elif isinstance(v, float) and v != v:
                     v = None
+                if expired:  # counts 0, every other feature null
+                    v = 0 if a.kind in ("count", "approx_count_distinct") else None
                 out[a.name] = (a.kind, v)
     return out
 
@@ -172,7 +184,8 @@ def scenarios(draw):
 
 
 FEATURES = [f"hops:{f}" for f in ("c20", "c30", "sum90", "mean60", "max60", "life", "last30")] + \
-    [f"misc:{f}" for f in ("first_sess", "n_sess", "lk", "var", "sd", "min60", "ns", "ds")]
+    [f"misc:{f}" for f in ("first_sess", "n_sess", "lk", "var", "sd", "min60", "ns", "ds")] + \
+    [f"aged:{f}" for f in ("a_c20", "a_total", "a_lk", "a_first")]
 
 
 def read(eng, t, as_of=None):
