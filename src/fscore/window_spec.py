@@ -38,16 +38,27 @@ MAX_LAST_K = 256
 HLL_P_RANGE = (4, 16)
 
 
+# The longest duration: the span of event times (years 0001..9999, what ISO-8601 spells). A longer
+# window, TTL or lateness means nothing more, and past int64 µs it broke the engine at open.
+MAX_DURATION = 253402300799999999 + 62135596800 * 1_000_000
+MAX_DURATION_DAYS = MAX_DURATION // DAY
+
+
 def duration(x: int | str) -> int:
     """Microseconds from an int (already µs) or a string like '5m', '1h', '250ms'."""
     if isinstance(x, bool):
         raise WindowSpecError(f"duration must be an int (µs) or a string like '5m', got {x!r}")
     if isinstance(x, int):
-        return x
-    m = re.fullmatch(r"\s*(\d+)\s*(us|ms|s|m|h|d)\s*", str(x))
-    if not m:
-        raise WindowSpecError(f"bad duration {x!r}: use an int (µs) or e.g. '30s', '5m', '1h', '7d'")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+        us = x
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*(us|ms|s|m|h|d)\s*", str(x))
+        if not m:
+            raise WindowSpecError(f"bad duration {x!r}: use an int (µs) or e.g. '30s', '5m', '1h', '7d'")
+        us = int(m.group(1)) * _UNITS[m.group(2)]
+    if us > MAX_DURATION:
+        raise WindowSpecError(f"duration {x!r} is longer than event times reach (years 0001..9999): at most "
+                              f"{MAX_DURATION_DAYS}d; for all of a key's events use lifetime()")
+    return us
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,41 @@ def test_model_errors_carry_the_statement_position():
         parse("CREATE FEATURE VIEW v AS SELECT u, median(a) OVER lifetime() AS x FROM s")
 
 
+def test_a_duration_past_the_event_time_range_is_refused_at_apply(tmp_path):
+    """ttl = '999999999d' passed apply and then the engine could not open the repo (OverflowError
+    converting it to int64 µs): every duration is now bounded by the event-time span."""
+    from fscore.errors import WindowSpecError
+    from fscore.window_spec import MAX_DURATION, MAX_DURATION_DAYS, duration
+    from fsapp.registry.repo import Repo
+
+    def defs(opt="", view_with="", window="lifetime()"):
+        return ("CREATE ENTITY e (k BIGINT);\n"
+                f"CREATE STREAM s (k BIGINT, ts TIMESTAMP) WITH (timestamp = 'ts'{opt});\n"
+                f"CREATE FEATURE VIEW v {view_with}AS SELECT k, count(*) OVER {window} AS c FROM s;\n")
+    longest, too_long = f"'{MAX_DURATION_DAYS}d'", f"'{MAX_DURATION_DAYS + 1}d'"
+    parse(defs(f", allowed_lateness = {longest}, max_future = {longest}", f"WITH (ttl = {longest}) ",
+               f"sliding({longest}, '1d')"))
+    for text in (defs(opt=f", allowed_lateness = {too_long}"), defs(opt=f", max_future = {too_long}"),
+                 defs(view_with=f"WITH (ttl = {too_long}) "), defs(view_with="WITH (ttl = '999999999d') "),
+                 defs(window=f"tumbling({too_long})"), defs(window=f"session({too_long})")):
+        with pytest.raises((DefinitionError, DslSyntaxError),
+                           match=f"longer than event times reach.*at most {MAX_DURATION_DAYS}d"):
+            parse(text)
+    assert duration(MAX_DURATION) == MAX_DURATION
+    with pytest.raises(WindowSpecError, match="longer than event times reach"):
+        duration(MAX_DURATION + 1)
+    # the filed case, end to end: refused by apply, so no engine ever meets it
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "fstore.yaml").write_text("project: r\n")
+    (root / "defs.sql").write_text(defs(view_with="WITH (ttl = '999999999d') "))
+    with pytest.raises(DefinitionError, match="ttl: duration '999999999d' is longer than event times reach"):
+        Repo(root).apply()
+    (root / "defs.sql").write_text("CREATE ENTITY e (k BIGINT);\nCREATE ENTITY e (j VARCHAR);\n")
+    with pytest.raises(DefinitionError, match="duplicate name: also defined as an entity"):
+        Repo(root).apply()
+
+
 def test_canonical_expr_spacing_and_rejects_a_second_statement():
     assert canonical_expr("sum( a+b )") == canonical_expr("sum(a + b)") == "sum(a + b)"
     assert canonical_expr("CAST(x AS INT)::VARCHAR") == "CAST(x AS INT)::VARCHAR"

@@ -442,7 +442,7 @@ def resolve(definitions, origins: dict[str, str] | None = None) -> dict[str, Res
     for obj in definitions:
         prev = by_name.get(obj.name)
         if prev is not None and prev != obj:
-            chk.fail(obj.KIND, obj.name, f"duplicate name: also defined as a {kind_label(prev.KIND)}; "
+            chk.fail(obj.KIND, obj.name, f"duplicate name: also defined as {_a(kind_label(prev.KIND))}; "
                                          f"names are unique across entities, sources, streams, views and services")
         by_name.setdefault(obj.name, obj)
     ordered = sorted(by_name.values(), key=lambda o: KIND_ORDER.index(o.KIND))
@@ -478,3 +478,7 @@ def resolve(definitions, origins: dict[str, str] | None = None) -> dict[str, Res
     if chk.problems:
         raise DefinitionError(chk.problems)
     return out
+
+
+def _a(label: str) -> str:
+    return f"{'an' if label[:1] in 'aeiou' else 'a'} {label}"
