@@ -152,6 +152,20 @@ def test_a_duration_past_the_event_time_range_is_refused_at_apply(tmp_path):
         Repo(root).apply()
 
 
+def test_online_takes_true_or_false_and_quoted_false_is_false():
+    """WITH (online = 'false') made an online view: the option was bool() of a non-empty string."""
+    def online(value):
+        (view,) = parse(f"CREATE FEATURE VIEW v WITH (online = {value}) AS SELECT k, x AS y FROM s")
+        return view.online
+    assert [online(v) for v in ("FALSE", "false", "'false'", "'FALSE'", "TRUE", "'true'")] == \
+        [False, False, False, False, True, True]
+    for bad in ("'maybe'", "0", "NULL", "'no'"):
+        with pytest.raises(DslSyntaxError, match=f"option online takes TRUE or FALSE, got {bad}"):
+            online(bad)
+    with pytest.raises(DefinitionError, match="online is True or False, got 'false'"):
+        FeatureView("v", "s", features=(Projection("y", "x"),), online="false")
+
+
 def test_canonical_expr_spacing_and_rejects_a_second_statement():
     assert canonical_expr("sum( a+b )") == canonical_expr("sum(a + b)") == "sum(a + b)"
     assert canonical_expr("CAST(x AS INT)::VARCHAR") == "CAST(x AS INT)::VARCHAR"

@@ -150,6 +150,30 @@ def test_any_duckdb_scalar_expression_works():
                                              ["vec", "DOUBLE[2]"]]
 
 
+def test_row_logic_that_depends_on_when_it_runs_is_refused():
+    """`WHERE ts > now()` and `random()` passed apply; online evaluated them at push time and the
+    training set at build time, so the two disagreed (online != offline by construction). A column
+    that happens to be named current_date is still a column; error() and the timestamp's own date
+    parts are functions of the row."""
+    for extra, fn in (
+            ("CREATE FEATURE VIEW v AS SELECT user_id, count(*) OVER lifetime() AS c FROM transactions "
+             "WHERE ts > now() - INTERVAL 1 DAY", "now()"),
+            ("CREATE FEATURE VIEW v AS SELECT user_id, sum(amount * random()) OVER lifetime() AS s FROM transactions",
+             "random()"),
+            ("CREATE FEATURE VIEW v AS SELECT user_id, amount, date_diff('day', ts, CURRENT_TIMESTAMP) AS age "
+             "FROM transactions", "CURRENT_TIMESTAMP"),
+            ("CREATE FEATURE VIEW v AS SELECT user_id, \"uuid\"()::VARCHAR AS id FROM profiles", "uuid()"),
+            ("CREATE FEATURE VIEW v AS SELECT user_id, age FROM profiles WHERE updated_at < today()", "today()"),
+            ("CREATE REQUEST SOURCE req (t BIGINT);\nCREATE ON DEMAND FEATURE VIEW od AS SELECT "
+             "epoch_us(get_current_timestamp()) - t AS age FROM req", "get_current_timestamp()")):
+        assert f"{fn} is not a function of the row" in problems(extra), extra
+    res = resolve(parse(BASE.replace("amount DOUBLE,", "amount DOUBLE, current_date DATE,") + """
+        CREATE FEATURE VIEW v AS SELECT user_id, date_part('hour', ts) AS hour,
+            CASE WHEN amount >= 0 THEN amount ELSE error('negative amount') END AS amount_checked
+        FROM transactions WHERE current_date > DATE '2020-01-01'"""))
+    assert res["v"].resolved["features"] == [["hour", "BIGINT"], ["amount_checked", "DOUBLE"]]
+
+
 def test_window_hop_must_divide_size_in_python_too():
     with pytest.raises(ValueError, match="multiple of its hop"):
         Aggregation(column="amount", function="sum", window=sliding("1h", "7m"))

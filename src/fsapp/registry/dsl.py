@@ -110,6 +110,7 @@ STREAM_OPTIONS = ("topic", "timestamp", "allowed_lateness", "format", "batch_sou
 SOURCE_OPTIONS = ("path", "format", "timestamp", "created_timestamp", "description")
 VIEW_OPTIONS = ("ttl", "entities", "online", "description")
 NAMED_OPTIONS = ("description",)
+BOOL_OPTIONS = ("online",)
 _WINDOWS = {"tumbling": (tumbling, 1), "sliding": (sliding, 2), "continuous": (continuous, 2),
             "session": (session, 1), "lifetime": (lifetime, 0)}
 
@@ -252,7 +253,17 @@ class Parser:
             if key in opts:
                 raise DslSyntaxError(f"option {key!r} given twice", key_tok.line, key_tok.col, self.source)
             self.expect_op("=")
+            value_tok = self.tok
             opts[key] = self.literal()
+            if key in BOOL_OPTIONS:
+                # ('false' was read as a non-empty string, i.e. TRUE)
+                value = opts[key]
+                if isinstance(value, str) and value.lower() in ("true", "false"):
+                    value = value.lower() == "true"
+                if not isinstance(value, bool):
+                    raise DslSyntaxError(f"option {key} takes TRUE or FALSE, got {value_tok.text}",
+                                         value_tok.line, value_tok.col, self.source)
+                opts[key] = value
             if self.accept_op(")"):
                 return opts
             if not self.accept_op(","):
@@ -390,7 +401,7 @@ class Parser:
             entities = tuple(e.strip() for e in entities.split(",") if e.strip())
         return FeatureView(name, source, entities=entities, features=tuple(features), aggregations=tuple(aggs),
                            filter=where, ttl=opts.get("ttl") or 0,
-                           online=True if opts.get("online") is None else bool(opts["online"]),
+                           online=opts.get("online", True),
                            description=opts.get("description") or "")
 
     def scan_expr(self, stop_kws=(), stop_ops=()) -> list[Token]:

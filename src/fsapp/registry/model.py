@@ -316,6 +316,8 @@ class FeatureView(Definition):
         object.__setattr__(self, "features", tuple(self.features))
         object.__setattr__(self, "aggregations", tuple(self.aggregations))
         object.__setattr__(self, "ttl", _duration(self.ttl, f"feature view {self.name}: ttl"))
+        if not isinstance(self.online, bool):  # a truthy 'false' must not mean True
+            raise DefinitionError(f"feature view {self.name}: online is True or False, got {self.online!r}")
         if self.filter is not None:
             from fsapp.registry.dsl import canonical_expr
             object.__setattr__(self, "filter", canonical_expr(self.filter, f"feature view {self.name}: filter"))

@@ -29,6 +29,37 @@ _TIME_COLUMN_TYPES = ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE", "BIGINT",
                       "TIMESTAMP_S")
 
 
+# Row logic runs when an event is pushed (online) and again when a training set is built
+# (offline): a value that depends on when or where it runs, not on the row, differs between the
+# two. The clock functions (CONSISTENT_WITHIN_QUERY in duckdb_functions(), like harmless ones
+# such as `+` over TIMESTAMPTZ, so named here) and every VOLATILE function but error().
+_CLOCK_FUNCTIONS = frozenset({"now", "today", "current_date", "current_time", "current_timestamp", "get_current_time",
+                              "get_current_timestamp", "transaction_timestamp", "current_localtime",
+                              "current_localtimestamp", "localtime", "localtimestamp"})
+_CLOCK_NAMES = frozenset({"current_date", "current_time", "current_timestamp", "localtime", "localtimestamp"})
+
+
+def _nondeterministic(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
+    volatile = {r[0].lower() for r in con.execute(
+        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE stability = 'VOLATILE'").fetchall()}
+    return frozenset((volatile - {"error"}) | _CLOCK_FUNCTIONS)
+
+
+def _run_dependent(expr: str, functions: frozenset[str], columns) -> str | None:
+    """The first function (or clock name) in `expr` whose value depends on when
+    or where the expression runs, or None."""
+    toks = tokenize(expr)
+    for t, nxt in zip(toks, toks[1:]):
+        name = t.text.strip('"').lower() if t.kind in ("ident", "qident") else None
+        if name is None:
+            continue
+        if nxt.is_op("(") and name in functions:
+            return f"{name}()"
+        if t.kind == "ident" and not nxt.is_op("(") and name in _CLOCK_NAMES and name not in columns:
+            return name.upper()
+    return None
+
+
 @dataclass(frozen=True)
 class Resolved:
     """A checked definition plus what was derived from it (DuckDB types, keys,
@@ -62,6 +93,7 @@ class _Checker:
         self.problems: list[str] = []
         self.con = duckdb.connect(":memory:")
         self.tables: dict[str, dict[str, str]] = {}  # source/stream name -> {column: DuckDB type}
+        self.run_dependent = _nondeterministic(self.con)
 
     def fail(self, kind: str, name: str, message: str) -> None:
         where = self.origins.get(name)
@@ -128,6 +160,8 @@ class _Checker:
             self.fail("feature_view", view.name, f"{what}: window functions (OVER) are not row-level; "
                                                  f"write windowed features as fn(col) OVER sliding(...) in the view")
             return None
+        if not self.deterministic(view, expr, what, self.tables.get(source, {})):
+            return None
         try:
             rows = self.con.execute(f"DESCRIBE SELECT {_qi(_GUARD)}, ({expr}) AS __v FROM {_qi(source)}").fetchall()
         except duckdb.Error as e:
@@ -138,6 +172,17 @@ class _Checker:
             self.fail("feature_view", view.name, f"{what}: {msg}")
             return None
         return rows[1][1]
+
+    def deterministic(self, obj, expr: str, what: str, columns) -> bool:
+        fn = _run_dependent(expr, self.run_dependent, columns)
+        if fn is None:
+            return True
+        self.fail(obj.KIND, obj.name, f"{what}: {fn} is not a function of the row: it gives another value each "
+                                      "time the expression runs (online when the event is pushed or read, "
+                                      "offline when a training set is built), so online and training values "
+                                      "would differ; use the event's timestamp column, or a request column for "
+                                      "the time of a read")
+        return False
 
     def view(self, view: FeatureView, by_name: dict) -> tuple[FeatureView, dict] | None:
         problems_before = len(self.problems)
@@ -274,6 +319,8 @@ class _Checker:
             if any(t.is_kw("OVER", "SELECT") for t in toks):
                 self.fail(odv.KIND, odv.name, f"feature {p.name} = {p.expr}: an on-demand feature is one row-level "
                                               "expression (no subqueries or window functions)")
+                continue
+            if not self.deterministic(odv, p.expr, f"feature {p.name} = {p.expr}", request):
                 continue
             try:
                 rows = self.con.execute(f"DESCRIBE SELECT {_qi(_GUARD)}, TRY({p.expr}) AS __v FROM {table}").fetchall()
