@@ -174,3 +174,32 @@ def test_canonical_expr_spacing_and_rejects_a_second_statement():
         canonical_expr("1; DROP TABLE t")
     with pytest.raises(DefinitionError, match="unclosed"):
         canonical_expr("lower(x")
+
+
+def test_an_avro_streams_schema_file_is_checked_at_apply(tmp_path):
+    """avro_schema = '{not json' (or a file that is not a schema) passed apply; the Kafka source
+    then failed when `fstore serve` started. Apply reads and parses it now."""
+    from fsapp.registry.repo import Repo
+    root = tmp_path / "r"
+    (root / "schemas").mkdir(parents=True)
+    (root / "fstore.yaml").write_text("project: r\n")
+
+    def defs(path):
+        (root / "defs.sql").write_text(
+            "CREATE ENTITY e (k BIGINT);\n"
+            "CREATE STREAM s (k BIGINT, ts TIMESTAMP) WITH (topic = 't', timestamp = 'ts', format = 'avro', "
+            f"avro_schema = '{path}');\n")
+    for path, text, message in (
+            ("{not json", None, "defs.sql:2: stream s: avro_schema: Avro schema file .* cannot be read"),
+            ("schemas/a.avsc", "{", "is not JSON"),
+            ("schemas/a.avsc", '{"type": "string"}', "the top level must be a record"),
+            ("schemas/a.avsc", '{"type": "record", "name": "x", "fields": [{"name": "k", "type": "lung"}]}',
+             "is not a valid schema .*lung")):
+        if text is not None:
+            (root / path).write_text(text)
+        defs(path)
+        with pytest.raises(DefinitionError, match=message):
+            Repo(root).apply()
+        assert not (root / "data" / "registry.db").exists()
+    (root / "schemas/a.avsc").write_text('{"type": "record", "name": "x", "fields": [{"name": "k", "type": "long"}]}')
+    Repo(root).apply()

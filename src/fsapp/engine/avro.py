@@ -52,7 +52,7 @@ def load_schema(path: str) -> dict:
     try:
         return fastavro.parse_schema(schema)
     except Exception as e:  # fastavro raises SchemaParseException, UnknownType, ValueError...
-        raise RepoError(f"Avro schema {path!r}: {e}") from None
+        raise RepoError(f"Avro schema {path!r} is not a valid schema ({type(e).__name__}: {e})") from None
 
 
 def _plain(v):

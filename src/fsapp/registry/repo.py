@@ -187,7 +187,27 @@ class Repo:
 
     def resolve(self) -> dict[str, Resolved]:
         defs, origins = self.load_definitions()
-        return resolve(defs, origins)
+        resolved = resolve(defs, origins)
+        self._check_files(defs, origins)
+        return resolved
+
+    def _check_files(self, defs, origins: dict[str, str]) -> None:
+        """Files definitions name that only `fstore serve` would read: an Avro
+        stream's schema file (a missing or broken one passed apply, then the
+        Kafka source could not start)."""
+        from fsapp.engine.avro import load_schema
+        from fsapp.registry.model import Stream
+        problems = []
+        for d in defs:
+            if isinstance(d, Stream) and d.avro_schema:
+                path = Path(d.avro_schema)
+                try:
+                    load_schema(str(path if path.is_absolute() else self.root / path))
+                except RepoError as e:
+                    where = origins.get(d.name)
+                    problems.append(f"{where + ': ' if where else ''}stream {d.name}: avro_schema: {e}")
+        if problems:
+            raise DefinitionError(problems)
 
     def open_registry(self, create: bool = False) -> RegistryStore:
         return RegistryStore(self.registry_path, create=create)
