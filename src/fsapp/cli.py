@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Each option can be set in the repo's fstore.yaml instead (key in parentheses; a flag wins):\n"
                "  online:\n    port: 9099\n    workers: 4\n  auth:\n    api_keys_file: secrets/api_keys.txt\n"
                "example:\n  fstore init shop && fstore apply --repo shop && fstore serve --repo shop --workers 2")
-    sv.add_argument("--repo", default=".", help="feature repo directory (default: .)")
+    sv.add_argument("-r", "--repo", default=".", help="feature repo directory (default: .)")
     for opt in SERVE_OPTIONS:
         shown = "" if opt.default is None else f"; default {opt.default}"
         sv.add_argument(opt.flag, type=opt.type, default=None, metavar=opt.metavar,

@@ -35,8 +35,12 @@ class RepoLock:
         return self._fd is not None
 
     def acquire(self) -> "RepoLock":
-        os.makedirs(self.data_dir, exist_ok=True)
-        fd = os.open(os.path.join(self.data_dir, "owner.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.makedirs(self.data_dir, exist_ok=True)
+            fd = os.open(os.path.join(self.data_dir, "owner.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise RepoError(f"the data directory {self.data_dir} cannot be used: {e.strerror}; make it writable, "
+                            "or set data_dir in fstore.yaml to a directory that is") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -98,3 +98,28 @@ def test_consumer_properties_stay_out_of_the_dead_letter_producer_and_producer_o
     Consumer({**cfg.consumer_properties(), "group.id": "g"}).close()
     err = capfd.readouterr().err
     assert "CONFWARN" not in err, err
+
+
+def test_a_section_fstore_does_not_read_is_refused_not_ignored(tmp_path):
+    """'kafak:' (or 'onlin:') was ignored whole: a server that never consumed its topics and said
+    nothing; a kafka section without bootstrap_servers was read as push-only just as quietly; a
+    data_dir that cannot be created raised a traceback from `fstore serve`."""
+    from fsapp.repo_lock import RepoLock
+    with pytest.raises(RepoError, match=r"fstore.yaml line 2: 'kafak' is not an fstore.yaml setting; did you mean "
+                                        r"'kafka'\?"):
+        repo_with(tmp_path, "project: p\nkafak:\n  bootstrap_servers: x:1\n")
+    with pytest.raises(RepoError, match="'onlin' is not an fstore.yaml setting; did you mean 'online'"):
+        repo_with(tmp_path, "project: p\nonlin:\n  fsync: always\n")
+    repo = repo_with(tmp_path, "project: p\nx-defaults: &d\n  fsync: never\nonline:\n  <<: *d\n")
+    assert repo.config["online"] == {"fsync": "never"}
+    for section, hint in (("  bootstrap_servers: ''\n", ""),
+                          ("  bootstrap.servers: x:1\n", r" \(fstore's spelling of librdkafka's bootstrap.servers\)"),
+                          ("  group_id: g\n", "")):
+        repo = repo_with(tmp_path, "project: p\nkafka:\n" + section)
+        with pytest.raises(RepoError, match=f"kafka.bootstrap_servers is not set{hint}: give the brokers"):
+            KafkaConfig.from_repo(repo)
+    assert KafkaConfig.from_repo(repo_with(tmp_path, "project: p\nkafka:\n")) is None  # an empty section: push-only
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(RepoError, match=f"the data directory {blocker}/data cannot be used: Not a directory"):
+        RepoLock(blocker / "data", "serve").acquire()

@@ -102,7 +102,10 @@ class KafkaConfig:
         if not isinstance(section, dict):
             raise RepoError(f"{at()}: expected a mapping (bootstrap_servers: ..., group_id: ...)")
         if not section.get("bootstrap_servers"):
-            return None
+            # a section without its brokers was ignored whole: a store that never consumed, silently
+            hint = " (fstore's spelling of librdkafka's bootstrap.servers)" if "bootstrap.servers" in section else ""
+            raise RepoError(f"{at('bootstrap_servers')}.bootstrap_servers is not set{hint}: give the brokers "
+                            "(host:port,...), or remove the kafka section for a push-only store")
         props = {}
         for key, value in section.items():
             if "." in key:

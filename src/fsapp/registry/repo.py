@@ -28,6 +28,9 @@ from fsapp.registry.store import RegistryStore, Snapshot
 
 CONFIG_NAME = "fstore.yaml"
 DEFAULTS = {"registry": "data/registry.db", "data_dir": "data"}
+# Every top-level section fstore reads: a misspelt one ('kafak:') was ignored, and with it the
+# whole section (a server that never consumes its topics, and says nothing).
+SECTIONS = ("project", "registry", "data_dir", "online", "kafka", "auth", "feature_logging", "mlflow")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -104,6 +107,14 @@ class Repo:
         except UnicodeDecodeError as e:
             raise RepoError(f"{cfg_path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
         self._settings = load_config(text, str(cfg_path))
+        for key in self._settings:
+            if key not in SECTIONS and not key.startswith(("x-", "x_")):  # x-...: the user's own (YAML anchors)
+                import difflib
+                close = difflib.get_close_matches(key, SECTIONS, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise RepoError(f"{self.config_where(key)}: '{key}' is not an fstore.yaml setting; {hint}"
+                                f"the settings are {', '.join(SECTIONS)} (a key of your own, e.g. for YAML "
+                                "anchors, starts with x-)")
         self.config = {**DEFAULTS, **self._settings}
         if not isinstance(self.config.get("project"), str) or not self.config["project"]:
             raise RepoError(f"{self.config_where('project')}: set 'project: <name>'")
