@@ -135,6 +135,16 @@ def test_cli_file_and_argument_mistakes_are_named_before_any_work(store, tmp_pat
     assert "user_id is given twice" in capsys.readouterr().err
 
 
+def test_features_as_a_bare_string_says_to_give_a_list(store):
+    """features="user_txn:amount_24h" was iterated per character: "no definition named 'u'"."""
+    for call in (lambda: store.get_online_features(features="user_txn:amount_24h", entity_rows={"user_id": [1]}),
+                 lambda: store.get_historical_features({"user_id": [1], "event_timestamp": ["2026-12-01T00:00:00Z"]},
+                                                       features="user_txn:amount_24h")):
+        with pytest.raises(TypeError, match=r"features is a list of references, e.g. "
+                                            r"features=\['user_txn:amount_24h'\]"):
+            call()
+
+
 def test_materialize_fills_the_profile_view_from_its_file(store):
     import pyarrow as pa
     import pyarrow.parquet as pq

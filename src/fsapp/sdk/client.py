@@ -26,7 +26,7 @@ from fscore.errors import WalError
 from fsapp.engine.ingest import arrow_ipc_bytes
 from fsapp.registry.errors import NotFoundError
 from fsapp.engine.online import iso
-from fsapp.sdk.convert import entity_columns, entity_table, service_refs, to_us
+from fsapp.sdk.convert import check_feature_args, entity_columns, entity_table, service_refs, to_us
 from fsapp.sdk.listing import RegistryListing
 from fsapp.sdk.errors import ServiceUnavailable, error_from_response
 from fsapp.sdk.results import OnlineResponse, TrainingSet
@@ -225,8 +225,7 @@ class Client(RegistryListing):
                             feature_service: str | None = None, full_feature_names: bool = False,
                             as_of=None) -> OnlineResponse:
         """Same call as `FeatureStore.get_online_features`."""
-        if (features is None) == (feature_service is None):
-            raise ValueError("give exactly one of features=[\"view:feature\", ...] or feature_service=\"name\"")
+        check_feature_args(features, feature_service)
         entities = entity_columns(entity_rows)
         doc = {"entities": entities, "full_feature_names": bool(full_feature_names)}
         if features is not None:
@@ -241,8 +240,7 @@ class Client(RegistryListing):
                                 feature_service: str | None = None, full_feature_names: bool = False) -> TrainingSet:
         """Same call as `FeatureStore.get_historical_features`; the answer
         travels as Arrow IPC, so types (timestamps, vectors) survive."""
-        if (features is None) == (feature_service is None):
-            raise ValueError("give exactly one of features=[\"view:feature\", ...] or feature_service=\"name\"")
+        check_feature_args(features, feature_service)
         from fsapp.sdk.provenance import training_provenance
 
         if feature_service is not None:

@@ -19,6 +19,16 @@ _UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_00
             "w": 604_800_000_000}
 
 
+def check_feature_args(features, feature_service) -> None:
+    """Exactly one of `features` (a list of "view:feature") and `feature_service`;
+    a bare string was iterated character by character ("no definition 'u'")."""
+    if (features is None) == (feature_service is None):
+        raise ValueError("give exactly one of features=[\"view:feature\", ...] or feature_service=\"name\"")
+    if isinstance(features, str):
+        raise TypeError(f"features is a list of references, e.g. features=[{features!r}]; got the string "
+                        f"{features!r} (a feature service is feature_service={features!r})")
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 

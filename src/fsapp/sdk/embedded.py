@@ -16,7 +16,7 @@ import os
 
 from fsapp.registry.errors import NotFoundError, RepoError
 from fsapp.registry.repo import Repo
-from fsapp.sdk.convert import entity_columns, entity_table, service_refs, to_us
+from fsapp.sdk.convert import check_feature_args, entity_columns, entity_table, service_refs, to_us
 from fsapp.sdk.listing import RegistryListing
 from fsapp.sdk.results import OnlineResponse
 from fsapp.registry.model import KIND_ORDER
@@ -139,8 +139,7 @@ class FeatureStore(RegistryListing):
         """Latest values for each entity row. `features`: "view:feature"
         refs (or "view:*"), or `feature_service=`. `entity_rows`: list of
         dicts or dict of lists. `as_of`: read the value served at that time."""
-        if (features is None) == (feature_service is None):
-            raise ValueError("give exactly one of features=[\"view:feature\", ...] or feature_service=\"name\"")
+        check_feature_args(features, feature_service)
         eng = self.engine
         entities = entity_columns(entity_rows)
         if as_of is None:
@@ -156,8 +155,7 @@ class FeatureStore(RegistryListing):
         (keys + `event_timestamp`; pandas, Arrow, dict of lists or list of
         dicts), each feature's value as of that time. `.to_df()` / `.to_arrow()`
         / `.to_parquet(path)`."""
-        if (features is None) == (feature_service is None):
-            raise ValueError("give exactly one of features=[\"view:feature\", ...] or feature_service=\"name\"")
+        check_feature_args(features, feature_service)
         from fsapp.sdk.provenance import training_provenance
 
         eng = self.engine
