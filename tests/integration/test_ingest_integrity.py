@@ -383,6 +383,35 @@ def test_a_checkpoint_without_any_log_after_it_refuses_to_start(repo):
         engine(repo)
 
 
+def test_a_checkpoint_with_its_segment_emptied_or_cut_short_refuses_to_start(repo):
+    """The segment holding the checkpoint's LSN emptied (or cut before it): the engine started from
+    the checkpoint alone and silently served without the pushes acknowledged after it (20 of 30)."""
+    from fscore.errors import WalCorruption
+    data = _filled(repo, n=8, checkpoint_after=4)
+    (seg,) = _segments(data)
+    whole = seg.read_bytes()
+    for cut in (0, len(whole) // 4):
+        seg.write_bytes(whole[:cut])
+        with pytest.raises(WalCorruption, match=r"ends at LSN \d+, before the checkpoint's LSN 5: a segment was "
+                                                r"truncated or emptied.*Restore"):
+            engine(repo)
+    seg.write_bytes(whole)
+    eng = engine(repo)  # whole again: every push is there
+    assert eng.applied_lsn == 8
+    eng.close()
+
+
+def test_a_damaged_offline_log_file_is_named(repo):
+    """A Parquet part damaged after it was written stopped the engine with pyarrow's bare
+    "Parquet magic bytes not found"."""
+    from fsapp.errors import SourceError
+    data = _filled(repo, n=3)
+    (part,) = sorted((data / "offline").rglob("part-*.parquet"))
+    part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(SourceError, match=f"offline log file {part} is damaged .*restore it from a backup"):
+        engine(repo)
+
+
 def test_no_checkpoint_and_a_deleted_or_emptied_log_refuses_when_the_store_held_data(repo):
     """A deleted WAL with no checkpoint silently started an empty store."""
     from fscore.errors import WalCorruption
@@ -607,7 +636,8 @@ def test_pushes_prepared_and_logged_together_each_get_their_own_answer(repo, mon
     for t in threads:
         t.join(60)
     assert got == alone
-    assert [a[0] for a in alone] == ["ok"] * 7 + ["BatchError"] * 4 + ["UnknownStreamError", "ok", "ok"]
+    assert [a[0] for a in alone] == ["ok"] * 7 + ["BatchError"] * 3 + ["ok", "UnknownStreamError", "ok", "ok"]
+    assert alone[10] == ("ok", 0, 0)  # the empty push: nothing to apply
     assert joined and max(joined) >= 8  # the good ones (and the future one, refused when logged) as one batch
     assert eng.wal.stats()["fsyncs"] - fsyncs < 9  # (8 records and the keyed one: fewer fsyncs than records)
     want = [float(u) for u in range(1, 7)] + [2.0, 3.0]
@@ -670,7 +700,8 @@ def test_concurrent_pushes_end_where_the_same_pushes_one_at_a_time_in_lsn_order_
     live = eng.get_online_features(feats, entities=ents, now=NOW)
     eng.close()
     assert {a[0] for a in answers} <= {"ok", "BatchError", "UnknownStreamError"}
-    order = sorted({a[1]: i for i, a in enumerate(answers) if a[0] == "ok" and a[1] > 0}.items())
+    # (an empty push answers ok with the LSN it was durable at, another push's: not logged itself)
+    order = sorted({a[1]: i for i, a in enumerate(answers) if a[0] == "ok" and a[1] > 0 and pushes[i][1]}.items())
     assert len(order) > 100
     ref = Engine(str(tmp_path / "ref"), str(repo.registry_path), fsync="never", clock=lambda: NOW,
                  repo_root=str(repo.root))

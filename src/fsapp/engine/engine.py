@@ -298,6 +298,15 @@ class Engine:
         if self.row_partitions is not None:
             self._hide_partitioned()
         self.wal = Wal(self.wal_dir, fsync=fsync, start_lsn=self.applied_lsn + 1)
+        if self.wal.last_lsn < self.applied_lsn:
+            # the segment holding the checkpoint's LSN is kept until a later checkpoint (and synced before
+            # one is written): shorter than that, it was truncated, and the records after it went with it
+            last = self.wal.last_lsn
+            self.wal.close()
+            raise WalCorruption(f"the WAL in {self.wal_dir} ends at LSN {last}, before the checkpoint's LSN "
+                                f"{self.applied_lsn}: a segment was truncated or emptied, and the records logged "
+                                f"after the checkpoint (acknowledged pushes) with it. {self._restore_hint()}",
+                                self.wal_dir, -1)
         self._publish_tables()  # readers switch to the recovered tables only now
         self.register_file_sources()
 
@@ -951,10 +960,13 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - this push's own answer
                     w.error = e
             for stream, ws in by_stream.items():
-                parts = self._prepare_joined(stream, [w.table for w in ws], cur, generation)
-                for i, w in enumerate(ws):
-                    if parts is not None:
-                        w.prepared = parts[i]
+                # (an empty push, `[]`, has no columns to join with the others': prepared alone, cheaply)
+                full = [w for w in ws if w.table.num_rows]
+                parts = self._prepare_joined(stream, [w.table for w in full], cur, generation)
+                joined = dict(zip(map(id, full), parts)) if parts is not None else {}
+                for w in ws:
+                    if id(w) in joined:
+                        w.prepared = joined[id(w)]
                         continue
                     try:
                         w.prepared = self._prepare_table(stream, w.table, cur, generation)

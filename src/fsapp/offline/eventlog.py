@@ -144,7 +144,12 @@ class EventLog:
         if stream not in self._next_seq:
             top = -1
             for f in self.files(stream):
-                md = pq.read_metadata(f)
+                try:
+                    md = pq.read_metadata(f)
+                except (pa.ArrowInvalid, OSError) as e:
+                    # parts are written whole and renamed into place: a bad one was damaged afterwards
+                    raise SourceError(f"offline log file {f} is damaged ({e}); restore it from a backup, or move "
+                                      "it aside to start without its events offline") from None
                 col = md.schema.names.index(SEQ)
                 for g in range(md.num_row_groups):
                     st = md.row_group(g).column(col).statistics
