@@ -1401,3 +1401,51 @@ def test_a_rebuild_during_a_growth_ahead_leaves_the_growth_to_the_new_tables(rep
     got = eng.get_online_features(["user_txn:txn_count_1h"], entities={"user_id": users}, now=now)
     assert got["results"][1]["values"] == [2] * 60
     eng.close()
+
+
+_TZ_SCRIPT = r"""
+import datetime as dt, json, sys
+from fsapp import FeatureStore
+fs = FeatureStore(sys.argv[1], fsync="never")
+now = dt.datetime.now(dt.timezone.utc)
+fs.push("s", [{"k": 1, "t1": "2026-12-01T22:30:00Z", "ts": (now - dt.timedelta(seconds=5)).isoformat()},
+              {"k": 1, "t1": "2026-12-01T21:00:00", "ts": (now - dt.timedelta(seconds=4)).isoformat()}])
+feats = ["v:h", "v:day", "v:txt", "w:c"]
+online = fs.get_online_features(features=feats, entity_rows={"k": [1]}).to_dict()
+offline = fs.get_historical_features({"k": [1], "event_timestamp": [now + dt.timedelta(seconds=1)]},
+                                     features=feats).to_arrow().to_pylist()[0]
+fs.close()
+again = FeatureStore(sys.argv[1], fsync="never")  # and a replay of the log, in this zone too
+replayed = again.get_online_features(features=feats, entity_rows={"k": [1]}).to_dict()
+again.close()
+print(json.dumps({"online": {f: online[f][0] for f in ("h", "day", "txt", "c")},
+                  "offline": {f: offline[f] for f in ("h", "day", "txt", "c")},
+                  "replayed": {f: replayed[f][0] for f in ("h", "day", "txt", "c")}}))
+"""
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata"])
+def test_row_logic_over_timestamptz_does_not_depend_on_the_machines_time_zone(tmp_path, zone):
+    """DuckDB took the machine's zone in the engine's connections (the offline store set UTC): under
+    TZ=America/New_York, hour(t) of 22:30Z read 17 online and 22 in the training set, a filter on it
+    kept different events, and text without an offset was read as New York time."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "fstore.yaml").write_text("project: tz\n")
+    (root / "defs.sql").write_text(
+        "CREATE ENTITY e (k BIGINT);\n"
+        "CREATE STREAM s (k BIGINT, t1 TIMESTAMPTZ, ts TIMESTAMPTZ) WITH (timestamp = 'ts');\n"
+        "CREATE FEATURE VIEW v AS SELECT k, hour(t1) AS h, CAST(t1 AS DATE)::VARCHAR AS day, "
+        "strftime(t1, '%Y-%m-%d %H:%M') AS txt FROM s;\n"
+        "CREATE FEATURE VIEW w AS SELECT k, count(*) OVER lifetime() AS c FROM s WHERE hour(t1) >= 22;\n")
+    Repo(root).apply()
+    out = subprocess.run([sys.executable, "-c", _TZ_SCRIPT, str(root)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TZ": zone})
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    want = {"h": 21, "day": "2026-12-01", "txt": "2026-12-01 21:00", "c": 1}  # the last event's, in UTC
+    assert got == {"online": want, "offline": want, "replayed": want}

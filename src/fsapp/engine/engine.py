@@ -54,6 +54,7 @@ from fscore.table import PRESENT, Table
 from fscore.wal import Wal, list_segments, read_log
 from fscore.window import WindowView
 
+from fsapp import duck
 from fsapp.engine import records
 from fsapp.engine.cluster import tags_of
 from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, EngineError, PartitionOwned, UnknownStreamError
@@ -244,7 +245,7 @@ class Engine:
         self._waiting: list[_Waiting] = []
         self._waiting_lock = threading.Lock()
         self._applied = threading.Condition(self.lock)
-        self.con = duckdb.connect()
+        self.con = duck.connect()
         self._local = threading.local()
         self._cursors: list = []
         # ingest sources running against this engine (e.g. "kafka"): each has

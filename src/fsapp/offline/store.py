@@ -7,6 +7,7 @@ import threading
 
 import duckdb
 
+from fsapp import duck
 from fsapp.errors import SourceError, UnknownFeatureError
 from fsapp.offline import pit
 from fsapp.offline.eventlog import CREATED_TS, EVENT_TS, SEQ, EventLog
@@ -65,7 +66,7 @@ class OfflineStore:
         self._unreadable: dict[str, str] = {}  # batch source -> why its last registration failed
         self._stream_columns: dict[str, list[tuple[str, str]]] = {}
         self._lock = threading.Lock()
-        self.con = duckdb.connect()
+        self.con = duck.connect()
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute(f"SET temp_directory = {sql_string(os.path.join(self.root, 'tmp'))}")
         if memory_limit:

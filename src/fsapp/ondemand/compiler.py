@@ -40,6 +40,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from fsapp import duck
+
 
 class Unsupported(Exception):
     """The expression uses SQL outside the compiled subset (the caller evaluates it with DuckDB instead)."""
@@ -76,7 +78,7 @@ def _cursor() -> duckdb.DuckDBPyConnection:
         if _db is None or _db[0] != os.getpid():
             if _db is not None:
                 _forked_away.append(_db[1])
-            con = duckdb.connect()
+            con = duck.connect()
             con.execute("SET disabled_optimizers = 'statistics_propagation'")
             _db = (os.getpid(), con)
         return _db[1].cursor()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import duckdb
 
+from fsapp import duck
 from fsapp.registry.dsl import tokenize
 from fsapp.registry.errors import DefinitionError
 from fsapp.registry.model import (
@@ -91,7 +92,7 @@ class _Checker:
     def __init__(self, origins: dict[str, str]):
         self.origins = origins
         self.problems: list[str] = []
-        self.con = duckdb.connect(":memory:")
+        self.con = duck.connect()
         self.tables: dict[str, dict[str, str]] = {}  # source/stream name -> {column: DuckDB type}
         self.run_dependent = _nondeterministic(self.con)
 
