@@ -673,3 +673,13 @@ def test_no_features_is_refused_on_every_read_path_and_a_wrong_method_or_path_sa
     assert assert_error(res, 405)["description"] == "POST is not allowed on /metrics; it takes GET, OPTIONS"
     res = api.simulate_post("/api/v2/push", json={})
     assert "no route /api/v2/push; the API is under /api/v1" in assert_error(res, 404)["description"]
+
+
+def test_a_query_parameter_given_twice_is_refused_not_read_as_its_last(api):
+    """?version=1&version=2 read version 2 (Falcon's get_param answers the last of a repeated one)."""
+    res = api.simulate_get("/api/v1/registry/feature_views/user_txn", query_string="version=1&version=2")
+    assert "query parameter(s) version given more than once" in assert_error(res, 400)["description"]
+    res = api.simulate_post("/api/v1/push", query_string="stream=transactions&stream=other", body=b"x",
+                            headers={"Content-Type": "application/vnd.apache.arrow.stream"})
+    assert "stream given more than once" in assert_error(res, 400)["description"]
+    assert api.simulate_get("/api/v1/registry/feature_views/user_txn", query_string="version=1").status_code == 200

@@ -42,6 +42,9 @@ class Guard:
         scope = getattr(resource, "scope", None)
         if self.keys is not None and scope is not None:
             self.keys.check(req, scope)
+        twice = sorted(name for name, value in req.params.items() if isinstance(value, list))
+        if twice:  # (Falcon keeps a repeated one as a list and get_param answers its last value)
+            raise errors.malformed(f"query parameter(s) {', '.join(twice)} given more than once; give each once")
         length = req.content_length  # an invalid header is a 400 from Falcon
         if length is not None and length > self.limits.max_body_bytes:
             raise errors.too_large(self.limits.max_body_bytes, length)
