@@ -683,3 +683,9 @@ def test_a_query_parameter_given_twice_is_refused_not_read_as_its_last(api):
                             headers={"Content-Type": "application/vnd.apache.arrow.stream"})
     assert "stream given more than once" in assert_error(res, 400)["description"]
     assert api.simulate_get("/api/v1/registry/feature_views/user_txn", query_string="version=1").status_code == 200
+    # a compressed body was read as if plain ("not JSON")
+    res = api.simulate_post("/api/v1/push", json={"stream": "transactions", "rows": []},
+                            headers={"Content-Encoding": "gzip"})
+    assert "Content-Encoding 'gzip' is not accepted" in assert_error(res, 415)["description"]
+    assert api.simulate_post("/api/v1/push", json={"stream": "transactions", "rows": []},
+                             headers={"Content-Encoding": "identity"}).status_code == 200

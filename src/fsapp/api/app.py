@@ -45,6 +45,9 @@ class Guard:
         twice = sorted(name for name, value in req.params.items() if isinstance(value, list))
         if twice:  # (Falcon keeps a repeated one as a list and get_param answers its last value)
             raise errors.malformed(f"query parameter(s) {', '.join(twice)} given more than once; give each once")
+        encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":  # it was read as if plain: a gzip body answered "not JSON"
+            raise errors.unsupported_encoding(encoding)
         length = req.content_length  # an invalid header is a 400 from Falcon
         if length is not None and length > self.limits.max_body_bytes:
             raise errors.too_large(self.limits.max_body_bytes, length)

@@ -52,6 +52,12 @@ def unsupported_media(got: str | None, accepted: list[str]) -> falcon.HTTPError:
         description=f"Content-Type {got!r} is not accepted here; send one of: {', '.join(accepted)}")
 
 
+def unsupported_encoding(encoding: str) -> falcon.HTTPError:
+    return falcon.HTTPUnsupportedMediaType(
+        title="Unsupported content encoding",
+        description=f"Content-Encoding {encoding!r} is not accepted; send the body uncompressed")
+
+
 def too_large(limit: int, length: int | None = None) -> falcon.HTTPError:
     got = f"{length} bytes" if length is not None else "more than that"
     return falcon.HTTPContentTooLarge(
