@@ -61,13 +61,24 @@ def fork_task(fn, nice: int = 0) -> ForkedTask:
     does the same). `fn` must touch only that memory and files: locks other
     threads held at the fork stay held in the child. The child dies with
     its parent (PR_SET_PDEATHSIG) and ignores the parent's signal handlers;
-    `nice` lowers its CPU priority (background work yields to the parent's)."""
+    `nice` lowers its CPU priority (background work yields to the parent's).
+    The child runs with the garbage collector off: a collection there freed
+    the parent's pending garbage, and a DuckDB connection in it (say, in an
+    exception's traceback cycle) crashed its destructor without DuckDB's
+    threads (SIGSEGV, now and then, in fork-mode checkpoints)."""
+    import gc
     import signal
 
     parent = os.getpid()
     r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
+    collecting = gc.isenabled()
+    gc.disable()  # off across the fork, so that not even the child's after-fork hooks collect
+    try:
+        pid = os.fork()
+    finally:
+        if collecting and os.getpid() == parent:
+            gc.enable()
+    if pid == 0:  # the child: never returns (os._exit), and never collects the parent's garbage
         code = 1
         try:
             os.close(r)

@@ -55,3 +55,35 @@ def test_the_child_dies_with_its_parent(tmp_path):
             break
         time.sleep(0.05)
     assert not pid_alive(child)
+
+
+def test_the_child_does_not_collect_the_parents_garbage():
+    """A forked checkpoint child died of SIGSEGV now and then (the engine state machine, fork mode):
+    a cycle of the parent's garbage holding a DuckDB connection (e.g. through an exception's
+    traceback) was collected by the child's GC, and DuckDB's destructor crashed without its
+    threads. The child runs with the GC off (it writes a file and exits)."""
+    import gc
+
+    import duckdb
+    was = gc.isenabled()
+    gc.disable()  # the cycle stays in the youngest generation until the child's first collection
+    try:
+        for _ in range(3):
+            con = duckdb.connect()
+            con.execute("SELECT sum(i) FROM range(3000000) t(i)").fetchall()  # its worker threads ran
+            cycle = [con, con.cursor()]
+            cycle.append(cycle)
+            del con, cycle
+
+            def allocate():  # what a child's encoding does: allocations that would trigger collections
+                junk = [[i, {}] for i in range(50_000)]
+                assert len(junk) == 50_000 and not gc.isenabled()
+            gc.enable()  # as in the engine: on, with the cycle not collected yet
+            try:
+                fork_task(allocate).wait()
+            finally:
+                gc.disable()
+    finally:
+        gc.collect()
+        if was:
+            gc.enable()
