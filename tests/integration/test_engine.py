@@ -1433,16 +1433,14 @@ def test_row_logic_over_timestamptz_does_not_depend_on_the_machines_time_zone(tm
     import os
     import subprocess
     import sys
+
+    from tests.integration.conftest import apply_repo
     root = tmp_path / "r"
-    root.mkdir()
-    (root / "fstore.yaml").write_text("project: tz\n")
-    (root / "defs.sql").write_text(
-        "CREATE ENTITY e (k BIGINT);\n"
-        "CREATE STREAM s (k BIGINT, t1 TIMESTAMPTZ, ts TIMESTAMPTZ) WITH (timestamp = 'ts');\n"
-        "CREATE FEATURE VIEW v AS SELECT k, hour(t1) AS h, CAST(t1 AS DATE)::VARCHAR AS day, "
-        "strftime(t1, '%Y-%m-%d %H:%M') AS txt FROM s;\n"
-        "CREATE FEATURE VIEW w AS SELECT k, count(*) OVER lifetime() AS c FROM s WHERE hour(t1) >= 22;\n")
-    Repo(root).apply()
+    apply_repo(root, "CREATE ENTITY e (k BIGINT);\n"
+                     "CREATE STREAM s (k BIGINT, t1 TIMESTAMPTZ, ts TIMESTAMPTZ) WITH (timestamp = 'ts');\n"
+                     "CREATE FEATURE VIEW v AS SELECT k, hour(t1) AS h, CAST(t1 AS DATE)::VARCHAR AS day, "
+                     "strftime(t1, '%Y-%m-%d %H:%M') AS txt FROM s;\n"
+                     "CREATE FEATURE VIEW w AS SELECT k, count(*) OVER lifetime() AS c FROM s WHERE hour(t1) >= 22;\n")
     out = subprocess.run([sys.executable, "-c", _TZ_SCRIPT, str(root)], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "TZ": zone})
     assert out.returncode == 0, out.stderr
