@@ -123,3 +123,24 @@ def test_a_section_fstore_does_not_read_is_refused_not_ignored(tmp_path):
     blocker.write_text("")
     with pytest.raises(RepoError, match=f"the data directory {blocker}/data cannot be used: Not a directory"):
         RepoLock(blocker / "data", "serve").acquire()
+
+
+def test_settings_of_the_wrong_shape_say_so(tmp_path):
+    """feature_logging.services: 5 raised TypeError from `fstore serve`; a YAML list of brokers was
+    sent to librdkafka as "['a:1', 'b:2']"; mlflow.tracking_uri: 5 was taken as the URI."""
+    from fsapp.integrations import IntegrationError
+    from fsapp.integrations.tracking import tracking_uri_for
+    repo = repo_with(tmp_path, "project: p\nfeature_logging:\n  services: 5\n")
+    with pytest.raises(RepoError, match=r"line 3: feature_logging: services is a feature service name, a "
+                                        r"comma-separated list or a YAML list of names, got 5"):
+        FeatureLogConfig.from_repo(repo)
+    assert FeatureLogConfig.from_repo(repo_with(tmp_path, "project: p\nfeature_logging:\n  services: [a, b]\n"))\
+        .services == {"a", "b"}
+    repo = repo_with(tmp_path, "project: p\nkafka:\n  bootstrap_servers: [a:1, b:2]\n")
+    assert KafkaConfig.from_repo(repo).bootstrap_servers == "a:1,b:2"
+    repo = repo_with(tmp_path, "project: p\nkafka:\n  bootstrap_servers: 9092\n")
+    with pytest.raises(RepoError, match="kafka.bootstrap_servers: give the brokers as host:port"):
+        KafkaConfig.from_repo(repo)
+    repo = repo_with(tmp_path, "project: p\nmlflow:\n  tracking_uri: 5\n")
+    with pytest.raises(IntegrationError, match="line 3: mlflow.tracking_uri is a URI"):
+        tracking_uri_for(repo, use_env=False)

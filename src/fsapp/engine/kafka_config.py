@@ -121,7 +121,13 @@ class KafkaConfig:
             if key in _RESERVED:
                 place = at(key) if key in section else at("properties", key)
                 raise RepoError(f"{place}: {key} is set by fstore (offsets are kept by the engine); remove it")
-        cfg = cls(bootstrap_servers=str(section["bootstrap_servers"]),
+        servers = section["bootstrap_servers"]
+        if isinstance(servers, list) and servers and all(isinstance(s, str) and s.strip() for s in servers):
+            servers = ",".join(s.strip() for s in servers)  # a YAML list of brokers: librdkafka's comma form
+        if not isinstance(servers, str):  # str() of a list or a number was sent to librdkafka as is
+            raise RepoError(f"{at('bootstrap_servers')}.bootstrap_servers: give the brokers as host:port, "
+                            f"comma-separated or a YAML list, got {servers!r}")
+        cfg = cls(bootstrap_servers=servers,
                   group_id=str(section.get("group_id") or f"fstore-{repo.project}"),
                   assign=str(section.get("assign") or "all"),
                   dead_letter_topic=section.get("dead_letter_topic"),

@@ -18,7 +18,11 @@ def tracking_uri_for(repo=None, given: str | None = None, use_env: bool = True) 
     if not isinstance(section, dict):
         raise IntegrationError(f"{repo.config_where('mlflow')}: 'mlflow' is a section, e.g. "
                                "mlflow: {tracking_uri: sqlite:////abs/path/mlflow.db}")
-    return section.get("tracking_uri") or (os.environ.get("MLFLOW_TRACKING_URI") if use_env else None) or None
+    uri = section.get("tracking_uri")
+    if uri is not None and not isinstance(uri, str):
+        raise IntegrationError(f"{repo.config_where('mlflow', 'tracking_uri')}: mlflow.tracking_uri is a URI "
+                               f"(e.g. sqlite:////abs/path/mlflow.db or http://host:5000), got {uri!r}")
+    return uri or (os.environ.get("MLFLOW_TRACKING_URI") if use_env else None) or None
 
 
 def model_lister(tracking_uri: str):

@@ -65,6 +65,9 @@ class FeatureLogConfig:
         services = section.get("services")
         if isinstance(services, str):
             services = [s.strip() for s in services.split(",") if s.strip()]
+        elif services is not None and not (isinstance(services, list) and all(isinstance(s, str) for s in services)):
+            raise RepoError(f"{at('services')}: services is a feature service name, a comma-separated list or a "
+                            f"YAML list of names, got {services!r}")
         if not services:
             raise RepoError(f"{at('services')}: name the feature services to log, e.g. services: fraud_v1")
         path = str(section.get("path") or "data/feature_log")
