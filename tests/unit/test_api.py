@@ -689,3 +689,14 @@ def test_a_query_parameter_given_twice_is_refused_not_read_as_its_last(api):
     assert "Content-Encoding 'gzip' is not accepted" in assert_error(res, 415)["description"]
     assert api.simulate_post("/api/v1/push", json={"stream": "transactions", "rows": []},
                              headers={"Content-Encoding": "identity"}).status_code == 200
+
+
+def test_an_unknown_query_parameter_is_refused_on_the_api_but_not_on_probes(api):
+    """?verison=2 (misspelt) answered the latest version as if it were not there."""
+    res = api.simulate_get("/api/v1/registry/feature_views/user_txn", query_string="verison=2")
+    assert assert_error(res, 400)["description"] == "unknown query parameter(s) verison; this path takes version"
+    res = api.simulate_post("/api/v1/features/online", query_string="debug=1",
+                            json={"features": ["user_txn:txn_count_1h"], "entities": {"user_id": [1]}})
+    assert assert_error(res, 400)["description"] == "unknown query parameter(s) debug; this path takes none"
+    for path in ("/health", "/metrics", "/api/v1/openapi.json"):  # a monitor may add its own (cache busting)
+        assert api.simulate_get(path, query_string="_=123").status_code == 200, path

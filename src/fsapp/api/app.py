@@ -42,6 +42,12 @@ class Guard:
         scope = getattr(resource, "scope", None)
         if self.keys is not None and scope is not None:
             self.keys.check(req, scope)
+        known = getattr(resource, "query_params", None)
+        if known is not None and req.params:
+            unknown = sorted(set(req.params) - known)
+            if unknown:  # a misspelt ?verison=2 answered the latest version, as if it were not there
+                takes = f"this path takes {', '.join(sorted(known))}" if known else "this path takes none"
+                raise errors.malformed(f"unknown query parameter(s) {', '.join(unknown)}; {takes}")
         twice = sorted(name for name, value in req.params.items() if isinstance(value, list))
         if twice:  # (Falcon keeps a repeated one as a list and get_param answers its last value)
             raise errors.malformed(f"query parameter(s) {', '.join(twice)} given more than once; give each once")

@@ -68,6 +68,9 @@ def send_json(resp: falcon.Response, doc, status=falcon.HTTP_200) -> None:
 
 class _Resource:
     scope: str | None = "read"
+    # the query parameters a route reads: any other is refused (app.Guard), so a misspelt one
+    # (?verison=2) is not silently ignored; None: not checked (probes a monitor may decorate)
+    query_params: frozenset | None = frozenset()
 
     def __init__(self, backend, limits):
         self.backend = backend
@@ -199,6 +202,7 @@ def _idempotency_key(req) -> str | None:
 
 
 class Push(_Resource):
+    query_params = frozenset({"stream"})
     """POST /api/v1/push: JSON rows or columns, or an Arrow IPC stream body."""
     scope = "write"
 
@@ -343,6 +347,7 @@ def _no_async(req) -> None:
 class FeastMaterialize(_Resource):
     """POST /materialize: Feast's MaterializeRequest (start_ts, end_ts,
     feature_views), done by the engine as POST /api/v1/materialize."""
+    query_params = frozenset({"async"})
     scope = "write"
 
     def on_post(self, req, resp):
@@ -368,6 +373,7 @@ class FeastMaterializeIncremental(_Resource):
     fstore keeps windowed views current from the stream itself, so an
     incremental materialize rebuilds from the whole offline log up to end_ts
     (it heals late events; plain views take their values as of end_ts)."""
+    query_params = frozenset({"async"})
     scope = "write"
 
     def on_post(self, req, resp):
@@ -413,6 +419,7 @@ class RegistryList(_Resource):
 
 class RegistryItem(_Resource):
     """GET /api/v1/registry/{kind}/{name}[?version=N]"""
+    query_params = frozenset({"version"})
 
     def on_get(self, req, resp, kind, name):
         send_json(resp, self.backend.registry_get(_kind(kind), name, rq.int_param(req, "version")))
@@ -423,6 +430,7 @@ class Lineage(_Resource):
     listing logged models, fsapp.integrations.tracking.model_lister, which
     reports failures as FStoreError) the models that read the features below
     `name` are nodes too."""
+    query_params = frozenset({"models"})
 
     def __init__(self, backend, limits, models=None):
         super().__init__(backend, limits)
@@ -490,6 +498,7 @@ class Stats(_Resource):
 # ---- operations (open: probes and scrapers carry no keys)
 
 class Health(_Resource):
+    query_params = None
     scope = None
 
     def on_get(self, req, resp):
@@ -497,6 +506,7 @@ class Health(_Resource):
 
 
 class Ready(_Resource):
+    query_params = None
     scope = None
 
     def on_get(self, req, resp):
@@ -507,6 +517,7 @@ class Ready(_Resource):
 
 
 class Metrics(_Resource):
+    query_params = None
     scope = None
 
     def __init__(self, backend, limits, http_metrics):
@@ -519,6 +530,7 @@ class Metrics(_Resource):
 
 
 class OpenApi(_Resource):
+    query_params = None
     scope = None
 
     def __init__(self, backend, limits, document: dict):
