@@ -92,7 +92,7 @@ def busy_message(data_dir) -> str:
     if who.get("kind") == "serve":
         url = f"http://{who.get('host') or '127.0.0.1'}:{who.get('port')}"
         return (f"`fstore serve` (pid {who.get('pid')}, {url}) is running on this repo and is its only writer: "
-                f"use fsapp.Client({url!r}) to talk to it, or stop it first")
+                f"use fsapp.Client({url!r}) to talk to it (from the command line: --url {url}), or stop it first")
     if who.get("kind") == "embedded":
         return (f"an embedded FeatureStore (pid {who.get('pid')}) has this repo's store open: close it "
                 "(store.close()) or end that process first")

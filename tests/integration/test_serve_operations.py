@@ -59,7 +59,8 @@ def test_a_second_server_on_a_served_repo_refuses_in_one_line(serve_repo, tmp_pa
     port = base.rsplit(":", 1)[1]
     assert f"pid {proc.pid}" in lines[0] and f":{port}" in lines[0] and "ready" not in res.stdout + res.stderr
     assert not [p for p in (root / "data" / "engine" / "online").iterdir() if ".tmp." in p.name]
-    with pytest.raises(RepoBusy, match=f"fstore serve. \\(pid {proc.pid}, http://127.0.0.1:{port}\\)"):
+    with pytest.raises(RepoBusy, match=f"fstore serve. \\(pid {proc.pid}, http://127.0.0.1:{port}\\).*"
+                                       f"from the command line: --url http://127.0.0.1:{port}"):
         FeatureStore(root).get_online_features(features=["account_totals:n_payments"], entity_rows=[{"account_id": 1}])
     post(base + "/api/v1/push", {"stream": "payments", "rows": [{"account_id": 1, "amount": 1.0, "ts": time.time()}]})
 
