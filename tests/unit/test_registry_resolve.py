@@ -165,7 +165,9 @@ def test_row_logic_that_depends_on_when_it_runs_is_refused():
             ("CREATE FEATURE VIEW v AS SELECT user_id, \"uuid\"()::VARCHAR AS id FROM profiles", "uuid()"),
             ("CREATE FEATURE VIEW v AS SELECT user_id, age FROM profiles WHERE updated_at < today()", "today()"),
             ("CREATE REQUEST SOURCE req (t BIGINT);\nCREATE ON DEMAND FEATURE VIEW od AS SELECT "
-             "epoch_us(get_current_timestamp()) - t AS age FROM req", "get_current_timestamp()")):
+             "epoch_us(get_current_timestamp()) - t AS age FROM req", "get_current_timestamp()"),
+            ("CREATE FEATURE VIEW v AS SELECT user_id, amount FROM transactions "
+             "WHERE current_setting('TimeZone') = 'UTC'", "current_setting()")):
         assert f"{fn} is not a function of the row" in problems(extra), extra
     res = resolve(parse(BASE.replace("amount DOUBLE,", "amount DOUBLE, current_date DATE,") + """
         CREATE FEATURE VIEW v AS SELECT user_id, date_part('hour', ts) AS hour,

@@ -32,11 +32,14 @@ _TIME_COLUMN_TYPES = ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE", "BIGINT",
 
 # Row logic runs when an event is pushed (online) and again when a training set is built
 # (offline): a value that depends on when or where it runs, not on the row, differs between the
-# two. The clock functions (CONSISTENT_WITHIN_QUERY in duckdb_functions(), like harmless ones
-# such as `+` over TIMESTAMPTZ, so named here) and every VOLATILE function but error().
+# two. The clock and session functions (CONSISTENT_WITHIN_QUERY in duckdb_functions(), like
+# harmless ones such as `+` over TIMESTAMPTZ, so named here) and every VOLATILE function but error().
 _CLOCK_FUNCTIONS = frozenset({"now", "today", "current_date", "current_time", "current_timestamp", "get_current_time",
                               "get_current_timestamp", "transaction_timestamp", "current_localtime",
-                              "current_localtimestamp", "localtime", "localtimestamp"})
+                              "current_localtimestamp", "localtime", "localtimestamp",
+                              # and the session's own state, which the engine's and a training set's differ in
+                              "current_setting", "getvariable", "current_database", "current_schema",
+                              "current_schemas", "in_search_path", "txid_current"})
 _CLOCK_NAMES = frozenset({"current_date", "current_time", "current_timestamp", "localtime", "localtimestamp"})
 
 
