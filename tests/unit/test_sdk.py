@@ -145,6 +145,21 @@ def test_features_as_a_bare_string_says_to_give_a_list(store):
             call()
 
 
+def test_a_dataframe_with_categorical_columns_pushes_like_plain_text(store):
+    """pandas' category dtype (dictionary-encoded in Arrow) was refused for a text key: "takes text;
+    got dictionary<values=large_string, ...> values"."""
+    import pandas as pd
+    now = dt.datetime.now(dt.timezone.utc)
+    plain = pd.DataFrame(rows(now, n=3, user=2))
+    cat = plain.assign(merchant_id=plain.merchant_id.astype("category"), country=plain.country.astype("category"),
+                       user_id=plain.user_id.astype("category"))
+    assert store.push("transactions", cat) == {"accepted": 3, "late": 0, "lsn": 1}
+    got = store.get_online_features(features=["user_txn:amount_24h", "merchant_txn:volume_1d"],
+                                    entity_rows=pd.DataFrame({"user_id": [2], "merchant_id": pd.Series(["m7"],
+                                                                                                 dtype="category")}))
+    assert got.to_dict()["amount_24h"] == [63.0]  # 20 + 21 + 22
+
+
 def test_materialize_fills_the_profile_view_from_its_file(store):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -44,14 +44,14 @@ def read_rows(rows) -> tuple[pa.Table, dict[str, set]]:
     cast then reads it), so the caller can refuse it where text would change
     its meaning (an entity key: `"1020"` is not the key 1020)."""
     if isinstance(rows, pa.Table):
-        return rows, {}
+        return _decoded(rows), {}
     if isinstance(rows, pa.RecordBatch):
-        return pa.Table.from_batches([rows]), {}
+        return _decoded(pa.Table.from_batches([rows])), {}
     mixed: dict[str, set] = {}
     try:
         if hasattr(rows, "to_dict") and hasattr(rows, "columns") and hasattr(rows, "dtypes"):  # pandas
             try:
-                return pa.Table.from_pandas(rows, preserve_index=False), {}
+                return _decoded(pa.Table.from_pandas(rows, preserve_index=False)), {}
             except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
                 raise BatchError(f"could not read the DataFrame: {e}") from None
         if isinstance(rows, dict):
@@ -75,6 +75,17 @@ def read_rows(rows) -> tuple[pa.Table, dict[str, set]]:
                          "send UTF-8 text without lone surrogates") from None
     raise BatchError(f"cannot read rows of type {type(rows).__name__}: give a list of objects, "
                      "a dict of lists, a pandas DataFrame or an Arrow table")
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+    """Dictionary-encoded columns (pandas' category dtype) as their values: a
+    categorical merchant_id is text, and was refused as an entity key."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_dictionary(f.type):
+            col = table.column(i)
+            table = table.set_column(i, f.name, pa.chunked_array([c.dictionary_decode() for c in col.chunks],
+                                                                 type=f.type.value_type))
+    return table
 
 
 def _name(k) -> str:
