@@ -160,6 +160,21 @@ def test_a_dataframe_with_categorical_columns_pushes_like_plain_text(store):
     assert got.to_dict()["amount_24h"] == [63.0]  # 20 + 21 + 22
 
 
+def test_objects_in_a_text_column_are_refused_not_stored_as_their_text(store):
+    """A dict in a VARCHAR column was accepted from a DataFrame (DuckDB's cast stored "{'a': 1}") while
+    HTTP refused it; a complex column raised pyarrow's own error."""
+    import pandas as pd
+    now = dt.datetime.now(dt.timezone.utc)
+    base = pd.DataFrame(rows(now, n=2))
+    for column, values, message in (("country", [{"a": 1}, {"b": 2}], r"column 'country' \(VARCHAR\) takes text; "
+                                                                       r"got struct<.*> values \(objects and lists"),
+                                     ("country", [["a"], ["b"]], "got list<item: string> values"),
+                                     ("amount", [1 + 2j, 3 + 0j], "could not read the DataFrame: .*complex128")):
+        with pytest.raises(BatchError, match=message):
+            store.push("transactions", base.assign(**{column: values}))
+    assert store.push("transactions", base)["accepted"] == 2
+
+
 def test_materialize_fills_the_profile_view_from_its_file(store):
     import pyarrow as pa
     import pyarrow.parquet as pq

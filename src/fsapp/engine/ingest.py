@@ -52,7 +52,7 @@ def read_rows(rows) -> tuple[pa.Table, dict[str, set]]:
         if hasattr(rows, "to_dict") and hasattr(rows, "columns") and hasattr(rows, "dtypes"):  # pandas
             try:
                 return _decoded(pa.Table.from_pandas(rows, preserve_index=False)), {}
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
                 raise BatchError(f"could not read the DataFrame: {e}") from None
         if isinstance(rows, dict):
             lengths = {k: len(v) for k, v in rows.items() if hasattr(v, "__len__") and not isinstance(v, (str, bytes))}
@@ -311,6 +311,8 @@ def _check_input(stream: str, name: str, sql_type: str, col: pa.ChunkedArray, mi
                              f"{_wanted(kind)}")
         t = pa.string()
     is_text = pa.types.is_string(t) or pa.types.is_large_string(t)
+    if kind == "text" and pa.types.is_nested(t):  # DuckDB's cast would store {'a': 1} as its text
+        raise BatchError(f"{where} takes text; got {t} values (objects and lists are not text: send a string)")
     if key and kind == "text" and not is_text:
         raise BatchError(f"{where} takes text; got {t} values (send e.g. \"m7\", not 7)")
     if kind == "int":
