@@ -129,6 +129,8 @@ def test_cli_file_and_argument_mistakes_are_named_before_any_work(store, tmp_pat
     assert f"the directory {tmp_path / 'no' / 'dir'} does not exist" in err and "building" not in err
     assert main(["historical", str(labels), "-o", str(tmp_path)] + feats) == 1
     assert "is a directory; name the file to write" in capsys.readouterr().err
+    assert main(["historical", str(labels), "-o", str(tmp_path / "train.txt")] + feats) == 1  # was Parquet
+    assert "train.txt: name a .parquet or .csv file (or - for CSV on stdout)" in capsys.readouterr().err
     assert main(["historical", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "o.parquet")] + feats) == 1
     assert "missing.csv: no such file" in capsys.readouterr().err
     assert main(["get", "user_txn:txn_count_1h", "-e", "user_id=1", "-e", "user_id=2", "--repo", repo]) == 1

@@ -258,6 +258,8 @@ def _check_output(out: str) -> None:
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"-o {out}: the directory {parent} does not exist; create it first")
+    if not out.lower().endswith((".parquet", ".pq", ".csv")):  # any other name was written as Parquet
+        raise ValueError(f"-o {out}: name a .parquet or .csv file (or - for CSV on stdout)")
 
 
 def _csv_safe(table: pa.Table) -> pa.Table:
