@@ -202,8 +202,8 @@ def _idempotency_key(req) -> str | None:
 
 
 class Push(_Resource):
-    query_params = frozenset({"stream"})
     """POST /api/v1/push: JSON rows or columns, or an Arrow IPC stream body."""
+    query_params = frozenset({"stream"})
     scope = "write"
 
     def on_post(self, req, resp):
