@@ -82,9 +82,7 @@ def _decoded(table: pa.Table) -> pa.Table:
     categorical merchant_id is text, and was refused as an entity key."""
     for i, f in enumerate(table.schema):
         if pa.types.is_dictionary(f.type):
-            col = table.column(i)
-            table = table.set_column(i, f.name, pa.chunked_array([c.dictionary_decode() for c in col.chunks],
-                                                                 type=f.type.value_type))
+            table = table.set_column(i, f.name, table.column(i).cast(f.type.value_type))
     return table
 
 

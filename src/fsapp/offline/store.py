@@ -66,8 +66,7 @@ class OfflineStore:
         self._unreadable: dict[str, str] = {}  # batch source -> why its last registration failed
         self._stream_columns: dict[str, list[tuple[str, str]]] = {}
         self._lock = threading.Lock()
-        self.con = duck.connect()
-        self.con.execute("SET TimeZone = 'UTC'")
+        self.con = duck.connect()  # UTC, its cursors too
         self.con.execute(f"SET temp_directory = {sql_string(os.path.join(self.root, 'tmp'))}")
         if memory_limit:
             self.con.execute(f"SET memory_limit = {sql_string(memory_limit)}")
@@ -189,7 +188,6 @@ class OfflineStore:
         the point-in-time SQL calls."""
         with self._lock:
             cur = self.con.cursor()
-        cur.execute("SET TimeZone = 'UTC'")
         # DuckDB folds isnan(x) to false from Parquet min/max statistics, which
         # Parquet writers compute without NaN (checked with duckdb 2.0.1): NaN
         # would then count as a value. The event log writes NaN as null, but

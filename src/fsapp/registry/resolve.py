@@ -11,6 +11,7 @@ and nothing is written unless the whole set is valid.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import duckdb
@@ -43,9 +44,12 @@ _CLOCK_FUNCTIONS = frozenset({"now", "today", "current_date", "current_time", "c
 _CLOCK_NAMES = frozenset({"current_date", "current_time", "current_timestamp", "localtime", "localtimestamp"})
 
 
-def _nondeterministic(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
-    volatile = {r[0].lower() for r in con.execute(
-        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE stability = 'VOLATILE'").fetchall()}
+@functools.cache
+def _nondeterministic() -> frozenset[str]:
+    """(DuckDB's function list is fixed for the process: read once, ~10 ms, not at every plan.)"""
+    with duckdb.connect() as con:
+        volatile = {r[0].lower() for r in con.execute(
+            "SELECT DISTINCT function_name FROM duckdb_functions() WHERE stability = 'VOLATILE'").fetchall()}
     return frozenset((volatile - {"error"}) | _CLOCK_FUNCTIONS)
 
 
@@ -97,7 +101,6 @@ class _Checker:
         self.problems: list[str] = []
         self.con = duck.connect()
         self.tables: dict[str, dict[str, str]] = {}  # source/stream name -> {column: DuckDB type}
-        self.run_dependent = _nondeterministic(self.con)
 
     def fail(self, kind: str, name: str, message: str) -> None:
         where = self.origins.get(name)
@@ -178,7 +181,7 @@ class _Checker:
         return rows[1][1]
 
     def deterministic(self, obj, expr: str, what: str, columns) -> bool:
-        fn = _run_dependent(expr, self.run_dependent, columns)
+        fn = _run_dependent(expr, _nondeterministic(), columns)
         if fn is None:
             return True
         self.fail(obj.KIND, obj.name, f"{what}: {fn} is not a function of the row: it gives another value each "
