@@ -700,3 +700,38 @@ def test_an_unknown_query_parameter_is_refused_on_the_api_but_not_on_probes(api)
     assert assert_error(res, 400)["description"] == "unknown query parameter(s) debug; this path takes none"
     for path in ("/health", "/metrics", "/api/v1/openapi.json"):  # a monitor may add its own (cache busting)
         assert api.simulate_get(path, query_string="_=123").status_code == 200, path
+
+
+def test_a_read_takes_integral_numbers_as_integer_keys_as_a_push_does(api, engine):
+    """A push took `1.0` as the key 1 (docs/api.md, "What a push accepts") but a read of
+    `"user_id": [1.0]` (JSON from JavaScript, a pandas column that held a NaN) was 422 "takes
+    integers", and every refused key column said only that: now the read takes it, answers the key
+    it read, and a refused value is named with its row."""
+    push(api, [txn(1, T0 + H), txn(2, T0 + H)])
+    on = "/api/v1/features/online"
+    want = api.simulate_post(on, json={"features": ["user_txn:txn_count_1h"], "entities": {"user_id": [1, 2]}}).json
+    for path in (on, "/get-online-features"):
+        res = api.simulate_post(path, json={"features": ["user_txn:txn_count_1h"], "entities": {"user_id": [1.0, 2]}})
+        assert res.status_code == 200, res.text
+        assert res.json == want
+    for keys, said in [([1, 1.5], "takes integers; row 1 holds 1.5"),
+                       ([1, "2"], "takes integers, not text: row 1 holds '2'; send the number itself"),
+                       ([True], "takes integers; row 0 holds true (a boolean)"),
+                       ([1, None], "entity key 'user_id' is null in row 1; give every row its user_id")]:
+        res = api.simulate_post(on, json={"features": ["user_txn:txn_count_1h"], "entities": {"user_id": keys}})
+        assert said in assert_error(res, 422)["description"], keys
+    for keys, said in [(["m1", 7], "takes text; row 1 holds 7"), ([None], "is null in row 0")]:
+        res = api.simulate_post(on, json={"features": ["merchant_txn:volume_1d"], "entities": {"merchant_id": keys}})
+        assert said in assert_error(res, 422)["description"], keys
+    # the SDK: a pandas float column (a merge's NaN made it float) reads; a missing key is named
+    import pandas as pd
+    from fsapp.engine.errors import BatchError
+    from fsapp.sdk.convert import entity_columns
+    cols = entity_columns(pd.DataFrame({"user_id": [1.0, 2.0]}))
+    assert engine.get_online_features(["user_txn:txn_count_1h"], entities=cols)["results"][1]["values"] == \
+        want["results"][1]["values"]
+    with pytest.raises(BatchError, match="is null in row 1"):
+        engine.get_online_features(["user_txn:txn_count_1h"],
+                                   entities=entity_columns({"user_id": pd.Series([1, None], dtype="Int64")}))
+    with pytest.raises(BatchError, match="takes 64-bit integers; row 1 holds -9223372036854775809"):
+        engine.get_online_features(["user_txn:txn_count_1h"], entities={"user_id": [2 ** 63 - 1, -2 ** 63 - 1]})

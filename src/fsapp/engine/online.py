@@ -54,7 +54,9 @@ def _keys_for(view_schema, entities: dict, view_name: str):
     """The view's keys from the entity columns, checked, as `Table.get_rows`
     takes them: an int64 key column as its list of ints itself (PERF: no
     array; the table reads the list; benches/bench_serving.py), a string
-    column as an object array; a dict of them for composite keys."""
+    column as an object array; a dict of them for composite keys.
+    `entities` is the caller's own dict: an integer key column's integral
+    numbers are replaced there by their ints (the answer echoes the keys read)."""
     cols = []
     for f in view_schema.keys:
         if f.name not in entities:
@@ -64,18 +66,58 @@ def _keys_for(view_schema, entities: dict, view_name: str):
         types = set(map(type, vals))  # PERF: no generator per value (benches/bench_serving.py)
         if f.kind == "int64":
             if not types <= {int}:  # bool is not int here: type(True) is bool
-                raise BatchError(f"entity key {f.name!r} takes integers")
+                vals = entities[f.name] = _integral_keys(f.name, vals)  # the answer echoes the keys read
             if vals and not (_INT64_MIN <= min(vals) and max(vals) <= _INT64_MAX):
-                raise BatchError(f"entity key {f.name!r} takes 64-bit integers")
+                i = next(i for i, v in enumerate(vals) if not _INT64_MIN <= v <= _INT64_MAX)
+                raise BatchError(f"entity key {f.name!r} takes 64-bit integers; row {i} holds {vals[i]}")
             cols.append(list(vals))  # a list, also when the request gave a tuple
         else:
             if not types <= {str}:
-                raise BatchError(f"entity key {f.name!r} takes strings")
+                _refuse_text_key(f.name, vals)
             cols.append(np.array(vals, dtype=object))
     return cols[0] if len(cols) == 1 else dict(zip(view_schema.key_names, cols))
 
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _null_key(name: str, i: int) -> BatchError:
+    return BatchError(f"entity key {name!r} is null in row {i}; give every row its {name}")
+
+
+def _integral_keys(name: str, vals) -> list:
+    """An integer key column that is not all ints: integral numbers are their
+    integer, as a push takes them (`3.0` is the key 3: JSON from JavaScript,
+    a pandas column that held a NaN); anything else is refused naming its row."""
+    out = []
+    for i, v in enumerate(vals):
+        t = type(v)
+        if t is int:
+            out.append(v)
+        elif t is float and v.is_integer() and -2.0 ** 63 <= v < 2.0 ** 63:
+            out.append(int(v))
+        elif v is None or t is float and v != v:
+            raise _null_key(name, i)
+        elif t is str:
+            raise BatchError(f"entity key {name!r} takes integers, not text: row {i} holds {v!r}; send the number "
+                             "itself")
+        elif t is bool:
+            raise BatchError(f"entity key {name!r} takes integers; row {i} holds {str(v).lower()} (a boolean)")
+        else:
+            raise BatchError(f"entity key {name!r} takes integers; row {i} holds {v!r}")
+    return out
+
+
+def _refuse_text_key(name: str, vals) -> None:
+    """A text key column with a value that is not text: names the row (a
+    number is never silently its text: a key never becomes another entity)."""
+    for i, v in enumerate(vals):
+        if type(v) is str:
+            continue
+        if v is None or type(v) is float and v != v:
+            raise _null_key(name, i)
+        shown = str(v).lower() if type(v) is bool else repr(v)
+        raise BatchError(f"entity key {name!r} takes text; row {i} holds {shown} (send e.g. \"m7\", not 7)")
 _EPOCH_ISO = "1970-01-01T00:00:00.000000Z"
 _EPOCH_JSON = f'"{_EPOCH_ISO}"'
 

@@ -39,6 +39,8 @@ PUSH_RETRIES = 5  # a push whose outcome is unknown is retried (same idempotency
 
 
 def _json_default(v):
+    if type(v).__name__ in ("NAType", "NaTType"):  # pandas' missing values
+        return None
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, np.ndarray):
@@ -49,7 +51,7 @@ def _json_default(v):
         return v.isoformat()
     if hasattr(v, "to_pydatetime"):  # pandas Timestamp
         return iso(to_us(v))
-    raise TypeError(f"{type(v).__name__} is not JSON serialisable; push numbers, text, booleans or times")
+    raise TypeError(f"{type(v).__name__} is not JSON serialisable; send numbers, text, booleans or times")
 
 
 class Client(RegistryListing):

@@ -77,8 +77,14 @@ def to_us(value, name: str = "time", *, now: int | None = None) -> int:
 
 
 def _plain(v):
-    """numpy scalars → Python (the online path checks `isinstance(v, int)`)."""
-    return v.item() if isinstance(v, np.generic) else v
+    """numpy scalars → Python (the online path checks `isinstance(v, int)`);
+    pandas' missing values (NA, NaT) → None, which the read refuses naming
+    its row."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if type(v).__name__ in ("NAType", "NaTType"):
+        return None
+    return v
 
 
 def entity_columns(entity_rows) -> dict[str, list]:
