@@ -231,3 +231,31 @@ def test_one_registry_read_by_many_threads_at_once(tmp_path):
         for t in threads:
             t.join(120)
     assert not errors, errors[:3]
+
+
+def test_a_script_in_the_repo_that_applies_it_is_named_and_fstoreignore_leaves_scripts_out(tmp_path):
+    """Every *.py in a repo runs as definitions (as Feast's): a training script beside the
+    definitions that applied the repo when run recursed until Python's RecursionError, with the
+    file named a thousand times. It is named once with what to do; `.fstoreignore` (Feast's
+    `.feastignore`) lists files and directories that are not definitions."""
+    from fsapp.registry.errors import RepoError
+    repo = make_repo(tmp_path)
+    script = "from fsapp.registry import Repo\nRepo(__file__.rsplit('/', 2)[0]).apply()\n"
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "train.py").write_text(script)
+    with pytest.raises(RepoError) as e:
+        repo.apply()
+    assert str(e.value) == ("jobs/train.py: reading it as a definitions file read this repo's definitions again "
+                            "(it plans or applies the repo when run): put that code under `if __name__ == "
+                            "\"__main__\":`, move the script out of the repo, or list it in .fstoreignore")
+    assert not repo.registry_path.exists()
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "explore.py").write_text("raise SystemExit('not definitions')\n")
+    (tmp_path / "old_job.py").write_text("raise SystemExit('not definitions')\n")
+    (tmp_path / ".fstoreignore").write_text("# scripts, not definitions\njobs/train.py\nnotebooks/\n*_job.py\n")
+    assert [p.name for p in repo.definition_files()] == ["defs.sql"]
+    assert repo.apply()[1] is not None
+    # a script whose work is under the main guard is read as definitions without running it
+    (tmp_path / ".fstoreignore").write_text("notebooks\nold_job.py\n")
+    (tmp_path / "jobs" / "train.py").write_text("if __name__ == '__main__':\n    " + script.replace("\n", "\n    "))
+    assert repo.plan().pending == []

@@ -1,6 +1,8 @@
 """A feature repository: a directory with `fstore.yaml` and definition files
 (`*.sql` in the DSL, `*.py` with the Python API), found recursively except
-under the data directory, hidden directories and files starting with '_'.
+under the data directory, hidden directories, files starting with '_' and
+what `.fstoreignore` lists (glob patterns, one a line, as Feast's
+`.feastignore`).
 
 `Repo(path).plan()` diffs it against the registry; `.apply()` writes it
 atomically (everything or nothing).
@@ -13,8 +15,10 @@ names the line (`Repo.config_where("online", "port")` -> ".../fstore.yaml
 line 4")."""
 from __future__ import annotations
 
+import fnmatch
 import runpy
-from pathlib import Path
+import threading
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -32,6 +36,10 @@ DEFAULTS = {"registry": "data/registry.db", "data_dir": "data"}
 # whole section (a server that never consumes its topics, and says nothing).
 SECTIONS = ("project", "registry", "data_dir", "online", "kafka", "auth", "feature_logging", "mlflow")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+IGNORE_NAME = ".fstoreignore"
+# the Python definition files being run, per thread: one that reads the repo's definitions
+# again (a script that applies the repo when imported) recursed until Python gave up
+_running = threading.local()
 
 
 class ConfigSection(dict):
@@ -167,13 +175,27 @@ class Repo:
                             f"path; {inline}")
         return self.root / path
 
+    def ignore_patterns(self) -> list[str]:
+        """`.fstoreignore`'s glob patterns (`#` comments and blank lines
+        skipped; a trailing '/' is dropped: a pattern naming a directory
+        takes everything below it)."""
+        path = self.root / IGNORE_NAME
+        if not path.is_file():
+            return []
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RepoError(f"{path}: cannot be read: {e}") from None
+        return [p.strip().rstrip("/") for p in lines if p.strip() and not p.strip().startswith("#")]
+
     def definition_files(self) -> list[Path]:
         skip = self.data_dir.resolve()
+        ignore = self.ignore_patterns()
         out = []
         for p in sorted(self.root.rglob("*")):
             rel = p.relative_to(self.root).parts
             if (p.suffix not in (".sql", ".py") or not p.is_file() or any(part.startswith((".", "_")) for part in rel)
-                    or skip in p.resolve().parents):
+                    or skip in p.resolve().parents or ignore and _ignored(rel, ignore)):
                 continue
             out.append(p)
         return out
@@ -181,6 +203,12 @@ class Repo:
     def load_definitions(self) -> tuple[list[Definition], dict[str, str]]:
         """(definitions, {name: "file:line"}). Syntax errors raise at once;
         duplicate names are left for resolve() to report with both places."""
+        for running in getattr(_running, "files", ()):
+            if self.root.resolve() in running.resolve().parents:
+                rel = running.resolve().relative_to(self.root.resolve())
+                raise _Reentered(f"{rel}: reading it as a definitions file read this repo's definitions again (it "
+                                 "plans or applies the repo when run): put that code under `if __name__ == "
+                                 f"\"__main__\":`, move the script out of the repo, or list it in {IGNORE_NAME}")
         defs, origins = [], {}
         for path in self.definition_files():
             rel = str(path.relative_to(self.root))
@@ -265,13 +293,44 @@ def plan_against(resolved: dict[str, Resolved], store: RegistryStore) -> Plan:
             return make_plan(resolved, snap, max_versions, lookup)
 
 
+class _Reentered(RepoError):
+    """A definition file read its own repo's definitions (reported as is)."""
+
+
+def _ignored(rel: tuple[str, ...], patterns: list[str]) -> bool:
+    """Whether `.fstoreignore` takes the file at `rel` (its path's parts).
+    A pattern without '/' matches a file or directory name at any depth
+    (`train.py`, `*_job.py`, `notebooks`); one with '/' matches the path
+    from the repo's root or one of its directories (`scripts/*.py`,
+    `jobs/old`), `**/` standing for any directories, none included."""
+    paths = ["/".join(rel[:i]) for i in range(1, len(rel) + 1)]
+    for pat in patterns:
+        pat = pat.strip("/")
+        anywhere = pat.startswith("**/")
+        while pat.startswith("**/"):
+            pat = pat[3:]
+        pats = [pat, f"*/{pat}"] if anywhere else [pat]  # fnmatch's * takes '/' too
+        if "/" not in pat:
+            if any(fnmatch.fnmatchcase(part, pat) for part in rel):
+                return True
+        elif any(fnmatch.fnmatchcase(p, q) for p in paths for q in pats):
+            return True
+    return False
+
+
 def _python_definitions(path: Path, rel: str) -> list[Definition]:
+    files = _running.__dict__.setdefault("files", [])
+    files.append(path)
     try:
         namespace = runpy.run_path(str(path), run_name=f"fstore_repo.{path.stem}")
     except DefinitionError as e:
         raise DefinitionError([f"{rel}: {p}" for p in e.problems]) from None
+    except _Reentered:
+        raise
     except Exception as e:  # a user's file: report any failure with its place
         raise RepoError(f"{rel}: failed to run: {type(e).__name__}: {e}") from e
+    finally:
+        files.pop()
     out = []
     for value in namespace.values():
         if isinstance(value, (python_api._Def, Definition)):
