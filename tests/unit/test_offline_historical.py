@@ -207,6 +207,27 @@ def test_missing_key_column(store):
         store.get_historical_features(pd.DataFrame({"user": [1], "event_timestamp": [1]}), [plain_store(store)])
 
 
+def test_a_key_of_another_type_is_refused_not_cast_into_another_entity(store):
+    """A training set of `"user_id": ["1"]` joined user 1's values (DuckDB cast the text to the
+    integer key), while the online read refuses text for an integer key: a key is never cast into
+    another entity's. Integral numbers are integer keys (a pandas column that held a NaN), as
+    online; nulls are keys with no events."""
+    store.log.append("p", {"k": [1, 2], "ts": [10, 10], "v": [1, 2]}, timestamp="ts", created_ts=0)
+    store.log.append("q", {"m": ["7", "8"], "ts": [10, 10], "v": [7, 8]}, timestamp="ts", created_ts=0)
+    by_int = ViewDef.plain("pv", "p", ["k"], ["v"], key_kinds=["int64"])
+    by_text = ViewDef.plain("qv", "q", ["m"], ["v"], key_kinds=["string"])
+    with pytest.raises(EntityDataFrameError, match=r"'k' is VARCHAR, and view pv is keyed by it as an integer: "
+                                                   r"give integers \(1, not '1'\)"):
+        store.get_historical_features(pd.DataFrame({"k": ["1"], "event_timestamp": [20]}), [by_int])
+    with pytest.raises(EntityDataFrameError, match="'m' is BIGINT, and view qv is keyed by it as text"):
+        store.get_historical_features(pd.DataFrame({"m": [7], "event_timestamp": [20]}), [by_text])
+    with pytest.raises(EntityDataFrameError, match="'k' is view pv's integer key: row 1 holds 1.5"):
+        store.get_historical_features(pd.DataFrame({"k": [1.0, 1.5], "event_timestamp": [20, 20]}), [by_int])
+    out = store.get_historical_features(pd.DataFrame({"k": [2.0, None, 1.0], "event_timestamp": [20, 20, 20]}),
+                                        [by_int]).to_df()
+    assert out["v"].tolist()[0] == 2 and math.isnan(out["v"].tolist()[1]) and out["v"].tolist()[2] == 1
+
+
 def test_bad_timestamp_type(store):
     with pytest.raises(EntityDataFrameError, match="timestamp"):
         store.get_historical_features(pd.DataFrame({"k": [1], "event_timestamp": [1.5]}), [plain_store(store)])

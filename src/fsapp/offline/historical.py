@@ -154,6 +154,37 @@ def load_entities(cur, entity_df, timestamp_column: str, name: str) -> tuple[lis
     return cols, keep
 
 
+_INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+                            "UINTEGER", "UBIGINT", "UHUGEINT"})
+
+
+def _check_key_types(cur, name: str, view) -> None:
+    """The entity rows' key columns take the view's key type, as a read's and
+    a push's do: DuckDB's join would cast text '1' to the integer key 1 (or 7
+    to the text key '7'), a training set of another entity's values. An
+    integer key takes integral numbers (a pandas column that held a NaN);
+    nulls are keys with no events."""
+    if not view.key_kinds:
+        return
+    types = dict(cur.execute(f"SELECT column_name, column_type FROM (DESCRIBE {name})").fetchall())
+    for key, kind in zip(view.keys, view.key_kinds):
+        t, col = types[key], quote_ident(key)
+        if t == '"NULL"' or t in _INTEGER_TYPES and kind == "int64" or t == "VARCHAR" and kind == "string":
+            continue
+        if kind == "int64" and (t in ("DOUBLE", "FLOAT") or t.startswith("DECIMAL")):
+            bad = cur.execute(f"SELECT __row, CAST({col} AS VARCHAR) FROM {name} WHERE {col} IS NOT NULL AND "
+                              f"(NOT isfinite({col}::DOUBLE) OR {col} <> trunc({col}) OR abs({col}::DOUBLE) >= "
+                              f"9223372036854775808.0) ORDER BY __row LIMIT 1").fetchone()
+            if bad is None:
+                continue
+            raise EntityDataFrameError(f"entity_df column {key!r} is view {view.name}'s integer key: row {bad[0]} "
+                                       f"holds {bad[1]}; give integers")
+        wanted = "integers (1, not '1')" if kind == "int64" else "text ('m7', not 7)"
+        raise EntityDataFrameError(f"entity_df column {key!r} is {t}, and view {view.name} is keyed by it as "
+                                   f"{'an integer' if kind == 'int64' else 'text'}: give {wanted}; a key is never "
+                                   "cast into another entity's")
+
+
 def _non_finite_as_null(arr: pa.Array) -> pa.Array:
     """Non-finite floats (and list items) as null; others as they are."""
     t = arr.type
@@ -227,6 +258,7 @@ def get_historical_features(store: OfflineStore, entity_df, features, *,
         if missing:
             raise EntityDataFrameError(f"entity_df lacks the key column(s) {missing} of view {view.name} "
                                        f"(it has {', '.join(cols)})")
+        _check_key_types(cur, name, view)
         outs = [f"__fs_od__{view.name}__{n}" if (view.name, n) in hidden else output_name(view.name, n, full_feature_names)
                 for n in names]
         columns.update({(view.name, n): out for n, out in zip(names, outs)})
