@@ -735,3 +735,20 @@ def test_a_read_takes_integral_numbers_as_integer_keys_as_a_push_does(api, engin
                                    entities=entity_columns({"user_id": pd.Series([1, None], dtype="Int64")}))
     with pytest.raises(BatchError, match="takes 64-bit integers; row 1 holds -9223372036854775809"):
         engine.get_online_features(["user_txn:txn_count_1h"], entities={"user_id": [2 ** 63 - 1, -2 ** 63 - 1]})
+
+
+def test_a_sum_that_overflowed_reads_null_value_not_present_null(api):
+    """Two amounts of 1.7e308 make amount_24h infinite: served as null (JSON has no inf) and null
+    in training sets, but its status said PRESENT (a null value no other status explained)."""
+    push(api, [txn(7, T0 + H, amount=1.7e308), txn(7, T0 + H + 1, amount=1.7e308), txn(8, T0 + H)])
+    res = api.simulate_post("/api/v1/features/online", json={
+        "features": ["user_txn:amount_24h", "user_txn:txn_count_1h"], "entities": {"user_id": [7, 8]}})
+    _, total, count = res.json["results"]
+    assert total["values"] == [None, 5.0] and total["statuses"] == ["NULL_VALUE", "PRESENT"]
+    assert count["values"] == [2, 1] and count["statuses"] == ["PRESENT", "PRESENT"]
+    res = api.simulate_post("/api/v1/features/online", json={
+        "features": ["user_txn:amount_24h"], "entities": {"user_id": [7, 8]}, "as_of": NOW})
+    assert res.json["results"][1]["statuses"] == ["NULL_VALUE", "PRESENT"], res.text
+    res = api.simulate_post("/api/v1/features/historical", json={
+        "features": ["user_txn:amount_24h"], "entities": {"user_id": [7, 8], "event_timestamp": [NOW, NOW]}})
+    assert res.json["columns"]["amount_24h"] == [None, 5.0]

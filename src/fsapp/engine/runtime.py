@@ -74,12 +74,14 @@ def _key_array(col: pa.ChunkedArray, kind: str) -> np.ndarray:
 
 def column_for_table(arr: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(values, nulls) for a table column of `kind` from a kernel result:
-    NaN means null for floats; a list (last_k) is null when it has no item."""
+    NaN means null for floats, and so does an infinity (a sum that overflowed:
+    served and in training sets as null, so its status is NULL_VALUE, not
+    PRESENT with a null value); a list (last_k) is null when it has no item."""
     if kind == "list":
         a = np.asarray(arr, dtype=np.float64)
         return a, np.isnan(a).all(axis=1) if a.size else np.zeros(len(a), dtype=bool)
     a = np.asarray(arr)
-    nulls = np.isnan(a) if a.dtype.kind == "f" else np.zeros(len(a), dtype=bool)
+    nulls = ~np.isfinite(a) if a.dtype.kind == "f" else np.zeros(len(a), dtype=bool)
     if kind == "float64":
         return a.astype(np.float64), nulls
     if kind == "int64":
