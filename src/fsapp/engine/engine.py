@@ -62,7 +62,7 @@ from fsapp.engine.idempotency import MAX_KEY_LENGTH, IdempotencyWindow
 from fsapp.engine.heap import available_bytes, release_free_memory
 from fsapp.engine.ingest import BatchNormaliser
 from fsapp.engine.online import online_json, online_response
-from fsapp.engine.runtime import ROW, UNTAGGED, ViewRuntime, project_views, table_file
+from fsapp.engine.runtime import ROW, UNTAGGED, ViewBatch, ViewRuntime, project_views, table_file
 from fsapp.offline.store import OfflineStore
 from fsapp.offline.views import from_registry
 from fsapp.registry.catalog import Registry
@@ -354,7 +354,12 @@ class Engine:
             self.partitions_trusted = ckpt is None or bool(meta.get("row_partitions"))
         self.idempotency = IdempotencyWindow.from_list(meta.get("idempotency"))
         self.late_total = int(meta.get("late_events", 0))
+        self._backfill_pending = {(n, int(v)) for n, v in meta.get("backfill_pending", [])}
         self._load_definitions(ckpt)
+        # views the checkpoint does not hold (applied while the engine was down, or since it
+        # was written): the WAL after it holds only part of their stream's events
+        saved = {(r["name"], r["version"]) for r in meta.get("runtimes", [])}
+        unfilled = [k for k in self.runtimes if ckpt is not None and (k not in saved or k in self._backfill_pending)]
         if ckpt and "stream_watermarks" not in meta:
             # a checkpoint from before lateness was judged per partition: the
             # windows' one watermark is now that of the pushes without one
@@ -406,6 +411,7 @@ class Engine:
         self._replay_group(group, waiting)
         if entries:
             self.applied_lsn = entries[-1][0]
+        self._backfill(unfilled)
         # what the next restart replays again until a checkpoint: this replay
         self.work_s, self._ckpt_work_s = (time.perf_counter() - replay_start if entries else 0.0), 0.0
 
@@ -728,14 +734,52 @@ class Engine:
             rt.table.publish()
 
     def reload(self) -> None:
-        """Starts runtimes for definitions applied since (new views start empty;
-        materialize backfills them from the offline log)."""
+        """Starts runtimes for definitions applied since. A new view (or
+        version) fed by a stream is backfilled from the offline log in the
+        same hold of the lock (`_backfill`): it serves what a training set
+        reads from its first read on, and no checkpoint holds it half-built."""
         with self.lock:
+            before = set(self.runtimes)
             self._load_definitions(None)
             for s in self.streams:
                 self._next_seq.setdefault(s, self.offline.log.next_seq(s))
+            self._backfill([k for k in self.runtimes if k not in before])
             self._publish_tables()
         self.register_file_sources()
+
+    def _backfill(self, keys) -> None:
+        """Fills new runtimes of views fed by a stream with every event of it
+        in the offline log (late ones included, in (ts, seq) order, as a
+        training set reads them): a view applied to a store that already
+        has events served only the events pushed after it (counts of 0 where
+        its training set counted 19) until someone ran materialize. Windowed
+        views rebuild each key's state from its events; plain views take
+        each key's latest row. A backfill that cannot read the log is logged
+        and tried again at the next start (`backfill_pending` in the
+        checkpoint). Not for streams whose keys a Kafka group shares out
+        (their partitions are rebuilt as they are assigned)."""
+        todo = [k for k in keys if self.runtimes[k].stream is not None
+                and self.runtimes[k].stream.name not in self.partitioned and self.row_partitions is None]
+        if not todo:
+            return
+        self.offline.log.flush()
+        now = self.clock()
+        for key in todo:
+            rt = self.runtimes[key]
+            started = time.perf_counter()
+            try:
+                vb = self._logged_batch(rt, -(1 << 62), 1 << 62)
+                keys_written = 0 if vb is None else rt.rebuild(vb, now) if rt.aggregated else rt.apply(vb, now)
+            except duckdb.Error as e:
+                self._backfill_pending.add(key)
+                log.error("feature view %s@v%d: its backfill from the offline event log failed (%s); it serves the "
+                          "events pushed since it was applied, and the next start tries again (or run fstore "
+                          "materialize)", key[0], key[1], str(e).strip().splitlines()[0])
+                continue
+            self._backfill_pending.discard(key)
+            if keys_written:
+                log.info("feature view %s@v%d: backfilled %d keys from the offline event log in %.2f s", key[0],
+                         key[1], keys_written, time.perf_counter() - started)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """This thread's DuckDB connection (a connection serves one query at a time)."""
@@ -1305,10 +1349,16 @@ class Engine:
         return {"views": written, "skipped": skipped, "start": start, "end": end}
 
     def _rebuild_from_log(self, rt: ViewRuntime, start: int, end: int, now: int) -> int:
+        vb = self._logged_batch(rt, start, end)
+        return 0 if vb is None else rt.rebuild(vb, now)
+
+    def _logged_batch(self, rt: ViewRuntime, start: int, end: int) -> ViewBatch | None:
+        """Every logged event of the keys of `rt` with events in [start, end),
+        in (ts, seq) order, prepared for `rt` (None: no such event)."""
         stream = rt.stream.name
         glob = self.offline.log.glob(stream)
         if not self.offline.log.files(stream):
-            return 0
+            return None
         cur = self.cursor()
         s = rt.stream
         cols = ", ".join(_qi(c.name) for c in s.columns)
@@ -1320,16 +1370,15 @@ class Engine:
                f"ORDER BY _fs_event_ts, _fs_seq")
         events = cur.sql(sql).to_arrow_table()
         if events.num_rows == 0:
-            return 0
+            return None
         batch = events.append_column(ROW, pa.array(np.arange(events.num_rows, dtype=np.int64)))
         if rt.bare is None:
             cur.register("__batch", batch)
         try:
-            vb = rt.prepare(cur, batch)
+            return rt.prepare(cur, batch)
         finally:
             if rt.bare is None:
                 cur.unregister("__batch")
-        return rt.rebuild(vb, now)
 
     # ---- offline
 
@@ -1591,7 +1640,8 @@ class Engine:
                     "offsets": dict(self.offsets),
                     "logged_offsets": dict(self.logged_offsets), "runtimes": runtimes,
                     "idempotency": self.idempotency.to_list(), "late_events": self.late_total,
-                    "row_partitions": self.row_partitions is not None and self.partitions_trusted}
+                    "row_partitions": self.row_partitions is not None and self.partitions_trusted,
+                    "backfill_pending": sorted([n, v] for n, v in self._backfill_pending)}
             tmp = temp_path(self.ckpt_dir, lsn)
             if not copy:
                 # niced: on a busy machine the encoding waits, not the pushes and reads
