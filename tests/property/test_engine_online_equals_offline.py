@@ -67,6 +67,7 @@ CREATE FEATURE VIEW aged WITH (ttl = '40s') AS SELECT k,
     last_k(x, 2) OVER lifetime() AS a_lk,
     first(x) OVER session('25s') AS a_first
 FROM ev;
+CREATE FEATURE VIEW latest AS SELECT k, x AS p_x, s AS p_s FROM ev;
 CREATE REQUEST SOURCE req (r DOUBLE, n BIGINT, tag VARCHAR);
 CREATE ON DEMAND FEATURE VIEW od AS SELECT
     r / hops.mean60 AS ratio,
@@ -119,9 +120,16 @@ def views(repo):
 
 def reference(views, events, key, t):
     """Every feature's value as of t for one key over `events` = [(key, ts,
-    seq, x, s)] (the events the engine applied), by the documented rules."""
-    mine = [(ts, seq, {"x": x, "s": s}) for k, ts, seq, x, s in events if k == key]
+    seq, x, s, text)] (the events the engine applied), by the documented
+    rules; the plain view `latest`: its row with the largest (ts, arrival)
+    among those with ts <= t (Feast's rule; one push's events share a
+    created time, and pushes arrive in clock order)."""
+    mine = [(ts, seq, {"x": x, "s": s}) for k, ts, seq, x, s, _ in events if k == key]
     out = {}
+    rows = [(ts, seq, x, text) for k, ts, seq, x, _, text in events if k == key and ts <= t]
+    _, _, x, text = max(rows) if rows else (0, 0, None, None)
+    out["p_x"] = ("plain", None if x is None or x != x else x)
+    out["p_s"] = ("plain", text)
     newest = max((ts for ts, _, _ in mine if ts < t), default=None)
     for view, groups in views.items():
         expired = view in TTL and newest is not None and newest < t - TTL[view]
@@ -185,7 +193,7 @@ def scenarios(draw):
 
 FEATURES = [f"hops:{f}" for f in ("c20", "c30", "sum90", "mean60", "max60", "life", "last30")] + \
     [f"misc:{f}" for f in ("first_sess", "n_sess", "lk", "var", "sd", "min60", "ns", "ds")] + \
-    [f"aged:{f}" for f in ("a_c20", "a_total", "a_lk", "a_first")]
+    [f"aged:{f}" for f in ("a_c20", "a_total", "a_lk", "a_first")] + ["latest:p_x", "latest:p_s"]
 
 
 def read(eng, t, as_of=None):
@@ -212,6 +220,9 @@ def check(views, got, applied, t, where):
 @example(steps=[("push", 1 * S, [(0, 4 * S, 1.0, "a"), (1, 21 * S, 1.0, "a")] + [(0, -89 * S, 1.0, "a")] * 4),
                 ("materialize", 2 * S), ("as_of", 22 * S, 22 * S), ("read", 23 * S)],
          request=[(1.0, 3, "x"), (0.0, 0, None), (None, None, "y")])
+@example(steps=[("push", 1 * S, [(0, -1 * S, 1.0, "a"), (0, 20 * S, 2.0, "b"), (0, 5 * S, 3.0, "c")]),
+                ("materialize", 2 * S), ("read", 7 * S), ("read", 21 * S)],
+         request=[(1.0, 3, "x"), (0.0, 0, None), (None, None, "y")])
 def test_online_values_follow_the_rules_at_every_time(repo, views, tmp_path_factory, steps, request):
     clock = [B]
     eng = Engine(str(tmp_path_factory.mktemp("e") / uuid.uuid4().hex), str(repo.registry_path), fsync="never",
@@ -227,7 +238,7 @@ def test_online_values_follow_the_rules_at_every_time(repo, views, tmp_path_fact
                                       "ts": [e[1] for e in evs]})
                 late = 0
                 for k, ts, x, s in evs:  # the engine's late rule, in arrival order
-                    row = (k, ts, seq, np.nan if x is None else x, np.nan if s is None else float(string_id(s)))
+                    row = (k, ts, seq, np.nan if x is None else x, np.nan if s is None else float(string_id(s)), s)
                     seq += 1
                     logged.append(row)
                     if watermark is not None and ts < watermark - LATENESS:
@@ -269,7 +280,7 @@ def test_online_values_follow_the_rules_at_every_time(repo, views, tmp_path_fact
         offline = eng.get_historical_features(labels, FEATURES).to_arrow()
         for ref in FEATURES:
             name = ref.split(":")[1]
-            kind = next(a.kind for g in views.values() for _, aggs in g for a in aggs if a.name == name)
+            kind = next((a.kind for g in views.values() for _, aggs in g for a in aggs if a.name == name), "plain")
             for i, key in enumerate(KEYS):
                 off = offline.column(name)[i].as_py()
                 if kind in ("count", "approx_count_distinct") and off is None:
@@ -309,7 +320,7 @@ def test_a_restart_keeps_every_value_and_the_ticks_ahead(repo, views, tmp_path):
     assert eng.push("ev", {"k": [2], "ts": [B + 103 * S], "x": [0.5], "s": ["c"]}).late == 0
     eng.close()  # no checkpoint: the log replays this one
     eng = Engine(data, str(repo.registry_path), fsync="never", clock=lambda: clock[0], repo_root=str(repo.root))
-    applied = [(k, ts, i, x, np.nan if s is None else float(string_id(s))) for i, (k, ts, x, s) in
+    applied = [(k, ts, i, x, np.nan if s is None else float(string_id(s)), s) for i, (k, ts, x, s) in
                enumerate(evs + [(2, B + 103 * S, 0.5, "c")])]
     for t in (105, 110, 111, 120, 150, 180, 181):
         clock[0] = B + t * S

@@ -768,8 +768,7 @@ class Engine:
             rt = self.runtimes[key]
             started = time.perf_counter()
             try:
-                vb = self._logged_batch(rt, -(1 << 62), 1 << 62)
-                keys_written = 0 if vb is None else rt.rebuild(vb, now) if rt.aggregated else rt.apply(vb, now)
+                keys_written = self._rebuild_from_log(rt, -(1 << 62), 1 << 62, now)
             except duckdb.Error as e:
                 self._backfill_pending.add(key)
                 log.error("feature view %s@v%d: its backfill from the offline event log failed (%s); it serves the "
@@ -1304,8 +1303,9 @@ class Engine:
         """Recomputes online values from the offline log, durably (a
         checkpoint follows). Views the engine computes from a stream rebuild
         the window state of every key with events in [start, end) from all of
-        its logged events (late ones included), so healed values stay healed;
-        other views (plain, or over a batch file) get their values as of `end`.
+        its logged events (late ones included), so healed values stay healed
+        (a plain view: its latest row up to `now`, later ones held); views
+        over a batch file get their values as of `end`.
         Returns {"views": {name: keys written}, "skipped": {name: why}, ...}."""
         from fsapp.offline.materialize import materialize as offline_materialize
         from fsapp.registry.errors import NotFoundError
@@ -1333,7 +1333,7 @@ class Engine:
                 if rt.stream is not None and rt.stream.name in self.partitioned:
                     skipped[name] = self.partitioned[rt.stream.name]
                     continue
-                if rt.aggregated and rt.stream is not None:
+                if rt.stream is not None:
                     try:
                         written[name] = self._rebuild_from_log(rt, start, end, now)
                     except duckdb.Error as e:  # the offline log cannot be read: say so, go on with the others
@@ -1349,8 +1349,13 @@ class Engine:
         return {"views": written, "skipped": skipped, "start": start, "end": end}
 
     def _rebuild_from_log(self, rt: ViewRuntime, start: int, end: int, now: int) -> int:
+        """The keys with logged events in [start, end) from all their logged
+        events: a windowed view's state rebuilt; a plain view's latest row up
+        to `now` written (the latest event time wins over the row it has), the
+        rows after it held, as live. Returns the keys (windowed) or rows
+        (plain) written."""
         vb = self._logged_batch(rt, start, end)
-        return 0 if vb is None else rt.rebuild(vb, now)
+        return 0 if vb is None else rt.rebuild(vb, now) if rt.aggregated else rt.apply(vb, now)
 
     def _logged_batch(self, rt: ViewRuntime, start: int, end: int) -> ViewBatch | None:
         """Every logged event of the keys of `rt` with events in [start, end),

@@ -437,6 +437,11 @@ class ViewRuntime:
         self.held_parts = np.asarray(held.get("parts", [UNTAGGED] * self.held_ts.size), dtype=np.int64)
         self.inputs = list(info.input_columns()) if self.aggregated else []
         self.held_cols = {c: np.asarray(held.get("cols", {}).get(c, []), dtype=np.float64) for c in self.inputs}
+        # a plain view's rows ahead of the clock (ts > now), with their push's `now`, in arrival
+        # order: written when the clock reaches them, as a training set reads a plain view as of
+        # t (its latest row with ts <= t); written at once, a read served them early
+        self.plain_held: list[tuple[ViewBatch, int]] = [
+            self._plain_batch(h) for h in (meta or {}).get("plain_held", [])]
 
     # ---- ingest
 
@@ -518,12 +523,20 @@ class ViewRuntime:
         it)."""
         n = len(vb)
         if not self.aggregated:
+            if self.plain_held:
+                self._release_plain(now)
             if n == 0:
                 return 0
-            values = {k: v[0] for k, v in vb.columns.items()}
-            nulls = {k: v[1] for k, v in vb.columns.items()}
-            return self.table.put_batch(vb.key_arg, values, vb.ts, np.full(n, now, dtype=np.int64), now=now,
-                                        nulls=nulls, encoded=vb.encoded)
+            ahead = vb.ts > now
+            if ahead.any():
+                keep = np.zeros(int(vb.rows.max()) + 1, dtype=bool)
+                keep[vb.rows[ahead]] = True
+                self.plain_held.append((vb.take(keep), now))
+                keep[vb.rows] = ~keep[vb.rows]
+                vb = vb.take(keep)
+                if not len(vb):
+                    return 0
+            return self._put_plain(vb, now, now)
         self.latest_now = max(self.latest_now, now)
         released = self._release(now)
         made = _NO_ROWS
@@ -659,6 +672,45 @@ class ViewRuntime:
         self._update(rows, ts, cols, now, parts)
         return unique_ints(rows)
 
+    def _put_plain(self, vb: ViewBatch, created: int, now: int) -> int:
+        values = {k: v[0] for k, v in vb.columns.items()}
+        nulls = {k: v[1] for k, v in vb.columns.items()}
+        return self.table.put_batch(vb.key_arg, values, vb.ts, np.full(len(vb), created, dtype=np.int64), now=now,
+                                    nulls=nulls, encoded=vb.encoded)
+
+    def _release_plain(self, now: int) -> int:
+        """Writes the held plain rows the clock has reached (ts <= now), in
+        arrival order, each with its push's `now` as its created time (the
+        table's tie-break, as if written then); returns how many."""
+        written, kept = 0, []
+        for vb, created in self.plain_held:
+            due = vb.ts <= now
+            if not due.any():
+                kept.append((vb, created))
+                continue
+            keep = np.zeros(int(vb.rows.max()) + 1, dtype=bool)
+            keep[vb.rows[due]] = True
+            written += self._put_plain(vb.take(keep), created, now)
+            if not due.all():
+                keep[vb.rows] = ~keep[vb.rows]
+                kept.append((vb.take(keep), created))
+        self.plain_held = kept
+        return written
+
+    def _plain_batch(self, saved: dict) -> tuple[ViewBatch, int]:
+        """A held plain piece from a checkpoint's meta (`checkpoint_meta`)."""
+        ts = np.asarray(saved["ts"], dtype=np.int64)
+        keys = {k: np.asarray(v, dtype=np.int64 if kind == "int64" else object)
+                for (k, v), kind in zip(saved["keys"].items(), self.key_kinds)}
+        cols = {}
+        for name, (vals, nulls) in saved["cols"].items():
+            kind = self.kinds[name]
+            dtype = {"int64": np.int64, "float64": np.float64, "bool": np.bool_, "string": object,
+                     "vector": np.float32}.get(kind, np.float64)
+            cols[name] = (np.asarray(vals, dtype=dtype), np.asarray(nulls, dtype=bool))
+        return ViewBatch(np.arange(ts.size, dtype=np.int64), keys if len(keys) > 1 else next(iter(keys.values())),
+                         ts, cols), int(saved["now"])
+
     def _keep_held(self, keep: np.ndarray) -> None:
         """Keeps the held events where `keep` (bool per held event) is set, in
         each of their parallel arrays."""
@@ -741,6 +793,8 @@ class ViewRuntime:
         OUTSIDE_MAX_AGE already; this frees their memory)."""
         empty = np.zeros(0, dtype=np.int64)
         if not self.aggregated:
+            if self.plain_held:
+                self._release_plain(now)
             if self.ttl:
                 self.table.expire(now)
             return empty, None
@@ -773,8 +827,8 @@ class ViewRuntime:
     def next_change(self, now: int) -> int | None:
         """The earliest time after `now` at which `tick_start` has work: the next hop
         boundary of a window, or just after the next held event's time."""
-        if not self.aggregated:
-            return None
+        if not self.aggregated:  # a held plain row is written once the clock reaches its time
+            return max(now + 1, min(int(vb.ts.min()) for vb, _ in self.plain_held)) if self.plain_held else None
         times = [(now // h + 1) * h for h in self.hops if h]
         if self.held_ts.size:
             times.append(int(self.held_ts.min()) + 1)
@@ -862,11 +916,21 @@ class ViewRuntime:
         return newest
 
     def checkpoint_meta(self) -> dict:
+        if self.plain_held:
+            return {"plain_held": [self._plain_saved(vb, created) for vb, created in self.plain_held]}
         if not self.held_ts.size:
             return {}
         return {"held": {"rows": self.held_rows.tolist(), "ts": self.held_ts.tolist(),
                          "parts": self.held_parts.tolist(),
                          "cols": {c: v.tolist() for c, v in self.held_cols.items()}}}
+
+    def _plain_saved(self, vb: ViewBatch, created: int) -> dict:
+        keys = vb.keys
+        keys = keys if isinstance(keys, dict) else {self.key_names[0]: keys}
+        return {"now": int(created), "ts": vb.ts.tolist(),
+                "keys": {k: np.asarray(v).tolist() for k, v in keys.items()},
+                "cols": {c: [np.where(nulls, 0, vals).tolist() if vals.dtype.kind == "f" and vals.ndim == 1
+                             else vals.tolist(), nulls.tolist()] for c, (vals, nulls) in vb.columns.items()}}
 
     def held_before(self, rows: np.ndarray, t: int) -> bool:
         """Whether an event of these rows with ts < t is still held (the window
