@@ -738,6 +738,40 @@ CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
     eng.close()
 
 
+def test_a_column_added_to_a_stream_reads_null_in_the_events_logged_before_it(tmp_path):
+    """A view over a column added to a stream: its backfill (and a training set before an event
+    with the column was flushed) failed with DuckDB's 'Referenced column "y" not found' — none of
+    the log's files had it. The events logged before read it as null."""
+    (tmp_path / "fstore.yaml").write_text("project: p\n")
+    defs = """
+CREATE ENTITY ent (k BIGINT);
+CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
+CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
+"""
+    (tmp_path / "defs.sql").write_text(defs)
+    r = Repo(tmp_path)
+    r.apply()
+    now = T0 + H
+    eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never", clock=lambda: now)
+    eng.push("ev", {"k": [1, 2], "x": [1.0, 2.0], "ts": [now - 2 * M, now - M]})
+    eng.checkpoint()
+    (tmp_path / "defs.sql").write_text(defs.replace("x DOUBLE,", "x DOUBLE, y DOUBLE,") +
+                                       "CREATE FEATURE VIEW vb AS SELECT k, count(y) OVER lifetime() AS ny, "
+                                       "count(*) OVER lifetime() AS nb FROM ev;\n")
+    r.apply()
+    eng.reload()
+    feats = ["vb:ny", "vb:nb"]
+    labels = pa.table({"k": [1, 2], "event_timestamp": pa.array([now, now], pa.timestamp("us", tz="UTC"))})
+    assert eng.get_historical_features(labels, feats).to_arrow().to_pydict()["nb"] == [1, 1]
+    got = eng.get_online_features(feats, entities={"k": [1, 2]}, now=now)
+    assert [res["values"] for res in got["results"][1:]] == [[0, 0], [1, 1]]
+    eng.push("ev", {"k": [1], "x": [1.0], "y": [5.0], "ts": [now - 30_000_000]})
+    got = eng.get_online_features(feats, entities={"k": [1, 2]}, now=now)
+    offline = eng.get_historical_features(labels, feats).to_arrow().to_pydict()
+    assert [res["values"] for res in got["results"][1:]] == [offline["ny"], offline["nb"]] == [[1, 0], [2, 1]]
+    eng.close()
+
+
 def test_a_checkpoint_whose_table_kinds_changed_is_converted_at_restart(repo, rng, monkeypatch):
     """A newer fstore that changed a column's online kind (float32 `vector`
     last_k → float64 `list`) converts the checkpoint's table at restart. The

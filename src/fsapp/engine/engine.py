@@ -1361,14 +1361,13 @@ class Engine:
         """Every logged event of the keys of `rt` with events in [start, end),
         in (ts, seq) order, prepared for `rt` (None: no such event)."""
         stream = rt.stream.name
-        glob = self.offline.log.glob(stream)
         if not self.offline.log.files(stream):
             return None
         cur = self.cursor()
         s = rt.stream
         cols = ", ".join(_qi(c.name) for c in s.columns)
         keys = ", ".join(_qi(k) for k in rt.key_names)
-        ev = f"read_parquet({_sql_str(glob)}, union_by_name = true)"
+        ev = self.offline.source(stream).relation
         touched = (f"SELECT DISTINCT {keys} FROM {ev} WHERE _fs_event_ts >= {int(start)} "
                    f"AND _fs_event_ts < {int(end)}")
         sql = (f"SELECT {cols} FROM {ev} e SEMI JOIN ({touched}) k USING ({keys}) "
