@@ -65,8 +65,8 @@ class OfflineStore:
         self._sources: dict[str, SourceDef] = {}
         self._unreadable: dict[str, str] = {}  # batch source -> why its last registration failed
         self._stream_columns: dict[str, list[tuple[str, str]]] = {}
-        # stream -> ((file count, last file), the columns its log files hold): files are only added
-        self._log_columns: dict[str, tuple[tuple[int, str], frozenset]] = {}
+        # stream -> ((file count, last file), {column: type} its log files hold): files are only added
+        self._log_columns: dict[str, tuple[tuple[int, str], dict]] = {}
         self._lock = threading.Lock()
         self.con = duck.connect()  # UTC, its cursors too
         self.con.execute(f"SET temp_directory = {sql_string(os.path.join(self.root, 'tmp'))}")
@@ -148,33 +148,42 @@ class OfflineStore:
         files = self.log.files(name)
         if files:
             rel = f"read_parquet({sql_string(self.log.glob(name))}, union_by_name = true, hive_partitioning = false)"
-            missing = self._not_logged(name, files, rel)
-            if missing:  # a column added to the stream after its logged events: null in them
-                rel = f"(SELECT *, {', '.join(f'CAST(NULL AS {t}) AS {quote_ident(c)}' for c, t in missing)} FROM {rel})"
+            rel = self._as_declared(name, files, rel)
             return SourceDef(name, rel, quote_ident(EVENT_TS), quote_ident(CREATED_TS), quote_ident(SEQ))
         if view is None:
             raise SourceError(f"no batch source or stream with events named {name!r}")
         return self._empty_source(name, view)
 
-    def _not_logged(self, name: str, files: list[str], rel: str) -> list[tuple[str, str]]:
-        """The stream's declared columns that none of its log files holds
-        (added to the stream after those events were logged: a view reading
-        one failed with DuckDB's 'Referenced column not found' until an event
-        with it was flushed)."""
+    def _as_declared(self, name: str, files: list[str], rel: str) -> str:
+        """The stream's log read with its declared columns: one added after
+        events were logged is null in them (a view reading it failed with
+        DuckDB's 'Referenced column not found' until an event holding it was
+        flushed), and one whose type changed (`apply --allow-incompatible`) is
+        read as its declared type, a value that does not cast being null (old
+        text 'a' in a column now BIGINT failed every training set over it with
+        a conversion error, and windows summed text as their hashes). Which
+        columns and types the files hold is read once per new file."""
         declared = self._stream_columns.get(name)
         if not declared:
-            return []
+            return rel
         key = (len(files), files[-1])
         known = self._log_columns.get(name)
         if known is None or known[0] != key:
             with self._lock:
                 cur = self.con.cursor()
             try:
-                have = frozenset(r[0] for r in cur.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall())
+                logged = {r[0]: r[1] for r in cur.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall()}
             finally:
                 cur.close()
-            known = self._log_columns[name] = (key, have)
-        return [(c, t) for c, t in declared if c not in known[1]]
+            known = self._log_columns[name] = (key, logged)
+        logged = known[1]
+        retyped = [f"TRY_CAST({quote_ident(c)} AS {t}) AS {quote_ident(c)}" for c, t in declared
+                   if c in logged and logged[c] != t.upper()]
+        missing = [f"CAST(NULL AS {t}) AS {quote_ident(c)}" for c, t in declared if c not in logged]
+        if not retyped and not missing:
+            return rel
+        replace = f" REPLACE ({', '.join(retyped)})" if retyped else ""
+        return f"(SELECT *{replace}{''.join(', ' + m for m in missing)} FROM {rel})"
 
     def declare_stream(self, name: str, columns: list[tuple[str, str]]) -> None:
         """The stream's declared (column, DuckDB type) pairs: before its first
