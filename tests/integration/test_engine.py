@@ -772,6 +772,38 @@ CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
     eng.close()
 
 
+def test_a_column_whose_type_changed_reads_its_declared_type_in_older_events(tmp_path):
+    """`apply --allow-incompatible` of a stream column from VARCHAR to BIGINT: every training set
+    over it failed with DuckDB's 'Could not convert string' (the old events' text), and a view's
+    backfill summed the text as its hashes. Old values that do not cast read null, online and
+    offline alike."""
+    (tmp_path / "fstore.yaml").write_text("project: p\n")
+    defs = """
+CREATE ENTITY ent (k BIGINT);
+CREATE STREAM ev (k BIGINT, c VARCHAR, ts TIMESTAMP) WITH (timestamp = 'ts');
+CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
+"""
+    (tmp_path / "defs.sql").write_text(defs)
+    r = Repo(tmp_path)
+    r.apply()
+    now = T0 + H
+    eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never", clock=lambda: now)
+    eng.push("ev", {"k": [1, 2, 2], "c": ["a", "7", "8"], "ts": [now - 3 * M, now - 2 * M, now - M]})
+    eng.checkpoint()
+    (tmp_path / "defs.sql").write_text(defs.replace("c VARCHAR", "c BIGINT") +
+                                       "CREATE FEATURE VIEW vb AS SELECT k, sum(c) OVER lifetime() AS sc, "
+                                       "count(c) OVER lifetime() AS nc FROM ev;\n")
+    r.apply(allow_incompatible=True)
+    eng.reload()
+    eng.push("ev", {"k": [1], "c": [5], "ts": [now - 30_000_000]})
+    feats = ["vb:sc", "vb:nc"]
+    labels = pa.table({"k": [1, 2], "event_timestamp": pa.array([now, now], pa.timestamp("us", tz="UTC"))})
+    offline = eng.get_historical_features(labels, feats).to_arrow().to_pydict()
+    got = eng.get_online_features(feats, entities={"k": [1, 2]}, now=now)
+    assert [res["values"] for res in got["results"][1:]] == [offline["sc"], offline["nc"]] == [[5.0, 15.0], [1, 2]]
+    eng.close()
+
+
 def test_a_checkpoint_whose_table_kinds_changed_is_converted_at_restart(repo, rng, monkeypatch):
     """A newer fstore that changed a column's online kind (float32 `vector`
     last_k → float64 `list`) converts the checkpoint's table at restart. The
