@@ -1574,3 +1574,25 @@ def test_row_logic_over_timestamptz_does_not_depend_on_the_machines_time_zone(tm
     got = json.loads(out.stdout)
     want = {"h": 21, "day": "2026-12-01", "txt": "2026-12-01 21:00", "c": 1}  # the last event's, in UTC
     assert got == {"online": want, "offline": want, "replayed": want}
+
+
+def test_a_time_column_other_than_the_event_time_says_it_takes_iso_text(tmp_path):
+    """An epoch number in a TIMESTAMP column that is not the event time was refused with DuckDB's
+    'Unimplemented type for cast (BIGINT -> TIMESTAMP)': it now says what the column takes."""
+    (tmp_path / "fstore.yaml").write_text("project: p\n")
+    (tmp_path / "defs.sql").write_text("""
+CREATE ENTITY ent (k BIGINT);
+CREATE STREAM ev (k BIGINT, seen TIMESTAMP, born DATE, ts TIMESTAMP) WITH (timestamp = 'ts');
+CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
+""")
+    r = Repo(tmp_path)
+    r.apply()
+    eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never", clock=lambda: T0 + H)
+    with pytest.raises(BatchError, match=r"column 'seen' \(TIMESTAMP\) takes ISO-8601 text \(e.g. "
+                                         r"2026-11-27T10:00:00Z\); got int64 values \(epoch numbers are read in the "
+                                         r"stream's event-time column only\)"):
+        eng.push("ev", [{"k": 1, "ts": T0, "seen": 1764000000}])
+    with pytest.raises(BatchError, match=r"column 'born' \(DATE\) takes ISO-8601 text \(e.g. 2026-11-27\)"):
+        eng.push("ev", [{"k": 1, "ts": T0, "born": 20000.0}])
+    assert eng.push("ev", [{"k": 1, "ts": T0 // 1_000_000, "seen": "2026-01-01T00:00:00Z", "born": "2000-01-01"}]).accepted == 1
+    eng.close()

@@ -339,6 +339,11 @@ def _check_input(stream: str, name: str, sql_type: str, col: pa.ChunkedArray, mi
             raise BatchError(f"{where} takes true or false; got {t} values")
     elif key and kind != "text":
         raise BatchError(f"{where}: entity keys are integers or text")
+    elif sql_type.startswith(("TIMESTAMP", "DATE")) and (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        # DuckDB's own message said "Unimplemented type for cast (BIGINT -> TIMESTAMP)"
+        example = "2026-11-27" if sql_type == "DATE" else "2026-11-27T10:00:00Z"
+        raise BatchError(f"{where} takes ISO-8601 text (e.g. {example}); got {t} values (epoch numbers are read "
+                         f"in the stream's event-time column only)")
 
 
 def _wanted(kind: str) -> str:
