@@ -334,6 +334,14 @@ class ViewBatch:
         return ViewBatch(self.rows[sel], keys, self.ts[sel], cols,
                          None if self.encoded is None else self.encoded[sel])
 
+    def partition(self, mask: np.ndarray) -> tuple["ViewBatch", "ViewBatch"]:
+        """(the rows where `mask` (bool per row of this batch) is set, the others)."""
+        keep = np.zeros(int(self.rows.max()) + 1 if self.rows.size else 0, dtype=bool)
+        keep[self.rows[mask]] = True
+        yes = self.take(keep)
+        keep[self.rows] = ~keep[self.rows]
+        return yes, self.take(keep)
+
     def split(self, bounds: np.ndarray) -> list["ViewBatch"]:
         """One ViewBatch per batch-row range [bounds[i], bounds[i + 1]), its
         rows counted from the range's start: the share of each of several
@@ -529,11 +537,8 @@ class ViewRuntime:
                 return 0
             ahead = vb.ts > now
             if ahead.any():
-                keep = np.zeros(int(vb.rows.max()) + 1, dtype=bool)
-                keep[vb.rows[ahead]] = True
-                self.plain_held.append((vb.take(keep), now))
-                keep[vb.rows] = ~keep[vb.rows]
-                vb = vb.take(keep)
+                held, vb = vb.partition(ahead)
+                self.plain_held.append((held, now))
                 if not len(vb):
                     return 0
             return self._put_plain(vb, now, now)
@@ -688,12 +693,10 @@ class ViewRuntime:
             if not due.any():
                 kept.append((vb, created))
                 continue
-            keep = np.zeros(int(vb.rows.max()) + 1, dtype=bool)
-            keep[vb.rows[due]] = True
-            written += self._put_plain(vb.take(keep), created, now)
-            if not due.all():
-                keep[vb.rows] = ~keep[vb.rows]
-                kept.append((vb.take(keep), created))
+            due, later = vb.partition(due)
+            written += self._put_plain(due, created, now)
+            if len(later):
+                kept.append((later, created))
         self.plain_held = kept
         return written
 
