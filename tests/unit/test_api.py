@@ -752,3 +752,21 @@ def test_a_sum_that_overflowed_reads_null_value_not_present_null(api):
     res = api.simulate_post("/api/v1/features/historical", json={
         "features": ["user_txn:amount_24h"], "entities": {"user_id": [7, 8], "event_timestamp": [NOW, NOW]}})
     assert res.json["columns"]["amount_24h"] == [None, 5.0]
+
+
+def test_historical_takes_a_feature_service_as_online_reads_do(api):
+    """`/api/v1/features/online` took `feature_service` but the historical endpoint answered 422
+    "unknown field(s) 'feature_service'": a REST client had to expand the service itself."""
+    push(api, [txn(1, T0 + H), txn(2, T0 + H, merchant="m2")])
+    h = "/api/v1/features/historical"
+    ents = {"user_id": [1, 2], "merchant_id": ["m1", "m2"], "event_timestamp": [NOW, NOW]}
+    svc = api.simulate_get("/api/v1/registry/feature_service/fraud_v1").json
+    refs = [r.replace("@v1", "") for r in svc["resolved"]["features"]]
+    by_service = api.simulate_post(h, json={"feature_service": "fraud_v1", "entities": ents})
+    assert by_service.status_code == 200, by_service.text
+    assert by_service.json == api.simulate_post(h, json={"features": refs, "entities": ents}).json
+    assert "give exactly one of 'features'" in assert_error(api.simulate_post(h, json={
+        "feature_service": "fraud_v1", "features": refs, "entities": ents}), 422)["description"]
+    assert_error(api.simulate_post(h, json={"feature_service": "nope", "entities": ents}), 404)
+    assert "not a feature_service" in assert_error(api.simulate_post(h, json={
+        "feature_service": "user_txn", "entities": ents}), 404)["description"]

@@ -46,11 +46,13 @@ SCHEMAS = {
                     "PRESENT", "NOT_FOUND", "NULL_VALUE", "OUTSIDE_MAX_AGE"]}},
                 "event_timestamps": {"type": "array", "items": {"type": "string", "format": "date-time"}}}}}}},
     "HistoricalRequest": {
-        "type": "object", "required": ["entities", "features"], "additionalProperties": False,
+        "type": "object", "required": ["entities"], "additionalProperties": False,
+        "description": "exactly one of features / feature_service",
         "properties": {"entities": {**COLUMNS, "description": "entity key columns plus event_timestamp",
                                     "example": {"user_id": [1, 2], "event_timestamp": ["2026-11-27T10:00:00Z",
                                                                                        1796000000]}},
-                       "features": FEATURES, "full_feature_names": {"type": "boolean"}}},
+                       "features": FEATURES, "feature_service": {"type": "string", "example": "fraud_v1"},
+                       "full_feature_names": {"type": "boolean"}}},
     "HistoricalResponse": {
         "type": "object", "required": ["num_rows", "columns"],
         "properties": {"num_rows": {"type": "integer"}, "columns": COLUMNS}},

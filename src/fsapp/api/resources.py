@@ -24,6 +24,8 @@ from fsapp.api.forwarding import LOCAL_HEADER
 from fsapp.api.backend import KINDS
 from fsapp.api.stats import summarize
 from fsapp.engine.online import iso
+from fsapp.registry.errors import NotFoundError
+from fsapp.sdk.convert import service_refs
 
 # plural and dashed spellings in URLs map to the registry's kinds
 KIND_ALIASES = {**{k: k for k in KINDS}, **{k + "s": k for k in KINDS}, "entities": "entity",
@@ -155,12 +157,34 @@ def table_to_columns(table: pa.Table) -> dict[str, list]:
 class HistoricalFeatures(_Resource):
     """POST /api/v1/features/historical"""
 
+    def _features(self, doc: dict) -> list[str]:
+        """`features`, or a `feature_service`'s (as online reads take it): its
+        pinned refs, which training sets build from the live versions."""
+        if ("features" in doc) == ("feature_service" in doc):
+            raise errors.schema_mismatch("give exactly one of 'features' (e.g. [\"user_txn:txn_count_1h\"]) or "
+                                         "'feature_service' (e.g. \"fraud_v1\")")
+        if "features" in doc:
+            features = rq.string_list(doc, "features")
+            if not features:
+                raise errors.schema_mismatch("'features' is empty; name at least one, e.g. [\"user_txn:*\"]")
+            return features
+        name = doc["feature_service"]
+        if not isinstance(name, str) or not name:
+            raise errors.schema_mismatch("'feature_service' must be a service's name, e.g. \"fraud_v1\"")
+        entry = self.backend.registry_get("feature_service", name, None)
+        return service_refs(entry["resolved"]["features"], self._live_version)
+
+    def _live_version(self, view: str) -> int:
+        try:
+            return self.backend.registry_get("feature_view", view, None)["version"]
+        except NotFoundError:  # an on-demand view's
+            return self.backend.registry_get("on_demand_view", view, None)["version"]
+
     def on_post(self, req, resp):
         doc = rq.json_body(req, self.limits.max_body_bytes)
-        rq.only_fields(doc, {"entities", "features", "full_feature_names"}, "historical features request")
-        features = rq.string_list(doc, "features")
-        if not features:
-            raise errors.schema_mismatch("'features' is empty; name at least one, e.g. [\"user_txn:*\"]")
+        rq.only_fields(doc, {"entities", "features", "feature_service", "full_feature_names"},
+                       "historical features request")
+        features = self._features(doc)
         entities = _entity_table(rq.columns(doc.get("entities"), "entities"))
         # negotiate before the (possibly long) query runs
         fmt = self._format(req)
