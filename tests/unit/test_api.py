@@ -770,3 +770,20 @@ def test_historical_takes_a_feature_service_as_online_reads_do(api):
     assert_error(api.simulate_post(h, json={"feature_service": "nope", "entities": ents}), 404)
     assert "not a feature_service" in assert_error(api.simulate_post(h, json={
         "feature_service": "user_txn", "entities": ents}), 404)["description"]
+
+
+def test_materialize_says_what_its_views_must_be(api):
+    """`"views": []` answered 200 having done nothing; a service, an on-demand view or an entity
+    named there was an "unknown feature view"; the example for a bad list showed a feature."""
+    m = "/api/v1/materialize"
+    assert "'views' is empty: name at least one view, or leave 'views' out for all" in assert_error(
+        api.simulate_post(m, json={"end": NOW, "views": []}), 422)["description"]
+    assert 'e.g. ["user_txn"]' in assert_error(api.simulate_post(m, json={"end": NOW, "views": "user_txn"}),
+                                               422)["description"]
+    for name, said in [("fraud_v1", "fraud_v1 is a feature service, not a feature view"),
+                       ("txn_context", "txn_context is an on-demand view, not a feature view"),
+                       ("card_user", "card_user is an entity, not a feature view")]:
+        assert said in assert_error(api.simulate_post(m, json={"end": NOW, "views": [name]}), 404)["description"]
+    res = api.simulate_get("/api/v1/registry/feature_view/card_user")
+    assert assert_error(res, 404)["description"].startswith("card_user is an entity, not a feature_view")
+    assert api.simulate_post(m, json={"end": NOW, "views": ["user_txn", "user_txn"]}).json["views"] == {"user_txn": 0}

@@ -167,14 +167,13 @@ def boolean(doc: dict, name: str, default: bool = False) -> bool:
     return v
 
 
-def string_list(doc: dict, name: str, *, required: bool = True) -> list[str] | None:
+def string_list(doc: dict, name: str, *, required: bool = True, example: str = "user_txn:txn_count_1h") -> list[str] | None:
     v = doc.get(name)
     if v is None and not required:
         return None
     # PERF: C-level checks (map/set) instead of a generator per item (benches/bench_serving.py)
     if not isinstance(v, list) or not set(map(type, v)) <= {str} or "" in v:
-        raise errors.schema_mismatch(f"{name!r} must be an array of non-empty strings, "
-                                     f"e.g. [\"user_txn:txn_count_1h\"]")
+        raise errors.schema_mismatch(f"{name!r} must be an array of non-empty strings, e.g. [\"{example}\"]")
     return v
 
 

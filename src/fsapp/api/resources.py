@@ -286,7 +286,9 @@ class Materialize(_Resource):
         end = rq.time_us(doc["end"], "end")
         if start >= end:
             raise errors.schema_mismatch("'start' must be before 'end'")
-        views = rq.string_list(doc, "views", required=False)
+        views = rq.string_list(doc, "views", required=False, example="user_txn")
+        if views == []:  # answered 200 having done nothing, like a read of no features
+            raise errors.schema_mismatch("'views' is empty: name at least one view, or leave 'views' out for all")
         send_json(resp, self.backend.materialize(start, end, views))
 
 

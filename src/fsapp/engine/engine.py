@@ -1316,8 +1316,14 @@ class Engine:
         with self.lock:
             now = self.clock() if now is None else now
             snap = self.registry.snapshot()
-            names = views if views is not None else sorted(self.offline.views)
+            names = list(dict.fromkeys(views)) if views is not None else sorted(self.offline.views)
             for name in names:
+                entry = snap.get(name)
+                if entry is not None and entry.kind != "feature_view":  # said "unknown feature view"
+                    raise NotFoundError(f"{name} is {'an' if entry.kind[0] in 'aeiou' else 'a'} "
+                                        f"{entry.kind.replace('on_demand', 'on-demand').replace('_', ' ')}, not a "
+                                        f"feature view: materialize takes "
+                                        f"feature views ({', '.join(sorted(self.offline.views))})")
                 self.offline.view(name)  # unknown names fail before anything is written
             latest = {n: rt for (n, v), rt in self.runtimes.items()
                       if snap.get(n) is not None and snap.get(n).version == v}
