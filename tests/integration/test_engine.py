@@ -1641,3 +1641,51 @@ CREATE FEATURE VIEW pl WITH (ttl = '1h') AS SELECT uid, mid, x, s, f, i, ts AS t
     on, off = online_and_offline(clock[0])
     assert on == off == [[None, 3.0], ["q", None], [False, None], [2, 3], [T0 + 10 * M, T0 + 5 * M]]
     eng.close()
+
+
+def test_a_stream_whose_allowed_lateness_changed_lays_its_views_window_state_out_again(tmp_path):
+    """allowed_lateness 0s → 3h is a compatible change: the views keep their versions, and their
+    window state kept the rings and session counts laid out for 0s. The engine admitted events up
+    to 3h late; the windows dropped them ("a window dropped admitted events as late"): lost online,
+    counted as no late event either, while training sets counted them. Views whose stream's
+    lateness changed are laid out again and rebuilt from the log, at a reload and at a start."""
+    (tmp_path / "fstore.yaml").write_text("project: p\n")
+    defs = """
+CREATE ENTITY ent (k BIGINT);
+CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts', allowed_lateness = '0s');
+CREATE FEATURE VIEW va AS SELECT k, count(*) OVER sliding('10m', '1m') AS n10, count(*) OVER session('5m') AS ns,
+    count(*) OVER lifetime() AS n FROM ev;
+"""
+    (tmp_path / "defs.sql").write_text(defs)
+    r = Repo(tmp_path)
+    r.apply()
+    clock = [T0]
+    d = str(r.data_dir / "engine")
+    eng = Engine(d, str(r.registry_path), fsync="always", clock=lambda: clock[0])
+    eng.push("ev", {"k": [1, 1], "x": [1.0, 2.0], "ts": [T0 - 100 * M, T0 - M]})
+    eng.checkpoint()
+    feats = ["va:n10", "va:ns", "va:n"]
+
+    def online_and_offline():
+        on = [res["values"][0] for res in eng.get_online_features(feats, entities={"k": [1]}, now=clock[0])["results"][1:]]
+        labels = pa.table({"k": [1], "event_timestamp": pa.array([clock[0]], pa.timestamp("us", tz="UTC"))})
+        off = eng.get_historical_features(labels, feats).to_arrow().to_pydict()
+        return on, [off[f.split(":")[1]][0] for f in feats]
+
+    (tmp_path / "defs.sql").write_text(defs.replace("'0s'", "'3h'"))
+    r.apply()
+    eng.reload()
+    clock[0] = T0 + M
+    assert eng.push("ev", {"k": [1, 1, 1], "x": [3.0, 4.0, 5.0], "ts": [T0 - 90 * M, T0 - 30 * M, T0 - 4 * M]}).late == 0
+    on, off = online_and_offline()
+    assert on == off == [2, 2, 5] and eng.stats()["window_dropped"] == 0
+    eng.checkpoint()
+    eng.close()
+    # changed while the engine was down: the checkpoint's windows were laid out for 3h
+    (tmp_path / "defs.sql").write_text(defs.replace("'0s'", "'6h'"))
+    r.apply()
+    eng = Engine(d, str(r.registry_path), fsync="always", clock=lambda: clock[0])
+    assert eng.push("ev", {"k": [1], "x": [6.0], "ts": [T0 - 300 * M]}).late == 0
+    on, off = online_and_offline()
+    assert on == off == [2, 2, 6] and eng.stats()["window_dropped"] == 0
+    eng.close()

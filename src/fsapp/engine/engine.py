@@ -360,6 +360,7 @@ class Engine:
         # was written): the WAL after it holds only part of their stream's events
         saved = {(r["name"], r["version"]) for r in meta.get("runtimes", [])}
         unfilled = [k for k in self.runtimes if ckpt is not None and (k not in saved or k in self._backfill_pending)]
+        unfilled += self._renew_relaid([k for k in self.runtimes if k not in unfilled])
         if ckpt and "stream_watermarks" not in meta:
             # a checkpoint from before lateness was judged per partition: the
             # windows' one watermark is now that of the pushes without one
@@ -743,9 +744,35 @@ class Engine:
             self._load_definitions(None)
             for s in self.streams:
                 self._next_seq.setdefault(s, self.offline.log.next_seq(s))
-            self._backfill([k for k in self.runtimes if k not in before])
+            renewed = self._renew_relaid([k for k in self.runtimes if k in before])
+            self._backfill([k for k in self.runtimes if k not in before] + renewed)
             self._publish_tables()
         self.register_file_sources()
+
+    def _renew_relaid(self, keys) -> list:
+        """Views whose stream's allowed lateness changed since their window
+        state was laid out (a compatible change: the view keeps its version)
+        get new, empty window state, which `_backfill` then rebuilds from the
+        log: the old rings and session counts judged lateness by the old
+        value, and dropped events the engine admitted by the new one (3h
+        instead of 0s: every out-of-order event, lost online, counted as no
+        late event either). Returns the views renewed."""
+        renewed = []
+        for key in keys:
+            rt = self.runtimes[key]
+            stream = self.streams.get(rt.stream.name) if rt.stream is not None else None
+            if stream is None or not rt.lateness_changed(stream):
+                continue
+            if self.row_partitions is not None or stream.name in self.partitioned:
+                log.warning("feature view %s@v%d: stream %s's allowed lateness changed; in Kafka group mode its "
+                            "window state keeps the old one until its partitions are rebuilt", key[0], key[1],
+                            stream.name)
+                continue
+            rt.renew_windows(stream)
+            renewed.append(key)
+            log.info("feature view %s@v%d: stream %s's allowed lateness changed; its window state is rebuilt from "
+                     "the offline event log", key[0], key[1], stream.name)
+        return renewed
 
     def _backfill(self, keys) -> None:
         """Fills new runtimes of views fed by a stream with every event of it

@@ -417,14 +417,8 @@ class ViewRuntime:
         self.groups: list[tuple[WindowSpec, list[str]]] = []
         self.windows: list[WindowView] = []
         if self.aggregated:
-            if windows:  # a checkpoint's: kept as they were laid out, whichever plan made them
-                self.windows = list(windows)
-            else:
-                # windows of one hop and size share a view (one cell a bucket, one run a key)
-                for spec, aggs, agg_specs in share_views(info.window_groups()):
-                    self.windows.append(WindowView(spec, list(aggs), 0, allowed_lateness=stream.allowed_lateness,
-                                                   max_sessions=max(4, stream.allowed_lateness // max(spec.gap, 1) + 2)
-                                                   if spec.kind == "session" else 4, agg_specs=agg_specs))
+            # a checkpoint's windows are kept as they were laid out, whichever plan made them
+            self.windows = list(windows) if windows else self._new_windows(stream)
             self.groups = [(w.spec, [a.name for a in w.aggs]) for w in self.windows]
         self.hops = [_hop(spec) for spec, _ in self.groups]
         self.epochs = None  # per window group: now // hop when the values were last brought up to date
@@ -450,6 +444,33 @@ class ViewRuntime:
         # t (its latest row with ts <= t); written at once, a read served them early
         self.plain_held: list[tuple[ViewBatch, int]] = [
             self._plain_batch(h) for h in (meta or {}).get("plain_held", [])]
+
+    def _new_windows(self, stream: Stream) -> list[WindowView]:
+        """Empty window state for the view over `stream`: windows of one hop
+        and size share a view (one cell a bucket, one run a key); the rings
+        and session counts cover the stream's allowed lateness."""
+        return [WindowView(spec, list(aggs), 0, allowed_lateness=stream.allowed_lateness,
+                           max_sessions=max(4, stream.allowed_lateness // max(spec.gap, 1) + 2)
+                           if spec.kind == "session" else 4, agg_specs=agg_specs)
+                for spec, aggs, agg_specs in share_views(self.info.window_groups())]
+
+    def lateness_changed(self, stream: Stream) -> bool:
+        """Whether the window state was laid out for another allowed lateness
+        than `stream` has now (a compatible change of the stream keeps the
+        view's version): its rings and sessions judge lateness themselves."""
+        return self.aggregated and any(w.allowed_lateness != stream.allowed_lateness for w in self.windows)
+
+    def renew_windows(self, stream: Stream) -> None:
+        """Empty window state laid out for `stream` (its lateness), every
+        held event dropped: the caller rebuilds the keys from the offline
+        log (`Engine._backfill`)."""
+        self.stream = stream
+        self.windows = self._new_windows(stream)
+        self.groups = [(w.spec, [a.name for a in w.aggs]) for w in self.windows]
+        self.hops = [_hop(spec) for spec, _ in self.groups]
+        self.epochs, self.values_at = None, INT64_MIN  # the next tick rewrites every row
+        self.last_ts[:] = INT64_MIN
+        self._keep_held(np.zeros(self.held_ts.size, dtype=bool))
 
     # ---- ingest
 
