@@ -678,7 +678,7 @@ CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
     eng.close()
 
 
-def test_a_view_applied_to_a_store_with_events_serves_what_its_training_set_reads(tmp_path):
+def test_a_view_applied_to_a_store_with_events_serves_what_its_training_set_reads(tmp_path, monkeypatch):
     """A view (or version) applied while events were already logged started empty: it served only
     the events pushed after it (a lifetime count of 0 where its training set counted 19) until
     someone ran materialize. It is backfilled from the offline log when it starts: at a reload
@@ -719,22 +719,32 @@ CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
     (tmp_path / "defs.sql").write_text(defs + more["vb"] + more["vc"])
     r.apply()
     eng.reload()
+    assert eng.backfills == 2 and eng.checkpoint_lsn == eng.applied_lsn  # kept: the next open needs none
     # the late event counts in the new views, as materialize would heal it (`va` waits for one)
     assert agree(eng, ["vb:nb", "vb:s1h", "vc:last_x"]) == [[3, 1, 1, 0], [7.0, 5.0, 6.0, None], [2.0, 5.0, 6.0, None]]
     clock[0] += 10 * M  # past a hop of the sliding window: the backfilled cells move like live ones
     eng.tick()
     eng.push("ev", {"k": [1], "x": [8.0], "ts": [clock[0] - 1]})
     assert agree(eng, ["vb:nb", "vc:last_x"]) == [[4, 1, 1, 0], [8.0, 5.0, 6.0, None]]
-    eng.close()  # no checkpoint since the reload: the start backfills vb and vc again
-    eng = Engine(d, str(r.registry_path), fsync="always", clock=lambda: clock[0])
-    assert agree(eng, ["vb:nb", "vb:s1h", "vc:last_x"])[0] == [4, 1, 1, 0]
-    eng.checkpoint()
     eng.close()
-    # applied while the engine was down
+    eng = Engine(d, str(r.registry_path), fsync="always", clock=lambda: clock[0])
+    assert eng.backfills == 0  # the checkpoint after the reload holds them; the WAL the push since
+    assert agree(eng, ["vb:nb", "vb:s1h", "vc:last_x"])[0] == [4, 1, 1, 0]
+    eng.close()
+    # applied while the engine was down: backfilled at the start (and kept by a checkpoint)
     (tmp_path / "defs.sql").write_text(defs + more["vb"] + more["vc"] + more["vd"])
     r.apply()
     eng = Engine(d, str(r.registry_path), fsync="always", clock=lambda: clock[0])
-    assert agree(eng, ["vd:mx"]) == [[8.0, 5.0, 6.0, None]]
+    assert eng.backfills == 1 and agree(eng, ["vd:mx"]) == [[8.0, 5.0, 6.0, None]]
+    # a crash before the checkpoint after a reload's backfill: the next start backfills again
+    (tmp_path / "defs.sql").write_text(defs + "".join(more.values()) + more["vd"].replace("vd", "ve"))
+    r.apply()
+    monkeypatch.setattr(Engine, "_checkpoint_after_backfill", lambda self: None)
+    eng.reload()
+    eng.close()
+    monkeypatch.undo()
+    eng = Engine(d, str(r.registry_path), fsync="always", clock=lambda: clock[0])
+    assert eng.backfills == 1 and agree(eng, ["ve:mx"]) == [[8.0, 5.0, 6.0, None]]
     eng.close()
 
 

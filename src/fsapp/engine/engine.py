@@ -295,6 +295,8 @@ class Engine:
         self._join_runs = True  # a replay may apply a run of records as one batch (_replay_run)
         self._tick_chunk: dict = {}  # view key -> rows a tick rewrites per lock hold (_write_ticked)
         self._tick_scan: dict = {}  # (view key, by windows) -> slots a tick scans per lock hold (tick)
+        self._backfilled: list = []  # views the last backfill filled: a checkpoint keeps them
+        self.backfills = 0  # views backfilled from the offline log since this engine opened
         self._recover()
         if self.row_partitions is not None:
             self._hide_partitioned()
@@ -310,6 +312,18 @@ class Engine:
                                 self.wal_dir, -1)
         self._publish_tables()  # readers switch to the recovered tables only now
         self.register_file_sources()
+        if self._backfilled:  # else every open (each CLI command) would backfill them again
+            self._checkpoint_after_backfill()
+
+    def _checkpoint_after_backfill(self) -> None:
+        """A backfill's state is in no WAL record: a checkpoint keeps it (a
+        failed one is retried by the next; until then a start backfills
+        again)."""
+        self._backfilled = []
+        try:
+            self.checkpoint()
+        except (CheckpointError, OSError) as e:
+            log.error("engine: the checkpoint after a backfill failed (%s); the next start backfills again", e)
 
     # ---- recovery
 
@@ -748,6 +762,8 @@ class Engine:
             self._backfill([k for k in self.runtimes if k not in before] + renewed)
             self._publish_tables()
         self.register_file_sources()
+        if self._backfilled:
+            self._checkpoint_after_backfill()
 
     def _renew_relaid(self, keys) -> list:
         """Views whose stream's allowed lateness changed since their window
@@ -787,6 +803,7 @@ class Engine:
         (their partitions are rebuilt as they are assigned)."""
         todo = [k for k in keys if self.runtimes[k].stream is not None
                 and self.runtimes[k].stream.name not in self.partitioned and self.row_partitions is None]
+        self._backfilled = []
         if not todo:
             return
         self.offline.log.flush()
@@ -803,6 +820,8 @@ class Engine:
                           "materialize)", key[0], key[1], str(e).strip().splitlines()[0])
                 continue
             self._backfill_pending.discard(key)
+            self._backfilled.append(key)
+            self.backfills += 1
             if keys_written:
                 log.info("feature view %s@v%d: backfilled %d keys from the offline event log in %.2f s", key[0],
                          key[1], keys_written, time.perf_counter() - started)
