@@ -9,7 +9,7 @@ from fscore.window import WindowView
 from fscore.window_spec import sliding
 
 from fsapp.engine import Engine
-from fsapp.engine.errors import BatchError, UnknownStreamError
+from fsapp.engine.errors import AsOfOutsideHorizon, BatchError, UnknownStreamError
 from fsapp.registry.repo import Repo
 from fsapp.registry.scaffold import init_repo
 from tests.pushing import PushInside
@@ -1638,6 +1638,9 @@ CREATE FEATURE VIEW pl WITH (ttl = '1h') AS SELECT uid, mid, x, s, f, i, ts AS t
     on, off = online_and_offline(T0)
     assert on == off == [[1.0, None], ["p", None], [True, None], [1, None], [T0 - M, None]]
     assert eng.next_change(T0) == T0 + 5 * M
+    with pytest.raises(AsOfOutsideHorizon, match="as_of is ahead of the engine clock, past rows it has not written"):
+        eng.get_online_features(feats, entities=ents, as_of=T0 + 5 * M)  # the held row is its answer
+    assert eng.get_online_features(feats, entities=ents, as_of=T0 + 5 * M - 1)["results"][2]["values"] == [1.0, None]
     eng.checkpoint()
     eng.close()
     eng = Engine(d, str(r.registry_path), fsync="always", clock=lambda: clock[0])

@@ -1589,6 +1589,10 @@ class Engine:
             r = table.get_batch(keys, t)  # the result shape; its arrays are replaced
             r.values, r.nulls, r.status, r.event_ts = values, nulls, status, event_ts
             return r
+        if any(int(vb.ts.min()) <= t for vb, _ in rt.plain_held):
+            # a row ahead of the clock the view holds may be the answer as of t (any key: conservative)
+            raise AsOfOutsideHorizon(f"feature view {info.name}: as_of is ahead of the engine clock, past rows it "
+                                     "has not written yet; ask again once the clock has passed that time")
         r = table.get_batch(keys, t)
         newer = (r.status == PRESENT) & (r.event_ts > t)
         if newer.any():
