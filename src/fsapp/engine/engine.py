@@ -1201,6 +1201,25 @@ class Engine:
         if p.table.num_rows:
             self.watermarks.setdefault(stream, {}).update(moved)
         self._settle(q, nlate, log_offline)
+        if p.generation != self.generation and p.table.num_rows and log_offline:
+            self._catch_up_new_views(q)
+
+    def _catch_up_new_views(self, q: _Queued) -> None:
+        """A record logged before a reload and applied after it (its fsync
+        wait spanned the reload) was prepared for the views before: a view
+        the reload started (and backfilled from the log, which did not hold
+        the record yet) missed its events for good. Those views rebuild the
+        keys with events in the record's time span from the log, which now
+        holds it."""
+        p = q.prepared
+        new = [rt for key, rt in self.runtimes.items()
+               if key not in p.views and rt.stream is not None and rt.stream.name == p.stream
+               and p.stream not in self.partitioned and self.row_partitions is None]
+        if not new:
+            return
+        self.offline.log.flush(p.stream)
+        for rt in new:
+            self._rebuild_from_log(rt, int(p.ts.min()), int(p.ts.max()) + 1, q.now)
 
     def _settle(self, q: _Queued, nlate: int, log_offline: bool) -> None:
         """An applied push record's part besides the views' state: its events
