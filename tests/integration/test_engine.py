@@ -36,6 +36,26 @@ def events(rng, n, t0, users=5):
             "ts": ts.tolist()}
 
 
+def small_repo(root, defs: str) -> Repo:
+    """A repo of `defs` in `root`, applied."""
+    (root / "fstore.yaml").write_text("project: p\n")
+    (root / "defs.sql").write_text(defs)
+    r = Repo(root)
+    r.apply()
+    return r
+
+
+def online_and_training(eng, feats: list, entities: dict, t: int) -> tuple[list, list]:
+    """Per feature, the keys' online values as of t and their training set's
+    (count features of a key with no events: 0 online, 0 offline)."""
+    got = eng.get_online_features(feats, entities=entities, now=t)
+    n = len(next(iter(entities.values())))
+    labels = pa.table({**entities, "event_timestamp": pa.array([t] * n, pa.timestamp("us", tz="UTC"))})
+    offline = eng.get_historical_features(labels, feats).to_arrow().to_pydict()
+    return ([res["values"] for res in got["results"][len(entities):]],
+            [offline[f.split(":")[1]] for f in feats])
+
+
 def test_push_then_read_equals_the_window_kernel(repo, rng):
     eng = Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
     ev = events(rng, 300, T0)
@@ -656,15 +676,12 @@ def test_a_batch_prepared_before_a_reload_is_prepared_again_for_the_views_after_
     the last, and hands it over with `push(prepared=)`: definitions reloaded
     in between (a view added) would leave the new view without the batch's
     events, so a batch prepared under older definitions is prepared again."""
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
     defs = """
 CREATE ENTITY ent (k BIGINT);
 CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
 CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
 """
-    (tmp_path / "defs.sql").write_text(defs)
-    r = Repo(tmp_path)
-    r.apply()
+    r = small_repo(tmp_path, defs)
     eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never")
     now = T0 + H
     rows = {"k": [1, 1, 2], "x": [1.0, 2.0, 3.0], "ts": [now - 3, now - 2, now - 1]}
@@ -684,7 +701,6 @@ def test_a_view_applied_to_a_store_with_events_serves_what_its_training_set_read
     someone ran materialize. It is backfilled from the offline log when it starts: at a reload
     (`fstore apply` under `fstore serve`), and at a start for one applied while the engine was
     down or applied since the last checkpoint (a crash before one)."""
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
     defs = """
 CREATE ENTITY ent (k BIGINT);
 CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts', allowed_lateness = '1m');
@@ -694,9 +710,7 @@ CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
                   "AS s1h FROM ev WHERE x > 0;\n",
             "vc": "CREATE FEATURE VIEW vc AS SELECT k, x AS last_x FROM ev;\n",
             "vd": "CREATE FEATURE VIEW vd AS SELECT k, max(x) OVER lifetime() AS mx FROM ev;\n"}
-    (tmp_path / "defs.sql").write_text(defs)
-    r = Repo(tmp_path)
-    r.apply()
+    r = small_repo(tmp_path, defs)
     d = str(r.data_dir / "engine")
     clock = [T0 + H]
     eng = Engine(d, str(r.registry_path), fsync="always", clock=lambda: clock[0])
@@ -752,15 +766,12 @@ def test_a_column_added_to_a_stream_reads_null_in_the_events_logged_before_it(tm
     """A view over a column added to a stream: its backfill (and a training set before an event
     with the column was flushed) failed with DuckDB's 'Referenced column "y" not found' — none of
     the log's files had it. The events logged before read it as null."""
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
     defs = """
 CREATE ENTITY ent (k BIGINT);
 CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
 CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
 """
-    (tmp_path / "defs.sql").write_text(defs)
-    r = Repo(tmp_path)
-    r.apply()
+    r = small_repo(tmp_path, defs)
     now = T0 + H
     eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never", clock=lambda: now)
     eng.push("ev", {"k": [1, 2], "x": [1.0, 2.0], "ts": [now - 2 * M, now - M]})
@@ -770,15 +781,12 @@ CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
                                        "count(*) OVER lifetime() AS nb FROM ev;\n")
     r.apply()
     eng.reload()
-    feats = ["vb:ny", "vb:nb"]
-    labels = pa.table({"k": [1, 2], "event_timestamp": pa.array([now, now], pa.timestamp("us", tz="UTC"))})
-    assert eng.get_historical_features(labels, feats).to_arrow().to_pydict()["nb"] == [1, 1]
-    got = eng.get_online_features(feats, entities={"k": [1, 2]}, now=now)
-    assert [res["values"] for res in got["results"][1:]] == [[0, 0], [1, 1]]
+    feats, ents = ["vb:ny", "vb:nb"], {"k": [1, 2]}
+    online, training = online_and_training(eng, feats, ents, now)
+    assert online == training == [[0, 0], [1, 1]]
     eng.push("ev", {"k": [1], "x": [1.0], "y": [5.0], "ts": [now - 30_000_000]})
-    got = eng.get_online_features(feats, entities={"k": [1, 2]}, now=now)
-    offline = eng.get_historical_features(labels, feats).to_arrow().to_pydict()
-    assert [res["values"] for res in got["results"][1:]] == [offline["ny"], offline["nb"]] == [[1, 0], [2, 1]]
+    online, training = online_and_training(eng, feats, ents, now)
+    assert online == training == [[1, 0], [2, 1]]
     eng.close()
 
 
@@ -787,15 +795,12 @@ def test_a_column_whose_type_changed_reads_its_declared_type_in_older_events(tmp
     over it failed with DuckDB's 'Could not convert string' (the old events' text), and a view's
     backfill summed the text as its hashes. Old values that do not cast read null, online and
     offline alike."""
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
     defs = """
 CREATE ENTITY ent (k BIGINT);
 CREATE STREAM ev (k BIGINT, c VARCHAR, ts TIMESTAMP) WITH (timestamp = 'ts');
 CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
 """
-    (tmp_path / "defs.sql").write_text(defs)
-    r = Repo(tmp_path)
-    r.apply()
+    r = small_repo(tmp_path, defs)
     now = T0 + H
     eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never", clock=lambda: now)
     eng.push("ev", {"k": [1, 2, 2], "c": ["a", "7", "8"], "ts": [now - 3 * M, now - 2 * M, now - M]})
@@ -806,11 +811,8 @@ CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
     r.apply(allow_incompatible=True)
     eng.reload()
     eng.push("ev", {"k": [1], "c": [5], "ts": [now - 30_000_000]})
-    feats = ["vb:sc", "vb:nc"]
-    labels = pa.table({"k": [1, 2], "event_timestamp": pa.array([now, now], pa.timestamp("us", tz="UTC"))})
-    offline = eng.get_historical_features(labels, feats).to_arrow().to_pydict()
-    got = eng.get_online_features(feats, entities={"k": [1, 2]}, now=now)
-    assert [res["values"] for res in got["results"][1:]] == [offline["sc"], offline["nc"]] == [[5.0, 15.0], [1, 2]]
+    online, training = online_and_training(eng, ["vb:sc", "vb:nc"], {"k": [1, 2]}, now)
+    assert online == training == [[5.0, 15.0], [1, 2]]
     eng.close()
 
 
@@ -893,16 +895,13 @@ def test_a_value_that_is_not_finite_is_null_in_the_training_set_as_online(tmp_pa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
-    (tmp_path / "defs.sql").write_text("""
+    r = small_repo(tmp_path, """
 CREATE ENTITY ent (k BIGINT);
 CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
 CREATE FEATURE VIEW va AS SELECT k, sum(x / 0) OVER lifetime() AS s, sum(x * 1e308) OVER lifetime() AS big,
     last_k(x * 1e308, 2) OVER lifetime() AS lk FROM ev;
 CREATE FEATURE VIEW vp AS SELECT k, x / 0 AS q, ln(x - x) AS l FROM ev;
 """)
-    r = Repo(tmp_path)
-    r.apply()
     eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never")
     now = T0 + H
     eng.push("ev", {"k": [1, 1], "x": [2.0, 3.0], "ts": [now - 2, now - 1]}, now=now)
@@ -933,8 +932,7 @@ def test_every_column_type_is_served_alike_online_and_in_training_sets(tmp_path)
     doubles, and every time as int µs since the epoch."""
     import pyarrow as pa
 
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
-    (tmp_path / "defs.sql").write_text("""
+    r = small_repo(tmp_path, """
 CREATE ENTITY ent (k BIGINT);
 CREATE STREAM ev (k BIGINT, i BIGINT, s SMALLINT, b BOOLEAN, d DECIMAL(18,3), f FLOAT, t TIMESTAMP, day DATE,
     ns TIMESTAMP_NS, sec TIMESTAMP_S, tz TIMESTAMPTZ, ts TIMESTAMP) WITH (timestamp = 'ts');
@@ -945,8 +943,6 @@ CREATE FEATURE VIEW va AS SELECT k, last(i) OVER lifetime() AS li, first(i) OVER
     count(t) OVER lifetime() AS ct, approx_count_distinct(t) OVER lifetime() AS dt,
     approx_count_distinct(day) OVER lifetime() AS dday, approx_count_distinct(ns) OVER lifetime() AS dns FROM ev;
 """)
-    r = Repo(tmp_path)
-    r.apply()
     eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never")
     now = T0 + H
     top = 2 ** 63 - 1
@@ -991,14 +987,11 @@ def test_tagged_pushes_are_judged_late_per_partition_and_replayed_alike(tmp_path
     replay of the log judges the same events late."""
     from fsapp.engine import records
 
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
-    (tmp_path / "defs.sql").write_text("""
+    r = small_repo(tmp_path, """
 CREATE ENTITY ent (k BIGINT);
 CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts', allowed_lateness = '10m');
 CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n, sum(x) OVER sliding('1h', '10m') AS s FROM ev;
 """)
-    r = Repo(tmp_path)
-    r.apply()
     d = str(r.data_dir / "engine")
     eng = Engine(d, str(r.registry_path), fsync="never")
     now = T0 + 10 * H
@@ -1589,14 +1582,11 @@ def test_row_logic_over_timestamptz_does_not_depend_on_the_machines_time_zone(tm
 def test_a_time_column_other_than_the_event_time_says_it_takes_iso_text(tmp_path):
     """An epoch number in a TIMESTAMP column that is not the event time was refused with DuckDB's
     'Unimplemented type for cast (BIGINT -> TIMESTAMP)': it now says what the column takes."""
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
-    (tmp_path / "defs.sql").write_text("""
+    r = small_repo(tmp_path, """
 CREATE ENTITY ent (k BIGINT);
 CREATE STREAM ev (k BIGINT, seen TIMESTAMP, born DATE, ts TIMESTAMP) WITH (timestamp = 'ts');
 CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
 """)
-    r = Repo(tmp_path)
-    r.apply()
     eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never", clock=lambda: T0 + H)
     with pytest.raises(BatchError, match=r"column 'seen' \(TIMESTAMP\) takes ISO-8601 text \(e.g. "
                                          r"2026-11-27T10:00:00Z\); got int64 values \(epoch numbers are read in the "
@@ -1612,16 +1602,13 @@ def test_a_plain_view_serves_a_row_ahead_of_the_clock_when_the_clock_reaches_it_
     """A plain view wrote an event ahead of the clock at once: served while a training set at the
     same time read the row before it. Held rows (composite keys, every column kind) are kept by a
     checkpoint and written when the clock reaches them."""
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
-    (tmp_path / "defs.sql").write_text("""
+    r = small_repo(tmp_path, """
 CREATE ENTITY u (uid BIGINT);
 CREATE ENTITY m (mid VARCHAR);
 CREATE STREAM ev (uid BIGINT, mid VARCHAR, x DOUBLE, s VARCHAR, f BOOLEAN, i INTEGER, ts TIMESTAMP)
     WITH (timestamp = 'ts');
 CREATE FEATURE VIEW pl WITH (ttl = '1h') AS SELECT uid, mid, x, s, f, i, ts AS t2 FROM ev;
 """)
-    r = Repo(tmp_path)
-    r.apply()
     clock = [T0]
     d = str(r.data_dir / "engine")
     eng = Engine(d, str(r.registry_path), fsync="always", clock=lambda: clock[0])
@@ -1630,10 +1617,7 @@ CREATE FEATURE VIEW pl WITH (ttl = '1h') AS SELECT uid, mid, x, s, f, i, ts AS t
     feats, ents = ["pl:x", "pl:s", "pl:f", "pl:i", "pl:t2"], {"uid": [1, 2], "mid": ["a", "b"]}
 
     def online_and_offline(t):
-        on = [res["values"] for res in eng.get_online_features(feats, entities=ents, now=t)["results"][2:]]
-        labels = pa.table({**ents, "event_timestamp": pa.array([t, t], pa.timestamp("us", tz="UTC"))})
-        off = eng.get_historical_features(labels, feats).to_arrow().to_pydict()
-        return on, [off[f.split(":")[1]] for f in feats]
+        return online_and_training(eng, feats, ents, t)
 
     on, off = online_and_offline(T0)
     assert on == off == [[1.0, None], ["p", None], [True, None], [1, None], [T0 - M, None]]
@@ -1662,16 +1646,13 @@ def test_a_stream_whose_allowed_lateness_changed_lays_its_views_window_state_out
     to 3h late; the windows dropped them ("a window dropped admitted events as late"): lost online,
     counted as no late event either, while training sets counted them. Views whose stream's
     lateness changed are laid out again and rebuilt from the log, at a reload and at a start."""
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
     defs = """
 CREATE ENTITY ent (k BIGINT);
 CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts', allowed_lateness = '0s');
 CREATE FEATURE VIEW va AS SELECT k, count(*) OVER sliding('10m', '1m') AS n10, count(*) OVER session('5m') AS ns,
     count(*) OVER lifetime() AS n FROM ev;
 """
-    (tmp_path / "defs.sql").write_text(defs)
-    r = Repo(tmp_path)
-    r.apply()
+    r = small_repo(tmp_path, defs)
     clock = [T0]
     d = str(r.data_dir / "engine")
     eng = Engine(d, str(r.registry_path), fsync="always", clock=lambda: clock[0])
@@ -1680,10 +1661,8 @@ CREATE FEATURE VIEW va AS SELECT k, count(*) OVER sliding('10m', '1m') AS n10, c
     feats = ["va:n10", "va:ns", "va:n"]
 
     def online_and_offline():
-        on = [res["values"][0] for res in eng.get_online_features(feats, entities={"k": [1]}, now=clock[0])["results"][1:]]
-        labels = pa.table({"k": [1], "event_timestamp": pa.array([clock[0]], pa.timestamp("us", tz="UTC"))})
-        off = eng.get_historical_features(labels, feats).to_arrow().to_pydict()
-        return on, [off[f.split(":")[1]][0] for f in feats]
+        on, off = online_and_training(eng, feats, {"k": [1]}, clock[0])
+        return [v[0] for v in on], [v[0] for v in off]
 
     (tmp_path / "defs.sql").write_text(defs.replace("'0s'", "'3h'"))
     r.apply()
@@ -1709,15 +1688,12 @@ def test_a_push_whose_fsync_wait_spans_a_reload_reaches_the_views_the_reload_sta
     was prepared for the views before: a view the reload started, backfilled from a log that did
     not hold the push yet, missed its events for good (online 1 and 0 where its training set read
     2 and 1)."""
-    (tmp_path / "fstore.yaml").write_text("project: p\n")
     defs = """
 CREATE ENTITY ent (k BIGINT);
 CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
 CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
 """
-    (tmp_path / "defs.sql").write_text(defs)
-    r = Repo(tmp_path)
-    r.apply()
+    r = small_repo(tmp_path, defs)
     now = T0 + H
     eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="always", clock=lambda: now)
     eng.push("ev", {"k": [1], "x": [1.0], "ts": [now - 2 * M]})
@@ -1729,9 +1705,6 @@ CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
         logged = eng._log("ev", prepared, None, None, None, None, True, 0.0)
         eng.reload()
     assert eng._commit(logged).accepted == 2
-    feats = ["va:n", "vb:nb", "vb:sx"]
-    got = [res["values"] for res in eng.get_online_features(feats, entities={"k": [1, 2]}, now=now)["results"][1:]]
-    labels = pa.table({"k": [1, 2], "event_timestamp": pa.array([now, now], pa.timestamp("us", tz="UTC"))})
-    offline = eng.get_historical_features(labels, feats).to_arrow().to_pydict()
-    assert got == [offline["n"], offline["nb"], offline["sx"]] == [[2, 1], [2, 1], [3.0, 3.0]]
+    online, training = online_and_training(eng, ["va:n", "vb:nb", "vb:sx"], {"k": [1, 2]}, now)
+    assert online == training == [[2, 1], [2, 1], [3.0, 3.0]]
     eng.close()
