@@ -46,6 +46,19 @@ def time_us_sql(col: str, sql_type: str, what: str, *, float_epochs: bool = Fals
                       + (" or a float epoch" if float_epochs else ""))
 
 
+def _recast(declared: str) -> bool:
+    """Whether a column declared `declared` and logged as another type is read
+    as the declared one: numbers, booleans, text and times, the types a
+    stream column changes between. Others are logged in a form of their own
+    (UUID and JSON as VARCHAR, HUGEINT as DECIMAL(38,0), BIT and VARINT as
+    BLOB, TIMESTAMP_S as TIMESTAMP) that the online projections read too."""
+    from fsapp.registry.model import FLOAT_TYPES, INTEGER_TYPES
+    if declared in ("HUGEINT", "UHUGEINT"):
+        return False
+    return (declared in INTEGER_TYPES or declared in FLOAT_TYPES or declared.startswith("DECIMAL")
+            or declared in ("BOOLEAN", "VARCHAR", "TIMESTAMP", "DATE", "TIMESTAMP WITH TIME ZONE"))
+
+
 class OfflineStore:
     """Offline side of one fstore repo, rooted at `root`.
 
@@ -178,7 +191,7 @@ class OfflineStore:
             known = self._log_columns[name] = (key, logged)
         logged = known[1]
         retyped = [f"TRY_CAST({quote_ident(c)} AS {t}) AS {quote_ident(c)}" for c, t in declared
-                   if c in logged and logged[c] != t.upper()]
+                   if c in logged and logged[c] != t.upper() and _recast(t.upper())]
         missing = [f"CAST(NULL AS {t}) AS {quote_ident(c)}" for c, t in declared if c not in logged]
         if not retyped and not missing:
             return rel
