@@ -784,6 +784,7 @@ def test_materialize_says_what_its_views_must_be(api):
                        ("txn_context", "txn_context is an on-demand view, not a feature view"),
                        ("card_user", "card_user is an entity, not a feature view")]:
         assert said in assert_error(api.simulate_post(m, json={"end": NOW, "views": [name]}), 404)["description"]
+    # the registry's wording stays "is a KIND": the SDK's describe (of any version) matches on it
     res = api.simulate_get("/api/v1/registry/feature_view/card_user")
-    assert assert_error(res, 404)["description"].startswith("card_user is an entity, not a feature_view")
+    assert assert_error(res, 404)["description"].startswith("card_user is a entity, not a feature_view")
     assert api.simulate_post(m, json={"end": NOW, "views": ["user_txn", "user_txn"]}).json["views"] == {"user_txn": 0}

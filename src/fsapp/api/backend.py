@@ -78,14 +78,11 @@ def registry_list(registry, kind: str) -> list[dict]:
     return [entry_json(e) for e in sorted(registry.list(kind), key=lambda e: e.name)]
 
 
-def _a(kind: str) -> str:
-    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
-
-
 def registry_get(registry, kind: str, name: str, version: int | None) -> dict:
     entry = registry.get(name, version)
     if entry.kind != kind:
-        raise NotFoundError(f"{name} is {_a(entry.kind)}, not {_a(kind)}; ask /api/v1/registry/{entry.kind}/{name}")
+        # "NAME is a KIND, not a KIND": clients match on "NAME is a " to ask the next kind (Client.describe)
+        raise NotFoundError(f"{name} is a {entry.kind}, not a {kind}; ask /api/v1/registry/{entry.kind}/{name}")
     return entry_json(entry)
 
 
