@@ -788,3 +788,10 @@ def test_materialize_says_what_its_views_must_be(api):
     res = api.simulate_get("/api/v1/registry/feature_view/card_user")
     assert assert_error(res, 404)["description"].startswith("card_user is a entity, not a feature_view")
     assert api.simulate_post(m, json={"end": NOW, "views": ["user_txn", "user_txn"]}).json["views"] == {"user_txn": 0}
+
+
+def test_a_label_column_sql_cannot_name_is_422_not_500(api):
+    """`"entities": {..., "a\\u0000b": [1]}` answered 500 (DuckDB's binder could not name it)."""
+    res = api.simulate_post("/api/v1/features/historical", json={
+        "features": ["user_txn:txn_count_1h"], "entities": {"user_id": [1], "event_timestamp": [NOW], "a\x00b": [1]}})
+    assert "has a NUL character in its name" in assert_error(res, 422)["description"]

@@ -228,6 +228,17 @@ def test_a_key_of_another_type_is_refused_not_cast_into_another_entity(store):
     assert out["v"].tolist()[0] == 2 and math.isnan(out["v"].tolist()[1]) and out["v"].tolist()[2] == 1
 
 
+def test_entity_columns_sql_cannot_name_are_refused(store):
+    """A label column named with a NUL failed in DuckDB's binder (HTTP 500); two columns that
+    differ only in case were read as one and the other dropped from the training set."""
+    view = plain_store(store)
+    with pytest.raises(EntityDataFrameError, match=r"entity_df column 'a\\x00b' has a NUL character in its name"):
+        store.get_historical_features(pd.DataFrame({"k": [1], "event_timestamp": [30], "a\x00b": [1]}), [view])
+    with pytest.raises(EntityDataFrameError, match="entity_df columns 'label' and 'Label' differ only in case"):
+        store.get_historical_features(pd.DataFrame({"k": [1], "event_timestamp": [30], "label": [1], "Label": [2]}),
+                                      [view])
+
+
 def test_bad_timestamp_type(store):
     with pytest.raises(EntityDataFrameError, match="timestamp"):
         store.get_historical_features(pd.DataFrame({"k": [1], "event_timestamp": [1.5]}), [plain_store(store)])

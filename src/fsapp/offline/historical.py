@@ -140,6 +140,15 @@ def load_entities(cur, entity_df, timestamp_column: str, name: str) -> tuple[lis
     reserved = [c for c in cols if c in ("__row", "__t", "__fs_rowid")]
     if reserved:
         raise EntityDataFrameError(f"entity_df columns {reserved} are reserved; rename them")
+    nul = [c for c in cols if "\x00" in c]
+    if nul:  # DuckDB cannot name it: a BinderException (HTTP 500)
+        raise EntityDataFrameError(f"entity_df column {nul[0]!r} has a NUL character in its name; rename it")
+    folded: dict = {}
+    for c in cols:  # SQL names ignore case: one of the two was dropped from the training set
+        other = folded.setdefault(c.lower(), c)
+        if other != c:
+            raise EntityDataFrameError(f"entity_df columns {other!r} and {c!r} differ only in case, and SQL names "
+                                       "do not; rename one")
     if timestamp_column not in cols:
         raise EntityDataFrameError(f"entity_df has no timestamp column {timestamp_column!r} (columns: "
                                    f"{', '.join(cols)}); add it or pass timestamp_column=")
