@@ -1708,3 +1708,27 @@ CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
     online, training = online_and_training(eng, ["va:n", "vb:nb", "vb:sx"], {"k": [1, 2]}, now)
     assert online == training == [[2, 1], [2, 1], [3.0, 3.0]]
     eng.close()
+
+
+def test_a_version_no_longer_live_stops_at_a_reload_so_a_renamed_column_does_not_break_pushes(tmp_path):
+    """`apply --allow-incompatible` renaming the stream's key column (uid → user_id) while the
+    engine ran: the old version of the view kept running (a restart would not start it) and
+    projected every push for a column the stream no longer has — every push failed with a
+    KeyError (HTTP 500) until a restart."""
+    v1 = """
+CREATE ENTITY u (uid BIGINT);
+CREATE STREAM ev (uid BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
+CREATE FEATURE VIEW va AS SELECT uid, count(*) OVER lifetime() AS n FROM ev;
+"""
+    r = small_repo(tmp_path, v1)
+    now = T0 + H
+    eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never", clock=lambda: now)
+    eng.push("ev", {"uid": [1, 2], "x": [1.0, 2.0], "ts": [now - 2 * M, now - M]})
+    (tmp_path / "defs.sql").write_text(v1.replace("uid", "user_id"))
+    r.apply(allow_incompatible=True)
+    eng.reload()
+    assert sorted(eng.runtimes) == [("va", 2)]
+    assert eng.push("ev", {"user_id": [1], "x": [1.0], "ts": [now - 30_000_000]}).accepted == 1
+    online, training = online_and_training(eng, ["va:n"], {"user_id": [1, 2]}, now)
+    assert online == training == [[1, 0]]  # the old events have no user_id
+    eng.close()

@@ -693,6 +693,13 @@ class Engine:
             for ref in od.resolved["inputs"]:
                 view, _, rest = ref.partition("@v")
                 wanted.add((view, int(rest.split(":")[0])))
+        for key in [k for k in self.runtimes if k not in wanted]:
+            # a version no longer live nor pinned (a restart would not start it): kept running, it
+            # went on projecting its stream, and after a column it read was renamed or dropped
+            # (`apply --allow-incompatible`) every push to the stream failed on its projection
+            self.runtimes.pop(key).table.close()
+            if self.row_partitions is not None:
+                self.row_partitions.pop(key, None)
         saved = {(r["name"], r["version"]): r for r in (ckpt.meta.get("runtimes", []) if ckpt else [])}
         if ckpt:
             if "stream_watermarks" in ckpt.meta:

@@ -479,6 +479,10 @@ class ViewRuntime:
         column (registered as `__batch` in `con` unless the projection is
         bare columns), with `_fs_row` first."""
         if self.bare is not None:
+            gone = [src for src, _ in self.bare if src not in batch.column_names]
+            if gone:  # a pinned old version over a column the stream no longer has (was a KeyError: HTTP 500)
+                raise BatchError(f"feature view {self.name}@v{self.version} reads column(s) {', '.join(gone)}, which "
+                                 f"stream {self.stream.name} no longer has; re-apply the service that pins it")
             return batch.select([ROW] + [src for src, _ in self.bare]).rename_columns(
                 [ROW] + [name for _, name in self.bare])
         return con.sql(self.sql).to_arrow_table()
