@@ -1724,10 +1724,19 @@ CREATE FEATURE VIEW va AS SELECT uid, count(*) OVER lifetime() AS n FROM ev;
     now = T0 + H
     eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never", clock=lambda: now)
     eng.push("ev", {"uid": [1, 2], "x": [1.0, 2.0], "ts": [now - 2 * M, now - M]})
+    import time
+    from fsapp.registry.errors import NotFoundError
+    from fsapp.serve.reader import STALE_CHECK_S, OnlineReader
+    reader = OnlineReader(str(r.data_dir / "engine"), str(r.registry_path))  # an HTTP worker's
+    assert reader.get_online_features(["va@v1:n"], entities={"uid": [1]}, now=now)["results"][1]["values"] == [1]
     (tmp_path / "defs.sql").write_text(v1.replace("uid", "user_id"))
     r.apply(allow_incompatible=True)
     eng.reload()
     assert sorted(eng.runtimes) == [("va", 2)]
+    # no longer served: 404 from a worker too (its table file went on answering frozen values)
+    time.sleep(STALE_CHECK_S + 0.05)
+    with pytest.raises(NotFoundError, match="is not served online"):
+        reader.get_online_features(["va@v1:n"], entities={"uid": [1]}, now=now)
     assert eng.push("ev", {"user_id": [1], "x": [1.0], "ts": [now - 30_000_000]}).accepted == 1
     online, training = online_and_training(eng, ["va:n"], {"user_id": [1, 2]}, now)
     assert online == training == [[1, 0]]  # the old events have no user_id

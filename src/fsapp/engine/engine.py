@@ -700,6 +700,7 @@ class Engine:
             self.runtimes.pop(key).table.close()
             if self.row_partitions is not None:
                 self.row_partitions.pop(key, None)
+        self._remove_unserved_tables(wanted)
         saved = {(r["name"], r["version"]): r for r in (ckpt.meta.get("runtimes", []) if ckpt else [])}
         if ckpt:
             if "stream_watermarks" in ckpt.meta:
@@ -750,6 +751,23 @@ class Engine:
         self.normalisers = {name: BatchNormaliser(s, self.con, keys.get(name, ())) for name, s in self.streams.items()}
         for name, s in self.streams.items():
             self.offline.declare_stream(name, [(c.name, c.type) for c in s.columns])
+
+    def _remove_unserved_tables(self, wanted: set) -> None:
+        """Removes the online table files of view versions this engine does
+        not serve: HTTP workers read tables by file, and went on answering a
+        read of such a version (`view@v1:feature`) with its values frozen when
+        the engine stopped serving it, as PRESENT; without the file they
+        answer 404, as the engine does."""
+        online = os.path.join(self.data_dir, "online")
+        if not os.path.isdir(online):
+            return
+        for name in os.listdir(online):
+            view, sep, version = name[:-len(".fst")].rpartition("@v") if name.endswith(".fst") else ("", "", "")
+            if sep and version.isdigit() and (view, int(version)) not in wanted:
+                try:
+                    os.unlink(os.path.join(online, name))
+                except FileNotFoundError:
+                    pass
 
     def _publish_tables(self) -> None:
         for rt in self.runtimes.values():
