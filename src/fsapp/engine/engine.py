@@ -45,9 +45,10 @@ from dataclasses import dataclass, field
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fscore.checkpoint import commit, load_latest_checkpoint, oldest_retained_lsn, temp_path, write_temp
-from fscore.errors import CheckpointError, WalCorruption
+from fscore.errors import CheckpointError, KeyEncodingError, WalCorruption
 from fscore.layout import next_capacity
 from fscore.proc import ForkedTaskError, fork_task
 from fscore.table import PRESENT, Table
@@ -358,6 +359,7 @@ class Engine:
         self.logged_offsets: dict = {}
         self.late_total = 0
         self.replayed = self.quarantined = 0
+        self.replay_skipped = 0  # events a view could not take at a replay (_prepare_views_alone)
         self.runtimes: dict[tuple[str, int], ViewRuntime] = {}
         self.streams: dict = {}
         self.normalisers: dict[str, BatchNormaliser] = {}
@@ -426,7 +428,7 @@ class Engine:
         self._replay_group(group, waiting)
         if entries:
             self.applied_lsn = entries[-1][0]
-        self._backfill(unfilled)
+        self._backfill(list(dict.fromkeys(unfilled + sorted(self._backfill_pending))))
         # what the next restart replays again until a checkpoint: this replay
         self.work_s, self._ckpt_work_s = (time.perf_counter() - replay_start if entries else 0.0), 0.0
 
@@ -639,7 +641,10 @@ class Engine:
         if stream not in self.streams:
             return None  # the stream was dropped from the registry since
         if prepared is None:
-            prepared = self._prepare_table(stream, table, self.cursor())
+            try:
+                prepared = self._prepare_table(stream, table, self.cursor())
+            except (BatchError, KeyEncodingError, duckdb.Error) as e:
+                prepared = self._prepare_views_alone(stream, table, lsn, e)
         tags = records.decode_runs(head["parts"]) if "parts" in head else None
         if tags is not None and tags.size != table.num_rows:
             raise EngineError(f"the record's partitions cover {tags.size} rows of its {table.num_rows}")
@@ -647,6 +652,37 @@ class Engine:
         self._apply_push(q, log_offline=self._logs_offline(q, head), deferred=deferred)
         self._after_replayed(q, head)
         return q
+
+    def _prepare_views_alone(self, stream: str, table: pa.Table, lsn: int, why: BaseException) -> PreparedPush:
+        """A logged record the current views cannot all take (a view applied
+        since it was logged, keyed by a column with values its table cannot
+        hold, or reading a column whose type changed): prepared view by view,
+        and a view that cannot take it skips it (logged, counted in
+        `replay_skipped`) — the views that took it when it was acknowledged
+        still get its events. Before, the whole record was set aside, and
+        acknowledged events were lost online for every view."""
+        cur = self.cursor()
+        ts = table.column(self.streams[stream].timestamp).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        prepared = PreparedPush(stream, table, np.asarray(ts, dtype=np.int64), generation=self.generation)
+        batch = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        cur.register("__batch", batch)
+        try:
+            for key, rt in self.runtimes.items():
+                if rt.stream is None or rt.stream.name != stream:
+                    continue
+                try:
+                    prepared.views[key] = rt.prepare(cur, batch)
+                except (BatchError, KeyEncodingError, duckdb.Error) as e:
+                    self.replay_skipped += table.num_rows
+                    self._backfill_pending.add(key)  # rebuilt from the log after the replay, event by event
+                    log.error("recovery: feature view %s@v%d cannot take WAL record %d (%s: %s); it skips the "
+                              "record's %d events and is rebuilt from the offline log after the replay (the "
+                              "other views keep them)", key[0], key[1], lsn, type(e).__name__,
+                              str(e).strip().splitlines()[0], table.num_rows)
+        finally:
+            cur.unregister("__batch")
+        log.warning("recovery: WAL record %d was prepared view by view (%s)", lsn, why)
+        return prepared
 
     @staticmethod
     def _queued_from(lsn: int, head: dict, prepared: PreparedPush, tags: np.ndarray | None = None) -> _Queued:
@@ -838,7 +874,7 @@ class Engine:
             started = time.perf_counter()
             try:
                 keys_written = self._rebuild_from_log(rt, -(1 << 62), 1 << 62, now)
-            except duckdb.Error as e:
+            except (duckdb.Error, BatchError, KeyEncodingError) as e:  # a reload or start goes on without it
                 self._backfill_pending.add(key)
                 log.error("feature view %s@v%d: its backfill from the offline event log failed (%s); it serves the "
                           "events pushed since it was applied, and the next start tries again (or run fstore "
@@ -1466,9 +1502,20 @@ class Engine:
         ev = self.offline.source(stream).relation
         touched = (f"SELECT DISTINCT {keys} FROM {ev} WHERE _fs_event_ts >= {int(start)} "
                    f"AND _fs_event_ts < {int(end)}")
-        sql = (f"SELECT {cols} FROM {ev} e SEMI JOIN ({touched}) k USING ({keys}) "
+        # a key the view's table cannot hold (text over its size: a view applied since, keyed by a
+        # column whose values were never keys) leaves its events out, not the whole view
+        fits = " AND ".join(f"({_qi(f.name)} IS NULL OR strlen({_qi(f.name)}) <= {f.size})"
+                            for f in rt.schema.keys if f.kind == "string") or "true"
+        sql = (f"SELECT {cols}, ({fits}) AS __fits FROM {ev} e SEMI JOIN ({touched}) k USING ({keys}) "
                f"ORDER BY _fs_event_ts, _fs_seq")
         events = cur.sql(sql).to_arrow_table()
+        ok = events.column("__fits")
+        skipped = events.num_rows - pc.sum(ok).as_py() if events.num_rows else 0
+        if skipped:
+            log.warning("feature view %s@v%d: %d logged event(s) have a key longer than its table holds; they are "
+                        "left out of it", rt.name, rt.version, skipped)
+            events = events.filter(ok)
+        events = events.drop_columns(["__fits"])
         if events.num_rows == 0:
             return None
         batch = events.append_column(ROW, pa.array(np.arange(events.num_rows, dtype=np.int64)))
