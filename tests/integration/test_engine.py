@@ -1779,3 +1779,28 @@ CREATE FEATURE VIEW va AS SELECT uid, count(*) OVER lifetime() AS n FROM ev;
         online, training = online_and_training(eng, ["vc:nc"], {"country": ["NL", "DE"]}, now)
         assert online == training == [[2, 0]], how
         eng.close()
+
+
+def test_a_backfill_under_max_keys_fills_the_newest_keys_and_never_raises(tmp_path):
+    """With `max_keys`, a view's backfill (and materialize) tried to take every logged key in one
+    batch: SchemaError "capacity 3 is too small for one batch of 3 new keys" raised out of the
+    reload (the engine server's loop). Under a bound it takes the keys with the newest events, as
+    evictions keep them; a backfill that fails for any reason leaves the reload going."""
+    v1 = """
+CREATE ENTITY u (uid BIGINT);
+CREATE STREAM ev (uid BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
+CREATE FEATURE VIEW va AS SELECT uid, count(*) OVER lifetime() AS n FROM ev;
+"""
+    r = small_repo(tmp_path, v1)
+    now = T0 + H
+    eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never", clock=lambda: now, max_keys=4)
+    for k in range(1, 7):
+        eng.push("ev", {"uid": [k] * k, "x": [float(k)] * k, "ts": [now - (60 - k) * M] * k})
+    (tmp_path / "defs.sql").write_text(v1 + "CREATE FEATURE VIEW vb AS SELECT uid, sum(x) OVER lifetime() AS sx FROM ev;\n")
+    r.apply()
+    eng.reload()
+    got = eng.get_online_features(["vb:sx"], entities={"uid": list(range(1, 7))}, now=now)["results"][1]
+    assert got["values"] == [None, None, None, None, 25.0, 36.0]
+    assert got["statuses"][-2:] == ["PRESENT", "PRESENT"]
+    assert eng.materialize(-(1 << 62), now + 1, ["vb"])["views"] == {"vb": 2}
+    eng.close()

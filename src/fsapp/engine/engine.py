@@ -874,7 +874,7 @@ class Engine:
             started = time.perf_counter()
             try:
                 keys_written = self._rebuild_from_log(rt, -(1 << 62), 1 << 62, now)
-            except (duckdb.Error, BatchError, KeyEncodingError) as e:  # a reload or start goes on without it
+            except Exception as e:  # noqa: BLE001 - a reload or a start goes on without it
                 self._backfill_pending.add(key)
                 log.error("feature view %s@v%d: its backfill from the offline event log failed (%s); it serves the "
                           "events pushed since it was applied, and the next start tries again (or run fstore "
@@ -1502,6 +1502,11 @@ class Engine:
         ev = self.offline.source(stream).relation
         touched = (f"SELECT DISTINCT {keys} FROM {ev} WHERE _fs_event_ts >= {int(start)} "
                    f"AND _fs_event_ts < {int(end)}")
+        if self.max_keys is not None:
+            # under a bound, the keys with the newest events, as evictions would keep (the table takes at
+            # most about half its capacity of new keys in one batch; more raised SchemaError)
+            touched = (f"SELECT {keys} FROM {ev} WHERE _fs_event_ts >= {int(start)} AND _fs_event_ts < {int(end)} "
+                       f"GROUP BY ALL ORDER BY max(_fs_event_ts) DESC LIMIT {max(1, self.max_keys // 2)}")
         # a key the view's table cannot hold (text over its size: a view applied since, keyed by a
         # column whose values were never keys) leaves its events out, not the whole view
         fits = " AND ".join(f"({_qi(f.name)} IS NULL OR strlen({_qi(f.name)}) <= {f.size})"
