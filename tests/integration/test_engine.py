@@ -45,6 +45,20 @@ def small_repo(root, defs: str) -> Repo:
     return r
 
 
+ONE_VIEW = """
+CREATE ENTITY ent (k BIGINT);
+CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
+CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
+"""
+
+
+def engine_on(root, defs: str, now: int = T0 + H, **kw) -> tuple[Repo, Engine]:
+    """A repo of `defs` applied in `root` and an engine on it whose clock reads `now`."""
+    r = small_repo(root, defs)
+    return r, Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync=kw.pop("fsync", "never"),
+                     clock=lambda: now, **kw)
+
+
 def online_and_training(eng, feats: list, entities: dict, t: int) -> tuple[list, list]:
     """Per feature, the keys' online values as of t and their training set's
     (count features of a key with no events: 0 online, 0 offline)."""
@@ -676,11 +690,7 @@ def test_a_batch_prepared_before_a_reload_is_prepared_again_for_the_views_after_
     the last, and hands it over with `push(prepared=)`: definitions reloaded
     in between (a view added) would leave the new view without the batch's
     events, so a batch prepared under older definitions is prepared again."""
-    defs = """
-CREATE ENTITY ent (k BIGINT);
-CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
-CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
-"""
+    defs = ONE_VIEW
     r = small_repo(tmp_path, defs)
     eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never")
     now = T0 + H
@@ -766,14 +776,9 @@ def test_a_column_added_to_a_stream_reads_null_in_the_events_logged_before_it(tm
     """A view over a column added to a stream: its backfill (and a training set before an event
     with the column was flushed) failed with DuckDB's 'Referenced column "y" not found' — none of
     the log's files had it. The events logged before read it as null."""
-    defs = """
-CREATE ENTITY ent (k BIGINT);
-CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
-CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
-"""
-    r = small_repo(tmp_path, defs)
+    defs = ONE_VIEW
     now = T0 + H
-    eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never", clock=lambda: now)
+    r, eng = engine_on(tmp_path, defs)
     eng.push("ev", {"k": [1, 2], "x": [1.0, 2.0], "ts": [now - 2 * M, now - M]})
     eng.checkpoint()
     (tmp_path / "defs.sql").write_text(defs.replace("x DOUBLE,", "x DOUBLE, y DOUBLE,") +
@@ -800,9 +805,8 @@ CREATE ENTITY ent (k BIGINT);
 CREATE STREAM ev (k BIGINT, c VARCHAR, ts TIMESTAMP) WITH (timestamp = 'ts');
 CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
 """
-    r = small_repo(tmp_path, defs)
     now = T0 + H
-    eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never", clock=lambda: now)
+    r, eng = engine_on(tmp_path, defs)
     eng.push("ev", {"k": [1, 2, 2], "c": ["a", "7", "8"], "ts": [now - 3 * M, now - 2 * M, now - M]})
     eng.checkpoint()
     (tmp_path / "defs.sql").write_text(defs.replace("c VARCHAR", "c BIGINT") +
@@ -1688,14 +1692,9 @@ def test_a_push_whose_fsync_wait_spans_a_reload_reaches_the_views_the_reload_sta
     was prepared for the views before: a view the reload started, backfilled from a log that did
     not hold the push yet, missed its events for good (online 1 and 0 where its training set read
     2 and 1)."""
-    defs = """
-CREATE ENTITY ent (k BIGINT);
-CREATE STREAM ev (k BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
-CREATE FEATURE VIEW va AS SELECT k, count(*) OVER lifetime() AS n FROM ev;
-"""
-    r = small_repo(tmp_path, defs)
+    defs = ONE_VIEW
     now = T0 + H
-    eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="always", clock=lambda: now)
+    r, eng = engine_on(tmp_path, defs, fsync="always")
     eng.push("ev", {"k": [1], "x": [1.0], "ts": [now - 2 * M]})
     (tmp_path / "defs.sql").write_text(defs + "CREATE FEATURE VIEW vb AS SELECT k, count(*) OVER lifetime() AS nb, "
                                               "sum(x) OVER lifetime() AS sx FROM ev;\n")
@@ -1720,9 +1719,8 @@ CREATE ENTITY u (uid BIGINT);
 CREATE STREAM ev (uid BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
 CREATE FEATURE VIEW va AS SELECT uid, count(*) OVER lifetime() AS n FROM ev;
 """
-    r = small_repo(tmp_path, v1)
     now = T0 + H
-    eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never", clock=lambda: now)
+    r, eng = engine_on(tmp_path, v1)
     eng.push("ev", {"uid": [1, 2], "x": [1.0, 2.0], "ts": [now - 2 * M, now - M]})
     import time
     from fsapp.registry.errors import NotFoundError
@@ -1791,9 +1789,8 @@ CREATE ENTITY u (uid BIGINT);
 CREATE STREAM ev (uid BIGINT, x DOUBLE, ts TIMESTAMP) WITH (timestamp = 'ts');
 CREATE FEATURE VIEW va AS SELECT uid, count(*) OVER lifetime() AS n FROM ev;
 """
-    r = small_repo(tmp_path, v1)
     now = T0 + H
-    eng = Engine(str(r.data_dir / "engine"), str(r.registry_path), fsync="never", clock=lambda: now, max_keys=4)
+    r, eng = engine_on(tmp_path, v1, max_keys=4)
     for k in range(1, 7):
         eng.push("ev", {"uid": [k] * k, "x": [float(k)] * k, "ts": [now - (60 - k) * M] * k})
     (tmp_path / "defs.sql").write_text(v1 + "CREATE FEATURE VIEW vb AS SELECT uid, sum(x) OVER lifetime() AS sx FROM ev;\n")
