@@ -653,6 +653,13 @@ class Engine:
         self._after_replayed(q, head)
         return q
 
+    def _event_times(self, stream: str, table: pa.Table) -> np.ndarray:
+        """A normalised batch's event times, µs."""
+        if not table.num_rows:
+            return np.zeros(0, np.int64)
+        col = table.column(self.streams[stream].timestamp).cast(pa.int64())
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+
     def _prepare_views_alone(self, stream: str, table: pa.Table, lsn: int, why: BaseException) -> PreparedPush:
         """A logged record the current views cannot all take (a view applied
         since it was logged, keyed by a column with values its table cannot
@@ -662,8 +669,7 @@ class Engine:
         still get its events. Before, the whole record was set aside, and
         acknowledged events were lost online for every view."""
         cur = self.cursor()
-        ts = table.column(self.streams[stream].timestamp).cast(pa.int64()).to_numpy(zero_copy_only=False)
-        prepared = PreparedPush(stream, table, np.asarray(ts, dtype=np.int64), generation=self.generation)
+        prepared = PreparedPush(stream, table, self._event_times(stream, table), generation=self.generation)
         batch = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
         cur.register("__batch", batch)
         try:
@@ -840,7 +846,7 @@ class Engine:
             stream = self.streams.get(rt.stream.name) if rt.stream is not None else None
             if stream is None or not rt.lateness_changed(stream):
                 continue
-            if self.row_partitions is not None or stream.name in self.partitioned:
+            if not self._own_log_feeds(rt):
                 log.warning("feature view %s@v%d: stream %s's allowed lateness changed; in Kafka group mode its "
                             "window state keeps the old one until its partitions are rebuilt", key[0], key[1],
                             stream.name)
@@ -850,6 +856,13 @@ class Engine:
             log.info("feature view %s@v%d: stream %s's allowed lateness changed; its window state is rebuilt from "
                      "the offline event log", key[0], key[1], stream.name)
         return renewed
+
+    def _own_log_feeds(self, rt: ViewRuntime) -> bool:
+        """Whether this engine's offline log holds every event of the view's
+        stream, so the view can be rebuilt from it: a view over a stream, and
+        not in Kafka group mode (a member's log holds the partitions it has
+        owned; they are rebuilt as they are assigned)."""
+        return rt.stream is not None and rt.stream.name not in self.partitioned and self.row_partitions is None
 
     def _backfill(self, keys) -> None:
         """Fills new runtimes of views fed by a stream with every event of it
@@ -862,8 +875,7 @@ class Engine:
         and tried again at the next start (`backfill_pending` in the
         checkpoint). Not for streams whose keys a Kafka group shares out
         (their partitions are rebuilt as they are assigned)."""
-        todo = [k for k in keys if self.runtimes[k].stream is not None
-                and self.runtimes[k].stream.name not in self.partitioned and self.row_partitions is None]
+        todo = [k for k in keys if self._own_log_feeds(self.runtimes[k])]
         self._backfilled = []
         if not todo:
             return
@@ -917,10 +929,7 @@ class Engine:
     def _prepare_table(self, stream: str, table: pa.Table, cur, generation: int | None = None) -> PreparedPush:
         """`generation`: the definitions `table` was normalised under (default: now)."""
         generation = self.generation if generation is None else generation
-        s = self.streams[stream]
-        ts = (np.asarray(table.column(s.timestamp).cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
-              if table.num_rows else np.zeros(0, np.int64))
-        prepared = PreparedPush(stream, table, ts, generation=generation)
+        prepared = PreparedPush(stream, table, self._event_times(stream, table), generation=generation)
         views = [(key, rt) for key, rt in self.runtimes.items() if rt.stream is not None and rt.stream.name == stream]
         if not table.num_rows or not views:
             return prepared
@@ -1274,8 +1283,7 @@ class Engine:
         holds it."""
         p = q.prepared
         new = [rt for key, rt in self.runtimes.items()
-               if key not in p.views and rt.stream is not None and rt.stream.name == p.stream
-               and p.stream not in self.partitioned and self.row_partitions is None]
+               if key not in p.views and self._own_log_feeds(rt) and rt.stream.name == p.stream]
         if not new:
             return
         self.offline.log.flush(p.stream)
@@ -1435,6 +1443,7 @@ class Engine:
         Returns {"views": {name: keys written}, "skipped": {name: why}, ...}."""
         from fsapp.offline.materialize import materialize as offline_materialize
         from fsapp.registry.errors import NotFoundError
+        from fsapp.registry.resolve import _a as a_or_an
 
         if start >= end:
             raise BatchError(f"materialize needs start < end (got start={start}, end={end})")
@@ -1446,9 +1455,8 @@ class Engine:
             for name in names:
                 entry = snap.get(name)
                 if entry is not None and entry.kind != "feature_view":  # said "unknown feature view"
-                    raise NotFoundError(f"{name} is {'an' if entry.kind[0] in 'aeiou' else 'a'} "
-                                        f"{entry.kind.replace('on_demand', 'on-demand').replace('_', ' ')}, not a "
-                                        f"feature view: materialize takes "
+                    kind = entry.kind.replace("on_demand", "on-demand").replace("_", " ")
+                    raise NotFoundError(f"{name} is {a_or_an(kind)}, not a feature view: materialize takes "
                                         f"feature views ({', '.join(sorted(self.offline.views))})")
                 self.offline.view(name)  # unknown names fail before anything is written
             latest = {n: rt for (n, v), rt in self.runtimes.items()
@@ -2073,6 +2081,3 @@ def _check_key(key) -> str | None:
 def _qi(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
-
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"

@@ -22,6 +22,7 @@ from fsapp.offline import pit
 from fsapp.offline.store import OfflineStore, sql_string, time_us_sql
 from fsapp.offline.views import ViewDef, quote_ident
 from fsapp.registry.catalog import check_feature_names, output_name
+from fsapp.registry.model import INTEGER_TYPES
 
 DEFAULT_TIMESTAMP = "event_timestamp"
 _ids = itertools.count()
@@ -163,8 +164,7 @@ def load_entities(cur, entity_df, timestamp_column: str, name: str) -> tuple[lis
     return cols, keep
 
 
-_INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
-                            "UINTEGER", "UBIGINT", "UHUGEINT"})
+_INTEGER_TYPES = INTEGER_TYPES | {"UHUGEINT"}  # what DuckDB may type an entity_df's integer column
 
 
 def _check_key_types(cur, name: str, view) -> None:
