@@ -18,6 +18,7 @@ Exit codes: 0 success, 1 a check failed, 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -37,6 +38,21 @@ def _integer(lo: int, hi: int | None = None):
         ok = isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
         return None if ok else (f"an integer {lo}..{hi}" if hi else f"an integer >= {lo}")
     return check
+
+
+# Each worker is a process of its own (~80 MB: Python, Falcon, numpy, pyarrow)
+# that forks at start: `workers: 1000` (a typo, or a per-thread habit from
+# another server) forked until the machine ran out of memory. Reads are
+# CPU-bound, so past a few per core a worker adds memory and context switches.
+WORKERS_PER_CORE_MAX = 16
+
+
+def _workers(v):
+    cores = os.cpu_count() or 1
+    hi = max(32, WORKERS_PER_CORE_MAX * cores)
+    ok = isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= hi
+    return None if ok else (f"an integer 1..{hi} ({WORKERS_PER_CORE_MAX} a core on this machine's {cores}; "
+                            "each is a process of ~80 MB, and reads gain little past 2-4 a core)")
 
 
 def _positive_number(v):
@@ -83,10 +99,10 @@ class ServeOption(NamedTuple):
 SERVE_OPTIONS = (
     ServeOption("--host", "online.host", str, "HOST", "127.0.0.1", _text, "address to bind"),
     ServeOption("--port", "online.port", int, "PORT", 9094, _integer(1, 65535), "HTTP port"),
-    ServeOption("--workers", "online.workers", int, "N", 2, _integer(1), "gunicorn workers"),
+    ServeOption("--workers", "online.workers", int, "N", 2, _workers, "gunicorn workers"),
     ServeOption("--grpc-port", "online.grpc_port", int, "PORT", 6566, _integer(0, 65535),
                 "gRPC port (Feast's ServingService and grpc.health.v1); 0 turns gRPC off"),
-    ServeOption("--grpc-workers", "online.grpc_workers", int, "N", 2, _integer(1),
+    ServeOption("--grpc-workers", "online.grpc_workers", int, "N", 2, _workers,
                 "gRPC server processes (one port, SO_REUSEPORT)"),
     ServeOption("--fsync", "online.fsync", str, "{always,interval,never}", "always",
                 _one_of("always", "interval", "never"),
@@ -259,8 +275,10 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if args.command == "demo" and (args.events < 100 or args.workers < 1):
-        parser.error("--events must be >= 100 and --workers >= 1")
+    if args.command == "demo" and args.events < 100:
+        parser.error("--events must be >= 100")
+    if args.command == "demo" and _workers(args.workers):
+        parser.error(f"--workers must be {_workers(args.workers)}, got {args.workers}")
     if getattr(args, "batch_rows", 1) < 1:
         parser.error("--batch-rows must be >= 1")
     return args.func(args)

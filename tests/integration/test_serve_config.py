@@ -4,6 +4,7 @@ and the other options come from the `online:` section when no flag is given
 `--api-keys-file`), and a wrong setting or keys file stops it at start in
 one line naming the file and line."""
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -140,3 +141,18 @@ def test_a_wrong_setting_or_keys_file_stops_serve_at_start_in_one_line(tmp_path)
     code, line = serve_fails(root, "--api-keys-file", str(tmp_path / "missing.txt"))
     assert code == 1 and f"{tmp_path / 'missing.txt'}: cannot read the API keys file" in line
     assert serve_fails(root, "--port", "0") == (2, "fstore serve: --port must be an integer 1..65535, got 0")
+
+
+def test_a_worker_count_that_would_fork_the_machine_out_of_memory_is_refused(tmp_path):
+    # `online.workers: 1000` was taken: gunicorn forked workers of ~80 MB each until memory ran out
+    from fsapp.cli import _workers
+
+    hi = max(32, 16 * (os.cpu_count() or 1))
+    root = make_repo(tmp_path / "repo", "online:\n  workers: 100000\n")
+    code, line = serve_fails(root)
+    assert code == 1 and line.startswith(f"fstore serve: {root / 'fstore.yaml'} line 3: online.workers must be an "
+                                         f"integer 1..{hi} (16 a core") and line.endswith("got 100000")
+    (root / "fstore.yaml").write_text("project: configtest\n")
+    code, line = serve_fails(root, "--grpc-workers", str(hi + 1))
+    assert code == 2 and line.startswith(f"fstore serve: --grpc-workers must be an integer 1..{hi}")
+    assert _workers(hi) is None and _workers(1) is None and _workers(True) and _workers(0)
