@@ -206,6 +206,18 @@ def test_init_repo_applies_as_is(tmp_path):
         assert kinds == {"sliding", "continuous", "tumbling", "session", "lifetime"}
 
 
+def test_init_where_a_repo_cannot_be_made_says_so_without_a_traceback(tmp_path):
+    # `fstore init /proc/x` and `fstore init /dev/null` ended in pathlib's traceback
+    from fsapp.registry.errors import RepoError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RepoError, match=r"file exists and is not a directory; name a new or an existing directory"):
+        init_repo(tmp_path / "file")
+    with pytest.raises(RepoError, match=r"cannot create the repo in .*file/r: Not a directory"):
+        init_repo(tmp_path / "file" / "r")
+    assert (tmp_path / "file").read_text() == "x"
+
+
 def test_one_registry_read_by_many_threads_at_once(tmp_path):
     """A registry object is shared by the engine's socket threads (and a gRPC
     server's thread pool): two reads at once issued a second BEGIN on the one

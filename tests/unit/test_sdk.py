@@ -135,6 +135,9 @@ def test_cli_file_and_argument_mistakes_are_named_before_any_work(store, tmp_pat
     assert "missing.csv: no such file" in capsys.readouterr().err
     assert main(["get", "user_txn:txn_count_1h", "-e", "user_id=1", "-e", "user_id=2", "--repo", repo]) == 1
     assert "user_id is given twice" in capsys.readouterr().err
+    # an empty value made the whole list text: "row 0 holds '1'; send the number itself"
+    assert main(["get", "user_txn:txn_count_1h", "-e", "user_id=1,,2", "--repo", repo]) == 1
+    assert "--entity 'user_id=1,,2': value 1 is empty" in capsys.readouterr().err
 
 
 def test_features_as_a_bare_string_says_to_give_a_list(store):

@@ -161,6 +161,16 @@ def init_repo(path: str | Path, project: str | None = None) -> list[Path]:
     profile data; refuses to overwrite an existing fstore.yaml. Returns the
     files written."""
     root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise RepoError(f"{root} exists and is not a directory; name a new or an existing directory")
+    try:
+        return _write_repo(root, project)
+    except OSError as e:  # a parent that does not exist (and cannot be made), no permission, a full disk
+        raise RepoError(f"cannot create the repo in {root}: {e.strerror or e}"
+                        + (f" ({e.filename})" if e.filename and str(e.filename) != str(root) else "")) from None
+
+
+def _write_repo(root: Path, project: str | None) -> list[Path]:
     if (root / "fstore.yaml").exists():
         raise RepoError(f"{root} already has an fstore.yaml; init only creates new repos")
     project = project or root.resolve().name.replace("-", "_") or "features"

@@ -161,6 +161,9 @@ def parse_entities(specs: list[str]) -> dict[str, list]:
         if typ not in ("", "str", "int", "float", "bool"):
             raise ValueError(f"--entity {spec!r}: the type after ':' is str, int, float or bool")
         vals = [v.strip() for v in values.split(",")]
+        if "" in vals and typ != "str":  # "user_id=1,,2": the empty value made every value text ("row 0 holds '1'")
+            raise ValueError(f"--entity {spec!r}: value {vals.index('')} is empty; write KEY=V1,V2 with no "
+                             f"empty values (an empty text key: {name}:str=...)")
         if typ == "float":
             try:
                 out[name] = [float(v) for v in vals]
