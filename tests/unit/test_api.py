@@ -795,3 +795,28 @@ def test_a_label_column_sql_cannot_name_is_422_not_500(api):
     res = api.simulate_post("/api/v1/features/historical", json={
         "features": ["user_txn:txn_count_1h"], "entities": {"user_id": [1], "event_timestamp": [NOW], "a\x00b": [1]}})
     assert "has a NUL character in its name" in assert_error(res, 422)["description"]
+
+
+def test_a_version_past_64_bits_is_404_not_500(api):
+    # SQLite's OverflowError on view@v99999999999999999999999 answered 500
+    res = api.simulate_post("/api/v1/features/online", json={
+        "features": ["user_txn@v99999999999999999999999:txn_count_1h"], "entities": {"user_id": [1]}})
+    assert "user_txn has no version 99999999999999999999999 (versions 1..1)" in assert_error(res, 404)["description"]
+
+
+def test_rows_that_are_empty_objects_are_refused_not_accepted_as_none(api):
+    # [{}] answered 200 {"accepted": 0}: a table of no columns has no rows
+    res = api.simulate_post("/api/v1/push", json={"stream": "transactions", "rows": [{}, {}]})
+    assert "row 0 of 2 is an empty object" in assert_error(res, 422)["description"]
+
+
+def test_times_before_year_1000_are_iso_8601_with_four_digit_years(api):
+    # "1-01-01T00:00:00.000000Z" (glibc's strftime %Y): not ISO-8601, and our own parser refused it
+    req = {"features": ["user_txn:txn_count_1h"], "entities": {"user_id": [1], "event_timestamp": ["0001-01-01T00:00:00Z"]}}
+    res = api.simulate_post("/api/v1/features/historical", json=req)
+    assert res.status_code == 200, res.text
+    stamp = res.json["columns"]["event_timestamp"][0]
+    assert stamp == "0001-01-01T00:00:00.000000Z"
+    again = api.simulate_post("/api/v1/features/historical", json={**req, "entities": {"user_id": [1],
+                                                                                       "event_timestamp": [stamp]}})
+    assert again.status_code == 200 and again.json["columns"]["event_timestamp"] == [stamp]

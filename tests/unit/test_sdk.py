@@ -150,6 +150,16 @@ def test_features_as_a_bare_string_says_to_give_a_list(store):
             call()
 
 
+def test_rows_without_columns_are_refused_not_read_as_no_rows(store):
+    # a DataFrame of 3 rows and no columns, or [{}, {}], answered "0 accepted": Arrow reads no rows
+    import pandas as pd
+    with pytest.raises(BatchError, match="the DataFrame has 3 rows and no columns"):
+        store.push("transactions", pd.DataFrame(index=range(3)))
+    with pytest.raises(BatchError, match="row 0 of 2 is an empty object"):
+        store.push("transactions", [{}, {}])
+    assert store.push("transactions", []) == {"accepted": 0, "late": 0, "lsn": 0}
+
+
 def test_a_dataframe_with_categorical_columns_pushes_like_plain_text(store):
     """pandas' category dtype (dictionary-encoded in Arrow) was refused for a text key: "takes text;
     got dictionary<values=large_string, ...> values"."""

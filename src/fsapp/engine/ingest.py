@@ -50,6 +50,9 @@ def read_rows(rows) -> tuple[pa.Table, dict[str, set]]:
     mixed: dict[str, set] = {}
     try:
         if hasattr(rows, "to_dict") and hasattr(rows, "columns") and hasattr(rows, "dtypes"):  # pandas
+            if len(rows) and not len(rows.columns):  # Arrow reads it as no rows: "0 accepted"
+                raise BatchError(f"the DataFrame has {len(rows)} rows and no columns: each row is one event "
+                                 "with its columns")
             try:
                 return _decoded(pa.Table.from_pandas(rows, preserve_index=False)), {}
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
@@ -68,6 +71,10 @@ def read_rows(rows) -> tuple[pa.Table, dict[str, set]]:
             for r in rows:
                 for k in r:
                     names.setdefault(k, None)
+            if rows and not names:  # [{}]: a table of no columns has no rows, and the push read "0 accepted"
+                raise BatchError(f"row 0 of {len(rows)} is an empty object (every row is): each row is one event "
+                                 "with its columns, e.g. {\"user_id\": 1, \"amount\": 9.5, \"ts\": "
+                                 "\"2026-11-27T10:00:00Z\"}")
             cols = {_name(k): _column(k, [r.get(k) for r in rows], mixed) for k in names}
             return (pa.table(cols) if cols else pa.table({})), mixed
     except UnicodeEncodeError as e:

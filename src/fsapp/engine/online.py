@@ -26,7 +26,11 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def iso(us: int) -> str:
-    return (_EPOCH + dt.timedelta(microseconds=int(us))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # (not strftime: glibc's %Y does not pad years below 1000 — "1-01-01T..." is not
+    # ISO-8601, and fromisoformat, our own request parser included, refuses it)
+    d = _EPOCH + dt.timedelta(microseconds=int(us))
+    return (f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
+            f".{d.microsecond:06d}Z")
 
 
 def entity_columns(entities) -> tuple[dict[str, list], int]:

@@ -181,7 +181,9 @@ class RegistryStore:
                                 "JOIN applies a ON a.id = v.apply_id WHERE v.name = ? AND v.version = ?",
                                 (name, version)).fetchone()
             return row
-        row = self._read(read)
+        # a version past SQLite's 64-bit integers (view@v99999999999999999999999:f) is no
+        # version: the query raised OverflowError (HTTP 500)
+        row = self._read(read) if version is None or 0 <= version < 1 << 63 else None
         if row is None:
             latest = self.max_versions().get(name)
             if latest is None:
