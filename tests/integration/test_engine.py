@@ -1801,3 +1801,98 @@ CREATE FEATURE VIEW va AS SELECT uid, count(*) OVER lifetime() AS n FROM ev;
     assert got["statuses"][-2:] == ["PRESENT", "PRESENT"]
     assert eng.materialize(-(1 << 62), now + 1, ["vb"])["views"] == {"vb": 2}
     eng.close()
+
+
+_U1, _U2 = "00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002"
+
+
+@pytest.mark.parametrize("column, agg, values, want", [
+    # an expression of text: the training set cast it to DOUBLE ("Could not convert string 'a'")
+    ("s VARCHAR", "approx_count_distinct(lower(s))", ["A", "a", "b"], 2),
+    ("s VARCHAR", "approx_count_distinct(s || 'x')", ["a", "b", "a"], 2),
+    # a time expression: "Unimplemented type for cast (DATE -> DOUBLE)" in every training set
+    ("s TIMESTAMP", "approx_count_distinct(s::DATE)", ["2025-01-01T00:00:00Z", None, "2025-01-02T05:00:00Z"], 2),
+    # other types: the training set failed (UUID), or every push did (the cast to float64 online)
+    ("s UUID", "count(s)", [_U1, None, _U2], 2),
+    ("s UUID", "approx_count_distinct(s)", [_U1, _U1, _U2], 2),
+    ("s BIGINT[]", "count(s)", [[1], None, [2, 3]], 2),
+    ("s BIGINT[]", "approx_count_distinct(s)", [[1], [1], [2, 3]], 2),
+    ("s BLOB", "count(s)", ["ab", None, "cd"], 2),
+    ("s TIME", "approx_count_distinct(s)", ["10:00:00", "10:00:00", "11:00:00"], 2),
+    ("s BIGINT", "approx_count_distinct(to_seconds(s))", [1, 2, 2], 2),
+    ("s BIGINT", "count({'a': s})", [1, None, 2], 3),
+])
+def test_count_and_distinct_count_of_any_type_equal_their_training_set(tmp_path, column, agg, values, want):
+    """count and approx_count_distinct take any type (as the registry says): they read
+    inputs that are neither numbers nor times as their text, online and offline alike.
+    Found by random definitions checked against their training sets."""
+    defs = (f"CREATE ENTITY e (k BIGINT);\nCREATE STREAM st (k BIGINT, {column}, ts TIMESTAMP) "
+            f"WITH (timestamp = 'ts');\nCREATE FEATURE VIEW v AS SELECT k, {agg} OVER lifetime() AS f FROM st;\n")
+    _, eng = engine_on(tmp_path, defs)
+    try:
+        assert eng.push("st", [{"k": 1, "s": v, "ts": T0 + i} for i, v in enumerate(values)]).accepted == 3
+        assert online_and_training(eng, ["v:f"], {"k": [1, 2]}, T0 + H) == ([[want, 0]], [[want, 0]])
+    finally:
+        eng.close()
+
+
+def test_an_integer_feature_past_64_bits_is_refused_not_wrapped(tmp_path):
+    """hash(x) is UBIGINT: 13787848793156543929 was served as -4658895280553007687 while the
+    training set read it as it is. The push is refused (nothing logged), saying what to cast."""
+    defs = ("CREATE ENTITY e (k BIGINT);\nCREATE STREAM st (k BIGINT, b BOOLEAN, ts TIMESTAMP) "
+            "WITH (timestamp = 'ts');\nCREATE FEATURE VIEW v AS SELECT k, hash(b) AS h, b::UBIGINT AS u FROM st;\n")
+    _, eng = engine_on(tmp_path, defs)
+    try:
+        with pytest.raises(BatchError, match=r"feature view v: h of row 1 is 13787848793156543929, beyond the "
+                                             r"online store's 64-bit integers .*cast it in the view \(::DOUBLE"):
+            eng.push("st", [{"k": 1, "b": False, "ts": T0}, {"k": 1, "b": None, "ts": T0 + 1}])  # hash(NULL)
+        assert eng.push("st", [{"k": 1, "b": False, "ts": T0}]).accepted == 1  # in range: served as ever
+        assert online_and_training(eng, ["v:u"], {"k": [1]}, T0 + H) == ([[0]], [[0]])
+    finally:
+        eng.close()
+
+
+def test_a_list_of_decimals_is_not_a_number(tmp_path):
+    """"DECIMAL(10,2)[]" started with DECIMAL: apply took it as a number (a float64 feature,
+    an input of stddev) and every push then failed with Arrow's or numpy's error."""
+    from fsapp.registry.errors import DefinitionError
+
+    base = "CREATE ENTITY e (k BIGINT);\nCREATE STREAM st (k BIGINT, d DECIMAL(10,2), ts TIMESTAMP) WITH (timestamp = 'ts');\n"
+    with pytest.raises(DefinitionError, match=r"feature f has type DECIMAL\(10,2\)\[\], which the online store cannot hold"):
+        (tmp_path / "a").mkdir(), small_repo(tmp_path / "a", base + "CREATE FEATURE VIEW v AS SELECT k, [d] AS f FROM st;\n")
+    with pytest.raises(DefinitionError, match=r"stddev_pop needs a numeric column, but \[d\] is DECIMAL\(10,2\)\[\]"):
+        (tmp_path / "b").mkdir(), small_repo(tmp_path / "b", base + "CREATE FEATURE VIEW v AS SELECT k, stddev_pop([d]) OVER lifetime() AS f FROM st;\n")
+
+
+def test_a_training_set_of_vectors_for_keys_without_events(tmp_path):
+    """A FLOAT[2] feature whose rows were all null (keys with no events) failed the training
+    set: "Column f expected length 2 but got length 0" (pyarrow's flatten leaves null rows out)."""
+    defs = ("CREATE ENTITY e (k BIGINT);\nCREATE STREAM st (k BIGINT, v FLOAT[2], ts TIMESTAMP) "
+            "WITH (timestamp = 'ts');\nCREATE FEATURE VIEW pv AS SELECT k, v AS f FROM st;\n")
+    _, eng = engine_on(tmp_path, defs)
+    try:
+        assert online_and_training(eng, ["pv:f"], {"k": [1, 2]}, T0 + H) == ([[None, None]], [[None, None]])
+        eng.push("st", [{"k": 1, "v": [1.0, 2.0], "ts": T0}])
+        assert online_and_training(eng, ["pv:f"], {"k": [1, 2]}, T0 + H) == ([[[1.0, 2.0], None]],
+                                                                              [[[1.0, 2.0], None]])
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("column, item, cast", [
+    ("c FLOAT", "c::TIMESTAMP AS f", "FLOAT -> TIMESTAMP"),
+    ("c BIGINT[]", "c::BIGINT AS f", r"BIGINT\[\] -> BIGINT"),
+    ("c DATE", "count(c::BIGINT) OVER lifetime() AS f", "DATE -> BIGINT"),
+])
+def test_a_cast_no_value_can_make_is_refused_at_apply(tmp_path, column, item, cast):
+    """DESCRIBE over an empty table takes a cast no value converts by; apply took the view
+    and then every push with a value in that column was refused (found by random definitions)."""
+    from fsapp.registry.errors import DefinitionError
+
+    with pytest.raises(DefinitionError, match=rf"Unimplemented type for cast \({cast}\).*no value of the column "
+                                              "converts"):
+        small_repo(tmp_path, f"CREATE ENTITY e (k BIGINT);\nCREATE STREAM st (k BIGINT, {column}, ts TIMESTAMP) "
+                             f"WITH (timestamp = 'ts');\nCREATE FEATURE VIEW v AS SELECT k, {item} FROM st;\n")
+    # a cast that depends on the value stays the push's to judge
+    small_repo(tmp_path, "CREATE ENTITY e (k BIGINT);\nCREATE STREAM st (k BIGINT, c VARCHAR, ts TIMESTAMP) "
+                         "WITH (timestamp = 'ts');\nCREATE FEATURE VIEW v AS SELECT k, c::BOOLEAN AS f FROM st;\n")

@@ -288,10 +288,10 @@ _INTEGER_TEXT = r"^\s*[+-]?[0-9]+\s*$"
 
 
 def _kind_of(sql_type: str) -> str:
-    from fsapp.registry.model import FLOAT_TYPES, INTEGER_TYPES
+    from fsapp.registry.model import FLOAT_TYPES, INTEGER_TYPES, is_decimal_type
     if sql_type in INTEGER_TYPES:
         return "int"
-    if sql_type in FLOAT_TYPES or sql_type.startswith("DECIMAL"):
+    if sql_type in FLOAT_TYPES or is_decimal_type(sql_type):
         return "float"
     if sql_type == "BOOLEAN":
         return "bool"

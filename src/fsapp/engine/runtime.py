@@ -26,16 +26,19 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fscore.table import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT, Table
 from fscore.window import WindowView, grow_in_room
 from fscore.window_spec import WindowSpec, share_views, string_ids
 
 from fsapp.engine.errors import AsOfOutsideHorizon, BatchError
+from fsapp.duck import connect
 from fsapp.engine.online import count_features
 from fsapp.ondemand.compiler import Unsupported, compile_expression, make_env
 from fsapp.registry.catalog import FeatureViewInfo, bare_column
@@ -120,6 +123,8 @@ def _arrow_column(col: pa.ChunkedArray, field, view: str) -> tuple[np.ndarray, n
         return out, nulls
     if kind == "int64" and (pa.types.is_timestamp(col.type) or pa.types.is_date(col.type)):
         return time_as_us(col), nulls
+    if kind == "int64" and (col.type == pa.uint64() or pa.types.is_decimal(col.type)):
+        _check_int64(col, field, view)
     # PERF: most columns have no null: no filled copy (benches/bench_serving.py push latency)
     filled = col.fill_null(False if kind == "bool" else 0) if col.null_count else col
     dtype = {"int64": np.int64, "float64": np.float64, "bool": np.bool_}[kind]
@@ -127,6 +132,21 @@ def _arrow_column(col: pa.ChunkedArray, field, view: str) -> tuple[np.ndarray, n
     if kind == "float64":
         nulls = nulls | ~np.isfinite(vals)  # NaN is null; an expression's inf is served as null too
     return vals, nulls
+
+
+def _check_int64(col: pa.ChunkedArray, field, view: str) -> None:
+    """An integer feature of a type wider than the online store's int64
+    (UBIGINT, HUGEINT: `hash(x)` is UBIGINT) refuses a value beyond it: it
+    wrapped (13787848793156543929 served as -4658895280553007687, while the
+    training set read it as it is)."""
+    lo, hi = -(1 << 63), (1 << 63) - 1
+    big = pc.or_(pc.greater(col, pa.scalar(hi).cast(col.type)), pc.less(col, pa.scalar(lo).cast(col.type))) \
+        if pa.types.is_decimal(col.type) else pc.greater(col, pa.scalar(hi, pa.uint64()))
+    at = pc.index(big, True).as_py()
+    if at >= 0:
+        raise BatchError(f"feature view {view}: {field.name} of row {at} is {col[at].as_py()}, beyond the online "
+                         f"store's 64-bit integers ({lo}..{hi}); cast it in the view (::DOUBLE, or ::BIGINT "
+                         "where values stay in range)")
 
 
 _COMPILED_OUT = {"BOOLEAN": pa.bool_(), "TINYINT": pa.int8(), "SMALLINT": pa.int16(), "INTEGER": pa.int32(),
@@ -284,8 +304,28 @@ def _input_column(col: pa.ChunkedArray) -> np.ndarray:
         return np.full(len(col), np.nan)
     if pa.types.is_decimal(col.type):
         return decimal_as_double(col)
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        # UUID, BLOB, TIME, INTERVAL, lists, structs, maps (count, approx_count_distinct):
+        # their text as DuckDB writes it, as training sets read them (offline.views.text_casts);
+        # the cast to float64 below failed every push
+        return string_ids(_duck_text(col))
     return np.asarray(col.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy(zero_copy_only=False),
                       dtype=np.float64)
+
+
+_TEXT_CON = threading.local()
+
+
+def _duck_text(col: pa.ChunkedArray) -> list:
+    """CAST(x AS VARCHAR) of each value, by DuckDB (this thread's connection)."""
+    con = getattr(_TEXT_CON, "con", None)
+    if con is None:
+        con = _TEXT_CON.con = connect()
+    con.register("__fs_text", pa.table({"x": col}))
+    try:
+        return con.sql("SELECT CAST(x AS VARCHAR) FROM __fs_text").to_arrow_table().column(0).to_pylist()
+    finally:
+        con.unregister("__fs_text")
 
 
 def _select_keys(keys, sel: np.ndarray):

@@ -22,7 +22,7 @@ from fsapp.offline import pit
 from fsapp.offline.store import OfflineStore, sql_string, time_us_sql
 from fsapp.offline.views import ViewDef, quote_ident
 from fsapp.registry.catalog import check_feature_names, output_name
-from fsapp.registry.model import INTEGER_TYPES
+from fsapp.registry.model import INTEGER_TYPES, is_decimal_type
 
 DEFAULT_TIMESTAMP = "event_timestamp"
 _ids = itertools.count()
@@ -180,7 +180,7 @@ def _check_key_types(cur, name: str, view) -> None:
         t, col = types[key], quote_ident(key)
         if t == '"NULL"' or t in _INTEGER_TYPES and kind == "int64" or t == "VARCHAR" and kind == "string":
             continue
-        if kind == "int64" and (t in ("DOUBLE", "FLOAT") or t.startswith("DECIMAL")):
+        if kind == "int64" and (t in ("DOUBLE", "FLOAT") or is_decimal_type(t)):
             bad = cur.execute(f"SELECT __row, CAST({col} AS VARCHAR) FROM {name} WHERE {col} IS NOT NULL AND "
                               f"(NOT isfinite({col}::DOUBLE) OR {col} <> trunc({col}) OR abs({col}::DOUBLE) >= "
                               f"9223372036854775808.0) ORDER BY __row LIMIT 1").fetchone()
@@ -203,7 +203,12 @@ def _non_finite_as_null(arr: pa.Array) -> pa.Array:
     if not ((pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
             and pa.types.is_floating(t.value_type)):
         return arr
-    flat = arr.flatten()  # the slice's items, in order
+    if pa.types.is_fixed_size_list(t):
+        # every slot's items, a null row's too (flatten() leaves those out: a column of
+        # null vectors — no events for the keys — failed with "expected length 2 but got 0")
+        flat = arr.values.slice(arr.offset * t.list_size, len(arr) * t.list_size)
+    else:
+        flat = arr.flatten()  # the slice's items, in order
     fixed = _non_finite_as_null(flat)
     if fixed is flat:
         return arr

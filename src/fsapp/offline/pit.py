@@ -28,7 +28,7 @@ from fscore.window_spec import string_ids
 from fscore.window_spec import Agg, WindowSpec
 
 from fsapp.offline.views import SourceDef, ViewDef, quote_ident
-from fsapp.registry.model import INTEGER_TYPES
+from fsapp.registry.model import INTEGER_TYPES, is_decimal_type
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 INT64_MAX = (1 << 63) - 1
@@ -99,7 +99,8 @@ def source_sql(view: ViewDef, src: SourceDef, before: str | None = None) -> tupl
                 cols.append(f"{column_sql(c)} AS {alias}")
                 continue
             time_type = dict(view.time_inputs).get(c)
-            x = (f"{STRING_ID_UDF}({column_sql(c)})" if c in view.string_inputs
+            x = (f"{STRING_ID_UDF}(CAST({column_sql(c)} AS VARCHAR))" if c in view.text_casts
+                 else f"{STRING_ID_UDF}({column_sql(c)})" if c in view.string_inputs
                  else f"CAST({column_sql(c)} AS DOUBLE)" if time_type is None
                  else f"CAST({epoch_us_sql(column_sql(c), time_type)} AS DOUBLE)")
             cols.append(f"CASE WHEN isnan({x}) THEN NULL ELSE {x} END AS {alias}")
@@ -341,7 +342,7 @@ def served_sql(view: ViewDef, feat: str, value: str) -> str:
                     f"ELSE CAST({value} AS BIGINT) END")
         if typ == "BOOLEAN":
             return f"({value} <> 0)"
-    if typ.startswith("DECIMAL"):
+    if is_decimal_type(typ):
         return f"CAST({value} AS DOUBLE)"
     return epoch_us_sql(value, typ)
 

@@ -52,10 +52,10 @@ def _recast(declared: str) -> bool:
     stream column changes between. Others are logged in a form of their own
     (UUID and JSON as VARCHAR, HUGEINT as DECIMAL(38,0), BIT and VARINT as
     BLOB, TIMESTAMP_S as TIMESTAMP) that the online projections read too."""
-    from fsapp.registry.model import FLOAT_TYPES, INTEGER_TYPES
+    from fsapp.registry.model import FLOAT_TYPES, INTEGER_TYPES, is_decimal_type
     if declared in ("HUGEINT", "UHUGEINT"):
         return False
-    return (declared in INTEGER_TYPES or declared in FLOAT_TYPES or declared.startswith("DECIMAL")
+    return (declared in INTEGER_TYPES or declared in FLOAT_TYPES or is_decimal_type(declared)
             or declared in ("BOOLEAN", "VARCHAR", "TIMESTAMP", "DATE", "TIMESTAMP WITH TIME ZONE"))
 
 

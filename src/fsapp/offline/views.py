@@ -7,12 +7,16 @@ inputs means the point-in-time SQL can be tested without a registry.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+
+import duckdb
 
 from fscore.window_spec import Agg, WindowSpec, check_view_params, duration
 
+from fsapp.duck import connect
 from fsapp.errors import SourceError
-from fsapp.registry.model import TIME_TYPES
+from fsapp.registry.model import TIME_TYPES, is_numeric_type
 
 
 
@@ -57,6 +61,9 @@ class ViewDef:
     string_inputs: tuple[str, ...] = field(default=())
     # aggregation inputs that are times: (column, SQL type), read as µs since the epoch
     time_inputs: tuple[tuple[str, str], ...] = field(default=())
+    # aggregation inputs of other types (UUID, BLOB, TIME, lists, structs ...; count and
+    # approx_count_distinct): read as the string_id of CAST(x AS VARCHAR), as online
+    text_casts: tuple[str, ...] = field(default=())
     # (feature, SQL type) as the registry resolved them: training sets give each
     # feature the representation serving gives it (pit.served_sql); () = as computed
     types: tuple[tuple[str, str], ...] = field(default=())
@@ -134,10 +141,44 @@ def from_registry(fv, source, entities=(), types=()) -> ViewDef:
             kinds.append("string" if c.type == "VARCHAR" else "int64")
     features = tuple((p.name, p.expr) for p in fv.features)
     aggs = tuple(WindowedAgg(Agg(a.function, a.column, a.name, a.k), a.window) for a in fv.aggregations)
-    text_cols = {c.name for c in getattr(source, "columns", ()) if c.type == "VARCHAR"}
-    strings = tuple(sorted({a.column for a in fv.aggregations if a.column in text_cols}))
-    time_cols = {c.name: c.type for c in getattr(source, "columns", ()) if c.type in TIME_TYPES}
-    times = tuple(sorted({(a.column, time_cols[a.column]) for a in fv.aggregations if a.column in time_cols}))
+    columns = tuple((c.name, c.type) for c in getattr(source, "columns", ()))
+    # each input's type as DuckDB gives it: only bare text and time columns were read as
+    # such, so approx_count_distinct(lower(merchant_id)) or count(txn_uuid) failed in every
+    # training set (CAST(... AS DOUBLE)) or online at every push
+    typed = expression_types(columns, tuple(sorted({a.column for a in fv.aggregations if a.column is not None})))
+    strings = tuple(sorted(c for c, t in typed.items() if t == "VARCHAR"))
+    times = tuple(sorted((c, t) for c, t in typed.items() if t in TIME_TYPES))
+    casts = tuple(sorted(c for c, t in typed.items() if reads_as_text(t) and t != "VARCHAR"))
     return ViewDef(fv.name, fv.source, tuple(keys), features, aggs, fv.ttl, fv.filter,
                    allowed_lateness=getattr(source, "allowed_lateness", 0), key_kinds=tuple(kinds),
-                   string_inputs=strings, time_inputs=times, types=tuple((str(n), str(t)) for n, t in types))
+                   string_inputs=strings + casts, time_inputs=times, text_casts=casts,
+                   types=tuple((str(n), str(t)) for n, t in types))
+
+
+def reads_as_text(typ: str | None) -> bool:
+    """Whether an aggregation input of this DuckDB type is read as text (the
+    string_id of CAST(x AS VARCHAR)): every type but numbers, booleans and the
+    times read as µs (`TIME_TYPES`). None: DuckDB could not type it."""
+    return typ is not None and not is_numeric_type(typ) and typ not in TIME_TYPES
+
+
+@functools.lru_cache(maxsize=1024)
+def expression_types(columns: tuple, exprs: tuple) -> dict:
+    """{expression: its DuckDB type over a row of `columns` ((name, SQL type)
+    pairs)}; an expression DuckDB cannot type here is left out."""
+    if not columns or not exprs:
+        return {}
+    con = connect()
+    try:
+        con.execute(f"CREATE TABLE __row ({', '.join(f'{quote_ident(n)} {t}' for n, t in columns)})")
+        out = {}
+        for e in exprs:
+            try:
+                out[e] = con.execute(f"DESCRIBE SELECT ({e}) AS __v FROM __row").fetchall()[0][1]
+            except duckdb.Error:
+                pass
+        return out
+    except duckdb.Error:
+        return {}
+    finally:
+        con.close()

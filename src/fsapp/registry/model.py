@@ -52,8 +52,14 @@ def canonical_type(text: str) -> str:
     return TYPE_ALIASES.get(base, base) + suffix
 
 
+def is_decimal_type(t: str) -> bool:
+    """DECIMAL or DECIMAL(w,s) — not a list or array of them ("DECIMAL(10,2)[]"
+    started with DECIMAL too: taken as a number, every push then failed)."""
+    return re.fullmatch(r"DECIMAL(\(\d+,\s*\d+\))?", t) is not None
+
+
 def is_numeric_type(t: str) -> bool:
-    return t in INTEGER_TYPES or t in FLOAT_TYPES or t == "BOOLEAN" or t.startswith("DECIMAL")
+    return t in INTEGER_TYPES or t in FLOAT_TYPES or t == "BOOLEAN" or is_decimal_type(t)
 
 
 def online_kind(t: str) -> tuple[str, int] | None:
@@ -61,7 +67,7 @@ def online_kind(t: str) -> tuple[str, int] | None:
     or None when the online store cannot hold it."""
     if t in INTEGER_TYPES or t in TIME_TYPES:
         return ("int64", 0)  # times are held as µs since the epoch
-    if t in FLOAT_TYPES or t.startswith("DECIMAL"):
+    if t in FLOAT_TYPES or is_decimal_type(t):
         return ("float64", 0)
     if t == "BOOLEAN":
         return ("bool", 0)

@@ -12,6 +12,7 @@ and nothing is written unless the whole set is valid.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, replace
 
 import duckdb
@@ -20,13 +21,27 @@ from fsapp import duck
 from fsapp.registry.dsl import tokenize
 from fsapp.registry.errors import DefinitionError
 from fsapp.registry.model import (
-    ANY_TYPE_AGGS, KIND_ORDER, RESERVED_PREFIXES, Entity, FeatureRef, FeatureService, FeatureView, FileSource,
-    OnDemandView, RequestSource, Stream, canonical_type, is_numeric_type, kind_label, online_kind,
+    ANY_TYPE_AGGS, INTEGER_TYPES, KIND_ORDER, RESERVED_PREFIXES, Entity, FeatureRef, FeatureService, FeatureView, FileSource,
+    OnDemandView, RequestSource, Stream, canonical_type, is_decimal_type, is_numeric_type, kind_label, online_kind,
 )
 
 # A hidden column in every probe table: selecting it beside an expression makes
 # DuckDB reject aggregate functions (GROUP BY error), which are not row-level.
 _GUARD = "__fstore_row_guard"
+_SAMPLE = "__fstore_sample_"
+
+
+def _sample_value(t: str) -> str | None:
+    """A non-null SQL value of DuckDB type `t` (before its cast), or None."""
+    m = re.fullmatch(r"(.+)\[(\d*)\]", t)
+    if m:
+        inner = _sample_value(m.group(1))
+        return None if inner is None else f"[{', '.join([f'{inner}::{m.group(1)}'] * int(m.group(2) or 1))}]"
+    if t in INTEGER_TYPES or t in ("FLOAT", "DOUBLE") or is_decimal_type(t):
+        return "1"
+    return {"BOOLEAN": "true", "VARCHAR": "'1'", "DATE": "'2020-01-01'", "TIME": "'00:00:00'",
+            "UUID": "'00000000-0000-0000-0000-000000000001'", "BLOB": "'1'"}.get(
+        t, "'2020-01-01 00:00:00'" if t.startswith("TIMESTAMP") else None)
 _TIME_COLUMN_TYPES = ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE", "BIGINT", "TIMESTAMP_MS", "TIMESTAMP_NS",
                       "TIMESTAMP_S")
 
@@ -123,6 +138,7 @@ class _Checker:
         if types is None:
             return None
         self.tables[obj.name] = types
+        self._sample_row(obj.name, types)
         if isinstance(obj, Stream):
             # a stream's events go to the Parquet event log, which has no INTERVAL (pyarrow
             # cannot write Arrow's month_day_nano): every push was acknowledged, then the log's
@@ -187,7 +203,33 @@ class _Checker:
                       "use fn(col) OVER <window> for aggregations"
             self.fail("feature_view", view.name, f"{what}: {msg}")
             return None
-        return rows[1][1]
+        typ = rows[1][1]
+        impossible = self._impossible_cast(source, expr)
+        if impossible:
+            self.fail("feature_view", view.name, f"{what}: {impossible}: no value of the column converts, so every "
+                                                 "event with one would be refused; convert it another way "
+                                                 "(e.g. epoch_ms(x) for a time from a number, x::VARCHAR first)")
+            return None
+        return typ
+
+    def _sample_row(self, source: str, types: dict) -> None:
+        """A one-row table of non-null values of `source`'s column types: DESCRIBE
+        over the empty table takes a cast no value can make (FLOAT -> TIMESTAMP),
+        which DuckDB refuses only when it runs on a value — the first push."""
+        items = ", ".join(f"{_sample_value(t) or 'NULL'}::{t} AS {_qi(c)}" for c, t in types.items())
+        try:
+            self.con.execute(f"CREATE TABLE {_qi(_SAMPLE + source)} AS SELECT {items}, 0 AS {_qi(_GUARD)}")
+        except duckdb.Error:
+            pass  # (a type whose sample does not cast: the check is skipped for this source)
+
+    def _impossible_cast(self, source: str, expr: str) -> str | None:
+        try:
+            self.con.execute(f"SELECT ({expr}) FROM {_qi(_SAMPLE + source)}").fetchall()
+        except duckdb.Error as e:
+            msg = _duck_message(e)
+            if "Unimplemented type for cast" in msg:
+                return msg.split("\n")[0].replace("Conversion Error: ", "")
+        return None
 
     def deterministic(self, obj, expr: str, what: str, columns) -> bool:
         fn = _run_dependent(expr, _nondeterministic(), columns)
@@ -484,7 +526,7 @@ def on_demand_type(typ: str) -> str | None:
         return typ
     if typ in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"):
         return "BIGINT"
-    if typ in ("FLOAT", "DOUBLE") or typ.startswith("DECIMAL"):
+    if typ in ("FLOAT", "DOUBLE") or is_decimal_type(typ):
         return "DOUBLE"
     return None
 
