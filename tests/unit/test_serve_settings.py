@@ -44,7 +44,7 @@ def test_serve_takes_its_settings_from_fstore_yaml_and_a_flag_wins(tmp_path):
 @pytest.mark.parametrize("online, message", [
     ("  port: 99999\n", "fstore.yaml line 4: online.port must be an integer 1..65535, got 99999"),
     ("  port: '9099'\n", "fstore.yaml line 4: online.port must be an integer 1..65535, got '9099'"),
-    ("  workers: 0\n", "fstore.yaml line 4: online.workers must be an integer >= 1, got 0"),
+    ("  workers: 0\n", r"fstore.yaml line 4: online.workers must be an integer 1\.\.\d+ \(16 a core .*\), got 0"),
     ("  fsync: off\n", "fstore.yaml line 4: online.fsync must be one of always, interval, never, got False"),
     ("  max_keys: -1\n", "fstore.yaml line 4: online.max_keys must be an integer >= 1"),
     ("  checkpoint_seconds: 0\n", "fstore.yaml line 4: online.checkpoint_seconds must be a number > 0"),
