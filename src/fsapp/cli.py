@@ -49,10 +49,9 @@ WORKERS_PER_CORE_MAX = 16
 
 def _workers(v):
     cores = os.cpu_count() or 1
-    hi = max(32, WORKERS_PER_CORE_MAX * cores)
-    ok = isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= hi
-    return None if ok else (f"an integer 1..{hi} ({WORKERS_PER_CORE_MAX} a core on this machine's {cores}; "
-                            "each is a process of ~80 MB, and reads gain little past 2-4 a core)")
+    bad = _integer(1, max(32, WORKERS_PER_CORE_MAX * cores))(v)
+    return bad and (f"{bad} ({WORKERS_PER_CORE_MAX} a core on this machine's {cores}; each is a process of "
+                    "~80 MB, and reads gain little past 2-4 a core)")
 
 
 def _positive_number(v):

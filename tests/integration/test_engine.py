@@ -1806,6 +1806,12 @@ CREATE FEATURE VIEW va AS SELECT uid, count(*) OVER lifetime() AS n FROM ev;
 _U1, _U2 = "00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002"
 
 
+def one_column(column: str, view: str) -> str:
+    """Definitions: entity e (k), stream st (k, `column`, ts) and `view` over st."""
+    return (f"CREATE ENTITY e (k BIGINT);\nCREATE STREAM st (k BIGINT, {column}, ts TIMESTAMP) "
+            f"WITH (timestamp = 'ts');\n{view};\n")
+
+
 @pytest.mark.parametrize("column, agg, values, want", [
     # an expression of text: the training set cast it to DOUBLE ("Could not convert string 'a'")
     ("s VARCHAR", "approx_count_distinct(lower(s))", ["A", "a", "b"], 2),
@@ -1826,9 +1832,8 @@ def test_count_and_distinct_count_of_any_type_equal_their_training_set(tmp_path,
     """count and approx_count_distinct take any type (as the registry says): they read
     inputs that are neither numbers nor times as their text, online and offline alike.
     Found by random definitions checked against their training sets."""
-    defs = (f"CREATE ENTITY e (k BIGINT);\nCREATE STREAM st (k BIGINT, {column}, ts TIMESTAMP) "
-            f"WITH (timestamp = 'ts');\nCREATE FEATURE VIEW v AS SELECT k, {agg} OVER lifetime() AS f FROM st;\n")
-    _, eng = engine_on(tmp_path, defs)
+    _, eng = engine_on(tmp_path, one_column(column, f"CREATE FEATURE VIEW v AS SELECT k, {agg} OVER lifetime() AS f "
+                                                    "FROM st"))
     try:
         assert eng.push("st", [{"k": 1, "s": v, "ts": T0 + i} for i, v in enumerate(values)]).accepted == 3
         assert online_and_training(eng, ["v:f"], {"k": [1, 2]}, T0 + H) == ([[want, 0]], [[want, 0]])
@@ -1839,9 +1844,8 @@ def test_count_and_distinct_count_of_any_type_equal_their_training_set(tmp_path,
 def test_an_integer_feature_past_64_bits_is_refused_not_wrapped(tmp_path):
     """hash(x) is UBIGINT: 13787848793156543929 was served as -4658895280553007687 while the
     training set read it as it is. The push is refused (nothing logged), saying what to cast."""
-    defs = ("CREATE ENTITY e (k BIGINT);\nCREATE STREAM st (k BIGINT, b BOOLEAN, ts TIMESTAMP) "
-            "WITH (timestamp = 'ts');\nCREATE FEATURE VIEW v AS SELECT k, hash(b) AS h, b::UBIGINT AS u FROM st;\n")
-    _, eng = engine_on(tmp_path, defs)
+    _, eng = engine_on(tmp_path, one_column("b BOOLEAN", "CREATE FEATURE VIEW v AS SELECT k, hash(b) AS h, "
+                                                         "b::UBIGINT AS u FROM st"))
     try:
         with pytest.raises(BatchError, match=r"feature view v: h of row 1 is 13787848793156543929, beyond the "
                                              r"online store's 64-bit integers .*cast it in the view \(::DOUBLE"):
@@ -1857,19 +1861,18 @@ def test_a_list_of_decimals_is_not_a_number(tmp_path):
     an input of stddev) and every push then failed with Arrow's or numpy's error."""
     from fsapp.registry.errors import DefinitionError
 
-    base = "CREATE ENTITY e (k BIGINT);\nCREATE STREAM st (k BIGINT, d DECIMAL(10,2), ts TIMESTAMP) WITH (timestamp = 'ts');\n"
     with pytest.raises(DefinitionError, match=r"feature f has type DECIMAL\(10,2\)\[\], which the online store cannot hold"):
-        (tmp_path / "a").mkdir(), small_repo(tmp_path / "a", base + "CREATE FEATURE VIEW v AS SELECT k, [d] AS f FROM st;\n")
+        (tmp_path / "a").mkdir(), small_repo(tmp_path / "a", one_column("d DECIMAL(10,2)", "CREATE FEATURE VIEW v AS "
+                                                                                      "SELECT k, [d] AS f FROM st"))
     with pytest.raises(DefinitionError, match=r"stddev_pop needs a numeric column, but \[d\] is DECIMAL\(10,2\)\[\]"):
-        (tmp_path / "b").mkdir(), small_repo(tmp_path / "b", base + "CREATE FEATURE VIEW v AS SELECT k, stddev_pop([d]) OVER lifetime() AS f FROM st;\n")
+        (tmp_path / "b").mkdir(), small_repo(tmp_path / "b", one_column(
+            "d DECIMAL(10,2)", "CREATE FEATURE VIEW v AS SELECT k, stddev_pop([d]) OVER lifetime() AS f FROM st"))
 
 
 def test_a_training_set_of_vectors_for_keys_without_events(tmp_path):
     """A FLOAT[2] feature whose rows were all null (keys with no events) failed the training
     set: "Column f expected length 2 but got length 0" (pyarrow's flatten leaves null rows out)."""
-    defs = ("CREATE ENTITY e (k BIGINT);\nCREATE STREAM st (k BIGINT, v FLOAT[2], ts TIMESTAMP) "
-            "WITH (timestamp = 'ts');\nCREATE FEATURE VIEW pv AS SELECT k, v AS f FROM st;\n")
-    _, eng = engine_on(tmp_path, defs)
+    _, eng = engine_on(tmp_path, one_column("v FLOAT[2]", "CREATE FEATURE VIEW pv AS SELECT k, v AS f FROM st"))
     try:
         assert online_and_training(eng, ["pv:f"], {"k": [1, 2]}, T0 + H) == ([[None, None]], [[None, None]])
         eng.push("st", [{"k": 1, "v": [1.0, 2.0], "ts": T0}])
@@ -1891,8 +1894,6 @@ def test_a_cast_no_value_can_make_is_refused_at_apply(tmp_path, column, item, ca
 
     with pytest.raises(DefinitionError, match=rf"Unimplemented type for cast \({cast}\).*no value of the column "
                                               "converts"):
-        small_repo(tmp_path, f"CREATE ENTITY e (k BIGINT);\nCREATE STREAM st (k BIGINT, {column}, ts TIMESTAMP) "
-                             f"WITH (timestamp = 'ts');\nCREATE FEATURE VIEW v AS SELECT k, {item} FROM st;\n")
+        small_repo(tmp_path, one_column(column, f"CREATE FEATURE VIEW v AS SELECT k, {item} FROM st"))
     # a cast that depends on the value stays the push's to judge
-    small_repo(tmp_path, "CREATE ENTITY e (k BIGINT);\nCREATE STREAM st (k BIGINT, c VARCHAR, ts TIMESTAMP) "
-                         "WITH (timestamp = 'ts');\nCREATE FEATURE VIEW v AS SELECT k, c::BOOLEAN AS f FROM st;\n")
+    small_repo(tmp_path, one_column("c VARCHAR", "CREATE FEATURE VIEW v AS SELECT k, c::BOOLEAN AS f FROM st"))

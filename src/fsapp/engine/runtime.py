@@ -37,8 +37,8 @@ from fscore.table import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT, Table
 from fscore.window import WindowView, grow_in_room
 from fscore.window_spec import WindowSpec, share_views, string_ids
 
-from fsapp.engine.errors import AsOfOutsideHorizon, BatchError
 from fsapp.duck import connect
+from fsapp.engine.errors import AsOfOutsideHorizon, BatchError
 from fsapp.engine.online import count_features
 from fsapp.ondemand.compiler import Unsupported, compile_expression, make_env
 from fsapp.registry.catalog import FeatureViewInfo, bare_column

@@ -21,14 +21,16 @@ from fsapp import duck
 from fsapp.registry.dsl import tokenize
 from fsapp.registry.errors import DefinitionError
 from fsapp.registry.model import (
-    ANY_TYPE_AGGS, INTEGER_TYPES, KIND_ORDER, RESERVED_PREFIXES, Entity, FeatureRef, FeatureService, FeatureView, FileSource,
+    ANY_TYPE_AGGS, KIND_ORDER, RESERVED_PREFIXES, Entity, FeatureRef, FeatureService, FeatureView, FileSource,
     OnDemandView, RequestSource, Stream, canonical_type, is_decimal_type, is_numeric_type, kind_label, online_kind,
 )
 
 # A hidden column in every probe table: selecting it beside an expression makes
 # DuckDB reject aggregate functions (GROUP BY error), which are not row-level.
 _GUARD = "__fstore_row_guard"
-_SAMPLE = "__fstore_sample_"
+_SAMPLE = "__fstore_sample_"  # a one-row table of each source's column types (_Checker._sample_row)
+_TIME_COLUMN_TYPES = ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE", "BIGINT", "TIMESTAMP_MS", "TIMESTAMP_NS",
+                      "TIMESTAMP_S")
 
 
 def _sample_value(t: str) -> str | None:
@@ -37,13 +39,11 @@ def _sample_value(t: str) -> str | None:
     if m:
         inner = _sample_value(m.group(1))
         return None if inner is None else f"[{', '.join([f'{inner}::{m.group(1)}'] * int(m.group(2) or 1))}]"
-    if t in INTEGER_TYPES or t in ("FLOAT", "DOUBLE") or is_decimal_type(t):
+    if is_numeric_type(t):  # (1::BOOLEAN is true)
         return "1"
-    return {"BOOLEAN": "true", "VARCHAR": "'1'", "DATE": "'2020-01-01'", "TIME": "'00:00:00'",
+    return {"VARCHAR": "'1'", "DATE": "'2020-01-01'", "TIME": "'00:00:00'",
             "UUID": "'00000000-0000-0000-0000-000000000001'", "BLOB": "'1'"}.get(
         t, "'2020-01-01 00:00:00'" if t.startswith("TIMESTAMP") else None)
-_TIME_COLUMN_TYPES = ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE", "BIGINT", "TIMESTAMP_MS", "TIMESTAMP_NS",
-                      "TIMESTAMP_S")
 
 
 # Row logic runs when an event is pushed (online) and again when a training set is built
