@@ -103,6 +103,22 @@ def test_as_of_reads_the_served_value_at_that_time(api):
         assert res.status_code == 200, res.text
 
 
+def test_request_times_take_now_and_relative_forms_as_the_cli_does(api):
+    # as_of / start / end answered 422 to 'now-2h', which the CLI and the SDK take
+    push(api, [txn(1, T0 + 60_000_000)])
+    req = {"features": ["user_txn:txn_count_1h"], "entities": {"user_id": [1]}}
+    for as_of in ("now", "now-2h", "NOW-2H", "-1d", "now - 30 m"):
+        res = api.simulate_post("/api/v1/features/online", json={**req, "as_of": as_of})
+        assert res.status_code == 200, (as_of, res.text)
+    res = api.simulate_post("/api/v1/materialize", json={"start": "now-1000d", "end": "now", "views": ["user_txn"]})
+    assert res.status_code == 200, res.text
+    for as_of in ("now-99999999d", "now+" + "9" * 400 + "d"):
+        res = api.simulate_post("/api/v1/features/online", json={**req, "as_of": as_of})
+        assert res.status_code == 422 and "outside years 0001..9999" in res.json["description"], res.text
+    res = api.simulate_post("/api/v1/features/online", json={**req, "as_of": "yesterday"})
+    assert res.status_code == 422 and "now-2h" in res.json["description"]
+
+
 def test_feast_push_columns_and_arrow_push_reach_the_same_stream(api):
     df = {k: [v] for k, v in txn(3, T0 + H + 1).items()}
     res = api.simulate_post("/push", json={"push_source_name": "transactions", "df": df, "to": "online"})

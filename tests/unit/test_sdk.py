@@ -247,6 +247,12 @@ def test_conversions():
     assert to_us("now-1h", now=10 * H) == 9 * H and to_us("-30m", now=H) == H // 2
     with pytest.raises(ValueError, match="ISO-8601"):
         to_us("yesterday-ish")
+    # units in capitals raised KeyError('H') ("error: 'H'" from the CLI)
+    assert to_us("now-2H", now=10 * H) == to_us("now-2h", now=10 * H) == 8 * H and to_us("-1D", now=0) == -24 * H
+    # times past years 1..9999 were taken (an as_of of year -271,000 read as a time)
+    for bad in ("now-99999999d", "now-" + "9" * 400 + "d", 1e30, "1e30", -1e20):
+        with pytest.raises(ValueError, match="outside years 0001..9999"):
+            to_us(bad)
     assert entity_columns([{"user_id": 1}, {"user_id": 2}]) == {"user_id": [1, 2]}
 
 

@@ -10,6 +10,7 @@ import math
 import falcon
 
 from fsapp.api import errors
+from fsapp.sdk.convert import relative_us
 
 JSON = "application/json"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -227,12 +228,22 @@ def rows(doc, name: str) -> list[dict]:
     return doc
 
 
-def time_us(v, name: str) -> int:
+def time_us(v, name: str, *, relative: bool = False) -> int:
     """ISO-8601 text (no offset means UTC) or an epoch number whose magnitude
     gives the unit, as pushes read timestamps: |x| < 1e11 seconds, < 1e14
-    milliseconds, otherwise microseconds."""
+    milliseconds, otherwise microseconds. `relative`: also 'now', 'now-2h',
+    '-30m' (a request's as_of, start, end), as the CLI and SDK take them."""
     if isinstance(v, bool) or v is None:
         raise errors.schema_mismatch(f"{name!r} must be ISO-8601 text or an epoch number, not {_kind(v)}")
+    if relative and isinstance(v, str):
+        try:
+            us = relative_us(v, repr(name))
+        except ValueError as e:
+            raise errors.schema_mismatch(str(e)) from None
+        if us is not None:
+            if not TIME_MIN_US <= us <= TIME_MAX_US:
+                raise errors.schema_mismatch(f"{name!r} = {v!r} is outside years 0001..9999")
+            return us
     if isinstance(v, (int, float)):
         if not math.isfinite(v):
             raise errors.schema_mismatch(f"{name!r} must be a finite epoch number")
@@ -249,7 +260,7 @@ def time_us(v, name: str) -> int:
             d = dt.datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
         except ValueError:
             raise errors.schema_mismatch(f"{name!r}: {v!r} is not ISO-8601 (e.g. 2026-11-27T10:00:00Z) "
-                                         "or an epoch number") from None
+                                         f"or an epoch number{', now or now-2h' if relative else ''}") from None
         if d.tzinfo is None:
             d = d.replace(tzinfo=dt.timezone.utc)
         delta = d - _EPOCH

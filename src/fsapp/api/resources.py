@@ -91,7 +91,7 @@ def _online_args(doc: dict, native: bool):
         raise errors.schema_mismatch("give exactly one of 'features' (e.g. [\"user_txn:txn_count_1h\"]) "
                                      "or 'feature_service' (e.g. \"fraud_v1\")")
     entities = rq.columns(doc.get("entities"), "entities")
-    as_of = rq.time_us(doc["as_of"], "as_of") if native and doc.get("as_of") is not None else None
+    as_of = rq.time_us(doc["as_of"], "as_of", relative=True) if native and doc.get("as_of") is not None else None
     return features, service, entities, as_of, rq.boolean(doc, "full_feature_names")
 
 
@@ -282,8 +282,8 @@ class Materialize(_Resource):
         rq.only_fields(doc, {"start", "end", "views"}, "materialize request")
         if "end" not in doc:
             raise errors.schema_mismatch("'end' is required: values are computed as of this time (ISO-8601 or epoch)")
-        start = rq.time_us(doc["start"], "start") if doc.get("start") is not None else START_OF_TIME
-        end = rq.time_us(doc["end"], "end")
+        start = rq.time_us(doc["start"], "start", relative=True) if doc.get("start") is not None else START_OF_TIME
+        end = rq.time_us(doc["end"], "end", relative=True)
         if start >= end:
             raise errors.schema_mismatch("'start' must be before 'end'")
         views = rq.string_list(doc, "views", required=False, example="user_txn")

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from fsapp.engine.errors import BatchError
+from fsapp.engine.ingest import TIME_MAX_US, TIME_MIN_US
 from fsapp.errors import EntityDataFrameError, UnknownFeatureError
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -33,11 +34,35 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def relative_us(text: str, name: str = "time", now: int | None = None) -> int | None:
+    """'now', 'now-2h', '-2h', '+30m' (units us ms s m h d w, any case) → µs
+    since the epoch UTC (not range-checked); None for any other text."""
+    text = text.strip()
+    if text.lower() == "now":
+        return now_us() if now is None else now
+    m = _RELATIVE.match(text)
+    if not m:
+        return None
+    delta = float(m.group(2)) * _UNIT_US[m.group(3).lower()]
+    if not delta < 2.0 ** 63:  # (inf: a number of hundreds of digits)
+        raise ValueError(f"{name}: {text!r} is outside years 0001..9999")
+    delta = int(delta)
+    return (now_us() if now is None else now) + (delta if m.group(1) == "+" else -delta)
+
+
 def to_us(value, name: str = "time", *, now: int | None = None) -> int:
     """µs since the epoch UTC from a datetime (naive = UTC), a pandas
     Timestamp, ISO-8601 text, 'now', a relative 'now-2h' / '-2h' / '+30m', or an epoch
     number whose magnitude gives the unit (|x| < 1e11 s, < 1e14 ms, else µs),
-    the same rule the REST API applies."""
+    the same rule the REST API applies; years 0001..9999."""
+    us = _to_us(value, name, now)
+    if not TIME_MIN_US <= us <= TIME_MAX_US:
+        raise ValueError(f"{name}: {value!r} is outside years 0001..9999 (epoch numbers are read as seconds "
+                         "below 1e11, milliseconds below 1e14, else µs)")
+    return us
+
+
+def _to_us(value, name: str, now: int | None) -> int:
     if isinstance(value, bool) or value is None:
         raise ValueError(f"{name} must be a time (datetime, ISO-8601 text or epoch number), not {value!r}")
     if hasattr(value, "to_pydatetime"):  # pandas.Timestamp
@@ -49,7 +74,7 @@ def to_us(value, name: str = "time", *, now: int | None = None) -> int:
         delta = d - _EPOCH
         return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     if isinstance(value, dt.date):
-        return to_us(dt.datetime(value.year, value.month, value.day), name)
+        return _to_us(dt.datetime(value.year, value.month, value.day), name, now)
     if isinstance(value, (int, float, np.integer, np.floating)):
         v = float(value) if isinstance(value, (float, np.floating)) else int(value)
         if isinstance(v, float) and not math.isfinite(v):
@@ -58,18 +83,15 @@ def to_us(value, name: str = "time", *, now: int | None = None) -> int:
         return int(round(v * 1_000_000 if mag < 1e11 else v * 1_000 if mag < 1e14 else v))
     if isinstance(value, str):
         text = value.strip()
-        if text.lower() == "now":
-            return now_us() if now is None else now
-        m = _RELATIVE.match(text)
-        if m:
-            delta = int(float(m.group(2)) * _UNIT_US[m.group(3)])
-            return (now_us() if now is None else now) + (delta if m.group(1) == "+" else -delta)
+        us = relative_us(text, name, now)
+        if us is not None:
+            return us
         try:
-            return to_us(dt.datetime.fromisoformat(text.replace("Z", "+00:00")), name)
+            return _to_us(dt.datetime.fromisoformat(text.replace("Z", "+00:00")), name, now)
         except ValueError:
             pass
         try:
-            return to_us(float(text), name)
+            return _to_us(float(text), name, now)
         except ValueError:
             raise ValueError(f"{name}: {value!r} is not a time; write ISO-8601 (2026-11-27T10:00:00Z), an epoch "
                              "number, 'now' or a relative time like 'now-2h'") from None
