@@ -270,7 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "push" and args.file is None and len(extra) == 1 \
+            and not extra[0].startswith("-"):
+        # `fstore push STREAM --batch-rows N FILE`: argparse gives an optional
+        # positional nothing when an option follows the one before it
+        args.file, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -291,6 +291,15 @@ def test_cli_push_get_materialize_embedded(tmp_path, capsys):
     assert "KEY=V1,V2" in capsys.readouterr().err
     assert main(["get", "--entity", "user_id=1", "--repo", repo]) == 2
     assert main(["push", "transactions", str(tmp_path / "missing.jsonl"), "--repo", repo]) == 1
+    # FILE after an option: argparse had given it to nothing ("unrecognized arguments: events.jsonl")
+    capsys.readouterr()
+    assert main(["push", "transactions", "--batch-rows", "4", str(f), "--repo", repo]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["accepted"] + res["late"] == 6
+    with pytest.raises(SystemExit):
+        main(["push", "transactions", "--batch-rows", "4", str(f), "extra", "--repo", repo])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: " in err and err.rstrip().endswith(" extra")
     assert main(["get", "user_txn:amount_24h", "-e", "user_id=1", "--url", "http://127.0.0.1:9"]) == 1
     assert "fstore serve" in capsys.readouterr().err
 

@@ -119,6 +119,8 @@ def _batch_len(b) -> int:
 
 def cmd_push(args) -> int:
     from fsapp.sdk.progress import Progress
+    if args.file is None:
+        args.file = "-"
     fmt = _format_of(args.file, args.format)
     batches, total = read_batches(args.file, fmt, args.batch_rows)
     store = _store(args)
@@ -350,7 +352,8 @@ def add_commands(sub) -> None:
                               "  fstore push transactions history.parquet --url http://127.0.0.1:9094\n"
                               "  cat events.csv | fstore push transactions - --format csv")
     p.add_argument("stream", help="stream name (see `fstore registry list`)")
-    p.add_argument("file", nargs="?", default="-", help="file to read, or - for stdin (default)")
+    # (default None, read as "-": fsapp.cli.main tells a FILE after an option from none)
+    p.add_argument("file", nargs="?", default=None, help="file to read, or - for stdin (default)")
     p.add_argument("--format", choices=["jsonl", "csv", "parquet"], help="input format (default: from the extension; "
                                                                          "stdin: jsonl)")
     p.add_argument("--batch-rows", type=int, default=10_000, help="rows per push (default 10000)")
