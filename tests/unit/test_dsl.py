@@ -28,6 +28,20 @@ def test_stream_options_and_type_aliases():
                                         ("ts", "TIMESTAMP")], "ts", topic="txns", allowed_lateness=300_000_000)
 
 
+def test_column_types_with_any_parameters_parse_and_round_trip():
+    # STRUCT(...), MAP(...), ENUM(...) did not parse ("expected a type parameter, found 'a'"), and
+    # ENUM('lo', 'hi') was upper-cased to ENUM('LO', 'HI'): every push of 'lo' was refused
+    s = one("CREATE STREAM t (a STRUCT(x INTEGER, \"Y z\" VARCHAR)[], m map(varchar, double), "
+            "e ENUM('lo', 'Hi x'), d decimal(10, 2), g INTEGER[][], ts TIMESTAMP) WITH (timestamp = 'ts')")
+    assert [(c.name, c.type) for c in s.columns] == [("a", 'STRUCT(x INTEGER, "Y z" VARCHAR)[]'), ("m", "MAP(varchar, double)"),
+                         ("e", "ENUM('lo', 'Hi x')"), ("d", "DECIMAL(10,2)"), ("g", "INTEGER[][]"), ("ts", "TIMESTAMP")]
+    assert parse(script_sql([s])) == [s]
+    for bad, expected in (("CREATE STREAM t (c DECIMAL(), ts TIMESTAMP) WITH (timestamp = 'ts')", "a type parameter"),
+                          ("CREATE STREAM t (c STRUCT(a INTEGER", "'\\)' closing the type of column c")):
+        with pytest.raises(DslSyntaxError, match=expected):
+            parse(bad)
+
+
 def test_push_only_stream_has_no_topic():
     assert one("create stream s (a BIGINT, ts TIMESTAMP) with (timestamp = 'ts')").topic is None
 

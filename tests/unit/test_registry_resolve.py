@@ -99,8 +99,8 @@ def problems(extra, base=BASE):
     # every push was acknowledged, then the Parquet event log's flush failed (pyarrow has no INTERVAL
     # for Parquet), and with it every checkpoint and close of the store
     ("CREATE STREAM s2 (a INTERVAL, ts TIMESTAMP) WITH (timestamp = 'ts')",
-     "stream s2: column 'a' has type INTERVAL, which the offline event log (Parquet) cannot hold; send durations "
-     "as BIGINT (e.g. microseconds) or VARCHAR"),
+     "stream s2: column 'a' has type INTERVAL, which the offline event log (Parquet) cannot hold as it is "
+     "(INTERVAL: send durations as BIGINT (e.g. microseconds) or VARCHAR)"),
     ("CREATE STREAM s2 (a INTERVAL[], ts TIMESTAMP) WITH (timestamp = 'ts')", "has type INTERVAL[], which"),
     ("CREATE STREAM s2 (a BIGINT, ts TIMESTAMP) WITH (timestamp = 'ts', batch_source = 'profiles')",
      "batch_source profiles lacks column 'a'"),

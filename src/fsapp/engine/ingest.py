@@ -110,8 +110,9 @@ def _column(name: str, vals, mixed: dict) -> pa.Array:
         return pa.array(vals)
     except OverflowError:
         raise BatchError(f"column {name!r} holds an integer outside the 64-bit range") from None
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        # mixed types: read as text, so DuckDB casts it or explains why not
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        # mixed types: read as text, so DuckDB casts it or explains why not (NotImplemented:
+        # Python objects Arrow has no type for, e.g. a list of uuid.UUID, raised "extension")
         mixed[name] = {type(v).__name__ for v in vals if v is not None}
         return pa.array([None if v is None else str(v) for v in vals])
 

@@ -42,7 +42,7 @@ from fsapp.engine.errors import AsOfOutsideHorizon, BatchError
 from fsapp.engine.online import count_features
 from fsapp.ondemand.compiler import Unsupported, compile_expression, make_env
 from fsapp.registry.catalog import FeatureViewInfo, bare_column
-from fsapp.registry.model import Stream
+from fsapp.registry.model import Stream, read_as_declared
 
 INT64_MIN = np.iinfo(np.int64).min
 UNTAGGED = -1  # the lateness part of events pushed without a Kafka partition (REST, SDK)
@@ -429,7 +429,7 @@ class ViewRuntime:
         self.fields = {f.name: f for f in self.schema.columns}
         self.key_names = [k for k, _ in info.keys]
         self.key_kinds = [f.kind for f in self.schema.keys]
-        self.sql = info.projection_sql("__batch", row_column=ROW)
+        self.sql = info.projection_sql(batch_relation(stream), row_column=ROW)
         # PERF: a projection of bare columns needs no DuckDB query (~5 ms a
         # query with this DuckDB build; benches/bench_serving.py push latency)
         self.bare = info.bare_projection([c.name for c in stream.columns]) if stream is not None else None
@@ -1031,7 +1031,8 @@ def project_views(con, runtimes: list) -> dict:
             items.append(f"{value} AS {_qi(alias)}")
             names.append((alias, name))
         plan.append((rt, keep, names))
-    source = f"(SELECT *, {', '.join(flags)} FROM __batch)" if flags else "__batch"
+    batch = batch_relation(runtimes[0].stream) if runtimes else "__batch"
+    source = f"(SELECT *, {', '.join(flags)} FROM {batch})" if flags else batch
     out = con.sql(f"SELECT {', '.join(items)} FROM {source} AS __b").to_arrow_table()
     result = {}
     for rt, keep, names in plan:
@@ -1042,6 +1043,20 @@ def project_views(con, runtimes: list) -> dict:
 
 def _qi(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def batch_relation(stream: Stream | None) -> str:
+    """The normalised batch (`__batch`) as views read it: columns it holds in
+    another form (UUID and JSON as text, HUGEINT as DECIMAL(38,0):
+    `read_as_declared`) cast back to their declared types, as the offline
+    store reads its log (before, `c // 5` of a HUGEINT was 2.4 in both, and
+    served as 2 by the feature's declared BIGINT; `uuid_extract_version(u)`
+    failed every push)."""
+    cols = [c for c in stream.columns if read_as_declared(c.type)] if stream is not None else []
+    if not cols:
+        return "__batch"
+    casts = ", ".join(f"CAST({_qi(c.name)} AS {c.type}) AS {_qi(c.name)}" for c in cols)
+    return f"(SELECT * REPLACE ({casts}) FROM __batch)"
 
 
 def _hop(spec: WindowSpec) -> int:

@@ -49,14 +49,13 @@ def time_us_sql(col: str, sql_type: str, what: str, *, float_epochs: bool = Fals
 def _recast(declared: str) -> bool:
     """Whether a column declared `declared` and logged as another type is read
     as the declared one: numbers, booleans, text and times, the types a
-    stream column changes between. Others are logged in a form of their own
-    (UUID and JSON as VARCHAR, HUGEINT as DECIMAL(38,0), BIT and VARINT as
-    BLOB, TIMESTAMP_S as TIMESTAMP) that the online projections read too."""
-    from fsapp.registry.model import FLOAT_TYPES, INTEGER_TYPES, is_decimal_type
-    if declared in ("HUGEINT", "UHUGEINT"):
-        return False
+    stream column changes between, and those the log holds in a form of
+    their own (UUID and JSON as VARCHAR, HUGEINT as DECIMAL(38,0):
+    `read_as_declared`, which the online projections cast back too). Others
+    (TIMESTAMP_S as TIMESTAMP) are read as logged, online too."""
+    from fsapp.registry.model import FLOAT_TYPES, INTEGER_TYPES, is_decimal_type, read_as_declared
     return (declared in INTEGER_TYPES or declared in FLOAT_TYPES or is_decimal_type(declared)
-            or declared in ("BOOLEAN", "VARCHAR", "TIMESTAMP", "DATE", "TIMESTAMP WITH TIME ZONE"))
+            or read_as_declared(declared) or declared in ("BOOLEAN", "VARCHAR", "TIMESTAMP", "DATE", "TIMESTAMP WITH TIME ZONE"))
 
 
 class OfflineStore:

@@ -219,13 +219,9 @@ class Parser:
             while self.tok.kind == "ident":
                 words.append(self.advance().text)
             type_text = " ".join(words)
-            if self.accept_op("("):
-                nums = [self.number_token("a type parameter").text]
-                while self.accept_op(","):
-                    nums.append(self.number_token("a type parameter").text)
-                self.expect_op(")")
-                type_text += f"({','.join(nums)})"
-            if self.accept_op("["):
+            if self.tok.is_op("("):
+                type_text += self.type_parameters(name)
+            while self.accept_op("["):
                 size = self.advance().text if self.tok.kind == "number" else ""
                 self.expect_op("]")
                 type_text += f"[{size}]"
@@ -234,6 +230,29 @@ class Parser:
                 return cols
             if not self.accept_op(","):
                 raise self.error("',' or ')' after a column definition")
+
+    def type_parameters(self, column: str) -> str:
+        """A type's parenthesised part: numbers as `(10,2)` (DECIMAL, as
+        stored before), anything else — STRUCT(a INTEGER, b VARCHAR),
+        MAP(VARCHAR, DOUBLE), ENUM('a', 'b') — as its canonical text, for
+        DuckDB to judge at apply."""
+        toks, depth = [], 0
+        while True:
+            t = self.tok
+            if t.kind == "eof" or t.is_op(";"):
+                raise self.error(f"')' closing the type of column {column}")
+            self.advance()
+            toks.append(t)
+            depth += t.is_op("(") - t.is_op(")")
+            if depth == 0:
+                break
+        inner = toks[1:-1]
+        if inner and all(t.kind == "number" if i % 2 == 0 else t.is_op(",") for i, t in enumerate(inner)) \
+                and len(inner) % 2 == 1:
+            return "(" + ",".join(t.text for t in inner[::2]) + ")"
+        if not inner:
+            raise self.error(f"a type parameter in the type of column {column}")
+        return render_tokens(toks)
 
     def number_token(self, what: str) -> Token:
         if self.tok.kind != "number":

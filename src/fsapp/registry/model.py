@@ -45,8 +45,23 @@ RESERVED_PREFIXES = ("_fs_", "__fs")  # the engine's and the offline log's own c
 FILE_FORMATS = ("parquet", "csv")
 
 
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+
+
 def canonical_type(text: str) -> str:
-    t = " ".join(str(text).upper().split())
+    # single spaces outside quotes; a type with parameters other than numbers
+    # (STRUCT(a INTEGER), MAP(...), ENUM('lo', 'hi')) keeps them as written:
+    # ENUM('lo', 'hi') upper-cased became ENUM('LO', 'HI'), and every push of 'lo' failed
+    text, parts, pos = str(text).strip(), [], 0
+    for m in _QUOTED.finditer(text):
+        parts += [re.sub(r"\s+", " ", text[pos:m.start()]), m.group()]
+        pos = m.end()
+    parts.append(re.sub(r"\s+", " ", text[pos:]))
+    t = "".join(parts)
+    m = re.fullmatch(r"([A-Za-z_][A-Za-z_ ]*?)\s*\((.*)\)((?:\s*\[\s*\d*\s*\])*)", t, re.S)
+    if m and not re.fullmatch(r"[\d\s,]*", m.group(2)):
+        return m.group(1).upper() + "(" + m.group(2) + ")" + m.group(3).replace(" ", "")
+    t = t.upper()
     m = re.fullmatch(r"(.*?)\s*(\[\s*\d*\s*\])?", t)
     base, suffix = m.group(1), (m.group(2) or "").replace(" ", "")
     return TYPE_ALIASES.get(base, base) + suffix
@@ -56,6 +71,48 @@ def is_decimal_type(t: str) -> bool:
     """DECIMAL or DECIMAL(w,s) — not a list or array of them ("DECIMAL(10,2)[]"
     started with DECIMAL too: taken as a number, every push then failed)."""
     return re.fullmatch(r"DECIMAL(\(\d+,\s*\d+\))?", t) is not None
+
+
+# Stream column types the pushed batch (Arrow) and the offline event log
+# (Parquet) hold in another form, exactly: UUID, JSON and ENUM as text, HUGEINT and
+# UHUGEINT as DECIMAL(38,0). Views read them as declared, online
+# (`runtime.batch_relation`) and offline (`OfflineStore._as_declared`) alike.
+_READ_AS_DECLARED = ("UUID", "JSON", "ENUM", "HUGEINT", "UHUGEINT", "INT128", "UINT128")
+# ... and types the log cannot hold as they are (a stream refuses them at apply)
+_NOT_IN_LOG = {"INTERVAL": "send durations as BIGINT (e.g. microseconds) or VARCHAR",
+               "BIT": "the log holds its bytes as BLOB, which views would read; declare VARCHAR (the text of its "
+                      "bits, '0101') and cast it in the view (b::BIT)",
+               "BIGNUM": "the log holds its bytes as BLOB, which views would read; declare HUGEINT, "
+                         "DECIMAL(38,0) or VARCHAR",
+               "VARINT": "the log holds its bytes as BLOB, which views would read; declare HUGEINT, "
+                         "DECIMAL(38,0) or VARCHAR",
+               "TIME WITH TIME ZONE": "the log holds it as TIME, without its offset; declare TIMESTAMPTZ or "
+                                      "VARCHAR",
+               "TIMETZ": "the log holds it as TIME, without its offset; declare TIMESTAMPTZ or VARCHAR",
+               "UNION": "Parquet has no union type; declare a column for each member, or VARCHAR"}
+
+
+def _has_type(t: str, name: str) -> bool:
+    """Whether type `name` appears in DuckDB type text `t`, nested ones
+    included (INTERVAL[], STRUCT(a BIT)) — not as a quoted value or name, nor
+    as a STRUCT field's name (a word followed by a type)."""
+    bare = _QUOTED.sub("''", t.upper())
+    return re.search(rf"\b{name}\b(?!\s+(?!WITH\b)[A-Z_'])", bare) is not None
+
+
+def read_as_declared(t: str) -> bool:
+    """Whether a stream column of DuckDB type `t` is held in another form by
+    the pushed batch and the event log, and cast back for views to read."""
+    return any(_has_type(t, name) for name in _READ_AS_DECLARED)
+
+
+def not_in_log(t: str) -> str | None:
+    """Why the offline event log cannot hold a stream column of DuckDB type
+    `t` (and what to declare instead), or None."""
+    for name, why in _NOT_IN_LOG.items():
+        if _has_type(t, name):
+            return f"{name}: {why}"
+    return None
 
 
 def is_numeric_type(t: str) -> bool:
