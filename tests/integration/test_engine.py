@@ -1956,3 +1956,46 @@ def test_python_objects_arrow_has_no_type_for_are_read_as_text(tmp_path):
         assert online_and_training(eng, ["v:f"], {"k": [1]}, T0 + H) == ([[str(u)]], [[str(u)]])
     finally:
         eng.close()
+
+
+def test_a_service_pinning_an_older_version_gets_its_training_set_from_that_version(tmp_path):
+    """A training set of a feature service pinning va@v1 after va@v2 was applied was refused
+    ("training sets are built from the live version"): the model serving v1 could not be
+    retrained on what it is served. It is built from v1 now, equal to the service's online reads,
+    through the engine, the embedded SDK and REST alike."""
+    defs = ONE_VIEW + "CREATE FEATURE SERVICE svc AS (va@v1:n);\n"
+    now = T0 + H
+    r, eng = engine_on(tmp_path, defs)
+    eng.push("ev", {"k": [1, 1, 2], "x": [1.0, -1.0, 5.0], "ts": [now - 3 * M, now - 2 * M, now - M]})
+    # v2 counts positive x only; the service stays on v1
+    (tmp_path / "defs.sql").write_text(defs.replace("count(*) OVER lifetime() AS n FROM ev",
+                                                    "count(*) OVER lifetime() AS n FROM ev WHERE x > 0"))
+    r.apply()
+    eng.reload()
+    assert sorted(eng.runtimes) == [("va", 1), ("va", 2)]
+    labels = pa.table({"k": [1, 2, 3], "event_timestamp": pa.array([now] * 3, pa.timestamp("us", tz="UTC"))})
+    online = eng.get_online_features(["va@v1:n"], entities={"k": [1, 2, 3]}, now=now)["results"][1]["values"]
+    from fsapp.sdk.convert import service_refs
+    refs = service_refs(eng.registry.get("svc").resolved["features"], lambda v: eng.registry.get(v).version)
+    assert refs == ["va@v1:n"]
+    assert online == [2, 1, 0]
+    assert eng.get_historical_features(labels, refs).to_arrow().column("n").to_pylist() == online
+    assert eng.get_historical_features(labels, ["va:n"]).to_arrow().column("n").to_pylist() == [1, 1, 0]  # v2
+    with pytest.raises(Exception, match=r"va has no version 9 \(versions 1..2\)"):
+        eng.get_historical_features(labels, ["va@v9:n"])
+    from falcon import testing
+
+    from fsapp.api import EngineBackend, create_app
+    api = testing.TestClient(create_app(EngineBackend(eng)))
+    res = api.simulate_post("/api/v1/features/historical", json={
+        "feature_service": "svc", "full_feature_names": True,
+        "entities": {"k": [1, 2, 3], "event_timestamp": [now, now, now]}})
+    assert res.status_code == 200 and res.json["columns"]["va__n"] == online, res.text
+    eng.close()
+    from fsapp.sdk import FeatureStore
+    fs = FeatureStore(str(tmp_path))
+    try:
+        got = fs.get_historical_features(entity_df=labels, feature_service="svc").to_arrow()
+        assert got.column("n").to_pylist()[:2] == [2, 1]
+    finally:
+        fs.close()

@@ -265,6 +265,7 @@ class Engine:
         self.before_applied = None
         # every accepted event, late ones included, goes to the offline log
         self.offline = OfflineStore(os.path.join(self.data_dir, "offline"))
+        self.offline.view_version = self._offline_view
         self.ckpt_dir = os.path.join(self.data_dir, "checkpoints")
         self.wal_dir = os.path.join(self.data_dir, "wal")
         self.quarantine_dir = os.path.join(self.data_dir, "quarantine")
@@ -1556,6 +1557,17 @@ class Engine:
                                              created_timestamp=d.created_timestamp, format=d.format)
             except SourceError:
                 continue
+
+    def _offline_view(self, name: str, version: int):
+        """A registered version of a view as training sets read it: a feature
+        service may pin an older version than the latest, and its training set
+        is built from that one, over the stream as it is now (as the engine
+        serves it online)."""
+        info = self.registry.feature_view(name, version)
+        entities = [self.registry.get(e).definition for e in info.definition.entities]
+        source = info.definition.source
+        src = self.streams.get(source) or self.registry.get(source).definition
+        return from_registry(info.definition, src, entities, info.features)
 
     def get_historical_features(self, entity_df, features, **kw):
         """Point-in-time training set from the offline log (see fsapp.offline)."""

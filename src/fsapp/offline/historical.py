@@ -87,7 +87,10 @@ def _resolve(store: OfflineStore, features) -> tuple[list[tuple[ViewDef, list[st
         if not isinstance(f, str) or ":" not in f:
             raise UnknownFeatureError(f"bad feature reference {f!r}: write 'view:feature' or 'view:*'")
         vname, fname = f.split(":", 1)
-        v = views.get(vname) or store.view(vname)
+        base, _, version = vname.partition("@v")  # a version a feature service pins
+        if version and not version.isdigit():
+            raise UnknownFeatureError(f"bad feature reference {f!r}: write 'view@v2:feature'")
+        v = views.get(vname) or store.view(base, int(version) if version else None)
         views[vname] = v
         names = v.feature_names if fname == "*" else [fname]
         for n in names:

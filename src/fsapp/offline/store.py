@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 import duckdb
 
@@ -74,6 +75,9 @@ class OfflineStore:
         os.makedirs(self.root, exist_ok=True)
         self.log = EventLog(os.path.join(self.root, "events"), flush_rows=flush_rows)
         self.views: dict[str, ViewDef] = {}
+        # (name, version) → ViewDef of any registered version (a feature service may pin
+        # an older one): set by the engine, which reads the registry
+        self.view_version: Callable[[str, int], ViewDef] | None = None
         self._sources: dict[str, SourceDef] = {}
         self._unreadable: dict[str, str] = {}  # batch source -> why its last registration failed
         self._stream_columns: dict[str, list[tuple[str, str]]] = {}
@@ -94,12 +98,20 @@ class OfflineStore:
     def add_view(self, view: ViewDef) -> None:
         self.views[view.name] = view
 
-    def view(self, name: str) -> ViewDef:
+    def view(self, name: str, version: int | None = None) -> ViewDef:
+        """A view by name: its latest version, or `version` (through
+        `view_version`, which reads the registry)."""
+        if version is not None and self.view_version is not None:
+            return self.view_version(name, version)
         try:
-            return self.views[name]
+            v = self.views[name]
         except KeyError:
             known = ", ".join(sorted(self.views)) or "none"
             raise UnknownFeatureError(f"unknown feature view {name!r}; known views: {known}") from None
+        if version is not None:
+            raise UnknownFeatureError(f"feature view {name}@v{version}: this offline store has no registry to read "
+                                      f"versions from; name the latest version ({name}:feature)")
+        return v
 
     def register_source(self, name: str, path: str, *, timestamp: str, created_timestamp: str | None = None,
                         format: str | None = None) -> SourceDef:

@@ -177,17 +177,12 @@ def entity_table(entity_df, timestamp_column: str = "event_timestamp") -> pa.Tab
 
 def service_refs(pinned: list[str], live_version) -> list[str]:
     """A feature service's pinned refs ('user_txn@v1:txn_count_1h') as the
-    offline store names them ('user_txn:txn_count_1h'). The offline store
-    builds training sets from the live version of each view, so a pin to an
-    older version is refused rather than silently answered with another."""
+    offline store names them: 'user_txn:txn_count_1h' where the pin is the
+    live version, else the pinned version, which training sets are built
+    from (as the service's online reads serve it)."""
     out = []
     for ref in pinned:
         view, _, feature = ref.partition(":")
         name, _, version = view.partition("@v")
-        if version and int(version) != live_version(name):
-            raise UnknownFeatureError(
-                f"feature service pins {name}@v{version}, but training sets are built from the live version "
-                f"(v{live_version(name)}); pass the features explicitly (features=[\"{name}:{feature}\"]) or "
-                "re-apply the service")
-        out.append(f"{name}:{feature}")
+        out.append(f"{name}:{feature}" if not version or int(version) == live_version(name) else ref)
     return out
