@@ -24,4 +24,5 @@ def test_freed_memory_held_in_the_heap_goes_back_to_the_os():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     before, given, dropped = int(out[0]), int(out[1]), int(out[2])
     assert dropped >= 80 << 20, out   # ~120 MB of holes
-    assert given == dropped
+    # (what it reports is its own before/after; a page or two may move between the two readings)
+    assert abs(given - dropped) <= 1 << 20, out
