@@ -40,6 +40,8 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=cflags,
         extra_link_args=ldflags,
+        # kafkafetch dlopen()s the librdkafka confluent-kafka loaded (in libc since glibc 2.34)
+        libraries=["dl"] if pyx.endswith("kafkafetch.pyx") else [],
     )
     for pyx in sorted(glob.glob("src/fscore/*.pyx"))
 ]

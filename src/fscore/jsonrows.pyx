@@ -362,7 +362,36 @@ def decode(list values, list names, list kinds):
     """`values`: message values (bytes); `names` (bytes) and `kinds`
     (KIND_*): the columns. Returns None, or per column (values array, valid
     bool array) — text columns' values are (int32 offsets[n + 1], bytes)."""
-    cdef Py_ssize_t n = len(values), ncol = len(names), i, c, j, klen
+    cdef Py_ssize_t n = len(values), i
+    ptrs = np.empty(n, dtype=np.intp)
+    lens = np.empty(n, dtype=np.intp)
+    cdef Py_ssize_t[::1] pv = ptrs
+    cdef Py_ssize_t[::1] lv = lens
+    for i in range(n):
+        v = values[i]
+        if not PyBytes_Check(v):
+            return None
+        pv[i] = <Py_ssize_t>PyBytes_AS_STRING(v)
+        lv[i] = PyBytes_GET_SIZE(v)
+    return _decode(n, pv, lv, names, kinds)
+
+
+def decode_packed(cnp.ndarray data, cnp.ndarray starts, list names, list kinds):
+    """`decode` of values laid back to back: value i is
+    data[starts[i]:starts[i + 1]] (`data` uint8, `starts` int64, n + 1 of
+    them; fscore.kafkafetch.Packed). No value may be None (a tombstone)."""
+    cdef Py_ssize_t n = len(starts) - 1
+    if n < 0 or data.dtype != np.uint8 or starts.dtype != np.int64 or not data.flags.c_contiguous:
+        raise ValueError("decode_packed: uint8 data and int64 starts, n + 1 of them")
+    lens = (starts[1:] - starts[:n]).astype(np.intp)
+    if n and (starts[0] < 0 or starts[n] > len(data) or (lens < 0).any()):
+        raise ValueError("decode_packed: starts out of the data")
+    ptrs = (starts[:n] + <Py_ssize_t>cnp.PyArray_DATA(data)).astype(np.intp)
+    return _decode(n, ptrs, lens, names, kinds)
+
+
+cdef object _decode(Py_ssize_t n, Py_ssize_t[::1] pv, Py_ssize_t[::1] lv, list names, list kinds):
+    cdef Py_ssize_t ncol = len(names), i, c, j, klen
     if ncol > MAX_FIELDS:
         return None
     cdef const char* name_p[MAX_FIELDS]
@@ -397,16 +426,6 @@ def decode(list values, list names, list kinds):
             a = np.zeros(n + 1, dtype=np.int32)
             op[c] = <int32_t*>cnp.PyArray_DATA(a)
         out.append(a)
-    ptrs = np.empty(n, dtype=np.intp)
-    lens = np.empty(n, dtype=np.intp)
-    cdef Py_ssize_t[::1] pv = ptrs
-    cdef Py_ssize_t[::1] lv = lens
-    for i in range(n):
-        v = values[i]
-        if not PyBytes_Check(v):
-            return None
-        pv[i] = <Py_ssize_t>PyBytes_AS_STRING(v)
-        lv[i] = PyBytes_GET_SIZE(v)
     cdef bint ok = True, is_int
     cdef const char* p
     cdef const char* end

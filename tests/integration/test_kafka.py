@@ -79,17 +79,20 @@ def totals(engine, accounts):
     return out["results"][1]["values"], out["results"][2]["values"]
 
 
-@pytest.mark.parametrize("chunk", [1000, 3], ids=["one-chunk", "chunks-of-3"])
+@pytest.mark.parametrize("native,chunk", [(True, 1000), (True, 3), (False, 1000), (False, 3)],
+                         ids=["native", "native-kept-in-chunks-of-3", "consume", "consume-chunks-of-3"])
 def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(kafka_broker, tmp_path, monkeypatch,
-                                                                              chunk):
-    """Also with batches read three messages at a time: a batch is read lean
-    (its Message objects dropped chunk by chunk once scanned) and read again
-    with its messages when it turns out to need them (dead letters, missing
-    event times); the letters keep their keys, no event counts twice."""
+                                                                              native, chunk):
+    """Through librdkafka's C API (native_fetch) and through confluent-kafka's
+    consume(), also with batches read three messages at a time: a batch is
+    read lean (values, partitions and offsets only; consume()'s Message
+    objects dropped chunk by chunk once scanned) and read again with its
+    messages when it turns out to need them (dead letters, missing event
+    times); the letters keep their keys, no event counts twice."""
     monkeypatch.setattr(kafka_mod, "CONSUME_CHUNK", chunk)
-    topic = f"payments-dlq-test-{chunk}"
+    topic = f"payments-dlq-test-{chunk}-{'native' if native else 'consume'}"
     kafka_broker.create_topic(topic, partitions=2)
-    repo = make_repo(tmp_path, topic, kafka_broker.bootstrap)
+    repo = make_repo(tmp_path, topic, kafka_broker.bootstrap, "" if native else "  native_fetch: false\n")
     t = time.time_ns() // 1000 - 60_000_000
     p = kafka_broker.producer()
     good = [{"account_id": i % 3, "amount": 1.5, "ts": t + i} for i in range(30)]
@@ -108,6 +111,7 @@ def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(ka
 
     engine = open_engine(repo)
     ingest = subscribed(engine, repo)
+    assert ingest.native == native
     try:
         drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 35)
         counts, sums = totals(engine, [0, 1, 2, 3])
@@ -298,6 +302,8 @@ def test_a_batch_read_across_a_reassignment_is_read_again_not_applied_twice(kafk
     from confluent_kafka import TopicPartition
 
     monkeypatch.setattr(kafka_mod, "CONSUME_CHUNK", 4)
+    # (rebalances happen in group mode, which reads through confluent-kafka's consume())
+    monkeypatch.setattr(kafka_mod.kafka_native, "available", lambda: "group mode's consumer")
     topic = "payments-rebalance-test"
     kafka_broker.create_topic(topic, partitions=2)
     repo = make_repo(tmp_path, topic, kafka_broker.bootstrap)
@@ -360,7 +366,8 @@ def test_config_errors_say_what_to_fix(tmp_path):
                       ("shared_batch_size: 0", "shared_batch_size: expected a number >= 1"),
                       ("advertised_url: 10.0.0.1:9094", "not an http\\(s\\) URL"),
                       ("members_topic: ''", "members_topic: expected a non-empty string"),
-                      ("read_ahead: 1", "read_ahead: expected true or false")):
+                      ("read_ahead: 1", "read_ahead: expected true or false"),
+                      ("native_fetch: 'no'", "native_fetch: expected true or false")):
         (repo.root / "fstore.yaml").write_text(f"project: p\nkafka:\n  bootstrap_servers: x:1\n  {bad}\n")
         with pytest.raises(RepoError, match=says):
             KafkaConfig.from_repo(Repo(repo.root))
@@ -463,13 +470,13 @@ def test_the_next_batch_is_read_while_one_is_applied_and_a_failure_on_either_sid
     engine = open_engine(repo)
     ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
     reads = []
-    real_consume, ahead_consume = ingest._consume, failing_at(ingest._consume, 4, reads)
+    real_take, ahead_take = ingest._take, failing_at(ingest._take, 4, reads)
 
-    def consume(*a, **k):  # the read-ahead's calls fail at the 4th
+    def take(*a, **k):  # the read-ahead's reads fail at the 4th
         in_reader = threading.current_thread().name.startswith("fstore-kafka-read")
-        return (ahead_consume if in_reader else real_consume)(*a, **k)
+        return (ahead_take if in_reader else real_take)(*a, **k)
 
-    ingest._consume, engine.push = consume, failing_at(engine.push, 6, [])
+    ingest._take, engine.push = take, failing_at(engine.push, 6, [])
     ingest.start()
     try:
         consumed_by_thread(ingest, 3000, timeout_s=30)

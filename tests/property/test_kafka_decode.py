@@ -136,6 +136,18 @@ def test_the_batch_reader_gives_what_the_per_message_reader_gives(msgs):
     except Exception as e:  # the reference itself may not crash on any input either
         raise AssertionError(f"the per-message reader raised {type(e).__name__}: {e}") from e
     assert_same(StreamDecoder(STREAM).decode(msgs), want)
+    # the values as the native fetcher hands them over (back to back, tombstones flagged)
+    assert_same(StreamDecoder(STREAM).decode(msgs, packed([m.value() for m in msgs])), want)
+
+
+def packed(values: list):
+    """`values` (bytes or None) as fscore.kafkafetch.Packed."""
+    from fscore.kafkafetch import Packed
+
+    starts = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum([len(v or b"") for v in values], out=starts[1:])
+    data = np.frombuffer(b"".join(v or b"" for v in values), dtype=np.uint8).copy()
+    return Packed(data, starts, np.array([v is None for v in values], dtype=bool))
 
 
 def test_a_clean_batch_takes_the_batch_reader_and_a_bad_one_backs_off():
@@ -216,6 +228,8 @@ def test_the_c_reader_reads_what_arrows_reader_reads(vals):
         STATS["declined"] += 1
         return  # Arrow's reader decided (native.batches says so; arrow gives the same by construction)
     STATS["taken"] += 1
+    again = StreamDecoder(STREAM)._batch(msgs, packed(vals))  # in place, from the fetcher's buffer
+    assert (got is None) == (again is None) and (got is None or got.equals(again))
     want = arrow._batch(msgs)
     assert (got is None) == (want is None), (got, want)
     if got is not None:

@@ -11,6 +11,7 @@
       max_share: 0.5                    # while REST pushes arrive: at most this share of time on Kafka batches
       shared_batch_size: 500            # ... in batches of at most this many messages
       read_ahead: true                  # assign all: read the next batch while the engine applies one
+      native_fetch: true                # assign all: read batches through librdkafka's C API (no Message objects)
       ready_max_lag: 100000             # /ready is 503 while the lag is above (default: never)
       avro_framing: confluent           # or raw (bare Avro bodies)
       avro_writer_schemas:              # Confluent schema id -> the producer's .avsc (schema evolution)
@@ -33,7 +34,7 @@ ASSIGN_MODES = ("all", "group")
 _KEYS = ("bootstrap_servers", "group_id", "assign", "batch_size", "poll_timeout_ms", "dead_letter_topic",
          "dead_letter_file", "properties", "metadata_refresh_s", "avro_framing", "avro_writer_schemas",
          "max_share", "shared_batch_size", "ready_max_lag", "members_topic", "advertised_url", "peer_port",
-         "read_ahead")
+         "read_ahead", "native_fetch")
 # set by fstore itself: the engine's offsets are the truth, not Kafka's
 _RESERVED = ("enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers")
 # librdkafka's consumer-only and producer-only properties (its CONFIGURATION.md, the "C/P"
@@ -80,6 +81,9 @@ class KafkaConfig:
     # assign all: consume and decode the next batch in a thread of its own while
     # the engine applies the last (fsapp.engine.kafka, KafkaIngest._read)
     read_ahead: bool = True
+    # assign all: batches are read through librdkafka's C API (fscore.kafkafetch),
+    # not one confluent-kafka Message object a message (False: those, as group mode)
+    native_fetch: bool = True
     repo_root: str = "."  # Avro schema files are relative to it
     # group mode: where the nodes publish their partitions (fsapp.engine.members;
     # None: fstore.members.<group_id>), and the URL other nodes reach this one at
@@ -163,11 +167,12 @@ class KafkaConfig:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
                     raise RepoError(f"{at(name)}.{name}: expected a number >= {lo}, got {value!r}")
                 setattr(cfg, name, int(value) if name == "ready_max_lag" else type(getattr(cfg, name))(value))
-        ahead = section.get("read_ahead")
-        if ahead is not None:
-            if not isinstance(ahead, bool):
-                raise RepoError(f"{at('read_ahead')}.read_ahead: expected true or false, got {ahead!r}")
-            cfg.read_ahead = ahead
+        for name in ("read_ahead", "native_fetch"):
+            flag = section.get(name)
+            if flag is not None:
+                if not isinstance(flag, bool):
+                    raise RepoError(f"{at(name)}.{name}: expected true or false, got {flag!r}")
+                setattr(cfg, name, flag)
         for name in ("members_topic", "advertised_url"):
             value = section.get(name)
             if value is not None:

@@ -16,6 +16,7 @@ import pyarrow.json as pa_json
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 
 from fscore import jsonrows
+from fscore.kafkafetch import Packed
 
 from fsapp.engine.avro import AvroDecoder, AvroError
 from fsapp.engine.errors import BatchError
@@ -221,7 +222,9 @@ class StreamDecoder:
         batch outside the subset it reads exactly as Arrow's reader would
         (then Arrow's reader decides)."""
         types = [schema.field(n).type for n in self.names]
-        got = jsonrows.decode(values, [n.encode() for n in self.names], [_NATIVE_KIND[t] for t in types])
+        names, kinds = [n.encode() for n in self.names], [_NATIVE_KIND[t] for t in types]
+        got = (jsonrows.decode_packed(values.data, values.starts, names, kinds) if isinstance(values, Packed)
+               else jsonrows.decode(values, names, kinds))
         if got is None:
             self.batches["native_declined"] += 1
             return None

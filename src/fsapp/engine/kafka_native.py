@@ -1,0 +1,102 @@
+"""`assign: all`'s consumer: batches read through librdkafka's C API
+(`fscore.kafkafetch.Fetcher`: each message's value, partition and offset,
+no confluent-kafka Message object), and the metadata calls through a
+confluent-kafka Consumer that never fetches. It answers the part of
+confluent-kafka's Consumer API `fsapp.engine.kafka.KafkaIngest` calls in that
+mode, plus `read_lean` for a batch without message objects
+(docs/kafka.md, "Reading batches")."""
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import Consumer, KafkaError, KafkaException
+
+from fscore import kafkafetch
+
+log = logging.getLogger("fstore.kafka")
+
+
+def available() -> str | None:
+    """None when the native fetcher can be used, else why not."""
+    return None if kafkafetch.load() else kafkafetch.why()
+
+
+def _kafka_error(e: kafkafetch.FetchError) -> KafkaException:
+    return KafkaException(KafkaError(e.code, e.reason, fatal=e.fatal))
+
+
+def _triples(tps) -> list:
+    return [(tp.topic, tp.partition, tp.offset) for tp in tps]
+
+
+class NativeConsumer:
+    """One `Fetcher` for the assigned partitions' messages and one
+    confluent-kafka Consumer (never assigned) for topic metadata; the same
+    properties for both."""
+
+    def __init__(self, properties: dict):
+        self.fetcher = kafkafetch.Fetcher(dict(properties))
+        self.meta = Consumer(dict(properties))
+
+    def _call(self, f, *args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except kafkafetch.FetchError as e:
+            raise _kafka_error(e) from None
+
+    # ---- reading
+
+    def read_lean(self, timeout_s: float, limit: int, topics: bool):
+        """Waits up to timeout_s for a message, then takes what is fetched,
+        up to `limit`: (values as a kafkafetch.Packed, partitions, offsets,
+        topics or None); error events are logged (a fatal one raises
+        KafkaException)."""
+        values, parts, offs, names, errors = self._call(self.fetcher.read_packed, int(timeout_s * 1000), limit,
+                                                         topics)
+        self._log(errors)
+        return values, parts, offs, names
+
+    def poll(self, timeout: float):
+        got = self._read(int(timeout * 1000), 1)
+        return got[0] if got else None
+
+    def consume(self, num_messages: int = 1, timeout: float = 0):
+        """What is fetched, up to num_messages, after waiting up to `timeout`
+        for the first (KafkaIngest always passes 0)."""
+        return self._read(max(int(timeout * 1000), 0), num_messages)
+
+    def _read(self, timeout_ms: int, n: int) -> list:
+        *_, msgs, errors = self._call(self.fetcher.read, timeout_ms, n, False, True)
+        self._log(errors)
+        return msgs
+
+    @staticmethod
+    def _log(errors: list) -> None:
+        for code, reason in errors:
+            log.warning("kafka: %s (%s)", reason, code)
+
+    # ---- positions
+
+    def incremental_assign(self, tps) -> None:
+        self._call(self.fetcher.incremental_assign, _triples(tps))
+
+    def assign(self, tps) -> None:
+        self._call(self.fetcher.assign, _triples(tps))
+
+    def seek(self, tp) -> None:
+        self._call(self.fetcher.seek, _triples([tp]))
+
+    def commit(self, offsets, asynchronous: bool = True) -> None:
+        self._call(self.fetcher.commit, _triples(offsets), asynchronous)
+
+    def get_watermark_offsets(self, tp, timeout: float = 5.0, cached: bool = False):
+        return self._call(self.fetcher.watermarks, tp.topic, tp.partition, cached, int(timeout * 1000))
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1):
+        return self.meta.list_topics(topic, timeout)
+
+    def close(self) -> None:
+        try:
+            self._call(self.fetcher.close)
+        finally:
+            self.meta.close()
