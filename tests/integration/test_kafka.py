@@ -159,6 +159,33 @@ def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(ka
     engine.close()
 
 
+def test_without_librdkafka_at_hand_the_ingest_reads_through_consume(kafka_broker, tmp_path, monkeypatch, caplog):
+    """native_fetch needs the librdkafka confluent-kafka loaded; where it
+    cannot be bound the ingest says why and reads through consume()."""
+    import logging
+
+    monkeypatch.setattr(kafka_mod.kafka_native, "available", lambda: "no librdkafka among the mapped files")
+    topic = "payments-no-native"
+    kafka_broker.create_topic(topic, partitions=1)
+    repo = make_repo(tmp_path, topic, kafka_broker.bootstrap)
+    t = time.time_ns() // 1000 - 60_000_000
+    p = kafka_broker.producer()
+    for i in range(10):
+        p.produce(topic, json.dumps({"account_id": i % 2, "amount": 1.0, "ts": t + i}).encode())
+    p.flush(10)
+    engine = open_engine(repo)
+    with caplog.at_level(logging.INFO, logger="fstore.kafka"):
+        ingest = subscribed(engine, repo)
+    try:
+        assert not ingest.native and ingest.stats()["reader"] == "consume()"
+        assert "reading through confluent-kafka's consume(): no librdkafka among the mapped files" in caplog.text
+        drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == 10)
+        assert totals(engine, [0, 1])[0] == [5, 5]
+    finally:
+        ingest.stop()
+        engine.close()
+
+
 def test_a_key_sent_as_text_is_the_only_dead_letter_of_its_batch(kafka_broker, tmp_path):
     """One message whose entity key is JSON text made the key column of its
     whole batch text, and the key column refuses text: every good event of
