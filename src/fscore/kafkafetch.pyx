@@ -202,6 +202,20 @@ def why():
     return load_error
 
 
+def check_property(str name, str value):
+    """librdkafka's judgement of one configuration property, without making
+    a client: None when it takes it, else its reason ("No such
+    configuration property", "Invalid value ..."); None when the library
+    cannot be bound (the client's creation judges then)."""
+    if not loaded and not load():
+        return None
+    cdef char errstr[512]
+    cdef void* conf = api.conf_new()
+    cdef int res = api.conf_set(conf, name.encode(), value.encode(), errstr, sizeof(errstr))
+    api.conf_destroy(conf)
+    return None if res == 0 else errstr.decode(errors="replace")
+
+
 class FetchError(Exception):
     """A librdkafka error: `code` its rd_kafka_resp_err_t, `fatal` whether
     the consumer is unusable."""

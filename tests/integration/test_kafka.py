@@ -394,7 +394,11 @@ def test_config_errors_say_what_to_fix(tmp_path):
                       ("advertised_url: 10.0.0.1:9094", "not an http\\(s\\) URL"),
                       ("members_topic: ''", "members_topic: expected a non-empty string"),
                       ("read_ahead: 1", "read_ahead: expected true or false"),
-                      ("native_fetch: 'no'", "native_fetch: expected true or false")):
+                      ("native_fetch: 'no'", "native_fetch: expected true or false"),
+                      # librdkafka's judgement at load, with the line (the engine crashed at every start)
+                      ("no.such.prop: 3", r"line 4: kafka: no.such.prop: No such configuration property"),
+                      ("properties: {fetch.wait.max.ms: soon}",
+                       r"line 4: kafka: fetch.wait.max.ms: Invalid value")):
         (repo.root / "fstore.yaml").write_text(f"project: p\nkafka:\n  bootstrap_servers: x:1\n  {bad}\n")
         with pytest.raises(RepoError, match=says):
             KafkaConfig.from_repo(Repo(repo.root))

@@ -28,6 +28,8 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from fscore import kafkafetch
+
 from fsapp.registry.errors import RepoError
 
 ASSIGN_MODES = ("all", "group")
@@ -136,6 +138,12 @@ class KafkaConfig:
                   assign=str(section.get("assign") or "all"),
                   dead_letter_topic=section.get("dead_letter_topic"),
                   properties={k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in props.items()})
+        for key, value in cfg.properties.items():
+            # judged now, with the line to fix, not by a consumer's creation at every start of the engine
+            reason = kafkafetch.check_property(key, value)
+            if reason:
+                place = at(key) if key in section else at("properties", key)
+                raise RepoError(f"{place}: {key}: {reason} (librdkafka's CONFIGURATION.md lists the properties)")
         cfg.avro_framing = str(section.get("avro_framing") or "confluent")
         if cfg.avro_framing not in ("confluent", "raw"):
             raise RepoError(f"{at('avro_framing')}.avro_framing: {cfg.avro_framing!r} is not 'confluent' or 'raw'")
