@@ -33,13 +33,13 @@ SELECT merchant_id, count(*) OVER lifetime() AS n_payments FROM payments;
 KEYS = 12
 
 
-def make_repo(tmp_path, name, topic, bootstrap, group, defs=DEFS):
+def make_repo(tmp_path, name, topic, bootstrap, group, defs=DEFS, native=True):
     root = tmp_path / name
     root.mkdir()
     (root / "fstore.yaml").write_text(
         f"project: grouptest\nkafka:\n  bootstrap_servers: {bootstrap}\n  assign: group\n  group_id: {group}\n"
         "  batch_size: 200\n  poll_timeout_ms: 50\n  session.timeout.ms: 6000\n  heartbeat.interval.ms: 500\n"
-        "  dead_letter_file: data/dead.jsonl\n")
+        "  dead_letter_file: data/dead.jsonl\n" + ("" if native else "  native_fetch: false\n"))
     (root / "defs.sql").write_text(defs.format(topic=topic))
     repo = Repo(root)
     repo.apply()
@@ -85,15 +85,19 @@ def wait(cond, timeout_s, what):
         time.sleep(0.05)
 
 
-def test_a_revoked_partition_never_reads_present_and_a_reassigned_one_counts_once(kafka_broker, tmp_path):
-    topic, parts = "payments-group-revoke", 2
+@pytest.mark.parametrize("native", [True, False], ids=["librdkafka", "consume"])
+def test_a_revoked_partition_never_reads_present_and_a_reassigned_one_counts_once(kafka_broker, tmp_path, native):
+    """Through both readers: the fetcher (the group held by a confluent-kafka
+    consumer whose partitions are paused) and confluent-kafka's consume()."""
+    topic, parts = f"payments-group-revoke-{native}", 2
     kafka_broker.create_topic(topic, partitions=parts)
     expected = produce(kafka_broker, topic, parts, 240)
     owner_of = {a: partition_for(a, parts) for a in range(KEYS)}
-    repo_a = make_repo(tmp_path, "a", topic, kafka_broker.bootstrap, "g-revoke")
-    repo_b = make_repo(tmp_path, "b", topic, kafka_broker.bootstrap, "g-revoke")
+    repo_a = make_repo(tmp_path, "a", topic, kafka_broker.bootstrap, f"g-revoke-{native}", native=native)
+    repo_b = make_repo(tmp_path, "b", topic, kafka_broker.bootstrap, f"g-revoke-{native}", native=native)
     a = open_engine(repo_a)
     ingest_a = KafkaIngest(a, KafkaConfig.from_repo(repo_a)).start()
+    assert ingest_a.native == native and ingest_a.stats()["reader"] == ("librdkafka" if native else "consume()")
     b = ingest_b = None
     try:
         wait(lambda: ingest_a.cluster()["partitions"] and all(

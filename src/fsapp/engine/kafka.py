@@ -162,12 +162,11 @@ class KafkaIngest:
             "auto.offset.reset": "earliest", "enable.partition.eof": False,
             "session.timeout.ms": int(config.properties.get("session.timeout.ms", 10_000)),
         }
-        # assign all: batches through librdkafka's C API, no Message object a
-        # message (kafka_native; group mode's rebalance callbacks need confluent-kafka's)
-        why = "group mode" if self.group else None if config.native_fetch else "native_fetch: false"
-        why = why or kafka_native.available()
+        # batches through librdkafka's C API, no Message object a message (kafka_native;
+        # in group mode a confluent-kafka consumer holds the membership, its partitions paused)
+        why = (None if config.native_fetch else "native_fetch: false") or kafka_native.available()
         self.native = why is None
-        if why and not self.group and config.native_fetch:
+        if why and config.native_fetch:
             log.info("kafka: reading through confluent-kafka's consume(): %s", why)
         self.consumer = kafka_native.NativeConsumer(properties) if self.native else Consumer(properties)
         self.assigned: set[tuple[str, int]] = set()
@@ -541,6 +540,10 @@ class KafkaIngest:
         fg = self.engine.foreground_pushes
         shared = fg != self._seen_foreground  # (since the last batch applied)
         limit = min(self.config.batch_size, self.config.shared_batch_size) if shared else self.config.batch_size
+        if self.native and self.group:
+            # the group's callbacks (kafka_native): before the batch is read, so
+            # it is read from the assignment they leave
+            self.consumer.serve()
         rebalances = self.rebalances
         keep = self._keep_left > 0 or not self._lean
         if shared and self._ahead and _messages(self._ahead) > limit:
@@ -559,8 +562,8 @@ class KafkaIngest:
                 by_topic = (self._decoded(by_topic) if self._reads_ahead(shared, keep) else
                             {t: (b, None) for t, b in by_topic.items()})
         if self.rebalances != rebalances and by_topic:
-            # partitions were (re)assigned while the batch was read (callbacks
-            # run inside poll and consume): their positions moved to the
+            # partitions were (re)assigned while the batch was read (through
+            # consume(), callbacks run inside poll and consume): their positions moved to the
             # engine's offsets, so the batch may hold messages twice. None of
             # it is applied; it is read again from the engine's offsets
             log.info("kafka: a rebalance during a batch: reading it again")

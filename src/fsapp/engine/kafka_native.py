@@ -1,9 +1,12 @@
-"""`assign: all`'s consumer: batches read through librdkafka's C API
+"""The ingest's consumer: batches read through librdkafka's C API
 (`fscore.kafkafetch.Fetcher`: each message's value, partition and offset,
-no confluent-kafka Message object), and the metadata calls through a
-confluent-kafka Consumer that never fetches. It answers the part of
-confluent-kafka's Consumer API `fsapp.engine.kafka.KafkaIngest` calls in that
-mode, plus `read_lean` for a batch without message objects
+no confluent-kafka Message object), and everything else through a
+confluent-kafka Consumer that never fetches: topic metadata, and in group
+mode the group itself (subscribe, rebalance callbacks, commits with the
+group's generation; the partitions it is assigned are paused at once and
+given to the fetcher). It answers the part of confluent-kafka's Consumer API
+`fsapp.engine.kafka.KafkaIngest` calls, plus `read_lean` for a batch
+without message objects and `serve` for the group's callbacks
 (docs/kafka.md, "Reading batches")."""
 from __future__ import annotations
 
@@ -31,12 +34,52 @@ def _triples(tps) -> list:
 
 class NativeConsumer:
     """One `Fetcher` for the assigned partitions' messages and one
-    confluent-kafka Consumer (never assigned) for topic metadata; the same
-    properties for both."""
+    confluent-kafka Consumer for topic metadata and, in group mode, the
+    group membership (its partitions paused: it never fetches them); the
+    same properties for both."""
 
     def __init__(self, properties: dict):
         self.fetcher = kafkafetch.Fetcher(dict(properties))
         self.meta = Consumer(dict(properties))
+        self.grouped = False
+
+    # ---- group mode: membership through confluent-kafka, data through the fetcher
+
+    def subscribe(self, topics: list, on_assign, on_revoke, on_lost) -> None:
+        """Joins the group; the callbacks run inside `serve()` and get this
+        consumer (their assign/unassign move the fetcher too)."""
+        self.grouped = True
+        self.meta.subscribe(topics, on_assign=lambda _c, parts: on_assign(self, parts),
+                            on_revoke=lambda _c, parts: on_revoke(self, parts),
+                            on_lost=lambda _c, parts: on_lost(self, parts))
+
+    def serve(self) -> int:
+        """Serves the group's events (heartbeats are librdkafka's own; the
+        rebalance callbacks run here, in the calling thread). A message the
+        membership consumer fetched before its partitions were paused is
+        dropped: the fetcher reads them. Returns how many were dropped."""
+        dropped = 0
+        while True:
+            msgs = self.meta.consume(1000, 0)
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.fatal():
+                        raise KafkaException(err)
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("kafka: %s", err)
+                else:
+                    dropped += 1
+            if len(msgs) < 1000:
+                return dropped
+
+    def memberid(self):
+        return self.meta.memberid()
+
+    def unassign(self) -> None:
+        if self.grouped:
+            self.meta.unassign()
+        self._call(self.fetcher.assign, [])
 
     def _call(self, f, *args, **kwargs):
         try:
@@ -81,13 +124,19 @@ class NativeConsumer:
         self._call(self.fetcher.incremental_assign, _triples(tps))
 
     def assign(self, tps) -> None:
+        if self.grouped:  # (the group's callback) the member holds them paused; the fetcher reads them
+            self.meta.assign(tps)
+            self.meta.pause(tps)
         self._call(self.fetcher.assign, _triples(tps))
 
     def seek(self, tp) -> None:
         self._call(self.fetcher.seek, _triples([tp]))
 
     def commit(self, offsets, asynchronous: bool = True) -> None:
-        self._call(self.fetcher.commit, _triples(offsets), asynchronous)
+        if self.grouped:  # with the group's generation: a member's commit
+            self.meta.commit(offsets=offsets, asynchronous=asynchronous)
+        else:
+            self._call(self.fetcher.commit, _triples(offsets), asynchronous)
 
     def get_watermark_offsets(self, tp, timeout: float = 5.0, cached: bool = False):
         return self._call(self.fetcher.watermarks, tp.topic, tp.partition, cached, int(timeout * 1000))
@@ -96,7 +145,9 @@ class NativeConsumer:
         return self.meta.list_topics(topic, timeout)
 
     def close(self) -> None:
+        """Leaves the group first (its revoke callback runs and unassigns
+        the fetcher), then closes the fetcher."""
         try:
-            self._call(self.fetcher.close)
-        finally:
             self.meta.close()
+        finally:
+            self._call(self.fetcher.close)
