@@ -159,6 +159,84 @@ def test_json_events_reach_online_values_and_malformed_ones_are_dead_lettered(ka
     engine.close()
 
 
+def _odd_message(i: int, t: int, rng) -> bytes | None:
+    """A message of a random kind: mostly events, some malformed in every way
+    the readers judge (each kind decided by the per-message rules)."""
+    a = int(rng.integers(0, 5))
+    kind = int(rng.integers(0, 24))
+    ev = {"account_id": a, "amount": round(float(rng.gamma(2.0, 10.0)), 2), "ts": t + i}
+    if kind == 0:
+        return None  # a tombstone
+    if kind == 1:
+        return b""
+    if kind == 2:
+        return b"{not json"
+    if kind == 3:
+        return b"[1, 2]"
+    if kind == 4:
+        return json.dumps({**ev, "amount": "lots"}).encode()
+    if kind == 5:
+        return json.dumps({k: v for k, v in ev.items() if k != "ts"}).encode()  # the Kafka timestamp stands in
+    if kind == 6:
+        return json.dumps({**ev, "note": "\u00ff\u00e9"}).encode()  # escaped text: valid
+    if kind == 7:
+        return json.dumps(ev).encode()[:-1] + b', "raw": "\xff\xfe"}'  # not UTF-8
+    if kind == 8:
+        return json.dumps(ev, indent=1).encode()  # over several lines: valid JSON
+    if kind == 9:
+        return json.dumps({**ev, "pad": "x" * 100_000}).encode()  # big, the field ignored
+    if kind == 10:
+        return json.dumps({**ev, "account_id": float(a)}).encode()  # 1.0 for a BIGINT
+    if kind == 11:
+        return json.dumps(ev).encode().replace(b', "ts"', b'e0, "ts"', 1)  # the amount with an exponent
+    if kind == 12:
+        return b'{"account_id": 1, "amount": 1.0, "ts": ' + str(t + i).encode() + b'} {"account_id": 2}'
+    if kind == 13:
+        return json.dumps({**ev, "s": "nul\u0000inside"}).encode()
+    return json.dumps(ev).encode()
+
+
+def test_both_readers_read_a_random_mix_alike(kafka_broker, tmp_path, rng):
+    """The same topic of events mixed with every kind of malformed message,
+    read by librdkafka's C API (native_fetch) and by confluent-kafka's
+    consume(): the same online values, the same dead letters (partition,
+    offset, kind), the same offsets."""
+    topic = "payments-readers-alike"
+    kafka_broker.create_topic(topic, partitions=2)
+    t = time.time_ns() // 1000 - 60_000_000
+    p = kafka_broker.producer()
+    n = 1500
+    for i in range(n):
+        p.produce(topic, _odd_message(i, t, rng), partition=i % 2)
+        if i % 500 == 0:
+            p.flush(10)
+    p.flush(10)
+    seen = {}
+    for native in (True, False):
+        root = tmp_path / ("native" if native else "consume")
+        root.mkdir()
+        repo = make_repo(root, topic, kafka_broker.bootstrap,
+                         "  dead_letter_file: data/dead.jsonl\n" + ("" if native else "  native_fetch: false\n"))
+        engine = open_engine(repo)
+        ingest = subscribed(engine, repo)
+        assert ingest.native == native
+        try:
+            drain(ingest, lambda: sum(ingest.counts["consumed"].values()) == n, timeout_s=60)
+            values = totals(engine, list(range(5)))
+            offsets = dict(engine.offsets)
+        finally:
+            ingest.stop()
+            engine.close()
+        dead = sorted((d["partition"], d["offset"], d["kind"]) for d in
+                      map(json.loads, (repo.root / "data" / "dead.jsonl").read_text().splitlines()))
+        seen[native] = (values, dead, offsets)
+    (counts, sums), dead, offsets = seen[True]
+    # (sums to the last bits: the partitions interleave differently in the two runs' batches)
+    assert counts == seen[False][0][0] and sums == pytest.approx(seen[False][0][1], rel=1e-12)
+    assert dead == seen[False][1] and offsets == seen[False][2]
+    assert seen[True][2] == {f"{topic}/0": n // 2, f"{topic}/1": n // 2} and len(seen[True][1]) > 50
+
+
 def test_without_librdkafka_at_hand_the_ingest_reads_through_consume(kafka_broker, tmp_path, monkeypatch, caplog):
     """native_fetch needs the librdkafka confluent-kafka loaded; where it
     cannot be bound the ingest says why and reads through consume()."""
