@@ -434,7 +434,7 @@ def test_a_batch_read_across_a_reassignment_is_read_again_not_applied_twice(kafk
             calls.append(n)
             if len(calls) == 2:
                 real.assign([TopicPartition(topic, q, ingest._start_offset(topic, q)) for q in (0, 1)])
-                ingest.rebalances += 1
+                ingest._handoffs += 1
             return real.consume(n, timeout)
 
     ingest.consumer = Reassigning()

@@ -50,7 +50,7 @@ def open_engine(repo):
     return Engine(str(repo.data_dir / "engine"), str(repo.registry_path), fsync="never")
 
 
-def produce(broker, topic, partitions, n, start=0):
+def produce(broker, topic, partitions, n, start=0, account_of=lambda i: i % KEYS):
     """n keyed events (key = the account id's text, Kafka's murmur2 partitioner); returns the
     count per account."""
     p = broker.producer(partitioner="murmur2_random")
@@ -63,7 +63,7 @@ def produce(broker, topic, partitions, n, start=0):
         seen.append((int(msg.key()), msg.partition()))
 
     for i in range(start, start + n):
-        a = i % KEYS
+        a = account_of(i)
         p.produce(topic, json.dumps({"account_id": a, "merchant_id": i % 5, "amount": 1.0, "ts": t + i}).encode(),
                   key=str(a).encode(), on_delivery=delivered)
         counts[a] = counts.get(a, 0) + 1
@@ -155,6 +155,96 @@ def test_a_revoked_partition_never_reads_present_and_a_reassigned_one_counts_onc
                 ingest.stop()
             if engine is not None:
                 engine.close()
+
+
+@pytest.mark.parametrize("native,handoff", [(True, "assign"), (True, "revoke"), (False, "revoke")],
+                         ids=["librdkafka-assign", "librdkafka-revoke", "consume-revoke"])
+def test_a_batch_read_across_a_handoff_counts_once_and_shows_no_given_away_key(kafka_broker, tmp_path, monkeypatch,
+                                                                                native, handoff):
+    """Through the fetcher the next batch is read ahead while one is
+    applied, and the group's callbacks run in `serve()` between batches; an
+    assignment there seeks every partition back to the engine's offsets, so
+    the batch read ahead of it would count twice if applied: it is dropped
+    and read again. A revoke (there, or inside consume()'s later chunk of a
+    batch) hides the keys of the partitions given away, new ones included:
+    none reads PRESENT after it."""
+    from confluent_kafka import TopicPartition
+
+    from fsapp.engine import kafka as kafka_mod
+
+    monkeypatch.setattr(kafka_mod, "CONSUME_CHUNK", 4)
+    topic, parts = f"payments-group-handoff-{native}-{handoff}", 2
+    kafka_broker.create_topic(topic, partitions=parts)
+    expected = produce(kafka_broker, topic, parts, 60)
+    repo = make_repo(tmp_path, "a", topic, kafka_broker.bootstrap, f"g-handoff-{native}-{handoff}", native=native)
+    engine = open_engine(repo)
+    ingest = KafkaIngest(engine, KafkaConfig.from_repo(repo))
+    consumer = ingest.consumer
+    ingest._subscribe()
+    try:
+        wait(lambda: ingest.poll_once() is not None and len(ingest.assigned) == parts
+             and sum(ingest.counts["consumed"].values()) == 60
+             and all(p["state"] == "live" for p in ingest.cluster()["partitions"]), 60, lambda: ingest.stats())
+        # 5 full batches of 200, each event of an account not seen before
+        fresh = list(range(1000, 2000))
+        expected.update(produce(kafka_broker, topic, parts, 1000, start=60, account_of=lambda i: 1000 + i - 60))
+        handed = []
+
+        def hand_off():
+            handed.append(sorted(ingest.assigned))
+            tps = [TopicPartition(t, p) for t, p in sorted(ingest.assigned)]
+            if handoff == "assign":  # the same partitions again: positions back to the engine's offsets
+                ingest._on_assign(consumer, tps)
+            else:
+                ingest._on_revoke(consumer, tps)
+
+        if native:
+            # a batch applied and the next read ahead; then serve() runs the handoff
+            wait(lambda: ingest.poll_once() is not None and ingest._ahead is not None, 30, lambda: ingest.stats())
+            real_serve = consumer.serve
+
+            def serve():
+                if not handed:
+                    hand_off()
+                return real_serve()
+
+            monkeypatch.setattr(consumer, "serve", serve)
+        else:
+            calls = []
+
+            class Revoking:
+                """The consumer, with the group's revoke run inside the batch's second consume()."""
+
+                def __getattr__(self, name):
+                    return getattr(consumer, name)
+
+                def consume(self, n, timeout):
+                    calls.append(n)
+                    if len(calls) == 2:
+                        hand_off()
+                    return consumer.consume(n, timeout)
+
+            ingest.consumer = Revoking()
+        rereads = ingest.rereads
+        if handoff == "assign":
+            wait(lambda: ingest.poll_once() is not None and
+                 sum(engine.offsets.get(f"{topic}/{p}", 0) for p in range(parts)) >= 1060, 30, lambda: ingest.stats())
+            for _ in range(3):
+                ingest.poll_once()
+            values, statuses = counts_of(engine, list(range(KEYS)) + fresh)
+            assert values == {k: expected[k] for k in values}  # every event once
+            assert ingest.rereads > rereads  # (the batch read ahead of the assignment, read again)
+        else:
+            for _ in range(3):
+                ingest.poll_once()
+            values, statuses = counts_of(engine, list(range(KEYS)) + fresh)
+            shown = {k: values[k] for k, st in statuses.items() if st != "NOT_FOUND"}
+            assert not shown, f"{len(shown)} key(s) of revoked partitions read PRESENT: {list(shown.items())[:5]}"
+        assert handed and handed[0] == [(topic, p) for p in range(parts)]
+    finally:
+        ingest.consumer = consumer
+        ingest.stop()
+        engine.close()
 
 
 def test_writes_that_would_live_on_one_node_are_refused(kafka_broker, tmp_path):

@@ -183,12 +183,12 @@ class KafkaIngest:
         self._next_lag = 0.0
         self._next_commit = 0.0
         self._stop = threading.Event()
-        # assign all: the next batch is consumed and decoded by a thread of its own
+        # assign all, or group mode through the fetcher: the next batch is consumed and decoded by a thread of its own
         # while this one's engine applies the last (`_read`); the consumer and the
         # decoders are used by one thread at a time: the read-ahead is joined
         # before this thread touches either again
         self._reader = (ThreadPoolExecutor(1, thread_name_prefix="fstore-kafka-read")
-                        if config.read_ahead and not self.group else None)
+                        if config.read_ahead and (not self.group or self.native) else None)
         self._reading: Future | None = None  # the read-ahead in flight
         self._dead_sent: set = set()  # (topic, partition, offset) of dead letters sent, not yet behind the offsets
         self._ahead: dict | None = None  # what it read: {topic: (_Polled, decoded or None)}
@@ -211,6 +211,11 @@ class KafkaIngest:
         self.partition_counts: dict[str, int] = {}
         self.dropped_keys = 0
         self.rebalances = 0
+        # assignments, revokes and losses served: a batch read across one is not
+        # applied but read again from the engine's offsets (an assignment sought
+        # the partitions back there: applied, it would count twice; after a
+        # revoke or a loss, one rule: nothing read across a handoff is applied)
+        self._handoffs = 0
         self._next_progress = 0.0
         self.member_id: str | None = None
         # the key columns each topic is partitioned by (its views' shared key)
@@ -293,6 +298,7 @@ class KafkaIngest:
         consumer.assign(self._positioned(parts))
         self.assigned = new
         self.rebalances += 1
+        self._handoffs += 1
         try:
             self.member_id = consumer.memberid() or None
         except (KafkaException, RuntimeError):
@@ -312,6 +318,7 @@ class KafkaIngest:
         # The eager protocols revoke every partition at every rebalance and
         # most come back: their state is parked (hidden, kept with its
         # offsets) until the assignment says which
+        self._handoffs += 1  # (a batch read across it is not applied: poll_once)
         self._let_go(parts, "revoked")
         if parts:
             self._commit(asynchronous=False)
@@ -319,6 +326,7 @@ class KafkaIngest:
 
     def _on_lost(self, consumer, parts) -> None:
         # the group gave them to someone else already (our session timed out)
+        self._handoffs += 1
         self._let_go(parts, "lost")
         self._unassign(consumer)
 
@@ -542,9 +550,16 @@ class KafkaIngest:
         limit = min(self.config.batch_size, self.config.shared_batch_size) if shared else self.config.batch_size
         if self.native and self.group:
             # the group's callbacks (kafka_native): before the batch is read, so
-            # it is read from the assignment they leave
+            # it is read from the assignment they leave. A batch read ahead
+            # before an assignment (which sought every partition back to the
+            # engine's offsets: applied, it would count twice), a revoke or a
+            # loss is dropped and read again
+            handoffs = self._handoffs
             self.consumer.serve()
-        rebalances = self.rebalances
+            if self._handoffs != handoffs and self._ahead is not None:
+                self._ahead = None
+                self.rereads += 1
+        handoffs = self._handoffs
         keep = self._keep_left > 0 or not self._lean
         if shared and self._ahead and _messages(self._ahead) > limit:
             # read ahead before REST pushes arrived, bigger than a shared batch: read again in
@@ -561,11 +576,12 @@ class KafkaIngest:
                 # decoded now when the next batch is read meanwhile (its thread decodes too)
                 by_topic = (self._decoded(by_topic) if self._reads_ahead(shared, keep) else
                             {t: (b, None) for t, b in by_topic.items()})
-        if self.rebalances != rebalances and by_topic:
-            # partitions were (re)assigned while the batch was read (through
-            # consume(), callbacks run inside poll and consume): their positions moved to the
-            # engine's offsets, so the batch may hold messages twice. None of
-            # it is applied; it is read again from the engine's offsets
+        if self._handoffs != handoffs and by_topic:
+            # partitions were assigned, revoked or lost while the batch was read
+            # (through consume(), callbacks run inside poll and consume): an
+            # assignment moved positions to the engine's offsets, so the batch
+            # may hold messages twice. None of it is applied; it is read again
+            # from the engine's offsets
             log.info("kafka: a rebalance during a batch: reading it again")
             by_topic = {}
             self.rereads += 1
@@ -621,11 +637,13 @@ class KafkaIngest:
 
     def _reads_ahead(self, shared: bool, keep: bool) -> bool:
         """Whether the next batch may be read while this one is applied
-        (when this one is full: catching up): assign all only (a group's
-        rebalance callbacks run inside the consumer's calls and change what
-        this thread applies), not while REST pushes share the engine
-        (backpressure: those batches are small and paced), nor while batches
-        keep their messages (after a bad message)."""
+        (when this one is full: catching up): not in group mode through
+        consume() (the group's rebalance callbacks run inside the consumer's
+        calls and change what this thread applies; through the fetcher they
+        run in `serve()`, between batches, and drop a batch read ahead of
+        them), not while REST pushes share the engine (backpressure: those
+        batches are small and paced), nor while batches keep their messages
+        (after a bad message)."""
         return self._reader is not None and not shared and not keep
 
     def _decoded(self, by_topic: dict) -> dict:

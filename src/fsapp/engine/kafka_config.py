@@ -10,7 +10,7 @@
       dead_letter_file: data/dead.jsonl # instead of a topic (relative to the repo)
       max_share: 0.5                    # while REST pushes arrive: at most this share of time on Kafka batches
       shared_batch_size: 500            # ... in batches of at most this many messages
-      read_ahead: true                  # assign all: read the next batch while the engine applies one
+      read_ahead: true                  # read the next batch while the engine applies one
       native_fetch: true                # assign all: read batches through librdkafka's C API (no Message objects)
       ready_max_lag: 100000             # /ready is 503 while the lag is above (default: never)
       avro_framing: confluent           # or raw (bare Avro bodies)

@@ -53,12 +53,11 @@ class NativeConsumer:
                             on_revoke=lambda _c, parts: on_revoke(self, parts),
                             on_lost=lambda _c, parts: on_lost(self, parts))
 
-    def serve(self) -> int:
+    def serve(self) -> None:
         """Serves the group's events (heartbeats are librdkafka's own; the
         rebalance callbacks run here, in the calling thread). A message the
         membership consumer fetched before its partitions were paused is
-        dropped: the fetcher reads them. Returns how many were dropped."""
-        dropped = 0
+        dropped: the fetcher reads them."""
         while True:
             msgs = self.meta.consume(1000, 0)
             for m in msgs:
@@ -68,10 +67,8 @@ class NativeConsumer:
                         raise KafkaException(err)
                     if err.code() != KafkaError._PARTITION_EOF:
                         log.warning("kafka: %s", err)
-                else:
-                    dropped += 1
             if len(msgs) < 1000:
-                return dropped
+                return
 
     def memberid(self):
         return self.meta.memberid()
