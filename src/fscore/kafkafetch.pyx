@@ -120,8 +120,6 @@ DEF RD_KAFKA_CONSUMER = 1
 DEF ERR_PARTITION_EOF = -191
 DEF ERR_FATAL = -150
 DEF CHUNK = 1024  # messages taken from librdkafka's queue a call
-ERR_PARTITION_EOF_CODE = ERR_PARTITION_EOF
-TIMESTAMP_NOT_AVAILABLE = 0
 
 
 def library_path():
@@ -227,6 +225,22 @@ class FetchError(Exception):
 
 cdef str err_text(int err):
     return (<bytes>api.err2str(err)).decode(errors="replace")
+
+
+cdef str event_reason(const rd_kafka_message_t* m):
+    """An error event's text: its payload when it has one, else its code's."""
+    if m.payload != NULL and m.len:
+        return PyBytes_FromStringAndSize(<char*>m.payload, m.len).decode(errors="replace")
+    return err_text(m.err)
+
+
+cdef raise_error(void* error, str what):
+    """Raises FetchError for an rd_kafka_error_t (destroyed here); nothing for NULL."""
+    if error == NULL:
+        return
+    reason = (<bytes>api.error_string(error)).decode(errors="replace")
+    api.error_destroy(error)
+    raise FetchError(-1, f"{what}: {reason}")
 
 
 cdef rd_kafka_topic_partition_list_t* make_list(list tps) except NULL:
@@ -546,18 +560,12 @@ cdef class Fetcher:
     def incremental_assign(self, list tps):
         """Partitions added to the assignment: [(topic, partition, offset)]."""
         self.check()
-        self._error_of(api.incremental_assign, tps, "incremental assign")
-
-    cdef _error_of(self, f_incr_assign f, list tps, str what):
         cdef rd_kafka_topic_partition_list_t* lst = make_list(tps)
         cdef void* error
         with nogil:
-            error = f(self.rk, lst)
+            error = api.incremental_assign(self.rk, lst)
         api.list_destroy(lst)
-        if error != NULL:
-            reason = (<bytes>api.error_string(error)).decode(errors="replace")
-            api.error_destroy(error)
-            raise FetchError(-1, f"{what}: {reason}")
+        raise_error(error, "incremental assign")
 
     def seek(self, list tps, int timeout_ms=5000):
         """Moves the fetch positions of assigned partitions: [(topic,
@@ -574,10 +582,7 @@ cdef class Fetcher:
                 failed.append(f"{lst.elems[i].topic.decode()}/{lst.elems[i].partition}: "
                               f"{err_text(lst.elems[i].err)}")
         api.list_destroy(lst)
-        if error != NULL:
-            reason = (<bytes>api.error_string(error)).decode(errors="replace")
-            api.error_destroy(error)
-            raise FetchError(-1, f"seek: {reason}")
+        raise_error(error, "seek")
         if failed:
             raise FetchError(-1, "seek: " + "; ".join(failed))
 
@@ -616,9 +621,6 @@ cdef class Fetcher:
         with nogil:
             api.consumer_close(self.rk)
 
-    cdef str topic_of(self, rd_kafka_message_t* m):
-        return self.name_of(<size_t>m.rkt)
-
     def read_packed(self, int timeout_ms, Py_ssize_t limit, bint topics=False):
         """`read` without a bytes object a message: (Packed values,
         partitions int64, offsets int64, topics or None, errors). The whole
@@ -645,9 +647,7 @@ cdef class Fetcher:
                 if m.err == ERR_FATAL:
                     fatal = True
                 elif m.err != ERR_PARTITION_EOF:
-                    reason = (PyBytes_FromStringAndSize(<char*>m.payload, m.len).decode(errors="replace")
-                              if m.payload != NULL and m.len else err_text(m.err))
-                    errors.append((m.err, reason))
+                    errors.append((m.err, event_reason(m)))
             if fatal:
                 self.raise_fatal()
             n = b.n
@@ -723,9 +723,7 @@ cdef class Fetcher:
                         if m.err == ERR_FATAL:
                             self.raise_fatal()
                         if m.err != ERR_PARTITION_EOF:
-                            reason = (PyBytes_FromStringAndSize(<char*>m.payload, m.len).decode(errors="replace")
-                                      if m.payload != NULL and m.len else err_text(m.err))
-                            errors.append((m.err, reason))
+                            errors.append((m.err, event_reason(m)))
                         continue
                     value = (PyBytes_FromStringAndSize(<char*>m.payload, m.len) if m.payload != NULL else None)
                     values.append(value)
@@ -733,7 +731,7 @@ cdef class Fetcher:
                     ov[n] = m.offset
                     n += 1
                     if topics or keep:
-                        name = self.topic_of(m)
+                        name = self.name_of(<size_t>m.rkt)
                         if topics:
                             names.append(name)
                         if keep:

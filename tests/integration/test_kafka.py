@@ -407,7 +407,7 @@ def test_a_batch_read_across_a_reassignment_is_read_again_not_applied_twice(kafk
     from confluent_kafka import TopicPartition
 
     monkeypatch.setattr(kafka_mod, "CONSUME_CHUNK", 4)
-    # (rebalances happen in group mode, which reads through confluent-kafka's consume())
+    # (callbacks run inside consume() only when reading through it: native_fetch off)
     monkeypatch.setattr(kafka_mod.kafka_native, "available", lambda: "group mode's consumer")
     topic = "payments-rebalance-test"
     kafka_broker.create_topic(topic, partitions=2)

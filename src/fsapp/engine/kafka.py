@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from fscore import jsonrows
 from fscore.kafkafetch import Packed
@@ -735,11 +735,7 @@ class KafkaIngest:
             # finds the errors (three Python passes cost ~1 µs an event)
             values, parts, offs, errors, names = jsonrows.scan(msgs, many)
             for i in errors:
-                err = msgs[i].error()
-                if err.fatal():
-                    raise KafkaException(err)
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("kafka: %s", err)
+                kafka_native.raise_or_log(msgs[i].error())
             if errors:
                 keep_ix = np.flatnonzero(parts >= 0)
                 ix = keep_ix.tolist()

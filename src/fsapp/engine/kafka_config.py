@@ -11,7 +11,7 @@
       max_share: 0.5                    # while REST pushes arrive: at most this share of time on Kafka batches
       shared_batch_size: 500            # ... in batches of at most this many messages
       read_ahead: true                  # read the next batch while the engine applies one
-      native_fetch: true                # assign all: read batches through librdkafka's C API (no Message objects)
+      native_fetch: true                # read batches through librdkafka's C API (no Message objects)
       ready_max_lag: 100000             # /ready is 503 while the lag is above (default: never)
       avro_framing: confluent           # or raw (bare Avro bodies)
       avro_writer_schemas:              # Confluent schema id -> the producer's .avsc (schema evolution)
@@ -80,11 +80,12 @@ class KafkaConfig:
     max_share: float = 0.5
     shared_batch_size: int = 500
     ready_max_lag: int | None = None  # /ready answers 503 while the lag is above this (None: lag never does)
-    # assign all: consume and decode the next batch in a thread of its own while
-    # the engine applies the last (fsapp.engine.kafka, KafkaIngest._read)
+    # consume and decode the next batch in a thread of its own while the engine
+    # applies the last (fsapp.engine.kafka, KafkaIngest._read; not in group mode
+    # without native_fetch)
     read_ahead: bool = True
-    # assign all: batches are read through librdkafka's C API (fscore.kafkafetch),
-    # not one confluent-kafka Message object a message (False: those, as group mode)
+    # batches are read through librdkafka's C API (fscore.kafkafetch), not one
+    # confluent-kafka Message object a message (False: consume(), both modes)
     native_fetch: bool = True
     repo_root: str = "."  # Avro schema files are relative to it
     # group mode: where the nodes publish their partitions (fsapp.engine.members;

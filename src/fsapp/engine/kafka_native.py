@@ -24,6 +24,15 @@ def available() -> str | None:
     return None if kafkafetch.load() else kafkafetch.why()
 
 
+def raise_or_log(err: KafkaError) -> None:
+    """A consumer's error event: a fatal one raises, a partition's end is
+    nothing, the others are logged."""
+    if err.fatal():
+        raise KafkaException(err)
+    if err.code() != KafkaError._PARTITION_EOF:
+        log.warning("kafka: %s", err)
+
+
 def _kafka_error(e: kafkafetch.FetchError) -> KafkaException:
     return KafkaException(KafkaError(e.code, e.reason, fatal=e.fatal))
 
@@ -61,12 +70,8 @@ class NativeConsumer:
         while True:
             msgs = self.meta.consume(1000, 0)
             for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.fatal():
-                        raise KafkaException(err)
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        log.warning("kafka: %s", err)
+                if m.error() is not None:
+                    raise_or_log(m.error())
             if len(msgs) < 1000:
                 return
 
